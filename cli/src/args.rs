@@ -1,0 +1,111 @@
+//! The command line (clap derive). One module per verb lives in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::commands;
+
+/// ektool: snapshots, deploys and provisioning for web applications on EC2.
+#[derive(Debug, Parser)]
+#[command(name = "ektool", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// AWS named profile (shared config/credentials files).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub profile: Option<String>,
+
+    /// Region(s): exact names, unique prefixes (`eu-north`), or `all`.
+    /// Repeatable or comma-separated. Default: `regions` from the config,
+    /// then the SDK's region (AWS_REGION, profile).
+    #[arg(long = "region", short = 'r', global = true, value_name = "REGION", value_delimiter = ',')]
+    pub regions: Vec<String>,
+
+    /// EC2 endpoint URL (e.g. a local moto server). AWS_ENDPOINT_URL_EC2
+    /// works too.
+    #[arg(long, global = true, value_name = "URL", env = "EKTOOL_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+
+    /// Config file. Default: ./ektool.toml, then the user config dir
+    /// ($XDG_CONFIG_HOME/ektool/config.toml).
+    #[arg(long, global = true, value_name = "FILE", env = "EKTOOL_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// Show what would be done, change nothing.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+
+    /// Turn off client-side pacing of EC2 calls (for local endpoints).
+    #[arg(long, global = true)]
+    pub no_rate_limit: bool,
+
+    /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG wins.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable tables.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List regions (or check what --region resolves to).
+    Regions(commands::regions::Args),
+    /// List the instances carrying a tag.
+    Instances(commands::instances::Args),
+    /// SSH hosts: trust a host key, run a command.
+    #[command(subcommand)]
+    Host(commands::host::HostCommand),
+    /// Print shell completions.
+    Completions(commands::completions::Args),
+    /// Write the man pages.
+    Manpage(commands::manpage::Args),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn regions_are_repeatable_and_comma_separated() {
+        let cli = Cli::try_parse_from(["ektool", "-r", "eu-north", "--region", "us-east-1,ap-s", "regions"]).unwrap();
+        assert_eq!(cli.global.regions, ["eu-north", "us-east-1", "ap-s"]);
+    }
+
+    #[test]
+    fn verbose_and_quiet_conflict() {
+        let err = Cli::try_parse_from(["ektool", "-v", "-q", "regions"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+}

@@ -1,0 +1,144 @@
+//! `ektool host`: the explicit host-key trust step, and running a command.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ec2kit::ssh::{self, HostKeyStatus};
+use ec2kit::{Command, Remote, SshRemote, SshTarget};
+
+use crate::args::OutputFormat;
+use crate::context::{Context, expand_home};
+use crate::error::CliError;
+use crate::output;
+
+/// `ektool host …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum HostCommand {
+    /// Record a host's key in known_hosts. Shows the offered fingerprint;
+    /// records it only if it equals --fingerprint (compare it with
+    /// `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host), or
+    /// after an interactive yes.
+    Trust(TrustArgs),
+    /// Run a command on a host whose key is trusted.
+    Run(RunArgs),
+}
+
+/// Arguments of `ektool host trust`.
+#[derive(Debug, clap::Args)]
+pub struct TrustArgs {
+    /// `[user@]host[:port]`.
+    pub target: String,
+    /// The fingerprint you expect (`SHA256:…`).
+    #[arg(long)]
+    pub fingerprint: Option<String>,
+    /// known_hosts file to record into (default from config, then ~/.ssh/known_hosts).
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+}
+
+/// Arguments of `ektool host run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// `[user@]host[:port]`.
+    pub target: String,
+    /// Private key to log in with (repeatable; before the agent).
+    #[arg(long, short = 'i', value_name = "FILE")]
+    pub identity: Vec<PathBuf>,
+    /// known_hosts file (default from config, then ~/.ssh/known_hosts).
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Kill the command after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+    /// The command: one argument is a shell script, several are a program and its arguments.
+    #[arg(trailing_var_arg = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// Runs `ektool host …`.
+pub async fn exec(ctx: &Context, cmd: HostCommand) -> Result<(), CliError> {
+    match cmd {
+        HostCommand::Trust(args) => trust(ctx, args).await,
+        HostCommand::Run(args) => run(ctx, args).await,
+    }
+}
+
+fn target(ctx: &Context, s: &str) -> Result<SshTarget, CliError> {
+    SshTarget::parse_with_user(s, &ctx.ssh_user()).map_err(|e| CliError::Usage(e.to_string()))
+}
+
+async fn trust(ctx: &Context, args: TrustArgs) -> Result<(), CliError> {
+    let t = target(ctx, &args.target)?;
+    let mut options = ctx.ssh_options();
+    if let Some(k) = &args.known_hosts {
+        options.known_hosts = expand_home(k);
+    }
+    let (key, status) = ssh::fetch_host_key(&t, &options.known_hosts, options.connect_timeout).await?;
+    let expected = match (&args.fingerprint, status) {
+        (_, HostKeyStatus::Changed) => {
+            return Err(ec2kit::RemoteError::HostKeyMismatch { host: key.host, key_type: key.key_type, fingerprint: key.fingerprint }.into());
+        }
+        (Some(fp), _) => fp.clone(),
+        (None, HostKeyStatus::Trusted) => key.fingerprint.clone(),
+        (None, HostKeyStatus::Unknown) => {
+            if !std::io::stdin().is_terminal() {
+                return Err(CliError::Usage(format!(
+                    "{} offers {} {}; to trust it non-interactively pass --fingerprint {}",
+                    key.host, key.key_type, key.fingerprint, key.fingerprint
+                )));
+            }
+            eprint!("{} offers {} {}\nTrust this key and record it in {}? [y/N] ", key.host, key.key_type, key.fingerprint, options.known_hosts.display());
+            let _ = std::io::stderr().flush();
+            let mut answer = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut answer);
+            if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                return Err(CliError::Failed("not trusted; nothing recorded".into()));
+            }
+            key.fingerprint.clone()
+        }
+    };
+    let (key, before) = ssh::trust_host_key(&t, &expected, &options.known_hosts, options.connect_timeout).await?;
+    let state = if before == HostKeyStatus::Trusted { "already trusted" } else { "trusted" };
+    match ctx.output() {
+        OutputFormat::Json => output::json(&serde_json::json!({
+            "host": key.host, "key_type": key.key_type, "fingerprint": key.fingerprint,
+            "known_hosts": options.known_hosts, "status": state,
+        })),
+        OutputFormat::Table => {
+            println!("{} {} {} {state} in {}", key.host, key.key_type, key.fingerprint, options.known_hosts.display());
+            Ok(())
+        }
+    }
+}
+
+async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
+    let t = target(ctx, &args.target)?;
+    let mut options = ctx.ssh_options();
+    if let Some(k) = &args.known_hosts {
+        options.known_hosts = expand_home(k);
+    }
+    if !args.identity.is_empty() {
+        options.identity_files = args.identity.iter().map(|p| expand_home(p)).collect();
+    }
+    let mut command = match args.command.as_slice() {
+        [script] => Command::shell(script.clone()),
+        argv => Command::argv(argv.iter().cloned()),
+    };
+    if let Some(secs) = args.timeout {
+        command = command.timeout(Duration::from_secs(secs));
+    }
+    if ctx.global.dry_run {
+        println!("would run on {t}: {command}");
+        return Ok(());
+    }
+    let remote = SshRemote::new(t, options);
+    let out = remote.run(&command).await?;
+    std::io::stdout().write_all(&out.stdout).map_err(|source| CliError::Io { path: "<stdout>".into(), source })?;
+    std::io::stderr().write_all(&out.stderr).map_err(|source| CliError::Io { path: "<stderr>".into(), source })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!("{}: command ended with {}", remote.host(), out.status)))
+    }
+}

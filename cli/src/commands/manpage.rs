@@ -1,0 +1,31 @@
+//! `ektool manpage`: man pages from the clap definition.
+
+use std::path::PathBuf;
+
+use clap::CommandFactory;
+
+use crate::args::Cli;
+use crate::error::CliError;
+
+/// Arguments of `ektool manpage`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Write `ektool.1` and one page per subcommand into this directory
+    /// instead of printing `ektool.1`.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// Writes the man pages.
+pub fn exec(args: Args) -> Result<(), CliError> {
+    let cmd = Cli::command();
+    match args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).map_err(|source| CliError::Io { path: dir.clone(), source })?;
+            clap_mangen::generate_to(cmd, &dir).map_err(|source| CliError::Io { path: dir.clone(), source })
+        }
+        None => clap_mangen::Man::new(cmd)
+            .render(&mut std::io::stdout())
+            .map_err(|source| CliError::Io { path: "<stdout>".into(), source }),
+    }
+}

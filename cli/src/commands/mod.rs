@@ -1,0 +1,30 @@
+//! One module per verb: each has clap `Args` and an `exec` that calls the
+//! libraries.
+
+pub mod completions;
+pub mod host;
+pub mod instances;
+pub mod manpage;
+pub mod regions;
+
+use crate::args::{Cli, Command};
+use crate::context::Context;
+use crate::error::CliError;
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        // These need no config: they must work even when the config is broken.
+        Command::Completions(args) => completions::exec(args),
+        Command::Manpage(args) => manpage::exec(args),
+        command => {
+            let ctx = Context::load(cli.global)?;
+            match command {
+                Command::Regions(args) => regions::exec(&ctx, args).await,
+                Command::Instances(args) => instances::exec(&ctx, args).await,
+                Command::Host(args) => host::exec(&ctx, args).await,
+                Command::Completions(_) | Command::Manpage(_) => unreachable!("handled above"),
+            }
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The configuration file (`ektool.toml`).
+//!
+//! Strict: unknown keys are errors, booleans are booleans (the seed read
+//! `lock_db = False` as true), ids and tags are validated while reading,
+//! and every error names the file, line and column.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ec2kit::{Action, Bucket, RateLimits, Tag, VolumeId};
+use serde::{Deserialize, Deserializer};
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// What commands use when the command line does not say.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// How to reach EC2.
+    #[serde(default)]
+    pub aws: AwsConfig,
+    /// How to reach hosts.
+    #[serde(default)]
+    pub ssh: SshConfig,
+    /// Volume aliases (django-ec2tools style): alias → volume definition.
+    #[serde(default)]
+    pub volumes: BTreeMap<String, VolumeAlias>,
+    /// Where the file was read from (None: built-in defaults).
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
+}
+
+/// `[defaults]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// The tag that marks instances to back up (the seed's `Earmarking=production`).
+    #[serde(default = "default_tag", deserialize_with = "de_tag")]
+    pub tag: Tag,
+    /// Regions used when `--region` is not given.
+    #[serde(default)]
+    pub regions: Vec<String>,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self { tag: default_tag(), regions: Vec::new() }
+    }
+}
+
+fn default_tag() -> Tag {
+    Tag::new("Earmarking", "production")
+}
+
+/// `[aws]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Named profile.
+    pub profile: Option<String>,
+    /// Endpoint override.
+    pub endpoint_url: Option<String>,
+    /// Pace EC2 calls to AWS's token buckets (default true).
+    pub rate_limit: Option<bool>,
+    /// Per-action bucket overrides, e.g. `DeleteSnapshot = { burst = 100, per_second = 5 }`.
+    #[serde(default, deserialize_with = "de_rate_limits")]
+    pub rate_limits: Vec<(Action, Bucket)>,
+    /// Attempts per request, including the first.
+    pub max_attempts: Option<u32>,
+}
+
+impl AwsConfig {
+    /// The rate limits this section asks for.
+    pub fn rate_limits(&self) -> RateLimits {
+        if self.rate_limit == Some(false) {
+            return RateLimits::disabled();
+        }
+        self.rate_limits.iter().fold(RateLimits::aws(), |l, (a, b)| l.with(*a, *b))
+    }
+}
+
+/// `[ssh]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshConfig {
+    /// Login user when a target names none.
+    pub user: Option<String>,
+    /// known_hosts file (default `~/.ssh/known_hosts`).
+    pub known_hosts: Option<PathBuf>,
+    /// Private keys to try before the agent.
+    #[serde(default)]
+    pub identity_files: Vec<PathBuf>,
+    /// Try the ssh-agent's identities (default true).
+    pub use_agent: Option<bool>,
+}
+
+/// One `[volumes.<alias>]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeAlias {
+    /// The volume.
+    #[serde(deserialize_with = "de_volume_id")]
+    pub volume_id: VolumeId,
+    /// Its region.
+    pub region: Option<String>,
+    /// Where it is mounted (the freeze target).
+    pub mountpoint: Option<String>,
+    /// Hold a database lock while snapshotting.
+    #[serde(default)]
+    pub lock_db: bool,
+    /// Retention policy name for this volume.
+    pub strategy: Option<String>,
+}
+
+fn de_tag<'de, D: Deserializer<'de>>(d: D) -> Result<Tag, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+fn de_volume_id<'de, D: Deserializer<'de>>(d: D) -> Result<VolumeId, D::Error> {
+    let s = String::deserialize(d)?;
+    VolumeId::parse(&s).map_err(serde::de::Error::custom)
+}
+
+fn de_rate_limits<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Action, Bucket)>, D::Error> {
+    let map = BTreeMap::<String, Bucket>::deserialize(d)?;
+    map.into_iter()
+        .map(|(name, bucket)| {
+            let action = Action::ALL.iter().copied().find(|a| a.as_str() == name).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "unknown EC2 action {name:?}; known: {}",
+                    Action::ALL.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            if !(bucket.burst >= 1.0 && bucket.per_second > 0.0) {
+                return Err(serde::de::Error::custom(format!("{name}: burst must be >= 1 and per_second > 0")));
+            }
+            Ok((action, bucket))
+        })
+        .collect()
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named with --config does not exist or cannot be read.
+    #[error("cannot read config {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("{}", Located(self))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line, when known.
+        line: Option<usize>,
+        /// 1-based column, when known.
+        column: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+struct Located<'a>(&'a ConfigError);
+
+impl fmt::Display for Located<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let ConfigError::Invalid { path, line, column, message } = self.0 {
+            write!(f, "{}", path.display())?;
+            if let Some(l) = line {
+                write!(f, ":{l}")?;
+            }
+            if let Some(c) = column {
+                write!(f, ":{c}")?;
+            }
+            write!(f, ": {message}")?;
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+impl Config {
+    /// Parses a config file's text.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = match e.span() {
+                Some(span) => {
+                    let (l, c) = line_col(text, span.start);
+                    (Some(l), Some(c))
+                }
+                None => (None, None),
+            };
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        config.path = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// Loads the config: `explicit` must exist; otherwise `./ektool.toml`,
+    /// then the user config file, then built-in defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let path = match explicit {
+            Some(p) => p.to_owned(),
+            None => match Self::default_paths().into_iter().find(|p| p.is_file()) {
+                Some(p) => p,
+                None => return Ok(Config::default()),
+            },
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        Self::parse(&text, &path)
+    }
+
+    /// Where a config is looked for when --config is not given.
+    pub fn default_paths() -> Vec<PathBuf> {
+        let mut paths = vec![PathBuf::from("ektool.toml")];
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+        if let Some(base) = base {
+            paths.push(base.join("ektool").join("config.toml"));
+        }
+        paths
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("ektool.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.defaults.tag, Tag::new("Earmarking", "production"));
+        assert!(c.aws.rate_limits().is_enabled());
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(
+            r#"
+[defaults]
+tag = "Backup=nightly"
+regions = ["eu-west", "us-east-1"]
+
+[aws]
+profile = "ops"
+rate_limit = true
+rate_limits = { DeleteSnapshot = { burst = 50, per_second = 2.5 } }
+
+[ssh]
+user = "deploy"
+identity_files = ["~/.ssh/deploy"]
+
+[volumes.db]
+volume_id = "vol-0123456789abcdef0"
+region = "eu-west-1"
+mountpoint = "/var/lib/mysql"
+lock_db = true
+strategy = "oneday_rolling"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.defaults.tag.to_string(), "Backup=nightly");
+        assert_eq!(c.volumes["db"].volume_id.as_str(), "vol-0123456789abcdef0");
+        assert!(c.volumes["db"].lock_db);
+        assert_eq!(c.aws.rate_limits().bucket(Action::DeleteSnapshot), Some(Bucket::new(50.0, 2.5)));
+    }
+
+    #[test]
+    fn string_boolean_is_an_error_with_line_and_column() {
+        let err = parse("[volumes.db]\nvolume_id = \"vol-0123abcd\"\nlock_db = \"False\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("ektool.toml:3:11: "), "{text}");
+        assert!(text.contains("bool"), "{text}");
+    }
+
+    #[test]
+    fn invalid_volume_id_points_at_the_value() {
+        let err = parse("[volumes.db]\nvolume_id = \"vol-nothex!\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("ektool.toml:2:13: "), "{text}");
+        assert!(text.contains("invalid volume id"), "{text}");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let err = parse("[defaults]\ntags = \"a=b\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("ektool.toml:2:1: "), "{text}");
+        assert!(text.contains("unknown field `tags`"), "{text}");
+    }
+
+    #[test]
+    fn unknown_action_lists_known_ones() {
+        let err = parse("[aws]\nrate_limits = { DeleteSnapshots = { burst = 1, per_second = 1 } }\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("unknown EC2 action \"DeleteSnapshots\""), "{text}");
+        assert!(text.contains("DeleteSnapshot,"), "{text}");
+    }
+
+    #[test]
+    fn rate_limit_off() {
+        let c = parse("[aws]\nrate_limit = false\n").unwrap();
+        assert!(!c.aws.rate_limits().is_enabled());
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/ektool.toml"))).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+    }
+}

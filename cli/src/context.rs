@@ -1,0 +1,101 @@
+//! What every command needs: the config, an EC2 client, resolved regions,
+//! SSH options, and the output format.
+
+use ec2kit::fleet;
+use ec2kit::{AwsEc2, AwsEc2Options, Region, SshOptions};
+
+use crate::args::{GlobalArgs, OutputFormat};
+use crate::config::Config;
+use crate::error::CliError;
+
+/// The run's settings: command line over config over built-in defaults.
+#[derive(Debug)]
+pub struct Context {
+    /// Global flags.
+    pub global: GlobalArgs,
+    /// The loaded config.
+    pub config: Config,
+}
+
+impl Context {
+    /// Loads the config named by (or found for) the command line.
+    pub fn load(global: GlobalArgs) -> Result<Self, CliError> {
+        let config = Config::load(global.config.as_deref())?;
+        if let Some(path) = &config.path {
+            tracing::debug!(config = %path.display(), "loaded config");
+        }
+        Ok(Self { global, config })
+    }
+
+    /// The output format.
+    pub fn output(&self) -> OutputFormat {
+        self.global.output
+    }
+
+    /// An EC2 client configured from flags and config.
+    pub async fn ec2(&self) -> AwsEc2 {
+        let aws = &self.config.aws;
+        let rate_limits = if self.global.no_rate_limit { ec2kit::RateLimits::disabled() } else { aws.rate_limits() };
+        AwsEc2::new(AwsEc2Options {
+            profile: self.global.profile.clone().or_else(|| aws.profile.clone()),
+            endpoint_url: self.global.endpoint_url.clone().or_else(|| aws.endpoint_url.clone()),
+            home_region: None,
+            rate_limits: Some(rate_limits),
+            max_attempts: aws.max_attempts,
+        })
+        .await
+    }
+
+    /// The regions to work on: `--region`, else the config's `regions`,
+    /// else the SDK's configured region. Names are resolved against one
+    /// `DescribeRegions` call (exact, unique prefix, or `all`).
+    pub async fn regions(&self, ec2: &AwsEc2) -> Result<Vec<Region>, CliError> {
+        let mut wanted: Vec<String> = if !self.global.regions.is_empty() {
+            self.global.regions.clone()
+        } else {
+            self.config.defaults.regions.clone()
+        };
+        if wanted.is_empty() {
+            match ec2.configured_region() {
+                Some(r) => wanted.push(r.to_string()),
+                None => return Err(ec2kit::RegionError::NoneGiven.into()),
+            }
+        }
+        let catalog = fleet::region_catalog(ec2).await?;
+        Ok(catalog.resolve_all(&wanted)?)
+    }
+
+    /// SSH options: config over `~/.ssh` defaults.
+    pub fn ssh_options(&self) -> SshOptions {
+        let mut options = SshOptions::from_home();
+        let ssh = &self.config.ssh;
+        if let Some(k) = &ssh.known_hosts {
+            options.known_hosts = expand_home(k);
+        }
+        if !ssh.identity_files.is_empty() {
+            options.identity_files = ssh.identity_files.iter().map(|p| expand_home(p)).collect();
+        }
+        if let Some(agent) = ssh.use_agent {
+            options.use_agent = agent;
+        }
+        options
+    }
+
+    /// The login user for targets that name none.
+    pub fn ssh_user(&self) -> String {
+        self.config
+            .ssh
+            .user
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "root".to_owned())
+    }
+}
+
+/// Expands a leading `~/`.
+pub fn expand_home(p: &std::path::Path) -> std::path::PathBuf {
+    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => std::path::PathBuf::from(home).join(rest),
+        _ => p.to_owned(),
+    }
+}

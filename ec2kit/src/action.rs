@@ -1,0 +1,94 @@
+//! The EC2 API actions the toolkit calls.
+//!
+//! One enum serves three purposes: rate-limit buckets are keyed by it, errors
+//! name it, and the IAM policy of a command is the set of actions it calls.
+
+use std::fmt;
+
+macro_rules! actions {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// An EC2 API action (also its IAM action name without the `ec2:` prefix).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[non_exhaustive]
+        pub enum Action {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl Action {
+            /// Every action, in declaration order.
+            pub const ALL: &'static [Action] = &[$(Action::$name,)*];
+
+            /// The API action name, e.g. `DeleteSnapshot`.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Action::$name => stringify!($name),)*
+                }
+            }
+        }
+    };
+}
+
+actions! {
+    /// `DescribeRegions`.
+    DescribeRegions,
+    /// `DescribeInstances`.
+    DescribeInstances,
+    /// `DescribeInstanceAttribute`.
+    DescribeInstanceAttribute,
+    /// `DescribeVolumes`.
+    DescribeVolumes,
+    /// `DescribeSnapshots`.
+    DescribeSnapshots,
+    /// `DescribeImages`.
+    DescribeImages,
+    /// `CreateSnapshot`.
+    CreateSnapshot,
+    /// `CreateSnapshots`.
+    CreateSnapshots,
+    /// `CreateTags`.
+    CreateTags,
+    /// `DeleteSnapshot`.
+    DeleteSnapshot,
+    /// `CopySnapshot`.
+    CopySnapshot,
+    /// `RegisterImage`.
+    RegisterImage,
+    /// `DeregisterImage`.
+    DeregisterImage,
+    /// `CopyImage`.
+    CopyImage,
+    /// `CreateVolume`.
+    CreateVolume,
+    /// `AttachVolume`.
+    AttachVolume,
+    /// `DetachVolume`.
+    DetachVolume,
+    /// `DeleteVolume`.
+    DeleteVolume,
+    /// `RebootInstances`.
+    RebootInstances,
+    /// `ModifyInstanceAttribute`.
+    ModifyInstanceAttribute,
+    /// `RunInstances`.
+    RunInstances,
+    /// `TerminateInstances`.
+    TerminateInstances,
+}
+
+impl Action {
+    /// The IAM action, e.g. `ec2:DeleteSnapshot`.
+    pub fn iam_action(self) -> String {
+        format!("ec2:{}", self.as_str())
+    }
+
+    /// Whether the action only reads.
+    pub fn is_describe(self) -> bool {
+        self.as_str().starts_with("Describe")
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

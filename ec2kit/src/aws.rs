@@ -1,0 +1,768 @@
+//! [`AwsEc2`]: the [`Ec2`] seam on aws-sdk-ec2 (feature `aws`).
+//!
+//! One SDK config is loaded once (default credential chain, optional
+//! profile, optional endpoint override); one client per region is created
+//! lazily and reused. Every request first passes the per-action, per-region
+//! [`RateLimiter`], then the SDK's adaptive retry handles what still
+//! bounces. Pagination is done here by hand so each page is paced too.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use aws_config::{BehaviorVersion, SdkConfig, retry::RetryConfig};
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types as sdk;
+
+use crate::requests::{CopyImage, CopySnapshot, CreateSnapshot, CreateSnapshots, CreateVolume, RegisterImage, RunInstances};
+use crate::{
+    Action, BlockDevice, Ec2, Ec2Error, ErrorKind, Filter, Image, ImageBlockDevice, ImageId, Instance, InstanceId, RateLimiter,
+    RateLimits, Region, RegionInfo, Snapshot, SnapshotId, SnapshotState, Tags, Volume, VolumeAttachment, VolumeId,
+};
+
+/// The region used for account-wide calls when none is configured.
+pub const FALLBACK_REGION: &str = "us-east-1";
+
+/// How to reach EC2.
+#[derive(Debug, Clone, Default)]
+pub struct AwsEc2Options {
+    /// Named profile from the shared AWS config files.
+    pub profile: Option<String>,
+    /// Endpoint override (e.g. a local moto server). The SDK's own
+    /// `AWS_ENDPOINT_URL_EC2` / `AWS_ENDPOINT_URL` work without this.
+    pub endpoint_url: Option<String>,
+    /// Region for account-wide calls (`DescribeRegions`); defaults to the
+    /// SDK's region chain, then [`FALLBACK_REGION`].
+    pub home_region: Option<String>,
+    /// Client-side pacing.
+    pub rate_limits: Option<RateLimits>,
+    /// Attempts per request including the first (SDK adaptive retry).
+    pub max_attempts: Option<u32>,
+}
+
+/// EC2 through aws-sdk-ec2.
+#[derive(Debug, Clone)]
+pub struct AwsEc2 {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: SdkConfig,
+    home_region: Region,
+    configured_region: Option<Region>,
+    clients: Mutex<HashMap<String, Client>>,
+    limiter: RateLimiter,
+}
+
+impl AwsEc2 {
+    /// Loads the SDK configuration and builds the adapter.
+    pub async fn new(options: AwsEc2Options) -> Self {
+        let retry = RetryConfig::adaptive().with_max_attempts(options.max_attempts.unwrap_or(5));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry);
+        if let Some(profile) = &options.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(url) = &options.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(region) = &options.home_region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        let config = loader.load().await;
+        let configured_region = config.region().map(|r| Region::new(r.to_string()));
+        let home = configured_region.clone().unwrap_or_else(|| Region::new(FALLBACK_REGION));
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                home_region: home,
+                configured_region,
+                clients: Mutex::new(HashMap::new()),
+                limiter: RateLimiter::new(options.rate_limits.unwrap_or_default()),
+            }),
+        }
+    }
+
+    /// The region used for account-wide calls; also the natural default
+    /// when the user names none.
+    pub fn home_region(&self) -> &Region {
+        &self.inner.home_region
+    }
+
+    /// The region the SDK's configuration chain named (`AWS_REGION`, the
+    /// profile), if any.
+    pub fn configured_region(&self) -> Option<&Region> {
+        self.inner.configured_region.as_ref()
+    }
+
+    fn client(&self, region: &Region) -> Client {
+        let mut clients = self.inner.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(region.as_str().to_owned())
+            .or_insert_with(|| {
+                let conf = aws_sdk_ec2::config::Builder::from(&self.inner.config)
+                    .region(aws_config::Region::new(region.as_str().to_owned()))
+                    .build();
+                Client::from_conf(conf)
+            })
+            .clone()
+    }
+
+    /// Paces, then hands a client for `region` to the call.
+    async fn ready(&self, action: Action, region: &Region) -> Client {
+        self.inner.limiter.acquire(action, region.as_str()).await;
+        self.client(region)
+    }
+}
+
+fn map_err<E>(action: Action, region: &Region, err: SdkError<E>) -> Ec2Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let region = region.as_str();
+    match &err {
+        SdkError::ServiceError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            match ctx.err().code() {
+                Some(code) => {
+                    let message = ctx.err().message().map(str::to_owned);
+                    Ec2Error::from_code(action, region, code, message).with_source(err)
+                }
+                None if status >= 500 => {
+                    Ec2Error::new(action, region, ErrorKind::ServerError, format!("HTTP {status}")).with_source(err)
+                }
+                None => Ec2Error::new(action, region, ErrorKind::Other, format!("HTTP {status}")).with_source(err),
+            }
+        }
+        SdkError::TimeoutError(_) => Ec2Error::new(action, region, ErrorKind::Transport, "request timed out").with_source(err),
+        SdkError::DispatchFailure(_) => {
+            Ec2Error::new(action, region, ErrorKind::Transport, "could not reach the endpoint").with_source(err)
+        }
+        SdkError::ResponseError(_) => {
+            Ec2Error::new(action, region, ErrorKind::Transport, "unreadable response").with_source(err)
+        }
+        SdkError::ConstructionFailure(_) => {
+            Ec2Error::new(action, region, ErrorKind::InvalidRequest, "could not build the request").with_source(err)
+        }
+        _ => Ec2Error::new(action, region, ErrorKind::Other, "request failed").with_source(err),
+    }
+}
+
+// ---- conversions -----------------------------------------------------------
+
+fn ts(t: Option<&aws_smithy_types::DateTime>) -> Option<jiff::Timestamp> {
+    t.and_then(|t| jiff::Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok())
+}
+
+fn tags_from(tags: &[sdk::Tag]) -> Tags {
+    tags.iter()
+        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+        .collect()
+}
+
+fn tag_spec(kind: sdk::ResourceType, tags: &Tags) -> Option<sdk::TagSpecification> {
+    if tags.is_empty() {
+        return None;
+    }
+    let tags = tags.iter().map(|(k, v)| sdk::Tag::builder().key(k).value(v).build()).collect();
+    Some(sdk::TagSpecification::builder().resource_type(kind).set_tags(Some(tags)).build())
+}
+
+fn filters(filters: &[Filter]) -> Option<Vec<sdk::Filter>> {
+    if filters.is_empty() {
+        return None;
+    }
+    Some(filters.iter().map(|f| sdk::Filter::builder().name(&f.name).set_values(Some(f.values.clone())).build()).collect())
+}
+
+fn progress(p: Option<&str>) -> Option<u8> {
+    p.and_then(|p| p.trim_end_matches('%').trim().parse().ok())
+}
+
+fn state(s: Option<&sdk::SnapshotState>) -> SnapshotState {
+    s.map(|s| s.as_str().parse().unwrap_or(SnapshotState::Unknown(String::new())))
+        .unwrap_or(SnapshotState::Unknown(String::new()))
+}
+
+// The SDK has three snapshot shapes (Snapshot, CreateSnapshotOutput,
+// SnapshotInfo) with the same accessors; one macro reads them all.
+macro_rules! snapshot_from {
+    ($s:expr, $region:expr) => {{
+        let s = $s;
+        let start_time = ts(s.start_time()).unwrap_or_else(jiff::Timestamp::now);
+        Snapshot {
+            id: SnapshotId::from_api(s.snapshot_id().unwrap_or_default()),
+            volume_id: s.volume_id().map(VolumeId::from_api),
+            start_time,
+            state: state(s.state()),
+            tags: tags_from(s.tags()),
+            region: Some($region.clone()),
+            progress: progress(s.progress()),
+            state_message: snapshot_from!(@msg s),
+            volume_size_gib: s.volume_size(),
+            encrypted: s.encrypted().unwrap_or(false),
+            kms_key_id: snapshot_from!(@kms s),
+            description: s.description().map(str::to_owned),
+            owner_id: s.owner_id().map(str::to_owned),
+        }
+    }};
+    (@msg $s:ident) => { $s.state_message().map(str::to_owned) };
+    (@kms $s:ident) => { $s.kms_key_id().map(str::to_owned) };
+}
+
+fn snapshot_info(s: &sdk::SnapshotInfo, region: &Region) -> Snapshot {
+    let start_time = ts(s.start_time()).unwrap_or_else(jiff::Timestamp::now);
+    Snapshot {
+        id: SnapshotId::from_api(s.snapshot_id().unwrap_or_default()),
+        volume_id: s.volume_id().map(VolumeId::from_api),
+        start_time,
+        state: state(s.state()),
+        tags: tags_from(s.tags()),
+        region: Some(region.clone()),
+        progress: progress(s.progress()),
+        state_message: None,
+        volume_size_gib: s.volume_size(),
+        encrypted: s.encrypted().unwrap_or(false),
+        kms_key_id: None,
+        description: s.description().map(str::to_owned),
+        owner_id: s.owner_id().map(str::to_owned),
+    }
+}
+
+fn instance_from(i: &sdk::Instance, region: &Region, reservation: Option<&str>) -> Instance {
+    Instance {
+        id: InstanceId::from_api(i.instance_id().unwrap_or_default()),
+        region: region.clone(),
+        availability_zone: i.placement().and_then(|p| p.availability_zone()).map(str::to_owned),
+        state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
+        instance_type: i.instance_type().map(|t| t.as_str().to_owned()),
+        architecture: i.architecture().map(|a| a.as_str().to_owned()),
+        root_device_name: i.root_device_name().map(str::to_owned),
+        virtualization_type: i.virtualization_type().map(|v| v.as_str().to_owned()),
+        ena_support: i.ena_support(),
+        image_id: i.image_id().map(str::to_owned),
+        key_name: i.key_name().map(str::to_owned),
+        private_ip: i.private_ip_address().map(str::to_owned),
+        public_ip: i.public_ip_address().map(str::to_owned),
+        public_dns: i.public_dns_name().filter(|d| !d.is_empty()).map(str::to_owned),
+        launch_time: ts(i.launch_time()),
+        reservation_id: reservation.map(str::to_owned),
+        block_devices: i
+            .block_device_mappings()
+            .iter()
+            .filter_map(|b| {
+                let ebs = b.ebs()?;
+                Some(BlockDevice {
+                    device_name: b.device_name()?.to_owned(),
+                    volume_id: VolumeId::from_api(ebs.volume_id()?),
+                    delete_on_termination: ebs.delete_on_termination(),
+                })
+            })
+            .collect(),
+        tags: tags_from(i.tags()),
+    }
+}
+
+macro_rules! volume_from {
+    ($v:expr, $region:expr) => {{
+        let v = $v;
+        Volume {
+            id: VolumeId::from_api(v.volume_id().unwrap_or_default()),
+            region: $region.clone(),
+            availability_zone: v.availability_zone().map(str::to_owned),
+            state: v.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            size_gib: v.size(),
+            volume_type: v.volume_type().map(|t| t.as_str().to_owned()),
+            encrypted: v.encrypted().unwrap_or(false),
+            kms_key_id: v.kms_key_id().map(str::to_owned),
+            snapshot_id: v.snapshot_id().filter(|s| !s.is_empty()).map(SnapshotId::from_api),
+            create_time: ts(v.create_time()),
+            attachments: v
+                .attachments()
+                .iter()
+                .filter_map(|a| {
+                    Some(VolumeAttachment {
+                        instance_id: InstanceId::from_api(a.instance_id()?),
+                        device: a.device().map(str::to_owned),
+                        state: a.state().map(|s| s.as_str().to_owned()),
+                    })
+                })
+                .collect(),
+            tags: tags_from(v.tags()),
+        }
+    }};
+}
+
+fn image_from(i: &sdk::Image, region: &Region) -> Image {
+    Image {
+        id: ImageId::from_api(i.image_id().unwrap_or_default()),
+        region: region.clone(),
+        name: i.name().map(str::to_owned),
+        description: i.description().map(str::to_owned),
+        state: i.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        architecture: i.architecture().map(|a| a.as_str().to_owned()),
+        root_device_name: i.root_device_name().map(str::to_owned),
+        virtualization_type: i.virtualization_type().map(|v| v.as_str().to_owned()),
+        ena_support: i.ena_support(),
+        creation_date: i.creation_date().map(str::to_owned),
+        owner_id: i.owner_id().map(str::to_owned),
+        block_devices: i
+            .block_device_mappings()
+            .iter()
+            .map(|b| ImageBlockDevice {
+                device_name: b.device_name().unwrap_or_default().to_owned(),
+                snapshot_id: b.ebs().and_then(|e| e.snapshot_id()).map(SnapshotId::from_api),
+                volume_size_gib: b.ebs().and_then(|e| e.volume_size()),
+                volume_type: b.ebs().and_then(|e| e.volume_type()).map(|t| t.as_str().to_owned()),
+                delete_on_termination: b.ebs().and_then(|e| e.delete_on_termination()),
+            })
+            .collect(),
+        tags: tags_from(i.tags()),
+    }
+}
+
+fn image_block_device(b: &ImageBlockDevice) -> sdk::BlockDeviceMapping {
+    let mut ebs = sdk::EbsBlockDevice::builder()
+        .set_snapshot_id(b.snapshot_id.as_ref().map(|s| s.to_string()))
+        .set_volume_size(b.volume_size_gib)
+        .set_delete_on_termination(b.delete_on_termination);
+    if let Some(t) = &b.volume_type {
+        ebs = ebs.volume_type(sdk::VolumeType::from(t.as_str()));
+    }
+    sdk::BlockDeviceMapping::builder().device_name(&b.device_name).ebs(ebs.build()).build()
+}
+
+fn ids<T: ToString>(ids: &[T]) -> Option<Vec<String>> {
+    Some(ids.iter().map(ToString::to_string).collect())
+}
+
+// ---- the seam -------------------------------------------------------------
+
+#[async_trait]
+impl Ec2 for AwsEc2 {
+    async fn describe_regions(&self) -> Result<Vec<RegionInfo>, Ec2Error> {
+        let region = self.home_region().clone();
+        let action = Action::DescribeRegions;
+        let out = self
+            .ready(action, &region)
+            .await
+            .describe_regions()
+            .all_regions(true)
+            .send()
+            .await
+            .map_err(|e| map_err(action, &region, e))?;
+        Ok(out
+            .regions()
+            .iter()
+            .filter_map(|r| {
+                Some(RegionInfo {
+                    name: Region::new(r.region_name()?),
+                    endpoint: r.endpoint().map(str::to_owned),
+                    opt_in_status: r.opt_in_status().map(str::to_owned),
+                })
+            })
+            .collect())
+    }
+
+    async fn describe_instances(&self, region: &Region, f: &[Filter]) -> Result<Vec<Instance>, Ec2Error> {
+        let action = Action::DescribeInstances;
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .ready(action, region)
+                .await
+                .describe_instances()
+                .set_filters(filters(f))
+                .max_results(1000)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| map_err(action, region, e))?;
+            for r in page.reservations() {
+                out.extend(r.instances().iter().map(|i| instance_from(i, region, r.reservation_id())));
+            }
+            token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn termination_protection(&self, region: &Region, instance: &InstanceId) -> Result<bool, Ec2Error> {
+        let action = Action::DescribeInstanceAttribute;
+        let out = self
+            .ready(action, region)
+            .await
+            .describe_instance_attribute()
+            .instance_id(instance.as_str())
+            .attribute(sdk::InstanceAttributeName::DisableApiTermination)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(out.disable_api_termination().and_then(|v| v.value()).unwrap_or(false))
+    }
+
+    async fn describe_volumes(&self, region: &Region, f: &[Filter]) -> Result<Vec<Volume>, Ec2Error> {
+        let action = Action::DescribeVolumes;
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .ready(action, region)
+                .await
+                .describe_volumes()
+                .set_filters(filters(f))
+                .max_results(500)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| map_err(action, region, e))?;
+            out.extend(page.volumes().iter().map(|v| volume_from!(v, region)));
+            token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn describe_snapshots(&self, region: &Region, f: &[Filter]) -> Result<Vec<Snapshot>, Ec2Error> {
+        let action = Action::DescribeSnapshots;
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .ready(action, region)
+                .await
+                .describe_snapshots()
+                .owner_ids("self")
+                .set_filters(filters(f))
+                .max_results(1000)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| map_err(action, region, e))?;
+            out.extend(page.snapshots().iter().map(|s| snapshot_from!(s, region)));
+            token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn describe_images(&self, region: &Region, f: &[Filter]) -> Result<Vec<Image>, Ec2Error> {
+        let action = Action::DescribeImages;
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .ready(action, region)
+                .await
+                .describe_images()
+                .owners("self")
+                .set_filters(filters(f))
+                .max_results(1000)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| map_err(action, region, e))?;
+            out.extend(page.images().iter().map(|i| image_from(i, region)));
+            token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn create_snapshot(&self, region: &Region, r: &CreateSnapshot) -> Result<Snapshot, Ec2Error> {
+        let action = Action::CreateSnapshot;
+        let out = self
+            .ready(action, region)
+            .await
+            .create_snapshot()
+            .set_volume_id(r.volume_id.as_ref().map(|v| v.to_string()))
+            .set_description(r.description.clone())
+            .set_tag_specifications(tag_spec(sdk::ResourceType::Snapshot, &r.tags).map(|t| vec![t]))
+            .dry_run(r.dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(snapshot_from!(&out, region))
+    }
+
+    async fn create_snapshots(&self, region: &Region, r: &CreateSnapshots) -> Result<Vec<Snapshot>, Ec2Error> {
+        let action = Action::CreateSnapshots;
+        let spec = sdk::InstanceSpecification::builder()
+            .set_instance_id(r.instance_id.as_ref().map(|i| i.to_string()))
+            .exclude_boot_volume(r.exclude_boot_volume)
+            .set_exclude_data_volume_ids(if r.exclude_data_volume_ids.is_empty() {
+                None
+            } else {
+                ids(&r.exclude_data_volume_ids)
+            })
+            .build();
+        let mut req = self
+            .ready(action, region)
+            .await
+            .create_snapshots()
+            .instance_specification(spec)
+            .set_description(r.description.clone())
+            .set_tag_specifications(tag_spec(sdk::ResourceType::Snapshot, &r.tags).map(|t| vec![t]))
+            .dry_run(r.dry_run);
+        if r.copy_tags_from_volume {
+            req = req.copy_tags_from_source(sdk::CopyTagsFromSource::Volume);
+        }
+        let out = req.send().await.map_err(|e| map_err(action, region, e))?;
+        Ok(out.snapshots().iter().map(|s| snapshot_info(s, region)).collect())
+    }
+
+    async fn create_tags(&self, region: &Region, resources: &[String], tags: &Tags, dry_run: bool) -> Result<(), Ec2Error> {
+        let action = Action::CreateTags;
+        let tags = tags.iter().map(|(k, v)| sdk::Tag::builder().key(k).value(v).build()).collect();
+        self.ready(action, region)
+            .await
+            .create_tags()
+            .set_resources(Some(resources.to_vec()))
+            .set_tags(Some(tags))
+            .dry_run(dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(())
+    }
+
+    async fn delete_snapshot(&self, region: &Region, snapshot: &SnapshotId, dry_run: bool) -> Result<(), Ec2Error> {
+        let action = Action::DeleteSnapshot;
+        self.ready(action, region)
+            .await
+            .delete_snapshot()
+            .snapshot_id(snapshot.as_str())
+            .dry_run(dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(())
+    }
+
+    async fn copy_snapshot(&self, region: &Region, r: &CopySnapshot) -> Result<SnapshotId, Ec2Error> {
+        let action = Action::CopySnapshot;
+        let out = self
+            .ready(action, region)
+            .await
+            .copy_snapshot()
+            .set_source_region(r.source_region.as_ref().map(|r| r.to_string()))
+            .set_source_snapshot_id(r.source_snapshot_id.as_ref().map(|s| s.to_string()))
+            .set_description(r.description.clone())
+            .set_encrypted(r.encrypted.then_some(true))
+            .set_kms_key_id(r.kms_key_id.clone())
+            .set_tag_specifications(tag_spec(sdk::ResourceType::Snapshot, &r.tags).map(|t| vec![t]))
+            .dry_run(r.dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(SnapshotId::from_api(out.snapshot_id().unwrap_or_default()))
+    }
+
+    async fn register_image(&self, region: &Region, r: &RegisterImage) -> Result<ImageId, Ec2Error> {
+        let action = Action::RegisterImage;
+        let out = self
+            .ready(action, region)
+            .await
+            .register_image()
+            .name(&r.name)
+            .set_description(r.description.clone())
+            .set_architecture(r.architecture.as_deref().map(sdk::ArchitectureValues::from))
+            .set_root_device_name(r.root_device_name.clone())
+            .set_virtualization_type(r.virtualization_type.clone())
+            .set_ena_support(r.ena_support)
+            .set_block_device_mappings(Some(r.block_devices.iter().map(image_block_device).collect()))
+            .set_tag_specifications(tag_spec(sdk::ResourceType::Image, &r.tags).map(|t| vec![t]))
+            .dry_run(r.dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(ImageId::from_api(out.image_id().unwrap_or_default()))
+    }
+
+    async fn deregister_image(&self, region: &Region, image: &ImageId, dry_run: bool) -> Result<(), Ec2Error> {
+        let action = Action::DeregisterImage;
+        self.ready(action, region)
+            .await
+            .deregister_image()
+            .image_id(image.as_str())
+            .dry_run(dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(())
+    }
+
+    async fn copy_image(&self, region: &Region, r: &CopyImage) -> Result<ImageId, Ec2Error> {
+        let action = Action::CopyImage;
+        let specs = [tag_spec(sdk::ResourceType::Image, &r.tags), tag_spec(sdk::ResourceType::Snapshot, &r.tags)];
+        let specs: Vec<_> = specs.into_iter().flatten().collect();
+        let out = self
+            .ready(action, region)
+            .await
+            .copy_image()
+            .set_source_region(r.source_region.as_ref().map(|r| r.to_string()))
+            .set_source_image_id(r.source_image_id.as_ref().map(|i| i.to_string()))
+            .name(&r.name)
+            .set_description(r.description.clone())
+            .set_encrypted(r.encrypted.then_some(true))
+            .set_kms_key_id(r.kms_key_id.clone())
+            .set_client_token(r.client_token.clone())
+            .set_tag_specifications((!specs.is_empty()).then_some(specs))
+            .dry_run(r.dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(ImageId::from_api(out.image_id().unwrap_or_default()))
+    }
+
+    async fn create_volume(&self, region: &Region, r: &CreateVolume) -> Result<Volume, Ec2Error> {
+        let action = Action::CreateVolume;
+        let out = self
+            .ready(action, region)
+            .await
+            .create_volume()
+            .availability_zone(&r.availability_zone)
+            .set_snapshot_id(r.snapshot_id.as_ref().map(|s| s.to_string()))
+            .set_size(r.size_gib)
+            .set_volume_type(r.volume_type.as_deref().map(sdk::VolumeType::from))
+            .set_encrypted(r.encrypted.then_some(true))
+            .set_kms_key_id(r.kms_key_id.clone())
+            .set_client_token(r.client_token.clone())
+            .set_tag_specifications(tag_spec(sdk::ResourceType::Volume, &r.tags).map(|t| vec![t]))
+            .dry_run(r.dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(volume_from!(&out, region))
+    }
+
+    async fn attach_volume(
+        &self,
+        region: &Region,
+        volume: &VolumeId,
+        instance: &InstanceId,
+        device: &str,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        let action = Action::AttachVolume;
+        self.ready(action, region)
+            .await
+            .attach_volume()
+            .volume_id(volume.as_str())
+            .instance_id(instance.as_str())
+            .device(device)
+            .dry_run(dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(())
+    }
+
+    async fn detach_volume(&self, region: &Region, volume: &VolumeId, force: bool, dry_run: bool) -> Result<(), Ec2Error> {
+        let action = Action::DetachVolume;
+        self.ready(action, region)
+            .await
+            .detach_volume()
+            .volume_id(volume.as_str())
+            .force(force)
+            .dry_run(dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(())
+    }
+
+    async fn delete_volume(&self, region: &Region, volume: &VolumeId, dry_run: bool) -> Result<(), Ec2Error> {
+        let action = Action::DeleteVolume;
+        self.ready(action, region)
+            .await
+            .delete_volume()
+            .volume_id(volume.as_str())
+            .dry_run(dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(())
+    }
+
+    async fn reboot_instances(&self, region: &Region, instances: &[InstanceId], dry_run: bool) -> Result<(), Ec2Error> {
+        let action = Action::RebootInstances;
+        self.ready(action, region)
+            .await
+            .reboot_instances()
+            .set_instance_ids(ids(instances))
+            .dry_run(dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(())
+    }
+
+    async fn set_termination_protection(
+        &self,
+        region: &Region,
+        instance: &InstanceId,
+        enabled: bool,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        let action = Action::ModifyInstanceAttribute;
+        self.ready(action, region)
+            .await
+            .modify_instance_attribute()
+            .instance_id(instance.as_str())
+            .disable_api_termination(sdk::AttributeBooleanValue::builder().value(enabled).build())
+            .dry_run(dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(())
+    }
+
+    async fn run_instances(&self, region: &Region, r: &RunInstances) -> Result<Vec<Instance>, Ec2Error> {
+        let action = Action::RunInstances;
+        let specs = [tag_spec(sdk::ResourceType::Instance, &r.tags), tag_spec(sdk::ResourceType::Volume, &r.tags)];
+        let specs: Vec<_> = specs.into_iter().flatten().collect();
+        let count = r.count.max(1);
+        let out = self
+            .ready(action, region)
+            .await
+            .run_instances()
+            .set_image_id(r.image_id.as_ref().map(|i| i.to_string()))
+            .instance_type(sdk::InstanceType::from(r.instance_type.as_str()))
+            .min_count(count)
+            .max_count(count)
+            .set_key_name(r.key_name.clone())
+            .set_security_group_ids((!r.security_group_ids.is_empty()).then(|| r.security_group_ids.clone()))
+            .set_subnet_id(r.subnet_id.clone())
+            .set_placement(
+                r.availability_zone.as_ref().map(|az| sdk::Placement::builder().availability_zone(az).build()),
+            )
+            .set_user_data(r.user_data.as_deref().map(aws_smithy_types::base64::encode))
+            .set_client_token(r.client_token.clone())
+            .set_tag_specifications((!specs.is_empty()).then_some(specs))
+            .dry_run(r.dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(out.instances().iter().map(|i| instance_from(i, region, out.reservation_id())).collect())
+    }
+
+    async fn terminate_instances(&self, region: &Region, instances: &[InstanceId], dry_run: bool) -> Result<(), Ec2Error> {
+        let action = Action::TerminateInstances;
+        self.ready(action, region)
+            .await
+            .terminate_instances()
+            .set_instance_ids(ids(instances))
+            .dry_run(dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(())
+    }
+}

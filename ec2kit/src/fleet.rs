@@ -1,0 +1,129 @@
+//! Fleet helpers: the same query over many regions, concurrently.
+
+use futures::stream::{self, StreamExt};
+
+use crate::{Ec2, Ec2Error, Filter, Instance, Region, RegionCatalog, Tag};
+
+/// How many regions are queried at once by default.
+pub const DEFAULT_REGION_CONCURRENCY: usize = 8;
+
+/// The instance states a fleet query returns: everything but the dead.
+pub const LIVE_STATES: &[&str] = &["pending", "running", "stopping", "stopped"];
+
+/// One region's answer: a failing region does not hide the others.
+#[derive(Debug)]
+pub struct RegionResult<T> {
+    /// The region.
+    pub region: Region,
+    /// Its result.
+    pub result: Result<T, Ec2Error>,
+}
+
+/// Loads the region catalog with one `DescribeRegions` call.
+pub async fn region_catalog(ec2: &dyn Ec2) -> Result<RegionCatalog, Ec2Error> {
+    Ok(RegionCatalog::new(ec2.describe_regions().await?))
+}
+
+/// Runs `f` for every region, at most `concurrency` at a time, and returns
+/// the results in the order of `regions`.
+pub async fn each_region<'a, T, F, Fut>(regions: &'a [Region], concurrency: usize, f: F) -> Vec<RegionResult<T>>
+where
+    F: Fn(&'a Region) -> Fut,
+    Fut: Future<Output = Result<T, Ec2Error>> + 'a,
+{
+    let mut results: Vec<(usize, RegionResult<T>)> = stream::iter(regions.iter().enumerate())
+        .map(|(i, region)| {
+            let fut = f(region);
+            async move { (i, RegionResult { region: region.clone(), result: fut.await }) }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
+/// The live instances carrying `tag` in each region (one paginated,
+/// server-side filtered `DescribeInstances` per region).
+pub async fn instances_by_tag(
+    ec2: &dyn Ec2,
+    regions: &[Region],
+    tag: &Tag,
+    concurrency: usize,
+) -> Vec<RegionResult<Vec<Instance>>> {
+    let filters = [Filter::tag(tag), Filter::new("instance-state-name", LIVE_STATES.iter().copied())];
+    each_region(regions, concurrency, |region| ec2.describe_instances(region, &filters)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Action, InstanceId, MockEc2, Tags};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn instance(id: &str, region: &Region) -> Instance {
+        Instance {
+            id: InstanceId::from_api(id),
+            region: region.clone(),
+            availability_zone: None,
+            state: "running".into(),
+            instance_type: None,
+            architecture: None,
+            root_device_name: None,
+            virtualization_type: None,
+            ena_support: None,
+            image_id: None,
+            key_name: None,
+            private_ip: None,
+            public_ip: None,
+            public_dns: None,
+            launch_time: None,
+            reservation_id: None,
+            block_devices: vec![],
+            tags: Tags::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn queries_every_region_with_tag_and_state_filters_and_isolates_failures() {
+        let mut ec2 = MockEc2::new();
+        ec2.expect_describe_instances()
+            .times(3)
+            .withf(|_, filters| {
+                filters.contains(&Filter::new("tag:Earmarking", ["production"]))
+                    && filters.iter().any(|f| f.name == "instance-state-name" && !f.values.contains(&"terminated".to_owned()))
+            })
+            .returning(|region, _| match region.as_str() {
+                "eu-west-1" => Err(Ec2Error::from_code(Action::DescribeInstances, "eu-west-1", "UnauthorizedOperation", None)),
+                r => Ok(vec![instance(&format!("i-{:08x}", r.len()), region)]),
+            });
+        let regions: Vec<Region> = ["us-east-1", "eu-west-1", "ap-south-1"].map(Region::new).to_vec();
+        let out = instances_by_tag(&ec2, &regions, &Tag::new("Earmarking", "production"), 2).await;
+        assert_eq!(out.iter().map(|r| r.region.as_str()).collect::<Vec<_>>(), ["us-east-1", "eu-west-1", "ap-south-1"]);
+        assert_eq!(out[0].result.as_ref().unwrap().len(), 1);
+        assert!(out[1].result.is_err());
+        assert_eq!(out[2].result.as_ref().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrency_is_bounded() {
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let regions: Vec<Region> = (0..10).map(|i| Region::new(format!("r-{i}"))).collect();
+        let out = each_region(&regions, 3, |_| {
+            let (in_flight, peak) = (in_flight.clone(), peak.clone());
+            async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .await;
+        assert_eq!(out.len(), 10);
+        assert_eq!(peak.load(Ordering::SeqCst), 3);
+    }
+}

@@ -1,0 +1,145 @@
+//! Validated EC2 resource ids.
+//!
+//! Ids are checked when they are parsed, so a typo is rejected before any
+//! API call is made (the seed tools sent whatever they were given).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A resource id that did not have the expected shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {kind} id {value:?}: expected {prefix}- followed by 8 or 17 hex digits")]
+pub struct InvalidId {
+    /// What kind of id was expected ("snapshot", "volume", ...).
+    pub kind: &'static str,
+    /// The prefix such ids start with.
+    pub prefix: &'static str,
+    /// The rejected input.
+    pub value: String,
+}
+
+fn valid(prefix: &str, value: &str) -> bool {
+    let Some(rest) = value.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    // Real ids are 8 (legacy) or 17 hex digits; moto and some tools produce
+    // other lengths between the two, so accept 8..=17 lowercase hex.
+    (8..=17).contains(&rest.len()) && rest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+macro_rules! resource_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The prefix every id of this kind starts with.
+            pub const PREFIX: &'static str = $prefix;
+
+            /// Parses and validates an id.
+            pub fn parse(value: &str) -> Result<Self, InvalidId> {
+                if valid($prefix, value) {
+                    Ok(Self(value.to_owned()))
+                } else {
+                    Err(InvalidId { kind: $kind, prefix: $prefix, value: value.to_owned() })
+                }
+            }
+
+            /// Wraps an id that came from the EC2 API itself, without validation.
+            ///
+            /// Only adapters should use this: the API is the authority on its
+            /// own ids, and rejecting one it returned would hide the resource.
+            pub fn from_api(value: impl Into<String>) -> Self {
+                Self(value.into())
+            }
+
+            /// The id as a string.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidId;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        // Deserialisation does not validate: inventories written by
+        // `snap list` hold ids the API returned, which are authoritative.
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d).map(Self)
+            }
+        }
+    };
+}
+
+resource_id!(
+    /// An EC2 instance id (`i-…`).
+    InstanceId, "i", "instance"
+);
+resource_id!(
+    /// An EBS volume id (`vol-…`).
+    VolumeId, "vol", "volume"
+);
+resource_id!(
+    /// An EBS snapshot id (`snap-…`).
+    SnapshotId, "snap", "snapshot"
+);
+resource_id!(
+    /// An AMI id (`ami-…`).
+    ImageId, "ami", "image"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_short_and_long_ids() {
+        assert!(SnapshotId::parse("snap-0123abcd").is_ok());
+        assert!(SnapshotId::parse("snap-0123456789abcdef0").is_ok());
+        assert!(InstanceId::parse("i-0123456789abcdef0").is_ok());
+    }
+
+    #[test]
+    fn rejects_malformed_ids() {
+        for bad in ["", "snap", "snap-", "snap-xyz12345", "vol-0123abcd", "snap-0123ABCD", "snap-0123abcd0123abcd01"] {
+            let err = SnapshotId::parse(bad).unwrap_err();
+            assert_eq!(err.kind, "snapshot");
+            assert_eq!(err.value, bad);
+        }
+    }
+
+    #[test]
+    fn error_message_names_the_expected_shape() {
+        let err = VolumeId::parse("snap-0123abcd").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid volume id \"snap-0123abcd\": expected vol- followed by 8 or 17 hex digits"
+        );
+    }
+}

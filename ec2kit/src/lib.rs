@@ -1,0 +1,84 @@
+//! # ec2kit — the machines
+//!
+//! EC2 API access in domain types, and a shell on a host. The two seams
+//! every other ektool crate builds on:
+//!
+//! - [`Ec2`]: the EC2 calls the toolkit needs (describe with server-side
+//!   filters and full pagination, snapshots, images, volumes, instances),
+//!   taking and returning the domain types below, never SDK types.
+//!   [`AwsEc2`] implements it on aws-sdk-ec2 (feature `aws`), with a
+//!   per-action, per-region [`RateLimiter`] sized to AWS's token buckets.
+//! - [`Remote`]: run a command, upload a file atomically, read a file on
+//!   one host. [`SshRemote`] (feature `ssh`) checks host keys strictly;
+//!   [`LocalRemote`] is this machine; [`GuardedJob`] runs a long-lived
+//!   command whose end the host itself guarantees.
+//!
+//! With `default-features = false` only the traits and types compile, so
+//! crates that build on them (snapkit, deploykit) test their logic without
+//! compiling the AWS SDK. Feature `mock` adds mockall mocks of both seams.
+//!
+//! ```no_run
+//! # #[cfg(feature = "aws")]
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use ec2kit::{AwsEc2, AwsEc2Options, Tag, fleet};
+//!
+//! let ec2 = AwsEc2::new(AwsEc2Options::default()).await;
+//! let catalog = fleet::region_catalog(&ec2).await?;
+//! let regions = catalog.resolve_all(&["eu-west", "us-east-1"])?;
+//! let tag: Tag = "Earmarking=production".parse()?;
+//! for region in fleet::instances_by_tag(&ec2, &regions, &tag, 4).await {
+//!     for instance in region.result? {
+//!         println!("{} {} {}", region.region, instance.id, instance.name().unwrap_or("-"));
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+mod action;
+mod ec2;
+mod error;
+mod filter;
+mod ids;
+mod image;
+mod instance;
+mod region;
+mod snapshot;
+mod tags;
+mod volume;
+
+pub mod fleet;
+pub mod job;
+pub mod local;
+pub mod ratelimit;
+pub mod remote;
+pub mod requests;
+
+#[cfg(feature = "aws")]
+pub mod aws;
+#[cfg(feature = "ssh")]
+pub mod ssh;
+
+pub use action::Action;
+#[cfg(any(test, feature = "mock"))]
+pub use ec2::MockEc2;
+pub use ec2::Ec2;
+pub use error::{BoxError, Ec2Error, ErrorKind, dry_run_ok};
+pub use filter::Filter;
+pub use ids::{ImageId, InstanceId, InvalidId, SnapshotId, VolumeId};
+pub use image::{Image, ImageBlockDevice};
+pub use instance::{BlockDevice, Instance};
+pub use job::{GuardedJob, JobState};
+pub use local::LocalRemote;
+pub use ratelimit::{Bucket, RateLimiter, RateLimits};
+pub use region::{Region, RegionCatalog, RegionError, RegionInfo};
+#[cfg(any(test, feature = "mock"))]
+pub use remote::MockRemote;
+pub use remote::{Command, ExitStatus, Output, Program, Remote, RemoteError};
+pub use snapshot::{Snapshot, SnapshotState};
+pub use tags::{InvalidTag, Tag, Tags, is_reserved_key};
+pub use volume::{Volume, VolumeAttachment};
+
+#[cfg(feature = "aws")]
+pub use aws::{AwsEc2, AwsEc2Options};
+#[cfg(feature = "ssh")]
+pub use ssh::{HostKey, HostKeyStatus, SshOptions, SshRemote, SshTarget};

@@ -1,0 +1,1 @@
+//! Cross-crate integration tests against moto, sshd and git.

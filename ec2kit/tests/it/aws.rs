@@ -1,0 +1,173 @@
+//! `AwsEc2` against moto.
+
+use ec2kit::requests::{CreateSnapshot, CreateSnapshots, RunInstances};
+use ec2kit::{AwsEc2, AwsEc2Options, Ec2, ErrorKind, Filter, RateLimits, Region, SnapshotId, SnapshotState, Tag, Tags, fleet};
+use ektool_tests::{moto_url, unique};
+
+async fn ec2() -> AwsEc2 {
+    AwsEc2::new(AwsEc2Options {
+        endpoint_url: Some(moto_url()),
+        home_region: Some("us-east-1".into()),
+        rate_limits: Some(RateLimits::disabled()),
+        ..Default::default()
+    })
+    .await
+}
+
+async fn launch(ec2: &AwsEc2, region: &Region, count: i32, tags: Tags) -> Vec<ec2kit::Instance> {
+    ec2.run_instances(
+        region,
+        &RunInstances {
+            image_id: Some("ami-0123456789abcdef0".parse().unwrap()),
+            instance_type: "t3.micro".into(),
+            count,
+            tags,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("run instances")
+}
+
+#[tokio::test]
+async fn regions_resolve_from_one_catalog() {
+    let ec2 = ec2().await;
+    let catalog = fleet::region_catalog(&ec2).await.unwrap();
+    assert!(catalog.enabled().count() > 10);
+    assert_eq!(catalog.resolve("eu-north").unwrap().as_str(), "eu-north-1");
+    assert_eq!(catalog.resolve("us-east-1").unwrap().as_str(), "us-east-1");
+    let err = catalog.resolve("us-west").unwrap_err().to_string();
+    assert!(err.contains("us-west-1") && err.contains("us-west-2"), "{err}");
+}
+
+#[tokio::test]
+async fn instances_by_tag_finds_exactly_the_tagged_live_instances_in_each_region() {
+    let ec2 = ec2().await;
+    let tag = Tag::new(unique("fleet"), "production");
+    let (r1, r2) = (Region::new("eu-west-1"), Region::new("ap-southeast-2"));
+    let tagged = Tags::new().with(tag.key.clone(), "production").with("Name", "web");
+    let a = launch(&ec2, &r1, 2, tagged.clone()).await;
+    let b = launch(&ec2, &r2, 1, tagged.clone()).await;
+    // Same key, other value; and no tag at all: neither may be listed.
+    launch(&ec2, &r1, 1, Tags::new().with(tag.key.clone(), "staging")).await;
+    launch(&ec2, &r1, 1, Tags::new()).await;
+    // A terminated instance is not part of the fleet.
+    ec2.terminate_instances(&r1, &[a[1].id.clone()], false).await.unwrap();
+
+    let regions = vec![r1.clone(), r2.clone(), Region::new("us-west-2")];
+    let out = fleet::instances_by_tag(&ec2, &regions, &tag, 3).await;
+    let ids = |i: usize| {
+        let mut v: Vec<String> = out[i].result.as_ref().unwrap().iter().map(|i| i.id.to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(0), vec![a[0].id.to_string()]);
+    assert_eq!(ids(1), vec![b[0].id.to_string()]);
+    assert!(ids(2).is_empty());
+    let first = &out[0].result.as_ref().unwrap()[0];
+    assert_eq!(first.name(), Some("web"));
+    assert_eq!(first.region, r1);
+    assert!(first.root_device_name.is_some());
+    assert!(!first.block_devices.is_empty(), "EBS root volume listed");
+}
+
+#[tokio::test]
+async fn snapshots_carry_tags_from_creation_and_tag_scoped_queries_see_only_them() {
+    let ec2 = ec2().await;
+    let region = Region::new("us-east-1");
+    let key = unique("owner");
+    let inst = launch(&ec2, &region, 1, Tags::new().with("Name", "db")).await.remove(0);
+    let vol = inst.root_volume().expect("root volume").clone();
+
+    let single = ec2
+        .create_snapshot(
+            &region,
+            &CreateSnapshot {
+                volume_id: Some(vol.clone()),
+                description: Some("single".into()),
+                tags: Tags::new().with(key.clone(), "yes").with("kind", "single"),
+                dry_run: false,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(single.tags.get("kind"), Some("single"));
+    assert_eq!(single.volume_id.as_ref(), Some(&vol));
+
+    let set = ec2
+        .create_snapshots(
+            &region,
+            &CreateSnapshots {
+                instance_id: Some(inst.id.clone()),
+                tags: Tags::new().with(key.clone(), "yes").with("kind", "set"),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(set.len(), inst.block_devices.len());
+
+    let ours = ec2.describe_snapshots(&region, &[Filter::tag_key(key.clone())]).await.unwrap();
+    let mut ids: Vec<_> = ours.iter().map(|s| s.id.to_string()).collect();
+    ids.sort();
+    let mut want: Vec<_> = set.iter().map(|s| s.id.to_string()).chain([single.id.to_string()]).collect();
+    want.sort();
+    assert_eq!(ids, want, "a tag-scoped query returns exactly the snapshots we made");
+    assert!(ours.iter().all(|s| s.state == SnapshotState::Completed && s.region.as_ref() == Some(&region)));
+}
+
+#[tokio::test]
+async fn unscoped_snapshot_listing_paginates_past_1000_and_includes_moto_preloads() {
+    // moto preloads ~1,200 AMI-backing snapshots and (unlike AWS) returns
+    // them for OwnerIds=self. So this query must page (MaxResults=1000)
+    // and shows why every toolkit query is scoped by its own tags.
+    let ec2 = ec2().await;
+    let all = ec2.describe_snapshots(&Region::new("us-west-1"), &[]).await.unwrap();
+    assert!(all.len() > 1000, "got {} snapshots; the second page was not fetched", all.len());
+    let mut ids: Vec<_> = all.iter().map(|s| s.id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), all.len(), "no page was fetched twice");
+}
+
+#[tokio::test]
+async fn error_codes_are_kept_and_classified() {
+    let ec2 = ec2().await;
+    let region = Region::new("us-east-1");
+    let missing = SnapshotId::parse("snap-0123456789abcdef0").unwrap();
+    let err = ec2.delete_snapshot(&region, &missing, false).await.unwrap_err();
+    assert_eq!(err.code(), Some("InvalidSnapshot.NotFound"));
+    assert_eq!(err.kind, ErrorKind::NotFound);
+    assert!(!err.is_retryable());
+    assert!(err.to_string().starts_with("DeleteSnapshot in us-east-1: InvalidSnapshot.NotFound"), "{err}");
+
+    let inst = launch(&ec2, &region, 1, Tags::new()).await.remove(0);
+    let dry = ec2.reboot_instances(&region, &[inst.id.clone()], true).await.unwrap_err();
+    assert!(dry.is_dry_run_ok(), "{dry}");
+    assert!(ec2kit::dry_run_ok(ec2.reboot_instances(&region, &[inst.id.clone()], true).await).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn termination_protection_round_trip() {
+    let ec2 = ec2().await;
+    let region = Region::new("eu-central-1");
+    let inst = launch(&ec2, &region, 1, Tags::new()).await.remove(0);
+    assert!(!ec2.termination_protection(&region, &inst.id).await.unwrap());
+    ec2.set_termination_protection(&region, &inst.id, true, false).await.unwrap();
+    assert!(ec2.termination_protection(&region, &inst.id).await.unwrap());
+}
+
+#[tokio::test]
+async fn unreachable_endpoint_is_a_retryable_transport_error() {
+    let ec2 = AwsEc2::new(AwsEc2Options {
+        endpoint_url: Some("http://127.0.0.1:9".into()),
+        home_region: Some("us-east-1".into()),
+        rate_limits: Some(RateLimits::disabled()),
+        max_attempts: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let err = ec2.describe_regions().await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Transport, "{err}");
+    assert!(err.is_retryable());
+}

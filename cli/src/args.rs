@@ -33,12 +33,12 @@ pub struct GlobalArgs {
 
     /// EC2 endpoint URL (e.g. a local moto server). AWS_ENDPOINT_URL_EC2
     /// works too.
-    #[arg(long, global = true, value_name = "URL", env = "EKTOOL_ENDPOINT_URL")]
+    #[arg(long, global = true, value_name = "URL", env = "EKTOOL_ENDPOINT_URL", hide_env_values = true)]
     pub endpoint_url: Option<String>,
 
     /// Config file. Default: ./ektool.toml, then the user config dir
     /// ($XDG_CONFIG_HOME/ektool/config.toml).
-    #[arg(long, global = true, value_name = "FILE", env = "EKTOOL_CONFIG")]
+    #[arg(long, global = true, value_name = "FILE", env = "EKTOOL_CONFIG", hide_env_values = true)]
     pub config: Option<PathBuf>,
 
     /// Output format.
@@ -74,6 +74,8 @@ pub enum OutputFormat {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check the config file and show the effective configuration.
+    Config,
     /// List regions (or check what --region resolves to).
     Regions(commands::regions::Args),
     /// List the instances carrying a tag.

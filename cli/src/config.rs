@@ -9,10 +9,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use ec2kit::{Action, Bucket, RateLimits, Tag, VolumeId};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The whole file.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// What commands use when the command line does not say.
@@ -28,16 +28,16 @@ pub struct Config {
     #[serde(default)]
     pub volumes: BTreeMap<String, VolumeAlias>,
     /// Where the file was read from (None: built-in defaults).
-    #[serde(skip)]
+    #[serde(skip_deserializing)]
     pub path: Option<PathBuf>,
 }
 
 /// `[defaults]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
     /// The tag that marks instances to back up (the seed's `Earmarking=production`).
-    #[serde(default = "default_tag", deserialize_with = "de_tag")]
+    #[serde(default = "default_tag", deserialize_with = "de_tag", serialize_with = "se_display")]
     pub tag: Tag,
     /// Regions used when `--region` is not given.
     #[serde(default)]
@@ -55,7 +55,7 @@ fn default_tag() -> Tag {
 }
 
 /// `[aws]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsConfig {
     /// Named profile.
@@ -65,7 +65,7 @@ pub struct AwsConfig {
     /// Pace EC2 calls to AWS's token buckets (default true).
     pub rate_limit: Option<bool>,
     /// Per-action bucket overrides, e.g. `DeleteSnapshot = { burst = 100, per_second = 5 }`.
-    #[serde(default, deserialize_with = "de_rate_limits")]
+    #[serde(default, deserialize_with = "de_rate_limits", serialize_with = "se_rate_limits")]
     pub rate_limits: Vec<(Action, Bucket)>,
     /// Attempts per request, including the first.
     pub max_attempts: Option<u32>,
@@ -82,7 +82,7 @@ impl AwsConfig {
 }
 
 /// `[ssh]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SshConfig {
     /// Login user when a target names none.
@@ -97,7 +97,7 @@ pub struct SshConfig {
 }
 
 /// One `[volumes.<alias>]` entry.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeAlias {
     /// The volume.
@@ -112,6 +112,14 @@ pub struct VolumeAlias {
     pub lock_db: bool,
     /// Retention policy name for this volume.
     pub strategy: Option<String>,
+}
+
+fn se_display<S: Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn se_rate_limits<S: Serializer>(v: &[(Action, Bucket)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(v.iter().map(|(a, b)| (a.as_str(), b)))
 }
 
 fn de_tag<'de, D: Deserializer<'de>>(d: D) -> Result<Tag, D::Error> {

@@ -2,6 +2,7 @@
 //! libraries.
 
 pub mod completions;
+pub mod config;
 pub mod host;
 pub mod instances;
 pub mod manpage;
@@ -20,6 +21,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         command => {
             let ctx = Context::load(cli.global)?;
             match command {
+                Command::Config => config::exec(&ctx),
                 Command::Regions(args) => regions::exec(&ctx, args).await,
                 Command::Instances(args) => instances::exec(&ctx, args).await,
                 Command::Host(args) => host::exec(&ctx, args).await,

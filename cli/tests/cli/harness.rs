@@ -1,0 +1,127 @@
+//! A builder for running `ektool` and checking what it did.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use ektool_tests::moto_url;
+
+/// One `ektool` invocation.
+pub struct Ektool {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    env_remove: Vec<String>,
+    cwd: Option<PathBuf>,
+}
+
+impl Ektool {
+    /// `ektool` with no arguments, run in a fresh empty directory so no
+    /// `ektool.toml` is picked up by accident.
+    pub fn new() -> Self {
+        Self {
+            args: Vec::new(),
+            env: vec![("XDG_CONFIG_HOME".into(), "/nonexistent".into())],
+            env_remove: vec!["EKTOOL_ENDPOINT_URL".into(), "EKTOOL_CONFIG".into(), "AWS_ENDPOINT_URL_EC2".into(), "RUST_LOG".into()],
+            cwd: None,
+        }
+    }
+
+    /// `ektool` pointed at the bench's moto, unpaced.
+    pub fn moto() -> Self {
+        Self::new().env("EKTOOL_ENDPOINT_URL", &moto_url()).arg("--no-rate-limit")
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_owned());
+        self
+    }
+
+    pub fn args(mut self, a: &[&str]) -> Self {
+        self.args.extend(a.iter().map(|s| s.to_string()));
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+
+    pub fn env_remove(mut self, k: &str) -> Self {
+        self.env_remove.push(k.to_owned());
+        self
+    }
+
+    pub fn current_dir(mut self, dir: &Path) -> Self {
+        self.cwd = Some(dir.to_owned());
+        self
+    }
+
+    pub fn run(self) -> Outcome {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ektool"));
+        cmd.args(&self.args).stdin(Stdio::null());
+        for k in &self.env_remove {
+            cmd.env_remove(k);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let tmp;
+        match &self.cwd {
+            Some(d) => {
+                cmd.current_dir(d);
+            }
+            None => {
+                tmp = ektool_tests::tempdir();
+                cmd.current_dir(tmp.path());
+            }
+        }
+        let out = cmd.output().expect("run ektool");
+        Outcome {
+            args: self.args.join(" "),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// What an invocation did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub args: String,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// Asserts the exit code.
+    #[track_caller]
+    pub fn code(self, want: i32) -> Self {
+        assert_eq!(self.code, Some(want), "ektool {}\nstdout:\n{}\nstderr:\n{}", self.args, self.stdout, self.stderr);
+        self
+    }
+
+    /// Asserts exit code 0.
+    #[track_caller]
+    pub fn success(self) -> Self {
+        self.code(0)
+    }
+
+    /// Asserts stderr contains `s`.
+    #[track_caller]
+    pub fn stderr_has(self, s: &str) -> Self {
+        assert!(self.stderr.contains(s), "stderr lacks {s:?}:\n{}", self.stderr);
+        self
+    }
+
+    /// Asserts stdout contains `s`.
+    #[track_caller]
+    pub fn stdout_has(self, s: &str) -> Self {
+        assert!(self.stdout.contains(s), "stdout lacks {s:?}:\n{}", self.stdout);
+        self
+    }
+
+    /// Parses stdout as JSON.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}

@@ -28,17 +28,35 @@ pub struct GlobalArgs {
     /// Region(s): exact names, unique prefixes (`eu-north`), or `all`.
     /// Repeatable or comma-separated. Default: `regions` from the config,
     /// then the SDK's region (AWS_REGION, profile).
-    #[arg(long = "region", short = 'r', global = true, value_name = "REGION", value_delimiter = ',')]
+    #[arg(
+        long = "region",
+        short = 'r',
+        global = true,
+        value_name = "REGION",
+        value_delimiter = ','
+    )]
     pub regions: Vec<String>,
 
     /// EC2 endpoint URL (e.g. a local moto server). AWS_ENDPOINT_URL_EC2
     /// works too.
-    #[arg(long, global = true, value_name = "URL", env = "EKTOOL_ENDPOINT_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "EKTOOL_ENDPOINT_URL",
+        hide_env_values = true
+    )]
     pub endpoint_url: Option<String>,
 
     /// Config file. Default: ./ektool.toml, then the user config dir
     /// ($XDG_CONFIG_HOME/ektool/config.toml).
-    #[arg(long, global = true, value_name = "FILE", env = "EKTOOL_CONFIG", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "EKTOOL_CONFIG",
+        hide_env_values = true
+    )]
     pub config: Option<PathBuf>,
 
     /// Output format.
@@ -101,7 +119,15 @@ mod tests {
 
     #[test]
     fn regions_are_repeatable_and_comma_separated() {
-        let cli = Cli::try_parse_from(["ektool", "-r", "eu-north", "--region", "us-east-1,ap-s", "regions"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "ektool",
+            "-r",
+            "eu-north",
+            "--region",
+            "us-east-1,ap-s",
+            "regions",
+        ])
+        .unwrap();
         assert_eq!(cli.global.regions, ["eu-north", "us-east-1", "ap-s"]);
     }
 

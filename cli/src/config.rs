@@ -37,7 +37,11 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
     /// The tag that marks instances to back up (the seed's `Earmarking=production`).
-    #[serde(default = "default_tag", deserialize_with = "de_tag", serialize_with = "se_display")]
+    #[serde(
+        default = "default_tag",
+        deserialize_with = "de_tag",
+        serialize_with = "se_display"
+    )]
     pub tag: Tag,
     /// Regions used when `--region` is not given.
     #[serde(default)]
@@ -46,7 +50,10 @@ pub struct Defaults {
 
 impl Default for Defaults {
     fn default() -> Self {
-        Self { tag: default_tag(), regions: Vec::new() }
+        Self {
+            tag: default_tag(),
+            regions: Vec::new(),
+        }
     }
 }
 
@@ -65,7 +72,11 @@ pub struct AwsConfig {
     /// Pace EC2 calls to AWS's token buckets (default true).
     pub rate_limit: Option<bool>,
     /// Per-action bucket overrides, e.g. `DeleteSnapshot = { burst = 100, per_second = 5 }`.
-    #[serde(default, deserialize_with = "de_rate_limits", serialize_with = "se_rate_limits")]
+    #[serde(
+        default,
+        deserialize_with = "de_rate_limits",
+        serialize_with = "se_rate_limits"
+    )]
     pub rate_limits: Vec<(Action, Bucket)>,
     /// Attempts per request, including the first.
     pub max_attempts: Option<u32>,
@@ -77,7 +88,9 @@ impl AwsConfig {
         if self.rate_limit == Some(false) {
             return RateLimits::disabled();
         }
-        self.rate_limits.iter().fold(RateLimits::aws(), |l, (a, b)| l.with(*a, *b))
+        self.rate_limits
+            .iter()
+            .fold(RateLimits::aws(), |l, (a, b)| l.with(*a, *b))
     }
 }
 
@@ -136,14 +149,24 @@ fn de_rate_limits<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Action, Bucket
     let map = BTreeMap::<String, Bucket>::deserialize(d)?;
     map.into_iter()
         .map(|(name, bucket)| {
-            let action = Action::ALL.iter().copied().find(|a| a.as_str() == name).ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "unknown EC2 action {name:?}; known: {}",
-                    Action::ALL.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
-                ))
-            })?;
+            let action = Action::ALL
+                .iter()
+                .copied()
+                .find(|a| a.as_str() == name)
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "unknown EC2 action {name:?}; known: {}",
+                        Action::ALL
+                            .iter()
+                            .map(|a| a.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?;
             if !(bucket.burst >= 1.0 && bucket.per_second > 0.0) {
-                return Err(serde::de::Error::custom(format!("{name}: burst must be >= 1 and per_second > 0")));
+                return Err(serde::de::Error::custom(format!(
+                    "{name}: burst must be >= 1 and per_second > 0"
+                )));
             }
             Ok((action, bucket))
         })
@@ -180,7 +203,13 @@ struct Located<'a>(&'a ConfigError);
 
 impl fmt::Display for Located<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let ConfigError::Invalid { path, line, column, message } = self.0 {
+        if let ConfigError::Invalid {
+            path,
+            line,
+            column,
+            message,
+        } = self.0
+        {
             write!(f, "{}", path.display())?;
             if let Some(l) = line {
                 write!(f, ":{l}")?;
@@ -234,7 +263,10 @@ impl Config {
                 None => return Ok(Config::default()),
             },
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
         Self::parse(&text, &path)
     }
 
@@ -295,12 +327,16 @@ strategy = "oneday_rolling"
         assert_eq!(c.defaults.tag.to_string(), "Backup=nightly");
         assert_eq!(c.volumes["db"].volume_id.as_str(), "vol-0123456789abcdef0");
         assert!(c.volumes["db"].lock_db);
-        assert_eq!(c.aws.rate_limits().bucket(Action::DeleteSnapshot), Some(Bucket::new(50.0, 2.5)));
+        assert_eq!(
+            c.aws.rate_limits().bucket(Action::DeleteSnapshot),
+            Some(Bucket::new(50.0, 2.5))
+        );
     }
 
     #[test]
     fn string_boolean_is_an_error_with_line_and_column() {
-        let err = parse("[volumes.db]\nvolume_id = \"vol-0123abcd\"\nlock_db = \"False\"\n").unwrap_err();
+        let err =
+            parse("[volumes.db]\nvolume_id = \"vol-0123abcd\"\nlock_db = \"False\"\n").unwrap_err();
         let text = err.to_string();
         assert!(text.starts_with("ektool.toml:3:11: "), "{text}");
         assert!(text.contains("bool"), "{text}");
@@ -324,9 +360,14 @@ strategy = "oneday_rolling"
 
     #[test]
     fn unknown_action_lists_known_ones() {
-        let err = parse("[aws]\nrate_limits = { DeleteSnapshots = { burst = 1, per_second = 1 } }\n").unwrap_err();
+        let err =
+            parse("[aws]\nrate_limits = { DeleteSnapshots = { burst = 1, per_second = 1 } }\n")
+                .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("unknown EC2 action \"DeleteSnapshots\""), "{text}");
+        assert!(
+            text.contains("unknown EC2 action \"DeleteSnapshots\""),
+            "{text}"
+        );
         assert!(text.contains("DeleteSnapshot,"), "{text}");
     }
 

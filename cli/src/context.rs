@@ -35,10 +35,18 @@ impl Context {
     /// An EC2 client configured from flags and config.
     pub async fn ec2(&self) -> AwsEc2 {
         let aws = &self.config.aws;
-        let rate_limits = if self.global.no_rate_limit { ec2kit::RateLimits::disabled() } else { aws.rate_limits() };
+        let rate_limits = if self.global.no_rate_limit {
+            ec2kit::RateLimits::disabled()
+        } else {
+            aws.rate_limits()
+        };
         AwsEc2::new(AwsEc2Options {
             profile: self.global.profile.clone().or_else(|| aws.profile.clone()),
-            endpoint_url: self.global.endpoint_url.clone().or_else(|| aws.endpoint_url.clone()),
+            endpoint_url: self
+                .global
+                .endpoint_url
+                .clone()
+                .or_else(|| aws.endpoint_url.clone()),
             home_region: None,
             rate_limits: Some(rate_limits),
             max_attempts: aws.max_attempts,

@@ -8,7 +8,9 @@ use crate::error::CliError;
 /// Prints rows under headers, aligned, without borders (kubectl style).
 pub fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
     let mut t = Table::new();
-    t.load_preset(presets::NOTHING).set_content_arrangement(ContentArrangement::Disabled).set_header(headers.to_vec());
+    t.load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(headers.to_vec());
     for row in rows {
         t.add_row(row);
     }
@@ -20,7 +22,8 @@ pub fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
 
 /// Prints a value as pretty JSON.
 pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(format!("could not write JSON: {e}")))?;
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::Failed(format!("could not write JSON: {e}")))?;
     println!("{text}");
     Ok(())
 }

@@ -15,10 +15,14 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types as sdk;
 
-use crate::requests::{CopyImage, CopySnapshot, CreateSnapshot, CreateSnapshots, CreateVolume, RegisterImage, RunInstances};
+use crate::requests::{
+    CopyImage, CopySnapshot, CreateSnapshot, CreateSnapshots, CreateVolume, RegisterImage,
+    RunInstances,
+};
 use crate::{
-    Action, BlockDevice, Ec2, Ec2Error, ErrorKind, Filter, Image, ImageBlockDevice, ImageId, Instance, InstanceId, RateLimiter,
-    RateLimits, Region, RegionInfo, Snapshot, SnapshotId, SnapshotState, Tags, Volume, VolumeAttachment, VolumeId,
+    Action, BlockDevice, Ec2, Ec2Error, ErrorKind, Filter, Image, ImageBlockDevice, ImageId,
+    Instance, InstanceId, RateLimiter, RateLimits, Region, RegionInfo, Snapshot, SnapshotId,
+    SnapshotState, Tags, Volume, VolumeAttachment, VolumeId,
 };
 
 /// The region used for account-wide calls when none is configured.
@@ -72,7 +76,9 @@ impl AwsEc2 {
         }
         let config = loader.load().await;
         let configured_region = config.region().map(|r| Region::new(r.to_string()));
-        let home = configured_region.clone().unwrap_or_else(|| Region::new(FALLBACK_REGION));
+        let home = configured_region
+            .clone()
+            .unwrap_or_else(|| Region::new(FALLBACK_REGION));
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -129,22 +135,39 @@ where
                     let message = ctx.err().message().map(str::to_owned);
                     Ec2Error::from_code(action, region, code, message).with_source(err)
                 }
-                None if status >= 500 => {
-                    Ec2Error::new(action, region, ErrorKind::ServerError, format!("HTTP {status}")).with_source(err)
-                }
-                None => Ec2Error::new(action, region, ErrorKind::Other, format!("HTTP {status}")).with_source(err),
+                None if status >= 500 => Ec2Error::new(
+                    action,
+                    region,
+                    ErrorKind::ServerError,
+                    format!("HTTP {status}"),
+                )
+                .with_source(err),
+                None => Ec2Error::new(action, region, ErrorKind::Other, format!("HTTP {status}"))
+                    .with_source(err),
             }
         }
-        SdkError::TimeoutError(_) => Ec2Error::new(action, region, ErrorKind::Transport, "request timed out").with_source(err),
-        SdkError::DispatchFailure(_) => {
-            Ec2Error::new(action, region, ErrorKind::Transport, "could not reach the endpoint").with_source(err)
+        SdkError::TimeoutError(_) => {
+            Ec2Error::new(action, region, ErrorKind::Transport, "request timed out")
+                .with_source(err)
         }
+        SdkError::DispatchFailure(_) => Ec2Error::new(
+            action,
+            region,
+            ErrorKind::Transport,
+            "could not reach the endpoint",
+        )
+        .with_source(err),
         SdkError::ResponseError(_) => {
-            Ec2Error::new(action, region, ErrorKind::Transport, "unreadable response").with_source(err)
+            Ec2Error::new(action, region, ErrorKind::Transport, "unreadable response")
+                .with_source(err)
         }
-        SdkError::ConstructionFailure(_) => {
-            Ec2Error::new(action, region, ErrorKind::InvalidRequest, "could not build the request").with_source(err)
-        }
+        SdkError::ConstructionFailure(_) => Ec2Error::new(
+            action,
+            region,
+            ErrorKind::InvalidRequest,
+            "could not build the request",
+        )
+        .with_source(err),
         _ => Ec2Error::new(action, region, ErrorKind::Other, "request failed").with_source(err),
     }
 }
@@ -157,7 +180,12 @@ fn ts(t: Option<&aws_smithy_types::DateTime>) -> Option<jiff::Timestamp> {
 
 fn tags_from(tags: &[sdk::Tag]) -> Tags {
     tags.iter()
-        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_owned(),
+                t.value().unwrap_or_default().to_owned(),
+            ))
+        })
         .collect()
 }
 
@@ -165,15 +193,33 @@ fn tag_spec(kind: sdk::ResourceType, tags: &Tags) -> Option<sdk::TagSpecificatio
     if tags.is_empty() {
         return None;
     }
-    let tags = tags.iter().map(|(k, v)| sdk::Tag::builder().key(k).value(v).build()).collect();
-    Some(sdk::TagSpecification::builder().resource_type(kind).set_tags(Some(tags)).build())
+    let tags = tags
+        .iter()
+        .map(|(k, v)| sdk::Tag::builder().key(k).value(v).build())
+        .collect();
+    Some(
+        sdk::TagSpecification::builder()
+            .resource_type(kind)
+            .set_tags(Some(tags))
+            .build(),
+    )
 }
 
 fn filters(filters: &[Filter]) -> Option<Vec<sdk::Filter>> {
     if filters.is_empty() {
         return None;
     }
-    Some(filters.iter().map(|f| sdk::Filter::builder().name(&f.name).set_values(Some(f.values.clone())).build()).collect())
+    Some(
+        filters
+            .iter()
+            .map(|f| {
+                sdk::Filter::builder()
+                    .name(&f.name)
+                    .set_values(Some(f.values.clone()))
+                    .build()
+            })
+            .collect(),
+    )
 }
 
 fn progress(p: Option<&str>) -> Option<u8> {
@@ -181,8 +227,12 @@ fn progress(p: Option<&str>) -> Option<u8> {
 }
 
 fn state(s: Option<&sdk::SnapshotState>) -> SnapshotState {
-    s.map(|s| s.as_str().parse().unwrap_or(SnapshotState::Unknown(String::new())))
-        .unwrap_or(SnapshotState::Unknown(String::new()))
+    s.map(|s| {
+        s.as_str()
+            .parse()
+            .unwrap_or(SnapshotState::Unknown(String::new()))
+    })
+    .unwrap_or(SnapshotState::Unknown(String::new()))
 }
 
 // The SDK has three snapshot shapes (Snapshot, CreateSnapshotOutput,
@@ -234,8 +284,15 @@ fn instance_from(i: &sdk::Instance, region: &Region, reservation: Option<&str>) 
     Instance {
         id: InstanceId::from_api(i.instance_id().unwrap_or_default()),
         region: region.clone(),
-        availability_zone: i.placement().and_then(|p| p.availability_zone()).map(str::to_owned),
-        state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
+        availability_zone: i
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .map(str::to_owned),
+        state: i
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_owned())
+            .unwrap_or_default(),
         instance_type: i.instance_type().map(|t| t.as_str().to_owned()),
         architecture: i.architecture().map(|a| a.as_str().to_owned()),
         root_device_name: i.root_device_name().map(str::to_owned),
@@ -245,7 +302,10 @@ fn instance_from(i: &sdk::Instance, region: &Region, reservation: Option<&str>) 
         key_name: i.key_name().map(str::to_owned),
         private_ip: i.private_ip_address().map(str::to_owned),
         public_ip: i.public_ip_address().map(str::to_owned),
-        public_dns: i.public_dns_name().filter(|d| !d.is_empty()).map(str::to_owned),
+        public_dns: i
+            .public_dns_name()
+            .filter(|d| !d.is_empty())
+            .map(str::to_owned),
         launch_time: ts(i.launch_time()),
         reservation_id: reservation.map(str::to_owned),
         block_devices: i
@@ -276,7 +336,10 @@ macro_rules! volume_from {
             volume_type: v.volume_type().map(|t| t.as_str().to_owned()),
             encrypted: v.encrypted().unwrap_or(false),
             kms_key_id: v.kms_key_id().map(str::to_owned),
-            snapshot_id: v.snapshot_id().filter(|s| !s.is_empty()).map(SnapshotId::from_api),
+            snapshot_id: v
+                .snapshot_id()
+                .filter(|s| !s.is_empty())
+                .map(SnapshotId::from_api),
             create_time: ts(v.create_time()),
             attachments: v
                 .attachments()
@@ -312,9 +375,15 @@ fn image_from(i: &sdk::Image, region: &Region) -> Image {
             .iter()
             .map(|b| ImageBlockDevice {
                 device_name: b.device_name().unwrap_or_default().to_owned(),
-                snapshot_id: b.ebs().and_then(|e| e.snapshot_id()).map(SnapshotId::from_api),
+                snapshot_id: b
+                    .ebs()
+                    .and_then(|e| e.snapshot_id())
+                    .map(SnapshotId::from_api),
                 volume_size_gib: b.ebs().and_then(|e| e.volume_size()),
-                volume_type: b.ebs().and_then(|e| e.volume_type()).map(|t| t.as_str().to_owned()),
+                volume_type: b
+                    .ebs()
+                    .and_then(|e| e.volume_type())
+                    .map(|t| t.as_str().to_owned()),
                 delete_on_termination: b.ebs().and_then(|e| e.delete_on_termination()),
             })
             .collect(),
@@ -330,7 +399,10 @@ fn image_block_device(b: &ImageBlockDevice) -> sdk::BlockDeviceMapping {
     if let Some(t) = &b.volume_type {
         ebs = ebs.volume_type(sdk::VolumeType::from(t.as_str()));
     }
-    sdk::BlockDeviceMapping::builder().device_name(&b.device_name).ebs(ebs.build()).build()
+    sdk::BlockDeviceMapping::builder()
+        .device_name(&b.device_name)
+        .ebs(ebs.build())
+        .build()
 }
 
 fn ids<T: ToString>(ids: &[T]) -> Option<Vec<String>> {
@@ -365,7 +437,11 @@ impl Ec2 for AwsEc2 {
             .collect())
     }
 
-    async fn describe_instances(&self, region: &Region, f: &[Filter]) -> Result<Vec<Instance>, Ec2Error> {
+    async fn describe_instances(
+        &self,
+        region: &Region,
+        f: &[Filter],
+    ) -> Result<Vec<Instance>, Ec2Error> {
         let action = Action::DescribeInstances;
         let mut out = Vec::new();
         let mut token = None;
@@ -381,16 +457,27 @@ impl Ec2 for AwsEc2 {
                 .await
                 .map_err(|e| map_err(action, region, e))?;
             for r in page.reservations() {
-                out.extend(r.instances().iter().map(|i| instance_from(i, region, r.reservation_id())));
+                out.extend(
+                    r.instances()
+                        .iter()
+                        .map(|i| instance_from(i, region, r.reservation_id())),
+                );
             }
-            token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
             if token.is_none() {
                 return Ok(out);
             }
         }
     }
 
-    async fn termination_protection(&self, region: &Region, instance: &InstanceId) -> Result<bool, Ec2Error> {
+    async fn termination_protection(
+        &self,
+        region: &Region,
+        instance: &InstanceId,
+    ) -> Result<bool, Ec2Error> {
         let action = Action::DescribeInstanceAttribute;
         let out = self
             .ready(action, region)
@@ -401,10 +488,17 @@ impl Ec2 for AwsEc2 {
             .send()
             .await
             .map_err(|e| map_err(action, region, e))?;
-        Ok(out.disable_api_termination().and_then(|v| v.value()).unwrap_or(false))
+        Ok(out
+            .disable_api_termination()
+            .and_then(|v| v.value())
+            .unwrap_or(false))
     }
 
-    async fn describe_volumes(&self, region: &Region, f: &[Filter]) -> Result<Vec<Volume>, Ec2Error> {
+    async fn describe_volumes(
+        &self,
+        region: &Region,
+        f: &[Filter],
+    ) -> Result<Vec<Volume>, Ec2Error> {
         let action = Action::DescribeVolumes;
         let mut out = Vec::new();
         let mut token = None;
@@ -420,14 +514,21 @@ impl Ec2 for AwsEc2 {
                 .await
                 .map_err(|e| map_err(action, region, e))?;
             out.extend(page.volumes().iter().map(|v| volume_from!(v, region)));
-            token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
             if token.is_none() {
                 return Ok(out);
             }
         }
     }
 
-    async fn describe_snapshots(&self, region: &Region, f: &[Filter]) -> Result<Vec<Snapshot>, Ec2Error> {
+    async fn describe_snapshots(
+        &self,
+        region: &Region,
+        f: &[Filter],
+    ) -> Result<Vec<Snapshot>, Ec2Error> {
         let action = Action::DescribeSnapshots;
         let mut out = Vec::new();
         let mut token = None;
@@ -444,7 +545,10 @@ impl Ec2 for AwsEc2 {
                 .await
                 .map_err(|e| map_err(action, region, e))?;
             out.extend(page.snapshots().iter().map(|s| snapshot_from!(s, region)));
-            token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
             if token.is_none() {
                 return Ok(out);
             }
@@ -468,14 +572,21 @@ impl Ec2 for AwsEc2 {
                 .await
                 .map_err(|e| map_err(action, region, e))?;
             out.extend(page.images().iter().map(|i| image_from(i, region)));
-            token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
             if token.is_none() {
                 return Ok(out);
             }
         }
     }
 
-    async fn create_snapshot(&self, region: &Region, r: &CreateSnapshot) -> Result<Snapshot, Ec2Error> {
+    async fn create_snapshot(
+        &self,
+        region: &Region,
+        r: &CreateSnapshot,
+    ) -> Result<Snapshot, Ec2Error> {
         let action = Action::CreateSnapshot;
         let out = self
             .ready(action, region)
@@ -491,7 +602,11 @@ impl Ec2 for AwsEc2 {
         Ok(snapshot_from!(&out, region))
     }
 
-    async fn create_snapshots(&self, region: &Region, r: &CreateSnapshots) -> Result<Vec<Snapshot>, Ec2Error> {
+    async fn create_snapshots(
+        &self,
+        region: &Region,
+        r: &CreateSnapshots,
+    ) -> Result<Vec<Snapshot>, Ec2Error> {
         let action = Action::CreateSnapshots;
         let spec = sdk::InstanceSpecification::builder()
             .set_instance_id(r.instance_id.as_ref().map(|i| i.to_string()))
@@ -514,12 +629,25 @@ impl Ec2 for AwsEc2 {
             req = req.copy_tags_from_source(sdk::CopyTagsFromSource::Volume);
         }
         let out = req.send().await.map_err(|e| map_err(action, region, e))?;
-        Ok(out.snapshots().iter().map(|s| snapshot_info(s, region)).collect())
+        Ok(out
+            .snapshots()
+            .iter()
+            .map(|s| snapshot_info(s, region))
+            .collect())
     }
 
-    async fn create_tags(&self, region: &Region, resources: &[String], tags: &Tags, dry_run: bool) -> Result<(), Ec2Error> {
+    async fn create_tags(
+        &self,
+        region: &Region,
+        resources: &[String],
+        tags: &Tags,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
         let action = Action::CreateTags;
-        let tags = tags.iter().map(|(k, v)| sdk::Tag::builder().key(k).value(v).build()).collect();
+        let tags = tags
+            .iter()
+            .map(|(k, v)| sdk::Tag::builder().key(k).value(v).build())
+            .collect();
         self.ready(action, region)
             .await
             .create_tags()
@@ -532,7 +660,12 @@ impl Ec2 for AwsEc2 {
         Ok(())
     }
 
-    async fn delete_snapshot(&self, region: &Region, snapshot: &SnapshotId, dry_run: bool) -> Result<(), Ec2Error> {
+    async fn delete_snapshot(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
         let action = Action::DeleteSnapshot;
         self.ready(action, region)
             .await
@@ -545,7 +678,11 @@ impl Ec2 for AwsEc2 {
         Ok(())
     }
 
-    async fn copy_snapshot(&self, region: &Region, r: &CopySnapshot) -> Result<SnapshotId, Ec2Error> {
+    async fn copy_snapshot(
+        &self,
+        region: &Region,
+        r: &CopySnapshot,
+    ) -> Result<SnapshotId, Ec2Error> {
         let action = Action::CopySnapshot;
         let out = self
             .ready(action, region)
@@ -564,7 +701,11 @@ impl Ec2 for AwsEc2 {
         Ok(SnapshotId::from_api(out.snapshot_id().unwrap_or_default()))
     }
 
-    async fn register_image(&self, region: &Region, r: &RegisterImage) -> Result<ImageId, Ec2Error> {
+    async fn register_image(
+        &self,
+        region: &Region,
+        r: &RegisterImage,
+    ) -> Result<ImageId, Ec2Error> {
         let action = Action::RegisterImage;
         let out = self
             .ready(action, region)
@@ -576,7 +717,9 @@ impl Ec2 for AwsEc2 {
             .set_root_device_name(r.root_device_name.clone())
             .set_virtualization_type(r.virtualization_type.clone())
             .set_ena_support(r.ena_support)
-            .set_block_device_mappings(Some(r.block_devices.iter().map(image_block_device).collect()))
+            .set_block_device_mappings(Some(
+                r.block_devices.iter().map(image_block_device).collect(),
+            ))
             .set_tag_specifications(tag_spec(sdk::ResourceType::Image, &r.tags).map(|t| vec![t]))
             .dry_run(r.dry_run)
             .send()
@@ -585,7 +728,12 @@ impl Ec2 for AwsEc2 {
         Ok(ImageId::from_api(out.image_id().unwrap_or_default()))
     }
 
-    async fn deregister_image(&self, region: &Region, image: &ImageId, dry_run: bool) -> Result<(), Ec2Error> {
+    async fn deregister_image(
+        &self,
+        region: &Region,
+        image: &ImageId,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
         let action = Action::DeregisterImage;
         self.ready(action, region)
             .await
@@ -600,7 +748,10 @@ impl Ec2 for AwsEc2 {
 
     async fn copy_image(&self, region: &Region, r: &CopyImage) -> Result<ImageId, Ec2Error> {
         let action = Action::CopyImage;
-        let specs = [tag_spec(sdk::ResourceType::Image, &r.tags), tag_spec(sdk::ResourceType::Snapshot, &r.tags)];
+        let specs = [
+            tag_spec(sdk::ResourceType::Image, &r.tags),
+            tag_spec(sdk::ResourceType::Snapshot, &r.tags),
+        ];
         let specs: Vec<_> = specs.into_iter().flatten().collect();
         let out = self
             .ready(action, region)
@@ -664,7 +815,13 @@ impl Ec2 for AwsEc2 {
         Ok(())
     }
 
-    async fn detach_volume(&self, region: &Region, volume: &VolumeId, force: bool, dry_run: bool) -> Result<(), Ec2Error> {
+    async fn detach_volume(
+        &self,
+        region: &Region,
+        volume: &VolumeId,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
         let action = Action::DetachVolume;
         self.ready(action, region)
             .await
@@ -678,7 +835,12 @@ impl Ec2 for AwsEc2 {
         Ok(())
     }
 
-    async fn delete_volume(&self, region: &Region, volume: &VolumeId, dry_run: bool) -> Result<(), Ec2Error> {
+    async fn delete_volume(
+        &self,
+        region: &Region,
+        volume: &VolumeId,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
         let action = Action::DeleteVolume;
         self.ready(action, region)
             .await
@@ -691,7 +853,12 @@ impl Ec2 for AwsEc2 {
         Ok(())
     }
 
-    async fn reboot_instances(&self, region: &Region, instances: &[InstanceId], dry_run: bool) -> Result<(), Ec2Error> {
+    async fn reboot_instances(
+        &self,
+        region: &Region,
+        instances: &[InstanceId],
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
         let action = Action::RebootInstances;
         self.ready(action, region)
             .await
@@ -724,9 +891,16 @@ impl Ec2 for AwsEc2 {
         Ok(())
     }
 
-    async fn run_instances(&self, region: &Region, r: &RunInstances) -> Result<Vec<Instance>, Ec2Error> {
+    async fn run_instances(
+        &self,
+        region: &Region,
+        r: &RunInstances,
+    ) -> Result<Vec<Instance>, Ec2Error> {
         let action = Action::RunInstances;
-        let specs = [tag_spec(sdk::ResourceType::Instance, &r.tags), tag_spec(sdk::ResourceType::Volume, &r.tags)];
+        let specs = [
+            tag_spec(sdk::ResourceType::Instance, &r.tags),
+            tag_spec(sdk::ResourceType::Volume, &r.tags),
+        ];
         let specs: Vec<_> = specs.into_iter().flatten().collect();
         let count = r.count.max(1);
         let out = self
@@ -738,10 +912,14 @@ impl Ec2 for AwsEc2 {
             .min_count(count)
             .max_count(count)
             .set_key_name(r.key_name.clone())
-            .set_security_group_ids((!r.security_group_ids.is_empty()).then(|| r.security_group_ids.clone()))
+            .set_security_group_ids(
+                (!r.security_group_ids.is_empty()).then(|| r.security_group_ids.clone()),
+            )
             .set_subnet_id(r.subnet_id.clone())
             .set_placement(
-                r.availability_zone.as_ref().map(|az| sdk::Placement::builder().availability_zone(az).build()),
+                r.availability_zone
+                    .as_ref()
+                    .map(|az| sdk::Placement::builder().availability_zone(az).build()),
             )
             .set_user_data(r.user_data.as_deref().map(aws_smithy_types::base64::encode))
             .set_client_token(r.client_token.clone())
@@ -750,10 +928,19 @@ impl Ec2 for AwsEc2 {
             .send()
             .await
             .map_err(|e| map_err(action, region, e))?;
-        Ok(out.instances().iter().map(|i| instance_from(i, region, out.reservation_id())).collect())
+        Ok(out
+            .instances()
+            .iter()
+            .map(|i| instance_from(i, region, out.reservation_id()))
+            .collect())
     }
 
-    async fn terminate_instances(&self, region: &Region, instances: &[InstanceId], dry_run: bool) -> Result<(), Ec2Error> {
+    async fn terminate_instances(
+        &self,
+        region: &Region,
+        instances: &[InstanceId],
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
         let action = Action::TerminateInstances;
         self.ready(action, region)
             .await

@@ -2,8 +2,14 @@
 
 use async_trait::async_trait;
 
-use crate::requests::{CopyImage, CopySnapshot, CreateSnapshot, CreateSnapshots, CreateVolume, RegisterImage, RunInstances};
-use crate::{Ec2Error, Filter, Image, ImageId, Instance, InstanceId, Region, RegionInfo, Snapshot, SnapshotId, Tags, Volume, VolumeId};
+use crate::requests::{
+    CopyImage, CopySnapshot, CreateSnapshot, CreateSnapshots, CreateVolume, RegisterImage,
+    RunInstances,
+};
+use crate::{
+    Ec2Error, Filter, Image, ImageId, Instance, InstanceId, Region, RegionInfo, Snapshot,
+    SnapshotId, Tags, Volume, VolumeId,
+};
 
 /// The EC2 API, as the toolkit uses it.
 ///
@@ -21,46 +27,102 @@ pub trait Ec2: Send + Sync {
     async fn describe_regions(&self) -> Result<Vec<RegionInfo>, Ec2Error>;
 
     /// Instances matching all `filters`.
-    async fn describe_instances(&self, region: &Region, filters: &[Filter]) -> Result<Vec<Instance>, Ec2Error>;
+    async fn describe_instances(
+        &self,
+        region: &Region,
+        filters: &[Filter],
+    ) -> Result<Vec<Instance>, Ec2Error>;
 
     /// Whether termination protection (`disableApiTermination`) is on.
-    async fn termination_protection(&self, region: &Region, instance: &InstanceId) -> Result<bool, Ec2Error>;
+    async fn termination_protection(
+        &self,
+        region: &Region,
+        instance: &InstanceId,
+    ) -> Result<bool, Ec2Error>;
 
     /// Volumes matching all `filters`.
-    async fn describe_volumes(&self, region: &Region, filters: &[Filter]) -> Result<Vec<Volume>, Ec2Error>;
+    async fn describe_volumes(
+        &self,
+        region: &Region,
+        filters: &[Filter],
+    ) -> Result<Vec<Volume>, Ec2Error>;
 
     /// The account's own snapshots matching all `filters`.
-    async fn describe_snapshots(&self, region: &Region, filters: &[Filter]) -> Result<Vec<Snapshot>, Ec2Error>;
+    async fn describe_snapshots(
+        &self,
+        region: &Region,
+        filters: &[Filter],
+    ) -> Result<Vec<Snapshot>, Ec2Error>;
 
     /// The account's own AMIs matching all `filters`.
-    async fn describe_images(&self, region: &Region, filters: &[Filter]) -> Result<Vec<Image>, Ec2Error>;
+    async fn describe_images(
+        &self,
+        region: &Region,
+        filters: &[Filter],
+    ) -> Result<Vec<Image>, Ec2Error>;
 
     /// Snapshots one volume; tags are applied at creation.
-    async fn create_snapshot(&self, region: &Region, request: &CreateSnapshot) -> Result<Snapshot, Ec2Error>;
+    async fn create_snapshot(
+        &self,
+        region: &Region,
+        request: &CreateSnapshot,
+    ) -> Result<Snapshot, Ec2Error>;
 
     /// Snapshots an instance's volumes at one point in time; tags at creation.
-    async fn create_snapshots(&self, region: &Region, request: &CreateSnapshots) -> Result<Vec<Snapshot>, Ec2Error>;
+    async fn create_snapshots(
+        &self,
+        region: &Region,
+        request: &CreateSnapshots,
+    ) -> Result<Vec<Snapshot>, Ec2Error>;
 
     /// Adds or overwrites tags on resources.
-    async fn create_tags(&self, region: &Region, resources: &[String], tags: &Tags, dry_run: bool) -> Result<(), Ec2Error>;
+    async fn create_tags(
+        &self,
+        region: &Region,
+        resources: &[String],
+        tags: &Tags,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error>;
 
     /// Deletes a snapshot.
-    async fn delete_snapshot(&self, region: &Region, snapshot: &SnapshotId, dry_run: bool) -> Result<(), Ec2Error>;
+    async fn delete_snapshot(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error>;
 
     /// Copies a snapshot into `region` (the destination); returns the new id.
-    async fn copy_snapshot(&self, region: &Region, request: &CopySnapshot) -> Result<SnapshotId, Ec2Error>;
+    async fn copy_snapshot(
+        &self,
+        region: &Region,
+        request: &CopySnapshot,
+    ) -> Result<SnapshotId, Ec2Error>;
 
     /// Registers an AMI from snapshots.
-    async fn register_image(&self, region: &Region, request: &RegisterImage) -> Result<ImageId, Ec2Error>;
+    async fn register_image(
+        &self,
+        region: &Region,
+        request: &RegisterImage,
+    ) -> Result<ImageId, Ec2Error>;
 
     /// Deregisters an AMI (its snapshots stay).
-    async fn deregister_image(&self, region: &Region, image: &ImageId, dry_run: bool) -> Result<(), Ec2Error>;
+    async fn deregister_image(
+        &self,
+        region: &Region,
+        image: &ImageId,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error>;
 
     /// Copies an AMI into `region` (the destination); returns the new id.
     async fn copy_image(&self, region: &Region, request: &CopyImage) -> Result<ImageId, Ec2Error>;
 
     /// Creates a volume.
-    async fn create_volume(&self, region: &Region, request: &CreateVolume) -> Result<Volume, Ec2Error>;
+    async fn create_volume(
+        &self,
+        region: &Region,
+        request: &CreateVolume,
+    ) -> Result<Volume, Ec2Error>;
 
     /// Attaches a volume to an instance as `device`.
     async fn attach_volume(
@@ -73,13 +135,29 @@ pub trait Ec2: Send + Sync {
     ) -> Result<(), Ec2Error>;
 
     /// Detaches a volume.
-    async fn detach_volume(&self, region: &Region, volume: &VolumeId, force: bool, dry_run: bool) -> Result<(), Ec2Error>;
+    async fn detach_volume(
+        &self,
+        region: &Region,
+        volume: &VolumeId,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error>;
 
     /// Deletes a volume.
-    async fn delete_volume(&self, region: &Region, volume: &VolumeId, dry_run: bool) -> Result<(), Ec2Error>;
+    async fn delete_volume(
+        &self,
+        region: &Region,
+        volume: &VolumeId,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error>;
 
     /// Reboots instances.
-    async fn reboot_instances(&self, region: &Region, instances: &[InstanceId], dry_run: bool) -> Result<(), Ec2Error>;
+    async fn reboot_instances(
+        &self,
+        region: &Region,
+        instances: &[InstanceId],
+        dry_run: bool,
+    ) -> Result<(), Ec2Error>;
 
     /// Turns termination protection on or off.
     async fn set_termination_protection(
@@ -91,8 +169,17 @@ pub trait Ec2: Send + Sync {
     ) -> Result<(), Ec2Error>;
 
     /// Launches instances.
-    async fn run_instances(&self, region: &Region, request: &RunInstances) -> Result<Vec<Instance>, Ec2Error>;
+    async fn run_instances(
+        &self,
+        region: &Region,
+        request: &RunInstances,
+    ) -> Result<Vec<Instance>, Ec2Error>;
 
     /// Terminates instances.
-    async fn terminate_instances(&self, region: &Region, instances: &[InstanceId], dry_run: bool) -> Result<(), Ec2Error>;
+    async fn terminate_instances(
+        &self,
+        region: &Region,
+        instances: &[InstanceId],
+        dry_run: bool,
+    ) -> Result<(), Ec2Error>;
 }

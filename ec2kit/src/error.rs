@@ -46,24 +46,43 @@ impl ErrorKind {
     /// Classifies an EC2 error code.
     pub fn from_code(code: &str) -> Self {
         match code {
-            "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "SnapshotCreationPerVolumeRateExceeded" => {
-                Self::Throttled
-            }
-            "ResourceLimitExceeded" | "ConcurrentSnapshotLimitExceeded" | "ConcurrentTagAccess" | "IncorrectState"
+            "RequestLimitExceeded"
+            | "Throttling"
+            | "ThrottlingException"
+            | "SnapshotCreationPerVolumeRateExceeded" => Self::Throttled,
+            "ResourceLimitExceeded"
+            | "ConcurrentSnapshotLimitExceeded"
+            | "ConcurrentTagAccess"
+            | "IncorrectState"
             | "PendingSnapshotLimitExceeded" => Self::ConcurrencyLimit,
-            "SnapshotLimitExceeded" | "VolumeLimitExceeded" | "InstanceLimitExceeded" | "AmiQuotaExceeded"
-            | "MaxSpotInstanceCountExceeded" | "TagLimitExceeded" => Self::QuotaExceeded,
-            "UnauthorizedOperation" | "AuthFailure" | "AccessDenied" | "AccessDeniedException" | "OptInRequired"
-            | "Blocked" | "SignatureDoesNotMatch" | "InvalidClientTokenId" | "UnrecognizedClientException" => {
-                Self::AccessDenied
-            }
+            "SnapshotLimitExceeded"
+            | "VolumeLimitExceeded"
+            | "InstanceLimitExceeded"
+            | "AmiQuotaExceeded"
+            | "MaxSpotInstanceCountExceeded"
+            | "TagLimitExceeded" => Self::QuotaExceeded,
+            "UnauthorizedOperation"
+            | "AuthFailure"
+            | "AccessDenied"
+            | "AccessDeniedException"
+            | "OptInRequired"
+            | "Blocked"
+            | "SignatureDoesNotMatch"
+            | "InvalidClientTokenId"
+            | "UnrecognizedClientException" => Self::AccessDenied,
             "DryRunOperation" => Self::DryRunOk,
-            "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" | "InsufficientInstanceCapacity" => {
-                Self::ServerError
-            }
+            "InternalError"
+            | "InternalFailure"
+            | "ServiceUnavailable"
+            | "Unavailable"
+            | "InsufficientInstanceCapacity" => Self::ServerError,
             c if c.ends_with(".NotFound") || c.ends_with("NotFound") => Self::NotFound,
             c if c.ends_with(".InUse") || c == "VolumeInUse" => Self::InUse,
-            c if c.starts_with("Invalid") || c.starts_with("Missing") || c.ends_with(".Malformed") || c == "ValidationError" => {
+            c if c.starts_with("Invalid")
+                || c.starts_with("Missing")
+                || c.ends_with(".Malformed")
+                || c == "ValidationError" =>
+            {
                 Self::InvalidRequest
             }
             _ => Self::Other,
@@ -72,7 +91,10 @@ impl ErrorKind {
 
     /// Whether the same call may succeed if simply repeated later.
     pub fn is_retryable(self) -> bool {
-        matches!(self, Self::Throttled | Self::ConcurrencyLimit | Self::ServerError | Self::Transport)
+        matches!(
+            self,
+            Self::Throttled | Self::ConcurrencyLimit | Self::ServerError | Self::Transport
+        )
     }
 }
 
@@ -110,14 +132,38 @@ fn describe(e: &Ec2Error) -> String {
 
 impl Ec2Error {
     /// An error from an EC2 error code and message.
-    pub fn from_code(action: Action, region: impl Into<String>, code: impl Into<String>, message: Option<String>) -> Self {
+    pub fn from_code(
+        action: Action,
+        region: impl Into<String>,
+        code: impl Into<String>,
+        message: Option<String>,
+    ) -> Self {
         let code = code.into();
-        Self { action, region: region.into(), kind: ErrorKind::from_code(&code), code: Some(code), message, source: None }
+        Self {
+            action,
+            region: region.into(),
+            kind: ErrorKind::from_code(&code),
+            code: Some(code),
+            message,
+            source: None,
+        }
     }
 
     /// An error of a given kind with no EC2 code (transport failures, invalid input).
-    pub fn new(action: Action, region: impl Into<String>, kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { action, region: region.into(), kind, code: None, message: Some(message.into()), source: None }
+    pub fn new(
+        action: Action,
+        region: impl Into<String>,
+        kind: ErrorKind,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            action,
+            region: region.into(),
+            kind,
+            code: None,
+            message: Some(message.into()),
+            source: None,
+        }
     }
 
     /// Attaches the underlying error.
@@ -183,10 +229,42 @@ mod tests {
 
     #[test]
     fn retryable_only_for_transient_kinds() {
-        assert!(Ec2Error::from_code(Action::DeleteSnapshot, "us-east-1", "RequestLimitExceeded", None).is_retryable());
-        assert!(Ec2Error::from_code(Action::CopySnapshot, "us-east-1", "ResourceLimitExceeded", None).is_retryable());
-        assert!(!Ec2Error::from_code(Action::DeleteSnapshot, "us-east-1", "InvalidSnapshot.InUse", None).is_retryable());
-        assert!(!Ec2Error::from_code(Action::DeleteSnapshot, "us-east-1", "UnauthorizedOperation", None).is_retryable());
+        assert!(
+            Ec2Error::from_code(
+                Action::DeleteSnapshot,
+                "us-east-1",
+                "RequestLimitExceeded",
+                None
+            )
+            .is_retryable()
+        );
+        assert!(
+            Ec2Error::from_code(
+                Action::CopySnapshot,
+                "us-east-1",
+                "ResourceLimitExceeded",
+                None
+            )
+            .is_retryable()
+        );
+        assert!(
+            !Ec2Error::from_code(
+                Action::DeleteSnapshot,
+                "us-east-1",
+                "InvalidSnapshot.InUse",
+                None
+            )
+            .is_retryable()
+        );
+        assert!(
+            !Ec2Error::from_code(
+                Action::DeleteSnapshot,
+                "us-east-1",
+                "UnauthorizedOperation",
+                None
+            )
+            .is_retryable()
+        );
     }
 
     #[test]
@@ -205,9 +283,19 @@ mod tests {
 
     #[test]
     fn dry_run_ok_maps_to_none() {
-        let r: Result<u8, _> = Err(Ec2Error::from_code(Action::RebootInstances, "r", "DryRunOperation", None));
+        let r: Result<u8, _> = Err(Ec2Error::from_code(
+            Action::RebootInstances,
+            "r",
+            "DryRunOperation",
+            None,
+        ));
         assert!(matches!(dry_run_ok(r), Ok(None)));
-        let r: Result<u8, _> = Err(Ec2Error::from_code(Action::RebootInstances, "r", "UnauthorizedOperation", None));
+        let r: Result<u8, _> = Err(Ec2Error::from_code(
+            Action::RebootInstances,
+            "r",
+            "UnauthorizedOperation",
+            None,
+        ));
         assert!(dry_run_ok(r).is_err());
     }
 }

@@ -20,7 +20,10 @@ impl Filter {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Self { name: name.into(), values: values.into_iter().map(Into::into).collect() }
+        Self {
+            name: name.into(),
+            values: values.into_iter().map(Into::into).collect(),
+        }
     }
 
     /// Resources carrying `key=value`.

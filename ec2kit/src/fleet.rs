@@ -26,7 +26,11 @@ pub async fn region_catalog(ec2: &dyn Ec2) -> Result<RegionCatalog, Ec2Error> {
 
 /// Runs `f` for every region, at most `concurrency` at a time, and returns
 /// the results in the order of `regions`.
-pub async fn each_region<'a, T, F, Fut>(regions: &'a [Region], concurrency: usize, f: F) -> Vec<RegionResult<T>>
+pub async fn each_region<'a, T, F, Fut>(
+    regions: &'a [Region],
+    concurrency: usize,
+    f: F,
+) -> Vec<RegionResult<T>>
 where
     F: Fn(&'a Region) -> Fut,
     Fut: Future<Output = Result<T, Ec2Error>> + 'a,
@@ -34,7 +38,15 @@ where
     let mut results: Vec<(usize, RegionResult<T>)> = stream::iter(regions.iter().enumerate())
         .map(|(i, region)| {
             let fut = f(region);
-            async move { (i, RegionResult { region: region.clone(), result: fut.await }) }
+            async move {
+                (
+                    i,
+                    RegionResult {
+                        region: region.clone(),
+                        result: fut.await,
+                    },
+                )
+            }
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
@@ -51,8 +63,14 @@ pub async fn instances_by_tag(
     tag: &Tag,
     concurrency: usize,
 ) -> Vec<RegionResult<Vec<Instance>>> {
-    let filters = [Filter::tag(tag), Filter::new("instance-state-name", LIVE_STATES.iter().copied())];
-    each_region(regions, concurrency, |region| ec2.describe_instances(region, &filters)).await
+    let filters = [
+        Filter::tag(tag),
+        Filter::new("instance-state-name", LIVE_STATES.iter().copied()),
+    ];
+    each_region(regions, concurrency, |region| {
+        ec2.describe_instances(region, &filters)
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -92,18 +110,52 @@ mod tests {
             .times(3)
             .withf(|_, filters| {
                 filters.contains(&Filter::new("tag:Earmarking", ["production"]))
-                    && filters.iter().any(|f| f.name == "instance-state-name" && !f.values.contains(&"terminated".to_owned()))
+                    && filters.iter().any(|f| {
+                        f.name == "instance-state-name"
+                            && !f.values.contains(&"terminated".to_owned())
+                    })
             })
             .returning(|region, _| match region.as_str() {
-                "eu-west-1" => Err(Ec2Error::from_code(Action::DescribeInstances, "eu-west-1", "UnauthorizedOperation", None)),
+                "eu-west-1" => Err(Ec2Error::from_code(
+                    Action::DescribeInstances,
+                    "eu-west-1",
+                    "UnauthorizedOperation",
+                    None,
+                )),
                 r => Ok(vec![instance(&format!("i-{:08x}", r.len()), region)]),
             });
-        let regions: Vec<Region> = ["us-east-1", "eu-west-1", "ap-south-1"].map(Region::new).to_vec();
+        let regions: Vec<Region> = ["us-east-1", "eu-west-1", "ap-south-1"]
+            .map(Region::new)
+            .to_vec();
         let out = instances_by_tag(&ec2, &regions, &Tag::new("Earmarking", "production"), 2).await;
-        assert_eq!(out.iter().map(|r| r.region.as_str()).collect::<Vec<_>>(), ["us-east-1", "eu-west-1", "ap-south-1"]);
+        assert_eq!(
+            out.iter().map(|r| r.region.as_str()).collect::<Vec<_>>(),
+            ["us-east-1", "eu-west-1", "ap-south-1"]
+        );
         assert_eq!(out[0].result.as_ref().unwrap().len(), 1);
         assert!(out[1].result.is_err());
         assert_eq!(out[2].result.as_ref().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_catalog_costs_one_describe_regions_for_any_number_of_lookups() {
+        let mut ec2 = MockEc2::new();
+        ec2.expect_describe_regions().times(1).returning(|| {
+            Ok(["us-east-1", "us-west-1", "us-west-2", "eu-north-1"]
+                .iter()
+                .map(|n| crate::RegionInfo {
+                    name: Region::new(*n),
+                    endpoint: None,
+                    opt_in_status: None,
+                })
+                .collect())
+        });
+        let catalog = region_catalog(&ec2).await.unwrap();
+        for _ in 0..10 {
+            assert_eq!(catalog.resolve("eu").unwrap().as_str(), "eu-north-1");
+            assert!(catalog.resolve("us-west").is_err());
+        }
+        assert_eq!(catalog.resolve_all(&["all"]).unwrap().len(), 4);
     }
 
     #[tokio::test]

@@ -26,7 +26,10 @@ fn valid(prefix: &str, value: &str) -> bool {
     };
     // Real ids are 8 (legacy) or 17 hex digits; moto and some tools produce
     // other lengths between the two, so accept 8..=17 lowercase hex.
-    (8..=17).contains(&rest.len()) && rest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    (8..=17).contains(&rest.len())
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 macro_rules! resource_id {
@@ -127,7 +130,15 @@ mod tests {
 
     #[test]
     fn rejects_malformed_ids() {
-        for bad in ["", "snap", "snap-", "snap-xyz12345", "vol-0123abcd", "snap-0123ABCD", "snap-0123abcd0123abcd01"] {
+        for bad in [
+            "",
+            "snap",
+            "snap-",
+            "snap-xyz12345",
+            "vol-0123abcd",
+            "snap-0123ABCD",
+            "snap-0123abcd0123abcd01",
+        ] {
             let err = SnapshotId::parse(bad).unwrap_err();
             assert_eq!(err.kind, "snapshot");
             assert_eq!(err.value, bad);

@@ -38,7 +38,9 @@ pub struct Image {
 impl Image {
     /// The snapshots backing this image.
     pub fn snapshot_ids(&self) -> impl Iterator<Item = &SnapshotId> {
-        self.block_devices.iter().filter_map(|b| b.snapshot_id.as_ref())
+        self.block_devices
+            .iter()
+            .filter_map(|b| b.snapshot_id.as_ref())
     }
 }
 

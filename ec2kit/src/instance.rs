@@ -55,7 +55,10 @@ impl Instance {
     /// The attached volume on the root device, if any.
     pub fn root_volume(&self) -> Option<&VolumeId> {
         let root = self.root_device_name.as_deref()?;
-        self.block_devices.iter().find(|b| b.device_name == root).map(|b| &b.volume_id)
+        self.block_devices
+            .iter()
+            .find(|b| b.device_name == root)
+            .map(|b| &b.volume_id)
     }
 }
 

@@ -41,7 +41,11 @@ pub enum JobState {
 
 impl GuardedJob {
     /// Starts `command` detached on the host, ended by the host after `limit`.
-    pub async fn start(remote: &dyn Remote, command: &Command, limit: Duration) -> Result<Self, RemoteError> {
+    pub async fn start(
+        remote: &dyn Remote,
+        command: &Command,
+        limit: Duration,
+    ) -> Result<Self, RemoteError> {
         let secs = limit.as_secs().max(1);
         // The guard shell records timeout's pid (to stop it early) and its
         // exit code (124 when the limit struck); timeout runs the job in
@@ -58,7 +62,10 @@ impl GuardedJob {
         );
         let out = run_checked(remote, &Command::shell(script)).await?;
         let dir = out.stdout_str().trim().to_owned();
-        Ok(Self { dir, limit: Duration::from_secs(secs) })
+        Ok(Self {
+            dir,
+            limit: Duration::from_secs(secs),
+        })
     }
 
     /// Where the job is now.
@@ -73,14 +80,24 @@ impl GuardedJob {
         let text = out.stdout_str();
         let text = text.trim();
         Ok(match text.strip_prefix("rc ") {
-            Some(code) => JobState::Finished(code.trim().parse().map(ExitStatus::Code).unwrap_or(ExitStatus::Unknown)),
+            Some(code) => JobState::Finished(
+                code.trim()
+                    .parse()
+                    .map(ExitStatus::Code)
+                    .unwrap_or(ExitStatus::Unknown),
+            ),
             None if text == "running" => JobState::Running,
             None => JobState::Vanished,
         })
     }
 
     /// Polls until the job ends or `timeout` passes (then `Ok(None)`).
-    pub async fn wait(&self, remote: &dyn Remote, poll: Duration, timeout: Duration) -> Result<Option<JobState>, RemoteError> {
+    pub async fn wait(
+        &self,
+        remote: &dyn Remote,
+        poll: Duration,
+        timeout: Duration,
+    ) -> Result<Option<JobState>, RemoteError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match self.state(remote).await? {
@@ -100,7 +117,13 @@ impl GuardedJob {
         let d = quote(&self.dir);
         let script = format!("[ -s {d}/pid ] && kill -TERM $(cat {d}/pid) 2>/dev/null; true");
         run_checked(remote, &Command::shell(script)).await?;
-        let waited = self.wait(remote, Duration::from_millis(100), Duration::from_secs(KILL_AFTER_SECS + 2)).await?;
+        let waited = self
+            .wait(
+                remote,
+                Duration::from_millis(100),
+                Duration::from_secs(KILL_AFTER_SECS + 2),
+            )
+            .await?;
         Ok(waited.unwrap_or(JobState::Running))
     }
 
@@ -116,6 +139,8 @@ impl GuardedJob {
 
     /// Removes the job's state directory (after it ended).
     pub async fn cleanup(&self, remote: &dyn Remote) -> Result<(), RemoteError> {
-        run_checked(remote, &Command::argv(["rm", "-rf", "--", &self.dir])).await.map(|_| ())
+        run_checked(remote, &Command::argv(["rm", "-rf", "--", &self.dir]))
+            .await
+            .map(|_| ())
     }
 }

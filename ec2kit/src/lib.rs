@@ -59,9 +59,9 @@ pub mod aws;
 pub mod ssh;
 
 pub use action::Action;
+pub use ec2::Ec2;
 #[cfg(any(test, feature = "mock"))]
 pub use ec2::MockEc2;
-pub use ec2::Ec2;
 pub use error::{BoxError, Ec2Error, ErrorKind, dry_run_ok};
 pub use filter::Filter;
 pub use ids::{ImageId, InstanceId, InvalidId, SnapshotId, VolumeId};

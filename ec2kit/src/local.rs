@@ -64,7 +64,11 @@ impl Remote for LocalRemote {
             }
         };
         cmd.envs(command.env.iter().map(|(k, v)| (k, v)))
-            .stdin(if command.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if command.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Own process group, so a timeout can kill the whole tree.
@@ -73,7 +77,9 @@ impl Remote for LocalRemote {
         if let Some(dir) = &command.cwd {
             cmd.current_dir(dir);
         }
-        let mut child = cmd.spawn().map_err(io(format!("could not start `{command}`")))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(io(format!("could not start `{command}`")))?;
         let pid = child.id();
         if let (Some(bytes), Some(mut stdin)) = (command.stdin.clone(), child.stdin.take()) {
             // Feed stdin concurrently so a child that writes a lot before
@@ -89,14 +95,25 @@ impl Remote for LocalRemote {
                 Ok(out) => out,
                 Err(_) => {
                     if let Some(pid) = pid {
-                        let _ = tokio::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status().await;
+                        let _ = tokio::process::Command::new("kill")
+                            .args(["-KILL", "--", &format!("-{pid}")])
+                            .status()
+                            .await;
                     }
-                    return Err(RemoteError::Timeout { host: self.host(), after: limit, command: command.to_string() });
+                    return Err(RemoteError::Timeout {
+                        host: self.host(),
+                        after: limit,
+                        command: command.to_string(),
+                    });
                 }
             },
         }
         .map_err(io(format!("could not run `{command}`")))?;
-        Ok(Output { status: status_of(out.status), stdout: out.stdout, stderr: out.stderr })
+        Ok(Output {
+            status: status_of(out.status),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
     }
 
     async fn upload(&self, path: &str, bytes: &[u8], mode: u32) -> Result<(), RemoteError> {
@@ -115,20 +132,34 @@ impl Remote for LocalRemote {
             let mut tmp = tempfile::Builder::new()
                 .prefix(".ektool-upload.")
                 .tempfile_in(dir)
-                .map_err(io(format!("could not create a temporary file in {}", dir.display())))?;
-            tmp.write_all(&bytes).map_err(io(format!("could not write {path}")))?;
-            tmp.as_file().sync_all().map_err(io(format!("could not sync {path}")))?;
+                .map_err(io(format!(
+                    "could not create a temporary file in {}",
+                    dir.display()
+                )))?;
+            tmp.write_all(&bytes)
+                .map_err(io(format!("could not write {path}")))?;
+            tmp.as_file()
+                .sync_all()
+                .map_err(io(format!("could not sync {path}")))?;
             tmp.as_file()
                 .set_permissions(std::fs::Permissions::from_mode(mode))
                 .map_err(io(format!("could not set the mode of {path}")))?;
-            tmp.persist(target).map_err(|e| RemoteError::Io { context: format!("could not rename into {path}"), source: e.error })?;
+            tmp.persist(target).map_err(|e| RemoteError::Io {
+                context: format!("could not rename into {path}"),
+                source: e.error,
+            })?;
             Ok(())
         })
         .await
-        .map_err(|e| RemoteError::Io { context: "upload task failed".into(), source: std::io::Error::other(e) })?
+        .map_err(|e| RemoteError::Io {
+            context: "upload task failed".into(),
+            source: std::io::Error::other(e),
+        })?
     }
 
     async fn read_file(&self, path: &str) -> Result<Vec<u8>, RemoteError> {
-        tokio::fs::read(path).await.map_err(io(format!("could not read {path}")))
+        tokio::fs::read(path)
+            .await
+            .map_err(io(format!("could not read {path}")))
     }
 }

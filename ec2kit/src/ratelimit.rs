@@ -55,12 +55,18 @@ impl Default for RateLimits {
 impl RateLimits {
     /// AWS's published EC2 buckets (per account and region).
     pub fn aws() -> Self {
-        Self { enabled: true, overrides: HashMap::new() }
+        Self {
+            enabled: true,
+            overrides: HashMap::new(),
+        }
     }
 
     /// No pacing at all (for local endpoints such as moto).
     pub fn disabled() -> Self {
-        Self { enabled: false, overrides: HashMap::new() }
+        Self {
+            enabled: false,
+            overrides: HashMap::new(),
+        }
     }
 
     /// Whether any pacing happens.
@@ -80,7 +86,12 @@ impl RateLimits {
         if !self.enabled {
             return None;
         }
-        Some(self.overrides.get(&action).copied().unwrap_or_else(|| aws_bucket(action)))
+        Some(
+            self.overrides
+                .get(&action)
+                .copied()
+                .unwrap_or_else(|| aws_bucket(action)),
+        )
     }
 }
 
@@ -91,9 +102,8 @@ pub fn aws_bucket(action: Action) -> Bucket {
     use Action::*;
     match action {
         a if a.is_describe() => Bucket::new(100.0, 20.0),
-        CreateSnapshot | CreateSnapshots | DeleteSnapshot | DeregisterImage | CreateVolume | DeleteVolume => {
-            Bucket::new(100.0, 5.0)
-        }
+        CreateSnapshot | CreateSnapshots | DeleteSnapshot | DeregisterImage | CreateVolume
+        | DeleteVolume => Bucket::new(100.0, 5.0),
         CopyImage => Bucket::new(100.0, 1.0),
         CreateTags => Bucket::new(100.0, 10.0),
         _ => Bucket::new(50.0, 5.0),
@@ -117,7 +127,10 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A limiter for the given limits.
     pub fn new(limits: RateLimits) -> Self {
-        Self { limits, state: Mutex::new(HashMap::new()) }
+        Self {
+            limits,
+            state: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The limits in force.
@@ -145,9 +158,10 @@ impl RateLimiter {
         // A poisoned lock only means another task panicked mid-update of a
         // plain number; the data is still usable.
         let mut map = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let st = map
-            .entry((action, region.to_owned()))
-            .or_insert(State { tokens: bucket.burst, last: now });
+        let st = map.entry((action, region.to_owned())).or_insert(State {
+            tokens: bucket.burst,
+            last: now,
+        });
         let elapsed = now.saturating_duration_since(st.last).as_secs_f64();
         st.tokens = (st.tokens + elapsed * bucket.per_second).min(bucket.burst);
         st.last = now;
@@ -166,26 +180,38 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn burst_then_refill_rate() {
-        let limiter = RateLimiter::new(RateLimits::aws().with(Action::DeleteSnapshot, Bucket::new(10.0, 5.0)));
+        let limiter = RateLimiter::new(
+            RateLimits::aws().with(Action::DeleteSnapshot, Bucket::new(10.0, 5.0)),
+        );
         let start = Instant::now();
         for _ in 0..10 {
             limiter.acquire(Action::DeleteSnapshot, "us-east-1").await;
         }
-        assert_eq!(start.elapsed(), Duration::ZERO, "the burst goes out at once");
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "the burst goes out at once"
+        );
         for _ in 0..10 {
             limiter.acquire(Action::DeleteSnapshot, "us-east-1").await;
         }
         let took = start.elapsed().as_secs_f64();
-        assert!((took - 2.0).abs() < 0.01, "10 more at 5/s take 2 s, took {took}");
+        assert!(
+            (took - 2.0).abs() < 0.01,
+            "10 more at 5/s take 2 s, took {took}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn buckets_are_per_action_and_region() {
-        let limiter = RateLimiter::new(RateLimits::aws().with(Action::DeleteSnapshot, Bucket::new(1.0, 1.0)));
+        let limiter =
+            RateLimiter::new(RateLimits::aws().with(Action::DeleteSnapshot, Bucket::new(1.0, 1.0)));
         let start = Instant::now();
         limiter.acquire(Action::DeleteSnapshot, "us-east-1").await;
         limiter.acquire(Action::DeleteSnapshot, "eu-west-1").await;
-        limiter.acquire(Action::DescribeSnapshots, "us-east-1").await;
+        limiter
+            .acquire(Action::DescribeSnapshots, "us-east-1")
+            .await;
         assert_eq!(start.elapsed(), Duration::ZERO);
         limiter.acquire(Action::DeleteSnapshot, "us-east-1").await;
         assert_eq!(start.elapsed(), Duration::from_secs(1));
@@ -218,7 +244,10 @@ mod tests {
             assert!(tokens > -1e-6, "throttled at t={t}");
         }
         let total = sent.last().copied().unwrap_or_default();
-        assert!((total - bucket.minimum_time(300).as_secs_f64()).abs() < 0.01, "took {total}");
+        assert!(
+            (total - bucket.minimum_time(300).as_secs_f64()).abs() < 0.01,
+            "took {total}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -233,7 +262,10 @@ mod tests {
 
     #[test]
     fn published_buckets() {
-        assert_eq!(aws_bucket(Action::DescribeSnapshots), Bucket::new(100.0, 20.0));
+        assert_eq!(
+            aws_bucket(Action::DescribeSnapshots),
+            Bucket::new(100.0, 20.0)
+        );
         assert_eq!(aws_bucket(Action::DeleteSnapshot), Bucket::new(100.0, 5.0));
         assert_eq!(aws_bucket(Action::CopySnapshot), Bucket::new(50.0, 5.0));
         assert_eq!(aws_bucket(Action::CopyImage), Bucket::new(100.0, 1.0));

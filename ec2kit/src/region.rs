@@ -98,7 +98,10 @@ impl RegionCatalog {
 
     /// Every region the account can use.
     pub fn enabled(&self) -> impl Iterator<Item = &Region> {
-        self.regions.iter().filter(|r| r.is_enabled()).map(|r| &r.name)
+        self.regions
+            .iter()
+            .filter(|r| r.is_enabled())
+            .map(|r| &r.name)
     }
 
     /// Every region in the catalog.
@@ -117,7 +120,11 @@ impl RegionCatalog {
         let matches: Vec<&Region> = if input.is_empty() {
             Vec::new()
         } else {
-            enabled.iter().copied().filter(|r| r.as_str().starts_with(input)).collect()
+            enabled
+                .iter()
+                .copied()
+                .filter(|r| r.as_str().starts_with(input))
+                .collect()
         };
         match matches.as_slice() {
             [one] => Ok((*one).clone()),
@@ -175,12 +182,18 @@ mod tests {
 
     #[test]
     fn exact_name_wins_over_prefix() {
-        assert_eq!(catalog().resolve("ap-southeast-1").unwrap().as_str(), "ap-southeast-1");
+        assert_eq!(
+            catalog().resolve("ap-southeast-1").unwrap().as_str(),
+            "ap-southeast-1"
+        );
     }
 
     #[test]
     fn unique_prefix_expands() {
-        assert_eq!(catalog().resolve("eu-north").unwrap().as_str(), "eu-north-1");
+        assert_eq!(
+            catalog().resolve("eu-north").unwrap().as_str(),
+            "eu-north-1"
+        );
         assert_eq!(catalog().resolve("eu").unwrap().as_str(), "eu-north-1");
     }
 
@@ -194,13 +207,18 @@ mod tests {
                 candidates: vec!["ap-southeast-1".into(), "ap-southeast-2".into()]
             }
         );
-        assert_eq!(err.to_string(), "ambiguous region \"ap-s\": it matches ap-southeast-1, ap-southeast-2");
+        assert_eq!(
+            err.to_string(),
+            "ambiguous region \"ap-s\": it matches ap-southeast-1, ap-southeast-2"
+        );
     }
 
     #[test]
     fn unknown_lists_enabled_regions_only() {
         let err = catalog().resolve("mars-1").unwrap_err();
-        let RegionError::Unknown { candidates, .. } = &err else { panic!("{err:?}") };
+        let RegionError::Unknown { candidates, .. } = &err else {
+            panic!("{err:?}")
+        };
         assert_eq!(candidates.len(), 5);
         assert!(!candidates.contains(&"me-south-1".to_owned()));
         // A regex metacharacter is just a character (the seed used re.match).
@@ -217,6 +235,9 @@ mod tests {
     fn all_expands_and_dedups() {
         let all = catalog().resolve_all(&["all", "eu-north"]).unwrap();
         assert_eq!(all.len(), 5);
-        assert!(matches!(catalog().resolve_all::<&str>(&[]), Err(RegionError::NoneGiven)));
+        assert!(matches!(
+            catalog().resolve_all::<&str>(&[]),
+            Err(RegionError::NoneGiven)
+        ));
     }
 }

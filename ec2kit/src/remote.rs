@@ -50,7 +50,13 @@ impl Command {
     }
 
     fn new(program: Program) -> Self {
-        Self { program, env: Vec::new(), cwd: None, stdin: None, timeout: None }
+        Self {
+            program,
+            env: Vec::new(),
+            cwd: None,
+            stdin: None,
+            timeout: None,
+        }
     }
 
     /// Adds an environment variable.
@@ -96,7 +102,9 @@ impl Command {
             }
         }
         match &self.program {
-            Program::Argv(args) => line.push_str(&args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")),
+            Program::Argv(args) => {
+                line.push_str(&args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" "))
+            }
             Program::Shell(script) => {
                 line.push_str("sh -c ");
                 line.push_str(&quote(script));
@@ -109,7 +117,9 @@ impl Command {
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.program {
-            Program::Argv(args) => f.write_str(&args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")),
+            Program::Argv(args) => {
+                f.write_str(&args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" "))
+            }
             Program::Shell(script) => f.write_str(script),
         }
     }
@@ -117,7 +127,10 @@ impl fmt::Display for Command {
 
 /// Quotes `s` for a POSIX shell (single quotes; safe for any bytes).
 pub fn quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:@,+%".contains(&b)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@,+%".contains(&b))
+    {
         return s.to_owned();
     }
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -345,10 +358,96 @@ mod tests {
 
     #[test]
     fn shell_line_quotes_everything() {
-        let c = Command::argv(["echo", "a b", "$HOME"]).env("X", "1 2").cwd("/srv/my app");
-        assert_eq!(c.to_shell_line(), "cd '/srv/my app' && env 'X=1 2' echo 'a b' '$HOME'");
+        let c = Command::argv(["echo", "a b", "$HOME"])
+            .env("X", "1 2")
+            .cwd("/srv/my app");
+        assert_eq!(
+            c.to_shell_line(),
+            "cd '/srv/my app' && env 'X=1 2' echo 'a b' '$HOME'"
+        );
         let s = Command::shell("echo $HOME");
         assert_eq!(s.to_shell_line(), "sh -c 'echo $HOME'");
+    }
+
+    #[tokio::test]
+    async fn run_checked_turns_failure_into_an_error_with_stderr() {
+        let mut remote = MockRemote::new();
+        remote.expect_host().return_const("web1".to_owned());
+        remote.expect_run().returning(|_| {
+            Ok(Output {
+                status: ExitStatus::Code(2),
+                stdout: vec![],
+                stderr: b"  no such file\n".to_vec(),
+            })
+        });
+        let err = run_checked(&remote, &Command::argv(["cat", "/x"]))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "web1: `cat /x` failed with exit code 2: no such file"
+        );
+    }
+
+    #[tokio::test]
+    async fn run_checked_never_takes_unknown_for_success() {
+        let mut remote = MockRemote::new();
+        remote.expect_host().return_const("web1".to_owned());
+        remote.expect_run().returning(|_| {
+            Ok(Output {
+                status: ExitStatus::Unknown,
+                stdout: vec![],
+                stderr: vec![],
+            })
+        });
+        assert!(
+            run_checked(&remote, &Command::argv(["true"]))
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn guarded_job_start_sends_one_detached_command_under_timeout() {
+        let mut remote = MockRemote::new();
+        remote
+            .expect_run()
+            .times(1)
+            .withf(|c| match &c.program {
+                Program::Shell(s) => {
+                    s.contains("setsid nohup")
+                        && s.contains("timeout -k 5 30 sh -c")
+                        && s.contains("fsfreeze -f /data")
+                }
+                Program::Argv(_) => false,
+            })
+            .returning(|_| {
+                Ok(Output {
+                    status: ExitStatus::Code(0),
+                    stdout: b"/tmp/ektool-job.abc\n".to_vec(),
+                    stderr: vec![],
+                })
+            });
+        let job = crate::GuardedJob::start(
+            &remote,
+            &Command::argv(["fsfreeze", "-f", "/data"]),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        assert_eq!(job.dir, "/tmp/ektool-job.abc");
+        assert_eq!(job.limit, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn upload_script_quotes_paths() {
+        let s = upload_script("/srv/my app/.env", 0o600);
+        assert!(
+            s.contains("mktemp '/srv/my app/..env.ektool.XXXXXX'"),
+            "{s}"
+        );
+        assert!(s.contains("chmod 600"), "{s}");
+        assert!(s.contains("mv -f \"$t\" '/srv/my app/.env'"), "{s}");
     }
 
     #[test]

@@ -108,7 +108,12 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// A completed snapshot with only the fields a plan needs; the rest empty.
-    pub fn new(id: SnapshotId, volume_id: Option<VolumeId>, start_time: Timestamp, state: SnapshotState) -> Self {
+    pub fn new(
+        id: SnapshotId,
+        volume_id: Option<VolumeId>,
+        start_time: Timestamp,
+        state: SnapshotState,
+    ) -> Self {
         Self {
             id,
             volume_id,
@@ -138,7 +143,10 @@ mod tests {
         assert_eq!(snaps[0].state, SnapshotState::Completed);
         assert_eq!(snaps[0].tags.get("k"), Some("v"));
         let back = serde_json::to_string(&snaps).unwrap();
-        assert!(back.contains(r#""start_time":"2024-01-02T03:04:05Z""#), "{back}");
+        assert!(
+            back.contains(r#""start_time":"2024-01-02T03:04:05Z""#),
+            "{back}"
+        );
         assert!(back.contains(r#""state":"completed""#));
     }
 
@@ -146,6 +154,9 @@ mod tests {
     fn unknown_state_survives() {
         let s: SnapshotState = serde_json::from_str(r#""archived""#).unwrap();
         assert_eq!(s, SnapshotState::Unknown("archived".into()));
-        assert_eq!("ERROR".parse::<SnapshotState>().unwrap(), SnapshotState::Error);
+        assert_eq!(
+            "ERROR".parse::<SnapshotState>().unwrap(),
+            SnapshotState::Error
+        );
     }
 }

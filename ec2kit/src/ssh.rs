@@ -44,7 +44,11 @@ pub struct InvalidTarget(pub String);
 impl SshTarget {
     /// The name known_hosts uses: `host`, or `[host]:port` off port 22.
     pub fn known_hosts_name(&self) -> String {
-        if self.port == 22 { self.host.clone() } else { format!("[{}]:{}", self.host, self.port) }
+        if self.port == 22 {
+            self.host.clone()
+        } else {
+            format!("[{}]:{}", self.host, self.port)
+        }
     }
 
     /// Parses a target, defaulting the user to `default_user` and the port to 22.
@@ -106,7 +110,10 @@ pub struct SshOptions {
 impl SshOptions {
     /// Defaults: `~/.ssh/known_hosts`, the usual key files that exist, the agent.
     pub fn from_home() -> Self {
-        let ssh_dir = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".ssh");
+        let ssh_dir = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(".ssh");
         let identity_files = ["id_ed25519", "id_ecdsa", "id_rsa"]
             .iter()
             .map(|n| ssh_dir.join(n))
@@ -158,7 +165,8 @@ impl HostKey {
             .mode(0o600)
             .open(known_hosts)
             .map_err(io(format!("could not open {}", known_hosts.display())))?;
-        writeln!(file, "{}", self.known_hosts_line()).map_err(io(format!("could not write {}", known_hosts.display())))
+        writeln!(file, "{}", self.known_hosts_line())
+            .map_err(io(format!("could not write {}", known_hosts.display())))
     }
 }
 
@@ -175,12 +183,18 @@ pub enum HostKeyStatus {
 }
 
 /// Compares a key blob with what `known_hosts` records for `target`.
-fn known_status(target: &SshTarget, blob: &[u8], known_hosts: &Path) -> Result<HostKeyStatus, RemoteError> {
+fn known_status(
+    target: &SshTarget,
+    blob: &[u8],
+    known_hosts: &Path,
+) -> Result<HostKeyStatus, RemoteError> {
     let name = target.to_string();
     let session = Session::new().map_err(ssh_err(&name))?;
     let mut known = session.known_hosts().map_err(ssh_err(&name))?;
     if known_hosts.exists() {
-        known.read_file(known_hosts, KnownHostFileKind::OpenSSH).map_err(ssh_err(&name))?;
+        known
+            .read_file(known_hosts, KnownHostFileKind::OpenSSH)
+            .map_err(ssh_err(&name))?;
     }
     Ok(match known.check_port(&target.host, target.port, blob) {
         CheckResult::Match => HostKeyStatus::Trusted,
@@ -202,7 +216,10 @@ fn key_type_name(t: HostKeyType) -> &'static str {
 }
 
 fn ssh_err(host: &str) -> impl Fn(ssh2::Error) -> RemoteError + '_ {
-    move |e| RemoteError::Ssh { host: host.to_owned(), message: e.message().to_owned() }
+    move |e| RemoteError::Ssh {
+        host: host.to_owned(),
+        message: e.message().to_owned(),
+    }
 }
 
 /// Connects and performs the handshake only: no authentication, no checks.
@@ -210,13 +227,20 @@ fn handshake(target: &SshTarget, timeout: Duration) -> Result<Session, RemoteErr
     let name = target.to_string();
     let addr = (target.host.as_str(), target.port)
         .to_socket_addrs()
-        .map_err(|source| RemoteError::Connect { host: name.clone(), source })?
+        .map_err(|source| RemoteError::Connect {
+            host: name.clone(),
+            source,
+        })?
         .next()
         .ok_or_else(|| RemoteError::Connect {
             host: name.clone(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
         })?;
-    let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(|source| RemoteError::Connect { host: name.clone(), source })?;
+    let tcp =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|source| RemoteError::Connect {
+            host: name.clone(),
+            source,
+        })?;
     let mut session = Session::new().map_err(ssh_err(&name))?;
     session.set_tcp_stream(tcp);
     session.set_timeout(timeout.as_millis().min(u32::MAX as u128) as u32);
@@ -226,15 +250,24 @@ fn handshake(target: &SshTarget, timeout: Duration) -> Result<Session, RemoteErr
 
 fn offered_key(session: &Session, target: &SshTarget) -> Result<(HostKey, Vec<u8>), RemoteError> {
     let name = target.to_string();
-    let (blob, kind) = session.host_key().ok_or_else(|| RemoteError::Ssh { host: name.clone(), message: "no host key offered".into() })?;
+    let (blob, kind) = session.host_key().ok_or_else(|| RemoteError::Ssh {
+        host: name.clone(),
+        message: "no host key offered".into(),
+    })?;
     let hash = session
         .host_key_hash(HashType::Sha256)
-        .ok_or_else(|| RemoteError::Ssh { host: name.clone(), message: "no host key hash".into() })?;
+        .ok_or_else(|| RemoteError::Ssh {
+            host: name.clone(),
+            message: "no host key hash".into(),
+        })?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let key = HostKey {
         host: target.known_hosts_name(),
         key_type: key_type_name(kind).to_owned(),
-        fingerprint: format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(hash)),
+        fingerprint: format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(hash)
+        ),
         key_base64: b64.encode(blob),
     };
     Ok((key, blob.to_vec()))
@@ -244,7 +277,11 @@ fn offered_key(session: &Session, target: &SshTarget) -> Result<(HostKey, Vec<u8
 /// compares with `known_hosts`, without authenticating or trusting it.
 /// Show the fingerprint to the user, then [`HostKey::record`] it only on
 /// explicit confirmation.
-pub async fn fetch_host_key(target: &SshTarget, known_hosts: &Path, timeout: Duration) -> Result<(HostKey, HostKeyStatus), RemoteError> {
+pub async fn fetch_host_key(
+    target: &SshTarget,
+    known_hosts: &Path,
+    timeout: Duration,
+) -> Result<(HostKey, HostKeyStatus), RemoteError> {
     let target = target.clone();
     let known_hosts = known_hosts.to_owned();
     blocking(move || {
@@ -267,7 +304,12 @@ pub async fn trust_host_key(
     timeout: Duration,
 ) -> Result<(HostKey, HostKeyStatus), RemoteError> {
     let (key, status) = fetch_host_key(target, known_hosts, timeout).await?;
-    let normalise = |s: &str| s.trim().trim_start_matches("SHA256:").trim_end_matches('=').to_owned();
+    let normalise = |s: &str| {
+        s.trim()
+            .trim_start_matches("SHA256:")
+            .trim_end_matches('=')
+            .to_owned()
+    };
     if normalise(expected) != normalise(&key.fingerprint) {
         return Err(RemoteError::FingerprintMismatch {
             host: target.to_string(),
@@ -279,7 +321,11 @@ pub async fn trust_host_key(
         HostKeyStatus::Trusted => {}
         HostKeyStatus::Unknown => key.record(known_hosts)?,
         HostKeyStatus::Changed => {
-            return Err(RemoteError::HostKeyMismatch { host: key.host, key_type: key.key_type, fingerprint: key.fingerprint });
+            return Err(RemoteError::HostKeyMismatch {
+                host: key.host,
+                key_type: key.key_type,
+                fingerprint: key.fingerprint,
+            });
         }
     }
     Ok((key, status))
@@ -292,7 +338,10 @@ where
 {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| RemoteError::Io { context: "ssh worker failed".into(), source: std::io::Error::other(e) })?
+        .map_err(|e| RemoteError::Io {
+            context: "ssh worker failed".into(),
+            source: std::io::Error::other(e),
+        })?
 }
 
 /// A shell on a host over SSH.
@@ -309,14 +358,22 @@ struct Inner {
 
 impl fmt::Debug for SshRemote {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SshRemote").field("target", &self.inner.target).finish_non_exhaustive()
+        f.debug_struct("SshRemote")
+            .field("target", &self.inner.target)
+            .finish_non_exhaustive()
     }
 }
 
 impl SshRemote {
     /// A remote for `target`. Nothing connects until the first call.
     pub fn new(target: SshTarget, options: SshOptions) -> Self {
-        Self { inner: Arc::new(Inner { target, options, session: Mutex::new(None) }) }
+        Self {
+            inner: Arc::new(Inner {
+                target,
+                options,
+                session: Mutex::new(None),
+            }),
+        }
     }
 
     /// The target.
@@ -342,22 +399,29 @@ impl Inner {
         // Keepalives make a dead peer show up as an error, not a hang.
         session.set_keepalive(true, 15);
         if !session.authenticated() {
-            return Err(RemoteError::Auth { host: name, user: t.user.clone(), tried: "nothing".into() });
+            return Err(RemoteError::Auth {
+                host: name,
+                user: t.user.clone(),
+                tried: "nothing".into(),
+            });
         }
         Ok(session)
     }
 
     fn verify(&self, session: &Session) -> Result<(), RemoteError> {
         let (key, blob) = offered_key(session, &self.target)?;
+        // Errors name the target as the user wrote it, so the trust hint
+        // in the message can be pasted as is.
+        let host = self.target.to_string();
         match known_status(&self.target, &blob, &self.options.known_hosts)? {
             HostKeyStatus::Trusted => Ok(()),
             HostKeyStatus::Changed => Err(RemoteError::HostKeyMismatch {
-                host: key.host,
+                host,
                 key_type: key.key_type,
                 fingerprint: key.fingerprint,
             }),
             HostKeyStatus::Unknown => Err(RemoteError::UnknownHostKey {
-                host: key.host,
+                host,
                 key_type: key.key_type,
                 fingerprint: key.fingerprint,
             }),
@@ -369,7 +433,11 @@ impl Inner {
         let mut tried = Vec::new();
         for key in &self.options.identity_files {
             tried.push(key.display().to_string());
-            if session.userauth_pubkey_file(&t.user, None, key, None).is_ok() && session.authenticated() {
+            if session
+                .userauth_pubkey_file(&t.user, None, key, None)
+                .is_ok()
+                && session.authenticated()
+            {
                 return Ok(());
             }
         }
@@ -388,23 +456,38 @@ impl Inner {
         Err(RemoteError::Auth {
             host: t.to_string(),
             user: t.user.clone(),
-            tried: if tried.is_empty() { "no keys configured and no agent".into() } else { tried.join(", ") },
+            tried: if tried.is_empty() {
+                "no keys configured and no agent".into()
+            } else {
+                tried.join(", ")
+            },
         })
     }
 
     /// Runs `f` on the cached session, connecting first if needed. A
     /// connection-level failure drops the session so the next call
     /// reconnects.
-    fn with_session<T>(&self, f: impl FnOnce(&Session) -> Result<T, RemoteError>) -> Result<T, RemoteError> {
+    fn with_session<T>(
+        &self,
+        f: impl FnOnce(&Session) -> Result<T, RemoteError>,
+    ) -> Result<T, RemoteError> {
         let mut guard = self.session.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             *guard = Some(self.open()?);
         }
         let Some(session) = guard.as_ref() else {
-            return Err(RemoteError::Ssh { host: self.target.to_string(), message: "no session".into() });
+            return Err(RemoteError::Ssh {
+                host: self.target.to_string(),
+                message: "no session".into(),
+            });
         };
         let result = f(session);
-        if matches!(result, Err(RemoteError::Connect { .. } | RemoteError::Ssh { .. } | RemoteError::Timeout { .. })) {
+        if matches!(
+            result,
+            Err(RemoteError::Connect { .. }
+                | RemoteError::Ssh { .. }
+                | RemoteError::Timeout { .. })
+        ) {
             *guard = None;
         }
         result
@@ -419,14 +502,23 @@ impl Inner {
             // The host enforces the limit (and kills the command), so
             // nothing is left running there; the local deadline only
             // guards against a silent network.
-            line = format!("timeout -k 5 {} sh -c {}", limit.as_secs().max(1), quote(&line));
+            line = format!(
+                "timeout -k 5 {} sh -c {}",
+                limit.as_secs().max(1),
+                quote(&line)
+            );
             deadline = Some(Instant::now() + limit + Duration::from_secs(15));
         }
         session.set_blocking(true);
         let mut channel = session.channel_session().map_err(&err)?;
         channel.exec(&line).map_err(&err)?;
         if let Some(stdin) = &command.stdin {
-            channel.write_all(stdin).map_err(|source| RemoteError::Connect { host: name.clone(), source })?;
+            channel
+                .write_all(stdin)
+                .map_err(|source| RemoteError::Connect {
+                    host: name.clone(),
+                    source,
+                })?;
         }
         channel.send_eof().map_err(&err)?;
 
@@ -444,7 +536,12 @@ impl Inner {
                     progressed = true;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(source) => break Err(RemoteError::Connect { host: name.clone(), source }),
+                Err(source) => {
+                    break Err(RemoteError::Connect {
+                        host: name.clone(),
+                        source,
+                    });
+                }
             }
             match channel.stderr().read(&mut buf) {
                 Ok(0) => {}
@@ -453,7 +550,12 @@ impl Inner {
                     progressed = true;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(source) => break Err(RemoteError::Connect { host: name.clone(), source }),
+                Err(source) => {
+                    break Err(RemoteError::Connect {
+                        host: name.clone(),
+                        source,
+                    });
+                }
             }
             if !progressed && channel.eof() {
                 break Ok(());
@@ -473,7 +575,9 @@ impl Inner {
         result?;
         let status = match channel.wait_close() {
             Ok(()) => match channel.exit_signal() {
-                Ok(sig) if sig.exit_signal.is_some() => ExitStatus::Signal(sig.exit_signal.unwrap_or_default()),
+                Ok(sig) if sig.exit_signal.is_some() => {
+                    ExitStatus::Signal(sig.exit_signal.unwrap_or_default())
+                }
                 _ => match channel.exit_status() {
                     Ok(code) => ExitStatus::Code(code),
                     Err(_) => ExitStatus::Unknown,
@@ -488,7 +592,11 @@ impl Inner {
                 command: command.to_string(),
             });
         }
-        Ok(Output { status, stdout, stderr })
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
     }
 }
 
@@ -511,7 +619,9 @@ impl Remote for SshRemote {
 
     async fn read_file(&self, path: &str) -> Result<Vec<u8>, RemoteError> {
         let command = Command::argv(["cat", "--", path]);
-        crate::remote::run_checked(self, &command).await.map(|o| o.stdout)
+        crate::remote::run_checked(self, &command)
+            .await
+            .map(|o| o.stdout)
     }
 }
 
@@ -522,7 +632,10 @@ mod tests {
     #[test]
     fn parses_targets() {
         let t = SshTarget::parse_with_user("deploy@web1.example.com:2222", "x").unwrap();
-        assert_eq!((t.user.as_str(), t.host.as_str(), t.port), ("deploy", "web1.example.com", 2222));
+        assert_eq!(
+            (t.user.as_str(), t.host.as_str(), t.port),
+            ("deploy", "web1.example.com", 2222)
+        );
         let t = SshTarget::parse_with_user("10.0.0.1", "ubuntu").unwrap();
         assert_eq!((t.user.as_str(), t.port), ("ubuntu", 22));
         let t = SshTarget::parse_with_user("root@[::1]:22022", "x").unwrap();
@@ -534,7 +647,17 @@ mod tests {
 
     #[test]
     fn known_hosts_name_brackets_non_default_ports() {
-        assert_eq!(SshTarget::parse_with_user("h", "u").unwrap().known_hosts_name(), "h");
-        assert_eq!(SshTarget::parse_with_user("h:2222", "u").unwrap().known_hosts_name(), "[h]:2222");
+        assert_eq!(
+            SshTarget::parse_with_user("h", "u")
+                .unwrap()
+                .known_hosts_name(),
+            "h"
+        );
+        assert_eq!(
+            SshTarget::parse_with_user("h:2222", "u")
+                .unwrap()
+                .known_hosts_name(),
+            "[h]:2222"
+        );
     }
 }

@@ -108,7 +108,10 @@ pub struct Tag {
 impl Tag {
     /// A tag from its key and value.
     pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
-        Self { key: key.into(), value: value.into() }
+        Self {
+            key: key.into(),
+            value: value.into(),
+        }
     }
 }
 
@@ -139,7 +142,10 @@ mod tests {
 
     #[test]
     fn parses_key_value() {
-        assert_eq!("Earmarking=production".parse::<Tag>().unwrap(), Tag::new("Earmarking", "production"));
+        assert_eq!(
+            "Earmarking=production".parse::<Tag>().unwrap(),
+            Tag::new("Earmarking", "production")
+        );
         assert_eq!("k=".parse::<Tag>().unwrap(), Tag::new("k", ""));
         assert_eq!("k=a=b".parse::<Tag>().unwrap(), Tag::new("k", "a=b"));
         assert!("=v".parse::<Tag>().is_err());
@@ -149,7 +155,11 @@ mod tests {
     #[test]
     fn merge_skips_reserved_and_keeps_own_values() {
         let mut mine = Tags::new().with("Name", "mine");
-        let theirs = Tags::new().with("Name", "theirs").with("aws:autoscaling:groupName", "g").with("AWS:x", "y").with("team", "web");
+        let theirs = Tags::new()
+            .with("Name", "theirs")
+            .with("aws:autoscaling:groupName", "g")
+            .with("AWS:x", "y")
+            .with("team", "web");
         mine.merge_user_tags(&theirs);
         assert_eq!(mine.get("Name"), Some("mine"));
         assert_eq!(mine.get("team"), Some("web"));

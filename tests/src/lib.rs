@@ -68,7 +68,10 @@ impl SshHost {
     pub fn known_hosts_line(&self) -> String {
         let key = std::fs::read_to_string(&self.host_public_key).expect("read host public key");
         let mut parts = key.split_whitespace();
-        let (kind, blob) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        let (kind, blob) = (
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+        );
         format!("[{}]:{} {kind} {blob}", self.host, self.port)
     }
 
@@ -81,9 +84,16 @@ impl SshHost {
 
     /// The `SHA256:…` fingerprint of the host key, as `ssh-keygen -l` prints it.
     pub fn fingerprint(&self) -> String {
-        let out = Command::new("ssh-keygen").arg("-lf").arg(&self.host_public_key).output().expect("run ssh-keygen");
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(&self.host_public_key)
+            .output()
+            .expect("run ssh-keygen");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.split_whitespace().nth(1).expect("fingerprint in ssh-keygen output").to_owned()
+        text.split_whitespace()
+            .nth(1)
+            .expect("fingerprint in ssh-keygen output")
+            .to_owned()
     }
 
     /// A path inside this host's private directory, as this machine sees it.
@@ -97,12 +107,15 @@ pub fn ssh_host(n: usize) -> SshHost {
     SshHost {
         n,
         host: "127.0.0.1".to_owned(),
-        port: var(&format!("EKTOOL_TEST_SSH_{n}_PORT")).parse().expect("port number"),
+        port: var(&format!("EKTOOL_TEST_SSH_{n}_PORT"))
+            .parse()
+            .expect("port number"),
         user: var("EKTOOL_TEST_SSH_USER"),
         client_key: PathBuf::from(var("EKTOOL_TEST_SSH_KEY")),
         host_public_key: PathBuf::from(var("EKTOOL_TEST_SSH_HOST_KEY")),
         root: PathBuf::from(var(&format!("EKTOOL_TEST_SSH_{n}_ROOT"))),
-        namespaced: std::env::var(format!("EKTOOL_TEST_SSH_{n}_NAMESPACED")).as_deref() == Ok("yes"),
+        namespaced: std::env::var(format!("EKTOOL_TEST_SSH_{n}_NAMESPACED")).as_deref()
+            == Ok("yes"),
     }
 }
 

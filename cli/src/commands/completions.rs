@@ -14,6 +14,11 @@ pub struct Args {
 
 /// Prints the completion script for the shell.
 pub fn exec(args: Args) -> Result<(), CliError> {
-    clap_complete::generate(args.shell, &mut Cli::command(), "ektool", &mut std::io::stdout());
+    clap_complete::generate(
+        args.shell,
+        &mut Cli::command(),
+        "ektool",
+        &mut std::io::stdout(),
+    );
     Ok(())
 }

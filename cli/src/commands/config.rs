@@ -11,17 +11,40 @@ pub fn exec(ctx: &Context) -> Result<(), CliError> {
     match ctx.output() {
         OutputFormat::Json => output::json(config),
         OutputFormat::Table => {
-            let from = config.path.as_ref().map_or("built-in defaults (no config file found)".to_owned(), |p| p.display().to_string());
+            let from = config
+                .path
+                .as_ref()
+                .map_or("built-in defaults (no config file found)".to_owned(), |p| {
+                    p.display().to_string()
+                });
             println!("config:   {from}");
             println!("tag:      {}", config.defaults.tag);
-            let regions = if config.defaults.regions.is_empty() { "-".to_owned() } else { config.defaults.regions.join(", ") };
+            let regions = if config.defaults.regions.is_empty() {
+                "-".to_owned()
+            } else {
+                config.defaults.regions.join(", ")
+            };
             println!("regions:  {regions}");
             let limits = config.aws.rate_limits();
-            println!("pacing:   {}", if limits.is_enabled() { "AWS token buckets" } else { "off" });
+            println!(
+                "pacing:   {}",
+                if limits.is_enabled() {
+                    "AWS token buckets"
+                } else {
+                    "off"
+                }
+            );
             if !config.volumes.is_empty() {
                 println!();
                 output::table(
-                    &["ALIAS", "VOLUME", "REGION", "MOUNTPOINT", "LOCK-DB", "STRATEGY"],
+                    &[
+                        "ALIAS",
+                        "VOLUME",
+                        "REGION",
+                        "MOUNTPOINT",
+                        "LOCK-DB",
+                        "STRATEGY",
+                    ],
                     config.volumes.iter().map(|(alias, v)| {
                         vec![
                             alias.clone(),

@@ -74,10 +74,16 @@ async fn trust(ctx: &Context, args: TrustArgs) -> Result<(), CliError> {
     if let Some(k) = &args.known_hosts {
         options.known_hosts = expand_home(k);
     }
-    let (key, status) = ssh::fetch_host_key(&t, &options.known_hosts, options.connect_timeout).await?;
+    let (key, status) =
+        ssh::fetch_host_key(&t, &options.known_hosts, options.connect_timeout).await?;
     let expected = match (&args.fingerprint, status) {
         (_, HostKeyStatus::Changed) => {
-            return Err(ec2kit::RemoteError::HostKeyMismatch { host: key.host, key_type: key.key_type, fingerprint: key.fingerprint }.into());
+            return Err(ec2kit::RemoteError::HostKeyMismatch {
+                host: key.host,
+                key_type: key.key_type,
+                fingerprint: key.fingerprint,
+            }
+            .into());
         }
         (Some(fp), _) => fp.clone(),
         (None, HostKeyStatus::Trusted) => key.fingerprint.clone(),
@@ -88,7 +94,13 @@ async fn trust(ctx: &Context, args: TrustArgs) -> Result<(), CliError> {
                     key.host, key.key_type, key.fingerprint, key.fingerprint
                 )));
             }
-            eprint!("{} offers {} {}\nTrust this key and record it in {}? [y/N] ", key.host, key.key_type, key.fingerprint, options.known_hosts.display());
+            eprint!(
+                "{} offers {} {}\nTrust this key and record it in {}? [y/N] ",
+                key.host,
+                key.key_type,
+                key.fingerprint,
+                options.known_hosts.display()
+            );
             let _ = std::io::stderr().flush();
             let mut answer = String::new();
             let _ = std::io::stdin().lock().read_line(&mut answer);
@@ -98,15 +110,26 @@ async fn trust(ctx: &Context, args: TrustArgs) -> Result<(), CliError> {
             key.fingerprint.clone()
         }
     };
-    let (key, before) = ssh::trust_host_key(&t, &expected, &options.known_hosts, options.connect_timeout).await?;
-    let state = if before == HostKeyStatus::Trusted { "already trusted" } else { "trusted" };
+    let (key, before) =
+        ssh::trust_host_key(&t, &expected, &options.known_hosts, options.connect_timeout).await?;
+    let state = if before == HostKeyStatus::Trusted {
+        "already trusted"
+    } else {
+        "trusted"
+    };
     match ctx.output() {
         OutputFormat::Json => output::json(&serde_json::json!({
             "host": key.host, "key_type": key.key_type, "fingerprint": key.fingerprint,
             "known_hosts": options.known_hosts, "status": state,
         })),
         OutputFormat::Table => {
-            println!("{} {} {} {state} in {}", key.host, key.key_type, key.fingerprint, options.known_hosts.display());
+            println!(
+                "{} {} {} {state} in {}",
+                key.host,
+                key.key_type,
+                key.fingerprint,
+                options.known_hosts.display()
+            );
             Ok(())
         }
     }
@@ -134,11 +157,25 @@ async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
     }
     let remote = SshRemote::new(t, options);
     let out = remote.run(&command).await?;
-    std::io::stdout().write_all(&out.stdout).map_err(|source| CliError::Io { path: "<stdout>".into(), source })?;
-    std::io::stderr().write_all(&out.stderr).map_err(|source| CliError::Io { path: "<stderr>".into(), source })?;
+    std::io::stdout()
+        .write_all(&out.stdout)
+        .map_err(|source| CliError::Io {
+            path: "<stdout>".into(),
+            source,
+        })?;
+    std::io::stderr()
+        .write_all(&out.stderr)
+        .map_err(|source| CliError::Io {
+            path: "<stderr>".into(),
+            source,
+        })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(CliError::Failed(format!("{}: command ended with {}", remote.host(), out.status)))
+        Err(CliError::Failed(format!(
+            "{}: command ended with {}",
+            remote.host(),
+            out.status
+        )))
     }
 }

@@ -26,7 +26,8 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let tag = args.tag.unwrap_or_else(|| ctx.config.defaults.tag.clone());
     let ec2 = ctx.ec2().await;
     let regions = ctx.regions(&ec2).await?;
-    let results = fleet::instances_by_tag(&ec2, &regions, &tag, usize::from(args.concurrency)).await;
+    let results =
+        fleet::instances_by_tag(&ec2, &regions, &tag, usize::from(args.concurrency)).await;
 
     let mut instances: Vec<Instance> = Vec::new();
     let mut failed = 0;
@@ -45,7 +46,16 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     match ctx.output() {
         OutputFormat::Json => output::json(&instances)?,
         OutputFormat::Table => output::table(
-            &["REGION", "INSTANCE", "NAME", "STATE", "TYPE", "ZONE", "PRIVATE-IP", "PUBLIC-IP"],
+            &[
+                "REGION",
+                "INSTANCE",
+                "NAME",
+                "STATE",
+                "TYPE",
+                "ZONE",
+                "PRIVATE-IP",
+                "PUBLIC-IP",
+            ],
             instances.iter().map(|i| {
                 vec![
                     i.region.to_string(),
@@ -61,7 +71,11 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         ),
     }
     if failed > 0 {
-        return Err(CliError::Partial { failed, total: regions.len(), what: "regions" });
+        return Err(CliError::Partial {
+            failed,
+            total: regions.len(),
+            what: "regions",
+        });
     }
     if instances.is_empty() {
         tracing::info!(%tag, "no instances carry the tag");

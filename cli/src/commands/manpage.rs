@@ -21,11 +21,20 @@ pub fn exec(args: Args) -> Result<(), CliError> {
     let cmd = Cli::command();
     match args.dir {
         Some(dir) => {
-            std::fs::create_dir_all(&dir).map_err(|source| CliError::Io { path: dir.clone(), source })?;
-            clap_mangen::generate_to(cmd, &dir).map_err(|source| CliError::Io { path: dir.clone(), source })
+            std::fs::create_dir_all(&dir).map_err(|source| CliError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            clap_mangen::generate_to(cmd, &dir).map_err(|source| CliError::Io {
+                path: dir.clone(),
+                source,
+            })
         }
         None => clap_mangen::Man::new(cmd)
             .render(&mut std::io::stdout())
-            .map_err(|source| CliError::Io { path: "<stdout>".into(), source }),
+            .map_err(|source| CliError::Io {
+                path: "<stdout>".into(),
+                source,
+            }),
     }
 }

@@ -19,7 +19,11 @@ pub struct Args {
 pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let ec2 = ctx.ec2().await;
     let catalog = fleet::region_catalog(&ec2).await?;
-    let selected = if ctx.global.regions.is_empty() { None } else { Some(catalog.resolve_all(&ctx.global.regions)?) };
+    let selected = if ctx.global.regions.is_empty() {
+        None
+    } else {
+        Some(catalog.resolve_all(&ctx.global.regions)?)
+    };
     let regions: Vec<_> = catalog
         .regions()
         .iter()
@@ -34,7 +38,11 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             output::table(
                 &["REGION", "OPT-IN", "ENDPOINT"],
                 regions.iter().map(|r| {
-                    vec![r.name.to_string(), output::or_dash(r.opt_in_status.as_deref()), output::or_dash(r.endpoint.as_deref())]
+                    vec![
+                        r.name.to_string(),
+                        output::or_dash(r.opt_in_status.as_deref()),
+                        output::or_dash(r.endpoint.as_deref()),
+                    ]
                 }),
             );
             Ok(())

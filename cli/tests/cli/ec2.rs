@@ -21,42 +21,101 @@ async fn launch(region: &str, count: i32, tags: Tags) -> Vec<String> {
         tags,
         ..Default::default()
     };
-    let mut ids: Vec<String> = ec2.run_instances(&Region::new(region), &request).await.unwrap().into_iter().map(|i| i.id.to_string()).collect();
+    let mut ids: Vec<String> = ec2
+        .run_instances(&Region::new(region), &request)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id.to_string())
+        .collect();
     ids.sort();
     ids
 }
 
 #[test]
 fn regions_lists_and_resolves_prefixes() {
-    Ektool::moto().arg("regions").run().success().stdout_has("eu-north-1").stdout_has("us-east-1");
-    let out = Ektool::moto().args(&["--output", "json", "-r", "eu-north,us-east-1", "regions"]).run().success();
-    let names: Vec<String> = out.json().as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_owned()).collect();
+    Ektool::moto()
+        .arg("regions")
+        .run()
+        .success()
+        .stdout_has("eu-north-1")
+        .stdout_has("us-east-1");
+    let out = Ektool::moto()
+        .args(&["--output", "json", "-r", "eu-north,us-east-1", "regions"])
+        .run()
+        .success();
+    let names: Vec<String> = out
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(names, ["eu-north-1", "us-east-1"]);
 }
 
 #[test]
 fn ambiguous_and_unknown_regions_list_candidates_and_exit_2() {
-    Ektool::moto().args(&["-r", "ap-s", "regions"]).run().code(2).stderr_has("ambiguous region \"ap-s\"").stderr_has("ap-southeast-2");
-    Ektool::moto().args(&["-r", "mars-1", "instances"]).run().code(2).stderr_has("unknown region \"mars-1\"").stderr_has("eu-west-1");
+    Ektool::moto()
+        .args(&["-r", "ap-s", "regions"])
+        .run()
+        .code(2)
+        .stderr_has("ambiguous region \"ap-s\"")
+        .stderr_has("ap-southeast-2");
+    Ektool::moto()
+        .args(&["-r", "mars-1", "instances"])
+        .run()
+        .code(2)
+        .stderr_has("unknown region \"mars-1\"")
+        .stderr_has("eu-west-1");
 }
 
 #[tokio::test]
 async fn instances_by_tag_across_regions_as_json_and_table() {
     let key = unique("app");
-    let tags = Tags::new().with(key.clone(), "production").with("Name", "web");
+    let tags = Tags::new()
+        .with(key.clone(), "production")
+        .with("Name", "web");
     let mut want = launch("eu-west-2", 2, tags.clone()).await;
     want.extend(launch("ca-central-1", 1, tags).await);
     want.sort();
     launch("eu-west-2", 1, Tags::new().with(key.clone(), "staging")).await;
 
     let tag = format!("{key}=production");
-    let out = Ektool::moto().args(&["--output", "json", "-r", "eu-west-2", "-r", "ca-central", "instances", "--tag", &tag]).run().success();
-    let mut got: Vec<String> = out.json().as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect();
+    let out = Ektool::moto()
+        .args(&[
+            "--output",
+            "json",
+            "-r",
+            "eu-west-2",
+            "-r",
+            "ca-central",
+            "instances",
+            "--tag",
+            &tag,
+        ])
+        .run()
+        .success();
+    let mut got: Vec<String> = out
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect();
     got.sort();
     assert_eq!(got, want);
 
-    let out = Ektool::moto().args(&["-r", "eu-west-2,ca-central-1", "instances", "--tag", &tag]).run().success();
-    assert_eq!(out.stdout.lines().count(), 4, "header + 3 rows:\n{}", out.stdout);
+    let out = Ektool::moto()
+        .args(&["-r", "eu-west-2,ca-central-1", "instances", "--tag", &tag])
+        .run()
+        .success();
+    assert_eq!(
+        out.stdout.lines().count(),
+        4,
+        "header + 3 rows:\n{}",
+        out.stdout
+    );
     assert!(out.stdout.lines().next().unwrap().starts_with("REGION"));
     assert!(out.stdout.contains("web"));
 }
@@ -66,9 +125,23 @@ async fn tag_and_regions_default_from_the_config_file() {
     let key = unique("cfg");
     let want = launch("sa-east-1", 1, Tags::new().with(key.clone(), "yes")).await;
     let dir = ektool_tests::tempdir();
-    std::fs::write(dir.path().join("ektool.toml"), format!("[defaults]\ntag = \"{key}=yes\"\nregions = [\"sa-east\"]\n")).unwrap();
-    let out = Ektool::moto().args(&["--output", "json", "instances"]).current_dir(dir.path()).run().success();
-    let got: Vec<String> = out.json().as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect();
+    std::fs::write(
+        dir.path().join("ektool.toml"),
+        format!("[defaults]\ntag = \"{key}=yes\"\nregions = [\"sa-east\"]\n"),
+    )
+    .unwrap();
+    let out = Ektool::moto()
+        .args(&["--output", "json", "instances"])
+        .current_dir(dir.path())
+        .run()
+        .success();
+    let got: Vec<String> = out
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(got, want);
 }
 
@@ -97,7 +170,12 @@ fn no_region_anywhere_is_a_usage_error() {
 #[test]
 fn an_unreachable_endpoint_fails_with_exit_1() {
     Ektool::new()
-        .args(&["--endpoint-url", "http://127.0.0.1:9", "--no-rate-limit", "regions"])
+        .args(&[
+            "--endpoint-url",
+            "http://127.0.0.1:9",
+            "--no-rate-limit",
+            "regions",
+        ])
         .env("AWS_MAX_ATTEMPTS", "1")
         .run()
         .code(1)

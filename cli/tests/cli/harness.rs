@@ -20,14 +20,21 @@ impl Ektool {
         Self {
             args: Vec::new(),
             env: vec![("XDG_CONFIG_HOME".into(), "/nonexistent".into())],
-            env_remove: vec!["EKTOOL_ENDPOINT_URL".into(), "EKTOOL_CONFIG".into(), "AWS_ENDPOINT_URL_EC2".into(), "RUST_LOG".into()],
+            env_remove: vec![
+                "EKTOOL_ENDPOINT_URL".into(),
+                "EKTOOL_CONFIG".into(),
+                "AWS_ENDPOINT_URL_EC2".into(),
+                "RUST_LOG".into(),
+            ],
             cwd: None,
         }
     }
 
     /// `ektool` pointed at the bench's moto, unpaced.
     pub fn moto() -> Self {
-        Self::new().env("EKTOOL_ENDPOINT_URL", &moto_url()).arg("--no-rate-limit")
+        Self::new()
+            .env("EKTOOL_ENDPOINT_URL", &moto_url())
+            .arg("--no-rate-limit")
     }
 
     pub fn arg(mut self, a: &str) -> Self {
@@ -95,7 +102,14 @@ impl Outcome {
     /// Asserts the exit code.
     #[track_caller]
     pub fn code(self, want: i32) -> Self {
-        assert_eq!(self.code, Some(want), "ektool {}\nstdout:\n{}\nstderr:\n{}", self.args, self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(want),
+            "ektool {}\nstdout:\n{}\nstderr:\n{}",
+            self.args,
+            self.stdout,
+            self.stderr
+        );
         self
     }
 
@@ -108,20 +122,29 @@ impl Outcome {
     /// Asserts stderr contains `s`.
     #[track_caller]
     pub fn stderr_has(self, s: &str) -> Self {
-        assert!(self.stderr.contains(s), "stderr lacks {s:?}:\n{}", self.stderr);
+        assert!(
+            self.stderr.contains(s),
+            "stderr lacks {s:?}:\n{}",
+            self.stderr
+        );
         self
     }
 
     /// Asserts stdout contains `s`.
     #[track_caller]
     pub fn stdout_has(self, s: &str) -> Self {
-        assert!(self.stdout.contains(s), "stdout lacks {s:?}:\n{}", self.stdout);
+        assert!(
+            self.stdout.contains(s),
+            "stdout lacks {s:?}:\n{}",
+            self.stdout
+        );
         self
     }
 
     /// Parses stdout as JSON.
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
     }
 }

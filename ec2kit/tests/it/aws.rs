@@ -1,7 +1,10 @@
 //! `AwsEc2` against moto.
 
 use ec2kit::requests::{CreateSnapshot, CreateSnapshots, RunInstances};
-use ec2kit::{AwsEc2, AwsEc2Options, Ec2, ErrorKind, Filter, RateLimits, Region, SnapshotId, SnapshotState, Tag, Tags, fleet};
+use ec2kit::{
+    AwsEc2, AwsEc2Options, Ec2, ErrorKind, Filter, RateLimits, Region, SnapshotId, SnapshotState,
+    Tag, Tags, fleet,
+};
 use ektool_tests::{moto_url, unique};
 
 async fn ec2() -> AwsEc2 {
@@ -37,7 +40,10 @@ async fn regions_resolve_from_one_catalog() {
     assert_eq!(catalog.resolve("eu-north").unwrap().as_str(), "eu-north-1");
     assert_eq!(catalog.resolve("us-east-1").unwrap().as_str(), "us-east-1");
     let err = catalog.resolve("us-west").unwrap_err().to_string();
-    assert!(err.contains("us-west-1") && err.contains("us-west-2"), "{err}");
+    assert!(
+        err.contains("us-west-1") && err.contains("us-west-2"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -45,19 +51,29 @@ async fn instances_by_tag_finds_exactly_the_tagged_live_instances_in_each_region
     let ec2 = ec2().await;
     let tag = Tag::new(unique("fleet"), "production");
     let (r1, r2) = (Region::new("eu-west-1"), Region::new("ap-southeast-2"));
-    let tagged = Tags::new().with(tag.key.clone(), "production").with("Name", "web");
+    let tagged = Tags::new()
+        .with(tag.key.clone(), "production")
+        .with("Name", "web");
     let a = launch(&ec2, &r1, 2, tagged.clone()).await;
     let b = launch(&ec2, &r2, 1, tagged.clone()).await;
     // Same key, other value; and no tag at all: neither may be listed.
     launch(&ec2, &r1, 1, Tags::new().with(tag.key.clone(), "staging")).await;
     launch(&ec2, &r1, 1, Tags::new()).await;
     // A terminated instance is not part of the fleet.
-    ec2.terminate_instances(&r1, &[a[1].id.clone()], false).await.unwrap();
+    ec2.terminate_instances(&r1, &[a[1].id.clone()], false)
+        .await
+        .unwrap();
 
     let regions = vec![r1.clone(), r2.clone(), Region::new("us-west-2")];
     let out = fleet::instances_by_tag(&ec2, &regions, &tag, 3).await;
     let ids = |i: usize| {
-        let mut v: Vec<String> = out[i].result.as_ref().unwrap().iter().map(|i| i.id.to_string()).collect();
+        let mut v: Vec<String> = out[i]
+            .result
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|i| i.id.to_string())
+            .collect();
         v.sort();
         v
     };
@@ -76,7 +92,9 @@ async fn snapshots_carry_tags_from_creation_and_tag_scoped_queries_see_only_them
     let ec2 = ec2().await;
     let region = Region::new("us-east-1");
     let key = unique("owner");
-    let inst = launch(&ec2, &region, 1, Tags::new().with("Name", "db")).await.remove(0);
+    let inst = launch(&ec2, &region, 1, Tags::new().with("Name", "db"))
+        .await
+        .remove(0);
     let vol = inst.root_volume().expect("root volume").clone();
 
     let single = ec2
@@ -107,13 +125,26 @@ async fn snapshots_carry_tags_from_creation_and_tag_scoped_queries_see_only_them
         .unwrap();
     assert_eq!(set.len(), inst.block_devices.len());
 
-    let ours = ec2.describe_snapshots(&region, &[Filter::tag_key(key.clone())]).await.unwrap();
+    let ours = ec2
+        .describe_snapshots(&region, &[Filter::tag_key(key.clone())])
+        .await
+        .unwrap();
     let mut ids: Vec<_> = ours.iter().map(|s| s.id.to_string()).collect();
     ids.sort();
-    let mut want: Vec<_> = set.iter().map(|s| s.id.to_string()).chain([single.id.to_string()]).collect();
+    let mut want: Vec<_> = set
+        .iter()
+        .map(|s| s.id.to_string())
+        .chain([single.id.to_string()])
+        .collect();
     want.sort();
-    assert_eq!(ids, want, "a tag-scoped query returns exactly the snapshots we made");
-    assert!(ours.iter().all(|s| s.state == SnapshotState::Completed && s.region.as_ref() == Some(&region)));
+    assert_eq!(
+        ids, want,
+        "a tag-scoped query returns exactly the snapshots we made"
+    );
+    assert!(
+        ours.iter()
+            .all(|s| s.state == SnapshotState::Completed && s.region.as_ref() == Some(&region))
+    );
 }
 
 #[tokio::test]
@@ -122,8 +153,15 @@ async fn unscoped_snapshot_listing_paginates_past_1000_and_includes_moto_preload
     // them for OwnerIds=self. So this query must page (MaxResults=1000)
     // and shows why every toolkit query is scoped by its own tags.
     let ec2 = ec2().await;
-    let all = ec2.describe_snapshots(&Region::new("us-west-1"), &[]).await.unwrap();
-    assert!(all.len() > 1000, "got {} snapshots; the second page was not fetched", all.len());
+    let all = ec2
+        .describe_snapshots(&Region::new("us-west-1"), &[])
+        .await
+        .unwrap();
+    assert!(
+        all.len() > 1000,
+        "got {} snapshots; the second page was not fetched",
+        all.len()
+    );
     let mut ids: Vec<_> = all.iter().map(|s| s.id.clone()).collect();
     ids.sort();
     ids.dedup();
@@ -135,16 +173,33 @@ async fn error_codes_are_kept_and_classified() {
     let ec2 = ec2().await;
     let region = Region::new("us-east-1");
     let missing = SnapshotId::parse("snap-0123456789abcdef0").unwrap();
-    let err = ec2.delete_snapshot(&region, &missing, false).await.unwrap_err();
+    let err = ec2
+        .delete_snapshot(&region, &missing, false)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some("InvalidSnapshot.NotFound"));
     assert_eq!(err.kind, ErrorKind::NotFound);
     assert!(!err.is_retryable());
-    assert!(err.to_string().starts_with("DeleteSnapshot in us-east-1: InvalidSnapshot.NotFound"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("DeleteSnapshot in us-east-1: InvalidSnapshot.NotFound"),
+        "{err}"
+    );
 
     let inst = launch(&ec2, &region, 1, Tags::new()).await.remove(0);
-    let dry = ec2.reboot_instances(&region, &[inst.id.clone()], true).await.unwrap_err();
+    let dry = ec2
+        .reboot_instances(&region, &[inst.id.clone()], true)
+        .await
+        .unwrap_err();
     assert!(dry.is_dry_run_ok(), "{dry}");
-    assert!(ec2kit::dry_run_ok(ec2.reboot_instances(&region, &[inst.id.clone()], true).await).unwrap().is_none());
+    assert!(
+        ec2kit::dry_run_ok(
+            ec2.reboot_instances(&region, &[inst.id.clone()], true)
+                .await
+        )
+        .unwrap()
+        .is_none()
+    );
 }
 
 #[tokio::test]
@@ -153,7 +208,9 @@ async fn termination_protection_round_trip() {
     let region = Region::new("eu-central-1");
     let inst = launch(&ec2, &region, 1, Tags::new()).await.remove(0);
     assert!(!ec2.termination_protection(&region, &inst.id).await.unwrap());
-    ec2.set_termination_protection(&region, &inst.id, true, false).await.unwrap();
+    ec2.set_termination_protection(&region, &inst.id, true, false)
+        .await
+        .unwrap();
     assert!(ec2.termination_protection(&region, &inst.id).await.unwrap());
 }
 

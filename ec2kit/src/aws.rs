@@ -15,6 +15,7 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types as sdk;
 
+use crate::paginate::paginate;
 use crate::requests::{
     CopyImage, CopySnapshot, CreateSnapshot, CreateSnapshots, CreateVolume, RegisterImage,
     RunInstances,
@@ -249,16 +250,14 @@ macro_rules! snapshot_from {
             tags: tags_from(s.tags()),
             region: Some($region.clone()),
             progress: progress(s.progress()),
-            state_message: snapshot_from!(@msg s),
+            state_message: s.state_message().map(str::to_owned),
             volume_size_gib: s.volume_size(),
             encrypted: s.encrypted().unwrap_or(false),
-            kms_key_id: snapshot_from!(@kms s),
+            kms_key_id: s.kms_key_id().map(str::to_owned),
             description: s.description().map(str::to_owned),
             owner_id: s.owner_id().map(str::to_owned),
         }
     }};
-    (@msg $s:ident) => { $s.state_message().map(str::to_owned) };
-    (@kms $s:ident) => { $s.kms_key_id().map(str::to_owned) };
 }
 
 fn snapshot_info(s: &sdk::SnapshotInfo, region: &Region) -> Snapshot {
@@ -443,9 +442,7 @@ impl Ec2 for AwsEc2 {
         f: &[Filter],
     ) -> Result<Vec<Instance>, Ec2Error> {
         let action = Action::DescribeInstances;
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
+        paginate(action, region.as_str(), |token| async move {
             let page = self
                 .ready(action, region)
                 .await
@@ -456,21 +453,18 @@ impl Ec2 for AwsEc2 {
                 .send()
                 .await
                 .map_err(|e| map_err(action, region, e))?;
-            for r in page.reservations() {
-                out.extend(
+            let items = page
+                .reservations()
+                .iter()
+                .flat_map(|r| {
                     r.instances()
                         .iter()
-                        .map(|i| instance_from(i, region, r.reservation_id())),
-                );
-            }
-            token = page
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned);
-            if token.is_none() {
-                return Ok(out);
-            }
-        }
+                        .map(|i| instance_from(i, region, r.reservation_id()))
+                })
+                .collect();
+            Ok((items, page.next_token().map(str::to_owned)))
+        })
+        .await
     }
 
     async fn termination_protection(
@@ -500,9 +494,7 @@ impl Ec2 for AwsEc2 {
         f: &[Filter],
     ) -> Result<Vec<Volume>, Ec2Error> {
         let action = Action::DescribeVolumes;
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
+        paginate(action, region.as_str(), |token| async move {
             let page = self
                 .ready(action, region)
                 .await
@@ -513,15 +505,15 @@ impl Ec2 for AwsEc2 {
                 .send()
                 .await
                 .map_err(|e| map_err(action, region, e))?;
-            out.extend(page.volumes().iter().map(|v| volume_from!(v, region)));
-            token = page
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned);
-            if token.is_none() {
-                return Ok(out);
-            }
-        }
+            Ok((
+                page.volumes()
+                    .iter()
+                    .map(|v| volume_from!(v, region))
+                    .collect(),
+                page.next_token().map(str::to_owned),
+            ))
+        })
+        .await
     }
 
     async fn describe_snapshots(
@@ -530,9 +522,7 @@ impl Ec2 for AwsEc2 {
         f: &[Filter],
     ) -> Result<Vec<Snapshot>, Ec2Error> {
         let action = Action::DescribeSnapshots;
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
+        paginate(action, region.as_str(), |token| async move {
             let page = self
                 .ready(action, region)
                 .await
@@ -544,22 +534,20 @@ impl Ec2 for AwsEc2 {
                 .send()
                 .await
                 .map_err(|e| map_err(action, region, e))?;
-            out.extend(page.snapshots().iter().map(|s| snapshot_from!(s, region)));
-            token = page
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned);
-            if token.is_none() {
-                return Ok(out);
-            }
-        }
+            Ok((
+                page.snapshots()
+                    .iter()
+                    .map(|s| snapshot_from!(s, region))
+                    .collect(),
+                page.next_token().map(str::to_owned),
+            ))
+        })
+        .await
     }
 
     async fn describe_images(&self, region: &Region, f: &[Filter]) -> Result<Vec<Image>, Ec2Error> {
         let action = Action::DescribeImages;
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
+        paginate(action, region.as_str(), |token| async move {
             let page = self
                 .ready(action, region)
                 .await
@@ -571,15 +559,15 @@ impl Ec2 for AwsEc2 {
                 .send()
                 .await
                 .map_err(|e| map_err(action, region, e))?;
-            out.extend(page.images().iter().map(|i| image_from(i, region)));
-            token = page
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned);
-            if token.is_none() {
-                return Ok(out);
-            }
-        }
+            Ok((
+                page.images()
+                    .iter()
+                    .map(|i| image_from(i, region))
+                    .collect(),
+                page.next_token().map(str::to_owned),
+            ))
+        })
+        .await
     }
 
     async fn create_snapshot(

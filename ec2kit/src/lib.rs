@@ -41,6 +41,7 @@ mod filter;
 mod ids;
 mod image;
 mod instance;
+mod paginate;
 mod region;
 mod snapshot;
 mod tags;

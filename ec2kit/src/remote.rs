@@ -326,23 +326,6 @@ pub async fn run_checked(remote: &dyn Remote, command: &Command) -> Result<Outpu
     }
 }
 
-/// The shell script that performs an atomic upload from standard input.
-pub(crate) fn upload_script(path: &str, mode: u32) -> String {
-    let (dir, name) = match path.rsplit_once('/') {
-        Some(("", name)) => (String::new(), name.to_owned()),
-        Some((dir, name)) => (dir.to_owned(), name.to_owned()),
-        None => (".".to_owned(), path.to_owned()),
-    };
-    // mktemp creates the file 0600, so the content is never readable by
-    // others before the final chmod, whatever the umask.
-    let template = format!("{dir}/.{name}.ektool.XXXXXX");
-    format!(
-        "set -e; t=$(mktemp {template}); trap 'rm -f \"$t\"' EXIT; cat > \"$t\"; chmod {mode:o} \"$t\"; mv -f \"$t\" {path}; trap - EXIT",
-        template = quote(&template),
-        path = quote(path),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,17 +420,6 @@ mod tests {
         .unwrap();
         assert_eq!(job.dir, "/tmp/ektool-job.abc");
         assert_eq!(job.limit, Duration::from_secs(30));
-    }
-
-    #[test]
-    fn upload_script_quotes_paths() {
-        let s = upload_script("/srv/my app/.env", 0o600);
-        assert!(
-            s.contains("mktemp '/srv/my app/..env.ektool.XXXXXX'"),
-            "{s}"
-        );
-        assert!(s.contains("chmod 600"), "{s}");
-        assert!(s.contains("mv -f \"$t\" '/srv/my app/.env'"), "{s}");
     }
 
     #[test]

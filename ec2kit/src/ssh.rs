@@ -23,7 +23,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use ssh2::{CheckResult, HashType, HostKeyType, KnownHostFileKind, Session};
 
-use crate::remote::{Command, ExitStatus, Output, Remote, RemoteError, quote, upload_script};
+use crate::remote::{Command, ExitStatus, Output, Remote, RemoteError, quote};
 
 /// `user@host:port`, with `user` and `port` optional.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -441,15 +441,16 @@ impl Inner {
                 return Ok(());
             }
         }
-        if self.options.use_agent && std::env::var_os("SSH_AUTH_SOCK").is_some() {
-            if let Ok(mut agent) = session.agent() {
-                if agent.connect().is_ok() && agent.list_identities().is_ok() {
-                    for identity in agent.identities().unwrap_or_default() {
-                        tried.push(format!("agent:{}", identity.comment()));
-                        if agent.userauth(&t.user, &identity).is_ok() && session.authenticated() {
-                            return Ok(());
-                        }
-                    }
+        if self.options.use_agent
+            && std::env::var_os("SSH_AUTH_SOCK").is_some()
+            && let Ok(mut agent) = session.agent()
+            && agent.connect().is_ok()
+            && agent.list_identities().is_ok()
+        {
+            for identity in agent.identities().unwrap_or_default() {
+                tried.push(format!("agent:{}", identity.comment()));
+                if agent.userauth(&t.user, &identity).is_ok() && session.authenticated() {
+                    return Ok(());
                 }
             }
         }
@@ -625,9 +626,37 @@ impl Remote for SshRemote {
     }
 }
 
+/// The shell script that performs an atomic upload from standard input.
+fn upload_script(path: &str, mode: u32) -> String {
+    let (dir, name) = match path.rsplit_once('/') {
+        Some(("", name)) => (String::new(), name.to_owned()),
+        Some((dir, name)) => (dir.to_owned(), name.to_owned()),
+        None => (".".to_owned(), path.to_owned()),
+    };
+    // mktemp creates the file 0600, so the content is never readable by
+    // others before the final chmod, whatever the umask.
+    let template = format!("{dir}/.{name}.ektool.XXXXXX");
+    format!(
+        "set -e; t=$(mktemp {template}); trap 'rm -f \"$t\"' EXIT; cat > \"$t\"; chmod {mode:o} \"$t\"; mv -f \"$t\" {path}; trap - EXIT",
+        template = quote(&template),
+        path = quote(path),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_script_quotes_paths() {
+        let s = upload_script("/srv/my app/.env", 0o600);
+        assert!(
+            s.contains("mktemp '/srv/my app/..env.ektool.XXXXXX'"),
+            "{s}"
+        );
+        assert!(s.contains("chmod 600"), "{s}");
+        assert!(s.contains("mv -f \"$t\" '/srv/my app/.env'"), "{s}");
+    }
 
     #[test]
     fn parses_targets() {

@@ -102,3 +102,85 @@ fn trust_then_run_with_strict_checking() {
         .code(1)
         .stderr_has("exit code 4");
 }
+
+/// Kills the agent when the test ends, pass or fail.
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn agent_identities_are_tried_in_turn() {
+    let host = ssh_host(2);
+    let dir = tempdir();
+    let sock = dir.path().join("agent.sock");
+    let _agent = Agent(
+        std::process::Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A key the host does not accept goes in first: the right one is second.
+    let stranger = dir.path().join("stranger");
+    std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&stranger)
+        .status()
+        .unwrap();
+    for key in [&stranger, &host.client_key] {
+        let ok = std::process::Command::new("ssh-add")
+            .arg("-q")
+            .arg(key)
+            .env("SSH_AUTH_SOCK", &sock)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let kh = host.write_known_hosts(dir.path());
+    // HOME without ~/.ssh keys: the agent is the only way in.
+    Ektool::new()
+        .env("HOME", dir.path().to_str().unwrap())
+        .env("SSH_AUTH_SOCK", sock.to_str().unwrap())
+        .args(&[
+            "host",
+            "run",
+            &host.target(),
+            "--known-hosts",
+            kh.to_str().unwrap(),
+            "--",
+            "echo",
+            "via agent",
+        ])
+        .run()
+        .success()
+        .stdout_has("via agent");
+    // Without the agent the same call cannot log in.
+    Ektool::new()
+        .env("HOME", dir.path().to_str().unwrap())
+        .env_remove("SSH_AUTH_SOCK")
+        .args(&[
+            "host",
+            "run",
+            &host.target(),
+            "--known-hosts",
+            kh.to_str().unwrap(),
+            "--",
+            "true",
+        ])
+        .run()
+        .code(1)
+        .stderr_has("authentication");
+}

@@ -1,5 +1,8 @@
 //! The `ektool` binary end to end, against moto and sshd from the bench.
 
+// Test code: a panic is a failed test with a line number.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 mod basics;

@@ -188,13 +188,13 @@ async fn error_codes_are_kept_and_classified() {
 
     let inst = launch(&ec2, &region, 1, Tags::new()).await.remove(0);
     let dry = ec2
-        .reboot_instances(&region, &[inst.id.clone()], true)
+        .reboot_instances(&region, std::slice::from_ref(&inst.id), true)
         .await
         .unwrap_err();
     assert!(dry.is_dry_run_ok(), "{dry}");
     assert!(
         ec2kit::dry_run_ok(
-            ec2.reboot_instances(&region, &[inst.id.clone()], true)
+            ec2.reboot_instances(&region, std::slice::from_ref(&inst.id), true)
                 .await
         )
         .unwrap()

@@ -98,6 +98,9 @@ pub enum Command {
     Regions(commands::regions::Args),
     /// List the instances carrying a tag.
     Instances(commands::instances::Args),
+    /// Snapshots: backup, list, plan, trim, delete-broken, count.
+    #[command(subcommand)]
+    Snap(commands::snap::SnapCommand),
     /// SSH hosts: trust a host key, run a command.
     #[command(subcommand)]
     Host(commands::host::HostCommand),

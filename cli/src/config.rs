@@ -27,6 +27,9 @@ pub struct Config {
     /// Volume aliases (django-ec2tools style): alias → volume definition.
     #[serde(default)]
     pub volumes: BTreeMap<String, VolumeAlias>,
+    /// Retention defaults.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Where the file was read from (None: built-in defaults).
     #[serde(skip_deserializing)]
     pub path: Option<PathBuf>,
@@ -107,6 +110,44 @@ pub struct SshConfig {
     pub identity_files: Vec<PathBuf>,
     /// Try the ssh-agent's identities (default true).
     pub use_agent: Option<bool>,
+}
+
+/// `[retention]`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// The default policy: `logarithmic`, `gfs`, `oneday_rolling`,
+    /// `twoday_rolling`, `oneweek_rolling` or `max-age:DURATION`.
+    #[serde(default = "default_policy")]
+    pub policy: String,
+    /// Keep at least this many completed snapshots per lineage.
+    #[serde(default = "one")]
+    pub min_keep: usize,
+    /// Counts of the logarithmic policy.
+    #[serde(default)]
+    pub logarithmic: snapkit::retention::Logarithmic,
+    /// Rules of the gfs policy (restic's names, without `--`).
+    #[serde(default)]
+    pub gfs: snapkit::retention::Gfs,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            policy: default_policy(),
+            min_keep: 1,
+            logarithmic: Default::default(),
+            gfs: Default::default(),
+        }
+    }
+}
+
+fn default_policy() -> String {
+    "logarithmic".to_owned()
+}
+
+fn one() -> usize {
+    1
 }
 
 /// One `[volumes.<alias>]` entry.

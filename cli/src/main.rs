@@ -11,6 +11,7 @@ mod error;
 mod exit;
 mod logging;
 mod output;
+mod progress;
 
 use std::process::ExitCode;
 

@@ -50,6 +50,7 @@ mod volume;
 pub mod fleet;
 pub mod job;
 pub mod local;
+pub mod paced;
 pub mod ratelimit;
 pub mod remote;
 pub mod requests;
@@ -70,6 +71,7 @@ pub use image::{Image, ImageBlockDevice};
 pub use instance::{BlockDevice, Instance};
 pub use job::{GuardedJob, JobState};
 pub use local::LocalRemote;
+pub use paced::Paced;
 pub use ratelimit::{Bucket, RateLimiter, RateLimits};
 pub use region::{Region, RegionCatalog, RegionError, RegionInfo};
 #[cfg(any(test, feature = "mock"))]

@@ -7,6 +7,7 @@ pub mod host;
 pub mod instances;
 pub mod manpage;
 pub mod regions;
+pub mod snap;
 
 use crate::args::{Cli, Command};
 use crate::context::Context;
@@ -25,6 +26,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Regions(args) => regions::exec(&ctx, args).await,
                 Command::Instances(args) => instances::exec(&ctx, args).await,
                 Command::Host(args) => host::exec(&ctx, args).await,
+                Command::Snap(args) => snap::exec(&ctx, args).await,
                 Command::Completions(_) | Command::Manpage(_) => unreachable!("handled above"),
             }
         }

@@ -1,0 +1,220 @@
+//! `ektool snap backup`: instances by tag, single instances, or volumes.
+
+use ec2kit::{Filter, InstanceId, Region, Tag, VolumeId, fleet};
+use snapkit::backup::{self, BackupOptions, BackupResult, BackupStatus};
+
+use crate::args::OutputFormat;
+use crate::context::Context;
+use crate::error::CliError;
+use crate::output;
+
+/// Arguments of `ektool snap backup`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Back up the instances carrying this tag (default: `defaults.tag`).
+    #[arg(long, value_name = "KEY=VALUE", conflicts_with_all = ["instance", "volume"])]
+    pub tag: Option<Tag>,
+    /// Back up this instance (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub instance: Vec<InstanceId>,
+    /// Back up this volume: an id or a `[volumes]` alias (repeatable).
+    #[arg(long, value_name = "ID|ALIAS")]
+    pub volume: Vec<String>,
+    /// Leave each instance's root volume out.
+    #[arg(long)]
+    pub exclude_boot: bool,
+    /// Leave this data volume out (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub exclude_volume: Vec<VolumeId>,
+    /// A rerun within this window skips what is already backed up
+    /// (restic-style duration of days/hours: 1h, 12h, 1d).
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub window: String,
+}
+
+fn window(s: &str) -> Result<jiff::SignedDuration, CliError> {
+    let d: snapkit::retention::GfsDuration =
+        s.parse()
+            .map_err(|e: snapkit::retention::InvalidDuration| {
+                CliError::Usage(format!("--window: {e}"))
+            })?;
+    let hours = i64::from(d.days) * 24 + i64::from(d.hours);
+    if d.years != 0 || d.months != 0 || hours <= 0 {
+        return Err(CliError::Usage(format!(
+            "--window {s:?}: use days and/or hours, e.g. 1h or 1d"
+        )));
+    }
+    Ok(jiff::SignedDuration::from_hours(hours))
+}
+
+/// Runs the backup and reports per instance or volume.
+pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+    let options = BackupOptions {
+        exclude_boot: args.exclude_boot,
+        exclude_volumes: args.exclude_volume.clone(),
+        policy: ctx.config.retention.policy.clone(),
+        window: window(&args.window)?,
+        dry_run: ctx.global.dry_run,
+        ..BackupOptions::default()
+    };
+    // Volumes: resolve aliases and ids before any call.
+    let mut volumes: Vec<(Option<String>, VolumeId)> = Vec::new();
+    for v in &args.volume {
+        if let Some(alias) = ctx.config.volumes.get(v) {
+            volumes.push((alias.region.clone(), alias.volume_id.clone()));
+        } else {
+            let id = VolumeId::parse(v).map_err(|e| {
+                let aliases: Vec<&str> = ctx.config.volumes.keys().map(String::as_str).collect();
+                CliError::Usage(format!(
+                    "{e}; it is not a volume alias either (aliases: {})",
+                    if aliases.is_empty() {
+                        "none".into()
+                    } else {
+                        aliases.join(", ")
+                    }
+                ))
+            })?;
+            volumes.push((None, id));
+        }
+    }
+
+    let ec2 = ctx.ec2().await;
+    let mut results: Vec<BackupResult> = Vec::new();
+    if !volumes.is_empty() {
+        let selected = ctx.regions(&ec2).await?;
+        let catalog = fleet::region_catalog(&ec2).await?;
+        let mut by_region: std::collections::BTreeMap<Region, Vec<VolumeId>> = Default::default();
+        for (region, id) in volumes {
+            let region = match region {
+                Some(r) => catalog.resolve(&r)?,
+                None if selected.len() == 1 => selected[0].clone(),
+                None => {
+                    return Err(CliError::Usage(format!(
+                        "volume {id}: name one region with --region (or use an alias that has one)"
+                    )));
+                }
+            };
+            by_region.entry(region).or_default().push(id);
+        }
+        for (region, ids) in by_region {
+            results.extend(backup::backup_volumes(&ec2, &region, &ids, &options).await);
+        }
+    } else {
+        let regions = ctx.regions(&ec2).await?;
+        let filters: Vec<Filter> = if args.instance.is_empty() {
+            let tag = args
+                .tag
+                .clone()
+                .unwrap_or_else(|| ctx.config.defaults.tag.clone());
+            vec![
+                Filter::tag(&tag),
+                Filter::new("instance-state-name", fleet::LIVE_STATES.iter().copied()),
+            ]
+        } else {
+            vec![Filter::new(
+                "instance-id",
+                args.instance.iter().map(|i| i.to_string()),
+            )]
+        };
+        let found = fleet::each_region(&regions, 8, |r| {
+            ec2kit::Ec2::describe_instances(&ec2, r, &filters)
+        })
+        .await;
+        let mut seen = 0;
+        for r in found {
+            match r.result {
+                Ok(instances) => {
+                    seen += instances.len();
+                    results.extend(
+                        backup::backup_instances(&ec2, &r.region, &instances, &options).await,
+                    );
+                }
+                Err(e) => results.push(BackupResult {
+                    region: r.region.clone(),
+                    instance: None,
+                    volume: None,
+                    name: None,
+                    status: BackupStatus::Failed {
+                        error: e.to_string(),
+                        code: e.code.clone(),
+                    },
+                    notes: vec!["could not list the region's instances".into()],
+                }),
+            }
+        }
+        if !args.instance.is_empty() && seen < args.instance.len() {
+            eprintln!(
+                "warning: {} of {} instances not found in {}",
+                args.instance.len() - seen,
+                args.instance.len(),
+                regions
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+
+    match ctx.output() {
+        OutputFormat::Json => output::json(&results)?,
+        OutputFormat::Table => {
+            output::table(
+                &["REGION", "SOURCE", "NAME", "STATUS", "SNAPSHOTS"],
+                results.iter().map(|r| {
+                    let source = r
+                        .instance
+                        .as_ref()
+                        .map(|i| i.to_string())
+                        .or_else(|| r.volume.as_ref().map(|v| v.to_string()))
+                        .unwrap_or_else(|| "-".into());
+                    let (status, snaps) = match &r.status {
+                        BackupStatus::Created { snapshots, .. } => {
+                            ("created".to_owned(), join(snapshots))
+                        }
+                        BackupStatus::AlreadyDone { snapshots } => {
+                            ("already done in this window".to_owned(), join(snapshots))
+                        }
+                        BackupStatus::DryRunOk => ("dry run: would succeed".to_owned(), "-".into()),
+                        BackupStatus::Failed { error, .. } => {
+                            (format!("FAILED: {error}"), "-".into())
+                        }
+                    };
+                    vec![
+                        r.region.to_string(),
+                        source,
+                        output::or_dash(r.name.as_deref()),
+                        status,
+                        snaps,
+                    ]
+                }),
+            );
+            for r in &results {
+                for n in &r.notes {
+                    eprintln!(
+                        "note: {}: {n}",
+                        r.instance
+                            .as_ref()
+                            .map_or("-".to_owned(), |i| i.to_string())
+                    );
+                }
+            }
+        }
+    }
+    let failed = results.iter().filter(|r| r.failed()).count();
+    if failed > 0 {
+        return Err(CliError::Partial {
+            failed,
+            total: results.len(),
+            what: "backups",
+        });
+    }
+    Ok(())
+}
+
+fn join(ids: &[ec2kit::SnapshotId]) -> String {
+    ids.iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,80 @@
+//! `ektool snap count`: snapshots per region against a threshold
+//! (django-ec2tools' snapshot-limit check).
+
+use serde::Serialize;
+use snapkit::trim::{self, Scope};
+
+use crate::args::OutputFormat;
+use crate::context::Context;
+use crate::error::CliError;
+use crate::output;
+
+/// Arguments of `ektool snap count`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Warn (exit 1) when a region holds more than this many.
+    #[arg(long, default_value_t = 10_000)]
+    pub warn_at: usize,
+    /// Count every snapshot the account owns, not only ektool's.
+    #[arg(long)]
+    pub adopt: bool,
+}
+
+#[derive(Serialize)]
+struct Row {
+    region: String,
+    snapshots: usize,
+    over: bool,
+}
+
+/// Counts and compares.
+pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+    let ec2 = ctx.ec2().await;
+    let regions = ctx.regions(&ec2).await?;
+    let scope = if args.adopt {
+        Scope::Adopted
+    } else {
+        Scope::Owned
+    };
+    let results =
+        ec2kit::fleet::each_region(&regions, 8, |r| trim::inventory(&ec2, r, scope)).await;
+    let mut rows = Vec::new();
+    for r in results {
+        let n = r.result?.len();
+        rows.push(Row {
+            region: r.region.to_string(),
+            snapshots: n,
+            over: n > args.warn_at,
+        });
+    }
+    match ctx.output() {
+        OutputFormat::Json => output::json(&rows)?,
+        OutputFormat::Table => output::table(
+            &["REGION", "SNAPSHOTS", "STATUS"],
+            rows.iter().map(|r| {
+                vec![
+                    r.region.clone(),
+                    r.snapshots.to_string(),
+                    if r.over {
+                        format!("over {}", args.warn_at)
+                    } else {
+                        "ok".into()
+                    },
+                ]
+            }),
+        ),
+    }
+    let over: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.over)
+        .map(|r| r.region.as_str())
+        .collect();
+    if !over.is_empty() {
+        return Err(CliError::Failed(format!(
+            "snapshot count over {} in {}",
+            args.warn_at,
+            over.join(", ")
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! Choosing the retention policy: command line > volume alias > config
+//! default > built-in default (the seed had this backwards).
+
+use std::collections::HashMap;
+
+use snapkit::retention::{Gfs, GfsDuration, Guards, PolicySpec};
+
+use crate::config::Config;
+use crate::error::CliError;
+
+/// Policy flags shared by `plan` and `trim`; the `--keep-*` names are
+/// restic's, and any of them implies `--policy gfs`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PolicyArgs {
+    /// Policy: logarithmic, gfs, oneday_rolling, twoday_rolling,
+    /// oneweek_rolling, max-age:DURATION. Default: the config's
+    /// `retention.policy`, per volume alias its `strategy`.
+    #[arg(long, value_name = "NAME")]
+    pub policy: Option<String>,
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_last: Option<i64>,
+    /// Keep the newest snapshot of each of the last N hours (-1: all).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_hourly: Option<i64>,
+    /// Keep the newest snapshot of each of the last N days.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_daily: Option<i64>,
+    /// Keep the newest snapshot of each of the last N ISO weeks.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_weekly: Option<i64>,
+    /// Keep the newest snapshot of each of the last N months.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_monthly: Option<i64>,
+    /// Keep the newest snapshot of each of the last N years.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_yearly: Option<i64>,
+    /// Keep everything within this long of the newest snapshot (`1y6m3d`).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<GfsDuration>,
+    /// Time zone for gfs calendar periods (IANA name; default UTC).
+    #[arg(long, value_name = "TZ")]
+    pub time_zone: Option<String>,
+    /// Keep at least N completed snapshots per lineage (default: config, 1).
+    #[arg(long, value_name = "N")]
+    pub min_keep: Option<usize>,
+}
+
+/// The policies in force: the default and the per-lineage ones.
+pub struct Policies {
+    /// For lineages without their own.
+    pub default: PolicySpec,
+    /// Per lineage (volume id) from the volume aliases.
+    pub per_lineage: HashMap<String, PolicySpec>,
+    /// Minimum per lineage.
+    pub min_keep: usize,
+}
+
+impl PolicyArgs {
+    fn gfs_flags(&self) -> Gfs {
+        Gfs {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self.keep_within,
+            time_zone: self.time_zone.clone(),
+        }
+    }
+
+    /// Resolves the policies, command line first.
+    pub fn resolve(&self, config: &Config) -> Result<Policies, CliError> {
+        let r = &config.retention;
+        let flags = self.gfs_flags();
+        let has_keep = !flags.is_empty();
+        if let Some(tz) = &self.time_zone {
+            jiff::tz::TimeZone::get(tz)
+                .map_err(|e| CliError::Usage(format!("unknown time zone {tz:?}: {e}")))?;
+        }
+        let mut gfs = if has_keep { flags } else { r.gfs.clone() };
+        if gfs.time_zone.is_none() {
+            gfs.time_zone = self.time_zone.clone();
+        }
+        let usage = |e: snapkit::retention::PolicyError| CliError::Usage(e.to_string());
+        let cli_policy = match (&self.policy, has_keep) {
+            (Some(p), true) if p != "gfs" => {
+                return Err(CliError::Usage(format!(
+                    "--keep-* flags select the gfs policy; they do not go with --policy {p}"
+                )));
+            }
+            (_, true) => Some(PolicySpec::from_name("gfs", &r.logarithmic, &gfs).map_err(usage)?),
+            (Some(p), false) => {
+                Some(PolicySpec::from_name(p, &r.logarithmic, &gfs).map_err(usage)?)
+            }
+            (None, false) => None,
+        };
+        let mut per_lineage = HashMap::new();
+        if cli_policy.is_none() {
+            for (alias, v) in &config.volumes {
+                if let Some(strategy) = &v.strategy {
+                    let spec = PolicySpec::from_name(strategy, &r.logarithmic, &r.gfs)
+                        .map_err(|e| CliError::Usage(format!("volume alias {alias}: {e}")))?;
+                    per_lineage.insert(v.volume_id.to_string(), spec);
+                }
+            }
+        }
+        let default = match cli_policy {
+            Some(p) => p,
+            None => PolicySpec::from_name(&r.policy, &r.logarithmic, &r.gfs)
+                .map_err(|e| CliError::Usage(format!("config retention.policy: {e}")))?,
+        };
+        Ok(Policies {
+            default,
+            per_lineage,
+            min_keep: self.min_keep.unwrap_or(r.min_keep).max(1),
+        })
+    }
+}
+
+impl Policies {
+    /// Plans `snapshots` with these policies and `guards`.
+    pub fn plan(
+        &self,
+        snapshots: &[ec2kit::Snapshot],
+        now: jiff::Timestamp,
+        mut guards: Guards,
+    ) -> snapkit::retention::Plan {
+        guards.min_keep = self.min_keep;
+        let mut planner =
+            snapkit::retention::Planner::new(self.default.policy()).with_guards(guards);
+        for (lineage, spec) in &self.per_lineage {
+            planner = planner.with_lineage_policy(lineage.clone(), spec.policy());
+        }
+        planner.plan(snapshots, now)
+    }
+}

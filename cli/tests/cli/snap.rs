@@ -1,0 +1,486 @@
+//! `ektool snap …` against moto, and `snap plan` offline.
+
+use ec2kit::requests::{CreateSnapshot, RunInstances};
+use ec2kit::{AwsEc2, AwsEc2Options, Ec2, RateLimits, Region, Tags};
+use ektool_tests::{moto_url, tempdir};
+use snapkit::lineage::tags;
+
+use crate::harness::Ektool;
+
+async fn ec2() -> AwsEc2 {
+    AwsEc2::new(AwsEc2Options {
+        endpoint_url: Some(moto_url()),
+        home_region: Some("us-east-1".into()),
+        rate_limits: Some(RateLimits::disabled()),
+        ..Default::default()
+    })
+    .await
+}
+
+/// Launches an instance and snapshots its root volume `n` times with
+/// ektool's tags (`owned`) or without.
+async fn snapshots(region: &str, n: usize, owned: bool) -> Vec<String> {
+    let ec2 = ec2().await;
+    let region = Region::new(region);
+    let request = RunInstances {
+        image_id: Some("ami-0123456789abcdef0".parse().unwrap()),
+        instance_type: "t3.micro".into(),
+        count: 1,
+        ..Default::default()
+    };
+    let inst = ec2
+        .run_instances(&region, &request)
+        .await
+        .unwrap()
+        .remove(0);
+    let vol = inst.root_volume().unwrap().clone();
+    let mut t = Tags::new().with(tags::VOLUME, vol.to_string());
+    if owned {
+        t.insert(tags::OWNER, tags::OWNER_VALUE);
+    }
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let s = ec2
+            .create_snapshot(
+                &region,
+                &CreateSnapshot {
+                    volume_id: Some(vol.clone()),
+                    tags: t.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        ids.push(s.id.to_string());
+    }
+    ids
+}
+
+async fn all_snapshot_ids(region: &str) -> Vec<String> {
+    let mut ids: Vec<String> = ec2()
+        .await
+        .describe_snapshots(&Region::new(region), &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id.to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn ids_with(plan: &serde_json::Value, action: &str) -> Vec<String> {
+    let mut v: Vec<String> = plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["plan"].as_array().unwrap().iter())
+        .filter(|d| d["action"] == action)
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn trim_dry_run_changes_nothing_then_trim_deletes_only_what_the_plan_said() {
+    let region = "ap-northeast-3";
+    let owned = snapshots(region, 3, true).await;
+    let foreign = snapshots(region, 2, false).await;
+    let before = all_snapshot_ids(region).await;
+    assert!(
+        before.len() > 1000,
+        "moto's preloaded AMI snapshots are listed as self-owned"
+    );
+
+    let dry = Ektool::moto()
+        .args(&[
+            "-r",
+            region,
+            "--dry-run",
+            "--output",
+            "json",
+            "snap",
+            "trim",
+            "--keep-last",
+            "1",
+        ])
+        .run()
+        .success();
+    let plan = dry.json();
+    assert_eq!(ids_with(&plan, "delete").len(), 2);
+    assert_eq!(ids_with(&plan, "keep").len(), 1);
+    assert_eq!(
+        all_snapshot_ids(region).await,
+        before,
+        "a dry run deletes nothing"
+    );
+
+    let real = Ektool::moto()
+        .args(&[
+            "-r",
+            region,
+            "--output",
+            "json",
+            "snap",
+            "trim",
+            "--keep-last",
+            "1",
+        ])
+        .run()
+        .success();
+    let deleted = ids_with(&real.json(), "delete");
+    assert_eq!(
+        deleted,
+        ids_with(&plan, "delete"),
+        "apply did what the dry run showed"
+    );
+    let after = all_snapshot_ids(region).await;
+    assert_eq!(after.len(), before.len() - 2);
+    for id in &deleted {
+        assert!(owned.contains(id));
+        assert!(!after.contains(id));
+    }
+    for id in &foreign {
+        assert!(
+            after.contains(id),
+            "a snapshot ektool did not make survives"
+        );
+    }
+    // Every preloaded AMI snapshot survives too.
+    let untouched: Vec<&String> = before.iter().filter(|id| !owned.contains(id)).collect();
+    assert!(untouched.iter().all(|id| after.contains(id)));
+}
+
+#[tokio::test]
+async fn list_writes_the_inventory_plan_reads() {
+    let region = "af-south-1";
+    snapshots(region, 4, true).await;
+    let dir = tempdir();
+    let inv = dir.path().join("inventory.json");
+    let list = Ektool::moto()
+        .args(&["-r", region, "--output", "json", "snap", "list"])
+        .run()
+        .success();
+    let listed = list.json();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        4,
+        "only ektool's snapshots are listed"
+    );
+    for s in listed.as_array().unwrap() {
+        for field in ["id", "volume_id", "start_time", "state", "tags"] {
+            assert!(s.get(field).is_some(), "{field} missing in {s}");
+        }
+    }
+    std::fs::write(&inv, &list.stdout).unwrap();
+    // Offline: no endpoint, no credentials.
+    let plan = Ektool::new()
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .args(&[
+            "--output",
+            "json",
+            "snap",
+            "plan",
+            "--inventory",
+            inv.to_str().unwrap(),
+            "--keep-last",
+            "2",
+        ])
+        .run()
+        .success()
+        .stderr_has("AMI-backed snapshots were not checked");
+    let decisions = plan.json();
+    let actions: Vec<&str> = decisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions.iter().filter(|a| **a == "delete").count(), 2);
+    assert!(
+        decisions
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["reason"].is_string() && d["id"].is_string())
+    );
+}
+
+#[test]
+fn plan_offline_projects_into_the_future_and_validates_input() {
+    let dir = tempdir();
+    let inv = dir.path().join("inv.json");
+    let rows: Vec<serde_json::Value> = (1..=9)
+        .map(|d| {
+            serde_json::json!({
+                "id": format!("snap-0000000{d}"), "volume_id": "vol-00000001",
+                "start_time": format!("2026-01-0{d}T00:00:00Z"), "state": "completed",
+                "tags": {"ektool:owner": "ektool"}
+            })
+        })
+        .collect();
+    std::fs::write(&inv, serde_json::to_string(&rows).unwrap()).unwrap();
+    let inv_s = inv.to_str().unwrap();
+    // What will still exist on 2026-01-08 under a 2-day rolling policy?
+    let out = Ektool::new()
+        .args(&[
+            "--output",
+            "json",
+            "snap",
+            "plan",
+            "--inventory",
+            inv_s,
+            "--policy",
+            "twoday_rolling",
+            "--now",
+            "2026-01-08",
+        ])
+        .run()
+        .success();
+    let kept: Vec<String> = out
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["action"] == "keep")
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            "snap-00000006",
+            "snap-00000007",
+            "snap-00000008",
+            "snap-00000009"
+        ]
+    );
+
+    Ektool::new()
+        .args(&[
+            "snap",
+            "plan",
+            "--inventory",
+            inv_s,
+            "--policy",
+            "alternating_weekends",
+        ])
+        .run()
+        .code(2)
+        .stderr_has("unknown retention policy");
+    Ektool::new()
+        .args(&[
+            "snap",
+            "plan",
+            "--inventory",
+            inv_s,
+            "--policy",
+            "oneday_rolling",
+            "--keep-daily",
+            "3",
+        ])
+        .run()
+        .code(2)
+        .stderr_has("--keep-*");
+    Ektool::new()
+        .args(&["snap", "plan", "--inventory", inv_s, "--now", "yesterday"])
+        .run()
+        .code(2)
+        .stderr_has("invalid --now");
+    std::fs::write(&inv, "[{\"id\": 1}]").unwrap();
+    Ektool::new()
+        .args(&["snap", "plan", "--inventory", inv_s])
+        .run()
+        .code(2)
+        .stderr_has("inv.json:1:");
+    Ektool::new()
+        .args(&["snap", "plan", "--inventory", "/nonexistent.json"])
+        .run()
+        .code(1);
+}
+
+#[tokio::test]
+async fn count_warns_above_the_threshold() {
+    let region = "eu-west-3";
+    snapshots(region, 2, true).await;
+    let out = Ektool::moto()
+        .args(&[
+            "-r",
+            region,
+            "--output",
+            "json",
+            "snap",
+            "count",
+            "--warn-at",
+            "100",
+        ])
+        .run()
+        .success();
+    assert_eq!(out.json()[0]["snapshots"], 2);
+    Ektool::moto()
+        .args(&["-r", region, "snap", "count", "--warn-at", "1"])
+        .run()
+        .code(1)
+        .stderr_has("over 1 in eu-west-3");
+}
+
+#[tokio::test]
+async fn delete_broken_only_looks_at_the_regions_asked_for() {
+    // moto never produces `error` snapshots: this pins the empty path and
+    // the region scoping (the seed swept every region whatever it was told).
+    let out = Ektool::moto()
+        .args(&[
+            "-r",
+            "ap-south-1",
+            "--output",
+            "json",
+            "snap",
+            "delete-broken",
+        ])
+        .run()
+        .success();
+    let v = out.json();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["region"], "ap-south-1");
+}
+
+async fn launch_tagged(region: &str, key: &str, value: &str, count: i32) -> Vec<ec2kit::Instance> {
+    let ec2 = ec2().await;
+    let request = RunInstances {
+        image_id: Some("ami-0123456789abcdef0".parse().unwrap()),
+        instance_type: "t3.micro".into(),
+        count,
+        tags: Tags::new().with(key, value).with("Name", "app"),
+        ..Default::default()
+    };
+    ec2.run_instances(&Region::new(region), &request)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn backup_by_tag_tags_at_creation_and_a_rerun_creates_nothing() {
+    let region = "us-west-1";
+    let key = ektool_tests::unique("backup");
+    let prod = launch_tagged(region, &key, "prod", 2).await;
+    launch_tagged(region, &key, "staging", 1).await;
+    let tag = format!("{key}=prod");
+
+    let out = Ektool::moto()
+        .args(&[
+            "-r", region, "--output", "json", "snap", "backup", "--tag", &tag,
+        ])
+        .run()
+        .success();
+    let results = out.json();
+    let results = results.as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert!(
+        results.iter().all(|r| r["status"] == "created"),
+        "{results:?}"
+    );
+
+    let ec2 = ec2().await;
+    for inst in &prod {
+        let snaps = ec2
+            .describe_snapshots(
+                &Region::new(region),
+                &[ec2kit::Filter::new(
+                    "tag:ektool:instance",
+                    [inst.id.to_string()],
+                )],
+            )
+            .await
+            .unwrap();
+        assert_eq!(snaps.len(), inst.block_devices.len());
+        for s in &snaps {
+            assert_eq!(s.tags.get(tags::OWNER), Some(tags::OWNER_VALUE));
+            assert_eq!(s.tags.get(tags::ORIGIN_REGION), Some(region));
+            assert_eq!(s.tags.get(&key), Some("prod"), "instance tags copied");
+            assert!(s.tags.get(tags::SET).is_some());
+            assert_eq!(
+                snapkit::backup::device_of(s).as_deref(),
+                inst.root_device_name.as_deref()
+            );
+        }
+    }
+
+    let again = Ektool::moto()
+        .args(&[
+            "-r", region, "--output", "json", "snap", "backup", "--tag", &tag,
+        ])
+        .run()
+        .success();
+    assert!(
+        again
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "already_done")
+    );
+    Ektool::moto()
+        .args(&["-r", region, "snap", "backup", "--tag", &tag])
+        .run()
+        .success()
+        .stdout_has("already done in this window");
+}
+
+#[tokio::test]
+async fn backup_of_a_volume_alias_and_bad_ids_are_rejected_before_any_call() {
+    let region = "eu-north-1";
+    let inst = launch_tagged(region, "alias-test", "x", 1).await.remove(0);
+    let vol = inst.root_volume().unwrap().to_string();
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("ektool.toml"),
+        format!("[volumes.db]\nvolume_id = \"{vol}\"\nregion = \"eu-north-1\"\n"),
+    )
+    .unwrap();
+    let out = Ektool::moto()
+        .args(&["--output", "json", "snap", "backup", "--volume", "db"])
+        .current_dir(dir.path())
+        .run()
+        .success();
+    let r = &out.json()[0];
+    assert_eq!(r["status"], "created");
+    assert_eq!(r["volume"], vol);
+    let snaps = ec2()
+        .await
+        .describe_snapshots(
+            &Region::new(region),
+            &[ec2kit::Filter::new("tag:ektool:volume", [vol.clone()])],
+        )
+        .await
+        .unwrap();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0].tags.get(tags::INSTANCE), Some(inst.id.as_str()));
+
+    // An endpoint that does not exist proves nothing was called.
+    let offline = || {
+        Ektool::new().args(&[
+            "--endpoint-url",
+            "http://127.0.0.1:9",
+            "--no-rate-limit",
+            "-r",
+            "us-east-1",
+        ])
+    };
+    offline()
+        .args(&["snap", "backup", "--instance", "i-nothex!"])
+        .run()
+        .code(2)
+        .stderr_has("invalid instance id");
+    offline()
+        .args(&["snap", "backup", "--volume", "dbx"])
+        .current_dir(dir.path())
+        .run()
+        .code(2)
+        .stderr_has("aliases: db");
+    offline()
+        .args(&["snap", "backup", "--window", "1w"])
+        .run()
+        .code(2)
+        .stderr_has("--window");
+}

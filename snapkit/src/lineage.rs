@@ -1,0 +1,181 @@
+//! Lineage: which snapshots are versions of the same data.
+//!
+//! Every snapshot ektool makes carries tags that say where it came from
+//! ([`tags`]). Retention groups snapshots by lineage: the source-volume
+//! tag, so copies in other regions (whose `VolumeId` is a meaningless
+//! `vol-ffffffff`) group with their source; then, for snapshots made by the
+//! old Fabric tool, the `Volume` of its JSON description; then the
+//! snapshot's own volume id.
+
+use ec2kit::Snapshot;
+use serde::Deserialize;
+
+/// The tag keys ektool writes on every snapshot it creates.
+pub mod tags {
+    /// Ownership: ektool made this snapshot (value [`OWNER_VALUE`]).
+    /// Retention and cleanup never touch snapshots without it unless the
+    /// user adopts them explicitly.
+    pub const OWNER: &str = "ektool:owner";
+    /// The value of [`OWNER`].
+    pub const OWNER_VALUE: &str = "ektool";
+    /// The source volume: the lineage key.
+    pub const VOLUME: &str = "ektool:volume";
+    /// The instance the volume was attached to.
+    pub const INSTANCE: &str = "ektool:instance";
+    /// The device name the volume was attached as.
+    pub const DEVICE: &str = "ektool:device";
+    /// One id per instance per backup run: the snapshots taken together.
+    pub const SET: &str = "ektool:set";
+    /// The region the lineage started in.
+    pub const ORIGIN_REGION: &str = "ektool:origin-region";
+    /// When the backup was taken (RFC 3339, UTC).
+    pub const CREATED: &str = "ektool:created";
+    /// The retention policy the backup was made under.
+    pub const POLICY: &str = "ektool:policy";
+    /// For copies: the snapshot this one was copied from.
+    pub const SOURCE_SNAPSHOT: &str = "ektool:source-snapshot";
+    /// The root device name of the instance (for AMIs from snapshots).
+    pub const ROOT_DEVICE: &str = "ektool:root-device";
+    /// The instance's architecture (for AMIs from snapshots).
+    pub const ARCHITECTURE: &str = "ektool:architecture";
+    /// Any non-empty value keeps the snapshot forever (the seed's tag).
+    pub const PRESERVE: &str = "preserve_snapshot";
+}
+
+/// The seed tool's JSON description (`{"Volume": …, "Time": …, …}`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SeedDescription {
+    /// Source volume.
+    pub volume: Option<String>,
+    /// Source region.
+    pub region: Option<String>,
+    /// Device the volume was attached as.
+    pub device: Option<String>,
+    /// Instance id.
+    pub instance: Option<String>,
+    /// Instance type.
+    #[serde(rename = "Type")]
+    pub instance_type: Option<String>,
+    /// Architecture.
+    pub arch: Option<String>,
+    /// Root device name.
+    #[serde(rename = "Root_dev_name")]
+    pub root_dev_name: Option<String>,
+    /// `YYYY-MM-DDTHH:MM:SS`, UTC without a zone suffix.
+    pub time: Option<String>,
+}
+
+impl SeedDescription {
+    /// Reads a description written by the seed tool; `None` for any other text.
+    pub fn parse(description: &str) -> Option<Self> {
+        let d = description.trim();
+        if !d.starts_with('{') {
+            return None;
+        }
+        serde_json::from_str(d).ok()
+    }
+}
+
+/// The lineage key of a snapshot (see the module docs for the order).
+pub fn lineage_of(snapshot: &Snapshot) -> String {
+    if let Some(v) = snapshot.tags.get(tags::VOLUME).filter(|v| !v.is_empty()) {
+        return v.to_owned();
+    }
+    if let Some(v) = snapshot
+        .description
+        .as_deref()
+        .and_then(SeedDescription::parse)
+        .and_then(|d| d.volume)
+    {
+        return v;
+    }
+    match &snapshot.volume_id {
+        Some(v) => v.to_string(),
+        None => format!("snapshot:{}", snapshot.id),
+    }
+}
+
+/// Whether ektool made the snapshot.
+pub fn is_owned(snapshot: &Snapshot) -> bool {
+    snapshot.tags.get(tags::OWNER) == Some(tags::OWNER_VALUE)
+}
+
+/// Whether the snapshot carries a non-empty `preserve_snapshot` tag.
+pub fn is_preserved(snapshot: &Snapshot) -> bool {
+    snapshot
+        .tags
+        .get(tags::PRESERVE)
+        .is_some_and(|v| !v.trim().is_empty())
+}
+
+/// Whether the description names an AMI (`Created by CreateImage(i-…) for
+/// ami-…`): a second line of defence next to `DescribeImages`, for AMIs
+/// the account can see but does not own.
+pub fn description_names_ami(snapshot: &Snapshot) -> bool {
+    snapshot.description.as_deref().is_some_and(|d| {
+        d.match_indices("ami-").any(|(i, _)| {
+            let hex = d[i + 4..].bytes().take_while(u8::is_ascii_hexdigit).count();
+            hex >= 8 && (i == 0 || !d.as_bytes()[i - 1].is_ascii_alphanumeric())
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ec2kit::{SnapshotId, SnapshotState, VolumeId};
+
+    fn snap(volume: &str) -> Snapshot {
+        Snapshot::new(
+            SnapshotId::from_api("snap-00000001"),
+            Some(VolumeId::from_api(volume)),
+            jiff::Timestamp::UNIX_EPOCH,
+            SnapshotState::Completed,
+        )
+    }
+
+    #[test]
+    fn lineage_prefers_the_tag_then_the_seed_description_then_the_volume() {
+        let mut s = snap("vol-ffffffff");
+        assert_eq!(lineage_of(&s), "vol-ffffffff");
+        s.description = Some(
+            r#"{"Volume": "vol-1234abcd", "Region": "us-east-1", "Time": "2013-03-20T02:00:00"}"#
+                .into(),
+        );
+        assert_eq!(lineage_of(&s), "vol-1234abcd");
+        s.tags.insert(tags::VOLUME, "vol-aaaabbbb");
+        assert_eq!(lineage_of(&s), "vol-aaaabbbb");
+    }
+
+    #[test]
+    fn seed_description_round_trip() {
+        let d = SeedDescription::parse(
+            r#"{"Volume": "vol-1", "Region": "eu-west-1", "Device": "/dev/sdf", "Instance": "i-1", "Type": "m1.small", "Arch": "x86_64", "Root_dev_name": "/dev/sda1", "Time": "2012-01-01T00:00:00"}"#,
+        )
+        .unwrap();
+        assert_eq!(d.device.as_deref(), Some("/dev/sdf"));
+        assert_eq!(d.root_dev_name.as_deref(), Some("/dev/sda1"));
+        assert_eq!(d.instance_type.as_deref(), Some("m1.small"));
+        assert!(SeedDescription::parse("Created by CreateImage").is_none());
+    }
+
+    #[test]
+    fn descriptions_naming_an_ami() {
+        let mut s = snap("vol-1");
+        s.description = Some("Created by CreateImage(i-0abc) for ami-0123456789abcdef0".into());
+        assert!(description_names_ami(&s));
+        s.description = Some("salami-12345678 and ami-xyz".into());
+        assert!(!description_names_ami(&s));
+    }
+
+    #[test]
+    fn preserve_needs_a_non_empty_value() {
+        let mut s = snap("vol-1");
+        assert!(!is_preserved(&s));
+        s.tags.insert(tags::PRESERVE, " ");
+        assert!(!is_preserved(&s));
+        s.tags.insert(tags::PRESERVE, "yes");
+        assert!(is_preserved(&s));
+    }
+}

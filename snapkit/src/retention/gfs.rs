@@ -1,0 +1,289 @@
+//! GFS with `restic forget` semantics.
+//!
+//! Per lineage, newest first, each count rule (`last`, `hourly`, `daily`,
+//! `weekly`, `monthly`, `yearly`) keeps the **newest snapshot of each
+//! calendar period** until its count runs out; rules are ORed, so one
+//! snapshot can use a slot of several rules. A rule that still has slots
+//! when the oldest snapshot is reached keeps that one too. `within`
+//! keeps everything taken after the newest snapshot minus the duration.
+//! Periods are calendar hours, days, ISO weeks (Monday first), months and
+//! years in the policy's time zone (UTC unless set). A count of -1 means
+//! unlimited, as in restic.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ec2kit::Snapshot;
+use jiff::Timestamp;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{Reason, RetentionPolicy, Verdict};
+
+/// restic's duration: years, months, days and hours, e.g. `1y6m3d`, `36h`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GfsDuration {
+    /// Years.
+    pub years: i32,
+    /// Months.
+    pub months: i32,
+    /// Days.
+    pub days: i32,
+    /// Hours.
+    pub hours: i32,
+}
+
+impl GfsDuration {
+    /// `t` minus this duration, normalised as Go's `time.AddDate` (which
+    /// restic uses): months and days overflow into the next unit instead
+    /// of clamping (March 31 minus one month is March 3, not February 28).
+    pub fn before(&self, t: Timestamp, tz: &TimeZone) -> Option<Timestamp> {
+        let z = t.to_zoned(tz.clone());
+        let d = z.date();
+        let total_months = i64::from(d.year()) * 12 + i64::from(d.month() - 1)
+            - i64::from(self.years) * 12
+            - i64::from(self.months);
+        let (y, m) = (total_months.div_euclid(12), total_months.rem_euclid(12) + 1);
+        let first = Date::new(i16::try_from(y).ok()?, i8::try_from(m).ok()?, 1).ok()?;
+        let day = first
+            .checked_add(jiff::Span::new().days(i64::from(d.day()) - 1 - i64::from(self.days)))
+            .ok()?;
+        let shifted = day.to_datetime(z.time()).to_zoned(tz.clone()).ok()?;
+        shifted
+            .checked_sub(jiff::Span::new().hours(i64::from(self.hours)))
+            .ok()
+            .map(|z| z.timestamp())
+    }
+}
+
+/// A duration that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {0:?}: expected numbers with units y, m, d, h, e.g. 1y6m3d or 36h")]
+pub struct InvalidDuration(pub String);
+
+impl FromStr for GfsDuration {
+    type Err = InvalidDuration;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || InvalidDuration(s.to_owned());
+        let mut d = GfsDuration::default();
+        let mut num = String::new();
+        let mut any = false;
+        for c in s.trim().chars() {
+            if c.is_ascii_digit() {
+                num.push(c);
+                continue;
+            }
+            let n: i32 = num.parse().map_err(|_| bad())?;
+            num.clear();
+            match c {
+                'y' => d.years += n,
+                'm' => d.months += n,
+                'd' => d.days += n,
+                'h' => d.hours += n,
+                _ => return Err(bad()),
+            }
+            any = true;
+        }
+        if !num.is_empty() || !any {
+            return Err(bad());
+        }
+        Ok(d)
+    }
+}
+
+impl fmt::Display for GfsDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, u) in [
+            (self.years, 'y'),
+            (self.months, 'm'),
+            (self.days, 'd'),
+            (self.hours, 'h'),
+        ] {
+            if n != 0 {
+                write!(f, "{n}{u}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for GfsDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for GfsDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// restic-compatible keep rules. `None` (or 0) means the rule is off.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gfs {
+    /// `--keep-last`.
+    pub keep_last: Option<i64>,
+    /// `--keep-hourly`.
+    pub keep_hourly: Option<i64>,
+    /// `--keep-daily`.
+    pub keep_daily: Option<i64>,
+    /// `--keep-weekly`.
+    pub keep_weekly: Option<i64>,
+    /// `--keep-monthly`.
+    pub keep_monthly: Option<i64>,
+    /// `--keep-yearly`.
+    pub keep_yearly: Option<i64>,
+    /// `--keep-within`.
+    pub keep_within: Option<GfsDuration>,
+    /// Time zone for calendar periods (IANA name); UTC when absent.
+    pub time_zone: Option<String>,
+}
+
+type Bucketer = fn(&jiff::Zoned, usize) -> i64;
+
+fn last(_: &jiff::Zoned, nr: usize) -> i64 {
+    nr as i64
+}
+fn hour(z: &jiff::Zoned) -> i64 {
+    day(z) * 100 + i64::from(z.hour())
+}
+fn day(z: &jiff::Zoned) -> i64 {
+    i64::from(z.year()) * 10_000 + i64::from(z.month()) * 100 + i64::from(z.day())
+}
+fn week(z: &jiff::Zoned) -> i64 {
+    let w = z.date().iso_week_date();
+    i64::from(w.year()) * 100 + i64::from(w.week())
+}
+fn month(z: &jiff::Zoned) -> i64 {
+    i64::from(z.year()) * 100 + i64::from(z.month())
+}
+fn year(z: &jiff::Zoned) -> i64 {
+    i64::from(z.year())
+}
+
+impl Gfs {
+    /// Whether no rule is set (restic refuses such a policy).
+    pub fn is_empty(&self) -> bool {
+        let off = |c: Option<i64>| c.is_none_or(|c| c == 0);
+        off(self.keep_last)
+            && off(self.keep_hourly)
+            && off(self.keep_daily)
+            && off(self.keep_weekly)
+            && off(self.keep_monthly)
+            && off(self.keep_yearly)
+            && self.keep_within.is_none()
+    }
+
+    fn tz(&self) -> TimeZone {
+        self.time_zone
+            .as_deref()
+            .and_then(|n| TimeZone::get(n).ok())
+            .unwrap_or(TimeZone::UTC)
+    }
+}
+
+impl RetentionPolicy for Gfs {
+    fn name(&self) -> String {
+        let mut parts = Vec::new();
+        for (name, v) in [
+            ("last", self.keep_last),
+            ("hourly", self.keep_hourly),
+            ("daily", self.keep_daily),
+            ("weekly", self.keep_weekly),
+            ("monthly", self.keep_monthly),
+            ("yearly", self.keep_yearly),
+        ] {
+            if let Some(n) = v.filter(|n| *n != 0) {
+                parts.push(format!(
+                    "{name}={}",
+                    if n < 0 {
+                        "unlimited".to_owned()
+                    } else {
+                        n.to_string()
+                    }
+                ));
+            }
+        }
+        if let Some(w) = self.keep_within {
+            parts.push(format!("within={w}"));
+        }
+        if let Some(tz) = &self.time_zone {
+            parts.push(format!("tz={tz}"));
+        }
+        format!("gfs({})", parts.join(","))
+    }
+
+    fn decide(&self, snapshots: &[&Snapshot], _now: Timestamp) -> Vec<(Verdict, Reason)> {
+        let n = snapshots.len();
+        let mut out = vec![(Verdict::Delete, Reason::NoRule); n];
+        if n == 0 {
+            return out;
+        }
+        let tz = self.tz();
+        struct Rule {
+            count: i64,
+            bucket: Bucketer,
+            last: Option<i64>,
+            reason: &'static str,
+        }
+        let mut rules: Vec<Rule> = [
+            (self.keep_last, last as Bucketer, "last snapshot"),
+            (self.keep_hourly, |z, _| hour(z), "hourly snapshot"),
+            (self.keep_daily, |z, _| day(z), "daily snapshot"),
+            (self.keep_weekly, |z, _| week(z), "weekly snapshot"),
+            (self.keep_monthly, |z, _| month(z), "monthly snapshot"),
+            (self.keep_yearly, |z, _| year(z), "yearly snapshot"),
+        ]
+        .into_iter()
+        .filter_map(|(c, bucket, reason)| {
+            c.filter(|c| *c != 0).map(|count| Rule {
+                count,
+                bucket,
+                last: None,
+                reason,
+            })
+        })
+        .collect();
+
+        // `snapshots` is oldest first; restic walks newest first.
+        let newest = snapshots[n - 1].start_time;
+        let within_from = self.keep_within.and_then(|w| w.before(newest, &tz));
+        for (nr, idx) in (0..n).rev().enumerate() {
+            let s = snapshots[idx];
+            let z = s.start_time.to_zoned(tz.clone());
+            let mut reasons = Vec::new();
+            if let (Some(from), Some(w)) = (within_from, self.keep_within)
+                && s.start_time > from
+            {
+                reasons.push(format!("within {w}"));
+            }
+            for rule in rules.iter_mut() {
+                if rule.count == 0 {
+                    continue;
+                }
+                let val = (rule.bucket)(&z, nr);
+                let oldest = nr == n - 1;
+                if rule.last != Some(val) || oldest {
+                    reasons.push(if rule.last == Some(val) {
+                        format!("oldest {}", rule.reason)
+                    } else {
+                        rule.reason.to_owned()
+                    });
+                    rule.last = Some(val);
+                    if rule.count > 0 {
+                        rule.count -= 1;
+                    }
+                }
+            }
+            if !reasons.is_empty() {
+                out[idx] = (Verdict::Keep, Reason::Rules(reasons));
+            }
+        }
+        out
+    }
+}

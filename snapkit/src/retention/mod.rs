@@ -1,0 +1,441 @@
+//! Retention: which snapshots to keep, and why.
+//!
+//! A [`RetentionPolicy`] is pure: given one lineage's completed snapshots
+//! (oldest first) and `now`, it returns a verdict and a reason for each.
+//! The [`Planner`] groups an inventory by lineage, asks the policy, then
+//! applies the safety guards no policy can override ([`Guards`]) and
+//! returns a [`Plan`]: a plain value that `--dry-run` prints and `trim`
+//! executes.
+
+mod gfs;
+mod logarithmic;
+mod max_age;
+mod parse;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use ec2kit::{Region, Snapshot, SnapshotId, SnapshotState};
+use jiff::Timestamp;
+use serde::{Serialize, Serializer};
+
+use crate::lineage::{description_names_ami, is_owned, is_preserved, lineage_of};
+
+pub use gfs::{Gfs, GfsDuration, InvalidDuration};
+pub use logarithmic::Logarithmic;
+pub use max_age::MaxAge;
+pub use parse::{PolicyError, PolicySpec};
+
+/// Keep or delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// The snapshot stays.
+    Keep,
+    /// The snapshot goes.
+    Delete,
+}
+
+/// Why a verdict was reached. Formatted only when shown.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Reason {
+    /// The newest snapshot of its lineage.
+    Newest,
+    /// Logarithmic: the oldest snapshot in the interval `[from, to)`.
+    OldestInInterval {
+        /// Start of the interval (`None`: since the beginning).
+        from: Option<Timestamp>,
+        /// End of the interval.
+        to: Timestamp,
+    },
+    /// Logarithmic: an older snapshot already represents `[from, to)`.
+    IntervalTaken {
+        /// Start of the interval.
+        from: Option<Timestamp>,
+        /// End of the interval.
+        to: Timestamp,
+    },
+    /// Logarithmic: newer than the newest target (the current hour).
+    AfterLastTarget,
+    /// GFS: the rules that keep it, restic-style (`daily snapshot`,
+    /// `oldest monthly snapshot`, `within 1y6m`).
+    Rules(Vec<String>),
+    /// GFS: no rule wants it.
+    NoRule,
+    /// Max-age: younger than the limit.
+    YoungerThan(String),
+    /// Max-age: older than the limit.
+    OlderThan(String),
+    /// Guard: not made by ektool (and not adopted).
+    NotOwned,
+    /// Guard: still pending.
+    Pending,
+    /// Guard: in another state than completed (error snapshots are removed
+    /// by `delete-broken`, not by retention).
+    NotCompleted(SnapshotState),
+    /// Guard: the newest completed snapshot of its lineage.
+    NewestCompleted,
+    /// Guard: backs an AMI.
+    BacksAmi,
+    /// Guard: tagged `preserve_snapshot`.
+    Preserved,
+    /// Guard: kept to reach the minimum per lineage.
+    MinKeep(usize),
+    /// A user policy's own words.
+    Custom(String),
+}
+
+fn ts(t: &Timestamp) -> String {
+    t.strftime("%Y-%m-%d %H:%M").to_string()
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Newest => f.write_str("newest snapshot of its lineage"),
+            Self::OldestInInterval { from: Some(a), to } => {
+                write!(f, "oldest in [{}, {})", ts(a), ts(to))
+            }
+            Self::OldestInInterval { from: None, to } => write!(f, "oldest before {}", ts(to)),
+            Self::IntervalTaken { from: Some(a), to } => {
+                write!(f, "[{}, {}) already has an older snapshot", ts(a), ts(to))
+            }
+            Self::IntervalTaken { from: None, to } => write!(
+                f,
+                "an older snapshot already represents the time before {}",
+                ts(to)
+            ),
+            Self::AfterLastTarget => f.write_str("within the current hour"),
+            Self::Rules(rules) => f.write_str(&rules.join(", ")),
+            Self::NoRule => f.write_str("no keep rule wants it"),
+            Self::YoungerThan(d) => write!(f, "younger than {d}"),
+            Self::OlderThan(d) => write!(f, "older than {d}"),
+            Self::NotOwned => f.write_str("guard: not made by ektool"),
+            Self::Pending => f.write_str("guard: pending"),
+            Self::NotCompleted(s) => write!(
+                f,
+                "guard: state {s} (delete-broken handles error snapshots)"
+            ),
+            Self::NewestCompleted => f.write_str("guard: newest completed snapshot of its lineage"),
+            Self::BacksAmi => f.write_str("guard: backs an AMI"),
+            Self::Preserved => f.write_str("guard: tagged preserve_snapshot"),
+            Self::MinKeep(n) => write!(f, "guard: keep at least {n} per lineage"),
+            Self::Custom(s) => f.write_str(s),
+        }
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl Reason {
+    /// Whether a safety guard (not the policy) decided.
+    pub fn is_guard(&self) -> bool {
+        matches!(
+            self,
+            Self::NotOwned
+                | Self::Pending
+                | Self::NotCompleted(_)
+                | Self::NewestCompleted
+                | Self::BacksAmi
+                | Self::Preserved
+                | Self::MinKeep(_)
+        )
+    }
+}
+
+/// A retention policy: pure, deterministic, per lineage.
+///
+/// ```
+/// use snapkit::retention::{Reason, RetentionPolicy, Verdict};
+/// use ec2kit::Snapshot;
+/// use jiff::Timestamp;
+///
+/// /// Keep the three newest; the guards still apply on top.
+/// struct KeepThree;
+///
+/// impl RetentionPolicy for KeepThree {
+///     fn name(&self) -> String { "keep-three".into() }
+///     fn decide(&self, snapshots: &[&Snapshot], _now: Timestamp) -> Vec<(Verdict, Reason)> {
+///         let n = snapshots.len();
+///         (0..n).map(|i| if i + 3 >= n {
+///             (Verdict::Keep, Reason::Custom("one of the three newest".into()))
+///         } else {
+///             (Verdict::Delete, Reason::Custom("older than the three newest".into()))
+///         }).collect()
+///     }
+/// }
+/// ```
+pub trait RetentionPolicy: Send + Sync {
+    /// A short name for plans and logs.
+    fn name(&self) -> String;
+
+    /// Decides for one lineage: `snapshots` are its completed, owned
+    /// snapshots sorted oldest first. Returns one verdict per snapshot, in
+    /// the same order.
+    fn decide(&self, snapshots: &[&Snapshot], now: Timestamp) -> Vec<(Verdict, Reason)>;
+
+    /// Plans a whole inventory with the default [`Guards`].
+    fn plan(&self, snapshots: &[Snapshot], now: Timestamp) -> Plan
+    where
+        Self: Sized,
+    {
+        Planner::new(self).plan(snapshots, now)
+    }
+}
+
+/// One snapshot's fate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// The snapshot.
+    pub id: SnapshotId,
+    /// Keep or delete.
+    pub action: Verdict,
+    /// Why.
+    pub reason: Reason,
+    /// Its lineage.
+    pub lineage: String,
+    /// When it was taken.
+    pub start_time: Timestamp,
+    /// Its region, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<Region>,
+    /// The policy that decided (or that the guards overrode).
+    pub policy: String,
+}
+
+/// The decisions for an inventory, in lineage and time order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// The time the plan was made for.
+    pub now: Timestamp,
+    /// One decision per snapshot of the inventory.
+    pub decisions: Vec<Decision>,
+    /// What the plan could not check (e.g. AMIs, offline).
+    pub notes: Vec<String>,
+}
+
+impl Plan {
+    /// The decisions to delete.
+    pub fn deletions(&self) -> impl Iterator<Item = &Decision> {
+        self.decisions
+            .iter()
+            .filter(|d| d.action == Verdict::Delete)
+    }
+
+    /// `(kept, deleted)`.
+    pub fn counts(&self) -> (usize, usize) {
+        let deleted = self.deletions().count();
+        (self.decisions.len() - deleted, deleted)
+    }
+}
+
+/// The safety guards, applied after any policy.
+#[derive(Debug, Clone)]
+pub struct Guards {
+    /// Keep at least this many completed snapshots per lineage (>= 1: the
+    /// newest completed is always kept).
+    pub min_keep: usize,
+    /// Also consider snapshots ektool did not make (explicit adoption).
+    pub adopt_unowned: bool,
+    /// Snapshots that back AMIs; `None` when unknown (offline planning).
+    pub ami_backed: Option<HashSet<SnapshotId>>,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Self {
+            min_keep: 1,
+            adopt_unowned: false,
+            ami_backed: None,
+        }
+    }
+}
+
+/// Plans an inventory: a default policy, per-lineage overrides, guards.
+pub struct Planner<'a> {
+    default: &'a dyn RetentionPolicy,
+    overrides: HashMap<String, &'a dyn RetentionPolicy>,
+    guards: Guards,
+}
+
+impl<'a> Planner<'a> {
+    /// A planner with the default guards.
+    pub fn new(default: &'a dyn RetentionPolicy) -> Self {
+        Self {
+            default,
+            overrides: HashMap::new(),
+            guards: Guards::default(),
+        }
+    }
+
+    /// Uses `policy` for the lineage `lineage` (a volume alias's strategy).
+    #[must_use]
+    pub fn with_lineage_policy(
+        mut self,
+        lineage: impl Into<String>,
+        policy: &'a dyn RetentionPolicy,
+    ) -> Self {
+        self.overrides.insert(lineage.into(), policy);
+        self
+    }
+
+    /// Sets the guards.
+    #[must_use]
+    pub fn with_guards(mut self, guards: Guards) -> Self {
+        self.guards = guards;
+        self
+    }
+
+    /// Plans the inventory.
+    pub fn plan(&self, snapshots: &[Snapshot], now: Timestamp) -> Plan {
+        let mut groups: HashMap<String, Vec<&Snapshot>> = HashMap::new();
+        for s in snapshots {
+            groups.entry(lineage_of(s)).or_default().push(s);
+        }
+        let mut lineages: Vec<(String, Vec<&Snapshot>)> = groups.into_iter().collect();
+        lineages.sort_by(|a, b| a.0.cmp(&b.0));
+
+        let min_keep = self.guards.min_keep.max(1);
+        let mut decisions = Vec::with_capacity(snapshots.len());
+        for (lineage, mut group) in lineages {
+            group.sort_by(|a, b| {
+                a.start_time
+                    .cmp(&b.start_time)
+                    .then_with(|| a.id.cmp(&b.id))
+            });
+            let policy = self
+                .overrides
+                .get(&lineage)
+                .copied()
+                .unwrap_or(self.default);
+            let policy_name = policy.name();
+            let decision = |s: &Snapshot, action, reason| Decision {
+                id: s.id.clone(),
+                action,
+                reason,
+                lineage: lineage.clone(),
+                start_time: s.start_time,
+                region: s.region.clone(),
+                policy: policy_name.clone(),
+            };
+
+            let (eligible, others): (Vec<&Snapshot>, Vec<&Snapshot>) =
+                group.iter().partition(|s| {
+                    s.state == SnapshotState::Completed
+                        && (self.guards.adopt_unowned || is_owned(s))
+                });
+            let mut verdicts = if eligible.is_empty() {
+                Vec::new()
+            } else {
+                policy.decide(&eligible, now)
+            };
+            // A policy that returns the wrong number of verdicts must not
+            // cause deletions: missing verdicts are keeps.
+            verdicts.resize(
+                eligible.len(),
+                (
+                    Verdict::Keep,
+                    Reason::Custom("policy gave no verdict".into()),
+                ),
+            );
+
+            for (i, s) in eligible.iter().enumerate() {
+                let guard = if i + 1 == eligible.len() {
+                    Some(Reason::NewestCompleted)
+                } else if is_preserved(s) {
+                    Some(Reason::Preserved)
+                } else if self
+                    .guards
+                    .ami_backed
+                    .as_ref()
+                    .is_some_and(|a| a.contains(&s.id))
+                    || description_names_ami(s)
+                {
+                    Some(Reason::BacksAmi)
+                } else {
+                    None
+                };
+                if let (Some(g), Verdict::Delete) = (guard, verdicts[i].0) {
+                    verdicts[i] = (Verdict::Keep, g);
+                }
+            }
+            let mut kept = verdicts.iter().filter(|v| v.0 == Verdict::Keep).count();
+            for v in verdicts.iter_mut().rev() {
+                if kept >= min_keep {
+                    break;
+                }
+                if v.0 == Verdict::Delete {
+                    *v = (Verdict::Keep, Reason::MinKeep(min_keep));
+                    kept += 1;
+                }
+            }
+
+            let mut lineage_decisions: Vec<Decision> = eligible
+                .iter()
+                .zip(verdicts)
+                .map(|(s, (action, reason))| decision(s, action, reason))
+                .chain(others.iter().map(|s| {
+                    let reason = if s.state == SnapshotState::Pending {
+                        Reason::Pending
+                    } else if s.state != SnapshotState::Completed {
+                        Reason::NotCompleted(s.state.clone())
+                    } else {
+                        Reason::NotOwned
+                    };
+                    decision(s, Verdict::Keep, reason)
+                }))
+                .collect();
+            lineage_decisions.sort_by(|a, b| {
+                a.start_time
+                    .cmp(&b.start_time)
+                    .then_with(|| a.id.cmp(&b.id))
+            });
+            decisions.extend(lineage_decisions);
+        }
+        let mut notes = Vec::new();
+        if self.guards.ami_backed.is_none() {
+            notes.push("AMI-backed snapshots were not checked (offline plan); trim re-checks before deleting".to_owned());
+        }
+        Plan {
+            now,
+            decisions,
+            notes,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+    use crate::lineage::tags;
+    use ec2kit::VolumeId;
+
+    /// An owned, completed snapshot of `volume` at `time` (RFC 3339).
+    pub fn snap(id: u64, volume: &str, time: &str) -> Snapshot {
+        let mut s = Snapshot::new(
+            SnapshotId::from_api(format!("snap-{id:017x}")),
+            Some(VolumeId::from_api(volume)),
+            time.parse().expect("timestamp"),
+            SnapshotState::Completed,
+        );
+        s.tags.insert(tags::OWNER, tags::OWNER_VALUE);
+        s
+    }
+
+    /// Timestamps of the kept snapshots, formatted `YYYY-MM-DD HH:MM`.
+    pub fn kept_times(plan: &Plan) -> Vec<String> {
+        plan.decisions
+            .iter()
+            .filter(|d| d.action == Verdict::Keep)
+            .map(|d| ts(&d.start_time))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

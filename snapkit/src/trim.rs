@@ -1,0 +1,346 @@
+//! Trim against EC2: inventory, plan with guards, apply.
+//!
+//! The inventory is tag-scoped: only snapshots carrying the ownership tag
+//! are listed (`OwnerIds=self` alone is not enough: moto, for one, lists
+//! hundreds of AMI snapshots as "self"), unless the user adopts every
+//! snapshot of the account. The AMI map comes from `DescribeImages`
+//! (`Owners=self`), and `InvalidSnapshot.InUse` is still handled at delete
+//! time, since an AMI may be registered between plan and apply.
+
+use std::collections::HashSet;
+
+use ec2kit::{Ec2, Ec2Error, ErrorKind, Filter, Region, Snapshot, SnapshotId, SnapshotState};
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+
+use crate::lineage::tags;
+use crate::retention::{Decision, Plan};
+
+/// Which snapshots of a region retention considers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Only snapshots ektool made (the default).
+    #[default]
+    Owned,
+    /// Every snapshot the account owns (explicit adoption).
+    Adopted,
+}
+
+/// The snapshots of `region` in scope.
+pub async fn inventory(
+    ec2: &dyn Ec2,
+    region: &Region,
+    scope: Scope,
+) -> Result<Vec<Snapshot>, Ec2Error> {
+    let filters = match scope {
+        Scope::Owned => vec![Filter::new(
+            format!("tag:{}", tags::OWNER),
+            [tags::OWNER_VALUE],
+        )],
+        Scope::Adopted => Vec::new(),
+    };
+    ec2.describe_snapshots(region, &filters).await
+}
+
+/// The snapshots backing the account's AMIs in `region`.
+pub async fn ami_backed(ec2: &dyn Ec2, region: &Region) -> Result<HashSet<SnapshotId>, Ec2Error> {
+    Ok(ec2
+        .describe_images(region, &[])
+        .await?
+        .iter()
+        .flat_map(|i| i.snapshot_ids().cloned())
+        .collect())
+}
+
+/// What happened to one planned deletion.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum Outcome {
+    /// Deleted.
+    Deleted,
+    /// Already gone.
+    AlreadyGone,
+    /// EC2 refused because the snapshot is in use (an AMI appeared).
+    InUse {
+        /// EC2's message.
+        message: String,
+    },
+    /// The call failed.
+    Failed {
+        /// The error.
+        error: String,
+        /// The EC2 error code.
+        code: Option<String>,
+    },
+}
+
+/// One planned deletion and its outcome.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Applied {
+    /// The snapshot.
+    pub id: SnapshotId,
+    /// Its region.
+    pub region: Option<Region>,
+    /// What happened.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// The result of applying a plan.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TrimReport {
+    /// One entry per planned deletion.
+    pub results: Vec<Applied>,
+}
+
+impl TrimReport {
+    /// How many were deleted (or already gone).
+    pub fn deleted(&self) -> usize {
+        self.results
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Deleted | Outcome::AlreadyGone))
+            .count()
+    }
+
+    /// How many failed (in use or errors).
+    pub fn failed(&self) -> usize {
+        self.results.len() - self.deleted()
+    }
+}
+
+/// Deletes what the plan says, at most `concurrency` calls in flight (the
+/// `Ec2` implementation paces them to the API's bucket). Only `completed`
+/// snapshots the plan marked for deletion are touched; a failure is
+/// recorded and the rest go on. `progress` sees each result as it comes.
+pub async fn apply(
+    ec2: &dyn Ec2,
+    plan: &Plan,
+    default_region: &Region,
+    concurrency: usize,
+    progress: &(dyn Fn(&Applied) + Send + Sync),
+) -> TrimReport {
+    let todo: Vec<&Decision> = plan.deletions().collect();
+    let results = stream::iter(todo)
+        .map(|d| async move {
+            let region = d.region.clone().unwrap_or_else(|| default_region.clone());
+            let outcome = match ec2.delete_snapshot(&region, &d.id, false).await {
+                Ok(()) => Outcome::Deleted,
+                Err(e) => outcome_of(e),
+            };
+            let applied = Applied {
+                id: d.id.clone(),
+                region: Some(region),
+                outcome,
+            };
+            progress(&applied);
+            applied
+        })
+        .buffered(concurrency.max(1))
+        .collect()
+        .await;
+    TrimReport { results }
+}
+
+fn outcome_of(e: Ec2Error) -> Outcome {
+    match e.kind {
+        ErrorKind::NotFound => Outcome::AlreadyGone,
+        ErrorKind::InUse => Outcome::InUse {
+            message: e.message.clone().unwrap_or_else(|| e.to_string()),
+        },
+        _ => Outcome::Failed {
+            error: e.to_string(),
+            code: e.code.clone(),
+        },
+    }
+}
+
+/// The `error` snapshots in scope in `region` (for `delete-broken`).
+pub async fn broken(
+    ec2: &dyn Ec2,
+    region: &Region,
+    scope: Scope,
+) -> Result<Vec<Snapshot>, Ec2Error> {
+    let mut filters = vec![Filter::new("status", ["error"])];
+    if scope == Scope::Owned {
+        filters.push(Filter::new(
+            format!("tag:{}", tags::OWNER),
+            [tags::OWNER_VALUE],
+        ));
+    }
+    let found = ec2.describe_snapshots(region, &filters).await?;
+    // Belt and braces: never trust a filter to have been applied.
+    Ok(found
+        .into_iter()
+        .filter(|s| {
+            s.state == SnapshotState::Error
+                && (scope == Scope::Adopted || crate::lineage::is_owned(s))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use ec2kit::{Action, Bucket, MockEc2, Paced, RateLimits};
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::retention::{Reason, Verdict};
+
+    fn plan_deleting(n: usize) -> Plan {
+        let decisions = (0..n)
+            .map(|i| Decision {
+                id: SnapshotId::from_api(format!("snap-{i:017x}")),
+                action: Verdict::Delete,
+                reason: Reason::Custom("test".into()),
+                lineage: "vol-1".into(),
+                start_time: jiff::Timestamp::UNIX_EPOCH,
+                region: None,
+                policy: "test".into(),
+            })
+            .collect();
+        Plan {
+            now: jiff::Timestamp::UNIX_EPOCH,
+            decisions,
+            notes: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn outcomes_are_recorded_per_snapshot_and_failures_do_not_stop_the_rest() {
+        let mut ec2 = MockEc2::new();
+        ec2.expect_delete_snapshot()
+            .times(4)
+            .returning(|region, id, dry| {
+                assert!(!dry);
+                match id.as_str() {
+                    "snap-00000000000000001" => Err(Ec2Error::from_code(
+                        Action::DeleteSnapshot,
+                        region.as_str(),
+                        "InvalidSnapshot.InUse",
+                        Some("in use by ami-1".into()),
+                    )),
+                    "snap-00000000000000002" => Err(Ec2Error::from_code(
+                        Action::DeleteSnapshot,
+                        region.as_str(),
+                        "InvalidSnapshot.NotFound",
+                        None,
+                    )),
+                    "snap-00000000000000003" => Err(Ec2Error::from_code(
+                        Action::DeleteSnapshot,
+                        region.as_str(),
+                        "UnauthorizedOperation",
+                        None,
+                    )),
+                    _ => Ok(()),
+                }
+            });
+        let report = apply(
+            &ec2,
+            &plan_deleting(4),
+            &Region::new("eu-west-1"),
+            2,
+            &|_| {},
+        )
+        .await;
+        let outcomes: Vec<&Outcome> = report.results.iter().map(|r| &r.outcome).collect();
+        assert_eq!(outcomes[0], &Outcome::Deleted);
+        assert_eq!(
+            outcomes[1],
+            &Outcome::InUse {
+                message: "in use by ami-1".into()
+            }
+        );
+        assert_eq!(outcomes[2], &Outcome::AlreadyGone);
+        assert!(
+            matches!(outcomes[3], Outcome::Failed { code: Some(c), .. } if c == "UnauthorizedOperation")
+        );
+        assert_eq!((report.deleted(), report.failed()), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn keeps_are_never_sent() {
+        let mut ec2 = MockEc2::new();
+        ec2.expect_delete_snapshot().never();
+        let mut plan = plan_deleting(3);
+        for d in &mut plan.decisions {
+            d.action = Verdict::Keep;
+        }
+        assert!(
+            apply(&ec2, &plan, &Region::new("r"), 4, &|_| {})
+                .await
+                .results
+                .is_empty()
+        );
+    }
+
+    /// AWS's DeleteSnapshot bucket, simulated on tokio's clock.
+    struct AwsBucket {
+        tokens: f64,
+        last: Instant,
+        throttled: usize,
+        sent: usize,
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn five_thousand_deletes_pace_to_the_bucket_without_throttling() {
+        let bucket = Bucket::new(100.0, 5.0);
+        let state = Arc::new(Mutex::new(AwsBucket {
+            tokens: bucket.burst,
+            last: Instant::now(),
+            throttled: 0,
+            sent: 0,
+        }));
+        let mut mock = MockEc2::new();
+        let s = state.clone();
+        mock.expect_delete_snapshot()
+            .returning(move |region, _, _| {
+                let mut b = s.lock().unwrap();
+                let now = Instant::now();
+                b.tokens = (b.tokens
+                    + now.duration_since(b.last).as_secs_f64() * bucket.per_second)
+                    .min(bucket.burst);
+                b.last = now;
+                b.sent += 1;
+                // AWS counts whole requests; allow float rounding only.
+                if b.tokens < 1.0 - 1e-9 {
+                    b.throttled += 1;
+                    return Err(Ec2Error::from_code(
+                        Action::DeleteSnapshot,
+                        region.as_str(),
+                        "RequestLimitExceeded",
+                        None,
+                    ));
+                }
+                b.tokens -= 1.0;
+                Ok(())
+            });
+        let ec2 = Paced::new(mock, RateLimits::aws(), Region::new("us-east-1"));
+        let start = Instant::now();
+        let report = apply(
+            &ec2,
+            &plan_deleting(5000),
+            &Region::new("us-east-1"),
+            16,
+            &|_| {},
+        )
+        .await;
+        let took = start.elapsed();
+        let minimum = bucket.minimum_time(5000);
+        let b = state.lock().unwrap();
+        println!(
+            "trim of 5000 paced to 100/5s: {:.1}s virtual, minimum {:.1}s, ratio {:.4}, throttled {}",
+            took.as_secs_f64(),
+            minimum.as_secs_f64(),
+            took.as_secs_f64() / minimum.as_secs_f64(),
+            b.throttled
+        );
+        assert_eq!(b.throttled, 0);
+        assert_eq!(report.deleted(), 5000);
+        assert!(
+            took.as_secs_f64() <= 1.1 * minimum.as_secs_f64(),
+            "{took:?} vs minimum {minimum:?}"
+        );
+    }
+}

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -35,8 +36,10 @@ fn valid(prefix: &str, value: &str) -> bool {
 macro_rules! resource_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal) => {
         $(#[$doc])*
+        // Arc<str>: ids are cloned into every plan line; a clone must not
+        // allocate.
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// The prefix every id of this kind starts with.
@@ -45,7 +48,7 @@ macro_rules! resource_id {
             /// Parses and validates an id.
             pub fn parse(value: &str) -> Result<Self, InvalidId> {
                 if valid($prefix, value) {
-                    Ok(Self(value.to_owned()))
+                    Ok(Self(value.into()))
                 } else {
                     Err(InvalidId { kind: $kind, prefix: $prefix, value: value.to_owned() })
                 }
@@ -55,8 +58,8 @@ macro_rules! resource_id {
             ///
             /// Only adapters should use this: the API is the authority on its
             /// own ids, and rejecting one it returned would hide the resource.
-            pub fn from_api(value: impl Into<String>) -> Self {
-                Self(value.into())
+            pub fn from_api(value: impl AsRef<str>) -> Self {
+                Self(value.as_ref().into())
             }
 
             /// The id as a string.
@@ -94,7 +97,7 @@ macro_rules! resource_id {
         // `snap list` hold ids the API returned, which are authoritative.
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                String::deserialize(d).map(Self)
+                <std::borrow::Cow<'de, str>>::deserialize(d).map(|s| Self(s.as_ref().into()))
             }
         }
     };

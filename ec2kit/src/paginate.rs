@@ -5,6 +5,7 @@ use crate::{Action, Ec2Error, ErrorKind};
 /// Fetches every page: `fetch(token)` returns one page's items and the next
 /// token; an absent or empty token ends the listing. A server that hands
 /// back the token it was just given would loop forever: that is an error.
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
 pub(crate) async fn paginate<T, F, Fut>(
     action: Action,
     region: &str,

@@ -7,18 +7,19 @@
 //! else is an error that lists the candidates.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 /// An AWS region name, e.g. `eu-west-1`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Region(String);
+pub struct Region(Arc<str>);
 
 impl Region {
     /// A region from its name (not checked against the catalog).
-    pub fn new(name: impl Into<String>) -> Self {
-        Self(name.into())
+    pub fn new(name: impl AsRef<str>) -> Self {
+        Self(name.as_ref().into())
     }
 
     /// The region's name.

@@ -26,6 +26,7 @@
 //! ```
 
 pub mod backup;
+pub mod consistency;
 pub mod lineage;
 pub mod retention;
 pub mod trim;

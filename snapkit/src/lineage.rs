@@ -79,8 +79,15 @@ impl SeedDescription {
 
 /// The lineage key of a snapshot (see the module docs for the order).
 pub fn lineage_of(snapshot: &Snapshot) -> String {
+    lineage_key(snapshot).into_owned()
+}
+
+/// [`lineage_of`], borrowing from the snapshot where it can (planning a
+/// million snapshots should not allocate a million keys).
+pub fn lineage_key(snapshot: &Snapshot) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
     if let Some(v) = snapshot.tags.get(tags::VOLUME).filter(|v| !v.is_empty()) {
-        return v.to_owned();
+        return Cow::Borrowed(v);
     }
     if let Some(v) = snapshot
         .description
@@ -88,11 +95,11 @@ pub fn lineage_of(snapshot: &Snapshot) -> String {
         .and_then(SeedDescription::parse)
         .and_then(|d| d.volume)
     {
-        return v;
+        return Cow::Owned(v);
     }
     match &snapshot.volume_id {
-        Some(v) => v.to_string(),
-        None => format!("snapshot:{}", snapshot.id),
+        Some(v) => Cow::Borrowed(v.as_str()),
+        None => Cow::Owned(format!("snapshot:{}", snapshot.id)),
     }
 }
 

@@ -122,6 +122,60 @@ impl<'de> Deserialize<'de> for GfsDuration {
     }
 }
 
+const RULE_NAMES: [&str; 6] = [
+    "last snapshot",
+    "hourly snapshot",
+    "daily snapshot",
+    "weekly snapshot",
+    "monthly snapshot",
+    "yearly snapshot",
+];
+
+/// The GFS rules that keep a snapshot: a bit set, shown restic-style
+/// (`within 3d, daily snapshot, oldest monthly snapshot`). No allocation
+/// per snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GfsRules {
+    /// Bit i: rule i kept it; bit 8+i: rule i kept it as the oldest.
+    bits: u16,
+    within: Option<GfsDuration>,
+}
+
+impl GfsRules {
+    fn is_empty(&self) -> bool {
+        self.bits == 0 && self.within.is_none()
+    }
+}
+
+impl fmt::Display for GfsRules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        let mut sep = |f: &mut fmt::Formatter<'_>| {
+            if first {
+                first = false;
+                Ok(())
+            } else {
+                f.write_str(", ")
+            }
+        };
+        if let Some(w) = self.within {
+            sep(f)?;
+            write!(f, "within {w}")?;
+        }
+        for (i, name) in RULE_NAMES.iter().enumerate() {
+            if self.bits & (1 << i) != 0 {
+                sep(f)?;
+                f.write_str(name)?;
+            }
+            if self.bits & (1 << (8 + i)) != 0 {
+                sep(f)?;
+                write!(f, "oldest {name}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// restic-compatible keep rules. `None` (or 0) means the rule is off.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -226,26 +280,27 @@ impl RetentionPolicy for Gfs {
         }
         let tz = self.tz();
         struct Rule {
+            index: usize,
             count: i64,
             bucket: Bucketer,
             last: Option<i64>,
-            reason: &'static str,
         }
         let mut rules: Vec<Rule> = [
-            (self.keep_last, last as Bucketer, "last snapshot"),
-            (self.keep_hourly, |z, _| hour(z), "hourly snapshot"),
-            (self.keep_daily, |z, _| day(z), "daily snapshot"),
-            (self.keep_weekly, |z, _| week(z), "weekly snapshot"),
-            (self.keep_monthly, |z, _| month(z), "monthly snapshot"),
-            (self.keep_yearly, |z, _| year(z), "yearly snapshot"),
+            (self.keep_last, last as Bucketer),
+            (self.keep_hourly, |z, _| hour(z)),
+            (self.keep_daily, |z, _| day(z)),
+            (self.keep_weekly, |z, _| week(z)),
+            (self.keep_monthly, |z, _| month(z)),
+            (self.keep_yearly, |z, _| year(z)),
         ]
         .into_iter()
-        .filter_map(|(c, bucket, reason)| {
+        .enumerate()
+        .filter_map(|(index, (c, bucket))| {
             c.filter(|c| *c != 0).map(|count| Rule {
+                index,
                 count,
                 bucket,
                 last: None,
-                reason,
             })
         })
         .collect();
@@ -256,11 +311,11 @@ impl RetentionPolicy for Gfs {
         for (nr, idx) in (0..n).rev().enumerate() {
             let s = snapshots[idx];
             let z = s.start_time.to_zoned(tz.clone());
-            let mut reasons = Vec::new();
-            if let (Some(from), Some(w)) = (within_from, self.keep_within)
+            let mut kept = GfsRules::default();
+            if let Some(from) = within_from
                 && s.start_time > from
             {
-                reasons.push(format!("within {w}"));
+                kept.within = self.keep_within;
             }
             for rule in rules.iter_mut() {
                 if rule.count == 0 {
@@ -269,19 +324,20 @@ impl RetentionPolicy for Gfs {
                 let val = (rule.bucket)(&z, nr);
                 let oldest = nr == n - 1;
                 if rule.last != Some(val) || oldest {
-                    reasons.push(if rule.last == Some(val) {
-                        format!("oldest {}", rule.reason)
+                    let bit = if rule.last == Some(val) {
+                        8 + rule.index
                     } else {
-                        rule.reason.to_owned()
-                    });
+                        rule.index
+                    };
+                    kept.bits |= 1 << bit;
                     rule.last = Some(val);
                     if rule.count > 0 {
                         rule.count -= 1;
                     }
                 }
             }
-            if !reasons.is_empty() {
-                out[idx] = (Verdict::Keep, Reason::Rules(reasons));
+            if !kept.is_empty() {
+                out[idx] = (Verdict::Keep, Reason::Rules(kept));
             }
         }
         out

@@ -25,7 +25,9 @@ use jiff::civil::Date;
 use jiff::{Timestamp, ToSpan, Zoned, tz::TimeZone};
 use serde::{Deserialize, Serialize};
 
-use super::{Reason, RetentionPolicy, Verdict};
+use std::sync::Arc;
+
+use super::{Reason, RetentionPolicy, Verdict, ts};
 
 /// Counts per tier (the seed's `[purge_backups]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,7 +140,35 @@ impl RetentionPolicy for Logarithmic {
     }
 
     fn decide(&self, snapshots: &[&Snapshot], now: Timestamp) -> Vec<(Verdict, Reason)> {
-        let targets = self.targets(now);
+        // A plan asks once per lineage with the same `now`: compute the
+        // ~400 calendar targets once, not ten thousand times.
+        // The interval labels are formatted once too: reasons share them.
+        type Cached = std::rc::Rc<(Vec<Timestamp>, Vec<Arc<str>>)>;
+        thread_local! {
+            static CACHE: std::cell::RefCell<Option<(Logarithmic, Timestamp, Cached)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let cached = CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            match &*c {
+                Some((p, t, v)) if p == self && *t == now => v.clone(),
+                _ => {
+                    let targets = self.targets(now);
+                    let labels = (0..targets.len())
+                        .map(|p| {
+                            let from = p
+                                .checked_sub(1)
+                                .map_or("start".to_owned(), |i| ts(&targets[i]));
+                            Arc::from(format!("[{from}, {})", ts(&targets[p])))
+                        })
+                        .collect();
+                    let v: Cached = std::rc::Rc::new((targets, labels));
+                    *c = Some((*self, now, v.clone()));
+                    v
+                }
+            }
+        });
+        let (targets, labels) = (&cached.0, &cached.1);
         let mut out = Vec::with_capacity(snapshots.len());
         let Some((_, older)) = snapshots.split_last() else {
             return out;
@@ -156,12 +186,11 @@ impl RetentionPolicy for Logarithmic {
                 out.push((Verdict::Keep, Reason::AfterLastTarget));
                 continue;
             }
-            let (from, to) = (p.checked_sub(1).map(|i| targets[i]), targets[p]);
             if found {
-                out.push((Verdict::Delete, Reason::IntervalTaken { from, to }));
+                out.push((Verdict::Delete, Reason::IntervalTaken(labels[p].clone())));
             } else {
                 found = true;
-                out.push((Verdict::Keep, Reason::OldestInInterval { from, to }));
+                out.push((Verdict::Keep, Reason::OldestInInterval(labels[p].clone())));
             }
         }
         out.push((Verdict::Keep, Reason::Newest));

@@ -14,14 +14,15 @@ mod parse;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 use ec2kit::{Region, Snapshot, SnapshotId, SnapshotState};
 use jiff::Timestamp;
 use serde::{Serialize, Serializer};
 
-use crate::lineage::{description_names_ami, is_owned, is_preserved, lineage_of};
+use crate::lineage::{description_names_ami, is_owned, is_preserved, lineage_key};
 
-pub use gfs::{Gfs, GfsDuration, InvalidDuration};
+pub use gfs::{Gfs, GfsDuration, GfsRules, InvalidDuration};
 pub use logarithmic::Logarithmic;
 pub use max_age::MaxAge;
 pub use parse::{PolicyError, PolicySpec};
@@ -42,25 +43,16 @@ pub enum Verdict {
 pub enum Reason {
     /// The newest snapshot of its lineage.
     Newest,
-    /// Logarithmic: the oldest snapshot in the interval `[from, to)`.
-    OldestInInterval {
-        /// Start of the interval (`None`: since the beginning).
-        from: Option<Timestamp>,
-        /// End of the interval.
-        to: Timestamp,
-    },
-    /// Logarithmic: an older snapshot already represents `[from, to)`.
-    IntervalTaken {
-        /// Start of the interval.
-        from: Option<Timestamp>,
-        /// End of the interval.
-        to: Timestamp,
-    },
+    /// Logarithmic: the oldest snapshot in the interval (e.g.
+    /// `[2013-01-01 00:00, 2013-01-20 14:30)`).
+    OldestInInterval(Arc<str>),
+    /// Logarithmic: an older snapshot already represents the interval.
+    IntervalTaken(Arc<str>),
     /// Logarithmic: newer than the newest target (the current hour).
     AfterLastTarget,
     /// GFS: the rules that keep it, restic-style (`daily snapshot`,
     /// `oldest monthly snapshot`, `within 1y6m`).
-    Rules(Vec<String>),
+    Rules(GfsRules),
     /// GFS: no rule wants it.
     NoRule,
     /// Max-age: younger than the limit.
@@ -86,7 +78,7 @@ pub enum Reason {
     Custom(String),
 }
 
-fn ts(t: &Timestamp) -> String {
+pub(crate) fn ts(t: &Timestamp) -> String {
     t.strftime("%Y-%m-%d %H:%M").to_string()
 }
 
@@ -94,20 +86,10 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Newest => f.write_str("newest snapshot of its lineage"),
-            Self::OldestInInterval { from: Some(a), to } => {
-                write!(f, "oldest in [{}, {})", ts(a), ts(to))
-            }
-            Self::OldestInInterval { from: None, to } => write!(f, "oldest before {}", ts(to)),
-            Self::IntervalTaken { from: Some(a), to } => {
-                write!(f, "[{}, {}) already has an older snapshot", ts(a), ts(to))
-            }
-            Self::IntervalTaken { from: None, to } => write!(
-                f,
-                "an older snapshot already represents the time before {}",
-                ts(to)
-            ),
+            Self::OldestInInterval(interval) => write!(f, "oldest in {interval}"),
+            Self::IntervalTaken(interval) => write!(f, "{interval} already has an older snapshot"),
             Self::AfterLastTarget => f.write_str("within the current hour"),
-            Self::Rules(rules) => f.write_str(&rules.join(", ")),
+            Self::Rules(rules) => rules.fmt(f),
             Self::NoRule => f.write_str("no keep rule wants it"),
             Self::YoungerThan(d) => write!(f, "younger than {d}"),
             Self::OlderThan(d) => write!(f, "older than {d}"),
@@ -198,14 +180,14 @@ pub struct Decision {
     /// Why.
     pub reason: Reason,
     /// Its lineage.
-    pub lineage: String,
+    pub lineage: Arc<str>,
     /// When it was taken.
     pub start_time: Timestamp,
     /// Its region, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<Region>,
     /// The policy that decided (or that the guards overrode).
-    pub policy: String,
+    pub policy: Arc<str>,
 }
 
 /// The decisions for an inventory, in lineage and time order.
@@ -293,11 +275,12 @@ impl<'a> Planner<'a> {
 
     /// Plans the inventory.
     pub fn plan(&self, snapshots: &[Snapshot], now: Timestamp) -> Plan {
-        let mut groups: HashMap<String, Vec<&Snapshot>> = HashMap::new();
+        let mut groups: HashMap<std::borrow::Cow<'_, str>, Vec<&Snapshot>> = HashMap::new();
         for s in snapshots {
-            groups.entry(lineage_of(s)).or_default().push(s);
+            groups.entry(lineage_key(s)).or_default().push(s);
         }
-        let mut lineages: Vec<(String, Vec<&Snapshot>)> = groups.into_iter().collect();
+        let mut lineages: Vec<(std::borrow::Cow<'_, str>, Vec<&Snapshot>)> =
+            groups.into_iter().collect();
         lineages.sort_by(|a, b| a.0.cmp(&b.0));
 
         let min_keep = self.guards.min_keep.max(1);
@@ -310,10 +293,11 @@ impl<'a> Planner<'a> {
             });
             let policy = self
                 .overrides
-                .get(&lineage)
+                .get(lineage.as_ref())
                 .copied()
                 .unwrap_or(self.default);
-            let policy_name = policy.name();
+            let policy_name: Arc<str> = policy.name().into();
+            let lineage: Arc<str> = lineage.as_ref().into();
             let decision = |s: &Snapshot, action, reason| Decision {
                 id: s.id.clone(),
                 action,

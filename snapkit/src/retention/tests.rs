@@ -294,7 +294,7 @@ fn max_age_rolling_strategies() {
     let actions: Vec<Verdict> = plan.decisions.iter().map(|d| d.action).collect();
     assert_eq!(actions, [Verdict::Delete, Verdict::Keep, Verdict::Keep]);
     assert_eq!(plan.decisions[0].reason.to_string(), "older than 24h");
-    assert_eq!(plan.decisions[0].policy, "oneday_rolling");
+    assert_eq!(&*plan.decisions[0].policy, "oneday_rolling");
 }
 
 #[test]
@@ -418,7 +418,7 @@ fn replicas_group_with_their_source_by_the_volume_tag() {
     copy.tags.insert(tags::VOLUME, "vol-1");
     let snaps = vec![snap(1, "vol-1", "2025-01-01T00:00:00Z"), copy];
     let plan = MaxAge::ONEDAY_ROLLING.plan(&snaps, at("2025-02-01T00:00:00Z"));
-    assert!(plan.decisions.iter().all(|d| d.lineage == "vol-1"));
+    assert!(plan.decisions.iter().all(|d| &*d.lineage == "vol-1"));
     assert_eq!(
         plan.decisions[0].action,
         Verdict::Delete,
@@ -438,7 +438,7 @@ fn per_lineage_policy_overrides_the_default() {
     let plan = Planner::new(&MaxAge::ONEDAY_ROLLING)
         .with_lineage_policy("vol-2", &keep_all)
         .plan(&snaps, at("2025-02-01T00:00:00Z"));
-    let deleted: Vec<&str> = plan.deletions().map(|d| d.lineage.as_str()).collect();
+    let deleted: Vec<&str> = plan.deletions().map(|d| &*d.lineage).collect();
     assert_eq!(deleted, ["vol-1"]);
 }
 

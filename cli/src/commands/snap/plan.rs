@@ -58,7 +58,7 @@ pub fn print_plan(ctx: &Context, plan: &Plan) -> Result<(), CliError> {
                 plan.decisions.iter().map(|d| {
                     vec![
                         d.id.to_string(),
-                        d.lineage.clone(),
+                        d.lineage.to_string(),
                         d.start_time.strftime("%Y-%m-%d %H:%M").to_string(),
                         format!("{:?}", d.action).to_lowercase(),
                         d.reason.to_string(),
@@ -68,7 +68,7 @@ pub fn print_plan(ctx: &Context, plan: &Plan) -> Result<(), CliError> {
             let (keep, delete) = plan.counts();
             println!(
                 "\nkeep {keep}, delete {delete} (policy {})",
-                plan.decisions.first().map_or("-", |d| d.policy.as_str())
+                plan.decisions.first().map_or("-", |d| &*d.policy)
             );
             Ok(())
         }

@@ -141,7 +141,7 @@ pub async fn exec_broken(ctx: &Context, args: BrokenArgs) -> Result<(), CliError
                         .map(|m| format!(": {m}"))
                         .unwrap_or_default()
                 )),
-                lineage: snapkit::lineage::lineage_of(s),
+                lineage: snapkit::lineage::lineage_of(s).into(),
                 start_time: s.start_time,
                 region: Some(region.clone()),
                 policy: "delete-broken".into(),

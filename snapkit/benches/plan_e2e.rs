@@ -1,0 +1,67 @@
+//! `snap plan` end to end on a 1,000,000-snapshot inventory file: read,
+//! parse, plan, write JSON — the same steps `ektool snap plan --output
+//! json` takes (target: <= 3 s). Prints its figures.
+//!
+//! `cargo bench -p snapkit --bench plan_e2e`
+
+use std::io::Write;
+use std::time::Instant;
+
+use ec2kit::Snapshot;
+use snapkit::retention::{Logarithmic, RetentionPolicy};
+
+fn main() {
+    let dir = std::env::temp_dir().join(format!("ektool-plan-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let inventory = dir.join("inventory.json");
+    {
+        // 10,000 lineages x 100 daily snapshots, as `snap list` writes them.
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&inventory).expect("create"));
+        f.write_all(b"[").expect("write");
+        for l in 0..10_000u64 {
+            for d in 0..100u64 {
+                if l + d > 0 {
+                    f.write_all(b",").expect("write");
+                }
+                let day = 1 + d % 28;
+                let month = 1 + d / 28;
+                write!(
+                    f,
+                    r#"{{"id":"snap-{:017x}","volume_id":"vol-{l:017x}","start_time":"2024-{month:02}-{day:02}T02:00:00Z","state":"completed","tags":{{"ektool:owner":"ektool","ektool:instance":"i-{l:017x}","Name":"web-{l}"}},"region":"eu-west-1"}}"#,
+                    l * 100 + d
+                )
+                .expect("write");
+            }
+        }
+        f.write_all(b"]").expect("write");
+    }
+    let size = std::fs::metadata(&inventory).map(|m| m.len()).unwrap_or(0);
+
+    let t0 = Instant::now();
+    let text = std::fs::read_to_string(&inventory).expect("read");
+    let snapshots: Vec<Snapshot> = serde_json::from_str(&text).expect("parse");
+    drop(text);
+    let t1 = Instant::now();
+    let plan =
+        Logarithmic::default().plan(&snapshots, "2024-05-01T00:00:00Z".parse().expect("now"));
+    let t2 = Instant::now();
+    let out =
+        std::io::BufWriter::new(std::fs::File::create(dir.join("plan.json")).expect("create"));
+    serde_json::to_writer_pretty(out, &plan.decisions).expect("write");
+    let t3 = Instant::now();
+
+    let (keep, delete) = plan.counts();
+    println!(
+        "inventory: {} snapshots, {:.0} MB",
+        snapshots.len(),
+        size as f64 / 1e6
+    );
+    println!(
+        "parse {:.2}s, plan {:.2}s, write {:.2}s, total {:.2}s (keep {keep}, delete {delete})",
+        (t1 - t0).as_secs_f64(),
+        (t2 - t1).as_secs_f64(),
+        (t3 - t2).as_secs_f64(),
+        (t3 - t0).as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -76,7 +76,7 @@ impl AwsEc2 {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
         let config = loader.load().await;
-        let configured_region = config.region().map(|r| Region::new(r.to_string()));
+        let configured_region = config.region().map(Region::new);
         let home = configured_region
             .clone()
             .unwrap_or_else(|| Region::new(FALLBACK_REGION));

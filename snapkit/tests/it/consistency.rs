@@ -148,7 +148,7 @@ async fn the_host_thaws_by_itself_when_ektool_and_the_connection_die_mid_freeze(
     let r = remote(dir.path());
     // The snapshot call never returns; ektool "dies": the future is dropped
     // and the SSH connection closed, nothing is left to thaw.
-    let stuck = consistency::around(&r, &c, || std::future::pending::<Result<(), ()>>());
+    let stuck = consistency::around(&r, &c, std::future::pending::<Result<(), ()>>);
     assert!(
         tokio::time::timeout(Duration::from_secs(3), stuck)
             .await

@@ -60,7 +60,7 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                     s.state.to_string(),
                     s.volume_size_gib.map_or("-".into(), |g| format!("{g} GiB")),
                     output::or_dash(s.tags.get(snapkit::lineage::tags::INSTANCE)),
-                    output::or_dash(s.tags.get(snapkit::lineage::tags::DEVICE)),
+                    snapkit::backup::device_of(s).unwrap_or_else(|| "-".into()),
                 ]
             }),
         ),

@@ -421,7 +421,10 @@ strategy = "oneday_rolling"
     #[test]
     fn the_readme_config_example_is_valid() {
         let readme = include_str!("../../README.md");
-        let start = readme.find("```toml\n[defaults]").expect("README has the config example") + "```toml\n".len();
+        let start = readme
+            .find("```toml\n[defaults]")
+            .expect("README has the config example")
+            + "```toml\n".len();
         let end = start + readme[start..].find("```").expect("closing fence");
         let c = parse(&readme[start..end]).unwrap_or_else(|e| panic!("README config example: {e}"));
         assert_eq!(c.volumes["db"].strategy.as_deref(), Some("oneday_rolling"));

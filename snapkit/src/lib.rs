@@ -30,5 +30,6 @@ pub mod consistency;
 pub mod lineage;
 pub mod retention;
 pub mod trim;
+pub mod wait;
 
 pub use lineage::tags::OWNER as OWNER_TAG;

@@ -484,3 +484,25 @@ async fn backup_of_a_volume_alias_and_bad_ids_are_rejected_before_any_call() {
         .code(2)
         .stderr_has("--window");
 }
+
+#[tokio::test]
+async fn backup_wait_reports_completion() {
+    let region = "us-east-2";
+    let key = ektool_tests::unique("wait");
+    launch_tagged(region, &key, "yes", 2).await;
+    Ektool::moto()
+        .args(&[
+            "-r",
+            region,
+            "snap",
+            "backup",
+            "--tag",
+            &format!("{key}=yes"),
+            "--wait",
+            "--wait-timeout",
+            "5",
+        ])
+        .run()
+        .success()
+        .stdout_has("us-east-2: 2 of 2 snapshots completed");
+}

@@ -30,6 +30,13 @@ pub struct Args {
     /// (restic-style duration of days/hours: 1h, 12h, 1d).
     #[arg(long, value_name = "DURATION", default_value = "1h")]
     pub window: String,
+    /// Wait until every snapshot is completed (progress on a terminal);
+    /// `error` snapshots and a timeout make the command fail.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this many minutes.
+    #[arg(long, value_name = "MINUTES", default_value_t = 120, requires = "wait")]
+    pub wait_timeout: u64,
 }
 
 fn window(s: &str) -> Result<jiff::SignedDuration, CliError> {
@@ -209,7 +216,70 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             what: "backups",
         });
     }
+    if args.wait && !ctx.global.dry_run {
+        let timeout = std::time::Duration::from_secs(args.wait_timeout * 60);
+        wait(ctx, &ec2, &results, timeout).await?;
+    }
     Ok(())
+}
+
+/// Waits for every created snapshot, region by region.
+async fn wait(
+    ctx: &Context,
+    ec2: &ec2kit::AwsEc2,
+    results: &[BackupResult],
+    timeout: std::time::Duration,
+) -> Result<(), CliError> {
+    let mut by_region: std::collections::BTreeMap<Region, Vec<ec2kit::SnapshotId>> =
+        Default::default();
+    for r in results {
+        if let BackupStatus::Created { snapshots, .. } = &r.status {
+            by_region
+                .entry(r.region.clone())
+                .or_default()
+                .extend(snapshots.iter().cloned());
+        }
+    }
+    let poll = std::time::Duration::from_secs(15);
+    let mut problems = Vec::new();
+    for (region, ids) in by_region {
+        let bar = crate::progress::bar(ids.len() as u64, &format!("waiting in {region}"));
+        let report = snapkit::wait::wait_for(ec2, &region, &ids, poll, timeout, &|done, _| {
+            bar.set_position(done as u64)
+        })
+        .await?;
+        bar.finish_and_clear();
+        for (id, msg) in &report.failed {
+            problems.push(format!("{region} {id}: error: {msg}"));
+        }
+        for (id, p) in &report.pending {
+            let minutes = timeout.as_secs() / 60;
+            problems.push(format!(
+                "{region} {id}: still pending ({}%) after {minutes} min",
+                p.unwrap_or(0)
+            ));
+        }
+        for id in &report.missing {
+            problems.push(format!("{region} {id}: gone"));
+        }
+        if ctx.output() == OutputFormat::Table {
+            println!(
+                "{region}: {} of {} snapshots completed",
+                report.completed.len(),
+                ids.len()
+            );
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("error: {p}");
+    }
+    Err(CliError::Failed(format!(
+        "{} snapshot(s) did not complete",
+        problems.len()
+    )))
 }
 
 fn join(ids: &[ec2kit::SnapshotId]) -> String {

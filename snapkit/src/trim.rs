@@ -42,6 +42,17 @@ pub async fn inventory(
     ec2.describe_snapshots(region, &filters).await
 }
 
+/// The inventory of several regions, at most `concurrency` at a time; a
+/// failing region does not hide the others.
+pub async fn inventories(
+    ec2: &dyn Ec2,
+    regions: &[Region],
+    scope: Scope,
+    concurrency: usize,
+) -> Vec<ec2kit::fleet::RegionResult<Vec<Snapshot>>> {
+    ec2kit::fleet::each_region(regions, concurrency, |r| inventory(ec2, r, scope)).await
+}
+
 /// The snapshots backing the account's AMIs in `region`.
 pub async fn ami_backed(ec2: &dyn Ec2, region: &Region) -> Result<HashSet<SnapshotId>, Ec2Error> {
     Ok(ec2

@@ -1,30 +1,15 @@
 //! `ektool regions` and `ektool instances` against moto.
 
-use ec2kit::requests::RunInstances;
-use ec2kit::{AwsEc2, AwsEc2Options, Ec2, RateLimits, Region, Tags};
+use ec2kit::Tags;
 use ektool_tests::{moto_url, unique};
 
 use crate::harness::Ektool;
+use crate::moto;
 
+/// The sorted ids of `count` new instances.
 async fn launch(region: &str, count: i32, tags: Tags) -> Vec<String> {
-    let ec2 = AwsEc2::new(AwsEc2Options {
-        endpoint_url: Some(moto_url()),
-        home_region: Some("us-east-1".into()),
-        rate_limits: Some(RateLimits::disabled()),
-        ..Default::default()
-    })
-    .await;
-    let request = RunInstances {
-        image_id: Some("ami-0123456789abcdef0".parse().unwrap()),
-        instance_type: "t3.small".into(),
-        count,
-        tags,
-        ..Default::default()
-    };
-    let mut ids: Vec<String> = ec2
-        .run_instances(&Region::new(region), &request)
+    let mut ids: Vec<String> = moto::launch(region, count, tags)
         .await
-        .unwrap()
         .into_iter()
         .map(|i| i.id.to_string())
         .collect();

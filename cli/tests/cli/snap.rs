@@ -1,38 +1,19 @@
 //! `ektool snap …` against moto, and `snap plan` offline.
 
-use ec2kit::requests::{CreateSnapshot, RunInstances};
-use ec2kit::{AwsEc2, AwsEc2Options, Ec2, RateLimits, Region, Tags};
-use ektool_tests::{moto_url, tempdir};
+use ec2kit::requests::CreateSnapshot;
+use ec2kit::{Ec2, Region, Tags};
+use ektool_tests::tempdir;
 use snapkit::lineage::tags;
 
 use crate::harness::Ektool;
-
-async fn ec2() -> AwsEc2 {
-    AwsEc2::new(AwsEc2Options {
-        endpoint_url: Some(moto_url()),
-        home_region: Some("us-east-1".into()),
-        rate_limits: Some(RateLimits::disabled()),
-        ..Default::default()
-    })
-    .await
-}
+use crate::moto::{self, ec2};
 
 /// Launches an instance and snapshots its root volume `n` times with
 /// ektool's tags (`owned`) or without.
 async fn snapshots(region: &str, n: usize, owned: bool) -> Vec<String> {
+    let inst = moto::launch(region, 1, Tags::new()).await.remove(0);
     let ec2 = ec2().await;
     let region = Region::new(region);
-    let request = RunInstances {
-        image_id: Some("ami-0123456789abcdef0".parse().unwrap()),
-        instance_type: "t3.micro".into(),
-        count: 1,
-        ..Default::default()
-    };
-    let inst = ec2
-        .run_instances(&region, &request)
-        .await
-        .unwrap()
-        .remove(0);
     let vol = inst.root_volume().unwrap().clone();
     let mut t = Tags::new().with(tags::VOLUME, vol.to_string());
     if owned {
@@ -346,17 +327,12 @@ async fn delete_broken_only_looks_at_the_regions_asked_for() {
 }
 
 async fn launch_tagged(region: &str, key: &str, value: &str, count: i32) -> Vec<ec2kit::Instance> {
-    let ec2 = ec2().await;
-    let request = RunInstances {
-        image_id: Some("ami-0123456789abcdef0".parse().unwrap()),
-        instance_type: "t3.micro".into(),
+    moto::launch(
+        region,
         count,
-        tags: Tags::new().with(key, value).with("Name", "app"),
-        ..Default::default()
-    };
-    ec2.run_instances(&Region::new(region), &request)
-        .await
-        .unwrap()
+        Tags::new().with(key, value).with("Name", "app"),
+    )
+    .await
 }
 
 #[tokio::test]

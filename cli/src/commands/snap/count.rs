@@ -36,8 +36,7 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     } else {
         Scope::Owned
     };
-    let results =
-        ec2kit::fleet::each_region(&regions, 8, |r| trim::inventory(&ec2, r, scope)).await;
+    let results = trim::inventories(&ec2, &regions, scope, 8).await;
     let mut rows = Vec::new();
     for r in results {
         let n = r.result?.len();

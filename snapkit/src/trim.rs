@@ -355,3 +355,46 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod broken_tests {
+    use ec2kit::{MockEc2, Snapshot, SnapshotId, SnapshotState};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn broken_asks_for_owned_error_snapshots_and_double_checks() {
+        let mut ec2 = MockEc2::new();
+        ec2.expect_describe_snapshots().times(1).returning(|_, f| {
+            assert!(f.contains(&Filter::new("status", ["error"])));
+            assert!(f.contains(&Filter::new("tag:ektool:owner", ["ektool"])));
+            let mut owned = Snapshot::new(
+                SnapshotId::from_api("snap-0000000a"),
+                None,
+                jiff::Timestamp::UNIX_EPOCH,
+                SnapshotState::Error,
+            );
+            owned.tags.insert(tags::OWNER, tags::OWNER_VALUE);
+            // A filter the server ignored: not ours, and not in error.
+            let foreign = Snapshot::new(
+                SnapshotId::from_api("snap-0000000b"),
+                None,
+                jiff::Timestamp::UNIX_EPOCH,
+                SnapshotState::Error,
+            );
+            let mut fine = Snapshot::new(
+                SnapshotId::from_api("snap-0000000c"),
+                None,
+                jiff::Timestamp::UNIX_EPOCH,
+                SnapshotState::Completed,
+            );
+            fine.tags.insert(tags::OWNER, tags::OWNER_VALUE);
+            Ok(vec![owned, foreign, fine])
+        });
+        let found = broken(&ec2, &Region::new("r"), Scope::Owned).await.unwrap();
+        assert_eq!(
+            found.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            ["snap-0000000a"]
+        );
+    }
+}

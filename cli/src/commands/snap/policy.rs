@@ -136,3 +136,70 @@ impl Policies {
         planner.plan(snapshots, now)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use snapkit::retention::{MaxAge, PolicySpec};
+
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            "[retention]\npolicy = \"twoday_rolling\"\n[volumes.db]\nvolume_id = \"vol-0123abcd\"\nstrategy = \"oneweek_rolling\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn command_line_wins_over_alias_and_config() {
+        let p = PolicyArgs {
+            policy: Some("oneday_rolling".into()),
+            ..Default::default()
+        }
+        .resolve(&config())
+        .unwrap();
+        assert_eq!(p.default, PolicySpec::MaxAge(MaxAge::ONEDAY_ROLLING));
+        assert!(
+            p.per_lineage.is_empty(),
+            "an explicit policy applies to every lineage"
+        );
+    }
+
+    #[test]
+    fn alias_wins_over_config_default() {
+        let p = PolicyArgs::default().resolve(&config()).unwrap();
+        assert_eq!(p.default, PolicySpec::MaxAge(MaxAge::TWODAY_ROLLING));
+        assert_eq!(
+            p.per_lineage["vol-0123abcd"],
+            PolicySpec::MaxAge(MaxAge::ONEWEEK_ROLLING)
+        );
+    }
+
+    #[test]
+    fn built_in_default_is_logarithmic_and_keep_flags_imply_gfs() {
+        let empty = Config::parse("", Path::new("t.toml")).unwrap();
+        assert!(matches!(
+            PolicyArgs::default().resolve(&empty).unwrap().default,
+            PolicySpec::Logarithmic(_)
+        ));
+        let p = PolicyArgs {
+            keep_daily: Some(7),
+            ..Default::default()
+        }
+        .resolve(&config())
+        .unwrap();
+        assert!(matches!(p.default, PolicySpec::Gfs(ref g) if g.keep_daily == Some(7)));
+        assert!(
+            PolicyArgs {
+                time_zone: Some("Mars/Olympus".into()),
+                keep_daily: Some(1),
+                ..Default::default()
+            }
+            .resolve(&config())
+            .is_err()
+        );
+    }
+}

@@ -12,9 +12,15 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 /// An AWS region name, e.g. `eu-west-1`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Region(Arc<str>);
+
+impl<'de> Deserialize<'de> for Region {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(crate::ids::ArcStr).map(Self)
+    }
+}
 
 impl Region {
     /// A region from its name (not checked against the catalog).

@@ -47,7 +47,7 @@ fn main() {
     let t2 = Instant::now();
     let out =
         std::io::BufWriter::new(std::fs::File::create(dir.join("plan.json")).expect("create"));
-    serde_json::to_writer_pretty(out, &plan.decisions).expect("write");
+    serde_json::to_writer(out, &plan.decisions).expect("write");
     let t3 = Instant::now();
 
     let (keep, delete) = plan.counts();

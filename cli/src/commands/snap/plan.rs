@@ -90,14 +90,15 @@ pub fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             source,
         })?
     };
-    let snapshots: Vec<Snapshot> = serde_json::from_str(&text).map_err(|e| {
-        CliError::Usage(format!(
-            "{}:{}:{}: not a snapshot inventory: {e}",
-            args.inventory.display(),
-            e.line(),
-            e.column()
-        ))
-    })?;
+    let snapshots: Vec<Snapshot> =
+        serde_json::from_str(&text).map_err(|e: serde_json::Error| {
+            CliError::Usage(format!(
+                "{}:{}:{}: not a snapshot inventory: {e}",
+                args.inventory.display(),
+                e.line(),
+                e.column()
+            ))
+        })?;
     let guards = Guards {
         adopt_unowned: args.adopt,
         ..Guards::default()

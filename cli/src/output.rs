@@ -20,12 +20,27 @@ pub fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
     }
 }
 
-/// Prints a value as pretty JSON.
+/// Writes a value as JSON to stdout: indented on a terminal, compact and
+/// streamed otherwise (a million-line plan for a script should not be
+/// built in memory twice).
 pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| CliError::Failed(format!("could not write JSON: {e}")))?;
-    println!("{text}");
-    Ok(())
+    use std::io::{IsTerminal, Write};
+    let stdout = std::io::stdout();
+    let pretty = stdout.is_terminal();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let written = if pretty {
+        serde_json::to_writer_pretty(&mut out, value)
+    } else {
+        serde_json::to_writer(&mut out, value)
+    };
+    written
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush())
+        .map_err(|source| CliError::Io {
+            path: "<stdout>".into(),
+            source,
+        })
 }
 
 /// `-` for a missing value.

@@ -30,6 +30,9 @@ pub struct Config {
     /// Retention defaults.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Consistent snapshots (`snap backup --consistent`).
+    #[serde(default)]
+    pub consistency: ConsistencyConfig,
     /// Where the file was read from (None: built-in defaults).
     #[serde(skip_deserializing)]
     pub path: Option<PathBuf>,
@@ -150,6 +153,55 @@ fn one() -> usize {
     1
 }
 
+/// `[consistency]`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyConfig {
+    /// Mountpoints to freeze on instances backed up by tag.
+    #[serde(default)]
+    pub mountpoints: Vec<String>,
+    /// Freeze command; `{}` is the mountpoint.
+    #[serde(default = "default_freeze")]
+    pub freeze: String,
+    /// Thaw command; `{}` is the mountpoint.
+    #[serde(default = "default_thaw")]
+    pub thaw: String,
+    /// The host thaws and unlocks by itself after this long.
+    #[serde(default = "default_max_hold")]
+    pub max_hold_seconds: u64,
+    /// How to reach instances: `private_ip`, `public_ip` or `public_dns`.
+    #[serde(default = "default_address")]
+    pub address: String,
+    /// The database lock for `lock_db` volumes and `db_lock = true`.
+    pub db_lock: Option<snapkit::consistency::DbLock>,
+}
+
+impl Default for ConsistencyConfig {
+    fn default() -> Self {
+        Self {
+            mountpoints: Vec::new(),
+            freeze: default_freeze(),
+            thaw: default_thaw(),
+            max_hold_seconds: default_max_hold(),
+            address: default_address(),
+            db_lock: None,
+        }
+    }
+}
+
+fn default_freeze() -> String {
+    "fsfreeze -f {}".into()
+}
+fn default_thaw() -> String {
+    "fsfreeze -u {}".into()
+}
+fn default_max_hold() -> u64 {
+    60
+}
+fn default_address() -> String {
+    "private_ip".into()
+}
+
 /// One `[volumes.<alias>]` entry.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -166,6 +218,9 @@ pub struct VolumeAlias {
     pub lock_db: bool,
     /// Retention policy name for this volume.
     pub strategy: Option<String>,
+    /// The host to freeze and lock on (`user@host:port`); default: the
+    /// instance the volume is attached to.
+    pub host: Option<String>,
 }
 
 fn se_display<S: Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {

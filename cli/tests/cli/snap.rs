@@ -482,3 +482,108 @@ async fn backup_wait_reports_completion() {
         .success()
         .stdout_has("us-east-2: 2 of 2 snapshots completed");
 }
+
+#[tokio::test]
+async fn consistent_backup_of_an_alias_freezes_and_locks_around_the_snapshot() {
+    let region = "eu-south-1";
+    let inst = moto::launch(region, 1, Tags::new()).await.remove(0);
+    let vol = inst.root_volume().unwrap().to_string();
+    let host = ektool_tests::ssh_host(1);
+    let dir = tempdir();
+    let log = dir.path().join("log");
+    let rec = dir.path().join("rec");
+    std::fs::write(
+        &rec,
+        format!("#!/bin/sh\necho \"$1 $2\" >> '{}'\n", log.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&rec, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = |known_hosts: &str| {
+        format!(
+            "[ssh]\nknown_hosts = \"{known_hosts}\"\nidentity_files = [\"{key}\"]\nuse_agent = false\n\n\
+             [consistency]\nfreeze = \"{r} freeze {{}}\"\nthaw = \"{r} thaw {{}}\"\nmax_hold_seconds = 30\n\
+             db_lock = {{ kind = \"commands\", lock = \"{r} lock db\", unlock = \"{r} unlock db\" }}\n\n\
+             [volumes.db]\nvolume_id = \"{vol}\"\nregion = \"{region}\"\nmountpoint = \"/var/lib/mysql\"\nlock_db = true\nhost = \"{target}\"\n",
+            key = host.client_key.display(),
+            r = rec.display(),
+            target = host.target(),
+        )
+    };
+    let kh = host.write_known_hosts(dir.path());
+    std::fs::write(dir.path().join("ektool.toml"), config(kh.to_str().unwrap())).unwrap();
+    let out = Ektool::moto()
+        .args(&[
+            "--output",
+            "json",
+            "snap",
+            "backup",
+            "--volume",
+            "db",
+            "--consistent",
+        ])
+        .current_dir(dir.path())
+        .run()
+        .success();
+    let r = &out.json()[0];
+    assert_eq!(r["status"], "created", "{r}");
+    assert!(
+        r["notes"][0].as_str().unwrap().starts_with("held on"),
+        "{r}"
+    );
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "lock db",
+            "freeze /var/lib/mysql",
+            "thaw /var/lib/mysql",
+            "unlock db"
+        ]
+    );
+
+    // An untrusted host: nothing frozen, nothing snapshotted, exit 1.
+    std::fs::remove_file(&log).unwrap();
+    std::fs::write(
+        dir.path().join("ektool.toml"),
+        config(dir.path().join("empty_known_hosts").to_str().unwrap()),
+    )
+    .unwrap();
+    let out = Ektool::moto()
+        .args(&[
+            "--output",
+            "json",
+            "snap",
+            "backup",
+            "--volume",
+            "db",
+            "--consistent",
+            "--window",
+            "2h",
+        ])
+        .current_dir(dir.path())
+        .run()
+        .code(1);
+    assert!(
+        out.json()[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("host key is not known"),
+        "{}",
+        out.stdout
+    );
+    assert!(!log.exists(), "nothing was frozen");
+    let snaps = ec2()
+        .await
+        .describe_snapshots(
+            &Region::new(region),
+            &[ec2kit::Filter::new("tag:ektool:volume", [vol])],
+        )
+        .await
+        .unwrap();
+    assert_eq!(snaps.len(), 1, "only the consistent backup exists");
+}

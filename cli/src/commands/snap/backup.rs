@@ -34,6 +34,12 @@ pub struct Args {
     /// `error` snapshots and a timeout make the command fail.
     #[arg(long)]
     pub wait: bool,
+    /// Freeze the filesystems (and lock the database) on each host around
+    /// its snapshot call: `[consistency]` mountpoints for instances,
+    /// `mountpoint`/`lock_db`/`host` for volume aliases. The host thaws by
+    /// itself after `max_hold_seconds` whatever happens to ektool.
+    #[arg(long)]
+    pub consistent: bool,
     /// Give up waiting after this many minutes.
     #[arg(long, value_name = "MINUTES", default_value_t = 120, requires = "wait")]
     pub wait_timeout: u64,
@@ -104,7 +110,41 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             by_region.entry(region).or_default().push(id);
         }
         for (region, ids) in by_region {
-            results.extend(backup::backup_volumes(&ec2, &region, &ids, &options).await);
+            if !args.consistent {
+                results.extend(backup::backup_volumes(&ec2, &region, &ids, &options).await);
+                continue;
+            }
+            for id in ids {
+                let alias = ctx.config.volumes.values().find(|a| a.volume_id == id);
+                let Some(host) = alias.and_then(|a| a.host.clone()) else {
+                    return Err(CliError::Usage(format!(
+                        "volume {id}: --consistent needs the alias's `host`"
+                    )));
+                };
+                let c = consistency(
+                    ctx,
+                    alias
+                        .and_then(|a| a.mountpoint.clone())
+                        .into_iter()
+                        .collect(),
+                    alias.is_some_and(|a| a.lock_db),
+                );
+                let run = || async {
+                    Ok::<_, std::convert::Infallible>(
+                        backup::backup_volumes(&ec2, &region, std::slice::from_ref(&id), &options)
+                            .await,
+                    )
+                };
+                let fail = |error: String| BackupResult {
+                    region: region.clone(),
+                    instance: None,
+                    volume: Some(id.clone()),
+                    name: None,
+                    status: BackupStatus::Failed { error, code: None },
+                    notes: Vec::new(),
+                };
+                results.extend(around(ctx, &host, &c, run, fail).await?);
+            }
         }
     } else {
         let regions = ctx.regions(&ec2).await?;
@@ -132,9 +172,51 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             match r.result {
                 Ok(instances) => {
                     seen += instances.len();
-                    results.extend(
-                        backup::backup_instances(&ec2, &r.region, &instances, &options).await,
+                    if !args.consistent {
+                        results.extend(
+                            backup::backup_instances(&ec2, &r.region, &instances, &options).await,
+                        );
+                        continue;
+                    }
+                    let c = consistency(
+                        ctx,
+                        ctx.config.consistency.mountpoints.clone(),
+                        ctx.config.consistency.db_lock.is_some(),
                     );
+                    for instance in &instances {
+                        let address = match ctx.config.consistency.address.as_str() {
+                            "public_ip" => instance.public_ip.clone(),
+                            "public_dns" => instance.public_dns.clone(),
+                            _ => instance.private_ip.clone(),
+                        };
+                        let fail = |error: String| BackupResult {
+                            region: r.region.clone(),
+                            instance: Some(instance.id.clone()),
+                            volume: None,
+                            name: instance.name().map(str::to_owned),
+                            status: BackupStatus::Failed { error, code: None },
+                            notes: Vec::new(),
+                        };
+                        let Some(address) = address else {
+                            results.push(fail(format!(
+                                "no {} to reach it over SSH",
+                                ctx.config.consistency.address
+                            )));
+                            continue;
+                        };
+                        let run = || async {
+                            Ok::<_, std::convert::Infallible>(
+                                backup::backup_instances(
+                                    &ec2,
+                                    &r.region,
+                                    std::slice::from_ref(instance),
+                                    &options,
+                                )
+                                .await,
+                            )
+                        };
+                        results.extend(around(ctx, &address, &c, run, fail).await?);
+                    }
                 }
                 Err(e) => results.push(BackupResult {
                     region: r.region.clone(),
@@ -280,6 +362,70 @@ async fn wait(
         "{} snapshot(s) did not complete",
         problems.len()
     )))
+}
+
+/// The consistency settings for some mountpoints, with the DB lock if asked.
+fn consistency(
+    ctx: &Context,
+    mountpoints: Vec<String>,
+    lock_db: bool,
+) -> snapkit::consistency::Consistency {
+    let cfg = &ctx.config.consistency;
+    snapkit::consistency::Consistency {
+        mountpoints,
+        freeze: cfg.freeze.clone(),
+        thaw: cfg.thaw.clone(),
+        db_lock: lock_db.then(|| {
+            cfg.db_lock
+                .clone()
+                .unwrap_or(snapkit::consistency::DbLock::Mysql {
+                    client: "mysql".into(),
+                    defaults_file: None,
+                })
+        }),
+        max_hold: std::time::Duration::from_secs(cfg.max_hold_seconds.max(1)),
+        acquire_timeout: std::time::Duration::from_secs(30),
+    }
+}
+
+/// Runs `run` on `host` with the lock and freeze held; a failure to take
+/// them fails the item (nothing was snapshotted), not the whole run.
+async fn around<F, Fut>(
+    ctx: &Context,
+    host: &str,
+    c: &snapkit::consistency::Consistency,
+    run: F,
+    fail: impl Fn(String) -> BackupResult,
+) -> Result<Vec<BackupResult>, CliError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Vec<BackupResult>, std::convert::Infallible>>,
+{
+    let target = ec2kit::SshTarget::parse_with_user(host, &ctx.ssh_user())
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let remote = ec2kit::SshRemote::new(target, ctx.ssh_options());
+    match snapkit::consistency::around(&remote, c, run).await {
+        Ok((Ok(mut results), hold)) => {
+            let note = format!(
+                "held on {host}: frozen {}, locked {}{}",
+                hold.frozen_secs
+                    .map_or("-".to_owned(), |s| format!("{s:.2}s")),
+                hold.locked_secs
+                    .map_or("-".to_owned(), |s| format!("{s:.2}s")),
+                if hold.released_by_watchdog {
+                    " (released by the host's watchdog)"
+                } else {
+                    ""
+                }
+            );
+            for r in &mut results {
+                r.notes.push(note.clone());
+            }
+            Ok(results)
+        }
+        Ok((Err(never), _)) => match never {},
+        Err(e) => Ok(vec![fail(format!("not consistent, not snapshotted: {e}"))]),
+    }
 }
 
 fn join(ids: &[ec2kit::SnapshotId]) -> String {

@@ -474,16 +474,23 @@ strategy = "oneday_rolling"
     }
 
     #[test]
-    fn the_readme_config_example_is_valid() {
+    fn the_readme_config_examples_are_valid() {
         let readme = include_str!("../../README.md");
-        let start = readme
-            .find("```toml\n[defaults]")
-            .expect("README has the config example")
-            + "```toml\n".len();
-        let end = start + readme[start..].find("```").expect("closing fence");
-        let c = parse(&readme[start..end]).unwrap_or_else(|e| panic!("README config example: {e}"));
-        assert_eq!(c.volumes["db"].strategy.as_deref(), Some("oneday_rolling"));
-        assert_eq!(c.retention.gfs.keep_daily, Some(7));
+        let blocks: Vec<&str> = readme
+            .split("```toml\n")
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap_or_default())
+            .collect();
+        assert!(blocks.len() >= 2, "README has config examples");
+        for block in &blocks {
+            parse(block).unwrap_or_else(|e| panic!("README config example: {e}\n{block}"));
+        }
+        let main = parse(blocks[0]).unwrap();
+        assert_eq!(
+            main.volumes["db"].strategy.as_deref(),
+            Some("oneday_rolling")
+        );
+        assert_eq!(main.retention.gfs.keep_daily, Some(7));
     }
 
     #[test]

@@ -26,6 +26,13 @@ pub enum Scope {
     Adopted,
 }
 
+impl Scope {
+    /// `Adopted` when the user passed `--adopt`, else `Owned`.
+    pub fn adopting(adopt: bool) -> Self {
+        if adopt { Self::Adopted } else { Self::Owned }
+    }
+}
+
 /// The snapshots of `region` in scope.
 pub async fn inventory(
     ec2: &dyn Ec2,

@@ -14,9 +14,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use ec2kit::Snapshot;
-use jiff::Timestamp;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{Reason, RetentionPolicy, Verdict};
@@ -35,6 +35,14 @@ pub struct GfsDuration {
 }
 
 impl GfsDuration {
+    /// The duration as a fixed length, when it has no calendar units
+    /// (years, months) and is positive: `1d12h` is 36 hours, `1m` is none.
+    pub fn fixed(&self) -> Option<SignedDuration> {
+        let hours = i64::from(self.days) * 24 + i64::from(self.hours);
+        (self.years == 0 && self.months == 0 && hours > 0)
+            .then(|| SignedDuration::from_hours(hours))
+    }
+
     /// `t` minus this duration, normalised as Go's `time.AddDate` (which
     /// restic uses): months and days overflow into the next unit instead
     /// of clamping (March 31 minus one month is March 3, not February 28).

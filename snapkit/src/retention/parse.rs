@@ -90,14 +90,8 @@ impl PolicySpec {
 }
 
 fn parse_age(s: &str) -> Result<SignedDuration, PolicyError> {
-    let bad = || PolicyError::MaxAge(s.to_owned());
-    let d: GfsDuration = s.parse().map_err(|_| bad())?;
-    if d.years != 0 || d.months != 0 {
-        return Err(bad());
-    }
-    let hours = i64::from(d.days) * 24 + i64::from(d.hours);
-    if hours <= 0 {
-        return Err(bad());
-    }
-    Ok(SignedDuration::from_hours(hours))
+    s.parse::<GfsDuration>()
+        .ok()
+        .and_then(|d| d.fixed())
+        .ok_or_else(|| PolicyError::MaxAge(s.to_owned()))
 }

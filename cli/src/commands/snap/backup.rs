@@ -51,13 +51,11 @@ fn window(s: &str) -> Result<jiff::SignedDuration, CliError> {
             .map_err(|e: snapkit::retention::InvalidDuration| {
                 CliError::Usage(format!("--window: {e}"))
             })?;
-    let hours = i64::from(d.days) * 24 + i64::from(d.hours);
-    if d.years != 0 || d.months != 0 || hours <= 0 {
-        return Err(CliError::Usage(format!(
+    d.fixed().ok_or_else(|| {
+        CliError::Usage(format!(
             "--window {s:?}: use days and/or hours, e.g. 1h or 1d"
-        )));
-    }
-    Ok(jiff::SignedDuration::from_hours(hours))
+        ))
+    })
 }
 
 /// Runs the backup and reports per instance or volume.

@@ -31,11 +31,7 @@ struct Row {
 pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let ec2 = ctx.ec2().await;
     let regions = ctx.regions(&ec2).await?;
-    let scope = if args.adopt {
-        Scope::Adopted
-    } else {
-        Scope::Owned
-    };
+    let scope = Scope::adopting(args.adopt);
     let results = trim::inventories(&ec2, &regions, scope, 8).await;
     let mut rows = Vec::new();
     for r in results {

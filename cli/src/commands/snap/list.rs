@@ -20,11 +20,7 @@ pub struct Args {
 pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let ec2 = ctx.ec2().await;
     let regions = ctx.regions(&ec2).await?;
-    let scope = if args.adopt {
-        Scope::Adopted
-    } else {
-        Scope::Owned
-    };
+    let scope = Scope::adopting(args.adopt);
     let results = trim::inventories(&ec2, &regions, scope, 8).await;
     let mut all: Vec<Snapshot> = Vec::new();
     let mut failed = 0;
@@ -37,12 +33,10 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             }
         }
     }
+    // The lineage key borrows from the snapshot: no allocation per comparison.
     all.sort_by(|a, b| {
-        (&a.region, snapkit::lineage::lineage_of(a), a.start_time).cmp(&(
-            &b.region,
-            snapkit::lineage::lineage_of(b),
-            b.start_time,
-        ))
+        use snapkit::lineage::lineage_key;
+        (&a.region, lineage_key(a), a.start_time).cmp(&(&b.region, lineage_key(b), b.start_time))
     });
     match ctx.output() {
         OutputFormat::Json => output::json(&all)?,

@@ -43,10 +43,6 @@ struct RegionTrim<'a> {
     applied: Option<&'a TrimReport>,
 }
 
-fn scope(adopt: bool) -> Scope {
-    if adopt { Scope::Adopted } else { Scope::Owned }
-}
-
 /// Plans per region, prints, and (without --dry-run) deletes.
 pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let policies = args.policy.resolve(&ctx.config)?;
@@ -57,7 +53,7 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let mut plans: Vec<(Region, Plan, Option<TrimReport>)> = Vec::new();
     let mut failed = 0;
     for region in &regions {
-        let snapshots = trim::inventory(&ec2, region, scope(args.adopt)).await?;
+        let snapshots = trim::inventory(&ec2, region, Scope::adopting(args.adopt)).await?;
         let ami = trim::ami_backed(&ec2, region).await?;
         let guards = Guards {
             adopt_unowned: args.adopt,
@@ -128,7 +124,7 @@ pub async fn exec_broken(ctx: &Context, args: BrokenArgs) -> Result<(), CliError
     let mut failed = 0;
     let mut out = Vec::new();
     for region in &regions {
-        let broken = trim::broken(&ec2, region, scope(args.adopt)).await?;
+        let broken = trim::broken(&ec2, region, Scope::adopting(args.adopt)).await?;
         let decisions: Vec<Decision> = broken
             .iter()
             .map(|s| Decision {

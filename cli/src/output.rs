@@ -43,6 +43,24 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
         })
 }
 
+/// Writes a long slice as a JSON array: like [`json`], but piped output is
+/// serialised on all cores (a million plan lines).
+pub fn json_array<T: Serialize + Sync>(items: &[T]) -> Result<(), CliError> {
+    use std::io::{IsTerminal, Write};
+    let stdout = std::io::stdout();
+    if stdout.is_terminal() {
+        return json(items);
+    }
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    snapkit::inventory::write_json_array(items, &mut out)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush())
+        .map_err(|source| CliError::Io {
+            path: "<stdout>".into(),
+            source,
+        })
+}
+
 /// `-` for a missing value.
 pub fn or_dash(v: Option<&str>) -> String {
     v.filter(|s| !s.is_empty()).unwrap_or("-").to_owned()

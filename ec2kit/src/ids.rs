@@ -50,8 +50,40 @@ impl serde::de::Visitor<'_> for ArcStr {
     }
 }
 
+/// Like [`ArcStr`], but shares the string with the last one this thread
+/// read in the same slot when they are equal: an inventory repeats a
+/// volume id or a region in every snapshot of a lineage.
+pub(crate) struct RecentArcStr(pub(crate) usize);
+
+/// Slots of [`RecentArcStr`] (one per kind of repeated value).
+pub(crate) const RECENT_SLOTS: usize = 4;
+
+thread_local! {
+    static RECENT: std::cell::RefCell<[Option<Arc<str>>; RECENT_SLOTS]> =
+        const { std::cell::RefCell::new([None, None, None, None]) };
+}
+
+impl serde::de::Visitor<'_> for RecentArcStr {
+    type Value = Arc<str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(RECENT.with(|cell| {
+            let mut recent = cell.borrow_mut();
+            match recent.get_mut(self.0) {
+                Some(Some(last)) if &**last == v => last.clone(),
+                Some(slot) => slot.insert(Arc::from(v)).clone(),
+                None => Arc::from(v),
+            }
+        }))
+    }
+}
+
 macro_rules! resource_id {
-    ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal) => {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal, $visitor:expr) => {
         $(#[$doc])*
         // Arc<str>: ids are cloned into every plan line; a clone must not
         // allocate.
@@ -114,7 +146,7 @@ macro_rules! resource_id {
         // `snap list` hold ids the API returned, which are authoritative.
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                d.deserialize_str(ArcStr).map(Self)
+                d.deserialize_str($visitor).map(Self)
             }
         }
     };
@@ -122,19 +154,19 @@ macro_rules! resource_id {
 
 resource_id!(
     /// An EC2 instance id (`i-…`).
-    InstanceId, "i", "instance"
+    InstanceId, "i", "instance", RecentArcStr(1)
 );
 resource_id!(
     /// An EBS volume id (`vol-…`).
-    VolumeId, "vol", "volume"
+    VolumeId, "vol", "volume", RecentArcStr(2)
 );
 resource_id!(
     /// An EBS snapshot id (`snap-…`).
-    SnapshotId, "snap", "snapshot"
+    SnapshotId, "snap", "snapshot", ArcStr
 );
 resource_id!(
     /// An AMI id (`ami-…`).
-    ImageId, "ami", "image"
+    ImageId, "ami", "image", ArcStr
 );
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ pub struct Region(Arc<str>);
 
 impl<'de> Deserialize<'de> for Region {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(crate::ids::ArcStr).map(Self)
+        d.deserialize_str(crate::ids::RecentArcStr(0)).map(Self)
     }
 }
 

@@ -1,15 +1,20 @@
 //! EC2 tags.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 /// A resource's tags, ordered by key so output and plans are stable.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+// Arc<str>: a million-snapshot inventory repeats the same few keys and
+// values; deserialising shares them instead of allocating each (see
+// `Interner`), and clones are cheap.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
-pub struct Tags(BTreeMap<String, String>);
+pub struct Tags(BTreeMap<Arc<str>, Arc<str>>);
 
 impl Tags {
     /// No tags.
@@ -19,7 +24,7 @@ impl Tags {
 
     /// The value of `key`, if set.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        self.0.get(key).map(|v| &**v)
     }
 
     /// Whether `key` is set (with any value).
@@ -29,12 +34,14 @@ impl Tags {
 
     /// Sets `key` to `value`, returning the previous value.
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) -> Option<String> {
-        self.0.insert(key.into(), value.into())
+        self.0
+            .insert(key.into().into(), value.into().into())
+            .map(|old| old.to_string())
     }
 
     /// Removes `key`.
     pub fn remove(&mut self, key: &str) -> Option<String> {
-        self.0.remove(key)
+        self.0.remove(key).map(|old| old.to_string())
     }
 
     /// Builder form of [`Tags::insert`].
@@ -54,16 +61,16 @@ impl Tags {
     /// them on create, and the seed learnt this the hard way with
     /// `aws:autoscaling:groupName`).
     pub fn merge_user_tags(&mut self, other: &Tags) {
-        for (k, v) in other.iter() {
+        for (k, v) in &other.0 {
             if !is_reserved_key(k) && !self.0.contains_key(k) {
-                self.0.insert(k.to_owned(), v.to_owned());
+                self.0.insert(k.clone(), v.clone());
             }
         }
     }
 
     /// Iterates over `(key, value)` pairs in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.0.iter().map(|(k, v)| (&**k, &**v))
     }
 
     /// The number of tags.
@@ -84,15 +91,99 @@ pub fn is_reserved_key(key: &str) -> bool {
 
 impl FromIterator<(String, String)> for Tags {
     fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
-        Self(iter.into_iter().collect())
+        Self(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
 }
 
-impl<'a> IntoIterator for &'a Tags {
-    type Item = (&'a String, &'a String);
-    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
+impl<'de> Deserialize<'de> for Tags {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(TagsVisitor)
+    }
+}
+
+struct TagsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TagsVisitor {
+    type Value = Tags;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map of tag keys to values")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Tags, A::Error> {
+        let mut tags = BTreeMap::new();
+        while let Some((key, slot)) = map.next_key_seed(Interned(None))? {
+            let (value, _) = map.next_value_seed(Interned(Some(slot)))?;
+            tags.insert(key, value);
+        }
+        Ok(Tags(tags))
+    }
+}
+
+thread_local! {
+    static INTERNER: RefCell<Vec<(Arc<str>, Arc<str>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Deserialises a tag key (`Interned(None)`) or the value of the key in
+/// interner slot `n` (`Interned(Some(n))`), sharing strings seen before.
+///
+/// The interner holds, per thread, the keys seen so far (up to a bound)
+/// and the last value seen for each. Inventories list a lineage's
+/// snapshots together, so "same value as last time" catches most repeats
+/// at the cost of one string comparison.
+struct Interned(Option<usize>);
+
+const MAX_INTERNED_KEYS: usize = 64;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Interned {
+    type Value = (Arc<str>, usize);
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for Interned {
+    type Value = (Arc<str>, usize);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(INTERNER.with(|cell| {
+            let mut slots = cell.borrow_mut();
+            match self.0 {
+                // A value: share the key's last value when it repeats.
+                Some(n) => match slots.get_mut(n) {
+                    Some((_, last)) => {
+                        if &**last != v {
+                            *last = v.into();
+                        }
+                        (last.clone(), n)
+                    }
+                    None => (v.into(), n),
+                },
+                // A key: share it, or remember it while there is room.
+                None => match slots.iter().position(|(k, _)| &**k == v) {
+                    Some(n) => (slots[n].0.clone(), n),
+                    None => {
+                        let key: Arc<str> = v.into();
+                        if slots.len() < MAX_INTERNED_KEYS {
+                            slots.push((key.clone(), "".into()));
+                            (key, slots.len() - 1)
+                        } else {
+                            // No slot: its value is allocated as it comes.
+                            (key, usize::MAX)
+                        }
+                    }
+                },
+            }
+        }))
     }
 }
 
@@ -165,5 +256,28 @@ mod tests {
         assert_eq!(mine.get("team"), Some("web"));
         assert!(!mine.contains_key("aws:autoscaling:groupName"));
         assert!(!mine.contains_key("AWS:x"));
+    }
+
+    #[test]
+    fn deserialised_tags_share_repeated_strings() {
+        let a: Tags = serde_json::from_str(r#"{"Name":"web","team":"ops"}"#).unwrap();
+        let b: Tags = serde_json::from_str(r#"{"Name":"web","team":"dev"}"#).unwrap();
+        assert_eq!(b.get("team"), Some("dev"));
+        assert_eq!(a.get("team"), Some("ops"));
+        let (ka, va) = a.0.first_key_value().unwrap();
+        let (kb, vb) = b.0.first_key_value().unwrap();
+        assert!(Arc::ptr_eq(ka, kb) && Arc::ptr_eq(va, vb));
+        // Escapes and many distinct keys still read exactly.
+        let many: String = (0..100)
+            .map(|i| format!(r#""k{i}":"v\"{i}""#))
+            .collect::<Vec<_>>()
+            .join(",");
+        let t: Tags = serde_json::from_str(&format!("{{{many}}}")).unwrap();
+        assert_eq!(t.len(), 100);
+        assert_eq!(t.get("k99"), Some("v\"99"));
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            r#"{"Name":"web","team":"ops"}"#
+        );
     }
 }

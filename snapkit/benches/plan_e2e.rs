@@ -39,7 +39,7 @@ fn main() {
 
     let t0 = Instant::now();
     let text = std::fs::read_to_string(&inventory).expect("read");
-    let snapshots: Vec<Snapshot> = serde_json::from_str(&text).expect("parse");
+    let snapshots: Vec<Snapshot> = snapkit::inventory::parse(&text).expect("parse");
     drop(text);
     let t1 = Instant::now();
     let plan =
@@ -47,7 +47,7 @@ fn main() {
     let t2 = Instant::now();
     let out =
         std::io::BufWriter::new(std::fs::File::create(dir.join("plan.json")).expect("create"));
-    serde_json::to_writer(out, &plan.decisions).expect("write");
+    snapkit::inventory::write_json_array(&plan.decisions, out).expect("write");
     let t3 = Instant::now();
 
     let (keep, delete) = plan.counts();

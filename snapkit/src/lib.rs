@@ -27,6 +27,7 @@
 
 pub mod backup;
 pub mod consistency;
+pub mod inventory;
 pub mod lineage;
 pub mod retention;
 pub mod trim;

@@ -51,7 +51,7 @@ pub fn print_plan(ctx: &Context, plan: &Plan) -> Result<(), CliError> {
         eprintln!("note: {note}");
     }
     match ctx.output() {
-        OutputFormat::Json => output::json(&plan.decisions),
+        OutputFormat::Json => output::json_array(&plan.decisions),
         OutputFormat::Table => {
             output::table(
                 &["SNAPSHOT", "LINEAGE", "TAKEN", "ACTION", "REASON"],
@@ -90,15 +90,15 @@ pub fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             source,
         })?
     };
-    let snapshots: Vec<Snapshot> =
-        serde_json::from_str(&text).map_err(|e: serde_json::Error| {
-            CliError::Usage(format!(
-                "{}:{}:{}: not a snapshot inventory: {e}",
-                args.inventory.display(),
-                e.line(),
-                e.column()
-            ))
-        })?;
+    let snapshots: Vec<Snapshot> = snapkit::inventory::parse(&text).map_err(|e| {
+        CliError::Usage(format!(
+            "{}:{}:{}: not a snapshot inventory: {}",
+            args.inventory.display(),
+            e.line,
+            e.column,
+            e.source
+        ))
+    })?;
     drop(text);
     let guards = Guards {
         adopt_unowned: args.adopt,

@@ -1,0 +1,272 @@
+//! Snapshot inventory files: the JSON array `ektool snap list --output
+//! json` writes and `ektool snap plan --inventory` reads.
+//!
+//! A million-snapshot inventory is about 240 MB of JSON. Parsing it on one
+//! core takes longer than planning it, so [`parse`] splits the array at
+//! element boundaries and parses the pieces on every core, and
+//! [`write_json_array`] serialises a long slice the same way. Both give
+//! exactly what `serde_json` gives on one core, errors included.
+
+use std::io::Write;
+
+use ec2kit::Snapshot;
+use serde::Serialize;
+
+/// An inventory that is not a JSON array of snapshots.
+#[derive(Debug, thiserror::Error)]
+#[error("{line}:{column}: not a snapshot inventory: {source}")]
+#[non_exhaustive]
+pub struct InventoryError {
+    /// 1-based line of the error in the input.
+    pub line: usize,
+    /// 1-based column of the error in the input.
+    pub column: usize,
+    /// What serde_json found.
+    #[source]
+    pub source: serde_json::Error,
+}
+
+/// Below this size one thread is faster than starting others.
+const PARALLEL_MIN_BYTES: usize = 4 << 20;
+
+/// Parses an inventory: a JSON array of [`Snapshot`]s, in input order.
+///
+/// Large inputs are parsed on all available cores. The split points are
+/// guesses (a `}` `,` `{` sequence); a guess inside a string or a nested
+/// value makes the piece before it fail to parse (it ends inside that
+/// string or value), and then the whole input is parsed again on one core,
+/// so the result and any error position are those of a plain
+/// `serde_json::from_str`.
+pub fn parse(text: &str) -> Result<Vec<Snapshot>, InventoryError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if threads > 1 && text.len() >= PARALLEL_MIN_BYTES {
+        if let Some(snapshots) = parse_parallel(text, threads) {
+            return Ok(snapshots);
+        }
+    }
+    serde_json::from_str(text).map_err(|source| InventoryError {
+        line: source.line(),
+        column: source.column(),
+        source,
+    })
+}
+
+/// The parallel attempt; `None` when a piece fails or no split was found.
+fn parse_parallel(text: &str, threads: usize) -> Option<Vec<Snapshot>> {
+    let body_start = text.find('[')? + 1;
+    let body_end = text.rfind(']')?;
+    // Anything but whitespace around the array is for serde_json to report.
+    let blank = |s: &str| s.bytes().all(|b| b.is_ascii_whitespace());
+    if body_end <= body_start || !blank(&text[..body_start - 1]) || !blank(&text[body_end + 1..]) {
+        return None;
+    }
+    let mut cuts = vec![body_start];
+    for k in 1..threads {
+        let guess = body_start + (body_end - body_start) * k / threads;
+        let from = guess.max(*cuts.last()?);
+        if let Some(cut) = next_boundary(text.as_bytes(), from, body_end) {
+            if cut > *cuts.last()? {
+                cuts.push(cut);
+            }
+        }
+    }
+    if cuts.len() < 2 {
+        return None;
+    }
+    cuts.push(body_end);
+    let pieces: Vec<Option<Vec<Snapshot>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = cuts
+            .windows(2)
+            .map(|w| {
+                let piece = &text[w[0]..w[1]];
+                s.spawn(move || parse_piece(piece))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().ok().flatten())
+            .collect()
+    });
+    let total = pieces.iter().map(|p| p.as_ref().map_or(0, Vec::len)).sum();
+    let mut all = Vec::with_capacity(total);
+    for piece in pieces {
+        all.extend(piece?);
+    }
+    Some(all)
+}
+
+/// Parses `{…},{…},…{…}` (elements of the array, maybe ending in the comma
+/// that preceded the next piece) as an array.
+fn parse_piece(piece: &str) -> Option<Vec<Snapshot>> {
+    let piece = piece.trim_end();
+    let piece = piece.strip_suffix(',').unwrap_or(piece);
+    let mut array = String::with_capacity(piece.len() + 2);
+    array.push('[');
+    array.push_str(piece);
+    array.push(']');
+    serde_json::from_str(&array).ok()
+}
+
+/// The index of the `{` that starts the next element at or after `from`:
+/// a `{` preceded (whitespace aside) by `,` and before that by `}`.
+fn next_boundary(bytes: &[u8], from: usize, end: usize) -> Option<usize> {
+    let mut i = from;
+    while i < end {
+        let open = i + bytes[i..end].iter().position(|&b| b == b'{')?;
+        let before = bytes[..open].iter().rposition(|b| !b.is_ascii_whitespace());
+        if let Some(comma) = before.filter(|&c| bytes[c] == b',') {
+            let close = bytes[..comma]
+                .iter()
+                .rposition(|b| !b.is_ascii_whitespace());
+            if close.is_some_and(|c| bytes[c] == b'}') {
+                return Some(open);
+            }
+        }
+        i = open + 1;
+    }
+    None
+}
+
+/// Writes `items` as one compact JSON array, serialising pieces of a long
+/// slice on all available cores; the bytes are those `serde_json::to_writer`
+/// writes.
+pub fn write_json_array<T, W>(items: &[T], out: W) -> std::io::Result<()>
+where
+    T: Serialize + Sync,
+    W: Write,
+{
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    write_array(items, out, threads, 64 * 1024)
+}
+
+fn write_array<T, W>(items: &[T], mut out: W, threads: usize, piece: usize) -> std::io::Result<()>
+where
+    T: Serialize + Sync,
+    W: Write,
+{
+    out.write_all(b"[")?;
+    if threads < 2 || items.len() < 2 * piece {
+        write_elements(items, &mut out, true)?;
+    } else {
+        // Rounds of `threads` pieces: each thread fills its own buffer, the
+        // buffers are written in order, memory stays at a few pieces.
+        let pieces: Vec<&[T]> = items.chunks(piece.max(1)).collect();
+        for (round, group) in pieces.chunks(threads).enumerate() {
+            let buffers: Vec<std::io::Result<Vec<u8>>> = std::thread::scope(|s| {
+                let handles: Vec<_> = group
+                    .iter()
+                    .enumerate()
+                    .map(|(i, piece)| {
+                        let first = round == 0 && i == 0;
+                        s.spawn(move || {
+                            let mut buf = Vec::with_capacity(piece.len() * 128);
+                            write_elements(piece, &mut buf, first).map(|()| buf)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(std::io::Error::other("serialiser panicked")))
+                    })
+                    .collect()
+            });
+            for buf in buffers {
+                out.write_all(&buf?)?;
+            }
+        }
+    }
+    out.write_all(b"]")?;
+    out.flush()
+}
+
+fn write_elements<T: Serialize, W: Write>(
+    items: &[T],
+    out: &mut W,
+    first: bool,
+) -> std::io::Result<()> {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 || !first {
+            out.write_all(b",")?;
+        }
+        serde_json::to_writer(&mut *out, item).map_err(std::io::Error::from)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ec2kit::{SnapshotId, Tags, VolumeId};
+    use proptest::prelude::*;
+
+    fn snapshot(i: usize, description: &str) -> Snapshot {
+        let mut s = Snapshot::new(
+            SnapshotId::parse(&format!("snap-{i:08x}")).unwrap(),
+            VolumeId::parse("vol-0000000a").ok(),
+            jiff::Timestamp::from_second(1_700_000_000 + i as i64).unwrap(),
+            ec2kit::SnapshotState::Completed,
+        );
+        s.tags = Tags::new().with("Name", format!("web-{}", i % 7));
+        s.description = Some(description.to_owned());
+        s
+    }
+
+    #[test]
+    fn boundaries_inside_strings_fall_back_to_one_core() {
+        // Every description holds a fake boundary; whatever the split, the
+        // result equals serde_json's.
+        let items: Vec<Snapshot> = (0..200)
+            .map(|i| snapshot(i, r#"x},{"id":"snap-ffffffff"}"#))
+            .collect();
+        let text = serde_json::to_string(&items).unwrap();
+        for threads in 2..6 {
+            let got = parse_parallel(&text, threads).unwrap_or_else(|| parse(&text).unwrap());
+            assert_eq!(got, items);
+        }
+    }
+
+    #[test]
+    fn text_around_the_array_is_an_error() {
+        let items: Vec<Snapshot> = (0..50).map(|i| snapshot(i, "plain")).collect();
+        let text = format!("{} trailing", serde_json::to_string(&items).unwrap());
+        assert_eq!(parse_parallel(&text, 2), None);
+        assert!(parse(&text).is_err());
+    }
+
+    #[test]
+    fn errors_are_serde_json_positions() {
+        let text = "[\n  {\"id\": \"snap-1\"}\n]";
+        let err = parse(text).unwrap_err();
+        let plain = serde_json::from_str::<Vec<Snapshot>>(text).unwrap_err();
+        assert_eq!((err.line, err.column), (plain.line(), plain.column()));
+        assert_eq!(err.line, 2, "{err}");
+        assert!(err.to_string().contains("missing field"), "{err}");
+    }
+
+    #[test]
+    fn parallel_parse_of_a_pretty_array() {
+        let items: Vec<Snapshot> = (0..300).map(|i| snapshot(i, "plain")).collect();
+        let text = serde_json::to_string_pretty(&items).unwrap();
+        assert_eq!(parse_parallel(&text, 3), Some(items));
+    }
+
+    proptest! {
+        #[test]
+        fn parallel_write_and_parse_equal_serde_json(
+            n in 0usize..400,
+            threads in 2usize..6,
+            piece in 1usize..50,
+            desc in "[a-z{},\\[\\]\" ]{0,12}",
+        ) {
+            let items: Vec<Snapshot> = (0..n).map(|i| snapshot(i, &desc)).collect();
+            let text = serde_json::to_string(&items).unwrap();
+            let mut written = Vec::new();
+            write_array(&items, &mut written, threads, piece).unwrap();
+            prop_assert_eq!(&written, text.as_bytes());
+            let parsed = parse_parallel(&text, threads).map_or_else(|| parse(&text).unwrap(), |v| v);
+            prop_assert_eq!(parsed, items);
+        }
+    }
+}

@@ -39,10 +39,11 @@ const PARALLEL_MIN_BYTES: usize = 4 << 20;
 /// `serde_json::from_str`.
 pub fn parse(text: &str) -> Result<Vec<Snapshot>, InventoryError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    if threads > 1 && text.len() >= PARALLEL_MIN_BYTES {
-        if let Some(snapshots) = parse_parallel(text, threads) {
-            return Ok(snapshots);
-        }
+    if threads > 1
+        && text.len() >= PARALLEL_MIN_BYTES
+        && let Some(snapshots) = parse_parallel(text, threads)
+    {
+        return Ok(snapshots);
     }
     serde_json::from_str(text).map_err(|source| InventoryError {
         line: source.line(),
@@ -64,10 +65,10 @@ fn parse_parallel(text: &str, threads: usize) -> Option<Vec<Snapshot>> {
     for k in 1..threads {
         let guess = body_start + (body_end - body_start) * k / threads;
         let from = guess.max(*cuts.last()?);
-        if let Some(cut) = next_boundary(text.as_bytes(), from, body_end) {
-            if cut > *cuts.last()? {
-                cuts.push(cut);
-            }
+        if let Some(cut) = next_boundary(text.as_bytes(), from, body_end)
+            && cut > *cuts.last()?
+        {
+            cuts.push(cut);
         }
     }
     if cuts.len() < 2 {
@@ -265,7 +266,7 @@ mod tests {
             let mut written = Vec::new();
             write_array(&items, &mut written, threads, piece).unwrap();
             prop_assert_eq!(&written, text.as_bytes());
-            let parsed = parse_parallel(&text, threads).map_or_else(|| parse(&text).unwrap(), |v| v);
+            let parsed = parse_parallel(&text, threads).unwrap_or_else(|| parse(&text).unwrap());
             prop_assert_eq!(parsed, items);
         }
     }

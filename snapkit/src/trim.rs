@@ -196,6 +196,31 @@ pub async fn broken(
         .collect())
 }
 
+/// The plan `delete-broken` applies: every snapshot in `broken` deleted,
+/// the reason quoting EC2's state message.
+pub fn broken_plan(broken: &[Snapshot], region: &Region, now: jiff::Timestamp) -> Plan {
+    let decisions = broken
+        .iter()
+        .map(|s| Decision {
+            id: s.id.clone(),
+            action: crate::retention::Verdict::Delete,
+            reason: crate::retention::Reason::Custom(match s.state_message.as_deref() {
+                Some(m) => format!("state error: {m}"),
+                None => "state error".to_owned(),
+            }),
+            lineage: crate::lineage::lineage_of(s).into(),
+            start_time: s.start_time,
+            region: Some(region.clone()),
+            policy: "delete-broken".into(),
+        })
+        .collect();
+    Plan {
+        now,
+        decisions,
+        notes: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -223,6 +248,29 @@ mod tests {
             decisions,
             notes: vec![],
         }
+    }
+
+    #[test]
+    fn broken_plan_deletes_each_with_ec2s_message() {
+        let region = Region::new("eu-west-1");
+        let mut a = Snapshot::new(
+            SnapshotId::from_api("snap-0000000a"),
+            None,
+            jiff::Timestamp::UNIX_EPOCH,
+            SnapshotState::Error,
+        );
+        a.state_message = Some("KMS key disabled".into());
+        let mut b = a.clone();
+        b.id = SnapshotId::from_api("snap-0000000b");
+        b.state_message = None;
+        let plan = broken_plan(&[a, b], &region, jiff::Timestamp::UNIX_EPOCH);
+        let reasons: Vec<String> = plan.deletions().map(|d| d.reason.to_string()).collect();
+        assert_eq!(reasons, ["state error: KMS key disabled", "state error"]);
+        assert!(
+            plan.decisions
+                .iter()
+                .all(|d| d.region.as_ref() == Some(&region))
+        );
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 
 use ec2kit::{Ec2, Region};
 use serde::Serialize;
-use snapkit::retention::{Decision, Guards, Plan, Reason, Verdict};
+use snapkit::retention::{Decision, Guards, Plan};
 use snapkit::trim::{self, Scope, TrimReport};
 
 use super::plan::{parse_now, print_plan};
@@ -52,9 +52,22 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let mut json = Vec::new();
     let mut plans: Vec<(Region, Plan, Option<TrimReport>)> = Vec::new();
     let mut failed = 0;
+    let mut failed_regions = Vec::new();
     for region in &regions {
-        let snapshots = trim::inventory(&ec2, region, Scope::adopting(args.adopt)).await?;
-        let ami = trim::ami_backed(&ec2, region).await?;
+        // One region that cannot be listed is reported; the others go on.
+        let listed = async {
+            let snapshots = trim::inventory(&ec2, region, Scope::adopting(args.adopt)).await?;
+            let ami = trim::ami_backed(&ec2, region).await?;
+            Ok::<_, ec2kit::Ec2Error>((snapshots, ami))
+        };
+        let (snapshots, ami) = match listed.await {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("error: {region}: {e}");
+                failed_regions.push(region.to_string());
+                continue;
+            }
+        };
         let guards = Guards {
             adopt_unowned: args.adopt,
             ami_backed: Some(ami),
@@ -98,10 +111,23 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     if ctx.output() == OutputFormat::Json {
         output::json(&json)?;
     }
+    outcome(failed, &failed_regions)
+}
+
+/// Exit status of a multi-region run: any failed deletion or region fails it.
+fn outcome(failed: usize, failed_regions: &[String]) -> Result<(), CliError> {
+    let mut problems = Vec::new();
     if failed > 0 {
-        return Err(CliError::Failed(format!("{failed} deletions failed")));
+        problems.push(format!("{failed} deletions failed"));
     }
-    Ok(())
+    if !failed_regions.is_empty() {
+        problems.push(format!("could not list {}", failed_regions.join(", ")));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Failed(problems.join("; ")))
+    }
 }
 
 async fn apply_with_progress(
@@ -123,31 +149,17 @@ pub async fn exec_broken(ctx: &Context, args: BrokenArgs) -> Result<(), CliError
     let regions = ctx.regions(&ec2).await?;
     let mut failed = 0;
     let mut out = Vec::new();
+    let mut failed_regions = Vec::new();
     for region in &regions {
-        let broken = trim::broken(&ec2, region, Scope::adopting(args.adopt)).await?;
-        let decisions: Vec<Decision> = broken
-            .iter()
-            .map(|s| Decision {
-                id: s.id.clone(),
-                action: Verdict::Delete,
-                reason: Reason::Custom(format!(
-                    "state error{}",
-                    s.state_message
-                        .as_deref()
-                        .map(|m| format!(": {m}"))
-                        .unwrap_or_default()
-                )),
-                lineage: snapkit::lineage::lineage_of(s).into(),
-                start_time: s.start_time,
-                region: Some(region.clone()),
-                policy: "delete-broken".into(),
-            })
-            .collect();
-        let plan = Plan {
-            now: jiff::Timestamp::now(),
-            decisions,
-            notes: Vec::new(),
+        let broken = match trim::broken(&ec2, region, Scope::adopting(args.adopt)).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: {region}: {e}");
+                failed_regions.push(region.to_string());
+                continue;
+            }
         };
+        let plan = trim::broken_plan(&broken, region, jiff::Timestamp::now());
         let report = if ctx.global.dry_run {
             None
         } else {
@@ -182,8 +194,5 @@ pub async fn exec_broken(ctx: &Context, args: BrokenArgs) -> Result<(), CliError
             }
         }
     }
-    if failed > 0 {
-        return Err(CliError::Failed(format!("{failed} deletions failed")));
-    }
-    Ok(())
+    outcome(failed, &failed_regions)
 }

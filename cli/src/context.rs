@@ -50,6 +50,7 @@ impl Context {
             home_region: None,
             rate_limits: Some(rate_limits),
             max_attempts: aws.max_attempts,
+            on_request: action_recorder(),
         })
         .await
     }
@@ -98,6 +99,29 @@ impl Context {
             .or_else(|| std::env::var("USER").ok())
             .unwrap_or_else(|| "root".to_owned())
     }
+}
+
+/// With `EKTOOL_RECORD_ACTIONS=FILE`, every AWS request appends its IAM
+/// action (`ec2:DescribeSnapshots`) to FILE: an audit of what a command
+/// really calls, and how the IAM policy tests prove `ektool iam-policy`.
+fn action_recorder() -> Option<ec2kit::RequestHook> {
+    let path = std::env::var_os("EKTOOL_RECORD_ACTIONS")?;
+    Some(ec2kit::RequestHook(std::sync::Arc::new(
+        move |action: ec2kit::Action, _region: &Region| {
+            use std::io::Write;
+            let line = format!("{}\n", action.iam_action());
+            // One write per line with O_APPEND: concurrent requests never
+            // interleave inside a line.
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(line.as_bytes()));
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "cannot record the action");
+            }
+        },
+    )))
 }
 
 /// Expands a leading `~/`.

@@ -73,12 +73,23 @@ actions! {
     RunInstances,
     /// `TerminateInstances`.
     TerminateInstances,
+    /// KMS `DescribeKey` (the pre-flight check of a key before copies
+    /// are encrypted with it).
+    DescribeKey,
 }
 
 impl Action {
+    /// The AWS service the action belongs to (`ec2`, `kms`).
+    pub fn service(self) -> &'static str {
+        match self {
+            Action::DescribeKey => "kms",
+            _ => "ec2",
+        }
+    }
+
     /// The IAM action, e.g. `ec2:DeleteSnapshot`.
     pub fn iam_action(self) -> String {
-        format!("ec2:{}", self.as_str())
+        format!("{}:{}", self.service(), self.as_str())
     }
 
     /// Whether the action only reads.

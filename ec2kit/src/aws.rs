@@ -22,8 +22,8 @@ use crate::requests::{
 };
 use crate::{
     Action, BlockDevice, Ec2, Ec2Error, ErrorKind, Filter, Image, ImageBlockDevice, ImageId,
-    Instance, InstanceId, RateLimiter, RateLimits, Region, RegionInfo, Snapshot, SnapshotId,
-    SnapshotState, Tags, Volume, VolumeAttachment, VolumeId,
+    Instance, InstanceId, KmsKey, RateLimiter, RateLimits, Region, RegionInfo, Snapshot,
+    SnapshotId, SnapshotState, Tags, Volume, VolumeAttachment, VolumeId,
 };
 
 /// The region used for account-wide calls when none is configured.
@@ -44,6 +44,20 @@ pub struct AwsEc2Options {
     pub rate_limits: Option<RateLimits>,
     /// Attempts per request including the first (SDK adaptive retry).
     pub max_attempts: Option<u32>,
+    /// Called before every request (each page too) with its action and
+    /// region: an audit of what a command really calls (the IAM policy
+    /// tests record with it).
+    pub on_request: Option<RequestHook>,
+}
+
+/// A callback for [`AwsEc2Options::on_request`].
+#[derive(Clone)]
+pub struct RequestHook(pub Arc<dyn Fn(Action, &Region) + Send + Sync>);
+
+impl std::fmt::Debug for RequestHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestHook")
+    }
 }
 
 /// EC2 through aws-sdk-ec2.
@@ -58,7 +72,9 @@ struct Inner {
     home_region: Region,
     configured_region: Option<Region>,
     clients: Mutex<HashMap<String, Client>>,
+    kms_clients: Mutex<HashMap<String, aws_sdk_kms::Client>>,
     limiter: RateLimiter,
+    on_request: Option<RequestHook>,
 }
 
 impl AwsEc2 {
@@ -86,7 +102,9 @@ impl AwsEc2 {
                 home_region: home,
                 configured_region,
                 clients: Mutex::new(HashMap::new()),
+                kms_clients: Mutex::new(HashMap::new()),
                 limiter: RateLimiter::new(options.rate_limits.unwrap_or_default()),
+                on_request: options.on_request,
             }),
         }
     }
@@ -118,8 +136,32 @@ impl AwsEc2 {
 
     /// Paces, then hands a client for `region` to the call.
     async fn ready(&self, action: Action, region: &Region) -> Client {
-        self.inner.limiter.acquire(action, region.as_str()).await;
+        self.paced(action, region).await;
         self.client(region)
+    }
+
+    async fn paced(&self, action: Action, region: &Region) {
+        self.inner.limiter.acquire(action, region.as_str()).await;
+        if let Some(hook) = &self.inner.on_request {
+            (hook.0)(action, region);
+        }
+    }
+
+    fn kms_client(&self, region: &Region) -> aws_sdk_kms::Client {
+        let mut clients = self
+            .inner
+            .kms_clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(region.as_str().to_owned())
+            .or_insert_with(|| {
+                let conf = aws_sdk_kms::config::Builder::from(&self.inner.config)
+                    .region(aws_config::Region::new(region.as_str().to_owned()))
+                    .build();
+                aws_sdk_kms::Client::from_conf(conf)
+            })
+            .clone()
     }
 }
 
@@ -921,6 +963,34 @@ impl Ec2 for AwsEc2 {
             .iter()
             .map(|i| instance_from(i, region, out.reservation_id()))
             .collect())
+    }
+
+    async fn describe_kms_key(&self, region: &Region, key_id: &str) -> Result<KmsKey, Ec2Error> {
+        let action = Action::DescribeKey;
+        self.paced(action, region).await;
+        let out = self
+            .kms_client(region)
+            .describe_key()
+            .key_id(key_id)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        let meta = out.key_metadata().ok_or_else(|| {
+            Ec2Error::from_code(
+                action,
+                region.as_str(),
+                "NotFoundException",
+                Some(format!("no metadata for key {key_id}")),
+            )
+        })?;
+        let mut key = KmsKey::new(
+            meta.key_id(),
+            meta.key_state().map_or("Unknown", |s| s.as_str()),
+        );
+        key.arn = meta.arn().map(str::to_owned);
+        key.usage = meta.key_usage().map(|u| u.as_str().to_owned());
+        key.spec = meta.key_spec().map(|u| u.as_str().to_owned());
+        Ok(key)
     }
 
     async fn terminate_instances(

@@ -7,7 +7,7 @@ use crate::requests::{
     RunInstances,
 };
 use crate::{
-    Ec2Error, Filter, Image, ImageId, Instance, InstanceId, Region, RegionInfo, Snapshot,
+    Ec2Error, Filter, Image, ImageId, Instance, InstanceId, KmsKey, Region, RegionInfo, Snapshot,
     SnapshotId, Tags, Volume, VolumeId,
 };
 
@@ -174,6 +174,12 @@ pub trait Ec2: Send + Sync {
         region: &Region,
         request: &RunInstances,
     ) -> Result<Vec<Instance>, Ec2Error>;
+
+    /// Looks up a KMS key in `region` (KMS `DescribeKey`): the pre-flight
+    /// check before snapshot copies are encrypted with it, since a copy with
+    /// an unusable key fails only later, asynchronously, as an `error`
+    /// snapshot.
+    async fn describe_kms_key(&self, region: &Region, key_id: &str) -> Result<KmsKey, Ec2Error>;
 
     /// Terminates instances.
     async fn terminate_instances(

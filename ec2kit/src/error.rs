@@ -76,7 +76,7 @@ impl ErrorKind {
             | "ServiceUnavailable"
             | "Unavailable"
             | "InsufficientInstanceCapacity" => Self::ServerError,
-            c if c.ends_with(".NotFound") || c.ends_with("NotFound") => Self::NotFound,
+            c if c.ends_with("NotFound") || c == "NotFoundException" => Self::NotFound,
             c if c.ends_with(".InUse") || c == "VolumeInUse" => Self::InUse,
             c if c.starts_with("Invalid")
                 || c.starts_with("Missing")

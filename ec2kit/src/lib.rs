@@ -41,6 +41,7 @@ mod filter;
 mod ids;
 mod image;
 mod instance;
+mod kms;
 mod paginate;
 mod region;
 mod snapshot;
@@ -70,6 +71,7 @@ pub use ids::{ImageId, InstanceId, InvalidId, SnapshotId, VolumeId};
 pub use image::{Image, ImageBlockDevice};
 pub use instance::{BlockDevice, Instance};
 pub use job::{GuardedJob, JobState};
+pub use kms::KmsKey;
 pub use local::LocalRemote;
 pub use paced::Paced;
 pub use ratelimit::{Bucket, RateLimiter, RateLimits};
@@ -82,6 +84,6 @@ pub use tags::{InvalidTag, Tag, Tags, is_reserved_key};
 pub use volume::{Volume, VolumeAttachment};
 
 #[cfg(feature = "aws")]
-pub use aws::{AwsEc2, AwsEc2Options};
+pub use aws::{AwsEc2, AwsEc2Options, RequestHook};
 #[cfg(feature = "ssh")]
 pub use ssh::{HostKey, HostKeyStatus, SshOptions, SshRemote, SshTarget};

@@ -12,8 +12,8 @@ use crate::requests::{
     RunInstances,
 };
 use crate::{
-    Action, Ec2, Ec2Error, Filter, Image, ImageId, Instance, InstanceId, RateLimiter, RateLimits,
-    Region, RegionInfo, Snapshot, SnapshotId, Tags, Volume, VolumeId,
+    Action, Ec2, Ec2Error, Filter, Image, ImageId, Instance, InstanceId, KmsKey, RateLimiter,
+    RateLimits, Region, RegionInfo, Snapshot, SnapshotId, Tags, Volume, VolumeId,
 };
 
 /// An [`Ec2`] whose calls first pass a [`RateLimiter`].
@@ -286,6 +286,13 @@ impl<E: Ec2> Ec2 for Paced<E> {
             .acquire(Action::RunInstances, region.as_str())
             .await;
         self.inner.run_instances(region, request).await
+    }
+
+    async fn describe_kms_key(&self, region: &Region, key_id: &str) -> Result<KmsKey, Ec2Error> {
+        self.limiter
+            .acquire(Action::DescribeKey, region.as_str())
+            .await;
+        self.inner.describe_kms_key(region, key_id).await
     }
 
     async fn terminate_instances(

@@ -101,7 +101,8 @@ impl RateLimits {
 pub fn aws_bucket(action: Action) -> Bucket {
     use Action::*;
     match action {
-        a if a.is_describe() => Bucket::new(100.0, 20.0),
+        // KMS allows far more, but one key is checked once per run.
+        a if a.is_describe() || a == DescribeKey => Bucket::new(100.0, 20.0),
         CreateSnapshot | CreateSnapshots | DeleteSnapshot | DeregisterImage | CreateVolume
         | DeleteVolume => Bucket::new(100.0, 5.0),
         CopyImage => Bucket::new(100.0, 1.0),

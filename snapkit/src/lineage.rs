@@ -34,6 +34,13 @@ pub mod tags {
     pub const POLICY: &str = "ektool:policy";
     /// For copies: the snapshot this one was copied from.
     pub const SOURCE_SNAPSHOT: &str = "ektool:source-snapshot";
+    /// For copies: the region of [`SOURCE_SNAPSHOT`].
+    pub const SOURCE_REGION: &str = "ektool:source-region";
+    /// For copies: the point in time of the data (the source's start
+    /// time; a copy's own start time is when the copy began).
+    pub const SOURCE_TIME: &str = "ektool:source-time";
+    /// For AMIs and their copies: the image this one was made from.
+    pub const SOURCE_IMAGE: &str = "ektool:source-image";
     /// The root device name of the instance (for AMIs from snapshots).
     pub const ROOT_DEVICE: &str = "ektool:root-device";
     /// The instance's architecture (for AMIs from snapshots).

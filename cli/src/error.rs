@@ -25,6 +25,9 @@ pub enum CliError {
     /// A host failed.
     #[error(transparent)]
     Remote(#[from] ec2kit::RemoteError),
+    /// A KMS key cannot encrypt snapshot copies.
+    #[error(transparent)]
+    Kms(#[from] snapkit::replicate::KmsCheckError),
     /// Some items of a fleet job failed; the others were done and reported.
     #[error("{failed} of {total} {what} failed")]
     Partial {

@@ -50,9 +50,12 @@ pub struct AwsEc2Options {
     pub on_request: Option<RequestHook>,
 }
 
+/// The function inside a [`RequestHook`].
+pub type RequestFn = dyn Fn(Action, &Region) + Send + Sync;
+
 /// A callback for [`AwsEc2Options::on_request`].
 #[derive(Clone)]
-pub struct RequestHook(pub Arc<dyn Fn(Action, &Region) + Send + Sync>);
+pub struct RequestHook(pub Arc<RequestFn>);
 
 impl std::fmt::Debug for RequestHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -296,7 +296,7 @@ pub enum KmsCheckError {
         region: Region,
         /// What KMS said.
         #[source]
-        source: Ec2Error,
+        source: Box<Ec2Error>,
     },
     /// The key exists but EBS cannot use it.
     #[error("kms key {key} in {region} cannot encrypt snapshots: {reason}")]
@@ -321,7 +321,7 @@ pub async fn check_kms_key(ec2: &dyn Ec2, region: &Region, key: &str) -> Result<
             .map_err(|source| KmsCheckError::Lookup {
                 key: key.to_owned(),
                 region: region.clone(),
-                source,
+                source: Box::new(source),
             })?;
     match found.unusable_because() {
         None => Ok(()),

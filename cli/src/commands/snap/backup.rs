@@ -45,15 +45,17 @@ pub struct Args {
     pub wait_timeout: u64,
 }
 
-fn window(s: &str) -> Result<jiff::SignedDuration, CliError> {
+/// A fixed duration flag (`--window 1h`, `--max-lag 1d`): days and/or
+/// hours, positive.
+pub fn fixed_duration(flag: &str, s: &str) -> Result<jiff::SignedDuration, CliError> {
     let d: snapkit::retention::GfsDuration =
         s.parse()
             .map_err(|e: snapkit::retention::InvalidDuration| {
-                CliError::Usage(format!("--window: {e}"))
+                CliError::Usage(format!("{flag}: {e}"))
             })?;
     d.fixed().ok_or_else(|| {
         CliError::Usage(format!(
-            "--window {s:?}: use days and/or hours, e.g. 1h or 1d"
+            "{flag} {s:?}: use days and/or hours, e.g. 1h or 1d"
         ))
     })
 }
@@ -64,7 +66,7 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         exclude_boot: args.exclude_boot,
         exclude_volumes: args.exclude_volume.clone(),
         policy: ctx.config.retention.policy.clone(),
-        window: window(&args.window)?,
+        window: fixed_duration("--window", &args.window)?,
         dry_run: ctx.global.dry_run,
         ..BackupOptions::default()
     };

@@ -5,6 +5,7 @@ pub mod count;
 pub mod list;
 pub mod plan;
 pub mod policy;
+pub mod replicate;
 pub mod trim;
 
 use crate::context::Context;
@@ -25,6 +26,12 @@ pub enum SnapCommand {
     DeleteBroken(trim::BrokenArgs),
     /// Count snapshots per region against a warning threshold.
     Count(count::Args),
+    /// Copy the newest snapshot of every lineage into another region.
+    Replicate(replicate::Args),
+    /// Every other region into a primary, then the primary into a secondary.
+    ReplicateAll(replicate::AllArgs),
+    /// How far each lineage's copies in another region are behind.
+    Lag(replicate::LagArgs),
 }
 
 /// Runs `ektool snap …`.
@@ -36,5 +43,8 @@ pub async fn exec(ctx: &Context, cmd: SnapCommand) -> Result<(), CliError> {
         SnapCommand::Trim(a) => trim::exec(ctx, a).await,
         SnapCommand::DeleteBroken(a) => trim::exec_broken(ctx, a).await,
         SnapCommand::Count(a) => count::exec(ctx, a).await,
+        SnapCommand::Replicate(a) => replicate::exec(ctx, a).await,
+        SnapCommand::ReplicateAll(a) => replicate::exec_all(ctx, a).await,
+        SnapCommand::Lag(a) => replicate::exec_lag(ctx, a).await,
     }
 }

@@ -1,0 +1,434 @@
+//! `ektool snap replicate`, `snap replicate-all` and `snap lag`.
+
+use std::time::Duration;
+
+use ec2kit::{AwsEc2, Region, Tag};
+use serde::Serialize;
+use snapkit::replicate::{
+    self, CopyEvent, CopyOptions, ReplicationPlan, ReplicationReport, Selection,
+};
+use snapkit::trim::Scope;
+
+use crate::args::OutputFormat;
+use crate::context::Context;
+use crate::error::CliError;
+use crate::output;
+
+/// Which lineages replicate.
+#[derive(Debug, clap::Args)]
+pub struct SelectArgs {
+    /// Lineages whose snapshots carry this tag (default: `defaults.tag`).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub tag: Option<Tag>,
+    /// Every lineage in scope, whatever its tags.
+    #[arg(long, conflicts_with = "tag")]
+    pub all_lineages: bool,
+    /// Only snapshots taken in the source region (`false`: copies that
+    /// arrived there too).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub native_only: bool,
+    /// Also snapshots ektool did not make (explicit adoption).
+    #[arg(long)]
+    pub adopt: bool,
+}
+
+impl SelectArgs {
+    fn selection(&self, ctx: &Context) -> Selection {
+        Selection {
+            tag: (!self.all_lineages).then(|| {
+                self.tag
+                    .clone()
+                    .unwrap_or_else(|| ctx.config.defaults.tag.clone())
+            }),
+            scope: Scope::adopting(self.adopt),
+            native_only: self.native_only,
+        }
+    }
+}
+
+/// How copies run.
+#[derive(Debug, clap::Args)]
+pub struct CopyArgs {
+    /// Copies of this run in flight per destination region (EC2 allows 20
+    /// per destination, shared with any other copies).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=20))]
+    pub max_in_flight: u16,
+    /// Encrypt the copies with this KMS key (id, ARN or alias), checked in
+    /// the destination before any copy starts.
+    #[arg(long, value_name = "KEY")]
+    pub kms_key: Option<String>,
+    /// Wait until every copy has completed (else return once all have
+    /// started; a rerun picks up what is still in flight).
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds between polls of the copies in flight.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
+    pub poll: u64,
+}
+
+impl CopyArgs {
+    fn options(&self) -> CopyOptions {
+        CopyOptions {
+            max_in_flight: usize::from(self.max_in_flight),
+            poll: Duration::from_secs(self.poll.max(1)),
+            wait: self.wait,
+            ..CopyOptions::default()
+        }
+    }
+}
+
+/// Arguments of `ektool snap replicate`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Source region.
+    #[arg(long, value_name = "REGION")]
+    pub from: String,
+    /// Destination region.
+    #[arg(long, value_name = "REGION")]
+    pub to: String,
+    /// Selection.
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Copies.
+    #[command(flatten)]
+    pub copy: CopyArgs,
+}
+
+/// Arguments of `ektool snap replicate-all`.
+#[derive(Debug, clap::Args)]
+pub struct AllArgs {
+    /// Every other region (or those given with --region) replicates here.
+    #[arg(long, value_name = "REGION")]
+    pub primary: String,
+    /// The primary then replicates here.
+    #[arg(long, value_name = "REGION")]
+    pub secondary: Option<String>,
+    /// Also forward the replicas gathered in the primary to the secondary
+    /// (the seed could not); those that arrive during this run go on the
+    /// next one unless --wait.
+    #[arg(long, requires = "secondary")]
+    pub forward_replicas: bool,
+    /// Lineages whose snapshots carry this tag (default: `defaults.tag`).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub tag: Option<Tag>,
+    /// Every lineage in scope, whatever its tags.
+    #[arg(long, conflicts_with = "tag")]
+    pub all_lineages: bool,
+    /// Also snapshots ektool did not make (explicit adoption).
+    #[arg(long)]
+    pub adopt: bool,
+    /// Copies.
+    #[command(flatten)]
+    pub copy: CopyArgs,
+}
+
+/// Arguments of `ektool snap lag`.
+#[derive(Debug, clap::Args)]
+pub struct LagArgs {
+    /// Source region.
+    #[arg(long, value_name = "REGION")]
+    pub from: String,
+    /// Destination region.
+    #[arg(long, value_name = "REGION")]
+    pub to: String,
+    /// Exit 1 when a lineage's newest copy is further behind its newest
+    /// source than this (or has no copy): `12h`, `1d`, `2d12h`.
+    #[arg(long, value_name = "DURATION")]
+    pub max_lag: Option<String>,
+    /// Selection.
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+async fn region(ec2: &AwsEc2, name: &str) -> Result<Region, CliError> {
+    let catalog = ec2kit::fleet::region_catalog(ec2).await?;
+    Ok(catalog.resolve(name)?)
+}
+
+/// Plans, shows, and (without --dry-run) copies.
+pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+    let ec2 = ctx.ec2().await;
+    let from = region(&ec2, &args.from).await?;
+    let to = region(&ec2, &args.to).await?;
+    if from == to {
+        return Err(CliError::Usage(format!("--from and --to are both {from}")));
+    }
+    if let Some(key) = &args.copy.kms_key {
+        replicate::check_kms_key(&ec2, &to, key).await?;
+    }
+    let selection = args.select.selection(ctx);
+    let plan = replicate::plan(&ec2, &from, &to, &selection, args.copy.kms_key.as_deref()).await?;
+    run(ctx, &ec2, vec![plan], &args.copy).await
+}
+
+/// The seed's rsync_all_regions: every other region into the primary, then
+/// the primary into the secondary.
+pub async fn exec_all(ctx: &Context, args: AllArgs) -> Result<(), CliError> {
+    let ec2 = ctx.ec2().await;
+    let catalog = ec2kit::fleet::region_catalog(&ec2).await?;
+    let primary = catalog.resolve(&args.primary)?;
+    let secondary = args
+        .secondary
+        .as_deref()
+        .map(|s| catalog.resolve(s))
+        .transpose()?;
+    if secondary.as_ref() == Some(&primary) {
+        return Err(CliError::Usage(format!(
+            "--primary and --secondary are both {primary}"
+        )));
+    }
+    let sources: Vec<Region> = if ctx.global.regions.is_empty() {
+        catalog.enabled().cloned().collect()
+    } else {
+        catalog.resolve_all(&ctx.global.regions)?
+    };
+    let select = SelectArgs {
+        tag: args.tag.clone(),
+        all_lineages: args.all_lineages,
+        native_only: true,
+        adopt: args.adopt,
+    };
+    let selection = select.selection(ctx);
+    let kms = args.copy.kms_key.as_deref();
+    for to in std::iter::once(&primary).chain(secondary.as_ref()) {
+        if let Some(key) = kms {
+            replicate::check_kms_key(&ec2, to, key).await?;
+        }
+    }
+    // Stage 1: every other region into the primary, sharing its slots.
+    let mut plans = Vec::new();
+    let mut failed_regions = Vec::new();
+    for from in sources
+        .iter()
+        .filter(|r| **r != primary && Some(*r) != secondary.as_ref())
+    {
+        match replicate::plan(&ec2, from, &primary, &selection, kms).await {
+            Ok(p) => plans.push(p),
+            Err(e) => {
+                eprintln!("error: {from}: {e}");
+                failed_regions.push(from.to_string());
+            }
+        }
+    }
+    let mut stages = vec![apply(ctx, &ec2, plans, &args.copy).await];
+    // Stage 2: the primary into the secondary.
+    if let Some(s) = &secondary {
+        let selection = Selection {
+            native_only: !args.forward_replicas,
+            ..selection.clone()
+        };
+        let plan = replicate::plan(&ec2, &primary, s, &selection, kms).await?;
+        stages.push(apply(ctx, &ec2, vec![plan], &args.copy).await);
+    }
+    match ctx.output() {
+        OutputFormat::Json => output::json(&stages)?,
+        OutputFormat::Table => {
+            for (n, stage) in stages.iter().enumerate() {
+                println!(
+                    "== stage {}: into {}",
+                    n + 1,
+                    if n == 0 {
+                        &primary
+                    } else {
+                        secondary.as_ref().unwrap_or(&primary)
+                    }
+                );
+                print_table(ctx, stage);
+            }
+        }
+    }
+    if !failed_regions.is_empty() {
+        return Err(CliError::Failed(format!(
+            "could not list {}",
+            failed_regions.join(", ")
+        )));
+    }
+    outcome(&stages)
+}
+
+/// One source-to-destination stage: its plans and what applying did.
+#[derive(Serialize)]
+struct Stage {
+    plans: Vec<ReplicationPlan>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    applied: Option<ReplicationReport>,
+}
+
+impl Stage {
+    fn failed(&self) -> usize {
+        self.applied.as_ref().map_or(0, ReplicationReport::failed)
+    }
+}
+
+/// Shows one stage, applies it unless --dry-run, reports.
+async fn run(
+    ctx: &Context,
+    ec2: &AwsEc2,
+    plans: Vec<ReplicationPlan>,
+    copy: &CopyArgs,
+) -> Result<(), CliError> {
+    let stage = apply(ctx, ec2, plans, copy).await;
+    match ctx.output() {
+        OutputFormat::Json => output::json(&stage)?,
+        OutputFormat::Table => print_table(ctx, &stage),
+    }
+    outcome(&[stage])
+}
+
+async fn apply(ctx: &Context, ec2: &AwsEc2, plans: Vec<ReplicationPlan>, copy: &CopyArgs) -> Stage {
+    let to_copy: usize = plans.iter().map(|p| p.to_copy().count()).sum();
+    let applied = if ctx.global.dry_run || to_copy == 0 {
+        None
+    } else {
+        let bar = crate::progress::bar(to_copy as u64, "copies");
+        let report = replicate::apply(ec2, &plans, &copy.options(), &|e| match e {
+            CopyEvent::Started { .. } if !copy.wait => bar.inc(1),
+            CopyEvent::Completed { .. } if copy.wait => bar.inc(1),
+            CopyEvent::WaitingForSlot { region } => {
+                bar.set_message(format!("copies (waiting for a slot in {region})"));
+            }
+            _ => {}
+        })
+        .await;
+        bar.finish_and_clear();
+        Some(report)
+    };
+    Stage { plans, applied }
+}
+
+fn outcome(stages: &[Stage]) -> Result<(), CliError> {
+    let failed: usize = stages.iter().map(Stage::failed).sum();
+    if failed > 0 {
+        return Err(CliError::Failed(format!("{failed} copies failed")));
+    }
+    Ok(())
+}
+
+fn print_table(ctx: &Context, stage: &Stage) {
+    let (plans, report) = (&stage.plans, stage.applied.as_ref());
+    let mut outcome = std::collections::HashMap::new();
+    if let Some(r) = report {
+        for res in &r.results {
+            outcome.insert((&res.to, &res.source), &res.outcome);
+        }
+    }
+    output::table(
+        &[
+            "FROM", "TO", "LINEAGE", "SOURCE", "TAKEN", "ACTION", "RESULT",
+        ],
+        plans.iter().flat_map(|p| {
+            let outcome = &outcome;
+            p.items.iter().map(move |i| {
+                let action = match &i.action {
+                    replicate::CopyAction::Copy => "copy".to_owned(),
+                    replicate::CopyAction::Present { copy } => format!("present {copy}"),
+                    replicate::CopyAction::InProgress { copy } => format!("in progress {copy}"),
+                    replicate::CopyAction::Recopy { failed } => format!("recopy ({failed} failed)"),
+                    _ => "?".to_owned(),
+                };
+                let result = match outcome.get(&(&p.to, &i.source)) {
+                    Some(replicate::CopyOutcome::InFlight { copy }) => format!("started {copy}"),
+                    Some(replicate::CopyOutcome::Completed { copy }) => format!("completed {copy}"),
+                    Some(replicate::CopyOutcome::Failed { error }) => format!("failed: {error}"),
+                    _ => "-".to_owned(),
+                };
+                vec![
+                    p.from.to_string(),
+                    p.to.to_string(),
+                    i.lineage.clone(),
+                    i.source.to_string(),
+                    i.taken.strftime("%Y-%m-%d %H:%M").to_string(),
+                    action,
+                    result,
+                ]
+            })
+        }),
+    );
+    let to_copy: usize = plans.iter().map(|p| p.to_copy().count()).sum();
+    match report {
+        Some(r) => println!(
+            "\n{} copies started, {} failed, {} waits for a free slot",
+            r.started,
+            r.failed(),
+            r.slot_waits
+        ),
+        None if ctx.global.dry_run => println!("\ndry run: {to_copy} copies would start"),
+        None => println!("\nnothing to copy"),
+    }
+}
+
+/// Per lineage: newest source, newest copy, how far behind.
+pub async fn exec_lag(ctx: &Context, args: LagArgs) -> Result<(), CliError> {
+    let max = args
+        .max_lag
+        .as_deref()
+        .map(|s| super::backup::fixed_duration("--max-lag", s))
+        .transpose()?
+        .map(|d| d.unsigned_abs());
+    let ec2 = ctx.ec2().await;
+    let from = region(&ec2, &args.from).await?;
+    let to = region(&ec2, &args.to).await?;
+    let rows = replicate::lag(&ec2, &from, &to, &args.select.selection(ctx)).await?;
+    match ctx.output() {
+        OutputFormat::Json => output::json(&rows)?,
+        OutputFormat::Table => output::table(
+            &[
+                "LINEAGE",
+                "NEWEST SOURCE",
+                "TAKEN",
+                "NEWEST COPY",
+                "DATA OF",
+                "BEHIND",
+            ],
+            rows.iter().map(|r| {
+                vec![
+                    r.lineage.clone(),
+                    r.newest_source.to_string(),
+                    r.source_taken.strftime("%Y-%m-%d %H:%M").to_string(),
+                    r.newest_copy
+                        .as_ref()
+                        .map_or("-".into(), ToString::to_string),
+                    r.copy_taken
+                        .map_or("-".into(), |t| t.strftime("%Y-%m-%d %H:%M").to_string()),
+                    match (r.behind_seconds, &r.in_progress) {
+                        (None, Some(c)) => format!("no copy yet ({c} in progress)"),
+                        (None, None) => "no copy".into(),
+                        (Some(0), _) => "up to date".into(),
+                        (Some(s), Some(c)) => format!("{} ({c} in progress)", human(s)),
+                        (Some(s), None) => human(s),
+                    },
+                ]
+            }),
+        ),
+    }
+    if let Some(max) = max {
+        let behind: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.is_behind(max))
+            .map(|r| r.lineage.as_str())
+            .collect();
+        if !behind.is_empty() {
+            return Err(CliError::Failed(format!(
+                "{} lineage(s) more than {} behind in {to}: {}",
+                behind.len(),
+                args.max_lag.as_deref().unwrap_or_default(),
+                behind.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `2d 3h`, `5h 10m`, `42m`.
+fn human(seconds: i64) -> String {
+    let (d, h, m) = (
+        seconds / 86_400,
+        seconds % 86_400 / 3600,
+        seconds % 3600 / 60,
+    );
+    match (d, h) {
+        (0, 0) => format!("{m}m"),
+        (0, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}

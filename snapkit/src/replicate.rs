@@ -460,6 +460,10 @@ pub enum CopyEvent<'a> {
 /// consistency, not a deleted copy.
 const VISIBILITY_GRACE: Duration = Duration::from_secs(300);
 
+/// How long to wait before trying again after `ResourceLimitExceeded`
+/// when none of our own copies finishes first.
+const SLOT_PROBE: Duration = Duration::from_secs(60);
+
 /// Runs plans: copies start as slots allow, per destination region (plans
 /// sharing a destination share its slots).
 pub async fn apply(
@@ -566,9 +570,13 @@ async fn schedule(
     }
     let max = options.max_in_flight.max(1);
     let mut blocked_since: Option<Instant> = None;
+    // After a `ResourceLimitExceeded`, the next attempt waits for one of
+    // our copies to finish or for SLOT_PROBE, whichever is first: no
+    // CopySnapshot per poll while others hold the slots.
+    let mut probe_after: Option<Instant> = None;
     loop {
-        let mut limited = false;
-        while in_flight.len() < max {
+        let mut limited = probe_after.is_some();
+        while in_flight.len() < max && probe_after.is_none_or(|t| Instant::now() >= t) {
             let Some((i, item)) = queue.pop_front() else {
                 break;
             };
@@ -597,6 +605,7 @@ async fn schedule(
                     queue.push_front((i, item));
                     out.slot_waits += 1;
                     limited = true;
+                    probe_after = Some(Instant::now() + SLOT_PROBE);
                     on_event(CopyEvent::WaitingForSlot { region: to });
                     break;
                 }
@@ -671,6 +680,7 @@ async fn schedule(
             if let Some(outcome) = done
                 && let Some(f) = in_flight.remove(&s.id)
             {
+                probe_after = None;
                 match &outcome {
                     CopyOutcome::Completed { copy } => on_event(CopyEvent::Completed { copy }),
                     CopyOutcome::Failed { error } => {

@@ -228,3 +228,29 @@ async fn unreachable_endpoint_is_a_retryable_transport_error() {
     assert_eq!(err.kind, ErrorKind::Transport, "{err}");
     assert!(err.is_retryable());
 }
+
+#[tokio::test]
+async fn kms_keys_are_described_with_their_state() {
+    let region = Region::new("eu-west-1");
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(moto_url())
+        .region(aws_config::Region::new("eu-west-1"))
+        .load()
+        .await;
+    let kms = aws_sdk_kms::Client::new(&conf);
+    let key = kms.create_key().send().await.unwrap();
+    let id = key.key_metadata().unwrap().key_id().to_owned();
+    let ec2 = ec2().await;
+    let found = ec2.describe_kms_key(&region, &id).await.unwrap();
+    assert_eq!(found.key_id, id);
+    assert_eq!(found.unusable_because(), None, "{found:?}");
+    kms.disable_key().key_id(&id).send().await.unwrap();
+    let found = ec2.describe_kms_key(&region, &id).await.unwrap();
+    assert!(found.unusable_because().unwrap().contains("Disabled"));
+    let err = ec2
+        .describe_kms_key(&region, "alias/no-such-key")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("DescribeKey"), "{err}");
+}

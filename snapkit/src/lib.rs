@@ -25,8 +25,10 @@
 //! }
 //! ```
 
+pub mod ami;
 pub mod backup;
 pub mod consistency;
+pub mod instances;
 pub mod inventory;
 pub mod lineage;
 pub mod replicate;

@@ -98,9 +98,19 @@ pub enum Command {
     Regions(commands::regions::Args),
     /// List the instances carrying a tag.
     Instances(commands::instances::Args),
-    /// Snapshots: backup, list, plan, trim, delete-broken, count.
+    /// Snapshots: backup, list, plan, trim, delete-broken, count,
+    /// replicate, replicate-all, lag.
     #[command(subcommand)]
     Snap(commands::snap::SnapCommand),
+    /// AMIs from snapshots, and copies to other regions.
+    #[command(subcommand)]
+    Ami(commands::ami::AmiCommand),
+    /// Instance chores: reboot, termination protection by tag, launch.
+    #[command(subcommand)]
+    Instance(commands::instance::InstanceCommand),
+    /// Tags: instance tags onto their volumes.
+    #[command(subcommand)]
+    Tags(commands::instance::TagsCommand),
     /// SSH hosts: trust a host key, run a command.
     #[command(subcommand)]
     Host(commands::host::HostCommand),

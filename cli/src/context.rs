@@ -74,6 +74,20 @@ impl Context {
         Ok(catalog.resolve_all(&wanted)?)
     }
 
+    /// The one region a command works in (`--region` naming one, or the
+    /// config's or SDK's only region).
+    pub async fn single_region(&self, ec2: &AwsEc2) -> Result<Region, CliError> {
+        let mut regions = self.regions(ec2).await?;
+        if regions.len() != 1 {
+            let names: Vec<String> = regions.iter().map(ToString::to_string).collect();
+            return Err(CliError::Usage(format!(
+                "this command works in one region; got {}: pick one with --region",
+                names.join(", ")
+            )));
+        }
+        Ok(regions.remove(0))
+    }
+
     /// SSH options: config over `~/.ssh` defaults.
     pub fn ssh_options(&self) -> SshOptions {
         let mut options = SshOptions::from_home();

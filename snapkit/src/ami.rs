@@ -350,15 +350,29 @@ pub async fn copy(
         })?;
     let mut out = Vec::new();
     for region in to.iter().filter(|r| *r != from) {
-        let existing = ec2
-            .describe_images(
-                region,
-                &[Filter::new(
-                    format!("tag:{}", tags::SOURCE_IMAGE),
-                    [image.as_str()],
-                )],
-            )
-            .await;
+        // AMI names are unique per region and account, and copies keep the
+        // source's name: a name match finds a copy even where tags at
+        // creation were not applied; the tag finds renamed ones.
+        let by_name = match &source.name {
+            Some(name) => {
+                ec2.describe_images(region, &[Filter::new("name", [name.as_str()])])
+                    .await
+            }
+            None => Ok(Vec::new()),
+        };
+        let existing = match by_name {
+            Ok(found) if !found.is_empty() => Ok(found),
+            _ => {
+                ec2.describe_images(
+                    region,
+                    &[Filter::new(
+                        format!("tag:{}", tags::SOURCE_IMAGE),
+                        [image.as_str()],
+                    )],
+                )
+                .await
+            }
+        };
         let result = match existing {
             Err(e) => AmiCopy::Failed {
                 error: e.to_string(),

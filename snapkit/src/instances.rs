@@ -34,9 +34,24 @@ pub async fn with_reservations(
     if reservations.is_empty() {
         return Ok(named);
     }
-    let mut all = ec2
-        .describe_instances(region, &[Filter::new("reservation-id", reservations)])
-        .await?;
+    // Grouped here rather than with a `reservation-id` filter, which not
+    // every EC2 implementation (moto, for one) supports.
+    let mut all: Vec<Instance> = ec2
+        .describe_instances(
+            region,
+            &[Filter::new(
+                "instance-state-name",
+                ec2kit::fleet::LIVE_STATES.iter().copied(),
+            )],
+        )
+        .await?
+        .into_iter()
+        .filter(|i| {
+            i.reservation_id
+                .as_deref()
+                .is_some_and(|r| reservations.contains(r))
+        })
+        .collect();
     for i in named {
         if !all.iter().any(|a| a.id == i.id) {
             all.push(i);

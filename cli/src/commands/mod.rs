@@ -1,9 +1,11 @@
 //! One module per verb: each has clap `Args` and an `exec` that calls the
 //! libraries.
 
+pub mod ami;
 pub mod completions;
 pub mod config;
 pub mod host;
+pub mod instance;
 pub mod instances;
 pub mod manpage;
 pub mod regions;
@@ -27,6 +29,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Instances(args) => instances::exec(&ctx, args).await,
                 Command::Host(args) => host::exec(&ctx, args).await,
                 Command::Snap(args) => snap::exec(&ctx, args).await,
+                Command::Ami(args) => ami::exec(&ctx, args).await,
+                Command::Instance(args) => instance::exec(&ctx, args).await,
+                Command::Tags(args) => instance::exec_tags(&ctx, args).await,
                 Command::Completions(_) | Command::Manpage(_) => unreachable!("handled above"),
             }
         }

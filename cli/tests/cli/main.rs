@@ -7,6 +7,7 @@ mod harness;
 mod moto;
 
 mod basics;
+mod chores;
 mod ec2;
 mod host;
 mod replicate;

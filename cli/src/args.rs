@@ -114,6 +114,8 @@ pub enum Command {
     /// SSH hosts: trust a host key, run a command.
     #[command(subcommand)]
     Host(commands::host::HostCommand),
+    /// Print the least-privilege IAM policy of a command (or of all).
+    IamPolicy(commands::iam::Args),
     /// Print shell completions.
     Completions(commands::completions::Args),
     /// Write the man pages.

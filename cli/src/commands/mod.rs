@@ -5,6 +5,7 @@ pub mod ami;
 pub mod completions;
 pub mod config;
 pub mod host;
+pub mod iam;
 pub mod instance;
 pub mod instances;
 pub mod manpage;
@@ -21,6 +22,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         // These need no config: they must work even when the config is broken.
         Command::Completions(args) => completions::exec(args),
         Command::Manpage(args) => manpage::exec(args),
+        Command::IamPolicy(args) => iam::exec(args, cli.global.output),
         command => {
             let ctx = Context::load(cli.global)?;
             match command {
@@ -32,7 +34,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Ami(args) => ami::exec(&ctx, args).await,
                 Command::Instance(args) => instance::exec(&ctx, args).await,
                 Command::Tags(args) => instance::exec_tags(&ctx, args).await,
-                Command::Completions(_) | Command::Manpage(_) => unreachable!("handled above"),
+                Command::Completions(_) | Command::Manpage(_) | Command::IamPolicy(_) => {
+                    unreachable!("handled above")
+                }
             }
         }
     }

@@ -10,5 +10,6 @@ mod basics;
 mod chores;
 mod ec2;
 mod host;
+mod iam;
 mod replicate;
 mod snap;

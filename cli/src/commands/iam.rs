@@ -1,0 +1,361 @@
+//! `ektool iam-policy [COMMAND…]`: the least-privilege IAM policy of each
+//! command, as JSON. The table below is proven complete and minimal by the
+//! CLI tests, which run every command against moto with
+//! `EKTOOL_RECORD_ACTIONS` and compare what it called with its policy.
+
+use ec2kit::Action::{self, *};
+use serde_json::json;
+
+use crate::error::CliError;
+
+/// Arguments of `ektool iam-policy`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The command, as typed after `ektool` (`snap backup`, `ami copy`);
+    /// none: one policy for every command.
+    pub command: Vec<String>,
+    /// List the commands and the actions each calls.
+    #[arg(long, conflicts_with = "command")]
+    pub list: bool,
+}
+
+/// Permissions a command needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// The command words.
+    pub command: &'static str,
+    /// Actions the command calls itself.
+    pub actions: &'static [Action],
+    /// Actions called only with a flag: (flag, actions).
+    pub with_flag: &'static [(&'static str, &'static [Action])],
+    /// Permissions AWS checks on the caller's behalf without a call of
+    /// its own: (IAM action, why).
+    pub implied: &'static [(&'static str, &'static str)],
+}
+
+const TAG_ON_CREATE: (&str, &str) = (
+    "ec2:CreateTags",
+    "tags are applied at creation (TagSpecifications), which EC2 authorises as CreateTags",
+);
+const KMS_FOR_COPIES: &[(&str, &str)] = &[
+    (
+        "kms:CreateGrant",
+        "EBS encrypts copies with the key on your behalf",
+    ),
+    ("kms:Decrypt", "EBS reads encrypted sources on your behalf"),
+    (
+        "kms:GenerateDataKeyWithoutPlaintext",
+        "EBS encrypts copies on your behalf",
+    ),
+    ("kms:ReEncrypt*", "EBS re-encrypts copies on your behalf"),
+];
+
+/// Every command that calls AWS, and what it needs. Commands not listed
+/// (`snap plan`, `host …`, `config`, `completions`, `manpage`) call none.
+pub const POLICIES: &[Policy] = &[
+    Policy {
+        command: "regions",
+        actions: &[DescribeRegions],
+        with_flag: &[],
+        implied: &[],
+    },
+    Policy {
+        command: "instances",
+        actions: &[DescribeRegions, DescribeInstances],
+        with_flag: &[],
+        implied: &[],
+    },
+    Policy {
+        command: "snap backup",
+        actions: &[
+            DescribeRegions,
+            DescribeInstances,
+            DescribeVolumes,
+            DescribeSnapshots,
+            CreateSnapshots,
+        ],
+        with_flag: &[("--volume", &[CreateSnapshot])],
+        implied: &[TAG_ON_CREATE],
+    },
+    Policy {
+        command: "snap list",
+        actions: &[DescribeRegions, DescribeSnapshots],
+        with_flag: &[],
+        implied: &[],
+    },
+    Policy {
+        command: "snap trim",
+        actions: &[
+            DescribeRegions,
+            DescribeSnapshots,
+            DescribeImages,
+            DeleteSnapshot,
+        ],
+        with_flag: &[],
+        implied: &[],
+    },
+    Policy {
+        command: "snap delete-broken",
+        actions: &[DescribeRegions, DescribeSnapshots, DeleteSnapshot],
+        with_flag: &[],
+        implied: &[],
+    },
+    Policy {
+        command: "snap count",
+        actions: &[DescribeRegions, DescribeSnapshots],
+        with_flag: &[],
+        implied: &[],
+    },
+    Policy {
+        command: "snap replicate",
+        actions: &[DescribeRegions, DescribeSnapshots, CopySnapshot],
+        with_flag: &[("--kms-key", &[DescribeKey])],
+        implied: &[TAG_ON_CREATE],
+    },
+    Policy {
+        command: "snap replicate-all",
+        actions: &[DescribeRegions, DescribeSnapshots, CopySnapshot],
+        with_flag: &[("--kms-key", &[DescribeKey])],
+        implied: &[TAG_ON_CREATE],
+    },
+    Policy {
+        command: "snap lag",
+        actions: &[DescribeRegions, DescribeSnapshots],
+        with_flag: &[],
+        implied: &[],
+    },
+    Policy {
+        command: "ami create",
+        actions: &[DescribeRegions, DescribeSnapshots, RegisterImage],
+        with_flag: &[],
+        implied: &[TAG_ON_CREATE],
+    },
+    Policy {
+        command: "ami copy",
+        actions: &[DescribeRegions, DescribeImages, CopyImage],
+        with_flag: &[],
+        implied: &[TAG_ON_CREATE],
+    },
+    Policy {
+        command: "instance reboot",
+        actions: &[DescribeRegions, RebootInstances],
+        with_flag: &[],
+        implied: &[],
+    },
+    Policy {
+        command: "instance protect",
+        actions: &[
+            DescribeRegions,
+            DescribeInstances,
+            DescribeInstanceAttribute,
+            ModifyInstanceAttribute,
+        ],
+        with_flag: &[],
+        implied: &[],
+    },
+    Policy {
+        command: "instance launch",
+        actions: &[DescribeRegions, RunInstances, ModifyInstanceAttribute],
+        with_flag: &[],
+        implied: &[TAG_ON_CREATE],
+    },
+    Policy {
+        command: "tags propagate",
+        actions: &[
+            DescribeRegions,
+            DescribeInstances,
+            DescribeVolumes,
+            CreateTags,
+        ],
+        with_flag: &[],
+        implied: &[],
+    },
+];
+
+/// The policy of `command` (words as typed).
+pub fn policy_for(command: &str) -> Option<&'static Policy> {
+    POLICIES.iter().find(|p| p.command == command)
+}
+
+/// `snap replicate-all` → `SnapReplicateAll` (IAM Sids are alphanumeric).
+fn camel(words: &str) -> String {
+    let mut s = String::new();
+    for word in words.split(|c: char| !c.is_ascii_alphanumeric()) {
+        let mut chars = word.chars();
+        if let Some(first) = chars.next() {
+            s.extend(first.to_uppercase());
+            s.extend(chars);
+        }
+    }
+    s
+}
+
+fn names(actions: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut v: Vec<String> = actions.into_iter().collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The IAM policy document for `policies`.
+pub fn document(policies: &[&Policy]) -> serde_json::Value {
+    let mut statements = Vec::new();
+    for p in policies {
+        statements.push(json!({
+            "Sid": format!("Ektool{}", camel(p.command)),
+            "Effect": "Allow",
+            "Action": names(
+                p.actions
+                    .iter()
+                    .map(|a| a.iam_action())
+                    .chain(p.implied.iter().map(|(a, _)| (*a).to_owned()))
+            ),
+            "Resource": "*",
+        }));
+        for (flag, actions) in p.with_flag {
+            let mut extra: Vec<String> = actions.iter().map(|a| a.iam_action()).collect();
+            if *flag == "--kms-key" {
+                extra.extend(KMS_FOR_COPIES.iter().map(|(a, _)| (*a).to_owned()));
+            }
+            statements.push(json!({
+                "Sid": format!("Ektool{}With{}", camel(p.command), camel(flag)),
+                "Effect": "Allow",
+                "Action": names(extra),
+                "Resource": "*",
+            }));
+        }
+    }
+    json!({ "Version": "2012-10-17", "Statement": statements })
+}
+
+/// Prints the policy (or the list).
+pub fn exec(args: Args, format: crate::args::OutputFormat) -> Result<(), CliError> {
+    if args.list && format == crate::args::OutputFormat::Json {
+        let list: Vec<serde_json::Value> = POLICIES
+            .iter()
+            .map(|p| {
+                json!({
+                    "command": p.command,
+                    "actions": names(p.actions.iter().map(|a| a.iam_action())),
+                    "with_flag": p.with_flag.iter().map(|(f, a)| {
+                        json!({ "flag": f, "actions": names(a.iter().map(|a| a.iam_action())) })
+                    }).collect::<Vec<_>>(),
+                    "implied": p.implied.iter().map(|(a, _)| a).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        return crate::output::json(&list);
+    }
+    if args.list {
+        for p in POLICIES {
+            let actions: Vec<String> = p.actions.iter().map(|a| a.iam_action()).collect();
+            println!("{:<20} {}", p.command, actions.join(" "));
+            for (flag, extra) in p.with_flag {
+                let extra: Vec<String> = extra.iter().map(|a| a.iam_action()).collect();
+                println!("{:<20}   with {flag}: {}", "", extra.join(" "));
+            }
+            for (action, why) in p.implied {
+                println!("{:<20}   implied {action}: {why}", "");
+            }
+        }
+        return Ok(());
+    }
+    let chosen: Vec<&Policy> = if args.command.is_empty() {
+        POLICIES.iter().collect()
+    } else {
+        let command = args.command.join(" ");
+        match policy_for(&command) {
+            Some(p) => vec![p],
+            None if NO_AWS.contains(&command.as_str()) => {
+                return Err(CliError::Usage(format!(
+                    "`ektool {command}` makes no AWS calls: it needs no IAM policy"
+                )));
+            }
+            None => {
+                let known: Vec<&str> = POLICIES.iter().map(|p| p.command).collect();
+                return Err(CliError::Usage(format!(
+                    "no command {command:?}; commands calling AWS: {}",
+                    known.join(", ")
+                )));
+            }
+        }
+    };
+    let doc = document(&chosen);
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| CliError::Failed(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Commands that call no AWS API at all.
+pub const NO_AWS: &[&str] = &[
+    "snap plan",
+    "host trust",
+    "host run",
+    "config",
+    "completions",
+    "manpage",
+    "iam-policy",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_snapshot_verb_has_a_policy_or_calls_nothing() {
+        use clap::CommandFactory;
+        let cli = crate::args::Cli::command();
+        let mut missing = Vec::new();
+        for top in cli.get_subcommands() {
+            let subs: Vec<_> = top.get_subcommands().collect();
+            let paths: Vec<String> = if subs.is_empty() {
+                vec![top.get_name().to_owned()]
+            } else {
+                subs.iter()
+                    .filter(|s| s.get_name() != "help")
+                    .map(|s| format!("{} {}", top.get_name(), s.get_name()))
+                    .collect()
+            };
+            for p in paths {
+                if p != "help" && policy_for(&p).is_none() && !NO_AWS.contains(&p.as_str()) {
+                    missing.push(p);
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "commands without an IAM policy: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn documents_are_valid_iam_shapes() {
+        let doc = document(&[policy_for("snap replicate").unwrap()]);
+        let st = doc["Statement"].as_array().unwrap();
+        assert_eq!(st.len(), 2);
+        assert_eq!(st[0]["Sid"], "EktoolSnapReplicate");
+        assert_eq!(st[1]["Sid"], "EktoolSnapReplicateWithKmsKey");
+        assert!(
+            st[0]["Action"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("ec2:CopySnapshot"))
+        );
+        assert!(
+            st[0]["Action"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("ec2:CreateTags"))
+        );
+        assert!(
+            st[1]["Action"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("kms:DescribeKey"))
+        );
+        for s in st {
+            let sid = s["Sid"].as_str().unwrap();
+            assert!(sid.chars().all(|c| c.is_ascii_alphanumeric()), "{sid}");
+        }
+    }
+}

@@ -29,6 +29,7 @@ pub mod backup;
 pub mod consistency;
 pub mod inventory;
 pub mod lineage;
+pub mod mount;
 pub mod retention;
 pub mod trim;
 pub mod wait;

@@ -31,6 +31,7 @@ pub mod inventory;
 pub mod lineage;
 pub mod mount;
 pub mod retention;
+pub mod rsync;
 pub mod trim;
 pub mod wait;
 

@@ -545,7 +545,9 @@ pub async fn sync(
     let installed =
         edit_authorized_keys(destination, spec, &spec.source_marker(), Some(&line)).await;
     let result = match installed {
-        Ok(stale) => run_rsync(source, spec, &dir).await.map(|r| (r, stale)),
+        Ok(stale) => prepare_and_run(source, destination, spec, &dir)
+            .await
+            .map(|r| (r, stale)),
         Err(e) => Err(e.into()),
     };
 
@@ -576,6 +578,20 @@ pub async fn sync(
             after: result.err().map(Box::new),
         }),
     }
+}
+
+async fn prepare_and_run(
+    source: &dyn Remote,
+    destination: &dyn Remote,
+    spec: &SyncSpec,
+    dir: &str,
+) -> Result<(RsyncStats, Vec<String>), SyncError> {
+    // rsync makes only the last component of the destination.
+    if !spec.check_only {
+        let mkdir = Command::argv(["mkdir", "-p", "--", spec.destination_path.as_str()]);
+        run_checked(destination, &mkdir).await?;
+    }
+    run_rsync(source, spec, dir).await
 }
 
 async fn run_rsync(

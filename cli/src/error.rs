@@ -25,6 +25,12 @@ pub enum CliError {
     /// A host failed.
     #[error(transparent)]
     Remote(#[from] ec2kit::RemoteError),
+    /// Mounting or unmounting a snapshot failed.
+    #[error(transparent)]
+    Mount(#[from] snapkit::mount::MountError),
+    /// A file-level sync failed.
+    #[error(transparent)]
+    Sync(#[from] snapkit::rsync::SyncError),
     /// Some items of a fleet job failed; the others were done and reported.
     #[error("{failed} of {total} {what} failed")]
     Partial {

@@ -9,4 +9,5 @@ mod moto;
 mod basics;
 mod ec2;
 mod host;
+mod mount;
 mod snap;

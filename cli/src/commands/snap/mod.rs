@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod count;
 pub mod list;
+pub mod mount;
 pub mod plan;
 pub mod policy;
 pub mod trim;
@@ -25,6 +26,13 @@ pub enum SnapCommand {
     DeleteBroken(trim::BrokenArgs),
     /// Count snapshots per region against a warning threshold.
     Count(count::Args),
+    /// Mount a snapshot read-only on an instance (a new volume from it,
+    /// attached on a free device, mounted without journal replay).
+    Mount(mount::MountArgs),
+    /// Undo a mount: unmount, detach, delete the volume (idempotent).
+    Unmount(mount::UnmountArgs),
+    /// Remove mount volumes left behind by crashed runs.
+    Cleanup(mount::CleanupArgs),
 }
 
 /// Runs `ektool snap …`.
@@ -36,5 +44,8 @@ pub async fn exec(ctx: &Context, cmd: SnapCommand) -> Result<(), CliError> {
         SnapCommand::Trim(a) => trim::exec(ctx, a).await,
         SnapCommand::DeleteBroken(a) => trim::exec_broken(ctx, a).await,
         SnapCommand::Count(a) => count::exec(ctx, a).await,
+        SnapCommand::Mount(a) => mount::exec_mount(ctx, a).await,
+        SnapCommand::Unmount(a) => mount::exec_unmount(ctx, a).await,
+        SnapCommand::Cleanup(a) => mount::exec_cleanup(ctx, a).await,
     }
 }

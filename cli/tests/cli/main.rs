@@ -11,3 +11,4 @@ mod ec2;
 mod host;
 mod mount;
 mod snap;
+mod sync;

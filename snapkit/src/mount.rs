@@ -253,8 +253,11 @@ pub fn choose_source(
     devs: &[BlockDev],
     partition: Option<u32>,
 ) -> Result<BlockDev, MountError> {
-    let mountable =
-        |d: &&BlockDev| d.fstype.as_deref().is_some_and(|t| !NOT_MOUNTABLE.contains(&t));
+    let mountable = |d: &&BlockDev| {
+        d.fstype
+            .as_deref()
+            .is_some_and(|t| !NOT_MOUNTABLE.contains(&t))
+    };
     let listing = || {
         devs.iter()
             .map(|d| format!("{} {}", d.name, d.fstype.as_deref().unwrap_or("-")))
@@ -682,7 +685,10 @@ async fn wait_volume(
                 state: v.state,
             });
         }
-        progress(&format!("{volume}: {} (waiting to be {waiting_for})", v.state));
+        progress(&format!(
+            "{volume}: {} (waiting to be {waiting_for})",
+            v.state
+        ));
         if tokio::time::Instant::now() + waits.poll > deadline {
             return Err(MountError::Timeout {
                 volume: volume.clone(),
@@ -791,7 +797,10 @@ pub async fn plan_mount(
     let on_instance = ec2
         .describe_volumes(
             region,
-            &[Filter::new("attachment.instance-id", [instance.id.as_str()])],
+            &[Filter::new(
+                "attachment.instance-id",
+                [instance.id.as_str()],
+            )],
         )
         .await?;
     let used: Vec<String> = instance
@@ -1554,16 +1563,7 @@ async fn detach_and_delete(
         .iter()
         .find(|a| instance.is_none_or(|i| &a.instance_id == i));
     if let Some(a) = attached {
-        detach(
-            ec2,
-            region,
-            volume,
-            &a.instance_id,
-            force,
-            waits,
-            progress,
-        )
-        .await?;
+        detach(ec2, region, volume, &a.instance_id, force, waits, progress).await?;
     }
     delete(ec2, region, volume).await
 }

@@ -317,16 +317,21 @@ pub fn rsync_argv(spec: &SyncSpec, keydir: &str) -> Vec<String> {
 /// lines it dropped. A filtered copy renamed over the file, under `flock`
 /// on the directory, so concurrent edits are not lost and readers never
 /// see a partial file.
-pub fn authorized_keys_script(path: &str, drop_prefix: &str, add: Option<&str>, now: Timestamp) -> String {
+pub fn authorized_keys_script(
+    path: &str,
+    drop_prefix: &str,
+    add: Option<&str>,
+    now: Timestamp,
+) -> String {
     let now = now.strftime("%Y%m%d%H%M").to_string();
-    let awk = format!(
-        r#"{{ c = $NF; drop = 0
+    // The comment is the last field; `expiry-time="YYYYMMDDHHMMZ"` sorts
+    // as text, so a string comparison with now tells an expired key.
+    let awk = r#"{ c = $NF; drop = 0
   if (index(c, p) == 1) drop = 1
-  else if (index(c, m) == 1 && match($0, /expiry-time="[0-9]+Z"/)) {{
-    t = substr($0, RSTART + 13, RLENGTH - 15); if (t < now) drop = 1 }}
-  if (drop) n++; else print > out }}
-END {{ print n + 0 }}"#
-    );
+  else if (index(c, m) == 1 && match($0, /expiry-time="[0-9]+Z"/)) {
+    t = substr($0, RSTART + 13, RLENGTH - 15); if (t < now) drop = 1 }
+  if (drop) n++; else print > out }
+END { print n + 0 }"#;
     let mut s = String::new();
     let _ = write!(
         s,
@@ -348,7 +353,7 @@ END {{ print n + 0 }}"#
         "  n=$(awk -v p={p} -v m={m} -v now={now} -v out=\"$t\" {awk} \"$f\")",
         p = quote(drop_prefix),
         m = quote(&format!("{MARKER}:")),
-        awk = quote(&awk),
+        awk = quote(awk),
     );
     s.push_str(
         "  chmod --reference=\"$f\" \"$t\" 2>/dev/null || chmod 600 \"$t\"\n\
@@ -526,7 +531,10 @@ async fn edit_authorized_keys(
 
 /// Removes ektool's temporary keys of `spec`'s source (and expired ones)
 /// from the destination: the repair after a crash. Returns how many.
-pub async fn remove_stale_keys(destination: &dyn Remote, spec: &SyncSpec) -> Result<u64, SyncError> {
+pub async fn remove_stale_keys(
+    destination: &dyn Remote,
+    spec: &SyncSpec,
+) -> Result<u64, SyncError> {
     Ok(edit_authorized_keys(destination, spec, &spec.source_marker(), None).await?)
 }
 
@@ -695,7 +703,12 @@ mod tests {
     #[test]
     fn paths_are_checked() {
         assert!(spec().validate().is_ok());
-        for (src, dst) in [("data", "/x"), ("/x", "/"), ("/x", "/a/../b"), ("/x", "rel")] {
+        for (src, dst) in [
+            ("data", "/x"),
+            ("/x", "/"),
+            ("/x", "/a/../b"),
+            ("/x", "rel"),
+        ] {
             let mut s = spec();
             s.source_path = src.into();
             s.destination_path = dst.into();
@@ -726,18 +739,18 @@ mod tests {
 
     /// The authorized_keys script, run here with `sh` on a scratch file.
     fn edit(file: &std::path::Path, prefix: &str, add: Option<&str>, now: &str) -> String {
-        let script = authorized_keys_script(
-            file.to_str().unwrap(),
-            prefix,
-            add,
-            now.parse().unwrap(),
-        );
+        let script =
+            authorized_keys_script(file.to_str().unwrap(), prefix, add, now.parse().unwrap());
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(&script)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
@@ -792,7 +805,12 @@ mod tests {
         let dir = ektool_tests::tempdir();
         let f = dir.path().join("ssh/authorized_keys");
         assert_eq!(
-            edit(&f, "ektool-sync:x:", Some("ssh-ed25519 AAAA ektool-sync:x:1"), "2025-01-01T00:00:00Z"),
+            edit(
+                &f,
+                "ektool-sync:x:",
+                Some("ssh-ed25519 AAAA ektool-sync:x:1"),
+                "2025-01-01T00:00:00Z"
+            ),
             "0"
         );
         assert_eq!(

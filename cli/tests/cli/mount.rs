@@ -27,7 +27,10 @@ struct Bench {
 impl Bench {
     fn new() -> Self {
         let host = ssh_host(3);
-        assert!(host.namespaced, "the bench host needs its own mount namespace");
+        assert!(
+            host.namespaced,
+            "the bench host needs its own mount namespace"
+        );
         let dir = tempdir();
         let known_hosts = host.write_known_hosts(dir.path());
         let log = dir.path().join("log");
@@ -96,16 +99,17 @@ esac
         let out = std::process::Command::new("ssh")
             .args(["-i", self.host.client_key.to_str().unwrap()])
             .args(["-o", "BatchMode=yes", "-o"])
-            .arg(format!(
-                "UserKnownHostsFile={}",
-                self.known_hosts.display()
-            ))
+            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
             .args(["-p", &self.host.port.to_string()])
             .arg(format!("{}@{}", self.host.user, self.host.host))
             .arg("cat /proc/self/mounts")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .any(|l| l.split_whitespace().nth(1) == Some(mountpoint))
@@ -179,8 +183,16 @@ async fn mount_twice_unmount_twice() {
     // --dry-run: the plan, EC2's permission check, and nothing created.
     let dry = Ektool::moto()
         .args(&[
-            "-r", region, "--dry-run", "snap", "mount", &snapshot, "--instance", &id,
-            "--mountpoint", &mp,
+            "-r",
+            region,
+            "--dry-run",
+            "snap",
+            "mount",
+            &snapshot,
+            "--instance",
+            &id,
+            "--mountpoint",
+            &mp,
         ])
         .args(&bench.flags().iter().map(String::as_str).collect::<Vec<_>>())
         .run()
@@ -200,7 +212,10 @@ async fn mount_twice_unmount_twice() {
     let m = out.json();
     let volume = m["volume"].as_str().unwrap().to_owned();
     assert_eq!(m["attach_device"], "/dev/sdf");
-    assert_eq!(m["options"], "ro,noload", "ext4: read-only, no journal replay");
+    assert_eq!(
+        m["options"], "ro,noload",
+        "ext4: read-only, no journal replay"
+    );
     assert_eq!(m["mountpoint"], mp);
     assert_eq!(m["already_mounted"], false);
     assert_eq!(m["host"], bench.host.target());
@@ -237,7 +252,11 @@ async fn mount_twice_unmount_twice() {
     assert_eq!(again["resumed"], true);
     assert_eq!(mount_volumes(region, &inst).await.len(), 1);
     assert_eq!(
-        bench.log().iter().filter(|l| l.starts_with("mount ")).count(),
+        bench
+            .log()
+            .iter()
+            .filter(|l| l.starts_with("mount "))
+            .count(),
         1
     );
 
@@ -265,8 +284,7 @@ async fn mount_twice_unmount_twice() {
     assert_eq!(left[0].tags.get(tags::MOUNT_OF), Some(second.as_str()));
 
     // Again: nothing left to do, still success.
-    snap(&bench, region, &["unmount", &snapshot, "--instance", &id])
-        .success();
+    snap(&bench, region, &["unmount", &snapshot, "--instance", &id]).success();
 
     // By volume id.
     let v2 = m2["volume"].as_str().unwrap();
@@ -284,7 +302,14 @@ async fn encrypted_snapshots_mount_as_encrypted_volumes() {
     let m = snap(
         &bench,
         region,
-        &["mount", &snapshot, "--instance", inst.id.as_str(), "--mountpoint", &mp],
+        &[
+            "mount",
+            &snapshot,
+            "--instance",
+            inst.id.as_str(),
+            "--mountpoint",
+            &mp,
+        ],
     )
     .success()
     .json();
@@ -305,7 +330,14 @@ async fn a_failure_on_the_host_leaves_nothing_behind() {
     let out = snap(
         &bench,
         region,
-        &["mount", &snapshot, "--instance", inst.id.as_str(), "--mountpoint", &mp],
+        &[
+            "mount",
+            &snapshot,
+            "--instance",
+            inst.id.as_str(),
+            "--mountpoint",
+            &mp,
+        ],
     )
     .code(1)
     .stderr_has("mount failed; volume")
@@ -328,8 +360,15 @@ async fn refused_before_anything_is_created() {
     // A template that drops the read-only options is a usage error.
     Ektool::moto()
         .args(&[
-            "-r", region, "snap", "mount", &snapshot, "--instance", &id,
-            "--mount-cmd", "mount {source} {mountpoint}",
+            "-r",
+            region,
+            "snap",
+            "mount",
+            &snapshot,
+            "--instance",
+            &id,
+            "--mount-cmd",
+            "mount {source} {mountpoint}",
         ])
         .run()
         .code(2)
@@ -409,7 +448,15 @@ async fn cleanup_removes_only_ektools_leftovers() {
 
     let dry = Ektool::moto()
         .args(&[
-            "-r", region, "--dry-run", "snap", "cleanup", "--older-than", "0h", "--instance", &id,
+            "-r",
+            region,
+            "--dry-run",
+            "snap",
+            "cleanup",
+            "--older-than",
+            "0h",
+            "--instance",
+            &id,
         ])
         .args(&bench.flags().iter().map(String::as_str).collect::<Vec<_>>())
         .run()
@@ -431,7 +478,11 @@ async fn cleanup_removes_only_ektools_leftovers() {
         .into_iter()
         .map(|v| v.id.to_string())
         .collect();
-    assert_eq!(left, [foreign], "only the volume ektool did not make is left");
+    assert_eq!(
+        left,
+        [foreign],
+        "only the volume ektool did not make is left"
+    );
     assert!(!bench.mounted(&mp));
 }
 
@@ -450,7 +501,14 @@ async fn an_unreachable_host_blocks_unmount_unless_forced() {
     .success();
     let unreachable = |force: bool| {
         let mut e = Ektool::moto().args(&[
-            "-r", region, "--output", "json", "snap", "unmount", &snapshot, "--host",
+            "-r",
+            region,
+            "--output",
+            "json",
+            "snap",
+            "unmount",
+            &snapshot,
+            "--host",
             "root@127.0.0.1:1",
         ]);
         if force {
@@ -458,9 +516,7 @@ async fn an_unreachable_host_blocks_unmount_unless_forced() {
         }
         e.run()
     };
-    unreachable(false)
-        .code(1)
-        .stderr_has("connection failed");
+    unreachable(false).code(1).stderr_has("connection failed");
     assert_eq!(mount_volumes(region, &inst).await.len(), 1, "nothing done");
     let forced = unreachable(true).success().json();
     assert!(

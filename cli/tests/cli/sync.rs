@@ -80,10 +80,17 @@ fn syncs_and_reports_then_removes_the_key() {
     assert_eq!(report["stats"]["transferred_size"], 10_006);
     assert_eq!(report["stale_keys_removed"], 0);
     let dst_dir = h2.local_path(&format!("{name}/dst"));
-    assert_eq!(std::fs::read(dst_dir.join("sub/b.bin")).unwrap(), vec![7u8; 10_000]);
+    assert_eq!(
+        std::fs::read(dst_dir.join("sub/b.bin")).unwrap(),
+        vec![7u8; 10_000]
+    );
     assert!(!dst_dir.join("skip.cache").exists());
     let marker = report["key_comment"].as_str().unwrap();
-    assert!(!std::fs::read_to_string(authorized_keys()).unwrap().contains(marker));
+    assert!(
+        !std::fs::read_to_string(authorized_keys())
+            .unwrap()
+            .contains(marker)
+    );
 
     // The table: a second run transfers nothing.
     sync(&h1, &kh, &src, &dst, &["--exclude", "*.cache"])

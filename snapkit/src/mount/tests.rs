@@ -257,7 +257,9 @@ fn cloud(shared: &Shared) -> MockEc2 {
                     "tag-key" => f.values.iter().any(|k| v.tags.contains_key(k)),
                     name => {
                         let key = name.strip_prefix("tag:").unwrap_or(name);
-                        v.tags.get(key).is_some_and(|x| f.values.iter().any(|w| w == x))
+                        v.tags
+                            .get(key)
+                            .is_some_and(|x| f.values.iter().any(|w| w == x))
                     }
                 })
             })
@@ -609,11 +611,20 @@ async fn a_volume_stuck_creating_times_out_and_is_left_for_cleanup() {
         panic!("{e}")
     };
     assert!(
-        matches!(**cause, MountError::Timeout { waiting_for: "available", .. }),
+        matches!(
+            **cause,
+            MountError::Timeout {
+                waiting_for: "available",
+                ..
+            }
+        ),
         "{cause}"
     );
     // Still `creating`: it cannot be deleted yet; cleanup will find it.
-    assert!(matches!(rollback, Rollback::LeftBehind { .. }), "{rollback}");
+    assert!(
+        matches!(rollback, Rollback::LeftBehind { .. }),
+        "{rollback}"
+    );
     assert!(e.to_string().contains("ektool snap cleanup"), "{e}");
 }
 

@@ -110,12 +110,18 @@ async fn mounts_read_only_once_and_unmounts() {
         .await
         .unwrap();
     assert!(again.already);
-    assert_eq!(lines(&log).iter().filter(|l| l.starts_with("mount ")).count(), 1);
+    assert_eq!(
+        lines(&log)
+            .iter()
+            .filter(|l| l.starts_with("mount "))
+            .count(),
+        1
+    );
 
     let gone = mount::unmount_on_host(&r, &commands, &vol, "/dev/sdg")
         .await
         .unwrap();
-    assert_eq!(gone, [mp.clone()]);
+    assert_eq!(gone, std::slice::from_ref(&mp));
     assert!(lines(&log).contains(&format!("umount {mp}")));
     assert!(
         !mount::mount_table(&r)
@@ -125,7 +131,8 @@ async fn mounts_read_only_once_and_unmounts() {
             .any(|e| e.target == mp)
     );
     assert!(
-        !h.local_path(mp.strip_prefix(SshHost::MOUNT).unwrap()).exists(),
+        !h.local_path(mp.strip_prefix(SshHost::MOUNT).unwrap())
+            .exists(),
         "the empty mountpoint is removed"
     );
     // Unmounting again is a no-op.

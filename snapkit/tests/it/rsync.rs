@@ -107,7 +107,10 @@ async fn copies_with_checksums_deletes_and_honours_excludes() {
         .set_modified(t)
         .unwrap();
     write(dst("old.txt"), "only on the destination\n");
-    write(dst("etc/ssh/ssh_host_ed25519_key"), "the destination's own\n");
+    write(
+        dst("etc/ssh/ssh_host_ed25519_key"),
+        "the destination's own\n",
+    );
 
     let mut s = spec(&h1, &h2, &name);
     s.excludes = vec!["*.log".into()];
@@ -194,12 +197,8 @@ async fn a_crashed_runs_key_is_removed_by_the_next_run() {
     let src_remote = remote(&h1, dir.path());
     let dst_remote = remote(&h2, dir.path());
     // Appended the way ektool does it (under the lock, atomically).
-    let add = rsync::authorized_keys_script(
-        &s.authorized_keys,
-        "no-such-marker",
-        Some(&crashed),
-        s.now,
-    );
+    let add =
+        rsync::authorized_keys_script(&s.authorized_keys, "no-such-marker", Some(&crashed), s.now);
     ec2kit::remote::run_checked(&dst_remote, &ec2kit::Command::shell(add))
         .await
         .unwrap();
@@ -228,13 +227,16 @@ async fn a_wrong_destination_host_key_fails_the_copy() {
     let mut s = spec(&h1, &h2, &name);
     // A key the destination does not have: ssh on the source must refuse
     // (StrictHostKeyChecking=yes), never accept and record it.
-    s.destination.key_base64 = "AAAAC3NzaC1lZDI1NTE5AAAAIHdyb25na2V5d3JvbmdrZXl3cm9uZ2tleXdyb25n".into();
+    s.destination.key_base64 =
+        "AAAAC3NzaC1lZDI1NTE5AAAAIHdyb25na2V5d3JvbmdrZXl3cm9uZ2tleXdyb25n".into();
     let err = rsync::sync(&remote(&h1, dir.path()), &remote(&h2, dir.path()), &s)
         .await
         .unwrap_err();
     assert!(
         err.to_string().contains("Host key verification failed")
-            || err.to_string().contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+            || err
+                .to_string()
+                .contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
         "{err}"
     );
     assert!(!h2.local_path(&format!("{name}/dst/f")).exists());

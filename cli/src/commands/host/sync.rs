@@ -127,7 +127,10 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                     plan.destination_host,
                     plan.destination_path.trim_end_matches('/')
                 );
-                println!("  destination host key  {} {}", key.key_type, key.fingerprint);
+                println!(
+                    "  destination host key  {} {}",
+                    key.key_type, key.fingerprint
+                );
                 println!(
                     "  temporary key         {} in {} on the destination",
                     plan.key_options, plan.authorized_keys

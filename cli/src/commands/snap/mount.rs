@@ -300,7 +300,11 @@ pub async fn exec_mount(ctx: &Context, args: MountArgs) -> Result<(), CliError> 
             println!(
                 "  volume      {}{}{}",
                 mounted.volume,
-                if mounted.encrypted { " (encrypted)" } else { "" },
+                if mounted.encrypted {
+                    " (encrypted)"
+                } else {
+                    ""
+                },
                 if mounted.resumed {
                     " (left by an earlier run)"
                 } else {
@@ -532,8 +536,7 @@ async fn run_unmounts(
                 .host
                 .as_deref()
                 .map(|h| {
-                    SshTarget::parse_with_user(h, &ctx.ssh_user())
-                        .map(|t| remote(ctx, host, t))
+                    SshTarget::parse_with_user(h, &ctx.ssh_user()).map(|t| remote(ctx, host, t))
                 })
                 .transpose()
                 .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -563,7 +566,9 @@ fn report(ctx: &Context, items: &[Item]) -> Result<(), CliError> {
         OutputFormat::Table if items.is_empty() => {}
         OutputFormat::Table => {
             output::table(
-                &["REGION", "VOLUME", "SNAPSHOT", "INSTANCE", "STATE", "RESULT"],
+                &[
+                    "REGION", "VOLUME", "SNAPSHOT", "INSTANCE", "STATE", "RESULT",
+                ],
                 items.iter().map(|i| {
                     let v = &i.plan.volume;
                     vec![
@@ -613,10 +618,9 @@ fn result_text(i: &Item, dry_run: bool) -> String {
             .steps
             .iter()
             .map(|s| match s {
-                mount::UnmountStep::Unmount { .. } => format!(
-                    "unmount on {}",
-                    i.host.as_deref().unwrap_or("<no host>")
-                ),
+                mount::UnmountStep::Unmount { .. } => {
+                    format!("unmount on {}", i.host.as_deref().unwrap_or("<no host>"))
+                }
                 mount::UnmountStep::Detach { .. } => "detach".into(),
                 mount::UnmountStep::WaitAvailable => "wait until created".into(),
                 mount::UnmountStep::Delete => "delete".into(),

@@ -12,12 +12,14 @@
 //!   is made on the source host (`ssh-keygen` in a private 0700 directory,
 //!   so the private key never travels), and its public half is added to
 //!   the destination user's authorized_keys with `restrict` and an
-//!   `expiry-time`, marked with a comment naming the source host and the
-//!   run. The line and the directory are removed again on every path,
-//!   errors included; the authorized_keys edit is a filtered copy renamed
-//!   over the file under `flock`, never an in-place edit. A crashed run's
-//!   line is removed by the next run from the same source, and expired
-//!   lines by any run; until then `expiry-time` keeps it useless.
+//!   `expiry-time`, marked with a comment naming the source host, the job
+//!   (a hash of both paths) and the run. The line and the directory are
+//!   removed again on every path, errors included; the authorized_keys
+//!   edit is a filtered copy renamed over the file under `flock`, never an
+//!   in-place edit. A crashed run's line is removed by the next run of the
+//!   same job (two runs of one job at once would fight over the same
+//!   files anyway; other syncs from the same source are left alone), and
+//!   expired lines by any run; until then `expiry-time` keeps it useless.
 //! - **rsync flags:** `-c` (checksums, so unchanged blocks are not
 //!   rewritten), `-aHAX` (permissions, times, owners, hard links, ACLs,
 //!   xattrs), `--delete`, `--inplace` (EBS snapshots of the destination
@@ -136,20 +138,33 @@ impl SyncSpec {
             .collect()
     }
 
-    /// The comment prefix of this source's keys (a crashed run's key has it too).
-    pub fn source_marker(&self) -> String {
+    /// The comment prefix of this job's keys: source host and a hash of
+    /// both paths. A crashed run of the same job left a line with it;
+    /// concurrent syncs of other directories from the same source have
+    /// another.
+    pub fn job_marker(&self) -> String {
         // No spaces: the marker is the line's last field.
         let host: String = self
             .source_host
             .chars()
             .map(|c| if c.is_whitespace() { '_' } else { c })
             .collect();
-        format!("{MARKER}:{host}:")
+        // FNV-1a: stable across Rust versions and machines, unlike std's hasher.
+        let job = format!(
+            "{}\0{}",
+            self.source_path.trim_end_matches('/'),
+            self.destination_path.trim_end_matches('/')
+        )
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        format!("{MARKER}:{host}:{job:016x}:")
     }
 
     /// This run's key comment.
     pub fn marker(&self) -> String {
-        format!("{}{}", self.source_marker(), self.run_id)
+        format!("{}{}", self.job_marker(), self.run_id)
     }
 
     /// The key's `expiry-time` value (UTC, minutes).
@@ -529,13 +544,13 @@ async fn edit_authorized_keys(
         .unwrap_or(0))
 }
 
-/// Removes ektool's temporary keys of `spec`'s source (and expired ones)
+/// Removes ektool's temporary keys of `spec`'s job (and expired ones)
 /// from the destination: the repair after a crash. Returns how many.
 pub async fn remove_stale_keys(
     destination: &dyn Remote,
     spec: &SyncSpec,
 ) -> Result<u64, SyncError> {
-    Ok(edit_authorized_keys(destination, spec, &spec.source_marker(), None).await?)
+    Ok(edit_authorized_keys(destination, spec, &spec.job_marker(), None).await?)
 }
 
 /// Runs a sync: temporary key on `source`, authorised on `destination`,
@@ -549,9 +564,8 @@ pub async fn sync(
     spec.validate()?;
     let (dir, public) = make_key(source, spec).await?;
     let line = format!("{} {public} {}", key_options(spec), spec.marker());
-    // Same-source lines are from crashed runs: dropped as this one's goes in.
-    let installed =
-        edit_authorized_keys(destination, spec, &spec.source_marker(), Some(&line)).await;
+    // Lines of the same job are from crashed runs: dropped as this one's goes in.
+    let installed = edit_authorized_keys(destination, spec, &spec.job_marker(), Some(&line)).await;
     let result = match installed {
         Ok(stale) => prepare_and_run(source, destination, spec, &dir)
             .await
@@ -695,7 +709,22 @@ mod tests {
     #[test]
     fn marker_and_expiry() {
         let s = spec();
-        assert_eq!(s.marker(), "ektool-sync:root@10.0.0.1:22:abc");
+        let marker = s.marker();
+        assert!(
+            marker.starts_with("ektool-sync:root@10.0.0.1:22:"),
+            "{marker}"
+        );
+        assert!(
+            marker.ends_with(":abc") && !marker.contains(' '),
+            "{marker}"
+        );
+        // Another directory from the same source is another job.
+        let mut other = spec();
+        other.destination_path = "/srv/other".into();
+        assert_ne!(other.job_marker(), s.job_marker());
+        let mut slash = spec();
+        slash.source_path = "/srv/data".into();
+        assert_eq!(slash.job_marker(), s.job_marker());
         assert_eq!(s.expiry(), "202501030304Z");
         assert_eq!(key_options(&s), "restrict,expiry-time=\"202501030304Z\"");
     }

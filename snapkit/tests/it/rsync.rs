@@ -189,19 +189,33 @@ async fn a_crashed_runs_key_is_removed_by_the_next_run() {
     let name = unique("sync-crash");
     write(h1.local_path(&format!("{name}/src/f")), "f\n");
     let s = spec(&h1, &h2, &name);
-    // What a run killed mid-way leaves: its line, with this source's marker.
+    // What a run killed mid-way leaves: its line, with this job's marker.
     let crashed = format!(
         "restrict,expiry-time=\"209901010000Z\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGNyYXNoZWQ {}crashed-run",
-        s.source_marker()
+        s.job_marker()
+    );
+    // A sync of another directory from the same source, still running.
+    let mut other = spec(&h1, &h2, &unique("sync-other"));
+    other.run_id = "concurrent-run".into();
+    let concurrent = format!(
+        "restrict,expiry-time=\"209901010000Z\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGNvbmN1cnJlbnQ {}",
+        other.marker()
     );
     let src_remote = remote(&h1, dir.path());
     let dst_remote = remote(&h2, dir.path());
-    // Appended the way ektool does it (under the lock, atomically).
-    let add =
-        rsync::authorized_keys_script(&s.authorized_keys, "no-such-marker", Some(&crashed), s.now);
-    ec2kit::remote::run_checked(&dst_remote, &ec2kit::Command::shell(add))
-        .await
-        .unwrap();
+    let edit = |drop: String, add: Option<String>| {
+        // The way ektool does it (under the lock, atomically).
+        let script =
+            rsync::authorized_keys_script(&s.authorized_keys, &drop, add.as_deref(), s.now);
+        let dst_remote = &dst_remote;
+        async move {
+            ec2kit::remote::run_checked(dst_remote, &ec2kit::Command::shell(script))
+                .await
+                .unwrap();
+        }
+    };
+    edit("no-such-marker".into(), Some(crashed)).await;
+    edit("no-such-marker".into(), Some(concurrent)).await;
     assert!(
         std::fs::read_to_string(authorized_keys())
             .unwrap()
@@ -211,6 +225,11 @@ async fn a_crashed_runs_key_is_removed_by_the_next_run() {
     assert_eq!(report.stale_keys_removed, 1);
     let text = std::fs::read_to_string(authorized_keys()).unwrap();
     assert!(!text.contains("crashed-run"), "{text}");
+    assert!(
+        text.contains(&other.marker()),
+        "the other job's key stays: {text}"
+    );
+    edit(other.marker(), None).await;
     // The bench's own client key is still there.
     let client = std::fs::read_to_string(format!("{}.pub", h1.client_key.display())).unwrap();
     let blob = client.split_whitespace().nth(1).unwrap();

@@ -33,6 +33,9 @@ pub struct Config {
     /// Consistent snapshots (`snap backup --consistent`).
     #[serde(default)]
     pub consistency: ConsistencyConfig,
+    /// Host-side commands of `snap mount`/`unmount`/`cleanup`.
+    #[serde(default)]
+    pub mount: snapkit::mount::MountCommands,
     /// Where the file was read from (None: built-in defaults).
     #[serde(skip_deserializing)]
     pub path: Option<PathBuf>,

@@ -28,6 +28,12 @@ pub enum CliError {
     /// A KMS key cannot encrypt snapshot copies.
     #[error(transparent)]
     Kms(#[from] snapkit::replicate::KmsCheckError),
+    /// Mounting or unmounting a snapshot failed.
+    #[error(transparent)]
+    Mount(#[from] snapkit::mount::MountError),
+    /// A file-level sync failed.
+    #[error(transparent)]
+    Sync(#[from] snapkit::rsync::SyncError),
     /// Some items of a fleet job failed; the others were done and reported.
     #[error("{failed} of {total} {what} failed")]
     Partial {

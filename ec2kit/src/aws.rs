@@ -868,6 +868,28 @@ impl Ec2 for AwsEc2 {
         Ok(())
     }
 
+    async fn detach_volume_from(
+        &self,
+        region: &Region,
+        volume: &VolumeId,
+        instance: &InstanceId,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        let action = Action::DetachVolume;
+        self.ready(action, region)
+            .await
+            .detach_volume()
+            .volume_id(volume.as_str())
+            .instance_id(instance.as_str())
+            .force(force)
+            .dry_run(dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(())
+    }
+
     async fn delete_volume(
         &self,
         region: &Region,

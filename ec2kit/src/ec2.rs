@@ -143,6 +143,22 @@ pub trait Ec2: Send + Sync {
         dry_run: bool,
     ) -> Result<(), Ec2Error>;
 
+    /// Detaches a volume from one named instance. Prefer this over
+    /// [`Ec2::detach_volume`] when the instance is known: EC2 then refuses
+    /// to detach the volume from any other instance (and some EC2 emulators
+    /// need the instance). The default forwards to `detach_volume`.
+    async fn detach_volume_from(
+        &self,
+        region: &Region,
+        volume: &VolumeId,
+        instance: &InstanceId,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        let _ = instance;
+        self.detach_volume(region, volume, force, dry_run).await
+    }
+
     /// Deletes a volume.
     async fn delete_volume(
         &self,

@@ -236,6 +236,22 @@ impl<E: Ec2> Ec2 for Paced<E> {
             .await
     }
 
+    async fn detach_volume_from(
+        &self,
+        region: &Region,
+        volume: &VolumeId,
+        instance: &InstanceId,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        self.limiter
+            .acquire(Action::DetachVolume, region.as_str())
+            .await;
+        self.inner
+            .detach_volume_from(region, volume, instance, force, dry_run)
+            .await
+    }
+
     async fn delete_volume(
         &self,
         region: &Region,

@@ -31,8 +31,10 @@ pub mod consistency;
 pub mod instances;
 pub mod inventory;
 pub mod lineage;
+pub mod mount;
 pub mod replicate;
 pub mod retention;
+pub mod rsync;
 pub mod trim;
 pub mod wait;
 

@@ -1,5 +1,7 @@
 //! `ektool host`: the explicit host-key trust step, and running a command.
 
+pub mod sync;
+
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,6 +24,10 @@ pub enum HostCommand {
     Trust(TrustArgs),
     /// Run a command on a host whose key is trusted.
     Run(RunArgs),
+    /// Copy a directory from one host to another with rsync, run on the
+    /// source host (checksums, in place, --delete, the seed's excludes;
+    /// host keys checked, a temporary restricted key).
+    Sync(sync::Args),
 }
 
 /// Arguments of `ektool host trust`.
@@ -61,6 +67,7 @@ pub async fn exec(ctx: &Context, cmd: HostCommand) -> Result<(), CliError> {
     match cmd {
         HostCommand::Trust(args) => trust(ctx, args).await,
         HostCommand::Run(args) => run(ctx, args).await,
+        HostCommand::Sync(args) => sync::exec(ctx, args).await,
     }
 }
 

@@ -125,6 +125,39 @@ pub const POLICIES: &[Policy] = &[
         implied: &[],
     },
     Policy {
+        command: "snap mount",
+        actions: &[
+            DescribeRegions,
+            DescribeSnapshots,
+            DescribeInstances,
+            DescribeVolumes,
+            CreateVolume,
+            AttachVolume,
+        ],
+        // A failed mount removes the volume it made.
+        with_flag: &[("on-failure", &[DetachVolume, DeleteVolume])],
+        implied: &[TAG_ON_CREATE],
+    },
+    Policy {
+        command: "snap unmount",
+        actions: &[DescribeRegions, DescribeVolumes, DetachVolume, DeleteVolume],
+        // The instance's address, when no --host names the host.
+        with_flag: &[("without --host", &[DescribeInstances])],
+        implied: &[],
+    },
+    Policy {
+        command: "snap cleanup",
+        actions: &[
+            DescribeRegions,
+            DescribeVolumes,
+            DescribeInstances,
+            DetachVolume,
+            DeleteVolume,
+        ],
+        with_flag: &[],
+        implied: &[],
+    },
+    Policy {
         command: "ami create",
         actions: &[DescribeRegions, DescribeSnapshots, RegisterImage],
         with_flag: &[],
@@ -291,6 +324,7 @@ pub const NO_AWS: &[&str] = &[
     "snap plan",
     "host trust",
     "host run",
+    "host sync",
     "config",
     "completions",
     "manpage",

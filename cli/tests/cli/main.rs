@@ -11,5 +11,7 @@ mod chores;
 mod ec2;
 mod host;
 mod iam;
+mod mount;
 mod replicate;
 mod snap;
+mod sync;

@@ -237,7 +237,7 @@ async fn replicate_copies_each_lineage_once_with_its_tags_and_a_rerun_copies_not
 
 #[tokio::test]
 async fn replicate_all_gathers_into_the_primary_and_forwards_to_the_secondary() {
-    let (a, b, primary, secondary) = ("eu-west-2", "eu-west-3", "eu-central-1", "eu-south-1");
+    let (a, b, primary, secondary) = ("eu-west-2", "ap-southeast-3", "eu-central-1", "eu-south-1");
     let key = ektool_tests::unique("rall");
     let tag = format!("{key}=prod");
     let vols_a = backed_up(a, &key, 1).await;

@@ -89,8 +89,15 @@ async fn trim_dry_run_changes_nothing_then_trim_deletes_only_what_the_plan_said(
         .run()
         .success();
     let plan = dry.json();
-    assert_eq!(ids_with(&plan, "delete").len(), 2);
-    assert_eq!(ids_with(&plan, "keep").len(), 1);
+    // Earlier (failed) runs on a long-lived bench may have left lineages
+    // of their own: count this run's.
+    let deleted_here = |ids: Vec<String>| ids.into_iter().filter(|id| owned.contains(id)).count();
+    assert_eq!(deleted_here(ids_with(&plan, "delete")), 2);
+    let kept_here: Vec<String> = ids_with(&plan, "keep")
+        .into_iter()
+        .filter(|id| owned.contains(id))
+        .collect();
+    assert_eq!(kept_here.len(), 1);
     assert_eq!(
         all_snapshot_ids(region).await,
         before,
@@ -117,9 +124,25 @@ async fn trim_dry_run_changes_nothing_then_trim_deletes_only_what_the_plan_said(
         "apply did what the dry run showed"
     );
     let after = all_snapshot_ids(region).await;
-    assert_eq!(after.len(), before.len() - 2);
+    assert_eq!(after.len(), before.len() - deleted.len());
+    // Everything ektool made in the region (earlier runs' too).
+    let ours: Vec<String> = ec2()
+        .await
+        .describe_snapshots(
+            &Region::new(region),
+            &[ec2kit::Filter::new(
+                format!("tag:{}", tags::OWNER),
+                [tags::OWNER_VALUE],
+            )],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id.to_string())
+        .chain(deleted.iter().cloned())
+        .collect();
     for id in &deleted {
-        assert!(owned.contains(id));
+        assert!(ours.contains(id));
         assert!(!after.contains(id));
     }
     for id in &foreign {
@@ -129,14 +152,15 @@ async fn trim_dry_run_changes_nothing_then_trim_deletes_only_what_the_plan_said(
         );
     }
     // Every preloaded AMI snapshot survives too.
-    let untouched: Vec<&String> = before.iter().filter(|id| !owned.contains(id)).collect();
+    let untouched: Vec<&String> = before.iter().filter(|id| !ours.contains(id)).collect();
     assert!(untouched.iter().all(|id| after.contains(id)));
 }
 
 #[tokio::test]
 async fn list_writes_the_inventory_plan_reads() {
     let region = "af-south-1";
-    snapshots(region, 4, true).await;
+    let ours = snapshots(region, 4, true).await;
+    snapshots(region, 1, false).await;
     let dir = tempdir();
     let inv = dir.path().join("inventory.json");
     let list = Ektool::moto()
@@ -144,17 +168,25 @@ async fn list_writes_the_inventory_plan_reads() {
         .run()
         .success();
     let listed = list.json();
-    assert_eq!(
-        listed.as_array().unwrap().len(),
-        4,
+    let listed = listed.as_array().unwrap();
+    assert!(
+        listed
+            .iter()
+            .all(|s| s["tags"][tags::OWNER] == tags::OWNER_VALUE),
         "only ektool's snapshots are listed"
     );
-    for s in listed.as_array().unwrap() {
+    // This run's lineage (earlier runs on a long-lived bench left others).
+    let mine: Vec<&serde_json::Value> = listed
+        .iter()
+        .filter(|s| ours.contains(&s["id"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(mine.len(), 4);
+    for s in &mine {
         for field in ["id", "volume_id", "start_time", "state", "tags"] {
             assert!(s.get(field).is_some(), "{field} missing in {s}");
         }
     }
-    std::fs::write(&inv, &list.stdout).unwrap();
+    std::fs::write(&inv, serde_json::to_vec(&mine).unwrap()).unwrap();
     // Offline: no endpoint, no credentials.
     let plan = Ektool::new()
         .env_remove("AWS_ACCESS_KEY_ID")
@@ -284,6 +316,25 @@ fn plan_offline_projects_into_the_future_and_validates_input() {
 #[tokio::test]
 async fn count_warns_above_the_threshold() {
     let region = "eu-west-3";
+    let count = || async {
+        Ektool::moto()
+            .args(&[
+                "-r",
+                region,
+                "--output",
+                "json",
+                "snap",
+                "count",
+                "--warn-at",
+                "100000",
+            ])
+            .run()
+            .success()
+            .json()[0]["snapshots"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = count().await;
     snapshots(region, 2, true).await;
     let out = Ektool::moto()
         .args(&[
@@ -298,7 +349,7 @@ async fn count_warns_above_the_threshold() {
         ])
         .run()
         .success();
-    assert_eq!(out.json()[0]["snapshots"], 2);
+    assert_eq!(out.json()[0]["snapshots"], before + 2);
     Ektool::moto()
         .args(&["-r", region, "snap", "count", "--warn-at", "1"])
         .run()

@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod count;
 pub mod list;
+pub mod mount;
 pub mod plan;
 pub mod policy;
 pub mod replicate;
@@ -32,6 +33,13 @@ pub enum SnapCommand {
     ReplicateAll(replicate::AllArgs),
     /// How far each lineage's copies in another region are behind.
     Lag(replicate::LagArgs),
+    /// Mount a snapshot read-only on an instance (a new volume from it,
+    /// attached on a free device, mounted without journal replay).
+    Mount(mount::MountArgs),
+    /// Undo a mount: unmount, detach, delete the volume (idempotent).
+    Unmount(mount::UnmountArgs),
+    /// Remove mount volumes left behind by crashed runs.
+    Cleanup(mount::CleanupArgs),
 }
 
 /// Runs `ektool snap …`.
@@ -46,5 +54,8 @@ pub async fn exec(ctx: &Context, cmd: SnapCommand) -> Result<(), CliError> {
         SnapCommand::Replicate(a) => replicate::exec(ctx, a).await,
         SnapCommand::ReplicateAll(a) => replicate::exec_all(ctx, a).await,
         SnapCommand::Lag(a) => replicate::exec_lag(ctx, a).await,
+        SnapCommand::Mount(a) => mount::exec_mount(ctx, a).await,
+        SnapCommand::Unmount(a) => mount::exec_unmount(ctx, a).await,
+        SnapCommand::Cleanup(a) => mount::exec_cleanup(ctx, a).await,
     }
 }

@@ -1,0 +1,204 @@
+//! The host side of `snap mount` over real SSH. There are no block
+//! devices here, so recording scripts stand in for device resolution and
+//! the probe, and mount a tmpfs named like the device instead: the mount
+//! is real (in the host's own mount namespace), so mount-table checks,
+//! reruns and unmounting are exercised for real.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ec2kit::{Command, Remote, SshOptions, SshRemote, SshTarget, VolumeId};
+use ektool_tests::{SshHost, ssh_host, tempdir, unique};
+use snapkit::mount::{self, MountCommands, MountError};
+
+fn remote(host: &SshHost, dir: &Path) -> SshRemote {
+    let kh = host.write_known_hosts(dir);
+    SshRemote::new(
+        SshTarget::parse_with_user(&host.target(), "unused").unwrap(),
+        SshOptions {
+            identity_files: vec![host.client_key.clone()],
+            use_agent: false,
+            known_hosts: kh,
+            connect_timeout: Duration::from_secs(10),
+        },
+    )
+}
+
+/// Templates calling a recording script that logs its arguments to `log`.
+fn recording(dir: &Path) -> (MountCommands, PathBuf) {
+    let log = dir.join("log");
+    let rec = dir.join("rec");
+    std::fs::write(
+        &rec,
+        format!(
+            r#"#!/bin/sh
+echo "$*" >> '{log}'
+case "$1" in
+  resolve) echo "/dev/ektool-fake-$2" ;;
+  probe) echo "$2 1073741824 xfs" ;;
+  mount) exec mount -t tmpfs -o ro "$3" "$4" ;;
+  umount) exec umount "$2" ;;
+esac
+"#,
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&rec, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = rec.display();
+    (
+        MountCommands {
+            resolve: format!("{r} resolve {{volume}} {{device}} {{nvme}} {{xen}}"),
+            probe: format!("{r} probe {{source}}"),
+            mount: format!("{r} mount {{options}} {{source}} {{mountpoint}}"),
+            unmount: format!("{r} umount {{mountpoint}}"),
+        },
+        log,
+    )
+}
+
+fn lines(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn host() -> SshHost {
+    let h = ssh_host(3);
+    assert!(h.namespaced, "the bench host needs its own mount namespace");
+    h
+}
+
+#[tokio::test]
+async fn mounts_read_only_once_and_unmounts() {
+    let h = host();
+    let dir = tempdir();
+    let (commands, log) = recording(dir.path());
+    let r = remote(&h, dir.path());
+    let vol = VolumeId::from_api("vol-0123456789abcdef0");
+    let mp = format!("{}/{}/snap", SshHost::MOUNT, unique("mount"));
+
+    let m = mount::mount_on_host(&r, &commands, &vol, "/dev/sdg", &mp, None)
+        .await
+        .unwrap();
+    assert!(!m.already);
+    assert_eq!(m.source, "/dev/ektool-fake-vol-0123456789abcdef0");
+    assert_eq!(m.options, "ro,norecovery,nouuid");
+    assert_eq!(
+        lines(&log),
+        [
+            "resolve vol-0123456789abcdef0 /dev/sdg /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0 /dev/xvdg".to_owned(),
+            "probe /dev/ektool-fake-vol-0123456789abcdef0".to_owned(),
+            format!("mount ro,norecovery,nouuid /dev/ektool-fake-vol-0123456789abcdef0 {mp}"),
+        ]
+    );
+    let table = mount::mount_table(&r).await.unwrap();
+    let entry = table.iter().find(|e| e.target == mp).expect("mounted");
+    assert!(entry.options.split(',').any(|o| o == "ro"));
+    // Only in the host's own namespace, not on this machine.
+    assert!(
+        !std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .contains(&mp)
+    );
+
+    // A rerun finds it mounted and mounts nothing.
+    let again = mount::mount_on_host(&r, &commands, &vol, "/dev/sdg", &mp, None)
+        .await
+        .unwrap();
+    assert!(again.already);
+    assert_eq!(
+        lines(&log)
+            .iter()
+            .filter(|l| l.starts_with("mount "))
+            .count(),
+        1
+    );
+
+    let gone = mount::unmount_on_host(&r, &commands, &vol, "/dev/sdg")
+        .await
+        .unwrap();
+    assert_eq!(gone, std::slice::from_ref(&mp));
+    assert!(lines(&log).contains(&format!("umount {mp}")));
+    assert!(
+        !mount::mount_table(&r)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.target == mp)
+    );
+    assert!(
+        !h.local_path(mp.strip_prefix(SshHost::MOUNT).unwrap())
+            .exists(),
+        "the empty mountpoint is removed"
+    );
+    // Unmounting again is a no-op.
+    assert!(
+        mount::unmount_on_host(&r, &commands, &vol, "/dev/sdg")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_busy_mountpoint_is_refused() {
+    let h = host();
+    let dir = tempdir();
+    let (commands, log) = recording(dir.path());
+    let r = remote(&h, dir.path());
+    let mp = format!("{}/{}/busy", SshHost::MOUNT, unique("mount"));
+    let setup = format!("mkdir -p {mp} && mount -t tmpfs something-else {mp}");
+    ec2kit::remote::run_checked(&r, &Command::shell(setup))
+        .await
+        .unwrap();
+    let err = mount::mount_on_host(
+        &r,
+        &commands,
+        &VolumeId::from_api("vol-0000000000000000b"),
+        "/dev/sdf",
+        &mp,
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, MountError::MountpointBusy { .. }), "{err}");
+    assert!(err.to_string().contains("something-else"), "{err}");
+    assert!(!lines(&log).iter().any(|l| l.starts_with("mount ")));
+    r.run(&Command::shell(format!("umount {mp}")))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_template_that_mounts_read_write_is_caught_and_undone() {
+    let h = host();
+    let dir = tempdir();
+    let (mut commands, _) = recording(dir.path());
+    // Keeps the placeholder but ignores it.
+    commands.mount = "mount -t tmpfs -o rw {source} {mountpoint} # {options}".into();
+    let r = remote(&h, dir.path());
+    let mp = format!("{}/{}/rw", SshHost::MOUNT, unique("mount"));
+    let err = mount::mount_on_host(
+        &r,
+        &commands,
+        &VolumeId::from_api("vol-0000000000000000c"),
+        "/dev/sdf",
+        &mp,
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("not read-only"), "{err}");
+    assert!(
+        !mount::mount_table(&r)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.target == mp),
+        "unmounted again"
+    );
+}

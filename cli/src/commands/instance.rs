@@ -189,14 +189,10 @@ async fn protect(ctx: &Context, args: ProtectArgs) -> Result<(), CliError> {
     let production = ctx.config.defaults.tag.clone();
     let found = select(&ec2, &region, &args.which).await?;
     let plan = instances::plan_protection(&ec2, &region, &found, &production).await?;
-    let errors: Vec<String> = if ctx.global.dry_run {
+    let errors = if ctx.global.dry_run {
         Vec::new()
     } else {
-        instances::apply_protection(&ec2, &region, &plan)
-            .await
-            .into_iter()
-            .filter_map(|(id, r)| r.err().map(|e| format!("{id}: {e}")))
-            .collect()
+        failures(instances::apply_protection(&ec2, &region, &plan).await)
     };
     match ctx.output() {
         OutputFormat::Json => output::json(&Applied {
@@ -233,6 +229,14 @@ async fn protect(ctx: &Context, args: ProtectArgs) -> Result<(), CliError> {
     )
 }
 
+/// The failed items of an apply, as `id: error` lines.
+fn failures<I: std::fmt::Display>(results: Vec<(I, Result<(), ec2kit::Ec2Error>)>) -> Vec<String> {
+    results
+        .into_iter()
+        .filter_map(|(id, r)| r.err().map(|e| format!("{id}: {e}")))
+        .collect()
+}
+
 fn fail_on(errors: Vec<String>, total: usize, what: &'static str) -> Result<(), CliError> {
     for e in &errors {
         eprintln!("error: {e}");
@@ -258,14 +262,10 @@ async fn propagate(ctx: &Context, args: PropagateArgs) -> Result<(), CliError> {
         instances::with_reservations(&ec2, &region, &args.which.instances).await?
     };
     let plan = instances::plan_volume_tags(&ec2, &region, &found).await?;
-    let errors: Vec<String> = if ctx.global.dry_run {
+    let errors = if ctx.global.dry_run {
         Vec::new()
     } else {
-        instances::apply_volume_tags(&ec2, &region, &plan)
-            .await
-            .into_iter()
-            .filter_map(|(id, r)| r.err().map(|e| format!("{id}: {e}")))
-            .collect()
+        failures(instances::apply_volume_tags(&ec2, &region, &plan).await)
     };
     match ctx.output() {
         OutputFormat::Json => output::json(&Applied {

@@ -104,6 +104,16 @@ pub enum Command {
     /// SSH hosts: trust a host key, run a command.
     #[command(subcommand)]
     Host(commands::host::HostCommand),
+    /// Deploy a release to an environment (`deploy unlock` removes a stale lock).
+    Deploy(commands::deploy::DeployArgs),
+    /// Switch an environment back to its previous good release.
+    Rollback(commands::deploy::rollback::Args),
+    /// The release log of an environment, with current and bad marks.
+    Releases(commands::deploy::releases::Args),
+    /// Turn maintenance mode on or off (a flag file in shared/, plus hooks).
+    Maintenance(commands::deploy::maintenance::Args),
+    /// Run the restart hooks in the live release.
+    Restart(commands::deploy::restart::Args),
     /// Print shell completions.
     Completions(commands::completions::Args),
     /// Write the man pages.

@@ -33,6 +33,9 @@ pub struct Config {
     /// Consistent snapshots (`snap backup --consistent`).
     #[serde(default)]
     pub consistency: ConsistencyConfig,
+    /// Deploy environments: `[environments.<name>]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environments: BTreeMap<String, deploykit::Environment>,
     /// Where the file was read from (None: built-in defaults).
     #[serde(skip_deserializing)]
     pub path: Option<PathBuf>,

@@ -3,6 +3,7 @@
 
 pub mod completions;
 pub mod config;
+pub mod deploy;
 pub mod host;
 pub mod instances;
 pub mod manpage;
@@ -27,6 +28,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Instances(args) => instances::exec(&ctx, args).await,
                 Command::Host(args) => host::exec(&ctx, args).await,
                 Command::Snap(args) => snap::exec(&ctx, args).await,
+                Command::Deploy(args) => deploy::exec(&ctx, args).await,
+                Command::Rollback(args) => deploy::rollback::exec(&ctx, args).await,
+                Command::Releases(args) => deploy::releases::exec(&ctx, args).await,
+                Command::Maintenance(args) => deploy::maintenance::exec(&ctx, args).await,
+                Command::Restart(args) => deploy::restart::exec(&ctx, args).await,
                 Command::Completions(_) | Command::Manpage(_) => unreachable!("handled above"),
             }
         }

@@ -7,6 +7,7 @@ mod harness;
 mod moto;
 
 mod basics;
+mod deploy;
 mod ec2;
 mod host;
 mod snap;

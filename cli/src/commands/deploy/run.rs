@@ -47,8 +47,18 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let (name, env) = environment(ctx, &args.target)?;
     // Everything git decides happens before any host is contacted.
     let repo = LocalRepo::open(&args.repo)?;
-    let spec = RefSpec::parse(args.reference.as_deref().unwrap_or(""));
-    let mut release = repo.release_with(&spec, env, &name, args.allow_untagged)?;
+    let mut release = match &args.tag {
+        // A new tag goes on the branch head (or --ref): resolve that, not
+        // the latest tag, and apply every rule but the tag requirement.
+        Some(_) => {
+            let what = args.reference.clone().unwrap_or_else(|| env.branch.clone());
+            repo.release_with(&RefSpec::parse(&what), env, &name, true)?
+        }
+        None => {
+            let spec = RefSpec::parse(args.reference.as_deref().unwrap_or(""));
+            repo.release_with(&spec, env, &name, args.allow_untagged)?
+        }
+    };
     let mut new_tag = None;
     if let Some(bump) = &args.tag {
         let tag = repo.next_tag(&Bump::parse(bump), &env.version_pattern)?;

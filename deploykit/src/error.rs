@@ -93,7 +93,7 @@ pub enum DeployError {
     #[error("{lock}{}", hint(lock))]
     Locked {
         /// The lock found.
-        lock: HeldLock,
+        lock: Box<HeldLock>,
     },
     /// A host could not be reached or a command failed outside a deploy's
     /// stages (locking, reading state).
@@ -139,7 +139,7 @@ pub enum DeployError {
     )]
     LockNotStale {
         /// The lock.
-        lock: HeldLock,
+        lock: Box<HeldLock>,
     },
 }
 

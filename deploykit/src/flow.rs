@@ -244,9 +244,20 @@ impl Deployer {
         }
     }
 
-    /// Takes the lock on every host, in order; on contention releases what
-    /// it took and retries until `lock_wait` runs out.
-    pub(crate) async fn lock_all(&self, action: String, token: &str) -> Result<(), DeployError> {
+    /// Takes the lock on every host and reads their state in the same
+    /// command. The first host (in lock order) is locked alone, then the
+    /// others in parallel: every run on the same hosts must pass the first
+    /// one, so two of them cannot each hold half. On contention it releases
+    /// what it took and retries until `lock_wait` runs out.
+    ///
+    /// Returns the states and how long the parallel round took (an estimate
+    /// of the hosts' command latency, used to schedule the switch).
+    pub(crate) async fn lock_all(
+        &self,
+        action: String,
+        token: &str,
+        commit: Option<&str>,
+    ) -> Result<(Vec<HostState>, Duration), DeployError> {
         let owner = LockOwner {
             actor: self.actor.clone(),
             environment: self.environment.clone(),
@@ -255,41 +266,62 @@ impl Deployer {
             message: self.message.clone(),
             token: token.to_owned(),
         };
-        let stale_after = self.config.lock_stale_after();
         let deadline = Instant::now() + self.lock_wait;
         loop {
-            let mut taken = 0;
+            let t = Instant::now();
+            let first = self.try_lock(&self.hosts[0], &owner, commit).await;
+            let mut results = vec![first];
+            if matches!(results[0], Ok(Attempt::Acquired(_))) {
+                results.extend(
+                    futures::future::join_all(
+                        self.hosts[1..]
+                            .iter()
+                            .map(|h| self.try_lock(h, &owner, commit)),
+                    )
+                    .await,
+                );
+            }
+            let latency = t.elapsed();
+            let mut states = Vec::new();
             let mut held = None;
-            for host in &self.hosts {
-                match lock::try_acquire(host, &owner, stale_after).await {
-                    Ok(Attempt::Acquired) => taken += 1,
-                    Ok(Attempt::Held(h)) => {
-                        held = Some(h);
-                        break;
+            let mut error = None;
+            let mut taken = Vec::new();
+            for (h, r) in self.hosts.iter().zip(results) {
+                match r {
+                    Ok(Attempt::Acquired(state)) => {
+                        taken.push(h);
+                        states.push(state);
+                    }
+                    Ok(Attempt::Held(l)) => {
+                        held.get_or_insert(l);
                     }
                     Err(e) => {
-                        self.unlock_first(taken, token).await;
-                        return Err(failed(
-                            Stage::Lock,
-                            vec![HostFailure {
-                                host: host.name().to_owned(),
-                                stage: Stage::Lock,
-                                error: e.to_string(),
-                            }],
-                        ));
+                        error.get_or_insert(HostFailure {
+                            host: h.name().to_owned(),
+                            stage: Stage::Lock,
+                            error: e.to_string(),
+                        });
                     }
                 }
             }
-            let Some(lock) = held else {
+            if held.is_none() && error.is_none() {
                 self.emit(Event::Locked {
                     hosts: self.hosts.len(),
                 });
-                return Ok(());
+                return Ok((states, latency));
+            }
+            self.unlock_hosts(&taken, token).await;
+            if let Some(f) = error {
+                return Err(failed(Stage::Lock, vec![f]));
+            }
+            let Some(lock) = held else {
+                unreachable!("held or error")
             };
-            self.unlock_first(taken, token).await;
             let now = Instant::now();
             if now >= deadline || lock.stale.is_some() {
-                return Err(DeployError::Locked { lock });
+                return Err(DeployError::Locked {
+                    lock: Box::new(lock),
+                });
             }
             self.emit(Event::LockWaiting {
                 holder: lock.to_string(),
@@ -298,8 +330,17 @@ impl Deployer {
         }
     }
 
-    async fn unlock_first(&self, n: usize, token: &str) {
-        let hosts = &self.hosts[..n];
+    async fn try_lock(
+        &self,
+        host: &Host,
+        owner: &LockOwner,
+        commit: Option<&str>,
+    ) -> Result<Attempt, ec2kit::RemoteError> {
+        let script = HostState::script(host, commit, self.config.maintenance_file.as_str());
+        lock::try_acquire(host, owner, self.config.lock_stale_after(), &script).await
+    }
+
+    async fn unlock_hosts(&self, hosts: &[&Host], token: &str) {
         let results =
             futures::future::join_all(hosts.iter().map(|h| lock::release(h, token))).await;
         for (h, r) in hosts.iter().zip(results) {
@@ -313,7 +354,8 @@ impl Deployer {
     }
 
     pub(crate) async fn unlock_all(&self, token: &str) {
-        self.unlock_first(self.hosts.len(), token).await;
+        let all: Vec<&Host> = self.hosts.iter().collect();
+        self.unlock_hosts(&all, token).await;
     }
 
     fn fresh_name(&self, states: &[HostState]) -> String {
@@ -428,10 +470,20 @@ impl Deployer {
         let started = Instant::now();
         let url = self.check()?;
         let token = uuid::Uuid::new_v4().simple().to_string();
-        self.lock_all(format!("deploy {}", release.describe), &token)
+        let (states, latency) = self
+            .lock_all(
+                format!("deploy {}", release.describe),
+                &token,
+                Some(&release.commit),
+            )
             .await?;
-        let result = self.deploy_locked(release, &url, &token, started).await;
-        self.unlock_all(&token).await;
+        let result = self
+            .deploy_locked(release, &url, &token, started, states, latency)
+            .await;
+        // On success each host's last command released its lock.
+        if result.is_err() {
+            self.unlock_all(&token).await;
+        }
         let (kind, error, old) = match &result {
             Ok((_, old)) => (NotificationKind::Succeeded, None, old.clone()),
             Err((e, old)) => (NotificationKind::Failed, Some(e.to_string()), old.clone()),
@@ -475,12 +527,10 @@ impl Deployer {
         url: &str,
         token: &str,
         started: Instant,
+        states: Vec<HostState>,
+        latency: Duration,
     ) -> Result<(DeployReport, Option<String>), (DeployError, Option<String>)> {
         let layout = self.config.release_layout();
-        let states = self
-            .inspect(Some(&release.commit))
-            .await
-            .map_err(|e| (e, None))?;
         for (h, s) in self.hosts.iter().zip(&states) {
             self.emit(Event::Inspected {
                 host: h.name().to_owned(),
@@ -535,26 +585,22 @@ impl Deployer {
             self.hooks_ran(first.host, Phase::BeforeSwitch, t);
         }
 
-        // Barrier passed: every host is prepared. Switch them all at once.
-        let barrier = Instant::now();
-        let switched = futures::future::join_all(slots.iter().map(|s| async move {
-            let r = switch::switch(s.host, s.placement.release(), token).await;
-            (r, barrier.elapsed().as_secs_f64() * 1000.0)
-        }))
-        .await;
+        // Barrier passed: every host is prepared. Switch them all at once,
+        // at one scheduled moment.
+        let results = self
+            .switch_all(
+                slots
+                    .iter()
+                    .map(|s| (s.host, s.placement.release(), s.state.current.clone())),
+                token,
+                latency,
+            )
+            .await;
         let mut failures = Vec::new();
         let mut times = Vec::new();
-        for (s, (r, at_ms)) in slots.iter().zip(switched) {
+        for (s, r) in slots.iter().zip(results) {
             match r {
-                Ok(()) => {
-                    times.push(at_ms);
-                    self.emit(Event::Switched {
-                        host: s.host.name().to_owned(),
-                        release: s.placement.release().to_owned(),
-                        previous: s.state.current.clone(),
-                        at_ms,
-                    });
-                }
+                Ok(t) => times.extend(t),
                 Err(e) => failures.push(self.host_failed(s.host, Stage::Switch, e.to_string())),
             }
         }
@@ -564,8 +610,7 @@ impl Deployer {
                     .await,
             ));
         }
-        let spread = times.iter().cloned().fold(f64::MIN, f64::max)
-            - times.iter().cloned().fold(f64::MAX, f64::min);
+        let spread = spread_ms(&times);
 
         // Restart, after-switch hooks and health checks, every host.
         let after = self
@@ -586,7 +631,7 @@ impl Deployer {
             ));
         }
 
-        // Live everywhere: record, clean up.
+        // Live everywhere: record, clean up and unlock, one command per host.
         let mut outcomes = Vec::new();
         let (slots, layout) = (&slots, &layout);
         let results = self
@@ -600,21 +645,32 @@ impl Deployer {
                     Some(LogResult::Success),
                     None,
                 );
-                if let Err(e) = log::append(s.host, &[entry]).await {
-                    self.warn(s.host, format!("could not write the release log: {e}"));
-                }
                 let removed = cleanup_after(layout.as_ref(), &s.state, name, &release.commit);
-                if !removed.is_empty() {
-                    match s
-                        .host
-                        .run_checked(&release::remove_script(s.host, &removed))
-                        .await
-                    {
-                        Ok(_) => self.emit(Event::Cleaned {
-                            host: s.host.name().to_owned(),
-                            removed: removed.clone(),
-                        }),
-                        Err(e) => self.warn(s.host, format!("cleanup failed: {e}")),
+                let script = format!(
+                    "{}\n{}{}",
+                    log::append_fragment(s.host),
+                    release::remove_fragment(s.host, &removed),
+                    lock::release_fragment(s.host, token)
+                );
+                let line = log::line(&entry);
+                match s
+                    .host
+                    .run_checked(&ec2kit::Command::shell(script).stdin(line))
+                    .await
+                {
+                    Ok(_) if !removed.is_empty() => self.emit(Event::Cleaned {
+                        host: s.host.name().to_owned(),
+                        removed: removed.clone(),
+                    }),
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.warn(
+                            s.host,
+                            format!("could not record the release, clean up or unlock: {e}"),
+                        );
+                        if let Err(e) = lock::release(s.host, token).await {
+                            self.warn(s.host, format!("could not release the lock: {e}"));
+                        }
                     }
                 }
                 HostOutcome {
@@ -637,6 +693,44 @@ impl Deployer {
             },
             old_commit,
         ))
+    }
+
+    /// Switches hosts to releases at one scheduled moment (see
+    /// [`switch::switch_command`]): far enough ahead for every command to
+    /// have started (1.5 × the hosts' observed latency), emitting an event
+    /// per host with its offset from the first rename. Returns each host's
+    /// rename time (host clock, ns) or its error.
+    pub(crate) async fn switch_all<'h>(
+        &self,
+        targets: impl Iterator<Item = (&'h Host, &'h str, Option<String>)>,
+        token: &str,
+        latency: Duration,
+    ) -> Vec<Result<Option<i128>, ec2kit::RemoteError>> {
+        let margin = (latency * 3 / 2 + Duration::from_millis(20)).min(Duration::from_secs(3));
+        let at = switch::now_ns() + i128::try_from(margin.as_nanos()).unwrap_or(0);
+        let targets: Vec<_> = targets.collect();
+        let results = futures::future::join_all(
+            targets
+                .iter()
+                .map(|(h, r, _)| switch::switch(h, r, token, Some(at))),
+        )
+        .await;
+        let first = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied().flatten())
+            .min()
+            .unwrap_or(at);
+        for ((h, r, previous), result) in targets.iter().zip(&results) {
+            if let Ok(t) = result {
+                self.emit(Event::Switched {
+                    host: h.name().to_owned(),
+                    release: (*r).to_owned(),
+                    previous: previous.clone(),
+                    at_ms: t.map_or(0.0, |t| (t - first) as f64 / 1e6),
+                });
+            }
+        }
+        results
     }
 
     fn context(&self, slot: &Slot<'_>, release: &Release, action: &str) -> HookContext {
@@ -725,20 +819,20 @@ impl Deployer {
             });
             return Ok(());
         };
-        let git_env = release::git_env(&self.config);
+        let marker = Marker {
+            release: name.clone(),
+            commit: release.commit.clone(),
+            tag: release.tag.clone(),
+            built_at: Timestamp::now(),
+        };
+        let hooks = &self.config.hooks.build;
+        // One command: fetch (only if the mirror lacks the commit),
+        // checkout, shared links, and the marker when no hook follows.
+        let mut script = String::new();
         if !slot.state.mirror_has_commit {
-            let mut c = ec2kit::Command::shell(release::fetch_script(host, url, &release.commit));
-            for (k, v) in &git_env {
-                c = c.env(k.clone(), v.clone());
-            }
-            host.run_checked(&c)
-                .await
-                .map_err(|e| fail(Stage::Fetch, e.to_string()))?;
-            self.emit(Event::Fetched {
-                host: host.name().to_owned(),
-            });
+            script.push_str(&release::fetch_script(host, url, &release.commit));
         }
-        let mut c = ec2kit::Command::shell(release::checkout_script(
+        script.push_str(&release::checkout_script(
             host,
             &self.config,
             url,
@@ -746,33 +840,36 @@ impl Deployer {
             &release.commit,
             *in_place,
         ));
-        for (k, v) in &git_env {
-            c = c.env(k.clone(), v.clone());
+        if hooks.is_empty() {
+            script.push_str(&release::marker_fragment(&marker));
         }
+        let mut c = ec2kit::Command::shell(script);
+        for (k, v) in release::git_env(&self.config) {
+            c = c.env(k, v);
+        }
+        let stage = if slot.state.mirror_has_commit {
+            Stage::Checkout
+        } else {
+            Stage::Fetch
+        };
         host.run_checked(&c)
             .await
-            .map_err(|e| fail(Stage::Checkout, e.to_string()))?;
+            .map_err(|e| fail(stage, e.to_string()))?;
         self.emit(Event::CheckedOut {
             host: host.name().to_owned(),
             release: name.clone(),
         });
-        if !self.config.hooks.build.is_empty() {
+        if !hooks.is_empty() {
             let th = Instant::now();
             let ctx = self.context(slot, release, "deploy");
-            hooks::run_phase(host, Phase::Build, &self.config.hooks.build, &ctx)
+            hooks::run_phase(host, Phase::Build, hooks, &ctx)
                 .await
                 .map_err(|e| fail(Stage::Build, e.to_string()))?;
             self.hooks_ran(host, Phase::Build, th);
+            release::write_marker(host, &marker)
+                .await
+                .map_err(|e| fail(Stage::Finish, e.to_string()))?;
         }
-        let marker = Marker {
-            release: name.clone(),
-            commit: release.commit.clone(),
-            tag: release.tag.clone(),
-            built_at: Timestamp::now(),
-        };
-        release::write_marker(host, &marker)
-            .await
-            .map_err(|e| fail(Stage::Finish, e.to_string()))?;
         self.emit(Event::Prepared {
             host: host.name().to_owned(),
             release: name.clone(),
@@ -879,8 +976,10 @@ impl Deployer {
                         s.host,
                         prev,
                         &format!("back{}", uuid::Uuid::new_v4().simple()),
+                        None,
                     )
                     .await
+                    .map(|_| ())
                 }
                 // It had no (complete) previous release: take the new one out.
                 _ => switch::unset(s.host, new).await,
@@ -982,6 +1081,14 @@ fn cleanup_after(
     }
     let previous = state.current.as_deref().filter(|p| *p != name);
     layout.cleanup(&after, name, previous)
+}
+
+/// Milliseconds between the first and the last of the hosts' rename times.
+pub(crate) fn spread_ms(times: &[i128]) -> f64 {
+    match (times.iter().min(), times.iter().max()) {
+        (Some(a), Some(b)) => (b - a) as f64 / 1e6,
+        _ => 0.0,
+    }
 }
 
 fn failed(stage: Stage, failures: Vec<HostFailure>) -> DeployError {

@@ -80,26 +80,34 @@ impl HostState {
         commit: Option<&str>,
         maintenance_file: &str,
     ) -> Result<Self, RemoteError> {
-        let script = format!(
-            "cd {root} 2>/dev/null || {{ echo absent; exit 0; }}\n\
-             printf 'current\\t%s\\n' \"$(readlink current 2>/dev/null)\"\n\
-             for d in releases/*/; do\n\
-             \x20 [ -d \"$d\" ] || continue\n\
-             \x20 n=${{d#releases/}}; n=${{n%/}}\n\
-             \x20 if [ -f \"$d{MARKER}\" ]; then printf 'release\\t%s\\t' \"$n\"; tr -d '\\n' < \"$d{MARKER}\"; echo; else printf 'unfinished\\t%s\\n' \"$n\"; fi\n\
-             done\n\
-             if [ -d repo.git ]; then echo repo; fi\n\
-             if [ -n {commit} ] && git -C repo.git cat-file -e {commit}^{{commit}} 2>/dev/null; then echo mirror; fi\n\
-             if [ -e shared/{maint} ]; then echo maintenance; fi\n",
-            root = q(host.root()),
-            commit = q(commit.unwrap_or("")),
-            maint = q(maintenance_file),
-        );
+        let script = Self::script(host, commit, maintenance_file);
         let out = host.run_checked(&Command::shell(script)).await?;
         Ok(Self::parse(&out.stdout_str()))
     }
 
-    fn parse(text: &str) -> Self {
+    /// The read-only script that prints a host's state (also run by the
+    /// lock step, saving a round trip per host).
+    pub(crate) fn script(host: &Host, commit: Option<&str>, maintenance_file: &str) -> String {
+        // Builtins only in the loop (`read`, not `cat`): no fork per release.
+        format!(
+            "(cd {root} 2>/dev/null || {{ echo absent; exit 0; }}\n\
+             printf 'current\\t%s\\n' \"$(readlink current 2>/dev/null)\"\n\
+             for d in releases/*/; do\n\
+             \x20 [ -d \"$d\" ] || continue\n\
+             \x20 n=${{d#releases/}}; n=${{n%/}}\n\
+             \x20 if [ -f \"$d{MARKER}\" ]; then m=; IFS= read -r m < \"$d{MARKER}\" || true; printf 'release\\t%s\\t%s\\n' \"$n\" \"$m\"; else printf 'unfinished\\t%s\\n' \"$n\"; fi\n\
+             done\n\
+             if [ -d repo.git ]; then echo repo; fi\n\
+             if [ -n {commit} ] && git -C repo.git cat-file -e {commit}^{{commit}} 2>/dev/null; then echo mirror; fi\n\
+             if [ -e shared/{maint} ]; then echo maintenance; fi)\n",
+            root = q(host.root()),
+            commit = q(commit.unwrap_or("")),
+            maint = q(maintenance_file),
+        )
+    }
+
+    /// Parses what [`HostState::script`] printed.
+    pub(crate) fn parse(text: &str) -> Self {
         let mut state = Self {
             exists: true,
             ..Self::default()

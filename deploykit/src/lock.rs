@@ -20,6 +20,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::host::{Actor, Host, process_alive, this_machine};
+use crate::layout::HostState;
 use crate::shell::q;
 
 /// Who holds a lock.
@@ -102,20 +103,23 @@ fn lock_dir(host: &Host) -> String {
 /// What an attempt to lock one host found.
 #[derive(Debug)]
 pub(crate) enum Attempt {
-    Acquired,
+    /// Taken; the host's state, read in the same command.
+    Acquired(HostState),
     Held(HeldLock),
 }
 
-/// Tries to take the lock on one host.
+/// Tries to take the lock on one host, and reads its state in the same
+/// round trip (`state_script`, from [`HostState::script`]).
 pub(crate) async fn try_acquire(
     host: &Host,
     owner: &LockOwner,
     stale_after: Duration,
+    state_script: &str,
 ) -> Result<Attempt, RemoteError> {
     let dir = q(&lock_dir(host));
     let script = format!(
         "mkdir -p {meta} || exit 1\n\
-         if mkdir {dir} 2>/dev/null; then cat > {dir}/owner.json; echo acquired; exit 0; fi\n\
+         if mkdir {dir} 2>/dev/null; then cat > {dir}/owner.json; echo acquired\n{state_script}exit 0; fi\n\
          echo held\n\
          (tr -d '\\n' < {dir}/owner.json) 2>/dev/null; echo\n\
          stat -c %Y {dir} 2>/dev/null || date +%s\n\
@@ -127,10 +131,10 @@ pub(crate) async fn try_acquire(
         .run_checked(&Command::shell(script).stdin(json))
         .await?;
     let text = out.stdout_str();
-    let mut lines = text.lines();
-    match lines.next() {
-        Some("acquired") => Ok(Attempt::Acquired),
+    match text.split_once('\n') {
+        Some(("acquired", rest)) => Ok(Attempt::Acquired(HostState::parse(rest))),
         _ => {
+            let mut lines = text.lines().skip(1);
             let owner_line = lines.next().unwrap_or_default();
             let mtime: i64 = lines
                 .next()
@@ -200,14 +204,20 @@ pub async fn status(host: &Host, stale_after: Duration) -> Result<Option<HeldLoc
     )))
 }
 
+/// The shell fragment that releases the lock if this run's token holds it.
+pub(crate) fn release_fragment(host: &Host, token: &str) -> String {
+    let dir = q(&lock_dir(host));
+    format!(
+        "if grep -qF {token} {dir}/owner.json 2>/dev/null; then rm -rf {dir}; fi\n",
+        token = q(token)
+    )
+}
+
 /// Releases the lock if (and only if) this run's token holds it.
 pub(crate) async fn release(host: &Host, token: &str) -> Result<(), RemoteError> {
-    let dir = q(&lock_dir(host));
-    let script = format!(
-        "if grep -qF {token} {dir}/owner.json 2>/dev/null; then rm -rf {dir}; fi",
-        token = q(token)
-    );
-    host.run_checked(&Command::shell(script)).await.map(|_| ())
+    host.run_checked(&Command::shell(release_fragment(host, token)))
+        .await
+        .map(|_| ())
 }
 
 /// Removes a lock whoever holds it (the explicit `unlock --force`).

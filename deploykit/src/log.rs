@@ -87,6 +87,22 @@ pub(crate) async fn append(host: &Host, entries: &[LogEntry]) -> Result<(), Remo
         .map(|_| ())
 }
 
+/// The shell fragment that appends standard input to the log.
+pub(crate) fn append_fragment(host: &Host) -> String {
+    format!(
+        "mkdir -p {meta} && cat >> {file}",
+        meta = q(&host.path(".ektool")),
+        file = q(&host.path(LOG_FILE)),
+    )
+}
+
+/// One entry as a log line.
+pub(crate) fn line(entry: &LogEntry) -> Vec<u8> {
+    let mut l = serde_json::to_vec(entry).unwrap_or_default();
+    l.push(b'\n');
+    l
+}
+
 /// Reads a host's log (empty when there is none), oldest first.
 pub async fn read(host: &Host) -> Result<Vec<LogEntry>, RemoteError> {
     let script = format!("cat {} 2>/dev/null || true", q(&host.path(LOG_FILE)));

@@ -99,9 +99,8 @@ impl Deployer {
             return Err(DeployError::NoHosts);
         }
         let token = uuid::Uuid::new_v4().simple().to_string();
-        self.lock_all(action.to_owned(), &token).await?;
+        let (states, _) = self.lock_all(action.to_owned(), &token, None).await?;
         let result = async {
-            let states = self.inspect(None).await?;
             let results = self
                 .each(self.config.parallel.max(1), |i, h| {
                     let state: &HostState = &states[i];
@@ -175,7 +174,9 @@ impl Deployer {
             locks.push(r?);
         }
         if !force && let Some(live) = locks.iter().flatten().find(|l| l.stale.is_none()) {
-            return Err(DeployError::LockNotStale { lock: live.clone() });
+            return Err(DeployError::LockNotStale {
+                lock: Box::new(live.clone()),
+            });
         }
         let mut out = Vec::new();
         for (h, l) in self.hosts.iter().zip(locks) {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::environment::{Environment, SharedPath};
 use crate::host::Host;
 use crate::shell::q;
-use ec2kit::{Command, RemoteError};
+use ec2kit::RemoteError;
 
 /// What is being deployed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,10 +200,25 @@ pub(crate) async fn write_marker(host: &Host, marker: &Marker) -> Result<(), Rem
         .await
 }
 
-/// Removes release directories (never the live one: the script checks).
-pub(crate) fn remove_script(host: &Host, names: &[String]) -> Command {
+/// The shell fragment that writes the marker (inside a checkout script,
+/// where `$rel` is the release directory): a temporary file renamed into
+/// place, so a marker is never half-written.
+pub(crate) fn marker_fragment(marker: &Marker) -> String {
+    let json = serde_json::to_string(marker).unwrap_or_default();
+    format!(
+        "printf '%s' {json} > \"$rel/{MARKER}.tmp\"\nmv -f \"$rel/{MARKER}.tmp\" \"$rel/{MARKER}\"\n",
+        json = q(&json)
+    )
+}
+
+/// The shell fragment that removes release directories, never the live
+/// one (it checks `readlink current` itself).
+pub(crate) fn remove_fragment(host: &Host, names: &[String]) -> String {
+    if names.is_empty() {
+        return String::new();
+    }
     let mut s = format!(
-        "set -eu\ncd {}\ncur=$(readlink current 2>/dev/null || true)\n",
+        "(cd {} && cur=$(readlink current 2>/dev/null || true)\n",
         q(host.root())
     );
     for n in names {
@@ -212,7 +227,8 @@ pub(crate) fn remove_script(host: &Host, names: &[String]) -> Command {
             "if [ \"$cur\" != {rel} ]; then rm -rf {rel}; fi\n"
         ));
     }
-    Command::shell(s)
+    s.push_str(")\n");
+    s
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::environment::Phase;
 use crate::error::{DeployError, HostFailure, Stage};
-use crate::event::Event;
 use crate::flow::Deployer;
 use crate::hooks::{self, HookContext};
 use crate::layout::HostState;
@@ -157,8 +156,10 @@ impl Deployer {
             Some(t) => format!("rollback to {t}"),
             None => "rollback".to_owned(),
         };
-        self.lock_all(action, &token).await?;
-        let result = self.rollback_locked(to, &token, started).await;
+        let (states, latency) = self.lock_all(action, &token, None).await?;
+        let result = self
+            .rollback_locked(to, &token, started, states, latency)
+            .await;
         self.unlock_all(&token).await;
         if let Ok(report) = &result
             && let Some(first) = report.hosts.first()
@@ -188,8 +189,9 @@ impl Deployer {
         to: Option<&str>,
         token: &str,
         started: Instant,
+        states: Vec<HostState>,
+        latency: std::time::Duration,
     ) -> Result<RollbackReport, DeployError> {
-        let states = self.inspect(None).await?;
         let logs = self.read_logs().await?;
         let steps: Vec<RollbackStep> = self
             .hosts
@@ -198,25 +200,21 @@ impl Deployer {
             .map(|(h, (s, l))| step(h.name(), s, l, to))
             .collect::<Result<_, _>>()?;
 
-        let barrier = Instant::now();
-        let results = join_all(self.hosts.iter().zip(&steps).map(|(h, st)| async move {
-            let r = switch::switch(h, &st.to, token).await;
-            (r, barrier.elapsed().as_secs_f64() * 1000.0)
-        }))
-        .await;
+        let results = self
+            .switch_all(
+                self.hosts
+                    .iter()
+                    .zip(&steps)
+                    .map(|(h, st)| (h, st.to.as_str(), Some(st.from.clone()))),
+                token,
+                latency,
+            )
+            .await;
         let mut failures = Vec::new();
         let mut times = Vec::new();
-        for ((h, st), (r, at_ms)) in self.hosts.iter().zip(&steps).zip(results) {
+        for (h, r) in self.hosts.iter().zip(results) {
             match r {
-                Ok(()) => {
-                    times.push(at_ms);
-                    self.emit(Event::Switched {
-                        host: h.name().to_owned(),
-                        release: st.to.clone(),
-                        previous: Some(st.from.clone()),
-                        at_ms,
-                    });
-                }
+                Ok(t) => times.extend(t),
                 Err(e) => failures.push(self.host_failed(h, Stage::Switch, e.to_string())),
             }
         }
@@ -225,7 +223,7 @@ impl Deployer {
             let back = join_all(self.hosts.iter().zip(&steps).map(|(h, st)| async move {
                 (
                     h,
-                    switch::switch(h, &st.from, &format!("back{token}")).await,
+                    switch::switch(h, &st.from, &format!("back{token}"), None).await,
                 )
             }))
             .await;
@@ -233,7 +231,7 @@ impl Deployer {
             let mut inconsistent = Vec::new();
             for (h, r) in back {
                 match r {
-                    Ok(()) => rolled_back.push(h.name().to_owned()),
+                    Ok(_) => rolled_back.push(h.name().to_owned()),
                     Err(e) => inconsistent.push(HostFailure {
                         host: h.name().to_owned(),
                         stage: Stage::Switch,
@@ -248,8 +246,7 @@ impl Deployer {
                 inconsistent,
             });
         }
-        let spread = times.iter().cloned().fold(f64::MIN, f64::max)
-            - times.iter().cloned().fold(f64::MAX, f64::min);
+        let spread = crate::flow::spread_ms(&times);
 
         let hook_failures = join_all(self.hosts.iter().zip(&steps).map(|(h, st)| async move {
             let mut entries = Vec::new();

@@ -138,10 +138,8 @@ async fn an_unreachable_webhook_never_fails_the_deploy_nor_leaks_its_url() {
     let all = serde_json::to_string(&events).unwrap()
         + &events.iter().map(|e| e.to_string()).collect::<String>();
     assert!(!all.contains(SECRET), "{all}");
-    for file in [".ektool/releases.jsonl"] {
-        let text = std::fs::read_to_string(f.local(0, file)).unwrap();
-        assert!(!text.contains(SECRET));
-    }
+    let log = std::fs::read_to_string(f.local(0, ".ektool/releases.jsonl")).unwrap();
+    assert!(!log.is_empty() && !log.contains(SECRET));
     assert!(WebhookNotifier::new("not a url").is_err());
     assert!(
         WebhookNotifier::new(&format!("ftp://x/{SECRET}"))

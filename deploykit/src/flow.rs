@@ -257,6 +257,7 @@ impl Deployer {
         action: String,
         token: &str,
         commit: Option<&str>,
+        with_log: bool,
     ) -> Result<(Vec<HostState>, Duration), DeployError> {
         let owner = LockOwner {
             actor: self.actor.clone(),
@@ -269,14 +270,16 @@ impl Deployer {
         let deadline = Instant::now() + self.lock_wait;
         loop {
             let t = Instant::now();
-            let first = self.try_lock(&self.hosts[0], &owner, commit).await;
+            let first = self
+                .try_lock(&self.hosts[0], &owner, commit, with_log)
+                .await;
             let mut results = vec![first];
             if matches!(results[0], Ok(Attempt::Acquired(_))) {
                 results.extend(
                     futures::future::join_all(
                         self.hosts[1..]
                             .iter()
-                            .map(|h| self.try_lock(h, &owner, commit)),
+                            .map(|h| self.try_lock(h, &owner, commit, with_log)),
                     )
                     .await,
                 );
@@ -335,8 +338,14 @@ impl Deployer {
         host: &Host,
         owner: &LockOwner,
         commit: Option<&str>,
+        with_log: bool,
     ) -> Result<Attempt, ec2kit::RemoteError> {
-        let script = HostState::script(host, commit, self.config.maintenance_file.as_str());
+        let script = HostState::script_with(
+            host,
+            commit,
+            self.config.maintenance_file.as_str(),
+            with_log,
+        );
         lock::try_acquire(host, owner, self.config.lock_stale_after(), &script).await
     }
 
@@ -475,6 +484,7 @@ impl Deployer {
                 format!("deploy {}", release.describe),
                 &token,
                 Some(&release.commit),
+                false,
             )
             .await?;
         let result = self

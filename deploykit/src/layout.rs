@@ -61,6 +61,10 @@ pub struct HostState {
     pub mirror_has_commit: bool,
     /// Whether the maintenance flag is set.
     pub maintenance: bool,
+    /// The newest entries of the release log, oldest first (read only
+    /// when asked for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<crate::log::LogEntry>,
 }
 
 impl HostState {
@@ -88,6 +92,25 @@ impl HostState {
     /// The read-only script that prints a host's state (also run by the
     /// lock step, saving a round trip per host).
     pub(crate) fn script(host: &Host, commit: Option<&str>, maintenance_file: &str) -> String {
+        Self::script_with(host, commit, maintenance_file, false)
+    }
+
+    /// [`HostState::script`], with the newest 1000 lines of the release log
+    /// when `log`.
+    pub(crate) fn script_with(
+        host: &Host,
+        commit: Option<&str>,
+        maintenance_file: &str,
+        log: bool,
+    ) -> String {
+        let log = if log {
+            format!(
+                "[ ! -f {file} ] || tail -n 1000 {file} | sed 's/^/log\t/'\n",
+                file = q(crate::log::LOG_FILE)
+            )
+        } else {
+            String::new()
+        };
         // Builtins only in the loop (`read`, not `cat`): no fork per release.
         format!(
             "(cd {root} 2>/dev/null || {{ echo absent; exit 0; }}\n\
@@ -99,7 +122,8 @@ impl HostState {
              done\n\
              if [ -d repo.git ]; then echo repo; fi\n\
              if [ -n {commit} ] && git -C repo.git cat-file -e {commit}^{{commit}} 2>/dev/null; then echo mirror; fi\n\
-             if [ -e shared/{maint} ]; then echo maintenance; fi)\n",
+             if [ -e shared/{maint} ]; then echo maintenance; fi\n\
+             {log})\n",
             root = q(host.root()),
             commit = q(commit.unwrap_or("")),
             maint = q(maintenance_file),
@@ -134,6 +158,16 @@ impl HostState {
                 (Some("repo"), _, _) => state.mirror_exists = true,
                 (Some("mirror"), _, _) => state.mirror_has_commit = true,
                 (Some("maintenance"), _, _) => state.maintenance = true,
+                (Some("log"), Some(first), rest) => {
+                    let line = match rest {
+                        Some(r) => format!("{first}\t{r}"),
+                        None => first.to_owned(),
+                    };
+                    // A line cut by a crash is skipped.
+                    if let Ok(e) = serde_json::from_str(&line) {
+                        state.log.push(e);
+                    }
+                }
                 _ => {}
             }
         }

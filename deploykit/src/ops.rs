@@ -99,7 +99,9 @@ impl Deployer {
             return Err(DeployError::NoHosts);
         }
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let (states, _) = self.lock_all(action.to_owned(), &token, None).await?;
+        let (states, _) = self
+            .lock_all(action.to_owned(), &token, None, false)
+            .await?;
         let result = async {
             let results = self
                 .each(self.config.parallel.max(1), |i, h| {

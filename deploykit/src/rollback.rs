@@ -18,6 +18,7 @@ use crate::error::{DeployError, HostFailure, Stage};
 use crate::flow::Deployer;
 use crate::hooks::{self, HookContext};
 use crate::layout::HostState;
+use crate::lock;
 use crate::log::{self, LogAction, LogEntry, LogResult};
 use crate::notify::NotificationKind;
 use crate::release::Release;
@@ -156,11 +157,14 @@ impl Deployer {
             Some(t) => format!("rollback to {t}"),
             None => "rollback".to_owned(),
         };
-        let (states, latency) = self.lock_all(action, &token, None).await?;
+        let (states, latency) = self.lock_all(action, &token, None, true).await?;
         let result = self
             .rollback_locked(to, &token, started, states, latency)
             .await;
-        self.unlock_all(&token).await;
+        // On success each host's last command released its lock.
+        if result.is_err() {
+            self.unlock_all(&token).await;
+        }
         if let Ok(report) = &result
             && let Some(first) = report.hosts.first()
         {
@@ -192,12 +196,11 @@ impl Deployer {
         states: Vec<HostState>,
         latency: std::time::Duration,
     ) -> Result<RollbackReport, DeployError> {
-        let logs = self.read_logs().await?;
         let steps: Vec<RollbackStep> = self
             .hosts
             .iter()
-            .zip(states.iter().zip(&logs))
-            .map(|(h, (s, l))| step(h.name(), s, l, to))
+            .zip(&states)
+            .map(|(h, s)| step(h.name(), s, &s.log, to))
             .collect::<Result<_, _>>()?;
 
         let results = self
@@ -248,22 +251,9 @@ impl Deployer {
         }
         let spread = crate::flow::spread_ms(&times);
 
+        // Per host: restart and after-rollback hooks (under the lock), then
+        // one command that records the rollback and releases the lock.
         let hook_failures = join_all(self.hosts.iter().zip(&steps).map(|(h, st)| async move {
-            let mut entries = Vec::new();
-            if let Some(c) = &st.from_commit {
-                entries.push(self.log_entry(LogAction::Bad, &st.from, c, None, None, None));
-            }
-            entries.push(self.log_entry(
-                LogAction::Rollback,
-                &st.to,
-                &st.commit,
-                st.tag.clone(),
-                Some(st.from.clone()),
-                Some(LogResult::Success),
-            ));
-            if let Err(e) = log::append(h, &entries).await {
-                self.warn(h, format!("could not write the release log: {e}"));
-            }
             let ctx = HookContext {
                 environment: self.environment.clone(),
                 release: st.to.clone(),
@@ -273,16 +263,51 @@ impl Deployer {
                 action: "rollback".into(),
                 extra: Vec::new(),
             };
+            let mut failure = None;
             for phase in [Phase::Restart, Phase::AfterRollback] {
                 let list = self.config.hooks.of(phase);
                 if list.is_empty() {
                     continue;
                 }
                 if let Err(e) = hooks::run_phase(h, phase, list, &ctx).await {
-                    return Some(self.host_failed(h, Stage::AfterSwitch, e.to_string()));
+                    failure = Some(self.host_failed(h, Stage::AfterSwitch, e.to_string()));
+                    break;
                 }
             }
-            None
+            let mut lines = Vec::new();
+            if let Some(c) = &st.from_commit {
+                lines.extend(log::line(&self.log_entry(
+                    LogAction::Bad,
+                    &st.from,
+                    c,
+                    None,
+                    None,
+                    None,
+                )));
+            }
+            lines.extend(log::line(&self.log_entry(
+                LogAction::Rollback,
+                &st.to,
+                &st.commit,
+                st.tag.clone(),
+                Some(st.from.clone()),
+                Some(LogResult::Success),
+            )));
+            let script = format!(
+                "{}\n{}",
+                log::append_fragment(h),
+                lock::release_fragment(h, token)
+            );
+            if let Err(e) = h
+                .run_checked(&ec2kit::Command::shell(script).stdin(lines))
+                .await
+            {
+                self.warn(h, format!("could not record the rollback or unlock: {e}"));
+                if let Err(e) = lock::release(h, token).await {
+                    self.warn(h, format!("could not release the lock: {e}"));
+                }
+            }
+            failure
         }))
         .await
         .into_iter()

@@ -180,7 +180,10 @@ fn main() {
     for (label, targets) in [
         ("ssh (bench sshd hosts)", &ssh_targets),
         ("local shell (LocalRemote)", &local_targets),
-        ("local shell + 50 ms round trip per command", &delayed_targets),
+        (
+            "local shell + 50 ms round trip per command",
+            &delayed_targets,
+        ),
     ] {
         let deployer = |n: usize| {
             let hosts = targets[..n].iter().map(|(h, _)| h.clone()).collect();

@@ -96,7 +96,10 @@ impl Actor {
     pub fn current() -> Self {
         let user = std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| "unknown".to_owned());
+            .ok()
+            .filter(|u| !u.is_empty())
+            .or_else(this_user)
+            .unwrap_or_else(|| "unknown".to_owned());
         Self {
             user,
             machine: this_machine(),
@@ -109,6 +112,24 @@ impl fmt::Display for Actor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.user, self.machine)
     }
+}
+
+/// The name of this process's user from /etc/passwd (cron and CI jobs
+/// often run without `$USER`).
+fn this_user() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .to_owned();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_owned())
+    })
 }
 
 /// This machine's host name.

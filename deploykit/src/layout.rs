@@ -485,4 +485,63 @@ mod tests {
             vec!["20240102000000", "20240103000000"]
         );
     }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        fn name(n: u32) -> String {
+            format!("2024{:010}", n)
+        }
+
+        proptest! {
+            #[test]
+            fn cleanup_never_removes_current_or_previous_and_keeps_the_newest(
+                dirs in proptest::collection::btree_map(0u32..500, any::<bool>(), 1..40),
+                foreign in any::<bool>(),
+                keep in 2usize..8,
+                cur in any::<Index>(),
+                prev in any::<Option<Index>>(),
+            ) {
+                let mut releases: Vec<ReleaseDir> = dirs
+                    .iter()
+                    .map(|(n, complete)| dir(&name(*n), complete.then_some("c")))
+                    .collect();
+                if foreign {
+                    releases.push(dir("shared-cache", None));
+                }
+                let names: Vec<String> = dirs.keys().map(|n| name(*n)).collect();
+                let current = names[cur.index(names.len())].clone();
+                let previous = prev.map(|p| names[p.index(names.len())].clone());
+                let removed = cleanup_plan(&releases, &current, previous.as_deref(), keep);
+
+                prop_assert!(!removed.contains(&current));
+                if let Some(p) = &previous {
+                    prop_assert!(!removed.contains(p));
+                }
+                prop_assert!(!removed.iter().any(|r| r == "shared-cache"));
+                prop_assert!(removed.iter().all(|r| names.contains(r)));
+                let complete: Vec<&String> = releases
+                    .iter()
+                    .filter(|r| r.is_complete() && names.contains(&r.name))
+                    .map(|r| &r.name)
+                    .collect();
+                let kept: Vec<&&String> = complete.iter().filter(|n| !removed.contains(n)).collect();
+                prop_assert!(kept.len() >= keep.min(complete.len()));
+                // Unfinished ones go, unless protected.
+                for r in releases.iter().filter(|r| !r.is_complete() && names.contains(&r.name)) {
+                    let protected = r.name == current || Some(&r.name) == previous.as_ref();
+                    prop_assert_eq!(removed.contains(&r.name), !protected);
+                }
+                // Complete releases removed are older than every unprotected one kept.
+                let protected = |n: &str| n == current || Some(n) == previous.as_deref();
+                for gone in removed.iter().filter(|r| complete.contains(r)) {
+                    for k in kept.iter().filter(|k| !protected(k.as_str())) {
+                        prop_assert!(gone < **k, "{} removed but {} kept", gone, k);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -269,10 +269,17 @@ impl Deployer {
                 if list.is_empty() {
                     continue;
                 }
+                let t = Instant::now();
                 if let Err(e) = hooks::run_phase(h, phase, list, &ctx).await {
                     failure = Some(self.host_failed(h, Stage::AfterSwitch, e.to_string()));
                     break;
                 }
+                self.emit(crate::event::Event::HooksRan {
+                    host: h.name().to_owned(),
+                    phase,
+                    count: list.len(),
+                    seconds: t.elapsed().as_secs_f64(),
+                });
             }
             let mut lines = Vec::new();
             if let Some(c) = &st.from_commit {

@@ -99,7 +99,7 @@ pub enum Command {
     /// List the instances carrying a tag.
     Instances(commands::instances::Args),
     /// Snapshots: backup, list, plan, trim, delete-broken, count,
-    /// replicate, replicate-all, lag.
+    /// replicate, replicate-all, lag, mount, unmount, cleanup.
     #[command(subcommand)]
     Snap(commands::snap::SnapCommand),
     /// AMIs from snapshots, and copies to other regions.
@@ -111,11 +111,21 @@ pub enum Command {
     /// Tags: instance tags onto their volumes.
     #[command(subcommand)]
     Tags(commands::instance::TagsCommand),
-    /// SSH hosts: trust a host key, run a command.
+    /// SSH hosts: trust a host key, run a command, sync files between hosts.
     #[command(subcommand)]
     Host(commands::host::HostCommand),
     /// Print the least-privilege IAM policy of a command (or of all).
     IamPolicy(commands::iam::Args),
+    /// Deploy a release to an environment (`deploy unlock` removes a stale lock).
+    Deploy(commands::deploy::DeployArgs),
+    /// Switch an environment back to its previous good release.
+    Rollback(commands::deploy::rollback::Args),
+    /// The release log of an environment, with current and bad marks.
+    Releases(commands::deploy::releases::Args),
+    /// Turn maintenance mode on or off (a flag file in shared/, plus hooks).
+    Maintenance(commands::deploy::maintenance::Args),
+    /// Run the restart hooks in the live release.
+    Restart(commands::deploy::restart::Args),
     /// Print shell completions.
     Completions(commands::completions::Args),
     /// Write the man pages.

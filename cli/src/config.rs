@@ -36,6 +36,9 @@ pub struct Config {
     /// Host-side commands of `snap mount`/`unmount`/`cleanup`.
     #[serde(default)]
     pub mount: snapkit::mount::MountCommands,
+    /// Deploy environments: `[environments.<name>]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environments: BTreeMap<String, deploykit::Environment>,
     /// Where the file was read from (None: built-in defaults).
     #[serde(skip_deserializing)]
     pub path: Option<PathBuf>,

@@ -34,6 +34,12 @@ pub enum CliError {
     /// A file-level sync failed.
     #[error(transparent)]
     Sync(#[from] snapkit::rsync::SyncError),
+    /// A deploy operation failed.
+    #[error(transparent)]
+    Deploy(#[from] deploykit::DeployError),
+    /// What to deploy could not be resolved, or a git rule refused it.
+    #[error(transparent)]
+    Git(#[from] deploykit::GitError),
     /// Some items of a fleet job failed; the others were done and reported.
     #[error("{failed} of {total} {what} failed")]
     Partial {
@@ -63,6 +69,8 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) | Self::Config(_) | Self::Region(_) => exit::USAGE,
+            Self::Deploy(e) if crate::commands::deploy::is_usage(e) => exit::USAGE,
+            Self::Git(e) if crate::commands::deploy::is_git_usage(e) => exit::USAGE,
             _ => exit::FAILURE,
         }
     }

@@ -1,25 +1,70 @@
-//! # deploykit — releases and provisioning
+//! # deploykit — release deploys
 //!
-//! Deploys of web applications to many hosts, and bringing fresh hosts
-//! under configuration:
+//! Capistrano-style deploys of a web application to many hosts, with the
+//! parts those tools get wrong done right:
 //!
-//! - **layout**: a `ReleaseLayout` trait with a/b slots (`releases/a`,
-//!   `releases/b`) or timestamped releases, and a `shared/` directory;
-//! - **release**: what to deploy, resolved locally with git (a pushed tag or
-//!   commit), built on every host in parallel;
-//! - **switch**: the `current` symlink replaced atomically by `rename(2)`,
-//!   with hooks, health checks, and rollback of every host on failure;
-//! - **lock and log**: a per-environment lock and an append-only release
-//!   log on the hosts, so any machine can pick up where another stopped;
-//! - **provision**: masterless Salt (or a plain script) with
-//!   per-environment secrets that never appear in argv or logs.
+//! - the `current` symlink is replaced **atomically** (a temporary link
+//!   renamed over it), with a relative target;
+//! - a release is prepared on **every** host before any host switches, and
+//!   a failure after the first switch switches **every** host back;
+//! - which release is live is read from the symlink and an append-only
+//!   release log on each host, never guessed from directory times;
+//! - a deploy takes a per-environment lock on every host (atomic `mkdir`,
+//!   with an owner file, stale detection and a wait option);
+//! - what is deployed is resolved locally with git and must be pushed; the
+//!   developer's working copy is never touched.
 //!
-//! deploykit reaches hosts only through [`ec2kit::Remote`]
-//! (`default-features = false`): SSH in production, `LocalRemote` for
-//! `localhost`, mocks in unit tests.
+//! deploykit reaches hosts only through [`ec2kit::Remote`] (SSH in
+//! production, [`ec2kit::LocalRemote`] for `localhost`), so a team's own
+//! deploy binary is a few lines:
 //!
-//! Status: the crate exists so the workspace layout is real; its modules
-//! arrive with the deploy and provisioning work.
+//! ```no_run
+//! # async fn demo(config: deploykit::Environment, hosts: Vec<deploykit::Host>)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! use deploykit::{Deployer, RefSpec, git::LocalRepo};
+//!
+//! let repo = LocalRepo::open(".")?;
+//! let release = repo.release_for(&RefSpec::parse("v1.4.2"), &config, "production")?;
+//! let deployer = Deployer::new("production", config, hosts)
+//!     .on_event(|event| eprintln!("{event}"));
+//! let report = deployer.deploy(&release).await?;
+//! println!("{} is live on {} hosts", report.release.describe, report.hosts.len());
+//! # Ok(()) }
+//! ```
+//!
+//! The modules, in the order a deploy uses them:
+
+pub mod environment;
+mod error;
+pub mod event;
+pub mod flow;
+pub mod git;
+pub mod health;
+pub mod hooks;
+pub mod host;
+pub mod layout;
+pub mod lock;
+pub mod log;
+pub mod notify;
+pub mod ops;
+pub mod plan;
+pub mod release;
+pub mod rollback;
+mod shell;
+pub mod switch;
+
+pub use environment::{Environment, HealthCheck, Hook, Hooks, HostSource, LayoutKind, Phase};
+pub use error::{DeployError, HostFailure, Stage};
+pub use event::{Event, EventSink};
+pub use flow::{DeployReport, Deployer, HostOutcome};
+pub use git::{Bump, GitError, RefSpec};
+pub use host::{Actor, Host};
+pub use layout::{AbSlots, ReleaseLayout, Timestamped};
+pub use lock::LockOwner;
+pub use log::{LogAction, LogEntry, LogResult};
+pub use notify::{Notification, NotificationKind, Notifier};
+pub use plan::{DeployPlan, HostPlan, PrepareAction};
+pub use release::{Marker, Release};
 
 /// The name of the symlink that points at the live release.
 pub const CURRENT: &str = "current";

@@ -203,6 +203,42 @@ pub const POLICIES: &[Policy] = &[
         with_flag: &[],
         implied: &[],
     },
+    Policy {
+        command: "deploy",
+        actions: &[],
+        with_flag: &[("hosts by EC2 tag", &[DescribeRegions, DescribeInstances])],
+        implied: &[],
+    },
+    Policy {
+        command: "deploy unlock",
+        actions: &[],
+        with_flag: &[("hosts by EC2 tag", &[DescribeRegions, DescribeInstances])],
+        implied: &[],
+    },
+    Policy {
+        command: "rollback",
+        actions: &[],
+        with_flag: &[("hosts by EC2 tag", &[DescribeRegions, DescribeInstances])],
+        implied: &[],
+    },
+    Policy {
+        command: "releases",
+        actions: &[],
+        with_flag: &[("hosts by EC2 tag", &[DescribeRegions, DescribeInstances])],
+        implied: &[],
+    },
+    Policy {
+        command: "maintenance",
+        actions: &[],
+        with_flag: &[("hosts by EC2 tag", &[DescribeRegions, DescribeInstances])],
+        implied: &[],
+    },
+    Policy {
+        command: "restart",
+        actions: &[],
+        with_flag: &[("hosts by EC2 tag", &[DescribeRegions, DescribeInstances])],
+        implied: &[],
+    },
 ];
 
 /// The policy of `command` (words as typed).
@@ -234,17 +270,22 @@ fn names(actions: impl IntoIterator<Item = String>) -> Vec<String> {
 pub fn document(policies: &[&Policy]) -> serde_json::Value {
     let mut statements = Vec::new();
     for p in policies {
-        statements.push(json!({
-            "Sid": format!("Ektool{}", camel(p.command)),
-            "Effect": "Allow",
-            "Action": names(
-                p.actions
-                    .iter()
-                    .map(|a| a.iam_action())
-                    .chain(p.implied.iter().map(|(a, _)| (*a).to_owned()))
-            ),
-            "Resource": "*",
-        }));
+        let own = names(
+            p.actions
+                .iter()
+                .map(|a| a.iam_action())
+                .chain(p.implied.iter().map(|(a, _)| (*a).to_owned())),
+        );
+        // IAM rejects a statement without actions (deploys to static hosts
+        // call no AWS API at all).
+        if !own.is_empty() {
+            statements.push(json!({
+                "Sid": format!("Ektool{}", camel(p.command)),
+                "Effect": "Allow",
+                "Action": own,
+                "Resource": "*",
+            }));
+        }
         for (flag, actions) in p.with_flag {
             let mut extra: Vec<String> = actions.iter().map(|a| a.iam_action()).collect();
             if *flag == "--kms-key" {
@@ -360,6 +401,17 @@ mod tests {
             missing.is_empty(),
             "commands without an IAM policy: {missing:?}"
         );
+    }
+
+    #[test]
+    fn no_statement_is_empty() {
+        let all: Vec<&Policy> = POLICIES.iter().collect();
+        let doc = document(&all);
+        for st in doc["Statement"].as_array().unwrap() {
+            assert!(!st["Action"].as_array().unwrap().is_empty(), "{st}");
+        }
+        let deploy = document(&[policy_for("deploy").unwrap()]);
+        assert_eq!(deploy["Statement"].as_array().unwrap().len(), 1);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod ami;
 pub mod completions;
 pub mod config;
+pub mod deploy;
 pub mod host;
 pub mod iam;
 pub mod instance;
@@ -37,6 +38,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Completions(_) | Command::Manpage(_) | Command::IamPolicy(_) => {
                     unreachable!("handled above")
                 }
+                Command::Deploy(args) => deploy::exec(&ctx, args).await,
+                Command::Rollback(args) => deploy::rollback::exec(&ctx, args).await,
+                Command::Releases(args) => deploy::releases::exec(&ctx, args).await,
+                Command::Maintenance(args) => deploy::maintenance::exec(&ctx, args).await,
+                Command::Restart(args) => deploy::restart::exec(&ctx, args).await,
             }
         }
     }

@@ -8,6 +8,7 @@ mod moto;
 
 mod basics;
 mod chores;
+mod deploy;
 mod ec2;
 mod host;
 mod iam;

@@ -1,0 +1,180 @@
+//! `ektool deploy`: resolve the release locally, then deploy it (or show
+//! the plan with --dry-run).
+
+use std::path::PathBuf;
+
+use deploykit::git::LocalRepo;
+use deploykit::{Bump, DeployPlan, DeployReport, PrepareAction, RefSpec};
+
+use super::{Target, deployer, environment, hosts, lock_wait};
+use crate::args::OutputFormat;
+use crate::context::Context;
+use crate::error::CliError;
+use crate::output;
+
+/// Arguments of `ektool deploy`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Environment and hosts.
+    #[command(flatten)]
+    pub target: Target,
+    /// What to deploy: a tag, branch, commit, `HEAD` or `latest-tag`.
+    /// Default: the newest release tag when the environment requires tags,
+    /// else the head of its branch.
+    #[arg(long = "ref", value_name = "REF", conflicts_with = "tag")]
+    pub reference: Option<String>,
+    /// Tag the release first: `next-patch`, `next-minor`, `next-major` or
+    /// `vX.Y.Z` (an annotated tag on the branch head, pushed, checked).
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+    /// Deploy something that is not a release tag to an environment that
+    /// requires one (recorded in the log with your message).
+    #[arg(long)]
+    pub allow_untagged: bool,
+    /// Wait this long for another deploy's lock.
+    #[arg(long, value_name = "SECONDS")]
+    pub lock_wait: Option<u64>,
+    /// Why: shown in the lock, the release log and notifications.
+    #[arg(long, short = 'm', value_name = "TEXT")]
+    pub message: Option<String>,
+    /// The local git repository (default: the current directory).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub repo: PathBuf,
+}
+
+/// Runs `ektool deploy`.
+pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+    let (name, env) = environment(ctx, &args.target)?;
+    // Everything git decides happens before any host is contacted.
+    let repo = LocalRepo::open(&args.repo)?;
+    let mut release = match &args.tag {
+        // A new tag goes on the branch head (or --ref): resolve that, not
+        // the latest tag, and apply every rule but the tag requirement.
+        Some(_) => {
+            let what = args.reference.clone().unwrap_or_else(|| env.branch.clone());
+            repo.release_with(&RefSpec::parse(&what), env, &name, true)?
+        }
+        None => {
+            let spec = RefSpec::parse(args.reference.as_deref().unwrap_or(""));
+            repo.release_with(&spec, env, &name, args.allow_untagged)?
+        }
+    };
+    let mut new_tag = None;
+    if let Some(bump) = &args.tag {
+        let tag = repo.next_tag(&Bump::parse(bump), &env.version_pattern)?;
+        if !ctx.global.dry_run {
+            let message = args
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("release {tag}"));
+            repo.create_tag(&tag, &release.commit, &message, env.sign_tags)?;
+            repo.push_tag(&env.remote, &tag)?;
+            eprintln!(
+                "tagged {} as {tag} and pushed it to {}",
+                release.short(),
+                env.remote
+            );
+        }
+        release.tag = Some(tag.clone());
+        release.describe = tag.clone();
+        release.reference = tag.clone();
+        new_tag = Some(tag);
+    }
+    let hosts = hosts(ctx, env, &args.target.hosts).await?;
+    let mut d = deployer(ctx, &name, env, hosts)
+        .lock_wait(lock_wait(args.lock_wait))
+        .message(args.message.clone());
+    if env.repository.is_none() {
+        d = d.repository(repo.remote_url(&env.remote)?);
+    }
+    if ctx.global.dry_run {
+        let plan = d.plan(&release).await?;
+        return show_plan(ctx, &plan, new_tag.as_deref());
+    }
+    let report = d.deploy(&release).await?;
+    show_report(ctx, &report)
+}
+
+fn show_plan(ctx: &Context, plan: &DeployPlan, new_tag: Option<&str>) -> Result<(), CliError> {
+    if ctx.output() == OutputFormat::Json {
+        return output::json(plan);
+    }
+    if let Some(t) = new_tag {
+        println!("would tag {} as {t} and push it", plan.release.commit);
+    }
+    println!(
+        "deploy {} ({}) to {} [{} layout] from {}",
+        plan.release.describe,
+        &plan.release.commit[..12.min(plan.release.commit.len())],
+        plan.environment,
+        plan.layout,
+        plan.repository
+    );
+    output::table(
+        &[
+            "HOST", "CURRENT", "PREPARE", "MIRROR", "SWITCH", "HOOKS", "CLEANUP",
+        ],
+        plan.hosts.iter().map(|h| {
+            let (prepare, mirror) = match &h.prepare {
+                PrepareAction::Reuse { release } => (format!("reuse {release}"), "-".to_owned()),
+                PrepareAction::Build {
+                    release,
+                    mirror,
+                    in_place,
+                } => (
+                    format!(
+                        "build {release}{}",
+                        if *in_place { " (in place)" } else { "" }
+                    ),
+                    mirror.clone(),
+                ),
+            };
+            vec![
+                h.host.clone(),
+                output::or_dash(h.current.as_deref()),
+                prepare,
+                mirror,
+                h.switch.clone(),
+                output::or_dash(Some(
+                    &h.hooks
+                        .iter()
+                        .map(|(p, l)| format!("{p}:{}", l.len()))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )),
+                output::or_dash(Some(&h.cleanup.join(" "))),
+            ]
+        }),
+    );
+    println!("dry run: nothing was changed");
+    Ok(())
+}
+
+fn show_report(ctx: &Context, report: &DeployReport) -> Result<(), CliError> {
+    if ctx.output() == OutputFormat::Json {
+        return output::json(&serde_json::json!({ "event": "deployed", "report": report }));
+    }
+    println!(
+        "{} ({}) is live on {} host{} of {} in {:.1}s (switch spread {:.0} ms)",
+        report.release.describe,
+        report.release.short(),
+        report.hosts.len(),
+        if report.hosts.len() == 1 { "" } else { "s" },
+        report.environment,
+        report.seconds,
+        report.switch_spread_ms
+    );
+    output::table(
+        &["HOST", "RELEASE", "PREVIOUS", "BUILD", "REMOVED"],
+        report.hosts.iter().map(|h| {
+            vec![
+                h.host.clone(),
+                h.release.clone(),
+                output::or_dash(h.previous.as_deref()),
+                if h.reused { "reused" } else { "built" }.to_owned(),
+                output::or_dash(Some(&h.removed.join(" "))),
+            ]
+        }),
+    );
+    Ok(())
+}

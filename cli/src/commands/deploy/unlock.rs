@@ -1,0 +1,45 @@
+//! `ektool deploy unlock`: remove a lock left by a killed deploy.
+
+use super::{Target, deployer, environment, hosts};
+use crate::args::OutputFormat;
+use crate::context::Context;
+use crate::error::CliError;
+use crate::output;
+
+/// Arguments of `ektool deploy unlock`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Environment and hosts.
+    #[command(flatten)]
+    pub target: Target,
+    /// Remove the lock even if its deploy looks alive.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Runs `ektool deploy unlock`.
+pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+    let (name, env) = environment(ctx, &args.target)?;
+    let hosts = hosts(ctx, env, &args.target.hosts).await?;
+    let d = deployer(ctx, &name, env, hosts);
+    if ctx.global.dry_run {
+        return Err(CliError::Usage(
+            "unlock has no dry run; `ektool releases` shows the hosts".into(),
+        ));
+    }
+    let outcomes = d.unlock(args.force).await?;
+    if ctx.output() == OutputFormat::Json {
+        return output::json(&outcomes);
+    }
+    output::table(
+        &["HOST", "LOCK", "REMOVED"],
+        outcomes.iter().map(|o| {
+            vec![
+                o.host.clone(),
+                o.lock.as_ref().map_or("-".to_owned(), ToString::to_string),
+                if o.removed { "yes" } else { "-" }.to_owned(),
+            ]
+        }),
+    );
+    Ok(())
+}

@@ -1,0 +1,383 @@
+//! `ektool deploy`, `rollback`, `releases`, `maintenance`, `restart` against
+//! the bench's sshd hosts and a real git origin.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ektool_tests::{SshHost, ssh_host, tempdir, unique};
+
+use crate::harness::Ektool;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
+        .env("GIT_COMMITTER_NAME", "Dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// An origin, a clone with an `ektool.toml`, two sshd hosts.
+struct App {
+    _dir: tempfile::TempDir,
+    work: PathBuf,
+    name: String,
+    hosts: Vec<SshHost>,
+}
+
+impl App {
+    fn new(extra: &str) -> Self {
+        let dir = tempdir();
+        git(
+            dir.path(),
+            &["init", "--quiet", "--bare", "-b", "main", "origin.git"],
+        );
+        git(dir.path(), &["clone", "--quiet", "origin.git", "work"]);
+        let work = dir.path().join("work");
+        git(&work, &["checkout", "--quiet", "-b", "main"]);
+        git(&work, &["config", "user.name", "Dev"]);
+        git(&work, &["config", "user.email", "dev@example.com"]);
+        let hosts = vec![ssh_host(1), ssh_host(2)];
+        let kh = dir.path().join("known_hosts");
+        std::fs::write(
+            &kh,
+            hosts
+                .iter()
+                .map(|h| h.known_hosts_line() + "\n")
+                .collect::<String>(),
+        )
+        .unwrap();
+        let name = unique("cli-deploy");
+        let config = format!(
+            r#"[ssh]
+user = "root"
+known_hosts = "{kh}"
+identity_files = ["{key}"]
+use_agent = false
+
+[environments.staging]
+hosts = [{hosts}]
+path = "{mount}/{name}"
+layout = "ab"
+shared_dirs = ["log"]
+hooks.build = [{{ run = "echo \"$RELEASE $COMMIT\" > built.txt" }}]
+hooks.restart = [{{ run = "echo \"$DEPLOY_ACTION $RELEASE\" >> ../../shared/restarts" }}]
+health = {{ command = "test -f built.txt", deadline_seconds = 5 }}
+{extra}
+"#,
+            kh = kh.display(),
+            key = hosts[0].client_key.display(),
+            hosts = hosts
+                .iter()
+                .map(|h| format!("\"{}\"", h.target()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            mount = SshHost::MOUNT,
+        );
+        std::fs::write(work.join("ektool.toml"), config).unwrap();
+        std::fs::write(work.join(".gitignore"), "ektool.toml\n").unwrap();
+        let app = Self {
+            _dir: dir,
+            work,
+            name,
+            hosts,
+        };
+        app.commit("v1");
+        app
+    }
+
+    fn commit(&self, content: &str) -> String {
+        std::fs::write(self.work.join("app.txt"), format!("{content}\n")).unwrap();
+        git(&self.work, &["add", "app.txt", ".gitignore"]);
+        git(&self.work, &["commit", "--quiet", "-m", content]);
+        git(&self.work, &["push", "--quiet", "origin", "main"]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    fn ektool(&self) -> Ektool {
+        Ektool::new().current_dir(&self.work)
+    }
+
+    fn local(&self, i: usize, rel: &str) -> PathBuf {
+        self.hosts[i].local_path(&format!("{}/{rel}", self.name))
+    }
+
+    fn live(&self, i: usize) -> Option<String> {
+        std::fs::read_to_string(self.local(i, "current/REVISION"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        for i in 0..self.hosts.len() {
+            let _ = std::fs::remove_dir_all(self.local(i, ""));
+        }
+    }
+}
+
+#[test]
+fn deploy_releases_rollback_end_to_end() {
+    let app = App::new("");
+    let c1 = app.commit("one");
+
+    // Dry run: the plan, and nothing on the hosts.
+    app.ektool()
+        .args(&["--dry-run", "deploy"])
+        .run()
+        .success()
+        .stdout_has("build a (in place)")
+        .stdout_has("current -> releases/a")
+        .stdout_has("dry run: nothing was changed");
+    let out = app
+        .ektool()
+        .args(&["--dry-run", "--output", "json", "deploy"])
+        .run()
+        .success();
+    let text = out
+        .stdout
+        .replace(&c1, "<commit>")
+        .replace(&c1[..12], "<short>")
+        .replace(&app.hosts[0].target(), "<h1>")
+        .replace(&app.hosts[1].target(), "<h2>")
+        .replace(&app.name, "<name>")
+        .replace(&app.work.parent().unwrap().display().to_string(), "<tmp>");
+    let plan: serde_json::Value = serde_json::from_str(&text).unwrap();
+    insta::assert_json_snapshot!("deploy_dry_run_first", plan);
+    assert!(!app.local(0, "").exists());
+
+    // Deploy, streaming JSON events.
+    let out = app
+        .ektool()
+        .args(&["--output", "json", "deploy", "-m", "first"])
+        .run()
+        .success();
+    let lines: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines.iter().any(|e| e["event"] == "switched"));
+    assert!(lines.iter().any(|e| e["event"] == "healthy"));
+    let last = lines.last().unwrap();
+    assert_eq!(last["event"], "deployed");
+    assert_eq!(last["report"]["release"]["commit"], c1.as_str());
+    assert_eq!(app.live(0).as_deref(), Some(c1.as_str()));
+    assert_eq!(app.live(1).as_deref(), Some(c1.as_str()));
+
+    let c2 = app.commit("two");
+    app.ektool()
+        .arg("deploy")
+        .run()
+        .success()
+        .stdout_has("is live on 2 hosts");
+    assert_eq!(app.live(1).as_deref(), Some(c2.as_str()));
+
+    let out = app.ektool().arg("releases").run().success();
+    let current_line = out.stdout.lines().find(|l| l.contains(&c2[..12])).unwrap();
+    assert!(current_line.contains("current"), "{}", out.stdout);
+
+    app.ektool()
+        .args(&["--dry-run", "rollback"])
+        .run()
+        .success()
+        .stdout_has("dry run");
+    assert_eq!(app.live(0).as_deref(), Some(c2.as_str()));
+    app.ektool().arg("rollback").run().success();
+    assert_eq!(app.live(0).as_deref(), Some(c1.as_str()));
+    assert_eq!(app.live(1).as_deref(), Some(c1.as_str()));
+    let json = app
+        .ektool()
+        .args(&["--output", "json", "releases"])
+        .run()
+        .success()
+        .json();
+    let rows = json[0]["history"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["commit"] == c2.as_str() && r["bad"] == true)
+    );
+    let restarts = std::fs::read_to_string(app.local(1, "shared/restarts")).unwrap();
+    assert_eq!(restarts, "deploy a\ndeploy b\nrollback a\n");
+
+    // --host narrows; restart and maintenance run on the live release.
+    app.ektool()
+        .args(&["restart", "--host", &app.hosts[0].target()])
+        .run()
+        .success();
+    assert!(
+        std::fs::read_to_string(app.local(0, "shared/restarts"))
+            .unwrap()
+            .ends_with("restart a\n")
+    );
+    assert!(
+        std::fs::read_to_string(app.local(1, "shared/restarts"))
+            .unwrap()
+            .ends_with("rollback a\n")
+    );
+    app.ektool().args(&["maintenance", "on"]).run().success();
+    assert!(app.local(1, "shared/maintenance").exists());
+    app.ektool().args(&["maintenance", "off"]).run().success();
+    assert!(!app.local(1, "shared/maintenance").exists());
+    app.ektool()
+        .args(&["deploy", "--host", "nope"])
+        .run()
+        .code(2)
+        .stderr_has("not a host of this environment");
+}
+
+#[test]
+fn refusals_happen_before_any_host_is_touched() {
+    let app = App::new(
+        r#"
+[environments.production]
+hosts = ["localhost"]
+path = "/nonexistent/ektool-never"
+require_tag = true
+"#,
+    );
+    app.ektool()
+        .args(&["deploy", "--env", "production", "--ref", "main"])
+        .run()
+        .code(2)
+        .stderr_has("deploys only release tags");
+    // An unpushed commit.
+    std::fs::write(app.work.join("app.txt"), "local\n").unwrap();
+    git(&app.work, &["commit", "--quiet", "-am", "local"]);
+    app.ektool()
+        .args(&["deploy", "--env", "staging", "--ref", "HEAD"])
+        .run()
+        .code(1)
+        .stderr_has("is not on origin");
+    // A dirty tree when deploying HEAD.
+    std::fs::write(app.work.join("app.txt"), "dirty\n").unwrap();
+    app.ektool()
+        .args(&["deploy", "--env", "staging", "--ref", "HEAD"])
+        .run()
+        .code(1)
+        .stderr_has("uncommitted changes");
+    app.ektool()
+        .args(&["deploy", "--env", "staging", "--ref", "no-such-ref"])
+        .run()
+        .code(2);
+    assert!(!app.local(0, "").exists());
+    assert!(!app.local(1, "").exists());
+    // More than one environment: --env is required.
+    app.ektool().arg("deploy").run().code(2).stderr_has("--env");
+}
+
+#[test]
+fn tag_next_patch_tags_pushes_and_deploys_it() {
+    let app = App::new("require_tag = true");
+    git(&app.work, &["tag", "-a", "-m", "v1.4.9", "v1.4.9"]);
+    git(&app.work, &["push", "--quiet", "origin", "v1.4.9"]);
+    let c = app.commit("fix");
+    app.ektool()
+        .args(&["--dry-run", "deploy", "--tag", "next-patch"])
+        .run()
+        .success()
+        .stdout_has("would tag");
+    assert_eq!(git(&app.work, &["tag", "--list", "v1.4.10"]), "");
+    app.ektool()
+        .args(&["deploy", "--tag", "next-patch"])
+        .run()
+        .success()
+        .stdout_has("v1.4.10");
+    let remote = git(&app.work, &["ls-remote", "--tags", "origin", "v1.4.10^{}"]);
+    assert!(remote.starts_with(&c), "{remote}");
+    assert_eq!(app.live(0).as_deref(), Some(c.as_str()));
+}
+
+#[test]
+fn a_held_lock_stops_a_deploy_and_unlock_needs_force() {
+    let app = App::new("");
+    app.ektool().arg("deploy").run().success();
+    let owner = serde_json::json!({
+        "actor": {"user": "alice", "machine": "laptop", "pid": 4242},
+        "environment": "staging", "since": "2024-01-01T00:00:00Z",
+        "action": "deploy v2.0.0", "message": "big one", "token": "x"
+    });
+    std::fs::create_dir_all(app.local(1, ".ektool/lock")).unwrap();
+    std::fs::write(app.local(1, ".ektool/lock/owner.json"), owner.to_string()).unwrap();
+    // Fresh by the host's clock (mtime now), another machine: not stale.
+    app.ektool()
+        .arg("deploy")
+        .run()
+        .code(1)
+        .stderr_has("is locked by alice@laptop")
+        .stderr_has("big one");
+    app.ektool()
+        .args(&["deploy", "unlock"])
+        .run()
+        .code(1)
+        .stderr_has("--force");
+    app.ektool()
+        .args(&["deploy", "unlock", "--force"])
+        .run()
+        .success();
+    app.ektool().arg("deploy").run().success();
+}
+
+#[test]
+fn localhost_deploys_through_the_local_shell() {
+    let dir = tempdir();
+    let app = App::new("");
+    let root = dir.path().join("local-root");
+    let config = std::fs::read_to_string(app.work.join("ektool.toml")).unwrap()
+        + &format!(
+            "\n[environments.dev]\nhosts = [\"localhost\"]\npath = \"{}\"\nlayout = \"timestamped\"\n",
+            root.display()
+        );
+    std::fs::write(app.work.join("ektool.toml"), config).unwrap();
+    let c = app.commit("local");
+    app.ektool()
+        .args(&["deploy", "--env", "dev"])
+        .run()
+        .success();
+    let link = std::fs::read_link(root.join("current")).unwrap();
+    assert!(link.to_str().unwrap().starts_with("releases/2"), "{link:?}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/REVISION"))
+            .unwrap()
+            .trim(),
+        c
+    );
+}
+
+#[test]
+fn bad_environment_config_is_located() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("ektool.toml"),
+        "[environments.staging]\nhosts = [\"localhost\"]\npath = \"/srv/app\"\nlayuot = \"ab\"\n",
+    )
+    .unwrap();
+    Ektool::new()
+        .current_dir(dir.path())
+        .arg("releases")
+        .run()
+        .code(2)
+        .stderr_has("ektool.toml:4:1")
+        .stderr_has("layuot");
+    std::fs::write(
+        dir.path().join("ektool.toml"),
+        "[environments.staging]\nhosts = []\npath = \"relative/path\"\n",
+    )
+    .unwrap();
+    Ektool::new()
+        .current_dir(dir.path())
+        .arg("releases")
+        .run()
+        .code(2)
+        .stderr_has("must be absolute");
+}

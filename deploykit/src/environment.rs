@@ -1,0 +1,597 @@
+//! Environments: where and how one named target (development, staging,
+//! production, ...) is deployed. Plain serde types, so a config file
+//! (`[environments.<name>]` in the CLI's TOML) maps onto them directly, and
+//! invalid values (a relative deploy path, a bad version pattern, a shared
+//! path that escapes the release) fail while the file is read, with a
+//! location.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// One environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// Static hosts: `user@host:port` (user and port optional), or
+    /// `localhost` for this machine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Hosts found by EC2 tag instead (or as well).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ec2: Option<HostSource>,
+    /// The deploy root on every host: `releases/`, `shared/`, `current`,
+    /// `repo.git` and `.ektool/` (lock, release log) live under it.
+    pub path: DeployPath,
+    /// The git URL the hosts fetch from. Default: the URL of `remote` in
+    /// the local repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// The local repository's remote that must have what is deployed.
+    #[serde(default = "default_remote")]
+    pub remote: String,
+    /// What to deploy when nothing is named: this branch's head on the remote.
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// Only deploy tags matching `version_pattern` (production). An
+    /// explicit override is needed to deploy anything else.
+    #[serde(default)]
+    pub require_tag: bool,
+    /// Valid release tags.
+    #[serde(default)]
+    pub version_pattern: VersionPattern,
+    /// Create release tags signed (`git tag -s`).
+    #[serde(default)]
+    pub sign_tags: bool,
+    /// How releases are laid out on the hosts.
+    #[serde(default)]
+    pub layout: LayoutKind,
+    /// Complete releases to keep with the timestamped layout (the current
+    /// and the previous one are never removed, whatever this says).
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+    /// Directories under `shared/` linked into every release.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_dirs: Vec<SharedPath>,
+    /// Files under `shared/` linked into every release; a missing one
+    /// fails the deploy before the switch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_files: Vec<SharedPath>,
+    /// Commands run at each phase of a deploy.
+    #[serde(default)]
+    pub hooks: Hooks,
+    /// The check that decides whether a switched release is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+    /// Where to announce deploys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<NotifyConfig>,
+    /// Hosts prepared at once.
+    #[serde(default = "default_parallel")]
+    pub parallel: usize,
+    /// A lock older than this is stale (its deploy was killed).
+    #[serde(default = "default_lock_stale")]
+    pub lock_stale_seconds: u64,
+    /// A private key **on the hosts** for fetching the repository (a
+    /// read-only deploy key). Host keys of the git server are checked
+    /// strictly: record them in the deploy user's known_hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_ssh_key: Option<String>,
+    /// The maintenance flag file, relative to `shared/`.
+    #[serde(default = "default_maintenance_file")]
+    pub maintenance_file: SharedPath,
+}
+
+fn default_remote() -> String {
+    "origin".into()
+}
+fn default_branch() -> String {
+    "main".into()
+}
+fn default_keep() -> usize {
+    5
+}
+fn default_parallel() -> usize {
+    10
+}
+fn default_lock_stale() -> u64 {
+    2 * 3600
+}
+fn default_maintenance_file() -> SharedPath {
+    SharedPath("maintenance".into())
+}
+
+impl Environment {
+    /// A minimal environment: these hosts, this deploy root, defaults for
+    /// the rest (timestamped layout, keep 5, no hooks).
+    pub fn new(hosts: Vec<String>, path: &str) -> Result<Self, InvalidValue> {
+        Ok(Self {
+            hosts,
+            ec2: None,
+            path: DeployPath::new(path)?,
+            repository: None,
+            remote: default_remote(),
+            branch: default_branch(),
+            require_tag: false,
+            version_pattern: VersionPattern::default(),
+            sign_tags: false,
+            layout: LayoutKind::default(),
+            keep: default_keep(),
+            shared_dirs: Vec::new(),
+            shared_files: Vec::new(),
+            hooks: Hooks::default(),
+            health: None,
+            notify: None,
+            parallel: default_parallel(),
+            lock_stale_seconds: default_lock_stale(),
+            git_ssh_key: None,
+            maintenance_file: default_maintenance_file(),
+        })
+    }
+
+    /// The layout this environment asks for.
+    pub fn release_layout(&self) -> Box<dyn crate::ReleaseLayout> {
+        match self.layout {
+            LayoutKind::Ab => Box::new(crate::AbSlots),
+            LayoutKind::Timestamped => Box::new(crate::Timestamped { keep: self.keep }),
+        }
+    }
+
+    /// How long a lock may live before it counts as stale.
+    pub fn lock_stale_after(&self) -> Duration {
+        Duration::from_secs(self.lock_stale_seconds)
+    }
+}
+
+/// A value in an environment that is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+/// An absolute deploy root without a trailing slash.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeployPath(String);
+
+impl DeployPath {
+    /// Checks and wraps a path.
+    pub fn new(path: &str) -> Result<Self, InvalidValue> {
+        let p = path.trim_end_matches('/');
+        if !p.starts_with('/') || p.is_empty() {
+            return Err(InvalidValue(format!(
+                "deploy path {path:?} must be absolute and not `/`"
+            )));
+        }
+        if p.split('/').any(|c| c == ".." || c == ".") || p.contains('\n') {
+            return Err(InvalidValue(format!(
+                "deploy path {path:?} must not contain `.`, `..` or newlines"
+            )));
+        }
+        Ok(Self(p.to_owned()))
+    }
+
+    /// The path.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DeployPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for DeployPath {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeployPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A relative path inside `shared/` and inside every release: no leading
+/// `/`, no `..`, no empty components.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SharedPath(String);
+
+impl SharedPath {
+    /// Checks and wraps a path.
+    pub fn new(path: &str) -> Result<Self, InvalidValue> {
+        let p = path.trim_end_matches('/');
+        let ok = !p.is_empty()
+            && !p.starts_with('/')
+            && !p.contains('\n')
+            && p.split('/').all(|c| !c.is_empty() && c != ".." && c != ".");
+        if !ok {
+            return Err(InvalidValue(format!(
+                "shared path {path:?} must be relative, without `.`, `..` or empty parts"
+            )));
+        }
+        Ok(Self(p.to_owned()))
+    }
+
+    /// The path.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// How many directories deep it is (`log` is 0, `public/uploads` is 1).
+    pub fn depth(&self) -> usize {
+        self.0.matches('/').count()
+    }
+}
+
+impl fmt::Display for SharedPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for SharedPath {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A regular expression release tags must match (default `^v\d+\.\d+\.\d+$`).
+#[derive(Debug, Clone)]
+pub struct VersionPattern {
+    source: String,
+    regex: regex_lite::Regex,
+}
+
+/// The default: `v1.2.3`.
+pub const DEFAULT_VERSION_PATTERN: &str = r"^v\d+\.\d+\.\d+$";
+
+impl VersionPattern {
+    /// Compiles a pattern.
+    pub fn new(source: &str) -> Result<Self, InvalidValue> {
+        let regex = regex_lite::Regex::new(source)
+            .map_err(|e| InvalidValue(format!("invalid version pattern {source:?}: {e}")))?;
+        Ok(Self {
+            source: source.to_owned(),
+            regex,
+        })
+    }
+
+    /// Whether a tag name is a valid release tag.
+    pub fn matches(&self, tag: &str) -> bool {
+        self.regex.is_match(tag)
+    }
+
+    /// The pattern's text.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+impl Default for VersionPattern {
+    fn default() -> Self {
+        match Self::new(DEFAULT_VERSION_PATTERN) {
+            Ok(p) => p,
+            // The constant is a valid regex (a unit test says so).
+            Err(e) => unreachable!("{e}"),
+        }
+    }
+}
+
+impl PartialEq for VersionPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for VersionPattern {}
+
+impl Serialize for VersionPattern {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
+impl<'de> Deserialize<'de> for VersionPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Instances found by an EC2 tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSource {
+    /// `Key=Value`.
+    pub tag: String,
+    /// The region to look in.
+    pub region: String,
+    /// Login user (default: the `[ssh]` user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// SSH port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Which address to connect to.
+    #[serde(default)]
+    pub address: Address,
+}
+
+fn default_port() -> u16 {
+    22
+}
+
+/// Which address of an instance to connect to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Address {
+    /// The private IPv4 address (from inside the VPC).
+    #[default]
+    PrivateIp,
+    /// The public IPv4 address.
+    PublicIp,
+    /// The public DNS name.
+    PublicDns,
+}
+
+impl Address {
+    /// This address of an instance, if it has one.
+    pub fn of(self, instance: &ec2kit::Instance) -> Option<String> {
+        match self {
+            Self::PrivateIp => instance.private_ip.clone(),
+            Self::PublicIp => instance.public_ip.clone(),
+            Self::PublicDns => instance.public_dns.clone().filter(|d| !d.is_empty()),
+        }
+    }
+}
+
+/// Release layouts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayoutKind {
+    /// Two slots, `releases/a` and `releases/b`, each with its own checkout
+    /// and build products (kept between deploys, so builds are incremental).
+    Ab,
+    /// `releases/<UTC timestamp>`, old ones cleaned beyond `keep`.
+    #[default]
+    Timestamped,
+}
+
+impl fmt::Display for LayoutKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ab => "ab",
+            Self::Timestamped => "timestamped",
+        })
+    }
+}
+
+/// One hook: a shell command run in the release directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    /// The shell command (`sh -c`).
+    pub run: String,
+    /// Kill it and fail after this many seconds.
+    #[serde(default = "default_hook_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_hook_timeout() -> u64 {
+    600
+}
+
+impl Hook {
+    /// A hook with the default timeout (10 minutes).
+    pub fn new(run: impl Into<String>) -> Self {
+        Self {
+            run: run.into(),
+            timeout_seconds: default_hook_timeout(),
+        }
+    }
+
+    /// The timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_seconds.max(1))
+    }
+}
+
+/// When hooks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// After the checkout, on every host, in the new release (install
+    /// requirements into the release's own virtualenv, compile assets).
+    Build,
+    /// Once per deploy, on the first host, in the new release, before any
+    /// host switches (database migrations: keep them backward compatible,
+    /// the old release still serves).
+    BeforeSwitch,
+    /// On every host after a switch, a rollback, or `restart` (reload the
+    /// application server).
+    Restart,
+    /// On every host after the switch and restart of a deploy (install the
+    /// release's crontab).
+    AfterSwitch,
+    /// On every host when a deploy fails (in the release that is live).
+    OnFailure,
+    /// On every host after a rollback, manual or automatic.
+    AfterRollback,
+    /// On every host when maintenance mode is turned on or off
+    /// (`MAINTENANCE=on|off`).
+    Maintenance,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Build => "build",
+            Self::BeforeSwitch => "before_switch",
+            Self::Restart => "restart",
+            Self::AfterSwitch => "after_switch",
+            Self::OnFailure => "on_failure",
+            Self::AfterRollback => "after_rollback",
+            Self::Maintenance => "maintenance",
+        })
+    }
+}
+
+/// The hooks of every phase.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// See [`Phase::Build`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub build: Vec<Hook>,
+    /// See [`Phase::BeforeSwitch`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub before_switch: Vec<Hook>,
+    /// See [`Phase::Restart`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart: Vec<Hook>,
+    /// See [`Phase::AfterSwitch`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after_switch: Vec<Hook>,
+    /// See [`Phase::OnFailure`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_failure: Vec<Hook>,
+    /// See [`Phase::AfterRollback`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after_rollback: Vec<Hook>,
+    /// See [`Phase::Maintenance`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maintenance: Vec<Hook>,
+}
+
+impl Hooks {
+    /// The hooks of one phase.
+    pub fn of(&self, phase: Phase) -> &[Hook] {
+        match phase {
+            Phase::Build => &self.build,
+            Phase::BeforeSwitch => &self.before_switch,
+            Phase::Restart => &self.restart,
+            Phase::AfterSwitch => &self.after_switch,
+            Phase::OnFailure => &self.on_failure,
+            Phase::AfterRollback => &self.after_rollback,
+            Phase::Maintenance => &self.maintenance,
+        }
+    }
+}
+
+/// How to tell that a switched release works. Checked **on each host**
+/// (curl to a local URL, or a command), so it tests that host, not a load
+/// balancer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// An HTTP(S) URL fetched with `curl` on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The status the URL must answer with.
+    #[serde(default = "default_status")]
+    pub status: u16,
+    /// A shell command (in the release) that must exit 0, instead of a URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Time between attempts.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// Give up (and roll back) when no attempt passed within this long.
+    #[serde(default = "default_deadline")]
+    pub deadline_seconds: u64,
+}
+
+fn default_status() -> u16 {
+    200
+}
+fn default_interval_ms() -> u64 {
+    500
+}
+fn default_deadline() -> u64 {
+    30
+}
+
+impl HealthCheck {
+    /// An HTTP check with default status (200), interval and deadline.
+    pub fn http(url: impl Into<String>) -> Self {
+        Self {
+            url: Some(url.into()),
+            status: default_status(),
+            command: None,
+            interval_ms: default_interval_ms(),
+            deadline_seconds: default_deadline(),
+        }
+    }
+
+    /// A command check with default interval and deadline.
+    pub fn command(command: impl Into<String>) -> Self {
+        Self {
+            url: None,
+            status: default_status(),
+            command: Some(command.into()),
+            interval_ms: default_interval_ms(),
+            deadline_seconds: default_deadline(),
+        }
+    }
+}
+
+/// Where deploys are announced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// The environment variable holding the webhook URL. The URL is a
+    /// secret (it is the credential), so it is never written in the config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url_env: Option<String>,
+    /// Or a file holding the webhook URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url_file: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_pattern_compiles_and_matches_versions() {
+        let p = VersionPattern::default();
+        assert!(p.matches("v1.2.3"));
+        assert!(p.matches("v10.0.12"));
+        assert!(!p.matches("v1.2"));
+        assert!(!p.matches("1.2.3"));
+        assert!(!p.matches("v1.2.3-rc1"));
+    }
+
+    #[test]
+    fn deploy_paths_must_be_absolute_and_plain() {
+        assert_eq!(DeployPath::new("/srv/app/").unwrap().as_str(), "/srv/app");
+        for bad in ["srv/app", "/", "", "/srv/../etc", "/srv/./app"] {
+            assert!(DeployPath::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shared_paths_stay_inside() {
+        assert_eq!(SharedPath::new("public/uploads").unwrap().depth(), 1);
+        for bad in ["", "/etc", "../x", "a/../../x", "a//b", "."] {
+            assert!(SharedPath::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_pattern_is_rejected() {
+        assert!(VersionPattern::new("v(").is_err());
+    }
+}

@@ -1,0 +1,183 @@
+//! The errors of deploy operations.
+
+use std::fmt;
+
+use ec2kit::RemoteError;
+use serde::{Deserialize, Serialize};
+
+use crate::lock::HeldLock;
+
+/// The step of a deploy where something failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Taking the lock.
+    Lock,
+    /// Reading the hosts' state.
+    Inspect,
+    /// Fetching into the hosts' mirrors.
+    Fetch,
+    /// Checking out the release and linking shared paths.
+    Checkout,
+    /// The build hooks.
+    Build,
+    /// Writing the completion marker.
+    Finish,
+    /// The run-once hooks before the switch.
+    BeforeSwitch,
+    /// Switching `current`.
+    Switch,
+    /// Restart and after-switch hooks.
+    AfterSwitch,
+    /// Health checks.
+    Health,
+}
+
+impl Stage {
+    /// Whether a failure at this stage happens after hosts were switched.
+    pub fn after_switch(self) -> bool {
+        matches!(self, Self::Switch | Self::AfterSwitch | Self::Health)
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Lock => "lock",
+            Self::Inspect => "inspect",
+            Self::Fetch => "fetch",
+            Self::Checkout => "checkout",
+            Self::Build => "build",
+            Self::Finish => "finish",
+            Self::BeforeSwitch => "before-switch hooks",
+            Self::Switch => "switch",
+            Self::AfterSwitch => "after-switch hooks",
+            Self::Health => "health check",
+        })
+    }
+}
+
+/// What went wrong on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFailure {
+    /// The host.
+    pub host: String,
+    /// The step.
+    pub stage: Stage,
+    /// The error, as text.
+    pub error: String,
+}
+
+impl fmt::Display for HostFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.host, self.stage, self.error)
+    }
+}
+
+/// Why a deploy operation did not succeed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeployError {
+    /// The environment has no hosts (or `--host` matched none).
+    #[error("no hosts to work on")]
+    NoHosts,
+    /// No git URL for the hosts to fetch from.
+    #[error(
+        "no repository URL: set `repository` in the environment, or deploy from a clone with the remote configured"
+    )]
+    NoRepository,
+    /// The environment's configuration cannot work.
+    #[error("invalid environment: {0}")]
+    Invalid(String),
+    /// Another run holds the lock.
+    #[error("{lock}{}", hint(lock))]
+    Locked {
+        /// The lock found.
+        lock: Box<HeldLock>,
+    },
+    /// A host could not be reached or a command failed outside a deploy's
+    /// stages (locking, reading state).
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// A deploy failed. Before the switch nothing changed; after it, every
+    /// host that switched was switched back (except those listed in
+    /// `inconsistent`).
+    #[error("{}", failed_message(.stage, .failures, .rolled_back, .inconsistent))]
+    Failed {
+        /// Where it failed.
+        stage: Stage,
+        /// What failed, per host.
+        failures: Vec<HostFailure>,
+        /// Hosts switched back to their previous release.
+        rolled_back: Vec<String>,
+        /// Hosts that could not be switched back: check them.
+        inconsistent: Vec<HostFailure>,
+    },
+    /// A host has no release to roll back to.
+    #[error("{host}: no earlier complete release that is not marked bad; nothing was changed")]
+    NothingToRollBack {
+        /// The host.
+        host: String,
+    },
+    /// A named release is not on a host (or not complete).
+    #[error("{host}: release {release} is not there or not complete; nothing was changed")]
+    UnknownRelease {
+        /// The host.
+        host: String,
+        /// The release.
+        release: String,
+    },
+    /// An operation needs a live release and a host has none.
+    #[error("{host}: nothing is deployed yet")]
+    NotDeployed {
+        /// The host.
+        host: String,
+    },
+    /// `unlock` found a live lock and was not forced.
+    #[error(
+        "{lock}; it is not stale: if you are sure that deploy is dead, use `ektool deploy unlock --force`"
+    )]
+    LockNotStale {
+        /// The lock.
+        lock: Box<HeldLock>,
+    },
+}
+
+fn hint(lock: &HeldLock) -> &'static str {
+    if lock.stale.is_some() {
+        "; remove it with `ektool deploy unlock` (add --force if it is not stale)"
+    } else {
+        "; wait for it with --lock-wait SECONDS"
+    }
+}
+
+fn failed_message(
+    stage: &Stage,
+    failures: &[HostFailure],
+    rolled_back: &[String],
+    inconsistent: &[HostFailure],
+) -> String {
+    let mut s = format!("deploy failed at {stage}");
+    match failures {
+        [] => {}
+        [one] => s.push_str(&format!(": {one}")),
+        [first, rest @ ..] => s.push_str(&format!(
+            " on {} hosts: {first} (and {} more)",
+            failures.len(),
+            rest.len()
+        )),
+    }
+    if !stage.after_switch() {
+        s.push_str("; no host was switched, `current` is unchanged everywhere");
+    } else if !rolled_back.is_empty() {
+        s.push_str(&format!(
+            "; switched {} host{} back to the previous release",
+            rolled_back.len(),
+            if rolled_back.len() == 1 { "" } else { "s" }
+        ));
+    }
+    for i in inconsistent {
+        s.push_str(&format!("; COULD NOT SWITCH BACK {i}"));
+    }
+    s
+}

@@ -1,0 +1,186 @@
+//! Events: what a running operation reports as it goes, as serialisable
+//! values delivered to a callback (the CLI streams them as JSON lines or
+//! shows progress; a test records them).
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::environment::Phase;
+use crate::error::Stage;
+
+/// The callback events are delivered to.
+pub type EventSink = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// One event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+#[non_exhaustive]
+pub enum Event {
+    /// The lock is held elsewhere; waiting.
+    LockWaiting {
+        /// Who holds it, as text.
+        holder: String,
+    },
+    /// Every host is locked.
+    Locked {
+        /// How many hosts.
+        hosts: usize,
+    },
+    /// A host's state was read.
+    Inspected {
+        /// The host.
+        host: String,
+        /// Its current release.
+        current: Option<String>,
+    },
+    /// A host's mirror was brought up to date.
+    Fetched {
+        /// The host.
+        host: String,
+    },
+    /// A release was checked out on a host.
+    CheckedOut {
+        /// The host.
+        host: String,
+        /// The release directory.
+        release: String,
+    },
+    /// A phase's hooks ran on a host.
+    HooksRan {
+        /// The host.
+        host: String,
+        /// The phase.
+        phase: Phase,
+        /// How many hooks.
+        count: usize,
+        /// How long they took.
+        seconds: f64,
+    },
+    /// A host's release is ready to switch to.
+    Prepared {
+        /// The host.
+        host: String,
+        /// The release directory.
+        release: String,
+        /// An existing build was reused.
+        reused: bool,
+        /// How long it took.
+        seconds: f64,
+    },
+    /// A host's `current` now points at a release.
+    Switched {
+        /// The host.
+        host: String,
+        /// The release.
+        release: String,
+        /// The release before.
+        previous: Option<String>,
+        /// Milliseconds since the switch barrier opened.
+        at_ms: f64,
+    },
+    /// A host passed its health check.
+    Healthy {
+        /// The host.
+        host: String,
+    },
+    /// Something failed on a host.
+    HostFailed {
+        /// The host.
+        host: String,
+        /// Where.
+        stage: Stage,
+        /// What.
+        error: String,
+    },
+    /// A host was switched back after a failure.
+    SwitchedBack {
+        /// The host.
+        host: String,
+        /// The release it is on again (`None`: it had none; `current` was removed).
+        release: Option<String>,
+    },
+    /// Old releases were removed on a host.
+    Cleaned {
+        /// The host.
+        host: String,
+        /// The removed release directories.
+        removed: Vec<String>,
+    },
+    /// A best-effort step failed (log, unlock, on-failure hook, cleanup);
+    /// the operation's outcome does not change.
+    Warning {
+        /// The host, if any.
+        host: Option<String>,
+        /// What.
+        message: String,
+    },
+    /// A notification could not be delivered (the deploy goes on).
+    NotifyFailed {
+        /// Why (never the webhook URL).
+        error: String,
+    },
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::LockWaiting { holder } => write!(f, "waiting for the lock: {holder}"),
+            Self::Locked { hosts } => write!(f, "locked {hosts} host(s)"),
+            Self::Inspected { host, current } => write!(
+                f,
+                "{host}: current is {}",
+                current.as_deref().unwrap_or("(none)")
+            ),
+            Self::Fetched { host } => write!(f, "{host}: fetched"),
+            Self::CheckedOut { host, release } => {
+                write!(f, "{host}: checked out releases/{release}")
+            }
+            Self::HooksRan {
+                host,
+                phase,
+                count,
+                seconds,
+            } => write!(f, "{host}: {count} {phase} hook(s) ran in {seconds:.1}s"),
+            Self::Prepared {
+                host,
+                release,
+                reused,
+                seconds,
+            } => write!(
+                f,
+                "{host}: releases/{release} {} in {seconds:.1}s",
+                if *reused {
+                    "already built, reused"
+                } else {
+                    "ready"
+                }
+            ),
+            Self::Switched {
+                host,
+                release,
+                previous,
+                at_ms,
+            } => write!(
+                f,
+                "{host}: current -> releases/{release} (was {}) at +{at_ms:.0}ms",
+                previous.as_deref().unwrap_or("none")
+            ),
+            Self::Healthy { host } => write!(f, "{host}: healthy"),
+            Self::HostFailed { host, stage, error } => write!(f, "{host}: {stage} failed: {error}"),
+            Self::SwitchedBack { host, release } => match release {
+                Some(r) => write!(f, "{host}: switched back to releases/{r}"),
+                None => write!(f, "{host}: removed current (it had no previous release)"),
+            },
+            Self::Cleaned { host, removed } => {
+                write!(f, "{host}: removed old releases {}", removed.join(", "))
+            }
+            Self::Warning { host, message } => match host {
+                Some(h) => write!(f, "{h}: warning: {message}"),
+                None => write!(f, "warning: {message}"),
+            },
+            Self::NotifyFailed { error } => write!(f, "notification not sent: {error}"),
+        }
+    }
+}

@@ -1,0 +1,1111 @@
+//! The deploy flow.
+//!
+//! ```text
+//! lock every host (fixed order)
+//!  → read every host's state
+//!  → prepare the release on every host, in parallel (bounded):
+//!    fetch into the mirror, check out, link shared paths, build hooks,
+//!    completion marker
+//!  → run-once hooks on the first host (migrations)
+//!  → barrier, then switch `current` on every host at once
+//!  → restart and after-switch hooks, health checks, on every host
+//!  → on any failure after the first switch: switch every host back to its
+//!    previous release, run restart and after-rollback hooks
+//!  → release log, cleanup, unlock, notify
+//! ```
+//!
+//! A failure before the switch leaves `current` untouched everywhere; the
+//! half-built release has no completion marker, is never switched to, and
+//! is removed by the next successful deploy.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::environment::{Environment, Phase};
+use crate::error::{DeployError, HostFailure, Stage};
+use crate::event::{Event, EventSink};
+use crate::hooks::{self, HookContext};
+use crate::host::{Actor, Host};
+use crate::layout::{HostState, Placement, ReleaseDir, ReleaseLayout, Timestamped};
+use crate::lock::{self, Attempt, LockOwner};
+use crate::log::{self, LogAction, LogEntry, LogResult};
+use crate::notify::{Notification, NotificationKind, Notifier};
+use crate::plan::{DeployPlan, HostPlan, PrepareAction};
+use crate::release::{self, Marker, Release};
+use crate::{health, switch};
+
+/// Runs deploy operations for one environment on its hosts.
+#[derive(Clone)]
+pub struct Deployer {
+    pub(crate) environment: String,
+    pub(crate) config: Environment,
+    /// Sorted by (name, root): the lock order, and the first one runs the
+    /// run-once hooks.
+    pub(crate) hosts: Vec<Host>,
+    pub(crate) actor: Actor,
+    pub(crate) notifier: Option<Arc<dyn Notifier>>,
+    pub(crate) events: EventSink,
+    pub(crate) lock_wait: Duration,
+    pub(crate) message: Option<String>,
+    pub(crate) repository: Option<String>,
+}
+
+impl std::fmt::Debug for Deployer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployer")
+            .field("environment", &self.environment)
+            .field("hosts", &self.hosts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of a successful deploy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployReport {
+    /// The environment.
+    pub environment: String,
+    /// The release.
+    pub release: Release,
+    /// Per host.
+    pub hosts: Vec<HostOutcome>,
+    /// Milliseconds between the first and the last host's switch.
+    pub switch_spread_ms: f64,
+    /// Total seconds.
+    pub seconds: f64,
+}
+
+/// What a deploy did on one host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostOutcome {
+    /// The host.
+    pub host: String,
+    /// The release directory now live.
+    pub release: String,
+    /// The one live before.
+    pub previous: Option<String>,
+    /// An existing build was reused.
+    pub reused: bool,
+    /// Old releases removed.
+    pub removed: Vec<String>,
+}
+
+/// One host's part of a run, after inspection.
+struct Slot<'a> {
+    host: &'a Host,
+    state: HostState,
+    placement: Placement,
+}
+
+impl Deployer {
+    /// A deployer for `environment` (its name) with `config`, on `hosts`.
+    pub fn new(environment: impl Into<String>, config: Environment, mut hosts: Vec<Host>) -> Self {
+        hosts.sort_by(|a, b| (a.name(), a.root()).cmp(&(b.name(), b.root())));
+        hosts.dedup_by(|a, b| a.name() == b.name() && a.root() == b.root());
+        Self {
+            environment: environment.into(),
+            repository: config.repository.clone(),
+            config,
+            hosts,
+            actor: Actor::current(),
+            notifier: None,
+            events: Arc::new(|_| {}),
+            lock_wait: Duration::ZERO,
+            message: None,
+        }
+    }
+
+    /// Who is deploying (default: this process as `$USER`).
+    #[must_use]
+    pub fn actor(mut self, actor: Actor) -> Self {
+        self.actor = actor;
+        self
+    }
+
+    /// Where to announce deploys.
+    #[must_use]
+    pub fn notifier(mut self, notifier: Arc<dyn Notifier>) -> Self {
+        self.notifier = Some(notifier);
+        self
+    }
+
+    /// Receives every [`Event`].
+    #[must_use]
+    pub fn on_event(mut self, f: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.events = Arc::new(f);
+        self
+    }
+
+    /// Waits this long for a held lock (default: fail at once).
+    #[must_use]
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// The operator's message (in the lock, log and notifications).
+    #[must_use]
+    pub fn message(mut self, message: Option<String>) -> Self {
+        self.message = message;
+        self
+    }
+
+    /// The git URL hosts fetch from, when the environment does not say.
+    #[must_use]
+    pub fn repository(mut self, url: impl Into<String>) -> Self {
+        if self.config.repository.is_none() {
+            self.repository = Some(url.into());
+        }
+        self
+    }
+
+    /// The hosts, in lock order.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// The environment's configuration.
+    pub fn config(&self) -> &Environment {
+        &self.config
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        (self.events)(&event);
+    }
+
+    fn check(&self) -> Result<String, DeployError> {
+        if self.hosts.is_empty() {
+            return Err(DeployError::NoHosts);
+        }
+        if let Some(h) = &self.config.health {
+            health::check_script(h).map_err(|e| DeployError::Invalid(e.to_string()))?;
+        }
+        if self.config.keep < 2 && self.config.layout == crate::LayoutKind::Timestamped {
+            return Err(DeployError::Invalid(
+                "keep must be at least 2 (the current and the previous release)".into(),
+            ));
+        }
+        self.repository.clone().ok_or(DeployError::NoRepository)
+    }
+
+    pub(crate) async fn each<'a, T, F, Fut>(&'a self, limit: usize, f: F) -> Vec<T>
+    where
+        F: Fn(usize, &'a Host) -> Fut,
+        Fut: std::future::Future<Output = T> + 'a,
+    {
+        let mut out: Vec<(usize, T)> = stream::iter(self.hosts.iter().enumerate())
+            .map(|(i, h)| {
+                let fut = f(i, h);
+                async move { (i, fut.await) }
+            })
+            .buffer_unordered(limit.max(1))
+            .collect()
+            .await;
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// Reads every host's state (in parallel).
+    pub(crate) async fn inspect(
+        &self,
+        commit: Option<&str>,
+    ) -> Result<Vec<HostState>, DeployError> {
+        let maint = self.config.maintenance_file.as_str();
+        let results = self
+            .each(
+                self.config.parallel.max(self.hosts.len()),
+                |_, h| async move {
+                    HostState::read(h, commit, maint)
+                        .await
+                        .map_err(|e| HostFailure {
+                            host: h.name().to_owned(),
+                            stage: Stage::Inspect,
+                            error: e.to_string(),
+                        })
+                },
+            )
+            .await;
+        let mut states = Vec::new();
+        let mut failures = Vec::new();
+        for r in results {
+            match r {
+                Ok(s) => states.push(s),
+                Err(f) => failures.push(f),
+            }
+        }
+        if failures.is_empty() {
+            Ok(states)
+        } else {
+            Err(failed(Stage::Inspect, failures))
+        }
+    }
+
+    /// Takes the lock on every host and reads their state in the same
+    /// command. The first host (in lock order) is locked alone, then the
+    /// others in parallel: every run on the same hosts must pass the first
+    /// one, so two of them cannot each hold half. On contention it releases
+    /// what it took and retries until `lock_wait` runs out.
+    ///
+    /// Returns the states and how long the parallel round took (an estimate
+    /// of the hosts' command latency, used to schedule the switch).
+    pub(crate) async fn lock_all(
+        &self,
+        action: String,
+        token: &str,
+        commit: Option<&str>,
+        with_log: bool,
+    ) -> Result<(Vec<HostState>, Duration), DeployError> {
+        let owner = LockOwner {
+            actor: self.actor.clone(),
+            environment: self.environment.clone(),
+            since: Timestamp::now(),
+            action,
+            message: self.message.clone(),
+            token: token.to_owned(),
+        };
+        let deadline = Instant::now() + self.lock_wait;
+        loop {
+            let t = Instant::now();
+            let first = self
+                .try_lock(&self.hosts[0], &owner, commit, with_log)
+                .await;
+            let mut results = vec![first];
+            if matches!(results[0], Ok(Attempt::Acquired(_))) {
+                results.extend(
+                    futures::future::join_all(
+                        self.hosts[1..]
+                            .iter()
+                            .map(|h| self.try_lock(h, &owner, commit, with_log)),
+                    )
+                    .await,
+                );
+            }
+            let latency = t.elapsed();
+            let mut states = Vec::new();
+            let mut held = None;
+            let mut error = None;
+            let mut taken = Vec::new();
+            for (h, r) in self.hosts.iter().zip(results) {
+                match r {
+                    Ok(Attempt::Acquired(state)) => {
+                        taken.push(h);
+                        states.push(state);
+                    }
+                    Ok(Attempt::Held(l)) => {
+                        held.get_or_insert(l);
+                    }
+                    Err(e) => {
+                        error.get_or_insert(HostFailure {
+                            host: h.name().to_owned(),
+                            stage: Stage::Lock,
+                            error: e.to_string(),
+                        });
+                    }
+                }
+            }
+            if held.is_none() && error.is_none() {
+                self.emit(Event::Locked {
+                    hosts: self.hosts.len(),
+                });
+                return Ok((states, latency));
+            }
+            self.unlock_hosts(&taken, token).await;
+            if let Some(f) = error {
+                return Err(failed(Stage::Lock, vec![f]));
+            }
+            let Some(lock) = held else {
+                unreachable!("held or error")
+            };
+            let now = Instant::now();
+            if now >= deadline || lock.stale.is_some() {
+                return Err(DeployError::Locked {
+                    lock: Box::new(lock),
+                });
+            }
+            self.emit(Event::LockWaiting {
+                holder: lock.to_string(),
+            });
+            tokio::time::sleep((deadline - now).min(Duration::from_millis(500))).await;
+        }
+    }
+
+    async fn try_lock(
+        &self,
+        host: &Host,
+        owner: &LockOwner,
+        commit: Option<&str>,
+        with_log: bool,
+    ) -> Result<Attempt, ec2kit::RemoteError> {
+        let script = HostState::script_with(
+            host,
+            commit,
+            self.config.maintenance_file.as_str(),
+            with_log,
+        );
+        lock::try_acquire(host, owner, self.config.lock_stale_after(), &script).await
+    }
+
+    async fn unlock_hosts(&self, hosts: &[&Host], token: &str) {
+        let results =
+            futures::future::join_all(hosts.iter().map(|h| lock::release(h, token))).await;
+        for (h, r) in hosts.iter().zip(results) {
+            if let Err(e) = r {
+                self.emit(Event::Warning {
+                    host: Some(h.name().to_owned()),
+                    message: format!("could not release the lock: {e}"),
+                });
+            }
+        }
+    }
+
+    pub(crate) async fn unlock_all(&self, token: &str) {
+        let all: Vec<&Host> = self.hosts.iter().collect();
+        self.unlock_hosts(&all, token).await;
+    }
+
+    fn fresh_name(&self, states: &[HostState]) -> String {
+        Timestamped::fresh_name(
+            Timestamp::now(),
+            states
+                .iter()
+                .flat_map(|s| s.releases.iter().map(|r| r.name.as_str())),
+        )
+    }
+
+    fn slots<'a>(
+        &'a self,
+        layout: &dyn ReleaseLayout,
+        states: Vec<HostState>,
+        commit: &str,
+    ) -> Vec<Slot<'a>> {
+        let fresh = self.fresh_name(&states);
+        self.hosts
+            .iter()
+            .zip(states)
+            .map(|(host, state)| {
+                let placement = layout.place(&state, commit, &fresh);
+                Slot {
+                    host,
+                    state,
+                    placement,
+                }
+            })
+            .collect()
+    }
+
+    /// What a deploy of `release` would do, host by host. Reads the hosts;
+    /// changes nothing (no lock either).
+    pub async fn plan(&self, release: &Release) -> Result<DeployPlan, DeployError> {
+        let url = self.check()?;
+        let layout = self.config.release_layout();
+        let states = self.inspect(Some(&release.commit)).await?;
+        let slots = self.slots(layout.as_ref(), states, &release.commit);
+        let hosts = slots
+            .iter()
+            .map(|s| {
+                let name = s.placement.release().to_owned();
+                let prepare = match &s.placement {
+                    Placement::Reuse { release } => PrepareAction::Reuse {
+                        release: release.clone(),
+                    },
+                    Placement::Build { release, in_place } => PrepareAction::Build {
+                        release: release.clone(),
+                        mirror: if !s.state.mirror_exists {
+                            "clone"
+                        } else if s.state.mirror_has_commit {
+                            "none"
+                        } else {
+                            "fetch"
+                        }
+                        .to_owned(),
+                        in_place: *in_place,
+                    },
+                };
+                let mut hooks = Vec::new();
+                for phase in [
+                    Phase::Build,
+                    Phase::BeforeSwitch,
+                    Phase::Restart,
+                    Phase::AfterSwitch,
+                ] {
+                    let list = self.config.hooks.of(phase);
+                    let runs_here =
+                        phase != Phase::BeforeSwitch || std::ptr::eq(s.host, &self.hosts[0]);
+                    if !list.is_empty() && runs_here {
+                        hooks.push((
+                            phase.to_string(),
+                            list.iter().map(|h| h.run.clone()).collect(),
+                        ));
+                    }
+                }
+                let needs_build = matches!(s.placement, Placement::Build { .. });
+                HostPlan {
+                    host: s.host.name().to_owned(),
+                    root: s.host.root().to_owned(),
+                    current: s.state.current.clone(),
+                    current_commit: s
+                        .state
+                        .current_release()
+                        .and_then(|r| r.commit())
+                        .map(str::to_owned),
+                    prepare,
+                    hooks: if needs_build {
+                        hooks
+                    } else {
+                        hooks.into_iter().filter(|(p, _)| p != "build").collect()
+                    },
+                    switch: format!("current -> releases/{name}"),
+                    cleanup: cleanup_after(layout.as_ref(), &s.state, &name, &release.commit),
+                }
+            })
+            .collect();
+        Ok(DeployPlan {
+            environment: self.environment.clone(),
+            release: release.clone(),
+            layout: layout.name().to_owned(),
+            repository: url,
+            run_once_host: (!self.config.hooks.before_switch.is_empty())
+                .then(|| self.hosts[0].name().to_owned()),
+            hosts,
+        })
+    }
+
+    /// Deploys `release` to every host. See the module docs for the flow.
+    pub async fn deploy(&self, release: &Release) -> Result<DeployReport, DeployError> {
+        let started = Instant::now();
+        let url = self.check()?;
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let (states, latency) = self
+            .lock_all(
+                format!("deploy {}", release.describe),
+                &token,
+                Some(&release.commit),
+                false,
+            )
+            .await?;
+        let result = self
+            .deploy_locked(release, &url, &token, started, states, latency)
+            .await;
+        // On success each host's last command released its lock.
+        if result.is_err() {
+            self.unlock_all(&token).await;
+        }
+        let (kind, error, old) = match &result {
+            Ok((_, old)) => (NotificationKind::Succeeded, None, old.clone()),
+            Err((e, old)) => (NotificationKind::Failed, Some(e.to_string()), old.clone()),
+        };
+        self.notify(kind, release, old, error).await;
+        result.map(|(r, _)| r).map_err(|(e, _)| e)
+    }
+
+    pub(crate) async fn notify(
+        &self,
+        kind: NotificationKind,
+        release: &Release,
+        old_commit: Option<String>,
+        error: Option<String>,
+    ) {
+        let Some(notifier) = &self.notifier else {
+            return;
+        };
+        let n = Notification {
+            kind,
+            environment: self.environment.clone(),
+            who: self.actor.to_string(),
+            release: release.describe.clone(),
+            old_commit: old_commit.map(|c| c[..12.min(c.len())].to_owned()),
+            new_commit: release.short().to_owned(),
+            hosts: self.hosts.len(),
+            error,
+            message: self.message.clone(),
+        };
+        if let Err(e) = notifier.notify(&n).await {
+            self.emit(Event::NotifyFailed {
+                error: e.to_string(),
+            });
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn deploy_locked(
+        &self,
+        release: &Release,
+        url: &str,
+        token: &str,
+        started: Instant,
+        states: Vec<HostState>,
+        latency: Duration,
+    ) -> Result<(DeployReport, Option<String>), (DeployError, Option<String>)> {
+        let layout = self.config.release_layout();
+        for (h, s) in self.hosts.iter().zip(&states) {
+            self.emit(Event::Inspected {
+                host: h.name().to_owned(),
+                current: s.current.clone(),
+            });
+        }
+        let old_commit = states
+            .first()
+            .and_then(|s| s.current_release())
+            .and_then(|r| r.commit())
+            .map(str::to_owned);
+        self.notify(NotificationKind::Started, release, old_commit.clone(), None)
+            .await;
+        let slots = self.slots(layout.as_ref(), states, &release.commit);
+        let fail = |e: DeployError| (e, old_commit.clone());
+
+        // Prepare everywhere; nothing is live-visible yet.
+        let prepared = self
+            .each(self.config.parallel, |i, _| {
+                self.prepare(&slots[i], release, url)
+            })
+            .await;
+        let failures: Vec<HostFailure> = prepared.into_iter().filter_map(Result::err).collect();
+        if !failures.is_empty() {
+            return Err(fail(
+                self.fail_before_switch(&slots, release, failures).await,
+            ));
+        }
+
+        // Run-once hooks (migrations) on the first host, old code still live.
+        if !self.config.hooks.before_switch.is_empty() {
+            let first = &slots[0];
+            let ctx = self.context(first, release, "deploy");
+            let t = Instant::now();
+            if let Err(e) = hooks::run_phase(
+                first.host,
+                Phase::BeforeSwitch,
+                &self.config.hooks.before_switch,
+                &ctx,
+            )
+            .await
+            {
+                let f = HostFailure {
+                    host: first.host.name().to_owned(),
+                    stage: Stage::BeforeSwitch,
+                    error: e.to_string(),
+                };
+                return Err(fail(
+                    self.fail_before_switch(&slots, release, vec![f]).await,
+                ));
+            }
+            self.hooks_ran(first.host, Phase::BeforeSwitch, t);
+        }
+
+        // Barrier passed: every host is prepared. Switch them all at once,
+        // at one scheduled moment.
+        let results = self
+            .switch_all(
+                slots
+                    .iter()
+                    .map(|s| (s.host, s.placement.release(), s.state.current.clone())),
+                token,
+                latency,
+            )
+            .await;
+        let mut failures = Vec::new();
+        let mut times = Vec::new();
+        for (s, r) in slots.iter().zip(results) {
+            match r {
+                Ok(t) => times.extend(t),
+                Err(e) => failures.push(self.host_failed(s.host, Stage::Switch, e.to_string())),
+            }
+        }
+        if !failures.is_empty() {
+            return Err(fail(
+                self.fail_after_switch(&slots, release, Stage::Switch, failures)
+                    .await,
+            ));
+        }
+        let spread = spread_ms(&times);
+
+        // Restart, after-switch hooks and health checks, every host.
+        let after = self
+            .each(self.hosts.len(), |i, _| {
+                self.after_switch(&slots[i], release)
+            })
+            .await;
+        let failures: Vec<HostFailure> = after.into_iter().filter_map(Result::err).collect();
+        if !failures.is_empty() {
+            let stage = if failures.iter().any(|f| f.stage == Stage::Health) {
+                Stage::Health
+            } else {
+                Stage::AfterSwitch
+            };
+            return Err(fail(
+                self.fail_after_switch(&slots, release, stage, failures)
+                    .await,
+            ));
+        }
+
+        // Live everywhere: record, clean up and unlock, one command per host.
+        let mut outcomes = Vec::new();
+        let (slots, layout) = (&slots, &layout);
+        let results = self
+            .each(self.config.parallel, |i, _| async move {
+                let s = &slots[i];
+                let name = s.placement.release();
+                let entry = self.entry(
+                    LogAction::Deploy,
+                    s,
+                    release,
+                    Some(LogResult::Success),
+                    None,
+                );
+                let removed = cleanup_after(layout.as_ref(), &s.state, name, &release.commit);
+                let script = format!(
+                    "{}\n{}{}",
+                    log::append_fragment(s.host),
+                    release::remove_fragment(s.host, &removed),
+                    lock::release_fragment(s.host, token)
+                );
+                let line = log::line(&entry);
+                match s
+                    .host
+                    .run_checked(&ec2kit::Command::shell(script).stdin(line))
+                    .await
+                {
+                    Ok(_) if !removed.is_empty() => self.emit(Event::Cleaned {
+                        host: s.host.name().to_owned(),
+                        removed: removed.clone(),
+                    }),
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.warn(
+                            s.host,
+                            format!("could not record the release, clean up or unlock: {e}"),
+                        );
+                        if let Err(e) = lock::release(s.host, token).await {
+                            self.warn(s.host, format!("could not release the lock: {e}"));
+                        }
+                    }
+                }
+                HostOutcome {
+                    host: s.host.name().to_owned(),
+                    release: name.to_owned(),
+                    previous: s.state.current.clone(),
+                    reused: matches!(s.placement, Placement::Reuse { .. }),
+                    removed,
+                }
+            })
+            .await;
+        outcomes.extend(results);
+        Ok((
+            DeployReport {
+                environment: self.environment.clone(),
+                release: release.clone(),
+                hosts: outcomes,
+                switch_spread_ms: spread.max(0.0),
+                seconds: started.elapsed().as_secs_f64(),
+            },
+            old_commit,
+        ))
+    }
+
+    /// Switches hosts to releases at one scheduled moment (see
+    /// [`switch::switch_command`]): far enough ahead for every command to
+    /// have started (1.5 × the hosts' observed latency), emitting an event
+    /// per host with its offset from the first rename. Returns each host's
+    /// rename time (host clock, ns) or its error.
+    pub(crate) async fn switch_all<'h>(
+        &self,
+        targets: impl Iterator<Item = (&'h Host, &'h str, Option<String>)>,
+        token: &str,
+        latency: Duration,
+    ) -> Vec<Result<Option<i128>, ec2kit::RemoteError>> {
+        let margin = (latency * 3 / 2 + Duration::from_millis(20)).min(Duration::from_secs(3));
+        let at = switch::now_ns() + i128::try_from(margin.as_nanos()).unwrap_or(0);
+        let targets: Vec<_> = targets.collect();
+        let results = futures::future::join_all(
+            targets
+                .iter()
+                .map(|(h, r, _)| switch::switch(h, r, token, Some(at))),
+        )
+        .await;
+        let first = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied().flatten())
+            .min()
+            .unwrap_or(at);
+        for ((h, r, previous), result) in targets.iter().zip(&results) {
+            if let Ok(t) = result {
+                self.emit(Event::Switched {
+                    host: h.name().to_owned(),
+                    release: (*r).to_owned(),
+                    previous: previous.clone(),
+                    at_ms: t.map_or(0.0, |t| (t - first) as f64 / 1e6),
+                });
+            }
+        }
+        results
+    }
+
+    fn context(&self, slot: &Slot<'_>, release: &Release, action: &str) -> HookContext {
+        HookContext {
+            environment: self.environment.clone(),
+            release: slot.placement.release().to_owned(),
+            commit: release.commit.clone(),
+            tag: release.tag.clone(),
+            previous: slot.state.current.clone(),
+            action: action.to_owned(),
+            extra: Vec::new(),
+        }
+    }
+
+    fn hooks_ran(&self, host: &Host, phase: Phase, t: Instant) {
+        self.emit(Event::HooksRan {
+            host: host.name().to_owned(),
+            phase,
+            count: self.config.hooks.of(phase).len(),
+            seconds: t.elapsed().as_secs_f64(),
+        });
+    }
+
+    pub(crate) fn warn(&self, host: &Host, message: String) {
+        self.emit(Event::Warning {
+            host: Some(host.name().to_owned()),
+            message,
+        });
+    }
+
+    pub(crate) fn host_failed(&self, host: &Host, stage: Stage, error: String) -> HostFailure {
+        self.emit(Event::HostFailed {
+            host: host.name().to_owned(),
+            stage,
+            error: error.clone(),
+        });
+        HostFailure {
+            host: host.name().to_owned(),
+            stage,
+            error,
+        }
+    }
+
+    fn entry(
+        &self,
+        action: LogAction,
+        slot: &Slot<'_>,
+        release: &Release,
+        result: Option<LogResult>,
+        message: Option<String>,
+    ) -> LogEntry {
+        LogEntry {
+            at: Timestamp::now(),
+            action,
+            who: self.actor.clone(),
+            environment: self.environment.clone(),
+            release: slot.placement.release().to_owned(),
+            commit: release.commit.clone(),
+            tag: release.tag.clone(),
+            previous: slot.state.current.clone(),
+            result,
+            message: message.or_else(|| self.message.clone()),
+        }
+    }
+
+    /// Builds (or reuses) the release on one host.
+    async fn prepare(
+        &self,
+        slot: &Slot<'_>,
+        release: &Release,
+        url: &str,
+    ) -> Result<(), HostFailure> {
+        let host = slot.host;
+        let t = Instant::now();
+        let fail = |stage: Stage, e: String| self.host_failed(host, stage, e);
+        let Placement::Build {
+            release: name,
+            in_place,
+        } = &slot.placement
+        else {
+            self.emit(Event::Prepared {
+                host: host.name().to_owned(),
+                release: slot.placement.release().to_owned(),
+                reused: true,
+                seconds: t.elapsed().as_secs_f64(),
+            });
+            return Ok(());
+        };
+        let marker = Marker {
+            release: name.clone(),
+            commit: release.commit.clone(),
+            tag: release.tag.clone(),
+            built_at: Timestamp::now(),
+        };
+        let hooks = &self.config.hooks.build;
+        // One command: fetch (only if the mirror lacks the commit),
+        // checkout, shared links, and the marker when no hook follows.
+        let mut script = String::new();
+        if !slot.state.mirror_has_commit {
+            script.push_str(&release::fetch_script(host, url, &release.commit));
+        }
+        script.push_str(&release::checkout_script(
+            host,
+            &self.config,
+            url,
+            name,
+            &release.commit,
+            *in_place,
+        ));
+        if hooks.is_empty() {
+            script.push_str(&release::marker_fragment(&marker));
+        }
+        let mut c = ec2kit::Command::shell(script);
+        for (k, v) in release::git_env(&self.config) {
+            c = c.env(k, v);
+        }
+        let stage = if slot.state.mirror_has_commit {
+            Stage::Checkout
+        } else {
+            Stage::Fetch
+        };
+        host.run_checked(&c)
+            .await
+            .map_err(|e| fail(stage, e.to_string()))?;
+        self.emit(Event::CheckedOut {
+            host: host.name().to_owned(),
+            release: name.clone(),
+        });
+        if !hooks.is_empty() {
+            let th = Instant::now();
+            let ctx = self.context(slot, release, "deploy");
+            hooks::run_phase(host, Phase::Build, hooks, &ctx)
+                .await
+                .map_err(|e| fail(Stage::Build, e.to_string()))?;
+            self.hooks_ran(host, Phase::Build, th);
+            release::write_marker(host, &marker)
+                .await
+                .map_err(|e| fail(Stage::Finish, e.to_string()))?;
+        }
+        self.emit(Event::Prepared {
+            host: host.name().to_owned(),
+            release: name.clone(),
+            reused: false,
+            seconds: t.elapsed().as_secs_f64(),
+        });
+        Ok(())
+    }
+
+    /// Restart and after-switch hooks, then the health check, on one host.
+    async fn after_switch(&self, slot: &Slot<'_>, release: &Release) -> Result<(), HostFailure> {
+        let host = slot.host;
+        let ctx = self.context(slot, release, "deploy");
+        for phase in [Phase::Restart, Phase::AfterSwitch] {
+            let list = self.config.hooks.of(phase);
+            if list.is_empty() {
+                continue;
+            }
+            let t = Instant::now();
+            hooks::run_phase(host, phase, list, &ctx)
+                .await
+                .map_err(|e| self.host_failed(host, Stage::AfterSwitch, e.to_string()))?;
+            self.hooks_ran(host, phase, t);
+        }
+        if let Some(check) = &self.config.health {
+            health::check(host, check, &ctx)
+                .await
+                .map_err(|e| self.host_failed(host, Stage::Health, e.to_string()))?;
+            self.emit(Event::Healthy {
+                host: host.name().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A failure before any switch: log it, run on-failure hooks in the
+    /// live release. `current` was not touched.
+    async fn fail_before_switch(
+        &self,
+        slots: &[Slot<'_>],
+        release: &Release,
+        failures: Vec<HostFailure>,
+    ) -> DeployError {
+        let stage = failures.first().map_or(Stage::Checkout, |f| f.stage);
+        let reason = &failures.first().map(|f| f.to_string());
+        self.each(self.config.parallel, |i, _| async move {
+            let s = &slots[i];
+            let entry = self.entry(
+                LogAction::Deploy,
+                s,
+                release,
+                Some(LogResult::Failed),
+                reason.clone(),
+            );
+            if let Err(e) = log::append(s.host, &[entry]).await {
+                self.warn(s.host, format!("could not write the release log: {e}"));
+            }
+            self.on_failure(s, release).await;
+        })
+        .await;
+        DeployError::Failed {
+            stage,
+            failures,
+            rolled_back: Vec::new(),
+            inconsistent: Vec::new(),
+        }
+    }
+
+    async fn on_failure(&self, slot: &Slot<'_>, release: &Release) {
+        let hooks = &self.config.hooks.on_failure;
+        let Some(live) = &slot.state.current else {
+            return;
+        };
+        if hooks.is_empty() {
+            return;
+        }
+        let mut ctx = self.context(slot, release, "deploy");
+        ctx.release = live.clone();
+        if let Err(e) = hooks::run_phase(slot.host, Phase::OnFailure, hooks, &ctx).await {
+            self.warn(slot.host, format!("on_failure hook: {e}"));
+        }
+    }
+
+    /// A failure after the first switch: switch **every** host back (an
+    /// unswitched host is re-pointed at the release it is on, a no-op),
+    /// restart the old release, run after-rollback and on-failure hooks.
+    async fn fail_after_switch(
+        &self,
+        slots: &[Slot<'_>],
+        release: &Release,
+        stage: Stage,
+        failures: Vec<HostFailure>,
+    ) -> DeployError {
+        let reason = failures.first().map(|f| f.to_string());
+        let back = futures::future::join_all(slots.iter().map(|s| async move {
+            let new = s.placement.release();
+            let r = match &s.state.current {
+                Some(prev)
+                    if s.state
+                        .current_release()
+                        .is_some_and(ReleaseDir::is_complete) =>
+                {
+                    switch::switch(
+                        s.host,
+                        prev,
+                        &format!("back{}", uuid::Uuid::new_v4().simple()),
+                        None,
+                    )
+                    .await
+                    .map(|_| ())
+                }
+                // It had no (complete) previous release: take the new one out.
+                _ => switch::unset(s.host, new).await,
+            };
+            (s, r)
+        }))
+        .await;
+        let mut rolled_back = Vec::new();
+        let mut inconsistent = Vec::new();
+        for (s, r) in &back {
+            match r {
+                Ok(()) => {
+                    rolled_back.push(s.host.name().to_owned());
+                    self.emit(Event::SwitchedBack {
+                        host: s.host.name().to_owned(),
+                        release: s.state.current.clone(),
+                    });
+                }
+                Err(e) => inconsistent.push(HostFailure {
+                    host: s.host.name().to_owned(),
+                    stage: Stage::Switch,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        let ok: HashMap<&str, bool> = back
+            .iter()
+            .map(|(s, r)| (s.host.name(), r.is_ok()))
+            .collect();
+        self.each(self.config.parallel, |i, _| {
+            let reason = reason.clone();
+            let ok = ok.get(slots[i].host.name()).copied().unwrap_or(false);
+            async move {
+                let s = &slots[i];
+                let entry = self.entry(
+                    LogAction::Deploy,
+                    s,
+                    release,
+                    Some(LogResult::RolledBack),
+                    reason,
+                );
+                if let Err(e) = log::append(s.host, &[entry]).await {
+                    self.warn(s.host, format!("could not write the release log: {e}"));
+                }
+                if ok && let Some(prev) = &s.state.current {
+                    let mut ctx = self.context(s, release, "rollback");
+                    ctx.release = prev.clone();
+                    ctx.commit = s
+                        .state
+                        .current_release()
+                        .and_then(|r| r.commit())
+                        .unwrap_or_default()
+                        .to_owned();
+                    ctx.previous = Some(s.placement.release().to_owned());
+                    for phase in [Phase::Restart, Phase::AfterRollback] {
+                        let list = self.config.hooks.of(phase);
+                        if !list.is_empty()
+                            && let Err(e) = hooks::run_phase(s.host, phase, list, &ctx).await
+                        {
+                            self.warn(s.host, format!("{phase} hook after switching back: {e}"));
+                        }
+                    }
+                }
+                self.on_failure(s, release).await;
+            }
+        })
+        .await;
+        DeployError::Failed {
+            stage,
+            failures,
+            rolled_back,
+            inconsistent,
+        }
+    }
+}
+
+/// Releases a successful deploy of `commit` into `name` removes: the
+/// layout's cleanup of the host's state with the new release complete and
+/// current, the old current as previous.
+fn cleanup_after(
+    layout: &dyn ReleaseLayout,
+    state: &HostState,
+    name: &str,
+    commit: &str,
+) -> Vec<String> {
+    let mut after = state.clone();
+    let marker = Some(Marker {
+        release: name.to_owned(),
+        commit: commit.to_owned(),
+        tag: None,
+        built_at: Timestamp::UNIX_EPOCH,
+    });
+    match after.releases.iter_mut().find(|r| r.name == name) {
+        Some(r) => r.marker = marker,
+        None => after.releases.push(ReleaseDir {
+            name: name.to_owned(),
+            marker,
+        }),
+    }
+    let previous = state.current.as_deref().filter(|p| *p != name);
+    layout.cleanup(&after, name, previous)
+}
+
+/// Milliseconds between the first and the last of the hosts' rename times.
+pub(crate) fn spread_ms(times: &[i128]) -> f64 {
+    match (times.iter().min(), times.iter().max()) {
+        (Some(a), Some(b)) => (b - a) as f64 / 1e6,
+        _ => 0.0,
+    }
+}
+
+fn failed(stage: Stage, failures: Vec<HostFailure>) -> DeployError {
+    DeployError::Failed {
+        stage,
+        failures,
+        rolled_back: Vec::new(),
+        inconsistent: Vec::new(),
+    }
+}

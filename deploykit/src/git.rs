@@ -1,0 +1,652 @@
+//! What to deploy, resolved locally with git.
+//!
+//! Reads (resolve a ref, dirty check, ancestry, tags) use git2 on the local
+//! repository. Network operations (`ls-remote`, `fetch`, `push`) and signed
+//! tags run the `git` program, so they inherit the developer's ssh config,
+//! agent, credential helpers and signing setup, which libgit2 ignores.
+//!
+//! Nothing here checks out anything: the developer's working copy and HEAD
+//! are never changed (the seed tools switched them and restored them at
+//! the end, or not, when the deploy failed). The only writes are a fetch of
+//! the remote-tracking refs when the pushed check needs objects it does not
+//! have, and the release tag `--tag` asks for.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use git2::{Oid, Repository, StatusOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::environment::{Environment, VersionPattern};
+use crate::release::Release;
+
+/// What the user asked to deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "value")]
+pub enum RefSpec {
+    /// Nothing named: the newest release tag when the environment requires
+    /// tags, else the head of its branch.
+    Default,
+    /// The local HEAD (refused when the working tree is dirty).
+    Head,
+    /// The newest tag matching the version pattern.
+    LatestTag,
+    /// A tag, branch, or commit.
+    Named(String),
+}
+
+impl RefSpec {
+    /// Parses the command line's `--ref`: `HEAD`, `latest-tag`, or a name.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "" => Self::Default,
+            "HEAD" | "@" => Self::Head,
+            "latest-tag" | "latest" => Self::LatestTag,
+            other => Self::Named(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for RefSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Default => f.write_str("(default)"),
+            Self::Head => f.write_str("HEAD"),
+            Self::LatestTag => f.write_str("latest-tag"),
+            Self::Named(n) => f.write_str(n),
+        }
+    }
+}
+
+/// A new release tag to create: the next version after the newest release
+/// tag, or an exact name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "value")]
+pub enum Bump {
+    /// `v1.2.3` → `v1.2.4`.
+    Patch,
+    /// `v1.2.3` → `v1.3.0`.
+    Minor,
+    /// `v1.2.3` → `v2.0.0`.
+    Major,
+    /// This exact tag.
+    Exact(String),
+}
+
+impl Bump {
+    /// Parses `next-patch`, `next-minor`, `next-major`, or a tag name.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "next-patch" | "patch" => Self::Patch,
+            "next-minor" | "minor" => Self::Minor,
+            "next-major" | "major" => Self::Major,
+            other => Self::Exact(other.to_owned()),
+        }
+    }
+
+    /// The tag this bump gives after `latest` (`None`: no release tag yet,
+    /// counted from `v0.0.0`).
+    pub fn next_after(&self, latest: Option<&str>) -> Result<String, GitError> {
+        let (ma, mi, pa) = match latest {
+            None => (0, 0, 0),
+            Some(t) => parse_semver(t).ok_or_else(|| GitError::NotSemver(t.to_owned()))?,
+        };
+        Ok(match self {
+            Self::Patch => format!("v{ma}.{mi}.{}", pa + 1),
+            Self::Minor => format!("v{ma}.{}.0", mi + 1),
+            Self::Major => format!("v{}.0.0", ma + 1),
+            Self::Exact(t) => t.clone(),
+        })
+    }
+}
+
+/// `v1.2.3` (or `1.2.3`) → `(1, 2, 3)`.
+fn parse_semver(tag: &str) -> Option<(u64, u64, u64)> {
+    let mut it = tag.strip_prefix('v').unwrap_or(tag).split('.');
+    let v = (
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+    );
+    it.next().is_none().then_some(v)
+}
+
+/// The numbers in a version tag, for ordering (`v1.10.0` after `v1.9.3`).
+fn version_key(tag: &str) -> Vec<u64> {
+    tag.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap_or(u64::MAX))
+        .collect()
+}
+
+/// Why a release could not be resolved or a tag created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GitError {
+    /// libgit2 failed.
+    #[error("git: {context}")]
+    Git {
+        /// What was being done.
+        context: String,
+        /// Why.
+        #[source]
+        source: git2::Error,
+    },
+    /// The `git` program failed.
+    #[error("`git {args}` failed: {stderr}")]
+    Command {
+        /// Its arguments.
+        args: String,
+        /// Its standard error.
+        stderr: String,
+    },
+    /// The `git` program could not be started.
+    #[error("could not run git")]
+    Spawn(#[source] std::io::Error),
+    /// The name is not a tag, branch or commit.
+    #[error("{0:?} is not a tag, branch or commit of this repository")]
+    UnknownRef(String),
+    /// The repository has no tag matching the version pattern.
+    #[error("no tag matches the version pattern {0}")]
+    NoReleaseTag(String),
+    /// The environment requires a release tag.
+    #[error(
+        "{environment} deploys only release tags matching {pattern}; {what} is not one (tag it with --tag next-patch, or pass --allow-untagged to override)"
+    )]
+    TagRequired {
+        /// The environment.
+        environment: String,
+        /// The pattern.
+        pattern: String,
+        /// What was asked for.
+        what: String,
+    },
+    /// A tag to create does not match the version pattern.
+    #[error("tag {tag:?} does not match the version pattern {pattern}")]
+    BadTag {
+        /// The tag.
+        tag: String,
+        /// The pattern.
+        pattern: String,
+    },
+    /// The latest tag is not `vX.Y.Z`, so it cannot be bumped.
+    #[error("the latest release tag {0:?} is not vMAJOR.MINOR.PATCH; name the new tag explicitly")]
+    NotSemver(String),
+    /// The working tree has uncommitted changes.
+    #[error(
+        "the working tree has uncommitted changes ({0}); commit and push them, or deploy a pushed ref"
+    )]
+    Dirty(String),
+    /// The remote does not have the commit.
+    #[error(
+        "{commit} is not on {remote} (no branch or tag there contains it); push it first: hosts fetch from the remote"
+    )]
+    NotPushed {
+        /// The commit (short).
+        commit: String,
+        /// The remote.
+        remote: String,
+    },
+    /// The remote is not configured.
+    #[error("the local repository has no remote {0:?}")]
+    NoRemote(String),
+    /// The tag exists and names another commit.
+    #[error("tag {tag} already exists at {existing}, not at {wanted}")]
+    TagExists {
+        /// The tag.
+        tag: String,
+        /// Where it points.
+        existing: String,
+        /// Where it was wanted.
+        wanted: String,
+    },
+    /// The remote refused the pushed ref (protected, exists, hook).
+    #[error("{remote} rejected {reference}: {reason}")]
+    PushRejected {
+        /// The remote.
+        remote: String,
+        /// The ref.
+        reference: String,
+        /// Its reason.
+        reason: String,
+    },
+}
+
+fn g(context: impl Into<String>) -> impl FnOnce(git2::Error) -> GitError {
+    let context = context.into();
+    move |source| GitError::Git { context, source }
+}
+
+/// A local repository (the developer's clone).
+pub struct LocalRepo {
+    repo: Repository,
+    dir: PathBuf,
+}
+
+impl fmt::Debug for LocalRepo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalRepo").field("dir", &self.dir).finish()
+    }
+}
+
+/// A tag made by [`LocalRepo::create_tag`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTag {
+    /// The tag name.
+    pub name: String,
+    /// The commit it names.
+    pub commit: String,
+    /// Whether it already existed there (nothing was created).
+    pub existed: bool,
+}
+
+impl LocalRepo {
+    /// Opens the repository containing `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, GitError> {
+        let repo = Repository::discover(path.as_ref()).map_err(g(format!(
+            "no git repository at {}",
+            path.as_ref().display()
+        )))?;
+        let dir = repo.workdir().unwrap_or_else(|| repo.path()).to_path_buf();
+        Ok(Self { repo, dir })
+    }
+
+    /// The URL of a remote.
+    pub fn remote_url(&self, remote: &str) -> Result<String, GitError> {
+        let r = self
+            .repo
+            .find_remote(remote)
+            .map_err(|_| GitError::NoRemote(remote.to_owned()))?;
+        r.url()
+            .map(str::to_owned)
+            .map_err(|_| GitError::NoRemote(remote.to_owned()))
+    }
+
+    /// Resolves `spec`, applies the environment's rules (tag required,
+    /// clean tree for HEAD, pushed to the remote), and returns the release.
+    /// Nothing is changed on any host, and nothing locally but
+    /// remote-tracking refs.
+    pub fn release_for(
+        &self,
+        spec: &RefSpec,
+        env: &Environment,
+        env_name: &str,
+    ) -> Result<Release, GitError> {
+        self.release_with(spec, env, env_name, false)
+    }
+
+    /// [`release_for`](Self::release_for), with the tag requirement
+    /// overridden when `allow_untagged` (an explicit, logged decision).
+    pub fn release_with(
+        &self,
+        spec: &RefSpec,
+        env: &Environment,
+        env_name: &str,
+        allow_untagged: bool,
+    ) -> Result<Release, GitError> {
+        let effective = match spec {
+            RefSpec::Default if env.require_tag => RefSpec::LatestTag,
+            other => other.clone(),
+        };
+        let release = self.resolve(&effective, env)?;
+        if env.require_tag && !allow_untagged {
+            let ok = release
+                .tag
+                .as_deref()
+                .is_some_and(|t| env.version_pattern.matches(t));
+            if !ok {
+                return Err(GitError::TagRequired {
+                    environment: env_name.to_owned(),
+                    pattern: env.version_pattern.as_str().to_owned(),
+                    what: release.reference.clone(),
+                });
+            }
+        }
+        if effective == RefSpec::Head {
+            self.ensure_clean()?;
+        }
+        self.ensure_pushed(&env.remote, &release.commit)?;
+        Ok(release)
+    }
+
+    /// Resolves a spec to a commit, without policy checks.
+    pub fn resolve(&self, spec: &RefSpec, env: &Environment) -> Result<Release, GitError> {
+        let (reference, oid) = match spec {
+            RefSpec::Default => {
+                let name = env.branch.clone();
+                let oid = self.lookup(&name, &env.remote)?;
+                (name, oid)
+            }
+            RefSpec::Head => {
+                let head = self.repo.head().map_err(g("HEAD"))?;
+                let oid = head.peel_to_commit().map_err(g("HEAD"))?.id();
+                ("HEAD".to_owned(), oid)
+            }
+            RefSpec::LatestTag => {
+                let tag = self
+                    .latest_tag(&env.version_pattern)?
+                    .ok_or_else(|| GitError::NoReleaseTag(env.version_pattern.as_str().into()))?;
+                let oid = self.lookup(&tag, &env.remote)?;
+                (tag, oid)
+            }
+            RefSpec::Named(name) => (name.clone(), self.lookup(name, &env.remote)?),
+        };
+        let commit = oid.to_string();
+        let tag = self.tag_at(oid, &reference, &env.version_pattern)?;
+        let describe = match &tag {
+            Some(t) => t.clone(),
+            None => commit[..12.min(commit.len())].to_owned(),
+        };
+        Ok(Release {
+            commit,
+            tag,
+            describe,
+            reference,
+        })
+    }
+
+    /// A tag name, branch, remote branch, or commit → the commit.
+    fn lookup(&self, name: &str, remote: &str) -> Result<Oid, GitError> {
+        let candidates = [
+            format!("refs/tags/{name}"),
+            format!("refs/heads/{name}"),
+            format!("refs/remotes/{remote}/{name}"),
+        ];
+        for c in &candidates {
+            if let Ok(r) = self.repo.find_reference(c)
+                && let Ok(commit) = r.peel_to_commit()
+            {
+                return Ok(commit.id());
+            }
+        }
+        self.repo
+            .revparse_single(name)
+            .and_then(|o| o.peel_to_commit())
+            .map(|c| c.id())
+            .map_err(|_| GitError::UnknownRef(name.to_owned()))
+    }
+
+    /// The release tag naming `oid`: the asked-for name if it is a tag,
+    /// else the newest tag matching the pattern that points at it.
+    fn tag_at(
+        &self,
+        oid: Oid,
+        reference: &str,
+        pattern: &VersionPattern,
+    ) -> Result<Option<String>, GitError> {
+        if let Ok(r) = self.repo.find_reference(&format!("refs/tags/{reference}"))
+            && r.peel_to_commit().map(|c| c.id()).ok() == Some(oid)
+        {
+            return Ok(Some(reference.to_owned()));
+        }
+        let mut at: Vec<String> = self
+            .tags()?
+            .into_iter()
+            .filter(|(name, target)| *target == oid && pattern.matches(name))
+            .map(|(name, _)| name)
+            .collect();
+        at.sort_by_key(|t| version_key(t));
+        Ok(at.pop())
+    }
+
+    /// Every tag and the commit it names.
+    fn tags(&self) -> Result<Vec<(String, Oid)>, GitError> {
+        let names = self.repo.tag_names(None).map_err(g("list tags"))?;
+        let mut out = Vec::new();
+        for name in names.iter().filter_map(|n| n.ok().flatten()) {
+            if let Ok(r) = self.repo.find_reference(&format!("refs/tags/{name}"))
+                && let Ok(c) = r.peel_to_commit()
+            {
+                out.push((name.to_owned(), c.id()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest (by version number) tag matching `pattern`.
+    pub fn latest_tag(&self, pattern: &VersionPattern) -> Result<Option<String>, GitError> {
+        let mut tags: Vec<String> = self
+            .tags()?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| pattern.matches(n))
+            .collect();
+        tags.sort_by_key(|t| version_key(t));
+        Ok(tags.pop())
+    }
+
+    /// Fails if tracked files have uncommitted changes (untracked files are
+    /// not part of any commit, so they do not matter).
+    pub fn ensure_clean(&self) -> Result<(), GitError> {
+        let mut opts = StatusOptions::new();
+        opts.include_untracked(false).include_ignored(false);
+        let statuses = self
+            .repo
+            .statuses(Some(&mut opts))
+            .map_err(g("working tree status"))?;
+        let changed: Vec<String> = statuses
+            .iter()
+            .filter(|s| s.status() != git2::Status::CURRENT)
+            .filter_map(|s| s.path().ok().map(str::to_owned))
+            .collect();
+        if changed.is_empty() {
+            Ok(())
+        } else {
+            let mut list = changed
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if changed.len() > 3 {
+                list.push_str(&format!(" and {} more", changed.len() - 3));
+            }
+            Err(GitError::Dirty(list))
+        }
+    }
+
+    /// Runs the `git` program in the repository.
+    fn git(&self, args: &[&str]) -> Result<String, GitError> {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&self.dir)
+            // Never wait for a password prompt nobody sees.
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(GitError::Spawn)?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(GitError::Command {
+                args: args.join(" "),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
+        }
+    }
+
+    /// What the remote has now (`git ls-remote`), tags peeled.
+    fn remote_refs(&self, remote: &str) -> Result<Vec<(Oid, String)>, GitError> {
+        let text = self.git(&["ls-remote", "--heads", "--tags", remote])?;
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let (oid, name) = l.split_once('\t')?;
+                Some((Oid::from_str(oid).ok()?, name.to_owned()))
+            })
+            .collect())
+    }
+
+    /// Fails unless a branch or tag on the remote *now* (ls-remote, not
+    /// stale remote-tracking refs) is the commit or contains it.
+    pub fn ensure_pushed(&self, remote: &str, commit: &str) -> Result<(), GitError> {
+        let oid = Oid::from_str(commit).map_err(g("commit id"))?;
+        let not_pushed = || GitError::NotPushed {
+            commit: commit[..12.min(commit.len())].to_owned(),
+            remote: remote.to_owned(),
+        };
+        let refs = self.remote_refs(remote)?;
+        if refs.iter().any(|(o, _)| *o == oid) {
+            return Ok(());
+        }
+        let contains = |tips: &[(Oid, String)]| -> (bool, bool) {
+            let mut missing = false;
+            for (tip, _) in tips {
+                if self.repo.find_commit(*tip).is_err() {
+                    missing = true;
+                    continue;
+                }
+                // A commit is not its own descendant: equality was checked above.
+                if self.repo.graph_descendant_of(*tip, oid).unwrap_or(false) {
+                    return (true, missing);
+                }
+            }
+            (false, missing)
+        };
+        match contains(&refs) {
+            (true, _) => Ok(()),
+            (false, false) => Err(not_pushed()),
+            (false, true) => {
+                // The remote has commits we have not seen; fetch them (only
+                // remote-tracking refs and tags change) and look again.
+                self.git(&["fetch", "--quiet", "--tags", remote])?;
+                match contains(&refs) {
+                    (true, _) => Ok(()),
+                    _ => Err(not_pushed()),
+                }
+            }
+        }
+    }
+
+    /// The tag a bump would create (no change).
+    pub fn next_tag(&self, bump: &Bump, pattern: &VersionPattern) -> Result<String, GitError> {
+        let latest = match bump {
+            Bump::Exact(_) => None,
+            _ => self.latest_tag(pattern)?,
+        };
+        let name = bump.next_after(latest.as_deref())?;
+        if !pattern.matches(&name) {
+            return Err(GitError::BadTag {
+                tag: name,
+                pattern: pattern.as_str().to_owned(),
+            });
+        }
+        Ok(name)
+    }
+
+    /// Creates the annotated (or, with `sign`, signed) tag `name` at
+    /// `commit`. A tag that already names this commit is accepted as is.
+    pub fn create_tag(
+        &self,
+        name: &str,
+        commit: &str,
+        message: &str,
+        sign: bool,
+    ) -> Result<NewTag, GitError> {
+        let oid = Oid::from_str(commit).map_err(g("commit id"))?;
+        if let Ok(r) = self.repo.find_reference(&format!("refs/tags/{name}")) {
+            let existing = r.peel_to_commit().map_err(g("existing tag"))?.id();
+            if existing == oid {
+                return Ok(NewTag {
+                    name: name.to_owned(),
+                    commit: commit.to_owned(),
+                    existed: true,
+                });
+            }
+            return Err(GitError::TagExists {
+                tag: name.to_owned(),
+                existing: existing.to_string(),
+                wanted: commit.to_owned(),
+            });
+        }
+        if sign {
+            // libgit2 cannot sign; git uses the developer's gpg/ssh signing setup.
+            self.git(&["tag", "-s", "-m", message, name, commit])?;
+        } else {
+            let object = self.repo.find_object(oid, None).map_err(g("commit"))?;
+            let signature = self
+                .repo
+                .signature()
+                .map_err(g("tagger (set git config user.name and user.email)"))?;
+            self.repo
+                .tag(name, &object, &signature, message, false)
+                .map_err(g(format!("create tag {name}")))?;
+        }
+        Ok(NewTag {
+            name: name.to_owned(),
+            commit: commit.to_owned(),
+            existed: false,
+        })
+    }
+
+    /// Pushes one tag and checks the remote's answer **for that ref**
+    /// (libgit2 and a bare exit code can report success on a rejection).
+    pub fn push_tag(&self, remote: &str, name: &str) -> Result<(), GitError> {
+        let refspec = format!("refs/tags/{name}:refs/tags/{name}");
+        let out = std::process::Command::new("git")
+            .args(["push", "--porcelain", remote, &refspec])
+            .current_dir(&self.dir)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(GitError::Spawn)?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        let target = format!("refs/tags/{name}");
+        let line = stdout.lines().find(|l| {
+            l.split('\t')
+                .nth(1)
+                .and_then(|r| r.split_once(':'))
+                .is_some_and(|(_, to)| to == target)
+        });
+        match line {
+            Some(l) if !l.starts_with('!') && out.status.success() => Ok(()),
+            Some(l) => Err(GitError::PushRejected {
+                remote: remote.to_owned(),
+                reference: target,
+                reason: l.split('\t').nth(2).unwrap_or(&stderr).to_owned(),
+            }),
+            None => Err(GitError::PushRejected {
+                remote: remote.to_owned(),
+                reference: target,
+                reason: if stderr.is_empty() {
+                    "no status for the ref".into()
+                } else {
+                    stderr
+                },
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bumps() {
+        assert_eq!(Bump::Patch.next_after(Some("v1.2.3")).unwrap(), "v1.2.4");
+        assert_eq!(Bump::Minor.next_after(Some("v1.2.3")).unwrap(), "v1.3.0");
+        assert_eq!(Bump::Major.next_after(Some("v1.2.3")).unwrap(), "v2.0.0");
+        assert_eq!(Bump::Patch.next_after(None).unwrap(), "v0.0.1");
+        assert_eq!(
+            Bump::Exact("v9.9.9".into()).next_after(None).unwrap(),
+            "v9.9.9"
+        );
+        assert!(Bump::Patch.next_after(Some("release-7")).is_err());
+    }
+
+    #[test]
+    fn versions_order_numerically() {
+        let mut v = vec!["v1.10.0", "v1.9.3", "v1.2.0", "v2.0.0"];
+        v.sort_by_key(|t| version_key(t));
+        assert_eq!(v, ["v1.2.0", "v1.9.3", "v1.10.0", "v2.0.0"]);
+    }
+
+    #[test]
+    fn refspecs() {
+        assert_eq!(RefSpec::parse("HEAD"), RefSpec::Head);
+        assert_eq!(RefSpec::parse("latest-tag"), RefSpec::LatestTag);
+        assert_eq!(RefSpec::parse("v1.0.0"), RefSpec::Named("v1.0.0".into()));
+    }
+}

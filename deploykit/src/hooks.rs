@@ -1,0 +1,135 @@
+//! Hooks: shell commands run in a release directory at a [`Phase`], with
+//! the deploy described in environment variables and a timeout each.
+//!
+//! | variable | value |
+//! |---|---|
+//! | `RELEASE_PATH` | the release directory the hook runs in |
+//! | `RELEASE` | its name (`a`, `20240101120000`) |
+//! | `COMMIT` | the full commit id |
+//! | `TAG` | the release tag, or empty |
+//! | `ENVIRONMENT` | the environment's name |
+//! | `PREVIOUS_RELEASE` | the release that was live before, or empty |
+//! | `DEPLOY_ROOT` | the deploy root |
+//! | `SHARED_PATH` | `<root>/shared` |
+//! | `DEPLOY_ACTION` | `deploy`, `rollback`, `restart` or `maintenance` |
+//! | `DEPLOY_PHASE` | the phase |
+//!
+//! Hooks are told whether they run for a deploy or a rollback, so a
+//! maintenance or migration hook can behave accordingly.
+
+use std::time::Duration;
+
+use ec2kit::{Command, ExitStatus, RemoteError};
+use serde::{Deserialize, Serialize};
+
+use crate::environment::{Hook, Phase};
+use crate::host::Host;
+use crate::shell::tail;
+
+/// What hooks are told about the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookContext {
+    /// The environment's name.
+    pub environment: String,
+    /// The release directory's name.
+    pub release: String,
+    /// The commit.
+    pub commit: String,
+    /// The release tag.
+    pub tag: Option<String>,
+    /// The release live before.
+    pub previous: Option<String>,
+    /// `deploy`, `rollback`, `restart`, `maintenance`.
+    pub action: String,
+    /// Extra variables (e.g. `MAINTENANCE=on`).
+    pub extra: Vec<(String, String)>,
+}
+
+/// A hook that did not succeed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HookError {
+    /// It exited non-zero or was killed.
+    #[error("{phase} hook `{run}` failed with {status}: {output}")]
+    Failed {
+        /// The phase.
+        phase: Phase,
+        /// The command.
+        run: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// The end of its output.
+        output: String,
+    },
+    /// It ran longer than its timeout and was killed.
+    #[error("{phase} hook `{run}` timed out after {after:?}")]
+    Timeout {
+        /// The phase.
+        phase: Phase,
+        /// The command.
+        run: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The host could not be reached.
+    #[error(transparent)]
+    Remote(RemoteError),
+}
+
+/// The command for one hook.
+pub(crate) fn hook_command(host: &Host, phase: Phase, hook: &Hook, ctx: &HookContext) -> Command {
+    let release_path = host.release_path(&ctx.release);
+    let mut c = Command::shell(hook.run.clone())
+        .cwd(release_path.clone())
+        .timeout(hook.timeout())
+        .env("RELEASE_PATH", release_path)
+        .env("RELEASE", ctx.release.clone())
+        .env("COMMIT", ctx.commit.clone())
+        .env("TAG", ctx.tag.clone().unwrap_or_default())
+        .env("ENVIRONMENT", ctx.environment.clone())
+        .env("PREVIOUS_RELEASE", ctx.previous.clone().unwrap_or_default())
+        .env("DEPLOY_ROOT", host.root().to_owned())
+        .env("SHARED_PATH", host.path("shared"))
+        .env("DEPLOY_ACTION", ctx.action.clone())
+        .env("DEPLOY_PHASE", phase.to_string());
+    for (k, v) in &ctx.extra {
+        c = c.env(k.clone(), v.clone());
+    }
+    c
+}
+
+/// Runs the hooks of a phase one after another; the first failure stops.
+pub async fn run_phase(
+    host: &Host,
+    phase: Phase,
+    hooks: &[Hook],
+    ctx: &HookContext,
+) -> Result<(), HookError> {
+    for hook in hooks {
+        let command = hook_command(host, phase, hook, ctx);
+        let out = match host.run(&command).await {
+            Ok(out) => out,
+            Err(RemoteError::Timeout { after, .. }) => {
+                return Err(HookError::Timeout {
+                    phase,
+                    run: hook.run.clone(),
+                    after,
+                });
+            }
+            Err(e) => return Err(HookError::Remote(e)),
+        };
+        if !out.status.success() {
+            let mut output = out.stderr.clone();
+            if output.iter().all(u8::is_ascii_whitespace) {
+                output = out.stdout.clone();
+            }
+            return Err(HookError::Failed {
+                phase,
+                run: hook.run.clone(),
+                status: out.status,
+                output: tail(&output, 800),
+            });
+        }
+    }
+    Ok(())
+}

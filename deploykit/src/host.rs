@@ -1,0 +1,149 @@
+//! Where a deploy goes ([`Host`]: a [`Remote`] and a deploy root on it),
+//! and who is deploying ([`Actor`]).
+
+use std::fmt;
+use std::sync::Arc;
+
+use ec2kit::{Command, Output, Remote, RemoteError};
+use serde::{Deserialize, Serialize};
+
+/// One deploy target: a host reached through a [`Remote`], and the deploy
+/// root on it. Several `Host`s may share a machine (different roots).
+#[derive(Clone)]
+pub struct Host {
+    name: String,
+    remote: Arc<dyn Remote>,
+    root: String,
+}
+
+impl fmt::Debug for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Host")
+            .field("name", &self.name)
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    /// A host named after its remote (`user@host:port`), deploying to `root`.
+    pub fn new(remote: Arc<dyn Remote>, root: impl Into<String>) -> Self {
+        Self {
+            name: remote.host(),
+            remote,
+            root: root.into().trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// Renames the host in messages and events (e.g. when several share a
+    /// machine).
+    #[must_use]
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The name used in messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The deploy root.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// The remote.
+    pub fn remote(&self) -> &dyn Remote {
+        self.remote.as_ref()
+    }
+
+    /// `<root>/<rel>`.
+    pub fn path(&self, rel: &str) -> String {
+        format!("{}/{}", self.root, rel)
+    }
+
+    /// `<root>/releases/<name>`.
+    pub fn release_path(&self, release: &str) -> String {
+        format!("{}/releases/{}", self.root, release)
+    }
+
+    /// Runs a command; a non-zero exit is not an error here.
+    pub(crate) async fn run(&self, command: &Command) -> Result<Output, RemoteError> {
+        self.remote.run(command).await
+    }
+
+    /// Runs a command that must exit 0.
+    pub(crate) async fn run_checked(&self, command: &Command) -> Result<Output, RemoteError> {
+        ec2kit::remote::run_checked(self.remote.as_ref(), command).await
+    }
+}
+
+/// Who is deploying: shown in the lock, the release log and notifications.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The user (`$USER`, or a name given by the caller, e.g. a CI job).
+    pub user: String,
+    /// The machine the deploy runs on.
+    pub machine: String,
+    /// The deploying process, so a lock left by a killed process on the
+    /// same machine is recognised as stale.
+    pub pid: u32,
+}
+
+impl Actor {
+    /// This process, on this machine, as `$USER`.
+    pub fn current() -> Self {
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .ok()
+            .filter(|u| !u.is_empty())
+            .or_else(this_user)
+            .unwrap_or_else(|| "unknown".to_owned());
+        Self {
+            user,
+            machine: this_machine(),
+            pid: std::process::id(),
+        }
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.user, self.machine)
+    }
+}
+
+/// The name of this process's user from /etc/passwd (cron and CI jobs
+/// often run without `$USER`).
+fn this_user() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .to_owned();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_owned())
+    })
+}
+
+/// This machine's host name.
+pub(crate) fn this_machine() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Whether process `pid` is alive on this machine.
+pub(crate) fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}

@@ -1,0 +1,547 @@
+//! Where releases live on a host and which one is current.
+//!
+//! ```text
+//! <root>/current -> releases/<name>   relative symlink, replaced by rename(2)
+//! <root>/releases/<name>/             one directory per release
+//!        releases/<name>/.ektool-release   completion marker, written last
+//! <root>/shared/                      linked into every release
+//! <root>/repo.git                     mirror of the repository
+//! <root>/.ektool/lock/                the deploy lock
+//! <root>/.ektool/releases.jsonl       the release log
+//! ```
+//!
+//! The [`ReleaseLayout`] decides which directory a release is built in and
+//! which ones a successful deploy may remove; [`HostState`] is what a host
+//! has, read in one command.
+
+use std::fmt;
+
+use ec2kit::{Command, RemoteError};
+use serde::{Deserialize, Serialize};
+
+use crate::host::Host;
+use crate::release::{MARKER, Marker};
+use crate::shell::{q, release_name_of_link};
+
+/// One directory under `releases/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseDir {
+    /// Its name.
+    pub name: String,
+    /// Its completion marker; `None`: unfinished (never switched to).
+    pub marker: Option<Marker>,
+}
+
+impl ReleaseDir {
+    /// Whether the build finished.
+    pub fn is_complete(&self) -> bool {
+        self.marker.is_some()
+    }
+
+    /// The commit it holds, when complete.
+    pub fn commit(&self) -> Option<&str> {
+        self.marker.as_ref().map(|m| m.commit.as_str())
+    }
+}
+
+/// What a host has, read without changing anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostState {
+    /// Whether the deploy root exists.
+    pub exists: bool,
+    /// The release `current` points to (from `readlink`, never guessed).
+    pub current: Option<String>,
+    /// The raw link target, when it is not under `releases/`.
+    pub foreign_current: Option<String>,
+    /// Every release directory, sorted by name.
+    pub releases: Vec<ReleaseDir>,
+    /// Whether the mirror `repo.git` exists.
+    pub mirror_exists: bool,
+    /// Whether the mirror already has the commit asked about.
+    pub mirror_has_commit: bool,
+    /// Whether the maintenance flag is set.
+    pub maintenance: bool,
+    /// The newest entries of the release log, oldest first (read only
+    /// when asked for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<crate::log::LogEntry>,
+}
+
+impl HostState {
+    /// A release directory by name.
+    pub fn release(&self, name: &str) -> Option<&ReleaseDir> {
+        self.releases.iter().find(|r| r.name == name)
+    }
+
+    /// The current release's directory.
+    pub fn current_release(&self) -> Option<&ReleaseDir> {
+        self.current.as_deref().and_then(|c| self.release(c))
+    }
+
+    /// Reads a host's state (`commit`: the commit to look for in the mirror).
+    pub async fn read(
+        host: &Host,
+        commit: Option<&str>,
+        maintenance_file: &str,
+    ) -> Result<Self, RemoteError> {
+        let script = Self::script(host, commit, maintenance_file);
+        let out = host.run_checked(&Command::shell(script)).await?;
+        Ok(Self::parse(&out.stdout_str()))
+    }
+
+    /// The read-only script that prints a host's state (also run by the
+    /// lock step, saving a round trip per host).
+    pub(crate) fn script(host: &Host, commit: Option<&str>, maintenance_file: &str) -> String {
+        Self::script_with(host, commit, maintenance_file, false)
+    }
+
+    /// [`HostState::script`], with the newest 1000 lines of the release log
+    /// when `log`.
+    pub(crate) fn script_with(
+        host: &Host,
+        commit: Option<&str>,
+        maintenance_file: &str,
+        log: bool,
+    ) -> String {
+        let log = if log {
+            format!(
+                "[ ! -f {file} ] || tail -n 1000 {file} | sed 's/^/log\t/'\n",
+                file = q(crate::log::LOG_FILE)
+            )
+        } else {
+            String::new()
+        };
+        // Builtins only in the loop (`read`, not `cat`): no fork per release.
+        format!(
+            "(cd {root} 2>/dev/null || {{ echo absent; exit 0; }}\n\
+             printf 'current\\t%s\\n' \"$(readlink current 2>/dev/null)\"\n\
+             for d in releases/*/; do\n\
+             \x20 [ -d \"$d\" ] || continue\n\
+             \x20 n=${{d#releases/}}; n=${{n%/}}\n\
+             \x20 if [ -f \"$d{MARKER}\" ]; then m=; IFS= read -r m < \"$d{MARKER}\" || true; printf 'release\\t%s\\t%s\\n' \"$n\" \"$m\"; else printf 'unfinished\\t%s\\n' \"$n\"; fi\n\
+             done\n\
+             if [ -d repo.git ]; then echo repo; fi\n\
+             if [ -n {commit} ] && git -C repo.git cat-file -e {commit}^{{commit}} 2>/dev/null; then echo mirror; fi\n\
+             if [ -e shared/{maint} ]; then echo maintenance; fi\n\
+             {log})\n",
+            root = q(host.root()),
+            commit = q(commit.unwrap_or("")),
+            maint = q(maintenance_file),
+        )
+    }
+
+    /// Parses what [`HostState::script`] printed.
+    pub(crate) fn parse(text: &str) -> Self {
+        let mut state = Self {
+            exists: true,
+            ..Self::default()
+        };
+        for line in text.lines() {
+            let mut parts = line.splitn(3, '\t');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("absent"), _, _) => state.exists = false,
+                (Some("current"), Some(target), _) if !target.is_empty() => {
+                    match release_name_of_link(target) {
+                        Some(name) => state.current = Some(name),
+                        None => state.foreign_current = Some(target.to_owned()),
+                    }
+                }
+                (Some("release"), Some(name), Some(json)) => state.releases.push(ReleaseDir {
+                    name: name.to_owned(),
+                    // A marker that does not parse is treated as unfinished.
+                    marker: serde_json::from_str(json).ok(),
+                }),
+                (Some("unfinished"), Some(name), _) => state.releases.push(ReleaseDir {
+                    name: name.to_owned(),
+                    marker: None,
+                }),
+                (Some("repo"), _, _) => state.mirror_exists = true,
+                (Some("mirror"), _, _) => state.mirror_has_commit = true,
+                (Some("maintenance"), _, _) => state.maintenance = true,
+                (Some("log"), Some(first), rest) => {
+                    let line = match rest {
+                        Some(r) => format!("{first}\t{r}"),
+                        None => first.to_owned(),
+                    };
+                    // A line cut by a crash is skipped.
+                    if let Ok(e) = serde_json::from_str(&line) {
+                        state.log.push(e);
+                    }
+                }
+                _ => {}
+            }
+        }
+        state.releases.sort_by(|a, b| a.name.cmp(&b.name));
+        state
+    }
+}
+
+/// Where a release goes on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Placement {
+    /// A complete release of this commit is already there: switch to it
+    /// without rebuilding.
+    Reuse {
+        /// The release directory.
+        release: String,
+    },
+    /// Build into this directory.
+    Build {
+        /// The release directory.
+        release: String,
+        /// Update the directory's own checkout, keeping ignored build
+        /// products (a/b slots), instead of a fresh clone.
+        in_place: bool,
+    },
+}
+
+impl Placement {
+    /// The release directory.
+    pub fn release(&self) -> &str {
+        match self {
+            Self::Reuse { release } | Self::Build { release, .. } => release,
+        }
+    }
+}
+
+/// Where releases live and which ones may go.
+pub trait ReleaseLayout: Send + Sync + fmt::Debug {
+    /// The layout's name (`ab`, `timestamped`).
+    fn name(&self) -> &'static str;
+
+    /// Where to put `commit` on a host in `state`; `fresh` is this run's
+    /// new release name (the same on every host).
+    fn place(&self, state: &HostState, commit: &str, fresh: &str) -> Placement;
+
+    /// The release directories a successful deploy removes. Never the
+    /// current release nor `previous`.
+    fn cleanup(&self, state: &HostState, current: &str, previous: Option<&str>) -> Vec<String>;
+}
+
+/// buedafab's layout: two slots, `releases/a` and `releases/b`; a deploy
+/// builds in the slot that is not live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AbSlots;
+
+impl AbSlots {
+    /// The two slots.
+    pub const SLOTS: [&'static str; 2] = ["a", "b"];
+}
+
+impl ReleaseLayout for AbSlots {
+    fn name(&self) -> &'static str {
+        "ab"
+    }
+
+    fn place(&self, state: &HostState, commit: &str, _fresh: &str) -> Placement {
+        // The live slot first: redeploying what is live is a no-op switch.
+        let mut slots = Self::SLOTS.to_vec();
+        slots.sort_by_key(|s| Some(*s) != state.current.as_deref());
+        if let Some(slot) = slots
+            .iter()
+            .find(|s| state.release(s).and_then(ReleaseDir::commit) == Some(commit))
+        {
+            return Placement::Reuse {
+                release: (*slot).to_owned(),
+            };
+        }
+        let target = match state.current.as_deref() {
+            Some("a") => "b",
+            _ => "a",
+        };
+        Placement::Build {
+            release: target.to_owned(),
+            in_place: true,
+        }
+    }
+
+    fn cleanup(&self, _state: &HostState, _current: &str, _previous: Option<&str>) -> Vec<String> {
+        // Both slots are always kept: one is live, the other is the rollback.
+        Vec::new()
+    }
+}
+
+/// Capistrano's layout: `releases/<UTC YYYYmmddHHMMSS>`, keeping the
+/// newest `keep` complete releases (and always the current and previous).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamped {
+    /// Complete releases to keep.
+    pub keep: usize,
+}
+
+impl Timestamped {
+    /// Whether a directory name is one of ours (other directories under
+    /// `releases/` are left alone).
+    pub fn is_release_name(name: &str) -> bool {
+        name.len() == 14 && name.bytes().all(|b| b.is_ascii_digit())
+    }
+
+    /// A new release name for `now`, later than every name in `existing`
+    /// (so names grow even when two deploys share a second, or clocks
+    /// disagree).
+    pub fn fresh_name<'a>(
+        now: jiff::Timestamp,
+        existing: impl IntoIterator<Item = &'a str>,
+    ) -> String {
+        let mut name = now.strftime("%Y%m%d%H%M%S").to_string();
+        if let Some(max) = existing
+            .into_iter()
+            .filter(|n| Self::is_release_name(n))
+            .max()
+            && max >= name.as_str()
+        {
+            name = bump_timestamp(max);
+        }
+        name
+    }
+}
+
+/// The release name one second after `name` (`…59` carries into minutes,
+/// and so on; the result is a valid name of the next second).
+fn bump_timestamp(name: &str) -> String {
+    let parsed = jiff::civil::DateTime::strptime("%Y%m%d%H%M%S", name)
+        .ok()
+        .and_then(|dt| dt.checked_add(jiff::Span::new().seconds(1)).ok());
+    match parsed {
+        Some(dt) => dt.strftime("%Y%m%d%H%M%S").to_string(),
+        None => name.to_owned(),
+    }
+}
+
+impl ReleaseLayout for Timestamped {
+    fn name(&self) -> &'static str {
+        "timestamped"
+    }
+
+    fn place(&self, state: &HostState, commit: &str, fresh: &str) -> Placement {
+        let built = state
+            .releases
+            .iter()
+            .rev()
+            .find(|r| r.commit() == Some(commit));
+        match built {
+            Some(r) => Placement::Reuse {
+                release: r.name.clone(),
+            },
+            None => Placement::Build {
+                release: fresh.to_owned(),
+                in_place: false,
+            },
+        }
+    }
+
+    fn cleanup(&self, state: &HostState, current: &str, previous: Option<&str>) -> Vec<String> {
+        cleanup_plan(&state.releases, current, previous, self.keep)
+    }
+}
+
+/// Which releases to remove: every unfinished one, and complete ones
+/// beyond the newest `keep`; never `current` nor `previous`, never a
+/// directory whose name is not a release name.
+pub fn cleanup_plan(
+    releases: &[ReleaseDir],
+    current: &str,
+    previous: Option<&str>,
+    keep: usize,
+) -> Vec<String> {
+    let protected = |n: &str| n == current || Some(n) == previous;
+    let mut ours: Vec<&ReleaseDir> = releases
+        .iter()
+        .filter(|r| Timestamped::is_release_name(&r.name))
+        .collect();
+    ours.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut remove: Vec<String> = ours
+        .iter()
+        .filter(|r| !r.is_complete() && !protected(&r.name))
+        .map(|r| r.name.clone())
+        .collect();
+    let complete: Vec<&&ReleaseDir> = ours.iter().filter(|r| r.is_complete()).collect();
+    // The protected ones count towards `keep`.
+    let mut kept = complete.iter().filter(|r| protected(&r.name)).count();
+    for r in complete.iter().rev() {
+        if protected(&r.name) {
+            continue;
+        }
+        if kept < keep {
+            kept += 1;
+        } else {
+            remove.push(r.name.clone());
+        }
+    }
+    remove.sort();
+    remove
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str, commit: Option<&str>) -> ReleaseDir {
+        ReleaseDir {
+            name: name.into(),
+            marker: commit.map(|c| Marker {
+                release: name.into(),
+                commit: c.into(),
+                tag: None,
+                built_at: jiff::Timestamp::UNIX_EPOCH,
+            }),
+        }
+    }
+
+    #[test]
+    fn parses_state() {
+        let s = HostState::parse(
+            "current\treleases/b\nrelease\ta\t{\"release\":\"a\",\"commit\":\"c1\",\"built_at\":\"2024-01-01T00:00:00Z\"}\nunfinished\tb\nmirror\n",
+        );
+        assert_eq!(s.current.as_deref(), Some("b"));
+        assert_eq!(s.releases.len(), 2);
+        assert_eq!(s.releases[0].commit(), Some("c1"));
+        assert!(!s.releases[1].is_complete());
+        assert!(s.mirror_has_commit);
+        assert!(!HostState::parse("absent\n").exists);
+    }
+
+    #[test]
+    fn ab_builds_in_the_other_slot_and_reuses_built_commits() {
+        let state = HostState {
+            exists: true,
+            current: Some("a".into()),
+            releases: vec![dir("a", Some("c1")), dir("b", Some("c0"))],
+            ..HostState::default()
+        };
+        assert_eq!(
+            AbSlots.place(&state, "c2", "x"),
+            Placement::Build {
+                release: "b".into(),
+                in_place: true
+            }
+        );
+        assert_eq!(
+            AbSlots.place(&state, "c0", "x"),
+            Placement::Reuse {
+                release: "b".into()
+            }
+        );
+        assert_eq!(
+            AbSlots.place(&HostState::default(), "c0", "x"),
+            Placement::Build {
+                release: "a".into(),
+                in_place: true
+            }
+        );
+    }
+
+    #[test]
+    fn timestamped_reuses_or_builds_fresh() {
+        let state = HostState {
+            exists: true,
+            current: Some("20240102000000".into()),
+            releases: vec![
+                dir("20240101000000", Some("c1")),
+                dir("20240102000000", Some("c2")),
+            ],
+            ..HostState::default()
+        };
+        let t = Timestamped { keep: 3 };
+        assert_eq!(
+            t.place(&state, "c1", "20240103000000"),
+            Placement::Reuse {
+                release: "20240101000000".into()
+            }
+        );
+        assert_eq!(
+            t.place(&state, "c3", "20240103000000").release(),
+            "20240103000000"
+        );
+    }
+
+    #[test]
+    fn fresh_names_grow() {
+        let now: jiff::Timestamp = "2024-05-06T07:08:09Z".parse().unwrap();
+        assert_eq!(Timestamped::fresh_name(now, []), "20240506070809");
+        assert_eq!(
+            Timestamped::fresh_name(now, ["20240506070809"]),
+            "20240506070810"
+        );
+        assert_eq!(
+            Timestamped::fresh_name(now, ["20240506070859", "a"]),
+            "20240506070900"
+        );
+    }
+
+    #[test]
+    fn cleanup_keeps_newest_and_protected() {
+        let rs = vec![
+            dir("20240101000000", Some("1")),
+            dir("20240102000000", Some("2")),
+            dir("20240103000000", None),
+            dir("20240104000000", Some("4")),
+            dir("20240105000000", Some("5")),
+            dir("notours", None),
+        ];
+        assert_eq!(
+            cleanup_plan(&rs, "20240105000000", Some("20240101000000"), 3),
+            vec!["20240102000000", "20240103000000"]
+        );
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        fn name(n: u32) -> String {
+            format!("2024{:010}", n)
+        }
+
+        proptest! {
+            #[test]
+            fn cleanup_never_removes_current_or_previous_and_keeps_the_newest(
+                dirs in proptest::collection::btree_map(0u32..500, any::<bool>(), 1..40),
+                foreign in any::<bool>(),
+                keep in 2usize..8,
+                cur in any::<Index>(),
+                prev in any::<Option<Index>>(),
+            ) {
+                let mut releases: Vec<ReleaseDir> = dirs
+                    .iter()
+                    .map(|(n, complete)| dir(&name(*n), complete.then_some("c")))
+                    .collect();
+                if foreign {
+                    releases.push(dir("shared-cache", None));
+                }
+                let names: Vec<String> = dirs.keys().map(|n| name(*n)).collect();
+                let current = names[cur.index(names.len())].clone();
+                let previous = prev.map(|p| names[p.index(names.len())].clone());
+                let removed = cleanup_plan(&releases, &current, previous.as_deref(), keep);
+
+                prop_assert!(!removed.contains(&current));
+                if let Some(p) = &previous {
+                    prop_assert!(!removed.contains(p));
+                }
+                prop_assert!(!removed.iter().any(|r| r == "shared-cache"));
+                prop_assert!(removed.iter().all(|r| names.contains(r)));
+                let complete: Vec<&String> = releases
+                    .iter()
+                    .filter(|r| r.is_complete() && names.contains(&r.name))
+                    .map(|r| &r.name)
+                    .collect();
+                let kept: Vec<&&String> = complete.iter().filter(|n| !removed.contains(n)).collect();
+                prop_assert!(kept.len() >= keep.min(complete.len()));
+                // Unfinished ones go, unless protected.
+                for r in releases.iter().filter(|r| !r.is_complete() && names.contains(&r.name)) {
+                    let protected = r.name == current || Some(&r.name) == previous.as_ref();
+                    prop_assert_eq!(removed.contains(&r.name), !protected);
+                }
+                // Complete releases removed are older than every unprotected one kept.
+                let protected = |n: &str| n == current || Some(n) == previous.as_deref();
+                for gone in removed.iter().filter(|r| complete.contains(r)) {
+                    for k in kept.iter().filter(|k| !protected(k.as_str())) {
+                        prop_assert!(gone < **k, "{} removed but {} kept", gone, k);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! A release: the commit being deployed, and how it is built into a
+//! release directory on a host.
+//!
+//! On each host, a bare mirror `repo.git` in the deploy root is fetched
+//! (only when it lacks the commit), and the release directory gets exactly
+//! that commit, submodules included, with the shared paths linked in. The
+//! completion marker `.ektool-release` is written **last**: a directory
+//! without it is unfinished, is never switched to, and is removed by the
+//! next deploy.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::environment::{Environment, SharedPath};
+use crate::host::Host;
+use crate::shell::q;
+use ec2kit::RemoteError;
+
+/// What is being deployed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// The full commit id.
+    pub commit: String,
+    /// The release tag naming it, if any.
+    pub tag: Option<String>,
+    /// A short human name: the tag, or the abbreviated commit.
+    pub describe: String,
+    /// What the user asked for (`v1.2.3`, `main`, `HEAD`, a commit).
+    pub reference: String,
+}
+
+impl Release {
+    /// A release of a bare commit id (no tag).
+    pub fn commit(commit: impl Into<String>) -> Self {
+        let commit = commit.into();
+        let describe = commit[..12.min(commit.len())].to_owned();
+        Self {
+            reference: commit.clone(),
+            commit,
+            tag: None,
+            describe,
+        }
+    }
+
+    /// The abbreviated commit.
+    pub fn short(&self) -> &str {
+        &self.commit[..12.min(self.commit.len())]
+    }
+}
+
+/// The completion marker's name inside a release directory.
+pub const MARKER: &str = ".ektool-release";
+
+/// What the completion marker of a release directory says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    /// The release directory's name.
+    pub release: String,
+    /// The commit checked out in it.
+    pub commit: String,
+    /// Its release tag.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// When the build finished.
+    pub built_at: Timestamp,
+}
+
+/// The shell script that makes sure the host's mirror has `commit`:
+/// clone it on first use, fetch only when the commit is missing.
+pub(crate) fn fetch_script(host: &Host, url: &str, commit: &str) -> String {
+    let root = q(host.root());
+    let url = q(url);
+    let commit = q(commit);
+    format!(
+        "set -eu\n\
+         cd {root}\n\
+         mkdir -p releases shared .ektool\n\
+         if [ ! -d repo.git ]; then\n\
+         \x20 rm -rf repo.git.partial\n\
+         \x20 git clone --quiet --mirror {url} repo.git.partial\n\
+         \x20 mv repo.git.partial repo.git\n\
+         fi\n\
+         git -C repo.git remote set-url origin {url}\n\
+         if ! git -C repo.git cat-file -e {commit}^{{commit}} 2>/dev/null; then\n\
+         \x20 git -C repo.git fetch --quiet --prune --tags origin\n\
+         fi\n\
+         git -C repo.git cat-file -e {commit}^{{commit}} || {{ echo \"the repository has no commit {commit}\" >&2; exit 3; }}\n",
+    )
+}
+
+/// Environment variables for git on the host: a deploy key when
+/// configured, and strict host key checking always (never `accept-new` or
+/// `no`, which the seed's `~/.ssh/config` upload set for github.com).
+pub(crate) fn git_env(env: &Environment) -> Vec<(String, String)> {
+    let ssh = match &env.git_ssh_key {
+        Some(key) => format!(
+            "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes",
+            q(key)
+        ),
+        None => "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes".to_owned(),
+    };
+    vec![
+        ("GIT_SSH_COMMAND".into(), ssh),
+        ("GIT_TERMINAL_PROMPT".into(), "0".into()),
+    ]
+}
+
+/// The shell script that builds release `name` from the mirror: a fresh
+/// clone, or (`in_place`, the a/b layout) an update of the slot's own
+/// checkout that keeps ignored build products such as a virtualenv.
+pub(crate) fn checkout_script(
+    host: &Host,
+    env: &Environment,
+    url: &str,
+    name: &str,
+    commit: &str,
+    in_place: bool,
+) -> String {
+    let root = q(host.root());
+    let rel = q(&format!("releases/{name}"));
+    let link = q(&format!("releases/{name}"));
+    let commit = q(commit);
+    let url = q(url);
+    let mut s = format!(
+        "set -eu\n\
+         cd {root}\n\
+         rel={rel}\n\
+         [ \"$(readlink current 2>/dev/null)\" != {link} ] || {{ echo \"refusing to rebuild the live release $rel\" >&2; exit 4; }}\n\
+         rm -f \"$rel/{MARKER}\" .current.*\n"
+    );
+    if in_place {
+        s.push_str(&format!(
+            "if [ -d \"$rel/.git\" ]; then\n\
+             \x20 git -C \"$rel\" fetch --quiet \"$PWD/repo.git\" '+refs/heads/*:refs/remotes/mirror/*' '+refs/tags/*:refs/tags/*'\n\
+             \x20 git -C \"$rel\" checkout --quiet --force --detach {commit}\n\
+             \x20 git -C \"$rel\" clean -ffdq\n\
+             else\n\
+             \x20 rm -rf \"$rel\"\n\
+             \x20 git clone --quiet --no-checkout repo.git \"$rel\"\n\
+             \x20 git -C \"$rel\" checkout --quiet --detach {commit}\n\
+             fi\n"
+        ));
+    } else {
+        s.push_str(&format!(
+            "rm -rf \"$rel\"\n\
+             git clone --quiet --no-checkout repo.git \"$rel\"\n\
+             git -C \"$rel\" checkout --quiet --detach {commit}\n"
+        ));
+    }
+    // Relative submodule URLs resolve against origin: make it the real one.
+    s.push_str(&format!(
+        "git -C \"$rel\" remote set-url origin {url}\n\
+         if [ -f \"$rel/.gitmodules\" ]; then\n\
+         \x20 git -C \"$rel\" submodule --quiet sync --recursive\n\
+         \x20 git -C \"$rel\" submodule --quiet update --init --recursive --force\n\
+         fi\n"
+    ));
+    for dir in &env.shared_dirs {
+        s.push_str(&link_shared(dir, true));
+    }
+    for file in &env.shared_files {
+        s.push_str(&link_shared(file, false));
+    }
+    s.push_str(&format!("printf '%s\\n' {commit} > \"$rel/REVISION\"\n"));
+    s
+}
+
+/// Links `shared/<path>` into the release with a relative target, so the
+/// link survives the deploy root being mounted elsewhere.
+fn link_shared(path: &SharedPath, is_dir: bool) -> String {
+    let p = path.as_str();
+    // From releases/<name>/<p>: up to the release, up two to the root.
+    let up = "../".repeat(path.depth() + 2);
+    let target = q(&format!("{up}shared/{p}"));
+    let shared = q(&format!("shared/{p}"));
+    let inside = q(p);
+    let ensure = if is_dir {
+        format!("mkdir -p {shared}\n")
+    } else {
+        format!(
+            "[ -e {shared} ] || {{ echo \"shared file {shared} is missing on this host; create it before deploying\" >&2; exit 5; }}\n"
+        )
+    };
+    format!(
+        "{ensure}rm -rf \"$rel\"/{inside}\n\
+         mkdir -p \"$(dirname \"$rel\"/{inside})\"\n\
+         ln -s {target} \"$rel\"/{inside}\n"
+    )
+}
+
+/// Writes the completion marker: the last step of a build.
+pub(crate) async fn write_marker(host: &Host, marker: &Marker) -> Result<(), RemoteError> {
+    let json = serde_json::to_vec(marker).unwrap_or_default();
+    host.remote()
+        .upload(
+            &format!("{}/{MARKER}", host.release_path(&marker.release)),
+            &json,
+            0o644,
+        )
+        .await
+}
+
+/// The shell fragment that writes the marker (inside a checkout script,
+/// where `$rel` is the release directory): a temporary file renamed into
+/// place, so a marker is never half-written.
+pub(crate) fn marker_fragment(marker: &Marker) -> String {
+    let json = serde_json::to_string(marker).unwrap_or_default();
+    format!(
+        "printf '%s' {json} > \"$rel/{MARKER}.tmp\"\nmv -f \"$rel/{MARKER}.tmp\" \"$rel/{MARKER}\"\n",
+        json = q(&json)
+    )
+}
+
+/// The shell fragment that removes release directories, never the live
+/// one (it checks `readlink current` itself).
+pub(crate) fn remove_fragment(host: &Host, names: &[String]) -> String {
+    if names.is_empty() {
+        return String::new();
+    }
+    let mut s = format!(
+        "(cd {} && cur=$(readlink current 2>/dev/null || true)\n",
+        q(host.root())
+    );
+    for n in names {
+        let rel = q(&format!("releases/{n}"));
+        s.push_str(&format!(
+            "if [ \"$cur\" != {rel} ]; then rm -rf {rel}; fi\n"
+        ));
+    }
+    s.push_str(")\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_links_are_relative() {
+        let s = link_shared(&SharedPath::new("public/uploads").unwrap(), true);
+        assert!(s.contains("ln -s ../../../shared/public/uploads"), "{s}");
+        let s = link_shared(&SharedPath::new(".env").unwrap(), false);
+        assert!(s.contains("ln -s ../../shared/.env"), "{s}");
+        assert!(s.contains("is missing"), "{s}");
+    }
+}

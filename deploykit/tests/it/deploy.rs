@@ -1,0 +1,468 @@
+//! Deploys, rollbacks and health checks over real SSH.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use deploykit::environment::LayoutKind;
+use deploykit::{DeployError, Event, HealthCheck, Hook, LogAction, LogResult, Stage};
+
+use crate::support::Fixture;
+
+#[tokio::test]
+async fn deploys_to_several_hosts_with_relative_links_marker_log_and_shared_dirs() {
+    let f = Fixture::new(3);
+    let c2 = f.commit("v2");
+    let d = f.deployer(f.env(LayoutKind::Timestamped));
+    let report = d.deploy(&f.release(&c2)).await.unwrap();
+    assert_eq!(report.hosts.len(), 3);
+    let name = &report.hosts[0].release;
+    for i in 0..3 {
+        assert_eq!(
+            f.current(i).as_deref(),
+            Some(name.as_str()),
+            "one name everywhere"
+        );
+        assert_eq!(f.live_commit(i).as_deref(), Some(c2.as_str()));
+        let built = std::fs::read_to_string(f.local(i, "current/built.txt")).unwrap();
+        assert_eq!(built.trim(), format!("{name} {c2} staging"));
+        assert_eq!(
+            std::fs::read_link(f.local(i, "current/log"))
+                .unwrap()
+                .to_str(),
+            Some("../../shared/log")
+        );
+        let log = f.log(i);
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].result, Some(LogResult::Success));
+        assert_eq!(log[0].commit, c2);
+        assert!(!f.local(i, ".ektool/lock").exists(), "unlocked");
+    }
+    // The same commit again: already built, reused, nothing rebuilt.
+    f.take_events();
+    let again = d.deploy(&f.release(&c2)).await.unwrap();
+    assert!(again.hosts.iter().all(|h| h.reused && &h.release == name));
+    assert!(
+        !f.take_events()
+            .iter()
+            .any(|e| matches!(e, Event::CheckedOut { .. }))
+    );
+}
+
+#[tokio::test]
+async fn the_switch_never_leaves_current_missing() {
+    let f = Fixture::new(1);
+    let c2 = f.commit("v2");
+    let mut env = f.env(LayoutKind::Ab);
+    env.hooks.build.clear();
+    let d = f.deployer(env);
+    d.deploy(&f.release(&c2)).await.unwrap();
+    let c3 = f.commit("v3");
+    d.deploy(&f.release(&c3)).await.unwrap();
+
+    // A reader on the same directory while the link flips back and forth.
+    let stop = Arc::new(AtomicBool::new(false));
+    let missing = Arc::new(AtomicUsize::new(0));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let link = f.local(0, "current");
+    let reader = {
+        let (stop, missing, reads) = (stop.clone(), missing.clone(), reads.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if std::fs::read_link(&link).is_err() {
+                    missing.fetch_add(1, Ordering::Relaxed);
+                }
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    for i in 0..6 {
+        let c = if i % 2 == 0 { &c2 } else { &c3 };
+        d.deploy(&f.release(c)).await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    assert!(reads.load(Ordering::Relaxed) > 1000);
+    assert_eq!(missing.load(Ordering::Relaxed), 0, "current was missing");
+}
+
+#[tokio::test]
+async fn ab_layout_alternates_slots_and_rollback_goes_to_the_other_good_slot() {
+    let f = Fixture::new(2);
+    f.commit_file(".gitignore", "env/\n");
+    let c1 = f.commit("one");
+    let c2 = f.commit("two");
+    let mut env = f.env(LayoutKind::Ab);
+    // An ignored build product (a virtualenv) kept by each slot.
+    env.hooks
+        .build
+        .push(Hook::new("mkdir -p env && echo \"$COMMIT\" >> env/builds"));
+    let d = f.deployer(env);
+    d.deploy(&f.release(&c1)).await.unwrap();
+    assert_eq!(f.current(0).as_deref(), Some("a"));
+    d.deploy(&f.release(&c2)).await.unwrap();
+    assert_eq!(f.current(0).as_deref(), Some("b"));
+    let report = d.rollback(None).await.unwrap();
+    for (i, step) in report.hosts.iter().enumerate() {
+        assert_eq!((step.from.as_str(), step.to.as_str()), ("b", "a"));
+        assert_eq!(f.current(i).as_deref(), Some("a"));
+        assert_eq!(f.live_commit(i).as_deref(), Some(c1.as_str()));
+        let log = f.log(i);
+        let bad = log.iter().find(|e| e.action == LogAction::Bad).unwrap();
+        assert_eq!(
+            (bad.release.as_str(), bad.commit.as_str()),
+            ("b", c2.as_str())
+        );
+    }
+    // b is marked bad and a is live: nothing left to roll back to.
+    assert!(matches!(
+        d.rollback(None).await,
+        Err(DeployError::NothingToRollBack { .. })
+    ));
+    // A new deploy builds in b (the slot not live) again.
+    let c3 = f.commit("three");
+    d.deploy(&f.release(&c3)).await.unwrap();
+    assert_eq!(f.current(1).as_deref(), Some("b"));
+    assert_eq!(f.live_commit(1).as_deref(), Some(c3.as_str()));
+    // Slot b's build products survived its rebuild (incremental builds).
+    let builds = std::fs::read_to_string(f.local(1, "releases/b/env/builds")).unwrap();
+    assert_eq!(builds, format!("{c2}\n{c3}\n"));
+}
+
+#[tokio::test]
+async fn timestamped_rollback_goes_to_the_previous_release_and_cleanup_keeps_current_and_previous()
+{
+    let f = Fixture::new(2);
+    let mut env = f.env(LayoutKind::Timestamped);
+    env.keep = 3;
+    let d = f.deployer(env);
+    let mut names = Vec::new();
+    let mut commits = Vec::new();
+    for i in 0..5 {
+        let c = f.commit(&format!("release {i}"));
+        let r = d.deploy(&f.release(&c)).await.unwrap();
+        names.push(r.hosts[0].release.clone());
+        commits.push(c);
+    }
+    let mut left: Vec<String> = std::fs::read_dir(f.local(0, "releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, names[2..].to_vec(), "keep = 3 newest");
+
+    let r = d.rollback(None).await.unwrap();
+    assert_eq!(r.hosts[0].to, names[3]);
+    assert_eq!(f.live_commit(1).as_deref(), Some(commits[3].as_str()));
+    // The next rollback skips the bad release 4 and goes to 2.
+    let r = d.rollback(None).await.unwrap();
+    assert_eq!(
+        (r.hosts[0].from.as_str(), r.hosts[0].to.as_str()),
+        (names[3].as_str(), names[2].as_str())
+    );
+    // An explicit target, even one marked bad.
+    let r = d.rollback(Some(&names[4])).await.unwrap();
+    assert_eq!(r.hosts[0].to, names[4]);
+    assert_eq!(f.live_commit(0).as_deref(), Some(commits[4].as_str()));
+    assert!(matches!(
+        d.rollback(Some("19990101000000")).await,
+        Err(DeployError::UnknownRelease { .. })
+    ));
+    // Deploying after rollbacks: cleanup never removes current or previous.
+    let c = f.commit("after");
+    let report = d.deploy(&f.release(&c)).await.unwrap();
+    for h in &report.hosts {
+        assert!(!h.removed.contains(&names[4]), "previous removed: {h:?}");
+        assert!(!h.removed.contains(&h.release));
+    }
+}
+
+#[tokio::test]
+async fn failing_health_check_on_one_host_switches_every_host_back() {
+    let f = Fixture::new(3);
+    let mut env = f.env(LayoutKind::Timestamped);
+    let mut check = HealthCheck::command("test ! -e ../../shared/unhealthy");
+    check.interval_ms = 100;
+    check.deadline_seconds = 1;
+    env.health = Some(check);
+    env.hooks.restart = vec![Hook::new(
+        "echo \"$DEPLOY_ACTION $RELEASE\" >> ../../shared/restarts",
+    )];
+    env.hooks.after_rollback = vec![Hook::new(
+        "echo \"$RELEASE $PREVIOUS_RELEASE\" > ../../shared/rolled-back",
+    )];
+    let d = f.deployer(env);
+    let c1 = f.commit("good");
+    let good = d.deploy(&f.release(&c1)).await.unwrap().hosts[0]
+        .release
+        .clone();
+
+    std::fs::write(f.local(1, "shared/unhealthy"), "").unwrap();
+    let c2 = f.commit("bad");
+    f.take_events();
+    let err = d.deploy(&f.release(&c2)).await.unwrap_err();
+    let DeployError::Failed {
+        stage,
+        failures,
+        rolled_back,
+        inconsistent,
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(*stage, Stage::Health);
+    assert_eq!(failures.len(), 1, "{err}");
+    assert_eq!(failures[0].host, "h2");
+    assert_eq!(rolled_back.len(), 3);
+    assert!(inconsistent.is_empty());
+    let events = f.take_events();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Switched { .. }))
+            .count(),
+        3,
+        "every host had switched"
+    );
+    for i in 0..3 {
+        assert_eq!(f.current(i).as_deref(), Some(good.as_str()), "h{}", i + 1);
+        let restarts = std::fs::read_to_string(f.local(i, "shared/restarts")).unwrap();
+        assert!(
+            restarts.ends_with(&format!("rollback {good}\n")),
+            "{restarts}"
+        );
+        let rb = std::fs::read_to_string(f.local(i, "shared/rolled-back")).unwrap();
+        assert!(rb.starts_with(&good), "{rb}");
+        let last = f.log(i).pop().unwrap();
+        assert_eq!(
+            (last.commit.as_str(), last.result),
+            (c2.as_str(), Some(LogResult::RolledBack))
+        );
+    }
+    assert!(err.to_string().contains("switched 3 hosts back"), "{err}");
+}
+
+#[tokio::test]
+async fn failure_before_the_switch_leaves_current_untouched_and_the_release_unfinished() {
+    let f = Fixture::new(2);
+    let mut env = f.env(LayoutKind::Timestamped);
+    let d = f.deployer(env.clone());
+    let c1 = f.commit("one");
+    let live = d.deploy(&f.release(&c1)).await.unwrap().hosts[0]
+        .release
+        .clone();
+    env.hooks
+        .build
+        .push(Hook::new("test -e ../../shared/ok-to-build"));
+    std::fs::write(f.local(0, "shared/ok-to-build"), "").unwrap();
+    let d = f.deployer(env);
+    let c2 = f.commit("two");
+    let err = d.deploy(&f.release(&c2)).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            DeployError::Failed {
+                stage: Stage::Build,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no host was switched"), "{err}");
+    for i in 0..2 {
+        assert_eq!(f.current(i).as_deref(), Some(live.as_str()));
+    }
+    // Host 1 built completely, host 2 did not: its directory has no marker.
+    let unfinished: Vec<_> = std::fs::read_dir(f.local(1, "releases"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.join(".ektool-release").exists())
+        .collect();
+    assert_eq!(unfinished.len(), 1);
+    // The next deploy succeeds and removes the unfinished directory.
+    std::fs::write(f.local(1, "shared/ok-to-build"), "").unwrap();
+    let c3 = f.commit("three");
+    d.deploy(&f.release(&c3)).await.unwrap();
+    assert!(!unfinished[0].exists());
+}
+
+#[tokio::test]
+async fn two_deploys_at_once_exactly_one_proceeds_and_names_the_owner() {
+    let f = Fixture::new(3);
+    let mut env = f.env(LayoutKind::Timestamped);
+    env.hooks.build.push(Hook::new("sleep 1"));
+    let c = f.commit("race");
+    let a = f.deployer(env.clone()).message(Some("first".into()));
+    let b = f.deployer(env.clone()).message(Some("second".into()));
+    let rel = f.release(&c);
+    let (ra, rb) = tokio::join!(a.deploy(&rel), b.deploy(&rel));
+    let (ok, err) = match (ra, rb) {
+        (Ok(r), Err(e)) | (Err(e), Ok(r)) => (r, e),
+        (a, b) => panic!("exactly one must proceed: {a:?} {b:?}"),
+    };
+    assert_eq!(ok.hosts.len(), 3);
+    let DeployError::Locked { lock } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(lock.stale, None);
+    let text = err.to_string();
+    assert!(
+        text.contains("is locked by") && text.contains("--lock-wait"),
+        "{text}"
+    );
+    // With --lock-wait, a deploy queued behind a running one proceeds.
+    let c2 = f.commit("queued");
+    let waiter = f.deployer(env.clone()).lock_wait(Duration::from_secs(30));
+    let rel2 = f.release(&c2);
+    let (r1, r2) = tokio::join!(a.deploy(&rel), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        waiter.deploy(&rel2).await
+    });
+    r1.unwrap();
+    r2.unwrap();
+    assert_eq!(f.live_commit(2).as_deref(), Some(c2.as_str()));
+}
+
+#[tokio::test]
+async fn stale_locks_are_detected_and_unlock_needs_force_for_live_ones() {
+    let f = Fixture::new(2);
+    let d = f.deployer(f.env(LayoutKind::Timestamped));
+    let c = f.commit("x");
+    d.deploy(&f.release(&c)).await.unwrap();
+    let owner = |pid: u32| {
+        serde_json::json!({
+            "actor": {"user": "ghost", "machine": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(), "pid": pid},
+            "environment": "staging", "since": "2024-01-01T00:00:00Z", "action": "deploy v9",
+            "message": null, "token": "someone-else"
+        })
+        .to_string()
+    };
+    // A lock left by a process that no longer exists, on host 2.
+    std::fs::create_dir_all(f.local(1, ".ektool/lock")).unwrap();
+    std::fs::write(f.local(1, ".ektool/lock/owner.json"), owner(u32::MAX)).unwrap();
+    let err = d.deploy(&f.release(&c)).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("ghost@") && text.contains("stale") && text.contains("is gone"),
+        "{text}"
+    );
+    assert!(
+        !f.local(0, ".ektool/lock").exists(),
+        "host 1's lock was released again"
+    );
+    assert!(
+        f.local(1, ".ektool/lock").exists(),
+        "never removes another run's lock"
+    );
+    let removed = d.unlock(false).await.unwrap();
+    assert!(removed[1].removed && !removed[0].removed);
+    // A live owner (this very process): only --force removes it.
+    std::fs::create_dir_all(f.local(0, ".ektool/lock")).unwrap();
+    std::fs::write(
+        f.local(0, ".ektool/lock/owner.json"),
+        owner(std::process::id()),
+    )
+    .unwrap();
+    assert!(matches!(
+        d.unlock(false).await,
+        Err(DeployError::LockNotStale { .. })
+    ));
+    assert!(f.local(0, ".ektool/lock").exists());
+    d.unlock(true).await.unwrap();
+    assert!(!f.local(0, ".ektool/lock").exists());
+    d.deploy(&f.release(&c)).await.unwrap();
+}
+
+#[tokio::test]
+async fn maintenance_flag_and_restart_run_in_the_live_release() {
+    let f = Fixture::new(2);
+    let mut env = f.env(LayoutKind::Ab);
+    env.hooks.maintenance = vec![Hook::new(
+        "echo \"$MAINTENANCE $RELEASE\" >> ../../shared/maint.log",
+    )];
+    env.hooks.restart = vec![Hook::new(
+        "echo \"$DEPLOY_ACTION\" >> ../../shared/restarts",
+    )];
+    let d = f.deployer(env);
+    let c = f.commit("m");
+    d.deploy(&f.release(&c)).await.unwrap();
+    d.maintenance(true).await.unwrap();
+    assert!(f.local(0, "shared/maintenance").exists());
+    assert!(d.releases().await.unwrap().iter().all(|h| h.maintenance));
+    d.maintenance(false).await.unwrap();
+    assert!(!f.local(1, "shared/maintenance").exists());
+    assert_eq!(
+        std::fs::read_to_string(f.local(1, "shared/maint.log")).unwrap(),
+        "on a\noff a\n"
+    );
+    d.restart().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(f.local(0, "shared/restarts")).unwrap(),
+        "deploy\nrestart\n"
+    );
+    // The tracked files of the release are untouched (the seed edited settings.py).
+    assert_eq!(
+        std::fs::read_to_string(f.local(0, "current/app.txt")).unwrap(),
+        "m\n"
+    );
+}
+
+#[tokio::test]
+async fn releases_table_marks_current_and_bad() {
+    let f = Fixture::new(1);
+    let d = f.deployer(f.env(LayoutKind::Timestamped));
+    let c1 = f.commit("1");
+    let c2 = f.commit("2");
+    d.deploy(&f.release(&c1)).await.unwrap();
+    d.deploy(&f.release(&c2)).await.unwrap();
+    d.rollback(None).await.unwrap();
+    let hosts = d.releases().await.unwrap();
+    let rows = &hosts[0].history;
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].action, LogAction::Rollback);
+    assert!(rows[0].current && rows[0].commit == c1);
+    assert!(rows[1].bad && rows[1].commit == c2 && !rows[1].current);
+    assert!(!rows[2].current && !rows[2].bad && rows[2].available);
+}
+
+#[tokio::test]
+async fn dry_run_plan_reads_and_changes_nothing() {
+    let f = Fixture::new(2);
+    let mut env = f.env(LayoutKind::Ab);
+    env.hooks.before_switch = vec![Hook::new("echo migrate")];
+    let d = f.deployer(env);
+    let c1 = f.commit("1");
+    let plan = d.plan(&f.release(&c1)).await.unwrap();
+    assert!(!f.local(0, "").exists(), "the plan created the deploy root");
+    d.deploy(&f.release(&c1)).await.unwrap();
+    let c2 = f.commit("2");
+    let plan2 = d.plan(&f.release(&c2)).await.unwrap();
+    let mut json = serde_json::to_value((&plan, &plan2)).unwrap();
+    normalise(
+        &mut json,
+        &[
+            (&c1, "<c1>"),
+            (&c2, "<c2>"),
+            (&f.root(), "<root>"),
+            (&f.origin.display().to_string(), "<origin>"),
+        ],
+    );
+    insta::assert_json_snapshot!("plan_first_and_second_deploy", json);
+}
+
+/// Replaces run-specific strings in every string of a JSON value.
+fn normalise(v: &mut serde_json::Value, pairs: &[(&str, &str)]) {
+    match v {
+        serde_json::Value::String(s) => {
+            for (from, to) in pairs {
+                *s = s.replace(from, to);
+            }
+            if s.len() == 12 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                *s = "<short>".into();
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| normalise(x, pairs)),
+        serde_json::Value::Object(o) => o.values_mut().for_each(|x| normalise(x, pairs)),
+        _ => {}
+    }
+}

@@ -8,8 +8,12 @@
 //!   with logarithmic (the seed's trim, as intended), GFS (restic's
 //!   semantics) and max-age policies, and safety guards no policy can
 //!   override;
-//! - backup, consistency (filesystem freeze and DB lock with a host-side
-//!   watchdog), trim against EC2, replication and AMIs arrive next.
+//! - [`backup`] and [`consistency`] (filesystem freeze and DB lock with a
+//!   host-side watchdog), [`trim`] against EC2, [`inventory`] files;
+//! - [`replicate`] (native `CopySnapshot` with a slot scheduler, lag),
+//!   [`ami`] (AMIs from snapshots), [`instances`] (protection, volume tags,
+//!   launch), [`mount`] (a snapshot mounted read-only on an instance) and
+//!   [`rsync`] (file-level sync between hosts).
 //!
 //! snapkit depends only on ec2kit's traits and domain types
 //! (`default-features = false`), never on the AWS SDK: its logic is tested

@@ -3,11 +3,14 @@
 
 pub mod completions;
 pub mod config;
+pub mod db;
 pub mod deploy;
 pub mod host;
 pub mod instances;
 pub mod manpage;
+pub mod provision;
 pub mod regions;
+pub mod secrets;
 pub mod snap;
 
 use crate::args::{Cli, Command};
@@ -33,6 +36,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Releases(args) => deploy::releases::exec(&ctx, args).await,
                 Command::Maintenance(args) => deploy::maintenance::exec(&ctx, args).await,
                 Command::Restart(args) => deploy::restart::exec(&ctx, args).await,
+                Command::Provision(args) => provision::exec(&ctx, args).await,
+                Command::Secrets(args) => secrets::exec(&ctx, args).await,
+                Command::Db(args) => db::exec(&ctx, args).await,
                 Command::Completions(_) | Command::Manpage(_) => unreachable!("handled above"),
             }
         }

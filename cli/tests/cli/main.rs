@@ -10,4 +10,5 @@ mod basics;
 mod deploy;
 mod ec2;
 mod host;
+mod provision;
 mod snap;

@@ -223,9 +223,9 @@ fn provision_takes_a_sandboxed_host_from_nothing_to_configured() {
         .stdout_has("changed  greeting (file.managed")
         .stdout_has("0 failed");
     drop(out);
-    assert_eq!(std::fs::read_to_string(p.on_host("out/greeting.txt")).unwrap(), "hello-staging");
+    assert_eq!(std::fs::read_to_string(p.on_host("out/greeting.txt")).unwrap().trim(), "hello-staging");
     // The secret reached Salt through the 0600 pillar file.
-    assert_eq!(std::fs::read_to_string(p.on_host("out/token")).unwrap(), p.secret);
+    assert_eq!(std::fs::read_to_string(p.on_host("out/token")).unwrap().trim(), p.secret);
     let secrets = p.on_host("prov/secrets/secrets.sls");
     let meta = std::fs::metadata(&secrets).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -260,12 +260,12 @@ fn provision_takes_a_sandboxed_host_from_nothing_to_configured() {
         .stderr_has("+ secrets.EXTRA: ********")
         .stderr_has("not confirmed");
     assert!(!out.stderr.contains(&new_secret) && !out.stderr.contains(&p.secret));
-    assert_eq!(std::fs::read_to_string(p.on_host("out/token")).unwrap(), p.secret);
+    assert_eq!(std::fs::read_to_string(p.on_host("out/token")).unwrap().trim(), p.secret);
     p.ektool()
         .args(&["provision", "--env", "staging", "--yes"])
         .run()
         .success();
-    assert_eq!(std::fs::read_to_string(p.on_host("out/token")).unwrap(), new_secret);
+    assert_eq!(std::fs::read_to_string(p.on_host("out/token")).unwrap().trim(), new_secret);
 
     // secrets get: the host's file, 0600 locally.
     std::fs::remove_file(p.tree().join("secrets/staging.sls")).unwrap();

@@ -53,7 +53,9 @@ fn default_timeout() -> u64 {
 #[non_exhaustive]
 pub enum DbError {
     /// The environment is protected and no override was given.
-    #[error("{env} is protected: loading would replace its database {name}; pass --allow-production if you really mean it")]
+    #[error(
+        "{env} is protected: loading would replace its database {name}; pass --allow-production if you really mean it"
+    )]
     Protected {
         /// The environment.
         env: String,
@@ -117,7 +119,11 @@ impl DatabaseConfig {
         let cmd = match &self.run_as {
             None => Command::argv(argv),
             Some(user) => {
-                let line = argv.iter().map(|a| ec2kit::remote::quote(a)).collect::<Vec<_>>().join(" ");
+                let line = argv
+                    .iter()
+                    .map(|a| ec2kit::remote::quote(a))
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 let user = ec2kit::remote::quote(user);
                 Command::shell(format!(
                     "if [ \"$(id -u)\" = 0 ]; then exec runuser -u {user} -- {line}; else exec sudo -n -u {user} -- {line}; fi"
@@ -132,7 +138,14 @@ impl DatabaseConfig {
     pub fn dump_command(&self) -> Command {
         self.command(self.argv(
             "pg_dump",
-            &["--no-owner", "--no-privileges", "--clean", "--if-exists", "--dbname", &self.name],
+            &[
+                "--no-owner",
+                "--no-privileges",
+                "--clean",
+                "--if-exists",
+                "--dbname",
+                &self.name,
+            ],
         ))
     }
 
@@ -141,7 +154,14 @@ impl DatabaseConfig {
     pub fn load_command(&self) -> Command {
         self.command(self.argv(
             "psql",
-            &["--quiet", "--single-transaction", "-v", "ON_ERROR_STOP=1", "--dbname", &self.name],
+            &[
+                "--quiet",
+                "--single-transaction",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "--dbname",
+                &self.name,
+            ],
         ))
     }
 }
@@ -197,7 +217,10 @@ mod tests {
         let db = DatabaseConfig::new("app");
         assert!(db.is_protected("production"));
         assert!(!db.is_protected("staging"));
-        let db = DatabaseConfig { protected: true, ..db };
+        let db = DatabaseConfig {
+            protected: true,
+            ..db
+        };
         assert!(db.is_protected("staging"));
     }
 
@@ -216,9 +239,15 @@ mod tests {
     #[tokio::test]
     async fn refuses_production_before_touching_the_host() {
         let remote = ec2kit::remote::MockRemote::new(); // any call would panic
-        let e = load(&remote, "production", &DatabaseConfig::new("app"), b"x".to_vec(), false)
-            .await
-            .unwrap_err();
+        let e = load(
+            &remote,
+            "production",
+            &DatabaseConfig::new("app"),
+            b"x".to_vec(),
+            false,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, DbError::Protected { .. }), "{e}");
     }
 }

@@ -53,7 +53,9 @@ pub async fn exec(ctx: &Context, cmd: DbCommand) -> Result<(), CliError> {
     };
     let (env_name, env) = environment(ctx, target)?;
     let cfg = env.database.clone().ok_or_else(|| {
-        CliError::Usage(format!("environment {env_name} has no [environments.{env_name}.database] section"))
+        CliError::Usage(format!(
+            "environment {env_name} has no [environments.{env_name}.database] section"
+        ))
     })?;
     let node = nodes(ctx, env, target, None)?
         .into_iter()
@@ -77,7 +79,13 @@ pub async fn exec(ctx: &Context, cmd: DbCommand) -> Result<(), CliError> {
                     });
                     // Dumps hold user data: 0600, like secrets.
                     deploykit::provision::secrets::write_local(&path, &sql)?;
-                    eprintln!("dumped {} from {} to {} ({} bytes)", cfg.name, node.name, path.display(), sql.len());
+                    eprintln!(
+                        "dumped {} from {} to {} ({} bytes)",
+                        cfg.name,
+                        node.name,
+                        path.display(),
+                        sql.len()
+                    );
                     Ok(())
                 }
             }
@@ -95,11 +103,29 @@ pub async fn exec(ctx: &Context, cmd: DbCommand) -> Result<(), CliError> {
                 .into());
             }
             if ctx.global.dry_run {
-                println!("would load {} into {} on {}: {}", args.file.display(), cfg.name, node.name, cfg.load_command());
+                println!(
+                    "would load {} into {} on {}: {}",
+                    args.file.display(),
+                    cfg.name,
+                    node.name,
+                    cfg.load_command()
+                );
                 return Ok(());
             }
-            db::load(node.remote.as_ref(), &env_name, &cfg, sql, args.allow_production).await?;
-            eprintln!("loaded {} into {} on {}", args.file.display(), cfg.name, node.name);
+            db::load(
+                node.remote.as_ref(),
+                &env_name,
+                &cfg,
+                sql,
+                args.allow_production,
+            )
+            .await?;
+            eprintln!(
+                "loaded {} into {} on {}",
+                args.file.display(),
+                cfg.name,
+                node.name
+            );
             Ok(())
         }
     }

@@ -6,10 +6,10 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use deploykit::provision::ApplyReport;
 use deploykit::provision::secrets::{self, SecretsStatus};
 use deploykit::provision::tree::{self, LocalTree, TreeSummary};
 use deploykit::provision::users::{self, UsersPlan};
-use deploykit::provision::ApplyReport;
 use deploykit::{Environment, ProvisionConfig, ProvisionError};
 use ec2kit::ssh::{self, HostKeyStatus};
 use ec2kit::{LocalRemote, Remote, SshRemote, SshTarget};
@@ -134,10 +134,15 @@ pub fn confirm(question: &str) -> bool {
 /// First contact: a host whose key is unknown is trusted only with the
 /// matching `--trust-host-key` or an interactive yes; a changed key is
 /// always refused. Afterwards every connection is strict.
-async fn check_host_key(ctx: &Context, node: &Node, expected: Option<&str>) -> Result<(), CliError> {
+async fn check_host_key(
+    ctx: &Context,
+    node: &Node,
+    expected: Option<&str>,
+) -> Result<(), CliError> {
     let Some(t) = &node.ssh else { return Ok(()) };
     let options = ctx.ssh_options();
-    let (key, status) = ssh::fetch_host_key(t, &options.known_hosts, options.connect_timeout).await?;
+    let (key, status) =
+        ssh::fetch_host_key(t, &options.known_hosts, options.connect_timeout).await?;
     let fingerprint = match status {
         HostKeyStatus::Trusted => return Ok(()),
         HostKeyStatus::Changed => {
@@ -168,7 +173,13 @@ async fn check_host_key(ctx: &Context, node: &Node, expected: Option<&str>) -> R
             }
         },
     };
-    ssh::trust_host_key(t, &fingerprint, &options.known_hosts, options.connect_timeout).await?;
+    ssh::trust_host_key(
+        t,
+        &fingerprint,
+        &options.known_hosts,
+        options.connect_timeout,
+    )
+    .await?;
     Ok(())
 }
 
@@ -202,10 +213,12 @@ fn read_local_secrets(path: &Path) -> Result<Option<Vec<u8>>, CliError> {
                     path.display()
                 );
             }
-            std::fs::read(path).map(Some).map_err(|source| CliError::Io {
-                path: path.to_owned(),
-                source,
-            })
+            std::fs::read(path)
+                .map(Some)
+                .map_err(|source| CliError::Io {
+                    path: path.to_owned(),
+                    source,
+                })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(CliError::Io {
@@ -244,11 +257,18 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             Some(local) => {
                 let status = secrets::compare(host, &layout, local).await?;
                 if let SecretsStatus::Differs { changes } = &status {
-                    eprintln!("{}: the host's secrets differ from {}:", node.name, local_secrets_path.display());
+                    eprintln!(
+                        "{}: the host's secrets differ from {}:",
+                        node.name,
+                        local_secrets_path.display()
+                    );
                     for c in changes {
                         eprintln!("  {c}");
                     }
-                    if !dry_run && !args.yes && !confirm("Overwrite the host's secrets with the local file?") {
+                    if !dry_run
+                        && !args.yes
+                        && !confirm("Overwrite the host's secrets with the local file?")
+                    {
                         return Err(ProvisionError::SecretsNotConfirmed {
                             host: node.name.clone(),
                         }
@@ -293,7 +313,11 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         }
         let id = tree::new_tree_id();
         let dir = tree::stage(host, &layout, &tree, &id).await?;
-        say(&format!("{}: staged {} files in {dir}", node.name, tree.files.len()));
+        say(&format!(
+            "{}: staged {} files in {dir}",
+            node.name,
+            tree.files.len()
+        ));
         let report = if dry_run {
             let r = provisioner.apply(host, &layout, &dir, true).await;
             tree::discard(host, &layout, &id).await?;
@@ -313,12 +337,18 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                 ));
             }
             tree::switch(host, &layout, &id).await?;
-            provisioner.apply(host, &layout, &layout.current_tree(), false).await?
+            provisioner
+                .apply(host, &layout, &layout.current_tree(), false)
+                .await?
         };
         let failed = !report.failures().is_empty();
         results.push(HostResult {
             host: node.name.clone(),
-            secrets: if dry_run { format!("{secrets_word} (dry run: not sent)") } else { secrets_word.into() },
+            secrets: if dry_run {
+                format!("{secrets_word} (dry run: not sent)")
+            } else {
+                secrets_word.into()
+            },
             users: users_plan,
             tree: id,
             installed,
@@ -341,10 +371,16 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         .hosts
         .iter()
         .flat_map(|h| {
-            h.report
-                .failures()
-                .into_iter()
-                .map(move |s| format!("{}: {} ({} {}): {}", h.host, s.id, s.function, s.name, s.comment.lines().next().unwrap_or_default()))
+            h.report.failures().into_iter().map(move |s| {
+                format!(
+                    "{}: {} ({} {}): {}",
+                    h.host,
+                    s.id,
+                    s.function,
+                    s.name,
+                    s.comment.lines().next().unwrap_or_default()
+                )
+            })
         })
         .collect();
     if failures.is_empty() {
@@ -367,11 +403,18 @@ fn print(ctx: &Context, s: &Summary<'_>) -> Result<(), CliError> {
         println!(
             "dry run: {} files would be sent; left out: {}",
             s.tree.files.len(),
-            if s.tree.excluded.is_empty() { "nothing".to_owned() } else { s.tree.excluded.join(", ") }
+            if s.tree.excluded.is_empty() {
+                "nothing".to_owned()
+            } else {
+                s.tree.excluded.join(", ")
+            }
         );
     }
     for h in &s.hosts {
-        println!("{} ({}, secrets {}):", h.host, h.report.provisioner, h.secrets);
+        println!(
+            "{} ({}, secrets {}):",
+            h.host, h.report.provisioner, h.secrets
+        );
         for st in &h.report.states {
             println!("  {st}");
         }

@@ -40,7 +40,10 @@ pub async fn exec(ctx: &Context, cmd: SecretsCommand) -> Result<(), CliError> {
         .next()
         .ok_or_else(|| CliError::Usage("no hosts".into()))?;
     let Some(remote) = secrets::read_remote(node.remote.as_ref(), &cfg.layout()).await? else {
-        return Err(CliError::Failed(format!("{}: has no secrets for {env_name}", node.name)));
+        return Err(CliError::Failed(format!(
+            "{}: has no secrets for {env_name}",
+            node.name
+        )));
     };
     let path = secrets::local_path(&cfg.tree, &env_name);
     if let Ok(local) = std::fs::read(&path) {
@@ -49,11 +52,16 @@ pub async fn exec(ctx: &Context, cmd: SecretsCommand) -> Result<(), CliError> {
             return Ok(());
         }
         eprintln!("{} differs from {}'s:", path.display(), node.name);
-        for c in secrets::diff(&String::from_utf8_lossy(&local), &String::from_utf8_lossy(&remote)) {
+        for c in secrets::diff(
+            &String::from_utf8_lossy(&local),
+            &String::from_utf8_lossy(&remote),
+        ) {
             eprintln!("  {c}");
         }
         if !args.yes && !confirm("Replace the local file with the host's?") {
-            return Err(CliError::Failed("not confirmed; the local file is unchanged".into()));
+            return Err(CliError::Failed(
+                "not confirmed; the local file is unchanged".into(),
+            ));
         }
     }
     if ctx.global.dry_run {

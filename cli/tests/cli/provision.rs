@@ -45,16 +45,40 @@ impl Project {
                  token:\n  file.managed:\n    - name: {sandbox}/out/token\n    - mode: '0600'\n    - show_changes: False\n    - contents: \"{{{{ pillar['secrets']['API_TOKEN'] }}}}\"\n"
             ),
         );
-        write(&conf.join("pillar/staging/top.sls"), "base:\n  '*':\n    - env\n    - secrets\n");
-        write(&conf.join("pillar/staging/env.sls"), "greeting: hello-staging\n");
-        write(&conf.join("pillar/production/top.sls"), "base:\n  '*':\n    - env\n");
-        write(&conf.join("pillar/production/env.sls"), "greeting: PRODUCTION-MARKER\n");
-        write(&conf.join("secrets/staging.sls.example"), "secrets:\n  API_TOKEN: change-me\n");
-        write(&conf.join("secrets/staging.sls"), &format!("secrets:\n  API_TOKEN: {secret}\n"));
-        write(&conf.join("secrets/production.sls"), "secrets:\n  API_TOKEN: PROD-SECRET-VALUE\n");
+        write(
+            &conf.join("pillar/staging/top.sls"),
+            "base:\n  '*':\n    - env\n    - secrets\n",
+        );
+        write(
+            &conf.join("pillar/staging/env.sls"),
+            "greeting: hello-staging\n",
+        );
+        write(
+            &conf.join("pillar/production/top.sls"),
+            "base:\n  '*':\n    - env\n",
+        );
+        write(
+            &conf.join("pillar/production/env.sls"),
+            "greeting: PRODUCTION-MARKER\n",
+        );
+        write(
+            &conf.join("secrets/staging.sls.example"),
+            "secrets:\n  API_TOKEN: change-me\n",
+        );
+        write(
+            &conf.join("secrets/staging.sls"),
+            &format!("secrets:\n  API_TOKEN: {secret}\n"),
+        );
+        write(
+            &conf.join("secrets/production.sls"),
+            "secrets:\n  API_TOKEN: PROD-SECRET-VALUE\n",
+        );
         // The sandboxed user database.
         let users = host.local_path(&format!("{name}/users"));
-        write(&users.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n");
+        write(
+            &users.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/bash\n",
+        );
         write(&users.join("etc/group"), "root:x:0:\n");
         write(&users.join("etc/shadow"), "root:*:19000:0:99999:7:::\n");
         write(&users.join("etc/gshadow"), "root:*::\n");
@@ -75,7 +99,11 @@ impl Project {
         let users: String = users
             .iter()
             .map(|(n, k)| {
-                let keys = if k.is_empty() { String::new() } else { format!("\"{k}\"") };
+                let keys = if k.is_empty() {
+                    String::new()
+                } else {
+                    format!("\"{k}\"")
+                };
                 format!("  {{ name = \"{n}\", groups = [\"login\"], keys = [{keys}] }},\n")
             })
             .collect();
@@ -151,10 +179,10 @@ user = "postgres"
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-                        if let Ok(c) = std::fs::read(p.path().join("cmdline")) {
-                            if String::from_utf8_lossy(&c).contains(&secret) {
-                                seen.store(true, Ordering::Relaxed);
-                            }
+                        if std::fs::read(p.path().join("cmdline"))
+                            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&secret))
+                        {
+                            seen.store(true, Ordering::Relaxed);
                         }
                     }
                     std::thread::sleep(std::time::Duration::from_millis(2));
@@ -164,8 +192,14 @@ user = "postgres"
         let out = e.run();
         stop.store(true, Ordering::Relaxed);
         watcher.join().unwrap();
-        assert!(!seen.load(Ordering::Relaxed), "the secret showed in a process's arguments");
-        assert!(!out.stdout.contains(&self.secret) && !out.stderr.contains(&self.secret), "the secret was printed: {out:?}");
+        assert!(
+            !seen.load(Ordering::Relaxed),
+            "the secret showed in a process's arguments"
+        );
+        assert!(
+            !out.stdout.contains(&self.secret) && !out.stderr.contains(&self.secret),
+            "the secret was printed: {out:?}"
+        );
         out
     }
 
@@ -177,7 +211,9 @@ user = "postgres"
                 let p = e.path();
                 if p.is_dir() && !p.is_symlink() {
                     stack.push(p);
-                } else if std::fs::read(&p).is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle)) {
+                } else if std::fs::read(&p)
+                    .is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle))
+                {
                     hits.push(p);
                 }
             }
@@ -206,7 +242,13 @@ fn provision_takes_a_sandboxed_host_from_nothing_to_configured() {
     assert!(!p.on_host("prov").exists());
     // A wrong fingerprint is refused.
     p.ektool()
-        .args(&["provision", "--env", "staging", "--trust-host-key", "SHA256:wrong"])
+        .args(&[
+            "provision",
+            "--env",
+            "staging",
+            "--trust-host-key",
+            "SHA256:wrong",
+        ])
         .run()
         .code(1);
 
@@ -223,21 +265,39 @@ fn provision_takes_a_sandboxed_host_from_nothing_to_configured() {
         .stdout_has("changed  greeting (file.managed")
         .stdout_has("0 failed");
     drop(out);
-    assert_eq!(std::fs::read_to_string(p.on_host("out/greeting.txt")).unwrap().trim(), "hello-staging");
+    assert_eq!(
+        std::fs::read_to_string(p.on_host("out/greeting.txt"))
+            .unwrap()
+            .trim(),
+        "hello-staging"
+    );
     // The secret reached Salt through the 0600 pillar file.
-    assert_eq!(std::fs::read_to_string(p.on_host("out/token")).unwrap().trim(), p.secret);
+    assert_eq!(
+        std::fs::read_to_string(p.on_host("out/token"))
+            .unwrap()
+            .trim(),
+        p.secret
+    );
     let secrets = p.on_host("prov/secrets/secrets.sls");
     let meta = std::fs::metadata(&secrets).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
     // Another environment's pillar and secrets never reached the host.
-    assert!(p.grep_host("PRODUCTION-MARKER").is_empty(), "{:?}", p.grep_host("PRODUCTION-MARKER"));
+    assert!(
+        p.grep_host("PRODUCTION-MARKER").is_empty(),
+        "{:?}",
+        p.grep_host("PRODUCTION-MARKER")
+    );
     assert!(p.grep_host("PROD-SECRET-VALUE").is_empty());
     // The tree is switched in through a symlink.
     let link = std::fs::read_link(p.on_host("prov/tree")).unwrap();
     assert!(link.starts_with("trees/"), "{link:?}");
     // Alice exists in the sandboxed user database, with her key.
-    assert!(std::fs::read_to_string(p.on_host("users/etc/passwd")).unwrap().contains("alice:"));
+    assert!(
+        std::fs::read_to_string(p.on_host("users/etc/passwd"))
+            .unwrap()
+            .contains("alice:")
+    );
     let alice_keys = p.on_host("users/home/alice/.ssh/authorized_keys");
     assert_eq!(std::fs::read_to_string(&alice_keys).unwrap().trim(), ALICE);
 
@@ -250,7 +310,10 @@ fn provision_takes_a_sandboxed_host_from_nothing_to_configured() {
 
     // Changed local secrets: a masked diff, and no overwrite unconfirmed.
     let new_secret = unique("rotated");
-    write(&p.tree().join("secrets/staging.sls"), &format!("secrets:\n  API_TOKEN: {new_secret}\n  EXTRA: x\n"));
+    write(
+        &p.tree().join("secrets/staging.sls"),
+        &format!("secrets:\n  API_TOKEN: {new_secret}\n  EXTRA: x\n"),
+    );
     let out = p
         .ektool()
         .args(&["provision", "--env", "staging"])
@@ -260,12 +323,22 @@ fn provision_takes_a_sandboxed_host_from_nothing_to_configured() {
         .stderr_has("+ secrets.EXTRA: ********")
         .stderr_has("not confirmed");
     assert!(!out.stderr.contains(&new_secret) && !out.stderr.contains(&p.secret));
-    assert_eq!(std::fs::read_to_string(p.on_host("out/token")).unwrap().trim(), p.secret);
+    assert_eq!(
+        std::fs::read_to_string(p.on_host("out/token"))
+            .unwrap()
+            .trim(),
+        p.secret
+    );
     p.ektool()
         .args(&["provision", "--env", "staging", "--yes"])
         .run()
         .success();
-    assert_eq!(std::fs::read_to_string(p.on_host("out/token")).unwrap().trim(), new_secret);
+    assert_eq!(
+        std::fs::read_to_string(p.on_host("out/token"))
+            .unwrap()
+            .trim(),
+        new_secret
+    );
 
     // secrets get: the host's file, 0600 locally.
     std::fs::remove_file(p.tree().join("secrets/staging.sls")).unwrap();
@@ -275,17 +348,32 @@ fn provision_takes_a_sandboxed_host_from_nothing_to_configured() {
         .run()
         .code(2)
         .stderr_has("ektool secrets get --env staging");
-    p.ektool().args(&["secrets", "get", "--env", "staging"]).run().success();
+    p.ektool()
+        .args(&["secrets", "get", "--env", "staging"])
+        .run()
+        .success();
     let local = p.tree().join("secrets/staging.sls");
-    assert_eq!(std::fs::metadata(&local).unwrap().permissions().mode() & 0o777, 0o600);
-    assert!(std::fs::read_to_string(&local).unwrap().contains(&new_secret));
+    assert_eq!(
+        std::fs::metadata(&local).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        std::fs::read_to_string(&local)
+            .unwrap()
+            .contains(&new_secret)
+    );
 
     // Users: bob replaces alice; alice's keys are revoked.
     p.config(&[("bob", BOB)]);
-    p.ektool().args(&["provision", "--env", "staging"]).run().success();
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .success();
     assert_eq!(std::fs::read_to_string(&alice_keys).unwrap(), "");
     assert_eq!(
-        std::fs::read_to_string(p.on_host("users/home/bob/.ssh/authorized_keys")).unwrap().trim(),
+        std::fs::read_to_string(p.on_host("users/home/bob/.ssh/authorized_keys"))
+            .unwrap()
+            .trim(),
         BOB
     );
     // Nobody left with a key: refused before anything changes.
@@ -296,7 +384,9 @@ fn provision_takes_a_sandboxed_host_from_nothing_to_configured() {
         .code(2)
         .stderr_has("nobody able to log in");
     assert_eq!(
-        std::fs::read_to_string(p.on_host("users/home/bob/.ssh/authorized_keys")).unwrap().trim(),
+        std::fs::read_to_string(p.on_host("users/home/bob/.ssh/authorized_keys"))
+            .unwrap()
+            .trim(),
         BOB
     );
 }
@@ -318,7 +408,10 @@ fn failed_states_and_render_errors_fail_the_command() {
         .stderr_has("broken (cmd.run exit 3)");
 
     // --dry-run: test=True on a staged tree that is then discarded.
-    write(&p.tree().join("states/app.sls"), "fine:\n  file.managed:\n    - name: /srv/ektool-host/never\n    - contents: x\n");
+    write(
+        &p.tree().join("states/app.sls"),
+        "fine:\n  file.managed:\n    - name: /srv/ektool-host/never\n    - contents: x\n",
+    );
     let before = std::fs::read_link(p.on_host("prov/tree")).unwrap();
     p.ektool()
         .args(&["--dry-run", "provision", "--env", "staging"])
@@ -328,10 +421,16 @@ fn failed_states_and_render_errors_fail_the_command() {
         .stdout_has("left out: pillar/production, secrets/");
     assert_eq!(std::fs::read_link(p.on_host("prov/tree")).unwrap(), before);
     assert!(!p.host.local_path("never").exists());
-    assert_eq!(std::fs::read_dir(p.on_host("prov/trees")).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(p.on_host("prov/trees")).unwrap().count(),
+        1
+    );
 
     // A render error is reported as such, and fails.
-    write(&p.tree().join("states/app.sls"), "broken:\n  file.managed:\n    - name: {{ foo(\n");
+    write(
+        &p.tree().join("states/app.sls"),
+        "broken:\n  file.managed:\n    - name: {{ foo(\n",
+    );
     p.ektool()
         .args(&["provision", "--env", "staging"])
         .run()
@@ -342,34 +441,73 @@ fn failed_states_and_render_errors_fail_the_command() {
 
 #[test]
 fn db_dump_and_load_stream_over_ssh() {
-    let Some(port) = ektool_tests::pg_port() else { return };
+    let Some(port) = ektool_tests::pg_port() else {
+        return;
+    };
     let p = Project::new();
-    std::fs::write(p.dir.path().join("known_hosts"), format!("{}\n", p.host.known_hosts_line())).unwrap();
+    std::fs::write(
+        p.dir.path().join("known_hosts"),
+        format!("{}\n", p.host.known_hosts_line()),
+    )
+    .unwrap();
     let psql = |sql: &str| {
         let out = std::process::Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-tAc", sql])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-tAc",
+                sql,
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     let db = p.db_name();
     psql(&format!("CREATE DATABASE {db}"));
     let psql_db = |sql: &str| {
         let out = std::process::Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", &db, "-tAc", sql])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                &db,
+                "-tAc",
+                sql,
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
-    psql_db("CREATE TABLE notes (id int primary key, body text); INSERT INTO notes VALUES (1, 'first')");
+    psql_db(
+        "CREATE TABLE notes (id int primary key, body text); INSERT INTO notes VALUES (1, 'first')",
+    );
     p.ektool()
         .args(&["db", "dump", "--env", "staging", "-o", "dump.sql"])
         .run()
         .success();
     let dump = p.dir.path().join("dump.sql");
-    assert_eq!(std::fs::metadata(&dump).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&dump).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     assert!(std::fs::read_to_string(&dump).unwrap().contains("first"));
     // Nothing was left on the server (the host's sandbox holds no .sql).
     assert!(p.grep_host("CREATE TABLE").is_empty());

@@ -130,7 +130,9 @@ impl ProvisionConfig {
             ("users_root", &self.users_root),
         ] {
             if !p.starts_with('/') || p.split('/').any(|c| c == "..") {
-                return invalid(format!("provision.{what} must be an absolute path without `..`: {p:?}"));
+                return invalid(format!(
+                    "provision.{what} must be an absolute path without `..`: {p:?}"
+                ));
             }
         }
         if self.path.trim_end_matches('/').is_empty() {
@@ -139,7 +141,11 @@ impl ProvisionConfig {
         if self.provisioner == ProvisionerKind::Script {
             match &self.script {
                 Some(s) if tree::is_safe_relative(s) => {}
-                Some(s) => return invalid(format!("provision.script must be a relative path inside the tree: {s:?}")),
+                Some(s) => {
+                    return invalid(format!(
+                        "provision.script must be a relative path inside the tree: {s:?}"
+                    ));
+                }
                 None => return invalid("provisioner = \"script\" needs provision.script".into()),
             }
         }
@@ -279,7 +285,11 @@ impl fmt::Display for StateResult {
             Some(false) => "FAILED",
             None => "would change",
         };
-        write!(f, "{mark:>12}  {} ({} {})", self.id, self.function, self.name)?;
+        write!(
+            f,
+            "{mark:>12}  {} ({} {})",
+            self.id, self.function, self.name
+        )?;
         if !self.changed.is_empty() {
             write!(f, " [{}]", self.changed.join(", "))?;
         }
@@ -367,7 +377,9 @@ pub enum ProvisionError {
     #[error(transparent)]
     Remote(#[from] RemoteError),
     /// Neither this machine nor the host has the environment's secrets.
-    #[error("no secrets for {env} here ({local}) or on the host: copy {example} to {local} and fill it in, or get it from a colleague")]
+    #[error(
+        "no secrets for {env} here ({local}) or on the host: copy {example} to {local} and fill it in, or get it from a colleague"
+    )]
     NoSecrets {
         /// The environment.
         env: String,
@@ -378,7 +390,9 @@ pub enum ProvisionError {
     },
     /// The host has secrets and this machine does not: uploading nothing
     /// would silently keep them, so ask for them first.
-    #[error("{host} has secrets for {env} but {local} is missing: fetch them with `ektool secrets get --env {env}`")]
+    #[error(
+        "{host} has secrets for {env} but {local} is missing: fetch them with `ektool secrets get --env {env}`"
+    )]
     SecretsOnlyRemote {
         /// The host.
         host: String,

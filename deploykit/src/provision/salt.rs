@@ -109,14 +109,21 @@ pub fn parse_output(stdout: &str) -> Result<Vec<StateResult>, Option<Vec<String>
                             Some(Value::String(c)) => c.clone(),
                             Some(Value::Array(a)) => a
                                 .iter()
-                                .map(|x| x.as_str().map(str::to_owned).unwrap_or_else(|| x.to_string()))
+                                .map(|x| {
+                                    x.as_str()
+                                        .map(str::to_owned)
+                                        .unwrap_or_else(|| x.to_string())
+                                })
                                 .collect::<Vec<_>>()
                                 .join("\n"),
                             Some(other) => other.to_string(),
                             None => String::new(),
                         },
                         changed,
-                        run_num: s.get("__run_num__").and_then(Value::as_u64).unwrap_or(u64::MAX),
+                        run_num: s
+                            .get("__run_num__")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(u64::MAX),
                     }
                 })
                 .collect();
@@ -126,7 +133,11 @@ pub fn parse_output(stdout: &str) -> Result<Vec<StateResult>, Option<Vec<String>
         Value::Array(errors) => Err(Some(
             errors
                 .iter()
-                .map(|e| e.as_str().map(str::to_owned).unwrap_or_else(|| e.to_string()))
+                .map(|e| {
+                    e.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| e.to_string())
+                })
                 .collect(),
         )),
         Value::String(e) => Err(Some(vec![e.clone()])),

@@ -134,10 +134,16 @@ pub enum SecretsStatus {
 }
 
 /// Reads the host's secrets file, if it has one.
-pub async fn read_remote(host: &dyn Remote, layout: &RemoteLayout) -> Result<Option<Vec<u8>>, ProvisionError> {
+pub async fn read_remote(
+    host: &dyn Remote,
+    layout: &RemoteLayout,
+) -> Result<Option<Vec<u8>>, ProvisionError> {
     let path = layout.secrets_file();
     // One command, so "missing" and "unreadable" are told apart reliably.
-    let script = format!("if [ -e {p} ]; then cat -- {p}; else exit 3; fi", p = q(&path));
+    let script = format!(
+        "if [ -e {p} ]; then cat -- {p}; else exit 3; fi",
+        p = q(&path)
+    );
     let out = host.run(&Command::shell(script)).await?;
     let stderr = out.stderr_str().trim().to_owned();
     match out.status {
@@ -163,7 +169,10 @@ pub async fn compare(
         None => SecretsStatus::New,
         Some(r) if r == local => SecretsStatus::Same,
         Some(r) => SecretsStatus::Differs {
-            changes: diff(&String::from_utf8_lossy(&r), &String::from_utf8_lossy(local)),
+            changes: diff(
+                &String::from_utf8_lossy(&r),
+                &String::from_utf8_lossy(local),
+            ),
         },
     })
 }
@@ -171,7 +180,11 @@ pub async fn compare(
 /// Uploads the secrets: standard input into a 0600 file (never a command
 /// line), owned by root when the login user can make it so, in a 0700
 /// directory.
-pub async fn upload(host: &dyn Remote, layout: &RemoteLayout, bytes: &[u8]) -> Result<(), ProvisionError> {
+pub async fn upload(
+    host: &dyn Remote,
+    layout: &RemoteLayout,
+    bytes: &[u8],
+) -> Result<(), ProvisionError> {
     let dir = layout.secrets_dir();
     let prepare = format!(
         "set -eu; umask 077; mkdir -p {d}; chmod 700 {d}",
@@ -250,6 +263,9 @@ mod tests {
     fn lines_without_keys_are_keyed_by_line() {
         let d = diff("keys:\n  - one\n", "keys:\n  - two\n");
         assert_eq!(d.len(), 1);
-        assert!(d.iter().all(|c| !c.to_string().contains("one") && !c.to_string().contains("two")));
+        assert!(
+            d.iter()
+                .all(|c| !c.to_string().contains("one") && !c.to_string().contains("two"))
+        );
     }
 }

@@ -121,7 +121,10 @@ impl LocalTree {
                 s.push_str(&format!("mkdir -p \"$d\"/{}\n", q(dir)));
             }
             let b64 = base64::engine::general_purpose::STANDARD.encode(&f.bytes);
-            s.push_str(&format!("base64 -d > \"$d\"/{} <<'EKTOOL_EOF'\n", q(&f.path)));
+            s.push_str(&format!(
+                "base64 -d > \"$d\"/{} <<'EKTOOL_EOF'\n",
+                q(&f.path)
+            ));
             for chunk in b64.as_bytes().chunks(76) {
                 s.push_str(&String::from_utf8_lossy(chunk));
                 s.push('\n');
@@ -196,7 +199,11 @@ pub async fn stage(
 /// Puts `trees/<id>` in force: a new symlink renamed over `tree` (readers
 /// see the old tree or the new one, never none), then removes older
 /// uploads except the one just replaced (kept for inspection).
-pub async fn switch(host: &dyn Remote, layout: &RemoteLayout, id: &str) -> Result<(), ProvisionError> {
+pub async fn switch(
+    host: &dyn Remote,
+    layout: &RemoteLayout,
+    id: &str,
+) -> Result<(), ProvisionError> {
     let script = format!(
         "set -eu; cd {root}\n\
          prev=$(readlink tree 2>/dev/null || true)\n\
@@ -213,7 +220,11 @@ pub async fn switch(host: &dyn Remote, layout: &RemoteLayout, id: &str) -> Resul
 
 /// Removes a staged tree that was only tested (a dry run): it is this
 /// run's own directory, never a shared one.
-pub async fn discard(host: &dyn Remote, layout: &RemoteLayout, id: &str) -> Result<(), ProvisionError> {
+pub async fn discard(
+    host: &dyn Remote,
+    layout: &RemoteLayout,
+    id: &str,
+) -> Result<(), ProvisionError> {
     let dir = layout.tree_dir(id);
     ec2kit::remote::run_checked(host, &Command::argv(["rm", "-rf", "--", &dir])).await?;
     Ok(())
@@ -242,9 +253,15 @@ mod tests {
         }
         let t = LocalTree::collect(r, "staging").unwrap();
         let s = t.summary();
-        assert_eq!(s.files, ["pillar/top.sls", "states/top.sls", "states/web/init.sls"]);
+        assert_eq!(
+            s.files,
+            ["pillar/top.sls", "states/top.sls", "states/web/init.sls"]
+        );
         assert_eq!(s.excluded, ["pillar/production", "secrets/"]);
-        assert!(!t.install_script().contains("U0VDUkVU"), "no secret in the script");
+        assert!(
+            !t.install_script().contains("U0VDUkVU"),
+            "no secret in the script"
+        );
     }
 
     #[test]

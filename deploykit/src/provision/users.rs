@@ -46,10 +46,16 @@ impl Developer {
     /// `authorized_keys` line: `type base64 [comment]`).
     pub fn validate(&self) -> Result<(), ProvisionError> {
         if !valid_name(&self.name) {
-            return Err(ProvisionError::Invalid(format!("bad user name {:?}", self.name)));
+            return Err(ProvisionError::Invalid(format!(
+                "bad user name {:?}",
+                self.name
+            )));
         }
         if let Some(g) = self.groups.iter().find(|g| !valid_name(g)) {
-            return Err(ProvisionError::Invalid(format!("{}: bad group name {g:?}", self.name)));
+            return Err(ProvisionError::Invalid(format!(
+                "{}: bad group name {g:?}",
+                self.name
+            )));
         }
         if let Some(k) = self.keys.iter().find(|k| !valid_key(k)) {
             let shown: String = k.chars().take(24).collect();
@@ -115,7 +121,9 @@ pub fn plan(
         ));
     }
     if plan.revoke.iter().any(|n| n == login_user)
-        || wanted.iter().any(|d| d.name == login_user && d.keys.is_empty())
+        || wanted
+            .iter()
+            .any(|d| d.name == login_user && d.keys.is_empty())
     {
         return Err(ProvisionError::LockOut(format!(
             "it would revoke the keys of {login_user}, who is running it; provision as {} instead",
@@ -126,8 +134,14 @@ pub fn plan(
 }
 
 /// The names this tool managed on the host (empty on a fresh host).
-pub async fn read_managed(host: &dyn Remote, layout: &RemoteLayout) -> Result<Vec<String>, ProvisionError> {
-    let script = format!("cat -- {f} 2>/dev/null || true", f = q(&layout.users_file()));
+pub async fn read_managed(
+    host: &dyn Remote,
+    layout: &RemoteLayout,
+) -> Result<Vec<String>, ProvisionError> {
+    let script = format!(
+        "cat -- {f} 2>/dev/null || true",
+        f = q(&layout.users_file())
+    );
     let out = ec2kit::remote::run_checked(host, &Command::shell(script)).await?;
     let text = out.stdout_str();
     if text.trim().is_empty() {
@@ -227,7 +241,12 @@ mod tests {
 
     #[test]
     fn removed_developers_are_revoked() {
-        let p = plan(&[dev("alice", &[KEY])], &["alice".into(), "bob".into()], "root").unwrap();
+        let p = plan(
+            &[dev("alice", &[KEY])],
+            &["alice".into(), "bob".into()],
+            "root",
+        )
+        .unwrap();
         assert_eq!(p.revoke, ["bob"]);
     }
 
@@ -241,7 +260,12 @@ mod tests {
 
     #[test]
     fn revoking_yourself_is_refused() {
-        let e = plan(&[dev("alice", &[KEY])], &["alice".into(), "bob".into()], "bob").unwrap_err();
+        let e = plan(
+            &[dev("alice", &[KEY])],
+            &["alice".into(), "bob".into()],
+            "bob",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("provision as alice"), "{e}");
     }
 
@@ -253,7 +277,11 @@ mod tests {
     #[test]
     fn bad_input_is_rejected() {
         assert!(dev("Alice", &[KEY]).validate().is_err());
-        assert!(dev("alice", &["ssh-ed25519 AAAA\nrm -rf /"]).validate().is_err());
+        assert!(
+            dev("alice", &["ssh-ed25519 AAAA\nrm -rf /"])
+                .validate()
+                .is_err()
+        );
         assert!(dev("alice", &["not a key"]).validate().is_err());
         assert!(dev("alice", &[KEY]).validate().is_ok());
     }

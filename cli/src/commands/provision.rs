@@ -239,7 +239,7 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             eprintln!("{m}");
         }
     };
-    let tree = LocalTree::collect(&cfg.tree, &env_name)?;
+    let tree = LocalTree::collect(&cfg.tree, &env_name, cfg.script.as_deref())?;
     let local_secrets_path: PathBuf = secrets::local_path(&cfg.tree, &env_name);
     let example = secrets::example_path(&cfg.tree, &env_name);
     let local_secrets = read_local_secrets(&local_secrets_path)?;

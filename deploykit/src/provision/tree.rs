@@ -55,9 +55,11 @@ impl LocalTree {
     ///
     /// - `states/**` as `states/**`;
     /// - `pillar/<env>/**` as `pillar/**`; every other `pillar/*` is left out;
-    /// - other top-level files (a script provisioner's script) as they are;
-    /// - `secrets/` never: secrets travel separately, 0600.
-    pub fn collect(root: &Path, env: &str) -> Result<Self, ProvisionError> {
+    /// - `script` (a script provisioner's script, relative to the root);
+    /// - nothing else: `secrets/` never (secrets travel separately, 0600),
+    ///   and no other file that happens to sit in the tree (a README, a
+    ///   config with credentials) leaves this machine.
+    pub fn collect(root: &Path, env: &str, script: Option<&str>) -> Result<Self, ProvisionError> {
         let err = |path: &Path| {
             let path = path.to_owned();
             move |source| ProvisionError::Tree { path, source }
@@ -73,7 +75,7 @@ impl LocalTree {
             let name = e.file_name().to_string_lossy().into_owned();
             let path = e.path();
             match name.as_str() {
-                "secrets" => excluded.push("secrets/".into()),
+                "states" => walk(&path, "states", &mut files)?,
                 "pillar" => {
                     let mut envs: Vec<_> = std::fs::read_dir(&path)
                         .map_err(err(&path))?
@@ -90,8 +92,13 @@ impl LocalTree {
                     }
                 }
                 _ if name.starts_with('.') => {}
-                _ => walk(&path, &name, &mut files)?,
+                _ if script.is_some_and(|s| s.split('/').next() == Some(name.as_str())) => {}
+                _ if path.is_dir() => excluded.push(format!("{name}/")),
+                _ => excluded.push(name),
             }
+        }
+        if let Some(s) = script {
+            walk(&root.join(s), s, &mut files)?;
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(Self {
@@ -251,13 +258,14 @@ mod tests {
             std::fs::create_dir_all(r.join(p).parent().unwrap()).unwrap();
             std::fs::write(r.join(p), c).unwrap();
         }
-        let t = LocalTree::collect(r, "staging").unwrap();
+        std::fs::write(r.join("ektool.toml"), "x").unwrap();
+        let t = LocalTree::collect(r, "staging", None).unwrap();
         let s = t.summary();
         assert_eq!(
             s.files,
             ["pillar/top.sls", "states/top.sls", "states/web/init.sls"]
         );
-        assert_eq!(s.excluded, ["pillar/production", "secrets/"]);
+        assert_eq!(s.excluded, ["ektool.toml", "pillar/production", "secrets/"]);
         assert!(
             !t.install_script().contains("U0VDUkVU"),
             "no secret in the script"

@@ -114,8 +114,7 @@ pub enum Command {
     Maintenance(commands::deploy::maintenance::Args),
     /// Run the restart hooks in the live release.
     Restart(commands::deploy::restart::Args),
-    /// Bring servers under configuration: host key, developers, secrets,
-    /// configuration tree, then Salt (or a script).
+    /// Configure servers: host key, developers, secrets, then Salt or a script.
     Provision(commands::provision::Args),
     /// An environment's secrets file: fetch it from a host.
     #[command(subcommand)]

@@ -527,3 +527,44 @@ fn db_dump_and_load_stream_over_ssh() {
         .stderr_has("--allow-production");
     psql(&format!("DROP DATABASE {db}"));
 }
+
+#[test]
+fn the_script_provisioner_runs_from_the_tree_and_fails_with_its_script() {
+    let p = Project::new();
+    std::fs::write(
+        p.dir.path().join("known_hosts"),
+        format!("{}\n", p.host.known_hosts_line()),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(p.dir.path().join("ektool.toml")).unwrap();
+    let config = config.replace(
+        "salt_call = ",
+        "provisioner = \"script\"\nscript = \"bootstrap.sh\"\nsalt_call = ",
+    );
+    std::fs::write(p.dir.path().join("ektool.toml"), config).unwrap();
+    let out = p.on_host("out/script.txt");
+    write(&p.tree().join("NOTES.md"), "not configuration\n");
+    write(
+        &p.tree().join("bootstrap.sh"),
+        &format!(
+            "set -eu\nmkdir -p {dir}\nprintf '%s %s %s' \"$EKTOOL_ENV\" \"$(stat -c %a \"$EKTOOL_SECRETS\")\" \"${{EKTOOL_DRY_RUN:-0}}\" > {dir}/script.txt\n",
+            dir = format!("{}/{}/out", SshHost::MOUNT, p.name),
+        ),
+    );
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .success()
+        .stdout_has("ok  bootstrap.sh (script.run bootstrap.sh)");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "staging 600 0");
+    // The tree on the host holds the script, and no other file of the tree.
+    assert!(p.on_host("prov/tree/bootstrap.sh").exists());
+    assert!(!p.on_host("prov/tree/NOTES.md").exists());
+
+    write(&p.tree().join("bootstrap.sh"), "echo broken >&2; exit 4\n");
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(1)
+        .stderr_has("exit code 4: broken");
+}

@@ -126,6 +126,14 @@ pub enum Command {
     Maintenance(commands::deploy::maintenance::Args),
     /// Run the restart hooks in the live release.
     Restart(commands::deploy::restart::Args),
+    /// Configure servers: host key, developers, secrets, then Salt or a script.
+    Provision(commands::provision::Args),
+    /// An environment's secrets file: fetch it from a host.
+    #[command(subcommand)]
+    Secrets(commands::secrets::SecretsCommand),
+    /// Database chores: dump and load over SSH, no copies on the server.
+    #[command(subcommand)]
+    Db(commands::db::DbCommand),
     /// Print shell completions.
     Completions(commands::completions::Args),
     /// Write the man pages.

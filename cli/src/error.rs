@@ -40,6 +40,12 @@ pub enum CliError {
     /// What to deploy could not be resolved, or a git rule refused it.
     #[error(transparent)]
     Git(#[from] deploykit::GitError),
+    /// Provisioning failed.
+    #[error(transparent)]
+    Provision(#[from] deploykit::ProvisionError),
+    /// A database chore failed.
+    #[error(transparent)]
+    Db(#[from] deploykit::db::DbError),
     /// Some items of a fleet job failed; the others were done and reported.
     #[error("{failed} of {total} {what} failed")]
     Partial {
@@ -71,6 +77,8 @@ impl CliError {
             Self::Usage(_) | Self::Config(_) | Self::Region(_) => exit::USAGE,
             Self::Deploy(e) if crate::commands::deploy::is_usage(e) => exit::USAGE,
             Self::Git(e) if crate::commands::deploy::is_git_usage(e) => exit::USAGE,
+            Self::Provision(e) if crate::commands::provision::is_usage(e) => exit::USAGE,
+            Self::Db(deploykit::db::DbError::Protected { .. }) => exit::USAGE,
             _ => exit::FAILURE,
         }
     }

@@ -82,6 +82,14 @@ pub struct Environment {
     /// The maintenance flag file, relative to `shared/`.
     #[serde(default = "default_maintenance_file")]
     pub maintenance_file: SharedPath,
+    /// How the environment's servers are provisioned
+    /// (`[environments.<name>.provision]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provision: Option<crate::provision::ProvisionConfig>,
+    /// The application database, for `db dump` / `db load`
+    /// (`[environments.<name>.database]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<crate::db::DatabaseConfig>,
 }
 
 fn default_remote() -> String {
@@ -128,6 +136,8 @@ impl Environment {
             lock_stale_seconds: default_lock_stale(),
             git_ssh_key: None,
             maintenance_file: default_maintenance_file(),
+            provision: None,
+            database: None,
         })
     }
 

@@ -34,6 +34,7 @@
 //!
 //! The modules, in the order a deploy uses them:
 
+pub mod db;
 pub mod environment;
 mod error;
 pub mod event;
@@ -48,6 +49,7 @@ pub mod log;
 pub mod notify;
 pub mod ops;
 pub mod plan;
+pub mod provision;
 pub mod release;
 pub mod rollback;
 mod shell;
@@ -64,6 +66,7 @@ pub use lock::LockOwner;
 pub use log::{LogAction, LogEntry, LogResult};
 pub use notify::{Notification, NotificationKind, Notifier};
 pub use plan::{DeployPlan, HostPlan, PrepareAction};
+pub use provision::{ProvisionConfig, ProvisionError, Provisioner};
 pub use release::{Marker, Release};
 
 /// The name of the symlink that points at the live release.

@@ -129,3 +129,23 @@ pub fn ssh_hosts() -> Vec<SshHost> {
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("create a temporary directory")
 }
+
+/// `salt-call` from the project's venv (`scripts/testbed install` pins it).
+pub fn salt_call() -> String {
+    var("EKTOOL_TEST_SALT_CALL")
+}
+
+/// The port of the bench's PostgreSQL, or `None` (with the reason printed)
+/// when `scripts/testbed up` could not start it.
+pub fn pg_port() -> Option<u16> {
+    match std::env::var("EKTOOL_TEST_PG_PORT") {
+        Ok(p) => p.parse().ok(),
+        Err(_) => {
+            eprintln!(
+                "SKIPPED: EKTOOL_TEST_PG_PORT is not set: the bench's PostgreSQL did not start \
+                 (see scripts/testbed up); database tests cannot run here"
+            );
+            None
+        }
+    }
+}

@@ -4,13 +4,16 @@
 pub mod ami;
 pub mod completions;
 pub mod config;
+pub mod db;
 pub mod deploy;
 pub mod host;
 pub mod iam;
 pub mod instance;
 pub mod instances;
 pub mod manpage;
+pub mod provision;
 pub mod regions;
+pub mod secrets;
 pub mod snap;
 
 use crate::args::{Cli, Command};
@@ -43,6 +46,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Releases(args) => deploy::releases::exec(&ctx, args).await,
                 Command::Maintenance(args) => deploy::maintenance::exec(&ctx, args).await,
                 Command::Restart(args) => deploy::restart::exec(&ctx, args).await,
+                Command::Provision(args) => provision::exec(&ctx, args).await,
+                Command::Secrets(args) => secrets::exec(&ctx, args).await,
+                Command::Db(args) => db::exec(&ctx, args).await,
             }
         }
     }

@@ -13,6 +13,7 @@ mod ec2;
 mod host;
 mod iam;
 mod mount;
+mod provision;
 mod replicate;
 mod snap;
 mod sync;

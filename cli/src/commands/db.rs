@@ -1,0 +1,132 @@
+//! `ektool db dump` / `db load`: pg_dump and psql through SSH; the SQL
+//! travels over the channel, never as a file on the server.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use deploykit::db;
+
+use super::deploy::{Target, environment};
+use super::provision::nodes;
+use crate::context::Context;
+use crate::error::CliError;
+
+/// `ektool db …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum DbCommand {
+    /// Dump the environment's database (plain SQL, no owners) to a local file.
+    Dump(DumpArgs),
+    /// Load a SQL file into the environment's database, in one transaction.
+    Load(LoadArgs),
+}
+
+/// Arguments of `ektool db dump`.
+#[derive(Debug, clap::Args)]
+pub struct DumpArgs {
+    /// Environment and host (the first host by default).
+    #[command(flatten)]
+    pub target: Target,
+    /// Where to write (mode 0600); `-` for standard output. Default:
+    /// `<db>-<env>-<UTC time>.sql`.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output_file: Option<PathBuf>,
+}
+
+/// Arguments of `ektool db load`.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// Environment and host (the first host by default).
+    #[command(flatten)]
+    pub target: Target,
+    /// The SQL file (as `db dump` writes it).
+    pub file: PathBuf,
+    /// Load into a protected environment (production) anyway.
+    #[arg(long)]
+    pub allow_production: bool,
+}
+
+/// Runs `ektool db …`.
+pub async fn exec(ctx: &Context, cmd: DbCommand) -> Result<(), CliError> {
+    let target = match &cmd {
+        DbCommand::Dump(a) => &a.target,
+        DbCommand::Load(a) => &a.target,
+    };
+    let (env_name, env) = environment(ctx, target)?;
+    let cfg = env.database.clone().ok_or_else(|| {
+        CliError::Usage(format!(
+            "environment {env_name} has no [environments.{env_name}.database] section"
+        ))
+    })?;
+    let node = nodes(ctx, env, target, None)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| CliError::Usage("no hosts".into()))?;
+    match cmd {
+        DbCommand::Dump(args) => {
+            if ctx.global.dry_run {
+                println!("would run on {}: {}", node.name, cfg.dump_command());
+                return Ok(());
+            }
+            let sql = db::dump(node.remote.as_ref(), &cfg).await?;
+            match args.output_file {
+                Some(p) if p.as_os_str() == "-" => std::io::stdout()
+                    .write_all(&sql)
+                    .map_err(|source| CliError::Io { path: p, source }),
+                other => {
+                    let path = other.unwrap_or_else(|| {
+                        let now = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
+                        PathBuf::from(format!("{}-{env_name}-{now}.sql", cfg.name))
+                    });
+                    // Dumps hold user data: 0600, like secrets.
+                    deploykit::provision::secrets::write_local(&path, &sql)?;
+                    eprintln!(
+                        "dumped {} from {} to {} ({} bytes)",
+                        cfg.name,
+                        node.name,
+                        path.display(),
+                        sql.len()
+                    );
+                    Ok(())
+                }
+            }
+        }
+        DbCommand::Load(args) => {
+            let sql = std::fs::read(&args.file).map_err(|source| CliError::Io {
+                path: args.file.clone(),
+                source,
+            })?;
+            if cfg.is_protected(&env_name) && !args.allow_production {
+                return Err(db::DbError::Protected {
+                    env: env_name,
+                    name: cfg.name,
+                }
+                .into());
+            }
+            if ctx.global.dry_run {
+                println!(
+                    "would load {} into {} on {}: {}",
+                    args.file.display(),
+                    cfg.name,
+                    node.name,
+                    cfg.load_command()
+                );
+                return Ok(());
+            }
+            db::load(
+                node.remote.as_ref(),
+                &env_name,
+                &cfg,
+                sql,
+                args.allow_production,
+            )
+            .await?;
+            eprintln!(
+                "loaded {} into {} on {}",
+                args.file.display(),
+                cfg.name,
+                node.name
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! `ektool provision`, `secrets get`, `db dump/load` against the bench's
+//! sshd hosts, with the real `salt-call --local` applying a small state
+//! tree into each test's own sandbox.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ektool_tests::{SshHost, ssh_host, tempdir, unique};
+
+use crate::harness::{Ektool, Outcome};
+
+const ALICE: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAliceAliceAliceAliceAlice alice@laptop";
+const BOB: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBobBobBobBobBobBobBobBobBo bob@laptop";
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// A project with a configuration tree, one sshd host, and a sandbox on
+/// the host (`/srv/ektool-host/<name>`) holding the provision root, the
+/// states' output and a user database for `useradd --prefix`.
+struct Project {
+    dir: tempfile::TempDir,
+    host: SshHost,
+    name: String,
+    secret: String,
+}
+
+impl Project {
+    fn new() -> Self {
+        let dir = tempdir();
+        let host = ssh_host(1);
+        let name = unique("prov");
+        let sandbox = format!("{}/{name}", SshHost::MOUNT);
+        let secret = unique("s3cr3t-value");
+        let conf = dir.path().join("conf");
+        write(&conf.join("states/top.sls"), "base:\n  '*':\n    - app\n");
+        write(
+            &conf.join("states/app.sls"),
+            &format!(
+                "greeting:\n  file.managed:\n    - name: {sandbox}/out/greeting.txt\n    - makedirs: True\n    - contents: \"{{{{ pillar['greeting'] }}}}\"\n\
+                 token:\n  file.managed:\n    - name: {sandbox}/out/token\n    - mode: '0600'\n    - show_changes: False\n    - contents: \"{{{{ pillar['secrets']['API_TOKEN'] }}}}\"\n"
+            ),
+        );
+        write(
+            &conf.join("pillar/staging/top.sls"),
+            "base:\n  '*':\n    - env\n    - secrets\n",
+        );
+        write(
+            &conf.join("pillar/staging/env.sls"),
+            "greeting: hello-staging\n",
+        );
+        write(
+            &conf.join("pillar/production/top.sls"),
+            "base:\n  '*':\n    - env\n",
+        );
+        write(
+            &conf.join("pillar/production/env.sls"),
+            "greeting: PRODUCTION-MARKER\n",
+        );
+        write(
+            &conf.join("secrets/staging.sls.example"),
+            "secrets:\n  API_TOKEN: change-me\n",
+        );
+        write(
+            &conf.join("secrets/staging.sls"),
+            &format!("secrets:\n  API_TOKEN: {secret}\n"),
+        );
+        write(
+            &conf.join("secrets/production.sls"),
+            "secrets:\n  API_TOKEN: PROD-SECRET-VALUE\n",
+        );
+        // The sandboxed user database.
+        let users = host.local_path(&format!("{name}/users"));
+        write(
+            &users.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/bash\n",
+        );
+        write(&users.join("etc/group"), "root:x:0:\n");
+        write(&users.join("etc/shadow"), "root:*:19000:0:99999:7:::\n");
+        write(&users.join("etc/gshadow"), "root:*::\n");
+        std::fs::create_dir_all(users.join("home")).unwrap();
+        let p = Self {
+            dir,
+            host,
+            name,
+            secret,
+        };
+        p.config(&[("alice", ALICE)]);
+        std::fs::write(p.dir.path().join("known_hosts"), "").unwrap();
+        p
+    }
+
+    fn config(&self, users: &[(&str, &str)]) {
+        let sandbox = format!("{}/{}", SshHost::MOUNT, self.name);
+        let users: String = users
+            .iter()
+            .map(|(n, k)| {
+                let keys = if k.is_empty() {
+                    String::new()
+                } else {
+                    format!("\"{k}\"")
+                };
+                format!("  {{ name = \"{n}\", groups = [\"login\"], keys = [{keys}] }},\n")
+            })
+            .collect();
+        let config = format!(
+            r#"[ssh]
+user = "root"
+known_hosts = "{kh}"
+identity_files = ["{key}"]
+use_agent = false
+
+[environments.staging]
+hosts = ["{target}"]
+path = "{sandbox}/app"
+
+[environments.staging.provision]
+tree = "{tree}"
+path = "{sandbox}/prov"
+salt_call = "{salt}"
+users_root = "{sandbox}/users"
+users = [
+{users}]
+
+[environments.staging.database]
+name = "{db}"
+host = "127.0.0.1"
+port = {pg}
+user = "postgres"
+
+[environments.production]
+hosts = ["{target}"]
+path = "{sandbox}/prod"
+
+[environments.production.database]
+name = "{db}"
+host = "127.0.0.1"
+port = {pg}
+user = "postgres"
+"#,
+            kh = self.dir.path().join("known_hosts").display(),
+            key = self.host.client_key.display(),
+            target = self.host.target(),
+            tree = self.tree().display(),
+            salt = ektool_tests::salt_call(),
+            db = self.db_name(),
+            pg = std::env::var("EKTOOL_TEST_PG_PORT").unwrap_or_else(|_| "5432".into()),
+        );
+        std::fs::write(self.dir.path().join("ektool.toml"), config).unwrap();
+    }
+
+    fn db_name(&self) -> String {
+        self.name.replace('-', "_")
+    }
+
+    fn tree(&self) -> PathBuf {
+        self.dir.path().join("conf")
+    }
+
+    fn ektool(&self) -> Ektool {
+        Ektool::new().current_dir(self.dir.path())
+    }
+
+    fn on_host(&self, rel: &str) -> PathBuf {
+        self.host.local_path(&format!("{}/{rel}", self.name))
+    }
+
+    /// Runs ektool while watching every process's arguments for the
+    /// secret value.
+    fn run_watched(&self, e: Ektool) -> Outcome {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (stop, seen, secret) = (stop.clone(), seen.clone(), self.secret.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                        if std::fs::read(p.path().join("cmdline"))
+                            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&secret))
+                        {
+                            seen.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            })
+        };
+        let out = e.run();
+        stop.store(true, Ordering::Relaxed);
+        watcher.join().unwrap();
+        assert!(
+            !seen.load(Ordering::Relaxed),
+            "the secret showed in a process's arguments"
+        );
+        assert!(
+            !out.stdout.contains(&self.secret) && !out.stderr.contains(&self.secret),
+            "the secret was printed: {out:?}"
+        );
+        out
+    }
+
+    fn grep_host(&self, needle: &str) -> Vec<PathBuf> {
+        let mut hits = Vec::new();
+        let mut stack = vec![self.on_host("")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() && !p.is_symlink() {
+                    stack.push(p);
+                } else if std::fs::read(&p)
+                    .is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle))
+                {
+                    hits.push(p);
+                }
+            }
+        }
+        hits
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.on_host(""));
+    }
+}
+
+#[test]
+fn provision_takes_a_sandboxed_host_from_nothing_to_configured() {
+    let p = Project::new();
+
+    // First contact: the fingerprint is shown, nothing is recorded or sent.
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(2)
+        .stderr_has(&p.host.fingerprint())
+        .stderr_has("--trust-host-key");
+    assert!(!p.on_host("prov").exists());
+    // A wrong fingerprint is refused.
+    p.ektool()
+        .args(&[
+            "provision",
+            "--env",
+            "staging",
+            "--trust-host-key",
+            "SHA256:wrong",
+        ])
+        .run()
+        .code(1);
+
+    // Trusted explicitly: Salt applies the tree.
+    let out = p
+        .run_watched(p.ektool().args(&[
+            "provision",
+            "--env",
+            "staging",
+            "--trust-host-key",
+            &p.host.fingerprint(),
+        ]))
+        .success()
+        .stdout_has("changed  greeting (file.managed")
+        .stdout_has("0 failed");
+    drop(out);
+    assert_eq!(
+        std::fs::read_to_string(p.on_host("out/greeting.txt"))
+            .unwrap()
+            .trim(),
+        "hello-staging"
+    );
+    // The secret reached Salt through the 0600 pillar file.
+    assert_eq!(
+        std::fs::read_to_string(p.on_host("out/token"))
+            .unwrap()
+            .trim(),
+        p.secret
+    );
+    let secrets = p.on_host("prov/secrets/secrets.sls");
+    let meta = std::fs::metadata(&secrets).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
+    // Another environment's pillar and secrets never reached the host.
+    assert!(
+        p.grep_host("PRODUCTION-MARKER").is_empty(),
+        "{:?}",
+        p.grep_host("PRODUCTION-MARKER")
+    );
+    assert!(p.grep_host("PROD-SECRET-VALUE").is_empty());
+    // The tree is switched in through a symlink.
+    let link = std::fs::read_link(p.on_host("prov/tree")).unwrap();
+    assert!(link.starts_with("trees/"), "{link:?}");
+    // Alice exists in the sandboxed user database, with her key.
+    assert!(
+        std::fs::read_to_string(p.on_host("users/etc/passwd"))
+            .unwrap()
+            .contains("alice:")
+    );
+    let alice_keys = p.on_host("users/home/alice/.ssh/authorized_keys");
+    assert_eq!(std::fs::read_to_string(&alice_keys).unwrap().trim(), ALICE);
+
+    // Again: strict host key, nothing to change.
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .success()
+        .stdout_has("ok  greeting");
+
+    // Changed local secrets: a masked diff, and no overwrite unconfirmed.
+    let new_secret = unique("rotated");
+    write(
+        &p.tree().join("secrets/staging.sls"),
+        &format!("secrets:\n  API_TOKEN: {new_secret}\n  EXTRA: x\n"),
+    );
+    let out = p
+        .ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(1)
+        .stderr_has("~ secrets.API_TOKEN: ********")
+        .stderr_has("+ secrets.EXTRA: ********")
+        .stderr_has("not confirmed");
+    assert!(!out.stderr.contains(&new_secret) && !out.stderr.contains(&p.secret));
+    assert_eq!(
+        std::fs::read_to_string(p.on_host("out/token"))
+            .unwrap()
+            .trim(),
+        p.secret
+    );
+    p.ektool()
+        .args(&["provision", "--env", "staging", "--yes"])
+        .run()
+        .success();
+    assert_eq!(
+        std::fs::read_to_string(p.on_host("out/token"))
+            .unwrap()
+            .trim(),
+        new_secret
+    );
+
+    // secrets get: the host's file, 0600 locally.
+    std::fs::remove_file(p.tree().join("secrets/staging.sls")).unwrap();
+    // Without the local file, provision refuses rather than keep or drop them.
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(2)
+        .stderr_has("ektool secrets get --env staging");
+    p.ektool()
+        .args(&["secrets", "get", "--env", "staging"])
+        .run()
+        .success();
+    let local = p.tree().join("secrets/staging.sls");
+    assert_eq!(
+        std::fs::metadata(&local).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        std::fs::read_to_string(&local)
+            .unwrap()
+            .contains(&new_secret)
+    );
+
+    // Users: bob replaces alice; alice's keys are revoked.
+    p.config(&[("bob", BOB)]);
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .success();
+    assert_eq!(std::fs::read_to_string(&alice_keys).unwrap(), "");
+    assert_eq!(
+        std::fs::read_to_string(p.on_host("users/home/bob/.ssh/authorized_keys"))
+            .unwrap()
+            .trim(),
+        BOB
+    );
+    // Nobody left with a key: refused before anything changes.
+    p.config(&[("bob", "")]);
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(2)
+        .stderr_has("nobody able to log in");
+    assert_eq!(
+        std::fs::read_to_string(p.on_host("users/home/bob/.ssh/authorized_keys"))
+            .unwrap()
+            .trim(),
+        BOB
+    );
+}
+
+#[test]
+fn failed_states_and_render_errors_fail_the_command() {
+    let p = Project::new();
+    let fp = p.host.fingerprint();
+    write(
+        &p.tree().join("states/app.sls"),
+        "broken:\n  cmd.run:\n    - name: \"exit 3\"\n",
+    );
+    p.ektool()
+        .args(&["provision", "--env", "staging", "--trust-host-key", &fp])
+        .run()
+        .code(1)
+        .stdout_has("FAILED  broken (cmd.run exit 3)")
+        .stderr_has("1 state failed")
+        .stderr_has("broken (cmd.run exit 3)");
+
+    // --dry-run: test=True on a staged tree that is then discarded.
+    write(
+        &p.tree().join("states/app.sls"),
+        "fine:\n  file.managed:\n    - name: /srv/ektool-host/never\n    - contents: x\n",
+    );
+    let before = std::fs::read_link(p.on_host("prov/tree")).unwrap();
+    p.ektool()
+        .args(&["--dry-run", "provision", "--env", "staging"])
+        .run()
+        .success()
+        .stdout_has("would change  fine")
+        .stdout_has("left out: pillar/production, secrets/");
+    assert_eq!(std::fs::read_link(p.on_host("prov/tree")).unwrap(), before);
+    assert!(!p.host.local_path("never").exists());
+    assert_eq!(
+        std::fs::read_dir(p.on_host("prov/trees")).unwrap().count(),
+        1
+    );
+
+    // A render error is reported as such, and fails.
+    write(
+        &p.tree().join("states/app.sls"),
+        "broken:\n  file.managed:\n    - name: {{ foo(\n",
+    );
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(1)
+        .stderr_has("salt could not render the configuration")
+        .stderr_has("Rendering SLS 'base:app' failed");
+}
+
+#[test]
+fn db_dump_and_load_stream_over_ssh() {
+    let Some(port) = ektool_tests::pg_port() else {
+        return;
+    };
+    let p = Project::new();
+    std::fs::write(
+        p.dir.path().join("known_hosts"),
+        format!("{}\n", p.host.known_hosts_line()),
+    )
+    .unwrap();
+    let psql = |sql: &str| {
+        let out = std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-tAc",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let db = p.db_name();
+    psql(&format!("CREATE DATABASE {db}"));
+    let psql_db = |sql: &str| {
+        let out = std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                &db,
+                "-tAc",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    psql_db(
+        "CREATE TABLE notes (id int primary key, body text); INSERT INTO notes VALUES (1, 'first')",
+    );
+    p.ektool()
+        .args(&["db", "dump", "--env", "staging", "-o", "dump.sql"])
+        .run()
+        .success();
+    let dump = p.dir.path().join("dump.sql");
+    assert_eq!(
+        std::fs::metadata(&dump).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(std::fs::read_to_string(&dump).unwrap().contains("first"));
+    // Nothing was left on the server (the host's sandbox holds no .sql).
+    assert!(p.grep_host("CREATE TABLE").is_empty());
+
+    psql_db("UPDATE notes SET body = 'changed'");
+    p.ektool()
+        .args(&["db", "load", "--env", "staging", "dump.sql"])
+        .run()
+        .success();
+    assert_eq!(psql_db("SELECT body FROM notes"), "first");
+
+    // Production: refused without the explicit flag, before connecting.
+    p.ektool()
+        .args(&["db", "load", "--env", "production", "dump.sql"])
+        .run()
+        .code(2)
+        .stderr_has("--allow-production");
+    psql(&format!("DROP DATABASE {db}"));
+}
+
+#[test]
+fn the_script_provisioner_runs_from_the_tree_and_fails_with_its_script() {
+    let p = Project::new();
+    std::fs::write(
+        p.dir.path().join("known_hosts"),
+        format!("{}\n", p.host.known_hosts_line()),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(p.dir.path().join("ektool.toml")).unwrap();
+    let config = config.replace(
+        "salt_call = ",
+        "provisioner = \"script\"\nscript = \"bootstrap.sh\"\nsalt_call = ",
+    );
+    std::fs::write(p.dir.path().join("ektool.toml"), config).unwrap();
+    let out = p.on_host("out/script.txt");
+    write(&p.tree().join("NOTES.md"), "not configuration\n");
+    write(
+        &p.tree().join("bootstrap.sh"),
+        &format!(
+            "set -eu\nmkdir -p {dir}\nprintf '%s %s %s' \"$EKTOOL_ENV\" \"$(stat -c %a \"$EKTOOL_SECRETS\")\" \"${{EKTOOL_DRY_RUN:-0}}\" > {dir}/script.txt\n",
+            dir = format!("{}/{}/out", SshHost::MOUNT, p.name),
+        ),
+    );
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .success()
+        .stdout_has("ok  bootstrap.sh (script.run bootstrap.sh)");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "staging 600 0");
+    // The tree on the host holds the script, and no other file of the tree.
+    assert!(p.on_host("prov/tree/bootstrap.sh").exists());
+    assert!(!p.on_host("prov/tree/NOTES.md").exists());
+
+    write(&p.tree().join("bootstrap.sh"), "echo broken >&2; exit 4\n");
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(1)
+        .stderr_has("exit code 4: broken");
+}

@@ -1,0 +1,2 @@
+environment: production
+domain: www.example.com

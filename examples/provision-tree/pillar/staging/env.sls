@@ -1,0 +1,2 @@
+environment: staging
+domain: staging.example.com

@@ -398,4 +398,6 @@ async fn guarded_job_can_be_stopped_early_and_reports_output() {
         .await
         .unwrap();
     assert_eq!(state, Some(JobState::Finished(ExitStatus::Code(0))));
+    job.cleanup(&remote).await.unwrap();
+    quick.cleanup(&remote).await.unwrap();
 }

@@ -71,10 +71,14 @@ impl GuardedJob {
     /// Where the job is now.
     pub async fn state(&self, remote: &dyn Remote) -> Result<JobState, RemoteError> {
         let d = quote(&self.dir);
+        // `timeout` (the pid) exits a moment before its guard shell writes
+        // `rc`: a dead pid without `rc` gets a second to show one before
+        // the job counts as vanished.
         let script = format!(
             "if [ -f {d}/rc ]; then echo rc $(cat {d}/rc); \
              elif [ -s {d}/pid ] && kill -0 $(cat {d}/pid) 2>/dev/null; then echo running; \
-             else echo vanished; fi"
+             else i=0; while [ ! -f {d}/rc ] && [ $i -lt 20 ]; do sleep 0.05; i=$((i+1)); done; \
+             if [ -f {d}/rc ]; then echo rc $(cat {d}/rc); else echo vanished; fi; fi"
         );
         let out = run_checked(remote, &Command::shell(script)).await?;
         let text = out.stdout_str();

@@ -383,11 +383,7 @@ pub async fn copy(
             Ok(_) if dry_run => AmiCopy::Planned,
             Ok(_) => {
                 let mut t = Tags::new();
-                for (k, v) in source.tags.iter() {
-                    if !is_reserved_key(k) {
-                        t.insert(k, v);
-                    }
-                }
+                t.merge_user_tags(&source.tags);
                 t.insert(tags::OWNER, tags::OWNER_VALUE);
                 t.insert(tags::SOURCE_IMAGE, image.as_str());
                 t.insert(tags::SOURCE_REGION, from.as_str());

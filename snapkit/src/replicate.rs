@@ -21,7 +21,6 @@ use std::time::Duration;
 use ec2kit::requests::CopySnapshot;
 use ec2kit::{
     Ec2, Ec2Error, ErrorKind, Filter, Region, Snapshot, SnapshotId, SnapshotState, Tag, Tags,
-    is_reserved_key,
 };
 use jiff::Timestamp;
 use serde::Serialize;
@@ -194,11 +193,7 @@ pub fn copy_request(
     kms_key: Option<&str>,
 ) -> CopySnapshot {
     let mut t = Tags::new();
-    for (k, v) in source.tags.iter() {
-        if !is_reserved_key(k) {
-            t.insert(k, v);
-        }
-    }
+    t.merge_user_tags(&source.tags);
     // A copy's VolumeId is meaningless: device and lineage go in tags.
     if let Some(device) = device_of(source) {
         t.insert(tags::DEVICE, device);

@@ -140,16 +140,16 @@ pub struct LagArgs {
     pub select: SelectArgs,
 }
 
-async fn region(ec2: &AwsEc2, name: &str) -> Result<Region, CliError> {
+/// `--from` and `--to`, resolved against one `DescribeRegions`.
+async fn from_to(ec2: &AwsEc2, from: &str, to: &str) -> Result<(Region, Region), CliError> {
     let catalog = ec2kit::fleet::region_catalog(ec2).await?;
-    Ok(catalog.resolve(name)?)
+    Ok((catalog.resolve(from)?, catalog.resolve(to)?))
 }
 
 /// Plans, shows, and (without --dry-run) copies.
 pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let ec2 = ctx.ec2().await;
-    let from = region(&ec2, &args.from).await?;
-    let to = region(&ec2, &args.to).await?;
+    let (from, to) = from_to(&ec2, &args.from, &args.to).await?;
     if from == to {
         return Err(CliError::Usage(format!("--from and --to are both {from}")));
     }
@@ -366,8 +366,7 @@ pub async fn exec_lag(ctx: &Context, args: LagArgs) -> Result<(), CliError> {
         .transpose()?
         .map(|d| d.unsigned_abs());
     let ec2 = ctx.ec2().await;
-    let from = region(&ec2, &args.from).await?;
-    let to = region(&ec2, &args.to).await?;
+    let (from, to) = from_to(&ec2, &args.from, &args.to).await?;
     let rows = replicate::lag(&ec2, &from, &to, &args.select.selection(ctx)).await?;
     match ctx.output() {
         OutputFormat::Json => output::json(&rows)?,

@@ -150,6 +150,30 @@ impl AwsEc2 {
         }
     }
 
+    /// `DetachVolume`, naming the instance when known (some EC2
+    /// implementations need it).
+    async fn detach(
+        &self,
+        region: &Region,
+        volume: &VolumeId,
+        instance: Option<&InstanceId>,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        let action = Action::DetachVolume;
+        self.ready(action, region)
+            .await
+            .detach_volume()
+            .volume_id(volume.as_str())
+            .set_instance_id(instance.map(|i| i.as_str().to_owned()))
+            .force(force)
+            .dry_run(dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(())
+    }
+
     fn kms_client(&self, region: &Region) -> aws_sdk_kms::Client {
         let mut clients = self
             .inner
@@ -855,17 +879,7 @@ impl Ec2 for AwsEc2 {
         force: bool,
         dry_run: bool,
     ) -> Result<(), Ec2Error> {
-        let action = Action::DetachVolume;
-        self.ready(action, region)
-            .await
-            .detach_volume()
-            .volume_id(volume.as_str())
-            .force(force)
-            .dry_run(dry_run)
-            .send()
-            .await
-            .map_err(|e| map_err(action, region, e))?;
-        Ok(())
+        self.detach(region, volume, None, force, dry_run).await
     }
 
     async fn detach_volume_from(
@@ -876,18 +890,8 @@ impl Ec2 for AwsEc2 {
         force: bool,
         dry_run: bool,
     ) -> Result<(), Ec2Error> {
-        let action = Action::DetachVolume;
-        self.ready(action, region)
+        self.detach(region, volume, Some(instance), force, dry_run)
             .await
-            .detach_volume()
-            .volume_id(volume.as_str())
-            .instance_id(instance.as_str())
-            .force(force)
-            .dry_run(dry_run)
-            .send()
-            .await
-            .map_err(|e| map_err(action, region, e))?;
-        Ok(())
     }
 
     async fn delete_volume(

@@ -241,6 +241,14 @@ fn handshake(target: &SshTarget, timeout: Duration) -> Result<Session, RemoteErr
             host: name.clone(),
             source,
         })?;
+    // Each command is a few small SSH packets (channel open, exec, EOF)
+    // sent back to back: with Nagle's algorithm the second one waits for
+    // the peer's delayed ACK, ~40 ms per command.
+    tcp.set_nodelay(true)
+        .map_err(|source| RemoteError::Connect {
+            host: name.clone(),
+            source,
+        })?;
     let mut session = Session::new().map_err(ssh_err(&name))?;
     session.set_tcp_stream(tcp);
     session.set_timeout(timeout.as_millis().min(u32::MAX as u128) as u32);

@@ -1,22 +1,30 @@
-//! Deploy and rollback timings on loopback, against the test bench's sshd
-//! hosts (`scripts/testbed up && source .testbed/env`).
+//! Deploy and rollback timings against the test bench's sshd hosts
+//! (`scripts/testbed up && source .testbed/env`).
 //!
 //! Ten deploy targets are ten deploy roots spread over the bench's hosts,
 //! each reached through its own SSH connection, so they work in parallel
-//! like ten machines would (they share this machine's CPU, which makes the
-//! 10-host figure pessimistic). Prints:
+//! like ten machines would. Scenarios (`EKTOOL_DEPLOY_BENCH=a,b` picks):
 //!
-//! - a warm deploy (mirror present, new commit: fetch, checkout, build
-//!   hook, switch, log, cleanup) to 1 host and to 10 hosts, and the ratio
-//!   (target ≤ 1.5×);
-//! - the spread between the first and the last host's switch (≤ 100 ms);
-//! - a rollback of 10 hosts (≤ 1 s).
+//! - `loopback`: straight to sshd, a trivial build hook. The ten "hosts"
+//!   share this machine's cores, so the 10-host time is bound by the CPU
+//!   all ten hosts' git and shells need (printed as a floor);
+//! - `wan`: through a proxy that adds a 50 ms round trip (real SSH over a
+//!   slower link, like a deployer reaching EC2), trivial build hook;
+//! - `wan-build`: the same with a build hook that takes 1 s on the host
+//!   without using this machine's CPU (`sleep 1`): what a deploy with a
+//!   real build on ten machines with their own CPUs looks like.
+//!
+//! Each prints a warm deploy (mirror present, new commit: fetch, checkout,
+//! build hook, switch, log, cleanup) to 1 host and to 10 hosts and the
+//! ratio (target ≤ 1.5×), the spread between the first and the last
+//! host's switch (≤ 100 ms) and a rollback of 10 hosts (≤ 1 s on
+//! loopback).
 //!
 //! Run with `cargo bench -p deploykit --bench deploy`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,8 +32,12 @@ use std::time::{Duration, Instant};
 use deploykit::{Deployer, Environment, Hook, Host, Release};
 use ec2kit::{Remote, SshOptions, SshRemote, SshTarget};
 use ektool_tests::{SshHost, ssh_hosts, tempdir, unique};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const RUNS: usize = 5;
+
+/// The round trip the `wan` scenarios add.
+const RTT: Duration = Duration::from_millis(50);
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -42,7 +54,9 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 fn remote(host: &SshHost, dir: &Path) -> Arc<dyn Remote> {
-    let kh = host.write_known_hosts(&dir.join(format!("kh{}", host.n)).tap_mkdir());
+    let kh = dir.join(format!("kh{}-{}", host.n, host.port));
+    std::fs::create_dir_all(&kh).unwrap();
+    let kh = host.write_known_hosts(&kh);
     Arc::new(SshRemote::new(
         SshTarget::parse_with_user(&host.target(), "unused").unwrap(),
         SshOptions {
@@ -54,39 +68,79 @@ fn remote(host: &SshHost, dir: &Path) -> Arc<dyn Remote> {
     ))
 }
 
-trait TapMkdir {
-    fn tap_mkdir(self) -> Self;
+/// A TCP proxy to `to` on a fresh loopback port that delays every byte by
+/// half of `rtt` in each direction (in order, without slowing the stream
+/// down otherwise). Runs until the runtime ends.
+fn delay_proxy(rt: &tokio::runtime::Runtime, to: u16, rtt: Duration) -> u16 {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    rt.spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                continue;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::spawn(delayed_pipe(cr, sw, rtt / 2));
+            tokio::spawn(delayed_pipe(sr, cw, rtt / 2));
+        }
+    });
+    port
 }
 
-impl TapMkdir for std::path::PathBuf {
-    fn tap_mkdir(self) -> Self {
-        std::fs::create_dir_all(&self).unwrap();
-        self
+async fn delayed_pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((at, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0
+            || tx
+                .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+        {
+            break;
+        }
     }
+    drop(tx);
+    let _ = writer.await;
 }
 
-/// A remote that adds a network round trip to every call.
-struct Delayed(ec2kit::LocalRemote);
-
-const RTT: Duration = Duration::from_millis(50);
-
-#[async_trait::async_trait]
-impl Remote for Delayed {
-    fn host(&self) -> String {
-        self.0.host()
-    }
-    async fn run(&self, c: &ec2kit::Command) -> Result<ec2kit::Output, ec2kit::RemoteError> {
-        tokio::time::sleep(RTT).await;
-        self.0.run(c).await
-    }
-    async fn upload(&self, p: &str, b: &[u8], m: u32) -> Result<(), ec2kit::RemoteError> {
-        tokio::time::sleep(RTT).await;
-        self.0.upload(p, b, m).await
-    }
-    async fn read_file(&self, p: &str) -> Result<Vec<u8>, ec2kit::RemoteError> {
-        tokio::time::sleep(RTT).await;
-        self.0.read_file(p).await
-    }
+/// Core-milliseconds this machine spent busy (every process: the bench,
+/// sshd, the hosts' shells and git), from `/proc/stat`; `None` elsewhere.
+fn busy_core_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<f64> = cpu
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: busy = all but idle
+    // and iowait.
+    let busy: f64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .take(6)
+        .map(|(_, t)| t)
+        .sum();
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(busy * 10.0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -104,12 +158,14 @@ fn main() {
     );
     git(dir.path(), &["clone", "--quiet", "origin.git", "work"]);
     git(&work, &["checkout", "--quiet", "-b", "main"]);
-    let commit = |n: usize| {
-        std::fs::write(work.join("app.txt"), format!("{n}\n")).unwrap();
+    let mut counter = 0;
+    let mut next = || {
+        counter += 1;
+        std::fs::write(work.join("app.txt"), format!("{counter}\n")).unwrap();
         git(&work, &["add", "app.txt"]);
-        git(&work, &["commit", "--quiet", "-m", &n.to_string()]);
+        git(&work, &["commit", "--quiet", "-m", &counter.to_string()]);
         git(&work, &["push", "--quiet", "origin", "main"]);
-        git(&work, &["rev-parse", "HEAD"])
+        Release::commit(git(&work, &["rev-parse", "HEAD"]))
     };
 
     let bench = ssh_hosts();
@@ -118,73 +174,77 @@ fn main() {
     env.repository = Some(dir.path().join("origin.git").display().to_string());
     env.hooks.build = vec![Hook::new("echo built > built.txt")];
     env.keep = 3;
+    let mut slow_build = env.clone();
+    slow_build.hooks.build = vec![Hook::new("sleep 1 && echo built > built.txt")];
 
-    // What one command costs on these hosts (sshd, the login shell, back).
-    let probe = remote(&bench[0], dir.path());
+    // Every bench host also behind a proxy adding a round trip.
+    let far: Vec<SshHost> = bench
+        .iter()
+        .map(|h| SshHost {
+            port: delay_proxy(&rt, h.port, RTT),
+            ..h.clone()
+        })
+        .collect();
+
+    // What one command costs (sshd, the login shell, back).
     let cmd = ec2kit::Command::argv(["true"]);
-    rt.block_on(probe.run(&cmd)).unwrap();
-    let per_command: Vec<f64> = (0..10)
-        .map(|_| {
-            let t = Instant::now();
-            rt.block_on(probe.run(&cmd)).unwrap();
-            t.elapsed().as_secs_f64() * 1000.0
-        })
-        .collect();
-    println!(
-        "one SSH command on a bench host: median {:.0} ms",
-        median(per_command)
-    );
+    for (label, host) in [("loopback", &bench[0]), ("50 ms round trip", &far[0])] {
+        let probe = remote(host, dir.path());
+        rt.block_on(probe.run(&cmd)).unwrap();
+        let per_command: Vec<f64> = (0..10)
+            .map(|_| {
+                let t = Instant::now();
+                rt.block_on(probe.run(&cmd)).unwrap();
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        println!(
+            "one SSH command, {label}: median {:.1} ms",
+            median(per_command)
+        );
+    }
 
-    // Ten targets: ten roots round-robin over the bench hosts, one SSH
-    // connection each.
-    let ssh_targets: Vec<(Host, std::path::PathBuf)> = (0..10)
-        .map(|i| {
-            let h = &bench[i % bench.len()];
-            let rel = format!("{name}/t{i}");
-            let host = Host::new(remote(h, dir.path()), format!("{}/{rel}", SshHost::MOUNT))
-                .named(format!("t{i}"));
-            (host, h.local_path(&rel))
-        })
-        .collect();
-    // The same through the local shell: the orchestration without SSH.
-    let local_root = dir.path().join("local");
-    let local_targets: Vec<(Host, std::path::PathBuf)> = (0..10)
-        .map(|i| {
-            let root = local_root.join(format!("t{i}"));
-            let host = Host::new(
-                Arc::new(ec2kit::LocalRemote::new()),
-                root.display().to_string(),
-            )
-            .named(format!("l{i}"));
-            (host, root)
-        })
-        .collect();
-
-    // The same with a 50 ms round trip added to every command: hosts a
-    // network away, whose own work is not what is measured.
-    let delayed_root = dir.path().join("delayed");
-    let delayed_targets: Vec<(Host, std::path::PathBuf)> = (0..10)
-        .map(|i| {
-            let root = delayed_root.join(format!("t{i}"));
-            let remote: Arc<dyn Remote> = Arc::new(Delayed(ec2kit::LocalRemote::new()));
-            let host = Host::new(remote, root.display().to_string()).named(format!("d{i}"));
-            (host, root)
-        })
-        .collect();
-
-    let mut counter = 0;
-    let mut next = || {
-        counter += 1;
-        Release::commit(commit(counter))
+    // Ten targets per scenario: ten roots round-robin over the hosts, one
+    // SSH connection each.
+    let targets = |hosts: &[SshHost], key: &str| -> Vec<(Host, PathBuf)> {
+        (0..10)
+            .map(|i| {
+                let h = &hosts[i % hosts.len()];
+                let rel = format!("{name}/{key}/t{i}");
+                let host = Host::new(remote(h, dir.path()), format!("{}/{rel}", SshHost::MOUNT))
+                    .named(format!("{key}{i}"));
+                (host, h.local_path(&rel))
+            })
+            .collect()
     };
-    for (label, targets) in [
-        ("ssh (bench sshd hosts)", &ssh_targets),
-        ("local shell (LocalRemote)", &local_targets),
+    let scenarios = [
         (
-            "local shell + 50 ms round trip per command",
-            &delayed_targets,
+            "loopback",
+            "ssh on loopback, trivial build hook",
+            &bench,
+            &env,
         ),
-    ] {
+        (
+            "wan",
+            "ssh with a 50 ms round trip, trivial build hook",
+            &far,
+            &env,
+        ),
+        (
+            "wan-build",
+            "ssh with a 50 ms round trip, build hook taking 1 s on the host",
+            &far,
+            &slow_build,
+        ),
+    ];
+    let only = std::env::var("EKTOOL_DEPLOY_BENCH").unwrap_or_default();
+    let mut roots = Vec::new();
+    for (key, label, hosts, env) in scenarios {
+        if !only.is_empty() && !only.split(',').any(|o| o == key) {
+            continue;
+        }
+        let targets = targets(hosts, key);
+        roots.extend(targets.iter().map(|(_, p)| p.clone()));
         let deployer = |n: usize| {
             let hosts = targets[..n].iter().map(|(h, _)| h.clone()).collect();
             Deployer::new("bench", env.clone(), hosts)
@@ -194,21 +254,21 @@ fn main() {
         // Warm up: mirrors cloned, SSH sessions open.
         rt.block_on(ten.deploy(&next())).unwrap();
 
-        let mut t1 = Vec::new();
-        let mut t10 = Vec::new();
-        let mut spreads = Vec::new();
-        let mut rollbacks = Vec::new();
-        let mut rb_spreads = Vec::new();
+        let (mut t1, mut t10, mut spreads) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rollbacks, mut rb_spreads) = (Vec::new(), Vec::new());
+        let (mut cpu1, mut cpu10) = (Vec::new(), Vec::new());
         for _ in 0..RUNS {
             let r = next();
-            let t = Instant::now();
+            let (t, c) = (Instant::now(), busy_core_ms());
             rt.block_on(one.deploy(&r)).unwrap();
             t1.push(t.elapsed().as_secs_f64());
+            cpu1.extend(c.zip(busy_core_ms()).map(|(a, b)| b - a));
 
             let r = next();
-            let t = Instant::now();
+            let (t, c) = (Instant::now(), busy_core_ms());
             let report = rt.block_on(ten.deploy(&r)).unwrap();
             t10.push(t.elapsed().as_secs_f64());
+            cpu10.extend(c.zip(busy_core_ms()).map(|(a, b)| b - a));
             spreads.push(report.switch_spread_ms);
 
             let t = Instant::now();
@@ -225,23 +285,31 @@ fn main() {
             m10 * 1000.0,
             m10 / m1
         );
+        if !cpu1.is_empty() {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            let (c1, c10) = (median(cpu1), median(cpu10));
+            println!(
+                "  machine CPU busy: 1 host {c1:.0} core-ms, 10 hosts {c10:.0} core-ms \
+                 (on {cores} cores, 10 hosts cannot take less than {:.0} ms here)",
+                c10 / cores
+            );
+        }
         println!(
             "  switch spread, 10 hosts: median {:.1} ms, max {:.1} ms (target <= 100 ms)",
             median(spreads.clone()),
             spreads.iter().cloned().fold(0.0, f64::max)
         );
         println!(
-            "  rollback, 10 hosts: median {:.0} ms, max {:.0} ms, spread {:.1} ms (target <= 1000 ms)",
+            "  rollback, 10 hosts: median {:.0} ms, max {:.0} ms, spread {:.1} ms (target <= 1000 ms on loopback)",
             median(rollbacks.clone()) * 1000.0,
             rollbacks.iter().cloned().fold(0.0, f64::max) * 1000.0,
             median(rb_spreads)
         );
     }
-    let targets = ssh_targets;
-    for (_, local) in &targets {
-        let _ = std::fs::remove_dir_all(local);
+    for root in &roots {
+        let _ = std::fs::remove_dir_all(root);
     }
-    if let Some(parent) = targets[0].1.parent() {
+    if let Some(parent) = roots.first().and_then(|r| r.parent()?.parent()) {
         let _ = std::fs::remove_dir_all(parent);
     }
 }

@@ -21,8 +21,6 @@ pub enum Stage {
     Checkout,
     /// The build hooks.
     Build,
-    /// Writing the completion marker.
-    Finish,
     /// The run-once hooks before the switch.
     BeforeSwitch,
     /// Switching `current`.
@@ -48,7 +46,6 @@ impl fmt::Display for Stage {
             Self::Fetch => "fetch",
             Self::Checkout => "checkout",
             Self::Build => "build",
-            Self::Finish => "finish",
             Self::BeforeSwitch => "before-switch hooks",
             Self::Switch => "switch",
             Self::AfterSwitch => "after-switch hooks",

@@ -877,13 +877,16 @@ impl Deployer {
         if !hooks.is_empty() {
             let th = Instant::now();
             let ctx = self.context(slot, release, "deploy");
-            hooks::run_phase(host, Phase::Build, hooks, &ctx)
+            // The marker is written by the last hook's command, right
+            // after it succeeds.
+            let then = format!(
+                "rel=\"$RELEASE_PATH\"\n{}",
+                release::marker_fragment(&marker)
+            );
+            hooks::run_phase_then(host, Phase::Build, hooks, &ctx, Some(&then))
                 .await
                 .map_err(|e| fail(Stage::Build, e.to_string()))?;
             self.hooks_ran(host, Phase::Build, th);
-            release::write_marker(host, &marker)
-                .await
-                .map_err(|e| fail(Stage::Finish, e.to_string()))?;
         }
         self.emit(Event::Prepared {
             host: host.name().to_owned(),

@@ -105,8 +105,29 @@ pub async fn run_phase(
     hooks: &[Hook],
     ctx: &HookContext,
 ) -> Result<(), HookError> {
-    for hook in hooks {
-        let command = hook_command(host, phase, hook, ctx);
+    run_phase_then(host, phase, hooks, ctx, None).await
+}
+
+/// [`run_phase`], with `then` (a shell fragment) run in the last hook's
+/// command once that hook has succeeded: one round trip less per host for
+/// a step that must follow the hooks (the build's completion marker).
+/// `then` runs in the release directory with the hooks' variables, under
+/// the last hook's timeout; its failure is reported as that hook's.
+pub(crate) async fn run_phase_then(
+    host: &Host,
+    phase: Phase,
+    hooks: &[Hook],
+    ctx: &HookContext,
+    then: Option<&str>,
+) -> Result<(), HookError> {
+    for (i, hook) in hooks.iter().enumerate() {
+        let mut command = hook_command(host, phase, hook, ctx);
+        if let Some(then) = then.filter(|_| i + 1 == hooks.len()) {
+            // The hook in a subshell of its own: its `exit`, `cd` or `set`
+            // cannot skip or change what follows.
+            command.program =
+                ec2kit::Program::Shell(format!("(\n{}\n) || exit $?\n{then}", hook.run));
+        }
         let out = match host.run(&command).await {
             Ok(out) => out,
             Err(RemoteError::Timeout { after, .. }) => {

@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use crate::environment::{Environment, SharedPath};
 use crate::host::Host;
 use crate::shell::q;
-use ec2kit::RemoteError;
 
 /// What is being deployed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,14 +135,14 @@ pub(crate) fn checkout_script(
              \x20 git -C \"$rel\" clean -ffdq\n\
              else\n\
              \x20 rm -rf \"$rel\"\n\
-             \x20 git clone --quiet --no-checkout repo.git \"$rel\"\n\
+             \x20 git clone --quiet --template= --no-checkout repo.git \"$rel\"\n\
              \x20 git -C \"$rel\" checkout --quiet --detach {commit}\n\
              fi\n"
         ));
     } else {
         s.push_str(&format!(
             "rm -rf \"$rel\"\n\
-             git clone --quiet --no-checkout repo.git \"$rel\"\n\
+             git clone --quiet --template= --no-checkout repo.git \"$rel\"\n\
              git -C \"$rel\" checkout --quiet --detach {commit}\n"
         ));
     }
@@ -186,18 +185,6 @@ fn link_shared(path: &SharedPath, is_dir: bool) -> String {
          mkdir -p \"$(dirname \"$rel\"/{inside})\"\n\
          ln -s {target} \"$rel\"/{inside}\n"
     )
-}
-
-/// Writes the completion marker: the last step of a build.
-pub(crate) async fn write_marker(host: &Host, marker: &Marker) -> Result<(), RemoteError> {
-    let json = serde_json::to_vec(marker).unwrap_or_default();
-    host.remote()
-        .upload(
-            &format!("{}/{MARKER}", host.release_path(&marker.release)),
-            &json,
-            0o644,
-        )
-        .await
 }
 
 /// The shell fragment that writes the marker (inside a checkout script,

@@ -975,6 +975,7 @@ impl Ec2 for AwsEc2 {
                 (!r.security_group_ids.is_empty()).then(|| r.security_group_ids.clone()),
             )
             .set_subnet_id(r.subnet_id.clone())
+            .set_private_ip_address(r.private_ip.map(|ip| ip.to_string()))
             .set_placement(
                 r.availability_zone
                     .as_ref()

@@ -144,6 +144,9 @@ pub struct RunInstances {
     pub security_group_ids: Vec<String>,
     /// Subnet.
     pub subnet_id: Option<String>,
+    /// The primary private IPv4 address (one instance only; inside the
+    /// subnet's range).
+    pub private_ip: Option<std::net::Ipv4Addr>,
     /// Availability zone.
     pub availability_zone: Option<String>,
     /// User data (raw; encoded by the adapter).

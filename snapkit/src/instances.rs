@@ -207,6 +207,9 @@ pub struct Launch {
     pub security_group_ids: Vec<String>,
     /// Subnet.
     pub subnet_id: Option<String>,
+    /// The primary private IPv4 address (one instance only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ip: Option<std::net::Ipv4Addr>,
     /// User data (raw; encoded by the EC2 client).
     #[serde(skip)]
     pub user_data: Option<Vec<u8>>,
@@ -232,6 +235,7 @@ pub async fn launch(
         key_name: launch.key_name.clone(),
         security_group_ids: launch.security_group_ids.clone(),
         subnet_id: launch.subnet_id.clone(),
+        private_ip: launch.private_ip,
         availability_zone: None,
         user_data: launch.user_data.clone(),
         client_token: Some(uuid::Uuid::new_v4().simple().to_string()),

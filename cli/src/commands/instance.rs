@@ -91,6 +91,10 @@ pub struct LaunchArgs {
     /// Subnet id.
     #[arg(long)]
     pub subnet: Option<String>,
+    /// The primary private IPv4 address (with `--count 1`), inside the
+    /// subnet's range.
+    #[arg(long, value_name = "IPV4")]
+    pub private_ip: Option<std::net::Ipv4Addr>,
     /// A file whose content becomes the user data.
     #[arg(long, value_name = "FILE")]
     pub user_data: Option<PathBuf>,
@@ -303,6 +307,11 @@ async fn propagate(ctx: &Context, args: PropagateArgs) -> Result<(), CliError> {
 }
 
 async fn launch(ctx: &Context, args: LaunchArgs) -> Result<(), CliError> {
+    if args.private_ip.is_some() && args.count != 1 {
+        return Err(CliError::Usage(
+            "--private-ip names one address: use it with --count 1".into(),
+        ));
+    }
     let user_data = match &args.user_data {
         Some(p) => Some(std::fs::read(p).map_err(|source| CliError::Io {
             path: p.clone(),
@@ -326,6 +335,7 @@ async fn launch(ctx: &Context, args: LaunchArgs) -> Result<(), CliError> {
         key_name: args.key_name.clone(),
         security_group_ids: args.security_groups.clone(),
         subnet_id: args.subnet.clone(),
+        private_ip: args.private_ip,
         user_data,
         tags,
     };

@@ -281,6 +281,45 @@ async fn launch_tags_and_protects_production_and_reboot_checks_ids_first() {
     assert_eq!(inst[0].tags.get("Name"), Some("fresh"));
     assert_eq!(inst[0].tags.get(tags::OWNER), Some(tags::OWNER_VALUE));
 
+    // A chosen private address: one instance only, a valid IPv4.
+    let out = Ektool::moto()
+        .args(&[
+            "-r",
+            region,
+            "--output",
+            "json",
+            "instance",
+            "launch",
+            "--ami",
+            "ami-0123456789abcdef0",
+            "--private-ip",
+            "172.31.9.9",
+        ])
+        .current_dir(dir.path())
+        .run()
+        .success()
+        .json();
+    assert_eq!(out[0]["private_ip"], "172.31.9.9");
+    for bad in [
+        &["--count", "2", "--private-ip", "172.31.9.10"][..],
+        &["--private-ip", "172.31.9"],
+    ] {
+        let mut args = vec![
+            "-r",
+            region,
+            "instance",
+            "launch",
+            "--ami",
+            "ami-0123456789abcdef0",
+        ];
+        args.extend_from_slice(bad);
+        Ektool::moto()
+            .args(&args)
+            .current_dir(dir.path())
+            .run()
+            .code(2);
+    }
+
     Ektool::moto()
         .args(&["-r", region, "instance", "reboot", id.as_str()])
         .run()

@@ -333,6 +333,90 @@ fn a_held_lock_stops_a_deploy_and_unlock_needs_force() {
     app.ektool().arg("deploy").run().success();
 }
 
+/// Hosts found by EC2 tag (through ec2kit, against moto): the running
+/// instances carrying the tag, at the address and port the environment
+/// names; a terminated one and one with another tag are left out. moto
+/// gives the instance the bench host's address, so the deploy is real.
+#[tokio::test]
+async fn hosts_found_by_ec2_tag_are_deployed_to() {
+    use ec2kit::requests::RunInstances;
+    use ec2kit::{Ec2, Region, Tags};
+
+    let region = Region::new("us-gov-west-1");
+    let role = unique("web");
+    let ec2 = crate::moto::ec2().await;
+    let launch = |ip: &str, role: &str| RunInstances {
+        image_id: Some("ami-0123456789abcdef0".parse().unwrap()),
+        instance_type: "t3.micro".into(),
+        count: 1,
+        private_ip: Some(ip.parse().unwrap()),
+        tags: Tags::from_iter([("Role".to_owned(), role.to_owned())]),
+        ..Default::default()
+    };
+    ec2.run_instances(&region, &launch("127.0.0.1", &role))
+        .await
+        .unwrap();
+    let gone = ec2
+        .run_instances(&region, &launch("127.0.0.2", &role))
+        .await
+        .unwrap();
+    ec2.terminate_instances(&region, &[gone[0].id.clone()], false)
+        .await
+        .unwrap();
+    ec2.run_instances(&region, &launch("127.0.0.3", "other"))
+        .await
+        .unwrap();
+
+    let app = App::new("");
+    let fleet = unique("cli-fleet");
+    let config = std::fs::read_to_string(app.work.join("ektool.toml")).unwrap()
+        + &format!(
+            "\n[environments.fleet]\npath = \"{mount}/{fleet}\"\nec2 = {{ tag = \"Role={role}\", region = \"us-gov-west-1\", user = \"root\", port = {port} }}\n",
+            mount = SshHost::MOUNT,
+            port = app.hosts[0].port,
+        );
+    std::fs::write(app.work.join("ektool.toml"), config).unwrap();
+    let c = app.commit("fleet");
+
+    let out = Ektool::moto()
+        .current_dir(&app.work)
+        .args(&["--dry-run", "--output", "json", "deploy", "--env", "fleet"])
+        .run()
+        .success();
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let hosts: Vec<&str> = plan["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, [app.hosts[0].target()], "{}", out.stdout);
+
+    let dir = tempdir();
+    let actions = dir.path().join("actions");
+    Ektool::moto()
+        .current_dir(&app.work)
+        .env("EKTOOL_RECORD_ACTIONS", actions.to_str().unwrap())
+        .args(&["deploy", "--env", "fleet"])
+        .run()
+        .success()
+        .stdout_has("is live on 1 host");
+    let local = app.hosts[0].local_path(&fleet);
+    let live = std::fs::read_to_string(local.join("current/REVISION"));
+    let _ = std::fs::remove_dir_all(&local);
+    assert_eq!(live.unwrap().trim(), c);
+    // What `ektool iam-policy deploy` lists for hosts by EC2 tag.
+    let called: std::collections::BTreeSet<String> = std::fs::read_to_string(&actions)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        called.into_iter().collect::<Vec<_>>(),
+        ["ec2:DescribeInstances", "ec2:DescribeRegions"]
+    );
+}
+
 #[test]
 fn localhost_deploys_through_the_local_shell() {
     let dir = tempdir();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use deploykit::environment::LayoutKind;
 use deploykit::{DeployError, Event, HealthCheck, Hook, LogAction, LogResult, Stage};
 
-use crate::support::Fixture;
+use crate::support::{Fixture, GitDaemon, git};
 
 #[tokio::test]
 async fn deploys_to_several_hosts_with_relative_links_marker_log_and_shared_dirs() {
@@ -465,4 +465,74 @@ fn normalise(v: &mut serde_json::Value, pairs: &[(&str, &str)]) {
         serde_json::Value::Object(o) => o.values_mut().for_each(|x| normalise(x, pairs)),
         _ => {}
     }
+}
+
+/// Submodules with a relative URL resolve against the origin the hosts
+/// fetch from (a `git://` server here), in a fresh clone and in an a/b
+/// slot updated in place.
+#[tokio::test]
+async fn submodules_are_checked_out_at_the_recorded_commit() {
+    let f = Fixture::new(2);
+    let base = f.dir.path();
+    git(
+        base,
+        &["init", "--quiet", "--bare", "-b", "main", "lib.git"],
+    );
+    git(base, &["clone", "--quiet", "lib.git", "lib-work"]);
+    let lib = base.join("lib-work");
+    git(&lib, &["checkout", "--quiet", "-b", "main"]);
+    let lib_commit = |content: &str| {
+        std::fs::write(lib.join("lib.txt"), content).unwrap();
+        git(&lib, &["add", "lib.txt"]);
+        git(&lib, &["commit", "--quiet", "-m", content]);
+        git(&lib, &["push", "--quiet", "origin", "main"]);
+    };
+    lib_commit("lib one");
+    // The developer's machine adds it from a local path (git refuses file
+    // URLs for submodules unless told).
+    git(
+        &f.work,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "--quiet",
+            "add",
+            "../lib.git",
+            "vendor/lib",
+        ],
+    );
+    git(&f.work, &["commit", "--quiet", "-m", "add lib"]);
+    git(&f.work, &["push", "--quiet", "origin", "main"]);
+    let c1 = git(&f.work, &["rev-parse", "HEAD"]);
+    let daemon = GitDaemon::serve(base);
+    let mut env = f.env(LayoutKind::Ab);
+    env.repository = Some(format!("{}/origin.git", daemon.url));
+    let d = f.deployer(env);
+
+    let bump = |content: &str| {
+        lib_commit(content);
+        let sub = f.work.join("vendor/lib");
+        git(&sub, &["pull", "--quiet", "origin", "main"]);
+        git(&f.work, &["commit", "--quiet", "-am", content]);
+        git(&f.work, &["push", "--quiet", "origin", "main"]);
+        git(&f.work, &["rev-parse", "HEAD"])
+    };
+    let lib_live =
+        |i: usize| std::fs::read_to_string(f.local(i, "current/vendor/lib/lib.txt")).ok();
+    // a: fresh clone; b: fresh clone; a again: updated in place.
+    d.deploy(&f.release(&c1)).await.unwrap();
+    assert_eq!(lib_live(0).as_deref(), Some("lib one"));
+    let c2 = bump("lib two");
+    d.deploy(&f.release(&c2)).await.unwrap();
+    let c3 = bump("lib three");
+    d.deploy(&f.release(&c3)).await.unwrap();
+    for i in 0..2 {
+        assert_eq!(f.current(i).as_deref(), Some("a"));
+        assert_eq!(lib_live(i).as_deref(), Some("lib three"), "host {i}");
+    }
+    // The submodule's remote in the release is the network one.
+    let url =
+        std::fs::read_to_string(f.local(0, "current/.git/modules/vendor/lib/config")).unwrap();
+    assert!(url.contains(&format!("{}/lib.git", daemon.url)), "{url}");
 }

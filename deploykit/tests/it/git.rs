@@ -188,3 +188,52 @@ fn next_patch_creates_and_pushes_an_annotated_tag_and_reports_rejections() {
     let err = repo.push_tag("origin", "v1.2.5").unwrap_err();
     assert!(matches!(err, GitError::PushRejected { .. }), "{err}");
 }
+
+/// `sign_tags`: the tag is made by git with the developer's signing setup
+/// (here SSH signing with a throwaway key) and verifies.
+#[test]
+fn signed_tags_use_the_developers_signing_setup_and_verify() {
+    let f = Fixture::new(1);
+    let c = f.commit("signed");
+    let key = f.dir.path().join("signing_key");
+    let out = std::process::Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "dev@example.com",
+            "-f",
+        ])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ssh-keygen");
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let allowed = f.dir.path().join("allowed_signers");
+    std::fs::write(&allowed, format!("dev@example.com {public}")).unwrap();
+    for (k, v) in [
+        ("gpg.format", "ssh"),
+        ("user.signingkey", key.to_str().unwrap()),
+        ("gpg.ssh.allowedSignersFile", allowed.to_str().unwrap()),
+    ] {
+        git(&f.work, &["config", k, v]);
+    }
+    let repo = LocalRepo::open(&f.work).unwrap();
+    let tag = repo
+        .create_tag("v3.0.0", &c, "release v3.0.0", true)
+        .unwrap();
+    assert!(!tag.existed);
+    let body = git(&f.work, &["cat-file", "tag", "v3.0.0"]);
+    assert!(body.contains("-----BEGIN SSH SIGNATURE-----"), "{body}");
+    git(&f.work, &["tag", "-v", "v3.0.0"]);
+    repo.push_tag("origin", "v3.0.0").unwrap();
+    let remote = git(&f.work, &["ls-remote", "--tags", "origin", "v3.0.0^{}"]);
+    assert!(remote.starts_with(&c), "{remote}");
+    // Without a signing setup git refuses, and no tag is left behind.
+    git(&f.work, &["config", "user.signingkey", "/nonexistent/key"]);
+    assert!(repo.create_tag("v3.0.1", &c, "release", true).is_err());
+    assert!(git(&f.work, &["tag", "-l", "v3.0.1"]).is_empty());
+}

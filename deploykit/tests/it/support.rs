@@ -225,3 +225,56 @@ impl Drop for Fixture {
         }
     }
 }
+
+/// `git daemon` serving the repositories under a directory over `git://`
+/// on a loopback port, stopped on drop: a network origin whose relative
+/// submodule URLs hosts fetch like any other remote.
+pub struct GitDaemon {
+    child: std::process::Child,
+    /// `git://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl GitDaemon {
+    pub fn serve(base: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // The daemon binary itself, not `git daemon`: killing the `git`
+        // wrapper would leave the daemon running (holding whatever it
+        // inherited).
+        let exec_path = git(base, &["--exec-path"]);
+        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
+            .arg("--export-all")
+            .arg("--reuseaddr")
+            .arg("--listen=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start git daemon");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "git daemon did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            url: format!("git://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

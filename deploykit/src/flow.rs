@@ -32,7 +32,7 @@ use crate::event::{Event, EventSink};
 use crate::hooks::{self, HookContext};
 use crate::host::{Actor, Host};
 use crate::layout::{HostState, Placement, ReleaseDir, ReleaseLayout, Timestamped};
-use crate::lock::{self, Attempt, LockOwner};
+use crate::lock::{self, Attempt, HeldLock, LockOwner};
 use crate::log::{self, LogAction, LogEntry, LogResult};
 use crate::notify::{Notification, NotificationKind, Notifier};
 use crate::plan::{DeployPlan, HostPlan, PrepareAction};
@@ -245,13 +245,19 @@ impl Deployer {
     }
 
     /// Takes the lock on every host and reads their state in the same
-    /// command. The first host (in lock order) is locked alone, then the
-    /// others in parallel: every run on the same hosts must pass the first
-    /// one, so two of them cannot each hold half. On contention it releases
-    /// what it took and retries until `lock_wait` runs out.
+    /// command, all hosts at once (one round, however many hosts).
     ///
-    /// Returns the states and how long the parallel round took (an estimate
-    /// of the hosts' command latency, used to schedule the switch).
+    /// Two runs racing for the same hosts may each take some. The run that
+    /// took the first host (in lock order) is the one that proceeds: the
+    /// other releases what it took and fails (or waits, with `lock_wait`),
+    /// and the first waits briefly for those hosts to come free. So exactly
+    /// one of them proceeds, as when hosts were locked one after another,
+    /// without a round per host. A host held by anyone else (a stale lock,
+    /// a run on other hosts) makes this run release everything and fail
+    /// or wait. A lock is only ever released by the run that took it.
+    ///
+    /// Returns the states and how long the round took (an estimate of the
+    /// hosts' command latency, used to schedule the switch).
     pub(crate) async fn lock_all(
         &self,
         action: String,
@@ -268,56 +274,71 @@ impl Deployer {
             token: token.to_owned(),
         };
         let deadline = Instant::now() + self.lock_wait;
+        let attempt = |i: usize| self.try_lock(&self.hosts[i], &owner, commit, with_log);
         loop {
             let t = Instant::now();
-            let first = self
-                .try_lock(&self.hosts[0], &owner, commit, with_log)
-                .await;
-            let mut results = vec![first];
-            // The switch is scheduled from this: the latency of one round of
-            // commands sent to every host at once, which is what the switch
-            // sends (the first host's lock alone is a round of its own).
-            let mut latency = t.elapsed();
-            if matches!(results[0], Ok(Attempt::Acquired(_))) && self.hosts.len() > 1 {
-                let rest = Instant::now();
-                results.extend(
-                    futures::future::join_all(
-                        self.hosts[1..]
-                            .iter()
-                            .map(|h| self.try_lock(h, &owner, commit, with_log)),
-                    )
-                    .await,
-                );
-                latency = rest.elapsed();
-            }
-            let mut states = Vec::new();
-            let mut held = None;
-            let mut error = None;
-            let mut taken = Vec::new();
-            for (h, r) in self.hosts.iter().zip(results) {
-                match r {
-                    Ok(Attempt::Acquired(state)) => {
-                        taken.push(h);
-                        states.push(state);
-                    }
-                    Ok(Attempt::Held(l)) => {
-                        held.get_or_insert(l);
-                    }
-                    Err(e) => {
-                        error.get_or_insert(HostFailure {
-                            host: h.name().to_owned(),
-                            stage: Stage::Lock,
-                            error: e.to_string(),
-                        });
+            let mut pending: Vec<usize> = (0..self.hosts.len()).collect();
+            let mut results = futures::future::join_all(pending.iter().map(|&i| attempt(i))).await;
+            let latency = t.elapsed();
+            // How long the run holding the first host waits for a racing
+            // run to let go of the rest: a couple of its rounds.
+            let grace = Instant::now()
+                + (latency * 5).clamp(Duration::from_secs(1), Duration::from_secs(10));
+            let mut states: Vec<Option<HostState>> = vec![None; self.hosts.len()];
+            let (held, error) = loop {
+                let mut held = None;
+                let mut error = None;
+                let mut still = Vec::new();
+                for (i, r) in pending.iter().copied().zip(results) {
+                    match r {
+                        Ok(Attempt::Acquired(state)) => states[i] = Some(state),
+                        Ok(Attempt::Held(l)) => {
+                            still.push(i);
+                            // Report a stale lock (it needs an unlock),
+                            // else the holder of the first host held.
+                            if held
+                                .as_ref()
+                                .is_none_or(|h: &HeldLock| h.stale.is_none() && l.stale.is_some())
+                            {
+                                held = Some(l);
+                            }
+                        }
+                        Err(e) => {
+                            error.get_or_insert(HostFailure {
+                                host: self.hosts[i].name().to_owned(),
+                                stage: Stage::Lock,
+                                error: e.to_string(),
+                            });
+                        }
                     }
                 }
-            }
+                let waiting = states[0].is_some()
+                    && error.is_none()
+                    && held.as_ref().is_some_and(|l| l.stale.is_none())
+                    && Instant::now() < grace;
+                if !waiting {
+                    break (held, error);
+                }
+                tokio::time::sleep(
+                    latency.clamp(Duration::from_millis(20), Duration::from_millis(250)),
+                )
+                .await;
+                pending = still;
+                results = futures::future::join_all(pending.iter().map(|&i| attempt(i))).await;
+            };
             if held.is_none() && error.is_none() {
                 self.emit(Event::Locked {
                     hosts: self.hosts.len(),
                 });
-                return Ok((states, latency));
+                return Ok((states.into_iter().flatten().collect(), latency));
             }
+            let taken: Vec<&Host> = self
+                .hosts
+                .iter()
+                .zip(&states)
+                .filter(|(_, s)| s.is_some())
+                .map(|(h, _)| h)
+                .collect();
             self.unlock_hosts(&taken, token).await;
             if let Some(f) = error {
                 return Err(failed(Stage::Lock, vec![f]));

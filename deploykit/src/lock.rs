@@ -10,8 +10,10 @@
 //! it (its token must match): a deploy that fails *at* the lock never
 //! removes someone else's.
 //!
-//! Hosts are locked one after another in a fixed order (sorted by name and
-//! root), so two deploys racing for the same hosts cannot each hold half.
+//! Every host is locked at once, in one round. Of two runs racing for the
+//! same hosts, the one holding the first host in a fixed order (sorted by
+//! name and root) proceeds and the other lets go of what it took, so they
+//! cannot both end up holding half (see `Deployer::lock_all`).
 
 use std::time::Duration;
 

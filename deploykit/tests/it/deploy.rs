@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deploykit::environment::LayoutKind;
-use deploykit::{DeployError, Event, HealthCheck, Hook, LogAction, LogResult, Stage};
+use deploykit::{DeployError, Event, HealthCheck, Hook, Host, LogAction, LogResult, Stage};
 
 use crate::support::{Fixture, GitDaemon, git};
 
@@ -321,6 +321,75 @@ async fn two_deploys_at_once_exactly_one_proceeds_and_names_the_owner() {
     r1.unwrap();
     r2.unwrap();
     assert_eq!(f.live_commit(2).as_deref(), Some(c2.as_str()));
+}
+
+/// A remote whose every call starts late.
+struct Lagging(Arc<dyn ec2kit::Remote>, Duration);
+
+#[async_trait::async_trait]
+impl ec2kit::Remote for Lagging {
+    fn host(&self) -> String {
+        self.0.host()
+    }
+    async fn run(&self, c: &ec2kit::Command) -> Result<ec2kit::Output, ec2kit::RemoteError> {
+        tokio::time::sleep(self.1).await;
+        self.0.run(c).await
+    }
+    async fn upload(&self, p: &str, b: &[u8], m: u32) -> Result<(), ec2kit::RemoteError> {
+        tokio::time::sleep(self.1).await;
+        self.0.upload(p, b, m).await
+    }
+    async fn read_file(&self, p: &str) -> Result<Vec<u8>, ec2kit::RemoteError> {
+        tokio::time::sleep(self.1).await;
+        self.0.read_file(p).await
+    }
+}
+
+/// Racing runs take the hosts' locks in one round each, so each may get
+/// some. Each run here has its own SSH connections and reaches one host
+/// late: `a` gets the first host and `b` the last, and the middle one goes
+/// to either. Whatever the split, exactly one proceeds, the other fails
+/// naming the owner, and no lock is left behind.
+#[tokio::test]
+async fn racing_deploys_split_no_lock_between_them() {
+    let f = Fixture::new(3);
+    let mut env = f.env(LayoutKind::Timestamped);
+    env.hooks.build.push(Hook::new("sleep 0.3"));
+    let lagging = |late: usize| -> Vec<Host> {
+        (0..3)
+            .map(|i| {
+                let remote = crate::support::ssh_remote(i + 1, f.dir.path());
+                let lag = Duration::from_millis(if i == late { 150 } else { 0 });
+                Host::new(Arc::new(Lagging(remote, lag)), f.root()).named(format!("h{}", i + 1))
+            })
+            .collect()
+    };
+    let a = f
+        .deployer_on(env.clone(), lagging(2))
+        .message(Some("a".into()));
+    let b = f
+        .deployer_on(env.clone(), lagging(0))
+        .message(Some("b".into()));
+    for round in 0..4 {
+        let c = f.commit(&format!("race {round}"));
+        let rel = f.release(&c);
+        let (ra, rb) = tokio::join!(a.deploy(&rel), b.deploy(&rel));
+        assert!(
+            ra.is_ok(),
+            "round {round}: a holds the first host and proceeds: {ra:?}"
+        );
+        let Err(DeployError::Locked { lock }) = &rb else {
+            panic!("round {round}: b must fail at the lock: {rb:?}")
+        };
+        assert!(lock.to_string().contains("is locked by"), "{lock}");
+        for i in 0..3 {
+            assert!(
+                !f.local(i, ".ektool/lock").exists(),
+                "round {round}: host {i} still locked"
+            );
+            assert_eq!(f.live_commit(i).as_deref(), Some(c.as_str()));
+        }
+    }
 }
 
 #[tokio::test]

@@ -57,7 +57,8 @@ pub async fn exec(ctx: &Context, cmd: DbCommand) -> Result<(), CliError> {
             "environment {env_name} has no [environments.{env_name}.database] section"
         ))
     })?;
-    let node = nodes(ctx, env, target, None)?
+    let node = nodes(ctx, env, target, None)
+        .await?
         .into_iter()
         .next()
         .ok_or_else(|| CliError::Usage("no hosts".into()))?;

@@ -74,21 +74,27 @@ pub fn config(env: &Environment) -> Result<ProvisionConfig, CliError> {
 
 /// The hosts: `--host` values as given (any `[user@]host[:port]`, so a
 /// fresh server can be provisioned before it is listed), else the
-/// environment's static hosts; `user` overrides each target's user.
-pub fn nodes(
+/// environment's static hosts and the running instances its `ec2` tag
+/// finds; `user` overrides each target's user.
+pub async fn nodes(
     ctx: &Context,
     env: &Environment,
     target: &Target,
     user: Option<&str>,
 ) -> Result<Vec<Node>, CliError> {
     let names = if target.hosts.is_empty() {
-        env.hosts.clone()
+        let mut names = env.hosts.clone();
+        if let Some(source) = &env.ec2 {
+            names.extend(super::deploy::ec2_hosts(ctx, source).await?);
+        }
+        names
     } else {
         target.hosts.clone()
     };
     if names.is_empty() {
         return Err(CliError::Usage(
-            "no hosts: list them in the environment's `hosts` or pass --host".into(),
+            "no hosts: list them in the environment's `hosts` (or find them with `ec2`), or pass --host"
+                .into(),
         ));
     }
     let options = ctx.ssh_options();
@@ -245,7 +251,7 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let local_secrets = read_local_secrets(&local_secrets_path)?;
     let layout = cfg.layout();
     let provisioner = cfg.provisioner(&env_name);
-    let nodes = nodes(ctx, env, &args.target, args.user.as_deref())?;
+    let nodes = nodes(ctx, env, &args.target, args.user.as_deref()).await?;
     let mut results = Vec::new();
     for node in &nodes {
         check_host_key(ctx, node, args.trust_host_key.as_deref()).await?;

@@ -35,7 +35,8 @@ pub async fn exec(ctx: &Context, cmd: SecretsCommand) -> Result<(), CliError> {
     let SecretsCommand::Get(args) = cmd;
     let (env_name, env) = environment(ctx, &args.target)?;
     let cfg = config(env)?;
-    let node = nodes(ctx, env, &args.target, args.user.as_deref())?
+    let node = nodes(ctx, env, &args.target, args.user.as_deref())
+        .await?
         .into_iter()
         .next()
         .ok_or_else(|| CliError::Usage("no hosts".into()))?;

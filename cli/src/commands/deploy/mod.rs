@@ -157,7 +157,12 @@ pub async fn hosts(
     Ok(hosts)
 }
 
-async fn ec2_hosts(ctx: &Context, source: &deploykit::HostSource) -> Result<Vec<String>, CliError> {
+/// The running instances carrying the source's tag, as SSH targets
+/// (`user@address:port`), sorted.
+pub async fn ec2_hosts(
+    ctx: &Context,
+    source: &deploykit::HostSource,
+) -> Result<Vec<String>, CliError> {
     let ec2 = ctx.ec2().await;
     let tag: ec2kit::Tag = source
         .tag

@@ -251,23 +251,17 @@ async fn launch_tags_and_protects_production_and_reboot_checks_ids_first() {
     let region = "ap-northeast-1";
     let key = ektool_tests::unique("launch");
     let dir = config(&key);
-    let out = Ektool::moto()
-        .args(&[
-            "-r",
-            region,
-            "--output",
-            "json",
-            "instance",
-            "launch",
-            "--ami",
-            "ami-0123456789abcdef0",
-            "--name",
-            "fresh",
-            "--tag",
-            &format!("{key}=prod"),
-        ])
-        .current_dir(dir.path())
-        .run()
+    // `ektool -r REGION --output json instance launch --ami … EXTRA…`.
+    let launch = |extra: &[&str]| {
+        let base = ["-r", region, "--output", "json", "instance", "launch"];
+        Ektool::moto()
+            .args(&base)
+            .args(&["--ami", "ami-0123456789abcdef0"])
+            .args(extra)
+            .current_dir(dir.path())
+            .run()
+    };
+    let out = launch(&["--name", "fresh", "--tag", &format!("{key}=prod")])
         .success()
         .json();
     let id: InstanceId = out[0]["id"].as_str().unwrap().parse().unwrap();
@@ -282,43 +276,10 @@ async fn launch_tags_and_protects_production_and_reboot_checks_ids_first() {
     assert_eq!(inst[0].tags.get(tags::OWNER), Some(tags::OWNER_VALUE));
 
     // A chosen private address: one instance only, a valid IPv4.
-    let out = Ektool::moto()
-        .args(&[
-            "-r",
-            region,
-            "--output",
-            "json",
-            "instance",
-            "launch",
-            "--ami",
-            "ami-0123456789abcdef0",
-            "--private-ip",
-            "172.31.9.9",
-        ])
-        .current_dir(dir.path())
-        .run()
-        .success()
-        .json();
+    let out = launch(&["--private-ip", "172.31.9.9"]).success().json();
     assert_eq!(out[0]["private_ip"], "172.31.9.9");
-    for bad in [
-        &["--count", "2", "--private-ip", "172.31.9.10"][..],
-        &["--private-ip", "172.31.9"],
-    ] {
-        let mut args = vec![
-            "-r",
-            region,
-            "instance",
-            "launch",
-            "--ami",
-            "ami-0123456789abcdef0",
-        ];
-        args.extend_from_slice(bad);
-        Ektool::moto()
-            .args(&args)
-            .current_dir(dir.path())
-            .run()
-            .code(2);
-    }
+    launch(&["--count", "2", "--private-ip", "172.31.9.10"]).code(2);
+    launch(&["--private-ip", "172.31.9"]).code(2);
 
     Ektool::moto()
         .args(&["-r", region, "instance", "reboot", id.as_str()])

@@ -339,33 +339,18 @@ fn a_held_lock_stops_a_deploy_and_unlock_needs_force() {
 /// gives the instance the bench host's address, so the deploy is real.
 #[tokio::test]
 async fn hosts_found_by_ec2_tag_are_deployed_to() {
-    use ec2kit::requests::RunInstances;
     use ec2kit::{Ec2, Region, Tags};
 
-    let region = Region::new("us-gov-west-1");
     let role = unique("web");
-    let ec2 = crate::moto::ec2().await;
-    let launch = |ip: &str, role: &str| RunInstances {
-        image_id: Some("ami-0123456789abcdef0".parse().unwrap()),
-        instance_type: "t3.micro".into(),
-        count: 1,
-        private_ip: Some(ip.parse().unwrap()),
-        tags: Tags::from_iter([("Role".to_owned(), role.to_owned())]),
-        ..Default::default()
-    };
-    ec2.run_instances(&region, &launch("127.0.0.1", &role))
+    let tagged = |role: &str| Tags::from_iter([("Role".to_owned(), role.to_owned())]);
+    crate::moto::launch_at("us-gov-west-1", "127.0.0.1", tagged(&role)).await;
+    let gone = crate::moto::launch_at("us-gov-west-1", "127.0.0.2", tagged(&role)).await;
+    crate::moto::ec2()
+        .await
+        .terminate_instances(&Region::new("us-gov-west-1"), &[gone.id], false)
         .await
         .unwrap();
-    let gone = ec2
-        .run_instances(&region, &launch("127.0.0.2", &role))
-        .await
-        .unwrap();
-    ec2.terminate_instances(&region, &[gone[0].id.clone()], false)
-        .await
-        .unwrap();
-    ec2.run_instances(&region, &launch("127.0.0.3", "other"))
-        .await
-        .unwrap();
+    crate::moto::launch_at("us-gov-west-1", "127.0.0.3", tagged("other")).await;
 
     let app = App::new("");
     let fleet = unique("cli-fleet");
@@ -406,13 +391,10 @@ async fn hosts_found_by_ec2_tag_are_deployed_to() {
     let _ = std::fs::remove_dir_all(&local);
     assert_eq!(live.unwrap().trim(), c);
     // What `ektool iam-policy deploy` lists for hosts by EC2 tag.
-    let called: std::collections::BTreeSet<String> = std::fs::read_to_string(&actions)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
     assert_eq!(
-        called.into_iter().collect::<Vec<_>>(),
+        crate::harness::recorded_actions(&actions)
+            .into_iter()
+            .collect::<Vec<_>>(),
         ["ec2:DescribeInstances", "ec2:DescribeRegions"]
     );
 }

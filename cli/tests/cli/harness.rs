@@ -148,3 +148,13 @@ impl Outcome {
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
     }
 }
+
+/// The IAM actions an `ektool` run appended to `file`
+/// (`EKTOOL_RECORD_ACTIONS`).
+pub fn recorded_actions(file: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}

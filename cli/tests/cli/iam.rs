@@ -60,11 +60,7 @@ fn recorded(config: &std::path::Path, args: &[&str]) -> BTreeSet<String> {
         .args(args)
         .run()
         .success();
-    std::fs::read_to_string(&file)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    crate::harness::recorded_actions(&file)
 }
 
 #[tokio::test]

@@ -30,3 +30,22 @@ pub async fn launch(region: &str, count: i32, tags: Tags) -> Vec<Instance> {
         .await
         .unwrap()
 }
+
+/// Launches one instance carrying `tags` in `region` at private address
+/// `ip` (moto takes any, so `127.0.0.1` makes it a bench host).
+pub async fn launch_at(region: &str, ip: &str, tags: Tags) -> Instance {
+    let request = RunInstances {
+        image_id: Some("ami-0123456789abcdef0".parse().unwrap()),
+        instance_type: "t3.micro".into(),
+        count: 1,
+        private_ip: Some(ip.parse().unwrap()),
+        tags,
+        ..Default::default()
+    };
+    let mut launched = ec2()
+        .await
+        .run_instances(&Region::new(region), &request)
+        .await
+        .unwrap();
+    launched.remove(0)
+}

@@ -574,26 +574,12 @@ fn the_script_provisioner_runs_from_the_tree_and_fails_with_its_script() {
 /// included, and calls exactly what `iam-policy provision` lists for it.
 #[tokio::test]
 async fn hosts_found_by_ec2_tag_are_provisioned_like_listed_ones() {
-    use ec2kit::requests::RunInstances;
-    use ec2kit::{Ec2, Region, Tags};
+    use ec2kit::Tags;
 
     let p = Project::new();
     let role = unique("prov-web");
-    crate::moto::ec2()
-        .await
-        .run_instances(
-            &Region::new("us-gov-west-1"),
-            &RunInstances {
-                image_id: Some("ami-0123456789abcdef0".parse().unwrap()),
-                instance_type: "t3.micro".into(),
-                count: 1,
-                private_ip: Some("127.0.0.1".parse().unwrap()),
-                tags: Tags::from_iter([("Role".to_owned(), role.clone())]),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let role_tag = Tags::from_iter([("Role".to_owned(), role.clone())]);
+    crate::moto::launch_at("us-gov-west-1", "127.0.0.1", role_tag).await;
     let sandbox = format!("{}/{}", SshHost::MOUNT, p.name);
     let config = std::fs::read_to_string(p.dir.path().join("ektool.toml")).unwrap()
         + &format!(
@@ -623,13 +609,10 @@ users_root = "{sandbox}/users"
         .stderr_has(&format!("[127.0.0.1]:{} is a new host", p.host.port))
         .stderr_has(&p.host.fingerprint());
     assert!(!p.on_host("prov").exists());
-    let called: std::collections::BTreeSet<String> = std::fs::read_to_string(&actions)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
     assert_eq!(
-        called.into_iter().collect::<Vec<_>>(),
+        crate::harness::recorded_actions(&actions)
+            .into_iter()
+            .collect::<Vec<_>>(),
         ["ec2:DescribeInstances", "ec2:DescribeRegions"]
     );
 }

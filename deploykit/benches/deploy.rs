@@ -130,13 +130,13 @@ fn busy_core_ms() -> Option<f64> {
         .split_whitespace()
         .filter_map(|t| t.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal: busy = all but idle
-    // and iowait.
+    // user nice system idle iowait irq softirq steal guest…: busy = user,
+    // nice, system, irq, softirq (guest is inside user; steal is not ours).
     let busy: f64 = ticks
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != 3 && *i != 4)
-        .take(6)
+        .take(5)
         .map(|(_, t)| t)
         .sum();
     // USER_HZ is 100 on every Linux this runs on.
@@ -289,8 +289,8 @@ fn main() {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
             let (c1, c10) = (median(cpu1), median(cpu10));
             println!(
-                "  machine CPU busy: 1 host {c1:.0} core-ms, 10 hosts {c10:.0} core-ms \
-                 (on {cores} cores, 10 hosts cannot take less than {:.0} ms here)",
+                "  CPU work (whole machine): 1 host {c1:.0} core-ms, 10 hosts {c10:.0} core-ms \
+                 (that much work on {cores} cores takes at least {:.0} ms)",
                 c10 / cores
             );
         }

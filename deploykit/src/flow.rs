@@ -248,16 +248,18 @@ impl Deployer {
     /// command, all hosts at once (one round, however many hosts).
     ///
     /// Two runs racing for the same hosts may each take some. The run that
-    /// took the first host (in lock order) is the one that proceeds: the
-    /// other releases what it took and fails (or waits, with `lock_wait`),
-    /// and the first waits briefly for those hosts to come free. So exactly
-    /// one of them proceeds, as when hosts were locked one after another,
-    /// without a round per host. A host held by anyone else (a stale lock,
-    /// a run on other hosts) makes this run release everything and fail
-    /// or wait. A lock is only ever released by the run that took it.
+    /// takes the first host (in lock order) proceeds: the other releases
+    /// each host it took as soon as it learns the first one is held, then
+    /// fails naming the owner (or waits, with `lock_wait`), while the first
+    /// waits briefly for those hosts to come free. Racers are told apart by
+    /// the first host recorded in the lock's owner file; a host held by
+    /// anyone else (a run on other hosts, a stale lock) makes this run
+    /// release everything at once and fail or wait. A lock is only ever
+    /// released by the run that took it.
     ///
-    /// Returns the states and how long the round took (an estimate of the
-    /// hosts' command latency, used to schedule the switch).
+    /// Returns the states (in host order) and how long the round took (an
+    /// estimate of the hosts' command latency, used to schedule the
+    /// switch).
     pub(crate) async fn lock_all(
         &self,
         action: String,
@@ -265,6 +267,7 @@ impl Deployer {
         commit: Option<&str>,
         with_log: bool,
     ) -> Result<(Vec<HostState>, Duration), DeployError> {
+        let first = self.hosts[0].name().to_owned();
         let owner = LockOwner {
             actor: self.actor.clone(),
             environment: self.environment.clone(),
@@ -272,78 +275,69 @@ impl Deployer {
             action,
             message: self.message.clone(),
             token: token.to_owned(),
+            first_host: Some(first.clone()),
         };
         let deadline = Instant::now() + self.lock_wait;
         let attempt = |i: usize| self.try_lock(&self.hosts[i], &owner, commit, with_log);
+        // A racing run over the same hosts, which lets go when it sees the
+        // first host held (an unreadable owner may be one, just starting).
+        let racer = |l: &HeldLock| {
+            l.stale.is_none()
+                && l.owner
+                    .as_ref()
+                    .is_none_or(|o| o.first_host.as_deref() == Some(first.as_str()))
+        };
         loop {
             let t = Instant::now();
-            let mut pending: Vec<usize> = (0..self.hosts.len()).collect();
-            let mut results = futures::future::join_all(pending.iter().map(|&i| attempt(i))).await;
+            let (mut outcome, yielded) = self.lock_round(&attempt, token).await;
             let latency = t.elapsed();
-            // How long the run holding the first host waits for a racing
-            // run to let go of the rest: a couple of its rounds.
+            // Holding the first host: wait for racers to let go of the
+            // rest, a few of their rounds at most.
             let grace = Instant::now()
-                + (latency * 5).clamp(Duration::from_secs(1), Duration::from_secs(10));
-            let mut states: Vec<Option<HostState>> = vec![None; self.hosts.len()];
-            let (held, error) = loop {
-                let mut held = None;
-                let mut error = None;
-                let mut still = Vec::new();
-                for (i, r) in pending.iter().copied().zip(results) {
-                    match r {
-                        Ok(Attempt::Acquired(state)) => states[i] = Some(state),
-                        Ok(Attempt::Held(l)) => {
-                            still.push(i);
-                            // Report a stale lock (it needs an unlock),
-                            // else the holder of the first host held.
-                            if held
-                                .as_ref()
-                                .is_none_or(|h: &HeldLock| h.stale.is_none() && l.stale.is_some())
-                            {
-                                held = Some(l);
-                            }
-                        }
-                        Err(e) => {
-                            error.get_or_insert(HostFailure {
-                                host: self.hosts[i].name().to_owned(),
-                                stage: Stage::Lock,
-                                error: e.to_string(),
-                            });
-                        }
-                    }
-                }
-                let waiting = states[0].is_some()
-                    && error.is_none()
-                    && held.as_ref().is_some_and(|l| l.stale.is_none())
-                    && Instant::now() < grace;
-                if !waiting {
-                    break (held, error);
-                }
+                + (latency * 5).clamp(Duration::from_secs(2), Duration::from_secs(10));
+            while outcome.states[0].is_some()
+                && outcome.error.is_none()
+                && !outcome.held.is_empty()
+                && outcome.held.iter().all(|(_, l)| racer(l))
+                && Instant::now() < grace
+            {
                 tokio::time::sleep(
                     latency.clamp(Duration::from_millis(20), Duration::from_millis(250)),
                 )
                 .await;
-                pending = still;
-                results = futures::future::join_all(pending.iter().map(|&i| attempt(i))).await;
-            };
-            if held.is_none() && error.is_none() {
+                let pending: Vec<usize> = outcome.held.drain(..).map(|(i, _)| i).collect();
+                let retried = futures::future::join_all(pending.iter().map(|&i| attempt(i))).await;
+                for (i, r) in pending.into_iter().zip(retried) {
+                    outcome.record(i, r, &self.hosts[i]);
+                }
+            }
+            if outcome.held.is_empty() && outcome.error.is_none() {
                 self.emit(Event::Locked {
                     hosts: self.hosts.len(),
                 });
-                return Ok((states.into_iter().flatten().collect(), latency));
+                return Ok((outcome.states.into_iter().flatten().collect(), latency));
             }
-            let taken: Vec<&Host> = self
-                .hosts
-                .iter()
-                .zip(&states)
-                .filter(|(_, s)| s.is_some())
-                .map(|(h, _)| h)
+            // Let go of every host this run may hold: those it took (not
+            // already given back) and those whose answer was lost (the
+            // `mkdir` may have happened). The token check makes it safe.
+            let mine: Vec<&Host> = (0..self.hosts.len())
+                .filter(|&i| !yielded.contains(&i))
+                .filter(|&i| outcome.states[i].is_some() || outcome.failed.contains(&i))
+                .map(|i| &self.hosts[i])
                 .collect();
-            self.unlock_hosts(&taken, token).await;
-            if let Some(f) = error {
+            self.unlock_hosts(&mine, token).await;
+            if let Some(f) = outcome.error {
                 return Err(failed(Stage::Lock, vec![f]));
             }
-            let Some(lock) = held else {
+            // Report a stale lock (it needs an unlock), else the first
+            // host's holder, else the first held.
+            let lock = outcome
+                .held
+                .iter()
+                .find(|(_, l)| l.stale.is_some())
+                .or_else(|| outcome.held.first())
+                .map(|(_, l)| l.clone());
+            let Some(lock) = lock else {
                 unreachable!("held or error")
             };
             let now = Instant::now();
@@ -357,6 +351,58 @@ impl Deployer {
             });
             tokio::time::sleep((deadline - now).min(Duration::from_millis(500))).await;
         }
+    }
+
+    /// One lock attempt on every host at once. Answers are handled as they
+    /// arrive: once the first host is known to be held by another run,
+    /// every host taken (then or later in the round) is given back at
+    /// once, so a run holding the first host is not kept waiting on this
+    /// run's slowest host. Returns what was found and the hosts given back.
+    async fn lock_round<'a, F, Fut>(&'a self, attempt: &F, token: &str) -> (LockRound, Vec<usize>)
+    where
+        F: Fn(usize) -> Fut,
+        Fut: std::future::Future<Output = Result<Attempt, ec2kit::RemoteError>> + 'a,
+    {
+        let n = self.hosts.len();
+        let mut outcome = LockRound::new(n);
+        let mut answers: futures::stream::FuturesUnordered<_> = (0..n)
+            .map(|i| {
+                let fut = attempt(i);
+                async move { (i, fut.await) }
+            })
+            .collect();
+        let mut giving_back = futures::stream::FuturesUnordered::new();
+        let mut yielded = Vec::new();
+        let mut lost_first = false;
+        let mut sent = 0;
+        loop {
+            tokio::select! {
+                Some((i, r)) = answers.next() => {
+                    outcome.record(i, r, &self.hosts[i]);
+                    if !lost_first && i == 0 && outcome.states[0].is_none() {
+                        lost_first = true;
+                        yielded.extend((1..n).filter(|&j| outcome.states[j].is_some()));
+                    } else if lost_first && outcome.states[i].is_some() {
+                        yielded.push(i);
+                    } else {
+                        continue;
+                    }
+                    for &j in &yielded[sent..] {
+                        giving_back.push(async move {
+                            (j, lock::release(&self.hosts[j], token).await)
+                        });
+                    }
+                    sent = yielded.len();
+                }
+                Some((j, r)) = giving_back.next(), if !giving_back.is_empty() => {
+                    if let Err(e) = r {
+                        self.warn(&self.hosts[j], format!("could not release the lock: {e}"));
+                    }
+                }
+                else => break,
+            }
+        }
+        (outcome, yielded)
     }
 
     async fn try_lock(
@@ -1091,6 +1137,49 @@ impl Deployer {
             failures,
             rolled_back,
             inconsistent,
+        }
+    }
+}
+
+/// What one lock round found, per host.
+struct LockRound {
+    /// The state of each host taken, by index.
+    states: Vec<Option<HostState>>,
+    /// Hosts found held, with their lock.
+    held: Vec<(usize, HeldLock)>,
+    /// Hosts whose answer was lost.
+    failed: Vec<usize>,
+    /// The first of those failures.
+    error: Option<HostFailure>,
+}
+
+impl LockRound {
+    fn new(n: usize) -> Self {
+        Self {
+            states: vec![None; n],
+            held: Vec::new(),
+            failed: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn record(&mut self, i: usize, r: Result<Attempt, ec2kit::RemoteError>, host: &Host) {
+        match r {
+            Ok(Attempt::Acquired(state)) => self.states[i] = Some(state),
+            Ok(Attempt::Held(l)) => {
+                self.held.push((i, l));
+                self.held.sort_by_key(|(i, _)| *i);
+            }
+            Err(e) => {
+                self.failed.push(i);
+                if self.error.is_none() {
+                    self.error = Some(HostFailure {
+                        host: host.name().to_owned(),
+                        stage: Stage::Lock,
+                        error: e.to_string(),
+                    });
+                }
+            }
         }
     }
 }

@@ -123,10 +123,14 @@ pub(crate) async fn run_phase_then(
     for (i, hook) in hooks.iter().enumerate() {
         let mut command = hook_command(host, phase, hook, ctx);
         if let Some(then) = then.filter(|_| i + 1 == hooks.len()) {
-            // The hook in a subshell of its own: its `exit`, `cd` or `set`
-            // cannot skip or change what follows.
-            command.program =
-                ec2kit::Program::Shell(format!("(\n{}\n) || exit $?\n{then}", hook.run));
+            // The hook in a shell of its own, exactly as it runs alone: its
+            // `exit`, `cd` or `set` cannot skip or change what follows, and
+            // its `set -e` still works (a subshell on the left of `||`
+            // would run with `set -e` ignored).
+            command.program = ec2kit::Program::Shell(format!(
+                "sh -c {} || exit $?\n{then}",
+                crate::shell::q(&hook.run)
+            ));
         }
         let out = match host.run(&command).await {
             Ok(out) => out,
@@ -153,4 +157,54 @@ pub(crate) async fn run_phase_then(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn ctx() -> HookContext {
+        HookContext {
+            environment: "test".into(),
+            release: "r1".into(),
+            commit: "c".into(),
+            tag: None,
+            previous: None,
+            action: "deploy".into(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// What `run_phase_then` returns for `hooks`, and whether `then` ran.
+    async fn then_after(hooks: &[&str]) -> (bool, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("releases/r1")).unwrap();
+        let host = Host::new(
+            Arc::new(ec2kit::LocalRemote::new()),
+            dir.path().display().to_string(),
+        );
+        let hooks: Vec<Hook> = hooks.iter().map(|h| Hook::new(*h)).collect();
+        let ok = run_phase_then(&host, Phase::Build, &hooks, &ctx(), Some("touch then-ran"))
+            .await
+            .is_ok();
+        (ok, dir.path().join("releases/r1/then-ran").exists())
+    }
+
+    #[tokio::test]
+    async fn then_runs_only_after_the_last_hook_succeeds_as_it_would_alone() {
+        assert_eq!(then_after(&["true", "echo built > b"]).await, (true, true));
+        // `set -e` keeps working in the hook that `then` follows.
+        assert_eq!(
+            then_after(&["set -e\nfalse\necho on"]).await,
+            (false, false)
+        );
+        assert_eq!(then_after(&["exit 3"]).await, (false, false));
+        assert_eq!(then_after(&["false", "true"]).await, (false, false));
+        // The hook's own syntax cannot reach `then`.
+        assert_eq!(then_after(&["false ) ; ( true"]).await, (false, false));
+        assert_eq!(then_after(&["cd /; exit 0"]).await, (true, true));
+        assert_eq!(then_after(&["# nothing to do"]).await, (true, true));
+    }
 }

@@ -41,6 +41,10 @@ pub struct LockOwner {
     pub message: Option<String>,
     /// This run's token: only the run holding it releases the lock.
     pub token: String,
+    /// The first host of the run's hosts in lock order: runs racing for
+    /// the same hosts share it, and the one holding it proceeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_host: Option<String>,
 }
 
 /// A lock found held.
@@ -123,6 +127,7 @@ pub(crate) async fn try_acquire(
         "mkdir -p {meta} || exit 1\n\
          if mkdir {dir} 2>/dev/null; then cat > {dir}/owner.json; echo acquired\n{state_script}exit 0; fi\n\
          echo held\n\
+         [ -s {dir}/owner.json ] || sleep 0.2\n\
          (tr -d '\\n' < {dir}/owner.json) 2>/dev/null; echo\n\
          stat -c %Y {dir} 2>/dev/null || date +%s\n\
          date +%s\n",
@@ -250,6 +255,7 @@ mod tests {
             action: "deploy v1.2.3".into(),
             message: Some("hotfix".into()),
             token: "t".into(),
+            first_host: None,
         })
         .unwrap()
     }

@@ -193,7 +193,7 @@ fn link_shared(path: &SharedPath, is_dir: bool) -> String {
 pub(crate) fn marker_fragment(marker: &Marker) -> String {
     let json = serde_json::to_string(marker).unwrap_or_default();
     format!(
-        "printf '%s' {json} > \"$rel/{MARKER}.tmp\"\nmv -f \"$rel/{MARKER}.tmp\" \"$rel/{MARKER}\"\n",
+        "{{ printf '%s' {json} > \"$rel/{MARKER}.tmp\" && mv -f \"$rel/{MARKER}.tmp\" \"$rel/{MARKER}\"; }} || exit 1\n",
         json = q(&json)
     )
 }

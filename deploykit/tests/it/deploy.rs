@@ -323,65 +323,98 @@ async fn two_deploys_at_once_exactly_one_proceeds_and_names_the_owner() {
     assert_eq!(f.live_commit(2).as_deref(), Some(c2.as_str()));
 }
 
-/// A remote whose every call starts late.
-struct Lagging(Arc<dyn ec2kit::Remote>, Duration);
+/// A remote whose every call starts late, counting lock attempts.
+struct Lagging {
+    inner: Arc<dyn ec2kit::Remote>,
+    lag: Duration,
+    lock_attempts: AtomicUsize,
+}
 
 #[async_trait::async_trait]
 impl ec2kit::Remote for Lagging {
     fn host(&self) -> String {
-        self.0.host()
+        self.inner.host()
     }
     async fn run(&self, c: &ec2kit::Command) -> Result<ec2kit::Output, ec2kit::RemoteError> {
-        tokio::time::sleep(self.1).await;
-        self.0.run(c).await
+        let text = c.to_string();
+        if text.contains("if mkdir") && text.contains("owner.json") {
+            self.lock_attempts.fetch_add(1, Ordering::SeqCst);
+        }
+        tokio::time::sleep(self.lag).await;
+        self.inner.run(c).await
     }
     async fn upload(&self, p: &str, b: &[u8], m: u32) -> Result<(), ec2kit::RemoteError> {
-        tokio::time::sleep(self.1).await;
-        self.0.upload(p, b, m).await
+        tokio::time::sleep(self.lag).await;
+        self.inner.upload(p, b, m).await
     }
     async fn read_file(&self, p: &str) -> Result<Vec<u8>, ec2kit::RemoteError> {
-        tokio::time::sleep(self.1).await;
-        self.0.read_file(p).await
+        tokio::time::sleep(self.lag).await;
+        self.inner.read_file(p).await
     }
 }
 
 /// Racing runs take the hosts' locks in one round each, so each may get
-/// some. Each run here has its own SSH connections and reaches one host
-/// late: `a` gets the first host and `b` the last, and the middle one goes
-/// to either. Whatever the split, exactly one proceeds, the other fails
-/// naming the owner, and no lock is left behind.
+/// some. Each run here has its own SSH connections (opened beforehand) and
+/// reaches one host late: `a` takes the first host and `b` the last. `b`
+/// gives its hosts back and fails naming `a`; `a` waits for them (it tries
+/// the last host again) and proceeds; no lock is left behind.
 #[tokio::test]
 async fn racing_deploys_split_no_lock_between_them() {
     let f = Fixture::new(3);
     let mut env = f.env(LayoutKind::Timestamped);
     env.hooks.build.push(Hook::new("sleep 0.3"));
-    let lagging = |late: usize| -> Vec<Host> {
+    let lagging = |late: usize, ms: u64| -> Vec<Arc<Lagging>> {
         (0..3)
             .map(|i| {
                 let remote = crate::support::ssh_remote(i + 1, f.dir.path());
-                let lag = Duration::from_millis(if i == late { 150 } else { 0 });
-                Host::new(Arc::new(Lagging(remote, lag)), f.root()).named(format!("h{}", i + 1))
+                Arc::new(Lagging {
+                    inner: remote,
+                    lag: Duration::from_millis(if i == late { ms } else { 0 }),
+                    lock_attempts: AtomicUsize::new(0),
+                })
             })
             .collect()
     };
+    let hosts = |remotes: &[Arc<Lagging>]| -> Vec<Host> {
+        remotes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Host::new(r.clone(), f.root()).named(format!("h{}", i + 1)))
+            .collect()
+    };
+    // `b` learns it lost the first host after `a` has found the last
+    // one taken.
+    let (ra, rb) = (lagging(2, 200), lagging(0, 400));
+    for r in ra.iter().chain(&rb) {
+        r.inner.run(&ec2kit::Command::argv(["true"])).await.unwrap();
+    }
     let a = f
-        .deployer_on(env.clone(), lagging(2))
+        .deployer_on(env.clone(), hosts(&ra))
         .message(Some("a".into()));
     let b = f
-        .deployer_on(env.clone(), lagging(0))
+        .deployer_on(env.clone(), hosts(&rb))
         .message(Some("b".into()));
-    for round in 0..4 {
+    for round in 0..3 {
         let c = f.commit(&format!("race {round}"));
         let rel = f.release(&c);
-        let (ra, rb) = tokio::join!(a.deploy(&rel), b.deploy(&rel));
+        let before = ra[2].lock_attempts.load(Ordering::SeqCst);
+        let (oa, ob) = tokio::join!(a.deploy(&rel), b.deploy(&rel));
         assert!(
-            ra.is_ok(),
-            "round {round}: a holds the first host and proceeds: {ra:?}"
+            oa.is_ok(),
+            "round {round}: a holds the first host and proceeds: {oa:?}"
         );
-        let Err(DeployError::Locked { lock }) = &rb else {
-            panic!("round {round}: b must fail at the lock: {rb:?}")
+        let Err(DeployError::Locked { lock }) = &ob else {
+            panic!("round {round}: b must fail at the lock: {ob:?}")
         };
-        assert!(lock.to_string().contains("is locked by"), "{lock}");
+        assert_eq!(
+            lock.owner.as_ref().and_then(|o| o.message.as_deref()),
+            Some("a"),
+            "round {round}: {lock}"
+        );
+        assert!(
+            ra[2].lock_attempts.load(Ordering::SeqCst) - before >= 2,
+            "round {round}: a found the last host taken by b and waited for it"
+        );
         for i in 0..3 {
             assert!(
                 !f.local(i, ".ektool/lock").exists(),

@@ -216,6 +216,8 @@ fn signed_tags_use_the_developers_signing_setup_and_verify() {
     std::fs::write(&allowed, format!("dev@example.com {public}")).unwrap();
     for (k, v) in [
         ("gpg.format", "ssh"),
+        // Not whatever the machine's global config names.
+        ("gpg.ssh.program", "ssh-keygen"),
         ("user.signingkey", key.to_str().unwrap()),
         ("gpg.ssh.allowedSignersFile", allowed.to_str().unwrap()),
     ] {

@@ -76,9 +76,14 @@ pub struct Environment {
     pub lock_stale_seconds: u64,
     /// A private key **on the hosts** for fetching the repository (a
     /// read-only deploy key). Host keys of the git server are checked
-    /// strictly: record them in the deploy user's known_hosts.
+    /// strictly: record them in the deploy user's known_hosts, or in
+    /// `git_known_hosts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_ssh_key: Option<String>,
+    /// A known_hosts file on the hosts holding the git server's host key
+    /// (e.g. GitHub's published keys), instead of the deploy user's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_known_hosts: Option<String>,
     /// The maintenance flag file, relative to `shared/`.
     #[serde(default = "default_maintenance_file")]
     pub maintenance_file: SharedPath,
@@ -135,6 +140,7 @@ impl Environment {
             parallel: default_parallel(),
             lock_stale_seconds: default_lock_stale(),
             git_ssh_key: None,
+            git_known_hosts: None,
             maintenance_file: default_maintenance_file(),
             provision: None,
             database: None,

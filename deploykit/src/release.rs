@@ -91,13 +91,13 @@ pub(crate) fn fetch_script(host: &Host, url: &str, commit: &str) -> String {
 /// configured, and strict host key checking always (never `accept-new` or
 /// `no`, which the seed's `~/.ssh/config` upload set for github.com).
 pub(crate) fn git_env(env: &Environment) -> Vec<(String, String)> {
-    let ssh = match &env.git_ssh_key {
-        Some(key) => format!(
-            "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes",
-            q(key)
-        ),
-        None => "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes".to_owned(),
-    };
+    let mut ssh = "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes".to_owned();
+    if let Some(key) = &env.git_ssh_key {
+        ssh.push_str(&format!(" -i {} -o IdentitiesOnly=yes", q(key)));
+    }
+    if let Some(file) = &env.git_known_hosts {
+        ssh.push_str(&format!(" -o UserKnownHostsFile={}", q(file)));
+    }
     vec![
         ("GIT_SSH_COMMAND".into(), ssh),
         ("GIT_TERMINAL_PROMPT".into(), "0".into()),

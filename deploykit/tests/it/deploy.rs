@@ -638,3 +638,41 @@ async fn submodules_are_checked_out_at_the_recorded_commit() {
         std::fs::read_to_string(f.local(0, "current/.git/modules/vendor/lib/config")).unwrap();
     assert!(url.contains(&format!("{}/lib.git", daemon.url)), "{url}");
 }
+
+/// Hosts fetch over SSH with the environment's deploy key, and check the
+/// git server's host key strictly against `git_known_hosts`: unknown, the
+/// fetch fails before anything is switched; recorded, the deploy goes on.
+/// (The git server is another bench sshd.)
+#[tokio::test]
+async fn hosts_fetch_over_ssh_with_a_deploy_key_checking_the_servers_key() {
+    let f = Fixture::new(1);
+    let server = ektool_tests::ssh_host(2);
+    let c = f.commit("over ssh");
+    let mut env = f.env(LayoutKind::Timestamped);
+    env.repository = Some(format!(
+        "ssh://{}@127.0.0.1:{}{}",
+        server.user,
+        server.port,
+        f.origin.display()
+    ));
+    env.git_ssh_key = Some(server.client_key.display().to_string());
+    let known = f.dir.path().join("git_known_hosts");
+    std::fs::write(&known, "").unwrap();
+    env.git_known_hosts = Some(known.display().to_string());
+    let d = f.deployer(env);
+
+    let err = d.deploy(&f.release(&c)).await.unwrap_err();
+    let DeployError::Failed { stage, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(*stage, Stage::Fetch, "{err}");
+    assert!(
+        err.to_string().contains("Host key verification failed"),
+        "{err}"
+    );
+    assert_eq!(f.current(0), None);
+
+    std::fs::write(&known, format!("{}\n", server.known_hosts_line())).unwrap();
+    d.deploy(&f.release(&c)).await.unwrap();
+    assert_eq!(f.live_commit(0).as_deref(), Some(c.as_str()));
+}

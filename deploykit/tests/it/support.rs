@@ -237,38 +237,53 @@ pub struct GitDaemon {
 
 impl GitDaemon {
     pub fn serve(base: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         // The daemon binary itself, not `git daemon`: killing the `git`
         // wrapper would leave the daemon running (holding whatever it
         // inherited).
         let exec_path = git(base, &["--exec-path"]);
-        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
-            .arg("--export-all")
-            .arg("--reuseaddr")
-            .arg("--listen=127.0.0.1")
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", base.display()))
-            .arg(base)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start git daemon");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "git daemon did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        // A free port may be taken again before the daemon binds it: the
+        // daemon then exits, and another port is tried.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new(Path::new(&exec_path).join("git-daemon"))
+                .arg("--export-all")
+                .arg("--reuseaddr")
+                .arg("--listen=127.0.0.1")
+                .arg(format!("--port={port}"))
+                .arg(format!("--base-path={}", base.display()))
+                .arg(base)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start git daemon");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    // Answered: ours, unless ours is about to exit.
+                    std::thread::sleep(Duration::from_millis(50));
+                    if child.try_wait().unwrap().is_some() {
+                        break;
+                    }
+                    return Self {
+                        child,
+                        url: format!("git://127.0.0.1:{port}"),
+                    };
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "git daemon did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        Self {
-            child,
-            url: format!("git://127.0.0.1:{port}"),
-        }
+        panic!("git daemon could not bind a port")
     }
 }
 

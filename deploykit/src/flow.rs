@@ -864,18 +864,18 @@ impl Deployer {
         result: Option<LogResult>,
         message: Option<String>,
     ) -> LogEntry {
-        LogEntry {
-            at: Timestamp::now(),
+        let mut entry = self.log_entry(
             action,
-            who: self.actor.clone(),
-            environment: self.environment.clone(),
-            release: slot.placement.release().to_owned(),
-            commit: release.commit.clone(),
-            tag: release.tag.clone(),
-            previous: slot.state.current.clone(),
+            slot.placement.release(),
+            &release.commit,
+            release.tag.clone(),
+            slot.state.current.clone(),
             result,
-            message: message.or_else(|| self.message.clone()),
+        );
+        if message.is_some() {
+            entry.message = message;
         }
+        entry
     }
 
     /// Builds (or reuses) the release on one host.

@@ -128,10 +128,9 @@ pub(crate) async fn try_acquire(
          if mkdir {dir} 2>/dev/null; then cat > {dir}/owner.json; echo acquired\n{state_script}exit 0; fi\n\
          echo held\n\
          [ -s {dir}/owner.json ] || sleep 0.2\n\
-         (tr -d '\\n' < {dir}/owner.json) 2>/dev/null; echo\n\
-         stat -c %Y {dir} 2>/dev/null || date +%s\n\
-         date +%s\n",
+         {held}",
         meta = q(&host.path(".ektool")),
+        held = held_fragment(&dir),
     );
     let json = serde_json::to_vec(owner).unwrap_or_default();
     let out = host
@@ -140,21 +139,45 @@ pub(crate) async fn try_acquire(
     let text = out.stdout_str();
     match text.split_once('\n') {
         Some(("acquired", rest)) => Ok(Attempt::Acquired(HostState::parse(rest))),
-        _ => {
-            let mut lines = text.lines().skip(1);
-            let owner_line = lines.next().unwrap_or_default();
-            let mtime: i64 = lines
-                .next()
-                .and_then(|l| l.trim().parse().ok())
-                .unwrap_or(0);
-            let now: i64 = lines
-                .next()
-                .and_then(|l| l.trim().parse().ok())
-                .unwrap_or(0);
-            let age = u64::try_from(now - mtime).unwrap_or(0);
-            Ok(Attempt::Held(judge(host, owner_line, age, stale_after)))
-        }
+        _ => Ok(Attempt::Held(parse_held(
+            host,
+            text.lines().skip(1),
+            stale_after,
+        ))),
     }
+}
+
+/// The shell fragment that prints a held lock (`dir`, quoted): its owner
+/// file on one line, its time and the host's time (Unix seconds).
+fn held_fragment(dir: &str) -> String {
+    format!(
+        "(tr -d '\\n' < {dir}/owner.json) 2>/dev/null; echo\n\
+         stat -c %Y {dir} 2>/dev/null || date +%s\n\
+         date +%s\n"
+    )
+}
+
+/// Judges what [`held_fragment`] printed.
+fn parse_held<'a>(
+    host: &Host,
+    mut lines: impl Iterator<Item = &'a str>,
+    stale_after: Duration,
+) -> HeldLock {
+    let owner_line = lines.next().unwrap_or_default();
+    let mut seconds = || -> i64 {
+        lines
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let mtime = seconds();
+    let now = seconds();
+    judge(
+        host,
+        owner_line,
+        u64::try_from(now - mtime).unwrap_or(0),
+        stale_after,
+    )
 }
 
 fn judge(host: &Host, owner_line: &str, age: u64, stale_after: Duration) -> HeldLock {
@@ -184,9 +207,8 @@ pub async fn status(host: &Host, stale_after: Duration) -> Result<Option<HeldLoc
     let script = format!(
         "[ -d {dir} ] || {{ echo free; exit 0; }}\n\
          echo held\n\
-         (tr -d '\\n' < {dir}/owner.json) 2>/dev/null; echo\n\
-         stat -c %Y {dir} 2>/dev/null || date +%s\n\
-         date +%s\n"
+         {held}",
+        held = held_fragment(&dir),
     );
     let out = host.run_checked(&Command::shell(script)).await?;
     let text = out.stdout_str();
@@ -194,21 +216,7 @@ pub async fn status(host: &Host, stale_after: Duration) -> Result<Option<HeldLoc
     if lines.next() != Some("held") {
         return Ok(None);
     }
-    let owner_line = lines.next().unwrap_or_default();
-    let mtime: i64 = lines
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(0);
-    let now: i64 = lines
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(0);
-    Ok(Some(judge(
-        host,
-        owner_line,
-        u64::try_from(now - mtime).unwrap_or(0),
-        stale_after,
-    )))
+    Ok(Some(parse_held(host, lines, stale_after)))
 }
 
 /// The shell fragment that releases the lock if this run's token holds it.

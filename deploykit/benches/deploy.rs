@@ -25,33 +25,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deploykit::{Deployer, Environment, Hook, Host, Release};
 use ec2kit::{Remote, SshOptions, SshRemote, SshTarget};
-use ektool_tests::{SshHost, ssh_hosts, tempdir, unique};
+use ektool_tests::{SshHost, git, ssh_hosts, tempdir, unique};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const RUNS: usize = 5;
 
 /// The round trip the `wan` scenarios add.
 const RTT: Duration = Duration::from_millis(50);
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
-        .env("GIT_COMMITTER_NAME", "Bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@example.com")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 fn remote(host: &SshHost, dir: &Path) -> Arc<dyn Remote> {
     let kh = dir.join(format!("kh{}-{}", host.n, host.port));

@@ -1,30 +1,11 @@
 //! `ektool deploy`, `rollback`, `releases`, `maintenance`, `restart` against
 //! the bench's sshd hosts and a real git origin.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
-use ektool_tests::{SshHost, ssh_host, tempdir, unique};
+use ektool_tests::{SshHost, git, ssh_host, tempdir, unique};
 
 use crate::harness::Ektool;
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Dev")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
-        .env("GIT_COMMITTER_NAME", "Dev")
-        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// An origin, a clone with an `ektool.toml`, two sshd hosts.
 struct App {

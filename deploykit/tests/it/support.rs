@@ -9,26 +9,8 @@ use std::time::Duration;
 use deploykit::environment::LayoutKind;
 use deploykit::{Deployer, Environment, Event, Host, Release};
 use ec2kit::{Remote, SshOptions, SshRemote, SshTarget};
+pub use ektool_tests::git;
 use ektool_tests::{SshHost, ssh_host, tempdir, unique};
-
-/// Runs git in `dir`, panicking with its stderr on failure.
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Dev")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
-        .env("GIT_COMMITTER_NAME", "Dev")
-        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// An SSH remote to bench host `n` trusting its key via `known_hosts`.
 pub fn ssh_remote(n: usize, known_hosts_dir: &Path) -> Arc<SshRemote> {

@@ -15,16 +15,27 @@ pub struct Context {
     pub global: GlobalArgs,
     /// The loaded config.
     pub config: Config,
+    /// Cancelled on SIGINT/SIGTERM: long operations watch it and take
+    /// their failure path.
+    #[allow(dead_code)] // until the deploy and backup commands watch it
+    pub interrupt: ec2kit::CancellationToken,
 }
 
 impl Context {
     /// Loads the config named by (or found for) the command line.
-    pub fn load(global: GlobalArgs) -> Result<Self, CliError> {
+    pub fn load(
+        global: GlobalArgs,
+        interrupt: ec2kit::CancellationToken,
+    ) -> Result<Self, CliError> {
         let config = Config::load(global.config.as_deref())?;
         if let Some(path) = &config.path {
             tracing::debug!(config = %path.display(), "loaded config");
         }
-        Ok(Self { global, config })
+        Ok(Self {
+            global,
+            config,
+            interrupt,
+        })
     }
 
     /// The output format.

@@ -1,7 +1,6 @@
 //! Exit codes: a documented contract (README, "Exit codes").
 
 /// Everything asked for was done.
-#[allow(dead_code)]
 pub const SUCCESS: u8 = 0;
 /// Something failed (an API call, a host, a partial failure of a fleet job,
 /// a threshold exceeded).
@@ -9,3 +8,9 @@ pub const FAILURE: u8 = 1;
 /// The command line or the configuration is wrong; nothing was changed.
 /// (clap uses the same code for its own usage errors.)
 pub const USAGE: u8 = 2;
+/// Interrupted by SIGINT (128 + 2), after the failure path ran.
+#[allow(dead_code)]
+pub const INTERRUPTED: u8 = 130;
+/// Terminated by SIGTERM (128 + 15), after the failure path ran.
+#[allow(dead_code)]
+pub const TERMINATED: u8 = 143;

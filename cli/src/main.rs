@@ -12,6 +12,7 @@ mod exit;
 mod logging;
 mod output;
 mod progress;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -27,11 +28,18 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    match runtime.block_on(commands::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let (result, interrupt) = runtime.block_on(async {
+        let interrupt = signals::Interrupt::install();
+        (commands::run(cli, interrupt.token()).await, interrupt)
+    });
+    // An interrupted run exits 128 + the signal, whatever the operation
+    // made of it, after it has said what it did.
+    let signalled = interrupt.exit_code();
+    match result {
+        Ok(()) => ExitCode::from(signalled.unwrap_or(exit::SUCCESS)),
         Err(err) => {
             error::report(&err);
-            ExitCode::from(err.exit_code())
+            ExitCode::from(signalled.unwrap_or_else(|| err.exit_code()))
         }
     }
 }

@@ -48,6 +48,7 @@ mod snapshot;
 mod tags;
 mod volume;
 
+pub mod duration;
 pub mod fleet;
 pub mod job;
 pub mod local;
@@ -62,6 +63,7 @@ pub mod aws;
 pub mod ssh;
 
 pub use action::Action;
+pub use duration::HumanDuration;
 pub use ec2::Ec2;
 #[cfg(any(test, feature = "mock"))]
 pub use ec2::MockEc2;
@@ -82,6 +84,12 @@ pub use remote::{Command, ExitStatus, Output, Program, Remote, RemoteError};
 pub use snapshot::{Snapshot, SnapshotState};
 pub use tags::{InvalidTag, Tag, Tags, is_reserved_key};
 pub use volume::{Volume, VolumeAttachment};
+
+/// How a caller asks a long operation to stop and take its failure path
+/// (ektool cancels it on SIGINT/SIGTERM). Every crate of the toolkit takes
+/// this one type, re-exported here so a fabfile needs no tokio-util of its
+/// own.
+pub use tokio_util::sync::CancellationToken;
 
 #[cfg(feature = "aws")]
 pub use aws::{AwsEc2, AwsEc2Options, RequestHook};

@@ -21,14 +21,14 @@ use crate::context::Context;
 use crate::error::CliError;
 
 /// Runs the parsed command line.
-pub async fn run(cli: Cli) -> Result<(), CliError> {
+pub async fn run(cli: Cli, interrupt: ec2kit::CancellationToken) -> Result<(), CliError> {
     match cli.command {
         // These need no config: they must work even when the config is broken.
         Command::Completions(args) => completions::exec(args),
         Command::Manpage(args) => manpage::exec(args),
         Command::IamPolicy(args) => iam::exec(args, cli.global.output),
         command => {
-            let ctx = Context::load(cli.global)?;
+            let ctx = Context::load(cli.global, interrupt)?;
             match command {
                 Command::Config => config::exec(&ctx),
                 Command::Regions(args) => regions::exec(&ctx, args).await,

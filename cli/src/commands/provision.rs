@@ -49,6 +49,7 @@ pub fn is_usage(e: &ProvisionError) -> bool {
             | ProvisionError::SecretsOnlyRemote { .. }
             | ProvisionError::LockOut(_)
             | ProvisionError::Tree { .. }
+            | ProvisionError::TreeLink { .. }
     )
 }
 

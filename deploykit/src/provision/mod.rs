@@ -373,6 +373,15 @@ pub enum ProvisionError {
         #[source]
         source: std::io::Error,
     },
+    /// A symbolic link in the local tree leads somewhere it must not
+    /// (outside `states/` or this environment's pillar, or in a loop).
+    #[error("{}: {reason}; refused", path.display())]
+    TreeLink {
+        /// The link.
+        path: PathBuf,
+        /// Where it leads and why that is refused.
+        reason: String,
+    },
     /// A host failed.
     #[error(transparent)]
     Remote(#[from] RemoteError),

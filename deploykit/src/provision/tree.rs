@@ -291,6 +291,50 @@ pub async fn stage(
     Ok(dir)
 }
 
+/// Writes `tree` into a fresh temporary directory on the host (outside
+/// the provision root, which stays untouched) for a dry run; returns the
+/// directory. The tree is in its `tree/`; remove it all with
+/// [`discard_scratch`].
+pub async fn stage_scratch(host: &dyn Remote, tree: &LocalTree) -> Result<String, ProvisionError> {
+    let make = "set -eu; umask 077; mktemp -d \"${TMPDIR:-/tmp}/ektool-provision.XXXXXXXX\"";
+    let out = ec2kit::remote::run_checked(host, &Command::shell(make)).await?;
+    let dir = out.stdout_str().trim().to_owned();
+    if !is_scratch(&dir) {
+        return Err(ProvisionError::Invalid(format!(
+            "{}: mktemp printed {dir:?}, not a temporary directory",
+            host.host()
+        )));
+    }
+    let command =
+        Command::argv(["sh", "-s", "--", &format!("{dir}/tree")]).stdin(tree.install_script());
+    if let Err(e) = ec2kit::remote::run_checked(host, &command).await {
+        let _ = discard_scratch(host, &dir).await;
+        return Err(e.into());
+    }
+    Ok(dir)
+}
+
+/// Whether `dir` is what [`stage_scratch`] makes (never remove anything
+/// else).
+fn is_scratch(dir: &str) -> bool {
+    dir.starts_with('/')
+        && !dir.contains("/../")
+        && dir
+            .rsplit_once('/')
+            .is_some_and(|(_, name)| name.starts_with("ektool-provision.") && name.len() == 25)
+}
+
+/// Removes a dry run's scratch directory.
+pub async fn discard_scratch(host: &dyn Remote, dir: &str) -> Result<(), ProvisionError> {
+    if !is_scratch(dir) {
+        return Err(ProvisionError::Invalid(format!(
+            "not a scratch directory: {dir:?}"
+        )));
+    }
+    ec2kit::remote::run_checked(host, &Command::argv(["rm", "-rf", "--", dir])).await?;
+    Ok(())
+}
+
 /// Puts `trees/<id>` in force: a new symlink renamed over `tree` (readers
 /// see the old tree or the new one, never none), then removes older
 /// uploads except the one just replaced (kept for inspection).

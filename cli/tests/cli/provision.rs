@@ -616,3 +616,199 @@ users_root = "{sandbox}/users"
         ["ec2:DescribeInstances", "ec2:DescribeRegions"]
     );
 }
+
+/// `(owner uid, mode)` of a path, not following a link.
+fn owner_mode(p: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap();
+    (m.uid(), m.mode() & 0o7777)
+}
+
+/// A project already provisioned once (alice managed, host key trusted).
+fn provisioned() -> Project {
+    let p = Project::new();
+    p.ektool()
+        .args(&[
+            "provision",
+            "--env",
+            "staging",
+            "--trust-host-key",
+            &p.host.fingerprint(),
+        ])
+        .run()
+        .success();
+    p
+}
+
+/// C1: a developer who replaces `~/.ssh` (or `authorized_keys`) with a
+/// link to a root-owned directory never gets root to chmod, chown or
+/// write there: the account is refused, naming the path, on the ensure
+/// path and on the revoke path, and the target stays as it was.
+#[test]
+fn a_developer_s_links_never_make_root_touch_their_target() {
+    let p = provisioned();
+    let victim = p.on_host("users/victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(victim.join("precious"), "root's\n").unwrap();
+    let victim_on_host = format!("{}/{}/users/victim", SshHost::MOUNT, p.name);
+    let ssh_dir = p.on_host("users/home/alice/.ssh");
+    std::fs::remove_dir_all(&ssh_dir).unwrap();
+    std::os::unix::fs::symlink(&victim_on_host, &ssh_dir).unwrap();
+    let untouched = || {
+        assert_eq!(owner_mode(&victim), (0, 0o755));
+        assert!(!victim.join("authorized_keys").exists());
+        assert_eq!(
+            std::fs::read_dir(&victim).unwrap().count(),
+            1,
+            "nothing new in the target"
+        );
+        assert_eq!(owner_mode(&victim.join("precious")).0, 0);
+    };
+
+    // Ensure: alice is still in the list (a key changed, so her keys are rewritten).
+    p.config(&[("alice", BOB)]);
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(2)
+        .stderr_has("refusing to manage alice")
+        .stderr_has("home/alice/.ssh is a symbolic link");
+    untouched();
+
+    // Revoke: alice leaves the list.
+    p.config(&[("bob", BOB)]);
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(2)
+        .stderr_has("refusing to manage alice")
+        .stderr_has(".ssh is a symbolic link");
+    untouched();
+    // Refused before anything changed: bob was not created either.
+    assert!(
+        !std::fs::read_to_string(p.on_host("users/etc/passwd"))
+            .unwrap()
+            .contains("bob:")
+    );
+
+    // authorized_keys itself a link to a root-owned file.
+    std::fs::remove_file(&ssh_dir).unwrap();
+    std::fs::create_dir(&ssh_dir).unwrap();
+    let alice_uid = owner_mode(&p.on_host("users/home/alice")).0;
+    std::os::unix::fs::chown(&ssh_dir, Some(alice_uid), None).unwrap();
+    std::os::unix::fs::symlink(
+        format!("{victim_on_host}/precious"),
+        ssh_dir.join("authorized_keys"),
+    )
+    .unwrap();
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(2)
+        .stderr_has(".ssh/authorized_keys is a symbolic link");
+    assert_eq!(
+        std::fs::read_to_string(victim.join("precious")).unwrap(),
+        "root's\n"
+    );
+    untouched();
+
+    // A home that is not the developer's own (root's directory).
+    std::fs::remove_file(ssh_dir.join("authorized_keys")).unwrap();
+    std::os::unix::fs::chown(p.on_host("users/home/alice"), Some(0), None).unwrap();
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(2)
+        .stderr_has("home/alice is not its own");
+}
+
+/// M11: a revoked developer loses every way in (keys in both files,
+/// password, account, shell) and the groups the config granted; back in
+/// the list, the account works again.
+#[test]
+fn revoking_a_developer_closes_every_door() {
+    let p = Project::new();
+    p.config(&[("alice", ALICE), ("bob", BOB)]);
+    p.ektool()
+        .args(&[
+            "provision",
+            "--env",
+            "staging",
+            "--trust-host-key",
+            &p.host.fingerprint(),
+        ])
+        .run()
+        .success();
+    // Alice copies her key where OpenSSH also looks.
+    let ssh = p.on_host("users/home/alice/.ssh");
+    let alice_uid = owner_mode(&ssh).0;
+    std::fs::write(ssh.join("authorized_keys2"), format!("{ALICE}\n")).unwrap();
+    std::os::unix::fs::chown(ssh.join("authorized_keys2"), Some(alice_uid), None).unwrap();
+    let line = |file: &str, name: &str| -> Vec<String> {
+        std::fs::read_to_string(p.on_host(&format!("users/etc/{file}")))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in {file}"))
+            .split(':')
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(line("group", "login")[3].split(',').any(|m| m == "alice"));
+
+    p.config(&[("bob", BOB)]);
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .success();
+    assert_eq!(
+        std::fs::read_to_string(ssh.join("authorized_keys")).unwrap(),
+        ""
+    );
+    assert!(!ssh.join("authorized_keys2").exists());
+    let shadow = line("shadow", "alice");
+    assert!(shadow[1].starts_with('!'), "password locked: {shadow:?}");
+    assert_eq!(shadow[7], "1", "account expired: {shadow:?}");
+    assert!(line("passwd", "alice")[6].ends_with("/nologin"));
+    assert!(!line("group", "login")[3].split(',').any(|m| m == "alice"));
+    // Bob kept everything.
+    assert!(line("group", "login")[3].split(',').any(|m| m == "bob"));
+    assert_eq!(line("passwd", "bob")[6], "/bin/bash");
+
+    // Back in the list: shell, expiry and group return.
+    p.config(&[("alice", ALICE), ("bob", BOB)]);
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .success();
+    assert_eq!(line("passwd", "alice")[6], "/bin/bash");
+    assert_eq!(line("shadow", "alice")[7], "");
+    assert!(line("group", "login")[3].split(',').any(|m| m == "alice"));
+}
+
+/// L12: root and system accounts are never developers.
+#[test]
+fn root_and_system_accounts_are_refused_as_developers() {
+    let p = Project::new();
+    let fp = p.host.fingerprint();
+    p.config(&[("root", ALICE)]);
+    p.ektool()
+        .args(&["provision", "--env", "staging", "--trust-host-key", &fp])
+        .run()
+        .code(2)
+        .stderr_has("`root` cannot be a developer");
+    // A system account that exists on the host and ektool did not create.
+    let passwd = p.on_host("users/etc/passwd");
+    let mut text = std::fs::read_to_string(&passwd).unwrap();
+    text.push_str("www-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\n");
+    std::fs::write(&passwd, text).unwrap();
+    p.config(&[("www-data", ALICE)]);
+    p.ektool()
+        .args(&["provision", "--env", "staging", "--trust-host-key", &fp])
+        .run()
+        .code(2)
+        .stderr_has("refusing to manage www-data")
+        .stderr_has("system account (uid 33");
+    assert!(!p.on_host("prov/tree").exists(), "nothing was applied");
+}

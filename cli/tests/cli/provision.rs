@@ -812,3 +812,250 @@ fn root_and_system_accounts_are_refused_as_developers() {
         .stderr_has("system account (uid 33");
     assert!(!p.on_host("prov/tree").exists(), "nothing was applied");
 }
+
+/// Waits (bounded) until `what` holds.
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("gave up waiting for {what}");
+}
+
+/// M10: two provisions of one host never interleave: the second fails at
+/// once naming the first (nothing of it staged), the first finishes; and
+/// the tree applied is the resolved `trees/<id>`, not the `tree` link.
+#[test]
+fn two_provisions_of_one_host_never_interleave() {
+    let p = provisioned();
+    let sandbox = format!("{}/{}", SshHost::MOUNT, p.name);
+    // A state that holds the first run until the test lets it go.
+    write(
+        &p.tree().join("states/app.sls"),
+        &format!(
+            "hold:\n  cmd.run:\n    - name: \"i=0; while [ ! -e {sandbox}/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo held\"\n"
+        ),
+    );
+    let link = p.on_host("prov/tree");
+    let old_tree = std::fs::read_link(&link).unwrap();
+    let first = {
+        let e = p.ektool().args(&["provision", "--env", "staging"]);
+        std::thread::spawn(move || e.run())
+    };
+    // Holding its lock, switched to its tree, applying it.
+    wait_for("the first run to apply", || {
+        std::fs::read_link(&link).is_ok_and(|t| t != old_tree)
+    });
+    assert!(
+        std::fs::read_to_string(p.on_host("prov/.ektool/lock/owner.json"))
+            .unwrap()
+            .contains("\"provision\"")
+    );
+    let trees_before = std::fs::read_dir(p.on_host("prov/trees")).unwrap().count();
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(1)
+        .stderr_has("is locked by")
+        .stderr_has("provision")
+        .stderr_has("prov/.ektool/lock");
+    assert_eq!(
+        std::fs::read_dir(p.on_host("prov/trees")).unwrap().count(),
+        trees_before,
+        "the second run staged nothing"
+    );
+    std::fs::write(p.on_host("go"), "").unwrap();
+    first.join().unwrap().success().stdout_has("hold (cmd.run");
+    assert!(!p.on_host("prov/.ektool/lock").exists(), "released");
+    // Salt read the staged directory itself.
+    let minion = std::fs::read_to_string(p.on_host("prov/tree/.salt/minion")).unwrap();
+    assert!(minion.contains("/prov/trees/"), "{minion}");
+    assert!(!minion.contains("/prov/tree/"), "{minion}");
+}
+
+/// M10: a provision does not run while a deploy of the environment holds
+/// its lock; a deploy root it locks keeps its owner for `.ektool`.
+#[test]
+fn a_held_deploy_lock_stops_a_provision() {
+    let p = provisioned();
+    let app = p.on_host("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::os::unix::fs::chown(&app, Some(4242), Some(4242)).unwrap();
+    let owner = serde_json::json!({
+        "actor": {"user": "alice", "machine": "laptop", "pid": 4242},
+        "environment": "staging", "since": "2024-01-01T00:00:00Z",
+        "action": "deploy v2.0.0", "message": "big one", "token": "x"
+    });
+    std::fs::create_dir_all(app.join(".ektool/lock")).unwrap();
+    std::fs::write(app.join(".ektool/lock/owner.json"), owner.to_string()).unwrap();
+    let tree_before = std::fs::read_link(p.on_host("prov/tree")).unwrap();
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(1)
+        .stderr_has("is locked by alice@laptop")
+        .stderr_has("deploy v2.0.0");
+    assert_eq!(
+        std::fs::read_link(p.on_host("prov/tree")).unwrap(),
+        tree_before
+    );
+    assert!(
+        !p.on_host("prov/.ektool/lock").exists(),
+        "its own lock given back"
+    );
+    assert!(
+        app.join(".ektool/lock/owner.json").exists(),
+        "the deploy's lock kept"
+    );
+
+    // The deploy ends: the provision runs, and leaves the deploy's
+    // `.ektool` to the deploy root's owner.
+    std::fs::remove_dir_all(app.join(".ektool")).unwrap();
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .success();
+    assert_eq!(owner_mode(&app.join(".ektool")).0, 4242);
+    assert!(!app.join(".ektool/lock").exists());
+}
+
+/// Every file under `dir` with its bytes, mode, owner and mtime.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>, u32, u32, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            let m = std::fs::symlink_metadata(&path).unwrap();
+            let bytes = if m.is_file() {
+                std::fs::read(&path).unwrap()
+            } else if m.file_type().is_symlink() {
+                std::fs::read_link(&path)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
+            } else {
+                stack.push(path.clone());
+                Vec::new()
+            };
+            out.push((path, bytes, m.mode(), m.uid(), m.mtime()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// M12: `--dry-run` changes nothing anywhere: no known_hosts entry, no
+/// prompt, no file on the host (not even on first contact), no local file.
+#[test]
+fn dry_runs_change_nothing_anywhere() {
+    let p = Project::new();
+    let fp = p.host.fingerprint();
+    let known_hosts = p.dir.path().join("known_hosts");
+
+    // First contact (a tree that needs no secrets: a dry run sends none,
+    // and this host has none yet): the dry run trusts the key only for
+    // itself.
+    let top = p.tree().join("pillar/staging/top.sls");
+    let app = p.tree().join("states/app.sls");
+    let (top_text, app_text) = (
+        std::fs::read_to_string(&top).unwrap(),
+        std::fs::read_to_string(&app).unwrap(),
+    );
+    write(&top, "base:\n  '*':\n    - env\n");
+    write(
+        &app,
+        &format!(
+            "greeting:\n  file.managed:\n    - name: {}/{}/out/greeting.txt\n    - makedirs: True\n    - contents: \"{{{{ pillar['greeting'] }}}}\"\n",
+            SshHost::MOUNT,
+            p.name
+        ),
+    );
+    let out = p
+        .ektool()
+        .args(&[
+            "--dry-run",
+            "provision",
+            "--env",
+            "staging",
+            "--trust-host-key",
+            &fp,
+        ])
+        .run()
+        .success()
+        .stderr_has("would trust")
+        .stdout_has("would change  greeting");
+    drop(out);
+    assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), "");
+    assert!(!p.on_host("prov").exists(), "no provision root");
+    assert!(!p.on_host("out").exists());
+    assert!(
+        !std::fs::read_to_string(p.on_host("users/etc/passwd"))
+            .unwrap()
+            .contains("alice")
+    );
+    write(&top, &top_text);
+    write(&app, &app_text);
+    // Without the fingerprint: refused, never asked.
+    p.ektool()
+        .args(&["--dry-run", "provision", "--env", "staging"])
+        .run()
+        .code(2)
+        .stderr_has("--trust-host-key");
+
+    // host trust: says what it would record, records nothing.
+    p.ektool()
+        .args(&[
+            "--dry-run",
+            "host",
+            "trust",
+            &p.host.target(),
+            "--fingerprint",
+            &fp,
+            "--known-hosts",
+            known_hosts.to_str().unwrap(),
+        ])
+        .run()
+        .success()
+        .stdout_has("would be recorded");
+    assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), "");
+
+    // A provisioned host: a dry run with changes leaves every file as it was.
+    p.ektool()
+        .args(&["provision", "--env", "staging", "--trust-host-key", &fp])
+        .run()
+        .success();
+    let kh = std::fs::read_to_string(&known_hosts).unwrap();
+    write(
+        &p.tree().join("pillar/staging/env.sls"),
+        "greeting: changed\n",
+    );
+    p.config(&[("alice", ALICE), ("bob", BOB)]);
+    write(
+        &p.tree().join("secrets/staging.sls"),
+        "secrets:\n  API_TOKEN: rotated\n",
+    );
+    let before = snapshot(&p.on_host(""));
+    p.ektool()
+        .args(&["--dry-run", "provision", "--env", "staging"])
+        .run()
+        .success()
+        .stdout_has("would change  greeting");
+    assert_eq!(snapshot(&p.on_host("")), before, "the host's files changed");
+    assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), kh);
+
+    // secrets get: shows the difference, asks nothing, writes nothing.
+    let local = p.tree().join("secrets/staging.sls");
+    p.ektool()
+        .args(&["--dry-run", "secrets", "get", "--env", "staging"])
+        .run()
+        .success()
+        .stdout_has("would replace");
+    assert_eq!(
+        std::fs::read_to_string(&local).unwrap(),
+        "secrets:\n  API_TOKEN: rotated\n"
+    );
+}

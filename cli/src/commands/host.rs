@@ -54,12 +54,18 @@ pub struct RunArgs {
     /// known_hosts file (default from config, then ~/.ssh/known_hosts).
     #[arg(long, value_name = "FILE")]
     pub known_hosts: Option<PathBuf>,
-    /// Kill the command after this many seconds.
-    #[arg(long, value_name = "SECONDS")]
-    pub timeout: Option<u64>,
+    /// Kill the command after this long, e.g. `90s`, `15m` or `2h` (1s to
+    /// 7d; a bare number is refused: say the unit).
+    #[arg(long, value_name = "DURATION", value_parser = run_timeout)]
+    pub timeout: Option<Duration>,
     /// The command: one argument is a shell script, several are a program and its arguments.
     #[arg(trailing_var_arg = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+fn run_timeout(s: &str) -> Result<Duration, String> {
+    ec2kit::duration::parse_in(s, Duration::from_secs(1), Duration::from_secs(7 * 86_400))
+        .map_err(|e| e.to_string())
 }
 
 /// Runs `ektool host …`.
@@ -217,8 +223,8 @@ async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
         [script] => Command::shell(script.clone()),
         argv => Command::argv(argv.iter().cloned()),
     };
-    if let Some(secs) = args.timeout {
-        command = command.timeout(Duration::from_secs(secs));
+    if let Some(limit) = args.timeout {
+        command = command.timeout(limit);
     }
     if ctx.global.dry_run {
         println!("would run on {t}: {command}");

@@ -866,8 +866,20 @@ fn two_provisions_of_one_host_never_interleave() {
         trees_before,
         "the second run staged nothing"
     );
+    // A third run waits for the lock instead, and goes on once it is free.
+    let waiting = {
+        let e = p
+            .ektool()
+            .args(&["provision", "--env", "staging", "--lock-wait", "5m"]);
+        std::thread::spawn(move || e.run())
+    };
     std::fs::write(p.on_host("go"), "").unwrap();
     first.join().unwrap().success().stdout_has("hold (cmd.run");
+    waiting
+        .join()
+        .unwrap()
+        .success()
+        .stdout_has("hold (cmd.run");
     assert!(!p.on_host("prov/.ektool/lock").exists(), "released");
     // Salt read the staged directory itself.
     let minion = std::fs::read_to_string(p.on_host("prov/tree/.salt/minion")).unwrap();

@@ -121,6 +121,15 @@ fn access_denied(err: &CliError) -> Option<&ec2kit::Ec2Error> {
 /// that name ektool's own commands, which the libraries leave out.
 /// `command` is the command as typed (`snap backup`).
 pub fn hint(err: &CliError, command: &str) -> Option<String> {
+    if let CliError::Provision(deploykit::ProvisionError::Locked { lock, path }) = err {
+        return Some(if lock.stale.is_some() {
+            format!(
+                "hint: if no run holds it any more, remove it: `ektool deploy unlock` for a deploy's lock, `rm -r {path}` on the host for a provision's"
+            )
+        } else {
+            "hint: wait for it with --lock-wait, e.g. --lock-wait 10m".to_owned()
+        });
+    }
     let e = access_denied(err)?;
     let known = crate::commands::iam::POLICIES
         .iter()

@@ -351,8 +351,14 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         // Lives until this host is done: a dry run's private known_hosts.
         let _scratch = check_host_key(ctx, node, args.trust_host_key.as_deref(), &say).await?;
         let login_key = node.login_key().await?;
-        // A dry run changes nothing, not even a lock directory.
+        // A dry run changes nothing, not even a lock directory: it only
+        // says what a real run would wait for.
         let held = if dry_run {
+            for (lock, path) in ProvisionLock::held(node.remote.clone(), &layout, &lock).await? {
+                say(&format!(
+                    "{lock} (lock {path}); a real run would stop here, or wait with --lock-wait"
+                ));
+            }
             None
         } else {
             Some(ProvisionLock::acquire(node.remote.clone(), &layout, &lock).await?)

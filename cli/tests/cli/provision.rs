@@ -860,7 +860,8 @@ fn two_provisions_of_one_host_never_interleave() {
         .code(1)
         .stderr_has("is locked by")
         .stderr_has("provision")
-        .stderr_has("prov/.ektool/lock");
+        .stderr_has("prov/.ektool/lock")
+        .stderr_has("--lock-wait");
     assert_eq!(
         std::fs::read_dir(p.on_host("prov/trees")).unwrap().count(),
         trees_before,
@@ -909,6 +910,13 @@ fn a_held_deploy_lock_stops_a_provision() {
         .code(1)
         .stderr_has("is locked by alice@laptop")
         .stderr_has("deploy v2.0.0");
+    // A dry run says so, and takes nothing.
+    p.ektool()
+        .args(&["--dry-run", "provision", "--env", "staging"])
+        .run()
+        .success()
+        .stderr_has("is locked by alice@laptop")
+        .stderr_has("a real run would stop here");
     assert_eq!(
         std::fs::read_link(p.on_host("prov/tree")).unwrap(),
         tree_before

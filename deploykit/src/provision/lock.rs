@@ -25,7 +25,7 @@ use ec2kit::{Command, Remote};
 
 use super::{ProvisionError, RemoteLayout};
 use crate::host::{Actor, Host};
-use crate::lock::{self, Attempt, LockOwner};
+use crate::lock::{self, Attempt, HeldLock, LockOwner};
 use crate::shell::q;
 
 /// How to take the provision lock.
@@ -117,6 +117,25 @@ impl ProvisionLock {
             }
             tokio::time::sleep((deadline - now).min(Duration::from_millis(500))).await;
         }
+    }
+
+    /// The locks a real run would find held on `remote`, read without
+    /// touching anything (for a dry run): each with its directory.
+    pub async fn held(
+        remote: Arc<dyn Remote>,
+        layout: &RemoteLayout,
+        spec: &LockSpec,
+    ) -> Result<Vec<(HeldLock, String)>, ProvisionError> {
+        let mut roots = vec![layout.root.clone()];
+        roots.extend(spec.deploy_root.clone());
+        let mut found = Vec::new();
+        for root in roots {
+            let host = Host::new(remote.clone(), root);
+            if let Some(held) = lock::status(&host, spec.stale_after).await? {
+                found.push((held, host.path(".ektool/lock")));
+            }
+        }
+        Ok(found)
     }
 
     /// The lock directories held, on the host.

@@ -18,8 +18,25 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options every command takes.
+/// Parses the command line (clap's usage errors exit 2), and says which
+/// command was asked for, as typed after `ektool` (`snap backup`).
+pub fn parse() -> (Cli, String) {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let mut words = Vec::new();
+    let mut m = &matches;
+    while let Some((name, sub)) = m.subcommand() {
+        words.push(name.to_owned());
+        m = sub;
+    }
+    (cli, words.join(" "))
+}
+
+/// Options every command takes (listed apart from each command's own in
+/// `--help`).
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// AWS named profile (shared config/credentials files).
     #[arg(long, global = true, value_name = "NAME")]
@@ -78,6 +95,27 @@ pub struct GlobalArgs {
     /// Only errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+
+    /// Log format on stderr: `text` (coloured only on a terminal, never
+    /// with NO_COLOR) or `json` (one object per line, for log pipelines).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "EKTOOL_LOG_FORMAT",
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Output formats.

@@ -71,6 +71,12 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// Whether this is a write to a standard output whose reader went
+    /// away: not worth a message (see [`crate::output`]).
+    pub fn is_closed_pipe(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if crate::output::is_closed(source))
+    }
+
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -81,6 +87,69 @@ impl CliError {
             Self::Db(deploykit::db::DbError::Protected { .. }) => exit::USAGE,
             _ => exit::FAILURE,
         }
+    }
+}
+
+/// The EC2 error that refused this run's credentials, if that is what
+/// ended it (`UnauthorizedOperation`, `AccessDenied`, ...), wherever it
+/// sits in the chain.
+fn access_denied(err: &CliError) -> Option<&ec2kit::Ec2Error> {
+    use ec2kit::{Ec2Error, ErrorKind};
+    let first: &(dyn std::error::Error + 'static) = match err {
+        // `transparent` forwards `source()` past the wrapped error itself.
+        CliError::Ec2(e) => e,
+        CliError::Deploy(e) => e,
+        CliError::Mount(e) => e,
+        CliError::Sync(e) => e,
+        CliError::Kms(e) => e,
+        CliError::Provision(e) => e,
+        other => other,
+    };
+    let mut next = Some(first);
+    while let Some(e) = next {
+        if let Some(ec2) = e.downcast_ref::<Ec2Error>()
+            && ec2.kind == ErrorKind::AccessDenied
+        {
+            return Some(ec2);
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// What to do about an error, for the person at the terminal: the hints
+/// that name ektool's own commands, which the libraries leave out.
+/// `command` is the command as typed (`snap backup`).
+pub fn hint(err: &CliError, command: &str) -> Option<String> {
+    if let CliError::Provision(deploykit::ProvisionError::Locked { lock, path }) = err {
+        return Some(if lock.stale.is_some() {
+            format!(
+                "hint: if no run holds it any more, remove it: `ektool deploy unlock` for a deploy's lock, `rm -r {path}` on the host for a provision's"
+            )
+        } else {
+            "hint: wait for it with --lock-wait, e.g. --lock-wait 10m".to_owned()
+        });
+    }
+    let e = access_denied(err)?;
+    let known = crate::commands::iam::POLICIES
+        .iter()
+        .any(|p| p.command == command);
+    let policy = if known {
+        format!("ektool iam-policy {command}")
+    } else {
+        "ektool iam-policy".to_owned()
+    };
+    Some(format!(
+        "hint: these credentials may not call {}; the least-privilege policy for this command is printed by `{policy}`",
+        e.action.iam_action()
+    ))
+}
+
+/// Prints the error, its whole source chain and a hint to stderr.
+pub fn report_with_hint(err: &CliError, command: &str) {
+    report(err);
+    if let Some(h) = hint(err, command) {
+        eprintln!("{h}");
     }
 }
 

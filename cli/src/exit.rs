@@ -8,6 +8,10 @@ pub const FAILURE: u8 = 1;
 /// The command line or the configuration is wrong; nothing was changed.
 /// (clap uses the same code for its own usage errors.)
 pub const USAGE: u8 = 2;
+/// The reader of the output went away (`ektool … | head`): 128 + SIGPIPE,
+/// what a shell reports for a program killed by SIGPIPE. Nothing is
+/// printed about it.
+pub const PIPE: u8 = 141;
 /// Interrupted by SIGINT (128 + 2), after the failure path ran.
 #[allow(dead_code)]
 pub const INTERRUPTED: u8 = 130;

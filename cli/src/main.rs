@@ -16,11 +16,10 @@ mod signals;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = args::Cli::parse();
-    logging::init(cli.global.verbose, cli.global.quiet);
+    quiet_closed_pipes();
+    let (cli, command) = args::parse();
+    logging::init(cli.global.verbose, cli.global.quiet, cli.global.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -28,18 +27,47 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    let (result, interrupt) = runtime.block_on(async {
-        let interrupt = signals::Interrupt::install();
-        (commands::run(cli, interrupt.token()).await, interrupt)
-    });
+    // A closed output pipe unwinds out of the command (destructors run),
+    // and ends here, quietly.
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(async {
+            let interrupt = signals::Interrupt::install();
+            (commands::run(cli, interrupt.token()).await, interrupt)
+        })
+    }));
+    let (result, interrupt) = match ran {
+        Ok(r) => r,
+        Err(payload) if output::is_closed_pipe_panic(payload.as_ref()) => {
+            return ExitCode::from(exit::PIPE);
+        }
+        Err(payload) => std::panic::resume_unwind(payload),
+    };
     // An interrupted run exits 128 + the signal, whatever the operation
     // made of it, after it has said what it did.
     let signalled = interrupt.exit_code();
     match result {
         Ok(()) => ExitCode::from(signalled.unwrap_or(exit::SUCCESS)),
+        Err(err) if err.is_closed_pipe() => ExitCode::from(signalled.unwrap_or(exit::PIPE)),
         Err(err) => {
-            error::report(&err);
+            error::report_with_hint(&err, &command);
             ExitCode::from(signalled.unwrap_or_else(|| err.exit_code()))
         }
     }
+}
+
+/// `println!` panics when the reader of standard output went away (Rust
+/// ignores SIGPIPE, and `unsafe_code` is forbidden here, so it cannot be
+/// restored): that panic is not a bug, so its message and backtrace are
+/// not printed; `main` ends the run with [`exit::PIPE`].
+fn quiet_closed_pipes() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info
+            .payload_as_str()
+            .is_some_and(output::closed_pipe_message)
+        {
+            return;
+        }
+        default(info);
+    }));
 }

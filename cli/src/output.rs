@@ -1,11 +1,70 @@
-//! Human tables and JSON.
+//! Human tables and JSON, and what happens when nobody reads them.
+//!
+//! `ektool … | head` closes the pipe early. Rust ignores SIGPIPE, so every
+//! later write fails with `BrokenPipe` (and `println!` panics). ektool then
+//! ends quietly with [`exit::PIPE`](crate::exit::PIPE) (141, what a shell
+//! reports for a program killed by SIGPIPE): writes through this module
+//! unwind with [`StdoutClosed`], `println!`'s panic is recognised by
+//! [`is_closed_pipe_panic`] (and not printed), and `main` turns both into
+//! that exit code.
+
+use std::io::Write;
 
 use comfy_table::{ContentArrangement, Table, presets};
 use serde::Serialize;
 
 use crate::error::CliError;
 
+/// The unwinding payload of a write to a closed standard output.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+/// Whether a write error means the reader went away.
+pub fn is_closed(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::BrokenPipe
+}
+
+/// Whether a panic is `println!`/`eprintln!` (or a library writing with
+/// `expect`) failing on a closed pipe, rather than a bug.
+pub fn is_closed_pipe_panic(payload: &(dyn std::any::Any + Send)) -> bool {
+    if payload.is::<StdoutClosed>() {
+        return true;
+    }
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied());
+    text.is_some_and(closed_pipe_message)
+}
+
+/// `failed printing to stdout: Broken pipe (os error 32)`.
+pub fn closed_pipe_message(text: &str) -> bool {
+    let epipe = std::io::Error::from_raw_os_error(32).to_string();
+    text.starts_with("failed printing to std") && text.ends_with(&epipe)
+}
+
+/// Writes `bytes` to standard output; a closed pipe ends the command
+/// quietly (see the module docs).
+pub fn write(bytes: &[u8]) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if is_closed(&e) => std::panic::resume_unwind(Box::new(StdoutClosed)),
+        Err(source) => Err(CliError::Io {
+            path: "<stdout>".into(),
+            source,
+        }),
+    }
+}
+
+/// Writes one line to standard output (see [`write`]).
+pub fn line(text: &str) -> Result<(), CliError> {
+    write(format!("{text}\n").as_bytes())
+}
+
 /// Prints rows under headers, aligned, without borders (kubectl style).
+/// A closed pipe ends the command quietly; another write error is
+/// reported and ends it with exit 1.
 pub fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
     let mut t = Table::new();
     t.load_preset(presets::NOTHING)
@@ -15,8 +74,15 @@ pub fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
         t.add_row(row);
     }
     // comfy-table pads the first column on the left too; trim for a flush margin.
+    let mut text = String::new();
     for line in t.to_string().lines() {
-        println!("{}", line.strip_prefix(' ').unwrap_or(line).trim_end());
+        text.push_str(line.strip_prefix(' ').unwrap_or(line).trim_end());
+        text.push('\n');
+    }
+    if let Err(e) = write(text.as_bytes()) {
+        // Not a closed pipe (that unwinds): a full disk, an I/O error.
+        crate::error::report(&e);
+        std::process::exit(crate::exit::FAILURE.into());
     }
 }
 
@@ -24,7 +90,7 @@ pub fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
 /// streamed otherwise (a million-line plan for a script should not be
 /// built in memory twice).
 pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
-    use std::io::{IsTerminal, Write};
+    use std::io::IsTerminal;
     let stdout = std::io::stdout();
     let pretty = stdout.is_terminal();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -37,16 +103,13 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
         .map_err(std::io::Error::from)
         .and_then(|()| writeln!(out))
         .and_then(|()| out.flush())
-        .map_err(|source| CliError::Io {
-            path: "<stdout>".into(),
-            source,
-        })
+        .map_err(stdout_error)
 }
 
 /// Writes a long slice as a JSON array: like [`json`], but piped output is
 /// serialised on all cores (a million plan lines).
 pub fn json_array<T: Serialize + Sync>(items: &[T]) -> Result<(), CliError> {
-    use std::io::{IsTerminal, Write};
+    use std::io::IsTerminal;
     let stdout = std::io::stdout();
     if stdout.is_terminal() {
         return json(items);
@@ -55,10 +118,19 @@ pub fn json_array<T: Serialize + Sync>(items: &[T]) -> Result<(), CliError> {
     snapkit::inventory::write_json_array(items, &mut out)
         .and_then(|()| writeln!(out))
         .and_then(|()| out.flush())
-        .map_err(|source| CliError::Io {
-            path: "<stdout>".into(),
-            source,
-        })
+        .map_err(stdout_error)
+}
+
+/// A write error on standard output: a closed pipe ends the command
+/// quietly (see the module docs).
+fn stdout_error(source: std::io::Error) -> CliError {
+    if is_closed(&source) {
+        std::panic::resume_unwind(Box::new(StdoutClosed));
+    }
+    CliError::Io {
+        path: "<stdout>".into(),
+        source,
+    }
 }
 
 /// `-` for a missing value.

@@ -61,6 +61,8 @@ pub mod requests;
 pub mod aws;
 #[cfg(feature = "ssh")]
 pub mod ssh;
+#[cfg(feature = "ssh")]
+pub mod ssh_key;
 
 pub use action::Action;
 pub use duration::HumanDuration;

@@ -362,6 +362,8 @@ struct Inner {
     target: SshTarget,
     options: SshOptions,
     session: Mutex<Option<Session>>,
+    /// The client key the last session logged in with.
+    used_key: Mutex<Option<crate::ssh_key::PublicKey>>,
 }
 
 impl fmt::Debug for SshRemote {
@@ -380,8 +382,25 @@ impl SshRemote {
                 target,
                 options,
                 session: Mutex::new(None),
+                used_key: Mutex::new(None),
             }),
         }
+    }
+
+    /// The client public key this remote logged in with (connecting first
+    /// if needed), when it can be told: a key file's public half, or the
+    /// agent identity's. A caller that rewrites the login user's
+    /// `authorized_keys` uses it to keep the key in use.
+    pub async fn authenticated_key(
+        &self,
+    ) -> Result<Option<crate::ssh_key::PublicKey>, RemoteError> {
+        self.connect().await?;
+        let used = self
+            .inner
+            .used_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Ok(used.clone())
     }
 
     /// The target.
@@ -446,6 +465,7 @@ impl Inner {
                 .is_ok()
                 && session.authenticated()
             {
+                self.record_key(crate::ssh_key::PublicKey::of_key_file(key));
                 return Ok(());
             }
         }
@@ -458,6 +478,10 @@ impl Inner {
             for identity in agent.identities().unwrap_or_default() {
                 tried.push(format!("agent:{}", identity.comment()));
                 if agent.userauth(&t.user, &identity).is_ok() && session.authenticated() {
+                    self.record_key(crate::ssh_key::PublicKey::from_blob(
+                        identity.blob(),
+                        format!("agent:{}", identity.comment()),
+                    ));
                     return Ok(());
                 }
             }
@@ -471,6 +495,10 @@ impl Inner {
                 tried.join(", ")
             },
         })
+    }
+
+    fn record_key(&self, key: Option<crate::ssh_key::PublicKey>) {
+        *self.used_key.lock().unwrap_or_else(|p| p.into_inner()) = key;
     }
 
     /// Runs `f` on the cached session, connecting first if needed. A

@@ -12,13 +12,10 @@ pub struct Args {
     pub shell: clap_complete::Shell,
 }
 
-/// Prints the completion script for the shell.
+/// Prints the completion script for the shell. It is generated in memory
+/// first: clap_complete panics on a write error (`… | head`).
 pub fn exec(args: Args) -> Result<(), CliError> {
-    clap_complete::generate(
-        args.shell,
-        &mut Cli::command(),
-        "ektool",
-        &mut std::io::stdout(),
-    );
-    Ok(())
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut Cli::command(), "ektool", &mut script);
+    crate::output::write(&script)
 }

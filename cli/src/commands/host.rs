@@ -3,7 +3,7 @@
 pub mod sync;
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ec2kit::ssh::{self, HostKeyStatus};
@@ -54,12 +54,18 @@ pub struct RunArgs {
     /// known_hosts file (default from config, then ~/.ssh/known_hosts).
     #[arg(long, value_name = "FILE")]
     pub known_hosts: Option<PathBuf>,
-    /// Kill the command after this many seconds.
-    #[arg(long, value_name = "SECONDS")]
-    pub timeout: Option<u64>,
+    /// Kill the command after this long, e.g. `90s`, `15m` or `2h` (1s to
+    /// 7d; a bare number is refused: say the unit).
+    #[arg(long, value_name = "DURATION", value_parser = run_timeout)]
+    pub timeout: Option<Duration>,
     /// The command: one argument is a shell script, several are a program and its arguments.
     #[arg(trailing_var_arg = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+fn run_timeout(s: &str) -> Result<Duration, String> {
+    ec2kit::duration::parse_in(s, Duration::from_secs(1), Duration::from_secs(7 * 86_400))
+        .map_err(|e| e.to_string())
 }
 
 /// Runs `ektool host …`.
@@ -83,17 +89,26 @@ async fn trust(ctx: &Context, args: TrustArgs) -> Result<(), CliError> {
     }
     let (key, status) =
         ssh::fetch_host_key(&t, &options.known_hosts, options.connect_timeout).await?;
-    let expected = match (&args.fingerprint, status) {
-        (_, HostKeyStatus::Changed) => {
-            return Err(ec2kit::RemoteError::HostKeyMismatch {
-                host: key.host,
-                key_type: key.key_type,
-                fingerprint: key.fingerprint,
-            }
-            .into());
+    if status == HostKeyStatus::Changed {
+        return Err(ec2kit::RemoteError::HostKeyMismatch {
+            host: key.host,
+            key_type: key.key_type,
+            fingerprint: key.fingerprint,
         }
+        .into());
+    }
+    if ctx.global.dry_run {
+        return trust_dry_run(
+            ctx,
+            &options.known_hosts,
+            &key,
+            status,
+            args.fingerprint.as_deref(),
+        );
+    }
+    let expected = match (&args.fingerprint, status) {
         (Some(fp), _) => fp.clone(),
-        (None, HostKeyStatus::Trusted) => key.fingerprint.clone(),
+        (None, HostKeyStatus::Trusted | HostKeyStatus::Changed) => key.fingerprint.clone(),
         (None, HostKeyStatus::Unknown) => {
             if !std::io::stdin().is_terminal() {
                 return Err(CliError::Usage(format!(
@@ -142,6 +157,59 @@ async fn trust(ctx: &Context, args: TrustArgs) -> Result<(), CliError> {
     }
 }
 
+/// `host trust --dry-run`: says what a real run would do, asking nothing
+/// and recording nothing.
+fn trust_dry_run(
+    ctx: &Context,
+    known_hosts: &Path,
+    key: &ssh::HostKey,
+    status: HostKeyStatus,
+    expected: Option<&str>,
+) -> Result<(), CliError> {
+    let normalise = |s: &str| {
+        s.trim()
+            .trim_start_matches("SHA256:")
+            .trim_end_matches('=')
+            .to_owned()
+    };
+    if let Some(fp) = expected
+        && normalise(fp) != normalise(&key.fingerprint)
+    {
+        return Err(ec2kit::RemoteError::FingerprintMismatch {
+            host: key.host.clone(),
+            expected: fp.trim().to_owned(),
+            actual: key.fingerprint.clone(),
+        }
+        .into());
+    }
+    let action = match (status, expected) {
+        (HostKeyStatus::Trusted, _) => "already trusted; nothing to record",
+        (_, Some(_)) => "would be recorded (dry run: not recorded)",
+        (_, None) if std::io::stdin().is_terminal() => {
+            "would be recorded after you confirm it (dry run: not asked, not recorded)"
+        }
+        (_, None) => {
+            return Err(CliError::Usage(format!(
+                "{} offers {} {}; to trust it non-interactively pass --fingerprint {}",
+                key.host, key.key_type, key.fingerprint, key.fingerprint
+            )));
+        }
+    };
+    match ctx.output() {
+        OutputFormat::Json => output::json(&serde_json::json!({
+            "host": key.host, "key_type": key.key_type, "fingerprint": key.fingerprint,
+            "known_hosts": known_hosts, "status": status, "dry_run": true,
+        })),
+        OutputFormat::Table => output::line(&format!(
+            "{} {} {} {action} in {}",
+            key.host,
+            key.key_type,
+            key.fingerprint,
+            known_hosts.display()
+        )),
+    }
+}
+
 async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
     let t = target(ctx, &args.target)?;
     let mut options = ctx.ssh_options();
@@ -155,8 +223,8 @@ async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
         [script] => Command::shell(script.clone()),
         argv => Command::argv(argv.iter().cloned()),
     };
-    if let Some(secs) = args.timeout {
-        command = command.timeout(Duration::from_secs(secs));
+    if let Some(limit) = args.timeout {
+        command = command.timeout(limit);
     }
     if ctx.global.dry_run {
         println!("would run on {t}: {command}");

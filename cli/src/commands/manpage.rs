@@ -30,11 +30,15 @@ pub fn exec(args: Args) -> Result<(), CliError> {
                 source,
             })
         }
-        None => clap_mangen::Man::new(cmd)
-            .render(&mut std::io::stdout())
-            .map_err(|source| CliError::Io {
-                path: "<stdout>".into(),
-                source,
-            }),
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut page)
+                .map_err(|source| CliError::Io {
+                    path: "<stdout>".into(),
+                    source,
+                })?;
+            crate::output::write(&page)
+        }
     }
 }

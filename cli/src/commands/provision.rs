@@ -5,11 +5,13 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use deploykit::provision::ApplyReport;
 use deploykit::provision::secrets::{self, SecretsStatus};
 use deploykit::provision::tree::{self, LocalTree, TreeSummary};
 use deploykit::provision::users::{self, UsersPlan};
+use deploykit::provision::{LockSpec, ProvisionLock};
 use deploykit::{Environment, ProvisionConfig, ProvisionError};
 use ec2kit::ssh::{self, HostKeyStatus};
 use ec2kit::{LocalRemote, Remote, SshRemote, SshTarget};
@@ -38,6 +40,16 @@ pub struct Args {
     /// Overwrite the host's secrets without asking when they differ.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Wait this long for another provision's (or a deploy's) lock on a
+    /// host, e.g. `90s` or `10m` (0s to 1h; default: fail at once, naming
+    /// the holder).
+    #[arg(long, value_name = "DURATION", value_parser = lock_wait_arg)]
+    pub lock_wait: Option<Duration>,
+}
+
+fn lock_wait_arg(s: &str) -> Result<Duration, String> {
+    ec2kit::duration::parse_in(s, Duration::ZERO, Duration::from_secs(3600))
+        .map_err(|e| e.to_string())
 }
 
 /// Whether a provision error is the user's input or a refusal (exit 2).
@@ -49,6 +61,8 @@ pub fn is_usage(e: &ProvisionError) -> bool {
             | ProvisionError::SecretsOnlyRemote { .. }
             | ProvisionError::LockOut(_)
             | ProvisionError::Tree { .. }
+            | ProvisionError::TreeLink { .. }
+            | ProvisionError::Refused { .. }
     )
 }
 
@@ -60,7 +74,21 @@ pub struct Node {
     pub user: String,
     /// Its shell.
     pub remote: Arc<dyn Remote>,
-    ssh: Option<SshTarget>,
+    ssh: Option<SshRemote>,
+}
+
+impl Node {
+    /// The key this run logs in with (`type base64 source`), when it can
+    /// be told.
+    async fn login_key(&self) -> Result<Option<String>, CliError> {
+        Ok(match &self.ssh {
+            Some(r) => r
+                .authenticated_key()
+                .await?
+                .map(|k| k.authorized_keys_line()),
+            None => None,
+        })
+    }
 }
 
 /// The environment's provision config (or the defaults), validated, with
@@ -115,11 +143,12 @@ pub async fn nodes(
             if let Some(u) = user {
                 t.user = u.to_owned();
             }
+            let remote = SshRemote::new(t.clone(), options.clone());
             Ok(Node {
                 name: t.to_string(),
                 user: t.user.clone(),
-                remote: Arc::new(SshRemote::new(t.clone(), options.clone())),
-                ssh: Some(t),
+                remote: Arc::new(remote.clone()),
+                ssh: Some(remote),
             })
         })
         .collect()
@@ -140,17 +169,27 @@ pub fn confirm(question: &str) -> bool {
 /// First contact: a host whose key is unknown is trusted only with the
 /// matching `--trust-host-key` or an interactive yes; a changed key is
 /// always refused. Afterwards every connection is strict.
+///
+/// A dry run records nothing and asks nothing: a new host is trusted only
+/// with a matching `--trust-host-key`, and only in a private copy of
+/// known_hosts that the rest of the dry run connects with (returned, so it
+/// lives as long as the run).
 async fn check_host_key(
     ctx: &Context,
-    node: &Node,
+    node: &mut Node,
     expected: Option<&str>,
-) -> Result<(), CliError> {
-    let Some(t) = &node.ssh else { return Ok(()) };
+    say: &dyn Fn(&str),
+) -> Result<Option<tempfile::NamedTempFile>, CliError> {
+    let Some(remote) = &node.ssh else {
+        return Ok(None);
+    };
+    let t = remote.target().clone();
+    let dry_run = ctx.global.dry_run;
     let options = ctx.ssh_options();
     let (key, status) =
-        ssh::fetch_host_key(t, &options.known_hosts, options.connect_timeout).await?;
+        ssh::fetch_host_key(&t, &options.known_hosts, options.connect_timeout).await?;
     let fingerprint = match status {
-        HostKeyStatus::Trusted => return Ok(()),
+        HostKeyStatus::Trusted => return Ok(None),
         HostKeyStatus::Changed => {
             return Err(ec2kit::RemoteError::HostKeyMismatch {
                 host: key.host,
@@ -161,13 +200,14 @@ async fn check_host_key(
         }
         HostKeyStatus::Unknown => match expected {
             Some(fp) => fp.to_owned(),
-            None if confirm(&format!(
-                "{} is new: it offers {} {}. Trust it and record it in {}?",
-                key.host,
-                key.key_type,
-                key.fingerprint,
-                options.known_hosts.display()
-            )) =>
+            None if !dry_run
+                && confirm(&format!(
+                    "{} is new: it offers {} {}. Trust it and record it in {}?",
+                    key.host,
+                    key.key_type,
+                    key.fingerprint,
+                    options.known_hosts.display()
+                )) =>
             {
                 key.fingerprint.clone()
             }
@@ -179,14 +219,51 @@ async fn check_host_key(
             }
         },
     };
-    ssh::trust_host_key(
-        t,
-        &fingerprint,
-        &options.known_hosts,
-        options.connect_timeout,
-    )
-    .await?;
-    Ok(())
+    if !dry_run {
+        ssh::trust_host_key(
+            &t,
+            &fingerprint,
+            &options.known_hosts,
+            options.connect_timeout,
+        )
+        .await?;
+        return Ok(None);
+    }
+    let scratch = scratch_known_hosts(&options.known_hosts)?;
+    ssh::trust_host_key(&t, &fingerprint, scratch.path(), options.connect_timeout).await?;
+    say(&format!(
+        "{}: would trust {} {} and record it in {} (dry run: not recorded)",
+        node.name,
+        key.key_type,
+        key.fingerprint,
+        options.known_hosts.display()
+    ));
+    let mut options = options;
+    options.known_hosts = scratch.path().to_owned();
+    let remote = SshRemote::new(t, options);
+    node.remote = Arc::new(remote.clone());
+    node.ssh = Some(remote);
+    Ok(Some(scratch))
+}
+
+/// A private copy of `known_hosts` (empty if it does not exist).
+fn scratch_known_hosts(known_hosts: &Path) -> Result<tempfile::NamedTempFile, CliError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| CliError::Io { path, source }
+    };
+    let mut scratch = tempfile::NamedTempFile::new().map_err(io(Path::new("<tempfile>")))?;
+    match std::fs::read(known_hosts) {
+        Ok(bytes) => scratch.write_all(&bytes).map_err(io(scratch.path()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(CliError::Io {
+                path: known_hosts.to_owned(),
+                source,
+            });
+        }
+    }
+    Ok(scratch)
 }
 
 /// What happened on one host.
@@ -247,119 +324,60 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     };
     let tree = LocalTree::collect(&cfg.tree, &env_name, cfg.script.as_deref())?;
     let local_secrets_path: PathBuf = secrets::local_path(&cfg.tree, &env_name);
-    let example = secrets::example_path(&cfg.tree, &env_name);
     let local_secrets = read_local_secrets(&local_secrets_path)?;
+    let run = Run {
+        env_name: &env_name,
+        cfg: &cfg,
+        tree: &tree,
+        example: secrets::example_path(&cfg.tree, &env_name),
+        local_secrets_path: &local_secrets_path,
+        local_secrets: local_secrets.as_deref(),
+        provisioner: cfg.provisioner(&env_name),
+        yes: args.yes,
+        dry_run,
+        say: &say,
+    };
+    let lock = LockSpec {
+        environment: env_name.clone(),
+        deploy_root: Some(env.path.as_str().to_owned()),
+        actor: deploykit::Actor::current(),
+        stale_after: env.lock_stale_after(),
+        wait: args.lock_wait.unwrap_or_default(),
+    };
     let layout = cfg.layout();
-    let provisioner = cfg.provisioner(&env_name);
-    let nodes = nodes(ctx, env, &args.target, args.user.as_deref()).await?;
+    let mut nodes = nodes(ctx, env, &args.target, args.user.as_deref()).await?;
     let mut results = Vec::new();
-    for node in &nodes {
-        check_host_key(ctx, node, args.trust_host_key.as_deref()).await?;
-        let host = node.remote.as_ref();
-        // Everything that can refuse is decided before anything changes.
-        let managed = users::read_managed(host, &layout).await?;
-        let users_plan = users::plan(&cfg.users, &managed, &node.user)?;
-        let secrets_status = match &local_secrets {
-            Some(local) => {
-                let status = secrets::compare(host, &layout, local).await?;
-                if let SecretsStatus::Differs { changes } = &status {
-                    eprintln!(
-                        "{}: the host's secrets differ from {}:",
-                        node.name,
-                        local_secrets_path.display()
-                    );
-                    for c in changes {
-                        eprintln!("  {c}");
-                    }
-                    if !dry_run
-                        && !args.yes
-                        && !confirm("Overwrite the host's secrets with the local file?")
-                    {
-                        return Err(ProvisionError::SecretsNotConfirmed {
-                            host: node.name.clone(),
-                        }
-                        .into());
-                    }
-                }
-                status
-            }
-            None => match secrets::read_remote(host, &layout).await? {
-                Some(_) => {
-                    return Err(ProvisionError::SecretsOnlyRemote {
-                        host: node.name.clone(),
-                        env: env_name.clone(),
-                        local: local_secrets_path.display().to_string(),
-                    }
-                    .into());
-                }
-                None if example.exists() => {
-                    return Err(ProvisionError::NoSecrets {
-                        env: env_name.clone(),
-                        local: local_secrets_path.display().to_string(),
-                        example: example.display().to_string(),
-                    }
-                    .into());
-                }
-                None => SecretsStatus::Same,
-            },
-        };
-        let secrets_word = match (&secrets_status, &local_secrets) {
-            (_, None) => "none",
-            (SecretsStatus::Same, _) => "unchanged",
-            (SecretsStatus::New, _) => "uploaded",
-            (SecretsStatus::Differs { .. }, _) => "updated",
-        };
-        let installed = if dry_run {
-            false
-        } else {
-            provisioner.ensure_installed(host).await?
-        };
-        if installed {
-            say(&format!("{}: installed {}", node.name, provisioner.name()));
-        }
-        let id = tree::new_tree_id();
-        let dir = tree::stage(host, &layout, &tree, &id).await?;
-        say(&format!(
-            "{}: staged {} files in {dir}",
-            node.name,
-            tree.files.len()
-        ));
-        let report = if dry_run {
-            let r = provisioner.apply(host, &layout, &dir, true).await;
-            tree::discard(host, &layout, &id).await?;
-            r?
-        } else {
-            if let (Some(bytes), false) = (&local_secrets, secrets_status == SecretsStatus::Same) {
-                secrets::upload(host, &layout, bytes).await?;
-                say(&format!("{}: secrets {secrets_word} (0600)", node.name));
-            }
-            if !users_plan.is_empty() {
-                users::apply(host, &layout, &users_plan, &cfg.users_root).await?;
+    for node in &mut nodes {
+        // Lives until this host is done: a dry run's private known_hosts.
+        let _scratch = check_host_key(ctx, node, args.trust_host_key.as_deref(), &say).await?;
+        let login_key = node.login_key().await?;
+        // A dry run changes nothing, not even a lock directory: it only
+        // says what a real run would wait for.
+        let held = if dry_run {
+            for (lock, path) in ProvisionLock::held(node.remote.clone(), &layout, &lock).await? {
                 say(&format!(
-                    "{}: users: {} ensured, {} revoked",
-                    node.name,
-                    users_plan.ensure.len(),
-                    users_plan.revoke.len()
+                    "{lock} (lock {path}); a real run would stop here, or wait with --lock-wait"
                 ));
             }
-            tree::switch(host, &layout, &id).await?;
-            provisioner
-                .apply(host, &layout, &layout.current_tree(), false)
-                .await?
+            None
+        } else {
+            Some(ProvisionLock::acquire(node.remote.clone(), &layout, &lock).await?)
         };
-        let failed = !report.failures().is_empty();
-        results.push(HostResult {
-            host: node.name.clone(),
-            secrets: if dry_run {
-                format!("{secrets_word} (dry run: not sent)")
-            } else {
-                secrets_word.into()
-            },
-            users: users_plan,
-            tree: id,
-            installed,
-            report,
-        });
+        let outcome = run.host(node, login_key.as_deref()).await;
+        if let Some(held) = held {
+            let released = held.release().await;
+            match (&outcome, released) {
+                (Ok(_), Err(e)) => return Err(e.into()),
+                (Err(_), Err(e)) => eprintln!(
+                    "warning: {}: could not release the provision lock: {e}",
+                    node.name
+                ),
+                (_, Ok(())) => {}
+            }
+        }
+        let result = outcome?;
+        let failed = !result.report.failures().is_empty();
+        results.push(result);
         // A host that failed stops the run: the next ones are probably
         // going to fail the same way, and stay as they were.
         if failed {
@@ -398,6 +416,151 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             if failures.len() == 1 { "" } else { "s" },
             failures.join("\n  ")
         )))
+    }
+}
+
+/// What every host of one run shares.
+struct Run<'a> {
+    env_name: &'a str,
+    cfg: &'a ProvisionConfig,
+    tree: &'a LocalTree,
+    example: PathBuf,
+    local_secrets_path: &'a Path,
+    local_secrets: Option<&'a [u8]>,
+    provisioner: Box<dyn deploykit::Provisioner>,
+    yes: bool,
+    dry_run: bool,
+    say: &'a dyn Fn(&str),
+}
+
+impl Run<'_> {
+    /// One host, under its provision lock (none on a dry run).
+    async fn host(&self, node: &Node, login_key: Option<&str>) -> Result<HostResult, CliError> {
+        let (cfg, dry_run, say) = (self.cfg, self.dry_run, self.say);
+        let layout = cfg.layout();
+        let host = node.remote.as_ref();
+        // Everything that can refuse is decided before anything changes.
+        let managed = users::read_managed(host, &layout).await?;
+        let login = users::Login {
+            user: &node.user,
+            key: login_key,
+        };
+        let users_plan = users::plan(&cfg.users, &managed, login)?;
+        users::check(host, &users_plan, &cfg.users_root).await?;
+        let secrets_status = match self.local_secrets {
+            Some(local) => {
+                let status = secrets::compare(host, &layout, local).await?;
+                if let SecretsStatus::Differs { changes } = &status {
+                    eprintln!(
+                        "{}: the host's secrets differ from {}:",
+                        node.name,
+                        self.local_secrets_path.display()
+                    );
+                    for c in changes {
+                        eprintln!("  {c}");
+                    }
+                    if !dry_run
+                        && !self.yes
+                        && !confirm("Overwrite the host's secrets with the local file?")
+                    {
+                        return Err(ProvisionError::SecretsNotConfirmed {
+                            host: node.name.clone(),
+                        }
+                        .into());
+                    }
+                }
+                status
+            }
+            None => match secrets::read_remote(host, &layout).await? {
+                Some(_) => {
+                    return Err(ProvisionError::SecretsOnlyRemote {
+                        host: node.name.clone(),
+                        env: self.env_name.to_owned(),
+                        local: self.local_secrets_path.display().to_string(),
+                    }
+                    .into());
+                }
+                None if self.example.exists() => {
+                    return Err(ProvisionError::NoSecrets {
+                        env: self.env_name.to_owned(),
+                        local: self.local_secrets_path.display().to_string(),
+                        example: self.example.display().to_string(),
+                    }
+                    .into());
+                }
+                None => SecretsStatus::Same,
+            },
+        };
+        let secrets_word = match (&secrets_status, self.local_secrets) {
+            (_, None) => "none",
+            (SecretsStatus::Same, _) => "unchanged",
+            (SecretsStatus::New, _) => "uploaded",
+            (SecretsStatus::Differs { .. }, _) => "updated",
+        };
+        let provisioner = self.provisioner.as_ref();
+        if dry_run {
+            // Tested in a temporary directory: the provision root (tree,
+            // Salt's cache, secrets, users) stays exactly as it was.
+            let scratch = tree::stage_scratch(host, self.tree).await?;
+            say(&format!(
+                "{}: staged {} files in {scratch}/tree (dry run: removed afterwards)",
+                node.name,
+                self.tree.files.len()
+            ));
+            let report = provisioner
+                .apply(
+                    host,
+                    &layout.with_scratch(&scratch),
+                    &format!("{scratch}/tree"),
+                    true,
+                )
+                .await;
+            tree::discard_scratch(host, &scratch).await?;
+            return Ok(HostResult {
+                host: node.name.clone(),
+                secrets: format!("{secrets_word} (dry run: not sent)"),
+                users: users_plan,
+                tree: String::new(),
+                installed: false,
+                report: report?,
+            });
+        }
+        let installed = provisioner.ensure_installed(host).await?;
+        if installed {
+            say(&format!("{}: installed {}", node.name, provisioner.name()));
+        }
+        let id = tree::new_tree_id();
+        let dir = tree::stage(host, &layout, self.tree, &id).await?;
+        say(&format!(
+            "{}: staged {} files in {dir}",
+            node.name,
+            self.tree.files.len()
+        ));
+        if let (Some(bytes), false) = (self.local_secrets, secrets_status == SecretsStatus::Same) {
+            secrets::upload(host, &layout, bytes).await?;
+            say(&format!("{}: secrets {secrets_word} (0600)", node.name));
+        }
+        if !users_plan.is_empty() {
+            users::apply(host, &layout, &users_plan, &cfg.users_root).await?;
+            say(&format!(
+                "{}: users: {} ensured, {} revoked",
+                node.name,
+                users_plan.ensure.len(),
+                users_plan.revoke.len()
+            ));
+        }
+        tree::switch(host, &layout, &id).await?;
+        // The resolved directory, not the `tree` link: what this run
+        // staged is what it applies, whatever the link says meanwhile.
+        let report = provisioner.apply(host, &layout, &dir, false).await?;
+        Ok(HostResult {
+            host: node.name.clone(),
+            secrets: secrets_word.into(),
+            users: users_plan,
+            tree: id,
+            installed,
+            report,
+        })
     }
 }
 

@@ -59,6 +59,19 @@ pub async fn exec(ctx: &Context, cmd: SecretsCommand) -> Result<(), CliError> {
         ) {
             eprintln!("  {c}");
         }
+        if ctx.global.dry_run {
+            println!(
+                "would replace {} (0600) with {}'s{}",
+                path.display(),
+                node.name,
+                if args.yes {
+                    ""
+                } else {
+                    " after you confirm it (dry run: not asked)"
+                }
+            );
+            return Ok(());
+        }
         if !args.yes && !confirm("Replace the local file with the host's?") {
             return Err(CliError::Failed(
                 "not confirmed; the local file is unchanged".into(),

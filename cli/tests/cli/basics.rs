@@ -87,3 +87,198 @@ fn completions_and_man_pages_come_from_the_cli_definition() {
     assert!(page.contains(".TH ektool"), "{page}");
     assert!(dir.path().join("ektool-instances.1").exists());
 }
+
+/// Runs ektool with its standard output a pipe whose reader is already
+/// gone (`ektool … | head` after head exited): every write fails with
+/// EPIPE from the first byte.
+fn into_closed_pipe(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let dir = ektool_tests::tempdir();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ektool"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("EKTOOL_CONFIG")
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    for args in [
+        &["iam-policy", "--list"][..],
+        &["--output", "json", "iam-policy", "--list"],
+        &["iam-policy", "snap", "backup"],
+        &["completions", "bash"],
+        &["manpage"],
+        &["--help"],
+    ] {
+        let (code, stderr) = into_closed_pipe(args, &[]);
+        assert!(
+            matches!(code, Some(0 | 141)),
+            "ektool {args:?}: exit {code:?}\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "ektool {args:?}:\n{stderr}"
+        );
+        assert!(!stderr.contains("error:"), "ektool {args:?}:\n{stderr}");
+    }
+}
+
+#[test]
+fn tables_and_json_into_a_closed_pipe_end_quietly() {
+    let moto = ektool_tests::moto_url();
+    let env = [
+        ("EKTOOL_ENDPOINT_URL", moto.as_str()),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ];
+    for args in [
+        &["--no-rate-limit", "-r", "us-east-1", "regions"][..],
+        &[
+            "--no-rate-limit",
+            "-r",
+            "us-east-1",
+            "--output",
+            "json",
+            "regions",
+        ],
+    ] {
+        let (code, stderr) = into_closed_pipe(args, &env);
+        assert_eq!(code, Some(141), "ektool {args:?}:\n{stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "ektool {args:?}:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn logs_are_plain_off_a_terminal_and_json_on_request() {
+    let dir = ektool_tests::tempdir();
+    let path = dir.path().join("team.toml");
+    std::fs::write(&path, "[defaults]\ntag = \"Backup=nightly\"\n").unwrap();
+    let config = path.to_str().unwrap();
+    // `-vv` logs at debug; stderr is a pipe here, not a terminal.
+    let out = Ektool::new()
+        .args(&["-vv", "--config", config, "config"])
+        .env("RUST_LOG", "debug")
+        .run()
+        .success();
+    assert!(!out.stderr.is_empty(), "some log lines to look at");
+    assert!(
+        !out.stderr.contains('\u{1b}'),
+        "ANSI escapes:\n{}",
+        out.stderr
+    );
+    let out = Ektool::new()
+        .args(&["--log-format", "json", "--config", config, "config"])
+        .env("RUST_LOG", "debug")
+        .run()
+        .success();
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["level"].is_string(), "{l}");
+    }
+    let out = Ektool::new()
+        .args(&["--config", config, "config"])
+        .env("EKTOOL_LOG_FORMAT", "json")
+        .env("RUST_LOG", "debug")
+        .run()
+        .success();
+    assert!(
+        out.stderr.lines().all(|l| l.starts_with('{')),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A local EC2 endpoint that refuses every call the way EC2 refuses a
+/// caller without the permission (moto does not check IAM).
+fn refusing_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming().take(20) {
+            let Ok(mut s) = stream else { continue };
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            // Read the request head and body (small form posts).
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0;
+            loop {
+                match s.read(&mut buf[got..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+                let text = String::from_utf8_lossy(&buf[..got]);
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let len = text[..head_end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if got >= head_end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>You are not authorized to perform this operation.</Message></Error></Errors><RequestID>0</RequestID></Response>";
+            let _ = write!(
+                s,
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: text/xml;charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+#[test]
+fn access_denied_names_the_action_and_the_policy_command() {
+    let url = refusing_endpoint();
+    Ektool::new()
+        .env("EKTOOL_ENDPOINT_URL", &url)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .args(&[
+            "--no-rate-limit",
+            "-r",
+            "us-east-1",
+            "instances",
+            "--tag",
+            "Role=web",
+        ])
+        .run()
+        .code(1)
+        .stderr_has("UnauthorizedOperation")
+        .stderr_has("ec2:DescribeRegions")
+        .stderr_has("`ektool iam-policy instances`");
+}
+
+#[test]
+fn help_lists_global_options_apart() {
+    let out = Ektool::new().args(&["provision", "--help"]).run().success();
+    let (own, global) = out
+        .stdout
+        .split_once("Global options:")
+        .expect("a Global options heading");
+    assert!(own.contains("--trust-host-key"), "{}", out.stdout);
+    assert!(!own.contains("--endpoint-url"), "{}", out.stdout);
+    assert!(global.contains("--endpoint-url") && global.contains("--log-format"));
+}

@@ -184,3 +184,34 @@ fn agent_identities_are_tried_in_turn() {
         .code(1)
         .stderr_has("authentication");
 }
+
+/// `host run --timeout` takes a duration with its unit, like every
+/// duration flag; a bare number is refused with a hint, before connecting.
+#[test]
+fn run_timeouts_are_durations_with_units() {
+    let host = ssh_host(1);
+    let dir = tempdir();
+    let kh = dir.path().join("known_hosts");
+    std::fs::write(&kh, format!("{}\n", host.known_hosts_line())).unwrap();
+    let run = |timeout: &str| {
+        Ektool::new()
+            .args(&[
+                "host",
+                "run",
+                &host.target(),
+                "--known-hosts",
+                kh.to_str().unwrap(),
+                "-i",
+                host.client_key.to_str().unwrap(),
+                "--timeout",
+                timeout,
+                "--",
+                "sleep 5; echo finished",
+            ])
+            .run()
+    };
+    run("30").code(2).stderr_has("30s");
+    run("30d").code(2).stderr_has("out of range");
+    let out = run("1s").code(1);
+    assert!(!out.stdout.contains("finished"), "{out:?}");
+}

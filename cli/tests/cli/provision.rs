@@ -616,3 +616,466 @@ users_root = "{sandbox}/users"
         ["ec2:DescribeInstances", "ec2:DescribeRegions"]
     );
 }
+
+/// `(owner uid, mode)` of a path, not following a link.
+fn owner_mode(p: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap();
+    (m.uid(), m.mode() & 0o7777)
+}
+
+/// A project already provisioned once (alice managed, host key trusted).
+fn provisioned() -> Project {
+    let p = Project::new();
+    p.ektool()
+        .args(&[
+            "provision",
+            "--env",
+            "staging",
+            "--trust-host-key",
+            &p.host.fingerprint(),
+        ])
+        .run()
+        .success();
+    p
+}
+
+/// C1: a developer who replaces `~/.ssh` (or `authorized_keys`) with a
+/// link to a root-owned directory never gets root to chmod, chown or
+/// write there: the account is refused, naming the path, on the ensure
+/// path and on the revoke path, and the target stays as it was.
+#[test]
+fn a_developer_s_links_never_make_root_touch_their_target() {
+    let p = provisioned();
+    let victim = p.on_host("users/victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(victim.join("precious"), "root's\n").unwrap();
+    let victim_on_host = format!("{}/{}/users/victim", SshHost::MOUNT, p.name);
+    let ssh_dir = p.on_host("users/home/alice/.ssh");
+    std::fs::remove_dir_all(&ssh_dir).unwrap();
+    std::os::unix::fs::symlink(&victim_on_host, &ssh_dir).unwrap();
+    let untouched = || {
+        assert_eq!(owner_mode(&victim), (0, 0o755));
+        assert!(!victim.join("authorized_keys").exists());
+        assert_eq!(
+            std::fs::read_dir(&victim).unwrap().count(),
+            1,
+            "nothing new in the target"
+        );
+        assert_eq!(owner_mode(&victim.join("precious")).0, 0);
+    };
+
+    // Ensure: alice is still in the list (a key changed, so her keys are rewritten).
+    p.config(&[("alice", BOB)]);
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(2)
+        .stderr_has("refusing to manage alice")
+        .stderr_has("home/alice/.ssh is a symbolic link");
+    untouched();
+
+    // Revoke: alice leaves the list.
+    p.config(&[("bob", BOB)]);
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(2)
+        .stderr_has("refusing to manage alice")
+        .stderr_has(".ssh is a symbolic link");
+    untouched();
+    // Refused before anything changed: bob was not created either.
+    assert!(
+        !std::fs::read_to_string(p.on_host("users/etc/passwd"))
+            .unwrap()
+            .contains("bob:")
+    );
+
+    // authorized_keys itself a link to a root-owned file.
+    std::fs::remove_file(&ssh_dir).unwrap();
+    std::fs::create_dir(&ssh_dir).unwrap();
+    let alice_uid = owner_mode(&p.on_host("users/home/alice")).0;
+    std::os::unix::fs::chown(&ssh_dir, Some(alice_uid), None).unwrap();
+    std::os::unix::fs::symlink(
+        format!("{victim_on_host}/precious"),
+        ssh_dir.join("authorized_keys"),
+    )
+    .unwrap();
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(2)
+        .stderr_has(".ssh/authorized_keys is a symbolic link");
+    assert_eq!(
+        std::fs::read_to_string(victim.join("precious")).unwrap(),
+        "root's\n"
+    );
+    untouched();
+
+    // A home that is not the developer's own (root's directory).
+    std::fs::remove_file(ssh_dir.join("authorized_keys")).unwrap();
+    std::os::unix::fs::chown(p.on_host("users/home/alice"), Some(0), None).unwrap();
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(2)
+        .stderr_has("home/alice is not its own");
+}
+
+/// M11: a revoked developer loses every way in (keys in both files,
+/// password, account, shell) and the groups the config granted; back in
+/// the list, the account works again.
+#[test]
+fn revoking_a_developer_closes_every_door() {
+    let p = Project::new();
+    p.config(&[("alice", ALICE), ("bob", BOB)]);
+    p.ektool()
+        .args(&[
+            "provision",
+            "--env",
+            "staging",
+            "--trust-host-key",
+            &p.host.fingerprint(),
+        ])
+        .run()
+        .success();
+    // Alice copies her key where OpenSSH also looks.
+    let ssh = p.on_host("users/home/alice/.ssh");
+    let alice_uid = owner_mode(&ssh).0;
+    std::fs::write(ssh.join("authorized_keys2"), format!("{ALICE}\n")).unwrap();
+    std::os::unix::fs::chown(ssh.join("authorized_keys2"), Some(alice_uid), None).unwrap();
+    let line = |file: &str, name: &str| -> Vec<String> {
+        std::fs::read_to_string(p.on_host(&format!("users/etc/{file}")))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in {file}"))
+            .split(':')
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(line("group", "login")[3].split(',').any(|m| m == "alice"));
+
+    p.config(&[("bob", BOB)]);
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .success();
+    assert_eq!(
+        std::fs::read_to_string(ssh.join("authorized_keys")).unwrap(),
+        ""
+    );
+    assert!(!ssh.join("authorized_keys2").exists());
+    let shadow = line("shadow", "alice");
+    assert!(shadow[1].starts_with('!'), "password locked: {shadow:?}");
+    assert_eq!(shadow[7], "1", "account expired: {shadow:?}");
+    assert!(line("passwd", "alice")[6].ends_with("/nologin"));
+    assert!(!line("group", "login")[3].split(',').any(|m| m == "alice"));
+    // Bob kept everything.
+    assert!(line("group", "login")[3].split(',').any(|m| m == "bob"));
+    assert_eq!(line("passwd", "bob")[6], "/bin/bash");
+
+    // Back in the list: shell, expiry and group return.
+    p.config(&[("alice", ALICE), ("bob", BOB)]);
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .success();
+    assert_eq!(line("passwd", "alice")[6], "/bin/bash");
+    assert_eq!(line("shadow", "alice")[7], "");
+    assert!(line("group", "login")[3].split(',').any(|m| m == "alice"));
+}
+
+/// L12: root and system accounts are never developers.
+#[test]
+fn root_and_system_accounts_are_refused_as_developers() {
+    let p = Project::new();
+    let fp = p.host.fingerprint();
+    p.config(&[("root", ALICE)]);
+    p.ektool()
+        .args(&["provision", "--env", "staging", "--trust-host-key", &fp])
+        .run()
+        .code(2)
+        .stderr_has("`root` cannot be a developer");
+    // A system account that exists on the host and ektool did not create.
+    let passwd = p.on_host("users/etc/passwd");
+    let mut text = std::fs::read_to_string(&passwd).unwrap();
+    text.push_str("www-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\n");
+    std::fs::write(&passwd, text).unwrap();
+    p.config(&[("www-data", ALICE)]);
+    p.ektool()
+        .args(&["provision", "--env", "staging", "--trust-host-key", &fp])
+        .run()
+        .code(2)
+        .stderr_has("refusing to manage www-data")
+        .stderr_has("system account (uid 33");
+    assert!(!p.on_host("prov/tree").exists(), "nothing was applied");
+}
+
+/// Waits (bounded) until `what` holds.
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("gave up waiting for {what}");
+}
+
+/// M10: two provisions of one host never interleave: the second fails at
+/// once naming the first (nothing of it staged), the first finishes; and
+/// the tree applied is the resolved `trees/<id>`, not the `tree` link.
+#[test]
+fn two_provisions_of_one_host_never_interleave() {
+    let p = provisioned();
+    let sandbox = format!("{}/{}", SshHost::MOUNT, p.name);
+    // A state that holds the first run until the test lets it go.
+    write(
+        &p.tree().join("states/app.sls"),
+        &format!(
+            "hold:\n  cmd.run:\n    - name: \"i=0; while [ ! -e {sandbox}/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo held\"\n"
+        ),
+    );
+    let link = p.on_host("prov/tree");
+    let old_tree = std::fs::read_link(&link).unwrap();
+    let first = {
+        let e = p.ektool().args(&["provision", "--env", "staging"]);
+        std::thread::spawn(move || e.run())
+    };
+    // Holding its lock, switched to its tree, applying it.
+    wait_for("the first run to apply", || {
+        std::fs::read_link(&link).is_ok_and(|t| t != old_tree)
+    });
+    assert!(
+        std::fs::read_to_string(p.on_host("prov/.ektool/lock/owner.json"))
+            .unwrap()
+            .contains("\"provision\"")
+    );
+    let trees_before = std::fs::read_dir(p.on_host("prov/trees")).unwrap().count();
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(1)
+        .stderr_has("is locked by")
+        .stderr_has("provision")
+        .stderr_has("prov/.ektool/lock")
+        .stderr_has("--lock-wait");
+    assert_eq!(
+        std::fs::read_dir(p.on_host("prov/trees")).unwrap().count(),
+        trees_before,
+        "the second run staged nothing"
+    );
+    // A third run waits for the lock instead, and goes on once it is free.
+    let waiting = {
+        let e = p
+            .ektool()
+            .args(&["provision", "--env", "staging", "--lock-wait", "5m"]);
+        std::thread::spawn(move || e.run())
+    };
+    std::fs::write(p.on_host("go"), "").unwrap();
+    first.join().unwrap().success().stdout_has("hold (cmd.run");
+    waiting
+        .join()
+        .unwrap()
+        .success()
+        .stdout_has("hold (cmd.run");
+    assert!(!p.on_host("prov/.ektool/lock").exists(), "released");
+    // Salt read the staged directory itself.
+    let minion = std::fs::read_to_string(p.on_host("prov/tree/.salt/minion")).unwrap();
+    assert!(minion.contains("/prov/trees/"), "{minion}");
+    assert!(!minion.contains("/prov/tree/"), "{minion}");
+}
+
+/// M10: a provision does not run while a deploy of the environment holds
+/// its lock; a deploy root it locks keeps its owner for `.ektool`.
+#[test]
+fn a_held_deploy_lock_stops_a_provision() {
+    let p = provisioned();
+    let app = p.on_host("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::os::unix::fs::chown(&app, Some(4242), Some(4242)).unwrap();
+    let owner = serde_json::json!({
+        "actor": {"user": "alice", "machine": "laptop", "pid": 4242},
+        "environment": "staging", "since": "2024-01-01T00:00:00Z",
+        "action": "deploy v2.0.0", "message": "big one", "token": "x"
+    });
+    std::fs::create_dir_all(app.join(".ektool/lock")).unwrap();
+    std::fs::write(app.join(".ektool/lock/owner.json"), owner.to_string()).unwrap();
+    let tree_before = std::fs::read_link(p.on_host("prov/tree")).unwrap();
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(1)
+        .stderr_has("is locked by alice@laptop")
+        .stderr_has("deploy v2.0.0");
+    // A dry run says so, and takes nothing.
+    p.ektool()
+        .args(&["--dry-run", "provision", "--env", "staging"])
+        .run()
+        .success()
+        .stderr_has("is locked by alice@laptop")
+        .stderr_has("a real run would stop here");
+    assert_eq!(
+        std::fs::read_link(p.on_host("prov/tree")).unwrap(),
+        tree_before
+    );
+    assert!(
+        !p.on_host("prov/.ektool/lock").exists(),
+        "its own lock given back"
+    );
+    assert!(
+        app.join(".ektool/lock/owner.json").exists(),
+        "the deploy's lock kept"
+    );
+
+    // The deploy ends: the provision runs, and leaves the deploy's
+    // `.ektool` to the deploy root's owner.
+    std::fs::remove_dir_all(app.join(".ektool")).unwrap();
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .success();
+    assert_eq!(owner_mode(&app.join(".ektool")).0, 4242);
+    assert!(!app.join(".ektool/lock").exists());
+}
+
+/// Every file under `dir` with its bytes, mode, owner and mtime.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>, u32, u32, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            let m = std::fs::symlink_metadata(&path).unwrap();
+            let bytes = if m.is_file() {
+                std::fs::read(&path).unwrap()
+            } else if m.file_type().is_symlink() {
+                std::fs::read_link(&path)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
+            } else {
+                stack.push(path.clone());
+                Vec::new()
+            };
+            out.push((path, bytes, m.mode(), m.uid(), m.mtime()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// M12: `--dry-run` changes nothing anywhere: no known_hosts entry, no
+/// prompt, no file on the host (not even on first contact), no local file.
+#[test]
+fn dry_runs_change_nothing_anywhere() {
+    let p = Project::new();
+    let fp = p.host.fingerprint();
+    let known_hosts = p.dir.path().join("known_hosts");
+
+    // First contact (a tree that needs no secrets: a dry run sends none,
+    // and this host has none yet): the dry run trusts the key only for
+    // itself.
+    let top = p.tree().join("pillar/staging/top.sls");
+    let app = p.tree().join("states/app.sls");
+    let (top_text, app_text) = (
+        std::fs::read_to_string(&top).unwrap(),
+        std::fs::read_to_string(&app).unwrap(),
+    );
+    write(&top, "base:\n  '*':\n    - env\n");
+    write(
+        &app,
+        &format!(
+            "greeting:\n  file.managed:\n    - name: {}/{}/out/greeting.txt\n    - makedirs: True\n    - contents: \"{{{{ pillar['greeting'] }}}}\"\n",
+            SshHost::MOUNT,
+            p.name
+        ),
+    );
+    let out = p
+        .ektool()
+        .args(&[
+            "--dry-run",
+            "provision",
+            "--env",
+            "staging",
+            "--trust-host-key",
+            &fp,
+        ])
+        .run()
+        .success()
+        .stderr_has("would trust")
+        .stdout_has("would change  greeting");
+    drop(out);
+    assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), "");
+    assert!(!p.on_host("prov").exists(), "no provision root");
+    assert!(!p.on_host("out").exists());
+    assert!(
+        !std::fs::read_to_string(p.on_host("users/etc/passwd"))
+            .unwrap()
+            .contains("alice")
+    );
+    write(&top, &top_text);
+    write(&app, &app_text);
+    // Without the fingerprint: refused, never asked.
+    p.ektool()
+        .args(&["--dry-run", "provision", "--env", "staging"])
+        .run()
+        .code(2)
+        .stderr_has("--trust-host-key");
+
+    // host trust: says what it would record, records nothing.
+    p.ektool()
+        .args(&[
+            "--dry-run",
+            "host",
+            "trust",
+            &p.host.target(),
+            "--fingerprint",
+            &fp,
+            "--known-hosts",
+            known_hosts.to_str().unwrap(),
+        ])
+        .run()
+        .success()
+        .stdout_has("would be recorded");
+    assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), "");
+
+    // A provisioned host: a dry run with changes leaves every file as it was.
+    p.ektool()
+        .args(&["provision", "--env", "staging", "--trust-host-key", &fp])
+        .run()
+        .success();
+    let kh = std::fs::read_to_string(&known_hosts).unwrap();
+    write(
+        &p.tree().join("pillar/staging/env.sls"),
+        "greeting: changed\n",
+    );
+    p.config(&[("alice", ALICE), ("bob", BOB)]);
+    write(
+        &p.tree().join("secrets/staging.sls"),
+        "secrets:\n  API_TOKEN: rotated\n",
+    );
+    let before = snapshot(&p.on_host(""));
+    p.ektool()
+        .args(&["--dry-run", "provision", "--env", "staging"])
+        .run()
+        .success()
+        .stdout_has("would change  greeting");
+    assert_eq!(snapshot(&p.on_host("")), before, "the host's files changed");
+    assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), kh);
+
+    // secrets get: shows the difference, asks nothing, writes nothing.
+    let local = p.tree().join("secrets/staging.sls");
+    p.ektool()
+        .args(&["--dry-run", "secrets", "get", "--env", "staging"])
+        .run()
+        .success()
+        .stdout_has("would replace");
+    assert_eq!(
+        std::fs::read_to_string(&local).unwrap(),
+        "secrets:\n  API_TOKEN: rotated\n"
+    );
+}

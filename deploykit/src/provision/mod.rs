@@ -18,6 +18,7 @@
 //!   per-state results are parsed, so **any failed state is a failure** and
 //!   a render error is reported as such, or a plain script ([`script`]).
 
+pub mod lock;
 pub mod salt;
 pub mod script;
 pub mod secrets;
@@ -32,6 +33,7 @@ use async_trait::async_trait;
 use ec2kit::{Remote, RemoteError};
 use serde::{Deserialize, Serialize};
 
+pub use lock::{LockSpec, ProvisionLock};
 pub use salt::SaltProvisioner;
 pub use script::ScriptProvisioner;
 pub use users::Developer;
@@ -204,10 +206,18 @@ pub enum ProvisionerKind {
 ///   salt-root/            Salt's private root_dir (cache, pki, logs)
 ///   users.json            the developers this tool manages
 /// ```
+///
+/// A dry run changes nothing under the root: it stages its tree and keeps
+/// Salt's cache in a temporary *scratch* directory instead
+/// ([`RemoteLayout::with_scratch`], [`tree::stage_scratch`]), removed at
+/// the end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteLayout {
     /// The root.
     pub root: String,
+    /// A dry run's temporary directory, outside the root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch: Option<String>,
 }
 
 impl RemoteLayout {
@@ -215,6 +225,17 @@ impl RemoteLayout {
     pub fn new(root: &str) -> Self {
         Self {
             root: root.trim_end_matches('/').to_owned(),
+            scratch: None,
+        }
+    }
+
+    /// The same layout for a dry run whose tree and Salt cache live in
+    /// `scratch`; secrets are still read from the root.
+    #[must_use]
+    pub fn with_scratch(&self, scratch: &str) -> Self {
+        Self {
+            root: self.root.clone(),
+            scratch: Some(scratch.trim_end_matches('/').to_owned()),
         }
     }
 
@@ -239,9 +260,12 @@ impl RemoteLayout {
         format!("{}/secrets/secrets.sls", self.root)
     }
 
-    /// Salt's `root_dir`.
+    /// Salt's `root_dir` (in the scratch directory on a dry run).
     pub fn salt_root(&self) -> String {
-        format!("{}/salt-root", self.root)
+        format!(
+            "{}/salt-root",
+            self.scratch.as_deref().unwrap_or(&self.root)
+        )
     }
 
     /// The managed-users record.
@@ -373,6 +397,15 @@ pub enum ProvisionError {
         #[source]
         source: std::io::Error,
     },
+    /// A symbolic link in the local tree leads somewhere it must not
+    /// (outside `states/` or this environment's pillar, or in a loop).
+    #[error("{}: {reason}; refused", path.display())]
+    TreeLink {
+        /// The link.
+        path: PathBuf,
+        /// Where it leads and why that is refused.
+        reason: String,
+    },
     /// A host failed.
     #[error(transparent)]
     Remote(#[from] RemoteError),
@@ -407,6 +440,27 @@ pub enum ProvisionError {
     SecretsNotConfirmed {
         /// The host.
         host: String,
+    },
+    /// A developer's account may not be touched: root, a system account
+    /// this tool did not create, or a home (or `~/.ssh`, or a key file)
+    /// that is a link or not the developer's own.
+    #[error("{host}: refusing to manage {user}: {reason}")]
+    Refused {
+        /// The host.
+        host: String,
+        /// The account.
+        user: String,
+        /// What is wrong, naming the path.
+        reason: String,
+    },
+    /// Another provision, or a deploy of the environment, holds a lock on
+    /// the host.
+    #[error("{lock} (lock {path})")]
+    Locked {
+        /// The lock found.
+        lock: Box<crate::lock::HeldLock>,
+        /// The lock directory on the host.
+        path: String,
     },
     /// The user change would leave nobody able to log in.
     #[error("refusing a user change that would leave nobody able to log in: {0}")]

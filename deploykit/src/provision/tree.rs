@@ -75,8 +75,9 @@ impl LocalTree {
             let name = e.file_name().to_string_lossy().into_owned();
             let path = e.path();
             match name.as_str() {
-                "states" => walk(&path, "states", &mut files)?,
+                "states" => Walk::new(&path)?.walk(&path, "states", &mut files)?,
                 "pillar" => {
+                    refuse_link(&path)?;
                     let mut envs: Vec<_> = std::fs::read_dir(&path)
                         .map_err(err(&path))?
                         .collect::<Result<_, _>>()
@@ -85,7 +86,10 @@ impl LocalTree {
                     for p in envs {
                         let pname = p.file_name().to_string_lossy().into_owned();
                         if pname == env {
-                            walk(&p.path(), "pillar", &mut files)?;
+                            // `pillar/staging -> production` would ship
+                            // another environment's pillar.
+                            let dir = p.path();
+                            Walk::new(&dir)?.walk(&dir, "pillar", &mut files)?;
                         } else {
                             excluded.push(format!("pillar/{pname}"));
                         }
@@ -98,7 +102,21 @@ impl LocalTree {
             }
         }
         if let Some(s) = script {
-            walk(&root.join(s), s, &mut files)?;
+            let path = root.join(s);
+            // The script is one file of the tree: no link anywhere on its
+            // path (`bootstrap.sh -> secrets/production.sls`).
+            let canonical = path.canonicalize().map_err(err(&path))?;
+            let real_root = root.canonicalize().map_err(err(root))?;
+            if canonical != real_root.join(s) {
+                return Err(ProvisionError::TreeLink {
+                    path,
+                    reason: format!(
+                        "leads to {}; the script must be a plain file of the tree",
+                        canonical.display()
+                    ),
+                });
+            }
+            Walk::new(&path)?.walk(&path, s, &mut files)?;
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(Self {
@@ -145,35 +163,105 @@ impl LocalTree {
     }
 }
 
-fn walk(path: &Path, rel: &str, out: &mut Vec<TreeFile>) -> Result<(), ProvisionError> {
-    use std::os::unix::fs::PermissionsExt;
-    let err = |source| ProvisionError::Tree {
+/// The top of an allowed subtree (`states/`, `pillar/<env>/`) must not be
+/// a link itself: its links are judged against where it really is.
+fn refuse_link(path: &Path) -> Result<(), ProvisionError> {
+    let meta = std::fs::symlink_metadata(path).map_err(|source| ProvisionError::Tree {
         path: path.to_owned(),
         source,
-    };
-    let meta = std::fs::metadata(path).map_err(err)?;
-    if meta.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(path)
-            .map_err(err)?
-            .collect::<Result<_, _>>()
-            .map_err(err)?;
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name().to_string_lossy().into_owned();
-            // Editor droppings and VCS files are not configuration.
-            if name.starts_with('.') || name.ends_with('~') {
-                continue;
-            }
-            walk(&e.path(), &format!("{rel}/{name}"), out)?;
-        }
-    } else if meta.is_file() {
-        out.push(TreeFile {
-            path: rel.to_owned(),
-            bytes: std::fs::read(path).map_err(err)?,
-            executable: meta.permissions().mode() & 0o100 != 0,
+    })?;
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(path)
+            .map(|t| t.display().to_string())
+            .unwrap_or_default();
+        return Err(ProvisionError::TreeLink {
+            path: path.to_owned(),
+            reason: format!("is a symbolic link (to {target}); it must be a directory of the tree"),
         });
     }
     Ok(())
+}
+
+/// A walk of one allowed subtree. Links are followed only when they stay
+/// inside it (a committed `states/x.sls -> ../secrets/production.sls`
+/// would otherwise ship production secrets to whatever host is being
+/// provisioned), and a link back to a directory being walked is a loop,
+/// reported instead of recursing until the stack overflows.
+struct Walk {
+    /// The subtree's real path.
+    base: PathBuf,
+    /// The real paths of the directories being walked (innermost last).
+    ancestors: Vec<PathBuf>,
+}
+
+impl Walk {
+    fn new(top: &Path) -> Result<Self, ProvisionError> {
+        refuse_link(top)?;
+        let base = top.canonicalize().map_err(|source| ProvisionError::Tree {
+            path: top.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            base,
+            ancestors: Vec::new(),
+        })
+    }
+
+    fn walk(
+        &mut self,
+        path: &Path,
+        rel: &str,
+        out: &mut Vec<TreeFile>,
+    ) -> Result<(), ProvisionError> {
+        use std::os::unix::fs::PermissionsExt;
+        let err = |source| ProvisionError::Tree {
+            path: path.to_owned(),
+            source,
+        };
+        let link = std::fs::symlink_metadata(path).map_err(err)?;
+        let real = path.canonicalize().map_err(err)?;
+        if link.file_type().is_symlink() && !real.starts_with(&self.base) {
+            return Err(ProvisionError::TreeLink {
+                path: path.to_owned(),
+                reason: format!(
+                    "leads to {}, outside {}",
+                    real.display(),
+                    self.base.display()
+                ),
+            });
+        }
+        let meta = std::fs::metadata(path).map_err(err)?;
+        if meta.is_dir() {
+            if self.ancestors.contains(&real) {
+                return Err(ProvisionError::TreeLink {
+                    path: path.to_owned(),
+                    reason: format!("is a loop back to {}", real.display()),
+                });
+            }
+            let mut entries: Vec<_> = std::fs::read_dir(path)
+                .map_err(err)?
+                .collect::<Result<_, _>>()
+                .map_err(err)?;
+            entries.sort_by_key(|e| e.file_name());
+            self.ancestors.push(real);
+            for e in entries {
+                let name = e.file_name().to_string_lossy().into_owned();
+                // Editor droppings and VCS files are not configuration.
+                if name.starts_with('.') || name.ends_with('~') {
+                    continue;
+                }
+                self.walk(&e.path(), &format!("{rel}/{name}"), out)?;
+            }
+            self.ancestors.pop();
+        } else if meta.is_file() {
+            out.push(TreeFile {
+                path: rel.to_owned(),
+                bytes: std::fs::read(path).map_err(err)?,
+                executable: meta.permissions().mode() & 0o100 != 0,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A fresh tree id: sortable by time, unique.
@@ -201,6 +289,50 @@ pub async fn stage(
     let command = Command::argv(["sh", "-s", "--", &dir]).stdin(tree.install_script());
     ec2kit::remote::run_checked(host, &command).await?;
     Ok(dir)
+}
+
+/// Writes `tree` into a fresh temporary directory on the host (outside
+/// the provision root, which stays untouched) for a dry run; returns the
+/// directory. The tree is in its `tree/`; remove it all with
+/// [`discard_scratch`].
+pub async fn stage_scratch(host: &dyn Remote, tree: &LocalTree) -> Result<String, ProvisionError> {
+    let make = "set -eu; umask 077; mktemp -d \"${TMPDIR:-/tmp}/ektool-provision.XXXXXXXX\"";
+    let out = ec2kit::remote::run_checked(host, &Command::shell(make)).await?;
+    let dir = out.stdout_str().trim().to_owned();
+    if !is_scratch(&dir) {
+        return Err(ProvisionError::Invalid(format!(
+            "{}: mktemp printed {dir:?}, not a temporary directory",
+            host.host()
+        )));
+    }
+    let command =
+        Command::argv(["sh", "-s", "--", &format!("{dir}/tree")]).stdin(tree.install_script());
+    if let Err(e) = ec2kit::remote::run_checked(host, &command).await {
+        let _ = discard_scratch(host, &dir).await;
+        return Err(e.into());
+    }
+    Ok(dir)
+}
+
+/// Whether `dir` is what [`stage_scratch`] makes (never remove anything
+/// else).
+fn is_scratch(dir: &str) -> bool {
+    dir.starts_with('/')
+        && !dir.contains("/../")
+        && dir
+            .rsplit_once('/')
+            .is_some_and(|(_, name)| name.starts_with("ektool-provision.") && name.len() == 25)
+}
+
+/// Removes a dry run's scratch directory.
+pub async fn discard_scratch(host: &dyn Remote, dir: &str) -> Result<(), ProvisionError> {
+    if !is_scratch(dir) {
+        return Err(ProvisionError::Invalid(format!(
+            "not a scratch directory: {dir:?}"
+        )));
+    }
+    ec2kit::remote::run_checked(host, &Command::argv(["rm", "-rf", "--", dir])).await?;
+    Ok(())
 }
 
 /// Puts `trees/<id>` in force: a new symlink renamed over `tree` (readers
@@ -270,6 +402,80 @@ mod tests {
             !t.install_script().contains("U0VDUkVU"),
             "no secret in the script"
         );
+    }
+
+    fn tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        for (p, c) in [
+            ("states/top.sls", "base: {}"),
+            ("states/web/init.sls", "x"),
+            ("pillar/staging/top.sls", "s"),
+            ("pillar/production/top.sls", "PRODUCTION"),
+            ("secrets/production.sls", "SECRET"),
+        ] {
+            std::fs::create_dir_all(r.join(p).parent().unwrap()).unwrap();
+            std::fs::write(r.join(p), c).unwrap();
+        }
+        dir
+    }
+
+    fn refused(r: &Path, env: &str, script: Option<&str>) -> String {
+        match LocalTree::collect(r, env, script) {
+            Err(e @ ProvisionError::TreeLink { .. }) => e.to_string(),
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn links_out_of_states_or_pillar_are_refused() {
+        use std::os::unix::fs::symlink;
+        // Into secrets/.
+        let d = tree();
+        symlink("../secrets/production.sls", d.path().join("states/x.sls")).unwrap();
+        let e = refused(d.path(), "staging", None);
+        assert!(e.contains("states/x.sls") && e.contains("outside"), "{e}");
+        // Into another environment's pillar, from inside this one's.
+        let d = tree();
+        symlink(
+            "../production/top.sls",
+            d.path().join("pillar/staging/p.sls"),
+        )
+        .unwrap();
+        assert!(refused(d.path(), "staging", None).contains("pillar/staging/p.sls"));
+        // This environment's pillar is itself a link to another's.
+        let d = tree();
+        std::fs::remove_dir_all(d.path().join("pillar/staging")).unwrap();
+        symlink("production", d.path().join("pillar/staging")).unwrap();
+        assert!(refused(d.path(), "staging", None).contains("symbolic link"));
+        // A directory link out of states/.
+        let d = tree();
+        symlink("../secrets", d.path().join("states/s")).unwrap();
+        refused(d.path(), "staging", None);
+        // A script that is a link into secrets/.
+        let d = tree();
+        symlink("secrets/production.sls", d.path().join("boot.sh")).unwrap();
+        assert!(refused(d.path(), "staging", Some("boot.sh")).contains("boot.sh"));
+    }
+
+    #[test]
+    fn links_inside_a_subtree_are_followed() {
+        use std::os::unix::fs::symlink;
+        let d = tree();
+        symlink("web/init.sls", d.path().join("states/alias.sls")).unwrap();
+        let t = LocalTree::collect(d.path(), "staging", None).unwrap();
+        assert!(t.summary().files.contains(&"states/alias.sls".to_owned()));
+    }
+
+    #[test]
+    fn link_loops_are_reported_not_recursed() {
+        use std::os::unix::fs::symlink;
+        let d = tree();
+        symlink(".", d.path().join("states/loop")).unwrap();
+        assert!(refused(d.path(), "staging", None).contains("loop"));
+        let d = tree();
+        symlink("..", d.path().join("states/web/up")).unwrap();
+        assert!(refused(d.path(), "staging", None).contains("loop"));
     }
 
     #[test]

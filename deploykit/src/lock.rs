@@ -142,7 +142,8 @@ pub(crate) async fn try_acquire(
         host,
         true,
         &format!(
-            "if mkdir {LOCK} 2>/dev/null; then (set -C; cat > {LOCK}/owner.json) || exit 1; echo acquired\n{state_script}exit 0; fi\n\
+            "ek_file releases.jsonl; ek_file {LOCK}\n\
+             if mkdir {LOCK} 2>/dev/null; then (set -C; cat > {LOCK}/owner.json) || exit 1; echo acquired\n{state_script}exit 0; fi\n\
              echo held\n\
              [ -s {LOCK}/owner.json ] || sleep 0.2\n\
              {held}",

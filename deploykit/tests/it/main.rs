@@ -8,3 +8,4 @@ mod faults;
 mod git;
 mod notify;
 mod support;
+mod takeover;

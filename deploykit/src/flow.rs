@@ -48,7 +48,7 @@ use crate::log::{self, LogAction, LogEntry, LogResult};
 use crate::notify::{Notification, NotificationKind, Notifier};
 use crate::plan::{DeployPlan, HostPlan, PrepareAction};
 use crate::release::{self, Marker, Release};
-use crate::shell::{GUARDS, short};
+use crate::shell::{GUARDS, describe, short};
 use crate::{health, switch};
 
 /// Runs deploy operations for one environment on its hosts.
@@ -279,7 +279,7 @@ impl Deployer {
                         .map_err(|e| HostFailure {
                             host: h.name().to_owned(),
                             stage: Stage::Inspect,
-                            error: crate::git::redact(&e.to_string()),
+                            error: describe(&e),
                         })?;
                     state.clock_skew_ms = skew_ms(&state, sent, t.elapsed());
                     Ok(state)
@@ -795,7 +795,7 @@ impl Deployer {
         for (s, r) in slots.iter().zip(results) {
             match r {
                 Ok(t) => times.extend(t),
-                Err(e) => failures.push(self.host_failed(s.host, Stage::Switch, e.to_string())),
+                Err(e) => failures.push(self.host_failed(s.host, Stage::Switch, describe(&e))),
             }
         }
         if !failures.is_empty() {
@@ -1067,7 +1067,7 @@ impl Deployer {
         };
         host.run_checked(&c)
             .await
-            .map_err(|e| fail(stage, e.to_string()))?;
+            .map_err(|e| fail(stage, describe(&e)))?;
         self.emit(Event::CheckedOut {
             host: host.name().to_owned(),
             release: name.clone(),
@@ -1281,7 +1281,7 @@ impl Deployer {
                 Err(e) => inconsistent.push(HostFailure {
                     host: s.host.name().to_owned(),
                     stage: Stage::Switch,
-                    error: crate::git::redact(&e.to_string()),
+                    error: describe(&e),
                 }),
             }
         }
@@ -1374,7 +1374,7 @@ impl LockRound {
                     self.error = Some(HostFailure {
                         host: host.name().to_owned(),
                         stage: Stage::Lock,
-                        error: e.to_string(),
+                        error: describe(&e),
                     });
                 }
             }

@@ -10,7 +10,7 @@ use crate::hooks::{self, HookContext};
 use crate::layout::HostState;
 use crate::lock::{self, HeldLock};
 use crate::log::{self, HistoryRow};
-use crate::shell::{GUARDS, q};
+use crate::shell::{GUARDS, describe, q};
 
 /// One host's releases.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,7 +129,7 @@ impl Deployer {
                                 .cwd(h.root().to_owned())
                                 .timeout(self.timeouts().switch.get());
                             h.run_checked(&command).await.map_err(|e| {
-                                self.host_failed(h, Stage::AfterSwitch, e.to_string())
+                                self.host_failed(h, Stage::AfterSwitch, describe(&e))
                             })?;
                         }
                         let list = self.config.hooks.of(phase);

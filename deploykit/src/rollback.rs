@@ -26,7 +26,7 @@ use crate::lock;
 use crate::log::{self, LogAction, LogEntry, LogResult};
 use crate::notify::NotificationKind;
 use crate::release::Release;
-use crate::shell::{GUARDS, short};
+use crate::shell::{GUARDS, describe, short};
 use crate::switch;
 
 /// One host's rollback.
@@ -200,7 +200,7 @@ impl Deployer {
                 Err(e) => failures.push(HostFailure {
                     host: h.name().to_owned(),
                     stage: Stage::Inspect,
-                    error: e.to_string(),
+                    error: describe(&e),
                 }),
             }
         }
@@ -297,7 +297,9 @@ impl Deployer {
         for (&i, r) in moving.iter().zip(results) {
             match r {
                 Ok(t) => times.extend(t),
-                Err(e) => failures.push(self.host_failed(&self.hosts[i], Stage::Switch, e.to_string())),
+                Err(e) => {
+                    failures.push(self.host_failed(&self.hosts[i], Stage::Switch, describe(&e)));
+                }
             }
         }
         if !failures.is_empty() {
@@ -322,7 +324,7 @@ impl Deployer {
                     Err(e) => inconsistent.push(HostFailure {
                         host: h.name().to_owned(),
                         stage: Stage::Switch,
-                        error: e.to_string(),
+                        error: describe(&e),
                     }),
                 }
             }

@@ -17,6 +17,27 @@ pub(crate) fn tail(bytes: &[u8], max: usize) -> String {
     format!("…{}", text.get(start..).unwrap_or_default())
 }
 
+/// A host command's failure in a few words, for [`HostFailure`]s: what it
+/// said on stderr (or how it ended), never the whole script sent (the host
+/// and the stage are said next to it), and with URL credentials redacted.
+///
+/// [`HostFailure`]: crate::HostFailure
+pub(crate) fn describe(e: &ec2kit::RemoteError) -> String {
+    let text = match e {
+        ec2kit::RemoteError::Failed { status, stderr, .. } if stderr.is_empty() => {
+            format!("failed with {status}")
+        }
+        ec2kit::RemoteError::Failed { status, stderr, .. } => {
+            format!("{} ({status})", tail(stderr.as_bytes(), 800))
+        }
+        ec2kit::RemoteError::Timeout { after, .. } => {
+            format!("timed out after {}", ec2kit::duration::format(*after))
+        }
+        other => other.to_string(),
+    };
+    crate::git::redact(&text)
+}
+
 /// The release directory name out of what `readlink current` printed:
 /// `releases/<name>` (relative, as deploykit writes it) or
 /// `<root>/releases/<name>` (absolute, as Capistrano writes it). Any other

@@ -1385,7 +1385,7 @@ impl LockRound {
 /// Releases a successful deploy of `commit` into `name` removes: the
 /// layout's cleanup of the host's state with the new release complete and
 /// current, the old current as previous.
-fn cleanup_after(
+pub(crate) fn cleanup_after(
     layout: &dyn ReleaseLayout,
     state: &HostState,
     name: &str,

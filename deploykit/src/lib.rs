@@ -43,6 +43,8 @@ pub mod git;
 pub mod health;
 pub mod hooks;
 pub mod host;
+#[cfg(test)]
+mod host_text;
 pub mod layout;
 pub mod lock;
 pub mod log;

@@ -178,7 +178,7 @@ fn held_fragment() -> String {
 }
 
 /// Judges what [`held_fragment`] printed.
-fn parse_held<'a>(
+pub(crate) fn parse_held<'a>(
     host: &Host,
     mut lines: impl Iterator<Item = &'a str>,
     stale_after: Duration,

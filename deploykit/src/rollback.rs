@@ -84,7 +84,7 @@ fn live_since(state: &HostState, log: &[LogEntry]) -> Option<Timestamp> {
 /// previous good release of the host whose live release is the newest.
 /// Hosts already on the target stay; a host that cannot reach it stops
 /// the whole rollback before anything changes.
-fn fleet_steps(
+pub(crate) fn fleet_steps(
     hosts: &[Host],
     states: &[HostState],
     logs: &[&[LogEntry]],

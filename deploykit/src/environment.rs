@@ -696,7 +696,12 @@ mod tests {
         let c: C = toml::from_str("t = { fetch = \"2m\" }").unwrap();
         assert_eq!(c.t.fetch.get(), Duration::from_secs(120));
         assert_eq!(c.t.lock, Timeouts::default().lock);
-        for bad in ["t = { lock = 30 }", "t = { lock = \"0s\" }", "t = { lock = \"2d\" }", "t = { nope = \"1s\" }"] {
+        for bad in [
+            "t = { lock = 30 }",
+            "t = { lock = \"0s\" }",
+            "t = { lock = \"2d\" }",
+            "t = { nope = \"1s\" }",
+        ] {
             assert!(toml::from_str::<C>(bad).is_err(), "{bad}");
         }
     }

@@ -514,10 +514,8 @@ impl Deployer {
 
     async fn unlock_hosts(&self, hosts: &[&Host], token: &str) {
         let timeout = self.timeouts().lock.get();
-        let results = futures::future::join_all(
-            hosts.iter().map(|h| lock::release(h, token, timeout)),
-        )
-        .await;
+        let results =
+            futures::future::join_all(hosts.iter().map(|h| lock::release(h, token, timeout))).await;
         for (h, r) in hosts.iter().zip(results) {
             if let Err(e) = r {
                 self.emit(Event::Warning {
@@ -740,7 +738,10 @@ impl Deployer {
             .await;
         let failures: Vec<HostFailure> = prepared.into_iter().filter_map(Result::err).collect();
         if self.cancelled() {
-            return Err(fail(self.interrupted_before_switch(&slots, release, Stage::Build).await));
+            return Err(fail(
+                self.interrupted_before_switch(&slots, release, Stage::Build)
+                    .await,
+            ));
         }
         if !failures.is_empty() {
             return Err(fail(
@@ -805,7 +806,10 @@ impl Deployer {
             ));
         }
         if self.cancelled() {
-            return Err(fail(self.interrupted_after_switch(&slots, release, Stage::Switch).await));
+            return Err(fail(
+                self.interrupted_after_switch(&slots, release, Stage::Switch)
+                    .await,
+            ));
         }
         let spread = spread_ms(&times);
 
@@ -870,7 +874,9 @@ impl Deployer {
                             s.host,
                             format!("could not record the release, clean up or unlock: {e}"),
                         );
-                        if let Err(e) = lock::release(s.host, token, self.timeouts().lock.get()).await {
+                        if let Err(e) =
+                            lock::release(s.host, token, self.timeouts().lock.get()).await
+                        {
                             self.warn(s.host, format!("could not release the lock: {e}"));
                         }
                     }

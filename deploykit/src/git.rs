@@ -100,7 +100,10 @@ pub fn redact(text: &str) -> String {
         out.push_str("://");
         match authority.rsplit_once('@') {
             Some((info, host)) => {
-                let url = format!("{}://{authority}", head.get(scheme_start..).unwrap_or_default());
+                let url = format!(
+                    "{}://{authority}",
+                    head.get(scheme_start..).unwrap_or_default()
+                );
                 if userinfo_is_secret(&url) {
                     out.push_str("***@");
                 } else {
@@ -827,7 +830,10 @@ mod tests {
         assert!(!r.contains("SECRET"), "{r}");
         assert!(r.contains("'https://***@h.example/a.git/'"), "{r}");
         assert!(r.contains("ssh://git@h/c"), "{r}");
-        assert_eq!(redact("no urls, ünïcode :// @ here"), "no urls, ünïcode :// @ here");
+        assert_eq!(
+            redact("no urls, ünïcode :// @ here"),
+            "no urls, ünïcode :// @ here"
+        );
     }
 
     proptest::proptest! {

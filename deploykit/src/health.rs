@@ -100,7 +100,10 @@ mod tests {
     #[test]
     fn the_url_is_an_http_url_after_the_options() {
         let s = check_script(&HealthCheck::http("http://127.0.0.1:8000/up")).unwrap();
-        assert!(s.contains("--max-time 5 -- http://127.0.0.1:8000/up"), "{s}");
+        assert!(
+            s.contains("--max-time 5 -- http://127.0.0.1:8000/up"),
+            "{s}"
+        );
         assert!(matches!(
             check_script(&HealthCheck::http("--config=/etc/passwd")),
             Err(HealthError::InvalidUrl)

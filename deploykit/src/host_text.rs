@@ -29,7 +29,10 @@ fn exercise(text: &str) {
     let now = jiff::Timestamp::now();
     let fresh = Timestamped::fresh_name(now, state.releases.iter().map(|r| r.name.as_str()));
     assert!(Timestamped::is_release_name(&fresh), "{fresh}");
-    assert!(!state.releases.iter().any(|r| r.name == fresh), "{fresh} reused");
+    assert!(
+        !state.releases.iter().any(|r| r.name == fresh),
+        "{fresh} reused"
+    );
     let layouts: [&dyn ReleaseLayout; 2] = [&AbSlots, &Timestamped { keep: 2 }];
     for layout in layouts {
         let p = layout.place(&state, COMMIT, &fresh);
@@ -39,7 +42,12 @@ fn exercise(text: &str) {
         }
     }
     let logs = [state.log.as_slice()];
-    let _ = fleet_steps(std::slice::from_ref(&h), std::slice::from_ref(&state), &logs, None);
+    let _ = fleet_steps(
+        std::slice::from_ref(&h),
+        std::slice::from_ref(&state),
+        &logs,
+        None,
+    );
     for r in &state.releases {
         let _ = fleet_steps(
             std::slice::from_ref(&h),
@@ -95,7 +103,8 @@ fn line() -> impl Strategy<Value = String> {
         Just("absent"),
         Just("held"),
     ];
-    (tag, field.clone(), prop_oneof![field, marker, entry]).prop_map(|(t, a, b)| format!("{t}\t{a}\t{b}"))
+    (tag, field.clone(), prop_oneof![field, marker, entry])
+        .prop_map(|(t, a, b)| format!("{t}\t{a}\t{b}"))
 }
 
 proptest! {

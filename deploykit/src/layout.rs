@@ -524,7 +524,9 @@ mod tests {
     #[test]
     fn parses_state() {
         let s = HostState::parse(
-            &format!("clock\t1700000000000000000\ncurrent\treleases/b\nrelease\ta\t{{\"release\":\"a\",\"commit\":\"{C1}\",\"built_at\":\"2024-01-01T00:00:00Z\"}}\nunfinished\tb\nmade\tb\nmirror\n"),
+            &format!(
+                "clock\t1700000000000000000\ncurrent\treleases/b\nrelease\ta\t{{\"release\":\"a\",\"commit\":\"{C1}\",\"built_at\":\"2024-01-01T00:00:00Z\"}}\nunfinished\tb\nmade\tb\nmirror\n"
+            ),
             "/srv/app",
         );
         assert_eq!(s.current.as_deref(), Some("b"));
@@ -546,7 +548,10 @@ mod tests {
             "/srv/app",
         );
         assert_eq!(s.current.as_deref(), Some("20200101000000"));
-        assert_eq!(s.current_link.as_deref(), Some("/srv/app/releases/20200101000000"));
+        assert_eq!(
+            s.current_link.as_deref(),
+            Some("/srv/app/releases/20200101000000")
+        );
         assert!(!s.releases[0].is_ours());
         let s = HostState::parse("current\t/var/www/app-v7\n", "/srv/app");
         assert_eq!(s.current, None);

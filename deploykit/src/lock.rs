@@ -184,9 +184,7 @@ pub(crate) fn parse_held<'a>(
     stale_after: Duration,
 ) -> HeldLock {
     let owner_line = lines.next().unwrap_or_default();
-    let seconds = |l: Option<&str>| -> i64 {
-        l.and_then(|l| l.trim().parse().ok()).unwrap_or(0)
-    };
+    let seconds = |l: Option<&str>| -> i64 { l.and_then(|l| l.trim().parse().ok()).unwrap_or(0) };
     let mtime = seconds(lines.next());
     let now = seconds(lines.next());
     let checksum = lines.next().unwrap_or("none").trim().to_owned();
@@ -209,14 +207,9 @@ fn judge(host: &Host, owner_line: &str, age: u64, stale_after: Duration) -> Held
         }
         // Only where its pid means the same process: the same machine,
         // boot and pid namespace (never the host name alone).
-        Some(o)
-            if here.is_some() && o.actor.scope == here && !process_alive(o.actor.pid) =>
-        {
-            Some(format!(
-                "process {} on {} is gone",
-                o.actor.pid, o.actor.machine
-            ))
-        }
+        Some(o) if here.is_some() && o.actor.scope == here && !process_alive(o.actor.pid) => Some(
+            format!("process {} on {} is gone", o.actor.pid, o.actor.machine),
+        ),
         // mkdir happened, the owner file never did: the run died in between.
         None if age > 60 => Some("it has no owner file".to_owned()),
         _ => None,
@@ -232,7 +225,12 @@ fn judge(host: &Host, owner_line: &str, age: u64, stale_after: Duration) -> Held
 
 /// Reads a host's lock without touching it.
 pub async fn status(host: &Host, stale_after: Duration) -> Result<Option<HeldLock>, RemoteError> {
-    status_within(host, stale_after, crate::environment::Timeouts::default().state.get()).await
+    status_within(
+        host,
+        stale_after,
+        crate::environment::Timeouts::default().state.get(),
+    )
+    .await
 }
 
 /// [`status`], with a deadline for the command.

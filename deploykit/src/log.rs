@@ -349,7 +349,8 @@ mod tests {
         let line = serde_json::to_string(&entry(Deploy, "r1", &good, Some(Success))).unwrap();
         let text = format!("{line}\n{{\"at\":\"2024-");
         assert_eq!(parse(&text).len(), 1);
-        let multibyte = serde_json::to_string(&entry(Deploy, "r1", &"é".repeat(20), Some(Success))).unwrap();
+        let multibyte =
+            serde_json::to_string(&entry(Deploy, "r1", &"é".repeat(20), Some(Success))).unwrap();
         assert!(parse(&multibyte).is_empty());
     }
 }

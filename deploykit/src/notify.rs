@@ -311,7 +311,10 @@ mod tests {
         assert!(!text.contains('<') && !text.contains("& "), "{text}");
         assert!(text.contains("&lt;!channel&gt; urgent"), "{text}");
         assert!(text.contains("v1 &amp; v2"), "{text}");
-        assert!(text.contains("&lt;http://evil.example|click here&gt;"), "{text}");
+        assert!(
+            text.contains("&lt;http://evil.example|click here&gt;"),
+            "{text}"
+        );
         // The plain text (other notifiers, logs) is unchanged.
         assert!(n.text().contains("<!channel>"));
     }
@@ -325,7 +328,11 @@ mod tests {
             Err(NotifyError::InsecureUrl)
         ));
         WebhookNotifier::new("https://hooks.example.com/T/B/x").unwrap();
-        for local in ["http://127.0.0.1:9/x", "http://localhost:9/x", "http://[::1]:9/x"] {
+        for local in [
+            "http://127.0.0.1:9/x",
+            "http://localhost:9/x",
+            "http://[::1]:9/x",
+        ] {
             WebhookNotifier::new(local).unwrap();
         }
         WebhookNotifier::with_http("http://hooks.example.com/T/B/x", true).unwrap();

@@ -216,10 +216,7 @@ fn link_shared(path: &SharedPath, is_dir: bool) -> String {
     let mut parents = String::new();
     let parts: Vec<&str> = p.split('/').collect();
     for i in 1..parts.len() {
-        parents.push_str(&format!(
-            "ek_file \"$rel\"/{}\n",
-            q(&parts[..i].join("/"))
-        ));
+        parents.push_str(&format!("ek_file \"$rel\"/{}\n", q(&parts[..i].join("/"))));
     }
     format!(
         "{ensure}{parents}rm -rf \"$rel\"/{inside}\n\
@@ -280,7 +277,10 @@ mod tests {
     fn urls_are_never_options() {
         let host = Host::new(std::sync::Arc::new(ec2kit::LocalRemote::new()), "/srv/app");
         let s = fetch_script(&host, "/srv/git/app.git", &"a".repeat(40));
-        assert!(s.contains("clone --quiet --mirror -- /srv/git/app.git"), "{s}");
+        assert!(
+            s.contains("clone --quiet --mirror -- /srv/git/app.git"),
+            "{s}"
+        );
         assert!(s.contains("set-url -- origin /srv/git/app.git"), "{s}");
     }
 }

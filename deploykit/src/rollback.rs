@@ -101,8 +101,8 @@ pub(crate) fn fleet_steps(
             .map(str::to_owned);
         froms.push((from, from_commit));
     }
-    let step = |i: usize, to: String, commit: String, tag: Option<String>, unchanged: bool| {
-        RollbackStep {
+    let step =
+        |i: usize, to: String, commit: String, tag: Option<String>, unchanged: bool| RollbackStep {
             host: hosts[i].name().to_owned(),
             from: froms[i].0.clone(),
             from_commit: froms[i].1.clone(),
@@ -110,8 +110,7 @@ pub(crate) fn fleet_steps(
             commit,
             tag,
             unchanged,
-        }
-    };
+        };
     if let Some(name) = to {
         return hosts
             .iter()
@@ -126,7 +125,13 @@ pub(crate) fn fleet_steps(
                         release: name.to_owned(),
                     })?;
                 let unchanged = froms[i].0 == name;
-                Ok(step(i, name.to_owned(), marker.commit, marker.tag, unchanged))
+                Ok(step(
+                    i,
+                    name.to_owned(),
+                    marker.commit,
+                    marker.tag,
+                    unchanged,
+                ))
             })
             .collect();
     }
@@ -147,8 +152,16 @@ pub(crate) fn fleet_steps(
         .enumerate()
         .map(|(i, (h, s))| {
             if froms[i].1.as_deref() == Some(target.commit.as_str()) {
-                let tag = s.current_release().and_then(|r| r.marker.as_ref()?.tag.clone());
-                return Ok(step(i, froms[i].0.clone(), target.commit.clone(), tag, true));
+                let tag = s
+                    .current_release()
+                    .and_then(|r| r.marker.as_ref()?.tag.clone());
+                return Ok(step(
+                    i,
+                    froms[i].0.clone(),
+                    target.commit.clone(),
+                    tag,
+                    true,
+                ));
             }
             // The same directory as the deciding host's when it holds the
             // commit here, else this host's newest complete one with it.
@@ -169,7 +182,9 @@ pub(crate) fn fleet_steps(
                 host: h.name().to_owned(),
                 commit: short(&target.commit).to_owned(),
             })?;
-            let tag = s.release(&name).and_then(|r| r.marker.as_ref()?.tag.clone());
+            let tag = s
+                .release(&name)
+                .and_then(|r| r.marker.as_ref()?.tag.clone());
             Ok(step(i, name, target.commit.clone(), tag, false))
         })
         .collect()

@@ -179,13 +179,28 @@ mod tests {
             root.display().to_string(),
         );
         let an_hour_ahead = now_ns() + 3600 * 1_000_000_000;
-        let text = switch_command(&host, "r1", "tok", Some(an_hour_ahead), Duration::from_secs(1))
-            .to_string();
-        assert!(text.contains(&format!("d={}", MAX_WAIT.as_millis())), "{text}");
+        let text = switch_command(
+            &host,
+            "r1",
+            "tok",
+            Some(an_hour_ahead),
+            Duration::from_secs(1),
+        )
+        .to_string();
+        assert!(
+            text.contains(&format!("d={}", MAX_WAIT.as_millis())),
+            "{text}"
+        );
         // The command's own timeout (1 s + the bound) would kill a longer sleep.
-        switch(&host, "r1", "tok", Some(an_hour_ahead), Duration::from_secs(1))
-            .await
-            .unwrap();
+        switch(
+            &host,
+            "r1",
+            "tok",
+            Some(an_hour_ahead),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             std::fs::read_link(root.join("current")).unwrap(),
             std::path::Path::new("releases/r1")

@@ -33,7 +33,16 @@ impl PrivateSshd {
         let d = dir.path();
         let key = d.join("host_ed25519");
         let status = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "ektool-private-sshd", "-f"])
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "ektool-private-sshd",
+                "-f",
+            ])
             .arg(&key)
             .stdin(Stdio::null())
             .status()
@@ -83,11 +92,12 @@ impl PrivateSshd {
                 Some(rc) => {
                     std::fs::write(d.join("empty_bashrc"), "").unwrap();
                     let mut c = Command::new("unshare");
-                    c.args(["--mount", "--propagation", "private", "sh", "-c"]).arg(format!(
-                        "mount --bind '{}' '{}' && {sshd}",
-                        d.join("empty_bashrc").display(),
-                        rc.display()
-                    ));
+                    c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                        .arg(format!(
+                            "mount --bind '{}' '{}' && {sshd}",
+                            d.join("empty_bashrc").display(),
+                            rc.display()
+                        ));
                     c
                 }
                 None => {

@@ -450,11 +450,7 @@ fn lock_wait_is_a_duration_with_a_unit() {
         &["restart", "--lock-wait", "30"],
         &["maintenance", "on", "--lock-wait", "30"],
     ] {
-        app.ektool()
-            .args(verb)
-            .run()
-            .code(2)
-            .stderr_has("30s");
+        app.ektool().args(verb).run().code(2).stderr_has("30s");
     }
     app.ektool()
         .args(&["deploy", "--lock-wait", "2d"])
@@ -475,14 +471,23 @@ fn snapshot(dir: &std::path::Path) -> Vec<String> {
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
         let meta = std::fs::symlink_metadata(&d).unwrap();
-        out.push(format!("{} dir {}.{}", d.display(), meta.mtime(), meta.mtime_nsec()));
+        out.push(format!(
+            "{} dir {}.{}",
+            d.display(),
+            meta.mtime(),
+            meta.mtime_nsec()
+        ));
         for e in std::fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
             let m = std::fs::symlink_metadata(&p).unwrap();
             if m.is_dir() {
                 stack.push(p);
             } else if m.file_type().is_symlink() {
-                out.push(format!("{} -> {}", p.display(), std::fs::read_link(&p).unwrap().display()));
+                out.push(format!(
+                    "{} -> {}",
+                    p.display(),
+                    std::fs::read_link(&p).unwrap().display()
+                ));
             } else {
                 out.push(format!(
                     "{} {:?} {}.{}",
@@ -628,11 +633,18 @@ fn a_git_server_that_never_answers_fails_the_fetch_within_its_deadline() {
     assert!(
         events.iter().any(|e| e["event"] == "host_failed"
             && e["stage"] == "fetch"
-            && e["error"].as_str().unwrap_or_default().contains("timed out")),
+            && e["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("timed out")),
         "{events:?}"
     );
     for i in 0..2 {
-        assert!(!app.local(i, ".ektool/lock").exists(), "h{} unlocked", i + 1);
+        assert!(
+            !app.local(i, ".ektool/lock").exists(),
+            "h{} unlocked",
+            i + 1
+        );
         assert!(std::fs::symlink_metadata(app.local(i, "current")).is_err());
     }
     let config = std::fs::read_to_string(app.work.join("ektool.toml")).unwrap();
@@ -673,7 +685,10 @@ impl Running {
         let stdout = child.stdout.take().unwrap();
         let (tx, events) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if let Ok(v) = serde_json::from_str(&line) {
                     let _ = tx.send(v);
                 }
@@ -725,7 +740,11 @@ impl Running {
 fn wait_for_file(path: &std::path::Path) {
     let t = std::time::Instant::now();
     while !path.exists() {
-        assert!(t.elapsed() < std::time::Duration::from_secs(60), "{} never appeared", path.display());
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
@@ -743,8 +762,17 @@ fn signals_at_every_phase_leave_the_fleet_on_its_release_and_unlocked() {
     app.ektool().arg("deploy").run().success();
     let unlocked = |phase: &str| {
         for i in 0..2 {
-            assert!(!app.local(i, ".ektool/lock").exists(), "{phase}: h{} locked", i + 1);
-            assert_eq!(app.live(i).as_deref(), Some(c1.as_str()), "{phase}: h{}", i + 1);
+            assert!(
+                !app.local(i, ".ektool/lock").exists(),
+                "{phase}: h{} locked",
+                i + 1
+            );
+            assert_eq!(
+                app.live(i).as_deref(),
+                Some(c1.as_str()),
+                "{phase}: h{}",
+                i + 1
+            );
         }
     };
 
@@ -790,7 +818,10 @@ fn signals_at_every_phase_leave_the_fleet_on_its_release_and_unlocked() {
     for i in 0..2 {
         let e = last(i);
         assert_eq!(e["result"], "failed", "{e}");
-        assert!(e["message"].as_str().unwrap().contains("interrupted"), "{e}");
+        assert!(
+            e["message"].as_str().unwrap().contains("interrupted"),
+            "{e}"
+        );
     }
 
     // After the switch, during the after-switch hooks.

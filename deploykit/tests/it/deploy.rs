@@ -788,7 +788,10 @@ async fn unlock_never_removes_a_lock_taken_after_it_was_judged() {
         vec![Host::new(remote, f.root()).named("h1")],
     );
     let out = racing.unlock(false).await.unwrap();
-    assert!(out[0].lock.as_ref().unwrap().stale.is_some(), "judged stale");
+    assert!(
+        out[0].lock.as_ref().unwrap().stale.is_some(),
+        "judged stale"
+    );
     assert!(!out[0].removed, "{out:?}");
     let left = std::fs::read_to_string(lock.join("owner.json")).unwrap();
     assert!(left.contains("live-run"), "the live lock is kept: {left}");
@@ -814,7 +817,10 @@ async fn a_repository_url_with_credentials_is_refused_and_never_shown() {
     let e = d.plan(&f.release(&c)).await.unwrap_err();
     assert!(matches!(e, DeployError::Invalid(_)), "{e}");
     let e = d.deploy(&f.release(&c)).await.unwrap_err().to_string();
-    assert!(e.contains("credentials") && e.contains("***@git.example.com"), "{e}");
+    assert!(
+        e.contains("credentials") && e.contains("***@git.example.com"),
+        "{e}"
+    );
     env.repository = Some(secret_url.to_owned());
     let e2 = f
         .deployer(env)

@@ -316,5 +316,8 @@ async fn every_command_sent_to_a_host_has_a_deadline() {
     d.unlock(true).await.unwrap();
     assert!(sent.load(Ordering::SeqCst) > 30);
     let without = without.lock().unwrap();
-    assert!(without.is_empty(), "commands without a deadline: {without:#?}");
+    assert!(
+        without.is_empty(),
+        "commands without a deadline: {without:#?}"
+    );
 }

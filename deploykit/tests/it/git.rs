@@ -253,7 +253,10 @@ fn require_tag_checks_the_tag_on_the_remote() {
     git(&f.work, &["tag", "-a", "-m", "v1.0.0", "v1.0.0"]);
     for spec in [RefSpec::parse("v1.0.0"), RefSpec::Default] {
         let err = repo.release_for(&spec, &env, "production").unwrap_err();
-        assert!(matches!(err, GitError::TagNotPushed { .. }), "{spec}: {err}");
+        assert!(
+            matches!(err, GitError::TagNotPushed { .. }),
+            "{spec}: {err}"
+        );
     }
     git(&f.work, &["push", "--quiet", "origin", "v1.0.0"]);
     let r = repo

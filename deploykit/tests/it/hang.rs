@@ -77,7 +77,10 @@ async fn a_host_stopped_mid_checkout_fails_within_its_deadline_and_a_rerun_works
         .await
         .expect("the deploy hung on a stopped host");
     let err = result.unwrap_err();
-    let DeployError::Failed { stage, failures, .. } = &err else {
+    let DeployError::Failed {
+        stage, failures, ..
+    } = &err
+    else {
         panic!("{err}")
     };
     assert!(matches!(stage, Stage::Fetch | Stage::Checkout), "{err}");

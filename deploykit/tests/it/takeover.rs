@@ -72,7 +72,10 @@ fn tree_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
                 stack.push(p);
                 out.push((rel, Vec::new()));
             } else if meta.file_type().is_symlink() {
-                out.push((rel, std::fs::read_link(&p).unwrap().display().to_string().into()));
+                out.push((
+                    rel,
+                    std::fs::read_link(&p).unwrap().display().to_string().into(),
+                ));
             } else {
                 out.push((rel, std::fs::read(&p).unwrap()));
             }
@@ -92,7 +95,11 @@ fn tree_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
 async fn taking_over_capistrano_and_hand_made_hosts_puts_current_back_exactly_and_keeps_their_releases()
  {
     let f = Fixture::new(2);
-    let stamps = capistrano_root(&f, 0, &["20250101120000", "20250102120000", "20250103120000"]);
+    let stamps = capistrano_root(
+        &f,
+        0,
+        &["20250101120000", "20250102120000", "20250103120000"],
+    );
     std::fs::create_dir_all(f.local(0, "releases/99999999999999")).unwrap();
     std::fs::write(f.local(0, "releases/99999999999999/keep-me"), "x").unwrap();
     let legacy: Vec<_> = stamps
@@ -171,7 +178,10 @@ async fn taking_over_capistrano_and_hand_made_hosts_puts_current_back_exactly_an
         .collect();
     left.sort();
     assert_eq!(left, ours[2..].to_vec(), "keep = 2 of ektool's own");
-    assert!(ours.iter().all(|n| n.as_str() < "99999999999999" && n.len() == 14));
+    assert!(
+        ours.iter()
+            .all(|n| n.as_str() < "99999999999999" && n.len() == 14)
+    );
 }
 
 /// buedafab keeps its live pointer in `releases/current` (slots `a` and
@@ -208,7 +218,10 @@ async fn taking_over_buedafab_never_touches_its_live_slot() {
     );
     std::fs::write(f.local(0, "shared/healthy"), "").unwrap();
     let r = d.deploy(&f.release(&c)).await.unwrap();
-    assert_eq!(r.hosts[0].release, "b", "built in the slot that is not live");
+    assert_eq!(
+        r.hosts[0].release, "b",
+        "built in the slot that is not live"
+    );
     assert_eq!(f.live_commit(0).as_deref(), Some(c.as_str()));
     assert_eq!(
         std::fs::read_link(root.join("releases/current"))
@@ -216,7 +229,11 @@ async fn taking_over_buedafab_never_touches_its_live_slot() {
             .to_str(),
         Some(live_link.as_str())
     );
-    assert_eq!(tree_of(&root.join("releases/a")), a_before, "slot a untouched");
+    assert_eq!(
+        tree_of(&root.join("releases/a")),
+        a_before,
+        "slot a untouched"
+    );
 }
 
 /// The SSH user (root on the bench) is more privileged than the deploy
@@ -280,7 +297,10 @@ async fn links_planted_in_the_deploy_root_are_never_written_through() {
     std::fs::rename(&log, meta.join("log-saved")).unwrap();
     symlink(&outside, &log).unwrap();
     let r = d.deploy(&f.release(&c2)).await;
-    check("releases.jsonl -> elsewhere", r.err().map(|e| e.to_string()));
+    check(
+        "releases.jsonl -> elsewhere",
+        r.err().map(|e| e.to_string()),
+    );
     std::fs::remove_file(&log).unwrap();
     std::fs::rename(meta.join("log-saved"), &log).unwrap();
 

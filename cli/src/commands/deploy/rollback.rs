@@ -80,7 +80,12 @@ fn table(steps: &[RollbackStep]) {
                 s.to.clone(),
                 deploykit::short_commit(&s.commit).to_owned(),
                 output::or_dash(s.tag.as_deref()),
-                if s.unchanged { "already there" } else { "switched" }.to_owned(),
+                if s.unchanged {
+                    "already there"
+                } else {
+                    "switched"
+                }
+                .to_owned(),
             ]
         }),
     );

@@ -1287,7 +1287,7 @@ impl Deployer {
                 Err(e) => inconsistent.push(HostFailure {
                     host: s.host.name().to_owned(),
                     stage: Stage::Switch,
-                    error: describe(&e),
+                    error: describe(e),
                 }),
             }
         }

@@ -385,7 +385,7 @@ impl Timestamped {
             .collect();
         let now = now.to_zoned(jiff::tz::TimeZone::UTC).datetime();
         let newest = taken.iter().rev().find_map(|n| parse_name(n));
-        let mut at = match newest.and_then(|n| next_second(n)) {
+        let mut at = match newest.and_then(next_second) {
             Some(next) if next > now => next,
             _ => now,
         };

@@ -9,6 +9,9 @@
 //! own, when running as root). It has no private deploy path: give its
 //! deploy root a path of its own (e.g. inside [`PrivateSshd::dir`]).
 
+// Test harness: a panic here is a failed test with a line number.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -720,7 +720,7 @@ async fn a_fleet_rollback_after_a_canary_deploy_ends_on_one_release() {
         .filter(|e| e.action == LogAction::Bad)
         .map(|e| e.commit)
         .collect();
-    assert_eq!(bad, [c2.clone()]);
+    assert_eq!(bad, [c2]);
     // The next rollback moves the whole fleet one step, together.
     d.rollback(None).await.unwrap();
     for i in 0..2 {

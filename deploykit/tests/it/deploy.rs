@@ -834,3 +834,63 @@ async fn a_repository_url_with_credentials_is_refused_and_never_shown() {
     }
     assert!(!f.local(0, "").exists(), "no host was touched");
 }
+
+/// A rollback or a restart waiting for another run's lock stops when its
+/// cancellation token is cancelled (SIGINT in the CLI): nothing changes,
+/// no lock of its own is left, the other run's lock is kept.
+#[tokio::test]
+async fn rollback_and_restart_waiting_for_a_lock_stop_when_cancelled() {
+    let f = Fixture::new(2);
+    let d = f.deployer(f.env(LayoutKind::Timestamped));
+    let c1 = f.commit("one");
+    d.deploy(&f.release(&c1)).await.unwrap();
+    let c2 = f.commit("two");
+    d.deploy(&f.release(&c2)).await.unwrap();
+    let foreign = serde_json::json!({
+        "actor": {"user": "alice", "machine": "laptop", "pid": 4242},
+        "environment": "staging", "since": "2024-01-01T00:00:00Z",
+        "action": "deploy", "message": null, "token": "alice-run"
+    })
+    .to_string();
+    std::fs::create_dir_all(f.local(1, ".ektool/lock")).unwrap();
+    std::fs::write(f.local(1, ".ektool/lock/owner.json"), &foreign).unwrap();
+    for verb in ["rollback", "restart"] {
+        let token = ec2kit::CancellationToken::new();
+        let waiting = f
+            .deployer(f.env(LayoutKind::Timestamped))
+            .lock_wait(Duration::from_secs(600))
+            .cancel_on(token.clone());
+        let cancel = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            token.cancel();
+        };
+        let run = async {
+            match verb {
+                "rollback" => waiting.rollback(None).await.map(|_| ()),
+                _ => waiting.restart().await,
+            }
+        };
+        let (result, ()) =
+            tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(run, cancel) })
+                .await
+                .expect("it stopped waiting");
+        assert!(
+            matches!(
+                result,
+                Err(DeployError::Interrupted {
+                    stage: Stage::Lock,
+                    ..
+                })
+            ),
+            "{verb}: {result:?}"
+        );
+        assert!(!f.local(0, ".ektool/lock").exists(), "{verb}: h1 unlocked");
+        assert_eq!(
+            std::fs::read_to_string(f.local(1, ".ektool/lock/owner.json")).unwrap(),
+            foreign
+        );
+        for i in 0..2 {
+            assert_eq!(f.live_commit(i).as_deref(), Some(c2.as_str()), "{verb}");
+        }
+    }
+}

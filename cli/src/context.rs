@@ -17,7 +17,6 @@ pub struct Context {
     pub config: Config,
     /// Cancelled on SIGINT/SIGTERM: long operations watch it and take
     /// their failure path.
-    #[allow(dead_code)] // until the deploy and backup commands watch it
     pub interrupt: ec2kit::CancellationToken,
 }
 

@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ec2kit::HumanDuration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// One environment.
@@ -26,8 +27,14 @@ pub struct Environment {
     /// `repo.git` and `.ektool/` (lock, release log) live under it.
     pub path: DeployPath,
     /// The git URL the hosts fetch from. Default: the URL of `remote` in
-    /// the local repository.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// the local repository. A URL with credentials in it
+    /// (`https://user:TOKEN@…`) is refused: give the hosts a deploy key or
+    /// a credential helper instead.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "repository_url"
+    )]
     pub repository: Option<String>,
     /// The local repository's remote that must have what is deployed.
     #[serde(default = "default_remote")]
@@ -87,6 +94,9 @@ pub struct Environment {
     /// The maintenance flag file, relative to `shared/`.
     #[serde(default = "default_maintenance_file")]
     pub maintenance_file: SharedPath,
+    /// Deadlines of the commands sent to the hosts (`[environments.<name>.timeouts]`).
+    #[serde(default)]
+    pub timeouts: Timeouts,
     /// How the environment's servers are provisioned
     /// (`[environments.<name>.provision]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,6 +152,7 @@ impl Environment {
             git_ssh_key: None,
             git_known_hosts: None,
             maintenance_file: default_maintenance_file(),
+            timeouts: Timeouts::default(),
             provision: None,
             database: None,
         })
@@ -159,6 +170,70 @@ impl Environment {
     pub fn lock_stale_after(&self) -> Duration {
         Duration::from_secs(self.lock_stale_seconds)
     }
+}
+
+fn repository_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let url = String::deserialize(d)?;
+    crate::git::check_repository_url(&url).map_err(serde::de::Error::custom)?;
+    Ok(Some(url))
+}
+
+/// Deadlines of the commands a deploy, rollback, restart, maintenance or
+/// unlock sends to a host. A host that stops answering (or a git server
+/// that accepts and never answers) fails that host within its deadline,
+/// and the operation takes its failure path. Each is a duration with a
+/// unit (`"30s"`, `"10m"`), between 1 second and 24 hours. Hooks have
+/// their own `timeout_seconds`; a health check its `deadline_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Taking the lock (with the state read that rides along), releasing
+    /// it, and appending to the release log (default 30s).
+    #[serde(deserialize_with = "bounded")]
+    pub lock: HumanDuration,
+    /// Reading the hosts' state, release logs and locks (default 30s).
+    #[serde(deserialize_with = "bounded")]
+    pub state: HumanDuration,
+    /// Switching `current` and switching it back, and the maintenance flag
+    /// (default 30s; a scheduled switch waits at most 3 s more).
+    #[serde(deserialize_with = "bounded")]
+    pub switch: HumanDuration,
+    /// Cloning or fetching the repository into a host's mirror (default
+    /// 10m).
+    #[serde(deserialize_with = "bounded")]
+    pub fetch: HumanDuration,
+    /// Checking out the release with its submodules and linking shared
+    /// paths (default 5m).
+    #[serde(deserialize_with = "bounded")]
+    pub checkout: HumanDuration,
+    /// Recording a finished deploy, removing old releases and unlocking
+    /// (default 5m).
+    #[serde(deserialize_with = "bounded")]
+    pub cleanup: HumanDuration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            lock: HumanDuration::from_secs(30),
+            state: HumanDuration::from_secs(30),
+            switch: HumanDuration::from_secs(30),
+            fetch: HumanDuration::from_secs(600),
+            checkout: HumanDuration::from_secs(300),
+            cleanup: HumanDuration::from_secs(300),
+        }
+    }
+}
+
+/// The range every [`Timeouts`] value must lie in.
+pub const TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+
+fn bounded<'de, D: Deserializer<'de>>(d: D) -> Result<HumanDuration, D::Error> {
+    let text = String::deserialize(d)?;
+    ec2kit::duration::parse_in(&text, TIMEOUT_RANGE.0, TIMEOUT_RANGE.1)
+        .map(HumanDuration)
+        .map_err(serde::de::Error::custom)
 }
 
 /// A value in an environment that is not acceptable.
@@ -574,6 +649,12 @@ pub struct NotifyConfig {
     /// Or a file holding the webhook URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url_file: Option<PathBuf>,
+    /// Accept a plain `http://` webhook URL for a host other than this
+    /// machine (the URL is the credential: over http anyone on the path
+    /// reads it). Loopback URLs (`127.0.0.1`, `::1`, `localhost`) are
+    /// always accepted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_http: bool,
 }
 
 #[cfg(test)]
@@ -604,6 +685,45 @@ mod tests {
         for bad in ["", "/etc", "../x", "a/../../x", "a//b", "."] {
             assert!(SharedPath::new(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn timeouts_have_units_and_bounds() {
+        #[derive(Deserialize)]
+        struct C {
+            t: Timeouts,
+        }
+        let c: C = toml::from_str("t = { fetch = \"2m\" }").unwrap();
+        assert_eq!(c.t.fetch.get(), Duration::from_secs(120));
+        assert_eq!(c.t.lock, Timeouts::default().lock);
+        for bad in [
+            "t = { lock = 30 }",
+            "t = { lock = \"0s\" }",
+            "t = { lock = \"2d\" }",
+            "t = { nope = \"1s\" }",
+        ] {
+            assert!(toml::from_str::<C>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn repository_urls_with_credentials_are_refused_without_echoing_them() {
+        #[derive(Debug, Deserialize)]
+        struct C {
+            #[serde(deserialize_with = "repository_url")]
+            #[allow(dead_code)]
+            r: Option<String>,
+        }
+        // The message (what the CLI shows, with file:line:column; not
+        // toml's own rendering, which quotes the line).
+        let e = toml::from_str::<C>("r = \"https://ci:SECRET@git.example.com/app.git\"")
+            .unwrap_err()
+            .message()
+            .to_owned();
+        assert!(!e.contains("SECRET"), "{e}");
+        assert!(e.contains("credential"), "{e}");
+        assert!(toml::from_str::<C>("r = \"git@github.com:acme/app.git\"").is_ok());
+        assert!(toml::from_str::<C>("r = \"--upload-pack=touch /tmp/x\"").is_err());
     }
 
     #[test]

@@ -130,6 +130,29 @@ pub enum DeployError {
         /// The host.
         host: String,
     },
+    /// A signal (or the caller's cancellation token) interrupted the
+    /// operation; it took its failure path: hosts that had switched were
+    /// switched back (except `inconsistent`), locks released.
+    #[error("{}", interrupted_message(.stage, .rolled_back, .inconsistent))]
+    Interrupted {
+        /// Where it was.
+        stage: Stage,
+        /// Hosts switched back to their previous release.
+        rolled_back: Vec<String>,
+        /// Hosts that could not be switched back: check them.
+        inconsistent: Vec<HostFailure>,
+    },
+    /// A fleet rollback's target is not on a host (not complete there, or
+    /// gone): nothing was changed.
+    #[error(
+        "{host}: has no complete release of {commit}, the environment's rollback target; nothing was changed (name a release with --to, or deploy it there first)"
+    )]
+    RollbackTargetMissing {
+        /// The host.
+        host: String,
+        /// The target commit (short).
+        commit: String,
+    },
     /// `unlock` found a live lock and was not forced.
     #[error(
         "{lock}; it is not stale: if you are sure that deploy is dead, use `ektool deploy unlock --force`"
@@ -144,8 +167,29 @@ fn hint(lock: &HeldLock) -> &'static str {
     if lock.stale.is_some() {
         "; remove it with `ektool deploy unlock` (add --force if it is not stale)"
     } else {
-        "; wait for it with --lock-wait SECONDS"
+        "; wait for it with --lock-wait (e.g. 5m)"
     }
+}
+
+fn interrupted_message(
+    stage: &Stage,
+    rolled_back: &[String],
+    inconsistent: &[HostFailure],
+) -> String {
+    let mut s = format!("interrupted during {stage}");
+    if !stage.after_switch() {
+        s.push_str("; no host was switched, `current` is unchanged everywhere");
+    } else if !rolled_back.is_empty() {
+        s.push_str(&format!(
+            "; switched {} host{} back to the previous release",
+            rolled_back.len(),
+            if rolled_back.len() == 1 { "" } else { "s" }
+        ));
+    }
+    for i in inconsistent {
+        s.push_str(&format!("; COULD NOT SWITCH BACK {i}"));
+    }
+    s
 }
 
 fn failed_message(

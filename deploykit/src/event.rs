@@ -98,8 +98,29 @@ pub enum Event {
     SwitchedBack {
         /// The host.
         host: String,
-        /// The release it is on again (`None`: it had none; `current` was removed).
+        /// The release it is on again (`None`: it had none, and `current`
+        /// was removed; or `link` says where `current` points again).
         release: Option<String>,
+        /// `current`'s target put back, when it is not one of ektool's
+        /// releases (a host taken over from another tool).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        link: Option<String>,
+    },
+    /// A host's clock differs from this machine's by more than half a
+    /// second (measured when its state was read; positive: ahead). The
+    /// scheduled switch bounds its wait, so the fleet still switches
+    /// together, but hook times and logs will disagree.
+    ClockSkew {
+        /// The host.
+        host: String,
+        /// Milliseconds the host's clock is ahead (negative: behind).
+        skew_ms: i64,
+    },
+    /// A signal (or the caller's cancellation) arrived: the operation
+    /// stops starting new work and takes its failure path.
+    Interrupted {
+        /// Where it was.
+        stage: Stage,
     },
     /// Old releases were removed on a host.
     Cleaned {
@@ -169,10 +190,24 @@ impl fmt::Display for Event {
             ),
             Self::Healthy { host } => write!(f, "{host}: healthy"),
             Self::HostFailed { host, stage, error } => write!(f, "{host}: {stage} failed: {error}"),
-            Self::SwitchedBack { host, release } => match release {
-                Some(r) => write!(f, "{host}: switched back to releases/{r}"),
-                None => write!(f, "{host}: removed current (it had no previous release)"),
+            Self::SwitchedBack {
+                host,
+                release,
+                link,
+            } => match (release, link) {
+                (Some(r), _) => write!(f, "{host}: switched back to releases/{r}"),
+                (None, Some(l)) => write!(f, "{host}: current -> {l} again"),
+                (None, None) => write!(f, "{host}: removed current (it had no previous release)"),
             },
+            Self::ClockSkew { host, skew_ms } => write!(
+                f,
+                "{host}: clock is {:.1}s {} this machine's",
+                skew_ms.unsigned_abs() as f64 / 1000.0,
+                if *skew_ms < 0 { "behind" } else { "ahead of" }
+            ),
+            Self::Interrupted { stage } => {
+                write!(f, "interrupted during {stage}: taking the failure path")
+            }
             Self::Cleaned { host, removed } => {
                 write!(f, "{host}: removed old releases {}", removed.join(", "))
             }

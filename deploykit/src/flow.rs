@@ -16,12 +16,23 @@
 //!
 //! A failure before the switch leaves `current` untouched everywhere; the
 //! half-built release has no completion marker, is never switched to, and
-//! is removed by the next successful deploy.
+//! is removed by the next successful deploy. A failure after the switch
+//! puts back exactly the link each host had (relative or absolute, one of
+//! ektool's releases or another tool's directory), and removes `current`
+//! only on a host that had none.
+//!
+//! Every command sent to a host has a deadline
+//! ([`Timeouts`](crate::environment::Timeouts)), so a host or git server
+//! that stops answering fails that host, and the run takes its failure
+//! path instead of hanging with the locks held. A cancellation token
+//! ([`Deployer::cancel_on`], the CLI's SIGINT/SIGTERM) makes the run stop
+//! starting new work and take the same failure path.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ec2kit::CancellationToken;
 use futures::stream::{self, StreamExt};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -37,6 +48,7 @@ use crate::log::{self, LogAction, LogEntry, LogResult};
 use crate::notify::{Notification, NotificationKind, Notifier};
 use crate::plan::{DeployPlan, HostPlan, PrepareAction};
 use crate::release::{self, Marker, Release};
+use crate::shell::{GUARDS, describe, short};
 use crate::{health, switch};
 
 /// Runs deploy operations for one environment on its hosts.
@@ -53,6 +65,7 @@ pub struct Deployer {
     pub(crate) lock_wait: Duration,
     pub(crate) message: Option<String>,
     pub(crate) repository: Option<String>,
+    pub(crate) cancel: CancellationToken,
 }
 
 impl std::fmt::Debug for Deployer {
@@ -92,6 +105,10 @@ pub struct HostOutcome {
     pub reused: bool,
     /// Old releases removed.
     pub removed: Vec<String>,
+    /// How far the host's clock is ahead of this machine's, in
+    /// milliseconds (negative: behind), measured when it was locked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_ms: Option<i64>,
 }
 
 /// One host's part of a run, after inspection.
@@ -116,7 +133,19 @@ impl Deployer {
             events: Arc::new(|_| {}),
             lock_wait: Duration::ZERO,
             message: None,
+            cancel: CancellationToken::new(),
         }
+    }
+
+    /// Stops the operation when `token` is cancelled (SIGINT/SIGTERM in
+    /// the CLI): no new work starts, and the operation takes its failure
+    /// path (hosts that switched are switched back, locks released, the
+    /// log written) and returns [`DeployError::Interrupted`]. Commands
+    /// already running on hosts finish first (each within its deadline).
+    #[must_use]
+    pub fn cancel_on(mut self, token: CancellationToken) -> Self {
+        self.cancel = token;
+        self
     }
 
     /// Who is deploying (default: this process as `$USER`).
@@ -189,7 +218,30 @@ impl Deployer {
                 "keep must be at least 2 (the current and the previous release)".into(),
             ));
         }
-        self.repository.clone().ok_or(DeployError::NoRepository)
+        let url = self.repository.clone().ok_or(DeployError::NoRepository)?;
+        crate::git::check_repository_url(&url).map_err(DeployError::Invalid)?;
+        Ok(url)
+    }
+
+    /// The environment's command deadlines.
+    pub(crate) fn timeouts(&self) -> crate::environment::Timeouts {
+        self.config.timeouts
+    }
+
+    /// Whether the run was asked to stop.
+    pub(crate) fn cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// The error of a run interrupted before any host switched (the caller
+    /// releases the locks).
+    pub(crate) fn interrupted(&self, stage: Stage) -> DeployError {
+        self.emit(Event::Interrupted { stage });
+        DeployError::Interrupted {
+            stage,
+            rolled_back: Vec::new(),
+            inconsistent: Vec::new(),
+        }
     }
 
     pub(crate) async fn each<'a, T, F, Fut>(&'a self, limit: usize, f: F) -> Vec<T>
@@ -215,17 +267,22 @@ impl Deployer {
         commit: Option<&str>,
     ) -> Result<Vec<HostState>, DeployError> {
         let maint = self.config.maintenance_file.as_str();
+        let timeout = self.timeouts().state.get();
         let results = self
             .each(
                 self.config.parallel.max(self.hosts.len()),
                 |_, h| async move {
-                    HostState::read(h, commit, maint)
+                    let sent = switch::now_ns();
+                    let t = Instant::now();
+                    let mut state = HostState::read_within(h, commit, maint, timeout)
                         .await
                         .map_err(|e| HostFailure {
                             host: h.name().to_owned(),
                             stage: Stage::Inspect,
-                            error: e.to_string(),
-                        })
+                            error: describe(&e),
+                        })?;
+                    state.clock_skew_ms = skew_ms(&state, sent, t.elapsed());
+                    Ok(state)
                 },
             )
             .await;
@@ -288,7 +345,11 @@ impl Deployer {
                     .is_none_or(|o| o.first_host.as_deref() == Some(first.as_str()))
         };
         loop {
+            if self.cancelled() {
+                return Err(self.interrupted(Stage::Lock));
+            }
             let t = Instant::now();
+            let sent = switch::now_ns();
             let (mut outcome, yielded) = self.lock_round(&attempt, token).await;
             let latency = t.elapsed();
             // Holding the first host: wait for racers to let go of the
@@ -300,6 +361,7 @@ impl Deployer {
                 && !outcome.held.is_empty()
                 && outcome.held.iter().all(|(_, l)| racer(l))
                 && Instant::now() < grace
+                && !self.cancelled()
             {
                 tokio::time::sleep(
                     latency.clamp(Duration::from_millis(20), Duration::from_millis(250)),
@@ -311,11 +373,16 @@ impl Deployer {
                     outcome.record(i, r, &self.hosts[i]);
                 }
             }
-            if outcome.held.is_empty() && outcome.error.is_none() {
+            if outcome.held.is_empty() && outcome.error.is_none() && !self.cancelled() {
                 self.emit(Event::Locked {
                     hosts: self.hosts.len(),
                 });
-                return Ok((outcome.states.into_iter().flatten().collect(), latency));
+                let mut states: Vec<HostState> = outcome.states.into_iter().flatten().collect();
+                for (h, s) in self.hosts.iter().zip(&mut states) {
+                    s.clock_skew_ms = skew_ms(s, sent, latency);
+                    self.report_skew(h, s.clock_skew_ms);
+                }
+                return Ok((states, latency));
             }
             // Let go of every host this run may hold: those it took (not
             // already given back) and those whose answer was lost (the
@@ -326,6 +393,9 @@ impl Deployer {
                 .map(|i| &self.hosts[i])
                 .collect();
             self.unlock_hosts(&mine, token).await;
+            if self.cancelled() {
+                return Err(self.interrupted(Stage::Lock));
+            }
             if let Some(f) = outcome.error {
                 return Err(failed(Stage::Lock, vec![f]));
             }
@@ -349,7 +419,21 @@ impl Deployer {
             self.emit(Event::LockWaiting {
                 holder: lock.to_string(),
             });
-            tokio::time::sleep((deadline - now).min(Duration::from_millis(500))).await;
+            tokio::select! {
+                () = tokio::time::sleep((deadline - now).min(Duration::from_millis(500))) => {}
+                () = self.cancel.cancelled() => {}
+            }
+        }
+    }
+
+    /// Emits [`Event::ClockSkew`] for a host whose clock is off by more than
+    /// half a second.
+    pub(crate) fn report_skew(&self, host: &Host, skew_ms: Option<i64>) {
+        if let Some(ms) = skew_ms.filter(|ms| ms.unsigned_abs() > 500) {
+            self.emit(Event::ClockSkew {
+                host: host.name().to_owned(),
+                skew_ms: ms,
+            });
         }
     }
 
@@ -387,9 +471,9 @@ impl Deployer {
                     } else {
                         continue;
                     }
-                    for &j in &yielded[sent..] {
+                    for &j in yielded.get(sent..).unwrap_or_default() {
                         giving_back.push(async move {
-                            (j, lock::release(&self.hosts[j], token).await)
+                            (j, lock::release(&self.hosts[j], token, self.timeouts().lock.get()).await)
                         });
                     }
                     sent = yielded.len();
@@ -418,12 +502,20 @@ impl Deployer {
             self.config.maintenance_file.as_str(),
             with_log,
         );
-        lock::try_acquire(host, owner, self.config.lock_stale_after(), &script).await
+        lock::try_acquire(
+            host,
+            owner,
+            self.config.lock_stale_after(),
+            &script,
+            self.timeouts().lock.get(),
+        )
+        .await
     }
 
     async fn unlock_hosts(&self, hosts: &[&Host], token: &str) {
+        let timeout = self.timeouts().lock.get();
         let results =
-            futures::future::join_all(hosts.iter().map(|h| lock::release(h, token))).await;
+            futures::future::join_all(hosts.iter().map(|h| lock::release(h, token, timeout))).await;
         for (h, r) in hosts.iter().zip(results) {
             if let Err(e) = r {
                 self.emit(Event::Warning {
@@ -519,6 +611,11 @@ impl Deployer {
                     host: s.host.name().to_owned(),
                     root: s.host.root().to_owned(),
                     current: s.state.current.clone(),
+                    current_link: s
+                        .state
+                        .current_link
+                        .clone()
+                        .filter(|_| s.state.current_release().is_none_or(|r| !r.is_complete())),
                     current_commit: s
                         .state
                         .current_release()
@@ -532,14 +629,18 @@ impl Deployer {
                     },
                     switch: format!("current -> releases/{name}"),
                     cleanup: cleanup_after(layout.as_ref(), &s.state, &name, &release.commit),
+                    clock_skew_ms: s.state.clock_skew_ms,
                 }
             })
             .collect();
+        for s in &slots {
+            self.report_skew(s.host, s.state.clock_skew_ms);
+        }
         Ok(DeployPlan {
             environment: self.environment.clone(),
             release: release.clone(),
             layout: layout.name().to_owned(),
-            repository: url,
+            repository: crate::git::redact(&url),
             run_once_host: (!self.config.hooks.before_switch.is_empty())
                 .then(|| self.hosts[0].name().to_owned()),
             hosts,
@@ -589,10 +690,10 @@ impl Deployer {
             environment: self.environment.clone(),
             who: self.actor.to_string(),
             release: release.describe.clone(),
-            old_commit: old_commit.map(|c| c[..12.min(c.len())].to_owned()),
+            old_commit: old_commit.map(|c| short(&c).to_owned()),
             new_commit: release.short().to_owned(),
             hosts: self.hosts.len(),
-            error,
+            error: error.map(|e| crate::git::redact(&e)),
             message: self.message.clone(),
         };
         if let Err(e) = notifier.notify(&n).await {
@@ -636,6 +737,12 @@ impl Deployer {
             })
             .await;
         let failures: Vec<HostFailure> = prepared.into_iter().filter_map(Result::err).collect();
+        if self.cancelled() {
+            return Err(fail(
+                self.interrupted_before_switch(&slots, release, Stage::Build)
+                    .await,
+            ));
+        }
         if !failures.is_empty() {
             return Err(fail(
                 self.fail_before_switch(&slots, release, failures).await,
@@ -666,6 +773,12 @@ impl Deployer {
             }
             self.hooks_ran(first.host, Phase::BeforeSwitch, t);
         }
+        if self.cancelled() {
+            return Err(fail(
+                self.interrupted_before_switch(&slots, release, Stage::BeforeSwitch)
+                    .await,
+            ));
+        }
 
         // Barrier passed: every host is prepared. Switch them all at once,
         // at one scheduled moment.
@@ -683,12 +796,18 @@ impl Deployer {
         for (s, r) in slots.iter().zip(results) {
             match r {
                 Ok(t) => times.extend(t),
-                Err(e) => failures.push(self.host_failed(s.host, Stage::Switch, e.to_string())),
+                Err(e) => failures.push(self.host_failed(s.host, Stage::Switch, describe(&e))),
             }
         }
         if !failures.is_empty() {
             return Err(fail(
                 self.fail_after_switch(&slots, release, Stage::Switch, failures)
+                    .await,
+            ));
+        }
+        if self.cancelled() {
+            return Err(fail(
+                self.interrupted_after_switch(&slots, release, Stage::Switch)
                     .await,
             ));
         }
@@ -701,6 +820,12 @@ impl Deployer {
             })
             .await;
         let failures: Vec<HostFailure> = after.into_iter().filter_map(Result::err).collect();
+        if self.cancelled() {
+            return Err(fail(
+                self.interrupted_after_switch(&slots, release, Stage::AfterSwitch)
+                    .await,
+            ));
+        }
         if !failures.is_empty() {
             let stage = if failures.iter().any(|f| f.stage == Stage::Health) {
                 Stage::Health
@@ -729,17 +854,16 @@ impl Deployer {
                 );
                 let removed = cleanup_after(layout.as_ref(), &s.state, name, &release.commit);
                 let script = format!(
-                    "{}\n{}{}",
+                    "{GUARDS}{}{}{}",
                     log::append_fragment(s.host),
                     release::remove_fragment(s.host, &removed),
                     lock::release_fragment(s.host, token)
                 );
                 let line = log::line(&entry);
-                match s
-                    .host
-                    .run_checked(&ec2kit::Command::shell(script).stdin(line))
-                    .await
-                {
+                let command = ec2kit::Command::shell(script)
+                    .stdin(line)
+                    .timeout(self.timeouts().cleanup.get());
+                match s.host.run_checked(&command).await {
                     Ok(_) if !removed.is_empty() => self.emit(Event::Cleaned {
                         host: s.host.name().to_owned(),
                         removed: removed.clone(),
@@ -750,7 +874,9 @@ impl Deployer {
                             s.host,
                             format!("could not record the release, clean up or unlock: {e}"),
                         );
-                        if let Err(e) = lock::release(s.host, token).await {
+                        if let Err(e) =
+                            lock::release(s.host, token, self.timeouts().lock.get()).await
+                        {
                             self.warn(s.host, format!("could not release the lock: {e}"));
                         }
                     }
@@ -761,6 +887,7 @@ impl Deployer {
                     previous: s.state.current.clone(),
                     reused: matches!(s.placement, Placement::Reuse { .. }),
                     removed,
+                    clock_skew_ms: s.state.clock_skew_ms,
                 }
             })
             .await;
@@ -791,10 +918,11 @@ impl Deployer {
         let margin = (latency * 3 / 2 + Duration::from_millis(20)).min(Duration::from_secs(3));
         let at = switch::now_ns() + i128::try_from(margin.as_nanos()).unwrap_or(0);
         let targets: Vec<_> = targets.collect();
+        let timeout = self.timeouts().switch.get();
         let results = futures::future::join_all(
             targets
                 .iter()
-                .map(|(h, r, _)| switch::switch(h, r, token, Some(at))),
+                .map(|(h, r, _)| switch::switch(h, r, token, Some(at), timeout)),
         )
         .await;
         let first = results
@@ -808,7 +936,7 @@ impl Deployer {
                     host: h.name().to_owned(),
                     release: (*r).to_owned(),
                     previous: previous.clone(),
-                    at_ms: t.map_or(0.0, |t| (t - first) as f64 / 1e6),
+                    at_ms: t.map_or(0.0, |t| t.saturating_sub(first) as f64 / 1e6),
                 });
             }
         }
@@ -824,6 +952,7 @@ impl Deployer {
             previous: slot.state.current.clone(),
             action: action.to_owned(),
             extra: Vec::new(),
+            path: None,
         }
     }
 
@@ -844,6 +973,9 @@ impl Deployer {
     }
 
     pub(crate) fn host_failed(&self, host: &Host, stage: Stage, error: String) -> HostFailure {
+        // Errors quote the failing script and git's output: never a
+        // credential from a URL.
+        let error = crate::git::redact(&error);
         self.emit(Event::HostFailed {
             host: host.name().to_owned(),
             stage,
@@ -910,9 +1042,14 @@ impl Deployer {
         let hooks = &self.config.hooks.build;
         // One command: fetch (only if the mirror lacks the commit),
         // checkout, shared links, and the marker when no hook follows.
-        let mut script = String::new();
+        if self.cancelled() {
+            return Err(fail(Stage::Checkout, "interrupted".into()));
+        }
+        let mut script = GUARDS.to_owned();
+        let mut timeout = self.timeouts().checkout.get();
         if !slot.state.mirror_has_commit {
             script.push_str(&release::fetch_script(host, url, &release.commit));
+            timeout = timeout.saturating_add(self.timeouts().fetch.get());
         }
         script.push_str(&release::checkout_script(
             host,
@@ -925,7 +1062,7 @@ impl Deployer {
         if hooks.is_empty() {
             script.push_str(&release::marker_fragment(&marker));
         }
-        let mut c = ec2kit::Command::shell(script);
+        let mut c = ec2kit::Command::shell(script).timeout(timeout);
         for (k, v) in release::git_env(&self.config) {
             c = c.env(k, v);
         }
@@ -936,11 +1073,14 @@ impl Deployer {
         };
         host.run_checked(&c)
             .await
-            .map_err(|e| fail(stage, e.to_string()))?;
+            .map_err(|e| fail(stage, describe(&e)))?;
         self.emit(Event::CheckedOut {
             host: host.name().to_owned(),
             release: name.clone(),
         });
+        if self.cancelled() {
+            return Err(fail(Stage::Build, "interrupted".into()));
+        }
         if !hooks.is_empty() {
             let th = Instant::now();
             let ctx = self.context(slot, release, "deploy");
@@ -968,10 +1108,14 @@ impl Deployer {
     async fn after_switch(&self, slot: &Slot<'_>, release: &Release) -> Result<(), HostFailure> {
         let host = slot.host;
         let ctx = self.context(slot, release, "deploy");
+        let interrupted = || self.host_failed(host, Stage::AfterSwitch, "interrupted".into());
         for phase in [Phase::Restart, Phase::AfterSwitch] {
             let list = self.config.hooks.of(phase);
             if list.is_empty() {
                 continue;
+            }
+            if self.cancelled() {
+                return Err(interrupted());
             }
             let t = Instant::now();
             hooks::run_phase(host, phase, list, &ctx)
@@ -980,6 +1124,9 @@ impl Deployer {
             self.hooks_ran(host, phase, t);
         }
         if let Some(check) = &self.config.health {
+            if self.cancelled() {
+                return Err(interrupted());
+            }
             health::check(host, check, &ctx)
                 .await
                 .map_err(|e| self.host_failed(host, Stage::Health, e.to_string()))?;
@@ -999,7 +1146,36 @@ impl Deployer {
         failures: Vec<HostFailure>,
     ) -> DeployError {
         let stage = failures.first().map_or(Stage::Checkout, |f| f.stage);
-        let reason = &failures.first().map(|f| f.to_string());
+        let reason = failures.first().map(|f| f.to_string());
+        self.record_before_switch(slots, release, reason).await;
+        DeployError::Failed {
+            stage,
+            failures,
+            rolled_back: Vec::new(),
+            inconsistent: Vec::new(),
+        }
+    }
+
+    /// Interrupted before any switch: the same as a failure there.
+    async fn interrupted_before_switch(
+        &self,
+        slots: &[Slot<'_>],
+        release: &Release,
+        stage: Stage,
+    ) -> DeployError {
+        let e = self.interrupted(stage);
+        self.record_before_switch(slots, release, Some(e.to_string()))
+            .await;
+        e
+    }
+
+    async fn record_before_switch(
+        &self,
+        slots: &[Slot<'_>],
+        release: &Release,
+        reason: Option<String>,
+    ) {
+        let reason = &reason;
         self.each(self.config.parallel, |i, _| async move {
             let s = &slots[i];
             let entry = self.entry(
@@ -1009,18 +1185,12 @@ impl Deployer {
                 Some(LogResult::Failed),
                 reason.clone(),
             );
-            if let Err(e) = log::append(s.host, &[entry]).await {
+            if let Err(e) = log::append(s.host, &[entry], self.timeouts().lock.get()).await {
                 self.warn(s.host, format!("could not write the release log: {e}"));
             }
             self.on_failure(s, release).await;
         })
         .await;
-        DeployError::Failed {
-            stage,
-            failures,
-            rolled_back: Vec::new(),
-            inconsistent: Vec::new(),
-        }
     }
 
     async fn on_failure(&self, slot: &Slot<'_>, release: &Release) {
@@ -1039,8 +1209,8 @@ impl Deployer {
     }
 
     /// A failure after the first switch: switch **every** host back (an
-    /// unswitched host is re-pointed at the release it is on, a no-op),
-    /// restart the old release, run after-rollback and on-failure hooks.
+    /// unswitched host is re-pointed at the link it has, a no-op), restart
+    /// the old release, run after-rollback and on-failure hooks.
     async fn fail_after_switch(
         &self,
         slots: &[Slot<'_>],
@@ -1049,25 +1219,51 @@ impl Deployer {
         failures: Vec<HostFailure>,
     ) -> DeployError {
         let reason = failures.first().map(|f| f.to_string());
+        let (rolled_back, inconsistent) = self.switch_back(slots, release, reason).await;
+        DeployError::Failed {
+            stage,
+            failures,
+            rolled_back,
+            inconsistent,
+        }
+    }
+
+    /// Interrupted after the first switch: the same as a failure there.
+    async fn interrupted_after_switch(
+        &self,
+        slots: &[Slot<'_>],
+        release: &Release,
+        stage: Stage,
+    ) -> DeployError {
+        self.emit(Event::Interrupted { stage });
+        let (rolled_back, inconsistent) = self
+            .switch_back(slots, release, Some(format!("interrupted during {stage}")))
+            .await;
+        DeployError::Interrupted {
+            stage,
+            rolled_back,
+            inconsistent,
+        }
+    }
+
+    /// Puts every host's `current` back to exactly the link it had (its
+    /// raw target: relative or absolute, an ektool release or another
+    /// tool's directory, complete or not — it was live), or removes it on
+    /// a host that had none. Then logs the release as rolled back and runs
+    /// the restart, after-rollback and on-failure hooks.
+    async fn switch_back(
+        &self,
+        slots: &[Slot<'_>],
+        release: &Release,
+        reason: Option<String>,
+    ) -> (Vec<String>, Vec<HostFailure>) {
+        let timeout = self.timeouts().switch.get();
         let back = futures::future::join_all(slots.iter().map(|s| async move {
-            let new = s.placement.release();
-            let r = match &s.state.current {
-                Some(prev)
-                    if s.state
-                        .current_release()
-                        .is_some_and(ReleaseDir::is_complete) =>
-                {
-                    switch::switch(
-                        s.host,
-                        prev,
-                        &format!("back{}", uuid::Uuid::new_v4().simple()),
-                        None,
-                    )
-                    .await
-                    .map(|_| ())
-                }
-                // It had no (complete) previous release: take the new one out.
-                _ => switch::unset(s.host, new).await,
+            let token = format!("back{}", uuid::Uuid::new_v4().simple());
+            let r = match &s.state.current_link {
+                Some(link) => switch::restore(s.host, link, &token, timeout).await,
+                // It had no `current`: take the new one out again.
+                None => switch::unset(s.host, s.placement.release(), timeout).await,
             };
             (s, r)
         }))
@@ -1081,12 +1277,17 @@ impl Deployer {
                     self.emit(Event::SwitchedBack {
                         host: s.host.name().to_owned(),
                         release: s.state.current.clone(),
+                        link: s
+                            .state
+                            .current_link
+                            .clone()
+                            .filter(|_| s.state.current.is_none()),
                     });
                 }
                 Err(e) => inconsistent.push(HostFailure {
                     host: s.host.name().to_owned(),
                     stage: Stage::Switch,
-                    error: e.to_string(),
+                    error: describe(e),
                 }),
             }
         }
@@ -1106,12 +1307,20 @@ impl Deployer {
                     Some(LogResult::RolledBack),
                     reason,
                 );
-                if let Err(e) = log::append(s.host, &[entry]).await {
+                if let Err(e) = log::append(s.host, &[entry], self.timeouts().lock.get()).await {
                     self.warn(s.host, format!("could not write the release log: {e}"));
                 }
-                if ok && let Some(prev) = &s.state.current {
+                if ok && let Some(link) = &s.state.current_link {
                     let mut ctx = self.context(s, release, "rollback");
-                    ctx.release = prev.clone();
+                    match &s.state.current {
+                        Some(prev) => ctx.release = prev.clone(),
+                        // Another tool's directory: the hooks run in it,
+                        // through `current`.
+                        None => {
+                            ctx.release = link.clone();
+                            ctx.path = Some(s.host.path(crate::CURRENT));
+                        }
+                    }
                     ctx.commit = s
                         .state
                         .current_release()
@@ -1132,12 +1341,7 @@ impl Deployer {
             }
         })
         .await;
-        DeployError::Failed {
-            stage,
-            failures,
-            rolled_back,
-            inconsistent,
-        }
+        (rolled_back, inconsistent)
     }
 }
 
@@ -1176,7 +1380,7 @@ impl LockRound {
                     self.error = Some(HostFailure {
                         host: host.name().to_owned(),
                         stage: Stage::Lock,
-                        error: e.to_string(),
+                        error: describe(&e),
                     });
                 }
             }
@@ -1187,7 +1391,7 @@ impl LockRound {
 /// Releases a successful deploy of `commit` into `name` removes: the
 /// layout's cleanup of the host's state with the new release complete and
 /// current, the old current as previous.
-fn cleanup_after(
+pub(crate) fn cleanup_after(
     layout: &dyn ReleaseLayout,
     state: &HostState,
     name: &str,
@@ -1205,16 +1409,26 @@ fn cleanup_after(
         None => after.releases.push(ReleaseDir {
             name: name.to_owned(),
             marker,
+            made: true,
         }),
     }
     let previous = state.current.as_deref().filter(|p| *p != name);
     layout.cleanup(&after, name, previous)
 }
 
+/// How far a host's clock (read into `state`) is ahead of ours: its clock
+/// against ours halfway through the round trip that read it.
+pub(crate) fn skew_ms(state: &HostState, sent_ns: i128, round_trip: Duration) -> Option<i64> {
+    let host = state.clock_ns?;
+    let half = i128::try_from(round_trip.as_nanos() / 2).unwrap_or(0);
+    // The host's text is not trusted: saturate instead of overflowing.
+    i64::try_from(host.saturating_sub(sent_ns).saturating_sub(half) / 1_000_000).ok()
+}
+
 /// Milliseconds between the first and the last of the hosts' rename times.
 pub(crate) fn spread_ms(times: &[i128]) -> f64 {
     match (times.iter().min(), times.iter().max()) {
-        (Some(a), Some(b)) => (b - a) as f64 / 1e6,
+        (Some(a), Some(b)) => b.saturating_sub(*a) as f64 / 1e6,
         _ => 0.0,
     }
 }

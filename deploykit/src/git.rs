@@ -19,6 +19,106 @@ use serde::{Deserialize, Serialize};
 
 use crate::environment::{Environment, VersionPattern};
 use crate::release::Release;
+use crate::shell::short;
+
+/// Whether a repository URL may be given to the hosts: no credentials in
+/// it (`https://user:TOKEN@…`, `https://TOKEN@…`, `ssh://user:password@…`:
+/// they would be written into every host's git config and shown in process
+/// lists, plans, errors, logs and notifications), and nothing git could
+/// read as an option (a leading `-`). The message never contains the
+/// credentials.
+pub fn check_repository_url(url: &str) -> Result<(), String> {
+    if url.trim().is_empty() {
+        return Err("the repository URL is empty".to_owned());
+    }
+    if url.starts_with('-') {
+        return Err(format!(
+            "repository URL {:?} starts with `-` (git would read it as an option)",
+            redact(url)
+        ));
+    }
+    if url.contains(['\n', '\r', '\0']) {
+        return Err("the repository URL contains a line break or NUL".to_owned());
+    }
+    if userinfo_is_secret(url) {
+        return Err(format!(
+            "repository URL {} has credentials in it: they would end up in every host's git config and process list, and in plans, errors, the release log and notifications; give the hosts a read-only deploy key (`git_ssh_key`) or a git credential helper instead",
+            redact(url)
+        ));
+    }
+    Ok(())
+}
+
+/// The scheme and the user-info of a `scheme://userinfo@host/…` URL.
+fn userinfo(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (info, _) = authority.rsplit_once('@')?;
+    Some((scheme, info))
+}
+
+/// Whether a URL's user-info is a secret: any for http(s) and ftp (a token
+/// is often the user name), a password for the others (`ssh://git@host`
+/// names a login, not a secret).
+fn userinfo_is_secret(url: &str) -> bool {
+    match userinfo(url) {
+        Some((scheme, info)) => {
+            let web = matches!(
+                scheme.to_ascii_lowercase().as_str(),
+                "http" | "https" | "ftp" | "ftps"
+            );
+            (web && !info.is_empty()) || info.contains(':')
+        }
+        None => false,
+    }
+}
+
+/// `text` with the user-info of every `scheme://user:secret@host` URL in
+/// it replaced by `***` (a bare `ssh://user@` login is kept). Every place
+/// that shows a URL, or text that may contain one (an error from a host,
+/// git's stderr), goes through this.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        // The scheme: the letters right before `://`.
+        let head = rest.get(..i).unwrap_or_default();
+        let scheme_start = head
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            .last()
+            .map_or(i, |(j, _)| j);
+        let after = rest.get(i + 3..).unwrap_or_default();
+        let end = after
+            .find(|c: char| {
+                c.is_whitespace() || matches!(c, '/' | '?' | '#' | '\'' | '"' | '`' | '<' | '>')
+            })
+            .unwrap_or(after.len());
+        let authority = after.get(..end).unwrap_or_default();
+        out.push_str(head);
+        out.push_str("://");
+        match authority.rsplit_once('@') {
+            Some((info, host)) => {
+                let url = format!(
+                    "{}://{authority}",
+                    head.get(scheme_start..).unwrap_or_default()
+                );
+                if userinfo_is_secret(&url) {
+                    out.push_str("***@");
+                } else {
+                    out.push_str(info);
+                    out.push('@');
+                }
+                out.push_str(host);
+            }
+            None => out.push_str(authority),
+        }
+        rest = after.get(end..).unwrap_or_default();
+    }
+    out.push_str(rest);
+    out
+}
 
 /// What the user asked to deploy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +290,30 @@ pub enum GitError {
     /// The remote is not configured.
     #[error("the local repository has no remote {0:?}")]
     NoRemote(String),
+    /// A release tag required by the environment is not on the remote.
+    #[error(
+        "tag {tag} is not on {remote} (it exists only in this clone); push it first: the environment deploys only tags the remote has"
+    )]
+    TagNotPushed {
+        /// The tag.
+        tag: String,
+        /// The remote.
+        remote: String,
+    },
+    /// A release tag names another commit on the remote than here.
+    #[error(
+        "tag {tag} is {remote_commit} on {remote} but {local_commit} here (moved locally?); deploy what the remote's tag names"
+    )]
+    TagMoved {
+        /// The tag.
+        tag: String,
+        /// The remote.
+        remote: String,
+        /// What it names on the remote (short).
+        remote_commit: String,
+        /// What it names here (short).
+        local_commit: String,
+    },
     /// The tag exists and names another commit.
     #[error("tag {tag} already exists at {existing}, not at {wanted}")]
     TagExists {
@@ -290,17 +414,20 @@ impl LocalRepo {
         };
         let release = self.resolve(&effective, env)?;
         if env.require_tag && !allow_untagged {
-            let ok = release
+            let tag = release
                 .tag
                 .as_deref()
-                .is_some_and(|t| env.version_pattern.matches(t));
-            if !ok {
+                .filter(|t| env.version_pattern.matches(t));
+            let Some(tag) = tag else {
                 return Err(GitError::TagRequired {
                     environment: env_name.to_owned(),
                     pattern: env.version_pattern.as_str().to_owned(),
                     what: release.reference.clone(),
                 });
-            }
+            };
+            // Protected tags live on the server: a tag made or moved in
+            // this clone proves nothing.
+            self.ensure_tag_on_remote(&env.remote, tag, &release.commit)?;
         }
         if effective == RefSpec::Head {
             self.ensure_clean()?;
@@ -335,7 +462,7 @@ impl LocalRepo {
         let tag = self.tag_at(oid, &reference, &env.version_pattern)?;
         let describe = match &tag {
             Some(t) => t.clone(),
-            None => commit[..12.min(commit.len())].to_owned(),
+            None => short(&commit).to_owned(),
         };
         Ok(Release {
             commit,
@@ -459,15 +586,48 @@ impl LocalRepo {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
             Err(GitError::Command {
-                args: args.join(" "),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                args: redact(&args.join(" ")),
+                stderr: redact(String::from_utf8_lossy(&out.stderr).trim()),
             })
+        }
+    }
+
+    /// Fails unless the remote's `refs/tags/<tag>` (peeled: an annotated
+    /// tag's commit) is `commit`.
+    pub fn ensure_tag_on_remote(
+        &self,
+        remote: &str,
+        tag: &str,
+        commit: &str,
+    ) -> Result<(), GitError> {
+        let name = format!("refs/tags/{tag}");
+        let peeled = format!("{name}^{{}}");
+        let refs = self.remote_refs(remote)?;
+        // The peeled line (annotated tags) names the commit; a lightweight
+        // tag has only its own line.
+        let on_remote = refs
+            .iter()
+            .find(|(_, n)| *n == peeled)
+            .or_else(|| refs.iter().find(|(_, n)| *n == name))
+            .map(|(oid, _)| oid.to_string());
+        match on_remote {
+            None => Err(GitError::TagNotPushed {
+                tag: tag.to_owned(),
+                remote: remote.to_owned(),
+            }),
+            Some(c) if c == commit => Ok(()),
+            Some(c) => Err(GitError::TagMoved {
+                tag: tag.to_owned(),
+                remote: remote.to_owned(),
+                remote_commit: short(&c).to_owned(),
+                local_commit: short(commit).to_owned(),
+            }),
         }
     }
 
     /// What the remote has now (`git ls-remote`), tags peeled.
     fn remote_refs(&self, remote: &str) -> Result<Vec<(Oid, String)>, GitError> {
-        let text = self.git(&["ls-remote", "--heads", "--tags", remote])?;
+        let text = self.git(&["ls-remote", "--heads", "--tags", "--", remote])?;
         Ok(text
             .lines()
             .filter_map(|l| {
@@ -482,7 +642,7 @@ impl LocalRepo {
     pub fn ensure_pushed(&self, remote: &str, commit: &str) -> Result<(), GitError> {
         let oid = Oid::from_str(commit).map_err(g("commit id"))?;
         let not_pushed = || GitError::NotPushed {
-            commit: commit[..12.min(commit.len())].to_owned(),
+            commit: short(commit).to_owned(),
             remote: remote.to_owned(),
         };
         let refs = self.remote_refs(remote)?;
@@ -509,7 +669,7 @@ impl LocalRepo {
             (false, true) => {
                 // The remote has commits we have not seen; fetch them (only
                 // remote-tracking refs and tags change) and look again.
-                self.git(&["fetch", "--quiet", "--tags", remote])?;
+                self.git(&["fetch", "--quiet", "--tags", "--", remote])?;
                 match contains(&refs) {
                     (true, _) => Ok(()),
                     _ => Err(not_pushed()),
@@ -584,7 +744,7 @@ impl LocalRepo {
     pub fn push_tag(&self, remote: &str, name: &str) -> Result<(), GitError> {
         let refspec = format!("refs/tags/{name}:refs/tags/{name}");
         let out = std::process::Command::new("git")
-            .args(["push", "--porcelain", remote, &refspec])
+            .args(["push", "--porcelain", "--", remote, &refspec])
             .current_dir(&self.dir)
             .env("GIT_TERMINAL_PROMPT", "0")
             .stdin(std::process::Stdio::null())
@@ -641,6 +801,60 @@ mod tests {
         let mut v = vec!["v1.10.0", "v1.9.3", "v1.2.0", "v2.0.0"];
         v.sort_by_key(|t| version_key(t));
         assert_eq!(v, ["v1.2.0", "v1.9.3", "v1.10.0", "v2.0.0"]);
+    }
+
+    #[test]
+    fn credentials_in_urls_are_refused_and_redacted() {
+        for bad in [
+            "https://ci:SECRET@git.example.com/app.git",
+            "https://SECRET@github.com/acme/app.git",
+            "HTTP://u:SECRET@h/x",
+            "ssh://git:SECRET@host/app.git",
+        ] {
+            let e = check_repository_url(bad).unwrap_err();
+            assert!(!e.contains("SECRET"), "{e}");
+            assert!(e.contains("***@"), "{e}");
+        }
+        for good in [
+            "git@github.com:acme/app.git",
+            "ssh://git@host:2222/srv/app.git",
+            "https://github.com/acme/app.git",
+            "/srv/git/app.git",
+            "file:///srv/git/app.git",
+        ] {
+            check_repository_url(good).unwrap();
+        }
+        assert!(check_repository_url("--upload-pack=x").is_err());
+        let text = "fatal: unable to access 'https://u:SECRET@h.example/a.git/': x; see https://SECRET@h/b and ssh://git@h/c";
+        let r = redact(text);
+        assert!(!r.contains("SECRET"), "{r}");
+        assert!(r.contains("'https://***@h.example/a.git/'"), "{r}");
+        assert!(r.contains("ssh://git@h/c"), "{r}");
+        assert_eq!(
+            redact("no urls, ünïcode :// @ here"),
+            "no urls, ünïcode :// @ here"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn redact_never_panics_and_never_keeps_a_password(
+            prefix in "\\PC{0,20}",
+            user in "[a-z]{1,8}",
+            secret in "[A-Za-z0-9]{8,20}",
+            suffix in "\\PC{0,20}",
+        ) {
+            let text = format!("{prefix}https://{user}:{secret}@host.example/x {suffix}");
+            let r = redact(&text);
+            let secret_part = format!(":{secret}@");
+            proptest::prop_assert!(!r.contains(&secret_part));
+        }
+
+        #[test]
+        fn redact_never_panics(text in "\\PC{0,200}") {
+            let _ = redact(&text);
+            let _ = check_repository_url(&text);
+        }
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub enum HealthError {
     /// The check is misconfigured.
     #[error("health check needs exactly one of `url` and `command`")]
     Invalid,
+    /// The URL is not an http(s) URL.
+    #[error("health check url must start with http:// or https://")]
+    InvalidUrl,
     /// The host could not be reached.
     #[error(transparent)]
     Remote(#[from] RemoteError),
@@ -35,8 +38,11 @@ pub enum HealthError {
 /// The shell script of a check.
 pub(crate) fn check_script(check: &HealthCheck) -> Result<String, HealthError> {
     let attempt = match (&check.url, &check.command) {
+        (Some(url), None) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+            return Err(HealthError::InvalidUrl);
+        }
         (Some(url), None) => format!(
-            "code=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {url} 2>/dev/null) || true\n\
+            "code=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 -- {url} 2>/dev/null) || true\n\
              \x20 [ \"$code\" = {status} ] && exit 0\n\
              \x20 last=\"HTTP status ${{code:-none}}, expected {status}\"\n",
             url = q(url),
@@ -65,13 +71,17 @@ pub(crate) fn check_script(check: &HealthCheck) -> Result<String, HealthError> {
 pub async fn check(host: &Host, check: &HealthCheck, ctx: &HookContext) -> Result<(), HealthError> {
     let script = check_script(check)?;
     let deadline = Duration::from_secs(check.deadline_seconds);
+    let path = ctx
+        .path
+        .clone()
+        .unwrap_or_else(|| host.release_path(&ctx.release));
     let command = Command::shell(script)
-        .cwd(host.release_path(&ctx.release))
-        .env("RELEASE_PATH", host.release_path(&ctx.release))
+        .cwd(path.clone())
+        .env("RELEASE_PATH", path)
         .env("RELEASE", ctx.release.clone())
         .env("COMMIT", ctx.commit.clone())
         .env("ENVIRONMENT", ctx.environment.clone())
-        .timeout(deadline + Duration::from_secs(15));
+        .timeout(deadline.saturating_add(Duration::from_secs(15)));
     let out = host.run(&command).await?;
     if out.status.success() {
         Ok(())
@@ -80,5 +90,23 @@ pub async fn check(host: &Host, check: &HealthCheck, ctx: &HookContext) -> Resul
             deadline,
             last: tail(&out.stderr, 400),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_is_an_http_url_after_the_options() {
+        let s = check_script(&HealthCheck::http("http://127.0.0.1:8000/up")).unwrap();
+        assert!(
+            s.contains("--max-time 5 -- http://127.0.0.1:8000/up"),
+            "{s}"
+        );
+        assert!(matches!(
+            check_script(&HealthCheck::http("--config=/etc/passwd")),
+            Err(HealthError::InvalidUrl)
+        ));
     }
 }

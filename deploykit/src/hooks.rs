@@ -43,6 +43,12 @@ pub struct HookContext {
     pub action: String,
     /// Extra variables (e.g. `MAINTENANCE=on`).
     pub extra: Vec<(String, String)>,
+    /// The directory the hooks run in when it is not
+    /// `<root>/releases/<release>`: after a failed first deploy onto a host
+    /// whose `current` pointed outside `releases/`, the restart hooks run
+    /// in `<root>/current` (that old target again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// A hook that did not succeed.
@@ -78,7 +84,10 @@ pub enum HookError {
 
 /// The command for one hook.
 pub(crate) fn hook_command(host: &Host, phase: Phase, hook: &Hook, ctx: &HookContext) -> Command {
-    let release_path = host.release_path(&ctx.release);
+    let release_path = ctx
+        .path
+        .clone()
+        .unwrap_or_else(|| host.release_path(&ctx.release));
     let mut c = Command::shell(hook.run.clone())
         .cwd(release_path.clone())
         .timeout(hook.timeout())
@@ -174,6 +183,7 @@ mod tests {
             previous: None,
             action: "deploy".into(),
             extra: Vec::new(),
+            path: None,
         }
     }
 

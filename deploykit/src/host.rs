@@ -89,6 +89,12 @@ pub struct Actor {
     /// The deploying process, so a lock left by a killed process on the
     /// same machine is recognised as stale.
     pub pid: u32,
+    /// Where `pid` means something: this machine's id, boot id and pid
+    /// namespace (`<machine-id>/<boot-id>/<pid ns>`). A lock's process is
+    /// only judged gone when this matches the judge's own: host names are
+    /// shared by CI runners and containers, pids by namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 impl Actor {
@@ -104,6 +110,7 @@ impl Actor {
             user,
             machine: this_machine(),
             pid: std::process::id(),
+            scope: this_scope(),
         }
     }
 }
@@ -141,6 +148,22 @@ pub(crate) fn this_machine() -> String {
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// This process's [`Actor::scope`]: `/etc/machine-id`, the kernel's boot id
+/// and the pid namespace; `None` when any of them cannot be read (then no
+/// lock is ever judged by its process).
+pub(crate) fn this_scope() -> Option<String> {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    let machine = read("/etc/machine-id").or_else(|| read("/var/lib/dbus/machine-id"))?;
+    let boot = read("/proc/sys/kernel/random/boot_id")?;
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(format!("{machine}/{boot}/{}", ns.display()))
 }
 
 /// Whether process `pid` is alive on this machine.

@@ -8,7 +8,14 @@
 //! <root>/repo.git                     mirror of the repository
 //! <root>/.ektool/lock/                the deploy lock
 //! <root>/.ektool/releases.jsonl       the release log
+//! <root>/.ektool/made/<name>          the release directories ektool made
 //! ```
+//!
+//! A deploy root laid out by another tool is taken over without harm:
+//! `current` may be absolute (Capistrano) or point outside `releases/` (a
+//! hand-made link), buedafab keeps its live pointer in `releases/current`.
+//! The raw link is kept ([`HostState::current_link`]) so a failed deploy
+//! puts back exactly that, and only directories ektool made are removed.
 //!
 //! The [`ReleaseLayout`] decides which directory a release is built in and
 //! which ones a successful deploy may remove; [`HostState`] is what a host
@@ -30,12 +37,21 @@ pub struct ReleaseDir {
     pub name: String,
     /// Its completion marker; `None`: unfinished (never switched to).
     pub marker: Option<Marker>,
+    /// Whether ektool recorded making it (`.ektool/made/<name>`).
+    #[serde(default)]
+    pub made: bool,
 }
 
 impl ReleaseDir {
     /// Whether the build finished.
     pub fn is_complete(&self) -> bool {
         self.marker.is_some()
+    }
+
+    /// Whether ektool made it (a completion marker, or the record written
+    /// before its checkout): only those are ever cleaned up.
+    pub fn is_ours(&self) -> bool {
+        self.made || self.marker.is_some()
     }
 
     /// The commit it holds, when complete.
@@ -53,6 +69,21 @@ pub struct HostState {
     pub current: Option<String>,
     /// The raw link target, when it is not under `releases/`.
     pub foreign_current: Option<String>,
+    /// `current`'s raw target exactly as `readlink` printed it (relative or
+    /// absolute, inside `releases/` or not): what a failed deploy puts back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_link: Option<String>,
+    /// The release buedafab's `releases/current` link points at: live for
+    /// the web server that still uses it, so never rebuilt or removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_current: Option<String>,
+    /// The host's clock (Unix nanoseconds) when the state was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_ns: Option<i128>,
+    /// How far the host's clock is ahead of the reader's, in milliseconds
+    /// (negative: behind), estimated from `clock_ns` and the round trip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_ms: Option<i64>,
     /// Every release directory, sorted by name.
     pub releases: Vec<ReleaseDir>,
     /// Whether the mirror `repo.git` exists.
@@ -84,9 +115,27 @@ impl HostState {
         commit: Option<&str>,
         maintenance_file: &str,
     ) -> Result<Self, RemoteError> {
+        Self::read_within(
+            host,
+            commit,
+            maintenance_file,
+            crate::environment::Timeouts::default().state.get(),
+        )
+        .await
+    }
+
+    /// [`HostState::read`], with a deadline for the command.
+    pub(crate) async fn read_within(
+        host: &Host,
+        commit: Option<&str>,
+        maintenance_file: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Self, RemoteError> {
         let script = Self::script(host, commit, maintenance_file);
-        let out = host.run_checked(&Command::shell(script)).await?;
-        Ok(Self::parse(&out.stdout_str()))
+        let out = host
+            .run_checked(&Command::shell(script).timeout(timeout))
+            .await?;
+        Ok(Self::parse(&out.stdout_str(), host.root()))
     }
 
     /// The read-only script that prints a host's state (also run by the
@@ -112,49 +161,73 @@ impl HostState {
             String::new()
         };
         // Builtins only in the loop (`read`, not `cat`): no fork per release.
+        // Links inside releases/ (buedafab's `current`) are not releases.
         format!(
-            "(cd {root} 2>/dev/null || {{ echo absent; exit 0; }}\n\
+            "(printf 'clock\\t%s\\n' \"$(date +%s%N)\"\n\
+             cd {root} 2>/dev/null || {{ echo absent; exit 0; }}\n\
              printf 'current\\t%s\\n' \"$(readlink current 2>/dev/null)\"\n\
+             if [ -L releases/current ]; then printf 'legacy\\t%s\\n' \"$(readlink releases/current)\"; fi\n\
              for d in releases/*/; do\n\
-             \x20 [ -d \"$d\" ] || continue\n\
+             \x20 [ -d \"$d\" ] && [ ! -L \"${{d%/}}\" ] || continue\n\
              \x20 n=${{d#releases/}}; n=${{n%/}}\n\
              \x20 if [ -f \"$d{MARKER}\" ]; then m=; IFS= read -r m < \"$d{MARKER}\" || true; printf 'release\\t%s\\t%s\\n' \"$n\" \"$m\"; else printf 'unfinished\\t%s\\n' \"$n\"; fi\n\
+             \x20 if [ -f \".ektool/{made}/$n\" ]; then printf 'made\\t%s\\n' \"$n\"; fi\n\
              done\n\
              if [ -d repo.git ]; then echo repo; fi\n\
              if [ -n {commit} ] && git -C repo.git cat-file -e {commit}^{{commit}} 2>/dev/null; then echo mirror; fi\n\
              if [ -e shared/{maint} ]; then echo maintenance; fi\n\
              {log})\n",
+            made = crate::release::MADE,
             root = q(host.root()),
             commit = q(commit.unwrap_or("")),
             maint = q(maintenance_file),
         )
     }
 
-    /// Parses what [`HostState::script`] printed.
-    pub(crate) fn parse(text: &str) -> Self {
+    /// Parses what [`HostState::script`] printed on a host whose deploy
+    /// root is `root`. Never fails: what does not parse is left out (a
+    /// marker that does not parse, e.g. with a commit that is not a commit
+    /// id, makes its release unfinished).
+    pub(crate) fn parse(text: &str, root: &str) -> Self {
         let mut state = Self {
             exists: true,
             ..Self::default()
         };
+        let mut made = Vec::new();
         for line in text.lines() {
             let mut parts = line.splitn(3, '\t');
             match (parts.next(), parts.next(), parts.next()) {
                 (Some("absent"), _, _) => state.exists = false,
+                (Some("clock"), Some(ns), _) => state.clock_ns = ns.trim().parse().ok(),
                 (Some("current"), Some(target), _) if !target.is_empty() => {
-                    match release_name_of_link(target) {
+                    state.current_link = Some(target.to_owned());
+                    match release_name_of_link(target, root) {
                         Some(name) => state.current = Some(name),
                         None => state.foreign_current = Some(target.to_owned()),
                     }
+                }
+                (Some("legacy"), Some(target), _) => {
+                    // `releases/current -> a` is relative to releases/.
+                    let t = target.trim_end_matches('/');
+                    state.legacy_current = if t.contains('/') {
+                        release_name_of_link(t, root)
+                            .or_else(|| t.strip_prefix("../releases/").map(str::to_owned))
+                    } else {
+                        Some(t.to_owned()).filter(|t| !t.is_empty() && t != "." && t != "..")
+                    };
                 }
                 (Some("release"), Some(name), Some(json)) => state.releases.push(ReleaseDir {
                     name: name.to_owned(),
                     // A marker that does not parse is treated as unfinished.
                     marker: serde_json::from_str(json).ok(),
+                    made: false,
                 }),
                 (Some("unfinished"), Some(name), _) => state.releases.push(ReleaseDir {
                     name: name.to_owned(),
                     marker: None,
+                    made: false,
                 }),
+                (Some("made"), Some(name), _) => made.push(name.to_owned()),
                 (Some("repo"), _, _) => state.mirror_exists = true,
                 (Some("mirror"), _, _) => state.mirror_has_commit = true,
                 (Some("maintenance"), _, _) => state.maintenance = true,
@@ -171,8 +244,20 @@ impl HostState {
                 _ => {}
             }
         }
+        for r in &mut state.releases {
+            r.made = made.contains(&r.name);
+        }
         state.releases.sort_by(|a, b| a.name.cmp(&b.name));
         state
+    }
+
+    /// The release names a deploy must not rebuild or remove: `current`'s
+    /// and `releases/current`'s.
+    pub fn live(&self) -> impl Iterator<Item = &str> {
+        self.current
+            .as_deref()
+            .into_iter()
+            .chain(self.legacy_current.as_deref())
     }
 }
 
@@ -246,10 +331,18 @@ impl ReleaseLayout for AbSlots {
                 release: (*slot).to_owned(),
             };
         }
-        let target = match state.current.as_deref() {
-            Some("a") => "b",
-            _ => "a",
-        };
+        // Never the live slot (ektool's `current`, or buedafab's
+        // `releases/current` on a host taken over); if both are live the
+        // host refuses the build before anything changes.
+        let live: Vec<&str> = state.live().collect();
+        let target = Self::SLOTS
+            .iter()
+            .find(|s| !live.contains(s))
+            .copied()
+            .unwrap_or(match state.current.as_deref() {
+                Some("a") => "b",
+                _ => "a",
+            });
         Placement::Build {
             release: target.to_owned(),
             in_place: true,
@@ -277,36 +370,58 @@ impl Timestamped {
         name.len() == 14 && name.bytes().all(|b| b.is_ascii_digit())
     }
 
-    /// A new release name for `now`, later than every name in `existing`
-    /// (so names grow even when two deploys share a second, or clocks
-    /// disagree).
+    /// A new release name for `now`: later than every valid name in
+    /// `existing` (so names grow even when two deploys share a second, or
+    /// clocks disagree), and never one of them. A 14-digit name that is
+    /// not a time (`99999999999999`) is ignored when looking for the
+    /// newest, so it cannot make every later deploy reuse one name.
     pub fn fresh_name<'a>(
         now: jiff::Timestamp,
         existing: impl IntoIterator<Item = &'a str>,
     ) -> String {
-        let mut name = now.strftime("%Y%m%d%H%M%S").to_string();
-        if let Some(max) = existing
+        let taken: std::collections::BTreeSet<&str> = existing
             .into_iter()
             .filter(|n| Self::is_release_name(n))
-            .max()
-            && max >= name.as_str()
-        {
-            name = bump_timestamp(max);
+            .collect();
+        let now = now.to_zoned(jiff::tz::TimeZone::UTC).datetime();
+        let newest = taken.iter().rev().find_map(|n| parse_name(n));
+        let mut at = match newest.and_then(next_second) {
+            Some(next) if next > now => next,
+            _ => now,
+        };
+        // Only a name of year 9999 has no next second: count down instead.
+        let mut step_back = false;
+        while taken.contains(format_name(at).as_str()) {
+            let next = if step_back { None } else { next_second(at) };
+            match next {
+                Some(n) => at = n,
+                None => {
+                    step_back = true;
+                    match at.checked_sub(jiff::Span::new().seconds(1)) {
+                        Ok(p) => at = p,
+                        Err(_) => break,
+                    }
+                }
+            }
         }
-        name
+        format_name(at)
     }
 }
 
-/// The release name one second after `name` (`…59` carries into minutes,
-/// and so on; the result is a valid name of the next second).
-fn bump_timestamp(name: &str) -> String {
-    let parsed = jiff::civil::DateTime::strptime("%Y%m%d%H%M%S", name)
+fn parse_name(name: &str) -> Option<jiff::civil::DateTime> {
+    jiff::civil::DateTime::strptime("%Y%m%d%H%M%S", name).ok()
+}
+
+fn format_name(at: jiff::civil::DateTime) -> String {
+    at.strftime("%Y%m%d%H%M%S").to_string()
+}
+
+/// One second later (`…59` carries into minutes, and so on), if that is
+/// still a 14-digit name.
+fn next_second(at: jiff::civil::DateTime) -> Option<jiff::civil::DateTime> {
+    at.checked_add(jiff::Span::new().seconds(1))
         .ok()
-        .and_then(|dt| dt.checked_add(jiff::Span::new().seconds(1)).ok());
-    match parsed {
-        Some(dt) => dt.strftime("%Y%m%d%H%M%S").to_string(),
-        None => name.to_owned(),
-    }
+        .filter(|n| format_name(*n).len() == 14)
 }
 
 impl ReleaseLayout for Timestamped {
@@ -332,13 +447,16 @@ impl ReleaseLayout for Timestamped {
     }
 
     fn cleanup(&self, state: &HostState, current: &str, previous: Option<&str>) -> Vec<String> {
-        cleanup_plan(&state.releases, current, previous, self.keep)
+        let mut remove = cleanup_plan(&state.releases, current, previous, self.keep);
+        remove.retain(|r| state.legacy_current.as_deref() != Some(r.as_str()));
+        remove
     }
 }
 
-/// Which releases to remove: every unfinished one, and complete ones
-/// beyond the newest `keep`; never `current` nor `previous`, never a
-/// directory whose name is not a release name.
+/// Which releases to remove: every unfinished one ektool made, and
+/// complete ones beyond the newest `keep`; never `current` nor `previous`,
+/// never a directory whose name is not a release name, never one ektool
+/// did not make (another tool's releases on a host taken over).
 pub fn cleanup_plan(
     releases: &[ReleaseDir],
     current: &str,
@@ -348,7 +466,7 @@ pub fn cleanup_plan(
     let protected = |n: &str| n == current || Some(n) == previous;
     let mut ours: Vec<&ReleaseDir> = releases
         .iter()
-        .filter(|r| Timestamped::is_release_name(&r.name))
+        .filter(|r| Timestamped::is_release_name(&r.name) && r.is_ours())
         .collect();
     ours.sort_by(|a, b| a.name.cmp(&b.name));
     let mut remove: Vec<String> = ours
@@ -386,20 +504,85 @@ mod tests {
                 tag: None,
                 built_at: jiff::Timestamp::UNIX_EPOCH,
             }),
+            made: false,
         }
     }
+
+    fn foreign(name: &str) -> ReleaseDir {
+        dir(name, None)
+    }
+
+    fn unfinished(name: &str) -> ReleaseDir {
+        ReleaseDir {
+            made: true,
+            ..dir(name, None)
+        }
+    }
+
+    const C1: &str = "1111111111111111111111111111111111111111";
 
     #[test]
     fn parses_state() {
         let s = HostState::parse(
-            "current\treleases/b\nrelease\ta\t{\"release\":\"a\",\"commit\":\"c1\",\"built_at\":\"2024-01-01T00:00:00Z\"}\nunfinished\tb\nmirror\n",
+            &format!(
+                "clock\t1700000000000000000\ncurrent\treleases/b\nrelease\ta\t{{\"release\":\"a\",\"commit\":\"{C1}\",\"built_at\":\"2024-01-01T00:00:00Z\"}}\nunfinished\tb\nmade\tb\nmirror\n"
+            ),
+            "/srv/app",
         );
         assert_eq!(s.current.as_deref(), Some("b"));
+        assert_eq!(s.current_link.as_deref(), Some("releases/b"));
         assert_eq!(s.releases.len(), 2);
-        assert_eq!(s.releases[0].commit(), Some("c1"));
+        assert_eq!(s.releases[0].commit(), Some(C1));
         assert!(!s.releases[1].is_complete());
+        assert!(s.releases[1].is_ours());
         assert!(s.mirror_has_commit);
-        assert!(!HostState::parse("absent\n").exists);
+        assert_eq!(s.clock_ns, Some(1_700_000_000_000_000_000));
+        assert!(!HostState::parse("absent\n", "/srv/app").exists);
+    }
+
+    #[test]
+    fn parses_links_made_by_other_tools() {
+        // Capistrano: absolute; a hand-made link elsewhere; buedafab.
+        let s = HostState::parse(
+            "current\t/srv/app/releases/20200101000000\nunfinished\t20200101000000\n",
+            "/srv/app",
+        );
+        assert_eq!(s.current.as_deref(), Some("20200101000000"));
+        assert_eq!(
+            s.current_link.as_deref(),
+            Some("/srv/app/releases/20200101000000")
+        );
+        assert!(!s.releases[0].is_ours());
+        let s = HostState::parse("current\t/var/www/app-v7\n", "/srv/app");
+        assert_eq!(s.current, None);
+        assert_eq!(s.current_link.as_deref(), Some("/var/www/app-v7"));
+        for link in ["/srv/app/releases/a", "a", "../releases/a"] {
+            let s = HostState::parse(&format!("legacy\t{link}\n"), "/srv/app");
+            assert_eq!(s.legacy_current.as_deref(), Some("a"), "{link}");
+        }
+    }
+
+    #[test]
+    fn a_marker_whose_commit_is_not_a_commit_id_is_unfinished() {
+        let s = HostState::parse(
+            &format!(
+                "release\ta\t{{\"release\":\"a\",\"commit\":\"{}\",\"built_at\":\"2024-01-01T00:00:00Z\"}}\n",
+                "é".repeat(20)
+            ),
+            "/srv/app",
+        );
+        assert!(!s.releases[0].is_complete());
+    }
+
+    #[test]
+    fn ab_never_builds_in_buedafabs_live_slot() {
+        let state = HostState {
+            exists: true,
+            legacy_current: Some("a".into()),
+            releases: vec![foreign("a"), foreign("b")],
+            ..HostState::default()
+        };
+        assert_eq!(AbSlots.place(&state, C1, "x").release(), "b");
     }
 
     #[test]
@@ -457,6 +640,22 @@ mod tests {
     }
 
     #[test]
+    fn a_name_that_is_not_a_time_is_never_reused() {
+        let now: jiff::Timestamp = "2024-05-06T07:08:09Z".parse().unwrap();
+        let mut names = vec!["99999999999999".to_owned()];
+        for _ in 0..3 {
+            let n = Timestamped::fresh_name(now, names.iter().map(String::as_str));
+            assert!(!names.contains(&n), "{n} reused");
+            assert!(parse_name(&n).is_some(), "{n} is a time");
+            names.push(n);
+        }
+        // Nothing comes after the last second of year 9999: still a new name.
+        let last = "99991231235959";
+        let n = Timestamped::fresh_name(now, [last, "20240506070809"]);
+        assert!(n != last && n != "20240506070809", "{n}");
+    }
+
+    #[test]
     fn fresh_names_grow() {
         let now: jiff::Timestamp = "2024-05-06T07:08:09Z".parse().unwrap();
         assert_eq!(Timestamped::fresh_name(now, []), "20240506070809");
@@ -475,7 +674,7 @@ mod tests {
         let rs = vec![
             dir("20240101000000", Some("1")),
             dir("20240102000000", Some("2")),
-            dir("20240103000000", None),
+            unfinished("20240103000000"),
             dir("20240104000000", Some("4")),
             dir("20240105000000", Some("5")),
             dir("notours", None),
@@ -483,6 +682,23 @@ mod tests {
         assert_eq!(
             cleanup_plan(&rs, "20240105000000", Some("20240101000000"), 3),
             vec!["20240102000000", "20240103000000"]
+        );
+    }
+
+    /// Capistrano's releases (no marker, no record) are never removed and
+    /// never count towards `keep`.
+    #[test]
+    fn cleanup_leaves_releases_ektool_did_not_make() {
+        let rs = vec![
+            foreign("20200101000000"),
+            foreign("20200102000000"),
+            dir("20240104000000", Some("4")),
+            dir("20240105000000", Some("5")),
+            dir("20240106000000", Some("6")),
+        ];
+        assert_eq!(
+            cleanup_plan(&rs, "20240106000000", Some("20240105000000"), 2),
+            vec!["20240104000000"]
         );
     }
 
@@ -506,7 +722,7 @@ mod tests {
             ) {
                 let mut releases: Vec<ReleaseDir> = dirs
                     .iter()
-                    .map(|(n, complete)| dir(&name(*n), complete.then_some("c")))
+                    .map(|(n, complete)| ReleaseDir { made: true, ..dir(&name(*n), complete.then_some("c")) })
                     .collect();
                 if foreign {
                     releases.push(dir("shared-cache", None));

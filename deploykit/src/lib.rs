@@ -43,6 +43,8 @@ pub mod git;
 pub mod health;
 pub mod hooks;
 pub mod host;
+#[cfg(test)]
+mod host_text;
 pub mod layout;
 pub mod lock;
 pub mod log;
@@ -55,7 +57,9 @@ pub mod rollback;
 mod shell;
 pub mod switch;
 
-pub use environment::{Environment, HealthCheck, Hook, Hooks, HostSource, LayoutKind, Phase};
+pub use environment::{
+    Environment, HealthCheck, Hook, Hooks, HostSource, LayoutKind, Phase, Timeouts,
+};
 pub use error::{DeployError, HostFailure, Stage};
 pub use event::{Event, EventSink};
 pub use flow::{DeployReport, Deployer, HostOutcome};
@@ -68,6 +72,7 @@ pub use notify::{Notification, NotificationKind, Notifier};
 pub use plan::{DeployPlan, HostPlan, PrepareAction};
 pub use provision::{ProvisionConfig, ProvisionError, Provisioner};
 pub use release::{Marker, Release};
+pub use shell::{is_commit_id, short as short_commit};
 
 /// The name of the symlink that points at the live release.
 pub const CURRENT: &str = "current";

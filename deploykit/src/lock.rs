@@ -21,9 +21,9 @@ use ec2kit::{Command, RemoteError};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::host::{Actor, Host, process_alive, this_machine};
+use crate::host::{Actor, Host, process_alive, this_scope};
 use crate::layout::HostState;
-use crate::shell::q;
+use crate::shell::{GUARDS, q};
 
 /// Who holds a lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +59,10 @@ pub struct HeldLock {
     pub age_seconds: u64,
     /// Why it is stale, if it is.
     pub stale: Option<String>,
+    /// The owner file's `cksum` as it was read (`none`: no owner file): an
+    /// unlock removes the lock only while it is still this one.
+    #[serde(default)]
+    pub checksum: String,
 }
 
 impl std::fmt::Display for HeldLock {
@@ -101,9 +105,20 @@ fn human_age(secs: u64) -> String {
     }
 }
 
-/// The lock directory.
-fn lock_dir(host: &Host) -> String {
-    host.path(".ektool/lock")
+/// The lock directory, relative to `<root>/.ektool`.
+const LOCK: &str = "lock";
+
+/// A script run in `<root>/.ektool` (entered with the guards, see
+/// [`GUARDS`]); `create`: make the deploy root and `.ektool` when missing,
+/// else do nothing (exit 0) when there is no `.ektool`.
+fn in_meta(host: &Host, create: bool, body: &str) -> String {
+    let root = q(host.root());
+    let enter = if create {
+        format!("mkdir -p {root} && cd {root} || exit 1\nek_enter .ektool\n")
+    } else {
+        format!("cd {root} 2>/dev/null && [ -e .ektool ] || exit 0\nek_cd .ektool\n")
+    };
+    format!("{GUARDS}{enter}{body}")
 }
 
 /// What an attempt to lock one host found.
@@ -121,24 +136,27 @@ pub(crate) async fn try_acquire(
     owner: &LockOwner,
     stale_after: Duration,
     state_script: &str,
+    timeout: Duration,
 ) -> Result<Attempt, RemoteError> {
-    let dir = q(&lock_dir(host));
-    let script = format!(
-        "mkdir -p {meta} || exit 1\n\
-         if mkdir {dir} 2>/dev/null; then cat > {dir}/owner.json; echo acquired\n{state_script}exit 0; fi\n\
-         echo held\n\
-         [ -s {dir}/owner.json ] || sleep 0.2\n\
-         {held}",
-        meta = q(&host.path(".ektool")),
-        held = held_fragment(&dir),
+    let script = in_meta(
+        host,
+        true,
+        &format!(
+            "ek_file releases.jsonl; ek_file {LOCK}\n\
+             if mkdir {LOCK} 2>/dev/null; then (set -C; cat > {LOCK}/owner.json) || exit 1; echo acquired\n{state_script}exit 0; fi\n\
+             echo held\n\
+             [ -s {LOCK}/owner.json ] || sleep 0.2\n\
+             {held}",
+            held = held_fragment(),
+        ),
     );
     let json = serde_json::to_vec(owner).unwrap_or_default();
     let out = host
-        .run_checked(&Command::shell(script).stdin(json))
+        .run_checked(&Command::shell(script).stdin(json).timeout(timeout))
         .await?;
     let text = out.stdout_str();
     match text.split_once('\n') {
-        Some(("acquired", rest)) => Ok(Attempt::Acquired(HostState::parse(rest))),
+        Some(("acquired", rest)) => Ok(Attempt::Acquired(HostState::parse(rest, host.root()))),
         _ => Ok(Attempt::Held(parse_held(
             host,
             text.lines().skip(1),
@@ -147,46 +165,49 @@ pub(crate) async fn try_acquire(
     }
 }
 
-/// The shell fragment that prints a held lock (`dir`, quoted): its owner
-/// file on one line, its time and the host's time (Unix seconds).
-fn held_fragment(dir: &str) -> String {
+/// The shell fragment (run in `.ektool`) that prints a held lock: its
+/// owner file on one line, its time and the host's time (Unix seconds),
+/// and the owner file's checksum.
+fn held_fragment() -> String {
     format!(
-        "(tr -d '\\n' < {dir}/owner.json) 2>/dev/null; echo\n\
-         stat -c %Y {dir} 2>/dev/null || date +%s\n\
-         date +%s\n"
+        "(tr -d '\\n' < {LOCK}/owner.json) 2>/dev/null; echo\n\
+         stat -c %Y {LOCK} 2>/dev/null || date +%s\n\
+         date +%s\n\
+         (cksum < {LOCK}/owner.json) 2>/dev/null || echo none\n"
     )
 }
 
 /// Judges what [`held_fragment`] printed.
-fn parse_held<'a>(
+pub(crate) fn parse_held<'a>(
     host: &Host,
     mut lines: impl Iterator<Item = &'a str>,
     stale_after: Duration,
 ) -> HeldLock {
     let owner_line = lines.next().unwrap_or_default();
-    let mut seconds = || -> i64 {
-        lines
-            .next()
-            .and_then(|l| l.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    let mtime = seconds();
-    let now = seconds();
-    judge(
+    let seconds = |l: Option<&str>| -> i64 { l.and_then(|l| l.trim().parse().ok()).unwrap_or(0) };
+    let mtime = seconds(lines.next());
+    let now = seconds(lines.next());
+    let checksum = lines.next().unwrap_or("none").trim().to_owned();
+    let mut lock = judge(
         host,
         owner_line,
-        u64::try_from(now - mtime).unwrap_or(0),
+        u64::try_from(now.saturating_sub(mtime)).unwrap_or(0),
         stale_after,
-    )
+    );
+    lock.checksum = checksum;
+    lock
 }
 
 fn judge(host: &Host, owner_line: &str, age: u64, stale_after: Duration) -> HeldLock {
     let owner: Option<LockOwner> = serde_json::from_str(owner_line).ok();
+    let here = this_scope();
     let stale = match &owner {
         _ if age > stale_after.as_secs() => {
             Some(format!("older than {}", human_age(stale_after.as_secs())))
         }
-        Some(o) if o.actor.machine == this_machine() && !process_alive(o.actor.pid) => Some(
+        // Only where its pid means the same process: the same machine,
+        // boot and pid namespace (never the host name alone).
+        Some(o) if here.is_some() && o.actor.scope == here && !process_alive(o.actor.pid) => Some(
             format!("process {} on {} is gone", o.actor.pid, o.actor.machine),
         ),
         // mkdir happened, the owner file never did: the run died in between.
@@ -198,19 +219,37 @@ fn judge(host: &Host, owner_line: &str, age: u64, stale_after: Duration) -> Held
         owner,
         age_seconds: age,
         stale,
+        checksum: String::new(),
     }
 }
 
 /// Reads a host's lock without touching it.
 pub async fn status(host: &Host, stale_after: Duration) -> Result<Option<HeldLock>, RemoteError> {
-    let dir = q(&lock_dir(host));
+    status_within(
+        host,
+        stale_after,
+        crate::environment::Timeouts::default().state.get(),
+    )
+    .await
+}
+
+/// [`status`], with a deadline for the command.
+pub(crate) async fn status_within(
+    host: &Host,
+    stale_after: Duration,
+    timeout: Duration,
+) -> Result<Option<HeldLock>, RemoteError> {
+    // Read-only: no guards needed, and nothing is created.
     let script = format!(
-        "[ -d {dir} ] || {{ echo free; exit 0; }}\n\
+        "cd {root}/.ektool 2>/dev/null && [ -d {LOCK} ] || {{ echo free; exit 0; }}\n\
          echo held\n\
          {held}",
-        held = held_fragment(&dir),
+        root = q(host.root()),
+        held = held_fragment(),
     );
-    let out = host.run_checked(&Command::shell(script)).await?;
+    let out = host
+        .run_checked(&Command::shell(script).timeout(timeout))
+        .await?;
     let text = out.stdout_str();
     let mut lines = text.lines();
     if lines.next() != Some("held") {
@@ -219,44 +258,70 @@ pub async fn status(host: &Host, stale_after: Duration) -> Result<Option<HeldLoc
     Ok(Some(parse_held(host, lines, stale_after)))
 }
 
-/// The shell fragment that releases the lock if this run's token holds it.
+/// The shell fragment that releases the lock if this run's token holds
+/// it (needs [`GUARDS`]; runs in a subshell, so it changes no directory).
 pub(crate) fn release_fragment(host: &Host, token: &str) -> String {
-    let dir = q(&lock_dir(host));
     format!(
-        "if grep -qF {token} {dir}/owner.json 2>/dev/null; then rm -rf {dir}; fi\n",
+        "(cd {root} 2>/dev/null && [ -e .ektool ] || exit 0\n\
+         ek_cd .ektool\n\
+         if grep -qF {token} {LOCK}/owner.json 2>/dev/null; then rm -rf {LOCK}; fi)\n",
+        root = q(host.root()),
         token = q(token)
     )
 }
 
 /// Releases the lock if (and only if) this run's token holds it.
-pub(crate) async fn release(host: &Host, token: &str) -> Result<(), RemoteError> {
-    host.run_checked(&Command::shell(release_fragment(host, token)))
+pub(crate) async fn release(
+    host: &Host,
+    token: &str,
+    timeout: Duration,
+) -> Result<(), RemoteError> {
+    let script = format!("{GUARDS}{}", release_fragment(host, token));
+    host.run_checked(&Command::shell(script).timeout(timeout))
         .await
         .map(|_| ())
 }
 
-/// Removes a lock whoever holds it (the explicit `unlock --force`).
-pub(crate) async fn remove(host: &Host) -> Result<(), RemoteError> {
-    host.run_checked(&Command::argv(["rm", "-rf", &lock_dir(host)]))
-        .await
-        .map(|_| ())
+/// Removes `lock` if the host still has exactly that lock (its owner file
+/// unchanged since it was read), or whatever lock is there when `force`.
+/// Returns whether a lock was removed.
+pub(crate) async fn remove(
+    host: &Host,
+    lock: &HeldLock,
+    force: bool,
+    timeout: Duration,
+) -> Result<bool, RemoteError> {
+    let body = if force {
+        format!("if [ -d {LOCK} ]; then rm -rf {LOCK}; echo removed; fi\n")
+    } else {
+        format!(
+            "if [ \"$( (cksum < {LOCK}/owner.json) 2>/dev/null || echo none)\" = {sum} ]; then rm -rf {LOCK}; echo removed; fi\n",
+            sum = q(&lock.checksum)
+        )
+    };
+    let out = host
+        .run_checked(&Command::shell(in_meta(host, false, &body)).timeout(timeout))
+        .await?;
+    Ok(out.stdout_str().trim() == "removed")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::this_machine;
     use std::sync::Arc;
 
     fn host() -> Host {
         Host::new(Arc::new(ec2kit::LocalRemote::new()), "/srv/x")
     }
 
-    fn owner(machine: &str, pid: u32) -> String {
+    fn owner(machine: &str, scope: Option<String>, pid: u32) -> String {
         serde_json::to_string(&LockOwner {
             actor: Actor {
                 user: "alice".into(),
                 machine: machine.into(),
                 pid,
+                scope,
             },
             environment: "production".into(),
             since: Timestamp::UNIX_EPOCH,
@@ -272,7 +337,7 @@ mod tests {
     fn fresh_lock_of_a_live_process_is_not_stale() {
         let h = judge(
             &host(),
-            &owner(&this_machine(), std::process::id()),
+            &owner(&this_machine(), this_scope(), std::process::id()),
             10,
             Duration::from_secs(3600),
         );
@@ -287,20 +352,43 @@ mod tests {
     fn old_or_orphaned_locks_are_stale() {
         let limit = Duration::from_secs(3600);
         assert!(
-            judge(&host(), &owner("elsewhere", 1), 7200, limit)
+            judge(&host(), &owner("elsewhere", None, 1), 7200, limit)
                 .stale
                 .is_some()
         );
+        assert!(this_scope().is_some(), "this machine has a scope");
         // No process has pid u32::MAX (pid_max is far lower).
-        let dead = judge(&host(), &owner(&this_machine(), u32::MAX), 5, limit);
+        let dead = judge(
+            &host(),
+            &owner(&this_machine(), this_scope(), u32::MAX),
+            5,
+            limit,
+        );
         assert!(dead.stale.unwrap().contains("is gone"));
         // Another machine's process cannot be checked: only age counts.
         assert!(
-            judge(&host(), &owner("elsewhere", u32::MAX), 5, limit)
+            judge(&host(), &owner("elsewhere", None, u32::MAX), 5, limit)
                 .stale
                 .is_none()
         );
         assert!(judge(&host(), "", 61, limit).stale.is_some());
         assert!(judge(&host(), "", 5, limit).stale.is_none());
+    }
+
+    /// A CI runner or container with this machine's host name (and its own
+    /// pid namespace or boot) is another machine: its dead-looking pid
+    /// proves nothing.
+    #[test]
+    fn the_same_host_name_alone_never_makes_a_lock_stale() {
+        let limit = Duration::from_secs(3600);
+        for scope in [None, Some("other-machine/other-boot/pid:[1]".to_owned())] {
+            let lock = judge(
+                &host(),
+                &owner(&this_machine(), scope.clone(), u32::MAX),
+                5,
+                limit,
+            );
+            assert_eq!(lock.stale, None, "scope {scope:?}");
+        }
     }
 }

@@ -4,7 +4,12 @@
 //! ended. Together with `readlink current` it answers "what is live, what
 //! was before it, which releases are bad" without guessing from directory
 //! times. Each line is written with a single `O_APPEND` write; a line cut
-//! by a crash is skipped when reading.
+//! by a crash is skipped when reading, and so is a line whose commit is not
+//! a commit id (the log is on the host: its text is not trusted). The log
+//! is only written inside a `.ektool` directory the SSH user (or root)
+//! owns, never through a symlink.
+
+use std::time::Duration;
 
 use ec2kit::{Command, RemoteError};
 use jiff::Timestamp;
@@ -12,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::{Actor, Host};
 use crate::layout::HostState;
-use crate::shell::q;
+use crate::shell::{GUARDS, q};
 
 /// The log file, relative to the deploy root.
 pub const LOG_FILE: &str = ".ektool/releases.jsonl";
@@ -54,7 +59,8 @@ pub struct LogEntry {
     pub environment: String,
     /// The release directory.
     pub release: String,
-    /// Its commit.
+    /// Its commit (40 or 64 hex digits).
+    #[serde(deserialize_with = "crate::shell::commit_id")]
     pub commit: String,
     /// Its release tag.
     #[serde(default)]
@@ -71,30 +77,34 @@ pub struct LogEntry {
 }
 
 /// Appends entries to a host's log.
-pub(crate) async fn append(host: &Host, entries: &[LogEntry]) -> Result<(), RemoteError> {
+pub(crate) async fn append(
+    host: &Host,
+    entries: &[LogEntry],
+    timeout: Duration,
+) -> Result<(), RemoteError> {
     let mut lines = Vec::new();
     for e in entries {
-        lines.extend(serde_json::to_vec(e).unwrap_or_default());
-        lines.push(b'\n');
+        lines.extend(line(e));
     }
-    let script = format!(
-        "mkdir -p {meta} && cat >> {file}",
-        meta = q(&host.path(".ektool")),
-        file = q(&host.path(LOG_FILE)),
-    );
-    host.run_checked(&Command::shell(script).stdin(lines))
+    let script = format!("{GUARDS}{}", append_fragment(host));
+    host.run_checked(&Command::shell(script).stdin(lines).timeout(timeout))
         .await
         .map(|_| ())
 }
 
-/// The shell fragment that appends standard input to the log.
+/// The shell fragment (after [`GUARDS`]) that appends standard input to
+/// the log: in a subshell that enters `.ektool` only if it is the SSH
+/// user's (or root's) own directory, and never through a link.
 pub(crate) fn append_fragment(host: &Host) -> String {
     format!(
-        "mkdir -p {meta} && cat >> {file}",
-        meta = q(&host.path(".ektool")),
-        file = q(&host.path(LOG_FILE)),
+        "(mkdir -p {root} && cd {root} && ek_enter .ektool && ek_file {file} && cat >> {file}) || exit $?\n",
+        root = q(host.root()),
+        file = q(LOG_NAME),
     )
 }
+
+/// The log's file name inside `.ektool`.
+const LOG_NAME: &str = "releases.jsonl";
 
 /// One entry as a log line.
 pub(crate) fn line(entry: &LogEntry) -> Vec<u8> {
@@ -105,8 +115,21 @@ pub(crate) fn line(entry: &LogEntry) -> Vec<u8> {
 
 /// Reads a host's log (empty when there is none), oldest first.
 pub async fn read(host: &Host) -> Result<Vec<LogEntry>, RemoteError> {
-    let script = format!("cat {} 2>/dev/null || true", q(&host.path(LOG_FILE)));
-    let out = host.run_checked(&Command::shell(script)).await?;
+    read_within(host, crate::environment::Timeouts::default().state.get()).await
+}
+
+/// [`read`], with a deadline for the command.
+pub(crate) async fn read_within(
+    host: &Host,
+    timeout: Duration,
+) -> Result<Vec<LogEntry>, RemoteError> {
+    let script = format!(
+        "[ ! -f {file} ] || cat {file}",
+        file = q(&host.path(LOG_FILE))
+    );
+    let out = host
+        .run_checked(&Command::shell(script).timeout(timeout))
+        .await?;
     Ok(parse(&out.stdout_str()))
 }
 
@@ -230,6 +253,7 @@ mod tests {
                 user: "u".into(),
                 machine: "m".into(),
                 pid: 1,
+                scope: None,
             },
             environment: "e".into(),
             release: release.into(),
@@ -255,6 +279,7 @@ mod tests {
                         tag: None,
                         built_at: Timestamp::UNIX_EPOCH,
                     }),
+                    made: true,
                 })
                 .collect(),
             ..HostState::default()
@@ -319,9 +344,13 @@ mod tests {
     }
 
     #[test]
-    fn cut_lines_are_skipped() {
-        let line = serde_json::to_string(&entry(Deploy, "r1", "c1", Some(Success))).unwrap();
+    fn cut_lines_and_lines_without_a_commit_id_are_skipped() {
+        let good = "a".repeat(40);
+        let line = serde_json::to_string(&entry(Deploy, "r1", &good, Some(Success))).unwrap();
         let text = format!("{line}\n{{\"at\":\"2024-");
         assert_eq!(parse(&text).len(), 1);
+        let multibyte =
+            serde_json::to_string(&entry(Deploy, "r1", &"é".repeat(20), Some(Success))).unwrap();
+        assert!(parse(&multibyte).is_empty());
     }
 }

@@ -51,9 +51,20 @@ pub struct Notification {
 impl Notification {
     /// The one-line text: `alice deployed v1.2.3 (abc123..def456) to production (3 hosts)`.
     pub fn text(&self) -> String {
+        self.render(&|s: &str| s.to_owned())
+    }
+
+    /// The text with every value passed through `esc` (who, release,
+    /// environment, commits, message and error all come from people or
+    /// hosts, never from this code).
+    fn render(&self, esc: &dyn Fn(&str) -> String) -> String {
+        let who = esc(&self.who);
+        let release = esc(&self.release);
+        let environment = esc(&self.environment);
+        let new_commit = esc(&self.new_commit);
         let range = match &self.old_commit {
-            Some(old) if *old != self.new_commit => format!(" ({old}..{})", self.new_commit),
-            _ => format!(" ({})", self.new_commit),
+            Some(old) if *old != self.new_commit => format!(" ({}..{new_commit})", esc(old)),
+            _ => format!(" ({new_commit})"),
         };
         let hosts = format!(
             "{} host{}",
@@ -61,36 +72,42 @@ impl Notification {
             if self.hosts == 1 { "" } else { "s" }
         );
         let mut text = match self.kind {
-            NotificationKind::Started => format!(
-                "{} is deploying {}{range} to {} ({hosts})",
-                self.who, self.release, self.environment
-            ),
-            NotificationKind::Succeeded => format!(
-                "{} deployed {}{range} to {} ({hosts})",
-                self.who, self.release, self.environment
-            ),
+            NotificationKind::Started => {
+                format!("{who} is deploying {release}{range} to {environment} ({hosts})")
+            }
+            NotificationKind::Succeeded => {
+                format!("{who} deployed {release}{range} to {environment} ({hosts})")
+            }
             NotificationKind::Failed => format!(
-                "{}'s deploy of {}{range} to {} FAILED; {} is unchanged",
-                self.who, self.release, self.environment, self.environment
+                "{who}'s deploy of {release}{range} to {environment} FAILED; {environment} is unchanged"
             ),
-            NotificationKind::RolledBack => format!(
-                "{} rolled {} back to {}{range} ({hosts})",
-                self.who, self.environment, self.release
-            ),
+            NotificationKind::RolledBack => {
+                format!("{who} rolled {environment} back to {release}{range} ({hosts})")
+            }
         };
         if let Some(m) = &self.message {
-            text.push_str(&format!(": {m}"));
+            text.push_str(&format!(": {}", esc(m)));
         }
         if let Some(e) = &self.error {
-            text.push_str(&format!("\n> {e}"));
+            text.push_str(&format!("\n> {}", esc(e)));
         }
         text
     }
 
-    /// The Slack-compatible payload.
+    /// The Slack-compatible payload. Slack reads `<…>` as links and
+    /// mentions (`<!channel>`) and `&` as an entity, so every value is
+    /// escaped (`&amp;`, `&lt;`, `&gt;`): a message or a failing host's
+    /// error can never ping the channel or disguise a link.
     pub fn slack_payload(&self) -> serde_json::Value {
-        serde_json::json!({ "text": self.text() })
+        serde_json::json!({ "text": self.render(&slack_escape) })
     }
+}
+
+/// Escapes text for Slack's mrkdwn (`&`, `<`, `>`, as Slack documents).
+pub fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Why a notification was not delivered. Never contains the URL.
@@ -100,6 +117,11 @@ pub enum NotifyError {
     /// The URL is not a valid http(s) URL.
     #[error("webhook URL is not a valid http(s) URL")]
     InvalidUrl,
+    /// A plain-http URL to a host other than this machine, not allowed.
+    #[error(
+        "webhook URL is plain http:// to another host: the URL is the credential and would cross the network readable; use https"
+    )]
+    InsecureUrl,
     /// The request could not be sent.
     #[error("webhook request failed: {0}")]
     Transport(String),
@@ -149,11 +171,22 @@ mod webhook {
     }
 
     impl WebhookNotifier {
-        /// A notifier posting to `url` (http or https).
+        /// A notifier posting to `url`: https, or http to this machine
+        /// (`127.0.0.1`, `::1`, `localhost`: a local relay, or a test).
         pub fn new(url: &str) -> Result<Self, NotifyError> {
+            Self::with_http(url, false)
+        }
+
+        /// A notifier posting to `url`, accepting plain http to any host
+        /// when `allow_http` (an explicit opt-in: the URL crosses the
+        /// network readable).
+        pub fn with_http(url: &str, allow_http: bool) -> Result<Self, NotifyError> {
             let url: hyper::Uri = url.trim().parse().map_err(|_| NotifyError::InvalidUrl)?;
+            let host = url.host().ok_or(NotifyError::InvalidUrl)?;
             match url.scheme_str() {
-                Some("http" | "https") if url.host().is_some() => {}
+                Some("https") => {}
+                Some("http") if allow_http || is_loopback(host) => {}
+                Some("http") => return Err(NotifyError::InsecureUrl),
                 _ => return Err(NotifyError::InvalidUrl),
             }
             Ok(Self {
@@ -168,6 +201,14 @@ mod webhook {
             self.timeout = timeout;
             self
         }
+    }
+
+    /// Whether a URL host is this machine.
+    fn is_loopback(host: &str) -> bool {
+        let h = host.trim_start_matches('[').trim_end_matches(']');
+        h.eq_ignore_ascii_case("localhost")
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
     }
 
     /// Describes a transport failure by kind only: hyper's messages are
@@ -251,5 +292,53 @@ mod tests {
             "alice@laptop deployed v1.2.3 (abc123..def456) to production (3 hosts)"
         );
         assert_eq!(n.slack_payload()["text"], n.text());
+    }
+
+    #[test]
+    fn slack_payload_escapes_what_people_and_hosts_wrote() {
+        let n = Notification {
+            kind: NotificationKind::Failed,
+            environment: "prod".into(),
+            who: "<@U123>".into(),
+            release: "v1 & v2".into(),
+            old_commit: None,
+            new_commit: "def456".into(),
+            hosts: 1,
+            error: Some("<http://evil.example|click here>".into()),
+            message: Some("<!channel> urgent".into()),
+        };
+        let text = n.slack_payload()["text"].as_str().unwrap().to_owned();
+        assert!(!text.contains('<') && !text.contains("& "), "{text}");
+        assert!(text.contains("&lt;!channel&gt; urgent"), "{text}");
+        assert!(text.contains("v1 &amp; v2"), "{text}");
+        assert!(
+            text.contains("&lt;http://evil.example|click here&gt;"),
+            "{text}"
+        );
+        // The plain text (other notifiers, logs) is unchanged.
+        assert!(n.text().contains("<!channel>"));
+    }
+
+    #[cfg(feature = "webhook")]
+    #[test]
+    fn plain_http_is_refused_unless_local_or_allowed() {
+        use super::WebhookNotifier;
+        assert!(matches!(
+            WebhookNotifier::new("http://hooks.example.com/T/B/x"),
+            Err(NotifyError::InsecureUrl)
+        ));
+        WebhookNotifier::new("https://hooks.example.com/T/B/x").unwrap();
+        for local in [
+            "http://127.0.0.1:9/x",
+            "http://localhost:9/x",
+            "http://[::1]:9/x",
+        ] {
+            WebhookNotifier::new(local).unwrap();
+        }
+        WebhookNotifier::with_http("http://hooks.example.com/T/B/x", true).unwrap();
+        assert!(matches!(
+            WebhookNotifier::new("ftp://hooks.example.com/x"),
+            Err(NotifyError::InvalidUrl)
+        ));
     }
 }

@@ -10,7 +10,7 @@ use crate::hooks::{self, HookContext};
 use crate::layout::HostState;
 use crate::lock::{self, HeldLock};
 use crate::log::{self, HistoryRow};
-use crate::shell::q;
+use crate::shell::{GUARDS, describe, q};
 
 /// One host's releases.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,7 +34,7 @@ pub struct UnlockOutcome {
     pub host: String,
     /// The lock found, if any.
     pub lock: Option<HeldLock>,
-    /// Whether it was removed.
+    /// Whether it was removed (by `unlock_plan`: whether it would be).
     pub removed: bool,
 }
 
@@ -72,12 +72,20 @@ impl Deployer {
     /// Turns maintenance mode on or off: the flag file in `shared/` (for the
     /// web server to test, e.g. to serve a 503 page), then the maintenance
     /// hooks with `MAINTENANCE=on|off`. Tracked files are never edited.
+    ///
+    /// The flag is made by renaming a new file over its name, so a link
+    /// planted there (`shared/maintenance -> /etc/nologin`) is replaced,
+    /// never followed; such a link is refused anyway.
     pub async fn maintenance(&self, on: bool) -> Result<(), DeployError> {
         let flag = format!("shared/{}", self.config.maintenance_file);
         let script = if on {
-            format!("mkdir -p \"$(dirname {f})\" && touch {f}", f = q(&flag))
+            format!(
+                "{GUARDS}ek_file {f}\n\
+                 d=$(dirname {f}) && mkdir -p \"$d\" && t=$(mktemp \"$d/.maintenance.XXXXXX\") && mv -fT \"$t\" {f}",
+                f = q(&flag)
+            )
         } else {
-            format!("rm -f {}", q(&flag))
+            format!("{GUARDS}ek_file {f}\nrm -f {f}", f = q(&flag))
         };
         self.locked_phase(
             "maintenance",
@@ -109,12 +117,20 @@ impl Deployer {
                     let extra = extra.clone();
                     let script = script.clone();
                     async move {
+                        if self.cancelled() {
+                            return Err(self.host_failed(
+                                h,
+                                Stage::AfterSwitch,
+                                "interrupted".into(),
+                            ));
+                        }
                         if let Some(s) = script {
-                            h.run_checked(&ec2kit::Command::shell(s).cwd(h.root().to_owned()))
-                                .await
-                                .map_err(|e| {
-                                    self.host_failed(h, Stage::AfterSwitch, e.to_string())
-                                })?;
+                            let command = ec2kit::Command::shell(s)
+                                .cwd(h.root().to_owned())
+                                .timeout(self.timeouts().switch.get());
+                            h.run_checked(&command).await.map_err(|e| {
+                                self.host_failed(h, Stage::AfterSwitch, describe(&e))
+                            })?;
                         }
                         let list = self.config.hooks.of(phase);
                         if list.is_empty() {
@@ -139,6 +155,7 @@ impl Deployer {
                             previous: None,
                             action: action.to_owned(),
                             extra,
+                            path: None,
                         };
                         hooks::run_phase(h, phase, list, &ctx)
                             .await
@@ -147,7 +164,9 @@ impl Deployer {
                 })
                 .await;
             let failures: Vec<HostFailure> = results.into_iter().filter_map(Result::err).collect();
-            if failures.is_empty() {
+            if self.cancelled() {
+                Err(self.interrupted(Stage::AfterSwitch))
+            } else if failures.is_empty() {
                 Ok(())
             } else {
                 Err(DeployError::Failed {
@@ -165,11 +184,30 @@ impl Deployer {
 
     /// Removes locks: stale ones always, live ones only with `force`. A
     /// live lock without `force` is an error naming its owner (nothing is
-    /// removed anywhere then).
+    /// removed anywhere then). A lock is removed only while it is the one
+    /// that was judged (its owner file unchanged): a deploy that takes the
+    /// lock in between keeps it.
     pub async fn unlock(&self, force: bool) -> Result<Vec<UnlockOutcome>, DeployError> {
+        let mut out = self.unlock_plan(force).await?;
+        let timeout = self.timeouts().lock.get();
+        for (h, o) in self.hosts.iter().zip(&mut out) {
+            if let Some(l) = &o.lock {
+                o.removed = lock::remove(h, l, force, timeout).await?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// What [`Deployer::unlock`] would do (reads only): each host's lock,
+    /// with `removed` saying whether it would go; the same error as
+    /// `unlock` for a live lock without `force`.
+    pub async fn unlock_plan(&self, force: bool) -> Result<Vec<UnlockOutcome>, DeployError> {
         let stale_after = self.config.lock_stale_after();
+        let timeout = self.timeouts().state.get();
         let found = self
-            .each(self.hosts.len(), |_, h| lock::status(h, stale_after))
+            .each(self.hosts.len(), |_, h| {
+                lock::status_within(h, stale_after, timeout)
+            })
             .await;
         let mut locks = Vec::new();
         for r in found {
@@ -180,20 +218,15 @@ impl Deployer {
                 lock: Box::new(live.clone()),
             });
         }
-        let mut out = Vec::new();
-        for (h, l) in self.hosts.iter().zip(locks) {
-            let removed = if l.is_some() {
-                lock::remove(h).await?;
-                true
-            } else {
-                false
-            };
-            out.push(UnlockOutcome {
+        Ok(self
+            .hosts
+            .iter()
+            .zip(locks)
+            .map(|(h, l)| UnlockOutcome {
                 host: h.name().to_owned(),
+                removed: l.is_some(),
                 lock: l,
-                removed,
-            });
-        }
-        Ok(out)
+            })
+            .collect())
     }
 }

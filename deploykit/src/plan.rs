@@ -36,6 +36,10 @@ pub struct HostPlan {
     pub root: String,
     /// The release live now.
     pub current: Option<String>,
+    /// `current`'s raw target when it is not one of ektool's releases (a
+    /// host laid out by another tool): what a failed deploy puts back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_link: Option<String>,
     /// Its commit.
     pub current_commit: Option<String>,
     /// The preparation.
@@ -46,6 +50,10 @@ pub struct HostPlan {
     pub switch: String,
     /// Releases removed after a successful deploy.
     pub cleanup: Vec<String>,
+    /// How far the host's clock is ahead of this machine's, in
+    /// milliseconds (negative: behind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_ms: Option<i64>,
 }
 
 /// The whole plan.
@@ -57,7 +65,8 @@ pub struct DeployPlan {
     pub release: Release,
     /// The layout.
     pub layout: String,
-    /// Where hosts fetch from.
+    /// Where hosts fetch from (credentials are never shown; such URLs are
+    /// refused anyway).
     pub repository: String,
     /// The host that runs the run-once hooks.
     pub run_once_host: Option<String>,

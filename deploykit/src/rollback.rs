@@ -3,9 +3,12 @@
 //! The target comes from the release log and `readlink current`, never from
 //! directory times or "the other slot": the newest successful deploy or
 //! rollback that is not live, not marked bad, and whose directory still
-//! holds that commit, complete. The release being left is marked bad, so
-//! the next rollback does not come back to it. Every host switches at
-//! once; restart and after-rollback hooks run after.
+//! holds that commit, complete. The environment has **one** target: the
+//! one of the host whose live release went live last (after a `--host`
+//! canary deploy, the canary's previous release), so hosts already on it
+//! are left alone, and no host is sent further back. The release a host
+//! leaves is marked bad, so the next rollback does not come back to it.
+//! Every host switches at once; restart and after-rollback hooks run after.
 
 use std::time::Instant;
 
@@ -17,11 +20,13 @@ use crate::environment::Phase;
 use crate::error::{DeployError, HostFailure, Stage};
 use crate::flow::Deployer;
 use crate::hooks::{self, HookContext};
+use crate::host::Host;
 use crate::layout::HostState;
 use crate::lock;
 use crate::log::{self, LogAction, LogEntry, LogResult};
 use crate::notify::NotificationKind;
 use crate::release::Release;
+use crate::shell::{GUARDS, describe, short};
 use crate::switch;
 
 /// One host's rollback.
@@ -39,6 +44,9 @@ pub struct RollbackStep {
     pub commit: String,
     /// Its tag.
     pub tag: Option<String>,
+    /// The host is already on the target: it is left alone.
+    #[serde(default)]
+    pub unchanged: bool,
 }
 
 /// The result of a rollback.
@@ -56,53 +64,130 @@ pub struct RollbackReport {
     pub seconds: f64,
 }
 
-fn step(
-    host: &str,
-    state: &HostState,
-    log: &[LogEntry],
+/// When a host's live release went live: the newest successful deploy or
+/// rollback to it in the host's log.
+fn live_since(state: &HostState, log: &[LogEntry]) -> Option<Timestamp> {
+    let live = state.current_release()?;
+    let commit = live.commit()?;
+    log.iter()
+        .rev()
+        .find(|e| {
+            matches!(e.action, LogAction::Deploy | LogAction::Rollback)
+                && e.result == Some(LogResult::Success)
+                && e.release == live.name
+                && e.commit == commit
+        })
+        .map(|e| e.at)
+}
+
+/// The rollback of every host to one target: `to` (a release name) or the
+/// previous good release of the host whose live release is the newest.
+/// Hosts already on the target stay; a host that cannot reach it stops
+/// the whole rollback before anything changes.
+pub(crate) fn fleet_steps(
+    hosts: &[Host],
+    states: &[HostState],
+    logs: &[&[LogEntry]],
     to: Option<&str>,
-) -> Result<RollbackStep, DeployError> {
-    let from = state
-        .current
-        .clone()
-        .ok_or_else(|| DeployError::NotDeployed {
-            host: host.to_owned(),
+) -> Result<Vec<RollbackStep>, DeployError> {
+    let mut froms = Vec::new();
+    for (h, s) in hosts.iter().zip(states) {
+        let from = s.current.clone().ok_or_else(|| DeployError::NotDeployed {
+            host: h.name().to_owned(),
         })?;
-    let from_commit = state
-        .current_release()
-        .and_then(|r| r.commit())
-        .map(str::to_owned);
-    let (to, commit, tag) = match to {
-        Some(name) => {
-            let dir = state
-                .release(name)
-                .filter(|r| r.is_complete() && r.name != from)
-                .ok_or_else(|| DeployError::UnknownRelease {
-                    host: host.to_owned(),
-                    release: name.to_owned(),
-                })?;
-            let marker = dir
-                .marker
-                .clone()
-                .unwrap_or_else(|| unreachable!("complete"));
-            (dir.name.clone(), marker.commit, marker.tag)
+        let from_commit = s
+            .current_release()
+            .and_then(|r| r.commit())
+            .map(str::to_owned);
+        froms.push((from, from_commit));
+    }
+    let step =
+        |i: usize, to: String, commit: String, tag: Option<String>, unchanged: bool| RollbackStep {
+            host: hosts[i].name().to_owned(),
+            from: froms[i].0.clone(),
+            from_commit: froms[i].1.clone(),
+            to,
+            commit,
+            tag,
+            unchanged,
+        };
+    if let Some(name) = to {
+        return hosts
+            .iter()
+            .zip(states)
+            .enumerate()
+            .map(|(i, (h, s))| {
+                let marker = s
+                    .release(name)
+                    .and_then(|r| r.marker.clone())
+                    .ok_or_else(|| DeployError::UnknownRelease {
+                        host: h.name().to_owned(),
+                        release: name.to_owned(),
+                    })?;
+                let unchanged = froms[i].0 == name;
+                Ok(step(
+                    i,
+                    name.to_owned(),
+                    marker.commit,
+                    marker.tag,
+                    unchanged,
+                ))
+            })
+            .collect();
+    }
+    // The host whose live release is the newest decides (the first in lock
+    // order on a tie, or when no log says).
+    let newest = (0..hosts.len())
+        .rev()
+        .max_by_key(|&i| live_since(&states[i], logs[i]))
+        .unwrap_or(0);
+    let target = log::rollback_target(logs[newest], &states[newest]).ok_or_else(|| {
+        DeployError::NothingToRollBack {
+            host: hosts[newest].name().to_owned(),
         }
-        None => {
-            let e =
-                log::rollback_target(log, state).ok_or_else(|| DeployError::NothingToRollBack {
-                    host: host.to_owned(),
-                })?;
-            (e.release.clone(), e.commit.clone(), e.tag.clone())
-        }
-    };
-    Ok(RollbackStep {
-        host: host.to_owned(),
-        from,
-        from_commit,
-        to,
-        commit,
-        tag,
-    })
+    })?;
+    hosts
+        .iter()
+        .zip(states)
+        .enumerate()
+        .map(|(i, (h, s))| {
+            if froms[i].1.as_deref() == Some(target.commit.as_str()) {
+                let tag = s
+                    .current_release()
+                    .and_then(|r| r.marker.as_ref()?.tag.clone());
+                return Ok(step(
+                    i,
+                    froms[i].0.clone(),
+                    target.commit.clone(),
+                    tag,
+                    true,
+                ));
+            }
+            // The same directory as the deciding host's when it holds the
+            // commit here, else this host's newest complete one with it.
+            let holds = |name: &str| {
+                s.release(name).and_then(|r| r.commit()) == Some(target.commit.as_str())
+                    && name != froms[i].0
+            };
+            let name = if holds(&target.release) {
+                Some(target.release.clone())
+            } else {
+                s.releases
+                    .iter()
+                    .rev()
+                    .find(|r| holds(&r.name))
+                    .map(|r| r.name.clone())
+            };
+            let name = name.ok_or_else(|| DeployError::RollbackTargetMissing {
+                host: h.name().to_owned(),
+                commit: short(&target.commit).to_owned(),
+            })?;
+            let tag = s
+                .release(&name)
+                .and_then(|r| r.marker.as_ref()?.tag.clone());
+            Ok(step(i, name, target.commit.clone(), tag, false))
+        })
+        .collect()
 }
 
 impl Deployer {
@@ -113,15 +198,15 @@ impl Deployer {
         }
         let states = self.inspect(None).await?;
         let logs = self.read_logs().await?;
-        self.hosts
-            .iter()
-            .zip(states.iter().zip(&logs))
-            .map(|(h, (s, l))| step(h.name(), s, l, to))
-            .collect()
+        let logs: Vec<&[LogEntry]> = logs.iter().map(Vec::as_slice).collect();
+        fleet_steps(&self.hosts, &states, &logs, to)
     }
 
     pub(crate) async fn read_logs(&self) -> Result<Vec<Vec<LogEntry>>, DeployError> {
-        let results = self.each(self.hosts.len(), |_, h| log::read(h)).await;
+        let timeout = self.timeouts().state.get();
+        let results = self
+            .each(self.hosts.len(), |_, h| log::read_within(h, timeout))
+            .await;
         let mut logs = Vec::new();
         let mut failures = Vec::new();
         for (h, r) in self.hosts.iter().zip(results) {
@@ -130,7 +215,7 @@ impl Deployer {
                 Err(e) => failures.push(HostFailure {
                     host: h.name().to_owned(),
                     stage: Stage::Inspect,
-                    error: e.to_string(),
+                    error: describe(&e),
                 }),
             }
         }
@@ -146,7 +231,13 @@ impl Deployer {
         }
     }
 
-    /// Rolls every host back to its previous good release (or `to`).
+    /// Rolls the environment back to one release: the previous good
+    /// release of the host that deployed last, or `to`. Hosts already on
+    /// it are left alone (they are unlocked, nothing else).
+    ///
+    /// Interrupted ([`Deployer::cancel_on`]) before the switch, nothing
+    /// changes; after it, the rollback completes its bookkeeping (undoing
+    /// it would put the bad release back).
     pub async fn rollback(&self, to: Option<&str>) -> Result<RollbackReport, DeployError> {
         let started = Instant::now();
         if self.hosts.is_empty() {
@@ -166,14 +257,14 @@ impl Deployer {
             self.unlock_all(&token).await;
         }
         if let Ok(report) = &result
-            && let Some(first) = report.hosts.first()
+            && let Some(first) = report.hosts.iter().find(|s| !s.unchanged)
         {
             let release = Release {
                 commit: first.commit.clone(),
                 describe: first
                     .tag
                     .clone()
-                    .unwrap_or_else(|| first.commit[..12.min(first.commit.len())].to_owned()),
+                    .unwrap_or_else(|| short(&first.commit).to_owned()),
                 tag: first.tag.clone(),
                 reference: first.to.clone(),
             };
@@ -196,49 +287,59 @@ impl Deployer {
         states: Vec<HostState>,
         latency: std::time::Duration,
     ) -> Result<RollbackReport, DeployError> {
-        let steps: Vec<RollbackStep> = self
-            .hosts
-            .iter()
-            .zip(&states)
-            .map(|(h, s)| step(h.name(), s, &s.log, to))
-            .collect::<Result<_, _>>()?;
+        let logs: Vec<&[LogEntry]> = states.iter().map(|s| s.log.as_slice()).collect();
+        let steps = fleet_steps(&self.hosts, &states, &logs, to)?;
+        if self.cancelled() {
+            return Err(self.interrupted(Stage::Inspect));
+        }
+        let moving: Vec<usize> = (0..steps.len()).filter(|&i| !steps[i].unchanged).collect();
 
         let results = self
             .switch_all(
-                self.hosts
-                    .iter()
-                    .zip(&steps)
-                    .map(|(h, st)| (h, st.to.as_str(), Some(st.from.clone()))),
+                moving.iter().map(|&i| {
+                    (
+                        &self.hosts[i],
+                        steps[i].to.as_str(),
+                        Some(steps[i].from.clone()),
+                    )
+                }),
                 token,
                 latency,
             )
             .await;
         let mut failures = Vec::new();
         let mut times = Vec::new();
-        for (h, r) in self.hosts.iter().zip(results) {
+        for (&i, r) in moving.iter().zip(results) {
             match r {
                 Ok(t) => times.extend(t),
-                Err(e) => failures.push(self.host_failed(h, Stage::Switch, e.to_string())),
+                Err(e) => {
+                    failures.push(self.host_failed(&self.hosts[i], Stage::Switch, describe(&e)));
+                }
             }
         }
         if !failures.is_empty() {
             // Put every host back where it was, so the fleet stays on one release.
-            let back = join_all(self.hosts.iter().zip(&steps).map(|(h, st)| async move {
-                (
-                    h,
-                    switch::switch(h, &st.from, &format!("back{token}"), None).await,
-                )
+            let timeout = self.timeouts().switch.get();
+            let back = join_all(moving.iter().map(|&i| {
+                let h = &self.hosts[i];
+                let link = states[i].current_link.clone().unwrap_or_default();
+                async move {
+                    (
+                        h,
+                        switch::restore(h, &link, &format!("back{token}"), timeout).await,
+                    )
+                }
             }))
             .await;
             let mut rolled_back = Vec::new();
             let mut inconsistent = Vec::new();
             for (h, r) in back {
                 match r {
-                    Ok(_) => rolled_back.push(h.name().to_owned()),
+                    Ok(()) => rolled_back.push(h.name().to_owned()),
                     Err(e) => inconsistent.push(HostFailure {
                         host: h.name().to_owned(),
                         stage: Stage::Switch,
-                        error: e.to_string(),
+                        error: describe(&e),
                     }),
                 }
             }
@@ -254,63 +355,67 @@ impl Deployer {
         // Per host: restart and after-rollback hooks (under the lock), then
         // one command that records the rollback and releases the lock.
         let hook_failures = join_all(self.hosts.iter().zip(&steps).map(|(h, st)| async move {
-            let ctx = HookContext {
-                environment: self.environment.clone(),
-                release: st.to.clone(),
-                commit: st.commit.clone(),
-                tag: st.tag.clone(),
-                previous: Some(st.from.clone()),
-                action: "rollback".into(),
-                extra: Vec::new(),
-            };
             let mut failure = None;
-            for phase in [Phase::Restart, Phase::AfterRollback] {
-                let list = self.config.hooks.of(phase);
-                if list.is_empty() {
-                    continue;
-                }
-                let t = Instant::now();
-                if let Err(e) = hooks::run_phase(h, phase, list, &ctx).await {
-                    failure = Some(self.host_failed(h, Stage::AfterSwitch, e.to_string()));
-                    break;
-                }
-                self.emit(crate::event::Event::HooksRan {
-                    host: h.name().to_owned(),
-                    phase,
-                    count: list.len(),
-                    seconds: t.elapsed().as_secs_f64(),
-                });
-            }
             let mut lines = Vec::new();
-            if let Some(c) = &st.from_commit {
+            if !st.unchanged {
+                let ctx = HookContext {
+                    environment: self.environment.clone(),
+                    release: st.to.clone(),
+                    commit: st.commit.clone(),
+                    tag: st.tag.clone(),
+                    previous: Some(st.from.clone()),
+                    action: "rollback".into(),
+                    extra: Vec::new(),
+                    path: None,
+                };
+                for phase in [Phase::Restart, Phase::AfterRollback] {
+                    let list = self.config.hooks.of(phase);
+                    if list.is_empty() {
+                        continue;
+                    }
+                    let t = Instant::now();
+                    if let Err(e) = hooks::run_phase(h, phase, list, &ctx).await {
+                        failure = Some(self.host_failed(h, Stage::AfterSwitch, e.to_string()));
+                        break;
+                    }
+                    self.emit(crate::event::Event::HooksRan {
+                        host: h.name().to_owned(),
+                        phase,
+                        count: list.len(),
+                        seconds: t.elapsed().as_secs_f64(),
+                    });
+                }
+                if let Some(c) = &st.from_commit {
+                    lines.extend(log::line(&self.log_entry(
+                        LogAction::Bad,
+                        &st.from,
+                        c,
+                        None,
+                        None,
+                        None,
+                    )));
+                }
                 lines.extend(log::line(&self.log_entry(
-                    LogAction::Bad,
-                    &st.from,
-                    c,
-                    None,
-                    None,
-                    None,
+                    LogAction::Rollback,
+                    &st.to,
+                    &st.commit,
+                    st.tag.clone(),
+                    Some(st.from.clone()),
+                    Some(LogResult::Success),
                 )));
             }
-            lines.extend(log::line(&self.log_entry(
-                LogAction::Rollback,
-                &st.to,
-                &st.commit,
-                st.tag.clone(),
-                Some(st.from.clone()),
-                Some(LogResult::Success),
-            )));
-            let script = format!(
-                "{}\n{}",
-                log::append_fragment(h),
-                lock::release_fragment(h, token)
-            );
-            if let Err(e) = h
-                .run_checked(&ec2kit::Command::shell(script).stdin(lines))
-                .await
-            {
+            let append = if lines.is_empty() {
+                String::new()
+            } else {
+                log::append_fragment(h)
+            };
+            let script = format!("{GUARDS}{append}{}", lock::release_fragment(h, token));
+            let command = ec2kit::Command::shell(script)
+                .stdin(lines)
+                .timeout(self.timeouts().lock.get());
+            if let Err(e) = h.run_checked(&command).await {
                 self.warn(h, format!("could not record the rollback or unlock: {e}"));
-                if let Err(e) = lock::release(h, token).await {
+                if let Err(e) = lock::release(h, token, self.timeouts().lock.get()).await {
                     self.warn(h, format!("could not release the lock: {e}"));
                 }
             }

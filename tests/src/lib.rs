@@ -169,3 +169,5 @@ pub fn pg_port() -> Option<u16> {
         }
     }
 }
+
+pub mod private_sshd;

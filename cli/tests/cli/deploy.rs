@@ -139,6 +139,11 @@ fn deploy_releases_rollback_end_to_end() {
         .as_array_mut()
         .unwrap()
         .sort_by_key(|h| h["host"].as_str().unwrap_or_default().to_owned());
+    // The measured clock skews vary from run to run.
+    for h in plan["hosts"].as_array_mut().unwrap() {
+        assert!(h["clock_skew_ms"].is_i64(), "{h}");
+        h.as_object_mut().unwrap().remove("clock_skew_ms");
+    }
     insta::assert_json_snapshot!("deploy_dry_run_first", plan);
     assert!(!app.local(0, "").exists());
 
@@ -432,4 +437,402 @@ fn bad_environment_config_is_located() {
         .run()
         .code(2)
         .stderr_has("must be absolute");
+}
+
+/// `--lock-wait` takes a duration with a unit; a bare number is refused
+/// with a hint (it used to mean seconds here and minutes elsewhere).
+#[test]
+fn lock_wait_is_a_duration_with_a_unit() {
+    let app = App::new("");
+    for verb in [
+        &["deploy", "--lock-wait", "30"][..],
+        &["rollback", "--lock-wait", "30"],
+        &["restart", "--lock-wait", "30"],
+        &["maintenance", "on", "--lock-wait", "30"],
+    ] {
+        app.ektool().args(verb).run().code(2).stderr_has("30s");
+    }
+    app.ektool()
+        .args(&["deploy", "--lock-wait", "2d"])
+        .run()
+        .code(2)
+        .stderr_has("out of range");
+    app.ektool()
+        .args(&["deploy", "--lock-wait", "5s"])
+        .run()
+        .success();
+}
+
+/// Every file, directory and link under `dir`: kind, target or content,
+/// and modification time (a rewrite with the same content shows).
+fn snapshot(dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&d).unwrap();
+        out.push(format!(
+            "{} dir {}.{}",
+            d.display(),
+            meta.mtime(),
+            meta.mtime_nsec()
+        ));
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.file_type().is_symlink() {
+                out.push(format!(
+                    "{} -> {}",
+                    p.display(),
+                    std::fs::read_link(&p).unwrap().display()
+                ));
+            } else {
+                out.push(format!(
+                    "{} {:?} {}.{}",
+                    p.display(),
+                    std::fs::read(&p).unwrap(),
+                    m.mtime(),
+                    m.mtime_nsec()
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `--dry-run` of every deploy verb changes nothing on the hosts (the
+/// deploy roots are compared file by file, times included), and `deploy
+/// unlock --dry-run` shows what it would remove.
+#[test]
+fn dry_runs_of_every_deploy_verb_change_nothing_on_the_hosts() {
+    let app = App::new("");
+    app.commit("one");
+    app.ektool().arg("deploy").run().success();
+    app.commit("two");
+    app.ektool().arg("deploy").run().success();
+    app.commit("three");
+    // A lock left by a process of this machine that is gone (stale).
+    let mut actor = deploykit::Actor::current();
+    actor.pid = u32::MAX;
+    let owner = serde_json::json!({
+        "actor": actor, "environment": "staging", "since": "2024-01-01T00:00:00Z",
+        "action": "deploy", "message": null, "token": "dead"
+    });
+    std::fs::create_dir_all(app.local(1, ".ektool/lock")).unwrap();
+    std::fs::write(app.local(1, ".ektool/lock/owner.json"), owner.to_string()).unwrap();
+    let before: Vec<_> = (0..2).map(|i| snapshot(&app.local(i, ""))).collect();
+    for verb in [
+        &["deploy"][..],
+        &["rollback"],
+        &["releases"],
+        &["maintenance", "on"],
+        &["maintenance", "off"],
+        &["restart"],
+        &["deploy", "unlock", "--force"],
+    ] {
+        let mut args = vec!["--dry-run"];
+        args.extend_from_slice(verb);
+        app.ektool().args(&args).run().success();
+    }
+    let out = app
+        .ektool()
+        .args(&["--dry-run", "deploy", "unlock"])
+        .run()
+        .success()
+        .stdout_has("WOULD REMOVE")
+        .stdout_has("dry run: nothing was changed");
+    assert!(out.stdout.contains("is gone"), "{}", out.stdout);
+    let json = app
+        .ektool()
+        .args(&["--dry-run", "--output", "json", "deploy", "unlock"])
+        .run()
+        .success()
+        .json();
+    let of = |i: usize| {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["host"] == app.hosts[i].target().as_str())
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(of(1)["removed"], true, "{json}");
+    assert_eq!(of(0)["removed"], false, "{json}");
+    let after: Vec<_> = (0..2).map(|i| snapshot(&app.local(i, ""))).collect();
+    assert_eq!(before, after);
+    app.ektool().args(&["deploy", "unlock"]).run().success();
+    assert!(!app.local(1, ".ektool/lock").exists());
+}
+
+/// A release log line written on a host with text that is not a commit
+/// (multi-byte, cut at byte 12 inside a character) is skipped: `releases`
+/// and `rollback` do not panic.
+#[test]
+fn host_text_that_is_not_a_commit_never_panics_the_cli() {
+    let app = App::new("");
+    app.ektool().arg("deploy").run().success();
+    let line = serde_json::json!({
+        "at": "2020-01-01T00:00:00Z", "action": "deploy",
+        "who": {"user": "x", "machine": "m", "pid": 1},
+        "environment": "staging", "release": "b",
+        "commit": format!("a{}", "é".repeat(20)), "result": "success"
+    });
+    let log = app.local(0, ".ektool/releases.jsonl");
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text.push_str(&format!("{line}\n"));
+    std::fs::write(&log, text).unwrap();
+    app.ektool().arg("releases").run().success();
+    app.ektool()
+        .args(&["--dry-run", "rollback"])
+        .run()
+        .code(1)
+        .stderr_has("no earlier complete release");
+}
+
+/// A repository URL with credentials in the config is refused where it
+/// is written (exit 2, file and line), and the secret is not echoed.
+#[test]
+fn credentials_in_the_repository_url_are_refused_without_showing_them() {
+    let app = App::new("repository = \"https://ci:S3CRET@git.example.com/app.git\"");
+    let out = app
+        .ektool()
+        .args(&["--dry-run", "deploy"])
+        .run()
+        .code(2)
+        .stderr_has("ektool.toml:")
+        .stderr_has("credentials")
+        .stderr_has("git_ssh_key");
+    assert!(!out.stderr.contains("S3CRET") && !out.stdout.contains("S3CRET"));
+    assert!(!app.local(0, "").exists());
+}
+
+/// A git server that accepts connections and never answers: the fetch
+/// fails at its deadline on every host, the deploy exits 1 with every
+/// host unlocked and `current` untouched, and a rerun with a working
+/// server deploys.
+#[test]
+fn a_git_server_that_never_answers_fails_the_fetch_within_its_deadline() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming() {
+            held.push(s); // accepted, never answered
+        }
+    });
+    let app = App::new(&format!(
+        "repository = \"git://127.0.0.1:{port}/app.git\"\ntimeouts = {{ fetch = \"2s\", checkout = \"2s\" }}"
+    ));
+    let c1 = app.commit("one");
+    let mut run = Running::start(&app, &["deploy"]);
+    assert_eq!(run.exit(), Some(1), "the deploy fails, within a minute");
+    let events: Vec<serde_json::Value> = run.events.iter().collect();
+    assert!(
+        events.iter().any(|e| e["event"] == "host_failed"
+            && e["stage"] == "fetch"
+            && e["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("timed out")),
+        "{events:?}"
+    );
+    for i in 0..2 {
+        assert!(
+            !app.local(i, ".ektool/lock").exists(),
+            "h{} unlocked",
+            i + 1
+        );
+        assert!(std::fs::symlink_metadata(app.local(i, "current")).is_err());
+    }
+    let config = std::fs::read_to_string(app.work.join("ektool.toml")).unwrap();
+    let origin = app.work.parent().unwrap().join("origin.git");
+    std::fs::write(
+        app.work.join("ektool.toml"),
+        config.replace(
+            &format!("git://127.0.0.1:{port}/app.git"),
+            &origin.display().to_string(),
+        ),
+    )
+    .unwrap();
+    app.ektool().arg("deploy").run().success();
+    assert_eq!(app.live(1).as_deref(), Some(c1.as_str()));
+}
+
+/// `ektool` running in the background, its JSON events read as they come.
+struct Running {
+    child: std::process::Child,
+    events: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl Running {
+    fn start(app: &App, args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ektool"))
+            .args(["--output", "json"])
+            .args(args)
+            .current_dir(&app.work)
+            .env("XDG_CONFIG_HOME", "/nonexistent")
+            .env_remove("EKTOOL_CONFIG")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        Self { child, events }
+    }
+
+    /// Waits for an event of this kind.
+    fn wait_for(&self, kind: &str) {
+        loop {
+            let e = self
+                .events
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no {kind} event"));
+            if e["event"] == kind {
+                return;
+            }
+        }
+    }
+
+    fn signal(&mut self, sig: &str) -> Option<i32> {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.exit()
+    }
+
+    /// Its exit code; a run still going after a minute is killed and the
+    /// test fails (it would otherwise hang the suite).
+    fn exit(&mut self) -> Option<i32> {
+        let t = std::time::Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            if t.elapsed() > std::time::Duration::from_secs(60) {
+                let _ = self.child.kill();
+                panic!("ektool did not end within a minute");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+fn wait_for_file(path: &std::path::Path) {
+    let t = std::time::Instant::now();
+    while !path.exists() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// SIGINT or SIGTERM during a deploy (waiting for the lock, preparing,
+/// after the switch) takes the failure path: every host is back on its
+/// release, no lock is left, the log says what happened, and the exit
+/// code is 130 or 143.
+#[test]
+fn signals_at_every_phase_leave_the_fleet_on_its_release_and_unlocked() {
+    let app = App::new(
+        "hooks.after_switch = [{ run = \"[ ! -e ../../shared/slow-after ] || { touch ../../shared/after-switch; sleep 3; }\" }]",
+    );
+    let c1 = app.commit("one");
+    app.ektool().arg("deploy").run().success();
+    let unlocked = |phase: &str| {
+        for i in 0..2 {
+            assert!(
+                !app.local(i, ".ektool/lock").exists(),
+                "{phase}: h{} locked",
+                i + 1
+            );
+            assert_eq!(
+                app.live(i).as_deref(),
+                Some(c1.as_str()),
+                "{phase}: h{}",
+                i + 1
+            );
+        }
+    };
+
+    // Waiting for another deploy's lock (on the second host).
+    let foreign = serde_json::json!({
+        "actor": {"user": "alice", "machine": "laptop", "pid": 4242},
+        "environment": "staging", "since": "2024-01-01T00:00:00Z",
+        "action": "deploy", "message": null, "token": "alice-run"
+    })
+    .to_string();
+    std::fs::create_dir_all(app.local(1, ".ektool/lock")).unwrap();
+    std::fs::write(app.local(1, ".ektool/lock/owner.json"), &foreign).unwrap();
+    app.commit("two");
+    let mut run = Running::start(&app, &["deploy", "--lock-wait", "5m"]);
+    run.wait_for("lock_waiting");
+    assert_eq!(run.signal("INT"), Some(130));
+    assert_eq!(
+        std::fs::read_to_string(app.local(1, ".ektool/lock/owner.json")).unwrap(),
+        foreign,
+        "the other deploy's lock is kept"
+    );
+    std::fs::remove_dir_all(app.local(1, ".ektool/lock")).unwrap();
+    unlocked("lock");
+
+    // While the release is being built.
+    let config = std::fs::read_to_string(app.work.join("ektool.toml")).unwrap();
+    std::fs::write(
+        app.work.join("ektool.toml"),
+        config.replace(
+            "hooks.build = [{ run = \"echo \\\"$RELEASE $COMMIT\\\" > built.txt\" }]",
+            "hooks.build = [{ run = \"echo \\\"$RELEASE $COMMIT\\\" > built.txt; touch ../../shared/building; sleep 2\" }]",
+        ),
+    )
+    .unwrap();
+    let mut run = Running::start(&app, &["deploy"]);
+    wait_for_file(&app.local(0, "shared/building"));
+    assert_eq!(run.signal("INT"), Some(130));
+    unlocked("prepare");
+    let last = |i: usize| {
+        let log = std::fs::read_to_string(app.local(i, ".ektool/releases.jsonl")).unwrap();
+        serde_json::from_str::<serde_json::Value>(log.lines().last().unwrap()).unwrap()
+    };
+    for i in 0..2 {
+        let e = last(i);
+        assert_eq!(e["result"], "failed", "{e}");
+        assert!(
+            e["message"].as_str().unwrap().contains("interrupted"),
+            "{e}"
+        );
+    }
+
+    // After the switch, during the after-switch hooks.
+    std::fs::write(app.local(0, "shared/slow-after"), "").unwrap();
+    let mut run = Running::start(&app, &["deploy"]);
+    wait_for_file(&app.local(0, "shared/after-switch"));
+    assert_eq!(run.signal("TERM"), Some(143));
+    unlocked("after switch");
+    for i in 0..2 {
+        assert_eq!(last(i)["result"], "rolled_back", "h{}", i + 1);
+    }
+    std::fs::remove_file(app.local(0, "shared/slow-after")).unwrap();
+    app.ektool().arg("deploy").run().success();
 }

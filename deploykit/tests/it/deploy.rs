@@ -431,9 +431,13 @@ async fn stale_locks_are_detected_and_unlock_needs_force_for_live_ones() {
     let d = f.deployer(f.env(LayoutKind::Timestamped));
     let c = f.commit("x");
     d.deploy(&f.release(&c)).await.unwrap();
+    // An owner on this machine (its id, boot and pid namespace).
     let owner = |pid: u32| {
+        let mut actor = deploykit::Actor::current();
+        actor.user = "ghost".into();
+        actor.pid = pid;
         serde_json::json!({
-            "actor": {"user": "ghost", "machine": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(), "pid": pid},
+            "actor": actor,
             "environment": "staging", "since": "2024-01-01T00:00:00Z", "action": "deploy v9",
             "message": null, "token": "someone-else"
         })
@@ -552,8 +556,12 @@ async fn dry_run_plan_reads_and_changes_nothing() {
     insta::assert_json_snapshot!("plan_first_and_second_deploy", json);
 }
 
-/// Replaces run-specific strings in every string of a JSON value.
+/// Replaces run-specific strings in every string of a JSON value (and
+/// drops the measured clock skews).
 fn normalise(v: &mut serde_json::Value, pairs: &[(&str, &str)]) {
+    if let serde_json::Value::Object(o) = v {
+        o.remove("clock_skew_ms");
+    }
     match v {
         serde_json::Value::String(s) => {
             for (from, to) in pairs {
@@ -675,4 +683,214 @@ async fn hosts_fetch_over_ssh_with_a_deploy_key_checking_the_servers_key() {
     std::fs::write(&known, format!("{}\n", server.known_hosts_line())).unwrap();
     d.deploy(&f.release(&c)).await.unwrap();
     assert_eq!(f.live_commit(0).as_deref(), Some(c.as_str()));
+}
+
+/// After a canary deploy to one host, a fleet rollback sends the canary
+/// back to what the others run and leaves them alone: no host goes
+/// further back, no good release is marked bad.
+#[tokio::test]
+async fn a_fleet_rollback_after_a_canary_deploy_ends_on_one_release() {
+    let f = Fixture::new(2);
+    let env = f.env(LayoutKind::Timestamped);
+    let d = f.deployer(env.clone());
+    let c0 = f.commit("zero");
+    d.deploy(&f.release(&c0)).await.unwrap();
+    let c1 = f.commit("one");
+    d.deploy(&f.release(&c1)).await.unwrap();
+    // The canary is the second host (not the first in lock order).
+    let canary = f.deployer_on(env, vec![f.hosts().remove(1)]);
+    let c2 = f.commit("canary");
+    canary.deploy(&f.release(&c2)).await.unwrap();
+
+    let plan = d.rollback_plan(None).await.unwrap();
+    assert!(plan[0].unchanged && !plan[1].unchanged, "{plan:?}");
+    let report = d.rollback(None).await.unwrap();
+    for i in 0..2 {
+        assert_eq!(f.live_commit(i).as_deref(), Some(c1.as_str()), "h{}", i + 1);
+        assert!(!f.local(i, ".ektool/lock").exists());
+    }
+    assert!(report.hosts[0].unchanged);
+    assert!(
+        !f.log(0).iter().any(|e| e.action == LogAction::Bad),
+        "h1 left alone: nothing marked bad"
+    );
+    let bad: Vec<_> = f
+        .log(1)
+        .into_iter()
+        .filter(|e| e.action == LogAction::Bad)
+        .map(|e| e.commit)
+        .collect();
+    assert_eq!(bad, [c2]);
+    // The next rollback moves the whole fleet one step, together.
+    d.rollback(None).await.unwrap();
+    for i in 0..2 {
+        assert_eq!(f.live_commit(i).as_deref(), Some(c0.as_str()), "h{}", i + 1);
+    }
+}
+
+/// A remote that, right before the command removing the lock is sent,
+/// lets another deploy take the lock (a new owner file).
+struct TakenMeanwhile {
+    inner: Arc<dyn ec2kit::Remote>,
+    lock: std::path::PathBuf,
+    live_owner: String,
+}
+
+#[async_trait::async_trait]
+impl ec2kit::Remote for TakenMeanwhile {
+    fn host(&self) -> String {
+        self.inner.host()
+    }
+    async fn run(&self, c: &ec2kit::Command) -> Result<ec2kit::Output, ec2kit::RemoteError> {
+        let text = c.to_string();
+        if text.contains("rm -rf") && text.contains("lock") && !text.contains("if mkdir") {
+            std::fs::remove_dir_all(&self.lock).unwrap();
+            std::fs::create_dir(&self.lock).unwrap();
+            std::fs::write(self.lock.join("owner.json"), &self.live_owner).unwrap();
+        }
+        self.inner.run(c).await
+    }
+    async fn upload(&self, p: &str, b: &[u8], m: u32) -> Result<(), ec2kit::RemoteError> {
+        self.inner.upload(p, b, m).await
+    }
+    async fn read_file(&self, p: &str) -> Result<Vec<u8>, ec2kit::RemoteError> {
+        self.inner.read_file(p).await
+    }
+}
+
+/// `unlock` judges a lock stale, then removes it only if it is still that
+/// lock: a deploy that took the lock in between keeps it.
+#[tokio::test]
+async fn unlock_never_removes_a_lock_taken_after_it_was_judged() {
+    let f = Fixture::new(1);
+    let d = f.deployer(f.env(LayoutKind::Timestamped));
+    let c = f.commit("x");
+    d.deploy(&f.release(&c)).await.unwrap();
+    let owner = |pid: u32, token: &str| {
+        let mut actor = deploykit::Actor::current();
+        actor.pid = pid;
+        serde_json::json!({
+            "actor": actor, "environment": "staging", "since": "2024-01-01T00:00:00Z",
+            "action": "deploy", "message": null, "token": token
+        })
+        .to_string()
+    };
+    let lock = f.local(0, ".ektool/lock");
+    std::fs::create_dir_all(&lock).unwrap();
+    std::fs::write(lock.join("owner.json"), owner(u32::MAX, "dead-run")).unwrap();
+    let remote: Arc<dyn ec2kit::Remote> = Arc::new(TakenMeanwhile {
+        inner: f.remotes[0].clone(),
+        lock: lock.clone(),
+        live_owner: owner(std::process::id(), "live-run"),
+    });
+    let racing = f.deployer_on(
+        f.env(LayoutKind::Timestamped),
+        vec![Host::new(remote, f.root()).named("h1")],
+    );
+    let out = racing.unlock(false).await.unwrap();
+    assert!(
+        out[0].lock.as_ref().unwrap().stale.is_some(),
+        "judged stale"
+    );
+    assert!(!out[0].removed, "{out:?}");
+    let left = std::fs::read_to_string(lock.join("owner.json")).unwrap();
+    assert!(left.contains("live-run"), "the live lock is kept: {left}");
+    // Judged again, it is live: only --force removes it.
+    assert!(matches!(
+        d.unlock(false).await,
+        Err(DeployError::LockNotStale { .. })
+    ));
+    assert!(d.unlock(true).await.unwrap()[0].removed);
+}
+
+/// A repository URL with credentials in it is refused before any host is
+/// touched, and the secret shows nowhere: not in the plan, the error, the
+/// events, or on the hosts.
+#[tokio::test]
+async fn a_repository_url_with_credentials_is_refused_and_never_shown() {
+    let f = Fixture::new(1);
+    let mut env = f.env(LayoutKind::Timestamped);
+    env.repository = None;
+    let c = f.commit("x");
+    let secret_url = "https://ci-token:S3CRET-T0KEN@git.example.com/acme/app.git";
+    let d = f.deployer(env.clone()).repository(secret_url);
+    let e = d.plan(&f.release(&c)).await.unwrap_err();
+    assert!(matches!(e, DeployError::Invalid(_)), "{e}");
+    let e = d.deploy(&f.release(&c)).await.unwrap_err().to_string();
+    assert!(
+        e.contains("credentials") && e.contains("***@git.example.com"),
+        "{e}"
+    );
+    env.repository = Some(secret_url.to_owned());
+    let e2 = f
+        .deployer(env)
+        .deploy(&f.release(&c))
+        .await
+        .unwrap_err()
+        .to_string();
+    let events = serde_json::to_string(&f.take_events()).unwrap();
+    for text in [&e, &e2, &events] {
+        assert!(!text.contains("S3CRET"), "{text}");
+    }
+    assert!(!f.local(0, "").exists(), "no host was touched");
+}
+
+/// A rollback or a restart waiting for another run's lock stops when its
+/// cancellation token is cancelled (SIGINT in the CLI): nothing changes,
+/// no lock of its own is left, the other run's lock is kept.
+#[tokio::test]
+async fn rollback_and_restart_waiting_for_a_lock_stop_when_cancelled() {
+    let f = Fixture::new(2);
+    let d = f.deployer(f.env(LayoutKind::Timestamped));
+    let c1 = f.commit("one");
+    d.deploy(&f.release(&c1)).await.unwrap();
+    let c2 = f.commit("two");
+    d.deploy(&f.release(&c2)).await.unwrap();
+    let foreign = serde_json::json!({
+        "actor": {"user": "alice", "machine": "laptop", "pid": 4242},
+        "environment": "staging", "since": "2024-01-01T00:00:00Z",
+        "action": "deploy", "message": null, "token": "alice-run"
+    })
+    .to_string();
+    std::fs::create_dir_all(f.local(1, ".ektool/lock")).unwrap();
+    std::fs::write(f.local(1, ".ektool/lock/owner.json"), &foreign).unwrap();
+    for verb in ["rollback", "restart"] {
+        let token = ec2kit::CancellationToken::new();
+        let waiting = f
+            .deployer(f.env(LayoutKind::Timestamped))
+            .lock_wait(Duration::from_secs(600))
+            .cancel_on(token.clone());
+        let cancel = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            token.cancel();
+        };
+        let run = async {
+            match verb {
+                "rollback" => waiting.rollback(None).await.map(|_| ()),
+                _ => waiting.restart().await,
+            }
+        };
+        let (result, ()) =
+            tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(run, cancel) })
+                .await
+                .expect("it stopped waiting");
+        assert!(
+            matches!(
+                result,
+                Err(DeployError::Interrupted {
+                    stage: Stage::Lock,
+                    ..
+                })
+            ),
+            "{verb}: {result:?}"
+        );
+        assert!(!f.local(0, ".ektool/lock").exists(), "{verb}: h1 unlocked");
+        assert_eq!(
+            std::fs::read_to_string(f.local(1, ".ektool/lock/owner.json")).unwrap(),
+            foreign
+        );
+        for i in 0..2 {
+            assert_eq!(f.live_commit(i).as_deref(), Some(c2.as_str()), "{verb}");
+        }
+    }
 }

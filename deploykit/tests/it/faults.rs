@@ -238,3 +238,86 @@ async fn a_failing_hook_at_every_phase_leaves_one_good_release_live() {
             .unwrap();
     }
 }
+
+/// Records whether each command sent had a deadline.
+struct Deadlines {
+    inner: Arc<dyn Remote>,
+    without: Arc<std::sync::Mutex<Vec<String>>>,
+    sent: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Remote for Deadlines {
+    fn host(&self) -> String {
+        self.inner.host()
+    }
+    async fn run(&self, command: &Command) -> Result<Output, RemoteError> {
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        if command.timeout.is_none() {
+            self.without.lock().unwrap().push(command.to_string());
+        }
+        self.inner.run(command).await
+    }
+    async fn upload(&self, path: &str, bytes: &[u8], mode: u32) -> Result<(), RemoteError> {
+        self.inner.upload(path, bytes, mode).await
+    }
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>, RemoteError> {
+        self.inner.read_file(path).await
+    }
+}
+
+/// Every command a deploy, a failed deploy, a rollback, a restart,
+/// maintenance on and off, the releases table and an unlock send to a host
+/// has a deadline: a host that stops answering can never hold a run (and
+/// its locks) forever.
+#[tokio::test]
+async fn every_command_sent_to_a_host_has_a_deadline() {
+    let f = Fixture::new(2);
+    let without = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let hosts: Vec<Host> = f
+        .remotes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let remote: Arc<dyn Remote> = Arc::new(Deadlines {
+                inner: r.clone(),
+                without: without.clone(),
+                sent: sent.clone(),
+            });
+            Host::new(remote, f.root()).named(format!("h{}", i + 1))
+        })
+        .collect();
+    let mut env = f.env(LayoutKind::Timestamped);
+    env.hooks.restart = vec![Hook::new("true")];
+    env.hooks.maintenance = vec![Hook::new("true")];
+    env.hooks.on_failure = vec![Hook::new("true")];
+    env.hooks.after_rollback = vec![Hook::new("true")];
+    let mut check = HealthCheck::command("test ! -e ../../shared/sick");
+    check.interval_ms = 100;
+    check.deadline_seconds = 1;
+    env.health = Some(check);
+    let d = f.deployer_on(env, hosts);
+    for n in 0..2 {
+        let c = f.commit(&format!("good {n}"));
+        d.deploy(&f.release(&c)).await.unwrap();
+    }
+    std::fs::write(f.local(1, "shared/sick"), "").unwrap();
+    let c = f.commit("bad");
+    d.deploy(&f.release(&c)).await.unwrap_err();
+    std::fs::remove_file(f.local(1, "shared/sick")).unwrap();
+    d.plan(&f.release(&c)).await.unwrap();
+    d.rollback_plan(None).await.unwrap();
+    d.rollback(None).await.unwrap();
+    d.restart().await.unwrap();
+    d.maintenance(true).await.unwrap();
+    d.maintenance(false).await.unwrap();
+    d.releases().await.unwrap();
+    d.unlock(true).await.unwrap();
+    assert!(sent.load(Ordering::SeqCst) > 30);
+    let without = without.lock().unwrap();
+    assert!(
+        without.is_empty(),
+        "commands without a deadline: {without:#?}"
+    );
+}

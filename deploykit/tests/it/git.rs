@@ -239,3 +239,43 @@ fn signed_tags_use_the_developers_signing_setup_and_verify() {
     assert!(repo.create_tag("v3.0.1", &c, "release", true).is_err());
     assert!(git(&f.work, &["tag", "-l", "v3.0.1"]).is_empty());
 }
+
+/// With `require_tag`, the release tag must be on the remote and name the
+/// same commit there: a tag made only in this clone, or moved here, is
+/// refused (protected tags live on the server).
+#[test]
+fn require_tag_checks_the_tag_on_the_remote() {
+    let f = Fixture::new(1);
+    let c1 = f.commit("one");
+    let repo = LocalRepo::open(&f.work).unwrap();
+    let mut env = f.env(LayoutKind::Ab);
+    env.require_tag = true;
+    git(&f.work, &["tag", "-a", "-m", "v1.0.0", "v1.0.0"]);
+    for spec in [RefSpec::parse("v1.0.0"), RefSpec::Default] {
+        let err = repo.release_for(&spec, &env, "production").unwrap_err();
+        assert!(
+            matches!(err, GitError::TagNotPushed { .. }),
+            "{spec}: {err}"
+        );
+    }
+    git(&f.work, &["push", "--quiet", "origin", "v1.0.0"]);
+    let r = repo
+        .release_for(&RefSpec::parse("v1.0.0"), &env, "production")
+        .unwrap();
+    assert_eq!(r.commit, c1);
+    // Moved here to a pushed commit of main; the remote still says c1.
+    let c2 = f.commit("two");
+    git(&f.work, &["tag", "-f", "-a", "-m", "moved", "v1.0.0", &c2]);
+    let err = repo
+        .release_for(&RefSpec::parse("v1.0.0"), &env, "production")
+        .unwrap_err();
+    assert!(matches!(err, GitError::TagMoved { .. }), "{err}");
+    assert!(err.to_string().contains(&c1[..12]), "{err}");
+    // A lightweight tag pushed as is counts too.
+    git(&f.work, &["tag", "v1.1.0", &c2]);
+    git(&f.work, &["push", "--quiet", "origin", "v1.1.0"]);
+    let r = repo
+        .release_for(&RefSpec::parse("v1.1.0"), &env, "production")
+        .unwrap();
+    assert_eq!(r.commit, c2);
+}

@@ -6,5 +6,7 @@
 mod deploy;
 mod faults;
 mod git;
+mod hang;
 mod notify;
 mod support;
+mod takeover;

@@ -98,7 +98,16 @@ async fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     };
     let env = environment(name).ok_or_else(|| format!("unknown environment {name}"))?;
     let repo = LocalRepo::open(".")?;
+    // Ctrl-C takes the failure path (hosts switched back, locks released).
+    let interrupt = ec2kit::CancellationToken::new();
+    let on_signal = interrupt.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_signal.cancel();
+        }
+    });
     let deployer = Deployer::new(name, env.clone(), hosts(&env)?)
+        .cancel_on(interrupt)
         .repository(repo.remote_url(&env.remote)?)
         .notifier(Arc::new(FileNotifier("deploys.log".into())))
         .on_event(|e| eprintln!("  {e}"));
@@ -133,7 +142,12 @@ async fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
                     } else {
                         " "
                     };
-                    println!(" {mark} {} {} {}", r.release, &r.commit[..12], r.who);
+                    println!(
+                        " {mark} {} {} {}",
+                        r.release,
+                        deploykit::short_commit(&r.commit),
+                        r.who
+                    );
                 }
             }
         }

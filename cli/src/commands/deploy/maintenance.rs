@@ -21,9 +21,10 @@ pub struct Args {
     /// Environment and hosts.
     #[command(flatten)]
     pub target: Target,
-    /// Wait this long for another deploy's lock.
-    #[arg(long, value_name = "SECONDS")]
-    pub lock_wait: Option<u64>,
+    /// Wait this long for another deploy's lock: a duration with a unit
+    /// (`90s`, `15m`), 0s to 24h (default: fail at once).
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_lock_wait)]
+    pub lock_wait: Option<std::time::Duration>,
 }
 
 /// Runs `ektool maintenance`.

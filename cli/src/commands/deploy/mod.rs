@@ -193,15 +193,17 @@ pub async fn ec2_hosts(
 pub fn deployer(ctx: &Context, name: &str, env: &Environment, hosts: Vec<Host>) -> Deployer {
     let json = ctx.output() == OutputFormat::Json;
     let quiet = ctx.global.quiet;
-    let mut d = Deployer::new(name, env.clone(), hosts).on_event(move |e: &Event| {
-        if json {
-            if let Ok(line) = serde_json::to_string(e) {
-                println!("{line}");
+    let mut d = Deployer::new(name, env.clone(), hosts)
+        .cancel_on(ctx.interrupt.clone())
+        .on_event(move |e: &Event| {
+            if json {
+                if let Ok(line) = serde_json::to_string(e) {
+                    println!("{line}");
+                }
+            } else if !quiet {
+                eprintln!("{e}");
             }
-        } else if !quiet {
-            eprintln!("{e}");
-        }
-    });
+        });
     if let Some(n) = notifier(env) {
         d = d.notifier(n);
     }
@@ -221,8 +223,14 @@ fn notifier(env: &Environment) -> Option<Arc<dyn deploykit::Notifier>> {
         tracing::warn!("notify: the webhook URL is not set; no notifications");
         return None;
     };
-    match deploykit::notify::WebhookNotifier::new(&url) {
+    match deploykit::notify::WebhookNotifier::with_http(&url, cfg.allow_http) {
         Ok(n) => Some(Arc::new(n)),
+        Err(e @ deploykit::notify::NotifyError::InsecureUrl) => {
+            eprintln!(
+                "warning: notify: {e} (or set notify.allow_http = true to accept it); no notifications"
+            );
+            None
+        }
         Err(e) => {
             eprintln!("warning: notify: {e}; no notifications");
             None
@@ -230,7 +238,15 @@ fn notifier(env: &Environment) -> Option<Arc<dyn deploykit::Notifier>> {
     }
 }
 
-/// `--lock-wait` seconds.
-pub fn lock_wait(secs: Option<u64>) -> Duration {
-    Duration::from_secs(secs.unwrap_or(0))
+/// The longest `--lock-wait`.
+pub const MAX_LOCK_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses `--lock-wait`: a duration with a unit (`90s`, `15m`), 0s to 24h.
+pub fn parse_lock_wait(text: &str) -> Result<Duration, String> {
+    ec2kit::duration::parse_in(text, Duration::ZERO, MAX_LOCK_WAIT).map_err(|e| e.to_string())
+}
+
+/// `--lock-wait`, default: fail at once.
+pub fn lock_wait(wait: Option<Duration>) -> Duration {
+    wait.unwrap_or(Duration::ZERO)
 }

@@ -56,7 +56,7 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                 }
                 vec![
                     r.release.clone(),
-                    r.commit[..12.min(r.commit.len())].to_owned(),
+                    deploykit::short_commit(&r.commit).to_owned(),
                     output::or_dash(r.tag.as_deref()),
                     r.at.strftime("%Y-%m-%d %H:%M:%S").to_string(),
                     r.who.clone(),

@@ -18,9 +18,10 @@ pub struct Args {
     /// the release log).
     #[arg(long, value_name = "RELEASE")]
     pub to: Option<String>,
-    /// Wait this long for another deploy's lock.
-    #[arg(long, value_name = "SECONDS")]
-    pub lock_wait: Option<u64>,
+    /// Wait this long for another deploy's lock: a duration with a unit
+    /// (`90s`, `15m`), 0s to 24h (default: fail at once).
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_lock_wait)]
+    pub lock_wait: Option<std::time::Duration>,
     /// Why: recorded in the log and notifications.
     #[arg(long, short = 'm', value_name = "TEXT")]
     pub message: Option<String>,
@@ -71,14 +72,20 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
 
 fn table(steps: &[RollbackStep]) {
     output::table(
-        &["HOST", "FROM", "TO", "COMMIT", "TAG"],
+        &["HOST", "FROM", "TO", "COMMIT", "TAG", "ACTION"],
         steps.iter().map(|s| {
             vec![
                 s.host.clone(),
                 s.from.clone(),
                 s.to.clone(),
-                s.commit[..12.min(s.commit.len())].to_owned(),
+                deploykit::short_commit(&s.commit).to_owned(),
                 output::or_dash(s.tag.as_deref()),
+                if s.unchanged {
+                    "already there"
+                } else {
+                    "switched"
+                }
+                .to_owned(),
             ]
         }),
     );

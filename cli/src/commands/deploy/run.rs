@@ -31,9 +31,10 @@ pub struct Args {
     /// requires one (recorded in the log with your message).
     #[arg(long)]
     pub allow_untagged: bool,
-    /// Wait this long for another deploy's lock.
-    #[arg(long, value_name = "SECONDS")]
-    pub lock_wait: Option<u64>,
+    /// Wait this long for another deploy's lock: a duration with a unit
+    /// (`90s`, `15m`), 0s to 24h (default: fail at once).
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_lock_wait)]
+    pub lock_wait: Option<std::time::Duration>,
     /// Why: shown in the lock, the release log and notifications.
     #[arg(long, short = 'm', value_name = "TEXT")]
     pub message: Option<String>,
@@ -105,7 +106,7 @@ fn show_plan(ctx: &Context, plan: &DeployPlan, new_tag: Option<&str>) -> Result<
     println!(
         "deploy {} ({}) to {} [{} layout] from {}",
         plan.release.describe,
-        &plan.release.commit[..12.min(plan.release.commit.len())],
+        deploykit::short_commit(&plan.release.commit),
         plan.environment,
         plan.layout,
         plan.repository
@@ -131,7 +132,7 @@ fn show_plan(ctx: &Context, plan: &DeployPlan, new_tag: Option<&str>) -> Result<
             };
             vec![
                 h.host.clone(),
-                output::or_dash(h.current.as_deref()),
+                output::or_dash(h.current.as_deref().or(h.current_link.as_deref())),
                 prepare,
                 mirror,
                 h.switch.clone(),
@@ -146,6 +147,16 @@ fn show_plan(ctx: &Context, plan: &DeployPlan, new_tag: Option<&str>) -> Result<
             ]
         }),
     );
+    for h in &plan.hosts {
+        if let Some(ms) = h.clock_skew_ms.filter(|ms| ms.unsigned_abs() > 500) {
+            println!(
+                "note: {}'s clock is {:.1}s {} this machine's",
+                h.host,
+                ms.unsigned_abs() as f64 / 1000.0,
+                if ms < 0 { "behind" } else { "ahead of" }
+            );
+        }
+    }
     println!("dry run: nothing was changed");
     Ok(())
 }

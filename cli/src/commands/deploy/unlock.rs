@@ -22,17 +22,17 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let (name, env) = environment(ctx, &args.target)?;
     let hosts = hosts(ctx, env, &args.target.hosts).await?;
     let d = deployer(ctx, &name, env, hosts);
-    if ctx.global.dry_run {
-        return Err(CliError::Usage(
-            "unlock has no dry run; `ektool releases` shows the hosts".into(),
-        ));
-    }
-    let outcomes = d.unlock(args.force).await?;
+    let dry = ctx.global.dry_run;
+    let outcomes = if dry {
+        d.unlock_plan(args.force).await?
+    } else {
+        d.unlock(args.force).await?
+    };
     if ctx.output() == OutputFormat::Json {
         return output::json(&outcomes);
     }
     output::table(
-        &["HOST", "LOCK", "REMOVED"],
+        &["HOST", "LOCK", if dry { "WOULD REMOVE" } else { "REMOVED" }],
         outcomes.iter().map(|o| {
             vec![
                 o.host.clone(),
@@ -41,5 +41,8 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             ]
         }),
     );
+    if dry {
+        println!("dry run: nothing was changed");
+    }
     Ok(())
 }

@@ -343,6 +343,7 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         actor: deploykit::Actor::current(),
         stale_after: env.lock_stale_after(),
         wait: args.lock_wait.unwrap_or_default(),
+        timeout: env.timeouts.lock.get(),
     };
     let layout = cfg.layout();
     let mut nodes = nodes(ctx, env, &args.target, args.user.as_deref()).await?;

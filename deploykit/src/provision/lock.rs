@@ -41,6 +41,9 @@ pub struct LockSpec {
     pub stale_after: Duration,
     /// How long to wait for a held lock (zero: fail at once).
     pub wait: Duration,
+    /// The deadline of each lock command on the host (the environment's
+    /// `timeouts.lock`).
+    pub timeout: Duration,
 }
 
 /// The locks one provision holds on one host. Release them with
@@ -50,6 +53,7 @@ pub struct LockSpec {
 pub struct ProvisionLock {
     held: Vec<Host>,
     token: String,
+    timeout: Duration,
 }
 
 impl ProvisionLock {
@@ -87,11 +91,12 @@ impl ProvisionLock {
             let mut this = Self {
                 held: Vec::new(),
                 token: token.clone(),
+                timeout: spec.timeout,
             };
             let mut found = None;
             for root in &roots {
                 let host = Host::new(remote.clone(), root.clone());
-                match lock::try_acquire(&host, &owner, spec.stale_after, "").await {
+                match lock::try_acquire(&host, &owner, spec.stale_after, "", spec.timeout).await {
                     Ok(Attempt::Acquired(_)) => this.held.push(host),
                     Ok(Attempt::Held(held)) => {
                         found = Some((held, host.path(".ektool/lock")));
@@ -146,9 +151,10 @@ impl ProvisionLock {
     /// Releases every lock this run holds (only if its token is still
     /// there: never someone else's).
     pub async fn release(self) -> Result<(), ProvisionError> {
+        let timeout = self.timeout;
         let mut first_error = None;
         for host in self.held.iter().rev() {
-            if let Err(e) = lock::release(host, &self.token).await {
+            if let Err(e) = lock::release(host, &self.token, timeout).await {
                 first_error.get_or_insert(e);
             }
         }

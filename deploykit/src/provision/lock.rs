@@ -14,7 +14,11 @@
 //!    deploy root exists (on a fresh host there is nothing to deploy to
 //!    yet, and creating it as the provisioning user would give it the
 //!    wrong owner). A `.ektool` directory made here is given the deploy
-//!    root's owner, so the deploy user can still take its own lock.
+//!    root's owner, so the deploy user can still take its own lock. When
+//!    the provisioning user is root and the deploy root belongs to someone
+//!    else, this lock is taken and released **as the deploy root's owner**
+//!    (`setpriv`): root never writes into a directory another user controls
+//!    (the deploy lock's own guards refuse it), and the kernel enforces it.
 //!
 //! A second run fails fast naming the holder, or waits up to a limit.
 
@@ -80,11 +84,19 @@ impl ProvisionLock {
             root = q(&layout.root)
         );
         ec2kit::remote::run_checked(remote.as_ref(), &Command::shell(prepare)).await?;
-        let mut roots = vec![layout.root.clone()];
+        let mut roots = vec![(layout.root.clone(), remote.clone())];
         if let Some(deploy) = &spec.deploy_root
-            && prepare_deploy_root(remote.as_ref(), deploy).await?
+            && let Some(owner) = prepare_deploy_root(remote.as_ref(), deploy).await?
         {
-            roots.push(deploy.clone());
+            let as_owner: Arc<dyn Remote> = match owner {
+                Some((uid, gid)) => Arc::new(AsOwner {
+                    inner: remote.clone(),
+                    uid,
+                    gid,
+                }),
+                None => remote.clone(),
+            };
+            roots.push((deploy.clone(), as_owner));
         }
         let deadline = Instant::now() + spec.wait;
         loop {
@@ -94,7 +106,7 @@ impl ProvisionLock {
                 timeout: spec.timeout,
             };
             let mut found = None;
-            for root in &roots {
+            for (root, remote) in &roots {
                 let host = Host::new(remote.clone(), root.clone());
                 match lock::try_acquire(&host, &owner, spec.stale_after, "", spec.timeout).await {
                     Ok(Attempt::Acquired(_)) => this.held.push(host),
@@ -165,19 +177,96 @@ impl ProvisionLock {
     }
 }
 
-/// Whether the deploy root exists (and so is locked). A missing `.ektool`
-/// in it is made with the deploy root's owner: `chown -h` never follows a
-/// link the deploy user could have put there.
-async fn prepare_deploy_root(remote: &dyn Remote, root: &str) -> Result<bool, ProvisionError> {
+/// Whether the deploy root exists (and so is locked): `None` when it does
+/// not; `Some(None)` when its lock is taken as the provisioning user;
+/// `Some(Some((uid, gid)))` when the provisioning user is root and the
+/// deploy root belongs to that uid, as whom the lock is taken. A missing
+/// `.ektool` in it is made with the deploy root's owner: `chown -h` never
+/// follows a link the deploy user could have put there.
+async fn prepare_deploy_root(
+    remote: &dyn Remote,
+    root: &str,
+) -> Result<Option<Option<(u32, u32)>>, ProvisionError> {
     let script = format!(
         "[ -d {root} ] || {{ echo absent; exit 0; }}\n\
          if [ ! -e {meta} ] && [ ! -L {meta} ]; then\n\
            mkdir {meta} 2>/dev/null && chown -h --reference={root} -- {meta} 2>/dev/null || true\n\
          fi\n\
-         echo present",
+         echo present $(id -u) $(stat -c '%u %g' -- {root})",
         root = q(root),
         meta = q(&format!("{root}/.ektool")),
     );
     let out = ec2kit::remote::run_checked(remote, &Command::shell(script)).await?;
-    Ok(out.stdout_str().trim() == "present")
+    let text = out.stdout_str();
+    let mut words = text.split_whitespace();
+    if words.next() != Some("present") {
+        return Ok(None);
+    }
+    let ids: Vec<u32> = words.filter_map(|w| w.parse().ok()).collect();
+    Ok(Some(match ids.as_slice() {
+        [0, uid, gid] if *uid != 0 => Some((*uid, *gid)),
+        _ => None,
+    }))
+}
+
+/// A host seen as another user: every command runs under `setpriv` with
+/// that uid and gid and no supplementary groups. Only root can do this,
+/// and it is used only when the provisioning user is root.
+struct AsOwner {
+    inner: Arc<dyn Remote>,
+    uid: u32,
+    gid: u32,
+}
+
+impl std::fmt::Debug for AsOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AsOwner({}, uid {})", self.inner.host(), self.uid)
+    }
+}
+
+impl AsOwner {
+    fn wrap(&self, command: &Command) -> Command {
+        let mut wrapped = Command::argv([
+            "setpriv".to_owned(),
+            format!("--reuid={}", self.uid),
+            format!("--regid={}", self.gid),
+            "--clear-groups".to_owned(),
+            "--".to_owned(),
+            "sh".to_owned(),
+            "-c".to_owned(),
+            command.to_shell_line(),
+        ]);
+        if let Some(stdin) = &command.stdin {
+            wrapped = wrapped.stdin(stdin.clone());
+        }
+        if let Some(timeout) = command.timeout {
+            wrapped = wrapped.timeout(timeout);
+        }
+        wrapped
+    }
+}
+
+#[async_trait::async_trait]
+impl Remote for AsOwner {
+    fn host(&self) -> String {
+        self.inner.host()
+    }
+
+    async fn run(&self, command: &Command) -> Result<ec2kit::Output, ec2kit::RemoteError> {
+        self.inner.run(&self.wrap(command)).await
+    }
+
+    async fn upload(&self, path: &str, bytes: &[u8], mode: u32) -> Result<(), ec2kit::RemoteError> {
+        // The lock never uploads; refuse rather than write as root.
+        let _ = (bytes, mode);
+        Err(ec2kit::RemoteError::Ssh {
+            host: self.inner.host(),
+            message: format!("upload of {path} as uid {} is not supported", self.uid),
+        })
+    }
+
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>, ec2kit::RemoteError> {
+        let out = ec2kit::remote::run_checked(self, &Command::argv(["cat", "--", path])).await?;
+        Ok(out.stdout)
+    }
 }

@@ -5,7 +5,11 @@
 //! tag, so copies in other regions (whose `VolumeId` is a meaningless
 //! `vol-ffffffff`) group with their source; then, for snapshots made by the
 //! old Fabric tool, the `Volume` of its JSON description; then the
-//! snapshot's own volume id.
+//! snapshot's own volume id — except the placeholder
+//! [`PLACEHOLDER_VOLUME`] that EC2 gives every copy: copies made outside
+//! ektool (console, AWS Backup, DLM) would all share it and collapse into
+//! one lineage, so each is its own lineage (`snapshot:<id>`), or that of
+//! its `ektool:source-snapshot` tag when it has one.
 
 use ec2kit::Snapshot;
 use serde::Deserialize;
@@ -84,6 +88,9 @@ impl SeedDescription {
     }
 }
 
+/// The volume id EC2 gives snapshots made by `CopySnapshot`: not a volume.
+pub const PLACEHOLDER_VOLUME: &str = "vol-ffffffff";
+
 /// The lineage key of a snapshot (see the module docs for the order).
 pub fn lineage_of(snapshot: &Snapshot) -> String {
     lineage_key(snapshot).into_owned()
@@ -105,8 +112,17 @@ pub fn lineage_key(snapshot: &Snapshot) -> std::borrow::Cow<'_, str> {
         return Cow::Owned(v);
     }
     match &snapshot.volume_id {
-        Some(v) => Cow::Borrowed(v.as_str()),
-        None => Cow::Owned(format!("snapshot:{}", snapshot.id)),
+        Some(v) if v.as_str() != PLACEHOLDER_VOLUME => Cow::Borrowed(v.as_str()),
+        // A copy: its source, when a tag names one, else itself. Never the
+        // placeholder, which every copy in the region shares.
+        _ => match snapshot
+            .tags
+            .get(tags::SOURCE_SNAPSHOT)
+            .filter(|s| !s.is_empty())
+        {
+            Some(source) => Cow::Owned(format!("snapshot:{source}")),
+            None => Cow::Owned(format!("snapshot:{}", snapshot.id)),
+        },
     }
 }
 
@@ -150,9 +166,23 @@ mod tests {
     }
 
     #[test]
+    fn copies_never_share_the_placeholder_volume_as_a_lineage() {
+        let mut a = snap("vol-ffffffff");
+        a.id = SnapshotId::from_api("snap-0000000a");
+        let mut b = snap("vol-ffffffff");
+        b.id = SnapshotId::from_api("snap-0000000b");
+        assert_eq!(lineage_of(&a), "snapshot:snap-0000000a");
+        assert_eq!(lineage_of(&b), "snapshot:snap-0000000b");
+        b.tags.insert(tags::SOURCE_SNAPSHOT, "snap-00000001");
+        assert_eq!(lineage_of(&b), "snapshot:snap-00000001");
+        b.tags.insert(tags::VOLUME, "vol-1234abcd");
+        assert_eq!(lineage_of(&b), "vol-1234abcd");
+    }
+
+    #[test]
     fn lineage_prefers_the_tag_then_the_seed_description_then_the_volume() {
         let mut s = snap("vol-ffffffff");
-        assert_eq!(lineage_of(&s), "vol-ffffffff");
+        assert_eq!(lineage_of(&s), "snapshot:snap-00000001");
         s.description = Some(
             r#"{"Volume": "vol-1234abcd", "Region": "us-east-1", "Time": "2013-03-20T02:00:00"}"#
                 .into(),

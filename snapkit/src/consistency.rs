@@ -231,7 +231,7 @@ pub fn lock_script(lock: &DbLock, max_hold: Duration, acquire_timeout: Duration)
         DbLock::Commands { lock, unlock } => format!(
             "done_=0\nrelease() {{ [ \"$done_\" = 1 ] && return; done_=1; {unlock}; echo \"released $(date +%s.%N)\"; }}\n\
              trap 'release; exit 0' TERM INT HUP\n\
-             if ! {lock}; then echo 'lock failed' >&2; exit 3; fi\n\
+             if ! {{ {lock}; }}; then echo 'lock failed' >&2; exit 3; fi\n\
              echo \"held $(date +%s.%N)\"\nsleep {secs} & wait $!\nrelease\n"
         ),
     }

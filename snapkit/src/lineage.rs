@@ -9,7 +9,9 @@
 //! [`PLACEHOLDER_VOLUME`] that EC2 gives every copy: copies made outside
 //! ektool (console, AWS Backup, DLM) would all share it and collapse into
 //! one lineage, so each is its own lineage (`snapshot:<id>`), or that of
-//! its `ektool:source-snapshot` tag when it has one.
+//! its `ektool:source-snapshot` tag when it has one. The volume tag is
+//! believed only where it can be true: on a copy (placeholder volume id)
+//! or when it names the snapshot's own volume.
 
 use ec2kit::Snapshot;
 use serde::Deserialize;
@@ -100,7 +102,17 @@ pub fn lineage_of(snapshot: &Snapshot) -> String {
 /// million snapshots should not allocate a million keys).
 pub fn lineage_key(snapshot: &Snapshot) -> std::borrow::Cow<'_, str> {
     use std::borrow::Cow;
-    if let Some(v) = snapshot.tags.get(tags::VOLUME).filter(|v| !v.is_empty()) {
+    // The tag names the source volume of copies (whose own VolumeId is the
+    // placeholder). On a snapshot EC2 says was taken of a real volume, a
+    // tag naming another volume is not believed: anyone with
+    // ec2:CreateTags could otherwise slip a snapshot into a lineage and
+    // make trim delete that lineage's real newest.
+    if let Some(v) = snapshot.tags.get(tags::VOLUME).filter(|v| !v.is_empty())
+        && snapshot
+            .volume_id
+            .as_ref()
+            .is_none_or(|own| own.as_str() == PLACEHOLDER_VOLUME || own.as_str() == v)
+    {
         return Cow::Borrowed(v);
     }
     if let Some(v) = snapshot
@@ -179,6 +191,21 @@ mod tests {
         assert_eq!(lineage_of(&b), "vol-1234abcd");
     }
 
+    /// M14: a snapshot of another volume tagged into a lineage stays out
+    /// of it; copies (placeholder volume id) follow their tag.
+    #[test]
+    fn a_volume_tag_contradicting_the_snapshots_own_volume_is_not_believed() {
+        let mut forged = snap("vol-0000000000000beef");
+        forged.tags.insert(tags::VOLUME, "vol-0000000000000prod");
+        assert_eq!(lineage_of(&forged), "vol-0000000000000beef");
+        let mut own = snap("vol-0000000000000prod");
+        own.tags.insert(tags::VOLUME, "vol-0000000000000prod");
+        assert_eq!(lineage_of(&own), "vol-0000000000000prod");
+        let mut copy = snap(PLACEHOLDER_VOLUME);
+        copy.tags.insert(tags::VOLUME, "vol-0000000000000prod");
+        assert_eq!(lineage_of(&copy), "vol-0000000000000prod");
+    }
+
     #[test]
     fn lineage_prefers_the_tag_then_the_seed_description_then_the_volume() {
         let mut s = snap("vol-ffffffff");
@@ -190,6 +217,10 @@ mod tests {
         assert_eq!(lineage_of(&s), "vol-1234abcd");
         s.tags.insert(tags::VOLUME, "vol-aaaabbbb");
         assert_eq!(lineage_of(&s), "vol-aaaabbbb");
+        let mut seed = snap("vol-1234abcd");
+        seed.description = s.description.clone();
+        seed.tags.insert(tags::VOLUME, "vol-1234abcd");
+        assert_eq!(lineage_of(&seed), "vol-1234abcd");
     }
 
     #[test]

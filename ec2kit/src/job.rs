@@ -248,10 +248,7 @@ mod tests {
         let err = GuardedJob::start(&remote, &Command::argv(["true"]), Duration::from_secs(5))
             .await
             .unwrap_err();
-        assert!(
-            matches!(err, RemoteError::UnexpectedOutput { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, RemoteError::UnexpectedOutput { .. }), "{err}");
         assert!(err.to_string().contains("Puppet"), "{err}");
     }
 

@@ -181,8 +181,8 @@ pub struct ConsistencyConfig {
     /// Thaw command; `{}` is the mountpoint.
     #[serde(default = "default_thaw")]
     pub thaw: String,
-    /// The host thaws and unlocks by itself after this long.
-    #[serde(default = "default_max_hold")]
+    /// The host thaws and unlocks by itself after this long (1 to 86400).
+    #[serde(default = "default_max_hold", deserialize_with = "de_max_hold")]
     pub max_hold_seconds: u64,
     /// How to reach instances: `private_ip`, `public_ip` or `public_dns`.
     #[serde(default = "default_address")]
@@ -213,6 +213,17 @@ fn default_thaw() -> String {
 fn default_max_hold() -> u64 {
     60
 }
+fn de_max_hold<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = u64::deserialize(d)?;
+    if (1..=86_400).contains(&n) {
+        Ok(n)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "max_hold_seconds {n}: between 1 and 86400 (a day)"
+        )))
+    }
+}
+
 fn default_address() -> String {
     "private_ip".into()
 }
@@ -551,6 +562,11 @@ strategy = "oneday_rolling"
                 "[retention.gfs]\nkeep_within = \"20000y\"\n",
                 "ektool.toml:2:15: ",
                 "invalid duration",
+            ),
+            (
+                "[consistency]\nmax_hold_seconds = 18446744073709551615\n",
+                "ektool.toml:2:20: ",
+                "between 1 and 86400",
             ),
         ] {
             let err = parse(text).unwrap_err().to_string();

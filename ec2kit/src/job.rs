@@ -155,7 +155,12 @@ impl GuardedJob {
         poll: Duration,
         timeout: Duration,
     ) -> Result<Option<JobState>, RemoteError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::Instant::now();
+        // Checked: a caller may pass any Duration.
+        let deadline = now
+            .checked_add(timeout)
+            .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+            .unwrap_or(now);
         loop {
             match self.state(remote).await? {
                 JobState::Running => {}

@@ -270,7 +270,7 @@ impl Hold {
         let job = GuardedJob::start(
             remote,
             &Command::shell(script),
-            limit + Duration::from_secs(5),
+            limit.saturating_add(Duration::from_secs(5)),
         )
         .await?;
         let started = Instant::now();

@@ -156,9 +156,11 @@ pub fn is_preserved(snapshot: &Snapshot) -> bool {
 /// the account can see but does not own.
 pub fn description_names_ami(snapshot: &Snapshot) -> bool {
     snapshot.description.as_deref().is_some_and(|d| {
-        d.match_indices("ami-").any(|(i, _)| {
-            let hex = d[i + 4..].bytes().take_while(u8::is_ascii_hexdigit).count();
-            hex >= 8 && (i == 0 || !d.as_bytes()[i - 1].is_ascii_alphanumeric())
+        d.match_indices("ami-").any(|(i, m)| {
+            let after = d.get(i + m.len()..).unwrap_or_default();
+            let hex = after.bytes().take_while(u8::is_ascii_hexdigit).count();
+            let before = d.get(..i).and_then(|b| b.chars().next_back());
+            hex >= 8 && before.is_none_or(|c| !c.is_ascii_alphanumeric())
         })
     })
 }

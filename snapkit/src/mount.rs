@@ -732,7 +732,8 @@ async fn wait_volume(
     waits: Waits,
     progress: Progress<'_>,
 ) -> Result<Volume, MountError> {
-    let deadline = tokio::time::Instant::now() + waits.timeout;
+    // Checked: a library caller may pass any Duration.
+    let deadline = crate::wait::deadline(waits.timeout);
     loop {
         let Some(v) = describe_volume(ec2, region, volume).await? else {
             return Err(MountError::VolumeGone {
@@ -752,7 +753,7 @@ async fn wait_volume(
             "{volume}: {} (waiting to be {waiting_for})",
             v.state
         ));
-        if tokio::time::Instant::now() + waits.poll > deadline {
+        if crate::wait::deadline(waits.poll) > deadline {
             return Err(MountError::Timeout {
                 volume: volume.clone(),
                 waiting_for,

@@ -329,5 +329,21 @@ mod tests {
             let back: Tags = serde_json::from_str(&json).unwrap();
             proptest::prop_assert_eq!(back, theirs);
         }
+
+        /// Arbitrary bytes as `KEY=VALUE` text and as a JSON tag map: an
+        /// answer or an error, never a panic.
+        #[test]
+        fn tag_parsers_take_arbitrary_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96)) {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(t) = text.parse::<Tag>() {
+                proptest::prop_assert!(!t.key.is_empty());
+                let _ = is_reserved_key(&t.key);
+            }
+            if let Ok(tags) = serde_json::from_slice::<Tags>(&bytes) {
+                for (k, _) in tags.iter() {
+                    let _ = is_reserved_key(k);
+                }
+            }
+        }
     }
 }

@@ -489,6 +489,34 @@ where
 mod tests {
     use super::*;
 
+    /// H2: the client gets its options file first (credentials stay there,
+    /// never on a command line), flushes each result, and reads from the
+    /// FIFO rather than `-e`.
+    #[test]
+    fn the_mysql_lock_script_keeps_credentials_in_the_file_and_flushes() {
+        let s = lock_script(
+            &DbLock::Mysql {
+                client: "mysql".into(),
+                defaults_file: Some("/etc/mysql/debian.cnf".into()),
+            },
+            Duration::from_secs(60),
+            Duration::from_secs(30),
+        );
+        assert!(
+            s.contains("mysql --defaults-extra-file=/etc/mysql/debian.cnf --unbuffered"),
+            "{s}"
+        );
+        assert!(
+            s.contains("--skip-reconnect") && s.contains("< \"$f\""),
+            "{s}"
+        );
+        assert!(s.contains("lock_wait_timeout = 30"), "{s}");
+        assert!(
+            !s.contains(" -e ") && !s.contains("--password") && !s.contains(" -p"),
+            "{s}"
+        );
+    }
+
     /// L1: a configured mountpoint is text in the root freeze shell, never
     /// shell syntax, in every message too.
     #[test]

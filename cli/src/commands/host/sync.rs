@@ -136,6 +136,9 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                     "  temporary key         {} in {} on the destination",
                     plan.key_options, plan.authorized_keys
                 );
+                println!(
+                    "                        (plus command=\"rrsync -wo …\" and from=… where the hosts allow)"
+                );
                 println!("  on the source         {}", plan.command);
                 println!("dry run: nothing changed");
                 Ok(())

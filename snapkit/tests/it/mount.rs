@@ -67,6 +67,15 @@ fn lines(log: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A volume id of this test run's own: the fake devices are named after
+/// it, and a device left mounted by an earlier (failed) run must not be
+/// taken for this run's.
+fn fresh_volume() -> VolumeId {
+    let u = unique("v");
+    let hex: String = u.chars().filter(char::is_ascii_hexdigit).collect();
+    VolumeId::from_api(format!("vol-{:0>17}", &hex[hex.len().saturating_sub(17)..]))
+}
+
 /// A mount root of the test's own on the host, and a mountpoint in it.
 fn target(name: &str) -> (String, String) {
     let root = format!("{}/{}", SshHost::MOUNT, unique("mount"));
@@ -86,7 +95,7 @@ async fn mounts_read_only_once_and_unmounts() {
     let dir = tempdir();
     let (commands, log) = recording(dir.path());
     let r = remote(&h, dir.path());
-    let vol = VolumeId::from_api("vol-0123456789abcdef0");
+    let vol = fresh_volume();
     let (root, mp) = target("snap");
     let t = MountTarget {
         root: &root,
@@ -97,14 +106,18 @@ async fn mounts_read_only_once_and_unmounts() {
         .await
         .unwrap();
     assert!(!m.already);
-    assert_eq!(m.source, "/dev/ektool-fake-vol-0123456789abcdef0");
+    let v = vol.as_str();
+    let hexid = v.replace('-', "");
+    assert_eq!(m.source, format!("/dev/ektool-fake-{v}"));
     assert_eq!(m.options, "ro,nosuid,nodev,noexec,norecovery,nouuid");
     assert_eq!(
         lines(&log),
         [
-            "resolve vol-0123456789abcdef0 /dev/sdg /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0 /dev/xvdg".to_owned(),
-            "probe /dev/ektool-fake-vol-0123456789abcdef0".to_owned(),
-            format!("mount ro,nosuid,nodev,noexec,norecovery,nouuid /dev/ektool-fake-vol-0123456789abcdef0 {mp}"),
+            format!(
+                "resolve {v} /dev/sdg /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{hexid} /dev/xvdg"
+            ),
+            format!("probe /dev/ektool-fake-{v}"),
+            format!("mount ro,nosuid,nodev,noexec,norecovery,nouuid /dev/ektool-fake-{v} {mp}"),
         ]
     );
     let table = mount::mount_table(&r).await.unwrap();
@@ -182,7 +195,7 @@ async fn a_busy_mountpoint_is_refused() {
     let err = mount::mount_on_host(
         &r,
         &commands,
-        &VolumeId::from_api("vol-0000000000000000b"),
+        &fresh_volume(),
         "/dev/sdf",
         &MountTarget {
             root: &root,
@@ -212,7 +225,7 @@ async fn a_template_that_mounts_read_write_is_caught_and_undone() {
     let err = mount::mount_on_host(
         &r,
         &commands,
-        &VolumeId::from_api("vol-0000000000000000c"),
+        &fresh_volume(),
         "/dev/sdf",
         &MountTarget {
             root: &root,
@@ -246,7 +259,7 @@ async fn a_mount_without_nosuid_nodev_noexec_is_caught_and_undone() {
     let err = mount::mount_on_host(
         &r,
         &commands,
-        &VolumeId::from_api("vol-0000000000000000d"),
+        &fresh_volume(),
         "/dev/sdf",
         &MountTarget {
             root: &root,
@@ -287,7 +300,7 @@ async fn unsafe_mountpoints_are_refused_before_mounting() {
     )
     .await
     .unwrap();
-    let vol = VolumeId::from_api("vol-0000000000000000e");
+    let vol = fresh_volume();
     let at = |mp: &str| {
         let (r, c, v, root, mp) = (&r, &commands, &vol, root.clone(), mp.to_owned());
         async move {

@@ -33,9 +33,9 @@ pub struct Config {
     /// Consistent snapshots (`snap backup --consistent`).
     #[serde(default)]
     pub consistency: ConsistencyConfig,
-    /// Host-side commands of `snap mount`/`unmount`/`cleanup`.
+    /// Host-side settings of `snap mount`/`unmount`/`cleanup`.
     #[serde(default)]
-    pub mount: snapkit::mount::MountCommands,
+    pub mount: MountConfig,
     /// Deploy environments: `[environments.<name>]`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub environments: BTreeMap<String, deploykit::Environment>,
@@ -127,7 +127,7 @@ pub struct SshConfig {
 pub struct RetentionConfig {
     /// The default policy: `logarithmic`, `gfs`, `oneday_rolling`,
     /// `twoday_rolling`, `oneweek_rolling` or `max-age:DURATION`.
-    #[serde(default = "default_policy")]
+    #[serde(default = "default_policy", deserialize_with = "de_policy")]
     pub policy: String,
     /// Keep at least this many completed snapshots per lineage.
     #[serde(default = "one")]
@@ -138,6 +138,13 @@ pub struct RetentionConfig {
     /// Rules of the gfs policy (restic's names, without `--`).
     #[serde(default)]
     pub gfs: snapkit::retention::Gfs,
+    /// `snap trim` refuses a plan deleting more than this many snapshots
+    /// (default 1000; `--max-delete` overrides).
+    pub max_delete: Option<u64>,
+    /// `snap trim` deletes without a terminal to ask on and without
+    /// `--yes` (for cron jobs that want it).
+    #[serde(default)]
+    pub unattended_trim: bool,
 }
 
 impl Default for RetentionConfig {
@@ -147,6 +154,8 @@ impl Default for RetentionConfig {
             min_keep: 1,
             logarithmic: Default::default(),
             gfs: Default::default(),
+            max_delete: None,
+            unattended_trim: false,
         }
     }
 }
@@ -172,8 +181,8 @@ pub struct ConsistencyConfig {
     /// Thaw command; `{}` is the mountpoint.
     #[serde(default = "default_thaw")]
     pub thaw: String,
-    /// The host thaws and unlocks by itself after this long.
-    #[serde(default = "default_max_hold")]
+    /// The host thaws and unlocks by itself after this long (1 to 86400).
+    #[serde(default = "default_max_hold", deserialize_with = "de_max_hold")]
     pub max_hold_seconds: u64,
     /// How to reach instances: `private_ip`, `public_ip` or `public_dns`.
     #[serde(default = "default_address")]
@@ -204,8 +213,70 @@ fn default_thaw() -> String {
 fn default_max_hold() -> u64 {
     60
 }
+fn de_max_hold<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = u64::deserialize(d)?;
+    if (1..=86_400).contains(&n) {
+        Ok(n)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "max_hold_seconds {n}: between 1 and 86400 (a day)"
+        )))
+    }
+}
+
 fn default_address() -> String {
     "private_ip".into()
+}
+
+/// `[mount]`: where snapshot mounts go and the host-side commands.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountConfig {
+    /// The mount root: every mountpoint lies under it (default
+    /// `/mnt/ektool`, made `0700` on the host).
+    #[serde(default = "default_mount_root")]
+    pub root: String,
+    /// Prints the local block device (see `ektool snap mount --help`).
+    #[serde(default = "default_resolve")]
+    pub resolve: String,
+    /// Lists the device and its partitions.
+    #[serde(default = "default_probe")]
+    pub probe: String,
+    /// Mounts a filesystem.
+    #[serde(default = "default_mount")]
+    pub mount: String,
+    /// Unmounts a filesystem.
+    #[serde(default = "default_unmount")]
+    pub unmount: String,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        let c = snapkit::mount::MountCommands::default();
+        Self {
+            root: default_mount_root(),
+            resolve: c.resolve,
+            probe: c.probe,
+            mount: c.mount,
+            unmount: c.unmount,
+        }
+    }
+}
+
+fn default_mount_root() -> String {
+    snapkit::mount::DEFAULT_ROOT.to_owned()
+}
+fn default_resolve() -> String {
+    snapkit::mount::MountCommands::default().resolve
+}
+fn default_probe() -> String {
+    snapkit::mount::MountCommands::default().probe
+}
+fn default_mount() -> String {
+    snapkit::mount::MountCommands::default().mount
+}
+fn default_unmount() -> String {
+    snapkit::mount::MountCommands::default().unmount
 }
 
 /// One `[volumes.<alias>]` entry.
@@ -223,6 +294,7 @@ pub struct VolumeAlias {
     #[serde(default)]
     pub lock_db: bool,
     /// Retention policy name for this volume.
+    #[serde(default, deserialize_with = "de_strategy")]
     pub strategy: Option<String>,
     /// The host to freeze and lock on (`user@host:port`); default: the
     /// instance the volume is attached to.
@@ -240,6 +312,18 @@ fn se_rate_limits<S: Serializer>(v: &[(Action, Bucket)], s: S) -> Result<S::Ok, 
 fn de_tag<'de, D: Deserializer<'de>>(d: D) -> Result<Tag, D::Error> {
     let s = String::deserialize(d)?;
     s.parse().map_err(serde::de::Error::custom)
+}
+
+/// A policy name, checked while the file is read (an invalid `max-age:`
+/// duration is an error at its line and column, not at backup time).
+fn de_policy<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    snapkit::retention::PolicySpec::check_name(&s).map_err(serde::de::Error::custom)?;
+    Ok(s)
+}
+
+fn de_strategy<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    de_policy(d).map(Some)
 }
 
 fn de_volume_id<'de, D: Deserializer<'de>>(d: D) -> Result<VolumeId, D::Error> {
@@ -327,7 +411,11 @@ impl fmt::Display for Located<'_> {
 
 /// 1-based line and column of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = text.get(..end).unwrap_or_default();
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
@@ -450,6 +538,42 @@ strategy = "oneday_rolling"
         let text = err.to_string();
         assert!(text.starts_with("ektool.toml:2:13: "), "{text}");
         assert!(text.contains("invalid volume id"), "{text}");
+    }
+
+    #[test]
+    fn bad_policies_and_keep_rules_are_errors_at_their_place() {
+        for (text, at, what) in [
+            (
+                "[retention]\npolicy = \"max-age:3x\"\n",
+                "ektool.toml:2:10: ",
+                "invalid max-age",
+            ),
+            (
+                "[volumes.db]\nvolume_id = \"vol-0123abcd\"\nstrategy = \"nope\"\n",
+                "ektool.toml:3:12: ",
+                "unknown retention policy",
+            ),
+            (
+                "[retention.gfs]\nkeep_daily = -5\n",
+                "ektool.toml:2:14: ",
+                "below -1",
+            ),
+            (
+                "[retention.gfs]\nkeep_within = \"20000y\"\n",
+                "ektool.toml:2:15: ",
+                "invalid duration",
+            ),
+            (
+                "[consistency]\nmax_hold_seconds = 18446744073709551615\n",
+                "ektool.toml:2:20: ",
+                "between 1 and 86400",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.starts_with(at), "{err}");
+            assert!(err.contains(what), "{err}");
+        }
+        assert!(parse("[retention]\npolicy = \"max-age:36h\"\n").is_ok());
     }
 
     #[test]

@@ -17,8 +17,18 @@ pub struct InvalidId {
     pub kind: &'static str,
     /// The prefix such ids start with.
     pub prefix: &'static str,
-    /// The rejected input.
+    /// The rejected input (at most 40 characters of it, then `…`: an
+    /// error line never quotes megabytes back).
     pub value: String,
+}
+
+/// At most 40 characters of `value`, for [`InvalidId::value`].
+fn shown(value: &str) -> String {
+    let mut s: String = value.chars().take(40).collect();
+    if value.chars().nth(40).is_some() {
+        s.push('…');
+    }
+    s
 }
 
 fn valid(prefix: &str, value: &str) -> bool {
@@ -99,7 +109,7 @@ macro_rules! resource_id {
                 if valid($prefix, value) {
                     Ok(Self(value.into()))
                 } else {
-                    Err(InvalidId { kind: $kind, prefix: $prefix, value: value.to_owned() })
+                    Err(InvalidId { kind: $kind, prefix: $prefix, value: shown(value) })
                 }
             }
 
@@ -194,6 +204,37 @@ mod tests {
             let err = SnapshotId::parse(bad).unwrap_err();
             assert_eq!(err.kind, "snapshot");
             assert_eq!(err.value, bad);
+        }
+    }
+
+    proptest::proptest! {
+        /// Any input: no panic; an accepted id is `prefix-` and 8 to 17
+        /// lowercase hex digits and reads back as itself; a refusal is one
+        /// short line.
+        #[test]
+        fn any_text_parses_or_is_refused_briefly(
+            text in "\\PC{0,64}",
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            long in 0usize..3,
+        ) {
+            let lossy = String::from_utf8_lossy(&bytes).into_owned();
+            let huge = "snap-".to_owned() + &"ab".repeat(long * 100_000);
+            for t in [&text, &lossy, &format!("snap-{text}"), &huge] {
+                match SnapshotId::parse(t) {
+                    Ok(id) => {
+                        proptest::prop_assert_eq!(id.as_str(), t.as_str());
+                        let hex = t.strip_prefix("snap-").unwrap_or_default();
+                        proptest::prop_assert!((8..=17).contains(&hex.len()));
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        proptest::prop_assert!(msg.len() < 200 && !msg.contains('\n'), "{}", msg);
+                    }
+                }
+                let _ = VolumeId::parse(t);
+                let _ = InstanceId::parse(t);
+                let _ = ImageId::parse(t);
+            }
         }
     }
 

@@ -277,6 +277,17 @@ pub enum RemoteError {
         /// Its standard error (trimmed).
         stderr: String,
     },
+    /// A command succeeded but printed something ektool cannot use
+    /// (e.g. a login banner instead of a path).
+    #[error("{host}: {command}: {detail}")]
+    UnexpectedOutput {
+        /// The host.
+        host: String,
+        /// What was being done.
+        command: String,
+        /// What was expected, and what came.
+        detail: String,
+    },
     /// A local I/O error (key files, known_hosts, local processes).
     #[error("{context}")]
     Io {

@@ -86,7 +86,11 @@ impl Tags {
 
 /// Whether a tag key is reserved by AWS (`aws:` prefix, any case).
 pub fn is_reserved_key(key: &str) -> bool {
-    key.len() >= 4 && key[..4].eq_ignore_ascii_case("aws:")
+    // Bytes, not `&key[..4]`: tag keys may hold any Unicode letter, and a
+    // 4th byte inside a character (`部署`) must not panic.
+    key.as_bytes()
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"aws:"))
 }
 
 impl FromIterator<(String, String)> for Tags {
@@ -279,5 +283,67 @@ mod tests {
             serde_json::to_string(&a).unwrap(),
             r#"{"Name":"web","team":"ops"}"#
         );
+    }
+
+    #[test]
+    fn multi_byte_keys_are_not_reserved() {
+        for key in ["部署", "成本中心", "Env€", "abcé", "aws", "aw", "", "aws:"] {
+            assert_eq!(is_reserved_key(key), key == "aws:", "{key}");
+        }
+        assert!(is_reserved_key("AWS:部署"));
+    }
+
+    proptest::proptest! {
+        /// Every tag helper takes any Unicode key and value: no panic, and
+        /// the same answers as a char-wise reference.
+        #[test]
+        fn every_tag_helper_takes_any_unicode(
+            key in "\\PC{0,12}",
+            value in "\\PC{0,12}",
+            prefix in proptest::sample::select(vec!["", "aws:", "AwS:", "ektool:", "部"]),
+        ) {
+            let key = format!("{prefix}{key}");
+            // Char-wise, independent of the byte-wise implementation.
+            let reference = key.chars().take(4).collect::<String>().eq_ignore_ascii_case("aws:");
+            proptest::prop_assert_eq!(is_reserved_key(&key), reference);
+
+            let theirs = Tags::new().with(key.clone(), value.clone()).with("部署", "本番");
+            let mut mine = Tags::new();
+            mine.merge_user_tags(&theirs);
+            proptest::prop_assert_eq!(mine.contains_key(&key), !reference);
+            proptest::prop_assert_eq!(mine.get("部署"), Some("本番"));
+
+            let text = format!("{key}={value}");
+            match text.parse::<Tag>() {
+                Ok(t) => {
+                    proptest::prop_assert_eq!(t.key.as_str(), key.split('=').next().unwrap_or_default().trim());
+                    let _ = t.to_string();
+                    let _ = Tags::new().with(t.key.clone(), t.value.clone()).matches(&t);
+                }
+                Err(e) => {
+                    let _ = e.to_string();
+                }
+            }
+
+            let json = serde_json::to_string(&theirs).unwrap();
+            let back: Tags = serde_json::from_str(&json).unwrap();
+            proptest::prop_assert_eq!(back, theirs);
+        }
+
+        /// Arbitrary bytes as `KEY=VALUE` text and as a JSON tag map: an
+        /// answer or an error, never a panic.
+        #[test]
+        fn tag_parsers_take_arbitrary_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96)) {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(t) = text.parse::<Tag>() {
+                proptest::prop_assert!(!t.key.is_empty());
+                let _ = is_reserved_key(&t.key);
+            }
+            if let Ok(tags) = serde_json::from_slice::<Tags>(&bytes) {
+                for (k, _) in tags.iter() {
+                    let _ = is_reserved_key(k);
+                }
+            }
+        }
     }
 }

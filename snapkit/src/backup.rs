@@ -10,20 +10,33 @@
 //! Idempotent within a window: each snapshot is tagged with the start of
 //! the backup window it was taken in (`ektool:window`, default one hour).
 //! A rerun in the same window first lists that window's snapshots (one
-//! filtered call per region) and skips the instances already done, so an
-//! interrupted nightly run can simply be started again.
+//! filtered call per region) and skips what is already done, so an
+//! interrupted nightly run can simply be started again. "Done" is decided
+//! per requested volume set, from the snapshots' `VolumeId`s (set by EC2,
+//! not by whoever can tag): an instance is done when one set of the window
+//! covers every volume this run would snapshot (its volumes minus this
+//! run's exclusions), a volume when a snapshot of it exists. An earlier
+//! `--volume`, `--exclude-boot` or `--exclude-volume` run therefore never
+//! makes a full backup skip.
+//!
+//! Two runs at once in one window (L16): after creating, a run lists the
+//! window once more (one call per region); a set it made that another set
+//! covering the same volumes predates (earlier start time, then smaller set
+//! id) is deleted again and reported as already done. The run that looked
+//! first keeps its set, so racing runs end with one set.
 
 use std::collections::{BTreeMap, HashSet};
 
 use ec2kit::requests::{CreateSnapshot, CreateSnapshots};
 use ec2kit::{
-    Ec2, Ec2Error, Filter, Instance, InstanceId, Region, Snapshot, SnapshotId, Tags, Volume,
-    VolumeId,
+    CancellationToken, Ec2, Ec2Error, ErrorKind, Filter, Instance, InstanceId, Region, Remote,
+    Snapshot, SnapshotId, SnapshotState, Tags, Volume, VolumeId,
 };
 use futures::stream::{self, StreamExt};
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
+use crate::consistency::{self, Consistency, ConsistencyError, HoldReport};
 use crate::lineage::tags;
 
 /// The backup window tag: the start of the window a snapshot was taken in.
@@ -100,6 +113,10 @@ pub enum BackupStatus {
         error: String,
         /// EC2's error code.
         code: Option<String>,
+        /// Snapshots that were made nevertheless (e.g. the thaw failed
+        /// after the snapshot call): they exist, and are reported.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        snapshots: Vec<SnapshotId>,
     },
 }
 
@@ -132,6 +149,58 @@ impl BackupResult {
     }
 }
 
+/// What one backup item is about (for results made outside the EC2 call,
+/// e.g. a host that could not be frozen).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupItem {
+    /// The region.
+    pub region: Region,
+    /// The instance, for instance backups.
+    pub instance: Option<InstanceId>,
+    /// The volume, for volume backups.
+    pub volume: Option<VolumeId>,
+    /// The instance's `Name` tag.
+    pub name: Option<String>,
+}
+
+impl BackupItem {
+    /// An instance backup.
+    pub fn instance(instance: &Instance) -> Self {
+        Self {
+            region: instance.region.clone(),
+            instance: Some(instance.id.clone()),
+            volume: None,
+            name: instance.name().map(str::to_owned),
+        }
+    }
+
+    /// A volume backup.
+    pub fn volume(region: &Region, volume: &VolumeId) -> Self {
+        Self {
+            region: region.clone(),
+            instance: None,
+            volume: Some(volume.clone()),
+            name: None,
+        }
+    }
+
+    /// A failed result for this item.
+    pub fn failed(&self, error: impl Into<String>) -> BackupResult {
+        BackupResult {
+            region: self.region.clone(),
+            instance: self.instance.clone(),
+            volume: self.volume.clone(),
+            name: self.name.clone(),
+            status: BackupStatus::Failed {
+                error: error.into(),
+                code: None,
+                snapshots: Vec::new(),
+            },
+            notes: Vec::new(),
+        }
+    }
+}
+
 /// The tags every snapshot of one run shares.
 fn base_tags(region: &Region, options: &BackupOptions, set: &str) -> Tags {
     Tags::new()
@@ -161,36 +230,182 @@ fn description(what: &str, name: Option<&str>, options: &BackupOptions) -> Strin
     }
 }
 
-/// Snapshots already taken in this run's window in `region`, by instance
-/// and by volume (one filtered, paginated call).
+/// The snapshots of one region's window: what is already done.
+#[derive(Debug, Clone, Default)]
+pub struct WindowSnapshots {
+    snapshots: Vec<Snapshot>,
+}
+
+/// One set of a window: its id, when it started, its snapshots.
+struct SetView<'a> {
+    id: &'a str,
+    started: jiff::Timestamp,
+    members: Vec<&'a Snapshot>,
+}
+
+impl WindowSnapshots {
+    /// From the window's snapshots (any order); `error` snapshots are
+    /// left out (they are not a backup).
+    pub fn new(snapshots: Vec<Snapshot>) -> Self {
+        Self {
+            snapshots: snapshots
+                .into_iter()
+                .filter(|s| s.state != SnapshotState::Error)
+                .collect(),
+        }
+    }
+
+    /// The window's sets: snapshots grouped by `ektool:set` (a snapshot
+    /// without one is a set of its own).
+    fn sets(&self) -> Vec<SetView<'_>> {
+        let mut by_set: BTreeMap<&str, Vec<&Snapshot>> = BTreeMap::new();
+        for s in &self.snapshots {
+            let key = s.tags.get(tags::SET).unwrap_or(s.id.as_str());
+            by_set.entry(key).or_default().push(s);
+        }
+        by_set
+            .into_iter()
+            .filter_map(|(id, members)| {
+                let started = members.iter().map(|s| s.start_time).min()?;
+                Some(SetView {
+                    id,
+                    started,
+                    members,
+                })
+            })
+            .collect()
+    }
+
+    /// The first set (oldest, then smallest id) whose snapshots' volume ids
+    /// include every one of `volumes`, other than `except`.
+    fn first_covering(&self, volumes: &[VolumeId], except: Option<&str>) -> Option<SetView<'_>> {
+        if volumes.is_empty() {
+            return None;
+        }
+        self.sets()
+            .into_iter()
+            .filter(|set| Some(set.id) != except)
+            .filter(|set| {
+                volumes
+                    .iter()
+                    .all(|v| set.members.iter().any(|s| s.volume_id.as_ref() == Some(v)))
+            })
+            .min_by(|a, b| a.started.cmp(&b.started).then_with(|| a.id.cmp(b.id)))
+    }
+
+    /// The snapshots of the first set covering all of `volumes` (an
+    /// instance's requested volume set), if any: the instance is done.
+    pub fn covering(&self, volumes: &[VolumeId]) -> Option<Vec<SnapshotId>> {
+        self.first_covering(volumes, None)
+            .map(|set| set.members.iter().map(|s| s.id.clone()).collect())
+    }
+
+    /// The snapshots of `volume` in the window, if any: the volume is done.
+    pub fn of_volume(&self, volume: &VolumeId) -> Option<Vec<SnapshotId>> {
+        let ids: Vec<SnapshotId> = self
+            .snapshots
+            .iter()
+            .filter(|s| s.volume_id.as_ref() == Some(volume))
+            .map(|s| s.id.clone())
+            .collect();
+        (!ids.is_empty()).then_some(ids)
+    }
+
+    /// Whether the set `ours` lost a race: another set covering `volumes`
+    /// started earlier (or at the same time with a smaller id). Returns the
+    /// winner's snapshots.
+    pub fn predecessor(&self, ours: &str, volumes: &[VolumeId]) -> Option<Vec<SnapshotId>> {
+        let mine = self.sets().into_iter().find(|s| s.id == ours)?;
+        let other = self.first_covering(volumes, Some(ours))?;
+        let earlier = (other.started, other.id) < (mine.started, mine.id);
+        earlier.then(|| other.members.iter().map(|s| s.id.clone()).collect())
+    }
+}
+
+/// Snapshots already taken in this run's window in `region` (one
+/// filtered, paginated call).
 pub async fn done_in_window(
     ec2: &dyn Ec2,
     region: &Region,
     options: &BackupOptions,
-) -> Result<BTreeMap<String, Vec<SnapshotId>>, Ec2Error> {
+) -> Result<WindowSnapshots, Ec2Error> {
     let filters = [
         Filter::new(format!("tag:{}", tags::OWNER), [tags::OWNER_VALUE]),
         Filter::new(format!("tag:{WINDOW_TAG}"), [options.window_key()]),
     ];
-    let mut done: BTreeMap<String, Vec<SnapshotId>> = BTreeMap::new();
-    for s in ec2.describe_snapshots(region, &filters).await? {
-        // Snapshots in error do not count as a backup.
-        if s.state == ec2kit::SnapshotState::Error {
+    Ok(WindowSnapshots::new(
+        ec2.describe_snapshots(region, &filters).await?,
+    ))
+}
+
+/// The volumes a backup of `instance` with `options` snapshots: its
+/// attached volumes minus the root (with `exclude_boot`) and minus the
+/// excluded data volumes.
+pub fn requested_volumes(instance: &Instance, options: &BackupOptions) -> Vec<VolumeId> {
+    instance
+        .block_devices
+        .iter()
+        .filter(|b| {
+            !(options.exclude_boot
+                && instance.root_device_name.as_deref() == Some(b.device_name.as_str()))
+        })
+        .filter(|b| !options.exclude_volumes.contains(&b.volume_id))
+        .map(|b| b.volume_id.clone())
+        .collect()
+}
+
+/// After creating: lists the window again and deletes each set this run
+/// made that an earlier covering set makes redundant (a run racing this
+/// one). `made` is `(index into results, set id, requested volumes)`.
+async fn settle_races(
+    ec2: &dyn Ec2,
+    region: &Region,
+    options: &BackupOptions,
+    results: &mut [BackupResult],
+    made: &[(usize, String, Vec<VolumeId>)],
+) {
+    if made.is_empty() || options.dry_run {
+        return;
+    }
+    let window = match done_in_window(ec2, region, options).await {
+        Ok(w) => w,
+        Err(e) => {
+            for (i, _, _) in made {
+                results[*i].notes.push(format!(
+                    "could not check for a concurrent run in this window: {e}"
+                ));
+            }
+            return;
+        }
+    };
+    for (i, set, volumes) in made {
+        let Some(winner) = window.predecessor(set, volumes) else {
             continue;
+        };
+        let BackupStatus::Created { snapshots, .. } = &results[*i].status else {
+            continue;
+        };
+        let mut left = Vec::new();
+        for id in snapshots {
+            match ec2.delete_snapshot(region, id, false).await {
+                Ok(()) => {}
+                Err(e) if e.kind == ErrorKind::NotFound => {}
+                Err(e) => left.push(format!("{id} ({e})")),
+            }
         }
-        if let Some(i) = s.tags.get(tags::INSTANCE) {
-            done.entry(i.to_owned()).or_default().push(s.id.clone());
-        }
-        if let Some(v) = s
-            .tags
-            .get(tags::VOLUME)
-            .map(str::to_owned)
-            .or_else(|| s.volume_id.as_ref().map(|v| v.to_string()))
-        {
-            done.entry(v).or_default().push(s.id.clone());
+        let r = &mut results[*i];
+        if left.is_empty() {
+            r.notes.push(format!(
+                "another run made the same set first; this run's set {set} was deleted again"
+            ));
+            r.status = BackupStatus::AlreadyDone { snapshots: winner };
+        } else {
+            r.notes.push(format!(
+                "another run made the same set first; could not delete this run's duplicates: {}",
+                left.join(", ")
+            ));
         }
     }
-    Ok(done)
 }
 
 /// The tags and notes for one instance's set.
@@ -270,7 +485,7 @@ pub async fn backup_instances(
         Ok(v) => v,
         Err(e) => return instances.iter().map(|i| failed(i, &e)).collect(),
     };
-    stream::iter(instances)
+    let mut results: Vec<BackupResult> = stream::iter(instances)
         .map(|instance| {
             let done = &done;
             let volumes = &volumes;
@@ -283,10 +498,9 @@ pub async fn backup_instances(
                     status: BackupStatus::DryRunOk,
                     notes: Vec::new(),
                 };
-                if let Some(prev) = done.get(instance.id.as_str()) {
-                    result.status = BackupStatus::AlreadyDone {
-                        snapshots: prev.clone(),
-                    };
+                let wanted = requested_volumes(instance, options);
+                if let Some(prev) = done.covering(&wanted) {
+                    result.status = BackupStatus::AlreadyDone { snapshots: prev };
                     return result;
                 }
                 let mine: Vec<&Volume> = volumes
@@ -319,6 +533,7 @@ pub async fn backup_instances(
                     Err(e) => BackupStatus::Failed {
                         error: e.to_string(),
                         code: e.code.clone(),
+                        snapshots: Vec::new(),
                     },
                 };
                 result
@@ -326,7 +541,20 @@ pub async fn backup_instances(
         })
         .buffered(options.concurrency.max(1))
         .collect()
-        .await
+        .await;
+    let made: Vec<(usize, String, Vec<VolumeId>)> = results
+        .iter()
+        .zip(instances)
+        .enumerate()
+        .filter_map(|(i, (r, instance))| match &r.status {
+            BackupStatus::Created { set, .. } => {
+                Some((i, set.clone(), requested_volumes(instance, options)))
+            }
+            _ => None,
+        })
+        .collect();
+    settle_races(ec2, region, options, &mut results, &made).await;
+    results
 }
 
 fn failed(instance: &Instance, e: &Ec2Error) -> BackupResult {
@@ -338,6 +566,7 @@ fn failed(instance: &Instance, e: &Ec2Error) -> BackupResult {
         status: BackupStatus::Failed {
             error: e.to_string(),
             code: e.code.clone(),
+            snapshots: Vec::new(),
         },
         notes: Vec::new(),
     }
@@ -358,6 +587,7 @@ pub async fn backup_volumes(
         status: BackupStatus::Failed {
             error: e.to_string(),
             code: e.code.clone(),
+            snapshots: Vec::new(),
         },
         notes: Vec::new(),
     };
@@ -383,10 +613,8 @@ pub async fn backup_volumes(
             status: BackupStatus::DryRunOk,
             notes: Vec::new(),
         };
-        if let Some(prev) = done.get(id.as_str()) {
-            result.status = BackupStatus::AlreadyDone {
-                snapshots: prev.clone(),
-            };
+        if let Some(prev) = done.of_volume(id) {
+            result.status = BackupStatus::AlreadyDone { snapshots: prev };
             out.push(result);
             continue;
         }
@@ -394,6 +622,7 @@ pub async fn backup_volumes(
             result.status = BackupStatus::Failed {
                 error: format!("volume {id} not found in {region}"),
                 code: None,
+                snapshots: Vec::new(),
             };
             out.push(result);
             continue;
@@ -424,11 +653,148 @@ pub async fn backup_volumes(
             Err(e) => BackupStatus::Failed {
                 error: e.to_string(),
                 code: e.code.clone(),
+                snapshots: Vec::new(),
             },
         };
         out.push(result);
     }
+    let made: Vec<(usize, String, Vec<VolumeId>)> = out
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match (&r.status, &r.volume) {
+            (BackupStatus::Created { set, .. }, Some(v)) => Some((i, set.clone(), vec![v.clone()])),
+            _ => None,
+        })
+        .collect();
+    settle_races(ec2, region, options, &mut out, &made).await;
     out
+}
+
+/// Runs one backup item (`run`: [`backup_instances`] or [`backup_volumes`]
+/// for it) with the host's database locked and filesystems frozen
+/// ([`consistency::around_until`]), and turns the hold into the item's
+/// result:
+///
+/// - a lock or freeze that could not be taken fails the item (nothing was
+///   snapshotted);
+/// - `cancel` fired before the snapshot call: the item fails as
+///   interrupted, everything taken released;
+/// - a hold that ended before the snapshot call returned, or a thaw/unlock
+///   that failed afterwards, fails the item **and reports the snapshots
+///   that were made**;
+/// - with `dry_run`, nothing is frozen or locked: the host is only reached
+///   (strict host key) and what would be held is noted.
+pub async fn consistently<F, Fut>(
+    remote: &dyn Remote,
+    c: &Consistency,
+    cancel: &CancellationToken,
+    dry_run: bool,
+    item: &BackupItem,
+    run: F,
+) -> Vec<BackupResult>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Vec<BackupResult>>,
+{
+    if dry_run {
+        return match consistency::plan(remote, c).await {
+            Ok(plan) => {
+                let mut results = run().await;
+                let note = format!(
+                    "dry run: would hold on {}: freeze {}, lock {}",
+                    plan.host,
+                    if plan.would_freeze.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        plan.would_freeze.join(" ")
+                    },
+                    plan.would_lock.unwrap_or("-"),
+                );
+                for r in &mut results {
+                    r.notes.push(note.clone());
+                }
+                results
+            }
+            Err(e) => vec![item.failed(format!("host not reachable for --consistent: {e}"))],
+        };
+    }
+    let held = consistency::around_until(remote, c, cancel, || async {
+        Ok::<_, std::convert::Infallible>(run().await)
+    })
+    .await;
+    match held {
+        Ok((Ok(results), hold)) => with_hold(results, &remote.host(), &hold),
+        Ok((Err(never), _)) => match never {},
+        Err(ConsistencyError::Interrupted { .. }) => vec![item.failed(
+            "interrupted before the snapshot call: everything held was released, nothing snapshotted",
+        )],
+        Err(e) => vec![item.failed(format!("not consistent, not snapshotted: {e}"))],
+    }
+}
+
+/// The results of a snapshot call made under a hold, with what the hold
+/// report says: a note of how long it was held; a failure (keeping the
+/// snapshot ids) when the hold ended before the snapshot call returned or
+/// could not be released.
+pub fn with_hold(
+    mut results: Vec<BackupResult>,
+    host: &str,
+    hold: &HoldReport,
+) -> Vec<BackupResult> {
+    let secs = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{s:.2}s"));
+    let note = format!(
+        "held on {host}: frozen {}, locked {}{}",
+        secs(hold.frozen_secs),
+        secs(hold.locked_secs),
+        if hold.released_by_watchdog {
+            " (released by the host's watchdog)"
+        } else {
+            ""
+        }
+    );
+    let early = format!(
+        "the hold on {host} ended before the snapshot call returned (max_hold too short?): the snapshots may not be consistent"
+    );
+    let release: Vec<String> = hold
+        .release_errors
+        .iter()
+        .map(|e| {
+            format!(
+                "could not release on {host} after the snapshot ({e}); the host's watchdog releases it after max_hold"
+            )
+        })
+        .collect();
+    for r in &mut results {
+        r.notes.push(note.clone());
+        let (made, error, code) = match &r.status {
+            BackupStatus::Created { snapshots, .. } => (snapshots.clone(), None, None),
+            BackupStatus::Failed {
+                error,
+                code,
+                snapshots,
+            } => (snapshots.clone(), Some(error.clone()), code.clone()),
+            _ => (Vec::new(), None, None),
+        };
+        let mut problems = Vec::new();
+        // Only snapshots that exist can be inconsistent.
+        if hold.released_before_snapshot && !made.is_empty() {
+            problems.push(early.clone());
+        }
+        problems.extend(release.iter().cloned());
+        if problems.is_empty() {
+            continue;
+        }
+        r.status = BackupStatus::Failed {
+            error: error
+                .into_iter()
+                .chain(problems)
+                .collect::<Vec<_>>()
+                .join("; "),
+            code,
+            snapshots: made,
+        };
+    }
+    results
 }
 
 /// The device a snapshot's volume was attached as, from its set's map.
@@ -546,7 +912,8 @@ mod tests {
             volume_of(&inst, 1, Tags::new()),
         ];
         let mut ec2 = MockEc2::new();
-        ec2.expect_describe_snapshots().times(1).returning(|_, f| {
+        // Once before creating, once after (a racing run's set).
+        ec2.expect_describe_snapshots().times(2).returning(|_, f| {
             assert!(f.contains(&Filter::new("tag:ektool:window", ["2026-11-22T03:00:00Z"])));
             Ok(vec![])
         });
@@ -627,33 +994,334 @@ mod tests {
         );
     }
 
+    /// A window snapshot of `volume`, in set `set`, started at `minute`.
+    fn in_window(id: u64, volume: &VolumeId, set: &str, minute: i64, instance: &str) -> Snapshot {
+        let mut s = Snapshot::new(
+            SnapshotId::from_api(format!("snap-{id:017x}")),
+            Some(volume.clone()),
+            Timestamp::from_second(1_795_835_000 + minute * 60).unwrap(),
+            SnapshotState::Completed,
+        );
+        s.tags.insert(tags::OWNER, tags::OWNER_VALUE);
+        s.tags.insert(tags::SET, set);
+        s.tags.insert(tags::INSTANCE, instance);
+        s.tags.insert(WINDOW_TAG, "2026-11-22T03:00:00Z");
+        s
+    }
+
+    /// A stateful cloud: the window's snapshots, and `CreateSnapshots` /
+    /// `CreateSnapshot` adding to them (volumes from `instances`).
+    struct Cloud {
+        snapshots: Vec<Snapshot>,
+        next: u64,
+        created: Vec<String>,
+        deleted: Vec<SnapshotId>,
+        /// Snapshots appearing right after our create (a racing run).
+        racer: Vec<Snapshot>,
+    }
+
+    fn cloud(instances: Vec<Instance>, state: Arc<std::sync::Mutex<Cloud>>) -> MockEc2 {
+        let mut ec2 = MockEc2::new();
+        let s = state.clone();
+        ec2.expect_describe_snapshots()
+            .returning(move |_, _| Ok(s.lock().unwrap().snapshots.clone()));
+        let volumes: Vec<Volume> = instances
+            .iter()
+            .flat_map(|i| (0..i.block_devices.len()).map(move |d| volume_of(i, d, Tags::new())))
+            .collect();
+        ec2.expect_describe_volumes()
+            .returning(move |_, _| Ok(volumes.clone()));
+        let s = state.clone();
+        ec2.expect_create_snapshots().returning(move |_, r| {
+            let mut c = s.lock().unwrap();
+            let inst = instances
+                .iter()
+                .find(|i| Some(&i.id) == r.instance_id.as_ref())
+                .unwrap();
+            let set = r.tags.get(tags::SET).unwrap().to_owned();
+            c.created.push(inst.id.to_string());
+            let mut made = Vec::new();
+            for b in &inst.block_devices {
+                if (r.exclude_boot_volume && Some(&b.device_name) == inst.root_device_name.as_ref())
+                    || r.exclude_data_volume_ids.contains(&b.volume_id)
+                {
+                    continue;
+                }
+                c.next += 1;
+                let snap = in_window(0x100 + c.next, &b.volume_id, &set, 30, inst.id.as_str());
+                made.push(snap);
+            }
+            c.snapshots.extend(made.iter().cloned());
+            let racer = std::mem::take(&mut c.racer);
+            c.snapshots.extend(racer);
+            Ok(made)
+        });
+        let s = state.clone();
+        ec2.expect_create_snapshot().returning(move |_, r| {
+            let mut c = s.lock().unwrap();
+            c.next += 1;
+            let snap = in_window(
+                0x100 + c.next,
+                r.volume_id.as_ref().unwrap(),
+                r.tags.get(tags::SET).unwrap(),
+                30,
+                "",
+            );
+            c.created.push(snap.volume_id.as_ref().unwrap().to_string());
+            c.snapshots.push(snap.clone());
+            let racer = std::mem::take(&mut c.racer);
+            c.snapshots.extend(racer);
+            Ok(snap)
+        });
+        let s = state;
+        ec2.expect_delete_snapshot().returning(move |_, id, _| {
+            let mut c = s.lock().unwrap();
+            c.snapshots.retain(|x| &x.id != id);
+            c.deleted.push(id.clone());
+            Ok(())
+        });
+        ec2
+    }
+
+    fn state(snapshots: Vec<Snapshot>) -> Arc<std::sync::Mutex<Cloud>> {
+        Arc::new(std::sync::Mutex::new(Cloud {
+            snapshots,
+            next: 0,
+            created: Vec::new(),
+            deleted: Vec::new(),
+            racer: Vec::new(),
+        }))
+    }
+
     #[tokio::test]
     async fn a_rerun_in_the_same_window_skips_instances_already_done() {
         let region = Region::new("us-east-1");
         let instances: Vec<Instance> = (0..3).map(|n| instance(n, &region)).collect();
-        let mut ec2 = MockEc2::new();
-        ec2.expect_describe_snapshots().returning(|_, _| {
-            let mut s = Snapshot::new(
-                SnapshotId::from_api("snap-0000000000000000a"),
-                None,
-                Timestamp::UNIX_EPOCH,
-                SnapshotState::Completed,
-            );
-            s.tags.insert(tags::INSTANCE, "i-00000000000000001");
-            Ok(vec![s])
-        });
-        ec2.expect_describe_volumes().returning(|_, _| Ok(vec![]));
-        ec2.expect_create_snapshots().times(2).returning(|_, r| {
-            assert_ne!(
-                r.instance_id.as_ref().unwrap().as_str(),
-                "i-00000000000000001"
-            );
-            Ok(created(r))
-        });
+        let done: Vec<Snapshot> = instances[1]
+            .block_devices
+            .iter()
+            .enumerate()
+            .map(|(k, b)| {
+                in_window(
+                    k as u64 + 1,
+                    &b.volume_id,
+                    "earlier",
+                    5,
+                    "i-00000000000000001",
+                )
+            })
+            .collect();
+        let st = state(done);
+        let ec2 = cloud(instances.clone(), st.clone());
         let out = backup_instances(&ec2, &region, &instances, &options()).await;
         assert!(
-            matches!(&out[1].status, BackupStatus::AlreadyDone { snapshots } if snapshots.len() == 1)
+            matches!(&out[1].status, BackupStatus::AlreadyDone { snapshots } if snapshots.len() == 3),
+            "{out:?}"
         );
+        let created = st.lock().unwrap().created.clone();
+        assert_eq!(created, ["i-00000000000000000", "i-00000000000000002"]);
+    }
+
+    /// H3: an earlier `--volume`, `--exclude-boot` or `--exclude-volume` run
+    /// in the window (or a forged snapshot carrying the instance tag) never
+    /// makes the full backup skip; it does make the same partial run skip.
+    #[tokio::test]
+    async fn only_a_set_covering_the_requested_volumes_counts_as_done() {
+        let region = Region::new("us-east-1");
+        let inst = instance(1, &region);
+        let vol = |d: usize| inst.block_devices[d].volume_id.clone();
+        let id = "i-00000000000000001";
+        let earlier: Vec<(&str, Vec<Snapshot>)> = vec![
+            ("a --volume run", vec![in_window(1, &vol(1), "v", 5, id)]),
+            (
+                "an --exclude-boot run",
+                vec![
+                    in_window(1, &vol(1), "eb", 5, id),
+                    in_window(2, &vol(2), "eb", 5, id),
+                ],
+            ),
+            (
+                "an --exclude-volume run",
+                vec![
+                    in_window(1, &vol(0), "ev", 5, id),
+                    in_window(2, &vol(1), "ev", 5, id),
+                ],
+            ),
+            ("a forged snapshot of another volume", {
+                let mut s = in_window(1, &VolumeId::from_api("vol-0000000000000beef"), "f", 5, id);
+                s.tags.insert(tags::VOLUME, vol(0).as_str());
+                vec![s]
+            }),
+            (
+                "two sets that only together cover it",
+                vec![
+                    in_window(1, &vol(0), "x", 5, id),
+                    in_window(2, &vol(1), "y", 5, id),
+                    in_window(3, &vol(2), "y", 5, id),
+                ],
+            ),
+        ];
+        for (what, snaps) in earlier {
+            let st = state(snaps);
+            let ec2 = cloud(vec![inst.clone()], st.clone());
+            let out =
+                backup_instances(&ec2, &region, std::slice::from_ref(&inst), &options()).await;
+            assert!(
+                matches!(&out[0].status, BackupStatus::Created { snapshots, .. } if snapshots.len() == 3),
+                "after {what}: {out:?}"
+            );
+        }
+
+        // The same partial run again is done.
+        let st = state(vec![
+            in_window(1, &vol(1), "eb", 5, id),
+            in_window(2, &vol(2), "eb", 5, id),
+        ]);
+        let ec2 = cloud(vec![inst.clone()], st.clone());
+        let partial = BackupOptions {
+            exclude_boot: true,
+            ..options()
+        };
+        let out = backup_instances(&ec2, &region, std::slice::from_ref(&inst), &partial).await;
+        assert!(
+            matches!(out[0].status, BackupStatus::AlreadyDone { .. }),
+            "{out:?}"
+        );
+        assert!(st.lock().unwrap().created.is_empty());
+
+        // A volume run counts a volume done by any set of the window.
+        let st = state(vec![
+            in_window(1, &vol(0), "full", 5, id),
+            in_window(2, &vol(1), "full", 5, id),
+        ]);
+        let ec2 = cloud(vec![inst.clone()], st.clone());
+        let out = backup_volumes(&ec2, &region, &[vol(1)], &options()).await;
+        assert!(
+            matches!(out[0].status, BackupStatus::AlreadyDone { .. }),
+            "{out:?}"
+        );
+    }
+
+    /// L16: two runs in one window create at the same time; the one whose
+    /// set came second sees the first when it looks again, deletes its own
+    /// set and reports the other's. The first keeps its own.
+    #[tokio::test]
+    async fn the_later_of_two_racing_sets_is_deleted_again() {
+        let region = Region::new("us-east-1");
+        let inst = instance(1, &region);
+        let id = "i-00000000000000001";
+        let racer: Vec<Snapshot> = inst
+            .block_devices
+            .iter()
+            .enumerate()
+            .map(|(k, b)| in_window(k as u64 + 1, &b.volume_id, "racer", 10, id))
+            .collect();
+
+        // The racer's set started before ours (minute 10 < 30): we lose.
+        let st = state(vec![]);
+        st.lock().unwrap().racer = racer.clone();
+        let ec2 = cloud(vec![inst.clone()], st.clone());
+        let out = backup_instances(&ec2, &region, std::slice::from_ref(&inst), &options()).await;
+        let winner: Vec<SnapshotId> = racer.iter().map(|s| s.id.clone()).collect();
+        assert!(
+            matches!(&out[0].status, BackupStatus::AlreadyDone { snapshots } if *snapshots == winner),
+            "{out:?}"
+        );
+        {
+            let c = st.lock().unwrap();
+            assert_eq!(c.deleted.len(), 3);
+            assert_eq!(c.snapshots.len(), 3, "one set is left");
+            assert!(
+                c.snapshots
+                    .iter()
+                    .all(|s| s.tags.get(tags::SET) == Some("racer"))
+            );
+        }
+
+        // The racer started after ours: we keep ours (it deletes its own).
+        let late: Vec<Snapshot> = racer
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                s.start_time = Timestamp::from_second(1_795_835_000 + 50 * 60).unwrap();
+                s
+            })
+            .collect();
+        let st = state(vec![]);
+        st.lock().unwrap().racer = late;
+        let ec2 = cloud(vec![inst.clone()], st.clone());
+        let out = backup_instances(&ec2, &region, std::slice::from_ref(&inst), &options()).await;
+        assert!(
+            matches!(out[0].status, BackupStatus::Created { .. }),
+            "{out:?}"
+        );
+        assert!(st.lock().unwrap().deleted.is_empty());
+
+        // Volume backups race the same way.
+        let v = inst.block_devices[1].volume_id.clone();
+        let st = state(vec![]);
+        st.lock().unwrap().racer = vec![in_window(9, &v, "racer-v", 10, "")];
+        let ec2 = cloud(vec![inst.clone()], st.clone());
+        let out = backup_volumes(&ec2, &region, std::slice::from_ref(&v), &options()).await;
+        assert!(
+            matches!(out[0].status, BackupStatus::AlreadyDone { .. }),
+            "{out:?}"
+        );
+        assert_eq!(st.lock().unwrap().deleted.len(), 1);
+    }
+
+    /// L14: what a hold report does to the results of the snapshot call.
+    #[test]
+    fn a_bad_hold_fails_the_item_and_keeps_the_snapshots_made() {
+        let region = Region::new("r");
+        let made = vec![SnapshotId::from_api("snap-00000001")];
+        let created = BackupResult {
+            region: region.clone(),
+            instance: Some(InstanceId::from_api("i-1")),
+            volume: None,
+            name: None,
+            status: BackupStatus::Created {
+                set: "s".into(),
+                snapshots: made.clone(),
+            },
+            notes: Vec::new(),
+        };
+        let clean = HoldReport {
+            frozen_secs: Some(0.5),
+            ..HoldReport::default()
+        };
+        let out = with_hold(vec![created.clone()], "h", &clean);
+        assert!(!out[0].failed());
+        assert!(out[0].notes[0].starts_with("held on h: frozen 0.50s"));
+
+        let thaw_failed = HoldReport {
+            release_errors: vec!["thaw: h: connection failed".into()],
+            ..HoldReport::default()
+        };
+        let out = with_hold(vec![created.clone()], "h", &thaw_failed);
+        let BackupStatus::Failed {
+            error, snapshots, ..
+        } = &out[0].status
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*snapshots, made, "the snapshots made are reported");
+        assert!(error.contains("could not release on h"), "{error}");
+
+        let early = HoldReport {
+            released_before_snapshot: true,
+            released_by_watchdog: true,
+            ..HoldReport::default()
+        };
+        let out = with_hold(vec![created], "h", &early);
+        let BackupStatus::Failed {
+            error, snapshots, ..
+        } = &out[0].status
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*snapshots, made);
+        assert!(error.contains("may not be consistent"), "{error}");
     }
 
     #[tokio::test]

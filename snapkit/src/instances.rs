@@ -61,8 +61,8 @@ pub async fn with_reservations(
     Ok(all)
 }
 
-/// Termination protection for one instance: on exactly when it carries the
-/// production tag.
+/// Termination protection for one instance: on when it carries the
+/// production tag; off for the others only when asked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Protection {
     /// The instance.
@@ -82,19 +82,24 @@ impl Protection {
     }
 }
 
-/// Plans termination protection for `instances`: wanted exactly when the
-/// instance carries `production` (the seed's modify_instance_termination).
+/// Plans termination protection for `instances`: on for every instance
+/// carrying `production`. The others keep theirs (an instance protected on
+/// purpose stays protected) unless `unprotect_others`, which turns it off
+/// for them (the seed's modify_instance_termination did so always).
 pub async fn plan_protection(
     ec2: &dyn Ec2,
     region: &Region,
     instances: &[Instance],
     production: &Tag,
+    unprotect_others: bool,
 ) -> Result<Vec<Protection>, Ec2Error> {
     let mut out = Vec::new();
     for i in instances {
+        let current = ec2.termination_protection(region, &i.id).await?;
+        let tagged = i.tags.matches(production);
         out.push(Protection {
-            current: ec2.termination_protection(region, &i.id).await?,
-            wanted: i.tags.matches(production),
+            current,
+            wanted: tagged || (current && !unprotect_others),
             name: i.name().map(str::to_owned),
             instance: i.id.clone(),
         });
@@ -272,7 +277,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn protection_follows_the_production_tag_both_ways() {
+    async fn protection_is_turned_on_by_the_tag_and_off_only_when_asked() {
         let prod = Tag::new("Earmarking", "production");
         let a = instance("i-0000000a", Tags::new().with("Earmarking", "production"));
         let b = instance("i-0000000b", Tags::new().with("Earmarking", "staging"));
@@ -288,7 +293,16 @@ mod tests {
                 Ok(())
             });
         let r = Region::new("eu-west-1");
-        let plan = plan_protection(&ec2, &r, &[a, b, c], &prod).await.unwrap();
+        let all = [a, b, c];
+        // By default b, untagged but protected on purpose, stays protected.
+        let plan = plan_protection(&ec2, &r, &all, &prod, false).await.unwrap();
+        let changes: Vec<(&str, bool)> = plan
+            .iter()
+            .filter(|p| p.changes())
+            .map(|p| (p.instance.as_str(), p.wanted))
+            .collect();
+        assert_eq!(changes, [("i-0000000a", true)]);
+        let plan = plan_protection(&ec2, &r, &all, &prod, true).await.unwrap();
         let changes: Vec<(&str, bool)> = plan
             .iter()
             .filter(|p| p.changes())

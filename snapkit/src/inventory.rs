@@ -12,9 +12,10 @@ use std::io::Write;
 use ec2kit::Snapshot;
 use serde::Serialize;
 
-/// An inventory that is not a JSON array of snapshots.
+/// An inventory that is not a JSON array of snapshots. Its message quotes
+/// at most a line of the input (serde_json quotes whole string values).
 #[derive(Debug, thiserror::Error)]
-#[error("{line}:{column}: not a snapshot inventory: {source}")]
+#[error("{line}:{column}: not a snapshot inventory: {}", shorten(&source.to_string()))]
 #[non_exhaustive]
 pub struct InventoryError {
     /// 1-based line of the error in the input.
@@ -24,6 +25,26 @@ pub struct InventoryError {
     /// What serde_json found.
     #[source]
     pub source: serde_json::Error,
+}
+
+/// `s` cut to a line's length, keeping its end (serde_json ends with the
+/// position).
+fn shorten(s: &str) -> String {
+    const HEAD: usize = 120;
+    const TAIL: usize = 40;
+    let n = s.chars().count();
+    if n <= HEAD + TAIL + 1 {
+        return s.to_owned();
+    }
+    let head: String = s.chars().take(HEAD).collect();
+    let tail: String = s.chars().skip(n - TAIL).collect();
+    format!("{head}…{tail}")
+}
+
+/// JSON's whitespace (RFC 8259): not `\x0c` or Unicode spaces, which
+/// `char::is_whitespace` would also take.
+fn is_json_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 /// Below this size one thread is faster than starting others.
@@ -57,7 +78,7 @@ fn parse_parallel(text: &str, threads: usize) -> Option<Vec<Snapshot>> {
     let body_start = text.find('[')? + 1;
     let body_end = text.rfind(']')?;
     // Anything but whitespace around the array is for serde_json to report.
-    let blank = |s: &str| s.bytes().all(|b| b.is_ascii_whitespace());
+    let blank = |s: &str| s.bytes().all(is_json_ws);
     if body_end <= body_start || !blank(&text[..body_start - 1]) || !blank(&text[body_end + 1..]) {
         return None;
     }
@@ -75,12 +96,14 @@ fn parse_parallel(text: &str, threads: usize) -> Option<Vec<Snapshot>> {
         return None;
     }
     cuts.push(body_end);
+    let last = cuts.len() - 2;
     let pieces: Vec<Option<Vec<Snapshot>>> = std::thread::scope(|s| {
         let handles: Vec<_> = cuts
             .windows(2)
-            .map(|w| {
-                let piece = &text[w[0]..w[1]];
-                s.spawn(move || parse_piece(piece))
+            .enumerate()
+            .map(|(i, w)| {
+                let piece = text.get(w[0]..w[1]);
+                s.spawn(move || parse_piece(piece?, i == last))
             })
             .collect();
         handles
@@ -96,11 +119,16 @@ fn parse_parallel(text: &str, threads: usize) -> Option<Vec<Snapshot>> {
     Some(all)
 }
 
-/// Parses `{…},{…},…{…}` (elements of the array, maybe ending in the comma
-/// that preceded the next piece) as an array.
-fn parse_piece(piece: &str) -> Option<Vec<Snapshot>> {
-    let piece = piece.trim_end();
-    let piece = piece.strip_suffix(',').unwrap_or(piece);
+/// Parses `{…},{…},…{…}` (elements of the array) as an array. Every piece
+/// but the last ends in the comma that preceded the next piece; the last
+/// must not end in one (serde_json refuses a trailing comma).
+fn parse_piece(piece: &str, last: bool) -> Option<Vec<Snapshot>> {
+    let piece = piece.trim_end_matches(|c: char| c.is_ascii() && is_json_ws(c as u8));
+    let piece = match piece.strip_suffix(',') {
+        Some(p) if !last => p,
+        None if last => piece,
+        _ => return None,
+    };
     let mut array = String::with_capacity(piece.len() + 2);
     array.push('[');
     array.push_str(piece);
@@ -114,11 +142,9 @@ fn next_boundary(bytes: &[u8], from: usize, end: usize) -> Option<usize> {
     let mut i = from;
     while i < end {
         let open = i + bytes[i..end].iter().position(|&b| b == b'{')?;
-        let before = bytes[..open].iter().rposition(|b| !b.is_ascii_whitespace());
+        let before = bytes[..open].iter().rposition(|b| !is_json_ws(*b));
         if let Some(comma) = before.filter(|&c| bytes[c] == b',') {
-            let close = bytes[..comma]
-                .iter()
-                .rposition(|b| !b.is_ascii_whitespace());
+            let close = bytes[..comma].iter().rposition(|b| !is_json_ws(*b));
             if close.is_some_and(|c| bytes[c] == b'}') {
                 return Some(open);
             }
@@ -253,7 +279,74 @@ mod tests {
         assert_eq!(parse_parallel(&text, 3), Some(items));
     }
 
+    #[test]
+    fn a_trailing_comma_or_non_json_whitespace_is_serde_jsons_error() {
+        let items: Vec<Snapshot> = (0..60).map(|i| snapshot(i, "plain")).collect();
+        let text = serde_json::to_string(&items).unwrap();
+        let trailing = format!("{},]", &text[..text.len() - 1]);
+        let form_feed = text.replace("},{", "},\u{c}{");
+        let leading = format!("\u{c}{text}");
+        for bad in [trailing, form_feed, leading] {
+            assert!(serde_json::from_str::<Vec<Snapshot>>(&bad).is_err());
+            for threads in 2..6 {
+                assert_eq!(parse_parallel(&bad, threads), None, "{threads}");
+            }
+            let plain = serde_json::from_str::<Vec<Snapshot>>(&bad).unwrap_err();
+            let err = parse(&bad).unwrap_err();
+            assert_eq!((err.line, err.column), (plain.line(), plain.column()));
+        }
+    }
+
+    #[test]
+    fn error_messages_quote_at_most_a_line() {
+        // serde_json quotes the whole string value it did not expect.
+        let huge = format!(r#"["{}"]"#, "x".repeat(5_000_000));
+        let err = parse(&huge).unwrap_err().to_string();
+        assert!(err.len() < 400, "{} bytes", err.len());
+        assert!(err.starts_with("1:"), "{err}");
+        assert!(err.contains("column"), "{err}");
+    }
+
     proptest! {
+        /// Whatever the input (valid arrays, mutated ones, arbitrary
+        /// bytes), the parallel reader gives exactly serde_json's answer.
+        #[test]
+        fn any_input_gives_serde_jsons_result_and_error(
+            n in 0usize..60,
+            threads in 2usize..6,
+            edits in proptest::collection::vec((any::<proptest::sample::Index>(), proptest::sample::select(vec![",", " ", "\u{c}", "}", "{", "]", "\"", "\u{a0}", "x", ""])), 0..3),
+            junk in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let items: Vec<Snapshot> = (0..n).map(|i| snapshot(i, "d")).collect();
+            let mut text = serde_json::to_string(&items).unwrap();
+            for (at, what) in &edits {
+                let mut i = at.index(text.len() + 1);
+                while !text.is_char_boundary(i) { i -= 1; }
+                if what.is_empty() {
+                    if i < text.len() {
+                        let c = text[i..].chars().next().unwrap();
+                        text.replace_range(i..i + c.len_utf8(), "");
+                    }
+                } else {
+                    text.insert_str(i, what);
+                }
+            }
+            for input in [text.clone(), String::from_utf8_lossy(&junk).into_owned()] {
+                let plain = serde_json::from_str::<Vec<Snapshot>>(&input);
+                if let Some(parallel) = parse_parallel(&input, threads) {
+                    prop_assert_eq!(Some(&parallel), plain.as_ref().ok(), "{}", input);
+                }
+                match (parse(&input), plain) {
+                    (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                    (Err(a), Err(b)) => {
+                        prop_assert_eq!((a.line, a.column), (b.line(), b.column()));
+                        prop_assert!(a.to_string().len() < 400);
+                    }
+                    (a, b) => prop_assert!(false, "{:?} vs {:?}", a.map(|v| v.len()), b.map(|v| v.len())),
+                }
+            }
+        }
+
         #[test]
         fn parallel_write_and_parse_equal_serde_json(
             n in 0usize..400,

@@ -5,7 +5,13 @@
 //! tag, so copies in other regions (whose `VolumeId` is a meaningless
 //! `vol-ffffffff`) group with their source; then, for snapshots made by the
 //! old Fabric tool, the `Volume` of its JSON description; then the
-//! snapshot's own volume id.
+//! snapshot's own volume id — except the placeholder
+//! [`PLACEHOLDER_VOLUME`] that EC2 gives every copy: copies made outside
+//! ektool (console, AWS Backup, DLM) would all share it and collapse into
+//! one lineage, so each is its own lineage (`snapshot:<id>`), or that of
+//! its `ektool:source-snapshot` tag when it has one. The volume tag is
+//! believed only where it can be true: on a copy (placeholder volume id)
+//! or when it names the snapshot's own volume.
 
 use ec2kit::Snapshot;
 use serde::Deserialize;
@@ -84,6 +90,9 @@ impl SeedDescription {
     }
 }
 
+/// The volume id EC2 gives snapshots made by `CopySnapshot`: not a volume.
+pub const PLACEHOLDER_VOLUME: &str = "vol-ffffffff";
+
 /// The lineage key of a snapshot (see the module docs for the order).
 pub fn lineage_of(snapshot: &Snapshot) -> String {
     lineage_key(snapshot).into_owned()
@@ -93,7 +102,17 @@ pub fn lineage_of(snapshot: &Snapshot) -> String {
 /// million snapshots should not allocate a million keys).
 pub fn lineage_key(snapshot: &Snapshot) -> std::borrow::Cow<'_, str> {
     use std::borrow::Cow;
-    if let Some(v) = snapshot.tags.get(tags::VOLUME).filter(|v| !v.is_empty()) {
+    // The tag names the source volume of copies (whose own VolumeId is the
+    // placeholder). On a snapshot EC2 says was taken of a real volume, a
+    // tag naming another volume is not believed: anyone with
+    // ec2:CreateTags could otherwise slip a snapshot into a lineage and
+    // make trim delete that lineage's real newest.
+    if let Some(v) = snapshot.tags.get(tags::VOLUME).filter(|v| !v.is_empty())
+        && snapshot
+            .volume_id
+            .as_ref()
+            .is_none_or(|own| own.as_str() == PLACEHOLDER_VOLUME || own.as_str() == v)
+    {
         return Cow::Borrowed(v);
     }
     if let Some(v) = snapshot
@@ -105,8 +124,17 @@ pub fn lineage_key(snapshot: &Snapshot) -> std::borrow::Cow<'_, str> {
         return Cow::Owned(v);
     }
     match &snapshot.volume_id {
-        Some(v) => Cow::Borrowed(v.as_str()),
-        None => Cow::Owned(format!("snapshot:{}", snapshot.id)),
+        Some(v) if v.as_str() != PLACEHOLDER_VOLUME => Cow::Borrowed(v.as_str()),
+        // A copy: its source, when a tag names one, else itself. Never the
+        // placeholder, which every copy in the region shares.
+        _ => match snapshot
+            .tags
+            .get(tags::SOURCE_SNAPSHOT)
+            .filter(|s| !s.is_empty())
+        {
+            Some(source) => Cow::Owned(format!("snapshot:{source}")),
+            None => Cow::Owned(format!("snapshot:{}", snapshot.id)),
+        },
     }
 }
 
@@ -128,9 +156,11 @@ pub fn is_preserved(snapshot: &Snapshot) -> bool {
 /// the account can see but does not own.
 pub fn description_names_ami(snapshot: &Snapshot) -> bool {
     snapshot.description.as_deref().is_some_and(|d| {
-        d.match_indices("ami-").any(|(i, _)| {
-            let hex = d[i + 4..].bytes().take_while(u8::is_ascii_hexdigit).count();
-            hex >= 8 && (i == 0 || !d.as_bytes()[i - 1].is_ascii_alphanumeric())
+        d.match_indices("ami-").any(|(i, m)| {
+            let after = d.get(i + m.len()..).unwrap_or_default();
+            let hex = after.bytes().take_while(u8::is_ascii_hexdigit).count();
+            let before = d.get(..i).and_then(|b| b.chars().next_back());
+            hex >= 8 && before.is_none_or(|c| !c.is_ascii_alphanumeric())
         })
     })
 }
@@ -150,9 +180,38 @@ mod tests {
     }
 
     #[test]
+    fn copies_never_share_the_placeholder_volume_as_a_lineage() {
+        let mut a = snap("vol-ffffffff");
+        a.id = SnapshotId::from_api("snap-0000000a");
+        let mut b = snap("vol-ffffffff");
+        b.id = SnapshotId::from_api("snap-0000000b");
+        assert_eq!(lineage_of(&a), "snapshot:snap-0000000a");
+        assert_eq!(lineage_of(&b), "snapshot:snap-0000000b");
+        b.tags.insert(tags::SOURCE_SNAPSHOT, "snap-00000001");
+        assert_eq!(lineage_of(&b), "snapshot:snap-00000001");
+        b.tags.insert(tags::VOLUME, "vol-1234abcd");
+        assert_eq!(lineage_of(&b), "vol-1234abcd");
+    }
+
+    /// M14: a snapshot of another volume tagged into a lineage stays out
+    /// of it; copies (placeholder volume id) follow their tag.
+    #[test]
+    fn a_volume_tag_contradicting_the_snapshots_own_volume_is_not_believed() {
+        let mut forged = snap("vol-0000000000000beef");
+        forged.tags.insert(tags::VOLUME, "vol-0000000000000prod");
+        assert_eq!(lineage_of(&forged), "vol-0000000000000beef");
+        let mut own = snap("vol-0000000000000prod");
+        own.tags.insert(tags::VOLUME, "vol-0000000000000prod");
+        assert_eq!(lineage_of(&own), "vol-0000000000000prod");
+        let mut copy = snap(PLACEHOLDER_VOLUME);
+        copy.tags.insert(tags::VOLUME, "vol-0000000000000prod");
+        assert_eq!(lineage_of(&copy), "vol-0000000000000prod");
+    }
+
+    #[test]
     fn lineage_prefers_the_tag_then_the_seed_description_then_the_volume() {
         let mut s = snap("vol-ffffffff");
-        assert_eq!(lineage_of(&s), "vol-ffffffff");
+        assert_eq!(lineage_of(&s), "snapshot:snap-00000001");
         s.description = Some(
             r#"{"Volume": "vol-1234abcd", "Region": "us-east-1", "Time": "2013-03-20T02:00:00"}"#
                 .into(),
@@ -160,6 +219,10 @@ mod tests {
         assert_eq!(lineage_of(&s), "vol-1234abcd");
         s.tags.insert(tags::VOLUME, "vol-aaaabbbb");
         assert_eq!(lineage_of(&s), "vol-aaaabbbb");
+        let mut seed = snap("vol-1234abcd");
+        seed.description = s.description.clone();
+        seed.tags.insert(tags::VOLUME, "vol-1234abcd");
+        assert_eq!(lineage_of(&seed), "vol-1234abcd");
     }
 
     #[test]

@@ -43,7 +43,10 @@ pub mod tags {
     pub const MOUNTPOINT: &str = "ektool:mountpoint";
 }
 
-/// Where mounts go by default: `<DEFAULT_ROOT>/<snapshot id>`.
+/// The default mount root: mounts go to `<root>/<snapshot id>`, and every
+/// mountpoint (asked for, or found in a tag) must lie under the root. The
+/// root is made `0700`, so other local users of the instance cannot read
+/// another host's files (uids do not map between hosts).
 pub const DEFAULT_ROOT: &str = "/mnt/ektool";
 
 /// The device names mounts use, in order (AWS's recommended range for EBS
@@ -160,17 +163,35 @@ pub fn local_names(volume: &VolumeId, device: &str) -> (String, String) {
     (nvme, xen)
 }
 
-/// The mount options for a filesystem type: always read-only, and never
-/// replaying a journal (which would write to the volume).
+/// The options every snapshot mount has, and that are checked in the
+/// host's mount table afterwards: read-only, and nothing on a foreign
+/// filesystem is trusted (no setuid binaries, no device nodes, no
+/// executables: a snapshot of a compromised host must not give root on
+/// the instance that inspects it).
+pub const REQUIRED_OPTIONS: [&str; 4] = ["ro", "nosuid", "nodev", "noexec"];
+
+/// The mount options for a filesystem type: always read-only,
+/// `nosuid,nodev,noexec`, and never replaying a journal (which would write
+/// to the volume).
 pub fn mount_options(fstype: &str) -> String {
-    match fstype {
+    let own = match fstype {
         // nouuid: a snapshot of a filesystem mounted on the same instance
         // (its root, typically) has the same UUID, which XFS refuses.
-        "xfs" => "ro,norecovery,nouuid".into(),
-        "ext3" | "ext4" => "ro,noload".into(),
-        "btrfs" => "ro,nologreplay".into(),
-        _ => "ro".into(),
-    }
+        "xfs" => ",norecovery,nouuid",
+        "ext3" | "ext4" => ",noload",
+        "btrfs" => ",nologreplay",
+        _ => "",
+    };
+    format!("ro,nosuid,nodev,noexec{own}")
+}
+
+/// The [`REQUIRED_OPTIONS`] a mount-table entry's options lack.
+pub fn missing_options(options: &str) -> Vec<&'static str> {
+    REQUIRED_OPTIONS
+        .iter()
+        .copied()
+        .filter(|want| !options.split(',').any(|o| o == *want))
+        .collect()
 }
 
 /// One line of `/proc/self/mounts`.
@@ -316,6 +337,34 @@ pub fn free_devices<'a>(used: impl IntoIterator<Item = &'a str>) -> Vec<&'static
         .collect()
 }
 
+/// Checks that `mountpoint` is a valid mountpoint strictly under `root`
+/// (both absolute, without `.`/`..` or empty components). Paths taken from
+/// tags go through this too: a tag can never choose `/etc`.
+pub fn check_mountpoint_under(mountpoint: &str, root: &str) -> Result<(), MountError> {
+    check_mountpoint(root)?;
+    check_mountpoint(mountpoint)?;
+    let bad = |reason: String| {
+        Err(MountError::InvalidMountpoint {
+            mountpoint: mountpoint.to_owned(),
+            reason,
+        })
+    };
+    let clean = |p: &str| {
+        p.trim_end_matches('/')
+            .split('/')
+            .skip(1)
+            .all(|c| !c.is_empty() && c != ".")
+    };
+    if !clean(root) || !clean(mountpoint) {
+        return bad("must not contain empty or `.` components".into());
+    }
+    let root = root.trim_end_matches('/');
+    match mountpoint.trim_end_matches('/').strip_prefix(root) {
+        Some(rest) if rest.starts_with('/') && rest.len() > 1 => Ok(()),
+        _ => bad(format!("must lie under the mount root {root}")),
+    }
+}
+
 /// Checks a mountpoint: absolute, not `/`, no `..`, one line.
 pub fn check_mountpoint(mountpoint: &str) -> Result<(), MountError> {
     let bad = |reason: &str| {
@@ -447,6 +496,15 @@ pub enum MountError {
         /// What the probe listed.
         found: String,
     },
+    /// The mountpoint directory has files in it (mounting would hide them,
+    /// and it is not a directory `snap mount` made).
+    #[error("{host}: {mountpoint} is not an empty directory; not mounting over it")]
+    MountpointNotEmpty {
+        /// The host.
+        host: String,
+        /// The mountpoint.
+        mountpoint: String,
+    },
     /// Something else is mounted where the snapshot should go.
     #[error("{host}: {mountpoint} already has {mounted} mounted")]
     MountpointBusy {
@@ -566,8 +624,10 @@ pub struct MountRequest {
     pub snapshot: SnapshotId,
     /// The instance.
     pub instance: InstanceId,
-    /// Where; default `<DEFAULT_ROOT>/<snapshot>`.
+    /// Where; default `<root>/<snapshot>`; must lie under `root`.
     pub mountpoint: Option<String>,
+    /// The mount root ([`DEFAULT_ROOT`] unless configured).
+    pub root: String,
     /// Mount this partition of the volume instead of choosing.
     pub partition: Option<u32>,
 }
@@ -599,11 +659,14 @@ pub struct MountPlan {
     pub spare_devices: Vec<String>,
     /// Where to mount.
     pub mountpoint: String,
+    /// The mount root the mountpoint lies under (made `0700`).
+    pub mount_root: String,
     /// The partition asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partition: Option<u32>,
     /// An earlier run's volume for the same snapshot and instance, picked
-    /// up instead of creating another.
+    /// up instead of creating another (only one EC2 says was made from
+    /// that snapshot: tags alone are not enough).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resume: Option<Volume>,
 }
@@ -669,7 +732,8 @@ async fn wait_volume(
     waits: Waits,
     progress: Progress<'_>,
 ) -> Result<Volume, MountError> {
-    let deadline = tokio::time::Instant::now() + waits.timeout;
+    // Checked: a library caller may pass any Duration.
+    let deadline = crate::wait::deadline(waits.timeout);
     loop {
         let Some(v) = describe_volume(ec2, region, volume).await? else {
             return Err(MountError::VolumeGone {
@@ -689,7 +753,7 @@ async fn wait_volume(
             "{volume}: {} (waiting to be {waiting_for})",
             v.state
         ));
-        if tokio::time::Instant::now() + waits.poll > deadline {
+        if crate::wait::deadline(waits.poll) > deadline {
             return Err(MountError::Timeout {
                 volume: volume.clone(),
                 waiting_for,
@@ -771,6 +835,12 @@ pub async fn plan_mount(
             ],
         )
         .await?;
+    // Tags can be written by anyone with ec2:CreateTags: a volume counts
+    // only when EC2 itself says it was made from this snapshot.
+    let earlier: Vec<&Volume> = earlier
+        .iter()
+        .filter(|v| v.snapshot_id.as_ref() == Some(&snapshot.id))
+        .collect();
     let resume = earlier
         .iter()
         .find(|v| attached_to(v, &instance.id).is_some())
@@ -779,18 +849,24 @@ pub async fn plan_mount(
                 .iter()
                 .find(|v| matches!(v.state.as_str(), "creating" | "available"))
         })
-        .cloned();
+        .map(|v| (*v).clone());
 
+    let root = request.root.trim_end_matches('/').to_owned();
+    check_mountpoint(&root)?;
+    let default = format!("{root}/{}", snapshot.id);
     let mountpoint = match (&request.mountpoint, &resume) {
         (Some(m), _) => m.trim_end_matches('/').to_owned(),
+        // A tagged mountpoint is used only under the root; a tag pointing
+        // elsewhere (`/etc`) is ignored.
         (None, Some(v)) => v
             .tags
             .get(tags::MOUNTPOINT)
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("{DEFAULT_ROOT}/{}", snapshot.id)),
-        (None, None) => format!("{DEFAULT_ROOT}/{}", snapshot.id),
+            .filter(|m| check_mountpoint_under(m, &root).is_ok())
+            .map(|m| m.trim_end_matches('/').to_owned())
+            .unwrap_or(default),
+        (None, None) => default,
     };
-    check_mountpoint(&mountpoint)?;
+    check_mountpoint_under(&mountpoint, &root)?;
 
     // Devices in use: the instance's mappings, and every volume attached
     // or attaching to it (a mapping can lag behind an attach in flight).
@@ -838,6 +914,7 @@ pub async fn plan_mount(
         device,
         spare_devices: spare,
         mountpoint,
+        mount_root: root,
         partition: request.partition,
         resume,
     })
@@ -892,7 +969,7 @@ pub async fn mount(
     progress: Progress<'_>,
 ) -> Result<Mounted, MountError> {
     commands.validate()?;
-    check_mountpoint(&plan.mountpoint)?;
+    check_mountpoint_under(&plan.mountpoint, &plan.mount_root)?;
     let region = &plan.region;
     let (volume, resumed) = match &plan.resume {
         Some(v) => (v.clone(), true),
@@ -1003,7 +1080,10 @@ async fn attach_and_mount(
         commands,
         id,
         &device,
-        &plan.mountpoint,
+        &MountTarget {
+            root: &plan.mount_root,
+            mountpoint: &plan.mountpoint,
+        },
         plan.partition,
     )
     .await?;
@@ -1095,16 +1175,72 @@ async fn probe(
     Ok(parse_probe(&out.stdout_str()))
 }
 
+/// Where a mount goes on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MountTarget<'a> {
+    /// The mount root (made `0700`; never a symlink).
+    pub root: &'a str,
+    /// The mountpoint, under `root`.
+    pub mountpoint: &'a str,
+}
+
+/// Makes the mount root (`0700`) and the mountpoint under it, refusing a
+/// root that is a symlink, a mountpoint reached through a symlink below the
+/// root, and a mountpoint that is not an empty directory.
+async fn prepare_mountpoint(
+    remote: &dyn Remote,
+    target: &MountTarget<'_>,
+) -> Result<(), MountError> {
+    let script = "r=$1; m=$2; \
+        if [ -L \"$r\" ]; then echo \"$r is a symlink\" >&2; exit 3; fi; \
+        mkdir -p -- \"$r\" && chmod 0700 -- \"$r\" || exit 1; \
+        mkdir -p -- \"$m\" || exit 1; \
+        rr=$(readlink -f -- \"$r\") && mm=$(readlink -f -- \"$m\") || exit 1; \
+        if [ \"$mm\" != \"$rr${m#\"$r\"}\" ]; then echo \"$m leads through a symlink\" >&2; exit 3; fi; \
+        if [ -n \"$(ls -A -- \"$m\")\" ]; then exit 4; fi";
+    let out = remote
+        .run(&Command::argv([
+            "sh",
+            "-c",
+            script,
+            "sh",
+            target.root,
+            target.mountpoint,
+        ]))
+        .await?;
+    match out.status.clone() {
+        ec2kit::ExitStatus::Code(0) => Ok(()),
+        ec2kit::ExitStatus::Code(3) => Err(MountError::InvalidMountpoint {
+            mountpoint: target.mountpoint.to_owned(),
+            reason: out.stderr_str().trim().to_owned(),
+        }),
+        ec2kit::ExitStatus::Code(4) => Err(MountError::MountpointNotEmpty {
+            host: remote.host(),
+            mountpoint: target.mountpoint.to_owned(),
+        }),
+        status => Err(MountError::Remote(RemoteError::Failed {
+            host: remote.host(),
+            command: format!("prepare mountpoint {}", target.mountpoint),
+            status,
+            stderr: out.stderr_str().trim().to_owned(),
+        })),
+    }
+}
+
 /// The host side of a mount: resolve the device, choose what to mount,
-/// and mount it read-only at `mountpoint` unless it is mounted already.
+/// and mount it read-only, `nosuid,nodev,noexec`, at the target's
+/// mountpoint unless it is mounted already (the options are checked in the
+/// mount table; a mount without them is undone).
 pub async fn mount_on_host(
     remote: &dyn Remote,
     commands: &MountCommands,
     volume: &VolumeId,
     attach_device: &str,
-    mountpoint: &str,
+    target: &MountTarget<'_>,
     partition: Option<u32>,
 ) -> Result<HostMount, MountError> {
+    check_mountpoint_under(target.mountpoint, target.root)?;
+    let mountpoint = target.mountpoint;
     let host = remote.host();
     let device = resolve_device(remote, commands, volume, attach_device).await?;
     let devs = probe(remote, commands, &device).await?;
@@ -1132,7 +1268,7 @@ pub async fn mount_on_host(
             mounted: m.source.clone(),
         });
     }
-    run_checked(remote, &Command::argv(["mkdir", "-p", "--", mountpoint])).await?;
+    prepare_mountpoint(remote, target).await?;
     let script = fill(
         &commands.mount,
         &[
@@ -1145,15 +1281,20 @@ pub async fn mount_on_host(
     run_checked(remote, &Command::shell(script)).await?;
     let table = mount_table(remote).await?;
     match table.iter().find(|m| m.target == mountpoint) {
-        Some(m) if m.options.split(',').any(|o| o == "ro") => Ok(done(mountpoint, false)),
+        Some(m) if missing_options(&m.options).is_empty() => Ok(done(mountpoint, false)),
         Some(m) => {
-            // Never leave a snapshot mounted read-write.
+            // Never leave a snapshot mounted read-write, or with setuid
+            // binaries and device nodes honoured.
             let undo = fill(&commands.unmount, &[("mountpoint", mountpoint)]);
             let _ = remote.run(&Command::shell(undo)).await;
             Err(MountError::NotMounted {
                 host,
                 mountpoint: mountpoint.to_owned(),
-                detail: format!("mounted with {}, not read-only; unmounted again", m.options),
+                detail: format!(
+                    "mounted with {}, without {}; unmounted again",
+                    m.options,
+                    missing_options(&m.options).join(",")
+                ),
             })
         }
         None => Err(MountError::NotMounted {
@@ -1265,10 +1406,15 @@ impl MountVolume {
     }
 }
 
-/// Whether `snap mount` made the volume (owner and mount-of tags).
+/// Whether `snap mount` made the volume: owner and mount-of tags, **and**
+/// EC2's own record that the volume was made from the snapshot the tag
+/// names (a tag alone can be written by anyone with `ec2:CreateTags`, and
+/// would otherwise let `snap cleanup` delete any detached volume).
 pub fn is_mount_volume(v: &Volume) -> bool {
     v.tags.get(lineage::OWNER) == Some(lineage::OWNER_VALUE)
-        && v.tags.get(tags::MOUNT_OF).is_some_and(|s| !s.is_empty())
+        && v.tags.get(tags::MOUNT_OF).is_some_and(|s| {
+            !s.is_empty() && v.snapshot_id.as_ref().map(|id| id.as_str()) == Some(s)
+        })
 }
 
 /// Which mount volumes to look for.

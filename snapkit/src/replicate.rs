@@ -14,6 +14,12 @@
 //! copies going, polls them, starts the next one as a slot frees, and
 //! treats `ResourceLimitExceeded` (someone else's copies hold the slots)
 //! as "wait for a slot", never as a failure.
+//!
+//! Two runs at once (L16): right after starting a copy, the run looks up
+//! the destination's copies of the same source; when another one started
+//! earlier (earlier start time, then smaller id) the new copy is deleted
+//! again and the earlier one is followed instead, so racing runs end with
+//! one copy.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
@@ -407,6 +413,9 @@ pub struct ReplicationReport {
     pub started: usize,
     /// `ResourceLimitExceeded` answers handled by waiting for a slot.
     pub slot_waits: usize,
+    /// Copies this run started and deleted again because a concurrent run
+    /// had started one of the same source first.
+    pub duplicates_removed: usize,
     /// The most copies of this run in flight at once, per destination.
     pub peak_in_flight: BTreeMap<String, usize>,
 }
@@ -505,6 +514,7 @@ pub async fn apply(
     for done in futures::future::join_all(runs).await {
         report.started += done.started;
         report.slot_waits += done.slot_waits;
+        report.duplicates_removed += done.duplicates_removed;
         report
             .peak_in_flight
             .insert(done.region.to_string(), done.peak);
@@ -515,9 +525,52 @@ pub async fn apply(
     report
 }
 
+/// After starting `ours`: when another copy of the same source (same
+/// source region, ektool's, not in error) started earlier in `to`, deletes
+/// ours and returns that one. `None`: ours stays (no earlier one, ours not
+/// visible yet, or it could not be deleted).
+async fn settle_copy_race(
+    ec2: &dyn Ec2,
+    to: &Region,
+    request: &CopySnapshot,
+    ours: &SnapshotId,
+) -> Option<SnapshotId> {
+    let (source, from) = (
+        request.source_snapshot_id.as_ref()?,
+        request.source_region.as_ref()?,
+    );
+    let filters = [
+        Filter::new(format!("tag:{}", tags::OWNER), [tags::OWNER_VALUE]),
+        Filter::new(format!("tag:{}", tags::SOURCE_SNAPSHOT), [source.as_str()]),
+        Filter::new(format!("tag:{}", tags::SOURCE_REGION), [from.as_str()]),
+    ];
+    let found = ec2.describe_snapshots(to, &filters).await.ok()?;
+    let mine = found.iter().find(|s| &s.id == ours)?;
+    let earlier = found
+        .iter()
+        .filter(|s| {
+            &s.id != ours
+                && s.state != SnapshotState::Error
+                && lineage::is_owned(s)
+                && s.tags.get(tags::SOURCE_SNAPSHOT) == Some(source.as_str())
+                && s.tags.get(tags::SOURCE_REGION) == Some(from.as_str())
+        })
+        .filter(|s| (s.start_time, &s.id) < (mine.start_time, &mine.id))
+        .min_by(|a, b| (a.start_time, &a.id).cmp(&(b.start_time, &b.id)))?;
+    match ec2.delete_snapshot(to, ours, false).await {
+        Ok(()) => Some(earlier.id.clone()),
+        Err(e) if e.kind == ErrorKind::NotFound => Some(earlier.id.clone()),
+        Err(e) => {
+            tracing::warn!(region = %to, copy = %ours, error = %e, "could not delete a duplicate copy");
+            None
+        }
+    }
+}
+
 struct Scheduled {
     region: Region,
     started: usize,
+    duplicates_removed: usize,
     slot_waits: usize,
     peak: usize,
     outcomes: Vec<(usize, CopyOutcome)>,
@@ -539,6 +592,7 @@ async fn schedule(
     let mut out = Scheduled {
         region: to.clone(),
         started: 0,
+        duplicates_removed: 0,
         slot_waits: 0,
         peak: 0,
         outcomes: Vec::new(),
@@ -579,12 +633,19 @@ async fn schedule(
                 continue;
             };
             match ec2.copy_snapshot(to, request).await {
-                Ok(copy) => {
+                Ok(started) => {
                     on_event(CopyEvent::Started {
                         source: &item.source,
-                        copy: &copy,
+                        copy: &started,
                     });
                     out.started += 1;
+                    let copy = match settle_copy_race(ec2, to, request, &started).await {
+                        Some(earlier) => {
+                            out.duplicates_removed += 1;
+                            earlier
+                        }
+                        None => started,
+                    };
                     out.outcomes
                         .push((i, CopyOutcome::InFlight { copy: copy.clone() }));
                     in_flight.insert(

@@ -20,6 +20,16 @@
 //!   same job (two runs of one job at once would fight over the same
 //!   files anyway; other syncs from the same source are left alone), and
 //!   expired lines by any run; until then `expiry-time` keeps it useless.
+//! - **The key can only run rsync into the destination directory, from the
+//!   source.** Where the destination has `rrsync` and both hosts' rsync is
+//!   3.2.4 or newer, the key carries `command="rrsync -wo <destination>"`
+//!   (write-only, confined to that directory); where the destination is
+//!   addressed by a private or loopback IP (no NAT in between), also
+//!   `from="<the source's address on that route>"`.
+//! - **Arguments are never split by the destination's shell.** rsync 3.2.4
+//!   and newer protect them by default; with an older rsync on either host
+//!   ektool passes `--protect-args` (`-s`); before 3.0 (no protection at
+//!   all) it refuses.
 //! - **rsync flags:** `-c` (checksums, so unchanged blocks are not
 //!   rewritten), `-aHAX` (permissions, times, owners, hard links, ACLs,
 //!   xattrs), `--delete`, `--inplace` (EBS snapshots of the destination
@@ -236,8 +246,77 @@ pub struct SyncPlan {
     pub check_only: bool,
 }
 
-/// The plan of a spec.
+/// An rsync version, `(major, minor, patch)`.
+pub type Version = (u32, u32, u32);
+
+/// The first rsync that protects arguments from the remote shell by default.
+pub const MODERN: Version = (3, 2, 4);
+
+/// The first rsync with `--protect-args`: older ones cannot be used safely.
+pub const OLDEST: Version = (3, 0, 0);
+
+/// Reads the version from `rsync --version` (`rsync  version 3.2.7  protocol
+/// version 31`).
+pub fn parse_version(text: &str) -> Option<Version> {
+    let mut words = text.lines().next()?.split_whitespace();
+    words.find(|w| *w == "version")?;
+    // `3.1.3`, `v3.2.3` (3.2 releases print a `v`), `3.3.0pre1`, `3.2`:
+    // numbers until the first non-digit.
+    let v = words.next()?;
+    let v = v.strip_prefix('v').unwrap_or(v);
+    let mut parts = v.split('.').map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u32>()
+            .ok()
+    });
+    let major = parts.next()??;
+    let minor = parts.next().flatten().unwrap_or(0);
+    let patch = parts.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// What the two hosts can do, found out before the key is made.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    /// rsync on the source.
+    pub source_version: Option<Version>,
+    /// rsync on the destination.
+    pub destination_version: Option<Version>,
+    /// `rrsync` on the destination (its path), if installed.
+    pub rrsync: Option<String>,
+    /// The source's own address on its route to the destination, when the
+    /// destination is a private or loopback IP (no NAT in between).
+    pub source_address: Option<String>,
+}
+
+impl Capabilities {
+    /// Both hosts protect arguments by default.
+    pub fn modern(&self) -> bool {
+        self.source_version.is_some_and(|v| v >= MODERN)
+            && self.destination_version.is_some_and(|v| v >= MODERN)
+    }
+
+    /// `--protect-args` is needed (an older rsync on either side).
+    pub fn needs_protect_args(&self) -> bool {
+        !self.modern()
+    }
+
+    /// The key is confined with `command="rrsync -wo …"`.
+    pub fn confined(&self) -> bool {
+        self.modern() && self.rrsync.is_some()
+    }
+}
+
+/// The plan of a spec, before the hosts were asked what they can do (the
+/// `--dry-run` view: restrictions the hosts allow are added when it runs).
 pub fn plan(spec: &SyncSpec) -> SyncPlan {
+    plan_with(spec, &Capabilities::default())
+}
+
+/// The plan of a spec for hosts with `caps`.
+pub fn plan_with(spec: &SyncSpec, caps: &Capabilities) -> SyncPlan {
     let d = &spec.destination;
     SyncPlan {
         source_host: spec.source_host.clone(),
@@ -245,21 +324,58 @@ pub fn plan(spec: &SyncSpec) -> SyncPlan {
         destination_host: format!("{}@{}:{}", d.user, d.host, d.port),
         destination_path: spec.destination_path.clone(),
         excludes: spec.all_excludes(),
-        command: Command::argv(rsync_argv(spec, "$KEYDIR")).to_string(),
+        command: Command::argv(rsync_argv_with(spec, "$KEYDIR", caps)).to_string(),
         authorized_keys: spec.authorized_keys.clone(),
-        key_options: key_options(spec),
+        key_options: key_options_with(spec, caps),
         key_comment: spec.marker(),
         check_only: spec.check_only,
     }
 }
 
-fn key_options(spec: &SyncSpec) -> String {
-    format!("restrict,expiry-time=\"{}\"", spec.expiry())
+/// The temporary key's authorized_keys options: `restrict` and an expiry
+/// always; `command=` and `from=` where `caps` allow.
+pub fn key_options_with(spec: &SyncSpec, caps: &Capabilities) -> String {
+    let mut o = format!("restrict,expiry-time=\"{}\"", spec.expiry());
+    if caps.confined()
+        && let Some(rrsync) = &caps.rrsync
+    {
+        // authorized_keys quoting: inside "…", only `"` needs escaping;
+        // rrsync reads its directory as one argument after sshd's `sh -c`.
+        let dir = spec.destination_path.trim_end_matches('/');
+        let command = format!("{} -wo {}", quote(rrsync), quote(dir));
+        let _ = write!(o, ",command=\"{}\"", command.replace('"', "\\\""));
+    }
+    if let Some(from) = &caps.source_address {
+        let _ = write!(o, ",from=\"{from}\"");
+    }
+    o
+}
+
+/// Whether `host` is an IP literal in a private, loopback or link-local
+/// range: then the destination sees the source's own address.
+pub fn is_private_ip(host: &str) -> bool {
+    match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => v4.is_private() || v4.is_loopback() || v4.is_link_local(),
+        Ok(std::net::IpAddr::V6(v6)) => {
+            v6.is_loopback()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+        Err(_) => false,
+    }
 }
 
 /// The rsync command line run on the source host; `keydir` holds `key`
-/// and `known_hosts`.
+/// and `known_hosts` (for hosts whose capabilities are not known: with
+/// `--protect-args`).
 pub fn rsync_argv(spec: &SyncSpec, keydir: &str) -> Vec<String> {
+    rsync_argv_with(spec, keydir, &Capabilities::default())
+}
+
+/// The rsync command line for hosts with `caps`: `--protect-args` unless
+/// both protect arguments by default; the destination path relative to
+/// rrsync's directory when the key is confined to it.
+pub fn rsync_argv_with(spec: &SyncSpec, keydir: &str, caps: &Capabilities) -> Vec<String> {
     let d = &spec.destination;
     let ssh = [
         "ssh".to_owned(),
@@ -308,6 +424,11 @@ pub fn rsync_argv(spec: &SyncSpec, keydir: &str) -> Vec<String> {
     .map(|s| (*s).to_owned())
     .collect();
     argv.push(format!("--timeout={}", spec.io_timeout.as_secs().max(1)));
+    if caps.needs_protect_args() {
+        // Long-standing short form of --protect-args (3.0+; called
+        // --secluded-args by newer releases).
+        argv.push("-s".into());
+    }
     if spec.check_only {
         argv.push("--dry-run".into());
     }
@@ -318,12 +439,86 @@ pub fn rsync_argv(spec: &SyncSpec, keydir: &str) -> Vec<String> {
     argv.push(ssh);
     // The trailing slash copies the directory's contents.
     argv.push(format!("{}/", spec.source_path.trim_end_matches('/')));
-    argv.push(format!(
-        "{}@{host}:{}/",
-        d.user,
-        spec.destination_path.trim_end_matches('/')
-    ));
+    if caps.confined() {
+        // rrsync's root is the destination directory.
+        argv.push(format!("{}@{host}:/", d.user));
+    } else {
+        argv.push(format!(
+            "{}@{host}:{}/",
+            d.user,
+            spec.destination_path.trim_end_matches('/')
+        ));
+    }
     argv
+}
+
+/// Asks both hosts what they can do: their rsync versions, `rrsync` on the
+/// destination, and (for a private or loopback destination IP) the
+/// source's address on its route there. Refuses an rsync older than 3.0.
+pub async fn capabilities(
+    source: &dyn Remote,
+    destination: &dyn Remote,
+    spec: &SyncSpec,
+) -> Result<Capabilities, SyncError> {
+    let d = &spec.destination;
+    let route = if is_private_ip(&d.host) {
+        format!(
+            "; ip -o route get {} 2>/dev/null | sed -n 's/.* src \\([^ ]*\\).*/src \\1/p' || true",
+            quote(d.host.trim_matches(['[', ']']))
+        )
+    } else {
+        String::new()
+    };
+    let src = source
+        .run(&Command::shell(format!(
+            "rsync --version 2>/dev/null | head -n 1{route}"
+        )))
+        .await?;
+    // rrsync needs its directory to exist; a check-only run must not make
+    // it, so without it the key is not confined (still restricted).
+    let dst = destination
+        .run(&Command::shell(format!(
+            "rsync --version 2>/dev/null | head -n 1; command -v rrsync || true; \
+             [ -d {} ] && echo dir-exists; true",
+            quote(&spec.destination_path)
+        )))
+        .await?;
+    let src_text = src.stdout_str();
+    let dst_text = dst.stdout_str();
+    let caps = Capabilities {
+        source_version: parse_version(&src_text),
+        destination_version: parse_version(&dst_text),
+        rrsync: dst_text
+            .lines()
+            .skip(1)
+            .map(str::trim)
+            .find(|l| l.starts_with('/') && !l.contains(char::is_whitespace))
+            .filter(|_| !spec.check_only || dst_text.lines().any(|l| l == "dir-exists"))
+            .map(str::to_owned),
+        source_address: src_text
+            .lines()
+            .find_map(|l| l.strip_prefix("src "))
+            .map(str::trim)
+            .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+            .map(str::to_owned),
+    };
+    for (host, version) in [
+        (source.host(), caps.source_version),
+        (destination.host(), caps.destination_version),
+    ] {
+        match version {
+            Some(v) if v >= OLDEST => {}
+            other => {
+                return Err(SyncError::Unsupported {
+                    host,
+                    version: other.map_or("no rsync".to_owned(), |(a, b, c)| {
+                        format!("rsync {a}.{b}.{c}")
+                    }),
+                });
+            }
+        }
+    }
+    Ok(caps)
 }
 
 /// The shell script that edits authorized_keys on the destination:
@@ -460,6 +655,15 @@ pub enum SyncError {
         /// What is wrong.
         reason: String,
     },
+    /// A host's rsync cannot protect its arguments (before 3.0), or there
+    /// is none.
+    #[error("{host}: {version} cannot be used safely (rsync 3.0 or newer is needed)")]
+    Unsupported {
+        /// The host.
+        host: String,
+        /// What it has.
+        version: String,
+    },
     /// The temporary key could not be made on the source.
     #[error("{host}: could not make a temporary key: {detail}")]
     Key {
@@ -562,12 +766,17 @@ pub async fn sync(
     spec: &SyncSpec,
 ) -> Result<SyncReport, SyncError> {
     spec.validate()?;
+    let caps = capabilities(source, destination, spec).await?;
     let (dir, public) = make_key(source, spec).await?;
-    let line = format!("{} {public} {}", key_options(spec), spec.marker());
+    let line = format!(
+        "{} {public} {}",
+        key_options_with(spec, &caps),
+        spec.marker()
+    );
     // Lines of the same job are from crashed runs: dropped as this one's goes in.
     let installed = edit_authorized_keys(destination, spec, &spec.job_marker(), Some(&line)).await;
     let result = match installed {
-        Ok(stale) => prepare_and_run(source, destination, spec, &dir)
+        Ok(stale) => prepare_and_run(source, destination, spec, &dir, &caps)
             .await
             .map(|r| (r, stale)),
         Err(e) => Err(e.into()),
@@ -589,7 +798,7 @@ pub async fn sync(
     }
     match (result, problems.is_empty()) {
         (Ok(((stats, notes), stale)), true) => Ok(SyncReport {
-            plan: plan(spec),
+            plan: plan_with(spec, &caps),
             stats,
             stale_keys_removed: stale,
             notes,
@@ -607,21 +816,24 @@ async fn prepare_and_run(
     destination: &dyn Remote,
     spec: &SyncSpec,
     dir: &str,
+    caps: &Capabilities,
 ) -> Result<(RsyncStats, Vec<String>), SyncError> {
-    // rsync makes only the last component of the destination.
+    // rsync makes only the last component of the destination (and rrsync
+    // needs its directory to exist).
     if !spec.check_only {
         let mkdir = Command::argv(["mkdir", "-p", "--", spec.destination_path.as_str()]);
         run_checked(destination, &mkdir).await?;
     }
-    run_rsync(source, spec, dir).await
+    run_rsync(source, spec, dir, caps).await
 }
 
 async fn run_rsync(
     source: &dyn Remote,
     spec: &SyncSpec,
     dir: &str,
+    caps: &Capabilities,
 ) -> Result<(RsyncStats, Vec<String>), SyncError> {
-    let command = Command::argv(rsync_argv(spec, dir)).env("LC_ALL", "C");
+    let command = Command::argv(rsync_argv_with(spec, dir, caps)).env("LC_ALL", "C");
     let out = source.run(&command).await?;
     let mut notes = Vec::new();
     match out.status.clone() {
@@ -687,6 +899,96 @@ mod tests {
     }
 
     #[test]
+    fn versions_are_read_from_rsync_version() {
+        assert_eq!(
+            parse_version("rsync  version 3.2.7  protocol version 31\nCopyright"),
+            Some((3, 2, 7))
+        );
+        assert_eq!(
+            parse_version("rsync  version v3.2.3  protocol version 31"),
+            Some((3, 2, 3))
+        );
+        assert_eq!(
+            parse_version("rsync  version 3.3.0pre1  protocol"),
+            Some((3, 3, 0))
+        );
+        assert_eq!(
+            parse_version("rsync  version 3.1  protocol version 31"),
+            Some((3, 1, 0))
+        );
+        assert_eq!(parse_version(""), None);
+        assert_eq!(parse_version("bash: rsync: command not found"), None);
+    }
+
+    /// L10: old rsync gets --protect-args; modern rsync with rrsync confines
+    /// the key to the destination directory (write-only) and the source's
+    /// address.
+    #[test]
+    fn restrictions_follow_what_the_hosts_allow() {
+        let s = spec();
+        let old = Capabilities {
+            source_version: Some((3, 1, 3)),
+            destination_version: Some((3, 2, 7)),
+            rrsync: Some("/usr/bin/rrsync".into()),
+            source_address: None,
+        };
+        let argv = rsync_argv_with(&s, "/d", &old);
+        assert!(argv.contains(&"-s".to_owned()), "{argv:?}");
+        assert_eq!(argv.last().unwrap(), "root@10.0.0.2:/srv/copy/");
+        assert_eq!(
+            key_options_with(&s, &old),
+            "restrict,expiry-time=\"202501030304Z\""
+        );
+
+        let modern = Capabilities {
+            source_version: Some((3, 2, 7)),
+            source_address: Some("10.0.0.1".into()),
+            ..old
+        };
+        let argv = rsync_argv_with(&s, "/d", &modern);
+        assert!(!argv.contains(&"-s".to_owned()), "{argv:?}");
+        assert_eq!(argv.last().unwrap(), "root@10.0.0.2:/");
+        assert_eq!(
+            key_options_with(&s, &modern),
+            "restrict,expiry-time=\"202501030304Z\",command=\"/usr/bin/rrsync -wo /srv/copy\",from=\"10.0.0.1\""
+        );
+
+        let mut spaced = spec();
+        spaced.destination_path = "/srv/a b\"c".into();
+        assert!(
+            key_options_with(&spaced, &modern)
+                .contains(r#"command="/usr/bin/rrsync -wo '/srv/a b\"c'""#),
+            "{}",
+            key_options_with(&spaced, &modern)
+        );
+        // Unknown hosts (the dry-run plan): protected, not confined.
+        assert!(rsync_argv(&s, "/d").contains(&"-s".to_owned()));
+    }
+
+    #[test]
+    fn private_addresses() {
+        for yes in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "127.0.0.1",
+            "::1",
+            "fd00::2",
+            "[fe80::1]",
+        ] {
+            assert!(is_private_ip(yes), "{yes}");
+        }
+        for no in [
+            "8.8.8.8",
+            "ec2-1-2-3-4.compute.amazonaws.com",
+            "2001:db8::1",
+            "",
+        ] {
+            assert!(!is_private_ip(no), "{no}");
+        }
+    }
+
+    #[test]
     fn excludes_can_be_replaced() {
         let mut s = spec();
         s.default_excludes = false;
@@ -726,7 +1028,10 @@ mod tests {
         slash.source_path = "/srv/data".into();
         assert_eq!(slash.job_marker(), s.job_marker());
         assert_eq!(s.expiry(), "202501030304Z");
-        assert_eq!(key_options(&s), "restrict,expiry-time=\"202501030304Z\"");
+        assert_eq!(
+            key_options_with(&s, &Capabilities::default()),
+            "restrict,expiry-time=\"202501030304Z\""
+        );
     }
 
     #[test]

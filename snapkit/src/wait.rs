@@ -38,7 +38,7 @@ pub async fn wait_for(
     timeout: Duration,
     progress: &(dyn Fn(usize, usize) + Send + Sync),
 ) -> Result<WaitReport, Ec2Error> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = deadline(timeout);
     let mut open: Vec<SnapshotId> = ids.to_vec();
     let mut report = WaitReport::default();
     loop {
@@ -65,7 +65,7 @@ pub async fn wait_for(
         if still.is_empty() {
             return Ok(report);
         }
-        if tokio::time::Instant::now() + poll > deadline {
+        if self::deadline(poll) > deadline {
             report.pending = still;
             return Ok(report);
         }
@@ -158,5 +158,27 @@ mod tests {
         assert_eq!(seen.load(Ordering::SeqCst), 2);
         // 60 s at one poll per 15 s: a bounded number of rounds, not forever.
         assert!(round.load(Ordering::SeqCst) <= 5);
+    }
+}
+
+/// `now + after`, or a moment centuries away when that does not fit
+/// (never a panic on a huge duration).
+pub fn deadline(after: std::time::Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(after)
+        .or_else(|| now.checked_add(std::time::Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    /// L13: a huge wait (from a library caller) is far away, not a panic.
+    #[test]
+    fn huge_durations_make_a_far_deadline() {
+        let now = tokio::time::Instant::now();
+        assert!(deadline(std::time::Duration::MAX) > now);
+        assert!(deadline(std::time::Duration::from_secs(1)) > now);
     }
 }

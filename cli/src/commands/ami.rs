@@ -40,9 +40,9 @@ pub struct CreateArgs {
     #[arg(long)]
     pub root_only: bool,
     /// Siblings of the same instance without a common snapshot set join
-    /// when taken this many minutes apart at most.
-    #[arg(long, value_name = "MINUTES", default_value_t = 10)]
-    pub sibling_window: u64,
+    /// when taken at most this far apart (0s to 1d, e.g. 10m).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = crate::commands::snap::durations::sibling_window)]
+    pub sibling_window: std::time::Duration,
 }
 
 /// Arguments of `ektool ami copy`.
@@ -79,7 +79,7 @@ async fn create(ctx: &Context, args: CreateArgs) -> Result<(), CliError> {
         architecture: args.architecture,
         ena: !args.no_ena,
         root_only: args.root_only,
-        sibling_window: std::time::Duration::from_secs(args.sibling_window * 60),
+        sibling_window: args.sibling_window,
         ..AmiOptions::default()
     };
     let plan = ami::plan(&ec2, &region, &args.snapshot, &options)

@@ -2,6 +2,14 @@
 //! command, as JSON. The table below is proven complete and minimal by the
 //! CLI tests, which run every command against moto with
 //! `EKTOOL_RECORD_ACTIONS` and compare what it called with its policy.
+//!
+//! With `--restrict-by-tag` (the recommended policy) the same actions are
+//! granted with conditions: deletes and detaches only on resources tagged
+//! `ektool:owner=ektool` (`aws:ResourceTag`), creates only when the request
+//! carries that tag (`aws:RequestTag`), `CreateTags` only as part of a
+//! create (`ec2:CreateAction`) or, for `tags propagate`, never for an
+//! `ektool:*` key. ektool decides from tags; these conditions keep a stolen
+//! or misused ektool role from deleting what ektool never made.
 
 use ec2kit::Action::{self, *};
 use serde_json::json;
@@ -17,6 +25,103 @@ pub struct Args {
     /// List the commands and the actions each calls.
     #[arg(long, conflicts_with = "command")]
     pub list: bool,
+    /// The recommended policy: the same actions, deletes and detaches only
+    /// on resources tagged `ektool:owner=ektool`, creates only with that
+    /// tag in the request, `CreateTags` only at creation (`--adopt` runs
+    /// then cannot delete untagged snapshots: that is the point).
+    #[arg(long, conflicts_with = "list")]
+    pub restrict_by_tag: bool,
+}
+
+/// The tag key the conditions test, and its value.
+const OWNER_KEY: &str = "ektool:owner";
+const OWNER_VALUE: &str = "ektool";
+
+/// Actions whose tags come with a create (`TagSpecifications`).
+const CREATES: &[Action] = &[
+    CreateSnapshot,
+    CreateSnapshots,
+    CopySnapshot,
+    CreateVolume,
+    RegisterImage,
+    CopyImage,
+];
+
+/// How `--restrict-by-tag` grants one action: (resource, condition) pairs.
+fn restricted(action: Action) -> Vec<(&'static str, Option<serde_json::Value>)> {
+    let owned =
+        || Some(json!({ "StringEquals": { format!("aws:ResourceTag/{OWNER_KEY}"): OWNER_VALUE } }));
+    match action {
+        DeleteSnapshot => vec![("arn:aws:ec2:*:*:snapshot/*", owned())],
+        DeleteVolume => vec![("arn:aws:ec2:*:*:volume/*", owned())],
+        // The volume must be ektool's; the instance is whatever it is.
+        AttachVolume | DetachVolume => vec![
+            ("arn:aws:ec2:*:*:volume/*", owned()),
+            ("arn:aws:ec2:*:*:instance/*", None),
+        ],
+        a if CREATES.contains(&a) => vec![(
+            "*",
+            Some(json!({ "StringEquals": { format!("aws:RequestTag/{OWNER_KEY}"): OWNER_VALUE } })),
+        )],
+        // `tags propagate`: user tags only, never ektool's own.
+        CreateTags => vec![(
+            "*",
+            Some(json!({ "ForAllValues:StringNotLike": { "aws:TagKeys": ["ektool:*"] } })),
+        )],
+        _ => vec![("*", None)],
+    }
+}
+
+/// The statements granting `actions` (and the implied permissions) under
+/// `--restrict-by-tag`, one per (resource, condition), Sids from `sid`.
+fn restricted_statements(
+    sid: &str,
+    actions: &[Action],
+    implied: &[(&str, &str)],
+) -> Vec<serde_json::Value> {
+    let mut groups: Vec<(&str, Option<serde_json::Value>, Vec<String>)> = Vec::new();
+    let mut add =
+        |resource: &'static str, condition: Option<serde_json::Value>, action: String| match groups
+            .iter_mut()
+            .find(|(r, c, _)| *r == resource && *c == condition)
+        {
+            Some((_, _, list)) => list.push(action),
+            None => groups.push((resource, condition, vec![action])),
+        };
+    for a in actions {
+        for (resource, condition) in restricted(*a) {
+            add(resource, condition, a.iam_action());
+        }
+    }
+    for (name, _) in implied {
+        if *name == "ec2:CreateTags" {
+            // Tags at creation: allowed only as part of one of the creates.
+            let creates: Vec<&str> = CREATES.iter().map(|a| a.as_str()).collect();
+            add(
+                "*",
+                Some(json!({ "StringEquals": { "ec2:CreateAction": creates } })),
+                (*name).to_owned(),
+            );
+        } else {
+            add("*", None, (*name).to_owned());
+        }
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, (resource, condition, list))| {
+            let mut st = json!({
+                "Sid": if i == 0 { sid.to_owned() } else { format!("{sid}{}", i + 1) },
+                "Effect": "Allow",
+                "Action": names(list),
+                "Resource": resource,
+            });
+            if let Some(c) = condition {
+                st["Condition"] = c;
+            }
+            st
+        })
+        .collect()
 }
 
 /// Permissions a command needs.
@@ -74,7 +179,11 @@ pub const POLICIES: &[Policy] = &[
             DescribeSnapshots,
             CreateSnapshots,
         ],
-        with_flag: &[("--volume", &[CreateSnapshot])],
+        // A set a concurrent run made first makes this run's redundant.
+        with_flag: &[
+            ("--volume", &[CreateSnapshot]),
+            ("a concurrent run", &[DeleteSnapshot]),
+        ],
         implied: &[TAG_ON_CREATE],
     },
     Policy {
@@ -109,13 +218,19 @@ pub const POLICIES: &[Policy] = &[
     Policy {
         command: "snap replicate",
         actions: &[DescribeRegions, DescribeSnapshots, CopySnapshot],
-        with_flag: &[("--kms-key", &[DescribeKey])],
+        with_flag: &[
+            ("--kms-key", &[DescribeKey]),
+            ("a concurrent run", &[DeleteSnapshot]),
+        ],
         implied: &[TAG_ON_CREATE],
     },
     Policy {
         command: "snap replicate-all",
         actions: &[DescribeRegions, DescribeSnapshots, CopySnapshot],
-        with_flag: &[("--kms-key", &[DescribeKey])],
+        with_flag: &[
+            ("--kms-key", &[DescribeKey]),
+            ("a concurrent run", &[DeleteSnapshot]),
+        ],
         implied: &[TAG_ON_CREATE],
     },
     Policy {
@@ -290,8 +405,12 @@ fn names(actions: impl IntoIterator<Item = String>) -> Vec<String> {
     v
 }
 
-/// The IAM policy document for `policies`.
-pub fn document(policies: &[&Policy]) -> serde_json::Value {
+/// The IAM policy document for `policies`; `restrict_by_tag` adds the
+/// tag conditions (see the module docs).
+pub fn document(policies: &[&Policy], restrict_by_tag: bool) -> serde_json::Value {
+    if restrict_by_tag {
+        return restricted_document(policies);
+    }
     let mut statements = Vec::new();
     for p in policies {
         let own = names(
@@ -321,6 +440,27 @@ pub fn document(policies: &[&Policy]) -> serde_json::Value {
                 "Action": names(extra),
                 "Resource": "*",
             }));
+        }
+    }
+    json!({ "Version": "2012-10-17", "Statement": statements })
+}
+
+fn restricted_document(policies: &[&Policy]) -> serde_json::Value {
+    let mut statements = Vec::new();
+    for p in policies {
+        let sid = format!("Ektool{}", camel(p.command));
+        statements.extend(restricted_statements(&sid, p.actions, p.implied));
+        for (flag, actions) in p.with_flag {
+            let kms: &[(&str, &str)] = if *flag == "--kms-key" {
+                KMS_FOR_COPIES
+            } else {
+                &[]
+            };
+            statements.extend(restricted_statements(
+                &format!("{sid}With{}", camel(flag)),
+                actions,
+                kms,
+            ));
         }
     }
     json!({ "Version": "2012-10-17", "Statement": statements })
@@ -378,7 +518,7 @@ pub fn exec(args: Args, format: crate::args::OutputFormat) -> Result<(), CliErro
             }
         }
     };
-    let doc = document(&chosen);
+    let doc = document(&chosen, args.restrict_by_tag);
     let text = serde_json::to_string_pretty(&doc).map_err(|e| CliError::Failed(e.to_string()))?;
     println!("{text}");
     Ok(())
@@ -430,21 +570,86 @@ mod tests {
     #[test]
     fn no_statement_is_empty() {
         let all: Vec<&Policy> = POLICIES.iter().collect();
-        let doc = document(&all);
-        for st in doc["Statement"].as_array().unwrap() {
-            assert!(!st["Action"].as_array().unwrap().is_empty(), "{st}");
+        for restrict in [false, true] {
+            let doc = document(&all, restrict);
+            for st in doc["Statement"].as_array().unwrap() {
+                assert!(!st["Action"].as_array().unwrap().is_empty(), "{st}");
+            }
         }
-        let deploy = document(&[policy_for("deploy").unwrap()]);
+        let deploy = document(&[policy_for("deploy").unwrap()], false);
         assert_eq!(deploy["Statement"].as_array().unwrap().len(), 1);
+    }
+
+    /// The actions a statement set grants, whatever the conditions.
+    fn granted(doc: &serde_json::Value) -> std::collections::BTreeSet<String> {
+        doc["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|st| st["Action"].as_array().unwrap().iter())
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// M14: the restricted policy grants the same actions, and no delete,
+    /// detach or create without the ektool:owner tag condition.
+    #[test]
+    fn restricted_policies_condition_every_destructive_action_on_the_owner_tag() {
+        for p in POLICIES {
+            let plain = document(&[p], false);
+            let strict = document(&[p], true);
+            assert_eq!(granted(&plain), granted(&strict), "{}", p.command);
+            for st in strict["Statement"].as_array().unwrap() {
+                let sid = st["Sid"].as_str().unwrap();
+                assert!(sid.chars().all(|c| c.is_ascii_alphanumeric()), "{sid}");
+                let condition = st["Condition"].to_string();
+                for a in st["Action"].as_array().unwrap() {
+                    let a = a.as_str().unwrap();
+                    let destructive = ["ec2:DeleteSnapshot", "ec2:DeleteVolume"].contains(&a)
+                        || (["ec2:DetachVolume", "ec2:AttachVolume"].contains(&a)
+                            && st["Resource"] != "arn:aws:ec2:*:*:instance/*");
+                    if destructive {
+                        assert!(
+                            condition.contains("aws:ResourceTag/ektool:owner"),
+                            "{}: {st}",
+                            p.command
+                        );
+                    }
+                    if CREATES.iter().any(|c| c.iam_action() == a) {
+                        assert!(condition.contains("aws:RequestTag/ektool:owner"), "{st}");
+                    }
+                    if a == "ec2:CreateTags" {
+                        assert!(
+                            condition.contains("ec2:CreateAction")
+                                || condition.contains("ektool:*"),
+                            "{st}"
+                        );
+                    }
+                }
+            }
+        }
+        let trim = document(&[policy_for("snap trim").unwrap()], true);
+        let delete = trim["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Action"] == json!(["ec2:DeleteSnapshot"]))
+            .expect("a statement of its own");
+        assert_eq!(delete["Resource"], "arn:aws:ec2:*:*:snapshot/*");
+        assert_eq!(
+            delete["Condition"],
+            json!({ "StringEquals": { "aws:ResourceTag/ektool:owner": "ektool" } })
+        );
     }
 
     #[test]
     fn documents_are_valid_iam_shapes() {
-        let doc = document(&[policy_for("snap replicate").unwrap()]);
+        let doc = document(&[policy_for("snap replicate").unwrap()], false);
         let st = doc["Statement"].as_array().unwrap();
-        assert_eq!(st.len(), 2);
+        assert_eq!(st.len(), 3);
         assert_eq!(st[0]["Sid"], "EktoolSnapReplicate");
         assert_eq!(st[1]["Sid"], "EktoolSnapReplicateWithKmsKey");
+        assert_eq!(st[2]["Sid"], "EktoolSnapReplicateWithAConcurrentRun");
         assert!(
             st[0]["Action"]
                 .as_array()

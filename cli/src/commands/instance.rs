@@ -16,8 +16,8 @@ use crate::output;
 pub enum InstanceCommand {
     /// Reboot instances.
     Reboot(RebootArgs),
-    /// Termination protection on exactly for instances carrying the
-    /// production tag (`defaults.tag`), off for the others.
+    /// Termination protection on for instances carrying the production tag
+    /// (`defaults.tag`); the others keep theirs unless --unprotect-others.
     Protect(ProtectArgs),
     /// Launch instances from an AMI (no security group is ever created).
     Launch(LaunchArgs),
@@ -60,6 +60,11 @@ pub struct ProtectArgs {
     /// The instances.
     #[command(flatten)]
     pub which: Which,
+    /// Also turn protection off for the selected instances that do not
+    /// carry the production tag (by default they keep it: an instance may
+    /// be protected on purpose).
+    #[arg(long)]
+    pub unprotect_others: bool,
 }
 
 /// Arguments of `ektool tags propagate`.
@@ -79,7 +84,7 @@ pub struct LaunchArgs {
     /// Instance type.
     #[arg(long = "type", value_name = "TYPE", default_value = "t3.micro")]
     pub instance_type: String,
-    /// How many.
+    /// How many (1 to 100).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=100))]
     pub count: i32,
     /// Key pair name.
@@ -192,7 +197,9 @@ async fn protect(ctx: &Context, args: ProtectArgs) -> Result<(), CliError> {
     let region = ctx.single_region(&ec2).await?;
     let production = ctx.config.defaults.tag.clone();
     let found = select(&ec2, &region, &args.which).await?;
-    let plan = instances::plan_protection(&ec2, &region, &found, &production).await?;
+    let plan =
+        instances::plan_protection(&ec2, &region, &found, &production, args.unprotect_others)
+            .await?;
     let errors = if ctx.global.dry_run {
         Vec::new()
     } else {
@@ -220,7 +227,13 @@ async fn protect(ctx: &Context, args: ProtectArgs) -> Result<(), CliError> {
                     ]
                 }),
             );
-            println!("\nprotected exactly the instances tagged {production}");
+            if args.unprotect_others {
+                println!("\nprotected exactly the instances tagged {production}");
+            } else {
+                println!(
+                    "\nprotected the instances tagged {production}; the others kept theirs (--unprotect-others turns it off)"
+                );
+            }
             if ctx.global.dry_run {
                 println!("dry run: nothing changed");
             }

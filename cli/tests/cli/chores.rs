@@ -132,6 +132,8 @@ async fn ami_from_a_backed_up_root_snapshot_then_copied_once() {
 
 #[tokio::test]
 async fn protect_follows_the_production_tag_and_dry_run_changes_nothing() {
+    // L5: the dev instance is protected on purpose; only
+    // --unprotect-others turns that off.
     let region = "eu-west-1";
     let key = ektool_tests::unique("prot");
     let prod = moto::launch(region, 2, Tags::new().with(&key, "prod")).await;
@@ -162,7 +164,7 @@ async fn protect_follows_the_production_tag_and_dry_run_changes_nothing() {
             .iter()
             .filter(|p| p["current"] != p["wanted"])
             .count(),
-        3
+        2
     );
     assert!(!ec2.termination_protection(&r, &prod[0].id).await.unwrap());
 
@@ -174,7 +176,10 @@ async fn protect_follows_the_production_tag_and_dry_run_changes_nothing() {
     for i in &prod {
         assert!(ec2.termination_protection(&r, &i.id).await.unwrap());
     }
-    assert!(!ec2.termination_protection(&r, &dev[0].id).await.unwrap());
+    assert!(
+        ec2.termination_protection(&r, &dev[0].id).await.unwrap(),
+        "protected on purpose: kept"
+    );
     // Settled: a rerun changes nothing.
     let again = Ektool::moto()
         .args(&args)
@@ -189,6 +194,15 @@ async fn protect_follows_the_production_tag_and_dry_run_changes_nothing() {
             .iter()
             .all(|p| p["current"] == p["wanted"])
     );
+    let mut off = args.clone();
+    off.push("--unprotect-others");
+    Ektool::moto()
+        .args(&off)
+        .current_dir(dir.path())
+        .run()
+        .success();
+    assert!(!ec2.termination_protection(&r, &dev[0].id).await.unwrap());
+    assert!(ec2.termination_protection(&r, &prod[0].id).await.unwrap());
 }
 
 #[tokio::test]

@@ -263,7 +263,10 @@ async fn every_command_calls_exactly_the_actions_of_its_policy() {
     assert_eq!(got, policies.expected("ami copy", &[]));
 
     // trim with deletions (keep the newest per lineage).
-    let got = recorded(c, &["-r", from, "snap", "trim", "--keep-last", "1"]);
+    let got = recorded(
+        c,
+        &["-r", from, "snap", "trim", "--yes", "--keep-last", "1"],
+    );
     assert_eq!(got, policies.expected("snap trim", &[]));
 
     // delete-broken: moto makes no `error` snapshots, so DeleteSnapshot

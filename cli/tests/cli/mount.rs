@@ -22,6 +22,8 @@ struct Bench {
     known_hosts: PathBuf,
     log: PathBuf,
     rec: PathBuf,
+    /// This test's mount root on the host.
+    root: String,
 }
 
 impl Bench {
@@ -43,7 +45,8 @@ echo "$*" >> '{log}'
 case "$1" in
   resolve) [ -e '{fail}' ] && exit 1; echo "/dev/ektool-fake-$2" ;;
   probe) echo "$2 1073741824 ext4" ;;
-  mount) exec mount -t tmpfs -o ro "$3" "$4" ;;
+  mount) o=$(echo "$2" | tr , '\n' | grep -E '^(ro|nosuid|nodev|noexec)$' | paste -sd, -)
+         exec mount -t tmpfs -o "$o" "$3" "$4" ;;
   umount) exec umount "$2" ;;
 esac
 "#,
@@ -60,6 +63,7 @@ esac
             known_hosts,
             log,
             rec,
+            root: format!("{}/{}", SshHost::MOUNT, unique("mnt")),
         }
     }
 
@@ -77,7 +81,8 @@ esac
             format!("--probe-cmd={r} probe {{source}}"),
             format!("--mount-cmd={r} mount {{options}} {{source}} {{mountpoint}}"),
             format!("--umount-cmd={r} umount {{mountpoint}}"),
-            "--wait-timeout=30".into(),
+            "--wait-timeout=30s".into(),
+            format!("--mount-root={}", self.root),
         ]
         .to_vec()
     }
@@ -91,7 +96,41 @@ esac
     }
 
     fn mountpoint(&self) -> String {
-        format!("{}/{}/snap", SshHost::MOUNT, unique("mnt"))
+        format!("{}/{}", self.root, unique("snap"))
+    }
+
+    /// Runs a command on the host (over OpenSSH).
+    fn ssh(&self, command: &str) -> String {
+        let out = std::process::Command::new("ssh")
+            .args(["-i", self.host.client_key.to_str().unwrap()])
+            .args(["-o", "BatchMode=yes", "-o"])
+            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
+            .args(["-p", &self.host.port.to_string()])
+            .arg(format!("{}@{}", self.host.user, self.host.host))
+            .arg(command)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The options `mountpoint` is mounted with on the host.
+    fn mount_options(&self, mountpoint: &str) -> String {
+        self.ssh("cat /proc/self/mounts")
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(mountpoint))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// A path's permission bits on the host (`700`).
+    fn mode(&self, path: &str) -> String {
+        self.ssh(&format!("stat -c %a {path}")).trim().to_owned()
     }
 
     /// The host's mount table.
@@ -213,19 +252,23 @@ async fn mount_twice_unmount_twice() {
     let volume = m["volume"].as_str().unwrap().to_owned();
     assert_eq!(m["attach_device"], "/dev/sdf");
     assert_eq!(
-        m["options"], "ro,noload",
-        "ext4: read-only, no journal replay"
+        m["options"], "ro,nosuid,nodev,noexec,noload",
+        "ext4: read-only, untrusting, no journal replay"
     );
     assert_eq!(m["mountpoint"], mp);
     assert_eq!(m["already_mounted"], false);
     assert_eq!(m["host"], bench.host.target());
     assert!(bench.mounted(&mp));
+    // M2: what the host's kernel applied, and the private root.
+    let applied = bench.mount_options(&mp);
+    for o in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(applied.split(',').any(|x| x == o), "{o}: {applied}");
+    }
+    assert_eq!(bench.mode(&bench.root), "700");
     assert!(bench.log().contains(&format!("resolve {volume} /dev/sdf")));
-    assert!(
-        bench
-            .log()
-            .contains(&format!("mount ro,noload /dev/ektool-fake-{volume} {mp}"))
-    );
+    assert!(bench.log().contains(&format!(
+        "mount ro,nosuid,nodev,noexec,noload /dev/ektool-fake-{volume} {mp}"
+    )));
 
     // EC2: one volume, tagged at creation, in the instance's zone, attached.
     let vols = mount_volumes(region, &inst).await;
@@ -373,6 +416,21 @@ async fn refused_before_anything_is_created() {
         .run()
         .code(2)
         .stderr_has("{options}");
+    // M2: a mountpoint outside the mount root (here /etc) is bad input.
+    snap(
+        &bench,
+        region,
+        &[
+            "mount",
+            &snapshot,
+            "--instance",
+            &id,
+            "--mountpoint",
+            "/etc",
+        ],
+    )
+    .code(2)
+    .stderr_has("must lie under the mount root");
     // No such snapshot.
     snap(
         &bench,
@@ -426,6 +484,23 @@ async fn cleanup_removes_only_ektools_leftovers() {
     let id = inst.id.to_string();
     let crashed = leftover(region, &inst, &snapshot, true).await;
     let foreign = leftover(region, &inst, &snapshot, false).await;
+    // M14: both tags, but EC2 says it was made from another snapshot: a
+    // tagger's volume, never resumed and never cleaned up.
+    let (_, other) = instance_and_snapshot(region, false).await;
+    let forged = {
+        let id = leftover(region, &inst, &other, true).await;
+        ec2()
+            .await
+            .create_tags(
+                &Region::new(region),
+                std::slice::from_ref(&id),
+                &Tags::new().with(tags::MOUNT_OF, snapshot.as_str()),
+                false,
+            )
+            .await
+            .unwrap();
+        id
+    };
     // A mount picks up its own crashed run's volume instead of making another.
     let mp = bench.mountpoint();
     let m = snap(
@@ -444,7 +519,7 @@ async fn cleanup_removes_only_ektools_leftovers() {
     // Young volumes are spared by default.
     let young = snap(&bench, region, &["cleanup", "--instance", &id]).success();
     assert_eq!(young.json(), serde_json::json!([]));
-    assert_eq!(mount_volumes(region, &inst).await.len(), 3);
+    assert_eq!(mount_volumes(region, &inst).await.len(), 4);
 
     let dry = Ektool::moto()
         .args(&[
@@ -465,7 +540,8 @@ async fn cleanup_removes_only_ektools_leftovers() {
         .stdout_has("would unmount on");
     assert!(dry.stdout.contains(&mounted) && dry.stdout.contains(&crashed));
     assert!(!dry.stdout.contains(&foreign));
-    assert_eq!(mount_volumes(region, &inst).await.len(), 3);
+    assert!(!dry.stdout.contains(&forged));
+    assert_eq!(mount_volumes(region, &inst).await.len(), 4);
 
     snap(
         &bench,
@@ -473,16 +549,15 @@ async fn cleanup_removes_only_ektools_leftovers() {
         &["cleanup", "--older-than", "0h", "--instance", &id],
     )
     .success();
-    let left: Vec<String> = mount_volumes(region, &inst)
+    let mut left: Vec<String> = mount_volumes(region, &inst)
         .await
         .into_iter()
         .map(|v| v.id.to_string())
         .collect();
-    assert_eq!(
-        left,
-        [foreign],
-        "only the volume ektool did not make is left"
-    );
+    left.sort();
+    let mut want = vec![foreign, forged];
+    want.sort();
+    assert_eq!(left, want, "only the volumes ektool did not make are left");
     assert!(!bench.mounted(&mp));
 }
 

@@ -93,7 +93,7 @@ async fn replicate_copies_each_lineage_once_with_its_tags_and_a_rerun_copies_not
             &tag,
             "--wait",
             "--poll",
-            "1",
+            "1s",
         ])
         .run()
         .success()
@@ -262,7 +262,7 @@ async fn replicate_all_gathers_into_the_primary_and_forwards_to_the_secondary() 
             &tag,
             "--wait",
             "--poll",
-            "1",
+            "1s",
         ];
         if forward {
             args.push("--forward-replicas");

@@ -112,6 +112,7 @@ async fn trim_dry_run_changes_nothing_then_trim_deletes_only_what_the_plan_said(
             "json",
             "snap",
             "trim",
+            "--yes",
             "--keep-last",
             "1",
         ])
@@ -506,10 +507,11 @@ async fn backup_of_a_volume_alias_and_bad_ids_are_rejected_before_any_call() {
         .code(2)
         .stderr_has("aliases: db");
     offline()
-        .args(&["snap", "backup", "--window", "1w"])
+        .args(&["snap", "backup", "--window", "90"])
         .run()
         .code(2)
-        .stderr_has("--window");
+        .stderr_has("--window")
+        .stderr_has("has no unit");
 }
 
 #[tokio::test]
@@ -527,7 +529,7 @@ async fn backup_wait_reports_completion() {
             &format!("{key}=yes"),
             "--wait",
             "--wait-timeout",
-            "5",
+            "5m",
         ])
         .run()
         .success()
@@ -637,4 +639,467 @@ async fn consistent_backup_of_an_alias_freezes_and_locks_around_the_snapshot() {
         .await
         .unwrap();
     assert_eq!(snaps.len(), 1, "only the consistent backup exists");
+}
+
+/// H1: an instance (and its volume) tagged with a key whose 4th byte is
+/// inside a character backs up: the run does not panic, and the tags are
+/// copied onto the snapshot.
+#[tokio::test]
+async fn backup_of_an_instance_with_a_cjk_tag_key() {
+    let region = "ap-northeast-1";
+    let key = ektool_tests::unique("cjk");
+    let inst = moto::launch(
+        region,
+        1,
+        Tags::new()
+            .with(&key, "yes")
+            .with("部署", "本番")
+            .with("Env€", "prod"),
+    )
+    .await
+    .remove(0);
+    let ec2 = ec2().await;
+    let r = Region::new(region);
+    ec2.create_tags(
+        &r,
+        &[inst.root_volume().unwrap().to_string()],
+        &Tags::new().with("成本中心", "研究"),
+        false,
+    )
+    .await
+    .unwrap();
+    let out = Ektool::moto()
+        .args(&[
+            "-r",
+            region,
+            "--output",
+            "json",
+            "snap",
+            "backup",
+            "--tag",
+            &format!("{key}=yes"),
+        ])
+        .run()
+        .success();
+    let results = out.json();
+    assert_eq!(results[0]["status"], "created", "{results}");
+    let snaps = ec2
+        .describe_snapshots(
+            &r,
+            &[ec2kit::Filter::new(
+                format!("tag:{}", tags::INSTANCE),
+                [inst.id.as_str()],
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0].tags.get("部署"), Some("本番"));
+    assert_eq!(snaps[0].tags.get("Env€"), Some("prod"));
+}
+
+/// A config for a consistent backup of the alias `db` (volume `vol`) on
+/// bench host 1, with recording freeze/lock commands.
+fn consistent_config(
+    dir: &std::path::Path,
+    vol: &str,
+    region: &str,
+    freeze: &str,
+    lock: &str,
+) -> std::path::PathBuf {
+    let host = ektool_tests::ssh_host(1);
+    let log = dir.join("log");
+    let rec = dir.join("rec");
+    std::fs::write(
+        &rec,
+        format!("#!/bin/sh\necho \"$1 $2\" >> '{}'\n", log.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&rec, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kh = host.write_known_hosts(dir);
+    let r = rec.display();
+    std::fs::write(
+        dir.join("ektool.toml"),
+        format!(
+            "[ssh]\nknown_hosts = \"{kh}\"\nidentity_files = [\"{key}\"]\nuse_agent = false\n\n\
+             [consistency]\nfreeze = \"{freeze}\"\nthaw = \"{r} thaw {{}}\"\nmax_hold_seconds = 60\n\
+             db_lock = {{ kind = \"commands\", lock = \"{lock}\", unlock = \"{r} unlock db\" }}\n\n\
+             [volumes.db]\nvolume_id = \"{vol}\"\nregion = \"{region}\"\nmountpoint = \"/var/lib/mysql\"\nlock_db = true\nhost = \"{target}\"\n",
+            kh = kh.display(),
+            key = host.client_key.display(),
+            freeze = freeze.replace("{rec}", &r.to_string()),
+            lock = lock.replace("{rec}", &r.to_string()),
+            target = host.target(),
+        ),
+    )
+    .unwrap();
+    log
+}
+
+fn lines(log: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn snapshots_of(region: &str, vol: &str) -> usize {
+    ec2()
+        .await
+        .describe_snapshots(
+            &Region::new(region),
+            &[ec2kit::Filter::new("volume-id", [vol])],
+        )
+        .await
+        .unwrap()
+        .len()
+}
+
+/// M12: `--dry-run snap backup --consistent` reaches the host (strict host
+/// key) and says what it would hold; nothing is frozen, locked or
+/// snapshotted. An unknown host key still fails it.
+#[tokio::test]
+async fn a_dry_run_consistent_backup_freezes_and_locks_nothing() {
+    let region = "eu-west-3";
+    let inst = moto::launch(region, 1, Tags::new()).await.remove(0);
+    let vol = inst.root_volume().unwrap().to_string();
+    let dir = tempdir();
+    let log = consistent_config(dir.path(), &vol, region, "{rec} freeze {}", "{rec} lock db");
+    let out = Ektool::moto()
+        .args(&[
+            "--dry-run",
+            "--output",
+            "json",
+            "snap",
+            "backup",
+            "--volume",
+            "db",
+            "--consistent",
+        ])
+        .current_dir(dir.path())
+        .run()
+        .success();
+    let r = &out.json()[0];
+    assert_eq!(r["status"], "dry_run_ok", "{r}");
+    let notes = r["notes"].to_string();
+    assert!(
+        notes.contains("would hold on") && notes.contains("freeze /var/lib/mysql"),
+        "{notes}"
+    );
+    assert!(lines(&log).is_empty(), "nothing ran: {:?}", lines(&log));
+    assert_eq!(snapshots_of(region, &vol).await, 0);
+
+    std::fs::write(dir.path().join("empty_known_hosts"), "").unwrap();
+    let text = std::fs::read_to_string(dir.path().join("ektool.toml")).unwrap();
+    let strict = text.replacen(
+        &format!("known_hosts = \"{}", dir.path().display()),
+        &format!(
+            "known_hosts = \"{}/empty_known_hosts\" # \"{}",
+            dir.path().display(),
+            dir.path().display()
+        ),
+        1,
+    );
+    std::fs::write(dir.path().join("ektool.toml"), strict).unwrap();
+    let out = Ektool::moto()
+        .args(&[
+            "--dry-run",
+            "--output",
+            "json",
+            "snap",
+            "backup",
+            "--volume",
+            "db",
+            "--consistent",
+        ])
+        .current_dir(dir.path())
+        .run()
+        .code(1);
+    assert!(
+        out.json()[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("host key is not known"),
+        "{}",
+        out.stdout
+    );
+    assert!(lines(&log).is_empty());
+}
+
+/// SIGINT while the database lock is being taken (the lock command has
+/// run, and is slow to return) and SIGTERM while the freeze is: the real
+/// binary releases what it holds, never goes on to freeze or snapshot, and
+/// exits 130 / 143. (Without watching the signal it would finish taking
+/// the hold a moment later and snapshot.)
+#[tokio::test]
+async fn a_signal_during_a_consistent_backup_releases_and_exits_128_plus_it() {
+    let region = "us-gov-east-1";
+    for (signal, code) in [("INT", 130), ("TERM", 143)] {
+        let inst = moto::launch(region, 1, Tags::new()).await.remove(0);
+        let vol = inst.root_volume().unwrap().to_string();
+        let dir = tempdir();
+        let marker = dir.path().join("holding");
+        let slow = format!("&& touch '{}' && sleep 5", marker.display());
+        let (freeze, lock, held, released): (String, String, &[&str], &[&str]) = if signal == "INT"
+        {
+            (
+                "{rec} freeze {}".into(),
+                format!("{{rec}} lock db {slow}"),
+                &["lock db"],
+                &["lock db", "unlock db"],
+            )
+        } else {
+            (
+                format!("{{rec}} freeze {{}} {slow}"),
+                "{rec} lock db".into(),
+                &["lock db", "freeze /var/lib/mysql"],
+                &[
+                    "lock db",
+                    "freeze /var/lib/mysql",
+                    "thaw /var/lib/mysql",
+                    "unlock db",
+                ],
+            )
+        };
+        let log = consistent_config(dir.path(), &vol, region, &freeze, &lock);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ektool"))
+            .args([
+                "--no-rate-limit",
+                "snap",
+                "backup",
+                "--volume",
+                "db",
+                "--consistent",
+            ])
+            .env("EKTOOL_ENDPOINT_URL", ektool_tests::moto_url())
+            .env("XDG_CONFIG_HOME", "/nonexistent")
+            .env_remove("EKTOOL_CONFIG")
+            .env_remove("AWS_ENDPOINT_URL_EC2")
+            .env_remove("RUST_LOG")
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Bounded waits, not timing claims.
+        for _ in 0..600 {
+            if marker.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(marker.exists(), "SIG{signal}: the hold is being taken");
+        assert_eq!(lines(&log), held);
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let mut status = None;
+        for _ in 0..1200 {
+            if let Some(s) = child.try_wait().unwrap() {
+                status = Some(s);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let Some(status) = status else {
+            let _ = child.kill();
+            panic!("ektool did not exit after SIG{signal}");
+        };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(status.code(), Some(code), "{stderr}");
+        assert!(stderr.contains("interrupted"), "{stderr}");
+        assert_eq!(
+            lines(&log),
+            released,
+            "SIG{signal}: released before exiting, never went on"
+        );
+        assert_eq!(snapshots_of(region, &vol).await, 0, "nothing snapshotted");
+    }
+}
+
+/// `snap trim` deletes only when told: without a terminal it needs
+/// `--yes` (or the config's opt-in), and a plan over `--max-delete` is
+/// refused; both change nothing.
+#[tokio::test]
+async fn trim_needs_yes_without_a_terminal_and_honours_max_delete() {
+    // A region no other test trims (trim acts on every lineage in it).
+    let region = "cn-north-1";
+    let owned = snapshots(region, 4, true).await;
+    let trim = |extra: &[&str]| {
+        let mut args = vec!["-r", region, "snap", "trim", "--keep-last", "1"];
+        args.extend_from_slice(extra);
+        Ektool::moto().args(&args)
+    };
+    trim(&[])
+        .run()
+        .code(2)
+        .stderr_has("pass --yes")
+        .stderr_has("no terminal");
+    assert_eq!(present(region, &owned).await, 4, "nothing deleted");
+    trim(&["--yes", "--max-delete", "2"])
+        .run()
+        .code(1)
+        .stderr_has("more than the cap of 2");
+    assert_eq!(present(region, &owned).await, 4, "nothing deleted");
+    trim(&["--max-delete", "-1"]).run().code(2);
+
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("ektool.toml"),
+        "[retention]\nunattended_trim = true\nmax_delete = 100\n",
+    )
+    .unwrap();
+    trim(&[]).current_dir(dir.path()).run().success();
+    assert_eq!(present(region, &owned).await, 1);
+}
+
+/// How many of `ids` still exist in `region`.
+async fn present(region: &str, ids: &[String]) -> usize {
+    let all = all_snapshot_ids(region).await;
+    ids.iter().filter(|i| all.contains(i)).count()
+}
+
+/// On a terminal, trim shows the plan and asks; anything but yes deletes
+/// nothing. (`script` gives ektool a pseudo-terminal.)
+#[tokio::test]
+async fn trim_on_a_terminal_asks_first() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: no `script` (util-linux) to make a terminal");
+        return;
+    }
+    let region = "cn-northwest-1";
+    let owned = snapshots(region, 3, true).await;
+    let run = |answer: &str| {
+        let line = format!(
+            "{} --no-rate-limit -r {region} snap trim --keep-last 1",
+            env!("CARGO_BIN_EXE_ektool")
+        );
+        let mut child = std::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("EKTOOL_ENDPOINT_URL", ektool_tests::moto_url())
+            .env("XDG_CONFIG_HOME", "/nonexistent")
+            .env_remove("EKTOOL_CONFIG")
+            .current_dir(std::env::temp_dir())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(answer.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let no = run("n\n");
+    let text = String::from_utf8_lossy(&no.stdout);
+    assert!(text.contains("[y/N]"), "{text}");
+    assert!(text.contains("not confirmed"), "{text}");
+    let all = all_snapshot_ids(region).await;
+    assert_eq!(owned.iter().filter(|i| all.contains(i)).count(), 3);
+    let yes = run("y\n");
+    assert!(
+        yes.status.success(),
+        "{}",
+        String::from_utf8_lossy(&yes.stdout)
+    );
+    let all = all_snapshot_ids(region).await;
+    assert_eq!(owned.iter().filter(|i| all.contains(i)).count(), 1);
+}
+
+/// Bad input is one `error:` line and exit 2, before any AWS call.
+#[test]
+fn bad_retention_and_duration_input_is_refused() {
+    let offline = || {
+        Ektool::new().args(&[
+            "--endpoint-url",
+            "http://127.0.0.1:9",
+            "--no-rate-limit",
+            "-r",
+            "us-east-1",
+        ])
+    };
+    for (args, says) in [
+        (&["snap", "trim", "--keep-within", "20000y"][..], "20000y"),
+        (&["snap", "trim", "--keep-daily", "-2"][..], "-2"),
+        (
+            &[
+                "snap",
+                "plan",
+                "--keep-within",
+                "99999999999h",
+                "--inventory",
+                "x",
+            ][..],
+            "invalid duration",
+        ),
+        (
+            &["snap", "backup", "--wait", "--wait-timeout", "5"][..],
+            "has no unit",
+        ),
+        (
+            &[
+                "snap",
+                "replicate",
+                "--from",
+                "a",
+                "--to",
+                "b",
+                "--poll",
+                "15",
+            ][..],
+            "has no unit",
+        ),
+        (
+            &["snap", "cleanup", "--older-than", "1y"][..],
+            "months or years",
+        ),
+        (&["snap", "count", "--warn-at", "0"][..], "0"),
+        (
+            &[
+                "snap",
+                "mount",
+                "snap-0123abcd",
+                "--instance",
+                "i-0123abcd",
+                "--partition",
+                "0",
+            ][..],
+            "0",
+        ),
+    ] {
+        let out = offline().args(args).run().code(2);
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+        assert!(out.stderr.len() < 1000, "{}", out.stderr);
+    }
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("ektool.toml"),
+        "[retention]\npolicy = \"max-age:3x\"\n",
+    )
+    .unwrap();
+    let out = offline()
+        .args(&["snap", "trim", "--yes"])
+        .current_dir(dir.path())
+        .run()
+        .code(2);
+    assert!(
+        out.stderr.contains("ektool.toml:2:10: ") && out.stderr.contains("invalid max-age"),
+        "{}",
+        out.stderr
+    );
 }

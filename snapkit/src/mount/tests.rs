@@ -26,14 +26,45 @@ fn local_names_for_nitro_and_xen() {
 }
 
 #[test]
-fn options_are_read_only_and_never_replay_a_journal() {
-    assert_eq!(mount_options("xfs"), "ro,norecovery,nouuid");
-    assert_eq!(mount_options("ext4"), "ro,noload");
-    assert_eq!(mount_options("ext3"), "ro,noload");
-    assert_eq!(mount_options("btrfs"), "ro,nologreplay");
-    for t in ["vfat", "ntfs", ""] {
-        assert!(mount_options(t).starts_with("ro"), "{t}");
+fn options_are_read_only_untrusting_and_never_replay_a_journal() {
+    assert_eq!(
+        mount_options("xfs"),
+        "ro,nosuid,nodev,noexec,norecovery,nouuid"
+    );
+    assert_eq!(mount_options("ext4"), "ro,nosuid,nodev,noexec,noload");
+    assert_eq!(mount_options("ext3"), "ro,nosuid,nodev,noexec,noload");
+    assert_eq!(mount_options("btrfs"), "ro,nosuid,nodev,noexec,nologreplay");
+    for t in ["vfat", "ntfs", "", "xfs", "ext4"] {
+        assert!(missing_options(&mount_options(t)).is_empty(), "{t}");
     }
+    assert_eq!(
+        missing_options("ro,relatime"),
+        ["nosuid", "nodev", "noexec"]
+    );
+    assert_eq!(missing_options("rw,nosuid,nodev,noexec"), ["ro"]);
+}
+
+#[test]
+fn mountpoints_must_lie_under_the_mount_root() {
+    let root = "/mnt/ektool";
+    for good in ["/mnt/ektool/snap-1", "/mnt/ektool/a/b/", "/mnt/ektool/x y"] {
+        assert!(check_mountpoint_under(good, root).is_ok(), "{good}");
+    }
+    for bad in [
+        "/etc",
+        "/mnt/ektool",
+        "/mnt/ektool/",
+        "/mnt/ektoolx/snap",
+        "/mnt/ektool/../etc",
+        "/mnt/ektool/./x",
+        "/mnt/ektool//x",
+        "/mnt/ektool/a\nb",
+        "mnt/ektool/x",
+    ] {
+        assert!(check_mountpoint_under(bad, root).is_err(), "{bad:?}");
+    }
+    // The root itself cannot be `/` (everything would lie under it).
+    assert!(check_mountpoint_under("/etc", "/").is_err());
 }
 
 #[test]
@@ -354,7 +385,7 @@ fn host(mounted: Arc<Mutex<Vec<String>>>, fail: &'static str) -> MockRemote {
     r.expect_read_file().returning(move |_| {
         let m = m.lock().unwrap();
         Ok(m.iter()
-            .map(|t| format!("/dev/nvme1n1 {t} xfs ro,norecovery 0 0\n"))
+            .map(|t| format!("/dev/nvme1n1 {t} xfs ro,nosuid,nodev,noexec,norecovery 0 0\n"))
             .collect::<String>()
             .into_bytes())
     });
@@ -403,6 +434,7 @@ fn request() -> MountRequest {
         snapshot: SnapshotId::from_api("snap-1"),
         instance: InstanceId::from_api("i-1"),
         mountpoint: None,
+        root: DEFAULT_ROOT.into(),
         partition: None,
     }
 }
@@ -439,7 +471,7 @@ async fn mount_then_unmount_round_trip() {
     )
     .await
     .unwrap();
-    assert_eq!(m.options, "ro,norecovery,nouuid");
+    assert_eq!(m.options, "ro,nosuid,nodev,noexec,norecovery,nouuid");
     assert_eq!(m.source, "/dev/nvme1n1");
     assert!(m.encrypted && !m.resumed && !m.already_mounted);
     {
@@ -646,20 +678,103 @@ async fn unmount_refuses_volumes_it_did_not_make() {
         // The mount tag alone (without ownership) is not enough.
         tags: Tags::new().with(tags::MOUNT_OF, "snap-1"),
     });
+    // Nor are both tags on a volume EC2 says was not made from that
+    // snapshot: anyone with ec2:CreateTags could write them, and cleanup
+    // would then delete a volume it never made.
+    for (id, snapshot) in [("vol-forged", None), ("vol-other", Some("snap-2"))] {
+        shared.lock().unwrap().volumes.push(Volume {
+            id: VolumeId::from_api(id),
+            region: Region::new("r"),
+            availability_zone: None,
+            state: "available".into(),
+            size_gib: None,
+            volume_type: None,
+            encrypted: false,
+            kms_key_id: None,
+            snapshot_id: snapshot.map(SnapshotId::from_api),
+            create_time: None,
+            attachments: vec![],
+            tags: Tags::new()
+                .with(lineage::OWNER, lineage::OWNER_VALUE)
+                .with(tags::MOUNT_OF, "snap-1")
+                .with(tags::MOUNTED_ON, "i-1"),
+        });
+    }
     let ec2 = cloud(&shared);
-    let e = find(
-        &ec2,
-        &Region::new("r"),
-        &Selector::Volume(VolumeId::from_api("vol-foreign")),
-        None,
-    )
-    .await
-    .unwrap_err();
-    assert!(matches!(e, MountError::NotOurs { .. }), "{e}");
+    for id in ["vol-foreign", "vol-forged", "vol-other"] {
+        let e = find(
+            &ec2,
+            &Region::new("r"),
+            &Selector::Volume(VolumeId::from_api(id)),
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, MountError::NotOurs { .. }), "{id}: {e}");
+    }
     let all = find(&ec2, &Region::new("r"), &Selector::All, None)
         .await
         .unwrap();
-    assert!(all.is_empty());
+    assert!(all.is_empty(), "{all:?}");
+}
+
+/// A volume in the instance's zone tagged as an earlier run's mount of the
+/// snapshot, but made from another snapshot, with its mountpoint tag on
+/// `/etc` (M2): never resumed, and no tag chooses a path outside the root.
+#[tokio::test]
+async fn a_forged_mount_volume_is_not_resumed_and_its_mountpoint_is_ignored() {
+    let shared = Shared::default();
+    let forged = |id: &str, snapshot: &str| Volume {
+        id: VolumeId::from_api(id),
+        region: Region::new("r"),
+        availability_zone: Some("r-1a".into()),
+        state: "available".into(),
+        size_gib: Some(8),
+        volume_type: None,
+        encrypted: false,
+        kms_key_id: None,
+        snapshot_id: Some(SnapshotId::from_api(snapshot)),
+        create_time: None,
+        attachments: vec![],
+        tags: Tags::new()
+            .with(lineage::OWNER, lineage::OWNER_VALUE)
+            .with(tags::MOUNT_OF, "snap-1")
+            .with(tags::MOUNTED_ON, "i-1")
+            .with(tags::MOUNTPOINT, "/etc"),
+    };
+    shared
+        .lock()
+        .unwrap()
+        .volumes
+        .push(forged("vol-evil", "snap-attacker"));
+    let ec2 = cloud(&shared);
+    let plan = plan_mount(&ec2, &Region::new("r"), &request())
+        .await
+        .unwrap();
+    assert!(plan.resume.is_none(), "{:?}", plan.resume);
+    assert_eq!(plan.mountpoint, "/mnt/ektool/snap-1");
+
+    // Made from the right snapshot, but the mountpoint tag says /etc: the
+    // volume is picked up, the tag is not obeyed.
+    shared.lock().unwrap().volumes = vec![forged("vol-mine", "snap-1")];
+    let plan = plan_mount(&ec2, &Region::new("r"), &request())
+        .await
+        .unwrap();
+    assert_eq!(
+        plan.resume.as_ref().map(|v| v.id.as_str()),
+        Some("vol-mine")
+    );
+    assert_eq!(plan.mountpoint, "/mnt/ektool/snap-1");
+
+    // Asking for a mountpoint outside the root is refused.
+    let outside = MountRequest {
+        mountpoint: Some("/etc".into()),
+        ..request()
+    };
+    let e = plan_mount(&ec2, &Region::new("r"), &outside)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, MountError::InvalidMountpoint { .. }), "{e}");
 }
 
 #[tokio::test]

@@ -462,3 +462,87 @@ async fn lag_compares_the_newest_source_with_the_newest_copys_data() {
     assert!(!rows[1].is_behind(3 * day));
     assert!(rows[2].is_behind(100 * day));
 }
+
+/// L16: two runs start a copy of the same source at once. The one whose
+/// copy started later finds the other when it looks right after starting,
+/// deletes its own and follows the earlier copy; the earlier run keeps its
+/// own.
+#[tokio::test]
+async fn a_copy_racing_an_earlier_one_of_the_same_source_is_deleted_again() {
+    for (ours_day, earlier_wins) in [(7, true), (3, false)] {
+        let from = Region::new("eu-west-1");
+        let to = Region::new("us-east-1");
+        let source = snap(
+            "snap-000000a1",
+            "vol-0000000a",
+            1,
+            SnapshotState::Completed,
+            &[],
+        );
+        let request = copy_request(&source, &from, "vol-0000000a", None);
+        let plan = ReplicationPlan {
+            from: from.clone(),
+            to: to.clone(),
+            items: vec![CopyItem {
+                lineage: "vol-0000000a".into(),
+                source: source.id.clone(),
+                taken: source.start_time,
+                encrypted: false,
+                action: CopyAction::Copy,
+                request: Some(request),
+            }],
+        };
+        let copy = |id: &str, day: i64| {
+            snap(
+                id,
+                "vol-ffffffff",
+                day,
+                SnapshotState::Pending,
+                &[
+                    (tags::SOURCE_SNAPSHOT, "snap-000000a1"),
+                    (tags::SOURCE_REGION, "eu-west-1"),
+                    (tags::VOLUME, "vol-0000000a"),
+                ],
+            )
+        };
+        let other = copy("snap-000000b0", 5);
+        let ours = copy("snap-000000c0", ours_day);
+        let deleted = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let mut ec2 = MockEc2::new();
+        ec2.expect_copy_snapshot()
+            .times(1)
+            .returning(|_, _| Ok(SnapshotId::from_api("snap-000000c0")));
+        ec2.expect_describe_snapshots().returning(move |_, f| {
+            assert!(f.contains(&Filter::new(
+                format!("tag:{}", tags::SOURCE_SNAPSHOT),
+                ["snap-000000a1"]
+            )));
+            Ok(vec![other.clone(), ours.clone()])
+        });
+        let d = deleted.clone();
+        ec2.expect_delete_snapshot().returning(move |_, id, _| {
+            d.lock().unwrap().push(id.to_string());
+            Ok(())
+        });
+        let report = apply(&ec2, &[plan], &CopyOptions::default(), &|_| {}).await;
+        if earlier_wins {
+            assert_eq!(*deleted.lock().unwrap(), ["snap-000000c0"]);
+            assert_eq!(report.duplicates_removed, 1);
+            assert_eq!(
+                report.results[0].outcome,
+                CopyOutcome::InFlight {
+                    copy: SnapshotId::from_api("snap-000000b0")
+                }
+            );
+        } else {
+            assert!(deleted.lock().unwrap().is_empty());
+            assert_eq!(report.duplicates_removed, 0);
+            assert_eq!(
+                report.results[0].outcome,
+                CopyOutcome::InFlight {
+                    copy: SnapshotId::from_api("snap-000000c0")
+                }
+            );
+        }
+    }
+}

@@ -54,46 +54,83 @@ impl GfsDuration {
             - i64::from(self.months);
         let (y, m) = (total_months.div_euclid(12), total_months.rem_euclid(12) + 1);
         let first = Date::new(i16::try_from(y).ok()?, i8::try_from(m).ok()?, 1).ok()?;
-        let day = first
-            .checked_add(jiff::Span::new().days(i64::from(d.day()) - 1 - i64::from(self.days)))
+        // `try_*`: a duration built in code can be out of any range; that
+        // is `None` here, never a panic.
+        let days = jiff::Span::new()
+            .try_days(i64::from(d.day()) - 1 - i64::from(self.days))
             .ok()?;
+        let day = first.checked_add(days).ok()?;
         let shifted = day.to_datetime(z.time()).to_zoned(tz.clone()).ok()?;
-        shifted
-            .checked_sub(jiff::Span::new().hours(i64::from(self.hours)))
-            .ok()
-            .map(|z| z.timestamp())
+        let hours = jiff::Span::new().try_hours(i64::from(self.hours)).ok()?;
+        shifted.checked_sub(hours).ok().map(|z| z.timestamp())
     }
 }
 
-/// A duration that could not be read.
+/// A duration that could not be read: the text (shortened) and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {0:?}: expected numbers with units y, m, d, h, e.g. 1y6m3d or 36h")]
+#[error(
+    "invalid duration {0:?}: expected numbers with units y, m, d, h, e.g. 1y6m3d or 36h, at most {MAX_YEARS} years in all"
+)]
 pub struct InvalidDuration(pub String);
+
+/// The longest duration a [`GfsDuration`] may be, in years: far beyond any
+/// retention, and small enough that `now` minus it is always a date.
+pub const MAX_YEARS: i32 = 1000;
+
+impl GfsDuration {
+    /// The duration in (approximate) hours, for the range check: a year is
+    /// 8,766 hours, a month 730.5.
+    fn approx_hours(&self) -> i64 {
+        i64::from(self.years) * 8766
+            + i64::from(self.months) * 7305 / 10
+            + i64::from(self.days) * 24
+            + i64::from(self.hours)
+    }
+
+    /// Whether the duration is within `0..=MAX_YEARS` years in every unit
+    /// and in all (a duration built in code rather than parsed may not be).
+    pub fn is_in_range(&self) -> bool {
+        let parts = [self.years, self.months, self.days, self.hours];
+        parts.iter().all(|p| *p >= 0) && self.approx_hours() <= i64::from(MAX_YEARS) * 8766
+    }
+}
 
 impl FromStr for GfsDuration {
     type Err = InvalidDuration;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || InvalidDuration(s.to_owned());
+        // Errors quote the input, never megabytes of it.
+        let bad = || {
+            let t = s.trim();
+            let mut shown: String = t.chars().take(40).collect();
+            if t.chars().nth(40).is_some() {
+                shown.push('…');
+            }
+            InvalidDuration(shown)
+        };
         let mut d = GfsDuration::default();
         let mut num = String::new();
         let mut any = false;
         for c in s.trim().chars() {
             if c.is_ascii_digit() {
+                if num.len() >= 9 {
+                    return Err(bad());
+                }
                 num.push(c);
                 continue;
             }
             let n: i32 = num.parse().map_err(|_| bad())?;
             num.clear();
-            match c {
-                'y' => d.years += n,
-                'm' => d.months += n,
-                'd' => d.days += n,
-                'h' => d.hours += n,
+            let unit = match c {
+                'y' => &mut d.years,
+                'm' => &mut d.months,
+                'd' => &mut d.days,
+                'h' => &mut d.hours,
                 _ => return Err(bad()),
-            }
+            };
+            *unit = unit.checked_add(n).ok_or_else(bad)?;
             any = true;
         }
-        if !num.is_empty() || !any {
+        if !num.is_empty() || !any || !d.is_in_range() {
             return Err(bad());
         }
         Ok(d)
@@ -184,21 +221,41 @@ impl fmt::Display for GfsRules {
     }
 }
 
-/// restic-compatible keep rules. `None` (or 0) means the rule is off.
+/// The smallest keep count: -1, restic's "unlimited".
+pub const MIN_COUNT: i64 = -1;
+
+fn count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let n = Option::<i64>::deserialize(d)?;
+    match n {
+        Some(n) if n < MIN_COUNT => Err(serde::de::Error::custom(format!(
+            "keep count {n} is below -1 (restic's \"unlimited\")"
+        ))),
+        n => Ok(n),
+    }
+}
+
+/// restic-compatible keep rules. `None` (or 0) means the rule is off; -1
+/// means unlimited; anything below -1 is refused.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Gfs {
     /// `--keep-last`.
+    #[serde(deserialize_with = "count")]
     pub keep_last: Option<i64>,
     /// `--keep-hourly`.
+    #[serde(deserialize_with = "count")]
     pub keep_hourly: Option<i64>,
     /// `--keep-daily`.
+    #[serde(deserialize_with = "count")]
     pub keep_daily: Option<i64>,
     /// `--keep-weekly`.
+    #[serde(deserialize_with = "count")]
     pub keep_weekly: Option<i64>,
     /// `--keep-monthly`.
+    #[serde(deserialize_with = "count")]
     pub keep_monthly: Option<i64>,
     /// `--keep-yearly`.
+    #[serde(deserialize_with = "count")]
     pub keep_yearly: Option<i64>,
     /// `--keep-within`.
     pub keep_within: Option<GfsDuration>,
@@ -239,6 +296,29 @@ impl Gfs {
             && off(self.keep_monthly)
             && off(self.keep_yearly)
             && self.keep_within.is_none()
+    }
+
+    /// Checks the rules: counts of at least -1, a `within` in range.
+    pub fn validate(&self) -> Result<(), super::PolicyError> {
+        for (flag, v) in [
+            ("keep-last", self.keep_last),
+            ("keep-hourly", self.keep_hourly),
+            ("keep-daily", self.keep_daily),
+            ("keep-weekly", self.keep_weekly),
+            ("keep-monthly", self.keep_monthly),
+            ("keep-yearly", self.keep_yearly),
+        ] {
+            if let Some(n) = v.filter(|n| *n < MIN_COUNT) {
+                return Err(super::PolicyError::Count {
+                    rule: flag,
+                    count: n,
+                });
+            }
+        }
+        if let Some(w) = self.keep_within.filter(|w| !w.is_in_range()) {
+            return Err(super::PolicyError::Within(w.to_string()));
+        }
+        Ok(())
     }
 
     fn tz(&self) -> TimeZone {
@@ -315,13 +395,17 @@ impl RetentionPolicy for Gfs {
 
         // `snapshots` is oldest first; restic walks newest first.
         let newest = snapshots[n - 1].start_time;
-        let within_from = self.keep_within.and_then(|w| w.before(newest, &tz));
+        // A `within` reaching before any representable time keeps
+        // everything (never nothing).
+        let within_from = self
+            .keep_within
+            .map(|w| w.before(newest, &tz).unwrap_or(Timestamp::MIN));
         for (nr, idx) in (0..n).rev().enumerate() {
             let s = snapshots[idx];
             let z = s.start_time.to_zoned(tz.clone());
             let mut kept = GfsRules::default();
             if let Some(from) = within_from
-                && s.start_time > from
+                && (s.start_time > from || from == Timestamp::MIN)
             {
                 kept.within = self.keep_within;
             }

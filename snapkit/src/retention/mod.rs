@@ -22,7 +22,7 @@ use serde::{Serialize, Serializer};
 
 use crate::lineage::{description_names_ami, is_owned, is_preserved, lineage_key};
 
-pub use gfs::{Gfs, GfsDuration, GfsRules, InvalidDuration};
+pub use gfs::{Gfs, GfsDuration, GfsRules, InvalidDuration, MAX_YEARS, MIN_COUNT};
 pub use logarithmic::Logarithmic;
 pub use max_age::MaxAge;
 pub use parse::{PolicyError, PolicySpec};

@@ -22,6 +22,17 @@ pub enum PolicyError {
         "the gfs policy needs at least one keep rule (--keep-last, --keep-daily, ..., --keep-within)"
     )]
     EmptyGfs,
+    /// A keep count below restic's -1.
+    #[error("{rule} {count}: a keep count is -1 (unlimited), 0 (off) or more")]
+    Count {
+        /// The rule (`keep-daily`, ...).
+        rule: &'static str,
+        /// The count given.
+        count: i64,
+    },
+    /// A `within` duration out of range.
+    #[error("keep-within {0}: at most {max} years in all", max = super::gfs::MAX_YEARS)]
+    Within(String),
 }
 
 /// A chosen policy with its settings.
@@ -57,6 +68,7 @@ impl PolicySpec {
         Ok(match name {
             "logarithmic" => Self::Logarithmic(*logarithmic),
             "gfs" => {
+                gfs.validate()?;
                 if gfs.is_empty() {
                     return Err(PolicyError::EmptyGfs);
                 }
@@ -71,12 +83,25 @@ impl PolicySpec {
             {
                 Some(d) => Self::MaxAge(MaxAge::new(parse_age(d)?)),
                 None => {
-                    return Err(PolicyError::Unknown {
-                        name: other.to_owned(),
-                    });
+                    let mut shown: String = other.chars().take(40).collect();
+                    if other.chars().nth(40).is_some() {
+                        shown.push('…');
+                    }
+                    return Err(PolicyError::Unknown { name: shown });
                 }
             },
         })
+    }
+
+    /// Checks a policy name (and a `max-age:` duration) without the
+    /// settings of `logarithmic` and `gfs`: what a config file can check
+    /// while it is read.
+    pub fn check_name(name: &str) -> Result<(), PolicyError> {
+        let gfs = Gfs {
+            keep_last: Some(1),
+            ..Gfs::default()
+        };
+        Self::from_name(name, &Logarithmic::default(), &gfs).map(|_| ())
     }
 
     /// The policy.
@@ -91,7 +116,75 @@ impl PolicySpec {
 
 fn parse_age(s: &str) -> Result<SignedDuration, PolicyError> {
     s.parse::<GfsDuration>()
-        .ok()
-        .and_then(|d| d.fixed())
-        .ok_or_else(|| PolicyError::MaxAge(s.to_owned()))
+        .map_err(|e| PolicyError::MaxAge(e.0))?
+        .fixed()
+        .ok_or_else(|| PolicyError::MaxAge(s.chars().take(40).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn bad_counts_and_durations_are_refused() {
+        let l = Logarithmic::default();
+        let gfs = |g: Gfs| PolicySpec::from_name("gfs", &l, &g);
+        assert!(matches!(
+            gfs(Gfs {
+                keep_daily: Some(-2),
+                ..Gfs::default()
+            }),
+            Err(PolicyError::Count { count: -2, .. })
+        ));
+        assert!(
+            gfs(Gfs {
+                keep_daily: Some(-1),
+                ..Gfs::default()
+            })
+            .is_ok()
+        );
+        assert!(matches!(
+            gfs(Gfs {
+                keep_within: Some(GfsDuration {
+                    years: i32::MAX,
+                    ..GfsDuration::default()
+                }),
+                ..Gfs::default()
+            }),
+            Err(PolicyError::Within(_))
+        ));
+        for bad in ["20000y", "1001y", "2147483648h", "99999999999d", "12000m1d"] {
+            assert!(bad.parse::<GfsDuration>().is_err(), "{bad}");
+        }
+        assert!("1000y".parse::<GfsDuration>().is_ok());
+        assert!(matches!(
+            PolicySpec::check_name("max-age:abc"),
+            Err(PolicyError::MaxAge(_))
+        ));
+        assert!(PolicySpec::check_name("max-age:3d").is_ok());
+        assert!(PolicySpec::check_name("gfs").is_ok());
+        let long = "x".repeat(10_000);
+        let e = PolicySpec::check_name(&long).unwrap_err().to_string();
+        assert!(e.len() < 300, "{e}");
+    }
+
+    proptest! {
+        /// Arbitrary text never panics the policy and duration parsers,
+        /// and their errors stay one short line.
+        #[test]
+        fn policy_parsers_take_any_text(text in "\\PC{0,80}", bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let lossy = String::from_utf8_lossy(&bytes).into_owned();
+            for t in [&text, &lossy, &format!("max-age:{text}"), &format!("max-age:{lossy}")] {
+                if let Err(e) = PolicySpec::check_name(t) {
+                    let e = e.to_string();
+                    prop_assert!(e.len() < 400 && !e.contains('\n'), "{}", e);
+                }
+                match t.parse::<GfsDuration>() {
+                    Ok(d) => prop_assert!(d.is_in_range()),
+                    Err(e) => prop_assert!(e.to_string().len() < 400),
+                }
+            }
+        }
+    }
 }

@@ -580,3 +580,79 @@ impl PlanDyn for dyn RetentionPolicy + '_ {
         Planner::new(self).plan(snapshots, now)
     }
 }
+
+proptest! {
+    /// M4: copies made outside ektool all carry the placeholder volume id
+    /// `vol-ffffffff`. Adopted, each is its own lineage (or that of the
+    /// source its tag names), so even `--keep-last 1` deletes none of the
+    /// only copies of different sources.
+    #[test]
+    fn adopted_copies_of_different_sources_all_survive(
+        copies in proptest::collection::vec((any::<bool>(), 0i64..100_000), 2..24),
+        keep_last in 1i64..3,
+    ) {
+        let base = at("2025-01-01T00:00:00Z");
+        let snaps: Vec<Snapshot> = copies
+            .iter()
+            .enumerate()
+            .map(|(i, (tagged, minutes))| {
+                let mut s = Snapshot::new(
+                    SnapshotId::from_api(format!("snap-{:017x}", 0x1000 + i)),
+                    Some(VolumeId::from_api(crate::lineage::PLACEHOLDER_VOLUME)),
+                    base.checked_add(SignedDuration::from_mins(*minutes)).unwrap(),
+                    SnapshotState::Completed,
+                );
+                if *tagged {
+                    // A different source for every copy.
+                    s.tags.insert(tags::SOURCE_SNAPSHOT, format!("snap-{:017x}", 0x9000 + i));
+                }
+                s
+            })
+            .collect();
+        let policy = Gfs { keep_last: Some(keep_last), ..Gfs::default() };
+        let guards = Guards {
+            adopt_unowned: true,
+            ami_backed: Some(HashSet::new()),
+            ..Guards::default()
+        };
+        let plan = Planner::new(&policy).with_guards(guards).plan(&snaps, at("2026-01-01T00:00:00Z"));
+        prop_assert_eq!(plan.deletions().count(), 0, "{:?}", plan.deletions().collect::<Vec<_>>());
+        let lineages: HashSet<&str> = plan.decisions.iter().map(|d| &*d.lineage).collect();
+        prop_assert_eq!(lineages.len(), snaps.len());
+    }
+}
+
+/// A `within` that reaches before any representable date (only possible
+/// for a duration built in code: parsing refuses it) keeps everything; it
+/// used to keep nothing, and trim then deleted all but the newest.
+#[test]
+fn a_within_beyond_any_date_keeps_everything_and_never_panics() {
+    let snaps: Vec<Snapshot> = (0..5)
+        .map(|i| snap(i, "vol-00000001", &format!("2025-01-0{}T00:00:00Z", i + 1)))
+        .collect();
+    for huge in [
+        GfsDuration {
+            years: 20_000,
+            ..GfsDuration::default()
+        },
+        GfsDuration {
+            days: i32::MAX,
+            hours: i32::MAX,
+            ..GfsDuration::default()
+        },
+        GfsDuration {
+            years: i32::MAX,
+            months: i32::MAX,
+            days: i32::MAX,
+            hours: i32::MAX,
+        },
+    ] {
+        let policy = Gfs {
+            keep_within: Some(huge),
+            ..Gfs::default()
+        };
+        let plan = policy.plan(&snaps, at("2025-02-01T00:00:00Z"));
+        assert_eq!(plan.deletions().count(), 0, "{huge:?}");
+    }
+    assert!("20000y".parse::<GfsDuration>().is_err());
+}

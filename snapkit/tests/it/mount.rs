@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ec2kit::{Command, Remote, SshOptions, SshRemote, SshTarget, VolumeId};
 use ektool_tests::{SshHost, ssh_host, tempdir, unique};
-use snapkit::mount::{self, MountCommands, MountError};
+use snapkit::mount::{self, MountCommands, MountError, MountTarget};
 
 fn remote(host: &SshHost, dir: &Path) -> SshRemote {
     let kh = host.write_known_hosts(dir);
@@ -36,7 +36,8 @@ echo "$*" >> '{log}'
 case "$1" in
   resolve) echo "/dev/ektool-fake-$2" ;;
   probe) echo "$2 1073741824 xfs" ;;
-  mount) exec mount -t tmpfs -o ro "$3" "$4" ;;
+  mount) o=$(echo "$2" | tr , '\n' | grep -E '^(ro|nosuid|nodev|noexec)$' | paste -sd, -)
+         exec mount -t tmpfs -o "$o" "$3" "$4" ;;
   umount) exec umount "$2" ;;
 esac
 "#,
@@ -66,6 +67,22 @@ fn lines(log: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A volume id of this test run's own: the fake devices are named after
+/// it, and a device left mounted by an earlier (failed) run must not be
+/// taken for this run's.
+fn fresh_volume() -> VolumeId {
+    let u = unique("v");
+    let hex: String = u.chars().filter(char::is_ascii_hexdigit).collect();
+    VolumeId::from_api(format!("vol-{:0>17}", &hex[hex.len().saturating_sub(17)..]))
+}
+
+/// A mount root of the test's own on the host, and a mountpoint in it.
+fn target(name: &str) -> (String, String) {
+    let root = format!("{}/{}", SshHost::MOUNT, unique("mount"));
+    let mp = format!("{root}/{name}");
+    (root, mp)
+}
+
 fn host() -> SshHost {
     let h = ssh_host(3);
     assert!(h.namespaced, "the bench host needs its own mount namespace");
@@ -78,26 +95,46 @@ async fn mounts_read_only_once_and_unmounts() {
     let dir = tempdir();
     let (commands, log) = recording(dir.path());
     let r = remote(&h, dir.path());
-    let vol = VolumeId::from_api("vol-0123456789abcdef0");
-    let mp = format!("{}/{}/snap", SshHost::MOUNT, unique("mount"));
+    let vol = fresh_volume();
+    let (root, mp) = target("snap");
+    let t = MountTarget {
+        root: &root,
+        mountpoint: &mp,
+    };
 
-    let m = mount::mount_on_host(&r, &commands, &vol, "/dev/sdg", &mp, None)
+    let m = mount::mount_on_host(&r, &commands, &vol, "/dev/sdg", &t, None)
         .await
         .unwrap();
     assert!(!m.already);
-    assert_eq!(m.source, "/dev/ektool-fake-vol-0123456789abcdef0");
-    assert_eq!(m.options, "ro,norecovery,nouuid");
+    let v = vol.as_str();
+    let hexid = v.replace('-', "");
+    assert_eq!(m.source, format!("/dev/ektool-fake-{v}"));
+    assert_eq!(m.options, "ro,nosuid,nodev,noexec,norecovery,nouuid");
     assert_eq!(
         lines(&log),
         [
-            "resolve vol-0123456789abcdef0 /dev/sdg /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0 /dev/xvdg".to_owned(),
-            "probe /dev/ektool-fake-vol-0123456789abcdef0".to_owned(),
-            format!("mount ro,norecovery,nouuid /dev/ektool-fake-vol-0123456789abcdef0 {mp}"),
+            format!(
+                "resolve {v} /dev/sdg /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{hexid} /dev/xvdg"
+            ),
+            format!("probe /dev/ektool-fake-{v}"),
+            format!("mount ro,nosuid,nodev,noexec,norecovery,nouuid /dev/ektool-fake-{v} {mp}"),
         ]
     );
     let table = mount::mount_table(&r).await.unwrap();
     let entry = table.iter().find(|e| e.target == mp).expect("mounted");
-    assert!(entry.options.split(',').any(|o| o == "ro"));
+    // M2: what the kernel actually applied.
+    for o in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(
+            entry.options.split(',').any(|x| x == o),
+            "{o}: {}",
+            entry.options
+        );
+    }
+    let mode = r
+        .run(&Command::argv(["stat", "-c", "%a", &root]))
+        .await
+        .unwrap();
+    assert_eq!(mode.stdout_str().trim(), "700", "the mount root is private");
     // Only in the host's own namespace, not on this machine.
     assert!(
         !std::fs::read_to_string("/proc/self/mounts")
@@ -106,7 +143,7 @@ async fn mounts_read_only_once_and_unmounts() {
     );
 
     // A rerun finds it mounted and mounts nothing.
-    let again = mount::mount_on_host(&r, &commands, &vol, "/dev/sdg", &mp, None)
+    let again = mount::mount_on_host(&r, &commands, &vol, "/dev/sdg", &t, None)
         .await
         .unwrap();
     assert!(again.already);
@@ -150,7 +187,7 @@ async fn a_busy_mountpoint_is_refused() {
     let dir = tempdir();
     let (commands, log) = recording(dir.path());
     let r = remote(&h, dir.path());
-    let mp = format!("{}/{}/busy", SshHost::MOUNT, unique("mount"));
+    let (root, mp) = target("busy");
     let setup = format!("mkdir -p {mp} && mount -t tmpfs something-else {mp}");
     ec2kit::remote::run_checked(&r, &Command::shell(setup))
         .await
@@ -158,9 +195,12 @@ async fn a_busy_mountpoint_is_refused() {
     let err = mount::mount_on_host(
         &r,
         &commands,
-        &VolumeId::from_api("vol-0000000000000000b"),
+        &fresh_volume(),
         "/dev/sdf",
-        &mp,
+        &MountTarget {
+            root: &root,
+            mountpoint: &mp,
+        },
         None,
     )
     .await
@@ -181,18 +221,21 @@ async fn a_template_that_mounts_read_write_is_caught_and_undone() {
     // Keeps the placeholder but ignores it.
     commands.mount = "mount -t tmpfs -o rw {source} {mountpoint} # {options}".into();
     let r = remote(&h, dir.path());
-    let mp = format!("{}/{}/rw", SshHost::MOUNT, unique("mount"));
+    let (root, mp) = target("rw");
     let err = mount::mount_on_host(
         &r,
         &commands,
-        &VolumeId::from_api("vol-0000000000000000c"),
+        &fresh_volume(),
         "/dev/sdf",
-        &mp,
+        &MountTarget {
+            root: &root,
+            mountpoint: &mp,
+        },
         None,
     )
     .await
     .unwrap_err();
-    assert!(err.to_string().contains("not read-only"), "{err}");
+    assert!(err.to_string().contains("without ro"), "{err}");
     assert!(
         !mount::mount_table(&r)
             .await
@@ -200,5 +243,94 @@ async fn a_template_that_mounts_read_write_is_caught_and_undone() {
             .iter()
             .any(|e| e.target == mp),
         "unmounted again"
+    );
+}
+
+/// M2: a read-only mount that honours setuid bits and device nodes is
+/// caught in the mount table and undone.
+#[tokio::test]
+async fn a_mount_without_nosuid_nodev_noexec_is_caught_and_undone() {
+    let h = host();
+    let dir = tempdir();
+    let (mut commands, _) = recording(dir.path());
+    commands.mount = "mount -t tmpfs -o ro {source} {mountpoint} # {options}".into();
+    let r = remote(&h, dir.path());
+    let (root, mp) = target("suid");
+    let err = mount::mount_on_host(
+        &r,
+        &commands,
+        &fresh_volume(),
+        "/dev/sdf",
+        &MountTarget {
+            root: &root,
+            mountpoint: &mp,
+        },
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("without nosuid,nodev,noexec"),
+        "{err}"
+    );
+    assert!(
+        !mount::mount_table(&r)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.target == mp),
+        "unmounted again"
+    );
+}
+
+/// M2: a mountpoint with files in it, one reached through a symlink, and
+/// one outside the root are refused; nothing is mounted.
+#[tokio::test]
+async fn unsafe_mountpoints_are_refused_before_mounting() {
+    let h = host();
+    let dir = tempdir();
+    let (commands, log) = recording(dir.path());
+    let r = remote(&h, dir.path());
+    let (root, full) = target("full");
+    ec2kit::remote::run_checked(
+        &r,
+        &Command::shell(format!(
+            "mkdir -p {full} && touch {full}/precious && mkdir -p {root}/elsewhere && ln -s {root}/elsewhere {root}/link"
+        )),
+    )
+    .await
+    .unwrap();
+    let vol = fresh_volume();
+    let at = |mp: &str| {
+        let (r, c, v, root, mp) = (&r, &commands, &vol, root.clone(), mp.to_owned());
+        async move {
+            mount::mount_on_host(
+                r,
+                c,
+                v,
+                "/dev/sdf",
+                &MountTarget {
+                    root: &root,
+                    mountpoint: &mp,
+                },
+                None,
+            )
+            .await
+            .unwrap_err()
+        }
+    };
+    let e = at(&full).await;
+    assert!(matches!(e, MountError::MountpointNotEmpty { .. }), "{e}");
+    let e = at(&format!("{root}/link/snap")).await;
+    assert!(e.to_string().contains("symlink"), "{e}");
+    let e = at("/etc").await;
+    assert!(matches!(e, MountError::InvalidMountpoint { .. }), "{e}");
+    assert!(!lines(&log).iter().any(|l| l.starts_with("mount ")));
+    assert!(
+        h.local_path(&format!(
+            "{}/precious",
+            full.strip_prefix(SshHost::MOUNT).unwrap()
+        ))
+        .exists()
     );
 }

@@ -261,3 +261,115 @@ async fn a_wrong_destination_host_key_fails_the_copy() {
     assert!(!h2.local_path(&format!("{name}/dst/f")).exists());
     no_key_left(&s);
 }
+
+/// L10: on the bench (rsync 3.2.4 or newer with rrsync, destination on
+/// 127.0.0.1) the temporary key is confined: `command="rrsync -wo <dst>"`
+/// and `from=` the source's address; the copy still works, and a path with
+/// shell syntax in it reaches rsync as one argument.
+#[tokio::test]
+async fn the_temporary_key_is_confined_to_rsync_into_the_destination() {
+    let (h1, h2) = hosts();
+    let dir = tempdir();
+    let name = format!("{} $(touch pwned) x", unique("sync-confined"));
+    std::fs::create_dir_all(h1.local_path(&name)).unwrap();
+    write(h1.local_path(&format!("{name}/src/a.txt")), "alpha\n");
+    let s = spec(&h1, &h2, &name);
+    let report = rsync::sync(&remote(&h1, dir.path()), &remote(&h2, dir.path()), &s)
+        .await
+        .unwrap();
+    let o = &report.plan.key_options;
+    assert!(
+        o.contains(",command=\"") && o.contains("rrsync -wo "),
+        "{o}"
+    );
+    assert!(o.contains(",from=\"127.0.0.1\""), "{o}");
+    assert_eq!(
+        std::fs::read_to_string(h2.local_path(&format!("{name}/dst/a.txt"))).unwrap(),
+        "alpha\n"
+    );
+    assert!(!h2.local_path(&format!("{name}/dst/pwned")).exists());
+    assert!(!h2.local_path("pwned").exists());
+    no_key_left(&s);
+}
+
+/// L10: what those options make sshd do with the key: no shell, nothing
+/// but rrsync in the directory, and nothing at all from another address.
+#[tokio::test]
+async fn a_confined_key_gives_no_shell() {
+    let (h1, h2) = hosts();
+    let dir = tempdir();
+    let name = unique("sync-noshell");
+    let s = spec(&h1, &h2, &name);
+    let dst = format!("{}/{name}/dst", SshHost::MOUNT);
+    let key = dir.path().join("key");
+    let keygen = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(keygen.success());
+    let public = std::fs::read_to_string(dir.path().join("key.pub")).unwrap();
+    let public: Vec<&str> = public.split_whitespace().take(2).collect();
+    let ssh = |from: &str| {
+        let caps = rsync::Capabilities {
+            source_version: Some((3, 2, 7)),
+            destination_version: Some((3, 2, 7)),
+            rrsync: Some("rrsync".into()),
+            source_address: Some(from.to_owned()),
+        };
+        let line = format!(
+            "{} {} {}",
+            rsync::key_options_with(&s, &caps),
+            public.join(" "),
+            s.marker()
+        );
+        let edit = rsync::authorized_keys_script(
+            authorized_keys().to_str().unwrap(),
+            &s.marker(),
+            Some(&line),
+            s.now,
+        );
+        assert!(
+            std::process::Command::new("sh")
+                .args(["-c", &edit])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let kh = dir.path().join("kh");
+        std::fs::write(&kh, format!("{}\n", h2.known_hosts_line())).unwrap();
+        std::process::Command::new("ssh")
+            .arg("-i")
+            .arg(&key)
+            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o"])
+            .arg(format!("UserKnownHostsFile={}", kh.display()))
+            .args(["-p", &h2.port.to_string()])
+            .arg(format!("{}@{}", h2.user, h2.host))
+            .arg("id; echo SHELL-RAN")
+            .output()
+            .unwrap()
+    };
+    std::fs::create_dir_all(h2.local_path(&format!("{name}/dst"))).unwrap();
+    let confined = ssh("127.0.0.1");
+    let out = String::from_utf8_lossy(&confined.stdout);
+    assert!(!out.contains("SHELL-RAN") && !out.contains("uid="), "{out}");
+    let elsewhere = ssh("192.0.2.1");
+    assert!(!elsewhere.status.success(), "refused from another address");
+    assert!(!String::from_utf8_lossy(&elsewhere.stdout).contains("SHELL-RAN"));
+    let _ = dst;
+    // Remove the test key again.
+    let remove = rsync::authorized_keys_script(
+        authorized_keys().to_str().unwrap(),
+        &s.marker(),
+        None,
+        s.now,
+    );
+    assert!(
+        std::process::Command::new("sh")
+            .args(["-c", &remove])
+            .status()
+            .unwrap()
+            .success()
+    );
+    no_key_left(&s);
+}

@@ -39,9 +39,10 @@ pub struct Args {
     /// goes (`~/` is that user's home).
     #[arg(long, value_name = "PATH", default_value = rsync::DEFAULT_AUTHORIZED_KEYS)]
     pub authorized_keys: String,
-    /// rsync's I/O timeout: a copy that stalls this long fails.
-    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
-    pub io_timeout: u64,
+    /// rsync's I/O timeout: a copy that stalls this long fails (1s to 1d,
+    /// e.g. 10m).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = crate::commands::snap::durations::io_timeout)]
+    pub io_timeout: Duration,
     /// Private key to log in to both hosts with (repeatable; before the agent).
     #[arg(long, short = 'i', value_name = "FILE")]
     pub identity: Vec<PathBuf>,
@@ -53,10 +54,10 @@ pub struct Args {
 /// Splits `[user@]host[:port]:/path` at the `:/` that starts the path.
 fn split(ctx: &Context, s: &str) -> Result<(SshTarget, String), CliError> {
     let usage = || CliError::Usage(format!("{s:?}: expected [user@]host[:port]:/absolute/path"));
-    let i = s.find(":/").ok_or_else(usage)?;
-    let target = SshTarget::parse_with_user(&s[..i], &ctx.ssh_user())
+    let (host, path) = s.split_once(":/").ok_or_else(usage)?;
+    let target = SshTarget::parse_with_user(host, &ctx.ssh_user())
         .map_err(|e| CliError::Usage(e.to_string()))?;
-    Ok((target, s[i + 1..].to_owned()))
+    Ok((target, format!("/{path}")))
 }
 
 /// Runs `ektool host sync`.
@@ -111,7 +112,7 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     spec.default_excludes = !args.no_default_excludes;
     spec.authorized_keys = args.authorized_keys.clone();
     spec.check_only = args.check;
-    spec.io_timeout = Duration::from_secs(args.io_timeout.max(1));
+    spec.io_timeout = args.io_timeout;
     spec.validate()
         .map_err(|e| CliError::Usage(e.to_string()))?;
 
@@ -134,6 +135,9 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                 println!(
                     "  temporary key         {} in {} on the destination",
                     plan.key_options, plan.authorized_keys
+                );
+                println!(
+                    "                        (plus command=\"rrsync -wo …\" and from=… where the hosts allow)"
                 );
                 println!("  on the source         {}", plan.command);
                 println!("dry run: nothing changed");

@@ -1,7 +1,11 @@
 //! `ektool snap backup`: instances by tag, single instances, or volumes.
 
+use std::time::Duration;
+
 use ec2kit::{Filter, InstanceId, Region, Tag, VolumeId, fleet};
-use snapkit::backup::{self, BackupOptions, BackupResult, BackupStatus};
+use snapkit::backup::{self, BackupItem, BackupOptions, BackupResult, BackupStatus};
+
+use super::durations;
 
 use crate::args::OutputFormat;
 use crate::context::Context;
@@ -27,9 +31,9 @@ pub struct Args {
     #[arg(long, value_name = "ID")]
     pub exclude_volume: Vec<VolumeId>,
     /// A rerun within this window skips what is already backed up
-    /// (restic-style duration of days/hours: 1h, 12h, 1d).
-    #[arg(long, value_name = "DURATION", default_value = "1h")]
-    pub window: String,
+    /// (1m to 31d, e.g. 1h, 12h, 1d).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = durations::window)]
+    pub window: Duration,
     /// Wait until every snapshot is completed (progress on a terminal);
     /// `error` snapshots and a timeout make the command fail.
     #[arg(long)]
@@ -38,26 +42,14 @@ pub struct Args {
     /// its snapshot call: `[consistency]` mountpoints for instances,
     /// `mountpoint`/`lock_db`/`host` for volume aliases. The host thaws by
     /// itself after `max_hold_seconds` whatever happens to ektool.
+    /// SIGINT/SIGTERM release (thaw, unlock) before exiting 130/143; with
+    /// `--dry-run` nothing is frozen or locked (the hosts are only reached,
+    /// with their known host keys).
     #[arg(long)]
     pub consistent: bool,
-    /// Give up waiting after this many minutes.
-    #[arg(long, value_name = "MINUTES", default_value_t = 120, requires = "wait")]
-    pub wait_timeout: u64,
-}
-
-/// A fixed duration flag (`--window 1h`, `--max-lag 1d`): days and/or
-/// hours, positive.
-pub fn fixed_duration(flag: &str, s: &str) -> Result<jiff::SignedDuration, CliError> {
-    let d: snapkit::retention::GfsDuration =
-        s.parse()
-            .map_err(|e: snapkit::retention::InvalidDuration| {
-                CliError::Usage(format!("{flag}: {e}"))
-            })?;
-    d.fixed().ok_or_else(|| {
-        CliError::Usage(format!(
-            "{flag} {s:?}: use days and/or hours, e.g. 1h or 1d"
-        ))
-    })
+    /// Give up waiting after this long (1m to 7d, e.g. 90m, 2h).
+    #[arg(long, value_name = "DURATION", default_value = "2h", value_parser = durations::backup_wait, requires = "wait")]
+    pub wait_timeout: Duration,
 }
 
 /// Runs the backup and reports per instance or volume.
@@ -66,7 +58,7 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         exclude_boot: args.exclude_boot,
         exclude_volumes: args.exclude_volume.clone(),
         policy: ctx.config.retention.policy.clone(),
-        window: fixed_duration("--window", &args.window)?,
+        window: durations::signed(args.window),
         dry_run: ctx.global.dry_run,
         ..BackupOptions::default()
     };
@@ -115,6 +107,11 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                 continue;
             }
             for id in ids {
+                let item = BackupItem::volume(&region, &id);
+                if ctx.interrupt.is_cancelled() {
+                    results.push(item.failed("not started: interrupted"));
+                    continue;
+                }
                 let alias = ctx.config.volumes.values().find(|a| a.volume_id == id);
                 let Some(host) = alias.and_then(|a| a.host.clone()) else {
                     return Err(CliError::Usage(format!(
@@ -129,21 +126,9 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                         .collect(),
                     alias.is_some_and(|a| a.lock_db),
                 );
-                let run = || async {
-                    Ok::<_, std::convert::Infallible>(
-                        backup::backup_volumes(&ec2, &region, std::slice::from_ref(&id), &options)
-                            .await,
-                    )
-                };
-                let fail = |error: String| BackupResult {
-                    region: region.clone(),
-                    instance: None,
-                    volume: Some(id.clone()),
-                    name: None,
-                    status: BackupStatus::Failed { error, code: None },
-                    notes: Vec::new(),
-                };
-                results.extend(around(ctx, &host, &c, run, fail).await?);
+                let run =
+                    || backup::backup_volumes(&ec2, &region, std::slice::from_ref(&id), &options);
+                results.extend(around(ctx, &host, &c, &item, run).await?);
             }
         }
     } else {
@@ -184,38 +169,32 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                         ctx.config.consistency.db_lock.is_some(),
                     );
                     for instance in &instances {
+                        let item = BackupItem::instance(instance);
+                        if ctx.interrupt.is_cancelled() {
+                            results.push(item.failed("not started: interrupted"));
+                            continue;
+                        }
                         let address = match ctx.config.consistency.address.as_str() {
                             "public_ip" => instance.public_ip.clone(),
                             "public_dns" => instance.public_dns.clone(),
                             _ => instance.private_ip.clone(),
                         };
-                        let fail = |error: String| BackupResult {
-                            region: r.region.clone(),
-                            instance: Some(instance.id.clone()),
-                            volume: None,
-                            name: instance.name().map(str::to_owned),
-                            status: BackupStatus::Failed { error, code: None },
-                            notes: Vec::new(),
-                        };
                         let Some(address) = address else {
-                            results.push(fail(format!(
+                            results.push(item.failed(format!(
                                 "no {} to reach it over SSH",
                                 ctx.config.consistency.address
                             )));
                             continue;
                         };
-                        let run = || async {
-                            Ok::<_, std::convert::Infallible>(
-                                backup::backup_instances(
-                                    &ec2,
-                                    &r.region,
-                                    std::slice::from_ref(instance),
-                                    &options,
-                                )
-                                .await,
+                        let run = || {
+                            backup::backup_instances(
+                                &ec2,
+                                &r.region,
+                                std::slice::from_ref(instance),
+                                &options,
                             )
                         };
-                        results.extend(around(ctx, &address, &c, run, fail).await?);
+                        results.extend(around(ctx, &address, &c, &item, run).await?);
                     }
                 }
                 Err(e) => results.push(BackupResult {
@@ -226,6 +205,7 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                     status: BackupStatus::Failed {
                         error: e.to_string(),
                         code: e.code.clone(),
+                        snapshots: Vec::new(),
                     },
                     notes: vec!["could not list the region's instances".into()],
                 }),
@@ -265,9 +245,16 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                             ("already done in this window".to_owned(), join(snapshots))
                         }
                         BackupStatus::DryRunOk => ("dry run: would succeed".to_owned(), "-".into()),
-                        BackupStatus::Failed { error, .. } => {
-                            (format!("FAILED: {error}"), "-".into())
-                        }
+                        BackupStatus::Failed {
+                            error, snapshots, ..
+                        } => (
+                            format!("FAILED: {error}"),
+                            if snapshots.is_empty() {
+                                "-".into()
+                            } else {
+                                join(snapshots)
+                            },
+                        ),
                     };
                     vec![
                         r.region.to_string(),
@@ -298,9 +285,8 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             what: "backups",
         });
     }
-    if args.wait && !ctx.global.dry_run {
-        let timeout = std::time::Duration::from_secs(args.wait_timeout * 60);
-        wait(ctx, &ec2, &results, timeout).await?;
+    if args.wait && !ctx.global.dry_run && !ctx.interrupt.is_cancelled() {
+        wait(ctx, &ec2, &results, args.wait_timeout).await?;
     }
     Ok(())
 }
@@ -335,10 +321,10 @@ async fn wait(
             problems.push(format!("{region} {id}: error: {msg}"));
         }
         for (id, p) in &report.pending {
-            let minutes = timeout.as_secs() / 60;
             problems.push(format!(
-                "{region} {id}: still pending ({}%) after {minutes} min",
-                p.unwrap_or(0)
+                "{region} {id}: still pending ({}%) after {}",
+                p.unwrap_or(0),
+                ec2kit::duration::format(timeout)
             ));
         }
         for id in &report.missing {
@@ -388,44 +374,24 @@ fn consistency(
     }
 }
 
-/// Runs `run` on `host` with the lock and freeze held; a failure to take
+/// Runs `run` on `host` with the lock and freeze held (the library's
+/// consistent step, watching the run's interrupt token); a failure to take
 /// them fails the item (nothing was snapshotted), not the whole run.
 async fn around<F, Fut>(
     ctx: &Context,
     host: &str,
     c: &snapkit::consistency::Consistency,
+    item: &BackupItem,
     run: F,
-    fail: impl Fn(String) -> BackupResult,
 ) -> Result<Vec<BackupResult>, CliError>
 where
     F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<Vec<BackupResult>, std::convert::Infallible>>,
+    Fut: Future<Output = Vec<BackupResult>>,
 {
     let target = ec2kit::SshTarget::parse_with_user(host, &ctx.ssh_user())
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let remote = ec2kit::SshRemote::new(target, ctx.ssh_options());
-    match snapkit::consistency::around(&remote, c, run).await {
-        Ok((Ok(mut results), hold)) => {
-            let note = format!(
-                "held on {host}: frozen {}, locked {}{}",
-                hold.frozen_secs
-                    .map_or("-".to_owned(), |s| format!("{s:.2}s")),
-                hold.locked_secs
-                    .map_or("-".to_owned(), |s| format!("{s:.2}s")),
-                if hold.released_by_watchdog {
-                    " (released by the host's watchdog)"
-                } else {
-                    ""
-                }
-            );
-            for r in &mut results {
-                r.notes.push(note.clone());
-            }
-            Ok(results)
-        }
-        Ok((Err(never), _)) => match never {},
-        Err(e) => Ok(vec![fail(format!("not consistent, not snapshotted: {e}"))]),
-    }
+    Ok(backup::consistently(&remote, c, &ctx.interrupt, ctx.global.dry_run, item, run).await)
 }
 
 fn join(ids: &[ec2kit::SnapshotId]) -> String {

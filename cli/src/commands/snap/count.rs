@@ -12,9 +12,10 @@ use crate::output;
 /// Arguments of `ektool snap count`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Warn (exit 1) when a region holds more than this many.
-    #[arg(long, default_value_t = 10_000)]
-    pub warn_at: usize,
+    /// Warn (exit 1) when a region holds more than this many (1 to
+    /// 100,000,000).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub warn_at: u64,
     /// Count every snapshot the account owns, not only ektool's.
     #[arg(long)]
     pub adopt: bool,
@@ -39,7 +40,7 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         rows.push(Row {
             region: r.region.to_string(),
             snapshots: n,
-            over: n > args.warn_at,
+            over: n as u64 > args.warn_at,
         });
     }
     match ctx.output() {

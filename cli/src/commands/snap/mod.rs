@@ -9,8 +9,71 @@ pub mod policy;
 pub mod replicate;
 pub mod trim;
 
+use std::time::Duration;
+
 use crate::context::Context;
 use crate::error::CliError;
+
+/// Duration flags of the snapshot, AMI, instance and sync commands: one
+/// parser (`ec2kit::duration`: `90s`, `15m`, `2h`, `7d`; a bare number is
+/// refused with a hint) and a documented range per flag. Each function is
+/// a clap `value_parser`.
+pub mod durations {
+    use super::Duration;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+    const HOUR: Duration = Duration::from_secs(3600);
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn within(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+        ec2kit::duration::parse_in(s, min, max).map_err(|e| e.to_string())
+    }
+
+    /// `snap backup --window`: 1m to 31d.
+    pub fn window(s: &str) -> Result<Duration, String> {
+        within(s, MINUTE, 31 * DAY)
+    }
+
+    /// `snap backup --wait-timeout`: 1m to 7d.
+    pub fn backup_wait(s: &str) -> Result<Duration, String> {
+        within(s, MINUTE, 7 * DAY)
+    }
+
+    /// `snap mount|unmount|cleanup --wait-timeout`: 10s to 1h.
+    pub fn mount_wait(s: &str) -> Result<Duration, String> {
+        within(s, Duration::from_secs(10), HOUR)
+    }
+
+    /// `snap cleanup --older-than`: 0s (every age) to 10 years.
+    pub fn older_than(s: &str) -> Result<Duration, String> {
+        within(s, Duration::ZERO, 3653 * DAY)
+    }
+
+    /// `snap replicate --poll`: 1s to 10m.
+    pub fn poll(s: &str) -> Result<Duration, String> {
+        within(s, Duration::from_secs(1), 10 * MINUTE)
+    }
+
+    /// `snap lag --max-lag` and `replicate --max-lag`: 1m to 10 years.
+    pub fn max_lag(s: &str) -> Result<Duration, String> {
+        within(s, MINUTE, 3653 * DAY)
+    }
+
+    /// `ami … --sibling-window`: 0s to 1d.
+    pub fn sibling_window(s: &str) -> Result<Duration, String> {
+        within(s, Duration::ZERO, DAY)
+    }
+
+    /// `host sync --io-timeout`: 1s to 1d.
+    pub fn io_timeout(s: &str) -> Result<Duration, String> {
+        within(s, Duration::from_secs(1), DAY)
+    }
+
+    /// A `Duration` as jiff's signed duration (every range above fits).
+    pub fn signed(d: Duration) -> jiff::SignedDuration {
+        jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX)
+    }
+}
 
 /// `ektool snap …`.
 #[derive(Debug, clap::Subcommand)]

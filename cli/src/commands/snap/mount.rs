@@ -14,6 +14,7 @@ use snapkit::mount::{
     self, MountCommands, MountRequest, MountVolume, Selector, UnmountPlan, UnmountReport, Waits,
 };
 
+use super::durations;
 use crate::args::OutputFormat;
 use crate::context::{Context, expand_home};
 use crate::error::CliError;
@@ -53,9 +54,14 @@ pub struct CommandArgs {
     /// Unmounts: {mountpoint}.
     #[arg(long, value_name = "TEMPLATE")]
     pub umount_cmd: Option<String>,
-    /// Give up on each EC2 wait (available, attached, detached) after this long.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
-    pub wait_timeout: u64,
+    /// Give up on each EC2 wait (available, attached, detached) after this
+    /// long (10s to 1h, e.g. 5m).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = durations::mount_wait)]
+    pub wait_timeout: Duration,
+    /// The mount root on the host: every mountpoint lies under it, and it
+    /// is made 0700 (default: `[mount] root`, then /mnt/ektool).
+    #[arg(long, value_name = "DIR")]
+    pub mount_root: Option<String>,
 }
 
 /// Arguments of `ektool snap mount`.
@@ -66,12 +72,13 @@ pub struct MountArgs {
     /// The instance to mount it on (the volume is made in its zone).
     #[arg(long, value_name = "ID")]
     pub instance: InstanceId,
-    /// Where to mount it (default /mnt/ektool/<snapshot>).
+    /// Where to mount it, under the mount root (default
+    /// <mount root>/<snapshot>). It must be an empty directory or not exist.
     #[arg(long, value_name = "DIR")]
     pub mountpoint: Option<String>,
-    /// Mount this partition (default: the disk itself if it holds a
-    /// filesystem, else its largest mountable partition).
-    #[arg(long, value_name = "N")]
+    /// Mount this partition, 1 to 128 (default: the disk itself if it
+    /// holds a filesystem, else its largest mountable partition).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=128))]
     pub partition: Option<u32>,
     /// Reaching the host.
     #[command(flatten)]
@@ -105,10 +112,11 @@ pub struct UnmountArgs {
 /// Arguments of `ektool snap cleanup`.
 #[derive(Debug, clap::Args)]
 pub struct CleanupArgs {
-    /// Only volumes created longer ago than this (days/hours: 12h, 2d);
-    /// younger ones may belong to a mount in progress or in use.
-    #[arg(long, value_name = "DURATION", default_value = "24h")]
-    pub older_than: String,
+    /// Only volumes created longer ago than this (0s, meaning every age,
+    /// to 10 years, e.g. 12h, 2d); younger ones may belong to a mount in
+    /// progress or in use.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = durations::older_than)]
+    pub older_than: Duration,
     /// Only the mount volumes of this instance.
     #[arg(long, value_name = "ID")]
     pub instance: Option<InstanceId>,
@@ -138,8 +146,18 @@ fn commands(ctx: &Context, args: &CommandArgs) -> Result<MountCommands, CliError
 fn waits(args: &CommandArgs) -> Waits {
     Waits {
         poll: Duration::from_secs(2),
-        timeout: Duration::from_secs(args.wait_timeout.max(1)),
+        timeout: args.wait_timeout,
     }
+}
+
+/// The mount root: `--mount-root`, else `[mount] root`.
+fn mount_root(ctx: &Context, args: &CommandArgs) -> Result<String, CliError> {
+    let root = args
+        .mount_root
+        .clone()
+        .unwrap_or_else(|| ctx.config.mount.root.clone());
+    mount::check_mountpoint(&root).map_err(|e| CliError::Usage(format!("mount root: {e}")))?;
+    Ok(root)
 }
 
 /// The one region a mount command works in.
@@ -200,8 +218,9 @@ fn progress() -> impl Fn(&str) + Send + Sync {
 /// `ektool snap mount`.
 pub async fn exec_mount(ctx: &Context, args: MountArgs) -> Result<(), CliError> {
     let commands = commands(ctx, &args.commands)?;
+    let root = mount_root(ctx, &args.commands)?;
     if let Some(m) = &args.mountpoint {
-        mount::check_mountpoint(m).map_err(|e| CliError::Usage(e.to_string()))?;
+        mount::check_mountpoint_under(m, &root).map_err(|e| CliError::Usage(e.to_string()))?;
     }
     let ec2 = ctx.ec2().await;
     let region = one_region(ctx, &ec2).await?;
@@ -209,6 +228,7 @@ pub async fn exec_mount(ctx: &Context, args: MountArgs) -> Result<(), CliError> 
         snapshot: args.snapshot.clone(),
         instance: args.instance.clone(),
         mountpoint: args.mountpoint.clone(),
+        root,
         partition: args.partition,
     };
     let plan = mount::plan_mount(&ec2, &region, &request)
@@ -412,9 +432,8 @@ pub async fn exec_cleanup(ctx: &Context, args: CleanupArgs) -> Result<(), CliErr
             "--host needs --instance (each instance has its own host)".into(),
         ));
     }
-    let age = older_than(&args.older_than)?;
     let cutoff = jiff::Timestamp::now()
-        .checked_sub(age)
+        .checked_sub(durations::signed(args.older_than))
         .map_err(|e| CliError::Usage(format!("--older-than: {e}")))?;
     let ec2 = ctx.ec2().await;
     let regions = ctx.regions(&ec2).await?;
@@ -448,7 +467,10 @@ pub async fn exec_cleanup(ctx: &Context, args: CleanupArgs) -> Result<(), CliErr
         );
     }
     if items.is_empty() && ctx.output() == OutputFormat::Table {
-        println!("no mount volumes older than {}", args.older_than);
+        println!(
+            "no mount volumes older than {}",
+            ec2kit::duration::format(args.older_than)
+        );
     }
     let reported = report(ctx, &items);
     if !failed_regions.is_empty() {
@@ -459,23 +481,6 @@ pub async fn exec_cleanup(ctx: &Context, args: CleanupArgs) -> Result<(), CliErr
         });
     }
     reported
-}
-
-/// `--older-than`: days and/or hours; `0h` (or `0`) means every age.
-fn older_than(s: &str) -> Result<jiff::SignedDuration, CliError> {
-    if s.trim_end_matches(['h', 'd']).parse::<u64>() == Ok(0) {
-        return Ok(jiff::SignedDuration::ZERO);
-    }
-    let age: snapkit::retention::GfsDuration =
-        s.parse()
-            .map_err(|e: snapkit::retention::InvalidDuration| {
-                CliError::Usage(format!("--older-than: {e}"))
-            })?;
-    age.fixed().ok_or_else(|| {
-        CliError::Usage(format!(
-            "--older-than {s:?}: use days and/or hours, e.g. 12h or 2d"
-        ))
-    })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -17,33 +17,35 @@ pub struct PolicyArgs {
     /// `retention.policy`, per volume alias its `strategy`.
     #[arg(long, value_name = "NAME")]
     pub policy: Option<String>,
-    /// Keep the N newest snapshots.
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    /// Keep the N newest snapshots (-1: unlimited, 0: off; below -1 is refused).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
     pub keep_last: Option<i64>,
-    /// Keep the newest snapshot of each of the last N hours (-1: all).
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    /// Keep the newest snapshot of each of the last N hours (-1: unlimited, 0: off; below -1 is refused).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
     pub keep_hourly: Option<i64>,
-    /// Keep the newest snapshot of each of the last N days.
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    /// Keep the newest snapshot of each of the last N days (-1: unlimited, 0: off; below -1 is refused).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
     pub keep_daily: Option<i64>,
-    /// Keep the newest snapshot of each of the last N ISO weeks.
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    /// Keep the newest snapshot of each of the last N ISO weeks (-1: unlimited, 0: off; below -1 is refused).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
     pub keep_weekly: Option<i64>,
-    /// Keep the newest snapshot of each of the last N months.
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    /// Keep the newest snapshot of each of the last N months (-1: unlimited, 0: off; below -1 is refused).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
     pub keep_monthly: Option<i64>,
-    /// Keep the newest snapshot of each of the last N years.
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    /// Keep the newest snapshot of each of the last N years (-1: unlimited, 0: off; below -1 is refused).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
     pub keep_yearly: Option<i64>,
-    /// Keep everything within this long of the newest snapshot (`1y6m3d`).
+    /// Keep everything within this long of the newest snapshot (restic's
+    /// units: `1y6m3d`, `36h`, where `m` is months; at most 1000 years).
     #[arg(long, value_name = "DURATION")]
     pub keep_within: Option<GfsDuration>,
     /// Time zone for gfs calendar periods (IANA name; default UTC).
     #[arg(long, value_name = "TZ")]
     pub time_zone: Option<String>,
-    /// Keep at least N completed snapshots per lineage (default: config, 1).
-    #[arg(long, value_name = "N")]
-    pub min_keep: Option<usize>,
+    /// Keep at least N completed snapshots per lineage, 1 to 1000
+    /// (default: config, 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub min_keep: Option<u16>,
 }
 
 /// The policies in force: the default and the per-lineage ones.
@@ -114,7 +116,7 @@ impl PolicyArgs {
         Ok(Policies {
             default,
             per_lineage,
-            min_keep: self.min_keep.unwrap_or(r.min_keep).max(1),
+            min_keep: self.min_keep.map_or(r.min_keep, usize::from).max(1),
         })
     }
 }

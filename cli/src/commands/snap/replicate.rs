@@ -9,6 +9,7 @@ use snapkit::replicate::{
 };
 use snapkit::trim::Scope;
 
+use super::durations;
 use crate::args::OutputFormat;
 use crate::context::Context;
 use crate::error::CliError;
@@ -61,16 +62,16 @@ pub struct CopyArgs {
     /// started; a rerun picks up what is still in flight).
     #[arg(long)]
     pub wait: bool,
-    /// Seconds between polls of the copies in flight.
-    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
-    pub poll: u64,
+    /// Time between polls of the copies in flight (1s to 10m, e.g. 15s).
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = durations::poll)]
+    pub poll: Duration,
 }
 
 impl CopyArgs {
     fn options(&self) -> CopyOptions {
         CopyOptions {
             max_in_flight: usize::from(self.max_in_flight),
-            poll: Duration::from_secs(self.poll.max(1)),
+            poll: self.poll,
             wait: self.wait,
             ..CopyOptions::default()
         }
@@ -132,9 +133,10 @@ pub struct LagArgs {
     #[arg(long, value_name = "REGION")]
     pub to: String,
     /// Exit 1 when a lineage's newest copy is further behind its newest
-    /// source than this (or has no copy): `12h`, `1d`, `2d12h`.
-    #[arg(long, value_name = "DURATION")]
-    pub max_lag: Option<String>,
+    /// source than this (or has no copy): 1m to 10 years, e.g. `12h`, `1d`,
+    /// `2d12h`.
+    #[arg(long, value_name = "DURATION", value_parser = durations::max_lag)]
+    pub max_lag: Option<Duration>,
     /// Selection.
     #[command(flatten)]
     pub select: SelectArgs,
@@ -346,12 +348,20 @@ fn print_table(ctx: &Context, stage: &Stage) {
     );
     let to_copy: usize = plans.iter().map(|p| p.to_copy().count()).sum();
     match report {
-        Some(r) => println!(
-            "\n{} copies started, {} failed, {} waits for a free slot",
-            r.started,
-            r.failed(),
-            r.slot_waits
-        ),
+        Some(r) => {
+            println!(
+                "\n{} copies started, {} failed, {} waits for a free slot",
+                r.started,
+                r.failed(),
+                r.slot_waits
+            );
+            if r.duplicates_removed > 0 {
+                println!(
+                    "{} copies deleted again: a concurrent run had started the same ones first",
+                    r.duplicates_removed
+                );
+            }
+        }
         None if ctx.global.dry_run => println!("\ndry run: {to_copy} copies would start"),
         None => println!("\nnothing to copy"),
     }
@@ -359,12 +369,7 @@ fn print_table(ctx: &Context, stage: &Stage) {
 
 /// Per lineage: newest source, newest copy, how far behind.
 pub async fn exec_lag(ctx: &Context, args: LagArgs) -> Result<(), CliError> {
-    let max = args
-        .max_lag
-        .as_deref()
-        .map(|s| super::backup::fixed_duration("--max-lag", s))
-        .transpose()?
-        .map(|d| d.unsigned_abs());
+    let max = args.max_lag;
     let ec2 = ctx.ec2().await;
     let (from, to) = from_to(&ec2, &args.from, &args.to).await?;
     let rows = replicate::lag(&ec2, &from, &to, &args.select.selection(ctx)).await?;
@@ -410,7 +415,7 @@ pub async fn exec_lag(ctx: &Context, args: LagArgs) -> Result<(), CliError> {
             return Err(CliError::Failed(format!(
                 "{} lineage(s) more than {} behind in {to}: {}",
                 behind.len(),
-                args.max_lag.as_deref().unwrap_or_default(),
+                ec2kit::duration::format(max),
                 behind.join(", ")
             )));
         }

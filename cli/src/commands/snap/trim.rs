@@ -1,5 +1,7 @@
 //! `ektool snap trim` and `ektool snap delete-broken`.
 
+use std::io::{BufRead, IsTerminal, Write};
+
 use ec2kit::{Ec2, Region};
 use serde::Serialize;
 use snapkit::retention::{Decision, Guards, Plan};
@@ -19,12 +21,39 @@ pub struct Args {
     /// guards still protect AMI-backing, pending and preserved ones).
     #[arg(long)]
     pub adopt: bool,
-    /// Deletions in flight at once (the pacing to AWS's bucket still applies).
-    #[arg(long, default_value_t = 8)]
-    pub concurrency: usize,
+    /// Deletions in flight at once, 1 to 64 (the pacing to AWS's bucket
+    /// still applies).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+    /// Delete without asking. On a terminal trim shows the plan and asks;
+    /// without a terminal it needs this (or `retention.unattended_trim =
+    /// true` in the config).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Refuse (delete nothing) when the plan, over all regions, deletes
+    /// more than this many snapshots: 0 to 10,000,000 (default:
+    /// `retention.max_delete`, then 1000). A policy gone wrong stops here.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub max_delete: Option<u64>,
     /// Policy selection.
     #[command(flatten)]
     pub policy: PolicyArgs,
+}
+
+/// The cap on one trim's deletions when neither the flag nor the config
+/// sets one.
+pub const DEFAULT_MAX_DELETE: u64 = 1000;
+
+/// Asks `question` on `out` and reads one line from `input`: only `y` or
+/// `yes` (any case) is a yes; end of input is a no.
+fn confirm(question: &str, input: &mut dyn BufRead, out: &mut dyn Write) -> bool {
+    let _ = write!(out, "{question} [y/N] ");
+    let _ = out.flush();
+    let mut answer = String::new();
+    match input.read_line(&mut answer) {
+        Ok(0) | Err(_) => false,
+        Ok(_) => matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"),
+    }
 }
 
 /// Arguments of `ektool snap delete-broken`.
@@ -74,13 +103,61 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             ..Guards::default()
         };
         let plan = policies.plan(&snapshots, now, guards);
-        let report = if ctx.global.dry_run || plan.deletions().next().is_none() {
-            None
-        } else {
-            Some(apply_with_progress(&ec2, &plan, region, args.concurrency).await)
-        };
-        failed += report.as_ref().map_or(0, TrimReport::failed);
-        plans.push((region.clone(), plan, report));
+        plans.push((region.clone(), plan, None));
+    }
+
+    // Every region is planned before anything is deleted: the cap and the
+    // question are about the whole run.
+    let total: usize = plans.iter().map(|(_, p, _)| p.deletions().count()).sum();
+    let mut refused = None;
+    let mut shown = false;
+    if !ctx.global.dry_run && total > 0 {
+        let cap = args
+            .max_delete
+            .or(ctx.config.retention.max_delete)
+            .unwrap_or(DEFAULT_MAX_DELETE);
+        let regions_with = plans
+            .iter()
+            .filter(|(_, p, _)| p.deletions().next().is_some())
+            .count();
+        if total as u64 > cap {
+            refused = Some(CliError::Failed(format!(
+                "the plan deletes {total} snapshots, more than the cap of {cap} (--max-delete, \
+                 retention.max_delete); nothing deleted. Check the plan with --dry-run; if it \
+                 is right, rerun with --max-delete {total}"
+            )));
+        } else if !args.yes && !ctx.config.retention.unattended_trim {
+            if std::io::stdin().is_terminal() {
+                for (region, plan, _) in &plans {
+                    if ctx.output() == OutputFormat::Table {
+                        println!("== {region}");
+                        print_plan(ctx, plan)?;
+                    }
+                }
+                shown = true;
+                let question = format!("delete {total} snapshot(s) in {regions_with} region(s)?");
+                let stdin = std::io::stdin();
+                if !confirm(&question, &mut stdin.lock(), &mut std::io::stderr()) {
+                    return Err(CliError::Failed("not confirmed; nothing deleted".into()));
+                }
+            } else {
+                refused = Some(CliError::Usage(format!(
+                    "snap trim would delete {total} snapshot(s) and there is no terminal to \
+                     ask: pass --yes (or set retention.unattended_trim = true); see the plan \
+                     with --dry-run"
+                )));
+            }
+        }
+    }
+    if refused.is_none() && !ctx.global.dry_run {
+        for (region, plan, report) in &mut plans {
+            if plan.deletions().next().is_some() {
+                let r =
+                    apply_with_progress(&ec2, plan, region, usize::from(args.concurrency)).await;
+                failed += r.failed();
+                *report = Some(r);
+            }
+        }
     }
     for (region, plan, report) in &plans {
         match ctx.output() {
@@ -90,10 +167,12 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                 applied: report.as_ref(),
             }),
             OutputFormat::Table => {
-                println!("== {region}");
-                print_plan(ctx, plan)?;
+                if !shown {
+                    println!("== {region}");
+                    print_plan(ctx, plan)?;
+                }
                 if let Some(r) = report {
-                    println!("deleted {}, failed {}", r.deleted(), r.failed());
+                    println!("{region}: deleted {}, failed {}", r.deleted(), r.failed());
                     for f in r.results.iter().filter(|x| {
                         !matches!(
                             x.outcome,
@@ -110,6 +189,9 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     }
     if ctx.output() == OutputFormat::Json {
         output::json(&json)?;
+    }
+    if let Some(e) = refused {
+        return Err(e);
     }
     outcome(failed, &failed_regions)
 }
@@ -195,4 +277,30 @@ pub async fn exec_broken(ctx: &Context, args: BrokenArgs) -> Result<(), CliError
         }
     }
     outcome(failed, &failed_regions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_yes_confirms() {
+        for (input, want) in [
+            ("y\n", true),
+            ("YES\n", true),
+            (" yes \n", true),
+            ("n\n", false),
+            ("\n", false),
+            ("", false),
+            ("yep\n", false),
+        ] {
+            let mut out = Vec::new();
+            assert_eq!(
+                confirm("delete?", &mut input.as_bytes(), &mut out),
+                want,
+                "{input:?}"
+            );
+            assert_eq!(out, b"delete? [y/N] ");
+        }
+    }
 }

@@ -198,10 +198,13 @@ pub const STDERR_TAIL: usize = 64 * 1024;
 /// ([`Remote::run_streaming`]): neither is ever held whole in memory.
 pub struct Streams {
     /// Read as the command consumes it, then standard input is closed.
-    /// If reading fails, the command's input is *not* closed cleanly: the
-    /// connection (or process) is dropped and the call fails, so a reader
-    /// that treats the end of input as "done" (psql, a shell) never sees
-    /// a truncated input end normally. Replaces [`Command::stdin`].
+    /// If reading fails, the call fails and the command is stopped without
+    /// a clean end of input as far as the transport allows: a local
+    /// process is killed first; over SSH the connection is dropped, which
+    /// the command itself may still see as the end of its input. So never
+    /// let the end of input mean "complete": frame it (a `COMMIT` sent
+    /// only after the last byte was read, as `deploykit::db` does).
+    /// Replaces [`Command::stdin`].
     pub stdin: Option<Box<dyn std::io::Read + Send>>,
     /// Receives standard output as it arrives.
     pub stdout: Box<dyn std::io::Write + Send>,

@@ -1175,9 +1175,9 @@ impl Inner {
                         Err(e) if is_again(&e) => {}
                         Err(_) => stdin_open = false,
                     },
-                    // The input broke off: never end it cleanly (a reader
-                    // such as psql would take the end of input as the end
-                    // of the job); drop the connection instead.
+                    // The input broke off: no EOF is sent; the caller
+                    // drops the connection (the command may still see
+                    // that as the end of its input: see `Streams`).
                     Step::Failed(source) => {
                         return Err(RemoteError::Io {
                             context: format!(

@@ -344,8 +344,12 @@ impl Remote for LocalRemote {
         let stdin_bytes = fed.map_err(io(format!(
             "{host}: reading the input of `{command}` failed"
         )))?;
-        out.map_err(io(format!("{host}: reading the output of `{command}` failed")))?;
-        let stderr = err.map_err(io(format!("{host}: reading the errors of `{command}` failed")))?;
+        out.map_err(io(format!(
+            "{host}: reading the output of `{command}` failed"
+        )))?;
+        let stderr = err.map_err(io(format!(
+            "{host}: reading the errors of `{command}` failed"
+        )))?;
         let status = status.map_err(io(format!("could not run `{command}`")))?;
         let stdout_bytes = sink
             .await
@@ -353,7 +357,9 @@ impl Remote for LocalRemote {
                 context: "output writer failed".into(),
                 source: std::io::Error::other(e),
             })?
-            .map_err(io(format!("{host}: writing the output of `{command}` failed")))?;
+            .map_err(io(format!(
+                "{host}: writing the output of `{command}` failed"
+            )))?;
         Ok(Streamed {
             status: status_of(status),
             stdin_bytes,

@@ -501,7 +501,10 @@ pub async fn buffered_streaming<R: Remote + ?Sized>(
         source: std::io::Error::other(e),
     })?
     .map_err(|source| RemoteError::Io {
-        context: format!("{}: writing the output of `{command}` failed", remote.host()),
+        context: format!(
+            "{}: writing the output of `{command}` failed",
+            remote.host()
+        ),
         source,
     })
     .map(|out| {

@@ -396,21 +396,23 @@ fn known_status(
             known_hosts: known_hosts.to_owned(),
         });
     }
-    Ok(match file.plain.check_port(&target.host, target.port, blob) {
-        CheckResult::Match => HostKeyStatus::Trusted,
-        CheckResult::Mismatch => HostKeyStatus::Changed,
-        CheckResult::NotFound | CheckResult::Failure => {
-            let lines = file.cert_authority_lines(&target.known_hosts_name());
-            if !lines.is_empty() {
-                return Err(RemoteError::HostCertificateUnsupported {
-                    host: name,
-                    known_hosts: known_hosts.to_owned(),
-                    lines,
-                });
+    Ok(
+        match file.plain.check_port(&target.host, target.port, blob) {
+            CheckResult::Match => HostKeyStatus::Trusted,
+            CheckResult::Mismatch => HostKeyStatus::Changed,
+            CheckResult::NotFound | CheckResult::Failure => {
+                let lines = file.cert_authority_lines(&target.known_hosts_name());
+                if !lines.is_empty() {
+                    return Err(RemoteError::HostCertificateUnsupported {
+                        host: name,
+                        known_hosts: known_hosts.to_owned(),
+                        lines,
+                    });
+                }
+                HostKeyStatus::Unknown
             }
-            HostKeyStatus::Unknown
-        }
-    })
+        },
+    )
 }
 
 fn key_type_name(t: HostKeyType) -> &'static str {
@@ -504,11 +506,7 @@ fn tune_tcp(tcp: &TcpStream) -> std::io::Result<()> {
     sock.set_tcp_user_timeout(Some(Duration::from_secs(60)))
 }
 
-fn pump(
-    mut from: impl Read,
-    mut to: impl Write,
-    heard: Option<&Heard>,
-) -> std::io::Result<()> {
+fn pump(mut from: impl Read, mut to: impl Write, heard: Option<&Heard>) -> std::io::Result<()> {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         let n = match from.read(&mut buf) {
@@ -710,8 +708,7 @@ impl Keepalive {
 
     /// The longest silence accepted from the peer.
     pub fn limit(&self) -> Duration {
-        Duration::from_secs(u64::from(self.interval_secs()))
-            .saturating_mul(self.max_missed.max(2))
+        Duration::from_secs(u64::from(self.interval_secs())).saturating_mul(self.max_missed.max(2))
     }
 }
 
@@ -1262,9 +1259,8 @@ impl Remote for SshRemote {
                 None => Input::None,
             };
             let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-            let ran = inner.with_session(|c| {
-                inner.exec(c, &command, input, &mut stdout, &mut stderr, None)
-            })?;
+            let ran = inner
+                .with_session(|c| inner.exec(c, &command, input, &mut stdout, &mut stderr, None))?;
             Ok(Output {
                 status: ran.status,
                 stdout,
@@ -1299,7 +1295,14 @@ impl Remote for SshRemote {
             };
             let mut stderr = Tail::default();
             let ran = inner.with_session(|c| {
-                inner.exec(c, &command, input, &mut stdout, &mut stderr, cancel.as_ref())
+                inner.exec(
+                    c,
+                    &command,
+                    input,
+                    &mut stdout,
+                    &mut stderr,
+                    cancel.as_ref(),
+                )
             })?;
             Ok(Streamed {
                 status: ran.status,
@@ -1352,6 +1355,7 @@ fn upload_script(path: &str, mode: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy as _;
 
     #[test]
     fn upload_script_quotes_paths() {
@@ -1362,6 +1366,94 @@ mod tests {
         );
         assert!(s.contains("chmod 600"), "{s}");
         assert!(s.contains("mv -f \"$t\" '/srv/my app/.env'"), "{s}");
+        // Flushed before the rename, the directory after.
+        let (sync_file, mv, sync_dir) = (
+            s.find("sync -- \"$t\"").unwrap(),
+            s.find("mv -f").unwrap(),
+            s.find("sync -- '/srv/my app'").unwrap(),
+        );
+        assert!(sync_file < mv && mv < sync_dir, "{s}");
+        assert!(upload_script("/top", 0o600).contains("sync -- /"));
+        assert!(upload_script("rel", 0o600).contains("sync -- ."));
+    }
+
+    #[test]
+    fn host_patterns_follow_openssh() {
+        assert!(host_patterns_match("*.example.com", "web1.example.com"));
+        assert!(host_patterns_match("WEB?.example.com", "web1.example.com"));
+        assert!(!host_patterns_match("*.example.com", "example.org"));
+        assert!(host_patterns_match("[127.0.0.1]:*", "[127.0.0.1]:2222"));
+        assert!(!host_patterns_match("*,!db.example.com", "db.example.com"));
+        assert!(host_patterns_match("*,!db.example.com", "web.example.com"));
+        assert!(!host_patterns_match("|1|c2FsdA==|aGFzaA==", "web"));
+        assert!(glob("a*b*c", "axxbyyc"));
+        assert!(!glob("a*b", "ab c"));
+    }
+
+    #[test]
+    fn keepalive_limit_is_never_below_two_intervals_of_two_seconds() {
+        let k = Keepalive {
+            interval: Duration::ZERO,
+            max_missed: 0,
+        };
+        assert_eq!(k.limit(), Duration::from_secs(4));
+        assert_eq!(Keepalive::default().limit(), Duration::from_secs(60));
+        let huge = Keepalive {
+            interval: Duration::MAX,
+            max_missed: u32::MAX,
+        };
+        assert!(huge.limit() > Duration::from_secs(1));
+    }
+
+    #[test]
+    fn targets_with_control_characters_are_refused() {
+        for bad in ["h\0st", "user\n@host", "host\t", "u\u{7f}@h"] {
+            assert!(SshTarget::parse_with_user(bad, "u").is_err(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn target_parsing_never_panics_and_yields_clean_names(s in "\\PC*|.*") {
+            if let Ok(t) = SshTarget::parse_with_user(&s, "u") {
+                proptest::prop_assert!(!t.host.is_empty() && !t.user.is_empty());
+                proptest::prop_assert!(!t.host.chars().any(char::is_control));
+                proptest::prop_assert!(check_host_name(&t).is_ok());
+                let _ = t.known_hosts_name();
+            }
+        }
+
+        #[test]
+        fn known_hosts_lines_never_panic(lines in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::arbitrary::any::<Vec<u8>>(),
+                "(@revoked|@cert-authority|@x|\\|1\\|)?[ \t]*[^ ]{0,30}( [a-z0-9-]{0,20}( [A-Za-z0-9+/=]{0,80})?)?"
+                    .prop_map(String::into_bytes),
+            ],
+            0..8,
+        ), host in ".{0,40}", port in proptest::arbitrary::any::<u16>()) {
+            let session = Session::new().unwrap();
+            let mut file = KnownHostsFile {
+                plain: session.known_hosts().unwrap(),
+                revoked: Vec::new(),
+                cert_authority: Vec::new(),
+                problems: Vec::new(),
+            };
+            for (i, l) in lines.iter().enumerate() {
+                let _ = file.add_line(i + 1, l);
+            }
+            let target = SshTarget { user: "u".into(), host, port };
+            if check_host_name(&target).is_ok() {
+                let _ = file.plain.check_port(&target.host, target.port, b"blob");
+                let _ = file.cert_authority_lines(&target.known_hosts_name());
+            }
+        }
+
+        #[test]
+        fn glob_never_panics(p in ".{0,20}", t in ".{0,40}") {
+            let _ = glob(&p, &t);
+            let _ = host_patterns_match(&p, &t);
+        }
     }
 
     #[test]

@@ -423,9 +423,8 @@ async fn private_remote(sshd: &PrivateSshd, dir: &Path) -> SshRemote {
     remote
 }
 
-/// Waits until `pattern` runs under the private sshd.
-async fn running(sshd: &PrivateSshd, remote: &SshRemote, pattern: &str) {
-    let _ = sshd;
+/// Waits until a process matching `pattern` runs (on the private sshd).
+async fn running(remote: &SshRemote, pattern: &str) {
     for _ in 0..200 {
         let out = std::process::Command::new("pgrep")
             .args(["-f", pattern])
@@ -451,7 +450,7 @@ async fn a_stopped_host_fails_a_command_without_timeout_instead_of_hanging() {
         let (remote, tag) = (remote.clone(), tag.clone());
         tokio::spawn(async move { remote.run(&Command::shell(tag)).await })
     };
-    running(&sshd, &remote, &format!("^{tag}")).await;
+    running(&remote, &format!("^{tag}")).await;
     sshd.freeze();
     let result = tokio::time::timeout(HANG, run)
         .await
@@ -475,10 +474,12 @@ async fn a_stopped_host_cannot_hold_a_command_past_its_deadline() {
     let sshd = PrivateSshd::start();
     let dir = tempdir();
     // Keepalives slower than the deadline: the deadline is what ends it.
-    let remote = private_remote(&sshd, dir.path()).await.keepalive(Keepalive {
-        interval: Duration::from_secs(60),
-        max_missed: 10,
-    });
+    let remote = private_remote(&sshd, dir.path())
+        .await
+        .keepalive(Keepalive {
+            interval: Duration::from_secs(60),
+            max_missed: 10,
+        });
     let tag = format!("sleep 601.{}", std::process::id());
     let run = {
         let (remote, tag) = (remote.clone(), tag.clone());
@@ -488,7 +489,7 @@ async fn a_stopped_host_cannot_hold_a_command_past_its_deadline() {
                 .await
         })
     };
-    running(&sshd, &remote, &format!("{tag}")).await;
+    running(&remote, &tag).await;
     sshd.freeze();
     let result = tokio::time::timeout(HANG, run)
         .await
@@ -521,7 +522,7 @@ async fn a_stopped_host_streaming_input_fails_instead_of_hanging() {
                 .await
         })
     };
-    running(&sshd, &remote, &format!("{tag}")).await;
+    running(&remote, &tag).await;
     sshd.freeze();
     let result = tokio::time::timeout(HANG, run)
         .await
@@ -683,9 +684,14 @@ async fn a_revoked_host_key_is_refused_even_when_also_trusted() {
     assert!(err.to_string().contains("@revoked"), "{err}");
     assert!(!Path::new(&marker).exists(), "nothing ran");
     // The trust step refuses it too.
-    let err = ssh::trust_host_key(&target(&host), &host.fingerprint(), &kh, Duration::from_secs(5))
-        .await
-        .unwrap_err();
+    let err = ssh::trust_host_key(
+        &target(&host),
+        &host.fingerprint(),
+        &kh,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, RemoteError::HostKeyRevoked { .. }), "{err:?}");
 }
 
@@ -695,7 +701,11 @@ async fn markers_for_other_keys_and_long_lines_do_not_break_connections() {
     let dir = tempdir();
     let kh = dir.path().join("known_hosts");
     let many_names: Vec<String> = (0..400).map(|i| format!("web{i}.example.com")).collect();
-    let long_entry = format!("{} ssh-ed25519 {}", many_names.join(","), other_key_blob(dir.path()));
+    let long_entry = format!(
+        "{} ssh-ed25519 {}",
+        many_names.join(","),
+        other_key_blob(dir.path())
+    );
     assert!(long_entry.len() > 4092, "longer than libssh2's line buffer");
     let huge = format!("# {}", "x".repeat(5000));
     std::fs::write(
@@ -760,7 +770,10 @@ async fn a_host_name_with_a_nul_byte_is_an_error_not_a_panic() {
         .run(&Command::argv(["true"]))
         .await
         .unwrap_err();
-    assert!(matches!(err, RemoteError::Ssh { .. } | RemoteError::Connect { .. }), "{err:?}");
+    assert!(
+        matches!(err, RemoteError::Ssh { .. } | RemoteError::Connect { .. }),
+        "{err:?}"
+    );
     assert!(
         ssh::fetch_host_key(&t, &kh, Duration::from_secs(2))
             .await

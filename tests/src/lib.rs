@@ -12,6 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod fault;
+pub use fault::{Counts, Fault, FaultProxy};
+
 fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!(

@@ -8,38 +8,7 @@ use ec2kit::{
 };
 use ektool_tests::tempdir;
 
-/// Runs the test `name` of this binary again in a child process, with
-/// `env` added to its environment (which a test cannot change for itself)
-/// and optionally under `wrapper` (e.g. strace); returns its output.
-fn rerun_in_child(name: &str, env: &[(&str, &str)], wrapper: &[&str]) -> String {
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = match wrapper.split_first() {
-        Some((w, rest)) => {
-            let mut c = std::process::Command::new(w);
-            c.args(rest).arg(&exe);
-            c
-        }
-        None => std::process::Command::new(&exe),
-    };
-    let out = cmd
-        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
-        .env("EKTOOL_TEST_CHILD", name)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "child run of {name} failed:\n{text}");
-    assert!(text.contains("1 passed"), "the child ran the test:\n{text}");
-    text
-}
-
-fn in_child(name: &str) -> bool {
-    std::env::var("EKTOOL_TEST_CHILD").as_deref() == Ok(name)
-}
+use crate::{in_child, rerun_in_child};
 
 #[tokio::test]
 async fn runs_and_reports_status() {
@@ -131,6 +100,7 @@ async fn commands_get_a_scrubbed_environment() {
                 ("TZ", "UTC"),
             ],
             &[],
+            false,
         );
         return;
     }
@@ -281,6 +251,7 @@ async fn upload_syncs_the_file_before_the_rename_and_the_directory_after() {
             "-o",
             log.to_str().unwrap(),
         ],
+        false,
     );
     assert_eq!(std::fs::read(&target).unwrap(), b"secret\n");
     let events: Vec<String> = std::fs::read_to_string(&log)

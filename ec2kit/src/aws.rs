@@ -264,11 +264,7 @@ impl AwsEc2 {
     /// refused, so it is simply sent again. `lookup` is `None` when the
     /// request could not carry a token: then only refused requests are
     /// retried.
-    async fn create_once<T, S, SF, L, LF>(
-        &self,
-        send: S,
-        lookup: Option<L>,
-    ) -> Result<T, Ec2Error>
+    async fn create_once<T, S, SF, L, LF>(&self, send: S, lookup: Option<L>) -> Result<T, Ec2Error>
     where
         S: Fn() -> SF,
         SF: Future<Output = Result<T, Ec2Error>>,

@@ -157,10 +157,8 @@ fn verdict(state: &Mutex<State>, action: &str) -> Verdict {
     let verdict = match fault {
         Some(Fault::DropAfterForward { times }) if times > 0 => {
             let left = times - 1;
-            s.faults.insert(
-                action.to_owned(),
-                Fault::DropAfterForward { times: left },
-            );
+            s.faults
+                .insert(action.to_owned(), Fault::DropAfterForward { times: left });
             Verdict::Drop
         }
         Some(Fault::Throttle { rate }) if s.next_random() < rate => Verdict::Throttle,

@@ -298,7 +298,11 @@ async fn a_lost_create_snapshots_response_makes_exactly_one_set() {
     let counts = proxy.counts("CreateSnapshots");
     assert_eq!((counts.dropped, counts.forwarded), (1, 0), "{counts:?}");
     let made = ours(&direct, &region, &key).await;
-    assert_eq!(made.len(), inst.block_devices.len(), "exactly one set: {made:#?}");
+    assert_eq!(
+        made.len(),
+        inst.block_devices.len(),
+        "exactly one set: {made:#?}"
+    );
     let mut got: Vec<_> = set.iter().map(|s| s.id.to_string()).collect();
     let mut want: Vec<_> = made.iter().map(|s| s.id.to_string()).collect();
     got.sort();
@@ -419,7 +423,10 @@ async fn missing_credentials_are_a_credentials_error_not_a_network_one() {
                 ("EKTOOL_TEST_MOTO_URL", &moto),
                 ("AWS_EC2_METADATA_DISABLED", "true"),
                 ("AWS_CONFIG_FILE", "/nonexistent/ektool/config"),
-                ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/ektool/credentials"),
+                (
+                    "AWS_SHARED_CREDENTIALS_FILE",
+                    "/nonexistent/ektool/credentials",
+                ),
             ],
             &[],
             true,
@@ -443,7 +450,15 @@ async fn missing_credentials_are_a_credentials_error_not_a_network_one() {
 
 #[tokio::test]
 async fn an_invalid_endpoint_is_an_invalid_request_never_a_panic() {
-    for url in ["", "  ", "not a url", "http://", "ftp://x", "http://[::1", "http://h:99999"] {
+    for url in [
+        "",
+        "  ",
+        "not a url",
+        "http://",
+        "ftp://x",
+        "http://[::1",
+        "http://h:99999",
+    ] {
         assert!(ec2kit::aws::check_endpoint_url(url).is_err(), "{url:?}");
         let ec2 = AwsEc2::new(AwsEc2Options {
             endpoint_url: Some(url.into()),

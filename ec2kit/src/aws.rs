@@ -244,6 +244,13 @@ impl AwsEc2 {
 
     /// Paces, then hands a client for `region` to the call.
     async fn ready(&self, action: Action, region: &Region) -> Result<Client, Ec2Error> {
+        self.attempt(action, region, 1).await
+    }
+
+    /// A client for attempt `n` of a call: the first is paced; a retry is
+    /// not (it answers a refusal or a failure, like the SDK's own retries,
+    /// and waits its backoff instead).
+    async fn attempt(&self, action: Action, region: &Region, n: u32) -> Result<Client, Ec2Error> {
         if let Some(e) = &self.inner.invalid_endpoint {
             return Err(Ec2Error::new(
                 action,
@@ -252,7 +259,12 @@ impl AwsEc2 {
                 e.to_string(),
             ));
         }
-        self.paced(action, region).await;
+        if n <= 1 {
+            self.inner.limiter.acquire(action, region.as_str()).await;
+        }
+        if let Some(hook) = &self.inner.on_request {
+            (hook.0)(action, region);
+        }
         Ok(self.client(region))
     }
 
@@ -266,14 +278,14 @@ impl AwsEc2 {
     /// retried.
     async fn create_once<T, S, SF, L, LF>(&self, send: S, lookup: Option<L>) -> Result<T, Ec2Error>
     where
-        S: Fn() -> SF,
+        S: Fn(u32) -> SF,
         SF: Future<Output = Result<T, Ec2Error>>,
         L: Fn() -> LF,
         LF: Future<Output = Result<Option<T>, Ec2Error>>,
     {
         let mut attempt = 1;
         loop {
-            let err = match send().await {
+            let err = match send(attempt).await {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
@@ -892,15 +904,16 @@ impl Ec2 for AwsEc2 {
         let action = Action::CreateSnapshot;
         let mut tags = r.tags.clone();
         let token = (!r.dry_run).then(|| with_token(&mut tags)).flatten();
-        let send = || async {
+        let tags = &tags;
+        let send = |n| async move {
             let out = self
-                .ready(action, region)
+                .attempt(action, region, n)
                 .await?
                 .create_snapshot()
                 .set_volume_id(r.volume_id.as_ref().map(|v| v.to_string()))
                 .set_description(r.description.clone())
                 .set_tag_specifications(
-                    tag_spec(sdk::ResourceType::Snapshot, &tags).map(|t| vec![t]),
+                    tag_spec(sdk::ResourceType::Snapshot, tags).map(|t| vec![t]),
                 )
                 .dry_run(r.dry_run)
                 .customize()
@@ -927,7 +940,8 @@ impl Ec2 for AwsEc2 {
         let action = Action::CreateSnapshots;
         let mut tags = r.tags.clone();
         let token = (!r.dry_run).then(|| with_token(&mut tags)).flatten();
-        let send = || async {
+        let tags = &tags;
+        let send = |n| async move {
             let spec = sdk::InstanceSpecification::builder()
                 .set_instance_id(r.instance_id.as_ref().map(|i| i.to_string()))
                 .exclude_boot_volume(r.exclude_boot_volume)
@@ -938,13 +952,13 @@ impl Ec2 for AwsEc2 {
                 })
                 .build();
             let mut req = self
-                .ready(action, region)
+                .attempt(action, region, n)
                 .await?
                 .create_snapshots()
                 .instance_specification(spec)
                 .set_description(r.description.clone())
                 .set_tag_specifications(
-                    tag_spec(sdk::ResourceType::Snapshot, &tags).map(|t| vec![t]),
+                    tag_spec(sdk::ResourceType::Snapshot, tags).map(|t| vec![t]),
                 )
                 .dry_run(r.dry_run);
             if r.copy_tags_from_volume {
@@ -1024,9 +1038,10 @@ impl Ec2 for AwsEc2 {
         let action = Action::CopySnapshot;
         let mut tags = r.tags.clone();
         let token = (!r.dry_run).then(|| with_token(&mut tags)).flatten();
-        let send = || async {
+        let tags = &tags;
+        let send = |n| async move {
             let out = self
-                .ready(action, region)
+                .attempt(action, region, n)
                 .await?
                 .copy_snapshot()
                 .set_source_region(r.source_region.as_ref().map(|r| r.to_string()))
@@ -1035,7 +1050,7 @@ impl Ec2 for AwsEc2 {
                 .set_encrypted(r.encrypted.then_some(true))
                 .set_kms_key_id(r.kms_key_id.clone())
                 .set_tag_specifications(
-                    tag_spec(sdk::ResourceType::Snapshot, &tags).map(|t| vec![t]),
+                    tag_spec(sdk::ResourceType::Snapshot, tags).map(|t| vec![t]),
                 )
                 .dry_run(r.dry_run)
                 .customize()

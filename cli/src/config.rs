@@ -508,7 +508,11 @@ strategy = "oneday_rolling"
     #[test]
     fn out_of_range_aws_settings_are_refused_with_their_place() {
         for (text, col, what) in [
-            ("[aws]\nmax_attempts = 0\n", 16, "max_attempts must be from 1 to 20"),
+            (
+                "[aws]\nmax_attempts = 0\n",
+                16,
+                "max_attempts must be from 1 to 20",
+            ),
             ("[aws]\nmax_attempts = 100\n", 16, "not 100"),
             ("[aws]\nmax_attempts = -1\n", 16, "not -1"),
             ("[aws]\nendpoint_url = \"\"\n", 16, "it is empty"),
@@ -522,7 +526,8 @@ strategy = "oneday_rolling"
             );
             assert!(err.contains(what), "{text:?}: {err}");
         }
-        let ok = parse("[aws]\nmax_attempts = 3\nendpoint_url = \"http://127.0.0.1:5000\"\n").unwrap();
+        let ok =
+            parse("[aws]\nmax_attempts = 3\nendpoint_url = \"http://127.0.0.1:5000\"\n").unwrap();
         assert_eq!(ok.aws.max_attempts, Some(3));
     }
 

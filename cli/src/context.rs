@@ -38,7 +38,11 @@ impl Context {
             ec2kit::aws::check_endpoint_url(url)
                 .map_err(|e| CliError::Usage(format!("--endpoint-url: {e}")))?;
         }
-        if global.profile.as_deref().is_some_and(|p| p.trim().is_empty()) {
+        if global
+            .profile
+            .as_deref()
+            .is_some_and(|p| p.trim().is_empty())
+        {
             return Err(CliError::Usage("--profile: empty profile name".into()));
         }
         Ok(Self {

@@ -1359,3 +1359,61 @@ impl Ec2 for AwsEc2 {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls_are_checked() {
+        for ok in [
+            "http://127.0.0.1:5000",
+            "https://ec2.eu-west-1.amazonaws.com",
+            "http://[::1]:5000/",
+            "http://localhost",
+        ] {
+            check_endpoint_url(ok).unwrap();
+        }
+        for bad in [
+            "",
+            " ",
+            "localhost:5000",
+            "http://",
+            "http://:80",
+            "ftp://h",
+            "http://h:x",
+            "http://h:70000",
+            "http://[::1",
+            "http://h /x",
+        ] {
+            assert!(check_endpoint_url(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_is_short_jittered_and_capped() {
+        for attempt in 1..40 {
+            let b = backoff(attempt);
+            assert!(b <= RETRY_CAP, "{attempt}: {b:?}");
+        }
+        assert!(backoff(1) <= RETRY_BASE);
+    }
+
+    #[test]
+    fn a_token_is_added_once_and_never_past_the_tag_limit() {
+        let mut tags = Tags::new().with("a", "1");
+        let t = with_token(&mut tags).unwrap();
+        assert_eq!(tags.get(TOKEN_TAG), Some(t.as_str()));
+        assert_eq!(with_token(&mut tags), Some(t), "the caller's token is kept");
+        let mut full: Tags = (0..50).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        assert_eq!(with_token(&mut full), None);
+        assert_eq!(full.len(), 50);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn endpoint_checking_never_panics(url in "\\PC{0,40}|(https?://)?[a-z0-9:.\\[\\]@/]{0,30}") {
+            let _ = check_endpoint_url(&url);
+        }
+    }
+}

@@ -100,5 +100,9 @@ fn main() {
         fill.as_secs_f64(),
     );
     drop(rt);
-    psql(port, "postgres", &format!("DROP DATABASE {name} WITH (FORCE)"));
+    psql(
+        port,
+        "postgres",
+        &format!("DROP DATABASE {name} WITH (FORCE)"),
+    );
 }

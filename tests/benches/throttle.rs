@@ -42,7 +42,10 @@ async fn clean_up(region: &Region, key: &str, instances: &[ec2kit::InstanceId]) 
         direct.delete_snapshot(region, &s.id, false).await.unwrap();
     }
     for chunk in instances.chunks(500) {
-        direct.terminate_instances(region, chunk, false).await.unwrap();
+        direct
+            .terminate_instances(region, chunk, false)
+            .await
+            .unwrap();
     }
 }
 
@@ -117,7 +120,27 @@ async fn trim(ec2: &AwsEc2, region: &Region, key: &str) -> (usize, usize) {
     (report.deleted(), report.failed())
 }
 
-fn figures(what: &str, n: usize, rate: f64, took: Duration, minimum: Duration, proxy: &FaultProxy, ok: usize, failed: usize) {
+/// One run's figures.
+struct Run<'a> {
+    what: &'a str,
+    n: usize,
+    rate: f64,
+    took: Duration,
+    minimum: Duration,
+    ok: usize,
+    failed: usize,
+}
+
+fn figures(run: Run<'_>, proxy: &FaultProxy) {
+    let Run {
+        what,
+        n,
+        rate,
+        took,
+        minimum,
+        ok,
+        failed,
+    } = run;
     let throttled: usize = proxy.all_counts().values().map(|c| c.throttled).sum();
     let forwarded: usize = proxy.all_counts().values().map(|c| c.forwarded).sum();
     println!(
@@ -144,7 +167,16 @@ async fn bench_trim(n: usize, rate: f64) {
         .minimum_time(n as u64);
     let start = Instant::now();
     let (deleted, failed) = trim(&ec2, &region, &key).await;
-    figures("trim", n, rate, start.elapsed(), minimum, &proxy, deleted, failed);
+    figures(
+        "trim",
+        n,
+        rate,
+        start.elapsed(),
+        minimum,
+        &proxy,
+        deleted,
+        failed,
+    );
     clean_up(&region, &key, &[instance]).await;
 }
 
@@ -184,14 +216,16 @@ async fn bench_backup(n: usize, rate: f64) {
         .filter(|r| matches!(r.status, snapkit::backup::BackupStatus::Failed { .. }))
         .count();
     figures(
-        "backup",
-        n,
-        rate,
-        start.elapsed(),
-        minimum,
+        Run {
+            what: "backup",
+            n,
+            rate,
+            took: start.elapsed(),
+            minimum,
+            ok: results.len() - failed,
+            failed,
+        },
         &proxy,
-        results.len() - failed,
-        failed,
     );
     // The snapshots carry the instances' tags (the key) through the backup.
     let ids: Vec<_> = instances.iter().map(|i| i.id.clone()).collect();

@@ -168,14 +168,16 @@ async fn bench_trim(n: usize, rate: f64) {
     let start = Instant::now();
     let (deleted, failed) = trim(&ec2, &region, &key).await;
     figures(
-        "trim",
-        n,
-        rate,
-        start.elapsed(),
-        minimum,
+        Run {
+            what: "trim",
+            n,
+            rate,
+            took: start.elapsed(),
+            minimum,
+            ok: deleted,
+            failed,
+        },
         &proxy,
-        deleted,
-        failed,
     );
     clean_up(&region, &key, &[instance]).await;
 }

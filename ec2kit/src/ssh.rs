@@ -255,16 +255,16 @@ impl KnownHostsFile {
     }
 
     fn add_line(&mut self, line: usize, raw: &[u8]) -> Result<(), String> {
+        let text = std::str::from_utf8(raw).map_err(|_| "not valid UTF-8".to_owned())?;
+        let text = text.trim_matches([' ', '\t', '\r']);
+        if text.is_empty() || text.starts_with('#') {
+            return Ok(());
+        }
         if raw.len() > KNOWN_HOSTS_MAX_LINE {
             return Err(format!(
                 "{} bytes long, more than the {KNOWN_HOSTS_MAX_LINE} an entry may have",
                 raw.len()
             ));
-        }
-        let text = std::str::from_utf8(raw).map_err(|_| "not valid UTF-8".to_owned())?;
-        let text = text.trim_matches([' ', '\t', '\r']);
-        if text.is_empty() || text.starts_with('#') {
-            return Ok(());
         }
         if text.contains('\0') {
             return Err("contains a NUL byte".into());

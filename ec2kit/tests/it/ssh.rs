@@ -708,12 +708,16 @@ async fn markers_for_other_keys_and_long_lines_do_not_break_connections() {
     );
     assert!(long_entry.len() > 4092, "longer than libssh2's line buffer");
     let huge = format!("# {}", "x".repeat(5000));
+    let oversized = format!(
+        "big.example.com ssh-ed25519 {}",
+        "A".repeat(2 * 1024 * 1024)
+    );
     std::fs::write(
         &kh,
         format!(
             "{long_entry}\n{huge}\n@revoked * ssh-ed25519 {revoked}\n\
              @cert-authority *.example.com ssh-ed25519 {ca}\n\
-             lonelyhostname\n{mine}\n",
+             lonelyhostname\n{oversized}\n{mine}\n",
             revoked = other_key_blob(dir.path()),
             ca = other_key_blob(dir.path()),
             mine = host.known_hosts_line(),
@@ -727,9 +731,10 @@ async fn markers_for_other_keys_and_long_lines_do_not_break_connections() {
     let problems = ssh::known_hosts_problems(&kh).unwrap();
     assert_eq!(
         problems.iter().map(|p| p.line).collect::<Vec<_>>(),
-        vec![5],
+        vec![5, 6],
         "{problems:?}"
     );
+    assert!(problems[1].reason.contains("bytes long"), "{problems:?}");
     // The long entry (line 1) and the long comment (line 2) are read
     // whole: neither is reported.
 }

@@ -41,8 +41,9 @@ use crate::{
 pub const FALLBACK_REGION: &str = "us-east-1";
 
 /// The tag a create call without a client token is found by after a lost
-/// response: a fresh value per call, unless the request already carries
-/// this key (then the caller's value is used, and must be unique).
+/// response: a fresh value per call, always (a value the request already
+/// carries, e.g. copied over from a source snapshot's tags, is replaced:
+/// it is not unique to this call).
 pub const TOKEN_TAG: &str = "ektool:token";
 
 /// Attempts per request when none is configured.
@@ -407,13 +408,11 @@ where
     Ok(None)
 }
 
-/// The token of a create request: the caller's [`TOKEN_TAG`], else a fresh
-/// one added to `tags`; `None` when the tag limit (50) leaves no room.
+/// A fresh token for a create request, set as its [`TOKEN_TAG`] (replacing
+/// any value the tags brought along); `None` when the tag limit (50)
+/// leaves no room for it.
 fn with_token(tags: &mut Tags) -> Option<String> {
-    if let Some(t) = tags.get(TOKEN_TAG) {
-        return Some(t.to_owned());
-    }
-    if tags.len() >= 50 {
+    if tags.get(TOKEN_TAG).is_none() && tags.len() >= 50 {
         return None;
     }
     let token = uuid::Uuid::new_v4().simple().to_string();
@@ -1400,11 +1399,16 @@ mod tests {
     }
 
     #[test]
-    fn a_token_is_added_once_and_never_past_the_tag_limit() {
+    fn every_request_gets_its_own_token_within_the_tag_limit() {
         let mut tags = Tags::new().with("a", "1");
         let t = with_token(&mut tags).unwrap();
         assert_eq!(tags.get(TOKEN_TAG), Some(t.as_str()));
-        assert_eq!(with_token(&mut tags), Some(t), "the caller's token is kept");
+        // A token carried over (from a source snapshot's tags) is replaced:
+        // copies of one set's snapshots must not share one.
+        let again = with_token(&mut tags).unwrap();
+        assert_ne!(again, t);
+        assert_eq!(tags.get(TOKEN_TAG), Some(again.as_str()));
+        assert_eq!(tags.len(), 2);
         let mut full: Tags = (0..50).map(|i| (format!("k{i}"), "v".to_owned())).collect();
         assert_eq!(with_token(&mut full), None);
         assert_eq!(full.len(), 50);

@@ -351,25 +351,34 @@ async fn a_lost_copy_snapshot_response_makes_exactly_one_copy() {
         )
         .await
         .unwrap();
+    assert!(source.tags.get(ec2kit::aws::TOKEN_TAG).is_some());
+    let key = unique("copy");
+    // Like replication, the request carries the source's tags, its token
+    // included; and an earlier run already copied this source.
+    let request = CopySnapshot {
+        source_region: Some(from.clone()),
+        source_snapshot_id: Some(source.id.clone()),
+        tags: source.tags.clone().with(key.clone(), "yes"),
+        ..Default::default()
+    };
+    let earlier = direct.copy_snapshot(&to, &request).await.unwrap();
     let proxy = FaultProxy::start(&moto_url());
     proxy.set("CopySnapshot", Fault::DropAfterForward { times: 1 });
-    let key = unique("copy");
     let copy = through(&proxy)
         .await
-        .copy_snapshot(
-            &to,
-            &CopySnapshot {
-                source_region: Some(from.clone()),
-                source_snapshot_id: Some(source.id.clone()),
-                tags: Tags::new().with(key.clone(), "yes"),
-                ..Default::default()
-            },
-        )
+        .copy_snapshot(&to, &request)
         .await
         .unwrap();
-    let made = ours(&direct, &to, &key).await;
-    assert_eq!(made.len(), 1, "{made:#?}");
-    assert_eq!(made[0].id, copy);
+    assert_ne!(copy, earlier, "the earlier copy is not taken for this one");
+    let mut made: Vec<_> = ours(&direct, &to, &key)
+        .await
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    made.sort();
+    let mut want = vec![earlier, copy];
+    want.sort();
+    assert_eq!(made, want, "exactly one copy more");
     assert_eq!(proxy.counts("CopySnapshot").dropped, 1);
 }
 

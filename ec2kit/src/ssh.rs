@@ -9,6 +9,15 @@
 //! ssh2 is blocking: every session operation runs on tokio's blocking pool.
 //! One session per host is kept and reused; a broken one is dropped and the
 //! next call reconnects.
+//!
+//! Nothing waits unbounded: connecting and the handshake are bounded by
+//! [`SshOptions::connect_timeout`]; a command runs with every libssh2 call
+//! non-blocking, sending SSH keepalives while it waits, and fails with
+//! [`RemoteError::Unresponsive`] once the host has been silent for the
+//! [`Keepalive`] limit (a stopped or cut-off host acknowledges TCP but
+//! answers nothing), with [`RemoteError::Timeout`] shortly after its own
+//! timeout, or with [`RemoteError::Interrupted`] when cancelled. TCP
+//! keepalive and `TCP_USER_TIMEOUT` end a dead connection between commands.
 
 use std::fmt;
 use std::io::{Read, Write};

@@ -613,6 +613,26 @@ async fn streams_input_and_output_both_ways_at_once() {
 }
 
 #[tokio::test]
+async fn a_command_that_reads_its_input_late_is_not_cut_by_a_blocking_timeout() {
+    // libssh2's blocking calls give up after the session timeout (here 2 s):
+    // the input must be written from the polling loop, so a command that
+    // waits (psql behind a lock) before reading it is waited for.
+    let host = ssh_host(3);
+    let dir = tempdir();
+    let kh = host.write_known_hosts(dir.path());
+    let mut opts = options(&host, &kh);
+    opts.connect_timeout = Duration::from_secs(2);
+    let remote = SshRemote::new(target(&host), opts);
+    let input = vec![b'q'; 8 * 1024 * 1024];
+    let out = remote
+        .run(&Command::shell("sleep 5; wc -c").stdin(input))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout_str().trim(), "8388608");
+}
+
+#[tokio::test]
 async fn a_broken_input_fails_the_streamed_command() {
     let (remote, _h, _d) = trusted(2);
     let out = format!("/tmp/{}", unique("stream"));

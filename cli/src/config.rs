@@ -78,8 +78,10 @@ fn default_tag() -> Tag {
 #[serde(deny_unknown_fields)]
 pub struct AwsConfig {
     /// Named profile.
+    #[serde(default, deserialize_with = "de_profile")]
     pub profile: Option<String>,
-    /// Endpoint override.
+    /// Endpoint override (`http(s)://host[:port]`).
+    #[serde(default, deserialize_with = "de_endpoint_url")]
     pub endpoint_url: Option<String>,
     /// Pace EC2 calls to AWS's token buckets (default true).
     pub rate_limit: Option<bool>,
@@ -90,8 +92,34 @@ pub struct AwsConfig {
         serialize_with = "se_rate_limits"
     )]
     pub rate_limits: Vec<(Action, Bucket)>,
-    /// Attempts per request, including the first.
+    /// Attempts per request, including the first (1 to 20).
+    #[serde(default, deserialize_with = "de_max_attempts")]
     pub max_attempts: Option<u32>,
+}
+
+fn de_profile<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let p = String::deserialize(d)?;
+    if p.trim().is_empty() {
+        return Err(serde::de::Error::custom("empty profile name"));
+    }
+    Ok(Some(p))
+}
+
+fn de_endpoint_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let url = String::deserialize(d)?;
+    ec2kit::aws::check_endpoint_url(&url).map_err(serde::de::Error::custom)?;
+    Ok(Some(url))
+}
+
+fn de_max_attempts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let n = i64::deserialize(d)?;
+    let max = ec2kit::aws::MAX_ATTEMPTS_LIMIT;
+    match u32::try_from(n) {
+        Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
+        _ => Err(serde::de::Error::custom(format!(
+            "max_attempts must be from 1 to {max} (attempts per request, the first included), not {n}"
+        ))),
+    }
 }
 
 impl AwsConfig {
@@ -349,9 +377,13 @@ fn de_rate_limits<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Action, Bucket
                             .join(", ")
                     ))
                 })?;
-            if !(bucket.burst >= 1.0 && bucket.per_second > 0.0) {
+            if !(bucket.burst >= 1.0
+                && bucket.per_second > 0.0
+                && bucket.burst.is_finite()
+                && bucket.per_second.is_finite())
+            {
                 return Err(serde::de::Error::custom(format!(
-                    "{name}: burst must be >= 1 and per_second > 0"
+                    "{name}: burst must be >= 1 and per_second > 0 (both finite)"
                 )));
             }
             Ok((action, bucket))
@@ -595,6 +627,44 @@ strategy = "oneday_rolling"
             "{text}"
         );
         assert!(text.contains("DeleteSnapshot,"), "{text}");
+    }
+
+    #[test]
+    fn out_of_range_aws_settings_are_refused_with_their_place() {
+        for (text, col, what) in [
+            (
+                "[aws]\nmax_attempts = 0\n",
+                16,
+                "max_attempts must be from 1 to 20",
+            ),
+            ("[aws]\nmax_attempts = 100\n", 16, "not 100"),
+            ("[aws]\nmax_attempts = -1\n", 16, "not -1"),
+            ("[aws]\nendpoint_url = \"\"\n", 16, "it is empty"),
+            ("[aws]\nendpoint_url = \"localhost:5000\"\n", 16, "http://"),
+            ("[aws]\nprofile = \" \"\n", 11, "empty profile"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("ektool.toml:2:{col}: ")),
+                "{text:?}: {err}"
+            );
+            assert!(err.contains(what), "{text:?}: {err}");
+        }
+        let ok =
+            parse("[aws]\nmax_attempts = 3\nendpoint_url = \"http://127.0.0.1:5000\"\n").unwrap();
+        assert_eq!(ok.aws.max_attempts, Some(3));
+    }
+
+    #[test]
+    fn a_database_name_is_not_a_connection_string() {
+        let err = parse(
+            "[environments.staging]\nhosts = [\"h\"]\npath = \"/srv/app\"\n\
+             [environments.staging.database]\nname = \"host=evil.example dbname=app\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("ektool.toml:5:8: "), "{err}");
+        assert!(err.contains("connection strings"), "{err}");
     }
 
     #[test]

@@ -30,6 +30,20 @@ impl Context {
         if let Some(path) = &config.path {
             tracing::debug!(config = %path.display(), "loaded config");
         }
+        // Bad input stops here (exit 2), before anything is called: the
+        // SDK panics on an empty endpoint and retries a malformed one as
+        // if it were unreachable.
+        if let Some(url) = &global.endpoint_url {
+            ec2kit::aws::check_endpoint_url(url)
+                .map_err(|e| CliError::Usage(format!("--endpoint-url: {e}")))?;
+        }
+        if global
+            .profile
+            .as_deref()
+            .is_some_and(|p| p.trim().is_empty())
+        {
+            return Err(CliError::Usage("--profile: empty profile name".into()));
+        }
         Ok(Self {
             global,
             config,

@@ -169,5 +169,12 @@ pub fn report(err: &CliError) {
         last = text;
         source = s.source();
     }
+    if let CliError::Ec2(e) = err
+        && e.kind == ec2kit::ErrorKind::Credentials
+    {
+        msg.push_str(
+            "\n  hint: give ektool credentials: --profile or AWS_PROFILE (after `aws sso login` for SSO profiles), or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+        );
+    }
     eprintln!("{msg}");
 }

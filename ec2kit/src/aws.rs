@@ -3,11 +3,22 @@
 //! One SDK config is loaded once (default credential chain, optional
 //! profile, optional endpoint override); one client per region is created
 //! lazily and reused. Every request first passes the per-action, per-region
-//! [`RateLimiter`], then the SDK's adaptive retry handles what still
-//! bounces. Pagination is done here by hand so each page is paced too.
+//! [`RateLimiter`]; what still bounces is retried with short jittered
+//! backoff (the SDK's *standard* mode: its adaptive mode throttles the
+//! client itself after one `RequestLimitExceeded` and spent ~20 s per
+//! throttled call, although ektool already paces to AWS's buckets).
+//! Pagination is done here by hand so each page is paced too.
+//!
+//! `CreateSnapshot`, `CreateSnapshots` and `CopySnapshot` take no client
+//! token, so a retry after a lost response would make a second snapshot.
+//! For them the SDK does not retry: each request carries a unique
+//! [`TOKEN_TAG`], and before any retry that may follow an executed request
+//! (a dropped connection, a timeout, a 5xx) the adapter looks the result
+//! up by that tag and returns it if it exists.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_config::{BehaviorVersion, SdkConfig, retry::RetryConfig};
@@ -29,6 +40,80 @@ use crate::{
 /// The region used for account-wide calls when none is configured.
 pub const FALLBACK_REGION: &str = "us-east-1";
 
+/// The tag a create call without a client token is found by after a lost
+/// response: a fresh value per call, always (a value the request already
+/// carries, e.g. copied over from a source snapshot's tags, is replaced:
+/// it is not unique to this call).
+pub const TOKEN_TAG: &str = "ektool:token";
+
+/// Attempts per request when none is configured.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// The most attempts per request accepted (more only stalls a failing run).
+pub const MAX_ATTEMPTS_LIMIT: u32 = 20;
+
+/// First retry waits up to this long (full jitter), doubling per attempt.
+const RETRY_BASE: Duration = Duration::from_millis(100);
+
+/// No retry waits longer than this.
+const RETRY_CAP: Duration = Duration::from_secs(5);
+
+/// An endpoint URL that cannot be used: empty, not `http(s)://host[:port][/path]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid endpoint URL {url:?}: {reason}")]
+pub struct InvalidEndpoint {
+    /// The URL as given.
+    pub url: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+/// Checks an endpoint override before the SDK sees it (the SDK panics on
+/// an empty one and treats a malformed one as an unreachable endpoint,
+/// retrying it).
+pub fn check_endpoint_url(url: &str) -> Result<(), InvalidEndpoint> {
+    let bad = |reason| {
+        Err(InvalidEndpoint {
+            url: url.to_owned(),
+            reason,
+        })
+    };
+    if url.trim().is_empty() {
+        return bad("it is empty");
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("it holds spaces or control characters");
+    }
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return bad("it must start with http:// or https://");
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((h, after)) => (h, after.strip_prefix(':')),
+            None => return bad("an IPv6 address lacks its closing ]"),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return bad("it names no host");
+    }
+    if let Some(p) = port
+        && p.parse::<u16>().is_err()
+    {
+        return bad("the port is not a number from 0 to 65535");
+    }
+    Ok(())
+}
+
 /// How to reach EC2.
 #[derive(Debug, Clone, Default)]
 pub struct AwsEc2Options {
@@ -42,7 +127,8 @@ pub struct AwsEc2Options {
     pub home_region: Option<String>,
     /// Client-side pacing.
     pub rate_limits: Option<RateLimits>,
-    /// Attempts per request including the first (SDK adaptive retry).
+    /// Attempts per request including the first (default
+    /// [`DEFAULT_MAX_ATTEMPTS`]; clamped to 1..=[`MAX_ATTEMPTS_LIMIT`]).
     pub max_attempts: Option<u32>,
     /// Called before every request (each page too) with its action and
     /// region: an audit of what a command really calls (the IAM policy
@@ -78,18 +164,36 @@ struct Inner {
     kms_clients: Mutex<HashMap<String, aws_sdk_kms::Client>>,
     limiter: RateLimiter,
     on_request: Option<RequestHook>,
+    max_attempts: u32,
+    /// An endpoint override that failed [`check_endpoint_url`]: every call
+    /// fails with it instead of reaching a wrong or no endpoint.
+    invalid_endpoint: Option<InvalidEndpoint>,
 }
 
 impl AwsEc2 {
-    /// Loads the SDK configuration and builds the adapter.
+    /// Loads the SDK configuration and builds the adapter. An invalid
+    /// `endpoint_url` (see [`check_endpoint_url`]; check it first to
+    /// report it as bad input) makes every call fail with
+    /// [`ErrorKind::InvalidRequest`].
     pub async fn new(options: AwsEc2Options) -> Self {
-        let retry = RetryConfig::adaptive().with_max_attempts(options.max_attempts.unwrap_or(5));
+        let max_attempts = options
+            .max_attempts
+            .unwrap_or(DEFAULT_MAX_ATTEMPTS)
+            .clamp(1, MAX_ATTEMPTS_LIMIT);
+        let retry = RetryConfig::standard()
+            .with_max_attempts(max_attempts)
+            .with_initial_backoff(RETRY_BASE)
+            .with_max_backoff(RETRY_CAP);
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry);
         if let Some(profile) = &options.profile {
             loader = loader.profile_name(profile);
         }
+        let mut invalid_endpoint = None;
         if let Some(url) = &options.endpoint_url {
-            loader = loader.endpoint_url(url);
+            match check_endpoint_url(url) {
+                Ok(()) => loader = loader.endpoint_url(url),
+                Err(e) => invalid_endpoint = Some(e),
+            }
         }
         if let Some(region) = &options.home_region {
             loader = loader.region(aws_config::Region::new(region.clone()));
@@ -108,6 +212,8 @@ impl AwsEc2 {
                 kms_clients: Mutex::new(HashMap::new()),
                 limiter: RateLimiter::new(options.rate_limits.unwrap_or_default()),
                 on_request: options.on_request,
+                max_attempts,
+                invalid_endpoint,
             }),
         }
     }
@@ -138,9 +244,68 @@ impl AwsEc2 {
     }
 
     /// Paces, then hands a client for `region` to the call.
-    async fn ready(&self, action: Action, region: &Region) -> Client {
-        self.paced(action, region).await;
-        self.client(region)
+    async fn ready(&self, action: Action, region: &Region) -> Result<Client, Ec2Error> {
+        self.attempt(action, region, 1).await
+    }
+
+    /// A client for attempt `n` of a call: the first is paced; a retry is
+    /// not (it answers a refusal or a failure, like the SDK's own retries,
+    /// and waits its backoff instead).
+    async fn attempt(&self, action: Action, region: &Region, n: u32) -> Result<Client, Ec2Error> {
+        if let Some(e) = &self.inner.invalid_endpoint {
+            return Err(Ec2Error::new(
+                action,
+                region.as_str(),
+                ErrorKind::InvalidRequest,
+                e.to_string(),
+            ));
+        }
+        if n <= 1 {
+            self.inner.limiter.acquire(action, region.as_str()).await;
+        }
+        if let Some(hook) = &self.inner.on_request {
+            (hook.0)(action, region);
+        }
+        Ok(self.client(region))
+    }
+
+    /// Runs a create call that has no client token at most once per
+    /// attempt, retrying it here (never in the SDK: `send` disables its
+    /// retries). Before a retry that may follow an executed request (no
+    /// answer, a 5xx) the result is looked up with `lookup` (by the call's
+    /// [`TOKEN_TAG`]) and returned if it exists; a throttled request was
+    /// refused, so it is simply sent again. `lookup` is `None` when the
+    /// request could not carry a token: then only refused requests are
+    /// retried.
+    async fn create_once<T, S, SF, L, LF>(&self, send: S, lookup: Option<L>) -> Result<T, Ec2Error>
+    where
+        S: Fn(u32) -> SF,
+        SF: Future<Output = Result<T, Ec2Error>>,
+        L: Fn() -> LF,
+        LF: Future<Output = Result<Option<T>, Ec2Error>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let err = match send(attempt).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let refused = matches!(err.kind, ErrorKind::Throttled);
+            let maybe_done = matches!(err.kind, ErrorKind::Transport | ErrorKind::ServerError);
+            if attempt >= self.inner.max_attempts || !(refused || maybe_done) {
+                return Err(err);
+            }
+            if maybe_done {
+                let Some(lookup) = &lookup else {
+                    return Err(err);
+                };
+                if let Some(found) = look_up(lookup, &err).await? {
+                    return Ok(found);
+                }
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+        }
     }
 
     async fn paced(&self, action: Action, region: &Region) {
@@ -162,7 +327,7 @@ impl AwsEc2 {
     ) -> Result<(), Ec2Error> {
         let action = Action::DetachVolume;
         self.ready(action, region)
-            .await
+            .await?
             .detach_volume()
             .volume_id(volume.as_str())
             .set_instance_id(instance.map(|i| i.as_str().to_owned()))
@@ -172,6 +337,12 @@ impl AwsEc2 {
             .await
             .map_err(|e| map_err(action, region, e))?;
         Ok(())
+    }
+
+    /// The snapshots a create call with `token` made (see [`TOKEN_TAG`]).
+    async fn by_token(&self, region: &Region, token: &str) -> Result<Vec<Snapshot>, Ec2Error> {
+        self.describe_snapshots(region, &[Filter::new(format!("tag:{TOKEN_TAG}"), [token])])
+            .await
     }
 
     fn kms_client(&self, region: &Region) -> aws_sdk_kms::Client {
@@ -190,6 +361,83 @@ impl AwsEc2 {
             })
             .clone()
     }
+}
+
+/// A per-call override that turns the SDK's own retries off.
+fn no_sdk_retry() -> aws_sdk_ec2::config::Builder {
+    aws_sdk_ec2::config::Builder::default().retry_config(RetryConfig::disabled())
+}
+
+/// Full-jitter exponential backoff: up to 100 ms, 200 ms, ... capped at 5 s.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = RETRY_BASE
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(RETRY_CAP);
+    ceiling.mul_f64(fastrand::f64())
+}
+
+/// Whether the result of a maybe-executed create exists. EC2's listings
+/// can lag its creates by a moment, so an empty answer is asked again
+/// twice (1 s, then 2 s later) before the create is sent again. A lookup
+/// that fails leaves the original error standing: without knowing, a
+/// second create could make a duplicate.
+async fn look_up<T, L, LF>(lookup: &L, original: &Ec2Error) -> Result<Option<T>, Ec2Error>
+where
+    L: Fn() -> LF,
+    LF: Future<Output = Result<Option<T>, Ec2Error>>,
+{
+    for wait in [0u64, 1, 2] {
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        match lookup().await {
+            Ok(Some(found)) => return Ok(Some(found)),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Ec2Error::new(
+                    original.action,
+                    original.region.clone(),
+                    original.kind,
+                    format!(
+                        "{}; whether it was done is unknown (the lookup failed: {e})",
+                        original.message.as_deref().unwrap_or("no answer")
+                    ),
+                )
+                .with_source(e));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A fresh token for a create request, set as its [`TOKEN_TAG`] (replacing
+/// any value the tags brought along); `None` when the tag limit (50)
+/// leaves no room for it.
+fn with_token(tags: &mut Tags) -> Option<String> {
+    if tags.get(TOKEN_TAG).is_none() && tags.len() >= 50 {
+        return None;
+    }
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    tags.insert(TOKEN_TAG, token.clone());
+    Some(token)
+}
+
+/// Whether a credentials provider failed somewhere in `err`'s sources:
+/// the SDK reports missing or expired credentials as a dispatch failure.
+fn credentials_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(c) = e.downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+        {
+            let mut text = c.to_string();
+            let mut inner = std::error::Error::source(c);
+            while let Some(i) = inner {
+                text = format!("{text}: {i}");
+                inner = i.source();
+            }
+            return Some(text);
+        }
+        cur = e.source();
+    }
+    None
 }
 
 fn map_err<E>(action: Action, region: &Region, err: SdkError<E>) -> Ec2Error
@@ -220,13 +468,21 @@ where
             Ec2Error::new(action, region, ErrorKind::Transport, "request timed out")
                 .with_source(err)
         }
-        SdkError::DispatchFailure(_) => Ec2Error::new(
-            action,
-            region,
-            ErrorKind::Transport,
-            "could not reach the endpoint",
-        )
-        .with_source(err),
+        SdkError::DispatchFailure(_) => match credentials_failure(&err) {
+            Some(why) => Ec2Error::new(
+                action,
+                region,
+                ErrorKind::Credentials,
+                format!("no usable AWS credentials ({why})"),
+            ),
+            None => Ec2Error::new(
+                action,
+                region,
+                ErrorKind::Transport,
+                "could not reach the endpoint",
+            )
+            .with_source(err),
+        },
         SdkError::ResponseError(_) => {
             Ec2Error::new(action, region, ErrorKind::Transport, "unreadable response")
                 .with_source(err)
@@ -486,7 +742,7 @@ impl Ec2 for AwsEc2 {
         let action = Action::DescribeRegions;
         let out = self
             .ready(action, &region)
-            .await
+            .await?
             .describe_regions()
             .all_regions(true)
             .send()
@@ -514,7 +770,7 @@ impl Ec2 for AwsEc2 {
         paginate(action, region.as_str(), |token| async move {
             let page = self
                 .ready(action, region)
-                .await
+                .await?
                 .describe_instances()
                 .set_filters(filters(f))
                 .max_results(1000)
@@ -544,7 +800,7 @@ impl Ec2 for AwsEc2 {
         let action = Action::DescribeInstanceAttribute;
         let out = self
             .ready(action, region)
-            .await
+            .await?
             .describe_instance_attribute()
             .instance_id(instance.as_str())
             .attribute(sdk::InstanceAttributeName::DisableApiTermination)
@@ -566,7 +822,7 @@ impl Ec2 for AwsEc2 {
         paginate(action, region.as_str(), |token| async move {
             let page = self
                 .ready(action, region)
-                .await
+                .await?
                 .describe_volumes()
                 .set_filters(filters(f))
                 .max_results(500)
@@ -594,7 +850,7 @@ impl Ec2 for AwsEc2 {
         paginate(action, region.as_str(), |token| async move {
             let page = self
                 .ready(action, region)
-                .await
+                .await?
                 .describe_snapshots()
                 .owner_ids("self")
                 .set_filters(filters(f))
@@ -619,7 +875,7 @@ impl Ec2 for AwsEc2 {
         paginate(action, region.as_str(), |token| async move {
             let page = self
                 .ready(action, region)
-                .await
+                .await?
                 .describe_images()
                 .owners("self")
                 .set_filters(filters(f))
@@ -645,18 +901,34 @@ impl Ec2 for AwsEc2 {
         r: &CreateSnapshot,
     ) -> Result<Snapshot, Ec2Error> {
         let action = Action::CreateSnapshot;
-        let out = self
-            .ready(action, region)
-            .await
-            .create_snapshot()
-            .set_volume_id(r.volume_id.as_ref().map(|v| v.to_string()))
-            .set_description(r.description.clone())
-            .set_tag_specifications(tag_spec(sdk::ResourceType::Snapshot, &r.tags).map(|t| vec![t]))
-            .dry_run(r.dry_run)
-            .send()
-            .await
-            .map_err(|e| map_err(action, region, e))?;
-        Ok(snapshot_from!(&out, region))
+        let mut tags = r.tags.clone();
+        let token = (!r.dry_run).then(|| with_token(&mut tags)).flatten();
+        let tags = &tags;
+        let send = |n| async move {
+            let out = self
+                .attempt(action, region, n)
+                .await?
+                .create_snapshot()
+                .set_volume_id(r.volume_id.as_ref().map(|v| v.to_string()))
+                .set_description(r.description.clone())
+                .set_tag_specifications(
+                    tag_spec(sdk::ResourceType::Snapshot, tags).map(|t| vec![t]),
+                )
+                .dry_run(r.dry_run)
+                .customize()
+                .config_override(no_sdk_retry())
+                .send()
+                .await
+                .map_err(|e| map_err(action, region, e))?;
+            Ok(snapshot_from!(&out, region))
+        };
+        let lookup = token.map(|t| {
+            move || {
+                let t = t.clone();
+                async move { Ok(self.by_token(region, &t).await?.into_iter().next()) }
+            }
+        });
+        self.create_once(send, lookup).await
     }
 
     async fn create_snapshots(
@@ -665,32 +937,54 @@ impl Ec2 for AwsEc2 {
         r: &CreateSnapshots,
     ) -> Result<Vec<Snapshot>, Ec2Error> {
         let action = Action::CreateSnapshots;
-        let spec = sdk::InstanceSpecification::builder()
-            .set_instance_id(r.instance_id.as_ref().map(|i| i.to_string()))
-            .exclude_boot_volume(r.exclude_boot_volume)
-            .set_exclude_data_volume_ids(if r.exclude_data_volume_ids.is_empty() {
-                None
-            } else {
-                ids(&r.exclude_data_volume_ids)
-            })
-            .build();
-        let mut req = self
-            .ready(action, region)
-            .await
-            .create_snapshots()
-            .instance_specification(spec)
-            .set_description(r.description.clone())
-            .set_tag_specifications(tag_spec(sdk::ResourceType::Snapshot, &r.tags).map(|t| vec![t]))
-            .dry_run(r.dry_run);
-        if r.copy_tags_from_volume {
-            req = req.copy_tags_from_source(sdk::CopyTagsFromSource::Volume);
-        }
-        let out = req.send().await.map_err(|e| map_err(action, region, e))?;
-        Ok(out
-            .snapshots()
-            .iter()
-            .map(|s| snapshot_info(s, region))
-            .collect())
+        let mut tags = r.tags.clone();
+        let token = (!r.dry_run).then(|| with_token(&mut tags)).flatten();
+        let tags = &tags;
+        let send = |n| async move {
+            let spec = sdk::InstanceSpecification::builder()
+                .set_instance_id(r.instance_id.as_ref().map(|i| i.to_string()))
+                .exclude_boot_volume(r.exclude_boot_volume)
+                .set_exclude_data_volume_ids(if r.exclude_data_volume_ids.is_empty() {
+                    None
+                } else {
+                    ids(&r.exclude_data_volume_ids)
+                })
+                .build();
+            let mut req = self
+                .attempt(action, region, n)
+                .await?
+                .create_snapshots()
+                .instance_specification(spec)
+                .set_description(r.description.clone())
+                .set_tag_specifications(
+                    tag_spec(sdk::ResourceType::Snapshot, tags).map(|t| vec![t]),
+                )
+                .dry_run(r.dry_run);
+            if r.copy_tags_from_volume {
+                req = req.copy_tags_from_source(sdk::CopyTagsFromSource::Volume);
+            }
+            let out = req
+                .customize()
+                .config_override(no_sdk_retry())
+                .send()
+                .await
+                .map_err(|e| map_err(action, region, e))?;
+            Ok(out
+                .snapshots()
+                .iter()
+                .map(|s| snapshot_info(s, region))
+                .collect())
+        };
+        let lookup = token.map(|t| {
+            move || {
+                let t = t.clone();
+                async move {
+                    let found = self.by_token(region, &t).await?;
+                    Ok((!found.is_empty()).then_some(found))
+                }
+            }
+        });
+        self.create_once(send, lookup).await
     }
 
     async fn create_tags(
@@ -706,7 +1000,7 @@ impl Ec2 for AwsEc2 {
             .map(|(k, v)| sdk::Tag::builder().key(k).value(v).build())
             .collect();
         self.ready(action, region)
-            .await
+            .await?
             .create_tags()
             .set_resources(Some(resources.to_vec()))
             .set_tags(Some(tags))
@@ -725,7 +1019,7 @@ impl Ec2 for AwsEc2 {
     ) -> Result<(), Ec2Error> {
         let action = Action::DeleteSnapshot;
         self.ready(action, region)
-            .await
+            .await?
             .delete_snapshot()
             .snapshot_id(snapshot.as_str())
             .dry_run(dry_run)
@@ -741,21 +1035,44 @@ impl Ec2 for AwsEc2 {
         r: &CopySnapshot,
     ) -> Result<SnapshotId, Ec2Error> {
         let action = Action::CopySnapshot;
-        let out = self
-            .ready(action, region)
-            .await
-            .copy_snapshot()
-            .set_source_region(r.source_region.as_ref().map(|r| r.to_string()))
-            .set_source_snapshot_id(r.source_snapshot_id.as_ref().map(|s| s.to_string()))
-            .set_description(r.description.clone())
-            .set_encrypted(r.encrypted.then_some(true))
-            .set_kms_key_id(r.kms_key_id.clone())
-            .set_tag_specifications(tag_spec(sdk::ResourceType::Snapshot, &r.tags).map(|t| vec![t]))
-            .dry_run(r.dry_run)
-            .send()
-            .await
-            .map_err(|e| map_err(action, region, e))?;
-        Ok(SnapshotId::from_api(out.snapshot_id().unwrap_or_default()))
+        let mut tags = r.tags.clone();
+        let token = (!r.dry_run).then(|| with_token(&mut tags)).flatten();
+        let tags = &tags;
+        let send = |n| async move {
+            let out = self
+                .attempt(action, region, n)
+                .await?
+                .copy_snapshot()
+                .set_source_region(r.source_region.as_ref().map(|r| r.to_string()))
+                .set_source_snapshot_id(r.source_snapshot_id.as_ref().map(|s| s.to_string()))
+                .set_description(r.description.clone())
+                .set_encrypted(r.encrypted.then_some(true))
+                .set_kms_key_id(r.kms_key_id.clone())
+                .set_tag_specifications(
+                    tag_spec(sdk::ResourceType::Snapshot, tags).map(|t| vec![t]),
+                )
+                .dry_run(r.dry_run)
+                .customize()
+                .config_override(no_sdk_retry())
+                .send()
+                .await
+                .map_err(|e| map_err(action, region, e))?;
+            Ok(SnapshotId::from_api(out.snapshot_id().unwrap_or_default()))
+        };
+        let lookup = token.map(|t| {
+            move || {
+                let t = t.clone();
+                async move {
+                    Ok(self
+                        .by_token(region, &t)
+                        .await?
+                        .into_iter()
+                        .next()
+                        .map(|s| s.id))
+                }
+            }
+        });
+        self.create_once(send, lookup).await
     }
 
     async fn register_image(
@@ -766,7 +1083,7 @@ impl Ec2 for AwsEc2 {
         let action = Action::RegisterImage;
         let out = self
             .ready(action, region)
-            .await
+            .await?
             .register_image()
             .name(&r.name)
             .set_description(r.description.clone())
@@ -793,7 +1110,7 @@ impl Ec2 for AwsEc2 {
     ) -> Result<(), Ec2Error> {
         let action = Action::DeregisterImage;
         self.ready(action, region)
-            .await
+            .await?
             .deregister_image()
             .image_id(image.as_str())
             .dry_run(dry_run)
@@ -812,7 +1129,7 @@ impl Ec2 for AwsEc2 {
         let specs: Vec<_> = specs.into_iter().flatten().collect();
         let out = self
             .ready(action, region)
-            .await
+            .await?
             .copy_image()
             .set_source_region(r.source_region.as_ref().map(|r| r.to_string()))
             .set_source_image_id(r.source_image_id.as_ref().map(|i| i.to_string()))
@@ -833,7 +1150,7 @@ impl Ec2 for AwsEc2 {
         let action = Action::CreateVolume;
         let out = self
             .ready(action, region)
-            .await
+            .await?
             .create_volume()
             .availability_zone(&r.availability_zone)
             .set_snapshot_id(r.snapshot_id.as_ref().map(|s| s.to_string()))
@@ -860,7 +1177,7 @@ impl Ec2 for AwsEc2 {
     ) -> Result<(), Ec2Error> {
         let action = Action::AttachVolume;
         self.ready(action, region)
-            .await
+            .await?
             .attach_volume()
             .volume_id(volume.as_str())
             .instance_id(instance.as_str())
@@ -902,7 +1219,7 @@ impl Ec2 for AwsEc2 {
     ) -> Result<(), Ec2Error> {
         let action = Action::DeleteVolume;
         self.ready(action, region)
-            .await
+            .await?
             .delete_volume()
             .volume_id(volume.as_str())
             .dry_run(dry_run)
@@ -920,7 +1237,7 @@ impl Ec2 for AwsEc2 {
     ) -> Result<(), Ec2Error> {
         let action = Action::RebootInstances;
         self.ready(action, region)
-            .await
+            .await?
             .reboot_instances()
             .set_instance_ids(ids(instances))
             .dry_run(dry_run)
@@ -939,7 +1256,7 @@ impl Ec2 for AwsEc2 {
     ) -> Result<(), Ec2Error> {
         let action = Action::ModifyInstanceAttribute;
         self.ready(action, region)
-            .await
+            .await?
             .modify_instance_attribute()
             .instance_id(instance.as_str())
             .disable_api_termination(sdk::AttributeBooleanValue::builder().value(enabled).build())
@@ -964,7 +1281,7 @@ impl Ec2 for AwsEc2 {
         let count = r.count.max(1);
         let out = self
             .ready(action, region)
-            .await
+            .await?
             .run_instances()
             .set_image_id(r.image_id.as_ref().map(|i| i.to_string()))
             .instance_type(sdk::InstanceType::from(r.instance_type.as_str()))
@@ -1031,7 +1348,7 @@ impl Ec2 for AwsEc2 {
     ) -> Result<(), Ec2Error> {
         let action = Action::TerminateInstances;
         self.ready(action, region)
-            .await
+            .await?
             .terminate_instances()
             .set_instance_ids(ids(instances))
             .dry_run(dry_run)
@@ -1039,5 +1356,68 @@ impl Ec2 for AwsEc2 {
             .await
             .map_err(|e| map_err(action, region, e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls_are_checked() {
+        for ok in [
+            "http://127.0.0.1:5000",
+            "https://ec2.eu-west-1.amazonaws.com",
+            "http://[::1]:5000/",
+            "http://localhost",
+        ] {
+            check_endpoint_url(ok).unwrap();
+        }
+        for bad in [
+            "",
+            " ",
+            "localhost:5000",
+            "http://",
+            "http://:80",
+            "ftp://h",
+            "http://h:x",
+            "http://h:70000",
+            "http://[::1",
+            "http://h /x",
+        ] {
+            assert!(check_endpoint_url(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_is_short_jittered_and_capped() {
+        for attempt in 1..40 {
+            let b = backoff(attempt);
+            assert!(b <= RETRY_CAP, "{attempt}: {b:?}");
+        }
+        assert!(backoff(1) <= RETRY_BASE);
+    }
+
+    #[test]
+    fn every_request_gets_its_own_token_within_the_tag_limit() {
+        let mut tags = Tags::new().with("a", "1");
+        let t = with_token(&mut tags).unwrap();
+        assert_eq!(tags.get(TOKEN_TAG), Some(t.as_str()));
+        // A token carried over (from a source snapshot's tags) is replaced:
+        // copies of one set's snapshots must not share one.
+        let again = with_token(&mut tags).unwrap();
+        assert_ne!(again, t);
+        assert_eq!(tags.get(TOKEN_TAG), Some(again.as_str()));
+        assert_eq!(tags.len(), 2);
+        let mut full: Tags = (0..50).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        assert_eq!(with_token(&mut full), None);
+        assert_eq!(full.len(), 50);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn endpoint_checking_never_panics(url in "\\PC{0,40}|(https?://)?[a-z0-9:.\\[\\]@/]{0,30}") {
+            let _ = check_endpoint_url(&url);
+        }
     }
 }

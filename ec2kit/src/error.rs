@@ -28,8 +28,11 @@ pub enum ErrorKind {
     ConcurrencyLimit,
     /// A hard quota (`SnapshotLimitExceeded`, `VolumeLimitExceeded`, ...).
     QuotaExceeded,
-    /// Credentials are missing, invalid, or not allowed to do this.
+    /// The credentials are not allowed to do this.
     AccessDenied,
+    /// No usable credentials: none found, expired, or not valid for the
+    /// account (`AuthFailure`, `ExpiredToken`, ...). Retrying cannot help.
+    Credentials,
     /// A `DryRun` request that *would have succeeded* (`DryRunOperation`).
     DryRunOk,
     /// The request was malformed or had invalid parameters.
@@ -62,14 +65,17 @@ impl ErrorKind {
             | "MaxSpotInstanceCountExceeded"
             | "TagLimitExceeded" => Self::QuotaExceeded,
             "UnauthorizedOperation"
-            | "AuthFailure"
             | "AccessDenied"
             | "AccessDeniedException"
             | "OptInRequired"
-            | "Blocked"
+            | "Blocked" => Self::AccessDenied,
+            "AuthFailure"
             | "SignatureDoesNotMatch"
+            | "IncompleteSignature"
             | "InvalidClientTokenId"
-            | "UnrecognizedClientException" => Self::AccessDenied,
+            | "UnrecognizedClientException"
+            | "ExpiredToken"
+            | "ExpiredTokenException" => Self::Credentials,
             "DryRunOperation" => Self::DryRunOk,
             "InternalError"
             | "InternalFailure"
@@ -215,7 +221,8 @@ mod tests {
             ("ResourceLimitExceeded", ConcurrencyLimit),
             ("SnapshotLimitExceeded", QuotaExceeded),
             ("UnauthorizedOperation", AccessDenied),
-            ("AuthFailure", AccessDenied),
+            ("AuthFailure", Credentials),
+            ("ExpiredToken", Credentials),
             ("DryRunOperation", DryRunOk),
             ("InvalidParameterValue", InvalidRequest),
             ("InvalidSnapshotID.Malformed", InvalidRequest),

@@ -82,7 +82,7 @@ pub use ratelimit::{Bucket, RateLimiter, RateLimits};
 pub use region::{Region, RegionCatalog, RegionError, RegionInfo};
 #[cfg(any(test, feature = "mock"))]
 pub use remote::MockRemote;
-pub use remote::{Command, ExitStatus, Output, Program, Remote, RemoteError};
+pub use remote::{Command, ExitStatus, Output, Program, Remote, RemoteError, Streamed, Streams};
 pub use snapshot::{Snapshot, SnapshotState};
 pub use tags::{InvalidTag, Tag, Tags, is_reserved_key};
 pub use volume::{Volume, VolumeAttachment};
@@ -96,4 +96,4 @@ pub use tokio_util::sync::CancellationToken;
 #[cfg(feature = "aws")]
 pub use aws::{AwsEc2, AwsEc2Options, RequestHook};
 #[cfg(feature = "ssh")]
-pub use ssh::{HostKey, HostKeyStatus, SshOptions, SshRemote, SshTarget};
+pub use ssh::{HostKey, HostKeyStatus, Keepalive, SshOptions, SshRemote, SshTarget};

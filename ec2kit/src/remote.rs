@@ -1,10 +1,12 @@
 //! The `Remote` seam: a shell on one host.
 
 use std::fmt;
+use std::io::Write as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +191,82 @@ impl Output {
     }
 }
 
+/// How much of a streamed command's standard error is kept: its end.
+pub const STDERR_TAIL: usize = 64 * 1024;
+
+/// Where a streamed command's input comes from and its output goes
+/// ([`Remote::run_streaming`]): neither is ever held whole in memory.
+pub struct Streams {
+    /// Read as the command consumes it, then standard input is closed.
+    /// If reading fails, the call fails and the command is stopped without
+    /// a clean end of input as far as the transport allows: a local
+    /// process is killed first; over SSH the connection is dropped, which
+    /// the command itself may still see as the end of its input. So never
+    /// let the end of input mean "complete": frame it (a `COMMIT` sent
+    /// only after the last byte was read, as `deploykit::db` does).
+    /// Replaces [`Command::stdin`].
+    pub stdin: Option<Box<dyn std::io::Read + Send>>,
+    /// Receives standard output as it arrives.
+    pub stdout: Box<dyn std::io::Write + Send>,
+    /// Stops the command when cancelled; the call then fails with
+    /// [`RemoteError::Interrupted`].
+    pub cancel: Option<CancellationToken>,
+}
+
+impl Streams {
+    /// Output to `stdout`, no input, no cancellation.
+    pub fn new(stdout: impl std::io::Write + Send + 'static) -> Self {
+        Self {
+            stdin: None,
+            stdout: Box::new(stdout),
+            cancel: None,
+        }
+    }
+
+    /// Feeds standard input from `reader`.
+    #[must_use]
+    pub fn stdin(mut self, reader: impl std::io::Read + Send + 'static) -> Self {
+        self.stdin = Some(Box::new(reader));
+        self
+    }
+
+    /// Stops the command when `token` is cancelled.
+    #[must_use]
+    pub fn cancel(mut self, token: CancellationToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+}
+
+impl fmt::Debug for Streams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Streams")
+            .field("stdin", &self.stdin.is_some())
+            .field("cancel", &self.cancel.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a streamed command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Streamed {
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Bytes of standard input the command was sent.
+    pub stdin_bytes: u64,
+    /// Bytes of standard output written to the sink.
+    pub stdout_bytes: u64,
+    /// The end of its standard error (at most [`STDERR_TAIL`] bytes).
+    pub stderr: Vec<u8>,
+}
+
+impl Streamed {
+    /// The kept end of standard error as text (lossy).
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
 /// Errors of the `Remote` seam.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -288,6 +366,53 @@ pub enum RemoteError {
         /// What was expected, and what came.
         detail: String,
     },
+    /// The host stopped answering: nothing came back, SSH keepalives
+    /// included, for longer than the keepalive limit. The connection was
+    /// dropped; what the command did on the host is unknown.
+    #[error(
+        "{host}: no answer for {}s (SSH keepalives unanswered): the host or the network to it is down or hung",
+        silent_for.as_secs()
+    )]
+    Unresponsive {
+        /// The host.
+        host: String,
+        /// How long it had been silent.
+        silent_for: Duration,
+    },
+    /// The host offered a key that known_hosts lists as `@revoked`.
+    /// Nothing was sent to it.
+    #[error(
+        "{host}: the host key it offered is marked @revoked in {}; refusing to connect",
+        known_hosts.display()
+    )]
+    HostKeyRevoked {
+        /// The host.
+        host: String,
+        /// The known_hosts file.
+        known_hosts: std::path::PathBuf,
+    },
+    /// known_hosts trusts a certificate authority for this host
+    /// (`@cert-authority`), and has no key of its own for it: host
+    /// certificates cannot be checked here. Nothing was sent to it.
+    #[error(
+        "{host}: {} trusts host certificates for it (@cert-authority, line {}), which ektool cannot verify; record the host's own key instead",
+        known_hosts.display(),
+        lines.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    HostCertificateUnsupported {
+        /// The host.
+        host: String,
+        /// The known_hosts file.
+        known_hosts: std::path::PathBuf,
+        /// The `@cert-authority` lines covering the host.
+        lines: Vec<usize>,
+    },
+    /// The caller cancelled the command; it was stopped.
+    #[error("{host}: interrupted")]
+    Interrupted {
+        /// The host.
+        host: String,
+    },
     /// A local I/O error (key files, known_hosts, local processes).
     #[error("{context}")]
     Io {
@@ -313,6 +438,21 @@ pub trait Remote: Send + Sync {
     /// here: look at [`Output::status`].
     async fn run(&self, command: &Command) -> Result<Output, RemoteError>;
 
+    /// Runs a command to completion, streaming: standard input is read
+    /// from `streams.stdin` while standard output goes to
+    /// `streams.stdout`, so neither is held whole in memory. A non-zero
+    /// exit is not an error here: look at [`Streamed::status`].
+    ///
+    /// The default buffers both (for test doubles); [`LocalRemote`](crate::LocalRemote)
+    /// and `SshRemote` stream.
+    async fn run_streaming(
+        &self,
+        command: &Command,
+        streams: Streams,
+    ) -> Result<Streamed, RemoteError> {
+        buffered_streaming(self, command, streams).await
+    }
+
     /// Writes `bytes` to `path` with permission bits `mode`, atomically: a
     /// private temporary file in the same directory, renamed over `path`.
     /// Readers see the old file or the new one, never a partial one.
@@ -320,6 +460,76 @@ pub trait Remote: Send + Sync {
 
     /// Reads a whole file.
     async fn read_file(&self, path: &str) -> Result<Vec<u8>, RemoteError>;
+}
+
+/// [`Remote::run_streaming`] through [`Remote::run`]: reads all of standard
+/// input first (a read error fails the call before anything runs), then
+/// writes the whole output.
+pub async fn buffered_streaming<R: Remote + ?Sized>(
+    remote: &R,
+    command: &Command,
+    streams: Streams,
+) -> Result<Streamed, RemoteError> {
+    let Streams {
+        stdin,
+        mut stdout,
+        cancel,
+    } = streams;
+    let mut command = command.clone();
+    if let Some(mut reader) = stdin {
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut reader, &mut buf).map(|_| buf)
+        })
+        .await
+        .map_err(|e| RemoteError::Io {
+            context: "input reader failed".into(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(|source| RemoteError::Io {
+            context: format!("{}: reading the input of `{command}` failed", remote.host()),
+            source,
+        })?;
+        command.stdin = Some(bytes);
+    }
+    let stdin_bytes = command.stdin.as_ref().map_or(0, |b| b.len() as u64);
+    let out = match &cancel {
+        None => remote.run(&command).await?,
+        Some(token) => tokio::select! {
+            out = remote.run(&command) => out?,
+            () = token.cancelled() => return Err(RemoteError::Interrupted { host: remote.host() }),
+        },
+    };
+    let stdout_bytes = out.stdout.len() as u64;
+    tokio::task::spawn_blocking(move || {
+        stdout.write_all(&out.stdout)?;
+        stdout.flush()?;
+        Ok::<_, std::io::Error>(out)
+    })
+    .await
+    .map_err(|e| RemoteError::Io {
+        context: "output writer failed".into(),
+        source: std::io::Error::other(e),
+    })?
+    .map_err(|source| RemoteError::Io {
+        context: format!(
+            "{}: writing the output of `{command}` failed",
+            remote.host()
+        ),
+        source,
+    })
+    .map(|out| {
+        let mut stderr = out.stderr;
+        if stderr.len() > STDERR_TAIL {
+            stderr.drain(..stderr.len() - STDERR_TAIL);
+        }
+        Streamed {
+            status: out.status,
+            stdin_bytes,
+            stdout_bytes,
+            stderr,
+        }
+    })
 }
 
 /// Runs `command` and fails unless it exits 0.

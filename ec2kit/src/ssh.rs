@@ -9,12 +9,23 @@
 //! ssh2 is blocking: every session operation runs on tokio's blocking pool.
 //! One session per host is kept and reused; a broken one is dropped and the
 //! next call reconnects.
+//!
+//! Nothing waits unbounded: connecting and the handshake are bounded by
+//! [`SshOptions::connect_timeout`]; a command runs with every libssh2 call
+//! non-blocking, sending SSH keepalives while it waits, and fails with
+//! [`RemoteError::Unresponsive`] once the host has been silent for the
+//! [`Keepalive`] limit (a stopped or cut-off host acknowledges TCP but
+//! answers nothing), with [`RemoteError::Timeout`] shortly after its own
+//! timeout, or with [`RemoteError::Interrupted`] when cancelled. TCP
+//! keepalive and `TCP_USER_TIMEOUT` end a dead connection between commands.
 
 use std::fmt;
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,7 +34,11 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use ssh2::{CheckResult, HashType, HostKeyType, KnownHostFileKind, Session};
 
-use crate::remote::{Command, ExitStatus, Output, Remote, RemoteError, quote};
+use tokio_util::sync::CancellationToken;
+
+use crate::remote::{
+    Command, ExitStatus, Output, Remote, RemoteError, STDERR_TAIL, Streamed, Streams, quote,
+};
 
 /// `user@host:port`, with `user` and `port` optional.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -73,7 +88,10 @@ impl SshTarget {
                 None => (rest.to_owned(), 22),
             }
         };
-        if host.is_empty() || user.is_empty() || host.contains(char::is_whitespace) {
+        // No whitespace or control characters (a NUL would reach libssh2
+        // through a C string): neither is ever part of a real host or user.
+        let odd = |s: &str| s.chars().any(|c| c.is_whitespace() || c.is_control());
+        if host.is_empty() || user.is_empty() || odd(&host) || odd(&user) {
             return Err(bad());
         }
         Ok(Self { user, host, port })
@@ -182,25 +200,228 @@ pub enum HostKeyStatus {
     Changed,
 }
 
-/// Compares a key blob with what `known_hosts` records for `target`.
+/// One line of a known_hosts file that ektool could not use. The line is
+/// skipped (it never makes every connection fail); a host whose only entry
+/// it was is then simply not known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownHostsProblem {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for KnownHostsProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
+}
+
+/// A known_hosts file as ektool reads it: libssh2 parses each host line
+/// on its own (its file reader stops at the first line longer than 4092
+/// bytes and then fails every connection), and the OpenSSH markers it does
+/// not know are handled here: a key listed `@revoked` is refused (for every
+/// host, whatever the line's host pattern), and `@cert-authority` lines
+/// (host certificates, which libssh2 cannot verify) are reported for the
+/// hosts they cover instead of being read as host names.
+struct KnownHostsFile {
+    plain: ssh2::KnownHosts,
+    revoked: Vec<Vec<u8>>,
+    cert_authority: Vec<(usize, String)>,
+    problems: Vec<KnownHostsProblem>,
+}
+
+/// The longest line libssh2 accepts (`KNOWNHOST_MAX_LEN`).
+const KNOWN_HOSTS_MAX_LINE: usize = 1024 * 1024;
+
+impl KnownHostsFile {
+    fn read(path: &Path, session: &Session, name: &str) -> Result<Self, RemoteError> {
+        let mut file = Self {
+            plain: session.known_hosts().map_err(ssh_err(name))?,
+            revoked: Vec::new(),
+            cert_authority: Vec::new(),
+            problems: Vec::new(),
+        };
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(file),
+            Err(source) => {
+                return Err(RemoteError::Io {
+                    context: format!("could not read {}", path.display()),
+                    source,
+                });
+            }
+        };
+        for (i, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+            if let Err(reason) = file.add_line(i + 1, raw) {
+                file.problems.push(KnownHostsProblem {
+                    line: i + 1,
+                    reason,
+                });
+            }
+        }
+        Ok(file)
+    }
+
+    fn add_line(&mut self, line: usize, raw: &[u8]) -> Result<(), String> {
+        let text = std::str::from_utf8(raw).map_err(|_| "not valid UTF-8".to_owned())?;
+        let text = text.trim_matches([' ', '\t', '\r']);
+        if text.is_empty() || text.starts_with('#') {
+            return Ok(());
+        }
+        if raw.len() > KNOWN_HOSTS_MAX_LINE {
+            return Err(format!(
+                "{} bytes long, more than the {KNOWN_HOSTS_MAX_LINE} an entry may have",
+                raw.len()
+            ));
+        }
+        if text.contains('\0') {
+            return Err("contains a NUL byte".into());
+        }
+        let Some(marked) = text.strip_prefix('@') else {
+            return self
+                .plain
+                .read_str(text, KnownHostFileKind::OpenSSH)
+                .map_err(|e| format!("not a known_hosts entry ({})", e.message()));
+        };
+        let mut fields = marked.split_ascii_whitespace();
+        let marker = fields.next().unwrap_or_default();
+        let (hosts, _kind, key) = match (fields.next(), fields.next(), fields.next()) {
+            (Some(h), Some(k), Some(b)) => (h, k, b),
+            _ => return Err(format!("@{marker} line without host, key type and key")),
+        };
+        match marker {
+            "revoked" => {
+                let blob = base64::engine::general_purpose::STANDARD
+                    .decode(key)
+                    .map_err(|_| "@revoked key is not base64".to_owned())?;
+                self.revoked.push(blob);
+                Ok(())
+            }
+            "cert-authority" => {
+                self.cert_authority.push((line, hosts.to_owned()));
+                Ok(())
+            }
+            other => Err(format!("unknown marker @{other}")),
+        }
+    }
+
+    /// The `@cert-authority` lines whose host patterns cover `name`.
+    fn cert_authority_lines(&self, name: &str) -> Vec<usize> {
+        self.cert_authority
+            .iter()
+            .filter(|(_, patterns)| host_patterns_match(patterns, name))
+            .map(|(line, _)| *line)
+            .collect()
+    }
+}
+
+/// OpenSSH's host pattern list: comma-separated globs (`*`, `?`), `!`
+/// negating; case-insensitive. Hashed entries (`|1|…`) never match here.
+fn host_patterns_match(patterns: &str, name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    let mut matched = false;
+    for pattern in patterns.split(',') {
+        let (negated, pattern) = match pattern.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, pattern),
+        };
+        if glob(&pattern.to_ascii_lowercase(), &name) {
+            if negated {
+                return false;
+            }
+            matched = true;
+        }
+    }
+    matched
+}
+
+/// `*` and `?` glob matching, iterative (no recursion on hostile input).
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// The lines of `known_hosts` ektool skips, and why: entries libssh2
+/// cannot parse (too long, malformed) and unknown `@` markers. An empty
+/// list means every line is used. A missing file has no problems.
+pub fn known_hosts_problems(known_hosts: &Path) -> Result<Vec<KnownHostsProblem>, RemoteError> {
+    let session = Session::new().map_err(ssh_err("known_hosts"))?;
+    Ok(KnownHostsFile::read(known_hosts, &session, "known_hosts")?.problems)
+}
+
+/// libssh2 panics (through ssh2's `CString::new(..).unwrap()`) on a host
+/// name holding a NUL byte; such a name is never a real host.
+fn check_host_name(target: &SshTarget) -> Result<(), RemoteError> {
+    if target.host.is_empty() || target.host.chars().any(char::is_control) {
+        return Err(RemoteError::Ssh {
+            host: target.to_string().escape_debug().to_string(),
+            message: "the host name is empty or holds control characters".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Compares a key blob with what `known_hosts` records for `target`. A
+/// key listed `@revoked` for the host is an error; so is a host covered
+/// only by a `@cert-authority` line (ektool cannot check host certificates).
 fn known_status(
     target: &SshTarget,
     blob: &[u8],
     known_hosts: &Path,
 ) -> Result<HostKeyStatus, RemoteError> {
+    check_host_name(target)?;
     let name = target.to_string();
     let session = Session::new().map_err(ssh_err(&name))?;
-    let mut known = session.known_hosts().map_err(ssh_err(&name))?;
-    if known_hosts.exists() {
-        known
-            .read_file(known_hosts, KnownHostFileKind::OpenSSH)
-            .map_err(ssh_err(&name))?;
+    let file = KnownHostsFile::read(known_hosts, &session, &name)?;
+    for p in &file.problems {
+        tracing::warn!(
+            known_hosts = %known_hosts.display(),
+            line = p.line,
+            "known_hosts entry skipped: {}",
+            p.reason
+        );
     }
-    Ok(match known.check_port(&target.host, target.port, blob) {
-        CheckResult::Match => HostKeyStatus::Trusted,
-        CheckResult::Mismatch => HostKeyStatus::Changed,
-        CheckResult::NotFound | CheckResult::Failure => HostKeyStatus::Unknown,
-    })
+    if file.revoked.iter().any(|k| k.as_slice() == blob) {
+        return Err(RemoteError::HostKeyRevoked {
+            host: name,
+            known_hosts: known_hosts.to_owned(),
+        });
+    }
+    Ok(
+        match file.plain.check_port(&target.host, target.port, blob) {
+            CheckResult::Match => HostKeyStatus::Trusted,
+            CheckResult::Mismatch => HostKeyStatus::Changed,
+            CheckResult::NotFound | CheckResult::Failure => {
+                let lines = file.cert_authority_lines(&target.known_hosts_name());
+                if !lines.is_empty() {
+                    return Err(RemoteError::HostCertificateUnsupported {
+                        host: name,
+                        known_hosts: known_hosts.to_owned(),
+                        lines,
+                    });
+                }
+                HostKeyStatus::Unknown
+            }
+        },
+    )
 }
 
 fn key_type_name(t: HostKeyType) -> &'static str {
@@ -222,38 +443,148 @@ fn ssh_err(host: &str) -> impl Fn(ssh2::Error) -> RemoteError + '_ {
     }
 }
 
-/// Connects and performs the handshake only: no authentication, no checks.
-fn handshake(target: &SshTarget, timeout: Duration) -> Result<Session, RemoteError> {
+/// When bytes last came from the peer, as told by the connection's pump.
+#[derive(Debug)]
+struct Heard {
+    base: Instant,
+    /// Milliseconds since `base`.
+    last: AtomicU64,
+}
+
+impl Heard {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.base.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
+}
+
+/// An SSH session and the TCP connection under it.
+///
+/// libssh2 does not tell when it last heard from the peer, and sends
+/// keepalives only when asked. So libssh2 talks to one end of a local
+/// socket pair and two small threads pump bytes between the other end and
+/// the TCP connection, noting when the peer last sent anything: a peer
+/// that stops answering keepalives (stopped, partitioned, hung) shows as
+/// silence, whatever its TCP stack still acknowledges.
+struct Conn {
+    session: Session,
+    tcp: TcpStream,
+    heard: Arc<Heard>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Wakes both pump threads, even when the peer never answers again.
+        let _ = self.tcp.shutdown(Shutdown::Both);
+    }
+}
+
+fn connect_err(host: &str) -> impl Fn(std::io::Error) -> RemoteError + '_ {
+    move |source| RemoteError::Connect {
+        host: host.to_owned(),
+        source,
+    }
+}
+
+/// Kernel-level liveness: TCP keepalive probes on an idle connection and a
+/// bound on unacknowledged data, so a partitioned network ends the
+/// connection even between commands.
+fn tune_tcp(tcp: &TcpStream) -> std::io::Result<()> {
+    // Each command is a few small SSH packets (channel open, exec, EOF)
+    // sent back to back: with Nagle's algorithm the second one waits for
+    // the peer's delayed ACK, ~40 ms per command.
+    tcp.set_nodelay(true)?;
+    let sock = socket2::SockRef::from(tcp);
+    sock.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(30))
+            .with_interval(Duration::from_secs(10))
+            .with_retries(3),
+    )?;
+    sock.set_tcp_user_timeout(Some(Duration::from_secs(60)))
+}
+
+fn pump(mut from: impl Read, mut to: impl Write, heard: Option<&Heard>) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some(h) = heard {
+            h.touch();
+        }
+        to.write_all(&buf[..n])?;
+    }
+}
+
+/// Connects (bounded by `timeout`) and performs the handshake only: no
+/// authentication, no checks. Every blocking libssh2 call is bounded by
+/// `timeout` too.
+fn handshake(target: &SshTarget, timeout: Duration) -> Result<Conn, RemoteError> {
+    check_host_name(target)?;
     let name = target.to_string();
     let addr = (target.host.as_str(), target.port)
         .to_socket_addrs()
-        .map_err(|source| RemoteError::Connect {
-            host: name.clone(),
-            source,
-        })?
+        .map_err(connect_err(&name))?
         .next()
         .ok_or_else(|| RemoteError::Connect {
             host: name.clone(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
         })?;
-    let tcp =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|source| RemoteError::Connect {
-            host: name.clone(),
-            source,
-        })?;
-    // Each command is a few small SSH packets (channel open, exec, EOF)
-    // sent back to back: with Nagle's algorithm the second one waits for
-    // the peer's delayed ACK, ~40 ms per command.
-    tcp.set_nodelay(true)
-        .map_err(|source| RemoteError::Connect {
-            host: name.clone(),
-            source,
-        })?;
+    let timeout = timeout.max(Duration::from_millis(1));
+    let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(connect_err(&name))?;
+    tune_tcp(&tcp).map_err(connect_err(&name))?;
+    let (ours, theirs) = UnixStream::pair().map_err(connect_err(&name))?;
+    let heard = Arc::new(Heard::new());
+    let clone = |s: &TcpStream| s.try_clone().map_err(connect_err(&name));
+    let (tcp_in, tcp_out) = (clone(&tcp)?, clone(&tcp)?);
+    let theirs_out = theirs.try_clone().map_err(connect_err(&name))?;
+    let spawn = |f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name("ektool-ssh-pump".into())
+            .spawn(f)
+            .map(drop)
+            .map_err(connect_err(&name))
+    };
+    {
+        let heard = heard.clone();
+        spawn(Box::new(move || {
+            let _ = pump(&tcp_in, &theirs_out, Some(&heard));
+            // The peer closed (or the link broke): libssh2 reads EOF.
+            let _ = theirs_out.shutdown(Shutdown::Write);
+        }))?;
+    }
+    spawn(Box::new(move || {
+        let _ = pump(&theirs, &tcp_out, None);
+        // libssh2 let go of the session: end the TCP connection too, which
+        // also wakes the other pump.
+        let _ = tcp_out.shutdown(Shutdown::Both);
+    }))?;
     let mut session = Session::new().map_err(ssh_err(&name))?;
-    session.set_tcp_stream(tcp);
-    session.set_timeout(timeout.as_millis().min(u32::MAX as u128) as u32);
+    session.set_tcp_stream(ours);
+    session.set_timeout(timeout.as_millis().min(u128::from(u32::MAX)) as u32);
+    let conn = Conn {
+        session,
+        tcp,
+        heard,
+    };
+    let mut session = conn.session.clone();
     session.handshake().map_err(ssh_err(&name))?;
-    Ok(session)
+    Ok(conn)
 }
 
 fn offered_key(session: &Session, target: &SshTarget) -> Result<(HostKey, Vec<u8>), RemoteError> {
@@ -293,8 +624,8 @@ pub async fn fetch_host_key(
     let target = target.clone();
     let known_hosts = known_hosts.to_owned();
     blocking(move || {
-        let session = handshake(&target, timeout)?;
-        let (key, blob) = offered_key(&session, &target)?;
+        let conn = handshake(&target, timeout)?;
+        let (key, blob) = offered_key(&conn.session, &target)?;
         let status = known_status(&target, &blob, &known_hosts)?;
         Ok((key, status))
     })
@@ -352,6 +683,48 @@ where
         })?
 }
 
+/// How a silent peer is found out: SSH keepalives sent while waiting, and
+/// a limit on how long the peer may stay silent.
+///
+/// A host that is stopped, hung or cut off by the network (no RST) answers
+/// nothing; after `interval × max_missed` without a byte from it, the
+/// command fails with [`RemoteError::Unresponsive`] and the connection is
+/// dropped, so a dead peer never hangs a caller, with or without a command
+/// timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Send a keepalive this often while waiting (libssh2's floor: 2 s).
+    pub interval: Duration,
+    /// Keepalive intervals the peer may leave unanswered (at least 2).
+    pub max_missed: u32,
+}
+
+impl Default for Keepalive {
+    /// 15 s × 4: a dead peer is noticed within about a minute, like
+    /// OpenSSH's `ServerAliveInterval 15` with `ServerAliveCountMax 4`.
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(15),
+            max_missed: 4,
+        }
+    }
+}
+
+impl Keepalive {
+    fn interval_secs(&self) -> u32 {
+        self.interval.as_secs().clamp(2, u64::from(u32::MAX)) as u32
+    }
+
+    /// The longest silence accepted from the peer.
+    pub fn limit(&self) -> Duration {
+        Duration::from_secs(u64::from(self.interval_secs())).saturating_mul(self.max_missed.max(2))
+    }
+}
+
+/// How much longer than a command's own timeout the client waits: the host
+/// enforces the timeout and needs a moment to report it.
+const DEADLINE_GRACE: Duration = Duration::from_secs(15);
+
 /// A shell on a host over SSH.
 #[derive(Clone)]
 pub struct SshRemote {
@@ -361,7 +734,8 @@ pub struct SshRemote {
 struct Inner {
     target: SshTarget,
     options: SshOptions,
-    session: Mutex<Option<Session>>,
+    keepalive: Keepalive,
+    session: Mutex<Option<Conn>>,
     /// The client key the last session logged in with.
     used_key: Mutex<Option<crate::ssh_key::PublicKey>>,
 }
@@ -370,6 +744,7 @@ impl fmt::Debug for SshRemote {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SshRemote")
             .field("target", &self.inner.target)
+            .field("keepalive", &self.inner.keepalive)
             .finish_non_exhaustive()
     }
 }
@@ -381,6 +756,21 @@ impl SshRemote {
             inner: Arc::new(Inner {
                 target,
                 options,
+                keepalive: Keepalive::default(),
+                session: Mutex::new(None),
+                used_key: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Sets how a silent peer is found out (default: [`Keepalive::default`]).
+    #[must_use]
+    pub fn keepalive(self, keepalive: Keepalive) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                target: self.inner.target.clone(),
+                options: self.inner.options.clone(),
+                keepalive,
                 session: Mutex::new(None),
                 used_key: Mutex::new(None),
             }),
@@ -416,23 +806,231 @@ impl SshRemote {
     }
 }
 
+/// libssh2's "would block" (`LIBSSH2_ERROR_EAGAIN`).
+fn is_again(e: &ssh2::Error) -> bool {
+    e.code() == ssh2::ErrorCode::Session(-37)
+}
+
+/// Sleeps between polls: short while a command is likely to answer soon,
+/// longer once it has been quiet for a while (long jobs, big uploads that
+/// wait on the window), so an idle wait costs little CPU.
+struct Idle(Instant);
+
+impl Idle {
+    fn new() -> Self {
+        Self(Instant::now())
+    }
+    fn reset(&mut self) {
+        self.0 = Instant::now();
+    }
+    fn sleep(&self) {
+        let quiet = self.0.elapsed();
+        std::thread::sleep(if quiet < Duration::from_millis(50) {
+            Duration::from_millis(1)
+        } else if quiet < Duration::from_secs(2) {
+            Duration::from_millis(2)
+        } else {
+            Duration::from_millis(10)
+        });
+    }
+}
+
+/// What bounds one command: its deadline, the peer's silence, a cancel.
+struct Watch<'a> {
+    conn: &'a Conn,
+    host: &'a str,
+    keepalive: Keepalive,
+    started: Instant,
+    deadline: Option<Instant>,
+    command: &'a Command,
+    cancel: Option<&'a CancellationToken>,
+}
+
+impl Watch<'_> {
+    fn check(&self) -> Result<(), RemoteError> {
+        if self.cancel.is_some_and(CancellationToken::is_cancelled) {
+            return Err(RemoteError::Interrupted {
+                host: self.host.to_owned(),
+            });
+        }
+        if self.deadline.is_some_and(|d| Instant::now() > d) {
+            return Err(RemoteError::Timeout {
+                host: self.host.to_owned(),
+                after: self.command.timeout.unwrap_or_default(),
+                command: self.command.to_string(),
+            });
+        }
+        // libssh2 sends one only when the interval has passed since the
+        // last; a full socket buffer ("again") is no reason to fail here.
+        let _ = self.conn.session.keepalive_send();
+        let silent_for = self.conn.heard.last().max(self.started).elapsed();
+        if silent_for > self.keepalive.limit() {
+            return Err(RemoteError::Unresponsive {
+                host: self.host.to_owned(),
+                silent_for,
+            });
+        }
+        Ok(())
+    }
+
+    /// Repeats a non-blocking libssh2 call until it stops saying "again",
+    /// checking the bounds in between.
+    fn again<T>(&self, mut f: impl FnMut() -> Result<T, ssh2::Error>) -> Result<T, RemoteError> {
+        let idle = Idle::new();
+        loop {
+            match f() {
+                Ok(v) => return Ok(v),
+                Err(e) if is_again(&e) => {
+                    self.check()?;
+                    idle.sleep();
+                }
+                Err(e) => {
+                    return Err(RemoteError::Ssh {
+                        host: self.host.to_owned(),
+                        message: e.message().to_owned(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Standard input of a command, fed from the polling loop.
+enum Input {
+    None,
+    Bytes(Vec<u8>, usize),
+    /// Chunks read by a helper thread (a reader may block: a pipe, a slow
+    /// disk), at most a few in memory at once.
+    Reader {
+        rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+        chunk: Vec<u8>,
+        pos: usize,
+    },
+}
+
+enum Step<'a> {
+    Data(&'a [u8]),
+    Wait,
+    End,
+    Failed(std::io::Error),
+}
+
+impl Input {
+    fn reader(mut r: Box<dyn Read + Send>) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        std::thread::Builder::new()
+            .name("ektool-ssh-stdin".into())
+            .spawn(move || {
+                loop {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let sent = match r.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            tx.send(Ok(buf))
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            break;
+                        }
+                    };
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self::Reader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        })
+    }
+
+    fn step(&mut self) -> Step<'_> {
+        match self {
+            Self::None => Step::End,
+            Self::Bytes(b, pos) if *pos < b.len() => Step::Data(&b[*pos..]),
+            Self::Bytes(..) => Step::End,
+            Self::Reader { rx, chunk, pos } => {
+                if *pos >= chunk.len() {
+                    match rx.try_recv() {
+                        Ok(Ok(next)) => {
+                            *chunk = next;
+                            *pos = 0;
+                        }
+                        Ok(Err(e)) => return Step::Failed(e),
+                        Err(std::sync::mpsc::TryRecvError::Empty) => return Step::Wait,
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => return Step::End,
+                    }
+                }
+                Step::Data(&chunk[*pos..])
+            }
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        match self {
+            Self::None => {}
+            Self::Bytes(_, pos) | Self::Reader { pos, .. } => *pos += n,
+        }
+    }
+}
+
+/// Keeps the last [`STDERR_TAIL`] bytes written to it.
+#[derive(Default)]
+struct Tail(Vec<u8>);
+
+impl Write for Tail {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        if self.0.len() > 2 * STDERR_TAIL {
+            let cut = self.0.len() - STDERR_TAIL;
+            self.0.drain(..cut);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Tail {
+    fn into_inner(mut self) -> Vec<u8> {
+        if self.0.len() > STDERR_TAIL {
+            let cut = self.0.len() - STDERR_TAIL;
+            self.0.drain(..cut);
+        }
+        self.0
+    }
+}
+
+/// What one command did.
+struct Ran {
+    status: ExitStatus,
+    stdin_bytes: u64,
+    stdout_bytes: u64,
+}
+
 impl Inner {
-    fn open(&self) -> Result<Session, RemoteError> {
+    fn open(&self) -> Result<Conn, RemoteError> {
         let t = &self.target;
         let name = t.to_string();
-        let session = handshake(t, self.options.connect_timeout)?;
-        self.verify(&session)?;
-        self.authenticate(&session)?;
-        // Keepalives make a dead peer show up as an error, not a hang.
-        session.set_keepalive(true, 15);
-        if !session.authenticated() {
+        let conn = handshake(t, self.options.connect_timeout)?;
+        self.verify(&conn.session)?;
+        self.authenticate(&conn.session)?;
+        if !conn.session.authenticated() {
             return Err(RemoteError::Auth {
                 host: name,
                 user: t.user.clone(),
                 tried: "nothing".into(),
             });
         }
-        Ok(session)
+        // libssh2 sends keepalives only when asked (`keepalive_send` in
+        // the polling loops below); this sets their interval.
+        conn.session
+            .set_keepalive(true, self.keepalive.interval_secs());
+        Ok(conn)
     }
 
     fn verify(&self, session: &Session) -> Result<(), RemoteError> {
@@ -501,38 +1099,60 @@ impl Inner {
         *self.used_key.lock().unwrap_or_else(|p| p.into_inner()) = key;
     }
 
-    /// Runs `f` on the cached session, connecting first if needed. A
-    /// connection-level failure drops the session so the next call
-    /// reconnects.
+    /// Runs `f` on the cached connection, connecting first if needed. Any
+    /// failure other than a command's own drops the connection (its state
+    /// is unknown), so the next call reconnects.
     fn with_session<T>(
         &self,
-        f: impl FnOnce(&Session) -> Result<T, RemoteError>,
+        f: impl FnOnce(&Conn) -> Result<T, RemoteError>,
     ) -> Result<T, RemoteError> {
         let mut guard = self.session.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             *guard = Some(self.open()?);
         }
-        let Some(session) = guard.as_ref() else {
+        let Some(conn) = guard.as_ref() else {
             return Err(RemoteError::Ssh {
                 host: self.target.to_string(),
                 message: "no session".into(),
             });
         };
-        let result = f(session);
-        if matches!(
-            result,
-            Err(RemoteError::Connect { .. }
-                | RemoteError::Ssh { .. }
-                | RemoteError::Timeout { .. })
-        ) {
+        let result = f(conn);
+        if result.is_err() {
             *guard = None;
         }
         result
     }
 
-    fn exec(&self, session: &Session, command: &Command) -> Result<Output, RemoteError> {
+    /// Runs one command with every libssh2 call non-blocking: standard
+    /// input is written while both output streams are read (neither side
+    /// can stall the other, and no blocking write can hit libssh2's
+    /// timeout), keepalives go out while waiting, and every wait is bounded
+    /// by the deadline, the peer's silence and `cancel`.
+    fn exec(
+        &self,
+        conn: &Conn,
+        command: &Command,
+        input: Input,
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+        cancel: Option<&CancellationToken>,
+    ) -> Result<Ran, RemoteError> {
+        conn.session.set_blocking(false);
+        let result = self.exec_nonblocking(conn, command, input, stdout, stderr, cancel);
+        conn.session.set_blocking(true);
+        result
+    }
+
+    fn exec_nonblocking(
+        &self,
+        conn: &Conn,
+        command: &Command,
+        mut input: Input,
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+        cancel: Option<&CancellationToken>,
+    ) -> Result<Ran, RemoteError> {
         let name = self.target.to_string();
-        let err = ssh_err(&name);
         let mut line = command.to_shell_line();
         let mut deadline = None;
         if let Some(limit) = command.timeout {
@@ -544,95 +1164,120 @@ impl Inner {
                 limit.as_secs().max(1),
                 quote(&line)
             );
-            deadline = Some(Instant::now() + limit + Duration::from_secs(15));
+            deadline = Instant::now()
+                .checked_add(limit)
+                .and_then(|d| d.checked_add(DEADLINE_GRACE));
         }
-        session.set_blocking(true);
-        let mut channel = session.channel_session().map_err(&err)?;
-        channel.exec(&line).map_err(&err)?;
-        if let Some(stdin) = &command.stdin {
-            channel
-                .write_all(stdin)
-                .map_err(|source| RemoteError::Connect {
-                    host: name.clone(),
-                    source,
-                })?;
-        }
-        channel.send_eof().map_err(&err)?;
+        let watch = Watch {
+            conn,
+            host: &name,
+            keepalive: self.keepalive,
+            started: Instant::now(),
+            deadline,
+            command,
+            cancel,
+        };
+        let session = &conn.session;
+        let mut channel = watch.again(|| session.channel_session())?;
+        watch.again(|| channel.exec(&line))?;
 
-        // Read both streams without blocking on either, so a command that
-        // fills stderr while we wait on stdout cannot deadlock.
-        session.set_blocking(false);
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let mut buf = [0u8; 32 * 1024];
-        let result = loop {
+        let local_io = |what: &str| {
+            let context = format!("{name}: {what} `{command}`");
+            move |source| RemoteError::Io { context, source }
+        };
+        let mut buf = vec![0u8; 32 * 1024];
+        let (mut stdin_bytes, mut stdout_bytes) = (0u64, 0u64);
+        let mut stdin_open = true;
+        let mut idle = Idle::new();
+        loop {
             let mut progressed = false;
+            if stdin_open {
+                match input.step() {
+                    Step::Data(bytes) => match channel.write(bytes) {
+                        Ok(n) => {
+                            input.consume(n);
+                            stdin_bytes += n as u64;
+                            progressed |= n > 0;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        // The command closed its input (or exited): the
+                        // rest is not wanted; its status says the rest.
+                        Err(_) => stdin_open = false,
+                    },
+                    Step::Wait => {}
+                    Step::End => match channel.send_eof() {
+                        Ok(()) => stdin_open = false,
+                        Err(e) if is_again(&e) => {}
+                        Err(_) => stdin_open = false,
+                    },
+                    // The input broke off: no EOF is sent; the caller
+                    // drops the connection (the command may still see
+                    // that as the end of its input: see `Streams`).
+                    Step::Failed(source) => {
+                        return Err(RemoteError::Io {
+                            context: format!(
+                                "{name}: reading the input of `{command}` failed after {stdin_bytes} bytes"
+                            ),
+                            source,
+                        });
+                    }
+                }
+            }
             match channel.read(&mut buf) {
                 Ok(0) => {}
                 Ok(n) => {
-                    stdout.extend_from_slice(&buf[..n]);
+                    stdout
+                        .write_all(&buf[..n])
+                        .map_err(local_io("writing the output of"))?;
+                    stdout_bytes += n as u64;
                     progressed = true;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(source) => {
-                    break Err(RemoteError::Connect {
-                        host: name.clone(),
-                        source,
-                    });
-                }
+                Err(source) => return Err(connect_err(&name)(source)),
             }
             match channel.stderr().read(&mut buf) {
                 Ok(0) => {}
                 Ok(n) => {
-                    stderr.extend_from_slice(&buf[..n]);
+                    stderr
+                        .write_all(&buf[..n])
+                        .map_err(local_io("writing the errors of"))?;
                     progressed = true;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(source) => {
-                    break Err(RemoteError::Connect {
-                        host: name.clone(),
-                        source,
-                    });
-                }
+                Err(source) => return Err(connect_err(&name)(source)),
             }
             if !progressed && channel.eof() {
-                break Ok(());
+                break;
             }
-            if deadline.is_some_and(|d| Instant::now() > d) {
-                break Err(RemoteError::Timeout {
-                    host: name.clone(),
-                    after: command.timeout.unwrap_or_default(),
-                    command: command.to_string(),
-                });
+            watch.check()?;
+            if progressed {
+                idle.reset();
+            } else {
+                idle.sleep();
             }
-            if !progressed {
-                std::thread::sleep(Duration::from_millis(2));
+        }
+        stdout.flush().map_err(local_io("writing the output of"))?;
+        watch.again(|| channel.wait_close())?;
+        let status = match channel.exit_signal() {
+            Ok(sig) if sig.exit_signal.is_some() => {
+                ExitStatus::Signal(sig.exit_signal.unwrap_or_default())
             }
-        };
-        session.set_blocking(true);
-        result?;
-        let status = match channel.wait_close() {
-            Ok(()) => match channel.exit_signal() {
-                Ok(sig) if sig.exit_signal.is_some() => {
-                    ExitStatus::Signal(sig.exit_signal.unwrap_or_default())
-                }
-                _ => match channel.exit_status() {
-                    Ok(code) => ExitStatus::Code(code),
-                    Err(_) => ExitStatus::Unknown,
-                },
+            _ => match channel.exit_status() {
+                Ok(code) => ExitStatus::Code(code),
+                Err(_) => ExitStatus::Unknown,
             },
-            Err(_) => ExitStatus::Unknown,
         };
         if command.timeout.is_some() && status == ExitStatus::Code(124) {
             return Err(RemoteError::Timeout {
-                host: name.clone(),
+                host: name,
                 after: command.timeout.unwrap_or_default(),
                 command: command.to_string(),
             });
         }
-        Ok(Output {
+        Ok(Ran {
             status,
-            stdout,
-            stderr,
+            stdin_bytes,
+            stdout_bytes,
         })
     }
 }
@@ -645,8 +1290,66 @@ impl Remote for SshRemote {
 
     async fn run(&self, command: &Command) -> Result<Output, RemoteError> {
         let inner = self.inner.clone();
+        let mut command = command.clone();
+        blocking(move || {
+            let input = match command.stdin.take() {
+                Some(bytes) => Input::Bytes(bytes, 0),
+                None => Input::None,
+            };
+            let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+            let ran = inner
+                .with_session(|c| inner.exec(c, &command, input, &mut stdout, &mut stderr, None))?;
+            Ok(Output {
+                status: ran.status,
+                stdout,
+                stderr,
+            })
+        })
+        .await
+    }
+
+    async fn run_streaming(
+        &self,
+        command: &Command,
+        streams: Streams,
+    ) -> Result<Streamed, RemoteError> {
+        let inner = self.inner.clone();
         let command = command.clone();
-        blocking(move || inner.with_session(|s| inner.exec(s, &command))).await
+        blocking(move || {
+            let Streams {
+                stdin,
+                mut stdout,
+                cancel,
+            } = streams;
+            let input = match stdin {
+                Some(r) => Input::reader(r).map_err(|source| RemoteError::Io {
+                    context: "could not start the input reader".into(),
+                    source,
+                })?,
+                None => match &command.stdin {
+                    Some(bytes) => Input::Bytes(bytes.clone(), 0),
+                    None => Input::None,
+                },
+            };
+            let mut stderr = Tail::default();
+            let ran = inner.with_session(|c| {
+                inner.exec(
+                    c,
+                    &command,
+                    input,
+                    &mut stdout,
+                    &mut stderr,
+                    cancel.as_ref(),
+                )
+            })?;
+            Ok(Streamed {
+                status: ran.status,
+                stdin_bytes: ran.stdin_bytes,
+                stdout_bytes: ran.stdout_bytes,
+                stderr: stderr.into_inner(),
+            })
+        })
+        .await
     }
 
     async fn upload(&self, path: &str, bytes: &[u8], mode: u32) -> Result<(), RemoteError> {
@@ -663,25 +1366,34 @@ impl Remote for SshRemote {
 }
 
 /// The shell script that performs an atomic upload from standard input.
+///
+/// The content is flushed to disk (`sync FILE` is an fsync) before the
+/// rename, and the directory after it: without that, a power loss soon
+/// after can leave an empty `authorized_keys` or secrets file behind the
+/// new name. A `sync` that takes no file (busybox, coreutils < 8.24) falls
+/// back to syncing everything.
 fn upload_script(path: &str, mode: u32) -> String {
     let (dir, name) = match path.rsplit_once('/') {
-        Some(("", name)) => (String::new(), name.to_owned()),
+        Some(("", name)) => ("/".to_owned(), name.to_owned()),
         Some((dir, name)) => (dir.to_owned(), name.to_owned()),
         None => (".".to_owned(), path.to_owned()),
     };
     // mktemp creates the file 0600, so the content is never readable by
     // others before the final chmod, whatever the umask.
-    let template = format!("{dir}/.{name}.ektool.XXXXXX");
+    let template = format!("{}/.{name}.ektool.XXXXXX", dir.trim_end_matches('/'));
     format!(
-        "set -e; t=$(mktemp {template}); trap 'rm -f \"$t\"' EXIT; cat > \"$t\"; chmod {mode:o} \"$t\"; mv -f \"$t\" {path}; trap - EXIT",
+        "set -e; t=$(mktemp {template}); trap 'rm -f \"$t\"' EXIT; cat > \"$t\"; chmod {mode:o} \"$t\"; \
+         sync -- \"$t\" 2>/dev/null || sync; mv -f \"$t\" {path}; trap - EXIT; sync -- {dir} 2>/dev/null || sync",
         template = quote(&template),
         path = quote(path),
+        dir = quote(&dir),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy as _;
 
     #[test]
     fn upload_script_quotes_paths() {
@@ -692,6 +1404,94 @@ mod tests {
         );
         assert!(s.contains("chmod 600"), "{s}");
         assert!(s.contains("mv -f \"$t\" '/srv/my app/.env'"), "{s}");
+        // Flushed before the rename, the directory after.
+        let (sync_file, mv, sync_dir) = (
+            s.find("sync -- \"$t\"").unwrap(),
+            s.find("mv -f").unwrap(),
+            s.find("sync -- '/srv/my app'").unwrap(),
+        );
+        assert!(sync_file < mv && mv < sync_dir, "{s}");
+        assert!(upload_script("/top", 0o600).contains("sync -- /"));
+        assert!(upload_script("rel", 0o600).contains("sync -- ."));
+    }
+
+    #[test]
+    fn host_patterns_follow_openssh() {
+        assert!(host_patterns_match("*.example.com", "web1.example.com"));
+        assert!(host_patterns_match("WEB?.example.com", "web1.example.com"));
+        assert!(!host_patterns_match("*.example.com", "example.org"));
+        assert!(host_patterns_match("[127.0.0.1]:*", "[127.0.0.1]:2222"));
+        assert!(!host_patterns_match("*,!db.example.com", "db.example.com"));
+        assert!(host_patterns_match("*,!db.example.com", "web.example.com"));
+        assert!(!host_patterns_match("|1|c2FsdA==|aGFzaA==", "web"));
+        assert!(glob("a*b*c", "axxbyyc"));
+        assert!(!glob("a*b", "ab c"));
+    }
+
+    #[test]
+    fn keepalive_limit_is_never_below_two_intervals_of_two_seconds() {
+        let k = Keepalive {
+            interval: Duration::ZERO,
+            max_missed: 0,
+        };
+        assert_eq!(k.limit(), Duration::from_secs(4));
+        assert_eq!(Keepalive::default().limit(), Duration::from_secs(60));
+        let huge = Keepalive {
+            interval: Duration::MAX,
+            max_missed: u32::MAX,
+        };
+        assert!(huge.limit() > Duration::from_secs(1));
+    }
+
+    #[test]
+    fn targets_with_control_characters_are_refused() {
+        for bad in ["h\0st", "user\n@host", "host\t", "u\u{7f}@h"] {
+            assert!(SshTarget::parse_with_user(bad, "u").is_err(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn target_parsing_never_panics_and_yields_clean_names(s in "\\PC*|.*") {
+            if let Ok(t) = SshTarget::parse_with_user(&s, "u") {
+                proptest::prop_assert!(!t.host.is_empty() && !t.user.is_empty());
+                proptest::prop_assert!(!t.host.chars().any(char::is_control));
+                proptest::prop_assert!(check_host_name(&t).is_ok());
+                let _ = t.known_hosts_name();
+            }
+        }
+
+        #[test]
+        fn known_hosts_lines_never_panic(lines in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::arbitrary::any::<Vec<u8>>(),
+                "(@revoked|@cert-authority|@x|\\|1\\|)?[ \t]*[^ ]{0,30}( [a-z0-9-]{0,20}( [A-Za-z0-9+/=]{0,80})?)?"
+                    .prop_map(String::into_bytes),
+            ],
+            0..8,
+        ), host in ".{0,40}", port in proptest::arbitrary::any::<u16>()) {
+            let session = Session::new().unwrap();
+            let mut file = KnownHostsFile {
+                plain: session.known_hosts().unwrap(),
+                revoked: Vec::new(),
+                cert_authority: Vec::new(),
+                problems: Vec::new(),
+            };
+            for (i, l) in lines.iter().enumerate() {
+                let _ = file.add_line(i + 1, l);
+            }
+            let target = SshTarget { user: "u".into(), host, port };
+            if check_host_name(&target).is_ok() {
+                let _ = file.plain.check_port(&target.host, target.port, b"blob");
+                let _ = file.cert_authority_lines(&target.known_hosts_name());
+            }
+        }
+
+        #[test]
+        fn glob_never_panics(p in ".{0,20}", t in ".{0,40}") {
+            let _ = glob(&p, &t);
+            let _ = host_patterns_match(&p, &t);
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `ektool db dump` / `db load`: pg_dump and psql through SSH; the SQL
-//! travels over the channel, never as a file on the server.
+//! travels over the channel, never as a file on the server, and is
+//! streamed both ways (memory stays bounded whatever the database size).
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use deploykit::db;
@@ -16,7 +16,9 @@ use crate::error::CliError;
 pub enum DbCommand {
     /// Dump the environment's database (plain SQL, no owners) to a local file.
     Dump(DumpArgs),
-    /// Load a SQL file into the environment's database, in one transaction.
+    /// Load a SQL file (as `db dump` writes it) into the environment's
+    /// database, in one transaction: a truncated file or an interrupted
+    /// load commits nothing.
     Load(LoadArgs),
 }
 
@@ -68,34 +70,35 @@ pub async fn exec(ctx: &Context, cmd: DbCommand) -> Result<(), CliError> {
                 println!("would run on {}: {}", node.name, cfg.dump_command());
                 return Ok(());
             }
-            let sql = db::dump(node.remote.as_ref(), &cfg).await?;
+            let cancel = Some(ctx.interrupt.clone());
             match args.output_file {
-                Some(p) if p.as_os_str() == "-" => std::io::stdout()
-                    .write_all(&sql)
-                    .map_err(|source| CliError::Io { path: p, source }),
+                Some(p) if p.as_os_str() == "-" => {
+                    db::dump(node.remote.as_ref(), &cfg, std::io::stdout(), cancel).await?;
+                    Ok(())
+                }
                 other => {
                     let path = other.unwrap_or_else(|| {
                         let now = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
                         PathBuf::from(format!("{}-{env_name}-{now}.sql", cfg.name))
                     });
-                    // Dumps hold user data: 0600, like secrets.
-                    deploykit::provision::secrets::write_local(&path, &sql)?;
+                    let bytes = db::dump_to_file(node.remote.as_ref(), &cfg, &path, cancel).await?;
                     eprintln!(
-                        "dumped {} from {} to {} ({} bytes)",
+                        "dumped {} from {} to {} ({bytes} bytes)",
                         cfg.name,
                         node.name,
                         path.display(),
-                        sql.len()
                     );
                     Ok(())
                 }
             }
         }
         DbCommand::Load(args) => {
-            let sql = std::fs::read(&args.file).map_err(|source| CliError::Io {
-                path: args.file.clone(),
-                source,
-            })?;
+            if !db::is_complete_dump_file(&args.file)? {
+                return Err(CliError::Usage(format!(
+                    "{} is not a complete pg_dump file (its end lacks \"-- PostgreSQL database dump complete\"): truncated?",
+                    args.file.display()
+                )));
+            }
             if cfg.is_protected(&env_name) && !args.allow_production {
                 return Err(db::DbError::Protected {
                     env: env_name,
@@ -113,16 +116,23 @@ pub async fn exec(ctx: &Context, cmd: DbCommand) -> Result<(), CliError> {
                 );
                 return Ok(());
             }
-            db::load(
+            let bytes = db::load(
                 node.remote.as_ref(),
                 &env_name,
                 &cfg,
-                sql,
+                std::io::BufReader::with_capacity(
+                    256 * 1024,
+                    std::fs::File::open(&args.file).map_err(|source| CliError::Io {
+                        path: args.file.clone(),
+                        source,
+                    })?,
+                ),
                 args.allow_production,
+                Some(ctx.interrupt.clone()),
             )
             .await?;
             eprintln!(
-                "loaded {} into {} on {}",
+                "loaded {} into {} on {} ({bytes} bytes)",
                 args.file.display(),
                 cfg.name,
                 node.name

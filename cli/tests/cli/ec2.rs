@@ -166,3 +166,34 @@ fn an_unreachable_endpoint_fails_with_exit_1() {
         .code(1)
         .stderr_has("DescribeRegions in us-east-1");
 }
+
+#[test]
+fn an_empty_or_malformed_endpoint_is_a_usage_error_not_a_panic() {
+    for url in ["", "localhost:5000", "http://", "http://h:99999"] {
+        let out = Ektool::new()
+            .args(&["--endpoint-url", url, "--no-rate-limit", "regions"])
+            .run()
+            .code(2)
+            .stderr_has("--endpoint-url: invalid endpoint URL");
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    }
+}
+
+#[test]
+fn missing_credentials_say_so_exit_1_and_are_not_retried() {
+    let out = Ektool::moto()
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", "/nonexistent/config")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .arg("regions")
+        .run()
+        .code(1)
+        .stderr_has("no usable AWS credentials")
+        .stderr_has("hint: give ektool credentials");
+    assert!(!out.stderr.contains("could not reach"), "{}", out.stderr);
+}

@@ -1,11 +1,13 @@
 //! `AwsEc2` against moto.
 
-use ec2kit::requests::{CreateSnapshot, CreateSnapshots, RunInstances};
+use ec2kit::requests::{CopySnapshot, CreateSnapshot, CreateSnapshots, RunInstances};
 use ec2kit::{
     AwsEc2, AwsEc2Options, Ec2, ErrorKind, Filter, RateLimits, Region, SnapshotId, SnapshotState,
     Tag, Tags, fleet,
 };
-use ektool_tests::{moto_url, unique};
+use ektool_tests::{Fault, FaultProxy, moto_url, tempdir, unique};
+
+use crate::{in_child, rerun_in_child};
 
 async fn ec2() -> AwsEc2 {
     AwsEc2::new(AwsEc2Options {
@@ -253,4 +255,231 @@ async fn kms_keys_are_described_with_their_state() {
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
     assert!(err.to_string().contains("DescribeKey"), "{err}");
+}
+
+// ---- lost responses ------------------------------------------------------------
+
+async fn through(proxy: &FaultProxy) -> AwsEc2 {
+    AwsEc2::new(AwsEc2Options {
+        endpoint_url: Some(proxy.url()),
+        home_region: Some("us-east-1".into()),
+        rate_limits: Some(RateLimits::disabled()),
+        ..Default::default()
+    })
+    .await
+}
+
+async fn ours(ec2: &AwsEc2, region: &Region, key: &str) -> Vec<ec2kit::Snapshot> {
+    ec2.describe_snapshots(region, &[Filter::tag_key(key.to_owned())])
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_lost_create_snapshots_response_makes_exactly_one_set() {
+    let direct = ec2().await;
+    let region = Region::new("us-east-1");
+    let inst = launch(&direct, &region, 1, Tags::new()).await.remove(0);
+    let proxy = FaultProxy::start(&moto_url());
+    proxy.set("CreateSnapshots", Fault::DropAfterForward { times: 1 });
+    let key = unique("set");
+    let set = through(&proxy)
+        .await
+        .create_snapshots(
+            &region,
+            &CreateSnapshots {
+                instance_id: Some(inst.id.clone()),
+                tags: Tags::new().with(key.clone(), "yes"),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("the set made before the lost response is found");
+    let counts = proxy.counts("CreateSnapshots");
+    assert_eq!((counts.dropped, counts.forwarded), (1, 0), "{counts:?}");
+    let made = ours(&direct, &region, &key).await;
+    assert_eq!(
+        made.len(),
+        inst.block_devices.len(),
+        "exactly one set: {made:#?}"
+    );
+    let mut got: Vec<_> = set.iter().map(|s| s.id.to_string()).collect();
+    let mut want: Vec<_> = made.iter().map(|s| s.id.to_string()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "the call returns the set that exists");
+}
+
+#[tokio::test]
+async fn a_lost_create_snapshot_response_makes_exactly_one_snapshot() {
+    let direct = ec2().await;
+    let region = Region::new("us-east-2");
+    let inst = launch(&direct, &region, 1, Tags::new()).await.remove(0);
+    let proxy = FaultProxy::start(&moto_url());
+    proxy.set("CreateSnapshot", Fault::DropAfterForward { times: 1 });
+    let key = unique("single");
+    let snap = through(&proxy)
+        .await
+        .create_snapshot(
+            &region,
+            &CreateSnapshot {
+                volume_id: inst.root_volume().cloned(),
+                tags: Tags::new().with(key.clone(), "yes"),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let made = ours(&direct, &region, &key).await;
+    assert_eq!(made.len(), 1, "{made:#?}");
+    assert_eq!(made[0].id, snap.id);
+    assert_eq!(proxy.counts("CreateSnapshot").dropped, 1);
+}
+
+#[tokio::test]
+async fn a_lost_copy_snapshot_response_makes_exactly_one_copy() {
+    let direct = ec2().await;
+    let (from, to) = (Region::new("us-east-1"), Region::new("eu-west-3"));
+    let inst = launch(&direct, &from, 1, Tags::new()).await.remove(0);
+    let source = direct
+        .create_snapshot(
+            &from,
+            &CreateSnapshot {
+                volume_id: inst.root_volume().cloned(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(source.tags.get(ec2kit::aws::TOKEN_TAG).is_some());
+    let key = unique("copy");
+    // Like replication, the request carries the source's tags, its token
+    // included; and an earlier run already copied this source.
+    let request = CopySnapshot {
+        source_region: Some(from.clone()),
+        source_snapshot_id: Some(source.id.clone()),
+        tags: source.tags.clone().with(key.clone(), "yes"),
+        ..Default::default()
+    };
+    let earlier = direct.copy_snapshot(&to, &request).await.unwrap();
+    let proxy = FaultProxy::start(&moto_url());
+    proxy.set("CopySnapshot", Fault::DropAfterForward { times: 1 });
+    let copy = through(&proxy)
+        .await
+        .copy_snapshot(&to, &request)
+        .await
+        .unwrap();
+    assert_ne!(copy, earlier, "the earlier copy is not taken for this one");
+    let mut made: Vec<_> = ours(&direct, &to, &key)
+        .await
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    made.sort();
+    let mut want = vec![earlier, copy];
+    want.sort();
+    assert_eq!(made, want, "exactly one copy more");
+    assert_eq!(proxy.counts("CopySnapshot").dropped, 1);
+}
+
+#[tokio::test]
+async fn throttled_creates_are_sent_again_and_still_make_one_set() {
+    let direct = ec2().await;
+    let region = Region::new("us-west-1");
+    let inst = launch(&direct, &region, 1, Tags::new()).await.remove(0);
+    let proxy = FaultProxy::start(&moto_url());
+    proxy.set("CreateSnapshots", Fault::Throttle { rate: 0.7 });
+    let key = unique("throttled");
+    let ec2 = through(&proxy).await;
+    for _ in 0..3 {
+        let set = ec2
+            .create_snapshots(
+                &region,
+                &CreateSnapshots {
+                    instance_id: Some(inst.id.clone()),
+                    tags: Tags::new().with(key.clone(), "yes"),
+                    ..Default::default()
+                },
+            )
+            .await;
+        // Attempts are bounded: a call may still fail, but never twice over.
+        if let Err(e) = set {
+            assert_eq!(e.kind, ErrorKind::Throttled, "{e}");
+        }
+    }
+    let counts = proxy.counts("CreateSnapshots");
+    assert!(counts.throttled > 0, "{counts:?}");
+    let made = ours(&direct, &region, &key).await;
+    assert_eq!(
+        made.len(),
+        counts.forwarded * inst.block_devices.len(),
+        "one set per forwarded request, none from a retry of an executed one"
+    );
+}
+
+// ---- clear errors --------------------------------------------------------------
+
+#[tokio::test]
+async fn missing_credentials_are_a_credentials_error_not_a_network_one() {
+    const NAME: &str = "aws::missing_credentials_are_a_credentials_error_not_a_network_one";
+    if !in_child(NAME) {
+        let home = tempdir();
+        let moto = moto_url();
+        rerun_in_child(
+            NAME,
+            &[
+                ("HOME", home.path().to_str().unwrap()),
+                ("EKTOOL_TEST_MOTO_URL", &moto),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+                ("AWS_CONFIG_FILE", "/nonexistent/ektool/config"),
+                (
+                    "AWS_SHARED_CREDENTIALS_FILE",
+                    "/nonexistent/ektool/credentials",
+                ),
+            ],
+            &[],
+            true,
+        );
+        return;
+    }
+    let ec2 = AwsEc2::new(AwsEc2Options {
+        endpoint_url: Some(moto_url()),
+        home_region: Some("us-east-1".into()),
+        rate_limits: Some(RateLimits::disabled()),
+        ..Default::default()
+    })
+    .await;
+    let err = ec2.describe_regions().await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Credentials, "{err}");
+    assert!(!err.is_retryable());
+    let text = err.to_string();
+    assert!(text.contains("credentials"), "{text}");
+    assert!(!text.contains("could not reach"), "{text}");
+}
+
+#[tokio::test]
+async fn an_invalid_endpoint_is_an_invalid_request_never_a_panic() {
+    for url in [
+        "",
+        "  ",
+        "not a url",
+        "http://",
+        "ftp://x",
+        "http://[::1",
+        "http://h:99999",
+    ] {
+        assert!(ec2kit::aws::check_endpoint_url(url).is_err(), "{url:?}");
+        let ec2 = AwsEc2::new(AwsEc2Options {
+            endpoint_url: Some(url.into()),
+            home_region: Some("us-east-1".into()),
+            rate_limits: Some(RateLimits::disabled()),
+            ..Default::default()
+        })
+        .await;
+        let err = ec2.describe_regions().await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidRequest, "{url:?}: {err}");
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("endpoint"), "{err}");
+    }
+    ec2kit::aws::check_endpoint_url(&moto_url()).unwrap();
 }

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use ec2kit::ssh::{self, HostKeyStatus};
 use ec2kit::{
-    Command, ExitStatus, GuardedJob, JobState, Remote, RemoteError, SshOptions, SshRemote,
-    SshTarget,
+    Command, ExitStatus, GuardedJob, JobState, Keepalive, Remote, RemoteError, SshOptions,
+    SshRemote, SshTarget, Streams,
 };
-use ektool_tests::{SshHost, ssh_host, tempdir, unique};
+use ektool_tests::{PrivateSshd, SshHost, ssh_host, tempdir, unique};
 
 fn options(host: &SshHost, known_hosts: &Path) -> SshOptions {
     SshOptions {
@@ -400,4 +400,451 @@ async fn guarded_job_can_be_stopped_early_and_reports_output() {
     assert_eq!(state, Some(JobState::Finished(ExitStatus::Code(0))));
     job.cleanup(&remote).await.unwrap();
     quick.cleanup(&remote).await.unwrap();
+}
+
+// ---- dead peers --------------------------------------------------------------
+
+/// A generous guard so a hang fails the test instead of blocking the suite.
+/// (How fast a dead peer is found out is the keepalive's business, not a
+/// test assertion.)
+const HANG: Duration = Duration::from_secs(90);
+
+fn quick_keepalive() -> Keepalive {
+    Keepalive {
+        interval: Duration::from_secs(2),
+        max_missed: 2,
+    }
+}
+
+async fn private_remote(sshd: &PrivateSshd, dir: &Path) -> SshRemote {
+    let kh = sshd.host.write_known_hosts(dir);
+    let remote = SshRemote::new(target(&sshd.host), options(&sshd.host, &kh));
+    remote.connect().await.unwrap();
+    remote
+}
+
+/// Waits until a process matching `pattern` runs (on the private sshd).
+async fn running(remote: &SshRemote, pattern: &str) {
+    for _ in 0..200 {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", pattern])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{pattern} never started on {}", remote.host());
+}
+
+#[tokio::test]
+async fn a_stopped_host_fails_a_command_without_timeout_instead_of_hanging() {
+    let sshd = PrivateSshd::start();
+    let dir = tempdir();
+    let remote = private_remote(&sshd, dir.path())
+        .await
+        .keepalive(quick_keepalive());
+    let tag = format!("sleep 600.{}", std::process::id());
+    let run = {
+        let (remote, tag) = (remote.clone(), tag.clone());
+        tokio::spawn(async move { remote.run(&Command::shell(tag)).await })
+    };
+    running(&remote, &format!("^{tag}")).await;
+    sshd.freeze();
+    let result = tokio::time::timeout(HANG, run)
+        .await
+        .expect("ektool hung on a stopped host")
+        .unwrap();
+    match result {
+        Err(RemoteError::Unresponsive { host, silent_for }) => {
+            assert_eq!(host, remote.host());
+            assert!(silent_for >= quick_keepalive().limit());
+        }
+        other => panic!("expected Unresponsive, got {other:?}"),
+    }
+    // The host comes back: the next call reconnects.
+    sshd.thaw();
+    let out = remote.run(&Command::argv(["true"])).await.unwrap();
+    assert!(out.status.success());
+}
+
+#[tokio::test]
+async fn a_stopped_host_cannot_hold_a_command_past_its_deadline() {
+    let sshd = PrivateSshd::start();
+    let dir = tempdir();
+    // Keepalives slower than the deadline: the deadline is what ends it.
+    let remote = private_remote(&sshd, dir.path())
+        .await
+        .keepalive(Keepalive {
+            interval: Duration::from_secs(60),
+            max_missed: 10,
+        });
+    let tag = format!("sleep 601.{}", std::process::id());
+    let run = {
+        let (remote, tag) = (remote.clone(), tag.clone());
+        tokio::spawn(async move {
+            remote
+                .run(&Command::shell(tag).timeout(Duration::from_secs(1)))
+                .await
+        })
+    };
+    running(&remote, &tag).await;
+    sshd.freeze();
+    let result = tokio::time::timeout(HANG, run)
+        .await
+        .expect("ektool hung past the command's deadline")
+        .unwrap();
+    assert!(
+        matches!(result, Err(RemoteError::Timeout { .. })),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_host_streaming_input_fails_instead_of_hanging() {
+    let sshd = PrivateSshd::start();
+    let dir = tempdir();
+    let remote = private_remote(&sshd, dir.path())
+        .await
+        .keepalive(quick_keepalive());
+    let tag = format!("sleep 602.{}", std::process::id());
+    // Input that never ends; the host stops reading it.
+    let endless = std::io::repeat(b'x');
+    let run = {
+        let (remote, tag) = (remote.clone(), tag.clone());
+        tokio::spawn(async move {
+            remote
+                .run_streaming(
+                    &Command::shell(format!("{tag}; cat > /dev/null")),
+                    Streams::new(std::io::sink()).stdin(endless),
+                )
+                .await
+        })
+    };
+    running(&remote, &tag).await;
+    sshd.freeze();
+    let result = tokio::time::timeout(HANG, run)
+        .await
+        .expect("ektool hung on a stopped host")
+        .unwrap();
+    assert!(
+        matches!(result, Err(RemoteError::Unresponsive { .. })),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn connecting_to_a_stopped_host_is_bounded() {
+    let sshd = PrivateSshd::start();
+    sshd.freeze();
+    let dir = tempdir();
+    let kh = sshd.host.write_known_hosts(dir.path());
+    let mut opts = options(&sshd.host, &kh);
+    opts.connect_timeout = Duration::from_secs(2);
+    let remote = SshRemote::new(target(&sshd.host), opts);
+    let result = tokio::time::timeout(HANG, remote.run(&Command::argv(["true"])))
+        .await
+        .expect("the handshake hung");
+    assert!(matches!(result, Err(RemoteError::Ssh { .. })), "{result:?}");
+    let result = tokio::time::timeout(
+        HANG,
+        ssh::fetch_host_key(&target(&sshd.host), &kh, Duration::from_secs(2)),
+    )
+    .await
+    .expect("fetching the host key hung");
+    assert!(result.is_err(), "{result:?}");
+}
+
+// ---- streaming -----------------------------------------------------------------
+
+/// A reader that yields `len` bytes and then fails.
+struct BreaksAfter(usize);
+
+impl std::io::Read for BreaksAfter {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.0 == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "input cut",
+            ));
+        }
+        let n = buf.len().min(self.0);
+        buf[..n].fill(b'y');
+        self.0 -= n;
+        Ok(n)
+    }
+}
+
+/// A writer that counts and keeps a checksum-ish fingerprint, not the bytes.
+#[derive(Clone, Default)]
+struct Counter(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn streams_input_and_output_both_ways_at_once() {
+    let (remote, _h, _d) = trusted(1);
+    // `cat` echoes while it reads: 24 MB in, 24 MB out, both far larger
+    // than the SSH window and the pipes, so neither side may wait for the
+    // other to finish.
+    let len = 24 * 1024 * 1024;
+    let counter = Counter::default();
+    let streamed = remote
+        .run_streaming(
+            &Command::argv(["cat"]),
+            Streams::new(counter.clone()).stdin(std::io::Read::take(std::io::repeat(b'z'), len)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(streamed.status, ExitStatus::Code(0));
+    assert_eq!(streamed.stdin_bytes, len);
+    assert_eq!(streamed.stdout_bytes, len);
+    assert_eq!(counter.0.load(std::sync::atomic::Ordering::Relaxed), len);
+}
+
+#[tokio::test]
+async fn a_command_that_reads_its_input_late_is_not_cut_by_a_blocking_timeout() {
+    // libssh2's blocking calls give up after the session timeout (here 2 s):
+    // the input must be written from the polling loop, so a command that
+    // waits (psql behind a lock) before reading it is waited for.
+    let host = ssh_host(3);
+    let dir = tempdir();
+    let kh = host.write_known_hosts(dir.path());
+    let mut opts = options(&host, &kh);
+    opts.connect_timeout = Duration::from_secs(2);
+    let remote = SshRemote::new(target(&host), opts);
+    let input = vec![b'q'; 8 * 1024 * 1024];
+    let out = remote
+        .run(&Command::shell("sleep 5; wc -c").stdin(input))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout_str().trim(), "8388608");
+}
+
+#[tokio::test]
+async fn a_broken_input_fails_the_streamed_command() {
+    let (remote, _h, _d) = trusted(2);
+    let out = format!("/tmp/{}", unique("stream"));
+    let err = remote
+        .run_streaming(
+            &Command::shell(format!("cat > {out}")),
+            Streams::new(std::io::sink()).stdin(BreaksAfter(3 * 1024 * 1024)),
+        )
+        .await
+        .unwrap_err();
+    match &err {
+        RemoteError::Io { context, .. } => assert!(context.contains("input"), "{err}"),
+        other => panic!("expected an input error, got {other:?}"),
+    }
+    // The connection was dropped; the next command reconnects.
+    assert!(
+        remote
+            .run(&Command::argv(["true"]))
+            .await
+            .unwrap()
+            .status
+            .success()
+    );
+    let _ = std::fs::remove_file(&out);
+}
+
+// ---- known_hosts ---------------------------------------------------------------
+
+fn other_key_blob(dir: &Path) -> String {
+    let other = dir.join(unique("other"));
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pubkey = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    pubkey.split_whitespace().nth(1).unwrap().to_owned()
+}
+
+fn host_blob(host: &SshHost) -> String {
+    host.known_hosts_line()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_revoked_host_key_is_refused_even_when_also_trusted() {
+    let host = ssh_host(1);
+    let dir = tempdir();
+    let kh = dir.path().join("known_hosts");
+    let marker = format!("/tmp/{}", unique("revoked"));
+    std::fs::write(
+        &kh,
+        format!(
+            "{}\n@revoked * ssh-ed25519 {}\n",
+            host.known_hosts_line(),
+            host_blob(&host)
+        ),
+    )
+    .unwrap();
+    let err = SshRemote::new(target(&host), options(&host, &kh))
+        .run(&Command::argv(["touch", &marker]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::HostKeyRevoked { .. }), "{err:?}");
+    assert!(err.to_string().contains("@revoked"), "{err}");
+    assert!(!Path::new(&marker).exists(), "nothing ran");
+    // The trust step refuses it too.
+    let err = ssh::trust_host_key(
+        &target(&host),
+        &host.fingerprint(),
+        &kh,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RemoteError::HostKeyRevoked { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn markers_for_other_keys_and_long_lines_do_not_break_connections() {
+    let host = ssh_host(2);
+    let dir = tempdir();
+    let kh = dir.path().join("known_hosts");
+    let many_names: Vec<String> = (0..400).map(|i| format!("web{i}.example.com")).collect();
+    let long_entry = format!(
+        "{} ssh-ed25519 {}",
+        many_names.join(","),
+        other_key_blob(dir.path())
+    );
+    assert!(long_entry.len() > 4092, "longer than libssh2's line buffer");
+    let huge = format!("# {}", "x".repeat(5000));
+    let oversized = format!(
+        "big.example.com ssh-ed25519 {}",
+        "A".repeat(2 * 1024 * 1024)
+    );
+    std::fs::write(
+        &kh,
+        format!(
+            "{long_entry}\n{huge}\n@revoked * ssh-ed25519 {revoked}\n\
+             @cert-authority *.example.com ssh-ed25519 {ca}\n\
+             lonelyhostname\n{oversized}\n{mine}\n",
+            revoked = other_key_blob(dir.path()),
+            ca = other_key_blob(dir.path()),
+            mine = host.known_hosts_line(),
+        ),
+    )
+    .unwrap();
+    let remote = SshRemote::new(target(&host), options(&host, &kh));
+    let out = remote.run(&Command::argv(["true"])).await.unwrap();
+    assert!(out.status.success());
+    // The bad line is reported, by number, not silently dropped.
+    let problems = ssh::known_hosts_problems(&kh).unwrap();
+    assert_eq!(
+        problems.iter().map(|p| p.line).collect::<Vec<_>>(),
+        vec![5, 6],
+        "{problems:?}"
+    );
+    assert!(problems[1].reason.contains("bytes long"), "{problems:?}");
+    // The long entry (line 1) and the long comment (line 2) are read
+    // whole: neither is reported.
+}
+
+#[tokio::test]
+async fn a_host_covered_only_by_a_certificate_authority_is_refused_clearly() {
+    let host = ssh_host(1);
+    let dir = tempdir();
+    let kh = dir.path().join("known_hosts");
+    std::fs::write(
+        &kh,
+        format!(
+            "@cert-authority [127.0.0.1]:* ssh-ed25519 {}\n",
+            other_key_blob(dir.path())
+        ),
+    )
+    .unwrap();
+    let err = SshRemote::new(target(&host), options(&host, &kh))
+        .run(&Command::argv(["true"]))
+        .await
+        .unwrap_err();
+    match &err {
+        RemoteError::HostCertificateUnsupported { lines, .. } => assert_eq!(lines, &vec![1]),
+        other => panic!("expected HostCertificateUnsupported, got {other:?}"),
+    }
+    assert!(err.to_string().contains("@cert-authority"), "{err}");
+}
+
+#[tokio::test]
+async fn a_host_name_with_a_nul_byte_is_an_error_not_a_panic() {
+    assert!(SshTarget::parse_with_user("127.0.0.1\0evil", "u").is_err());
+    let host = ssh_host(1);
+    let dir = tempdir();
+    let kh = host.write_known_hosts(dir.path());
+    let mut t = target(&host);
+    t.host.push('\0');
+    let err = SshRemote::new(t.clone(), options(&host, &kh))
+        .run(&Command::argv(["true"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RemoteError::Ssh { .. } | RemoteError::Connect { .. }),
+        "{err:?}"
+    );
+    assert!(
+        ssh::fetch_host_key(&t, &kh, Duration::from_secs(2))
+            .await
+            .is_err()
+    );
+}
+
+// ---- durability ------------------------------------------------------------------
+
+/// Lines of an strace log that touch `needle` or sync a file descriptor.
+fn trace_events(log: &Path, needle: &str) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(needle) || l.contains("fsync(") || l.contains("fdatasync("))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn upload_flushes_the_file_before_the_rename_and_the_directory_after() {
+    let dir = tempdir();
+    let log = dir.path().join("strace.log");
+    let sshd = PrivateSshd::start_traced(&log);
+    let remote = private_remote(&sshd, dir.path()).await;
+    let target_dir = dir.path().join(unique("keys"));
+    std::fs::create_dir(&target_dir).unwrap();
+    let path = target_dir.join("authorized_keys");
+    remote
+        .upload(path.to_str().unwrap(), b"ssh-ed25519 AAAA key\n", 0o600)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"ssh-ed25519 AAAA key\n");
+    drop(remote);
+    drop(sshd);
+    let events = trace_events(&log, target_dir.to_str().unwrap());
+    let rename = events
+        .iter()
+        .position(|l| l.contains("rename") && l.contains("/authorized_keys\""))
+        .unwrap_or_else(|| panic!("no rename into place: {events:#?}"));
+    assert!(
+        events[..rename].iter().any(|l| l.contains("fsync(")),
+        "the content is synced before the rename: {events:#?}"
+    );
+    assert!(
+        events[rename..].iter().any(|l| l.contains("fsync(")),
+        "the directory is synced after the rename: {events:#?}"
+    );
 }

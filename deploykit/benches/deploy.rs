@@ -189,10 +189,13 @@ fn main() {
         );
     }
 
-    // Ten targets per scenario: ten roots round-robin over the hosts, one
-    // SSH connection each.
+    // Eleven targets per scenario: ten roots round-robin over the hosts for
+    // the fleet, and one more root of its own for the single-host deploys
+    // (sharing a root with the fleet would leave one host a release the
+    // others never had, and a fleet rollback rightly refuses that); one SSH
+    // connection each.
     let targets = |hosts: &[SshHost], key: &str| -> Vec<(Host, PathBuf)> {
-        (0..10)
+        (0..11)
             .map(|i| {
                 let h = &hosts[i % hosts.len()];
                 let rel = format!("{name}/{key}/t{i}");
@@ -230,14 +233,15 @@ fn main() {
         }
         let targets = targets(hosts, key);
         roots.extend(targets.iter().map(|(_, p)| p.clone()));
-        let deployer = |n: usize| {
-            let hosts = targets[..n].iter().map(|(h, _)| h.clone()).collect();
+        let deployer = |range: std::ops::Range<usize>| {
+            let hosts = targets[range].iter().map(|(h, _)| h.clone()).collect();
             Deployer::new("bench", env.clone(), hosts)
         };
-        let one = deployer(1);
-        let ten = deployer(10);
+        let one = deployer(10..11);
+        let ten = deployer(0..10);
         // Warm up: mirrors cloned, SSH sessions open.
         rt.block_on(ten.deploy(&next())).unwrap();
+        rt.block_on(one.deploy(&next())).unwrap();
 
         let (mut t1, mut t10, mut spreads) = (Vec::new(), Vec::new(), Vec::new());
         let (mut rollbacks, mut rb_spreads) = (Vec::new(), Vec::new());

@@ -17,16 +17,26 @@ pub struct InvalidId {
     pub kind: &'static str,
     /// The prefix such ids start with.
     pub prefix: &'static str,
-    /// The rejected input (at most 40 characters of it, then `…`: an
-    /// error line never quotes megabytes back).
+    /// The rejected input (as much of it as prints in 40 bytes, then `…`:
+    /// an error line never quotes megabytes back).
     pub value: String,
 }
 
-/// At most 40 characters of `value`, for [`InvalidId::value`].
+/// As much of `value` as prints (escaped, as the error quotes it) in 40
+/// bytes, for [`InvalidId::value`]: control and wide characters take more
+/// room than one.
 fn shown(value: &str) -> String {
-    let mut s: String = value.chars().take(40).collect();
-    if value.chars().nth(40).is_some() {
-        s.push('…');
+    const BUDGET: usize = 40;
+    let mut used = 0;
+    let mut s = String::new();
+    for c in value.chars() {
+        let width: usize = c.escape_debug().map(char::len_utf8).sum();
+        if used + width > BUDGET {
+            s.push('…');
+            return s;
+        }
+        used += width;
+        s.push(c);
     }
     s
 }

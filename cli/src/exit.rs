@@ -1,4 +1,4 @@
-//! Exit codes: a documented contract (README, "Exit codes").
+//! Exit codes: a documented contract (docs/cli.md, "Exit codes").
 
 /// Everything asked for was done.
 pub const SUCCESS: u8 = 0;

@@ -9,6 +9,7 @@ mod moto;
 mod basics;
 mod chores;
 mod deploy;
+mod docs;
 mod ec2;
 mod host;
 mod iam;

@@ -65,8 +65,8 @@ pub struct GlobalArgs {
     )]
     pub endpoint_url: Option<String>,
 
-    /// Config file. Default: ./ektool.toml, then the user config dir
-    /// ($XDG_CONFIG_HOME/ektool/config.toml).
+    /// Config file. Default: the nearest ektool.toml in this directory or
+    /// a parent, layered over the user's $XDG_CONFIG_HOME/ektool/config.toml.
     #[arg(
         long,
         global = true,

@@ -39,9 +39,13 @@ pub struct Config {
     /// Deploy environments: `[environments.<name>]`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub environments: BTreeMap<String, deploykit::Environment>,
-    /// Where the file was read from (None: built-in defaults).
+    /// Where the file was read from: the last (highest) layer; `None`
+    /// means built-in defaults.
     #[serde(skip_deserializing)]
     pub path: Option<PathBuf>,
+    /// Every file read, lowest layer first.
+    #[serde(skip)]
+    pub layers: Vec<PathBuf>,
 }
 
 /// `[defaults]`.
@@ -475,39 +479,271 @@ impl Config {
         Ok(config)
     }
 
-    /// Loads the config: `explicit` must exist; otherwise `./ektool.toml`,
-    /// then the user config file, then built-in defaults.
+    /// Loads the configuration the way `ektool` does: the user file
+    /// (`$XDG_CONFIG_HOME/ektool/config.toml`) as the lowest layer, then the
+    /// project file over it: `explicit` (`--config`, or `EKTOOL_CONFIG`)
+    /// when given — it must exist — else the nearest `ektool.toml` in the
+    /// current directory or one of its parents (as git finds a
+    /// repository). Built-in defaults fill what no file sets. See
+    /// [`Config::load_layers`].
     pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
-        let path = match explicit {
-            Some(p) => p.to_owned(),
-            None => match Self::default_paths().into_iter().find(|p| p.is_file()) {
-                Some(p) => p,
-                None => return Ok(Config::default()),
-            },
-        };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        Self::parse(&text, &path)
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let explicit = explicit
+            .map(Path::to_owned)
+            .or_else(|| std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()).map(PathBuf::from));
+        let mut layers = Vec::new();
+        if let Some(user) = Self::user_path().filter(|p| p.is_file()) {
+            layers.push(user);
+        }
+        match explicit {
+            Some(p) => layers.push(p),
+            None => layers.extend(Self::discover(&cwd)),
+        }
+        layers.dedup();
+        Self::load_layers(&layers)
     }
 
-    /// Where a config is looked for when --config is not given.
-    pub fn default_paths() -> Vec<PathBuf> {
-        let mut paths = vec![PathBuf::from("ektool.toml")];
-        let base = std::env::var_os("XDG_CONFIG_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
-        if let Some(base) = base {
-            paths.push(base.join("ektool").join("config.toml"));
+    /// Loads `layers` (lowest first) and merges them: each file is read
+    /// and validated on its own (so errors name its line and column), then
+    /// a later file's settings win over an earlier one's key by key within
+    /// each section, while a volume alias or an environment is taken whole
+    /// from the last file that defines it. Relative paths in a file
+    /// (`ssh.known_hosts`, `ssh.identity_files`, an environment's
+    /// `provision.tree` and `notify.webhook_url_file`) are relative to that
+    /// file's directory, and a leading `~/` is the home directory. No layers
+    /// gives the built-in defaults.
+    pub fn load_layers(layers: &[PathBuf]) -> Result<Self, ConfigError> {
+        let mut merged = toml::Table::new();
+        let mut last = None;
+        for path in layers {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            // Each file alone first: its own errors, at its own place.
+            Self::parse(&text, path)?;
+            let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                ConfigError::Invalid {
+                    path: path.clone(),
+                    line: None,
+                    column: None,
+                    message: e.message().trim().to_owned(),
+                }
+            })?;
+            resolve_paths(&mut table, path.parent().unwrap_or(Path::new(".")));
+            merge(&mut merged, table);
+            last = Some(path.clone());
         }
-        paths
+        let Some(last) = last else {
+            return Ok(Self::default());
+        };
+        let mut config: Self =
+            merged
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    path: last.clone(),
+                    line: None,
+                    column: None,
+                    message: format!(
+                        "{} (after layering {})",
+                        e.message().trim(),
+                        layers
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(" under ")
+                    ),
+                })?;
+        // A default the files did not write (the provision tree) is
+        // relative to the project file, like the paths it did write.
+        let base = last.parent().unwrap_or(Path::new(".")).to_owned();
+        for env in config.environments.values_mut() {
+            if let Some(p) = env.provision.as_mut() {
+                p.tree = resolve_path(&p.tree, &base);
+            }
+        }
+        config.path = Some(last);
+        config.layers = layers.to_vec();
+        Ok(config)
+    }
+
+    /// The nearest `ektool.toml` in `start` or one of its parents.
+    pub fn discover(start: &Path) -> Option<PathBuf> {
+        start
+            .ancestors()
+            .map(|dir| dir.join(FILE_NAME))
+            .find(|p| p.is_file())
+    }
+
+    /// The user's own config file, whether or not it exists:
+    /// `$XDG_CONFIG_HOME/ektool/config.toml`, else
+    /// `~/.config/ektool/config.toml`.
+    pub fn user_path() -> Option<PathBuf> {
+        std::env::var_os("XDG_CONFIG_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+            .map(|base| base.join("ektool").join("config.toml"))
+    }
+
+}
+
+/// The project config file's name, looked for from the current directory
+/// upwards.
+pub const FILE_NAME: &str = "ektool.toml";
+
+/// The environment variable naming the config file (like `--config`).
+pub const CONFIG_ENV: &str = "EKTOOL_CONFIG";
+
+/// Expands a leading `~/` to the home directory.
+pub fn expand_home(p: &Path) -> PathBuf {
+    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => p.to_owned(),
+    }
+}
+
+fn resolve_path(p: &Path, base: &Path) -> PathBuf {
+    let p = expand_home(p);
+    if p.is_relative() { base.join(p) } else { p }
+}
+
+/// Makes a file's relative local paths (as written) relative to `base`,
+/// its directory, and expands `~/`: `ssh.known_hosts`,
+/// `ssh.identity_files`, and each environment's `notify.webhook_url_file`
+/// and `provision.tree`.
+fn resolve_paths(table: &mut toml::Table, base: &Path) {
+    fn fix(v: &mut toml::Value, base: &Path) {
+        if let toml::Value::String(s) = v {
+            *s = resolve_path(Path::new(s.as_str()), base)
+                .to_string_lossy()
+                .into_owned();
+        }
+    }
+    if let Some(toml::Value::Table(ssh)) = table.get_mut("ssh") {
+        if let Some(k) = ssh.get_mut("known_hosts") {
+            fix(k, base);
+        }
+        if let Some(toml::Value::Array(files)) = ssh.get_mut("identity_files") {
+            files.iter_mut().for_each(|f| fix(f, base));
+        }
+    }
+    if let Some(toml::Value::Table(envs)) = table.get_mut("environments") {
+        for env in envs.values_mut() {
+            let toml::Value::Table(env) = env else {
+                continue;
+            };
+            for (section, key) in [("notify", "webhook_url_file"), ("provision", "tree")] {
+                if let Some(toml::Value::Table(t)) = env.get_mut(section)
+                    && let Some(v) = t.get_mut(key)
+                {
+                    fix(v, base);
+                }
+            }
+        }
+    }
+}
+
+/// Merges `upper` (a file's table, as written) into `lower`: within each
+/// section key by key, but an entry of `volumes` or `environments` whole
+/// (half of one environment from each file would be neither).
+fn merge(lower: &mut toml::Table, upper: toml::Table) {
+    for (section, value) in upper {
+        match (lower.get_mut(&section), value) {
+            (Some(toml::Value::Table(low)), toml::Value::Table(up)) => {
+                for (key, v) in up {
+                    low.insert(key, v);
+                }
+            }
+            (_, value) => {
+                lower.insert(section, value);
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn write(path: &Path, text: &str) -> PathBuf {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(path, text).unwrap();
+        path.to_owned()
+    }
+
+    #[test]
+    fn discovery_walks_up_to_the_nearest_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = write(&dir.path().join("ektool.toml"), "");
+        let near = write(&dir.path().join("a/ektool.toml"), "");
+        std::fs::create_dir_all(dir.path().join("a/b/c")).unwrap();
+        assert_eq!(Config::discover(&dir.path().join("a/b/c")), Some(near));
+        assert_eq!(Config::discover(dir.path()), Some(top));
+    }
+
+    #[test]
+    fn later_layers_win_key_by_key_and_entries_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = write(
+            &dir.path().join("user/config.toml"),
+            "[defaults]\ntag = \"Backup=user\"\nregions = [\"eu-west-1\"]\n\n\
+             [aws]\nprofile = \"mine\"\n\n\
+             [volumes.db]\nvolume_id = \"vol-0123abcd\"\nlock_db = true\n\n\
+             [environments.staging]\nhosts = [\"a\"]\npath = \"/srv/user\"\n",
+        );
+        let project = write(
+            &dir.path().join("project/ektool.toml"),
+            "[defaults]\ntag = \"Backup=project\"\n\n\
+             [volumes.db]\nvolume_id = \"vol-0456abcd\"\n\n\
+             [environments.staging]\nhosts = [\"b\"]\npath = \"/srv/project\"\n",
+        );
+        let c = Config::load_layers(&[user.clone(), project.clone()]).unwrap();
+        assert_eq!(c.defaults.tag.to_string(), "Backup=project");
+        assert_eq!(c.defaults.regions, vec!["eu-west-1".to_owned()]);
+        assert_eq!(c.aws.profile.as_deref(), Some("mine"));
+        // An alias comes whole from the last file that defines it.
+        assert_eq!(c.volumes["db"].volume_id.as_str(), "vol-0456abcd");
+        assert!(!c.volumes["db"].lock_db);
+        assert_eq!(c.environments["staging"].path.as_str(), "/srv/project");
+        assert_eq!(c.path.as_deref(), Some(project.as_path()));
+        assert_eq!(c.layers, vec![user, project]);
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_their_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            &dir.path().join("team/ektool.toml"),
+            "[ssh]\nknown_hosts = \"keys/known_hosts\"\nidentity_files = [\"keys/id\", \"/abs/id\"]\n\n\
+             [environments.staging]\nhosts = [\"a\"]\npath = \"/srv/app\"\n\n\
+             [environments.staging.provision]\n",
+        );
+        let c = Config::load_layers(&[file]).unwrap();
+        let team = dir.path().join("team");
+        assert_eq!(c.ssh.known_hosts, Some(team.join("keys/known_hosts")));
+        assert_eq!(
+            c.ssh.identity_files,
+            vec![team.join("keys/id"), PathBuf::from("/abs/id")]
+        );
+        let tree = &c.environments["staging"].provision.as_ref().unwrap().tree;
+        assert_eq!(tree, &team.join("provision"));
+    }
+
+    #[test]
+    fn each_layer_reports_its_own_errors_at_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = write(&dir.path().join("user.toml"), "[defaults]\nregions = 3\n");
+        let project = write(&dir.path().join("ektool.toml"), "");
+        let e = Config::load_layers(&[user, project]).unwrap_err().to_string();
+        assert!(e.contains("user.toml:2:11:"), "{e}");
+        assert_eq!(
+            Config::load_layers(&[]).unwrap().defaults.tag,
+            Config::default().defaults.tag
+        );
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("ektool.toml"))

@@ -162,10 +162,5 @@ fn action_recorder() -> Option<ec2kit::RequestHook> {
     )))
 }
 
-/// Expands a leading `~/`.
-pub fn expand_home(p: &std::path::Path) -> std::path::PathBuf {
-    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
-        (Ok(rest), Some(home)) => std::path::PathBuf::from(home).join(rest),
-        _ => p.to_owned(),
-    }
+pub use crate::config::expand_home;
 }

@@ -5,7 +5,6 @@
 
 mod args;
 mod commands;
-mod config;
 mod context;
 mod error;
 mod exit;
@@ -15,6 +14,9 @@ mod progress;
 mod signals;
 
 use std::process::ExitCode;
+
+// The config file is the package's library target, shared with fabfiles.
+use ektool::config;
 
 fn main() -> ExitCode {
     quiet_closed_pipes();

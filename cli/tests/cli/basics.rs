@@ -67,6 +67,67 @@ fn config_check_prints_the_effective_configuration() {
 }
 
 #[test]
+fn config_is_found_upwards_named_by_ektool_config_and_layered_over_the_users() {
+    let dir = ektool_tests::tempdir();
+    let project = dir.path().join("app");
+    let deep = project.join("src").join("deep");
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(
+        project.join("ektool.toml"),
+        "[defaults]\ntag = \"Backup=project\"\n\n[ssh]\nknown_hosts = \"keys/known_hosts\"\n",
+    )
+    .unwrap();
+    let xdg = dir.path().join("xdg");
+    std::fs::create_dir_all(xdg.join("ektool")).unwrap();
+    std::fs::write(
+        xdg.join("ektool").join("config.toml"),
+        "[defaults]\ntag = \"Backup=user\"\nregions = [\"eu-west-1\"]\n",
+    )
+    .unwrap();
+    // From a subdirectory: the project file is found, and layered over the
+    // user's (the project's tag wins, the user's regions stay).
+    let v = Ektool::new()
+        .env("XDG_CONFIG_HOME", xdg.to_str().unwrap())
+        .args(&["--output", "json", "config"])
+        .current_dir(&deep)
+        .run()
+        .success()
+        .json();
+    assert_eq!(v["defaults"]["tag"], "Backup=project");
+    assert_eq!(v["defaults"]["regions"][0], "eu-west-1");
+    // A relative path in the file is relative to the file, not to where
+    // ektool runs.
+    assert_eq!(
+        v["ssh"]["known_hosts"],
+        project.join("keys/known_hosts").to_str().unwrap()
+    );
+    // EKTOOL_CONFIG names the file from anywhere.
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, "[defaults]\ntag = \"Backup=named\"\n").unwrap();
+    let v = Ektool::new()
+        .env("EKTOOL_CONFIG", other.to_str().unwrap())
+        .args(&["--output", "json", "config"])
+        .current_dir(&deep)
+        .run()
+        .success()
+        .json();
+    assert_eq!(v["defaults"]["tag"], "Backup=named");
+    // An error in the user's file names that file, line and column.
+    std::fs::write(
+        xdg.join("ektool").join("config.toml"),
+        "[defaults]\nregions = 3\n",
+    )
+    .unwrap();
+    Ektool::new()
+        .env("XDG_CONFIG_HOME", xdg.to_str().unwrap())
+        .arg("config")
+        .current_dir(&deep)
+        .run()
+        .code(2)
+        .stderr_has("config.toml:2:11:");
+}
+
+#[test]
 fn completions_and_man_pages_come_from_the_cli_definition() {
     Ektool::new()
         .args(&["completions", "bash"])

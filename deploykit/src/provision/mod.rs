@@ -48,7 +48,8 @@ pub const SALT_VERSION: &str = "3007.8";
 pub struct ProvisionConfig {
     /// The local configuration tree: `states/`, `pillar/<env>/`,
     /// `secrets/<env>.sls` (git-ignored) and `secrets/<env>.sls.example`.
-    /// Relative paths are relative to the current directory.
+    /// Relative to the current directory as a library value; `ektool`'s
+    /// config file makes it relative to the file.
     #[serde(default = "default_tree")]
     pub tree: PathBuf,
     /// Where provisioning keeps its files on the host (tree, secrets, Salt

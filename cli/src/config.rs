@@ -488,9 +488,11 @@ impl Config {
     /// [`Config::load_layers`].
     pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        let explicit = explicit
-            .map(Path::to_owned)
-            .or_else(|| std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()).map(PathBuf::from));
+        let explicit = explicit.map(Path::to_owned).or_else(|| {
+            std::env::var_os(CONFIG_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
         let mut layers = Vec::new();
         if let Some(user) = Self::user_path().filter(|p| p.is_file()) {
             layers.push(user);
@@ -522,14 +524,14 @@ impl Config {
             })?;
             // Each file alone first: its own errors, at its own place.
             Self::parse(&text, path)?;
-            let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-                ConfigError::Invalid {
-                    path: path.clone(),
-                    line: None,
-                    column: None,
-                    message: e.message().trim().to_owned(),
-                }
-            })?;
+            let mut table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                        path: path.clone(),
+                        line: None,
+                        column: None,
+                        message: e.message().trim().to_owned(),
+                    })?;
             resolve_paths(&mut table, path.parent().unwrap_or(Path::new(".")));
             merge(&mut merged, table);
             last = Some(path.clone());
@@ -585,7 +587,6 @@ impl Config {
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
             .map(|base| base.join("ektool").join("config.toml"))
     }
-
 }
 
 /// The project config file's name, looked for from the current directory
@@ -629,7 +630,7 @@ fn resolve_paths(table: &mut toml::Table, base: &Path) {
         }
     }
     if let Some(toml::Value::Table(envs)) = table.get_mut("environments") {
-        for env in envs.values_mut() {
+        for (_, env) in envs.iter_mut() {
             let toml::Value::Table(env) = env else {
                 continue;
             };
@@ -737,7 +738,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let user = write(&dir.path().join("user.toml"), "[defaults]\nregions = 3\n");
         let project = write(&dir.path().join("ektool.toml"), "");
-        let e = Config::load_layers(&[user, project]).unwrap_err().to_string();
+        let e = Config::load_layers(&[user, project])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("user.toml:2:11:"), "{e}");
         assert_eq!(
             Config::load_layers(&[]).unwrap().defaults.tag,

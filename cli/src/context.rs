@@ -163,4 +163,3 @@ fn action_recorder() -> Option<ec2kit::RequestHook> {
 }
 
 pub use crate::config::expand_home;
-}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use deploykit::environment::LayoutKind;
 use deploykit::{DeployError, Environment, Event, Host, Stage};
 use ec2kit::{HumanDuration, Remote, SshOptions, SshRemote, SshTarget};
-use ektool_tests::private_sshd::PrivateSshd;
+use ektool_tests::PrivateSshd;
 
 use crate::support::Fixture;
 
@@ -56,10 +56,10 @@ async fn appears(file: &Path) {
 async fn a_host_stopped_mid_checkout_fails_within_its_deadline_and_a_rerun_works() {
     let f = Fixture::new(1);
     let signal = f.dir.path().join("in-checkout");
-    let server = PrivateSshd::start(Some(&format!(
+    let server = PrivateSshd::with_force_command(&format!(
         "case \"$SSH_ORIGINAL_COMMAND\" in *'git clone'*) touch '{}'; sleep 1;; esac\nexec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"",
         signal.display()
-    )));
+    ));
     let proot = server.dir.path().join("root");
     let mut hosts = f.hosts();
     hosts.push(Host::new(remote_to(&server), proot.display().to_string()).named("stopped"));
@@ -71,7 +71,7 @@ async fn a_host_stopped_mid_checkout_fails_within_its_deadline_and_a_rerun_works
     let run = d.deploy(&rel);
     let stopper = async {
         appears(&signal).await;
-        server.stop();
+        server.freeze();
     };
     let (result, ()) = tokio::time::timeout(HUNG, async { tokio::join!(run, stopper) })
         .await
@@ -88,7 +88,7 @@ async fn a_host_stopped_mid_checkout_fails_within_its_deadline_and_a_rerun_works
     assert_eq!(f.current(0), None, "h1 never switched");
     assert!(!f.local(0, ".ektool/lock").exists(), "h1 unlocked");
 
-    server.resume();
+    server.thaw();
     // The stopped host's lock is this (failed) run's: the operator unlocks.
     d.unlock(true).await.unwrap();
     let report = tokio::time::timeout(HUNG, d.deploy(&rel))
@@ -120,10 +120,10 @@ async fn a_host_whose_clock_is_behind_switches_with_the_others_and_the_skew_is_r
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(fake.join("date"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let server = PrivateSshd::start(Some(&format!(
+    let server = PrivateSshd::with_force_command(&format!(
         "PATH='{}':$PATH; export PATH\nexec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"",
         fake.display()
-    )));
+    ));
     let proot = server.dir.path().join("root");
     let mut hosts = f.hosts();
     hosts.push(Host::new(remote_to(&server), proot.display().to_string()).named("behind"));

@@ -185,3 +185,162 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("bind a free port")
 }
+
+/// A moto server of a test's own (the bench's `moto_server`, on a free
+/// 127.0.0.1 port), for a test that compares the *whole* EC2 state before
+/// and after: the shared moto changes under it while other tests run.
+/// Killed when dropped.
+#[derive(Debug)]
+pub struct PrivateMoto {
+    /// Its endpoint URL.
+    pub url: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateMoto {
+    /// Starts one and waits until it answers (moto preloads its AMIs: a
+    /// few seconds).
+    pub fn start() -> Self {
+        let server = var("EKTOOL_TEST_MOTO_SERVER");
+        for _ in 0..5 {
+            let dir = tempdir();
+            let port = free_port();
+            let mut child = Command::new(&server)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .current_dir(dir.path())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start moto_server");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while std::time::Instant::now() < deadline {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self {
+                        url: format!("http://127.0.0.1:{port}"),
+                        child,
+                        _dir: dir,
+                    };
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break; // the port was taken meanwhile: try another
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start a private moto");
+    }
+
+    /// moto's whole state (`/moto-api/data.json`: every backend of every
+    /// region it has seen): equal before and after means nothing changed.
+    pub fn state(&self) -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("{}/moto-api/data.json", self.url)])
+            .output()
+            .expect("run curl");
+        assert!(out.status.success(), "moto's data.json could not be read");
+        serde_json::from_slice(&out.stdout).expect("moto's data.json is JSON")
+    }
+}
+
+/// Where two JSON values first differ (a path like `ec2.Snapshot[3].state`
+/// and both sides, shortened), or `None` when they are equal.
+pub fn json_difference(a: &serde_json::Value, b: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    fn short(v: &Value) -> String {
+        let s = v.to_string();
+        match s.char_indices().nth(300) {
+            Some((i, _)) => format!("{}…", &s[..i]),
+            None => s,
+        }
+    }
+    // moto instantiates a service's backend lazily, so a read can add an
+    // empty one: an empty shape is the same state as no entry.
+    fn empty(v: &Value) -> bool {
+        match v {
+            Value::Array(x) => x.is_empty(),
+            Value::Object(x) => x.values().all(empty),
+            _ => false,
+        }
+    }
+    fn walk(a: &Value, b: &Value, path: &str) -> Option<String> {
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                for k in x.keys().chain(y.keys()) {
+                    let p = format!("{path}.{k}");
+                    match (x.get(k), y.get(k)) {
+                        (Some(u), Some(v)) => {
+                            if let Some(d) = walk(u, v, &p) {
+                                return Some(d);
+                            }
+                        }
+                        (Some(u), None) | (None, Some(u)) if empty(u) => {}
+                        (u, v) => {
+                            return Some(format!(
+                                "{p}: {} vs {}",
+                                u.map_or("absent".into(), short),
+                                v.map_or("absent".into(), short)
+                            ));
+                        }
+                    }
+                }
+                None
+            }
+            (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+                .iter()
+                .zip(y)
+                .enumerate()
+                .find_map(|(i, (u, v))| walk(u, v, &format!("{path}[{i}]"))),
+            (Value::Array(x), Value::Array(y)) => {
+                let extra: Vec<String> = y.iter().filter(|v| !x.contains(v)).map(short).collect();
+                let gone: Vec<String> = x.iter().filter(|v| !y.contains(v)).map(short).collect();
+                Some(format!(
+                    "{path}: {} items vs {}; new: {extra:?}; gone: {gone:?}",
+                    x.len(),
+                    y.len()
+                ))
+            }
+            _ if a == b => None,
+            _ => Some(format!("{path}: {} vs {}", short(a), short(b))),
+        }
+    }
+    walk(a, b, "")
+}
+
+impl Drop for PrivateMoto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_difference;
+    use serde_json::json;
+
+    #[test]
+    fn json_difference_finds_every_kind_of_change_and_ignores_empty_backends() {
+        let before = json!({"ec2": {"Snapshot": [{"id": "snap-1", "tags": {"a": "1"}}]}});
+        assert_eq!(json_difference(&before, &before), None);
+        let tagged = json!({"ec2": {"Snapshot": [{"id": "snap-1", "tags": {"a": "2"}}]}});
+        assert!(
+            json_difference(&before, &tagged)
+                .unwrap()
+                .contains(".ec2.Snapshot[0].tags.a")
+        );
+        let more =
+            json!({"ec2": {"Snapshot": [{"id": "snap-1", "tags": {"a": "1"}}, {"id": "snap-2"}]}});
+        assert!(json_difference(&before, &more).unwrap().contains("snap-2"));
+        let gone = json!({"ec2": {"Snapshot": []}});
+        assert!(json_difference(&before, &gone).unwrap().contains("gone"));
+        let lazy =
+            json!({"ec2": before["ec2"].clone(), "elb": {"LoadBalancer": [], "Listener": {}}});
+        assert_eq!(json_difference(&before, &lazy), None);
+        let real = json!({"ec2": before["ec2"].clone(), "elb": {"LoadBalancer": [{"name": "x"}]}});
+        assert!(json_difference(&before, &real).unwrap().starts_with(".elb"));
+    }
+}

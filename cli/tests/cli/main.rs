@@ -10,6 +10,7 @@ mod basics;
 mod chores;
 mod deploy;
 mod docs;
+mod dry_run;
 mod ec2;
 mod host;
 mod iam;

@@ -16,8 +16,8 @@ use crate::harness::{Ektool, Outcome};
 use crate::moto::{self, ec2};
 
 /// The bench host the tests mount on, its known_hosts and a recorder.
-struct Bench {
-    host: SshHost,
+pub(crate) struct Bench {
+    pub(crate) host: SshHost,
     dir: tempfile::TempDir,
     known_hosts: PathBuf,
     log: PathBuf,
@@ -27,7 +27,7 @@ struct Bench {
 }
 
 impl Bench {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let host = ssh_host(3);
         assert!(
             host.namespaced,
@@ -68,7 +68,7 @@ esac
     }
 
     /// Host and command flags for a mount command.
-    fn flags(&self) -> Vec<String> {
+    pub(crate) fn flags(&self) -> Vec<String> {
         let r = self.rec.display();
         [
             "--host".to_owned(),
@@ -95,7 +95,7 @@ esac
             .collect()
     }
 
-    fn mountpoint(&self) -> String {
+    pub(crate) fn mountpoint(&self) -> String {
         format!("{}/{}", self.root, unique("snap"))
     }
 
@@ -133,8 +133,22 @@ esac
         self.ssh(&format!("stat -c %a {path}")).trim().to_owned()
     }
 
+    /// The host's mount table entries under this test's mount root.
+    pub(crate) fn mounts_under_root(&self) -> Vec<String> {
+        let prefix = format!("{}/", self.root);
+        self.ssh("cat /proc/self/mounts")
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|m| m.starts_with(&prefix))
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The host's mount table.
-    fn mounted(&self, mountpoint: &str) -> bool {
+    pub(crate) fn mounted(&self, mountpoint: &str) -> bool {
         let out = std::process::Command::new("ssh")
             .args(["-i", self.host.client_key.to_str().unwrap()])
             .args(["-o", "BatchMode=yes", "-o"])

@@ -11,7 +11,7 @@ fn authorized_keys() -> PathBuf {
         .join("ssh/authorized_keys")
 }
 
-fn known_hosts(dir: &Path, hosts: &[&SshHost]) -> PathBuf {
+pub(crate) fn known_hosts(dir: &Path, hosts: &[&SshHost]) -> PathBuf {
     let path = dir.join("known_hosts");
     let text: String = hosts
         .iter()
@@ -21,7 +21,18 @@ fn known_hosts(dir: &Path, hosts: &[&SshHost]) -> PathBuf {
     path
 }
 
-fn sync(h1: &SshHost, kh: &Path, src: &str, dst: &str, extra: &[&str]) -> Outcome {
+pub(crate) fn sync(h1: &SshHost, kh: &Path, src: &str, dst: &str, extra: &[&str]) -> Outcome {
+    sync_command(h1, kh, src, dst, extra).run()
+}
+
+/// The `ektool host sync` invocation [`sync`] runs.
+pub(crate) fn sync_command(
+    h1: &SshHost,
+    kh: &Path,
+    src: &str,
+    dst: &str,
+    extra: &[&str],
+) -> Ektool {
     Ektool::new()
         .args(&[
             "host",
@@ -36,10 +47,9 @@ fn sync(h1: &SshHost, kh: &Path, src: &str, dst: &str, extra: &[&str]) -> Outcom
             authorized_keys().to_str().unwrap(),
         ])
         .args(extra)
-        .run()
 }
 
-fn paths(h1: &SshHost, h2: &SshHost, name: &str) -> (String, String) {
+pub(crate) fn paths(h1: &SshHost, h2: &SshHost, name: &str) -> (String, String) {
     (
         format!("{}:{}/{name}/src", h1.target(), SshHost::MOUNT),
         format!("{}:{}/{name}/dst", h2.target(), SshHost::MOUNT),

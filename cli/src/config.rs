@@ -752,6 +752,93 @@ mod tests {
         Config::parse(text, Path::new("ektool.toml"))
     }
 
+    /// A config value of every awkward kind.
+    fn odd_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("\"\"".to_owned()),
+            Just("\"20000y\"".to_owned()),
+            Just("\"-1\"".to_owned()),
+            Just("-2".to_owned()),
+            Just("0".to_owned()),
+            Just("18446744073709551615".to_owned()),
+            Just("1e309".to_owned()),
+            Just("nan".to_owned()),
+            Just("[]".to_owned()),
+            Just("{}".to_owned()),
+            Just("true".to_owned()),
+            Just("\"vol-ffffffff\"".to_owned()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            "[a-z0-9:=,./~ -]{0,12}".prop_map(|v| format!("{v:?}")),
+            "\\PC{0,8}".prop_map(|v| format!("{v:?}")),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever a file holds, loading it gives a config or one short
+        /// line naming the file (and the place, when there is one) —
+        /// never a panic, never the input echoed back.
+        #[test]
+        fn any_bytes_give_a_config_or_one_short_located_error(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        ) {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Err(e) = parse(&text) {
+                let m = e.to_string();
+                proptest::prop_assert!(m.starts_with("ektool.toml"), "{m}");
+                proptest::prop_assert!(!m.contains('\n'), "{m:?}");
+                proptest::prop_assert!(m.len() <= 400, "{} bytes: {m}", m.len());
+            }
+        }
+
+        /// Config-shaped input reaches the validation of every section:
+        /// known keys with odd values, same rule.
+        #[test]
+        fn every_known_key_with_any_value_is_validated_without_panic(
+            entries in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        ("defaults", "tag"), ("defaults", "regions"),
+                        ("aws", "profile"), ("aws", "rate_limit"), ("aws", "max_attempts"),
+                        ("aws", "endpoint_url"),
+                        ("retention", "policy"), ("retention.gfs", "keep_daily"),
+                        ("retention.gfs", "keep_within"), ("retention.gfs", "keep_last"),
+                        ("consistency", "max_hold_seconds"), ("consistency", "address"),
+                        ("ssh", "user"), ("ssh", "port"), ("ssh", "identity_files"),
+                        ("ssh", "known_hosts"),
+                        ("volumes.db", "volume_id"), ("volumes.db", "lock_db"),
+                        ("volumes.db", "strategy"), ("volumes.db", "mountpoint"),
+                        ("environments.prod", "hosts"), ("environments.prod", "repo"),
+                        ("environments.prod", "keep"), ("environments.prod", "lock_wait"),
+                        ("environments.prod.timeouts", "build"),
+                    ]),
+                    odd_value(),
+                ),
+                1..6,
+            ),
+        ) {
+            // One table per section and one value per key, so most inputs
+            // get past TOML itself into ektool's own validation.
+            let mut sections = std::collections::BTreeMap::<&str, BTreeMap<&str, &str>>::new();
+            for ((section, key), value) in &entries {
+                sections.entry(section).or_default().insert(key, value);
+            }
+            let mut text = String::new();
+            for (section, keys) in &sections {
+                text.push_str(&format!("[{section}]\n"));
+                for (key, value) in keys {
+                    text.push_str(&format!("{key} = {value}\n"));
+                }
+            }
+            if let Err(e) = parse(&text) {
+                let m = e.to_string();
+                proptest::prop_assert!(m.starts_with("ektool.toml"), "{m}");
+                proptest::prop_assert!(!m.contains('\n'), "{m:?}");
+                proptest::prop_assert!(m.len() <= 400, "{} bytes: {m}", m.len());
+            }
+        }
+    }
+
     #[test]
     fn empty_file_gives_defaults() {
         let c = parse("").unwrap();

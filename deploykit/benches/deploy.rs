@@ -225,7 +225,16 @@ fn main() {
             &slow_build,
         ),
     ];
-    let only = std::env::var("EKTOOL_DEPLOY_BENCH").unwrap_or_default();
+    // Under `cargo test` (the suite), one run of the loopback scenario.
+    let full = ektool_tests::full_bench();
+    let runs = if full { RUNS } else { 1 };
+    let only = std::env::var("EKTOOL_DEPLOY_BENCH").unwrap_or_else(|_| {
+        if full {
+            String::new()
+        } else {
+            "loopback".into()
+        }
+    });
     let mut roots = Vec::new();
     for (key, label, hosts, env) in scenarios {
         if !only.is_empty() && !only.split(',').any(|o| o == key) {
@@ -246,7 +255,7 @@ fn main() {
         let (mut t1, mut t10, mut spreads) = (Vec::new(), Vec::new(), Vec::new());
         let (mut rollbacks, mut rb_spreads) = (Vec::new(), Vec::new());
         let (mut cpu1, mut cpu10) = (Vec::new(), Vec::new());
-        for _ in 0..RUNS {
+        for _ in 0..runs {
             let r = next();
             let (t, c) = (Instant::now(), busy_core_ms());
             rt.block_on(one.deploy(&r)).unwrap();
@@ -267,7 +276,7 @@ fn main() {
             assert_eq!(rb.hosts.len(), 10);
         }
         let (m1, m10) = (median(t1), median(t10));
-        println!("\n{label}, warm deploy of a new commit, median of {RUNS} runs:");
+        println!("\n{label}, warm deploy of a new commit, median of {runs} runs:");
         println!("  1 host      {:>7.0} ms", m1 * 1000.0);
         println!(
             "  10 hosts    {:>7.0} ms   ({:.2}x of 1 host; target <= 1.5x)",

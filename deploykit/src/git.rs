@@ -863,4 +863,43 @@ mod tests {
         assert_eq!(RefSpec::parse("latest-tag"), RefSpec::LatestTag);
         assert_eq!(RefSpec::parse("v1.0.0"), RefSpec::Named("v1.0.0".into()));
     }
+
+    /// L9: a remote name that starts with `-` (a config value) is a
+    /// repository git cannot find, never an option: `--upload-pack` and
+    /// `--receive-pack` would otherwise run a command of its choosing.
+    #[test]
+    fn a_remote_that_looks_like_an_option_is_never_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .args(args)
+                .current_dir(dir.path())
+                .env("GIT_AUTHOR_NAME", "t")
+                .env("GIT_AUTHOR_EMAIL", "t@example.com")
+                .env("GIT_COMMITTER_NAME", "t")
+                .env("GIT_COMMITTER_EMAIL", "t@example.com")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{args:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        git(&["init", "--quiet"]);
+        git(&["commit", "--quiet", "--allow-empty", "-m", "one"]);
+        git(&["tag", "v1"]);
+        // With a default remote, an option-looking "remote" would make git
+        // run the command against it.
+        git(&["init", "--quiet", "--bare", "origin.git"]);
+        git(&["remote", "add", "origin", "origin.git"]);
+        git(&["push", "--quiet", "origin", "HEAD:refs/heads/main", "v1"]);
+        let commit = git(&["rev-parse", "HEAD"]);
+        let repo = LocalRepo::open(dir.path()).unwrap();
+        let marker = dir.path().join("ran");
+        for option in ["--upload-pack", "--receive-pack", "--exec"] {
+            let remote = format!("{option}=touch {}; false", marker.display());
+            assert!(repo.ensure_tag_on_remote(&remote, "v1", &commit).is_err());
+            assert!(repo.ensure_pushed(&remote, &commit).is_err());
+            assert!(repo.push_tag(&remote, "v1").is_err());
+            assert!(!marker.exists(), "{remote} ran");
+        }
+    }
 }

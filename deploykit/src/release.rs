@@ -283,4 +283,54 @@ mod tests {
         );
         assert!(s.contains("set-url -- origin /srv/git/app.git"), "{s}");
     }
+
+    /// H5: with ektool's git environment, real `git` over real `ssh` to a
+    /// server that accepts the connection and then never says a word gives
+    /// up by itself (ConnectTimeout covers the SSH banner), rather than
+    /// waiting for the fetch phase's own, much longer, deadline. Takes the
+    /// 15 s ConnectTimeout.
+    #[test]
+    fn git_over_ssh_gives_up_on_a_server_that_never_answers() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accept and hold every connection, silent.
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for c in listener.incoming() {
+                held.push(c);
+            }
+        });
+        let env = Environment::new(vec!["localhost".into()], "/srv/app").unwrap();
+        let mut git = std::process::Command::new("git");
+        git.args([
+            "ls-remote",
+            "--",
+            &format!("ssh://git@127.0.0.1:{port}/app.git"),
+        ])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        for (k, v) in git_env(&env) {
+            git.env(k, v);
+        }
+        let mut child = git.spawn().unwrap();
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(90) {
+                let _ = child.kill();
+                panic!("git still waiting on a silent server after 90 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success());
+        assert!(stderr.contains("timed out"), "{stderr}");
+    }
 }

@@ -18,7 +18,13 @@ fn main() {
         // 10,000 lineages x 100 daily snapshots, as `snap list` writes them.
         let mut f = std::io::BufWriter::new(std::fs::File::create(&inventory).expect("create"));
         f.write_all(b"[").expect("write");
-        for l in 0..10_000u64 {
+        // Under `cargo test` (the suite): 100 lineages, a smoke run.
+        let lineages = if std::env::args().any(|a| a == "--bench") {
+            10_000u64
+        } else {
+            100
+        };
+        for l in 0..lineages {
             for d in 0..100u64 {
                 if l + d > 0 {
                     f.write_all(b",").expect("write");

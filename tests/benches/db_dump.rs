@@ -42,7 +42,7 @@ fn main() {
     let mb: u64 = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
-        .unwrap_or(1024);
+        .unwrap_or(if ektool_tests::full_bench() { 1024 } else { 16 });
     let Some(port) = pg_port() else {
         return;
     };

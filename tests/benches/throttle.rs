@@ -246,7 +246,7 @@ fn main() {
     let n: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
-        .unwrap_or(228);
+        .unwrap_or(if ektool_tests::full_bench() { 228 } else { 12 });
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (trim0, backup0) = (bench_trim(n, 0.0).await, bench_backup(n, 0.0).await);

@@ -246,6 +246,14 @@ impl PrivateMoto {
     }
 }
 
+/// Whether a `harness = false` bench runs at its full size: `cargo bench`
+/// passes `--bench`; `cargo test --all-targets` (the suite) does not, and
+/// then each bench runs a smoke-size version of itself, so it cannot rot
+/// without costing the suite minutes.
+pub fn full_bench() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
 /// Where two JSON values first differ (a path like `ec2.Snapshot[3].state`
 /// and both sides, shortened), or `None` when they are equal.
 pub fn json_difference(a: &serde_json::Value, b: &serde_json::Value) -> Option<String> {

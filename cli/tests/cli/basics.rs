@@ -266,6 +266,46 @@ fn logs_are_plain_off_a_terminal_and_json_on_request() {
     );
 }
 
+/// On a terminal log lines are coloured, unless `NO_COLOR` is set
+/// (<https://no-color.org>). (`script` gives ektool a pseudo-terminal.)
+#[test]
+fn logs_on_a_terminal_are_coloured_unless_no_color_is_set() {
+    let dir = ektool_tests::tempdir();
+    let path = dir.path().join("team.toml");
+    std::fs::write(&path, "[defaults]\ntag = \"Backup=nightly\"\n").unwrap();
+    let line = format!(
+        "{} -vv --config {} config",
+        env!("CARGO_BIN_EXE_ektool"),
+        path.display()
+    );
+    let on_a_terminal = |no_color: Option<&str>| {
+        let mut c = std::process::Command::new("script");
+        c.args(["-qec", &line, "/dev/null"])
+            .env("RUST_LOG", "debug")
+            .env("XDG_CONFIG_HOME", "/nonexistent")
+            .env_remove("EKTOOL_CONFIG")
+            .env_remove("NO_COLOR")
+            .stdin(std::process::Stdio::null());
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        let out = c.output().expect("`script` (util-linux) makes a terminal");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let coloured = on_a_terminal(None);
+    assert!(
+        coloured.contains("DEBUG"),
+        "log lines to look at:\n{coloured}"
+    );
+    assert!(coloured.contains('\u{1b}'), "no colour:\n{coloured}");
+    for no_color in ["1", "yes"] {
+        let plain = on_a_terminal(Some(no_color));
+        assert!(plain.contains("DEBUG"), "{plain}");
+        assert!(!plain.contains('\u{1b}'), "NO_COLOR={no_color}:\n{plain}");
+    }
+}
+
 /// A local EC2 endpoint that refuses every call the way EC2 refuses a
 /// caller without the permission (moto does not check IAM).
 fn refusing_endpoint() -> String {

@@ -836,3 +836,62 @@ fn signals_at_every_phase_leave_the_fleet_on_its_release_and_unlocked() {
     std::fs::remove_file(app.local(0, "shared/slow-after")).unwrap();
     app.ektool().arg("deploy").run().success();
 }
+
+/// A second signal does not wait for the failure path: while a build hook
+/// still runs (the first signal waits for it, as it must to switch hosts
+/// back safely), a second SIGINT exits at once with 130. Nothing was
+/// switched, and what it left (the lock of a process that is gone) is
+/// judged stale, so `deploy unlock` and a rerun finish the job.
+#[test]
+fn a_second_signal_exits_at_once_and_a_rerun_finishes_the_job() {
+    let app = App::new("");
+    let c1 = app.commit("one");
+    app.ektool().arg("deploy").run().success();
+    let toml = app.work.join("ektool.toml");
+    let config = std::fs::read_to_string(&toml).unwrap();
+    let quick = "hooks.build = [{ run = \"echo \\\"$RELEASE $COMMIT\\\" > built.txt\" }]";
+    assert!(config.contains(quick), "{config}");
+    std::fs::write(
+        &toml,
+        config.replace(
+            quick,
+            "hooks.build = [{ run = \"touch ../../shared/building; sleep 15; touch ../../shared/built\" }]",
+        ),
+    )
+    .unwrap();
+    let c2 = app.commit("two");
+    let mut run = Running::start(&app, &["deploy"]);
+    wait_for_file(&app.local(0, "shared/building"));
+    let kill = |sig: &str, pid: u32| {
+        assert!(
+            std::process::Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    kill("INT", run.child.id());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        run.child.try_wait().unwrap().is_none(),
+        "the first signal waits for the running hook"
+    );
+    assert_eq!(run.signal("INT"), Some(130));
+    assert!(
+        !app.local(0, "shared/built").exists(),
+        "ektool exited before the hook ended"
+    );
+    for i in 0..2 {
+        assert_eq!(app.live(i).as_deref(), Some(c1.as_str()), "h{}", i + 1);
+    }
+
+    std::fs::write(&toml, &config).unwrap();
+    app.ektool().arg("deploy").run().code(1).stderr_has("stale");
+    app.ektool().args(&["deploy", "unlock"]).run().success();
+    app.ektool().arg("deploy").run().success();
+    for i in 0..2 {
+        assert_eq!(app.live(i).as_deref(), Some(c2.as_str()), "h{}", i + 1);
+    }
+}

@@ -298,3 +298,75 @@ fn policies_print_as_iam_documents_and_offline_commands_need_none() {
         .code(2)
         .stderr_has("snap backup");
 }
+
+/// M14: `--restrict-by-tag` grants the same actions, but every delete,
+/// deregister, detach and modify only on resources tagged as ektool's own
+/// (`aws:ResourceTag/ektool:owner`), and creates only with that tag in the
+/// request; the security page recommends it and says why.
+#[test]
+fn restricted_policies_guard_destructive_actions_by_the_owner_tag() {
+    let actions = |doc: &serde_json::Value| -> BTreeSet<String> {
+        doc["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| match &s["Action"] {
+                serde_json::Value::String(a) => vec![a.clone()],
+                v => strings(v).into_iter().collect(),
+            })
+            .collect()
+    };
+    for command in [
+        &["snap", "trim"][..],
+        &["snap", "delete-broken"],
+        &["snap", "cleanup"],
+        &["ami", "create"],
+    ] {
+        let plain = Ektool::new()
+            .arg("iam-policy")
+            .args(command)
+            .run()
+            .success()
+            .json();
+        let strict = Ektool::new()
+            .arg("iam-policy")
+            .args(command)
+            .arg("--restrict-by-tag")
+            .run()
+            .success()
+            .json();
+        assert_eq!(actions(&plain), actions(&strict), "{command:?}");
+        let mut guarded = 0;
+        for s in strict["Statement"].as_array().unwrap() {
+            let named: Vec<String> = match &s["Action"] {
+                serde_json::Value::String(a) => vec![a.clone()],
+                v => strings(v).into_iter().collect(),
+            };
+            let destructive = named.iter().any(|a| {
+                ["Delete", "Deregister", "Detach", "Modify"]
+                    .iter()
+                    .any(|verb| a.starts_with(&format!("ec2:{verb}")))
+            });
+            // Detaching a volume also needs the instance, which is not
+            // ektool's: only what ektool made is guarded by its tag.
+            let on_instance = s["Resource"].as_str() == Some("arn:aws:ec2:*:*:instance/*");
+            if destructive && !on_instance {
+                let condition = s["Condition"].to_string();
+                assert!(
+                    condition.contains("aws:ResourceTag/ektool:owner"),
+                    "{command:?}: {s}"
+                );
+                guarded += 1;
+            }
+        }
+        if command[..2] != ["ami", "create"] {
+            assert!(guarded > 0, "{command:?} deletes something: {strict}");
+        }
+    }
+    let docs = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/security.md"),
+    )
+    .unwrap();
+    assert!(docs.contains("--restrict-by-tag"));
+    assert!(docs.contains("Anyone who can call `ec2:CreateTags`"));
+}

@@ -383,3 +383,26 @@ fn help_lists_global_options_apart() {
     assert!(!own.contains("--endpoint-url"), "{}", out.stdout);
     assert!(global.contains("--endpoint-url") && global.contains("--log-format"));
 }
+
+/// A directory or an empty file where a file is expected is bad input:
+/// exit 2, one `error:` line naming the path, no panic.
+#[test]
+fn a_directory_or_an_empty_file_for_an_input_file_is_a_usage_error() {
+    let dir = ektool_tests::tempdir();
+    let d = dir.path().to_str().unwrap();
+    let empty = dir.path().join("empty.json");
+    std::fs::write(&empty, "").unwrap();
+    let empty = empty.to_str().unwrap();
+    for args in [
+        &["--config", d, "config"][..],
+        &["snap", "plan", "--inventory", d],
+        &["snap", "plan", "--inventory", empty],
+        &["snap", "plan", "--inventory", &format!("{d}/missing.json")],
+    ] {
+        let out = Ektool::new().args(args).run().code(2);
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {}", out.stderr);
+        assert!(lines[0].starts_with("error: "), "{args:?}: {}", out.stderr);
+        assert!(lines[0].contains(d), "{args:?}: {}", out.stderr);
+    }
+}

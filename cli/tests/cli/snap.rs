@@ -311,7 +311,8 @@ fn plan_offline_projects_into_the_future_and_validates_input() {
     Ektool::new()
         .args(&["snap", "plan", "--inventory", "/nonexistent.json"])
         .run()
-        .code(1);
+        .code(2)
+        .stderr_has("/nonexistent.json");
 }
 
 #[tokio::test]

@@ -85,10 +85,10 @@ pub fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             source,
         })?
     } else {
-        std::fs::read_to_string(&args.inventory).map_err(|source| CliError::Io {
-            path: args.inventory.clone(),
-            source,
-        })?
+        // A file the user named that cannot be read (missing, a
+        // directory, not UTF-8) is bad input, like a bad config file.
+        std::fs::read_to_string(&args.inventory)
+            .map_err(|source| CliError::Usage(format!("{}: {source}", args.inventory.display())))?
     };
     let snapshots: Vec<Snapshot> = snapkit::inventory::parse(&text).map_err(|e| {
         CliError::Usage(format!(

@@ -250,9 +250,7 @@ pub enum GitError {
     #[error("no tag matches the version pattern {0}")]
     NoReleaseTag(String),
     /// The environment requires a release tag.
-    #[error(
-        "{environment} deploys only release tags matching {pattern}; {what} is not one (tag it with --tag next-patch, or pass --allow-untagged to override)"
-    )]
+    #[error("{environment} deploys only release tags matching {pattern}; {what} is not one")]
     TagRequired {
         /// The environment.
         environment: String,
@@ -334,6 +332,24 @@ pub enum GitError {
         /// Its reason.
         reason: String,
     },
+}
+
+impl GitError {
+    /// Whether the caller asked for something the repository or the
+    /// environment's rules refuse (an unknown ref, an untagged release
+    /// where tags are required, a tag that does not fit the pattern, no
+    /// such remote) rather than git failing; nothing was changed.
+    pub fn is_input_error(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownRef(_)
+                | Self::TagRequired { .. }
+                | Self::BadTag { .. }
+                | Self::NoReleaseTag(_)
+                | Self::NotSemver(_)
+                | Self::NoRemote(_)
+        )
+    }
 }
 
 fn g(context: impl Into<String>) -> impl FnOnce(git2::Error) -> GitError {

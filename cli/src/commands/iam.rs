@@ -467,8 +467,8 @@ fn restricted_document(policies: &[&Policy]) -> serde_json::Value {
 }
 
 /// Prints the policy (or the list).
-pub fn exec(args: Args, format: crate::args::OutputFormat) -> Result<(), CliError> {
-    if args.list && format == crate::args::OutputFormat::Json {
+pub fn exec(args: Args, format: crate::output::OutputFormat) -> Result<(), CliError> {
+    if args.list && format == crate::output::OutputFormat::Json {
         let list: Vec<serde_json::Value> = POLICIES
             .iter()
             .map(|p| {

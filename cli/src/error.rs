@@ -164,6 +164,12 @@ pub fn hint(err: &CliError, policy: Option<&str>) -> Option<String> {
         CliError::Git(GitError::TagRequired { .. }) => {
             Some("hint: tag it with --tag next-patch, or pass --allow-untagged to override")
         }
+        CliError::Git(GitError::NotSemver(_)) => {
+            Some("hint: name the new tag with --tag <name> instead of a bump")
+        }
+        CliError::Db(deploykit::db::DbError::Protected { .. }) => {
+            Some("hint: pass --allow-production if you really mean it")
+        }
         _ => None,
     };
     if let Some(h) = fixed {
@@ -268,6 +274,15 @@ mod tests {
                 .into(),
                 "--allow-untagged",
             ),
+            (
+                deploykit::db::DbError::Protected {
+                    env: "production".into(),
+                    name: "app".into(),
+                }
+                .into(),
+                "--allow-production",
+            ),
+            (GitError::NotSemver("v1.02.3".into()).into(), "--tag"),
         ];
         for (err, flag) in cases {
             assert!(!err.to_string().contains("--"), "{err}");
@@ -288,8 +303,7 @@ mod tests {
             exit::USAGE
         );
         assert_eq!(
-            CliError::Deploy(deploykit::DeployError::LockNotStale { lock: lock(None) })
-                .exit_code(),
+            CliError::Deploy(deploykit::DeployError::LockNotStale { lock: lock(None) }).exit_code(),
             exit::FAILURE
         );
     }

@@ -217,10 +217,9 @@ impl TagScheme {
     /// `<prefix><semantic version>` count as older than every one that is,
     /// and order among themselves by the numbers in them.
     pub fn newest<'a>(&self, tags: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-        tags.into_iter()
-            .max_by(|a, b| {
-                (self.version(a), version_key(a)).cmp(&(self.version(b), version_key(b)))
-            })
+        tags.into_iter().max_by(|a, b| {
+            (self.version(a), version_key(a)).cmp(&(self.version(b), version_key(b)))
+        })
     }
 }
 
@@ -293,18 +292,18 @@ impl Bump {
                 .ok_or_else(|| GitError::NotSemver(t.to_owned()))?,
         };
         let pre = !v.pre.is_empty();
+        let (major, minor, patch) = (v.major, v.minor, v.patch);
         let next = match self {
-            Self::Patch if pre => semver::Version::new(v.major, v.minor, v.patch),
-            Self::Patch => semver::Version::new(v.major, v.minor, v.patch + 1),
-            Self::Minor if pre && v.patch == 0 => semver::Version::new(v.major, v.minor, 0),
-            Self::Minor => semver::Version::new(v.major, v.minor + 1, 0),
-            Self::Major if pre && v.minor == 0 && v.patch == 0 => {
-                semver::Version::new(v.major, 0, 0)
-            }
-            Self::Major => semver::Version::new(v.major + 1, 0, 0),
-            Self::Exact(_) => unreachable!("returned above"),
+            Self::Patch if pre => (major, minor, patch),
+            Self::Minor if pre && patch == 0 => (major, minor, 0),
+            Self::Major if pre && minor == 0 && patch == 0 => (major, 0, 0),
+            Self::Patch => (major, minor, patch + 1),
+            Self::Minor => (major, minor + 1, 0),
+            Self::Major => (major + 1, 0, 0),
+            // Handled above; an exact tag is not a bump.
+            Self::Exact(_) => (major, minor, patch),
         };
-        Ok(scheme.tag(&next))
+        Ok(scheme.tag(&semver::Version::new(next.0, next.1, next.2)))
     }
 }
 
@@ -385,7 +384,7 @@ pub enum GitError {
     /// The latest tag is not the scheme's prefix and a semantic version,
     /// so it cannot be bumped.
     #[error(
-        "the latest release tag {0:?} is not a semantic version (vMAJOR.MINOR.PATCH); name the new tag explicitly"
+        "the latest release tag {0:?} is not a semantic version (MAJOR.MINOR.PATCH after the tag prefix), so it cannot be bumped"
     )]
     NotSemver(String),
     /// A tag to create looks like a version but is not a semantic version.
@@ -963,7 +962,10 @@ mod tests {
         let s = TagScheme::default();
         let newest = |tags: &[&'static str]| s.newest(tags.iter().copied());
         assert_eq!(newest(&["v1.2.3", "v1.2.3-rc.1"]), Some("v1.2.3"));
-        assert_eq!(newest(&["v1.2.3-rc.2", "v1.2.3-rc.10"]), Some("v1.2.3-rc.10"));
+        assert_eq!(
+            newest(&["v1.2.3-rc.2", "v1.2.3-rc.10"]),
+            Some("v1.2.3-rc.10")
+        );
         assert_eq!(newest(&["v1.2.2", "v1.2.3-rc.1"]), Some("v1.2.3-rc.1"));
         assert_eq!(
             newest(&["v1.10.0", "v1.9.3", "v1.2.0", "v2.0.0-alpha"]),

@@ -1,5 +1,5 @@
 //! The plan of a deploy: per host, what will be fetched, built and
-//! switched. `Deployer::plan` computes it from the hosts' state without
+//! switched. `Deployer::deploy_plan` computes it from the hosts' state without
 //! the lock, changing nothing (`--dry-run` prints it); `Deployer::deploy`
 //! computes it the same way under the lock and carries it out.
 

@@ -3,7 +3,7 @@
 //! ```text
 //! lock every host (fixed order)
 //!  → read every host's state
-//!  → plan every host (the same pure function `plan` uses)
+//!  → plan every host (the same pure function `deploy_plan` uses)
 //!  → prepare the release on every host, in parallel (bounded):
 //!    fetch into the mirror, check out, link shared paths, build hooks,
 //!    completion marker
@@ -146,9 +146,10 @@ impl Deployer {
             .collect()
     }
 
-    /// What a deploy of `release` would do, host by host. Reads the hosts;
-    /// changes nothing (no lock either).
-    pub async fn plan(&self, release: &Release) -> Result<DeployPlan, DeployError> {
+    /// What [`deploy`](Self::deploy) of `release` would do, host by host
+    /// (each operation's preview is `<verb>_plan`, as `rollback_plan` and
+    /// `unlock_plan`). Reads the hosts; changes nothing (no lock either).
+    pub async fn deploy_plan(&self, release: &Release) -> Result<DeployPlan, DeployError> {
         let url = self.check()?;
         let layout = self.config.release_layout();
         let states = self.inspect(Some(&release.commit)).await?;
@@ -771,7 +772,7 @@ impl Deployer {
 /// One host's plan: where the release goes (`layout`, from its `state`),
 /// what its mirror does, which hooks run there (build hooks only for a
 /// build, run-once hooks only `on the run-once host`), and what a success
-/// removes. Pure: `plan` and `deploy` both call it, so a deploy does
+/// removes. Pure: `deploy_plan` and `deploy` both call it, so a deploy does
 /// exactly what its plan says for the state it found under the lock.
 fn host_plan(
     config: &Environment,

@@ -1,7 +1,7 @@
 //! The [`Deployer`]: one environment's hosts, and every operation on them.
 //!
 //! Each file is one thing a `Deployer` does: [`deploy`](Deployer::deploy)
-//! and its [`plan`](Deployer::plan) (`deploy.rs`), [`rollback`](Deployer::rollback)
+//! and its [`deploy_plan`](Deployer::deploy_plan) (`deploy.rs`), [`rollback`](Deployer::rollback)
 //! (`rollback.rs`), the [`releases`](Deployer::releases) table
 //! (`releases.rs`), [`restart`](Deployer::restart) and
 //! [`maintenance`](Deployer::maintenance) (`maintenance.rs`), and

@@ -89,7 +89,7 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         d = d.repository(repo.remote_url(&env.remote)?);
     }
     if ctx.global.dry_run {
-        let plan = d.plan(&release).await?;
+        let plan = d.deploy_plan(&release).await?;
         return show_plan(ctx, &plan, new_tag.as_deref());
     }
     let report = d.deploy(&release).await?;

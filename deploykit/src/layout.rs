@@ -19,7 +19,7 @@
 //!
 //! The [`ReleaseLayout`] decides which directory a release is built in and
 //! which ones a successful deploy may remove, from a host's
-//! [`HostState`](crate::HostState): pure policy, no I/O.
+//! [`HostState`]: pure policy, no I/O.
 
 use std::fmt;
 

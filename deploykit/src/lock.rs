@@ -10,7 +10,7 @@
 //! it (its token must match): a deploy that fails *at* the lock never
 //! removes someone else's.
 //!
-//! Every host is locked at once, in one round ([`Round::lock_all`]). Of two
+//! Every host is locked at once, in one round (`Round::lock_all`). Of two
 //! runs racing for the same hosts, the one holding the first host in a
 //! fixed order (sorted by name and root) proceeds and the other lets go of
 //! what it took, so they cannot both end up holding half.

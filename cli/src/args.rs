@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::commands;
+use crate::output::OutputFormat;
 
 /// ektool: snapshots, deploys and provisioning for web applications on EC2.
 #[derive(Debug, Parser)]
@@ -115,15 +116,6 @@ pub enum LogFormat {
     /// Human-readable lines.
     Text,
     /// One JSON object per line.
-    Json,
-}
-
-/// Output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    /// Human-readable tables.
-    Table,
-    /// JSON for scripts.
     Json,
 }
 

@@ -4,9 +4,10 @@
 use ec2kit::fleet;
 use ec2kit::{AwsEc2, AwsEc2Options, Region, SshOptions};
 
-use crate::args::{GlobalArgs, OutputFormat};
+use crate::args::GlobalArgs;
 use crate::config::Config;
 use crate::error::CliError;
+use crate::output::OutputFormat;
 
 /// The run's settings: command line over config over built-in defaults.
 #[derive(Debug)]

@@ -74,20 +74,36 @@ impl CliError {
     /// Whether this is a write to a standard output whose reader went
     /// away: not worth a message (see [`crate::output`]).
     pub fn is_closed_pipe(&self) -> bool {
-        matches!(self, Self::Io { source, .. } if crate::output::is_closed(source))
+        matches!(self, Self::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
     }
 
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) | Self::Config(_) | Self::Region(_) => exit::USAGE,
-            Self::Deploy(e) if crate::commands::deploy::is_usage(e) => exit::USAGE,
-            Self::Git(e) if crate::commands::deploy::is_git_usage(e) => exit::USAGE,
-            Self::Provision(e) if crate::commands::provision::is_usage(e) => exit::USAGE,
+            Self::Deploy(e) if e.is_input_error() => exit::USAGE,
+            Self::Git(e) if e.is_input_error() => exit::USAGE,
+            Self::Provision(e) if provision_refused(e) => exit::USAGE,
             Self::Db(deploykit::db::DbError::Protected { .. }) => exit::USAGE,
             _ => exit::FAILURE,
         }
     }
+}
+
+/// Whether a provision error is the user's input or a refusal (exit 2):
+/// nothing was changed.
+fn provision_refused(e: &deploykit::ProvisionError) -> bool {
+    use deploykit::ProvisionError;
+    matches!(
+        e,
+        ProvisionError::Invalid(_)
+            | ProvisionError::NoSecrets { .. }
+            | ProvisionError::SecretsOnlyRemote { .. }
+            | ProvisionError::LockOut(_)
+            | ProvisionError::Tree { .. }
+            | ProvisionError::TreeLink { .. }
+            | ProvisionError::Refused { .. }
+    )
 }
 
 /// The EC2 error that refused this run's credentials, if that is what
@@ -118,26 +134,51 @@ fn access_denied(err: &CliError) -> Option<&ec2kit::Ec2Error> {
 }
 
 /// What to do about an error, for the person at the terminal: the hints
-/// that name ektool's own commands, which the libraries leave out.
-/// `command` is the command as typed (`snap backup`).
-pub fn hint(err: &CliError, command: &str) -> Option<String> {
-    if let CliError::Provision(deploykit::ProvisionError::Locked { lock, path }) = err {
-        return Some(if lock.stale.is_some() {
-            format!(
-                "hint: if no run holds it any more, remove it: `ektool deploy unlock` for a deploy's lock, `rm -r {path}` on the host for a provision's"
-            )
-        } else {
-            "hint: wait for it with --lock-wait, e.g. --lock-wait 10m".to_owned()
-        });
+/// that name ektool's own commands and flags, which the libraries leave
+/// out. `policy` is the command as typed (`snap backup`) when it has an
+/// IAM policy of its own (`ektool iam-policy snap backup`).
+pub fn hint(err: &CliError, policy: Option<&str>) -> Option<String> {
+    use deploykit::{DeployError, GitError, ProvisionError};
+    let fixed = match err {
+        CliError::Provision(ProvisionError::Locked { lock, path }) => {
+            return Some(if lock.stale.is_some() {
+                format!(
+                    "hint: if no run holds it any more, remove it: `ektool deploy unlock` for a deploy's lock, `rm -r {path}` on the host for a provision's"
+                )
+            } else {
+                "hint: wait for it with --lock-wait, e.g. --lock-wait 10m".to_owned()
+            });
+        }
+        CliError::Deploy(DeployError::Locked { lock }) if lock.stale.is_some() => {
+            Some("hint: remove it with `ektool deploy unlock` (add --force if it is not stale)")
+        }
+        CliError::Deploy(DeployError::Locked { .. }) => {
+            Some("hint: wait for it with --lock-wait (e.g. 5m)")
+        }
+        CliError::Deploy(DeployError::LockNotStale { .. }) => {
+            Some("hint: if you are sure that deploy is dead, use `ektool deploy unlock --force`")
+        }
+        CliError::Deploy(DeployError::RollbackTargetMissing { .. }) => {
+            Some("hint: name a release with --to, or deploy it there first")
+        }
+        CliError::Git(GitError::TagRequired { .. }) => {
+            Some("hint: tag it with --tag next-patch, or pass --allow-untagged to override")
+        }
+        CliError::Git(GitError::NotSemver(_)) => {
+            Some("hint: name the new tag with --tag <name> instead of a bump")
+        }
+        CliError::Db(deploykit::db::DbError::Protected { .. }) => {
+            Some("hint: pass --allow-production if you really mean it")
+        }
+        _ => None,
+    };
+    if let Some(h) = fixed {
+        return Some(h.to_owned());
     }
     let e = access_denied(err)?;
-    let known = crate::commands::iam::POLICIES
-        .iter()
-        .any(|p| p.command == command);
-    let policy = if known {
-        format!("ektool iam-policy {command}")
-    } else {
-        "ektool iam-policy".to_owned()
+    let policy = match policy {
+        Some(command) => format!("ektool iam-policy {command}"),
+        None => "ektool iam-policy".to_owned(),
     };
     Some(format!(
         "hint: these credentials may not call {}; the least-privilege policy for this command is printed by `{policy}`",
@@ -145,10 +186,11 @@ pub fn hint(err: &CliError, command: &str) -> Option<String> {
     ))
 }
 
-/// Prints the error, its whole source chain and a hint to stderr.
-pub fn report_with_hint(err: &CliError, command: &str) {
+/// Prints the error, its whole source chain and a hint to stderr (see
+/// [`hint`] for `policy`).
+pub fn report_with_hint(err: &CliError, policy: Option<&str>) {
     report(err);
-    if let Some(h) = hint(err, command) {
+    if let Some(h) = hint(err, policy) {
         eprintln!("{h}");
     }
 }
@@ -177,4 +219,92 @@ pub fn report(err: &CliError) {
         );
     }
     eprintln!("{msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn lock(stale: Option<&str>) -> Box<deploykit::lock::HeldLock> {
+        Box::new(deploykit::lock::HeldLock {
+            host: "web1".into(),
+            owner: None,
+            age_seconds: 30,
+            stale: stale.map(str::to_owned),
+            checksum: "none".into(),
+        })
+    }
+
+    /// The libraries state facts; the flags to type come from the CLI.
+    #[test]
+    fn hints_name_the_flags_the_library_errors_leave_out() {
+        use deploykit::{DeployError, GitError};
+        let cases: Vec<(CliError, &str)> = vec![
+            (
+                DeployError::Locked { lock: lock(None) }.into(),
+                "--lock-wait",
+            ),
+            (
+                DeployError::Locked {
+                    lock: lock(Some("its process is gone")),
+                }
+                .into(),
+                "`ektool deploy unlock`",
+            ),
+            (
+                DeployError::LockNotStale { lock: lock(None) }.into(),
+                "`ektool deploy unlock --force`",
+            ),
+            (
+                DeployError::RollbackTargetMissing {
+                    host: "web1".into(),
+                    commit: "abc1234".into(),
+                }
+                .into(),
+                "--to",
+            ),
+            (
+                GitError::TagRequired {
+                    environment: "production".into(),
+                    pattern: "^v".into(),
+                    what: "main".into(),
+                }
+                .into(),
+                "--allow-untagged",
+            ),
+            (
+                deploykit::db::DbError::Protected {
+                    env: "production".into(),
+                    name: "app".into(),
+                }
+                .into(),
+                "--allow-production",
+            ),
+            (GitError::NotSemver("v1.02.3".into()).into(), "--tag"),
+        ];
+        for (err, flag) in cases {
+            assert!(!err.to_string().contains("--"), "{err}");
+            assert!(!err.to_string().contains("ektool "), "{err}");
+            let hint = hint(&err, Some("deploy")).unwrap();
+            assert!(hint.starts_with("hint: ") && hint.contains(flag), "{hint}");
+        }
+    }
+
+    #[test]
+    fn input_errors_exit_2() {
+        assert_eq!(
+            CliError::Deploy(deploykit::DeployError::NoHosts).exit_code(),
+            exit::USAGE
+        );
+        assert_eq!(
+            CliError::Git(deploykit::GitError::NotSemver("v1".into())).exit_code(),
+            exit::USAGE
+        );
+        assert_eq!(
+            CliError::Deploy(deploykit::DeployError::LockNotStale { lock: lock(None) }).exit_code(),
+            exit::FAILURE
+        );
+    }
 }

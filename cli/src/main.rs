@@ -51,7 +51,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::from(signalled.unwrap_or(exit::SUCCESS)),
         Err(err) if err.is_closed_pipe() => ExitCode::from(signalled.unwrap_or(exit::PIPE)),
         Err(err) => {
-            error::report_with_hint(&err, &command);
+            let policy = commands::iam::policy_for(&command).map(|_| command.as_str());
+            error::report_with_hint(&err, policy);
             ExitCode::from(signalled.unwrap_or_else(|| err.exit_code()))
         }
     }

@@ -15,6 +15,15 @@ use serde::Serialize;
 
 use crate::error::CliError;
 
+/// How a command prints its result (`--output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable tables.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
 /// The unwinding payload of a write to a closed standard output.
 #[derive(Debug)]
 pub struct StdoutClosed;

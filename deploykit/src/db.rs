@@ -91,10 +91,9 @@ fn de_database_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error>
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DbError {
-    /// The environment is protected and no override was given.
-    #[error(
-        "{env} is protected: loading would replace its database {name}; pass --allow-production if you really mean it"
-    )]
+    /// The environment is protected and the caller did not allow
+    /// replacing its database.
+    #[error("{env} is protected: loading would replace its database {name}")]
     Protected {
         /// The environment.
         env: String,

@@ -75,7 +75,8 @@ impl fmt::Display for HostFailure {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DeployError {
-    /// The environment has no hosts (or `--host` matched none).
+    /// The environment has no hosts (or the caller's selection of them
+    /// matched none).
     #[error("no hosts to work on")]
     NoHosts,
     /// No git URL for the hosts to fetch from.
@@ -86,8 +87,9 @@ pub enum DeployError {
     /// The environment's configuration cannot work.
     #[error("invalid environment: {0}")]
     Invalid(String),
-    /// Another run holds the lock.
-    #[error("{lock}{}", hint(lock))]
+    /// Another run holds the lock (`lock.stale` says whether it looks
+    /// abandoned); nothing was changed.
+    #[error("{lock}")]
     Locked {
         /// The lock found.
         lock: Box<HeldLock>,
@@ -145,7 +147,7 @@ pub enum DeployError {
     /// A fleet rollback's target is not on a host (not complete there, or
     /// gone): nothing was changed.
     #[error(
-        "{host}: has no complete release of {commit}, the environment's rollback target; nothing was changed (name a release with --to, or deploy it there first)"
+        "{host}: has no complete release of {commit}, the environment's rollback target; nothing was changed"
     )]
     RollbackTargetMissing {
         /// The host.
@@ -153,21 +155,23 @@ pub enum DeployError {
         /// The target commit (short).
         commit: String,
     },
-    /// `unlock` found a live lock and was not forced.
-    #[error(
-        "{lock}; it is not stale: if you are sure that deploy is dead, use `ektool deploy unlock --force`"
-    )]
+    /// `unlock` found a live lock and was not forced; nothing was removed.
+    #[error("{lock}; it is not stale")]
     LockNotStale {
         /// The lock.
         lock: Box<HeldLock>,
     },
 }
 
-fn hint(lock: &HeldLock) -> &'static str {
-    if lock.stale.is_some() {
-        "; remove it with `ektool deploy unlock` (add --force if it is not stale)"
-    } else {
-        "; wait for it with --lock-wait (e.g. 5m)"
+impl DeployError {
+    /// Whether the caller's input is wrong (no hosts, no repository, an
+    /// invalid environment, a release that is not there) rather than a
+    /// host or a step failing; nothing was changed either way.
+    pub fn is_input_error(&self) -> bool {
+        matches!(
+            self,
+            Self::NoHosts | Self::NoRepository | Self::Invalid(_) | Self::UnknownRelease { .. }
+        )
     }
 }
 

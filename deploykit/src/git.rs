@@ -158,6 +158,95 @@ impl fmt::Display for RefSpec {
     }
 }
 
+/// How release tags spell a version: a prefix (`v` unless configured)
+/// followed by a [semantic version](https://semver.org) (`v1.4.2`,
+/// `v2.0.0-rc.1`). Versions order by semver precedence (a pre-release
+/// before its release, `1.10.0` after `1.9.3`); a version with a leading
+/// zero (`v1.02.3`) is not one.
+///
+/// ```
+/// use deploykit::git::{Bump, TagScheme};
+///
+/// let tags = TagScheme::new("release-");
+/// assert_eq!(tags.version("release-1.2.3-rc.1").unwrap().pre.as_str(), "rc.1");
+/// assert!(tags.version("release-1.02.3").is_none());
+/// // After a release candidate, the next patch is the release itself.
+/// let next = Bump::Patch.next_after(Some("release-1.2.3-rc.1"), &tags).unwrap();
+/// assert_eq!(next, "release-1.2.3");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagScheme {
+    /// What comes before the version, e.g. `v` or `release-` (may be empty).
+    pub prefix: String,
+}
+
+impl Default for TagScheme {
+    /// `v1.2.3`.
+    fn default() -> Self {
+        Self::new("v")
+    }
+}
+
+impl TagScheme {
+    /// Tags `<prefix><version>`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The scheme an environment's version pattern implies: the literal
+    /// text the pattern anchors at the start (`^v\d+…` → `v`,
+    /// `^release-\d+…` → `release-`, `^\d+…` → none), else `v`. A tag
+    /// made with it is still checked against the pattern.
+    pub fn from_pattern(pattern: &VersionPattern) -> Self {
+        Self::new(literal_prefix(pattern.as_str()).unwrap_or_else(|| "v".to_owned()))
+    }
+
+    /// The version a tag names, if it is `<prefix><semantic version>`.
+    pub fn version(&self, tag: &str) -> Option<semver::Version> {
+        semver::Version::parse(tag.strip_prefix(self.prefix.as_str())?).ok()
+    }
+
+    /// The tag of `version`.
+    pub fn tag(&self, version: &semver::Version) -> String {
+        format!("{}{version}", self.prefix)
+    }
+
+    /// The newest of `tags` by version: tags that are not
+    /// `<prefix><semantic version>` count as older than every one that is,
+    /// and order among themselves by the numbers in them.
+    pub fn newest<'a>(&self, tags: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+        tags.into_iter().max_by(|a, b| {
+            (self.version(a), version_key(a)).cmp(&(self.version(b), version_key(b)))
+        })
+    }
+}
+
+/// The literal text a regular expression requires at the start of the
+/// string, if it is anchored with `^`.
+fn literal_prefix(pattern: &str) -> Option<String> {
+    let mut chars = pattern.strip_prefix('^')?.chars().peekable();
+    let mut out = String::new();
+    while let Some(c) = chars.next() {
+        let literal = match c {
+            '\\' => match chars.next() {
+                // `\.`, `\-`: the character itself; `\d`, `\w`: a class.
+                Some(e) if !e.is_ascii_alphanumeric() => e,
+                _ => break,
+            },
+            '.' | '[' | '(' | '|' | '$' | '^' | '*' | '+' | '?' | '{' => break,
+            c => c,
+        };
+        // A quantifier after it makes the character optional.
+        if matches!(chars.peek(), Some('?' | '*' | '{')) {
+            break;
+        }
+        out.push(literal);
+    }
+    Some(out)
+}
+
 /// A new release tag to create: the next version after the newest release
 /// tag, or an exact name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,30 +274,55 @@ impl Bump {
     }
 
     /// The tag this bump gives after `latest` (`None`: no release tag yet,
-    /// counted from `v0.0.0`).
-    pub fn next_after(&self, latest: Option<&str>) -> Result<String, GitError> {
-        let (ma, mi, pa) = match latest {
-            None => (0, 0, 0),
-            Some(t) => parse_semver(t).ok_or_else(|| GitError::NotSemver(t.to_owned()))?,
+    /// counted from `0.0.0`), spelt with `scheme`. As with npm and cargo,
+    /// a bump of a pre-release that already is the next version of that
+    /// kind releases it: `1.2.3-rc.1` → patch `1.2.3`; `1.3.0-rc.1` →
+    /// minor `1.3.0`; `2.0.0-rc.1` → major `2.0.0`. Build metadata is
+    /// dropped. An exact tag is refused when it is the scheme's prefix and
+    /// something version-like that is not a semantic version (`v1.02.3`).
+    pub fn next_after(&self, latest: Option<&str>, scheme: &TagScheme) -> Result<String, GitError> {
+        if let Self::Exact(tag) = self {
+            check_exact(tag, scheme)?;
+            return Ok(tag.clone());
+        }
+        let v = match latest {
+            None => semver::Version::new(0, 0, 0),
+            Some(t) => scheme
+                .version(t)
+                .ok_or_else(|| GitError::NotSemver(t.to_owned()))?,
         };
-        Ok(match self {
-            Self::Patch => format!("v{ma}.{mi}.{}", pa + 1),
-            Self::Minor => format!("v{ma}.{}.0", mi + 1),
-            Self::Major => format!("v{}.0.0", ma + 1),
-            Self::Exact(t) => t.clone(),
-        })
+        let pre = !v.pre.is_empty();
+        let (major, minor, patch) = (v.major, v.minor, v.patch);
+        let next = match self {
+            Self::Patch if pre => (major, minor, patch),
+            Self::Minor if pre && patch == 0 => (major, minor, 0),
+            Self::Major if pre && minor == 0 && patch == 0 => (major, 0, 0),
+            Self::Patch => (major, minor, patch + 1),
+            Self::Minor => (major, minor + 1, 0),
+            Self::Major => (major + 1, 0, 0),
+            // Handled above; an exact tag is not a bump.
+            Self::Exact(_) => (major, minor, patch),
+        };
+        Ok(scheme.tag(&semver::Version::new(next.0, next.1, next.2)))
     }
 }
 
-/// `v1.2.3` (or `1.2.3`) → `(1, 2, 3)`.
-fn parse_semver(tag: &str) -> Option<(u64, u64, u64)> {
-    let mut it = tag.strip_prefix('v').unwrap_or(tag).split('.');
-    let v = (
-        it.next()?.parse().ok()?,
-        it.next()?.parse().ok()?,
-        it.next()?.parse().ok()?,
-    );
-    it.next().is_none().then_some(v)
+/// Refuses an exact tag that looks like a version of the scheme (its
+/// prefix, then a digit) but is not a semantic version.
+fn check_exact(tag: &str, scheme: &TagScheme) -> Result<(), GitError> {
+    let Some(rest) = tag.strip_prefix(scheme.prefix.as_str()) else {
+        return Ok(());
+    };
+    if !rest.starts_with(|c: char| c.is_ascii_digit()) {
+        return Ok(());
+    }
+    match semver::Version::parse(rest) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(GitError::InvalidVersion {
+            tag: tag.to_owned(),
+            reason: e.to_string(),
+        }),
+    }
 }
 
 /// The numbers in a version tag, for ordering (`v1.10.0` after `v1.9.3`).
@@ -250,9 +364,7 @@ pub enum GitError {
     #[error("no tag matches the version pattern {0}")]
     NoReleaseTag(String),
     /// The environment requires a release tag.
-    #[error(
-        "{environment} deploys only release tags matching {pattern}; {what} is not one (tag it with --tag next-patch, or pass --allow-untagged to override)"
-    )]
+    #[error("{environment} deploys only release tags matching {pattern}; {what} is not one")]
     TagRequired {
         /// The environment.
         environment: String,
@@ -269,9 +381,20 @@ pub enum GitError {
         /// The pattern.
         pattern: String,
     },
-    /// The latest tag is not `vX.Y.Z`, so it cannot be bumped.
-    #[error("the latest release tag {0:?} is not vMAJOR.MINOR.PATCH; name the new tag explicitly")]
+    /// The latest tag is not the scheme's prefix and a semantic version,
+    /// so it cannot be bumped.
+    #[error(
+        "the latest release tag {0:?} is not a semantic version (MAJOR.MINOR.PATCH after the tag prefix), so it cannot be bumped"
+    )]
     NotSemver(String),
+    /// A tag to create looks like a version but is not a semantic version.
+    #[error("tag {tag:?} is not a semantic version: {reason}")]
+    InvalidVersion {
+        /// The tag.
+        tag: String,
+        /// What is wrong with it (e.g. a leading zero).
+        reason: String,
+    },
     /// The working tree has uncommitted changes.
     #[error(
         "the working tree has uncommitted changes ({0}); commit and push them, or deploy a pushed ref"
@@ -334,6 +457,25 @@ pub enum GitError {
         /// Its reason.
         reason: String,
     },
+}
+
+impl GitError {
+    /// Whether the caller asked for something the repository or the
+    /// environment's rules refuse (an unknown ref, an untagged release
+    /// where tags are required, a tag that does not fit the pattern, no
+    /// such remote) rather than git failing; nothing was changed.
+    pub fn is_input_error(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownRef(_)
+                | Self::TagRequired { .. }
+                | Self::BadTag { .. }
+                | Self::NoReleaseTag(_)
+                | Self::NotSemver(_)
+                | Self::InvalidVersion { .. }
+                | Self::NoRemote(_)
+        )
+    }
 }
 
 fn g(context: impl Into<String>) -> impl FnOnce(git2::Error) -> GitError {
@@ -506,14 +648,16 @@ impl LocalRepo {
         {
             return Ok(Some(reference.to_owned()));
         }
-        let mut at: Vec<String> = self
+        let at: Vec<String> = self
             .tags()?
             .into_iter()
             .filter(|(name, target)| *target == oid && pattern.matches(name))
             .map(|(name, _)| name)
             .collect();
-        at.sort_by_key(|t| version_key(t));
-        Ok(at.pop())
+        // An rc and its release on one commit: the release names it.
+        Ok(TagScheme::from_pattern(pattern)
+            .newest(at.iter().map(String::as_str))
+            .map(str::to_owned))
     }
 
     /// Every tag and the commit it names.
@@ -530,16 +674,20 @@ impl LocalRepo {
         Ok(out)
     }
 
-    /// The newest (by version number) tag matching `pattern`.
+    /// The newest tag matching `pattern`, by version (see
+    /// [`TagScheme::newest`]; the scheme is the pattern's, see
+    /// [`TagScheme::from_pattern`]).
     pub fn latest_tag(&self, pattern: &VersionPattern) -> Result<Option<String>, GitError> {
-        let mut tags: Vec<String> = self
+        let tags: Vec<String> = self
             .tags()?
             .into_iter()
             .map(|(n, _)| n)
             .filter(|n| pattern.matches(n))
             .collect();
-        tags.sort_by_key(|t| version_key(t));
-        Ok(tags.pop())
+        let scheme = TagScheme::from_pattern(pattern);
+        Ok(scheme
+            .newest(tags.iter().map(String::as_str))
+            .map(str::to_owned))
     }
 
     /// Fails if tracked files have uncommitted changes (untracked files are
@@ -678,13 +826,14 @@ impl LocalRepo {
         }
     }
 
-    /// The tag a bump would create (no change).
+    /// The tag a bump would create (no change), spelt as the pattern's
+    /// [`TagScheme`] says.
     pub fn next_tag(&self, bump: &Bump, pattern: &VersionPattern) -> Result<String, GitError> {
         let latest = match bump {
             Bump::Exact(_) => None,
             _ => self.latest_tag(pattern)?,
         };
-        let name = bump.next_after(latest.as_deref())?;
+        let name = bump.next_after(latest.as_deref(), &TagScheme::from_pattern(pattern))?;
         if !pattern.matches(&name) {
             return Err(GitError::BadTag {
                 tag: name,
@@ -783,24 +932,95 @@ impl LocalRepo {
 mod tests {
     use super::*;
 
-    #[test]
-    fn bumps() {
-        assert_eq!(Bump::Patch.next_after(Some("v1.2.3")).unwrap(), "v1.2.4");
-        assert_eq!(Bump::Minor.next_after(Some("v1.2.3")).unwrap(), "v1.3.0");
-        assert_eq!(Bump::Major.next_after(Some("v1.2.3")).unwrap(), "v2.0.0");
-        assert_eq!(Bump::Patch.next_after(None).unwrap(), "v0.0.1");
-        assert_eq!(
-            Bump::Exact("v9.9.9".into()).next_after(None).unwrap(),
-            "v9.9.9"
-        );
-        assert!(Bump::Patch.next_after(Some("release-7")).is_err());
+    fn next(bump: Bump, latest: Option<&str>) -> Result<String, GitError> {
+        bump.next_after(latest, &TagScheme::default())
     }
 
     #[test]
-    fn versions_order_numerically() {
-        let mut v = vec!["v1.10.0", "v1.9.3", "v1.2.0", "v2.0.0"];
-        v.sort_by_key(|t| version_key(t));
-        assert_eq!(v, ["v1.2.0", "v1.9.3", "v1.10.0", "v2.0.0"]);
+    fn bumps() {
+        assert_eq!(next(Bump::Patch, Some("v1.2.3")).unwrap(), "v1.2.4");
+        assert_eq!(next(Bump::Minor, Some("v1.2.3")).unwrap(), "v1.3.0");
+        assert_eq!(next(Bump::Major, Some("v1.2.3")).unwrap(), "v2.0.0");
+        assert_eq!(next(Bump::Patch, None).unwrap(), "v0.0.1");
+        assert_eq!(next(Bump::Exact("v9.9.9".into()), None).unwrap(), "v9.9.9");
+        assert!(next(Bump::Patch, Some("release-7")).is_err());
+        // Build metadata is not part of the next version.
+        assert_eq!(next(Bump::Patch, Some("v1.2.3+ci.7")).unwrap(), "v1.2.4");
+    }
+
+    #[test]
+    fn a_bump_after_a_release_candidate_releases_it() {
+        assert_eq!(next(Bump::Patch, Some("v1.2.3-rc.1")).unwrap(), "v1.2.3");
+        assert_eq!(next(Bump::Minor, Some("v1.3.0-rc.2")).unwrap(), "v1.3.0");
+        assert_eq!(next(Bump::Minor, Some("v1.2.3-rc.1")).unwrap(), "v1.3.0");
+        assert_eq!(next(Bump::Major, Some("v2.0.0-beta")).unwrap(), "v2.0.0");
+        assert_eq!(next(Bump::Major, Some("v1.2.0-rc.1")).unwrap(), "v2.0.0");
+    }
+
+    #[test]
+    fn pre_releases_sort_before_their_release_and_numbers_numerically() {
+        let s = TagScheme::default();
+        let newest = |tags: &[&'static str]| s.newest(tags.iter().copied());
+        assert_eq!(newest(&["v1.2.3", "v1.2.3-rc.1"]), Some("v1.2.3"));
+        assert_eq!(
+            newest(&["v1.2.3-rc.2", "v1.2.3-rc.10"]),
+            Some("v1.2.3-rc.10")
+        );
+        assert_eq!(newest(&["v1.2.2", "v1.2.3-rc.1"]), Some("v1.2.3-rc.1"));
+        assert_eq!(
+            newest(&["v1.10.0", "v1.9.3", "v1.2.0", "v2.0.0-alpha"]),
+            Some("v2.0.0-alpha")
+        );
+        // What is not a version of the scheme loses to what is.
+        assert_eq!(newest(&["v9", "v1.0.0"]), Some("v1.0.0"));
+        assert_eq!(newest(&["release-9", "release-10"]), Some("release-10"));
+        assert_eq!(newest(&[]), None);
+    }
+
+    #[test]
+    fn leading_zeros_are_not_versions() {
+        let s = TagScheme::default();
+        assert!(s.version("v1.02.3").is_none());
+        assert!(s.version("v01.2.3").is_none());
+        assert!(s.version("v1.2.3-rc.01").is_none());
+        assert!(matches!(
+            next(Bump::Patch, Some("v1.02.3")),
+            Err(GitError::NotSemver(_))
+        ));
+        let e = next(Bump::Exact("v1.02.3".into()), None).unwrap_err();
+        assert!(matches!(e, GitError::InvalidVersion { .. }), "{e}");
+        assert!(e.is_input_error());
+        // Not version-like for the scheme: left to the version pattern.
+        assert_eq!(
+            next(Bump::Exact("hotfix-1".into()), None).unwrap(),
+            "hotfix-1"
+        );
+    }
+
+    #[test]
+    fn the_prefix_is_configurable_and_follows_the_version_pattern() {
+        let release = TagScheme::new("release-");
+        assert_eq!(
+            Bump::Minor
+                .next_after(Some("release-1.2.3"), &release)
+                .unwrap(),
+            "release-1.3.0"
+        );
+        assert_eq!(
+            Bump::Patch.next_after(None, &TagScheme::new("")).unwrap(),
+            "0.0.1"
+        );
+        let scheme = |p: &str| TagScheme::from_pattern(&VersionPattern::new(p).unwrap()).prefix;
+        assert_eq!(scheme(r"^v\d+\.\d+\.\d+$"), "v");
+        assert_eq!(scheme(r"^release-\d+\.\d+\.\d+$"), "release-");
+        assert_eq!(scheme(r"^app\.v\d+\.\d+\.\d+$"), "app.v");
+        assert_eq!(scheme(r"^\d+\.\d+\.\d+$"), "");
+        // Not anchored: the default; what is optional or a choice is not
+        // part of the prefix (a tag that then misses the pattern is
+        // refused by `next_tag`, never made).
+        assert_eq!(scheme(r"v\d+\.\d+\.\d+$"), "v");
+        assert_eq!(scheme(r"^v?\d+\.\d+\.\d+$"), "");
+        assert_eq!(scheme(r"^(v|release-)\d+"), "");
     }
 
     #[test]

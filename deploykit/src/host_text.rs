@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use crate::flow::{cleanup_after, skew_ms};
+use crate::deployer::{cleanup_after, fleet_steps};
 use crate::host::Host;
-use crate::layout::{AbSlots, HostState, ReleaseLayout, Timestamped};
+use crate::layout::{AbSlots, ReleaseLayout, Timestamped};
 use crate::log;
-use crate::rollback::fleet_steps;
+use crate::state::{HostState, skew_ms};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -24,8 +24,8 @@ fn exercise(text: &str) {
     let h = host();
     let state = HostState::parse(text, h.root());
     let _ = log::parse(text);
-    let _ = log::history(&state.log, &state);
-    let _ = log::rollback_target(&state.log, &state);
+    let _ = state.history(&state.log);
+    let _ = state.rollback_target(&state.log);
     let now = jiff::Timestamp::now();
     let fresh = Timestamped::fresh_name(now, state.releases.iter().map(|r| r.name.as_str()));
     assert!(Timestamped::is_release_name(&fresh), "{fresh}");

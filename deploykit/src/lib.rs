@@ -32,47 +32,61 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The modules, in the order a deploy uses them:
+//! The crate root holds the deploy API: [`Deployer`], what its operations
+//! take and return, the [`Environment`] it is built from, and the errors
+//! and events — one path each. Modules are public where they are a
+//! sub-API of their own, used without a `Deployer`:
+//!
+//! - [`environment`]: the configuration of an environment (the root
+//!   re-exports what a `Deployer` is built from);
+//! - [`git`]: what to deploy, resolved and tagged in the local clone;
+//! - [`layout`], [`log`] and [`lock`]: where releases live on a host, the
+//!   release log, and the deploy lock;
+//! - [`hooks`], [`health`] and [`notify`]: the commands of each phase, the
+//!   health check, announcements;
+//! - [`provision`] and [`db`]: configuring servers, and database chores.
 
 pub mod db;
+mod deployer;
 pub mod environment;
 mod error;
-pub mod event;
-pub mod flow;
+mod event;
 pub mod git;
 pub mod health;
 pub mod hooks;
-pub mod host;
+mod host;
 #[cfg(test)]
 mod host_text;
 pub mod layout;
 pub mod lock;
 pub mod log;
 pub mod notify;
-pub mod ops;
-pub mod plan;
+mod plan;
 pub mod provision;
-pub mod release;
-pub mod rollback;
+mod release;
 mod shell;
-pub mod switch;
+mod state;
+mod switch;
 
+pub use deployer::{
+    DeployReport, Deployer, HostOutcome, HostReleases, RollbackReport, RollbackStep, UnlockOutcome,
+};
 pub use environment::{
     Environment, HealthCheck, Hook, Hooks, HostSource, LayoutKind, Phase, Timeouts,
 };
 pub use error::{DeployError, HostFailure, Stage};
 pub use event::{Event, EventSink};
-pub use flow::{DeployReport, Deployer, HostOutcome};
 pub use git::{Bump, GitError, RefSpec};
 pub use host::{Actor, Host};
 pub use layout::{AbSlots, ReleaseLayout, Timestamped};
 pub use lock::LockOwner;
 pub use log::{LogAction, LogEntry, LogResult};
 pub use notify::{Notification, NotificationKind, Notifier};
-pub use plan::{DeployPlan, HostPlan, PrepareAction};
+pub use plan::{DeployPlan, HostPlan, Mirror, PhaseHooks, PrepareAction};
 pub use provision::{ProvisionConfig, ProvisionError, Provisioner};
 pub use release::{Marker, Release};
 pub use shell::{is_commit_id, short as short_commit};
+pub use state::{HistoryRow, HostState, ReleaseDir};
 
 /// The name of the symlink that points at the live release.
 pub const CURRENT: &str = "current";

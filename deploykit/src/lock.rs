@@ -10,20 +10,23 @@
 //! it (its token must match): a deploy that fails *at* the lock never
 //! removes someone else's.
 //!
-//! Every host is locked at once, in one round. Of two runs racing for the
-//! same hosts, the one holding the first host in a fixed order (sorted by
-//! name and root) proceeds and the other lets go of what it took, so they
-//! cannot both end up holding half (see `Deployer::lock_all`).
+//! Every host is locked at once, in one round (`Round::lock_all`). Of two
+//! runs racing for the same hosts, the one holding the first host in a
+//! fixed order (sorted by name and root) proceeds and the other lets go of
+//! what it took, so they cannot both end up holding half.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ec2kit::{Command, RemoteError};
+use ec2kit::{CancellationToken, Command, RemoteError};
+use futures::StreamExt;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::error::{DeployError, HostFailure, Stage};
+use crate::event::{Event, EventSink};
 use crate::host::{Actor, Host, process_alive, this_scope};
-use crate::layout::HostState;
-use crate::shell::{GUARDS, q};
+use crate::shell::{GUARDS, describe, q};
+use crate::state::{self, HostState};
 
 /// Who holds a lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,6 +306,283 @@ pub(crate) async fn remove(
         .run_checked(&Command::shell(in_meta(host, false, &body)).timeout(timeout))
         .await?;
     Ok(out.stdout_str().trim() == "removed")
+}
+
+/// One run's attempt to lock every host of an environment, reading each
+/// host's state in the same command.
+pub(crate) struct Round<'a> {
+    /// The hosts, in lock order (the first one decides races).
+    pub(crate) hosts: &'a [Host],
+    /// Who is asking; its `first_host` is `hosts[0]`.
+    pub(crate) owner: LockOwner,
+    /// A lock older than this is stale.
+    pub(crate) stale_after: Duration,
+    /// How long to wait for a held lock (zero: fail at once).
+    pub(crate) wait: Duration,
+    /// The deadline of each lock command.
+    pub(crate) timeout: Duration,
+    /// The commit to look for in the hosts' mirrors.
+    pub(crate) commit: Option<&'a str>,
+    /// The environment's maintenance flag file (part of the state).
+    pub(crate) maintenance_file: &'a str,
+    /// Read the newest release-log entries with the state.
+    pub(crate) with_log: bool,
+    /// Stops the round (and the waiting) early.
+    pub(crate) cancel: &'a CancellationToken,
+    /// Where `Locked`, `LockWaiting`, `ClockSkew` and warnings go.
+    pub(crate) events: &'a EventSink,
+}
+
+impl Round<'_> {
+    /// Takes the lock on every host and reads their state in the same
+    /// command, all hosts at once (one round, however many hosts).
+    ///
+    /// Two runs racing for the same hosts may each take some. The run that
+    /// takes the first host (in lock order) proceeds: the other releases
+    /// each host it took as soon as it learns the first one is held, then
+    /// fails naming the owner (or waits, with `wait`), while the first
+    /// waits briefly for those hosts to come free. Racers are told apart by
+    /// the first host recorded in the lock's owner file; a host held by
+    /// anyone else (a run on other hosts, a stale lock) makes this run
+    /// release everything at once and fail or wait. A lock is only ever
+    /// released by the run that took it.
+    ///
+    /// Returns the states (in host order) and how long the round took (an
+    /// estimate of the hosts' command latency, used to schedule the
+    /// switch).
+    pub(crate) async fn lock_all(&self) -> Result<(Vec<HostState>, Duration), DeployError> {
+        let first = self.owner.first_host.clone().unwrap_or_default();
+        let token = self.owner.token.as_str();
+        let deadline = Instant::now() + self.wait;
+        let attempt = |i: usize| self.try_lock(&self.hosts[i]);
+        // A racing run over the same hosts, which lets go when it sees the
+        // first host held (an unreadable owner may be one, just starting).
+        let racer = |l: &HeldLock| {
+            l.stale.is_none()
+                && l.owner
+                    .as_ref()
+                    .is_none_or(|o| o.first_host.as_deref() == Some(first.as_str()))
+        };
+        loop {
+            if self.cancel.is_cancelled() {
+                return Err(self.interrupted());
+            }
+            let t = Instant::now();
+            let sent = crate::switch::now_ns();
+            let (mut outcome, yielded) = self.round(&attempt, token).await;
+            let latency = t.elapsed();
+            // Holding the first host: wait for racers to let go of the
+            // rest, a few of their rounds at most.
+            let grace = Instant::now()
+                + (latency * 5).clamp(Duration::from_secs(2), Duration::from_secs(10));
+            while outcome.states[0].is_some()
+                && outcome.error.is_none()
+                && !outcome.held.is_empty()
+                && outcome.held.iter().all(|(_, l)| racer(l))
+                && Instant::now() < grace
+                && !self.cancel.is_cancelled()
+            {
+                tokio::time::sleep(
+                    latency.clamp(Duration::from_millis(20), Duration::from_millis(250)),
+                )
+                .await;
+                let pending: Vec<usize> = outcome.held.drain(..).map(|(i, _)| i).collect();
+                let retried = futures::future::join_all(pending.iter().map(|&i| attempt(i))).await;
+                for (i, r) in pending.into_iter().zip(retried) {
+                    outcome.record(i, r, &self.hosts[i]);
+                }
+            }
+            if outcome.held.is_empty() && outcome.error.is_none() && !self.cancel.is_cancelled() {
+                (self.events)(&Event::Locked {
+                    hosts: self.hosts.len(),
+                });
+                let mut states: Vec<HostState> = outcome.states.into_iter().flatten().collect();
+                for (h, s) in self.hosts.iter().zip(&mut states) {
+                    s.clock_skew_ms = state::skew_ms(s, sent, latency);
+                    state::report_skew(self.events, h, s.clock_skew_ms);
+                }
+                return Ok((states, latency));
+            }
+            // Let go of every host this run may hold: those it took (not
+            // already given back) and those whose answer was lost (the
+            // `mkdir` may have happened). The token check makes it safe.
+            let mine: Vec<&Host> = (0..self.hosts.len())
+                .filter(|&i| !yielded.contains(&i))
+                .filter(|&i| outcome.states[i].is_some() || outcome.failed.contains(&i))
+                .map(|i| &self.hosts[i])
+                .collect();
+            release_all(&mine, token, self.timeout, self.events).await;
+            if self.cancel.is_cancelled() {
+                return Err(self.interrupted());
+            }
+            if let Some(f) = outcome.error {
+                return Err(DeployError::Failed {
+                    stage: Stage::Lock,
+                    failures: vec![f],
+                    rolled_back: Vec::new(),
+                    inconsistent: Vec::new(),
+                });
+            }
+            // Report a stale lock (it needs an unlock), else the first
+            // host's holder, else the first held.
+            let lock = outcome
+                .held
+                .iter()
+                .find(|(_, l)| l.stale.is_some())
+                .or_else(|| outcome.held.first())
+                .map(|(_, l)| l.clone());
+            let Some(lock) = lock else {
+                unreachable!("held or error")
+            };
+            let now = Instant::now();
+            if now >= deadline || lock.stale.is_some() {
+                return Err(DeployError::Locked {
+                    lock: Box::new(lock),
+                });
+            }
+            (self.events)(&Event::LockWaiting {
+                holder: lock.to_string(),
+            });
+            tokio::select! {
+                () = tokio::time::sleep((deadline - now).min(Duration::from_millis(500))) => {}
+                () = self.cancel.cancelled() => {}
+            }
+        }
+    }
+
+    /// Interrupted while locking: nothing was changed (the caller's hosts
+    /// are already given back).
+    fn interrupted(&self) -> DeployError {
+        (self.events)(&Event::Interrupted { stage: Stage::Lock });
+        DeployError::Interrupted {
+            stage: Stage::Lock,
+            rolled_back: Vec::new(),
+            inconsistent: Vec::new(),
+        }
+    }
+
+    /// One lock attempt on every host at once. Answers are handled as they
+    /// arrive: once the first host is known to be held by another run,
+    /// every host taken (then or later in the round) is given back at
+    /// once, so a run holding the first host is not kept waiting on this
+    /// run's slowest host. Returns what was found and the hosts given back.
+    async fn round<'a, F, Fut>(&'a self, attempt: &F, token: &str) -> (Found, Vec<usize>)
+    where
+        F: Fn(usize) -> Fut,
+        Fut: std::future::Future<Output = Result<Attempt, RemoteError>> + 'a,
+    {
+        let n = self.hosts.len();
+        let mut outcome = Found::new(n);
+        let mut answers: futures::stream::FuturesUnordered<_> = (0..n)
+            .map(|i| {
+                let fut = attempt(i);
+                async move { (i, fut.await) }
+            })
+            .collect();
+        let mut giving_back = futures::stream::FuturesUnordered::new();
+        let mut yielded = Vec::new();
+        let mut lost_first = false;
+        let mut sent = 0;
+        loop {
+            tokio::select! {
+                Some((i, r)) = answers.next() => {
+                    outcome.record(i, r, &self.hosts[i]);
+                    if !lost_first && i == 0 && outcome.states[0].is_none() {
+                        lost_first = true;
+                        yielded.extend((1..n).filter(|&j| outcome.states[j].is_some()));
+                    } else if lost_first && outcome.states[i].is_some() {
+                        yielded.push(i);
+                    } else {
+                        continue;
+                    }
+                    for &j in yielded.get(sent..).unwrap_or_default() {
+                        giving_back.push(async move {
+                            (j, release(&self.hosts[j], token, self.timeout).await)
+                        });
+                    }
+                    sent = yielded.len();
+                }
+                Some((j, r)) = giving_back.next(), if !giving_back.is_empty() => {
+                    if let Err(e) = r {
+                        (self.events)(&Event::Warning {
+                            host: Some(self.hosts[j].name().to_owned()),
+                            message: format!("could not release the lock: {e}"),
+                        });
+                    }
+                }
+                else => break,
+            }
+        }
+        (outcome, yielded)
+    }
+
+    async fn try_lock(&self, host: &Host) -> Result<Attempt, RemoteError> {
+        let script =
+            HostState::script_with(host, self.commit, self.maintenance_file, self.with_log);
+        try_acquire(host, &self.owner, self.stale_after, &script, self.timeout).await
+    }
+}
+
+/// What one lock round found, per host.
+struct Found {
+    /// The state of each host taken, by index.
+    states: Vec<Option<HostState>>,
+    /// Hosts found held, with their lock.
+    held: Vec<(usize, HeldLock)>,
+    /// Hosts whose answer was lost.
+    failed: Vec<usize>,
+    /// The first of those failures.
+    error: Option<HostFailure>,
+}
+
+impl Found {
+    fn new(n: usize) -> Self {
+        Self {
+            states: vec![None; n],
+            held: Vec::new(),
+            failed: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn record(&mut self, i: usize, r: Result<Attempt, RemoteError>, host: &Host) {
+        match r {
+            Ok(Attempt::Acquired(state)) => self.states[i] = Some(state),
+            Ok(Attempt::Held(l)) => {
+                self.held.push((i, l));
+                self.held.sort_by_key(|(i, _)| *i);
+            }
+            Err(e) => {
+                self.failed.push(i);
+                if self.error.is_none() {
+                    self.error = Some(HostFailure {
+                        host: host.name().to_owned(),
+                        stage: Stage::Lock,
+                        error: describe(&e),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Releases this run's lock (by `token`) on every one of `hosts` at once;
+/// a host that cannot be reached is a warning, not an error.
+pub(crate) async fn release_all(
+    hosts: &[&Host],
+    token: &str,
+    timeout: Duration,
+    events: &EventSink,
+) {
+    let results = futures::future::join_all(hosts.iter().map(|h| release(h, token, timeout))).await;
+    for (h, r) in hosts.iter().zip(results) {
+        if let Err(e) = r {
+            events(&Event::Warning {
+                host: Some(h.name().to_owned()),
+                message: format!("could not release the lock: {e}"),
+            });
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,10 +16,11 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::host::{Actor, Host};
-use crate::layout::HostState;
 use crate::shell::{GUARDS, q};
 
-/// The log file, relative to the deploy root.
+/// The log file, relative to the deploy root. What it says about a host's
+/// releases (history, rollback target) is read with the host's state
+/// ([`HostState::history`](crate::HostState::history)).
 pub const LOG_FILE: &str = ".ektool/releases.jsonl";
 
 /// What a log line records.
@@ -157,88 +158,9 @@ pub fn is_bad(log: &[LogEntry], release: &str, commit: &str) -> bool {
     bad
 }
 
-/// One release in the history of a host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryRow {
-    /// The release directory.
-    pub release: String,
-    /// The commit.
-    pub commit: String,
-    /// Its tag.
-    pub tag: Option<String>,
-    /// When it was last deployed or rolled back to.
-    pub at: Timestamp,
-    /// By whom.
-    pub who: String,
-    /// What that was.
-    pub action: LogAction,
-    /// How it ended.
-    pub result: Option<LogResult>,
-    /// `current` points at it (and holds this commit).
-    pub current: bool,
-    /// Marked bad.
-    pub bad: bool,
-    /// Its directory still holds this commit, complete (a rollback target).
-    pub available: bool,
-    /// The operator's message.
-    pub message: Option<String>,
-}
-
-/// The log as a table: one row per deploy or rollback, newest first, with
-/// current/bad/available marks from the host's state.
-pub fn history(log: &[LogEntry], state: &HostState) -> Vec<HistoryRow> {
-    let current_commit = state.current_release().and_then(|r| r.commit());
-    let mut rows: Vec<HistoryRow> = log
-        .iter()
-        .filter(|e| e.action != LogAction::Bad)
-        .map(|e| HistoryRow {
-            release: e.release.clone(),
-            commit: e.commit.clone(),
-            tag: e.tag.clone(),
-            at: e.at,
-            who: e.who.to_string(),
-            action: e.action,
-            result: e.result,
-            current: false,
-            bad: is_bad(log, &e.release, &e.commit),
-            available: state.release(&e.release).and_then(|r| r.commit())
-                == Some(e.commit.as_str()),
-            message: e.message.clone(),
-        })
-        .collect();
-    rows.reverse();
-    // Only the newest row of the live release carries the mark.
-    if let Some(row) = rows.iter_mut().find(|r| {
-        Some(r.release.as_str()) == state.current.as_deref()
-            && Some(r.commit.as_str()) == current_commit
-            && r.result == Some(LogResult::Success)
-    }) {
-        row.current = true;
-    }
-    rows
-}
-
-/// The release to roll back to: the newest successful deploy or rollback
-/// in the log that is not what is live, not marked bad, and still complete
-/// on the host with the same commit.
-pub fn rollback_target<'a>(log: &'a [LogEntry], state: &HostState) -> Option<&'a LogEntry> {
-    let live = state.current_release();
-    log.iter().rev().find(|e| {
-        matches!(e.action, LogAction::Deploy | LogAction::Rollback)
-            && e.result == Some(LogResult::Success)
-            && !(Some(e.release.as_str()) == live.map(|r| r.name.as_str())
-                && Some(e.commit.as_str()) == live.and_then(|r| r.commit()))
-            && Some(e.release.as_str()) != state.current.as_deref()
-            && !is_bad(log, &e.release, &e.commit)
-            && state.release(&e.release).and_then(|r| r.commit()) == Some(e.commit.as_str())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::ReleaseDir;
-    use crate::release::Marker;
 
     fn entry(
         action: LogAction,
@@ -265,72 +187,8 @@ mod tests {
         }
     }
 
-    fn state(current: &str, dirs: &[(&str, &str)]) -> HostState {
-        HostState {
-            exists: true,
-            current: Some(current.into()),
-            releases: dirs
-                .iter()
-                .map(|(n, c)| ReleaseDir {
-                    name: (*n).into(),
-                    marker: Some(Marker {
-                        release: (*n).into(),
-                        commit: (*c).into(),
-                        tag: None,
-                        built_at: Timestamp::UNIX_EPOCH,
-                    }),
-                    made: true,
-                })
-                .collect(),
-            ..HostState::default()
-        }
-    }
-
     use LogAction::*;
     use LogResult::*;
-
-    #[test]
-    fn rollback_skips_bad_failed_and_overwritten_releases() {
-        let log = vec![
-            entry(Deploy, "r1", "c1", Some(Success)),
-            entry(Deploy, "r2", "c2", Some(Success)),
-            entry(Deploy, "r3", "c3", Some(RolledBack)),
-            entry(Bad, "r3", "c3", None),
-            entry(Deploy, "r4", "c4", Some(Success)),
-            entry(Bad, "r2", "c2", None),
-            entry(Deploy, "r5", "c5", Some(Success)),
-        ];
-        let s = state(
-            "r5",
-            &[
-                ("r1", "c1"),
-                ("r2", "c2"),
-                ("r3", "c3"),
-                ("r4", "c4"),
-                ("r5", "c5"),
-            ],
-        );
-        assert_eq!(rollback_target(&log, &s).unwrap().release, "r4");
-        // r4 gone: r3 rolled back and bad, r2 bad → r1.
-        let s = state(
-            "r5",
-            &[("r1", "c1"), ("r2", "c2"), ("r3", "c3"), ("r5", "c5")],
-        );
-        assert_eq!(rollback_target(&log, &s).unwrap().release, "r1");
-    }
-
-    #[test]
-    fn ab_slot_rebuilt_with_another_commit_is_not_a_target() {
-        let log = vec![
-            entry(Deploy, "a", "c1", Some(Success)),
-            entry(Deploy, "b", "c2", Some(Success)),
-        ];
-        // Slot a was being rebuilt with c3 and holds it now (deploy failed).
-        let s = state("b", &[("a", "c3"), ("b", "c2")]);
-        assert!(rollback_target(&log, &s).is_none());
-        let s = state("b", &[("a", "c1"), ("b", "c2")]);
-        assert_eq!(rollback_target(&log, &s).unwrap().release, "a");
-    }
 
     #[test]
     fn a_successful_redeploy_clears_the_bad_mark() {

@@ -1,9 +1,11 @@
 //! The plan of a deploy: per host, what will be fetched, built and
-//! switched. `--dry-run` prints it; computing it reads the hosts and
-//! changes nothing.
+//! switched. `Deployer::deploy_plan` computes it from the hosts' state without
+//! the lock, changing nothing (`--dry-run` prints it); `Deployer::deploy`
+//! computes it the same way under the lock and carries it out.
 
 use serde::{Deserialize, Serialize};
 
+use crate::environment::Phase;
 use crate::release::Release;
 
 /// What happens to one host's release before the switch.
@@ -19,12 +21,66 @@ pub enum PrepareAction {
     Build {
         /// The release directory.
         release: String,
-        /// What the mirror does: `clone` (first deploy), `fetch` (commit
-        /// missing) or `none` (it has the commit).
-        mirror: String,
+        /// What the host's mirror of the repository does first.
+        mirror: Mirror,
         /// Update the slot's checkout in place (a/b) or clone fresh.
         in_place: bool,
     },
+}
+
+impl PrepareAction {
+    /// The release directory `current` will point at.
+    pub fn release(&self) -> &str {
+        match self {
+            Self::Reuse { release } | Self::Build { release, .. } => release,
+        }
+    }
+}
+
+/// What a host's mirror (`repo.git`) does before a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mirror {
+    /// There is none yet: clone it (the first deploy).
+    Clone,
+    /// It lacks the commit: fetch.
+    Fetch,
+    /// It has the commit: nothing.
+    None,
+}
+
+impl std::fmt::Display for Mirror {
+    /// `clone`, `fetch` or `none`, as in the plan's JSON.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Clone => "clone",
+            Self::Fetch => "fetch",
+            Self::None => "none",
+        })
+    }
+}
+
+/// The hooks of one phase that run on a host, in order (as a JSON pair
+/// `["build", ["make", …]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "(Phase, Vec<String>)", from = "(Phase, Vec<String>)")]
+pub struct PhaseHooks {
+    /// The phase.
+    pub phase: Phase,
+    /// Each hook's command.
+    pub commands: Vec<String>,
+}
+
+impl From<PhaseHooks> for (Phase, Vec<String>) {
+    fn from(h: PhaseHooks) -> Self {
+        (h.phase, h.commands)
+    }
+}
+
+impl From<(Phase, Vec<String>)> for PhaseHooks {
+    fn from((phase, commands): (Phase, Vec<String>)) -> Self {
+        Self { phase, commands }
+    }
 }
 
 /// One host's plan.
@@ -40,12 +96,14 @@ pub struct HostPlan {
     /// host laid out by another tool): what a failed deploy puts back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_link: Option<String>,
-    /// Its commit.
+    /// The commit of the release live now.
     pub current_commit: Option<String>,
     /// The preparation.
     pub prepare: PrepareAction,
-    /// Hooks per phase, in order.
-    pub hooks: Vec<(String, Vec<String>)>,
+    /// The hooks that run on this host, phase by phase in deploy order
+    /// (build hooks only when it builds, run-once hooks only on the run-once
+    /// host).
+    pub hooks: Vec<PhaseHooks>,
     /// The switch: `current -> releases/<name>`.
     pub switch: String,
     /// Releases removed after a successful deploy.
@@ -56,6 +114,13 @@ pub struct HostPlan {
     pub clock_skew_ms: Option<i64>,
 }
 
+impl HostPlan {
+    /// Whether hooks of `phase` run on this host.
+    pub fn runs(&self, phase: Phase) -> bool {
+        self.hooks.iter().any(|h| h.phase == phase)
+    }
+}
+
 /// The whole plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployPlan {
@@ -63,13 +128,13 @@ pub struct DeployPlan {
     pub environment: String,
     /// The release.
     pub release: Release,
-    /// The layout.
+    /// The layout (`ab`, `timestamped`).
     pub layout: String,
     /// Where hosts fetch from (credentials are never shown; such URLs are
     /// refused anyway).
     pub repository: String,
     /// The host that runs the run-once hooks.
     pub run_once_host: Option<String>,
-    /// Per host.
+    /// Per host, in lock order.
     pub hosts: Vec<HostPlan>,
 }

@@ -2,7 +2,8 @@
 
 use futures::stream::{self, StreamExt};
 
-use crate::{Ec2, Ec2Error, Filter, Instance, Region, RegionCatalog, Tag};
+use crate::iam::Permissions;
+use crate::{Action, Ec2, Ec2Error, Filter, Instance, Region, RegionCatalog, Tag};
 
 /// How many regions are queried at once by default.
 pub const DEFAULT_REGION_CONCURRENCY: usize = 8;
@@ -18,6 +19,13 @@ pub struct RegionResult<T> {
     /// Its result.
     pub result: Result<T, Ec2Error>,
 }
+
+/// What [`region_catalog`] calls.
+pub const REGION_CATALOG_PERMISSIONS: Permissions = Permissions::calls(&[Action::DescribeRegions]);
+
+/// What [`instances_by_tag`] calls.
+pub const INSTANCES_BY_TAG_PERMISSIONS: Permissions =
+    Permissions::calls(&[Action::DescribeInstances]);
 
 /// Loads the region catalog with one `DescribeRegions` call.
 pub async fn region_catalog(ec2: &dyn Ec2) -> Result<RegionCatalog, Ec2Error> {

@@ -13,6 +13,9 @@
 //!   [`LocalRemote`] is this machine; [`GuardedJob`] runs a long-lived
 //!   command whose end the host itself guarantees.
 //!
+//! [`iam`] turns what operations call into least-privilege IAM policies:
+//! each operation states its [`iam::Permissions`] next to it.
+//!
 //! With `default-features = false` only the traits and types compile, so
 //! crates that build on them (snapkit, deploykit) test their logic without
 //! compiling the AWS SDK. Feature `mock` adds mockall mocks of both seams.
@@ -50,6 +53,7 @@ mod volume;
 
 pub mod duration;
 pub mod fleet;
+pub mod iam;
 pub mod job;
 pub mod local;
 pub mod paced;

@@ -18,6 +18,18 @@ use serde::Serialize;
 use crate::backup::device_of;
 use crate::lineage::{SeedDescription, tags};
 
+/// What making an AMI calls: [`plan`] and [`create`].
+pub const CREATE_PERMISSIONS: ec2kit::iam::Permissions = ec2kit::iam::Permissions::calls(&[
+    ec2kit::Action::DescribeSnapshots,
+    ec2kit::Action::RegisterImage,
+])
+.implied(&[ec2kit::iam::TAG_ON_CREATE]);
+
+/// What [`copy`] calls.
+pub const COPY_PERMISSIONS: ec2kit::iam::Permissions =
+    ec2kit::iam::Permissions::calls(&[ec2kit::Action::DescribeImages, ec2kit::Action::CopyImage])
+        .implied(&[ec2kit::iam::TAG_ON_CREATE]);
+
 /// Choices for [`plan`], each overriding what the lineage tags say.
 #[derive(Debug, Clone)]
 pub struct AmiOptions {

@@ -39,6 +39,33 @@ use serde::Serialize;
 use crate::consistency::{self, Consistency, ConsistencyError, HoldReport};
 use crate::lineage::tags;
 
+/// What [`backup_instances`] calls (the instances' volumes, the window's
+/// snapshots, one `CreateSnapshots` each); a set a concurrent run made
+/// first is deleted again.
+pub const INSTANCES_PERMISSIONS: ec2kit::iam::Permissions = ec2kit::iam::Permissions::calls(&[
+    ec2kit::Action::DescribeVolumes,
+    ec2kit::Action::DescribeSnapshots,
+    ec2kit::Action::CreateSnapshots,
+])
+.sometimes(&[ec2kit::iam::Sometimes {
+    when: ec2kit::iam::When::Case("a concurrent run"),
+    actions: &[ec2kit::Action::DeleteSnapshot],
+}])
+.implied(&[ec2kit::iam::TAG_ON_CREATE]);
+
+/// What [`backup_volumes`] calls (one `CreateSnapshot` per volume); a
+/// snapshot a concurrent run made first is deleted again.
+pub const VOLUMES_PERMISSIONS: ec2kit::iam::Permissions = ec2kit::iam::Permissions::calls(&[
+    ec2kit::Action::DescribeVolumes,
+    ec2kit::Action::DescribeSnapshots,
+    ec2kit::Action::CreateSnapshot,
+])
+.sometimes(&[ec2kit::iam::Sometimes {
+    when: ec2kit::iam::When::Case("a concurrent run"),
+    actions: &[ec2kit::Action::DeleteSnapshot],
+}])
+.implied(&[ec2kit::iam::TAG_ON_CREATE]);
+
 /// The backup window tag: the start of the window a snapshot was taken in.
 pub const WINDOW_TAG: &str = "ektool:window";
 /// The device map of a snapshot set: `vol-a=/dev/xvda vol-b=/dev/sdf`.

@@ -14,6 +14,27 @@ use serde::Serialize;
 
 use crate::lineage::tags;
 
+/// What [`with_reservations`] calls.
+pub const WITH_RESERVATIONS_PERMISSIONS: ec2kit::iam::Permissions =
+    ec2kit::iam::Permissions::calls(&[ec2kit::Action::DescribeInstances]);
+
+/// What [`plan_protection`] and [`apply_protection`] call.
+pub const PROTECTION_PERMISSIONS: ec2kit::iam::Permissions = ec2kit::iam::Permissions::calls(&[
+    ec2kit::Action::DescribeInstanceAttribute,
+    ec2kit::Action::ModifyInstanceAttribute,
+]);
+
+/// What [`plan_volume_tags`] and [`apply_volume_tags`] call.
+pub const VOLUME_TAGS_PERMISSIONS: ec2kit::iam::Permissions =
+    ec2kit::iam::Permissions::calls(&[ec2kit::Action::DescribeVolumes, ec2kit::Action::CreateTags]);
+
+/// What [`launch`] calls.
+pub const LAUNCH_PERMISSIONS: ec2kit::iam::Permissions = ec2kit::iam::Permissions::calls(&[
+    ec2kit::Action::RunInstances,
+    ec2kit::Action::ModifyInstanceAttribute,
+])
+.implied(&[ec2kit::iam::TAG_ON_CREATE]);
+
 /// The instances `ids` plus every other instance of their reservations
 /// (the seed's `update_volumes_tags` worked per reservation).
 pub async fn with_reservations(

@@ -32,6 +32,32 @@ use serde::{Deserialize, Serialize};
 
 use crate::lineage::tags as lineage;
 
+/// What a mount calls: [`plan_mount`] and [`mount`] (a failed mount
+/// detaches and deletes the volume it made).
+pub const PERMISSIONS: ec2kit::iam::Permissions = ec2kit::iam::Permissions::calls(&[
+    ec2kit::Action::DescribeSnapshots,
+    ec2kit::Action::DescribeInstances,
+    ec2kit::Action::DescribeVolumes,
+    ec2kit::Action::CreateVolume,
+    ec2kit::Action::AttachVolume,
+])
+.sometimes(&[ec2kit::iam::Sometimes {
+    when: ec2kit::iam::When::Case("on-failure"),
+    actions: &[ec2kit::Action::DetachVolume, ec2kit::Action::DeleteVolume],
+}])
+.implied(&[ec2kit::iam::TAG_ON_CREATE]);
+
+/// What [`find`] calls.
+pub const FIND_PERMISSIONS: ec2kit::iam::Permissions =
+    ec2kit::iam::Permissions::calls(&[ec2kit::Action::DescribeVolumes]);
+
+/// What [`unmount`] calls.
+pub const UNMOUNT_PERMISSIONS: ec2kit::iam::Permissions = ec2kit::iam::Permissions::calls(&[
+    ec2kit::Action::DescribeVolumes,
+    ec2kit::Action::DetachVolume,
+    ec2kit::Action::DeleteVolume,
+]);
+
 /// The tags on every volume `snap mount` creates (besides
 /// [`lineage::OWNER`] and [`lineage::CREATED`]).
 pub mod tags {

@@ -36,6 +36,29 @@ use crate::backup::device_of;
 use crate::lineage::{self, SeedDescription, tags};
 use crate::trim::Scope;
 
+/// What a replication calls: [`plan`] and [`apply`] (a copy a concurrent
+/// run started first is deleted again).
+pub const PERMISSIONS: ec2kit::iam::Permissions = ec2kit::iam::Permissions::calls(&[
+    ec2kit::Action::DescribeSnapshots,
+    ec2kit::Action::CopySnapshot,
+])
+.sometimes(&[ec2kit::iam::Sometimes {
+    when: ec2kit::iam::When::Case("a concurrent run"),
+    actions: &[ec2kit::Action::DeleteSnapshot],
+}])
+.implied(&[ec2kit::iam::TAG_ON_CREATE]);
+
+/// What copies encrypted with the caller's KMS key need on top of
+/// [`PERMISSIONS`]: [`check_kms_key`], and the grants EBS uses on the
+/// caller's behalf.
+pub const KMS_KEY_PERMISSIONS: ec2kit::iam::Permissions =
+    ec2kit::iam::Permissions::calls(&[ec2kit::Action::DescribeKey])
+        .implied(ec2kit::iam::KMS_FOR_COPIES);
+
+/// What [`lag`] calls.
+pub const LAG_PERMISSIONS: ec2kit::iam::Permissions =
+    ec2kit::iam::Permissions::calls(&[ec2kit::Action::DescribeSnapshots]);
+
 /// Which snapshots of the source region replicate.
 #[derive(Debug, Clone)]
 pub struct Selection {

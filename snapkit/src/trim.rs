@@ -16,6 +16,23 @@ use serde::Serialize;
 use crate::lineage::tags;
 use crate::retention::{Decision, Plan};
 
+/// What a trim calls: [`inventory`], [`ami_backed`] and [`apply`].
+pub const PERMISSIONS: ec2kit::iam::Permissions = ec2kit::iam::Permissions::calls(&[
+    ec2kit::Action::DescribeSnapshots,
+    ec2kit::Action::DescribeImages,
+    ec2kit::Action::DeleteSnapshot,
+]);
+
+/// What deleting broken snapshots calls: [`broken`], then [`apply`].
+pub const BROKEN_PERMISSIONS: ec2kit::iam::Permissions = ec2kit::iam::Permissions::calls(&[
+    ec2kit::Action::DescribeSnapshots,
+    ec2kit::Action::DeleteSnapshot,
+]);
+
+/// What [`inventory`] and [`inventories`] call.
+pub const INVENTORY_PERMISSIONS: ec2kit::iam::Permissions =
+    ec2kit::iam::Permissions::calls(&[ec2kit::Action::DescribeSnapshots]);
+
 /// Which snapshots of a region retention considers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Scope {

@@ -4,10 +4,10 @@ use ec2kit::{ImageId, Region, SnapshotId};
 use serde::Serialize;
 use snapkit::ami::{self, AmiCopy, AmiOptions};
 
-use crate::args::OutputFormat;
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// `ektool ami …`.
 #[derive(Debug, clap::Subcommand)]

@@ -1,8 +1,5 @@
 //! `ektool completions SHELL`: shell completions from the clap definition.
 
-use clap::CommandFactory;
-
-use crate::args::Cli;
 use crate::error::CliError;
 
 /// Arguments of `ektool completions`.
@@ -12,10 +9,11 @@ pub struct Args {
     pub shell: clap_complete::Shell,
 }
 
-/// Prints the completion script for the shell. It is generated in memory
-/// first: clap_complete panics on a write error (`… | head`).
-pub fn exec(args: Args) -> Result<(), CliError> {
+/// Prints the completion script of `cli` (ektool's whole command line)
+/// for the shell. It is generated in memory first: clap_complete panics on
+/// a write error (`… | head`).
+pub fn exec(args: Args, mut cli: clap::Command) -> Result<(), CliError> {
     let mut script = Vec::new();
-    clap_complete::generate(args.shell, &mut Cli::command(), "ektool", &mut script);
+    clap_complete::generate(args.shell, &mut cli, "ektool", &mut script);
     crate::output::write(&script)
 }

@@ -1,9 +1,9 @@
 //! `ektool config`: check the config file and show what is in force.
 
-use crate::args::OutputFormat;
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// Prints the effective configuration (loading it already validated it).
 pub fn exec(ctx: &Context) -> Result<(), CliError> {

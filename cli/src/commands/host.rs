@@ -9,10 +9,10 @@ use std::time::Duration;
 use ec2kit::ssh::{self, HostKeyStatus};
 use ec2kit::{Command, Remote, SshRemote, SshTarget};
 
-use crate::args::OutputFormat;
 use crate::context::{Context, expand_home};
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// `ektool host …`.
 #[derive(Debug, clap::Subcommand)]

@@ -1,20 +1,24 @@
 //! `ektool iam-policy [COMMAND…]`: the least-privilege IAM policy of each
-//! command, as JSON. The table below is proven complete and minimal by the
-//! CLI tests, which run every command against moto with
-//! `EKTOOL_RECORD_ACTIONS` and compare what it called with its policy.
+//! command, as JSON. This module only says which library operations each
+//! command runs ([`policies`]); the operations state what they call
+//! (`snapkit::trim::PERMISSIONS`, …) and `ec2kit::iam` builds the
+//! document. The CLI tests prove the table complete and minimal: they run
+//! every command against moto with `EKTOOL_RECORD_ACTIONS` and compare
+//! what it called with its policy.
 //!
 //! With `--restrict-by-tag` (the recommended policy) the same actions are
-//! granted with conditions: deletes and detaches only on resources tagged
-//! `ektool:owner=ektool` (`aws:ResourceTag`), creates only when the request
-//! carries that tag (`aws:RequestTag`), `CreateTags` only as part of a
-//! create (`ec2:CreateAction`) or, for `tags propagate`, never for an
-//! `ektool:*` key. ektool decides from tags; these conditions keep a stolen
+//! granted with conditions on the `ektool:owner=ektool` tag (see
+//! `ec2kit::iam`): ektool decides from tags; these conditions keep a stolen
 //! or misused ektool role from deleting what ektool never made.
 
-use ec2kit::Action::{self, *};
+use ec2kit::Action::{DescribeInstances, RebootInstances};
+use ec2kit::fleet;
+use ec2kit::iam::{self, Ownership, Permissions, Policy, When};
 use serde_json::json;
+use snapkit::{ami, backup, instances, mount, replicate, trim};
 
 use crate::error::CliError;
+use crate::output::OutputFormat;
 
 /// Arguments of `ektool iam-policy`.
 #[derive(Debug, clap::Args)]
@@ -33,476 +37,171 @@ pub struct Args {
     pub restrict_by_tag: bool,
 }
 
-/// The tag key the conditions test, and its value.
-const OWNER_KEY: &str = "ektool:owner";
-const OWNER_VALUE: &str = "ektool";
+/// What `--restrict-by-tag` conditions on: the tag on everything ektool
+/// makes, and the keys only ektool writes.
+const OWNERSHIP: Ownership<'static> = Ownership {
+    key: snapkit::lineage::tags::OWNER,
+    value: snapkit::lineage::tags::OWNER_VALUE,
+    reserved_keys: "ektool:*",
+};
 
-/// Actions whose tags come with a create (`TagSpecifications`).
-const CREATES: &[Action] = &[
-    CreateSnapshot,
-    CreateSnapshots,
-    CopySnapshot,
-    CreateVolume,
-    RegisterImage,
-    CopyImage,
-];
+/// The command's own EC2 calls (not a library operation's): instances
+/// looked up by tag or id.
+const FIND_INSTANCES: Permissions = Permissions::calls(&[DescribeInstances]);
 
-/// How `--restrict-by-tag` grants one action: (resource, condition) pairs.
-fn restricted(action: Action) -> Vec<(&'static str, Option<serde_json::Value>)> {
-    let owned =
-        || Some(json!({ "StringEquals": { format!("aws:ResourceTag/{OWNER_KEY}"): OWNER_VALUE } }));
-    match action {
-        DeleteSnapshot => vec![("arn:aws:ec2:*:*:snapshot/*", owned())],
-        DeleteVolume => vec![("arn:aws:ec2:*:*:volume/*", owned())],
-        // The volume must be ektool's; the instance is whatever it is.
-        AttachVolume | DetachVolume => vec![
-            ("arn:aws:ec2:*:*:volume/*", owned()),
-            ("arn:aws:ec2:*:*:instance/*", None),
-        ],
-        a if CREATES.contains(&a) => vec![(
-            "*",
-            Some(json!({ "StringEquals": { format!("aws:RequestTag/{OWNER_KEY}"): OWNER_VALUE } })),
-        )],
-        // `tags propagate`: user tags only, never ektool's own.
-        CreateTags => vec![(
-            "*",
-            Some(json!({ "ForAllValues:StringNotLike": { "aws:TagKeys": ["ektool:*"] } })),
-        )],
-        _ => vec![("*", None)],
-    }
+/// Every command that calls AWS, as the operations it runs (in the order
+/// it runs them). Commands in [`NO_AWS`] call none.
+pub fn policies() -> Vec<Policy> {
+    let regions = &fleet::REGION_CATALOG_PERMISSIONS;
+    // Deploy verbs reach AWS only for an environment with `ec2 = {tag = …}`.
+    let hosts = |p: Policy| {
+        let by_tag = When::Chosen("hosts by EC2 tag");
+        p.grant_when(by_tag, regions)
+            .grant_when(by_tag, &fleet::INSTANCES_BY_TAG_PERMISSIONS)
+    };
+    vec![
+        command("regions").grant(regions),
+        command("instances")
+            .grant(regions)
+            .grant(&fleet::INSTANCES_BY_TAG_PERMISSIONS),
+        command("snap backup")
+            .grant(regions)
+            .grant(&FIND_INSTANCES)
+            .grant(&backup::INSTANCES_PERMISSIONS)
+            .grant_when(When::Chosen("--volume"), &backup::VOLUMES_PERMISSIONS),
+        command("snap list")
+            .grant(regions)
+            .grant(&trim::INVENTORY_PERMISSIONS),
+        command("snap trim")
+            .grant(regions)
+            .grant(&trim::PERMISSIONS),
+        command("snap delete-broken")
+            .grant(regions)
+            .grant(&trim::BROKEN_PERMISSIONS),
+        command("snap count")
+            .grant(regions)
+            .grant(&trim::INVENTORY_PERMISSIONS),
+        command("snap replicate")
+            .grant(regions)
+            .grant(&replicate::PERMISSIONS)
+            .grant_when(When::Chosen("--kms-key"), &replicate::KMS_KEY_PERMISSIONS),
+        command("snap replicate-all")
+            .grant(regions)
+            .grant(&replicate::PERMISSIONS)
+            .grant_when(When::Chosen("--kms-key"), &replicate::KMS_KEY_PERMISSIONS),
+        command("snap lag")
+            .grant(regions)
+            .grant(&replicate::LAG_PERMISSIONS),
+        command("snap mount")
+            .grant(regions)
+            .grant(&mount::PERMISSIONS),
+        command("snap unmount")
+            .grant(regions)
+            .grant(&mount::FIND_PERMISSIONS)
+            .grant(&mount::UNMOUNT_PERMISSIONS)
+            // The instance's address, when no --host names the host.
+            .grant_when(When::Chosen("without --host"), &FIND_INSTANCES),
+        command("snap cleanup")
+            .grant(regions)
+            .grant(&mount::FIND_PERMISSIONS)
+            .grant(&FIND_INSTANCES)
+            .grant(&mount::UNMOUNT_PERMISSIONS),
+        command("ami create")
+            .grant(regions)
+            .grant(&ami::CREATE_PERMISSIONS),
+        command("ami copy")
+            .grant(regions)
+            .grant(&ami::COPY_PERMISSIONS),
+        command("instance reboot")
+            .grant(regions)
+            .grant(&Permissions::calls(&[RebootInstances])),
+        command("instance protect")
+            .grant(regions)
+            .grant(&FIND_INSTANCES)
+            .grant(&instances::PROTECTION_PERMISSIONS),
+        command("instance launch")
+            .grant(regions)
+            .grant(&instances::LAUNCH_PERMISSIONS),
+        command("tags propagate")
+            .grant(regions)
+            .grant(&FIND_INSTANCES)
+            .grant(&instances::WITH_RESERVATIONS_PERMISSIONS)
+            .grant(&instances::VOLUME_TAGS_PERMISSIONS),
+        hosts(command("deploy")),
+        hosts(command("deploy unlock")),
+        hosts(command("provision")),
+        hosts(command("secrets get")),
+        hosts(command("db dump")),
+        hosts(command("db load")),
+        hosts(command("rollback")),
+        hosts(command("releases")),
+        hosts(command("maintenance")),
+        hosts(command("restart")),
+    ]
 }
 
-/// The statements granting `actions` (and the implied permissions) under
-/// `--restrict-by-tag`, one per (resource, condition), Sids from `sid`.
-fn restricted_statements(
-    sid: &str,
-    actions: &[Action],
-    implied: &[(&str, &str)],
-) -> Vec<serde_json::Value> {
-    let mut groups: Vec<(&str, Option<serde_json::Value>, Vec<String>)> = Vec::new();
-    let mut add =
-        |resource: &'static str, condition: Option<serde_json::Value>, action: String| match groups
-            .iter_mut()
-            .find(|(r, c, _)| *r == resource && *c == condition)
-        {
-            Some((_, _, list)) => list.push(action),
-            None => groups.push((resource, condition, vec![action])),
-        };
-    for a in actions {
-        for (resource, condition) in restricted(*a) {
-            add(resource, condition, a.iam_action());
-        }
-    }
-    for (name, _) in implied {
-        if *name == "ec2:CreateTags" {
-            // Tags at creation: allowed only as part of one of the creates.
-            let creates: Vec<&str> = CREATES.iter().map(|a| a.as_str()).collect();
-            add(
-                "*",
-                Some(json!({ "StringEquals": { "ec2:CreateAction": creates } })),
-                (*name).to_owned(),
-            );
-        } else {
-            add("*", None, (*name).to_owned());
-        }
-    }
-    groups
-        .into_iter()
-        .enumerate()
-        .map(|(i, (resource, condition, list))| {
-            let mut st = json!({
-                "Sid": if i == 0 { sid.to_owned() } else { format!("{sid}{}", i + 1) },
-                "Effect": "Allow",
-                "Action": names(list),
-                "Resource": resource,
-            });
-            if let Some(c) = condition {
-                st["Condition"] = c;
-            }
-            st
-        })
-        .collect()
+/// The empty policy of `ektool <words>`, its statements `Ektool<Words>…`.
+fn command(words: &str) -> Policy {
+    Policy::new(words).with_sid(&format!("Ektool {words}"))
 }
-
-/// Permissions a command needs.
-#[derive(Debug, Clone, Copy)]
-pub struct Policy {
-    /// The command words.
-    pub command: &'static str,
-    /// Actions the command calls itself.
-    pub actions: &'static [Action],
-    /// Actions called only with a flag: (flag, actions).
-    pub with_flag: &'static [(&'static str, &'static [Action])],
-    /// Permissions AWS checks on the caller's behalf without a call of
-    /// its own: (IAM action, why).
-    pub implied: &'static [(&'static str, &'static str)],
-}
-
-const TAG_ON_CREATE: (&str, &str) = (
-    "ec2:CreateTags",
-    "tags are applied at creation (TagSpecifications), which EC2 authorises as CreateTags",
-);
-const KMS_FOR_COPIES: &[(&str, &str)] = &[
-    (
-        "kms:CreateGrant",
-        "EBS encrypts copies with the key on your behalf",
-    ),
-    ("kms:Decrypt", "EBS reads encrypted sources on your behalf"),
-    (
-        "kms:GenerateDataKeyWithoutPlaintext",
-        "EBS encrypts copies on your behalf",
-    ),
-    ("kms:ReEncrypt*", "EBS re-encrypts copies on your behalf"),
-];
-
-/// Every command that calls AWS, and what it needs. Commands not listed
-/// (`snap plan`, `host …`, `config`, `completions`, `manpage`) call none.
-pub const POLICIES: &[Policy] = &[
-    Policy {
-        command: "regions",
-        actions: &[DescribeRegions],
-        with_flag: &[],
-        implied: &[],
-    },
-    Policy {
-        command: "instances",
-        actions: &[DescribeRegions, DescribeInstances],
-        with_flag: &[],
-        implied: &[],
-    },
-    Policy {
-        command: "snap backup",
-        actions: &[
-            DescribeRegions,
-            DescribeInstances,
-            DescribeVolumes,
-            DescribeSnapshots,
-            CreateSnapshots,
-        ],
-        // A set a concurrent run made first makes this run's redundant.
-        with_flag: &[
-            ("--volume", &[CreateSnapshot]),
-            ("a concurrent run", &[DeleteSnapshot]),
-        ],
-        implied: &[TAG_ON_CREATE],
-    },
-    Policy {
-        command: "snap list",
-        actions: &[DescribeRegions, DescribeSnapshots],
-        with_flag: &[],
-        implied: &[],
-    },
-    Policy {
-        command: "snap trim",
-        actions: &[
-            DescribeRegions,
-            DescribeSnapshots,
-            DescribeImages,
-            DeleteSnapshot,
-        ],
-        with_flag: &[],
-        implied: &[],
-    },
-    Policy {
-        command: "snap delete-broken",
-        actions: &[DescribeRegions, DescribeSnapshots, DeleteSnapshot],
-        with_flag: &[],
-        implied: &[],
-    },
-    Policy {
-        command: "snap count",
-        actions: &[DescribeRegions, DescribeSnapshots],
-        with_flag: &[],
-        implied: &[],
-    },
-    Policy {
-        command: "snap replicate",
-        actions: &[DescribeRegions, DescribeSnapshots, CopySnapshot],
-        with_flag: &[
-            ("--kms-key", &[DescribeKey]),
-            ("a concurrent run", &[DeleteSnapshot]),
-        ],
-        implied: &[TAG_ON_CREATE],
-    },
-    Policy {
-        command: "snap replicate-all",
-        actions: &[DescribeRegions, DescribeSnapshots, CopySnapshot],
-        with_flag: &[
-            ("--kms-key", &[DescribeKey]),
-            ("a concurrent run", &[DeleteSnapshot]),
-        ],
-        implied: &[TAG_ON_CREATE],
-    },
-    Policy {
-        command: "snap lag",
-        actions: &[DescribeRegions, DescribeSnapshots],
-        with_flag: &[],
-        implied: &[],
-    },
-    Policy {
-        command: "snap mount",
-        actions: &[
-            DescribeRegions,
-            DescribeSnapshots,
-            DescribeInstances,
-            DescribeVolumes,
-            CreateVolume,
-            AttachVolume,
-        ],
-        // A failed mount removes the volume it made.
-        with_flag: &[("on-failure", &[DetachVolume, DeleteVolume])],
-        implied: &[TAG_ON_CREATE],
-    },
-    Policy {
-        command: "snap unmount",
-        actions: &[DescribeRegions, DescribeVolumes, DetachVolume, DeleteVolume],
-        // The instance's address, when no --host names the host.
-        with_flag: &[("without --host", &[DescribeInstances])],
-        implied: &[],
-    },
-    Policy {
-        command: "snap cleanup",
-        actions: &[
-            DescribeRegions,
-            DescribeVolumes,
-            DescribeInstances,
-            DetachVolume,
-            DeleteVolume,
-        ],
-        with_flag: &[],
-        implied: &[],
-    },
-    Policy {
-        command: "ami create",
-        actions: &[DescribeRegions, DescribeSnapshots, RegisterImage],
-        with_flag: &[],
-        implied: &[TAG_ON_CREATE],
-    },
-    Policy {
-        command: "ami copy",
-        actions: &[DescribeRegions, DescribeImages, CopyImage],
-        with_flag: &[],
-        implied: &[TAG_ON_CREATE],
-    },
-    Policy {
-        command: "instance reboot",
-        actions: &[DescribeRegions, RebootInstances],
-        with_flag: &[],
-        implied: &[],
-    },
-    Policy {
-        command: "instance protect",
-        actions: &[
-            DescribeRegions,
-            DescribeInstances,
-            DescribeInstanceAttribute,
-            ModifyInstanceAttribute,
-        ],
-        with_flag: &[],
-        implied: &[],
-    },
-    Policy {
-        command: "instance launch",
-        actions: &[DescribeRegions, RunInstances, ModifyInstanceAttribute],
-        with_flag: &[],
-        implied: &[TAG_ON_CREATE],
-    },
-    Policy {
-        command: "tags propagate",
-        actions: &[
-            DescribeRegions,
-            DescribeInstances,
-            DescribeVolumes,
-            CreateTags,
-        ],
-        with_flag: &[],
-        implied: &[],
-    },
-    Policy {
-        command: "deploy",
-        actions: &[],
-        with_flag: &[("hosts by EC2 tag", &[DescribeRegions, DescribeInstances])],
-        implied: &[],
-    },
-    Policy {
-        command: "deploy unlock",
-        actions: &[],
-        with_flag: &[("hosts by EC2 tag", &[DescribeRegions, DescribeInstances])],
-        implied: &[],
-    },
-    Policy {
-        command: "provision",
-        actions: &[],
-        with_flag: &[("hosts by EC2 tag", &[DescribeRegions, DescribeInstances])],
-        implied: &[],
-    },
-    Policy {
-        command: "secrets get",
-        actions: &[],
-        with_flag: &[("hosts by EC2 tag", &[DescribeRegions, DescribeInstances])],
-        implied: &[],
-    },
-    Policy {
-        command: "db dump",
-        actions: &[],
-        with_flag: &[("hosts by EC2 tag", &[DescribeRegions, DescribeInstances])],
-        implied: &[],
-    },
-    Policy {
-        command: "db load",
-        actions: &[],
-        with_flag: &[("hosts by EC2 tag", &[DescribeRegions, DescribeInstances])],
-        implied: &[],
-    },
-    Policy {
-        command: "rollback",
-        actions: &[],
-        with_flag: &[("hosts by EC2 tag", &[DescribeRegions, DescribeInstances])],
-        implied: &[],
-    },
-    Policy {
-        command: "releases",
-        actions: &[],
-        with_flag: &[("hosts by EC2 tag", &[DescribeRegions, DescribeInstances])],
-        implied: &[],
-    },
-    Policy {
-        command: "maintenance",
-        actions: &[],
-        with_flag: &[("hosts by EC2 tag", &[DescribeRegions, DescribeInstances])],
-        implied: &[],
-    },
-    Policy {
-        command: "restart",
-        actions: &[],
-        with_flag: &[("hosts by EC2 tag", &[DescribeRegions, DescribeInstances])],
-        implied: &[],
-    },
-];
 
 /// The policy of `command` (words as typed).
-pub fn policy_for(command: &str) -> Option<&'static Policy> {
-    POLICIES.iter().find(|p| p.command == command)
+pub fn policy_for(command: &str) -> Option<Policy> {
+    policies().into_iter().find(|p| p.name == command)
 }
 
-/// `snap replicate-all` → `SnapReplicateAll` (IAM Sids are alphanumeric).
-fn camel(words: &str) -> String {
-    let mut s = String::new();
-    for word in words.split(|c: char| !c.is_ascii_alphanumeric()) {
-        let mut chars = word.chars();
-        if let Some(first) = chars.next() {
-            s.extend(first.to_uppercase());
-            s.extend(chars);
-        }
-    }
-    s
-}
-
-fn names(actions: impl IntoIterator<Item = String>) -> Vec<String> {
-    let mut v: Vec<String> = actions.into_iter().collect();
+fn names(actions: &[ec2kit::Action]) -> Vec<String> {
+    let mut v: Vec<String> = actions.iter().map(|a| a.iam_action()).collect();
     v.sort();
     v.dedup();
     v
 }
 
-/// The IAM policy document for `policies`; `restrict_by_tag` adds the
-/// tag conditions (see the module docs).
-pub fn document(policies: &[&Policy], restrict_by_tag: bool) -> serde_json::Value {
-    if restrict_by_tag {
-        return restricted_document(policies);
-    }
-    let mut statements = Vec::new();
-    for p in policies {
-        let own = names(
-            p.actions
-                .iter()
-                .map(|a| a.iam_action())
-                .chain(p.implied.iter().map(|(a, _)| (*a).to_owned())),
-        );
-        // IAM rejects a statement without actions (deploys to static hosts
-        // call no AWS API at all).
-        if !own.is_empty() {
-            statements.push(json!({
-                "Sid": format!("Ektool{}", camel(p.command)),
-                "Effect": "Allow",
-                "Action": own,
-                "Resource": "*",
-            }));
-        }
-        for (flag, actions) in p.with_flag {
-            let mut extra: Vec<String> = actions.iter().map(|a| a.iam_action()).collect();
-            if *flag == "--kms-key" {
-                extra.extend(KMS_FOR_COPIES.iter().map(|(a, _)| (*a).to_owned()));
-            }
-            statements.push(json!({
-                "Sid": format!("Ektool{}With{}", camel(p.command), camel(flag)),
-                "Effect": "Allow",
-                "Action": names(extra),
-                "Resource": "*",
-            }));
-        }
-    }
-    json!({ "Version": "2012-10-17", "Statement": statements })
-}
-
-fn restricted_document(policies: &[&Policy]) -> serde_json::Value {
-    let mut statements = Vec::new();
-    for p in policies {
-        let sid = format!("Ektool{}", camel(p.command));
-        statements.extend(restricted_statements(&sid, p.actions, p.implied));
-        for (flag, actions) in p.with_flag {
-            let kms: &[(&str, &str)] = if *flag == "--kms-key" {
-                KMS_FOR_COPIES
-            } else {
-                &[]
-            };
-            statements.extend(restricted_statements(
-                &format!("{sid}With{}", camel(flag)),
-                actions,
-                kms,
-            ));
-        }
-    }
-    json!({ "Version": "2012-10-17", "Statement": statements })
-}
-
 /// Prints the policy (or the list).
-pub fn exec(args: Args, format: crate::args::OutputFormat) -> Result<(), CliError> {
-    if args.list && format == crate::args::OutputFormat::Json {
-        let list: Vec<serde_json::Value> = POLICIES
+pub fn exec(args: Args, format: OutputFormat) -> Result<(), CliError> {
+    let all = policies();
+    if args.list && format == OutputFormat::Json {
+        let list: Vec<serde_json::Value> = all
             .iter()
             .map(|p| {
                 json!({
-                    "command": p.command,
-                    "actions": names(p.actions.iter().map(|a| a.iam_action())),
-                    "with_flag": p.with_flag.iter().map(|(f, a)| {
-                        json!({ "flag": f, "actions": names(a.iter().map(|a| a.iam_action())) })
+                    "command": p.name,
+                    "actions": names(&p.actions),
+                    // `with_flag`: the key scripts know; `when` says
+                    // whether it is chosen (a flag, a setting) or a case.
+                    "with_flag": p.conditional.iter().map(|c| {
+                        json!({
+                            "flag": c.when.label(),
+                            "when": c.when.kind(),
+                            "actions": names(&c.actions),
+                        })
                     }).collect::<Vec<_>>(),
-                    "implied": p.implied.iter().map(|(a, _)| a).collect::<Vec<_>>(),
+                    "implied": p.implied.iter().map(|i| i.action).collect::<Vec<_>>(),
                 })
             })
             .collect();
         return crate::output::json(&list);
     }
     if args.list {
-        for p in POLICIES {
+        for p in &all {
             let actions: Vec<String> = p.actions.iter().map(|a| a.iam_action()).collect();
-            println!("{:<20} {}", p.command, actions.join(" "));
-            for (flag, extra) in p.with_flag {
-                let extra: Vec<String> = extra.iter().map(|a| a.iam_action()).collect();
-                println!("{:<20}   with {flag}: {}", "", extra.join(" "));
+            println!("{:<20} {}", p.name, actions.join(" "));
+            for c in &p.conditional {
+                let extra: Vec<String> = c.actions.iter().map(|a| a.iam_action()).collect();
+                println!("{:<20}   with {}: {}", "", c.when.label(), extra.join(" "));
             }
-            for (action, why) in p.implied {
-                println!("{:<20}   implied {action}: {why}", "");
+            for i in &p.implied {
+                println!("{:<20}   implied {}: {}", "", i.action, i.why);
             }
         }
         return Ok(());
     }
-    let chosen: Vec<&Policy> = if args.command.is_empty() {
-        POLICIES.iter().collect()
+    let chosen: Vec<Policy> = if args.command.is_empty() {
+        all
     } else {
         let command = args.command.join(" ");
-        match policy_for(&command) {
+        let known: Vec<String> = all.iter().map(|p| p.name.clone()).collect();
+        match all.into_iter().find(|p| p.name == command) {
             Some(p) => vec![p],
             None if NO_AWS.contains(&command.as_str()) => {
                 return Err(CliError::Usage(format!(
@@ -510,7 +209,6 @@ pub fn exec(args: Args, format: crate::args::OutputFormat) -> Result<(), CliErro
                 )));
             }
             None => {
-                let known: Vec<&str> = POLICIES.iter().map(|p| p.command).collect();
                 return Err(CliError::Usage(format!(
                     "no command {command:?}; commands calling AWS: {}",
                     known.join(", ")
@@ -518,7 +216,7 @@ pub fn exec(args: Args, format: crate::args::OutputFormat) -> Result<(), CliErro
             }
         }
     };
-    let doc = document(&chosen, args.restrict_by_tag);
+    let doc = iam::document(&chosen, args.restrict_by_tag.then_some(&OWNERSHIP));
     let text = serde_json::to_string_pretty(&doc).map_err(|e| CliError::Failed(e.to_string()))?;
     println!("{text}");
     Ok(())
@@ -538,6 +236,8 @@ pub const NO_AWS: &[&str] = &[
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -569,37 +269,37 @@ mod tests {
 
     #[test]
     fn no_statement_is_empty() {
-        let all: Vec<&Policy> = POLICIES.iter().collect();
-        for restrict in [false, true] {
-            let doc = document(&all, restrict);
+        let all = policies();
+        for restrict in [None, Some(&OWNERSHIP)] {
+            let doc = serde_json::to_value(iam::document(&all, restrict)).unwrap();
             for st in doc["Statement"].as_array().unwrap() {
                 assert!(!st["Action"].as_array().unwrap().is_empty(), "{st}");
             }
         }
-        let deploy = document(&[policy_for("deploy").unwrap()], false);
-        assert_eq!(deploy["Statement"].as_array().unwrap().len(), 1);
+        let deploy = iam::document(&[policy_for("deploy").unwrap()], None);
+        assert_eq!(deploy.statement.len(), 1);
     }
 
-    /// The actions a statement set grants, whatever the conditions.
-    fn granted(doc: &serde_json::Value) -> std::collections::BTreeSet<String> {
-        doc["Statement"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|st| st["Action"].as_array().unwrap().iter())
-            .map(|a| a.as_str().unwrap().to_owned())
-            .collect()
-    }
-
-    /// M14: the restricted policy grants the same actions, and no delete,
-    /// detach or create without the ektool:owner tag condition.
+    /// The restricted policies grant the same actions as the plain ones,
+    /// and no delete, detach or create without the owner tag condition
+    /// (ec2kit's own tests check every condition; this is ektool's table).
     #[test]
     fn restricted_policies_condition_every_destructive_action_on_the_owner_tag() {
-        for p in POLICIES {
-            let plain = document(&[p], false);
-            let strict = document(&[p], true);
-            assert_eq!(granted(&plain), granted(&strict), "{}", p.command);
-            for st in strict["Statement"].as_array().unwrap() {
+        for p in policies() {
+            let granted = |doc: &iam::Document| -> std::collections::BTreeSet<String> {
+                doc.statement
+                    .iter()
+                    .flat_map(|s| s.action.iter().cloned())
+                    .collect()
+            };
+            let p = std::slice::from_ref(&p);
+            let plain = iam::document(p, None);
+            let strict = iam::document(p, Some(&OWNERSHIP));
+            assert_eq!(granted(&plain), granted(&strict), "{}", p[0].name);
+            for st in serde_json::to_value(&strict).unwrap()["Statement"]
+                .as_array()
+                .unwrap()
+            {
                 let sid = st["Sid"].as_str().unwrap();
                 assert!(sid.chars().all(|c| c.is_ascii_alphanumeric()), "{sid}");
                 let condition = st["Condition"].to_string();
@@ -612,10 +312,10 @@ mod tests {
                         assert!(
                             condition.contains("aws:ResourceTag/ektool:owner"),
                             "{}: {st}",
-                            p.command
+                            p[0].name
                         );
                     }
-                    if CREATES.iter().any(|c| c.iam_action() == a) {
+                    if iam::CREATES.iter().any(|c| c.iam_action() == a) {
                         assert!(condition.contains("aws:RequestTag/ektool:owner"), "{st}");
                     }
                     if a == "ec2:CreateTags" {
@@ -628,7 +328,8 @@ mod tests {
                 }
             }
         }
-        let trim = document(&[policy_for("snap trim").unwrap()], true);
+        let trim = iam::document(&[policy_for("snap trim").unwrap()], Some(&OWNERSHIP));
+        let trim = serde_json::to_value(trim).unwrap();
         let delete = trim["Statement"]
             .as_array()
             .unwrap()
@@ -644,7 +345,8 @@ mod tests {
 
     #[test]
     fn documents_are_valid_iam_shapes() {
-        let doc = document(&[policy_for("snap replicate").unwrap()], false);
+        let doc = iam::document(&[policy_for("snap replicate").unwrap()], None);
+        let doc = serde_json::to_value(doc).unwrap();
         let st = doc["Statement"].as_array().unwrap();
         assert_eq!(st.len(), 3);
         assert_eq!(st[0]["Sid"], "EktoolSnapReplicate");
@@ -672,5 +374,32 @@ mod tests {
             let sid = s["Sid"].as_str().unwrap();
             assert!(sid.chars().all(|c| c.is_ascii_alphanumeric()), "{sid}");
         }
+    }
+
+    /// The labels that are not flags say so (`when: case`), the flags and
+    /// settings are `chosen`.
+    #[test]
+    fn conditions_say_whether_they_are_chosen_or_met() {
+        let all = policies();
+        let when = |command: &str, label: &str| {
+            all.iter()
+                .find(|p| p.name == command)
+                .unwrap()
+                .conditional
+                .iter()
+                .find(|c| c.when.label() == label)
+                .unwrap()
+                .when
+        };
+        assert_eq!(when("snap mount", "on-failure"), When::Case("on-failure"));
+        assert_eq!(
+            when("snap backup", "a concurrent run"),
+            When::Case("a concurrent run")
+        );
+        assert_eq!(when("snap backup", "--volume"), When::Chosen("--volume"));
+        assert_eq!(
+            when("deploy", "hosts by EC2 tag"),
+            When::Chosen("hosts by EC2 tag")
+        );
     }
 }

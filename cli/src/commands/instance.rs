@@ -6,10 +6,10 @@ use ec2kit::{Ec2, Filter, ImageId, Instance, InstanceId, Region, Tag, Tags};
 use serde::Serialize;
 use snapkit::instances::{self, Launch};
 
-use crate::args::OutputFormat;
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// `ektool instance …`.
 #[derive(Debug, clap::Subcommand)]

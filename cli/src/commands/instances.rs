@@ -2,10 +2,10 @@
 
 use ec2kit::{Instance, Tag, fleet};
 
-use crate::args::OutputFormat;
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// Arguments of `ektool instances`.
 #[derive(Debug, clap::Args)]

@@ -2,9 +2,6 @@
 
 use std::path::PathBuf;
 
-use clap::CommandFactory;
-
-use crate::args::Cli;
 use crate::error::CliError;
 
 /// Arguments of `ektool manpage`.
@@ -16,9 +13,8 @@ pub struct Args {
     pub dir: Option<PathBuf>,
 }
 
-/// Writes the man pages.
-pub fn exec(args: Args) -> Result<(), CliError> {
-    let cmd = Cli::command();
+/// Writes the man pages of `cmd` (ektool's whole command line).
+pub fn exec(args: Args, cmd: clap::Command) -> Result<(), CliError> {
     match args.dir {
         Some(dir) => {
             std::fs::create_dir_all(&dir).map_err(|source| CliError::Io {

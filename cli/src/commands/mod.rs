@@ -16,6 +16,8 @@ pub mod regions;
 pub mod secrets;
 pub mod snap;
 
+use clap::CommandFactory;
+
 use crate::args::{Cli, Command};
 use crate::context::Context;
 use crate::error::CliError;
@@ -24,8 +26,8 @@ use crate::error::CliError;
 pub async fn run(cli: Cli, interrupt: ec2kit::CancellationToken) -> Result<(), CliError> {
     match cli.command {
         // These need no config: they must work even when the config is broken.
-        Command::Completions(args) => completions::exec(args),
-        Command::Manpage(args) => manpage::exec(args),
+        Command::Completions(args) => completions::exec(args, Cli::command()),
+        Command::Manpage(args) => manpage::exec(args, Cli::command()),
         Command::IamPolicy(args) => iam::exec(args, cli.global.output),
         command => {
             let ctx = Context::load(cli.global, interrupt)?;

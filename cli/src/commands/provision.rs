@@ -18,10 +18,10 @@ use ec2kit::{LocalRemote, Remote, SshRemote, SshTarget};
 use serde::Serialize;
 
 use super::deploy::{Target, environment};
-use crate::args::OutputFormat;
 use crate::context::{Context, expand_home};
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// Arguments of `ektool provision`.
 #[derive(Debug, clap::Args)]
@@ -50,20 +50,6 @@ pub struct Args {
 fn lock_wait_arg(s: &str) -> Result<Duration, String> {
     ec2kit::duration::parse_in(s, Duration::ZERO, Duration::from_secs(3600))
         .map_err(|e| e.to_string())
-}
-
-/// Whether a provision error is the user's input or a refusal (exit 2).
-pub fn is_usage(e: &ProvisionError) -> bool {
-    matches!(
-        e,
-        ProvisionError::Invalid(_)
-            | ProvisionError::NoSecrets { .. }
-            | ProvisionError::SecretsOnlyRemote { .. }
-            | ProvisionError::LockOut(_)
-            | ProvisionError::Tree { .. }
-            | ProvisionError::TreeLink { .. }
-            | ProvisionError::Refused { .. }
-    )
 }
 
 /// One host to work on.

@@ -2,10 +2,10 @@
 
 use ec2kit::fleet;
 
-use crate::args::OutputFormat;
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// Arguments of `ektool regions`.
 #[derive(Debug, clap::Args)]

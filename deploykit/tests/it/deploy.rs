@@ -306,8 +306,10 @@ async fn two_deploys_at_once_exactly_one_proceeds_and_names_the_owner() {
     };
     assert_eq!(lock.stale, None);
     let text = err.to_string();
+    // The facts (who holds it); how to wait is the caller's (the CLI adds
+    // its `--lock-wait` hint).
     assert!(
-        text.contains("is locked by") && text.contains("--lock-wait"),
+        text.contains("is locked by") && !text.contains("--lock-wait"),
         "{text}"
     );
     // With --lock-wait, a deploy queued behind a running one proceeds.
@@ -538,11 +540,11 @@ async fn dry_run_plan_reads_and_changes_nothing() {
     env.hooks.before_switch = vec![Hook::new("echo migrate")];
     let d = f.deployer(env);
     let c1 = f.commit("1");
-    let plan = d.plan(&f.release(&c1)).await.unwrap();
+    let plan = d.deploy_plan(&f.release(&c1)).await.unwrap();
     assert!(!f.local(0, "").exists(), "the plan created the deploy root");
     d.deploy(&f.release(&c1)).await.unwrap();
     let c2 = f.commit("2");
-    let plan2 = d.plan(&f.release(&c2)).await.unwrap();
+    let plan2 = d.deploy_plan(&f.release(&c2)).await.unwrap();
     let mut json = serde_json::to_value((&plan, &plan2)).unwrap();
     normalise(
         &mut json,
@@ -814,7 +816,7 @@ async fn a_repository_url_with_credentials_is_refused_and_never_shown() {
     let c = f.commit("x");
     let secret_url = "https://ci-token:S3CRET-T0KEN@git.example.com/acme/app.git";
     let d = f.deployer(env.clone()).repository(secret_url);
-    let e = d.plan(&f.release(&c)).await.unwrap_err();
+    let e = d.deploy_plan(&f.release(&c)).await.unwrap_err();
     assert!(matches!(e, DeployError::Invalid(_)), "{e}");
     let e = d.deploy(&f.release(&c)).await.unwrap_err().to_string();
     assert!(

@@ -306,7 +306,7 @@ async fn every_command_sent_to_a_host_has_a_deadline() {
     let c = f.commit("bad");
     d.deploy(&f.release(&c)).await.unwrap_err();
     std::fs::remove_file(f.local(1, "shared/sick")).unwrap();
-    d.plan(&f.release(&c)).await.unwrap();
+    d.deploy_plan(&f.release(&c)).await.unwrap();
     d.rollback_plan(None).await.unwrap();
     d.rollback(None).await.unwrap();
     d.restart().await.unwrap();

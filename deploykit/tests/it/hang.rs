@@ -131,7 +131,7 @@ async fn a_host_whose_clock_is_behind_switches_with_the_others_and_the_skew_is_r
     short_timeouts(&mut env);
     let d = f.deployer_on(env, hosts);
     let c = f.commit("x");
-    let plan = d.plan(&f.release(&c)).await.unwrap();
+    let plan = d.deploy_plan(&f.release(&c)).await.unwrap();
     let of = |name: &str| plan.hosts.iter().find(|h| h.host == name).unwrap();
     let skew = of("behind").clock_skew_ms.unwrap();
     assert!(of("h1").clock_skew_ms.unwrap().abs() < 5_000);

@@ -12,12 +12,12 @@ pub mod unlock;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploykit::{DeployError, Deployer, Environment, Event, GitError, Host};
+use deploykit::{Deployer, Environment, Event, Host};
 use ec2kit::{LocalRemote, Remote, SshRemote, SshTarget};
 
-use crate::args::OutputFormat;
 use crate::context::{Context, expand_home};
 use crate::error::CliError;
+use crate::output::OutputFormat;
 
 /// `ektool deploy …`: deploys, or (with a subcommand) manages the lock.
 #[derive(Debug, clap::Args)]
@@ -57,30 +57,6 @@ pub struct Target {
     /// in the config, or its host name).
     #[arg(long = "host", value_name = "HOST")]
     pub hosts: Vec<String>,
-}
-
-/// Whether a deploy error is the user's input (exit 2) rather than a failure.
-pub fn is_usage(e: &DeployError) -> bool {
-    matches!(
-        e,
-        DeployError::NoHosts
-            | DeployError::NoRepository
-            | DeployError::Invalid(_)
-            | DeployError::UnknownRelease { .. }
-    )
-}
-
-/// Whether a git error is the user's input (exit 2): nothing was changed.
-pub fn is_git_usage(e: &GitError) -> bool {
-    matches!(
-        e,
-        GitError::UnknownRef(_)
-            | GitError::TagRequired { .. }
-            | GitError::BadTag { .. }
-            | GitError::NoReleaseTag(_)
-            | GitError::NotSemver(_)
-            | GitError::NoRemote(_)
-    )
 }
 
 /// The chosen environment's name and configuration.

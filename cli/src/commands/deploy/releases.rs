@@ -1,10 +1,10 @@
 //! `ektool releases`: the release log of each host, newest first.
 
 use super::{Target, deployer, environment, hosts};
-use crate::args::OutputFormat;
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// Arguments of `ektool releases`.
 #[derive(Debug, clap::Args)]

@@ -1,12 +1,12 @@
 //! `ektool rollback`: back to the previous good release, or `--to NAME`.
 
-use deploykit::rollback::RollbackStep;
+use deploykit::RollbackStep;
 
 use super::{Target, deployer, environment, hosts, lock_wait};
-use crate::args::OutputFormat;
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// Arguments of `ektool rollback`.
 #[derive(Debug, clap::Args)]

@@ -7,10 +7,10 @@ use deploykit::git::LocalRepo;
 use deploykit::{Bump, DeployPlan, DeployReport, PrepareAction, RefSpec};
 
 use super::{Target, deployer, environment, hosts, lock_wait};
-use crate::args::OutputFormat;
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// Arguments of `ektool deploy`.
 #[derive(Debug, Clone, clap::Args)]
@@ -89,7 +89,7 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         d = d.repository(repo.remote_url(&env.remote)?);
     }
     if ctx.global.dry_run {
-        let plan = d.plan(&release).await?;
+        let plan = d.deploy_plan(&release).await?;
         return show_plan(ctx, &plan, new_tag.as_deref());
     }
     let report = d.deploy(&release).await?;
@@ -127,7 +127,7 @@ fn show_plan(ctx: &Context, plan: &DeployPlan, new_tag: Option<&str>) -> Result<
                         "build {release}{}",
                         if *in_place { " (in place)" } else { "" }
                     ),
-                    mirror.clone(),
+                    mirror.to_string(),
                 ),
             };
             vec![
@@ -139,7 +139,7 @@ fn show_plan(ctx: &Context, plan: &DeployPlan, new_tag: Option<&str>) -> Result<
                 output::or_dash(Some(
                     &h.hooks
                         .iter()
-                        .map(|(p, l)| format!("{p}:{}", l.len()))
+                        .map(|h| format!("{}:{}", h.phase, h.commands.len()))
                         .collect::<Vec<_>>()
                         .join(" "),
                 )),

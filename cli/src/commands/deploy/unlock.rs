@@ -1,10 +1,10 @@
 //! `ektool deploy unlock`: remove a lock left by a killed deploy.
 
 use super::{Target, deployer, environment, hosts};
-use crate::args::OutputFormat;
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// Arguments of `ektool deploy unlock`.
 #[derive(Debug, clap::Args)]

@@ -8,10 +8,10 @@ use ec2kit::ssh::{self, HostKeyStatus};
 use ec2kit::{RemoteError, SshRemote, SshTarget};
 use snapkit::rsync::{self, Destination, SyncSpec};
 
-use crate::args::OutputFormat;
 use crate::context::{Context, expand_home};
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// Arguments of `ektool host sync`.
 #[derive(Debug, clap::Args)]

@@ -7,10 +7,10 @@ use snapkit::backup::{self, BackupItem, BackupOptions, BackupResult, BackupStatu
 
 use super::durations;
 
-use crate::args::OutputFormat;
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// Arguments of `ektool snap backup`.
 #[derive(Debug, clap::Args)]

@@ -4,10 +4,10 @@
 use serde::Serialize;
 use snapkit::trim::{self, Scope};
 
-use crate::args::OutputFormat;
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// Arguments of `ektool snap count`.
 #[derive(Debug, clap::Args)]

@@ -3,10 +3,10 @@
 use ec2kit::Snapshot;
 use snapkit::trim::{self, Scope};
 
-use crate::args::OutputFormat;
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// Arguments of `ektool snap list`.
 #[derive(Debug, clap::Args)]

@@ -15,10 +15,10 @@ use snapkit::mount::{
 };
 
 use super::durations;
-use crate::args::OutputFormat;
 use crate::context::{Context, expand_home};
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// How to reach the instance's host.
 #[derive(Debug, clap::Args)]

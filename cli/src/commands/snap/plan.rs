@@ -6,10 +6,10 @@ use ec2kit::Snapshot;
 use snapkit::retention::{Guards, Plan};
 
 use super::policy::PolicyArgs;
-use crate::args::OutputFormat;
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// Arguments of `ektool snap plan`.
 #[derive(Debug, clap::Args)]

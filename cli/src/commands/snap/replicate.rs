@@ -10,10 +10,10 @@ use snapkit::replicate::{
 use snapkit::trim::Scope;
 
 use super::durations;
-use crate::args::OutputFormat;
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// Which lineages replicate.
 #[derive(Debug, clap::Args)]

@@ -9,10 +9,10 @@ use snapkit::trim::{self, Scope, TrimReport};
 
 use super::plan::{parse_now, print_plan};
 use super::policy::PolicyArgs;
-use crate::args::OutputFormat;
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// Arguments of `ektool snap trim`.
 #[derive(Debug, clap::Args)]

@@ -1,67 +1,14 @@
-//! The smaller operations: the releases table, restart, maintenance mode,
-//! and unlocking.
+//! Restart and maintenance mode: hooks run in the live release of every
+//! host, under the deploy lock so they cannot interleave with a deploy.
 
-use serde::{Deserialize, Serialize};
-
+use super::Deployer;
 use crate::environment::Phase;
 use crate::error::{DeployError, HostFailure, Stage};
-use crate::flow::Deployer;
 use crate::hooks::{self, HookContext};
-use crate::layout::HostState;
-use crate::lock::{self, HeldLock};
-use crate::log::{self, HistoryRow};
 use crate::shell::{GUARDS, describe, q};
-
-/// One host's releases.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostReleases {
-    /// The host.
-    pub host: String,
-    /// The release `current` points at.
-    pub current: Option<String>,
-    /// Whether maintenance mode is on.
-    pub maintenance: bool,
-    /// The log, newest first, with marks.
-    pub history: Vec<HistoryRow>,
-    /// Release directories without a completion marker.
-    pub unfinished: Vec<String>,
-}
-
-/// What `unlock` did on one host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnlockOutcome {
-    /// The host.
-    pub host: String,
-    /// The lock found, if any.
-    pub lock: Option<HeldLock>,
-    /// Whether it was removed (by `unlock_plan`: whether it would be).
-    pub removed: bool,
-}
+use crate::state::HostState;
 
 impl Deployer {
-    /// The release history of every host (reads only).
-    pub async fn releases(&self) -> Result<Vec<HostReleases>, DeployError> {
-        let states = self.inspect(None).await?;
-        let logs = self.read_logs().await?;
-        Ok(self
-            .hosts
-            .iter()
-            .zip(states.iter().zip(&logs))
-            .map(|(h, (s, l))| HostReleases {
-                host: h.name().to_owned(),
-                current: s.current.clone(),
-                maintenance: s.maintenance,
-                history: log::history(l, s),
-                unfinished: s
-                    .releases
-                    .iter()
-                    .filter(|r| !r.is_complete())
-                    .map(|r| r.name.clone())
-                    .collect(),
-            })
-            .collect())
-    }
-
     /// Runs the restart hooks in the live release of every host (under the
     /// lock, so it cannot interleave with a deploy).
     pub async fn restart(&self) -> Result<(), DeployError> {
@@ -180,53 +127,5 @@ impl Deployer {
         .await;
         self.unlock_all(&token).await;
         result
-    }
-
-    /// Removes locks: stale ones always, live ones only with `force`. A
-    /// live lock without `force` is an error naming its owner (nothing is
-    /// removed anywhere then). A lock is removed only while it is the one
-    /// that was judged (its owner file unchanged): a deploy that takes the
-    /// lock in between keeps it.
-    pub async fn unlock(&self, force: bool) -> Result<Vec<UnlockOutcome>, DeployError> {
-        let mut out = self.unlock_plan(force).await?;
-        let timeout = self.timeouts().lock.get();
-        for (h, o) in self.hosts.iter().zip(&mut out) {
-            if let Some(l) = &o.lock {
-                o.removed = lock::remove(h, l, force, timeout).await?;
-            }
-        }
-        Ok(out)
-    }
-
-    /// What [`Deployer::unlock`] would do (reads only): each host's lock,
-    /// with `removed` saying whether it would go; the same error as
-    /// `unlock` for a live lock without `force`.
-    pub async fn unlock_plan(&self, force: bool) -> Result<Vec<UnlockOutcome>, DeployError> {
-        let stale_after = self.config.lock_stale_after();
-        let timeout = self.timeouts().state.get();
-        let found = self
-            .each(self.hosts.len(), |_, h| {
-                lock::status_within(h, stale_after, timeout)
-            })
-            .await;
-        let mut locks = Vec::new();
-        for r in found {
-            locks.push(r?);
-        }
-        if !force && let Some(live) = locks.iter().flatten().find(|l| l.stale.is_none()) {
-            return Err(DeployError::LockNotStale {
-                lock: Box::new(live.clone()),
-            });
-        }
-        Ok(self
-            .hosts
-            .iter()
-            .zip(locks)
-            .map(|(h, l)| UnlockOutcome {
-                host: h.name().to_owned(),
-                removed: l.is_some(),
-                lock: l,
-            })
-            .collect())
     }
 }

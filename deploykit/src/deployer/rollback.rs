@@ -16,17 +16,17 @@ use futures::future::join_all;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::{Deployer, spread_ms};
 use crate::environment::Phase;
 use crate::error::{DeployError, HostFailure, Stage};
-use crate::flow::Deployer;
 use crate::hooks::{self, HookContext};
 use crate::host::Host;
-use crate::layout::HostState;
 use crate::lock;
 use crate::log::{self, LogAction, LogEntry, LogResult};
 use crate::notify::NotificationKind;
 use crate::release::Release;
 use crate::shell::{GUARDS, describe, short};
+use crate::state::HostState;
 use crate::switch;
 
 /// One host's rollback.
@@ -141,11 +141,11 @@ pub(crate) fn fleet_steps(
         .rev()
         .max_by_key(|&i| live_since(&states[i], logs[i]))
         .unwrap_or(0);
-    let target = log::rollback_target(logs[newest], &states[newest]).ok_or_else(|| {
-        DeployError::NothingToRollBack {
+    let target = states[newest]
+        .rollback_target(logs[newest])
+        .ok_or_else(|| DeployError::NothingToRollBack {
             host: hosts[newest].name().to_owned(),
-        }
-    })?;
+        })?;
     hosts
         .iter()
         .zip(states)
@@ -200,35 +200,6 @@ impl Deployer {
         let logs = self.read_logs().await?;
         let logs: Vec<&[LogEntry]> = logs.iter().map(Vec::as_slice).collect();
         fleet_steps(&self.hosts, &states, &logs, to)
-    }
-
-    pub(crate) async fn read_logs(&self) -> Result<Vec<Vec<LogEntry>>, DeployError> {
-        let timeout = self.timeouts().state.get();
-        let results = self
-            .each(self.hosts.len(), |_, h| log::read_within(h, timeout))
-            .await;
-        let mut logs = Vec::new();
-        let mut failures = Vec::new();
-        for (h, r) in self.hosts.iter().zip(results) {
-            match r {
-                Ok(l) => logs.push(l),
-                Err(e) => failures.push(HostFailure {
-                    host: h.name().to_owned(),
-                    stage: Stage::Inspect,
-                    error: describe(&e),
-                }),
-            }
-        }
-        if failures.is_empty() {
-            Ok(logs)
-        } else {
-            Err(DeployError::Failed {
-                stage: Stage::Inspect,
-                failures,
-                rolled_back: Vec::new(),
-                inconsistent: Vec::new(),
-            })
-        }
     }
 
     /// Rolls the environment back to one release: the previous good
@@ -350,7 +321,7 @@ impl Deployer {
                 inconsistent,
             });
         }
-        let spread = crate::flow::spread_ms(&times);
+        let spread = spread_ms(&times);
 
         // Per host: restart and after-rollback hooks (under the lock), then
         // one command that records the rollback and releases the lock.
@@ -433,28 +404,5 @@ impl Deployer {
             switch_spread_ms: spread.max(0.0),
             seconds: started.elapsed().as_secs_f64(),
         })
-    }
-
-    pub(crate) fn log_entry(
-        &self,
-        action: LogAction,
-        release: &str,
-        commit: &str,
-        tag: Option<String>,
-        previous: Option<String>,
-        result: Option<LogResult>,
-    ) -> LogEntry {
-        LogEntry {
-            at: Timestamp::now(),
-            action,
-            who: self.actor.clone(),
-            environment: self.environment.clone(),
-            release: release.to_owned(),
-            commit: commit.to_owned(),
-            tag,
-            previous,
-            result,
-            message: self.message.clone(),
-        }
     }
 }

@@ -34,6 +34,9 @@ pub enum CliError {
     /// A file-level sync failed.
     #[error(transparent)]
     Sync(#[from] snapkit::rsync::SyncError),
+    /// An environment's hosts could not be resolved.
+    #[error(transparent)]
+    Hosts(#[from] deploykit::hosts::HostsError),
     /// A deploy operation failed.
     #[error(transparent)]
     Deploy(#[from] deploykit::DeployError),
@@ -84,6 +87,11 @@ impl CliError {
             Self::Deploy(e) if crate::commands::deploy::is_usage(e) => exit::USAGE,
             Self::Git(e) if crate::commands::deploy::is_git_usage(e) => exit::USAGE,
             Self::Provision(e) if crate::commands::provision::is_usage(e) => exit::USAGE,
+            // What the config or --host says; an EC2 failure is not.
+            Self::Hosts(e) => match e {
+                deploykit::hosts::HostsError::Ec2 { .. } => exit::FAILURE,
+                _ => exit::USAGE,
+            },
             Self::Db(deploykit::db::DbError::Protected { .. }) => exit::USAGE,
             _ => exit::FAILURE,
         }
@@ -103,6 +111,7 @@ fn access_denied(err: &CliError) -> Option<&ec2kit::Ec2Error> {
         CliError::Sync(e) => e,
         CliError::Kms(e) => e,
         CliError::Provision(e) => e,
+        CliError::Hosts(e) => e,
         other => other,
     };
     let mut next = Some(first);

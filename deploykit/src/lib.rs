@@ -45,6 +45,7 @@ pub mod hooks;
 pub mod host;
 #[cfg(test)]
 mod host_text;
+pub mod hosts;
 pub mod layout;
 pub mod lock;
 pub mod log;

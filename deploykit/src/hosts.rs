@@ -66,9 +66,9 @@ pub enum HostsError {
         tag: String,
         /// The region as the environment names it.
         region: String,
-        /// The EC2 error (its code kept).
+        /// The EC2 error (its code kept; boxed, so the error stays small).
         #[source]
-        source: Ec2Error,
+        source: Box<Ec2Error>,
     },
     /// A named host is none of the environment's hosts.
     #[error("{wanted} is not a host of this environment (have: {})", have_list(.have))]
@@ -170,7 +170,7 @@ async fn tagged(
     let failed = |source_error: Ec2Error| HostsError::Ec2 {
         tag: source.tag.clone(),
         region: source.region.clone(),
-        source: source_error,
+        source: Box::new(source_error),
     };
     let catalog = ec2kit::fleet::region_catalog(ec2).await.map_err(failed)?;
     let region = catalog.resolve(&source.region)?;

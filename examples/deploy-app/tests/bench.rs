@@ -3,6 +3,9 @@
 //! hosts found by EC2 tag through moto (which gives an instance any
 //! private address, so `127.0.0.1` makes it a bench host).
 
+// A test fails loudly at the first broken step.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -64,7 +67,10 @@ impl App {
             .current_dir(&self.work)
             .env("HOME", &self.home)
             .env_remove("SSH_AUTH_SOCK")
-            .env("DEPLOY_APP_ROOT", format!("{}/{}", SshHost::MOUNT, self.name))
+            .env(
+                "DEPLOY_APP_ROOT",
+                format!("{}/{}", SshHost::MOUNT, self.name),
+            )
             .env("DEPLOY_APP_SSH_USER", &self.hosts[0].user)
             .envs(env.iter().map(|(k, v)| (*k, v)))
             .output()

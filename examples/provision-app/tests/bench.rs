@@ -3,6 +3,9 @@
 //! sandbox on the host, and developers go into a sandboxed user database
 //! (`useradd --prefix`), as `ektool provision`'s own tests do.
 
+// A test fails loudly at the first broken step.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -152,7 +155,11 @@ fn provision_app_configures_a_host_and_guards_its_secrets() {
     // Rotated secrets: not overwritten unless confirmed (stdin says no)...
     let out = p.run(&["staging"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("secrets.API_TOKEN"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("secrets.API_TOKEN"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!stderr(&out).contains("second-token"), "values are masked");
     assert_eq!(p.read("out/token"), "first-token");
     // ...and overwritten with --yes.

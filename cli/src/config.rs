@@ -216,9 +216,11 @@ pub struct ConsistencyConfig {
     /// The host thaws and unlocks by itself after this long (1 to 86400).
     #[serde(default = "default_max_hold", deserialize_with = "de_max_hold")]
     pub max_hold_seconds: u64,
-    /// How to reach instances: `private_ip`, `public_ip` or `public_dns`.
-    #[serde(default = "default_address")]
-    pub address: String,
+    /// Which address to reach instances at over SSH: `private_ip` (the
+    /// default), `public_ip`, `public_dns` or `private_dns`; any other word
+    /// is an error at its line and column.
+    #[serde(default)]
+    pub address: ec2kit::Address,
     /// The database lock for `lock_db` volumes and `db_lock = true`.
     pub db_lock: Option<snapkit::consistency::DbLock>,
 }
@@ -230,7 +232,7 @@ impl Default for ConsistencyConfig {
             freeze: default_freeze(),
             thaw: default_thaw(),
             max_hold_seconds: default_max_hold(),
-            address: default_address(),
+            address: ec2kit::Address::default(),
             db_lock: None,
         }
     }
@@ -254,10 +256,6 @@ fn de_max_hold<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
             "max_hold_seconds {n}: between 1 and 86400 (a day)"
         )))
     }
-}
-
-fn default_address() -> String {
-    "private_ip".into()
 }
 
 /// `[mount]`: where snapshot mounts go and the host-side commands.
@@ -926,12 +924,30 @@ strategy = "oneday_rolling"
                 "ektool.toml:2:20: ",
                 "between 1 and 86400",
             ),
+            // A typo once fell back to the private IP silently.
+            (
+                "[consistency]\naddress = \"public-ip\"\n",
+                "ektool.toml:2:11: ",
+                "unknown variant `public-ip`",
+            ),
+            (
+                "[environments.web]\npath = \"/srv/app\"\nec2 = { tag = \"Role\", region = \"eu-west-1\" }\n",
+                "ektool.toml:3:",
+                "expected KEY=VALUE",
+            ),
+            (
+                "[environments.web]\npath = \"/srv/app\"\nec2 = { tag = \"Role=web\", region = \"eu-west-1\", address = \"public-dns\" }\n",
+                "ektool.toml:3:",
+                "unknown variant `public-dns`",
+            ),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.starts_with(at), "{err}");
             assert!(err.contains(what), "{err}");
         }
         assert!(parse("[retention]\npolicy = \"max-age:36h\"\n").is_ok());
+        let c = parse("[consistency]\naddress = \"public_dns\"\n").unwrap();
+        assert_eq!(c.consistency.address, ec2kit::Address::PublicDns);
     }
 
     #[test]

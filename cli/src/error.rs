@@ -34,6 +34,9 @@ pub enum CliError {
     /// A file-level sync failed.
     #[error(transparent)]
     Sync(#[from] snapkit::rsync::SyncError),
+    /// An environment's hosts could not be resolved.
+    #[error(transparent)]
+    Hosts(#[from] deploykit::hosts::HostsError),
     /// A deploy operation failed.
     #[error(transparent)]
     Deploy(#[from] deploykit::DeployError),
@@ -84,6 +87,11 @@ impl CliError {
             Self::Deploy(e) if e.is_input_error() => exit::USAGE,
             Self::Git(e) if e.is_input_error() => exit::USAGE,
             Self::Provision(e) if provision_refused(e) => exit::USAGE,
+            // What the config or --host says; an EC2 failure is not.
+            Self::Hosts(e) => match e {
+                deploykit::hosts::HostsError::Ec2 { .. } => exit::FAILURE,
+                _ => exit::USAGE,
+            },
             Self::Db(deploykit::db::DbError::Protected { .. }) => exit::USAGE,
             _ => exit::FAILURE,
         }
@@ -97,6 +105,7 @@ fn provision_refused(e: &deploykit::ProvisionError) -> bool {
     matches!(
         e,
         ProvisionError::Invalid(_)
+            | ProvisionError::NoHosts
             | ProvisionError::NoSecrets { .. }
             | ProvisionError::SecretsOnlyRemote { .. }
             | ProvisionError::LockOut(_)
@@ -119,6 +128,7 @@ fn access_denied(err: &CliError) -> Option<&ec2kit::Ec2Error> {
         CliError::Sync(e) => e,
         CliError::Kms(e) => e,
         CliError::Provision(e) => e,
+        CliError::Hosts(e) => e,
         other => other,
     };
     let mut next = Some(first);

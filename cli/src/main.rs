@@ -11,6 +11,7 @@ mod exit;
 mod logging;
 mod output;
 mod progress;
+mod prompt;
 mod signals;
 
 use std::process::ExitCode;

@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ec2kit::HumanDuration;
+use ec2kit::{Address, HumanDuration};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// One environment.
@@ -401,13 +401,16 @@ impl<'de> Deserialize<'de> for VersionPattern {
     }
 }
 
-/// Instances found by an EC2 tag.
+/// Instances found by an EC2 tag: the running ones carrying it in one
+/// region, reached at their `address` (see [`crate::hosts`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostSource {
-    /// `Key=Value`.
+    /// `Key=Value` (a value may be empty; the key may not).
+    #[serde(deserialize_with = "tag_text")]
     pub tag: String,
-    /// The region to look in.
+    /// The region to look in: its name, or a prefix only it has
+    /// (`eu-west-1`, `eu-north`).
     pub region: String,
     /// Login user (default: the `[ssh]` user).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -415,7 +418,7 @@ pub struct HostSource {
     /// SSH port.
     #[serde(default = "default_port")]
     pub port: u16,
-    /// Which address to connect to.
+    /// Which address to connect to (default: the private IP).
     #[serde(default)]
     pub address: Address,
 }
@@ -424,28 +427,12 @@ fn default_port() -> u16 {
     22
 }
 
-/// Which address of an instance to connect to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Address {
-    /// The private IPv4 address (from inside the VPC).
-    #[default]
-    PrivateIp,
-    /// The public IPv4 address.
-    PublicIp,
-    /// The public DNS name.
-    PublicDns,
-}
-
-impl Address {
-    /// This address of an instance, if it has one.
-    pub fn of(self, instance: &ec2kit::Instance) -> Option<String> {
-        match self {
-            Self::PrivateIp => instance.private_ip.clone(),
-            Self::PublicIp => instance.public_ip.clone(),
-            Self::PublicDns => instance.public_dns.clone().filter(|d| !d.is_empty()),
-        }
-    }
+/// A tag that is `Key=Value`, refused where the file is read otherwise.
+fn tag_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse::<ec2kit::Tag>()
+        .map_err(serde::de::Error::custom)?;
+    Ok(text)
 }
 
 /// Release layouts.

@@ -57,6 +57,7 @@ pub mod hooks;
 mod host;
 #[cfg(test)]
 mod host_text;
+pub mod hosts;
 pub mod layout;
 pub mod lock;
 pub mod log;

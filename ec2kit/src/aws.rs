@@ -630,6 +630,10 @@ fn instance_from(i: &sdk::Instance, region: &Region, reservation: Option<&str>) 
             .public_dns_name()
             .filter(|d| !d.is_empty())
             .map(str::to_owned),
+        private_dns: i
+            .private_dns_name()
+            .filter(|d| !d.is_empty())
+            .map(str::to_owned),
         launch_time: ts(i.launch_time()),
         reservation_id: reservation.map(str::to_owned),
         block_devices: i

@@ -16,6 +16,27 @@
 //! [`iam`] turns what operations call into least-privilege IAM policies:
 //! each operation states its [`iam::Permissions`] next to it.
 //!
+//! Which machine to reach is plain data, compiled without any feature: a
+//! [`HostTarget`] is this machine or an [`SshTarget`] (`user@host:port`),
+//! and [`Instance::address`] picks the [`Address`] an instance is reached
+//! at. `connect` (feature `ssh`) turns a target and [`SshOptions`] into a
+//! shell:
+//!
+//! ```no_run
+//! # #[cfg(feature = "ssh")]
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use ec2kit::{Command, HostTarget, SshOptions};
+//!
+//! let options = SshOptions::from_home();
+//! for written in ["localhost", "deploy@web1.example.com:2222"] {
+//!     let target = HostTarget::parse_with_user(written, "deploy")?;
+//!     let shell = ec2kit::connect(&target, &options);
+//!     let out = shell.run(&Command::argv(["uname", "-n"])).await?;
+//!     println!("{target}: {}", out.stdout_str().trim());
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! With `default-features = false` only the traits and types compile, so
 //! crates that build on them (snapkit, deploykit) test their logic without
 //! compiling the AWS SDK. Feature `mock` adds mockall mocks of both seams.
@@ -60,6 +81,7 @@ pub mod paced;
 pub mod ratelimit;
 pub mod remote;
 pub mod requests;
+pub mod target;
 
 #[cfg(feature = "aws")]
 pub mod aws;
@@ -77,7 +99,7 @@ pub use error::{BoxError, Ec2Error, ErrorKind, dry_run_ok};
 pub use filter::Filter;
 pub use ids::{ImageId, InstanceId, InvalidId, SnapshotId, VolumeId};
 pub use image::{Image, ImageBlockDevice};
-pub use instance::{BlockDevice, Instance};
+pub use instance::{Address, BlockDevice, Instance};
 pub use job::{GuardedJob, JobState};
 pub use kms::KmsKey;
 pub use local::LocalRemote;
@@ -89,6 +111,7 @@ pub use remote::MockRemote;
 pub use remote::{Command, ExitStatus, Output, Program, Remote, RemoteError, Streamed, Streams};
 pub use snapshot::{Snapshot, SnapshotState};
 pub use tags::{InvalidTag, Tag, Tags, is_reserved_key};
+pub use target::{HostTarget, InvalidTarget, SshOptions, SshTarget};
 pub use volume::{Volume, VolumeAttachment};
 
 /// How a caller asks a long operation to stop and take its failure path
@@ -100,4 +123,6 @@ pub use tokio_util::sync::CancellationToken;
 #[cfg(feature = "aws")]
 pub use aws::{AwsEc2, AwsEc2Options, RequestHook};
 #[cfg(feature = "ssh")]
-pub use ssh::{HostKey, HostKeyStatus, Keepalive, SshOptions, SshRemote, SshTarget};
+pub use ssh::{HostKey, HostKeyStatus, Keepalive, SshRemote};
+#[cfg(feature = "ssh")]
+pub use target::connect;

@@ -23,8 +23,7 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,112 +38,9 @@ use tokio_util::sync::CancellationToken;
 use crate::remote::{
     Command, ExitStatus, Output, Remote, RemoteError, STDERR_TAIL, Streamed, Streams, quote,
 };
-
-/// `user@host:port`, with `user` and `port` optional.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct SshTarget {
-    /// Login user.
-    pub user: String,
-    /// Host name or address.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-}
-
-/// A target string that could not be parsed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid ssh target {0:?}: expected [user@]host[:port]")]
-pub struct InvalidTarget(pub String);
-
-impl SshTarget {
-    /// The name known_hosts uses: `host`, or `[host]:port` off port 22.
-    pub fn known_hosts_name(&self) -> String {
-        if self.port == 22 {
-            self.host.clone()
-        } else {
-            format!("[{}]:{}", self.host, self.port)
-        }
-    }
-
-    /// Parses a target, defaulting the user to `default_user` and the port to 22.
-    pub fn parse_with_user(s: &str, default_user: &str) -> Result<Self, InvalidTarget> {
-        let bad = || InvalidTarget(s.to_owned());
-        let (user, rest) = match s.rsplit_once('@') {
-            Some((u, r)) if !u.is_empty() => (u.to_owned(), r),
-            Some(_) => return Err(bad()),
-            None => (default_user.to_owned(), s),
-        };
-        let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
-            let (h, after) = inner.split_once(']').ok_or_else(bad)?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| bad())?,
-                None if after.is_empty() => 22,
-                None => return Err(bad()),
-            };
-            (h.to_owned(), port)
-        } else {
-            match rest.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad())?),
-                None => (rest.to_owned(), 22),
-            }
-        };
-        // No whitespace or control characters (a NUL would reach libssh2
-        // through a C string): neither is ever part of a real host or user.
-        let odd = |s: &str| s.chars().any(|c| c.is_whitespace() || c.is_control());
-        if host.is_empty() || user.is_empty() || odd(&host) || odd(&user) {
-            return Err(bad());
-        }
-        Ok(Self { user, host, port })
-    }
-}
-
-impl FromStr for SshTarget {
-    type Err = InvalidTarget;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let user = std::env::var("USER").unwrap_or_else(|_| "root".to_owned());
-        Self::parse_with_user(s, &user)
-    }
-}
-
-impl fmt::Display for SshTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}:{}", self.user, self.host, self.port)
-    }
-}
-
-/// How to authenticate and verify.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SshOptions {
-    /// Private key files to try, in order (before the agent).
-    pub identity_files: Vec<PathBuf>,
-    /// Try every identity of the running ssh-agent (`SSH_AUTH_SOCK`).
-    pub use_agent: bool,
-    /// The known_hosts file host keys are checked against.
-    pub known_hosts: PathBuf,
-    /// TCP connect and per-operation I/O timeout.
-    pub connect_timeout: Duration,
-}
-
-impl SshOptions {
-    /// Defaults: `~/.ssh/known_hosts`, the usual key files that exist, the agent.
-    pub fn from_home() -> Self {
-        let ssh_dir = std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_default()
-            .join(".ssh");
-        let identity_files = ["id_ed25519", "id_ecdsa", "id_rsa"]
-            .iter()
-            .map(|n| ssh_dir.join(n))
-            .filter(|p| p.exists())
-            .collect();
-        Self {
-            identity_files,
-            use_agent: true,
-            known_hosts: ssh_dir.join("known_hosts"),
-            connect_timeout: Duration::from_secs(15),
-        }
-    }
-}
+// The targets and options are plain data (`crate::target`, compiled
+// without this feature); re-exported here where they used to live.
+pub use crate::target::{InvalidTarget, SshOptions, SshTarget};
 
 /// A host's public key as offered during the handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1443,13 +1339,6 @@ mod tests {
         assert!(huge.limit() > Duration::from_secs(1));
     }
 
-    #[test]
-    fn targets_with_control_characters_are_refused() {
-        for bad in ["h\0st", "user\n@host", "host\t", "u\u{7f}@h"] {
-            assert!(SshTarget::parse_with_user(bad, "u").is_err(), "{bad:?}");
-        }
-    }
-
     proptest::proptest! {
         #[test]
         fn target_parsing_never_panics_and_yields_clean_names(s in "\\PC*|.*") {
@@ -1492,37 +1381,5 @@ mod tests {
             let _ = glob(&p, &t);
             let _ = host_patterns_match(&p, &t);
         }
-    }
-
-    #[test]
-    fn parses_targets() {
-        let t = SshTarget::parse_with_user("deploy@web1.example.com:2222", "x").unwrap();
-        assert_eq!(
-            (t.user.as_str(), t.host.as_str(), t.port),
-            ("deploy", "web1.example.com", 2222)
-        );
-        let t = SshTarget::parse_with_user("10.0.0.1", "ubuntu").unwrap();
-        assert_eq!((t.user.as_str(), t.port), ("ubuntu", 22));
-        let t = SshTarget::parse_with_user("root@[::1]:22022", "x").unwrap();
-        assert_eq!((t.host.as_str(), t.port), ("::1", 22022));
-        for bad in ["", "@host", "host:notaport", "user@", "[::1", "a b"] {
-            assert!(SshTarget::parse_with_user(bad, "u").is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn known_hosts_name_brackets_non_default_ports() {
-        assert_eq!(
-            SshTarget::parse_with_user("h", "u")
-                .unwrap()
-                .known_hosts_name(),
-            "h"
-        );
-        assert_eq!(
-            SshTarget::parse_with_user("h:2222", "u")
-                .unwrap()
-                .known_hosts_name(),
-            "[h]:2222"
-        );
     }
 }

@@ -866,6 +866,7 @@ mod tests {
             private_ip: None,
             public_ip: None,
             public_dns: None,
+            private_dns: None,
             launch_time: None,
             reservation_id: None,
             block_devices: (0..3)

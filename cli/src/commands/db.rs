@@ -6,8 +6,7 @@ use std::path::PathBuf;
 
 use deploykit::db;
 
-use super::deploy::{Target, environment};
-use super::provision::nodes;
+use super::deploy::{Target, environment, targets};
 use crate::context::Context;
 use crate::error::CliError;
 
@@ -59,21 +58,19 @@ pub async fn exec(ctx: &Context, cmd: DbCommand) -> Result<(), CliError> {
             "environment {env_name} has no [environments.{env_name}.database] section"
         ))
     })?;
-    let node = nodes(ctx, env, target, None)
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| CliError::Usage("no hosts".into()))?;
+    // The first host (of --host, else of the environment).
+    let host = targets(ctx, env, target, None).await?.remove(0);
+    let remote = ec2kit::connect(&host, &ctx.ssh_options());
     match cmd {
         DbCommand::Dump(args) => {
             if ctx.global.dry_run {
-                println!("would run on {}: {}", node.name, cfg.dump_command());
+                println!("would run on {}: {}", host, cfg.dump_command());
                 return Ok(());
             }
             let cancel = Some(ctx.interrupt.clone());
             match args.output_file {
                 Some(p) if p.as_os_str() == "-" => {
-                    db::dump(node.remote.as_ref(), &cfg, std::io::stdout(), cancel).await?;
+                    db::dump(remote.as_ref(), &cfg, std::io::stdout(), cancel).await?;
                     Ok(())
                 }
                 other => {
@@ -81,11 +78,11 @@ pub async fn exec(ctx: &Context, cmd: DbCommand) -> Result<(), CliError> {
                         let now = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
                         PathBuf::from(format!("{}-{env_name}-{now}.sql", cfg.name))
                     });
-                    let bytes = db::dump_to_file(node.remote.as_ref(), &cfg, &path, cancel).await?;
+                    let bytes = db::dump_to_file(remote.as_ref(), &cfg, &path, cancel).await?;
                     eprintln!(
                         "dumped {} from {} to {} ({bytes} bytes)",
                         cfg.name,
-                        node.name,
+                        host,
                         path.display(),
                     );
                     Ok(())
@@ -111,13 +108,13 @@ pub async fn exec(ctx: &Context, cmd: DbCommand) -> Result<(), CliError> {
                     "would load {} into {} on {}: {}",
                     args.file.display(),
                     cfg.name,
-                    node.name,
+                    host,
                     cfg.load_command()
                 );
                 return Ok(());
             }
             let bytes = db::load(
-                node.remote.as_ref(),
+                remote.as_ref(),
                 &env_name,
                 &cfg,
                 std::io::BufReader::with_capacity(
@@ -135,7 +132,7 @@ pub async fn exec(ctx: &Context, cmd: DbCommand) -> Result<(), CliError> {
                 "loaded {} into {} on {} ({bytes} bytes)",
                 args.file.display(),
                 cfg.name,
-                node.name
+                host
             );
             Ok(())
         }

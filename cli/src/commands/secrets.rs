@@ -3,10 +3,10 @@
 
 use deploykit::provision::secrets;
 
-use super::deploy::{Target, environment};
-use super::provision::{config, confirm, nodes};
+use super::deploy::{Target, environment, provision_config, targets};
 use crate::context::Context;
 use crate::error::CliError;
+use crate::prompt::confirm;
 
 /// `ektool secrets …`.
 #[derive(Debug, clap::Subcommand)]
@@ -34,25 +34,25 @@ pub struct GetArgs {
 pub async fn exec(ctx: &Context, cmd: SecretsCommand) -> Result<(), CliError> {
     let SecretsCommand::Get(args) = cmd;
     let (env_name, env) = environment(ctx, &args.target)?;
-    let cfg = config(env)?;
-    let node = nodes(ctx, env, &args.target, args.user.as_deref())
+    let cfg = provision_config(env)?;
+    // The first host (of --host, else of the environment).
+    let host = targets(ctx, env, &args.target, args.user.as_deref())
         .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| CliError::Usage("no hosts".into()))?;
-    let Some(remote) = secrets::read_remote(node.remote.as_ref(), &cfg.layout()).await? else {
+        .remove(0);
+    let shell = ec2kit::connect(&host, &ctx.ssh_options());
+    let Some(remote) = secrets::read_remote(shell.as_ref(), &cfg.layout()).await? else {
         return Err(CliError::Failed(format!(
             "{}: has no secrets for {env_name}",
-            node.name
+            host
         )));
     };
     let path = secrets::local_path(&cfg.tree, &env_name);
     if let Ok(local) = std::fs::read(&path) {
         if local == remote {
-            eprintln!("{} is already the same as on {}", path.display(), node.name);
+            eprintln!("{} is already the same as on {}", path.display(), host);
             return Ok(());
         }
-        eprintln!("{} differs from {}'s:", path.display(), node.name);
+        eprintln!("{} differs from {}'s:", path.display(), host);
         for c in secrets::diff(
             &String::from_utf8_lossy(&local),
             &String::from_utf8_lossy(&remote),
@@ -63,7 +63,7 @@ pub async fn exec(ctx: &Context, cmd: SecretsCommand) -> Result<(), CliError> {
             println!(
                 "would replace {} (0600) with {}'s{}",
                 path.display(),
-                node.name,
+                host,
                 if args.yes {
                     ""
                 } else {
@@ -83,6 +83,6 @@ pub async fn exec(ctx: &Context, cmd: SecretsCommand) -> Result<(), CliError> {
         return Ok(());
     }
     secrets::write_local(&path, &remote)?;
-    println!("wrote {} (0600) from {}", path.display(), node.name);
+    println!("wrote {} (0600) from {}", path.display(), host);
     Ok(())
 }

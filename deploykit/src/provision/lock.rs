@@ -50,6 +50,22 @@ pub struct LockSpec {
     pub timeout: Duration,
 }
 
+impl LockSpec {
+    /// The locks of a provision of environment `name` by this process:
+    /// the environment's deploy root locked too, its stale age and lock
+    /// deadline, waiting up to `wait` for a held lock.
+    pub fn for_environment(name: &str, env: &crate::Environment, wait: Duration) -> Self {
+        Self {
+            environment: name.to_owned(),
+            deploy_root: Some(env.path.as_str().to_owned()),
+            actor: Actor::current(),
+            stale_after: env.lock_stale_after(),
+            wait,
+            timeout: env.timeouts.lock.get(),
+        }
+    }
+}
+
 /// The locks one provision holds on one host. Release them with
 /// [`ProvisionLock::release`] on every path; a run killed before that
 /// leaves them, and they go stale like a killed deploy's.

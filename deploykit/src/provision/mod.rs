@@ -17,8 +17,40 @@
 //! - a [`Provisioner`] applies the tree: masterless Salt ([`salt`]) whose
 //!   per-state results are parsed, so **any failed state is a failure** and
 //!   a render error is reported as such, or a plain script ([`script`]).
+//!
+//! A run is plan, then apply: [`plan`] reads every host and decides
+//! everything that can refuse before [`apply`] changes any of them, and
+//! [`run`] conducts the two under every host's lock, asking the caller to
+//! confirm a secrets overwrite ([`dry_run`] plans and tests instead). A
+//! team's own provisioning binary is a few calls:
+//!
+//! ```no_run
+//! # async fn demo(env: deploykit::Environment, shell: std::sync::Arc<dyn ec2kit::Remote>)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use deploykit::provision::{self, Inputs, LockSpec, Node};
+//!
+//! let cfg = env.provision.clone().unwrap_or_default();
+//! let lock = LockSpec::for_environment("staging", &env, Duration::from_secs(60));
+//! let inputs = Inputs::read("staging", &cfg, lock)?;
+//! let nodes = [Node::new(shell, "root")];
+//! // Overwrite differing secrets only after a look at the keys that differ.
+//! let confirm = |plan: &provision::HostPlan| {
+//!     eprintln!("{}: secrets differ: {:?}", plan.host, plan.secrets);
+//!     false
+//! };
+//! let report = provision::run(&nodes, &cfg, &inputs, &confirm, &|e| eprintln!("{e}")).await?;
+//! for (host, state) in report.failures() {
+//!     eprintln!("{host}: {state}");
+//! }
+//! # Ok(()) }
+//! ```
 
+mod apply;
+mod event;
 pub mod lock;
+mod plan;
+mod run;
 pub mod salt;
 pub mod script;
 pub mod secrets;
@@ -33,7 +65,11 @@ use async_trait::async_trait;
 use ec2kit::{Remote, RemoteError};
 use serde::{Deserialize, Serialize};
 
+pub use apply::{HostReport, apply, test};
+pub use event::Event;
 pub use lock::{LockSpec, ProvisionLock};
+pub use plan::{HostPlan, Inputs, LocalSecrets, Node, ProvisionPlan, SecretsPlan, plan, plan_host};
+pub use run::{ProvisionReport, dry_run, run};
 pub use salt::SaltProvisioner;
 pub use script::ScriptProvisioner;
 pub use users::Developer;
@@ -389,6 +425,9 @@ pub enum ProvisionError {
     /// The configuration cannot work.
     #[error("invalid provision config: {0}")]
     Invalid(String),
+    /// A run was given no host.
+    #[error("no hosts to provision")]
+    NoHosts,
     /// The local configuration tree could not be read.
     #[error("{}: {source}", path.display())]
     Tree {

@@ -4,38 +4,74 @@
 //! URL, a notifier that appends to a file the team's chat bot tails).
 //!
 //! Copy this crate, rename it, and change `environment()` and the hooks.
-//! Everything else (lock, atomic switch, rollback on failure, release log)
-//! is deploykit's.
+//! Everything else (which hosts, lock, atomic switch, rollback on failure,
+//! release log) is deploykit's.
 //!
 //! ```text
 //! cargo run -p deploy-app -- staging deploy [REF]
 //! cargo run -p deploy-app -- production deploy v1.4.2
 //! cargo run -p deploy-app -- production rollback
 //! cargo run -p deploy-app -- staging releases
+//! cargo run -p deploy-app -- staging deploy main --host web2.example.com
 //! ```
 //!
-//! Hosts come from `DEPLOY_APP_<ENV>_HOSTS` (`user@host:port,…`; default:
-//! `localhost`) and the deploy root from `DEPLOY_APP_ROOT` (default
-//! `/srv/app`), so it runs against the test bench too.
+//! Staging is a list of hosts; production is every running instance
+//! tagged `Role=app-production` in `eu-west-1` (hosts by EC2 tag, through
+//! the AWS SDK's usual credentials and `AWS_ENDPOINT_URL_EC2`). `--host`
+//! narrows an environment to some of its hosts and refuses any other.
+//!
+//! So that it runs against the test bench too, the environment can say
+//! otherwise: `DEPLOY_APP_<ENV>_HOSTS` (`user@host:port,…`, empty for
+//! none), `DEPLOY_APP_<ENV>_TAG` (`Key=Value`), `DEPLOY_APP_REGION`,
+//! `DEPLOY_APP_SSH_USER` (default `deploy`), `DEPLOY_APP_SSH_PORT` and
+//! `DEPLOY_APP_ROOT` (default `/srv/app`). SSH keys and known hosts are
+//! the user's own (`~/.ssh`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use deploykit::environment::HostSource;
 use deploykit::git::LocalRepo;
 use deploykit::notify::NotifyError;
-use deploykit::{Deployer, Environment, HealthCheck, Hook, Host, Notification, Notifier, RefSpec};
-use ec2kit::{LocalRemote, Remote, SshOptions, SshRemote, SshTarget};
+use deploykit::{Deployer, Environment, HealthCheck, Hook, Notification, Notifier, RefSpec, hosts};
+use ec2kit::{Address, AwsEc2, AwsEc2Options, Ec2, SshOptions};
+
+/// `DEPLOY_APP_<ENV>_<KEY>`, else `DEPLOY_APP_<KEY>`, when set.
+fn setting(env: &str, key: &str) -> Option<String> {
+    std::env::var(format!("DEPLOY_APP_{}_{key}", env.to_uppercase()))
+        .or_else(|_| std::env::var(format!("DEPLOY_APP_{key}")))
+        .ok()
+}
 
 /// Our environments.
 fn environment(name: &str) -> Option<Environment> {
-    let hosts = std::env::var(format!("DEPLOY_APP_{}_HOSTS", name.to_uppercase()))
-        .unwrap_or_else(|_| "localhost".into())
+    // Where each environment's hosts are: a list, EC2 instances by tag, or both.
+    let (hosts, tag) = match name {
+        "staging" => ("localhost", None),
+        "production" => ("", Some("Role=app-production")),
+        _ => return None,
+    };
+    let hosts = setting(name, "HOSTS").unwrap_or_else(|| hosts.to_owned());
+    let hosts = hosts
         .split(',')
+        .filter(|h| !h.is_empty())
         .map(str::to_owned)
         .collect();
-    let root = std::env::var("DEPLOY_APP_ROOT").unwrap_or_else(|_| "/srv/app".into());
+    let root = setting(name, "ROOT").unwrap_or_else(|| "/srv/app".into());
     let mut env = Environment::new(hosts, &root).ok()?;
+    if let Some(tag) = setting(name, "TAG").or_else(|| tag.map(str::to_owned)) {
+        env.ec2 = Some(HostSource {
+            tag,
+            region: setting(name, "REGION").unwrap_or_else(|| "eu-west-1".into()),
+            user: None,
+            port: match setting(name, "SSH_PORT") {
+                Some(p) => p.parse().ok()?,
+                None => 22,
+            },
+            address: Address::PrivateIp,
+        });
+    }
     env.hooks.build = vec![Hook::new(
         "[ ! -f requirements.txt ] || { python3 -m venv env && env/bin/pip install -q -r requirements.txt; }",
     )];
@@ -46,14 +82,10 @@ fn environment(name: &str) -> Option<Environment> {
         "! command -v systemctl >/dev/null || [ ! -f /etc/systemd/system/app.service ] || sudo systemctl restart app",
     )];
     env.shared_dirs = vec![deploykit::environment::SharedPath::new("media").ok()?];
-    match name {
-        "staging" => {}
-        "production" => {
-            env.require_tag = true;
-            env.keep = 10;
-            env.health = Some(HealthCheck::http("http://127.0.0.1:8000/up"));
-        }
-        _ => return None,
+    if name == "production" {
+        env.require_tag = true;
+        env.keep = 10;
+        env.health = Some(HealthCheck::http("http://127.0.0.1:8000/up"));
     }
     Some(env)
 }
@@ -75,28 +107,37 @@ impl Notifier for FileNotifier {
     }
 }
 
-fn hosts(env: &Environment) -> Result<Vec<Host>, String> {
-    let options = SshOptions::from_home();
-    env.hosts
-        .iter()
-        .map(|h| {
-            let remote: Arc<dyn Remote> = if h == "localhost" {
-                Arc::new(LocalRemote::new())
-            } else {
-                let target = SshTarget::parse_with_user(h, "deploy").map_err(|e| e.to_string())?;
-                Arc::new(SshRemote::new(target, options.clone()))
-            };
-            Ok(Host::new(remote, env.path.as_str()))
-        })
-        .collect()
-}
-
 async fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    let (name, verb) = match args {
-        [name, verb, ..] => (name.as_str(), verb.as_str()),
-        _ => return Err("usage: deploy-app ENV deploy|rollback|releases [REF]".into()),
+    // `--host NAME` (repeatable) narrows; the rest is ENV VERB [REF].
+    let mut only = Vec::new();
+    let mut words = Vec::new();
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        if a == "--host" {
+            only.push(rest.next().ok_or("--host needs a host name")?.clone());
+        } else {
+            words.push(a.as_str());
+        }
+    }
+    let (name, verb, reference) = match words[..] {
+        [name, verb] => (name, verb, None),
+        [name, verb, reference] => (name, verb, Some(reference)),
+        _ => {
+            return Err(
+                "usage: deploy-app ENV deploy|rollback|releases [REF] [--host NAME]...".into(),
+            );
+        }
     };
     let env = environment(name).ok_or_else(|| format!("unknown environment {name}"))?;
+    // Hosts by EC2 tag need an EC2 client; a list of hosts does not.
+    let ec2 = match &env.ec2 {
+        Some(_) => Some(AwsEc2::new(AwsEc2Options::default()).await),
+        None => None,
+    };
+    let user = setting(name, "SSH_USER").unwrap_or_else(|| "deploy".into());
+    let targets = hosts::resolve(&env, ec2.as_ref().map(|e| e as &dyn Ec2), &user, &only).await?;
+    let options = SshOptions::from_home();
+    let hosts = hosts::connect(&env, &targets, |t| ec2kit::connect(t, &options));
     let repo = LocalRepo::open(".")?;
     // Ctrl-C takes the failure path (hosts switched back, locks released).
     let interrupt = ec2kit::CancellationToken::new();
@@ -106,14 +147,14 @@ async fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
             on_signal.cancel();
         }
     });
-    let deployer = Deployer::new(name, env.clone(), hosts(&env)?)
+    let deployer = Deployer::new(name, env.clone(), hosts)
         .cancel_on(interrupt)
         .repository(repo.remote_url(&env.remote)?)
         .notifier(Arc::new(FileNotifier("deploys.log".into())))
         .on_event(|e| eprintln!("  {e}"));
     match verb {
         "deploy" => {
-            let spec = RefSpec::parse(args.get(2).map_or("", String::as_str));
+            let spec = RefSpec::parse(reference.unwrap_or_default());
             let release = repo.release_for(&spec, &env, name)?;
             let report = deployer.deploy(&release).await?;
             println!(
@@ -122,7 +163,7 @@ async fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
             );
         }
         "rollback" => {
-            let report = deployer.rollback(args.get(2).map(String::as_str)).await?;
+            let report = deployer.rollback(reference).await?;
             for h in report.hosts {
                 println!("{}: {} -> {}", h.host, h.from, h.to);
             }

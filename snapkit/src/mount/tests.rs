@@ -248,6 +248,7 @@ fn instance() -> Instance {
         private_ip: Some("10.0.0.1".into()),
         public_ip: None,
         public_dns: None,
+        private_dns: None,
         launch_time: None,
         reservation_id: None,
         block_devices: vec![BlockDevice {

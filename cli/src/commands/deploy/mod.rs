@@ -1,6 +1,7 @@
 //! `ektool deploy`, `rollback`, `releases`, `maintenance`, `restart`: release
-//! deploys with deploykit. This module holds what they share: picking the
-//! environment, building its hosts, and showing events.
+//! deploys with deploykit. This module holds what they share (and
+//! `provision`, `secrets` and `db` with them): picking the environment,
+//! its hosts, and showing events.
 
 pub mod maintenance;
 pub mod releases;
@@ -12,8 +13,8 @@ pub mod unlock;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploykit::{Deployer, Environment, Event, Host};
-use ec2kit::{LocalRemote, Remote, SshRemote, SshTarget};
+use deploykit::{Deployer, Environment, Event, Host, ProvisionConfig};
+use ec2kit::HostTarget;
 
 use crate::context::{Context, expand_home};
 use crate::error::CliError;
@@ -53,8 +54,9 @@ pub struct Target {
     /// has only one.
     #[arg(long = "env", short = 'e', value_name = "NAME", env = "EKTOOL_ENV")]
     pub env: Option<String>,
-    /// Only these hosts of the environment (repeatable; a host as written
-    /// in the config, or its host name).
+    /// Only these hosts of the environment (repeatable): a host as written
+    /// in the config, its host name or address, `user@host:port`, or the
+    /// instance id or `Name` of one found by EC2 tag. Any other is refused.
     #[arg(long = "host", value_name = "HOST")]
     pub hosts: Vec<String>,
 }
@@ -89,79 +91,66 @@ pub fn environment<'a>(
     Ok((name, env))
 }
 
-/// The environment's hosts (static list and EC2 tag), narrowed by
-/// `--host`, each with a strict-host-key SSH remote (or this machine for
-/// `localhost`).
+/// The environment's hosts (its static list, then the running instances
+/// its `ec2` tag finds), narrowed by `--host` (the same for every command:
+/// see [`deploykit::hosts`]). An EC2 client is made only for an
+/// environment that finds hosts by tag.
+async fn resolve(
+    ctx: &Context,
+    env: &Environment,
+    wanted: &[String],
+) -> Result<Vec<HostTarget>, CliError> {
+    let ec2 = match &env.ec2 {
+        Some(_) => Some(ctx.ec2().await),
+        None => None,
+    };
+    let ec2 = ec2.as_ref().map(|e| e as &dyn ec2kit::Ec2);
+    Ok(deploykit::hosts::resolve(env, ec2, &ctx.ssh_user(), wanted).await?)
+}
+
+/// The environment's hosts as deploy hosts: a strict-host-key SSH shell
+/// each (or this machine for `localhost`).
 pub async fn hosts(
     ctx: &Context,
     env: &Environment,
     wanted: &[String],
 ) -> Result<Vec<Host>, CliError> {
-    let mut names: Vec<String> = env.hosts.clone();
-    if let Some(source) = &env.ec2 {
-        names.extend(ec2_hosts(ctx, source).await?);
-    }
-    if !wanted.is_empty() {
-        let user = ctx.ssh_user();
-        let matches = |n: &str, w: &str| {
-            n == w
-                || SshTarget::parse_with_user(n, &user)
-                    .is_ok_and(|t| t.host == w || t.to_string() == w)
-        };
-        for w in wanted {
-            if !names.iter().any(|n| matches(n, w)) {
-                return Err(CliError::Usage(format!(
-                    "--host {w} is not a host of this environment (have: {})",
-                    names.join(", ")
-                )));
-            }
-        }
-        names.retain(|n| wanted.iter().any(|w| matches(n, w)));
-    }
+    let targets = resolve(ctx, env, wanted).await?;
     let options = ctx.ssh_options();
-    let mut hosts = Vec::new();
-    for n in names {
-        let remote: Arc<dyn Remote> = if n == "localhost" {
-            Arc::new(LocalRemote::new())
-        } else {
-            let t = SshTarget::parse_with_user(&n, &ctx.ssh_user())
-                .map_err(|e| CliError::Usage(e.to_string()))?;
-            Arc::new(SshRemote::new(t, options.clone()))
-        };
-        hosts.push(Host::new(remote, env.path.as_str()));
-    }
-    Ok(hosts)
+    Ok(deploykit::hosts::connect(env, &targets, |t| {
+        ec2kit::connect(t, &options)
+    }))
 }
 
-/// The running instances carrying the source's tag, as SSH targets
-/// (`user@address:port`), sorted.
-pub async fn ec2_hosts(
+/// The environment's hosts for `provision`, `secrets get` and `db`
+/// (narrowed by `--host`; none is an error), `user` (`--user`) logging
+/// in on each.
+pub async fn targets(
     ctx: &Context,
-    source: &deploykit::HostSource,
-) -> Result<Vec<String>, CliError> {
-    let ec2 = ctx.ec2().await;
-    let tag: ec2kit::Tag = source
-        .tag
-        .parse()
-        .map_err(|e: ec2kit::InvalidTag| CliError::Usage(e.to_string()))?;
-    let catalog = ec2kit::fleet::region_catalog(&ec2).await?;
-    let region = catalog.resolve(&source.region)?;
-    let mut out = Vec::new();
-    for r in ec2kit::fleet::instances_by_tag(&ec2, &[region], &tag, 1).await {
-        for i in r.result? {
-            if i.state != "running" {
-                continue;
-            }
-            let Some(addr) = source.address.of(&i) else {
-                tracing::warn!(instance = %i.id, "no {:?} address; skipped", source.address);
-                continue;
-            };
-            let user = source.user.clone().unwrap_or_else(|| ctx.ssh_user());
-            out.push(format!("{user}@{addr}:{}", source.port));
-        }
+    env: &Environment,
+    target: &Target,
+    user: Option<&str>,
+) -> Result<Vec<HostTarget>, CliError> {
+    let found = resolve(ctx, env, &target.hosts).await?;
+    if found.is_empty() {
+        return Err(CliError::Usage(
+            "no hosts: list them in the environment's `hosts`, or find them by EC2 tag with `ec2`"
+                .into(),
+        ));
     }
-    out.sort();
-    Ok(out)
+    Ok(match user {
+        Some(u) => found.into_iter().map(|t| t.with_user(u)).collect(),
+        None => found,
+    })
+}
+
+/// The environment's provision config (or the defaults), validated, with
+/// a leading `~/` of the tree expanded (`provision`, `secrets get`).
+pub fn provision_config(env: &Environment) -> Result<ProvisionConfig, CliError> {
+    let mut c = env.provision.clone().unwrap_or_default();
+    c.tree = expand_home(&c.tree);
+    c.validate()?;
+    Ok(c)
 }
 
 /// A deployer for the environment, printing events: JSON lines on stdout

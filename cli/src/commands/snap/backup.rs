@@ -174,12 +174,7 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                             results.push(item.failed("not started: interrupted"));
                             continue;
                         }
-                        let address = match ctx.config.consistency.address.as_str() {
-                            "public_ip" => instance.public_ip.clone(),
-                            "public_dns" => instance.public_dns.clone(),
-                            _ => instance.private_ip.clone(),
-                        };
-                        let Some(address) = address else {
+                        let Some(address) = instance.address(ctx.config.consistency.address) else {
                             results.push(item.failed(format!(
                                 "no {} to reach it over SSH",
                                 ctx.config.consistency.address
@@ -194,7 +189,7 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                                 &options,
                             )
                         };
-                        results.extend(around(ctx, &address, &c, &item, run).await?);
+                        results.extend(around(ctx, address, &c, &item, run).await?);
                     }
                 }
                 Err(e) => results.push(BackupResult {

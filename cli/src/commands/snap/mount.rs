@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ec2kit::{
-    AwsEc2, Ec2, Filter, Instance, InstanceId, Region, Remote, SnapshotId, SshRemote, SshTarget,
-    VolumeId,
+    Address, AwsEc2, Ec2, Filter, Instance, InstanceId, Region, Remote, SnapshotId, SshRemote,
+    SshTarget, VolumeId,
 };
 use serde::Serialize;
 use snapkit::mount::{
@@ -172,23 +172,33 @@ async fn one_region(ctx: &Context, ec2: &AwsEc2) -> Result<Region, CliError> {
     Ok(regions.remove(0))
 }
 
-/// Where the instance's host is: `--host`, else the `[ssh]` user at its
-/// private IP (or public DNS name).
+impl HostArgs {
+    /// Which of the instance's addresses to reach it at: `--public-dns`,
+    /// else its private IP.
+    fn address(&self) -> Address {
+        if self.public_dns {
+            Address::PublicDns
+        } else {
+            Address::PrivateIp
+        }
+    }
+}
+
+/// Where the instance's host is: `--host`, else the `[ssh]` user at the
+/// instance's `args.address()` (`address`, when it has one).
 fn host_target(
     ctx: &Context,
     args: &HostArgs,
     instance: &InstanceId,
-    private_ip: Option<&str>,
-    public_dns: Option<&str>,
+    address: Option<&str>,
 ) -> Result<SshTarget, CliError> {
     let user = ctx.ssh_user();
     let address = match &args.host {
         Some(h) => h.clone(),
-        None if args.public_dns => public_dns
-            .ok_or_else(|| CliError::Failed(format!("instance {instance} has no public DNS name")))?
-            .to_owned(),
-        None => private_ip
-            .ok_or_else(|| CliError::Failed(format!("instance {instance} has no private IP")))?
+        None => address
+            .ok_or_else(|| {
+                CliError::Failed(format!("instance {instance} has no {}", args.address()))
+            })?
             .to_owned(),
     };
     SshTarget::parse_with_user(&address, &user).map_err(|e| CliError::Usage(e.to_string()))
@@ -234,13 +244,12 @@ pub async fn exec_mount(ctx: &Context, args: MountArgs) -> Result<(), CliError> 
     let plan = mount::plan_mount(&ec2, &region, &request)
         .await
         .map_err(mount_error)?;
-    let target = host_target(
-        ctx,
-        &args.host,
-        &plan.instance,
-        plan.private_ip.as_deref(),
-        plan.public_dns.as_deref(),
-    )?;
+    // The plan carries the two addresses `--public-dns` chooses between.
+    let address = match args.host.address() {
+        Address::PublicDns => plan.public_dns.as_deref(),
+        _ => plan.private_ip.as_deref(),
+    };
+    let target = host_target(ctx, &args.host, &plan.instance, address)?;
 
     if ctx.global.dry_run {
         // EC2 checks the permissions and parameters of the real call.
@@ -512,13 +521,7 @@ async fn run_unmounts(
             None => None,
             Some(id) => {
                 let inst = instances.iter().find(|i| &i.id == id);
-                match host_target(
-                    ctx,
-                    host,
-                    id,
-                    inst.and_then(|i| i.private_ip.as_deref()),
-                    inst.and_then(|i| i.public_dns.as_deref()),
-                ) {
+                match host_target(ctx, host, id, inst.and_then(|i| i.address(host.address()))) {
                     Ok(t) => Some(t),
                     // No way to reach it (e.g. terminated): only --force goes on.
                     Err(CliError::Failed(_)) => None,

@@ -1,0 +1,196 @@
+//! A whole provision run, conducted: [`run`] locks every host, plans every
+//! host, asks for the secrets overwrites, then applies host by host;
+//! [`dry_run`] plans and tests the same without changing anything.
+
+use serde::{Deserialize, Serialize};
+
+use super::apply::{self, HostReport};
+use super::event::Event;
+use super::lock::ProvisionLock;
+use super::plan::{self, HostPlan, Inputs, Node, SecretsPlan};
+use super::tree::TreeSummary;
+use super::{ProvisionConfig, ProvisionError, StateResult};
+
+/// What a run did, host by host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvisionReport {
+    /// The environment.
+    pub environment: String,
+    /// Whether it was a dry run (tested, nothing changed).
+    pub dry_run: bool,
+    /// The files sent, and what was left out on purpose.
+    pub tree: TreeSummary,
+    /// The hosts done, in order. A host whose states failed ends the
+    /// run: it is the last one here, and the later hosts stay as they
+    /// were.
+    pub hosts: Vec<HostReport>,
+}
+
+impl ProvisionReport {
+    /// Every failed state, with its host.
+    pub fn failures(&self) -> Vec<(&str, &StateResult)> {
+        self.hosts
+            .iter()
+            .flat_map(|h| {
+                h.report
+                    .failures()
+                    .into_iter()
+                    .map(move |s| (h.host.as_str(), s))
+            })
+            .collect()
+    }
+}
+
+/// Provisions `nodes` with `cfg` and `inputs`:
+///
+/// 1. takes every host's provision lock (and its deploy lock, see
+///    [`ProvisionLock`]), waiting up to `inputs.lock.wait`;
+/// 2. plans every host ([`plan::plan`]): every refusal comes here,
+///    before any host is changed;
+/// 3. for each host whose secrets differ from the local file, reports
+///    [`Event::SecretsDiffer`] and asks `confirm`; a no ends the run
+///    ([`ProvisionError::SecretsNotConfirmed`]), nothing changed;
+/// 4. applies each host in order ([`apply::apply`]), stopping after the
+///    first whose states fail (the next ones would probably fail the same
+///    way, and stay as they were);
+/// 5. releases every lock, whatever happened.
+///
+/// An error from a host ends the run with that error.
+pub async fn run(
+    nodes: &[Node],
+    cfg: &ProvisionConfig,
+    inputs: &Inputs,
+    confirm: &(dyn Fn(&HostPlan) -> bool + Sync),
+    on_event: &(dyn Fn(&Event) + Sync),
+) -> Result<ProvisionReport, ProvisionError> {
+    if nodes.is_empty() {
+        return Err(ProvisionError::NoHosts);
+    }
+    let layout = cfg.layout();
+    let mut held = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        match ProvisionLock::acquire(node.remote.clone(), &layout, &inputs.lock).await {
+            Ok(lock) => held.push((node.name.clone(), lock)),
+            Err(e) => {
+                release(held, on_event).await;
+                return Err(e);
+            }
+        }
+    }
+    let outcome = locked(nodes, cfg, inputs, confirm, on_event).await;
+    let failed_release = release(held, on_event).await;
+    match (outcome, failed_release) {
+        // A run that did its work and cannot give a lock back says so: the
+        // next run would find it.
+        (Ok(_), Some(e)) => Err(e),
+        (outcome, _) => outcome,
+    }
+}
+
+/// Steps 2 to 4 of [`run`], with every host locked.
+async fn locked(
+    nodes: &[Node],
+    cfg: &ProvisionConfig,
+    inputs: &Inputs,
+    confirm: &(dyn Fn(&HostPlan) -> bool + Sync),
+    on_event: &(dyn Fn(&Event) + Sync),
+) -> Result<ProvisionReport, ProvisionError> {
+    let plan = plan::plan(nodes, cfg, inputs).await?;
+    for host in &plan.hosts {
+        if let SecretsPlan::Overwrite { changes } = &host.secrets {
+            on_event(&Event::SecretsDiffer {
+                host: host.host.clone(),
+                local: inputs.secrets.path.clone(),
+                changes: changes.clone(),
+            });
+            if !confirm(host) {
+                return Err(ProvisionError::SecretsNotConfirmed {
+                    host: host.host.clone(),
+                });
+            }
+        }
+    }
+    let mut hosts = Vec::with_capacity(nodes.len());
+    for (node, host_plan) in nodes.iter().zip(&plan.hosts) {
+        let report = apply::apply(node, cfg, inputs, host_plan, on_event).await?;
+        let failed = report.failed();
+        hosts.push(report);
+        if failed {
+            break;
+        }
+    }
+    Ok(ProvisionReport {
+        environment: inputs.environment.clone(),
+        dry_run: false,
+        tree: plan.tree,
+        hosts,
+    })
+}
+
+/// Gives back every lock taken (newest first); the first failure is
+/// returned, each one reported.
+async fn release(
+    held: Vec<(String, ProvisionLock)>,
+    on_event: &(dyn Fn(&Event) + Sync),
+) -> Option<ProvisionError> {
+    let mut first = None;
+    for (host, lock) in held.into_iter().rev() {
+        if let Err(e) = lock.release().await {
+            on_event(&Event::LockNotReleased {
+                host,
+                error: e.to_string(),
+            });
+            first.get_or_insert(e);
+        }
+    }
+    first
+}
+
+/// What [`run`] would do, changing nothing anywhere (no lock either):
+/// reports each lock a real run would find held ([`Event::LockHeld`]),
+/// plans every host (the same refusals as a real run), reports secrets
+/// that differ, and tests each host's plan in a scratch directory
+/// ([`apply::test`]), stopping after the first whose states fail.
+pub async fn dry_run(
+    nodes: &[Node],
+    cfg: &ProvisionConfig,
+    inputs: &Inputs,
+    on_event: &(dyn Fn(&Event) + Sync),
+) -> Result<ProvisionReport, ProvisionError> {
+    if nodes.is_empty() {
+        return Err(ProvisionError::NoHosts);
+    }
+    let layout = cfg.layout();
+    for node in nodes {
+        for (lock, path) in ProvisionLock::held(node.remote.clone(), &layout, &inputs.lock).await? {
+            on_event(&Event::LockHeld {
+                host: node.name.clone(),
+                lock: Box::new(lock),
+                path,
+            });
+        }
+    }
+    let plan = plan::plan(nodes, cfg, inputs).await?;
+    let mut hosts = Vec::with_capacity(nodes.len());
+    for (node, host_plan) in nodes.iter().zip(&plan.hosts) {
+        if let SecretsPlan::Overwrite { changes } = &host_plan.secrets {
+            on_event(&Event::SecretsDiffer {
+                host: host_plan.host.clone(),
+                local: inputs.secrets.path.clone(),
+                changes: changes.clone(),
+            });
+        }
+        let report = apply::test(node, cfg, inputs, host_plan, on_event).await?;
+        let failed = report.failed();
+        hosts.push(report);
+        if failed {
+            break;
+        }
+    }
+    Ok(ProvisionReport {
+        environment: inputs.environment.clone(),
+        dry_run: true,
+        tree: plan.tree,
+        hosts,
+    })
+}

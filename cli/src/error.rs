@@ -130,6 +130,9 @@ pub fn hint(err: &CliError, command: &str) -> Option<String> {
             "hint: wait for it with --lock-wait, e.g. --lock-wait 10m".to_owned()
         });
     }
+    if let Some(h) = snap_hint(err) {
+        return Some(h);
+    }
     let e = access_denied(err)?;
     let known = crate::commands::iam::POLICIES
         .iter()
@@ -143,6 +146,21 @@ pub fn hint(err: &CliError, command: &str) -> Option<String> {
         "hint: these credentials may not call {}; the least-privilege policy for this command is printed by `{policy}`",
         e.action.iam_action()
     ))
+}
+
+/// The hints for snapkit's errors: what ektool command deals with it.
+fn snap_hint(err: &CliError) -> Option<String> {
+    use snapkit::mount::{MountError, Rollback};
+    match err {
+        CliError::Mount(MountError::Aborted {
+            rollback: Rollback::LeftBehind { .. },
+            ..
+        }) => Some("hint: `ektool snap cleanup` removes it (it keeps its mount tags)".to_owned()),
+        CliError::Mount(MountError::NotOurs { .. }) => {
+            Some("hint: `ektool snap unmount` only undoes what `ektool snap mount` made".to_owned())
+        }
+        _ => None,
+    }
 }
 
 /// Prints the error, its whole source chain and a hint to stderr.

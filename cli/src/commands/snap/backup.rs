@@ -312,8 +312,10 @@ async fn wait(
     let mut problems = Vec::new();
     for (region, ids) in by_region {
         let bar = crate::progress::bar(ids.len() as u64, &format!("waiting in {region}"));
-        let report = snapkit::wait::wait_for(ec2, &region, &ids, poll, timeout, &|done, _| {
-            bar.set_position(done as u64)
+        let report = snapkit::wait::wait_for(ec2, &region, &ids, poll, timeout, &|event| {
+            if let snapkit::wait::WaitEvent::Progress { done, .. } = event {
+                bar.set_position(*done as u64);
+            }
         })
         .await?;
         bar.finish_and_clear();

@@ -52,6 +52,18 @@ impl Address {
     }
 }
 
+impl std::str::FromStr for Address {
+    type Err = String;
+
+    /// `private_ip`, `public_ip` or `public_dns`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::PrivateIp, Self::PublicIp, Self::PublicDns]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown address {s:?}: private_ip, public_ip or public_dns"))
+    }
+}
+
 impl std::fmt::Display for Address {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -162,6 +162,9 @@ impl std::fmt::Debug for Backup<'_> {
     }
 }
 
+/// The failure of an item the job did not start because it was cancelled.
+const NOT_STARTED: &str = "not started: interrupted";
+
 /// Regions listed at once.
 const REGIONS_AT_ONCE: usize = 8;
 
@@ -400,6 +403,10 @@ impl<'a> Backup<'a> {
         options: &BackupOptions,
     ) -> Vec<BackupResult> {
         let item = BackupItem::instance(instance);
+        // Interrupted before its address is even looked at.
+        if self.cancel.is_cancelled() {
+            return vec![item.failed(NOT_STARTED)];
+        }
         let Some(address) = hold.address.of(instance) else {
             return vec![item.failed(format!("no {} to reach it over SSH", hold.address))];
         };
@@ -424,7 +431,7 @@ impl<'a> Backup<'a> {
         Fut: Future<Output = Vec<BackupResult>>,
     {
         if self.cancel.is_cancelled() {
-            return vec![item.failed("not started: interrupted")];
+            return vec![item.failed(NOT_STARTED)];
         }
         self.emit(BackupEvent::Holding {
             host: host.to_owned(),

@@ -27,7 +27,7 @@
 //!
 //! ```no_run
 //! # async fn demo(ec2: &dyn ec2kit::Ec2, host: &dyn ec2kit::Remote)
-//! # -> Result<(), snapkit::mount::MountError> {
+//! # -> Result<(), Box<dyn std::error::Error>> {
 //! use ec2kit::{InstanceId, Region, SnapshotId};
 //! use snapkit::mount::{MountRequest, Mounter};
 //!

@@ -1,0 +1,112 @@
+//! The example runs against the bench's moto: a tagged instance is backed
+//! up, its set replicated to the second region, a rerun creates nothing;
+//! a volume alias whose host cannot be reached makes the run fail.
+
+use std::process::Command;
+
+use ec2kit::requests::RunInstances;
+use ec2kit::{AwsEc2, AwsEc2Options, Ec2, Filter, RateLimits, Region, Snapshot, Tags};
+use ektool_tests::{moto_url, tempdir, unique};
+
+async fn ec2() -> AwsEc2 {
+    AwsEc2::new(AwsEc2Options {
+        endpoint_url: Some(moto_url()),
+        home_region: Some("us-east-1".into()),
+        rate_limits: Some(RateLimits::disabled()),
+        ..Default::default()
+    })
+    .await
+}
+
+async fn ours(ec2: &AwsEc2, region: &str, tag: &str) -> Vec<Snapshot> {
+    let filter = Filter::new(format!("tag:{tag}"), ["yes"]);
+    ec2.describe_snapshots(&Region::new(region), &[filter])
+        .await
+        .unwrap()
+}
+
+/// Runs the example in `dir` (where its `ektool.toml` is).
+fn nightly(dir: &std::path::Path, to: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_nightly-backup"))
+        .args(["--to", to])
+        .current_dir(dir)
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .env_remove("EKTOOL_CONFIG")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_nightly_job_backs_up_trims_and_replicates() {
+    // Regions no other test uses: the trim acts on all of a region.
+    let (from, to) = ("me-south-1", "ap-east-1");
+    let tag = unique("nightly");
+    let ec2 = ec2().await;
+    let request = RunInstances {
+        image_id: Some("ami-0123456789abcdef0".parse().unwrap()),
+        instance_type: "t3.micro".into(),
+        count: 1,
+        tags: Tags::new().with(&tag, "yes"),
+        ..Default::default()
+    };
+    let inst = ec2
+        .run_instances(&Region::new(from), &request)
+        .await
+        .unwrap()
+        .remove(0);
+    let dir = tempdir();
+    let config = format!(
+        "[defaults]\ntag = \"{tag}=yes\"\nregions = [\"{from}\"]\n\n\
+         [aws]\nendpoint_url = \"{url}\"\nrate_limit = false\n\n\
+         [retention]\npolicy = \"gfs\"\ngfs = {{ keep_last = 5 }}\n",
+        url = moto_url(),
+    );
+    std::fs::write(dir.path().join("ektool.toml"), &config).unwrap();
+
+    let out = nightly(dir.path(), to);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("backup {from} {}: Created", inst.id)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("trim {to}: 0 deleted")),
+        "{stdout}"
+    );
+    let made = ours(&ec2, from, &tag).await;
+    assert_eq!(made.len(), 1, "one volume, one snapshot");
+    let copies = ours(&ec2, to, &tag).await;
+    assert_eq!(copies.len(), 1, "{stdout}");
+
+    // A rerun in the same window: nothing new, nothing copied twice.
+    let out = nightly(dir.path(), to);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("AlreadyDone"), "{stdout}");
+    assert_eq!(ours(&ec2, from, &tag).await.len(), 1);
+    assert_eq!(ours(&ec2, to, &tag).await.len(), 1);
+
+    // A held alias whose host cannot be reached: reported, exit non-zero,
+    // and that volume not snapshotted.
+    let vol = inst.block_devices[0].volume_id.clone();
+    let held = format!(
+        "{config}\n[volumes.db]\nvolume_id = \"{vol}\"\nmountpoint = \"/data\"\nhost = \"nobody@127.0.0.1:1\"\n\n\
+         [ssh]\nknown_hosts = \"{kh}\"\nuse_agent = false\n",
+        kh = dir.path().join("known_hosts").display(),
+    );
+    std::fs::write(dir.path().join("ektool.toml"), held).unwrap();
+    let out = nightly(dir.path(), to);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("backup {from} {vol}: Failed")),
+        "{stdout}"
+    );
+}

@@ -65,31 +65,24 @@ async fn the_nightly_job_backs_up_trims_and_replicates() {
     );
     std::fs::write(dir.path().join("ektool.toml"), &config).unwrap();
 
-    let out = nightly(dir.path(), to);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = run(&nightly(dir.path(), to), true);
+    assert_eq!(report["backup"]["results"][0]["instance"], inst.id.as_str());
+    assert_eq!(
+        report["backup"]["results"][0]["status"], "created",
+        "{report}"
     );
-    assert!(
-        stdout.contains(&format!("backup {from} {}: Created", inst.id)),
-        "{stdout}"
+    assert_eq!(
+        report["trim"][1]["region"], to,
+        "the second region is trimmed too"
     );
-    assert!(
-        stdout.contains(&format!("trim {to}: 0 deleted")),
-        "{stdout}"
-    );
+    assert_eq!(report["replicate"]["started"], 1, "{report}");
     let made = ours(&ec2, from, &tag).await;
     assert_eq!(made.len(), 1, "one volume, one snapshot");
-    let copies = ours(&ec2, to, &tag).await;
-    assert_eq!(copies.len(), 1, "{stdout}");
+    assert_eq!(ours(&ec2, to, &tag).await.len(), 1, "one copy");
 
     // A rerun in the same window: nothing new, nothing copied twice.
-    let out = nightly(dir.path(), to);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("AlreadyDone"), "{stdout}");
+    let report = run(&nightly(dir.path(), to), true);
+    assert_eq!(report["backup"]["results"][0]["status"], "already_done");
     assert_eq!(ours(&ec2, from, &tag).await.len(), 1);
     assert_eq!(ours(&ec2, to, &tag).await.len(), 1);
 
@@ -97,16 +90,24 @@ async fn the_nightly_job_backs_up_trims_and_replicates() {
     // and that volume not snapshotted.
     let vol = inst.block_devices[0].volume_id.clone();
     let held = format!(
-        "{config}\n[volumes.db]\nvolume_id = \"{vol}\"\nmountpoint = \"/data\"\nhost = \"nobody@127.0.0.1:1\"\n\n\
-         [ssh]\nknown_hosts = \"{kh}\"\nuse_agent = false\n",
+        "{config}\n[volumes.db]\nvolume_id = \"{vol}\"\nmountpoint = \"/data\"\n\
+         host = \"nobody@127.0.0.1:1\"\n\n[ssh]\nknown_hosts = \"{kh}\"\nuse_agent = false\n",
         kh = dir.path().join("known_hosts").display(),
     );
     std::fs::write(dir.path().join("ektool.toml"), held).unwrap();
-    let out = nightly(dir.path(), to);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{stdout}");
-    assert!(
-        stdout.contains(&format!("backup {from} {vol}: Failed")),
-        "{stdout}"
-    );
+    let report = run(&nightly(dir.path(), to), false);
+    let results = report["backup"]["results"].as_array().unwrap();
+    let held = results
+        .iter()
+        .find(|r| r["volume"] == vol.as_str())
+        .unwrap();
+    assert_eq!(held["status"], "failed", "{held}");
+    assert_eq!(ours(&ec2, from, &tag).await.len(), 1);
+}
+
+/// The JSON report of a run, its exit status as expected.
+fn run(out: &std::process::Output, success: bool) -> serde_json::Value {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.success(), success, "{stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"))
 }

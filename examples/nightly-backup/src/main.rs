@@ -111,8 +111,11 @@ async fn run(args: Args) -> Result<usize, Box<dyn std::error::Error>> {
     }
 
     // 3. Replicate the newest set of each lineage to the second region.
-    let mut selection = Selection::default();
-    selection.tag = Some(config.defaults.tag.clone());
+    let tag = Some(config.defaults.tag.clone());
+    let selection = Selection {
+        tag,
+        ..Default::default()
+    };
     let mut plans = Vec::new();
     for from in regions.iter().filter(|r| **r != to) {
         plans.push(replicate::plan(&ec2, from, &to, &selection, None).await?);

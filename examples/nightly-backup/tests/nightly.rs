@@ -2,6 +2,9 @@
 //! up, its set replicated to the second region, a rerun creates nothing;
 //! a volume alias whose host cannot be reached makes the run fail.
 
+// Test code: a panic is a failed test with a line number.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 use ec2kit::requests::RunInstances;

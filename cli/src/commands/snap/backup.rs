@@ -101,7 +101,12 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     } else {
         let catalog = fleet::region_catalog(&ec2).await?;
         let mut resolved = Vec::new();
-        for (region, volume, hold) in volumes {
+        for VolumeArg {
+            region,
+            volume,
+            hold,
+        } in volumes
+        {
             let region = match region {
                 Some(r) => catalog.resolve(&r)?,
                 None if regions.len() == 1 => regions[0].clone(),
@@ -154,13 +159,17 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The `--volume` arguments: `(alias region, volume, hold)` each, an alias
-/// resolved from the config, its hold (with `--consistent`) from the
-/// alias's `host`, `mountpoint` and `lock_db`.
-fn volume_args(
-    ctx: &Context,
-    args: &Args,
-) -> Result<Vec<(Option<String>, VolumeId, Option<VolumeHold>)>, CliError> {
+/// One `--volume`: an id, or an alias resolved from the config.
+struct VolumeArg {
+    /// The alias's region, if it names one.
+    region: Option<String>,
+    volume: VolumeId,
+    /// With `--consistent`: from the alias's `host`, `mountpoint`, `lock_db`.
+    hold: Option<VolumeHold>,
+}
+
+/// The `--volume` arguments, checked before any call.
+fn volume_args(ctx: &Context, args: &Args) -> Result<Vec<VolumeArg>, CliError> {
     let mut out = Vec::new();
     for v in &args.volume {
         let (region, id) = if let Some(alias) = ctx.config.volumes.get(v) {
@@ -202,7 +211,11 @@ fn volume_args(
         } else {
             None
         };
-        out.push((region, id, hold));
+        out.push(VolumeArg {
+            region,
+            volume: id,
+            hold,
+        });
     }
     Ok(out)
 }

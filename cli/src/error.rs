@@ -185,6 +185,9 @@ pub fn hint(err: &CliError, policy: Option<&str>) -> Option<String> {
     if let Some(h) = fixed {
         return Some(h.to_owned());
     }
+    if let Some(h) = snap_hint(err) {
+        return Some(h);
+    }
     let e = access_denied(err)?;
     let policy = match policy {
         Some(command) => format!("ektool iam-policy {command}"),
@@ -194,6 +197,21 @@ pub fn hint(err: &CliError, policy: Option<&str>) -> Option<String> {
         "hint: these credentials may not call {}; the least-privilege policy for this command is printed by `{policy}`",
         e.action.iam_action()
     ))
+}
+
+/// The hints for snapkit's errors: what ektool command deals with it.
+fn snap_hint(err: &CliError) -> Option<String> {
+    use snapkit::mount::{MountError, Rollback};
+    match err {
+        CliError::Mount(MountError::Aborted {
+            rollback: Rollback::LeftBehind { .. },
+            ..
+        }) => Some("hint: `ektool snap cleanup` removes it (it keeps its mount tags)".to_owned()),
+        CliError::Mount(MountError::NotOurs { .. }) => {
+            Some("hint: `ektool snap unmount` only undoes what `ektool snap mount` made".to_owned())
+        }
+        _ => None,
+    }
 }
 
 /// Prints the error, its whole source chain and a hint to stderr (see

@@ -41,6 +41,17 @@ fn mysql() -> String {
     "mysql".into()
 }
 
+/// MySQL through the `mysql` client with its own defaults (the lock a
+/// `lock_db` volume gets when no other is configured).
+impl Default for DbLock {
+    fn default() -> Self {
+        Self::Mysql {
+            client: mysql(),
+            defaults_file: None,
+        }
+    }
+}
+
 /// What to do around the snapshot call on one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Consistency {

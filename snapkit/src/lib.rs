@@ -31,6 +31,7 @@
 
 pub mod ami;
 pub mod backup;
+pub mod connect;
 pub mod consistency;
 pub mod instances;
 pub mod inventory;

@@ -20,6 +20,26 @@
 //! earlier (earlier start time, then smaller id) the new copy is deleted
 //! again and the earlier one is followed instead, so racing runs end with
 //! one copy.
+//!
+//! ```no_run
+//! # async fn demo(ec2: &dyn ec2kit::Ec2) -> Result<(), Box<dyn std::error::Error>> {
+//! use ec2kit::Region;
+//! use snapkit::replicate::{self, CopyEvent, CopyOptions, Selection};
+//!
+//! let (from, to) = (Region::new("eu-west-1"), Region::new("eu-central-1"));
+//! let plan = replicate::plan(ec2, &from, &to, &Selection::default(), None).await?;
+//! println!("{} lineages to copy", plan.to_copy().count());
+//! let report = replicate::apply(ec2, &[plan], &CopyOptions::default(), &|e| {
+//!     if let CopyEvent::Started { source, copy } = e {
+//!         eprintln!("{source} -> {copy}");
+//!     }
+//! })
+//! .await;
+//! if report.failed() > 0 {
+//!     return Err(format!("{} copies failed", report.failed()).into());
+//! }
+//! # Ok(()) }
+//! ```
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;

@@ -1,4 +1,32 @@
-//! Trim against EC2: inventory, plan with guards, apply.
+//! Trim against EC2: plan a region in one call, then apply.
+//!
+//! [`plan_region`] lists a region's snapshots in scope and the snapshots
+//! its AMIs use, and plans them with the [`Policies`] and the safety
+//! guards; [`apply`] deletes what the plan says. `delete-broken` is the
+//! same pair with [`plan_broken`].
+//!
+//! ```no_run
+//! # async fn demo(ec2: &dyn ec2kit::Ec2) -> Result<(), Box<dyn std::error::Error>> {
+//! use ec2kit::Region;
+//! use snapkit::retention::{Gfs, Logarithmic, Policies, PolicySpec};
+//! use snapkit::trim::{self, Scope, TrimEvent};
+//!
+//! let gfs = Gfs { keep_daily: Some(7), keep_weekly: Some(4), ..Gfs::default() };
+//! let policies = Policies::new(PolicySpec::from_name("gfs", &Logarithmic::default(), &gfs)?);
+//! let region = Region::new("eu-west-1");
+//! let plan = trim::plan_region(ec2, &region, &policies, Scope::Owned, jiff::Timestamp::now()).await?;
+//! for d in plan.deletions() {
+//!     println!("{} {}: {}", d.id, d.lineage, d.reason);
+//! }
+//! let report = trim::apply(ec2, &plan, &region, 8, &|event| {
+//!     if let TrimEvent::Applied(a) = event {
+//!         eprintln!("{} {:?}", a.id, a.outcome);
+//!     }
+//! })
+//! .await;
+//! println!("deleted {}, failed {}", report.deleted(), report.failed());
+//! # Ok(()) }
+//! ```
 //!
 //! The inventory is tag-scoped: only snapshots carrying the ownership tag
 //! are listed (`OwnerIds=self` alone is not enough: moto, for one, lists
@@ -14,7 +42,7 @@ use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
 use crate::lineage::tags;
-use crate::retention::{Decision, Plan};
+use crate::retention::{Decision, Guards, Plan, Policies};
 
 /// What a trim calls: [`inventory`], [`ami_backed`] and [`apply`].
 pub const PERMISSIONS: ec2kit::iam::Permissions = ec2kit::iam::Permissions::calls(&[
@@ -87,6 +115,37 @@ pub async fn ami_backed(ec2: &dyn Ec2, region: &Region) -> Result<HashSet<Snapsh
         .collect())
 }
 
+/// Plans `region` in one call: its snapshots in `scope`, the snapshots
+/// its AMIs use (never deleted), and `policies` with the guards (the
+/// newest completed per lineage, pending, preserved, `min_keep`).
+pub async fn plan_region(
+    ec2: &dyn Ec2,
+    region: &Region,
+    policies: &Policies,
+    scope: Scope,
+    now: jiff::Timestamp,
+) -> Result<Plan, Ec2Error> {
+    let snapshots = inventory(ec2, region, scope).await?;
+    let ami = ami_backed(ec2, region).await?;
+    let guards = Guards {
+        adopt_unowned: scope == Scope::Adopted,
+        ami_backed: Some(ami),
+        ..Guards::default()
+    };
+    Ok(policies.plan(&snapshots, now, guards))
+}
+
+/// Plans `delete-broken` in `region`: every `error` snapshot in `scope`
+/// deleted ([`broken`], [`broken_plan`]).
+pub async fn plan_broken(
+    ec2: &dyn Ec2,
+    region: &Region,
+    scope: Scope,
+    now: jiff::Timestamp,
+) -> Result<Plan, Ec2Error> {
+    Ok(broken_plan(&broken(ec2, region, scope).await?, region, now))
+}
+
 /// What happened to one planned deletion.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
@@ -121,6 +180,15 @@ pub struct Applied {
     pub outcome: Outcome,
 }
 
+/// Progress of [`apply`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+#[non_exhaustive]
+pub enum TrimEvent {
+    /// One planned deletion is done, whatever its outcome.
+    Applied(Applied),
+}
+
 /// The result of applying a plan.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct TrimReport {
@@ -146,13 +214,13 @@ impl TrimReport {
 /// Deletes what the plan says, at most `concurrency` calls in flight (the
 /// `Ec2` implementation paces them to the API's bucket). Only `completed`
 /// snapshots the plan marked for deletion are touched; a failure is
-/// recorded and the rest go on. `progress` sees each result as it comes.
+/// recorded and the rest go on. `on_event` sees each result as it comes.
 pub async fn apply(
     ec2: &dyn Ec2,
     plan: &Plan,
     default_region: &Region,
     concurrency: usize,
-    progress: &(dyn Fn(&Applied) + Send + Sync),
+    on_event: &(dyn Fn(&TrimEvent) + Send + Sync),
 ) -> TrimReport {
     let todo: Vec<&Decision> = plan.deletions().collect();
     let results = stream::iter(todo)
@@ -167,7 +235,7 @@ pub async fn apply(
                 region: Some(region),
                 outcome,
             };
-            progress(&applied);
+            on_event(&TrimEvent::Applied(applied.clone()));
             applied
         })
         .buffered(concurrency.max(1))
@@ -425,6 +493,88 @@ mod tests {
             took.as_secs_f64() <= 1.1 * minimum.as_secs_f64(),
             "{took:?} vs minimum {minimum:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use ec2kit::{Image, ImageBlockDevice, ImageId, MockEc2, VolumeId};
+
+    use super::*;
+    use crate::retention::{Gfs, Logarithmic, PolicySpec, Reason};
+
+    fn snap(n: u64, state: SnapshotState) -> Snapshot {
+        let mut s = Snapshot::new(
+            SnapshotId::from_api(format!("snap-{n:017x}")),
+            Some(VolumeId::from_api("vol-0000000000000000a")),
+            jiff::Timestamp::from_second(1_700_000_000 + n as i64 * 86_400).unwrap(),
+            state,
+        );
+        s.tags.insert(tags::OWNER, tags::OWNER_VALUE);
+        s
+    }
+
+    /// One call lists the owned snapshots and the AMIs, and the guards
+    /// keep what backs an AMI and what is pending.
+    #[tokio::test]
+    async fn a_region_is_planned_in_one_call_with_its_guards() {
+        let mut ec2 = MockEc2::new();
+        ec2.expect_describe_snapshots().times(1).returning(|_, f| {
+            assert!(f.contains(&Filter::new("tag:ektool:owner", ["ektool"])));
+            Ok((1..=4)
+                .map(|n| snap(n, SnapshotState::Completed))
+                .chain([snap(5, SnapshotState::Pending)])
+                .collect())
+        });
+        ec2.expect_describe_images()
+            .times(1)
+            .returning(|region, _| {
+                Ok(vec![Image {
+                    id: ImageId::from_api("ami-00000001"),
+                    region: region.clone(),
+                    name: None,
+                    description: None,
+                    state: "available".into(),
+                    architecture: None,
+                    root_device_name: None,
+                    virtualization_type: None,
+                    ena_support: None,
+                    creation_date: None,
+                    owner_id: None,
+                    block_devices: vec![ImageBlockDevice {
+                        device_name: "/dev/xvda".into(),
+                        snapshot_id: Some(SnapshotId::from_api("snap-00000000000000002")),
+                        volume_size_gib: None,
+                        volume_type: None,
+                        delete_on_termination: None,
+                    }],
+                    tags: ec2kit::Tags::new(),
+                }])
+            });
+        let gfs = Gfs {
+            keep_last: Some(1),
+            ..Gfs::default()
+        };
+        let policies =
+            Policies::new(PolicySpec::from_name("gfs", &Logarithmic::default(), &gfs).unwrap());
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let plan = plan_region(&ec2, &Region::new("r"), &policies, Scope::Owned, now)
+            .await
+            .unwrap();
+        let deleted: Vec<&str> = plan.deletions().map(|d| d.id.as_str()).collect();
+        assert_eq!(
+            deleted,
+            ["snap-00000000000000001", "snap-00000000000000003"]
+        );
+        let reason = |id: &str| {
+            plan.decisions
+                .iter()
+                .find(|d| d.id.as_str() == id)
+                .map(|d| d.reason.clone())
+        };
+        assert_eq!(reason("snap-00000000000000002"), Some(Reason::BacksAmi));
+        assert_eq!(reason("snap-00000000000000005"), Some(Reason::Pending));
+        assert!(plan.notes.is_empty(), "AMIs were checked: {:?}", plan.notes);
     }
 }
 

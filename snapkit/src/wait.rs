@@ -27,8 +27,25 @@ impl WaitReport {
     }
 }
 
+/// Progress of [`wait_for`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+#[non_exhaustive]
+pub enum WaitEvent {
+    /// After each round of polling: how many of the awaited snapshots
+    /// are no longer pending (completed, failed or gone).
+    Progress {
+        /// The region.
+        region: Region,
+        /// No longer pending.
+        done: usize,
+        /// Awaited in all.
+        total: usize,
+    },
+}
+
 /// Polls `ids` in `region` every `poll` until none is pending or `timeout`
-/// passes; `progress(done, total)` after each round. One filtered
+/// passes; a [`WaitEvent::Progress`] after each round. One filtered
 /// `DescribeSnapshots` per 200 ids per round.
 pub async fn wait_for(
     ec2: &dyn Ec2,
@@ -36,7 +53,7 @@ pub async fn wait_for(
     ids: &[SnapshotId],
     poll: Duration,
     timeout: Duration,
-    progress: &(dyn Fn(usize, usize) + Send + Sync),
+    on_event: &(dyn Fn(&WaitEvent) + Send + Sync),
 ) -> Result<WaitReport, Ec2Error> {
     let deadline = deadline(timeout);
     let mut open: Vec<SnapshotId> = ids.to_vec();
@@ -61,7 +78,11 @@ pub async fn wait_for(
                 None => report.missing.push(id),
             }
         }
-        progress(ids.len() - still.len(), ids.len());
+        on_event(&WaitEvent::Progress {
+            region: region.clone(),
+            done: ids.len() - still.len(),
+            total: ids.len(),
+        });
         if still.is_empty() {
             return Ok(report);
         }
@@ -136,8 +157,8 @@ mod tests {
             &ids,
             Duration::from_secs(15),
             Duration::from_secs(60),
-            &move |done, _| {
-                s.store(done, Ordering::SeqCst);
+            &move |WaitEvent::Progress { done, .. }| {
+                s.store(*done, Ordering::SeqCst);
             },
         )
         .await

@@ -9,7 +9,17 @@ use ec2kit::{
     VolumeAttachment,
 };
 
+use super::device::*;
+use super::host::fill;
+use super::undo::created_before;
 use super::*;
+use ec2kit::{
+    Ec2Error, Instance, InstanceId, Region, SnapshotId, SnapshotState, Tags, Volume, VolumeId,
+};
+use jiff::Timestamp;
+use std::time::Duration;
+
+use crate::lineage::tags as lineage;
 
 // ---- pure ------------------------------------------------------------------
 
@@ -178,7 +188,7 @@ fn mount_volume(state: &str, attached: bool) -> MountVolume {
 #[test]
 fn unmount_plans_follow_the_volume_state() {
     let steps = |v| {
-        unmount_plan(&v)
+        UnmountPlan::of(&v)
             .steps
             .iter()
             .map(|s| match s {
@@ -206,7 +216,7 @@ fn cleanup_age_filter() {
     old.created = Some(Timestamp::from_second(1).unwrap());
     old.volume = VolumeId::from_api("vol-2");
     let unknown = mount_volume("available", false);
-    let kept = older_than(vec![young, old, unknown], now);
+    let kept = created_before(vec![young, old, unknown], now);
     assert_eq!(kept.len(), 2);
     assert!(kept.iter().all(|v| v.created != Some(now)));
 }
@@ -449,6 +459,10 @@ fn now() -> Timestamp {
     Timestamp::from_second(1_700_000_000).unwrap()
 }
 
+fn mounter(ec2: &MockEc2) -> Mounter<'_> {
+    Mounter::new(ec2).waits(WAITS).at(now())
+}
+
 #[tokio::test]
 async fn mount_then_unmount_round_trip() {
     let shared = Shared::default();
@@ -457,21 +471,11 @@ async fn mount_then_unmount_round_trip() {
     let remote = host(mounted.clone(), "");
     let region = Region::new("r");
 
-    let plan = plan_mount(&ec2, &region, &request()).await.unwrap();
+    let plan = mounter(&ec2).plan(&region, &request()).await.unwrap();
     assert_eq!(plan.device, "/dev/sdf");
     assert_eq!(plan.mountpoint, "/mnt/ektool/snap-1");
     assert!(plan.encrypted);
-    let m = mount(
-        &ec2,
-        &remote,
-        &plan,
-        &MountCommands::default(),
-        WAITS,
-        now(),
-        &|_| {},
-    )
-    .await
-    .unwrap();
+    let m = mounter(&ec2).mount(&remote, &plan).await.unwrap();
     assert_eq!(m.options, "ro,nosuid,nodev,noexec,norecovery,nouuid");
     assert_eq!(m.source, "/dev/nvme1n1");
     assert!(m.encrypted && !m.resumed && !m.already_mounted);
@@ -487,80 +491,47 @@ async fn mount_then_unmount_round_trip() {
     assert_eq!(*mounted.lock().unwrap(), ["/mnt/ektool/snap-1"]);
 
     // A second mount finds the volume and the mount: nothing new.
-    let again = plan_mount(&ec2, &region, &request()).await.unwrap();
+    let again = mounter(&ec2).plan(&region, &request()).await.unwrap();
     assert!(again.resume.is_some());
-    let m2 = mount(
-        &ec2,
-        &remote,
-        &again,
-        &MountCommands::default(),
-        WAITS,
-        now(),
-        &|_| {},
-    )
-    .await
-    .unwrap();
+    let m2 = mounter(&ec2).mount(&remote, &again).await.unwrap();
     assert!(m2.resumed && m2.already_mounted);
     assert_eq!(m2.volume, m.volume);
 
-    let found = find(
-        &ec2,
-        &region,
-        &Selector::Snapshot(SnapshotId::from_api("snap-1")),
-        None,
-    )
-    .await
-    .unwrap();
+    let found = mounter(&ec2)
+        .find(
+            &region,
+            &Selector::Snapshot(SnapshotId::from_api("snap-1")),
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(found.len(), 1);
-    let plan = unmount_plan(&found[0]);
-    let r = unmount(
-        &ec2,
-        Some(&remote),
-        &plan,
-        &MountCommands::default(),
-        false,
-        WAITS,
-        &|_| {},
-    )
-    .await
-    .unwrap();
+    let plan = UnmountPlan::of(&found[0]);
+    let r = mounter(&ec2)
+        .unmount_volume(Some(&remote), &plan, false)
+        .await
+        .unwrap();
     assert_eq!(r.unmounted, ["/mnt/ektool/snap-1"]);
     assert!(r.detached && r.deleted);
     assert!(mounted.lock().unwrap().is_empty());
     assert!(shared.lock().unwrap().volumes.is_empty());
 
     // Running the same plan again (a rerun after a crash) still succeeds.
-    let r = unmount(
-        &ec2,
-        Some(&remote),
-        &plan,
-        &MountCommands::default(),
-        false,
-        WAITS,
-        &|_| {},
-    )
-    .await
-    .unwrap();
+    let r = mounter(&ec2)
+        .unmount_volume(Some(&remote), &plan, false)
+        .await
+        .unwrap();
     assert!(!r.detached && !r.deleted);
 }
 
 async fn failed_mount(shared: &Shared, fail: &'static str) -> MountError {
     let ec2 = cloud(shared);
     let remote = host(Arc::default(), fail);
-    let plan = plan_mount(&ec2, &Region::new("r"), &request())
+    let plan = mounter(&ec2)
+        .plan(&Region::new("r"), &request())
         .await
         .unwrap();
-    mount(
-        &ec2,
-        &remote,
-        &plan,
-        &MountCommands::default(),
-        WAITS,
-        now(),
-        &|_| {},
-    )
-    .await
-    .unwrap_err()
+    mounter(&ec2).mount(&remote, &plan).await.unwrap_err()
 }
 
 #[tokio::test]
@@ -591,20 +562,11 @@ async fn a_device_taken_in_between_moves_on_to_the_next() {
     shared.lock().unwrap().taken = vec!["/dev/sdf".into(), "/dev/sdg".into()];
     let ec2 = cloud(&shared);
     let remote = host(Arc::default(), "");
-    let plan = plan_mount(&ec2, &Region::new("r"), &request())
+    let plan = mounter(&ec2)
+        .plan(&Region::new("r"), &request())
         .await
         .unwrap();
-    let m = mount(
-        &ec2,
-        &remote,
-        &plan,
-        &MountCommands::default(),
-        WAITS,
-        now(),
-        &|_| {},
-    )
-    .await
-    .unwrap();
+    let m = mounter(&ec2).mount(&remote, &plan).await.unwrap();
     assert_eq!(m.attach_device, "/dev/sdh");
 }
 
@@ -658,7 +620,7 @@ async fn a_volume_stuck_creating_times_out_and_is_left_for_cleanup() {
         matches!(rollback, Rollback::LeftBehind { .. }),
         "{rollback}"
     );
-    assert!(e.to_string().contains("ektool snap cleanup"), "{e}");
+    assert!(e.to_string().contains("left behind"), "{e}");
 }
 
 #[tokio::test]
@@ -703,17 +665,18 @@ async fn unmount_refuses_volumes_it_did_not_make() {
     }
     let ec2 = cloud(&shared);
     for id in ["vol-foreign", "vol-forged", "vol-other"] {
-        let e = find(
-            &ec2,
-            &Region::new("r"),
-            &Selector::Volume(VolumeId::from_api(id)),
-            None,
-        )
-        .await
-        .unwrap_err();
+        let e = mounter(&ec2)
+            .find(
+                &Region::new("r"),
+                &Selector::Volume(VolumeId::from_api(id)),
+                None,
+            )
+            .await
+            .unwrap_err();
         assert!(matches!(e, MountError::NotOurs { .. }), "{id}: {e}");
     }
-    let all = find(&ec2, &Region::new("r"), &Selector::All, None)
+    let all = mounter(&ec2)
+        .find(&Region::new("r"), &Selector::All, None)
         .await
         .unwrap();
     assert!(all.is_empty(), "{all:?}");
@@ -749,7 +712,8 @@ async fn a_forged_mount_volume_is_not_resumed_and_its_mountpoint_is_ignored() {
         .volumes
         .push(forged("vol-evil", "snap-attacker"));
     let ec2 = cloud(&shared);
-    let plan = plan_mount(&ec2, &Region::new("r"), &request())
+    let plan = mounter(&ec2)
+        .plan(&Region::new("r"), &request())
         .await
         .unwrap();
     assert!(plan.resume.is_none(), "{:?}", plan.resume);
@@ -758,7 +722,8 @@ async fn a_forged_mount_volume_is_not_resumed_and_its_mountpoint_is_ignored() {
     // Made from the right snapshot, but the mountpoint tag says /etc: the
     // volume is picked up, the tag is not obeyed.
     shared.lock().unwrap().volumes = vec![forged("vol-mine", "snap-1")];
-    let plan = plan_mount(&ec2, &Region::new("r"), &request())
+    let plan = mounter(&ec2)
+        .plan(&Region::new("r"), &request())
         .await
         .unwrap();
     assert_eq!(
@@ -772,7 +737,8 @@ async fn a_forged_mount_volume_is_not_resumed_and_its_mountpoint_is_ignored() {
         mountpoint: Some("/etc".into()),
         ..request()
     };
-    let e = plan_mount(&ec2, &Region::new("r"), &outside)
+    let e = mounter(&ec2)
+        .plan(&Region::new("r"), &outside)
         .await
         .unwrap_err();
     assert!(matches!(e, MountError::InvalidMountpoint { .. }), "{e}");
@@ -783,49 +749,30 @@ async fn an_unreachable_host_stops_unmount_unless_forced() {
     let shared = Shared::default();
     let ec2 = cloud(&shared);
     let mounted = Arc::new(Mutex::new(Vec::new()));
-    let plan = plan_mount(&ec2, &Region::new("r"), &request())
+    let plan = mounter(&ec2)
+        .plan(&Region::new("r"), &request())
         .await
         .unwrap();
-    mount(
-        &ec2,
-        &host(mounted.clone(), ""),
-        &plan,
-        &MountCommands::default(),
-        WAITS,
-        now(),
-        &|_| {},
-    )
-    .await
-    .unwrap();
-    let found = find(&ec2, &Region::new("r"), &Selector::All, None)
+    mounter(&ec2)
+        .mount(&host(mounted.clone(), ""), &plan)
         .await
         .unwrap();
-    let plan = unmount_plan(&found[0]);
-    let e = unmount(
-        &ec2,
-        None,
-        &plan,
-        &MountCommands::default(),
-        false,
-        WAITS,
-        &|_| {},
-    )
-    .await
-    .unwrap_err();
+    let found = mounter(&ec2)
+        .find(&Region::new("r"), &Selector::All, None)
+        .await
+        .unwrap();
+    let plan = UnmountPlan::of(&found[0]);
+    let e = mounter(&ec2)
+        .unmount_volume(None, &plan, false)
+        .await
+        .unwrap_err();
     assert!(matches!(e, MountError::NoHost { .. }), "{e}");
     assert_eq!(shared.lock().unwrap().volumes.len(), 1, "nothing done");
 
-    let r = unmount(
-        &ec2,
-        None,
-        &plan,
-        &MountCommands::default(),
-        true,
-        WAITS,
-        &|_| {},
-    )
-    .await
-    .unwrap();
+    let r = mounter(&ec2)
+        .unmount_volume(None, &plan, true)
+        .await
+        .unwrap();
     assert!(r.detached && r.deleted);
     assert!(r.notes[0].contains("detached by force"), "{:?}", r.notes);
     assert!(
@@ -835,4 +782,86 @@ async fn an_unreachable_host_stops_unmount_unless_forced() {
             .calls
             .contains(&"detach vol-00000001 force=true".to_owned())
     );
+}
+
+/// A sweep finds the mount volumes older than the cut, resolves each
+/// host's address from its instance (or takes the one host given),
+/// reaches it through the caller's `connect`, and reports each item.
+#[tokio::test]
+async fn a_sweep_unmounts_old_volumes_through_the_callers_connect() {
+    let shared = Shared::default();
+    let ec2 = cloud(&shared);
+    let mounted = Arc::new(Mutex::new(Vec::new()));
+    let plan = mounter(&ec2)
+        .plan(&Region::new("r"), &request())
+        .await
+        .unwrap();
+    mounter(&ec2)
+        .mount(&host(mounted.clone(), ""), &plan)
+        .await
+        .unwrap();
+    let regions = [Region::new("r")];
+
+    // Made at `now()`: younger than an hour, so not swept.
+    let young = mounter(&ec2)
+        .sweep_plan(&regions, Duration::from_secs(3600), None)
+        .await;
+    assert!(young.items.is_empty() && young.failed_regions.is_empty());
+
+    let reached = Arc::new(Mutex::new(Vec::new()));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let (r, e, m) = (reached.clone(), events.clone(), mounted.clone());
+    let sweeper = mounter(&ec2)
+        .connect(Arc::new(move |addr: &str| {
+            r.lock().unwrap().push(addr.to_owned());
+            Ok(Arc::new(host(m.clone(), "")) as Arc<dyn ec2kit::Remote>)
+        }))
+        .on_event(move |ev| e.lock().unwrap().push(ev.clone()));
+    let plan = sweeper.sweep_plan(&regions, Duration::ZERO, None).await;
+    assert_eq!(plan.items.len(), 1);
+    assert_eq!(plan.items[0].host.as_deref(), Some("10.0.0.1"));
+    assert_eq!(plan.instances(), [&InstanceId::from_api("i-1")]);
+    let done = sweeper.unmount(&plan, false).await;
+    let report = done[0].result.as_ref().unwrap();
+    assert!(report.detached && report.deleted, "{report:?}");
+    assert_eq!(*reached.lock().unwrap(), ["10.0.0.1"]);
+    assert!(mounted.lock().unwrap().is_empty());
+    assert!(shared.lock().unwrap().volumes.is_empty());
+    let kinds: Vec<&str> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| match e {
+            MountEvent::Unmounting { .. } => "unmounting",
+            MountEvent::Detaching { .. } => "detaching",
+            MountEvent::Deleting { .. } => "deleting",
+            _ => "other",
+        })
+        .filter(|k| *k != "other")
+        .collect();
+    assert_eq!(kinds, ["unmounting", "detaching", "deleting"]);
+
+    // One host for every item: no instance lookup decides it; without a
+    // `connect`, a mounted volume is refused unless forced.
+    let plan = mounter(&ec2)
+        .plan(&Region::new("r"), &request())
+        .await
+        .unwrap();
+    mounter(&ec2)
+        .mount(&host(mounted.clone(), ""), &plan)
+        .await
+        .unwrap();
+    let pinned = mounter(&ec2).on_host("root@127.0.0.1:2222");
+    let plan = pinned
+        .unmount_plan(&regions[0], &Selector::All, None)
+        .await
+        .unwrap();
+    assert_eq!(plan.items[0].host.as_deref(), Some("root@127.0.0.1:2222"));
+    let done = pinned.unmount(&plan, false).await;
+    assert!(
+        matches!(done[0].result, Err(MountError::NoHost { .. })),
+        "{:?}",
+        done[0].result
+    );
+    assert_eq!(shared.lock().unwrap().volumes.len(), 1, "nothing done");
 }

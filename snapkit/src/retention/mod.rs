@@ -25,7 +25,7 @@ use crate::lineage::{description_names_ami, is_owned, is_preserved, lineage_key}
 pub use gfs::{Gfs, GfsDuration, GfsRules, InvalidDuration, MAX_YEARS, MIN_COUNT};
 pub use logarithmic::Logarithmic;
 pub use max_age::MaxAge;
-pub use parse::{PolicyError, PolicySpec};
+pub use parse::{Policies, PolicyError, PolicySpec};
 
 /// Keep or delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]

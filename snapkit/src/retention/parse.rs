@@ -1,8 +1,12 @@
-//! Choosing a policy by name (command line, config, volume alias).
+//! Choosing a policy by name (command line, config, volume alias), and the
+//! policies in force for a trim.
 
-use jiff::SignedDuration;
+use std::collections::HashMap;
 
-use super::{Gfs, GfsDuration, Logarithmic, MaxAge, RetentionPolicy};
+use ec2kit::Snapshot;
+use jiff::{SignedDuration, Timestamp};
+
+use super::{Gfs, GfsDuration, Guards, Logarithmic, MaxAge, Plan, Planner, RetentionPolicy};
 
 /// A policy that could not be chosen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,7 +23,7 @@ pub enum PolicyError {
     MaxAge(String),
     /// GFS without any keep rule would delete everything.
     #[error(
-        "the gfs policy needs at least one keep rule (--keep-last, --keep-daily, ..., --keep-within)"
+        "the gfs policy needs at least one keep rule (last, hourly, daily, weekly, monthly, yearly or within)"
     )]
     EmptyGfs,
     /// A keep count below restic's -1.
@@ -111,6 +115,55 @@ impl PolicySpec {
             Self::Gfs(p) => p,
             Self::MaxAge(p) => p,
         }
+    }
+}
+
+/// The policies in force: a default, a policy of its own for some
+/// lineages (a volume alias's strategy), and the minimum kept per lineage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policies {
+    /// For lineages without their own.
+    pub default: PolicySpec,
+    /// Per lineage (a volume id).
+    pub per_lineage: HashMap<String, PolicySpec>,
+    /// Completed snapshots kept per lineage whatever the policy (at least 1).
+    pub min_keep: usize,
+}
+
+impl Policies {
+    /// `default` for every lineage, keeping at least one per lineage.
+    pub fn new(default: PolicySpec) -> Self {
+        Self {
+            default,
+            per_lineage: HashMap::new(),
+            min_keep: 1,
+        }
+    }
+
+    /// Uses `policy` for `lineage` (a volume id).
+    #[must_use]
+    pub fn with_lineage(mut self, lineage: impl Into<String>, policy: PolicySpec) -> Self {
+        self.per_lineage.insert(lineage.into(), policy);
+        self
+    }
+
+    /// Keeps at least `n` completed snapshots per lineage (0 counts as 1:
+    /// the newest completed is always kept).
+    #[must_use]
+    pub fn with_min_keep(mut self, n: usize) -> Self {
+        self.min_keep = n.max(1);
+        self
+    }
+
+    /// Plans `snapshots` with these policies and `guards` (whose
+    /// `min_keep` these policies set).
+    pub fn plan(&self, snapshots: &[Snapshot], now: Timestamp, mut guards: Guards) -> Plan {
+        guards.min_keep = self.min_keep;
+        let mut planner = Planner::new(self.default.policy()).with_guards(guards);
+        for (lineage, spec) in &self.per_lineage {
+            planner = planner.with_lineage_policy(lineage.clone(), spec.policy());
+        }
+        planner.plan(snapshots, now)
     }
 }
 

@@ -1,9 +1,17 @@
-//! `ektool snap backup`: instances by tag, single instances, or volumes.
+//! `ektool snap backup`: instances by tag, single instances, or volumes —
+//! the flags and config made into a [`snapkit::backup::Backup`], run, and
+//! rendered.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ec2kit::{Filter, InstanceId, Region, Tag, VolumeId, fleet};
-use snapkit::backup::{self, BackupItem, BackupOptions, BackupResult, BackupStatus};
+use ec2kit::{InstanceId, Region, Remote, SshRemote, SshTarget, Tag, VolumeId, fleet};
+use snapkit::backup::{
+    Backup, BackupEvent, BackupOptions, BackupReport, BackupStatus, InstanceHold, Instances,
+    RegionWait, VolumeBackup, VolumeHold,
+};
+use snapkit::connect::{Address, Connect};
+use snapkit::consistency::Consistency;
 
 use super::durations;
 
@@ -52,21 +60,120 @@ pub struct Args {
     pub wait_timeout: Duration,
 }
 
-/// Runs the backup and reports per instance or volume.
+/// Builds the backup job from the flags and the config, runs it (or its
+/// dry run), renders the report, and waits when asked.
 pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let options = BackupOptions {
         exclude_boot: args.exclude_boot,
         exclude_volumes: args.exclude_volume.clone(),
         policy: ctx.config.retention.policy.clone(),
         window: durations::signed(args.window),
-        dry_run: ctx.global.dry_run,
         ..BackupOptions::default()
     };
-    // Volumes: resolve aliases and ids before any call.
-    let mut volumes: Vec<(Option<String>, VolumeId)> = Vec::new();
+    // Bad input before any call: ids and aliases, and the hosts of held
+    // volumes.
+    let volumes = volume_args(ctx, &args)?;
+    let ec2 = ctx.ec2().await;
+    let bar = WaitBar::default();
+    let regions = ctx.regions(&ec2).await?;
+    let mut job = Backup::new(&ec2, options)
+        .connect(connect(ctx))
+        .cancel_on(ctx.interrupt.clone())
+        .on_event(bar.sink());
+    if volumes.is_empty() {
+        let which = if args.instance.is_empty() {
+            Instances::Tagged(
+                args.tag
+                    .clone()
+                    .unwrap_or_else(|| ctx.config.defaults.tag.clone()),
+            )
+        } else {
+            Instances::Ids(args.instance.clone())
+        };
+        job = job.instances(regions.clone(), which);
+        if args.consistent {
+            let c = &ctx.config.consistency;
+            job = job.consistent(InstanceHold {
+                consistency: consistency(ctx, c.mountpoints.clone(), c.db_lock.is_some()),
+                address: address(ctx),
+            });
+        }
+    } else {
+        let catalog = fleet::region_catalog(&ec2).await?;
+        let mut resolved = Vec::new();
+        for VolumeArg {
+            region,
+            volume,
+            hold,
+        } in volumes
+        {
+            let region = match region {
+                Some(r) => catalog.resolve(&r)?,
+                None if regions.len() == 1 => regions[0].clone(),
+                None => {
+                    return Err(CliError::Usage(format!(
+                        "volume {volume}: name one region with --region (or use an alias that has one)"
+                    )));
+                }
+            };
+            resolved.push(VolumeBackup {
+                region,
+                volume,
+                hold,
+            });
+        }
+        job = job.volumes(resolved);
+    }
+
+    let report = if ctx.global.dry_run {
+        job.plan().await
+    } else {
+        job.run().await
+    };
+    render(ctx, &report)?;
+    if !report.not_found.is_empty() {
+        eprintln!(
+            "warning: {} of {} instances not found in {}",
+            report.not_found.len(),
+            args.instance.len(),
+            regions
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let failed = report.failed();
+    if failed > 0 {
+        return Err(CliError::Partial {
+            failed,
+            total: report.results.len(),
+            what: "backups",
+        });
+    }
+    if args.wait && !ctx.global.dry_run && !ctx.interrupt.is_cancelled() {
+        let waited = job.wait(&report, args.wait_timeout).await?;
+        bar.finish();
+        return wait_outcome(ctx, &waited, args.wait_timeout);
+    }
+    Ok(())
+}
+
+/// One `--volume`: an id, or an alias resolved from the config.
+struct VolumeArg {
+    /// The alias's region, if it names one.
+    region: Option<String>,
+    volume: VolumeId,
+    /// With `--consistent`: from the alias's `host`, `mountpoint`, `lock_db`.
+    hold: Option<VolumeHold>,
+}
+
+/// The `--volume` arguments, checked before any call.
+fn volume_args(ctx: &Context, args: &Args) -> Result<Vec<VolumeArg>, CliError> {
+    let mut out = Vec::new();
     for v in &args.volume {
-        if let Some(alias) = ctx.config.volumes.get(v) {
-            volumes.push((alias.region.clone(), alias.volume_id.clone()));
+        let (region, id) = if let Some(alias) = ctx.config.volumes.get(v) {
+            (alias.region.clone(), alias.volume_id.clone())
         } else {
             let id = VolumeId::parse(v).map_err(|e| {
                 let aliases: Vec<&str> = ctx.config.volumes.keys().map(String::as_str).collect();
@@ -79,149 +186,104 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                     }
                 ))
             })?;
-            volumes.push((None, id));
-        }
-    }
-
-    let ec2 = ctx.ec2().await;
-    let mut results: Vec<BackupResult> = Vec::new();
-    if !volumes.is_empty() {
-        let selected = ctx.regions(&ec2).await?;
-        let catalog = fleet::region_catalog(&ec2).await?;
-        let mut by_region: std::collections::BTreeMap<Region, Vec<VolumeId>> = Default::default();
-        for (region, id) in volumes {
-            let region = match region {
-                Some(r) => catalog.resolve(&r)?,
-                None if selected.len() == 1 => selected[0].clone(),
-                None => {
-                    return Err(CliError::Usage(format!(
-                        "volume {id}: name one region with --region (or use an alias that has one)"
-                    )));
-                }
+            (None, id)
+        };
+        let hold = if args.consistent {
+            let alias = ctx.config.volumes.values().find(|a| a.volume_id == id);
+            let Some(host) = alias.and_then(|a| a.host.clone()) else {
+                return Err(CliError::Usage(format!(
+                    "volume {id}: --consistent needs the alias's `host`"
+                )));
             };
-            by_region.entry(region).or_default().push(id);
-        }
-        for (region, ids) in by_region {
-            if !args.consistent {
-                results.extend(backup::backup_volumes(&ec2, &region, &ids, &options).await);
-                continue;
-            }
-            for id in ids {
-                let item = BackupItem::volume(&region, &id);
-                if ctx.interrupt.is_cancelled() {
-                    results.push(item.failed("not started: interrupted"));
-                    continue;
-                }
-                let alias = ctx.config.volumes.values().find(|a| a.volume_id == id);
-                let Some(host) = alias.and_then(|a| a.host.clone()) else {
-                    return Err(CliError::Usage(format!(
-                        "volume {id}: --consistent needs the alias's `host`"
-                    )));
-                };
-                let c = consistency(
+            SshTarget::parse_with_user(&host, &ctx.ssh_user())
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            Some(VolumeHold {
+                host,
+                consistency: consistency(
                     ctx,
                     alias
                         .and_then(|a| a.mountpoint.clone())
                         .into_iter()
                         .collect(),
                     alias.is_some_and(|a| a.lock_db),
-                );
-                let run =
-                    || backup::backup_volumes(&ec2, &region, std::slice::from_ref(&id), &options);
-                results.extend(around(ctx, &host, &c, &item, run).await?);
-            }
-        }
-    } else {
-        let regions = ctx.regions(&ec2).await?;
-        let filters: Vec<Filter> = if args.instance.is_empty() {
-            let tag = args
-                .tag
-                .clone()
-                .unwrap_or_else(|| ctx.config.defaults.tag.clone());
-            vec![
-                Filter::tag(&tag),
-                Filter::new("instance-state-name", fleet::LIVE_STATES.iter().copied()),
-            ]
+                ),
+            })
         } else {
-            vec![Filter::new(
-                "instance-id",
-                args.instance.iter().map(|i| i.to_string()),
-            )]
+            None
         };
-        let found = fleet::each_region(&regions, 8, |r| {
-            ec2kit::Ec2::describe_instances(&ec2, r, &filters)
-        })
-        .await;
-        let mut seen = 0;
-        for r in found {
-            match r.result {
-                Ok(instances) => {
-                    seen += instances.len();
-                    if !args.consistent {
-                        results.extend(
-                            backup::backup_instances(&ec2, &r.region, &instances, &options).await,
-                        );
-                        continue;
-                    }
-                    let c = consistency(
-                        ctx,
-                        ctx.config.consistency.mountpoints.clone(),
-                        ctx.config.consistency.db_lock.is_some(),
-                    );
-                    for instance in &instances {
-                        let item = BackupItem::instance(instance);
-                        if ctx.interrupt.is_cancelled() {
-                            results.push(item.failed("not started: interrupted"));
-                            continue;
-                        }
-                        let Some(address) = instance.address(ctx.config.consistency.address) else {
-                            results.push(item.failed(format!(
-                                "no {} to reach it over SSH",
-                                ctx.config.consistency.address
-                            )));
-                            continue;
-                        };
-                        let run = || {
-                            backup::backup_instances(
-                                &ec2,
-                                &r.region,
-                                std::slice::from_ref(instance),
-                                &options,
-                            )
-                        };
-                        results.extend(around(ctx, address, &c, &item, run).await?);
-                    }
+        out.push(VolumeArg {
+            region,
+            volume: id,
+            hold,
+        });
+    }
+    Ok(out)
+}
+
+/// Which address of an instance its host is reached at (`[consistency]
+/// address`; anything unknown is the private IP, as it always was).
+fn address(ctx: &Context) -> Address {
+    ctx.config.consistency.address
+}
+
+/// Hosts over SSH with the `[ssh]` user and options.
+fn connect(ctx: &Context) -> Connect {
+    let user = ctx.ssh_user();
+    let options = ctx.ssh_options();
+    Arc::new(move |host: &str| {
+        let target = SshTarget::parse_with_user(host, &user)?;
+        Ok(Arc::new(SshRemote::new(target, options.clone())) as Arc<dyn Remote>)
+    })
+}
+
+/// The progress bar of the region being waited for (on a terminal only;
+/// one region after another).
+#[derive(Clone, Default)]
+struct WaitBar(Arc<Mutex<Option<(Region, indicatif::ProgressBar)>>>);
+
+impl WaitBar {
+    /// The job's event sink: [`BackupEvent::Waiting`] moves the bar.
+    fn sink(&self) -> impl Fn(&BackupEvent) + Send + Sync + 'static {
+        let bar = self.clone();
+        move |event: &BackupEvent| {
+            let BackupEvent::Waiting {
+                region,
+                done,
+                total,
+            } = event
+            else {
+                return;
+            };
+            let Ok(mut current) = bar.0.lock() else {
+                return;
+            };
+            if current.as_ref().is_none_or(|(r, _)| r != region) {
+                if let Some((_, b)) = current.take() {
+                    b.finish_and_clear();
                 }
-                Err(e) => results.push(BackupResult {
-                    region: r.region.clone(),
-                    instance: None,
-                    volume: None,
-                    name: None,
-                    status: BackupStatus::Failed {
-                        error: e.to_string(),
-                        code: e.code.clone(),
-                        snapshots: Vec::new(),
-                    },
-                    notes: vec!["could not list the region's instances".into()],
-                }),
+                let b = crate::progress::bar(*total as u64, &format!("waiting in {region}"));
+                *current = Some((region.clone(), b));
             }
-        }
-        if !args.instance.is_empty() && seen < args.instance.len() {
-            eprintln!(
-                "warning: {} of {} instances not found in {}",
-                args.instance.len() - seen,
-                args.instance.len(),
-                regions
-                    .iter()
-                    .map(|r| r.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            if let Some((_, b)) = current.as_ref() {
+                b.set_position(*done as u64);
+            }
         }
     }
 
+    fn finish(&self) {
+        if let Ok(mut current) = self.0.lock()
+            && let Some((_, b)) = current.take()
+        {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// The report: JSON, or a table with the notes on stderr.
+fn render(ctx: &Context, report: &BackupReport) -> Result<(), CliError> {
+    let results = &report.results;
     match ctx.output() {
-        OutputFormat::Json => output::json(&results)?,
+        OutputFormat::Json => output::json(results)?,
         OutputFormat::Table => {
             output::table(
                 &["REGION", "SOURCE", "NAME", "STATUS", "SNAPSHOTS"],
@@ -260,7 +322,7 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                     ]
                 }),
             );
-            for r in &results {
+            for r in results {
                 for n in &r.notes {
                     eprintln!(
                         "note: {}: {n}",
@@ -272,46 +334,19 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             }
         }
     }
-    let failed = results.iter().filter(|r| r.failed()).count();
-    if failed > 0 {
-        return Err(CliError::Partial {
-            failed,
-            total: results.len(),
-            what: "backups",
-        });
-    }
-    if args.wait && !ctx.global.dry_run && !ctx.interrupt.is_cancelled() {
-        wait(ctx, &ec2, &results, args.wait_timeout).await?;
-    }
     Ok(())
 }
 
-/// Waits for every created snapshot, region by region.
-async fn wait(
+/// What the wait found: a line per region; `error` snapshots, ones still
+/// pending and ones gone fail the command.
+fn wait_outcome(
     ctx: &Context,
-    ec2: &ec2kit::AwsEc2,
-    results: &[BackupResult],
-    timeout: std::time::Duration,
+    waited: &[(Region, RegionWait)],
+    timeout: Duration,
 ) -> Result<(), CliError> {
-    let mut by_region: std::collections::BTreeMap<Region, Vec<ec2kit::SnapshotId>> =
-        Default::default();
-    for r in results {
-        if let BackupStatus::Created { snapshots, .. } = &r.status {
-            by_region
-                .entry(r.region.clone())
-                .or_default()
-                .extend(snapshots.iter().cloned());
-        }
-    }
-    let poll = std::time::Duration::from_secs(15);
     let mut problems = Vec::new();
-    for (region, ids) in by_region {
-        let bar = crate::progress::bar(ids.len() as u64, &format!("waiting in {region}"));
-        let report = snapkit::wait::wait_for(ec2, &region, &ids, poll, timeout, &|done, _| {
-            bar.set_position(done as u64)
-        })
-        .await?;
-        bar.finish_and_clear();
+    for (region, wait) in waited {
+        let report = &wait.report;
         for (id, msg) in &report.failed {
             problems.push(format!("{region} {id}: error: {msg}"));
         }
@@ -329,7 +364,7 @@ async fn wait(
             println!(
                 "{region}: {} of {} snapshots completed",
                 report.completed.len(),
-                ids.len()
+                wait.awaited
             );
         }
     }
@@ -346,47 +381,16 @@ async fn wait(
 }
 
 /// The consistency settings for some mountpoints, with the DB lock if asked.
-fn consistency(
-    ctx: &Context,
-    mountpoints: Vec<String>,
-    lock_db: bool,
-) -> snapkit::consistency::Consistency {
+fn consistency(ctx: &Context, mountpoints: Vec<String>, lock_db: bool) -> Consistency {
     let cfg = &ctx.config.consistency;
-    snapkit::consistency::Consistency {
+    Consistency {
         mountpoints,
         freeze: cfg.freeze.clone(),
         thaw: cfg.thaw.clone(),
-        db_lock: lock_db.then(|| {
-            cfg.db_lock
-                .clone()
-                .unwrap_or(snapkit::consistency::DbLock::Mysql {
-                    client: "mysql".into(),
-                    defaults_file: None,
-                })
-        }),
-        max_hold: std::time::Duration::from_secs(cfg.max_hold_seconds.max(1)),
-        acquire_timeout: std::time::Duration::from_secs(30),
+        db_lock: lock_db.then(|| cfg.db_lock.clone().unwrap_or_default()),
+        max_hold: Duration::from_secs(cfg.max_hold_seconds.max(1)),
+        acquire_timeout: Duration::from_secs(30),
     }
-}
-
-/// Runs `run` on `host` with the lock and freeze held (the library's
-/// consistent step, watching the run's interrupt token); a failure to take
-/// them fails the item (nothing was snapshotted), not the whole run.
-async fn around<F, Fut>(
-    ctx: &Context,
-    host: &str,
-    c: &snapkit::consistency::Consistency,
-    item: &BackupItem,
-    run: F,
-) -> Result<Vec<BackupResult>, CliError>
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Vec<BackupResult>>,
-{
-    let target = ec2kit::SshTarget::parse_with_user(host, &ctx.ssh_user())
-        .map_err(|e| CliError::Usage(e.to_string()))?;
-    let remote = ec2kit::SshRemote::new(target, ctx.ssh_options());
-    Ok(backup::consistently(&remote, c, &ctx.interrupt, ctx.global.dry_run, item, run).await)
 }
 
 fn join(ids: &[ec2kit::SnapshotId]) -> String {

@@ -3,15 +3,15 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use ec2kit::{
-    Address, AwsEc2, Ec2, Filter, Instance, InstanceId, Region, Remote, SnapshotId, SshRemote,
-    SshTarget, VolumeId,
-};
+use ec2kit::{AwsEc2, InstanceId, Region, Remote, SnapshotId, SshRemote, SshTarget, VolumeId};
 use serde::Serialize;
+use snapkit::connect::{Address, Connect};
 use snapkit::mount::{
-    self, MountCommands, MountRequest, MountVolume, Selector, UnmountPlan, UnmountReport, Waits,
+    self, MountCommands, MountEvent, MountPlan, MountRequest, Mounter, Selector, SweepPlan,
+    UnmountPlan, UnmountReport, Unmounted, Waits,
 };
 
 use super::durations;
@@ -172,39 +172,43 @@ async fn one_region(ctx: &Context, ec2: &AwsEc2) -> Result<Region, CliError> {
     Ok(regions.remove(0))
 }
 
-impl HostArgs {
-    /// Which of the instance's addresses to reach it at: `--public-dns`,
-    /// else its private IP.
-    fn address(&self) -> Address {
-        if self.public_dns {
-            Address::PublicDns
-        } else {
-            Address::PrivateIp
-        }
+/// The library's mounter for these flags: commands, waits, progress on a
+/// terminal, the address or `--host` of each instance's host, and SSH to
+/// reach them.
+fn mounter<'a>(
+    ctx: &Context,
+    ec2: &'a AwsEc2,
+    host: &HostArgs,
+    args: &CommandArgs,
+) -> Result<Mounter<'a>, CliError> {
+    let mut m = Mounter::new(ec2)
+        .commands(commands(ctx, args)?)
+        .waits(waits(args))
+        .on_event(progress())
+        .address(address(host))
+        .connect(connect(ctx, host));
+    if let Some(h) = &host.host {
+        // Bad input before any call.
+        target(ctx, h)?;
+        m = m.on_host(h.clone());
+    }
+    Ok(m)
+}
+
+fn address(args: &HostArgs) -> Address {
+    if args.public_dns {
+        Address::PublicDns
+    } else {
+        Address::PrivateIp
     }
 }
 
-/// Where the instance's host is: `--host`, else the `[ssh]` user at the
-/// instance's `args.address()` (`address`, when it has one).
-fn host_target(
-    ctx: &Context,
-    args: &HostArgs,
-    instance: &InstanceId,
-    address: Option<&str>,
-) -> Result<SshTarget, CliError> {
-    let user = ctx.ssh_user();
-    let address = match &args.host {
-        Some(h) => h.clone(),
-        None => address
-            .ok_or_else(|| {
-                CliError::Failed(format!("instance {instance} has no {}", args.address()))
-            })?
-            .to_owned(),
-    };
-    SshTarget::parse_with_user(&address, &user).map_err(|e| CliError::Usage(e.to_string()))
+/// `[user@]host[:port]`, with the `[ssh]` user when it names none.
+fn target(ctx: &Context, address: &str) -> Result<SshTarget, CliError> {
+    SshTarget::parse_with_user(address, &ctx.ssh_user()).map_err(|e| CliError::Usage(e.to_string()))
 }
 
-fn remote(ctx: &Context, args: &HostArgs, target: SshTarget) -> SshRemote {
+fn ssh_options(ctx: &Context, args: &HostArgs) -> ec2kit::SshOptions {
     let mut options = ctx.ssh_options();
     if let Some(k) = &args.known_hosts {
         options.known_hosts = expand_home(k);
@@ -212,27 +216,82 @@ fn remote(ctx: &Context, args: &HostArgs, target: SshTarget) -> SshRemote {
     if !args.identity.is_empty() {
         options.identity_files = args.identity.iter().map(|p| expand_home(p)).collect();
     }
-    SshRemote::new(target, options)
+    options
+}
+
+/// Hosts over SSH, with the `-i`/`--known-hosts` flags over the config.
+fn connect(ctx: &Context, args: &HostArgs) -> Connect {
+    let user = ctx.ssh_user();
+    let options = ssh_options(ctx, args);
+    Arc::new(move |address: &str| {
+        let target = SshTarget::parse_with_user(address, &user)?;
+        Ok(Arc::new(SshRemote::new(target, options.clone())) as Arc<dyn Remote>)
+    })
 }
 
 /// Progress lines on stderr, on a terminal only.
-fn progress() -> impl Fn(&str) + Send + Sync {
+fn progress() -> impl Fn(&MountEvent) + Send + Sync + 'static {
     let show = std::io::stderr().is_terminal();
-    move |msg: &str| {
-        if show {
-            eprintln!("… {msg}");
+    move |event: &MountEvent| {
+        if !show {
+            return;
         }
+        let line = match event {
+            MountEvent::Creating {
+                snapshot,
+                availability_zone,
+            } => format!("creating a volume from {snapshot} in {availability_zone}"),
+            MountEvent::Waiting {
+                volume,
+                state,
+                waiting_for,
+            } => format!("{volume}: {state} (waiting to be {waiting_for})"),
+            MountEvent::Attaching {
+                volume,
+                instance,
+                device,
+            } => format!("attaching {volume} to {instance} as {device}"),
+            MountEvent::Mounting { host, .. } => format!("mounting on {host}"),
+            MountEvent::RollingBack { volume } => format!("mount failed, removing {volume}"),
+            MountEvent::Unmounting { volume, host } => format!("unmounting {volume} on {host}"),
+            MountEvent::Detaching { volume, instance } => {
+                format!("detaching {volume} from {instance}")
+            }
+            MountEvent::Deleting { volume } => format!("deleting {volume}"),
+            _ => return,
+        };
+        eprintln!("… {line}");
     }
+}
+
+/// Where the instance's host is: `--host`, else the `[ssh]` user at its
+/// private IP (or public DNS name).
+fn host_target(ctx: &Context, args: &HostArgs, plan: &MountPlan) -> Result<SshTarget, CliError> {
+    let address = match &args.host {
+        Some(h) => h.as_str(),
+        None => plan.address(address(args)).ok_or_else(|| {
+            CliError::Failed(format!(
+                "instance {} has no {}",
+                plan.instance,
+                if args.public_dns {
+                    "public DNS name"
+                } else {
+                    "private IP"
+                }
+            ))
+        })?,
+    };
+    target(ctx, address)
 }
 
 /// `ektool snap mount`.
 pub async fn exec_mount(ctx: &Context, args: MountArgs) -> Result<(), CliError> {
-    let commands = commands(ctx, &args.commands)?;
     let root = mount_root(ctx, &args.commands)?;
     if let Some(m) = &args.mountpoint {
         mount::check_mountpoint_under(m, &root).map_err(|e| CliError::Usage(e.to_string()))?;
     }
     let ec2 = ctx.ec2().await;
+    let mounter = mounter(ctx, &ec2, &args.host, &args.commands)?;
     let region = one_region(ctx, &ec2).await?;
     let request = MountRequest {
         snapshot: args.snapshot.clone(),
@@ -241,33 +300,19 @@ pub async fn exec_mount(ctx: &Context, args: MountArgs) -> Result<(), CliError> 
         root,
         partition: args.partition,
     };
-    let plan = mount::plan_mount(&ec2, &region, &request)
-        .await
-        .map_err(mount_error)?;
-    // The plan carries the two addresses `--public-dns` chooses between.
-    let address = match args.host.address() {
-        Address::PublicDns => plan.public_dns.as_deref(),
-        _ => plan.private_ip.as_deref(),
-    };
-    let target = host_target(ctx, &args.host, &plan.instance, address)?;
+    let plan = mounter.plan(&region, &request).await.map_err(mount_error)?;
+    let target = host_target(ctx, &args.host, &plan)?;
 
     if ctx.global.dry_run {
         // EC2 checks the permissions and parameters of the real call.
-        let check = ec2
-            .create_volume(
-                &region,
-                &mount::create_request(&plan, jiff::Timestamp::now(), true),
-            )
-            .await;
-        let permission = match check {
-            Err(e) if e.is_dry_run_ok() => "ok".to_owned(),
-            Ok(_) => "ok".to_owned(),
+        let permission = match mounter.check(&plan).await {
+            Ok(()) => "ok".to_owned(),
             Err(e) => e.to_string(),
         };
         #[derive(Serialize)]
         struct DryRun<'a> {
             #[serde(flatten)]
-            plan: &'a mount::MountPlan,
+            plan: &'a MountPlan,
             host: String,
             create_volume_check: String,
         }
@@ -300,19 +345,8 @@ pub async fn exec_mount(ctx: &Context, args: MountArgs) -> Result<(), CliError> 
         };
     }
 
-    let remote = remote(ctx, &args.host, target);
-    let show = progress();
-    let mounted = mount::mount(
-        &ec2,
-        &remote,
-        &plan,
-        &commands,
-        waits(&args.commands),
-        jiff::Timestamp::now(),
-        &show,
-    )
-    .await
-    .map_err(mount_error)?;
+    let remote = SshRemote::new(target, ssh_options(ctx, &args.host));
+    let mounted = mounter.mount(&remote, &plan).await.map_err(mount_error)?;
     match ctx.output() {
         OutputFormat::Json => output::json(&mounted),
         OutputFormat::Table => {
@@ -382,7 +416,6 @@ struct Item {
 
 /// `ektool snap unmount`.
 pub async fn exec_unmount(ctx: &Context, args: UnmountArgs) -> Result<(), CliError> {
-    let commands = commands(ctx, &args.commands)?;
     let selector = if let Ok(s) = SnapshotId::parse(&args.target) {
         Selector::Snapshot(s)
     } else if let Ok(v) = VolumeId::parse(&args.target) {
@@ -394,11 +427,13 @@ pub async fn exec_unmount(ctx: &Context, args: UnmountArgs) -> Result<(), CliErr
         )));
     };
     let ec2 = ctx.ec2().await;
+    let mounter = mounter(ctx, &ec2, &args.host, &args.commands)?;
     let region = one_region(ctx, &ec2).await?;
-    let found = mount::find(&ec2, &region, &selector, args.instance.as_ref())
+    let plan = mounter
+        .unmount_plan(&region, &selector, args.instance.as_ref())
         .await
         .map_err(mount_error)?;
-    if found.is_empty() {
+    if plan.items.is_empty() {
         // Nothing (left) to undo: a rerun after a finished unmount.
         if ctx.output() == OutputFormat::Json {
             return output::json(&Vec::<Item>::new());
@@ -406,8 +441,7 @@ pub async fn exec_unmount(ctx: &Context, args: UnmountArgs) -> Result<(), CliErr
         println!("nothing mounted for {}", args.target);
         return Ok(());
     }
-    let instances: std::collections::BTreeSet<_> =
-        found.iter().filter_map(|v| v.instance.clone()).collect();
+    let instances = plan.instances();
     if instances.len() > 1 && args.host.host.is_some() {
         return Err(CliError::Usage(format!(
             "{} is mounted on several instances ({}); pick one with --instance",
@@ -419,62 +453,29 @@ pub async fn exec_unmount(ctx: &Context, args: UnmountArgs) -> Result<(), CliErr
                 .join(", ")
         )));
     }
-    let items = run_unmounts(
-        ctx,
-        &ec2,
-        &region,
-        found,
-        &args.host,
-        &commands,
-        args.force,
-        &args.commands,
-    )
-    .await?;
+    let items = unmount(ctx, &mounter, plan, args.force).await;
     report(ctx, &items)
 }
 
 /// `ektool snap cleanup`.
 pub async fn exec_cleanup(ctx: &Context, args: CleanupArgs) -> Result<(), CliError> {
-    let commands = commands(ctx, &args.commands)?;
     if args.host.host.is_some() && args.instance.is_none() {
         return Err(CliError::Usage(
             "--host needs --instance (each instance has its own host)".into(),
         ));
     }
-    let cutoff = jiff::Timestamp::now()
-        .checked_sub(durations::signed(args.older_than))
-        .map_err(|e| CliError::Usage(format!("--older-than: {e}")))?;
     let ec2 = ctx.ec2().await;
+    let mounter = mounter(ctx, &ec2, &args.host, &args.commands)?;
     let regions = ctx.regions(&ec2).await?;
-    let mut items = Vec::new();
-    let mut failed_regions = Vec::new();
-    for region in &regions {
-        // A region that cannot be listed is reported; the others go on.
-        let found = match mount::find(&ec2, region, &Selector::All, args.instance.as_ref()).await {
-            Ok(f) => mount::older_than(f, cutoff),
-            Err(e) => {
-                eprintln!("error: {region}: {e}");
-                failed_regions.push(region.to_string());
-                continue;
-            }
-        };
-        if found.is_empty() {
-            continue;
-        }
-        items.extend(
-            run_unmounts(
-                ctx,
-                &ec2,
-                region,
-                found,
-                &args.host,
-                &commands,
-                args.force,
-                &args.commands,
-            )
-            .await?,
-        );
+    let plan = mounter
+        .sweep_plan(&regions, args.older_than, args.instance.as_ref())
+        .await;
+    // A region that cannot be listed is reported; the others go on.
+    for f in &plan.failed_regions {
+        eprintln!("error: {}: {}", f.region, f.error);
     }
+    let failed_regions = plan.failed_regions.len();
+    let items = unmount(ctx, &mounter, plan, args.force).await;
     if items.is_empty() && ctx.output() == OutputFormat::Table {
         println!(
             "no mount volumes older than {}",
@@ -482,9 +483,9 @@ pub async fn exec_cleanup(ctx: &Context, args: CleanupArgs) -> Result<(), CliErr
         );
     }
     let reported = report(ctx, &items);
-    if !failed_regions.is_empty() {
+    if failed_regions > 0 {
         return Err(CliError::Partial {
-            failed: failed_regions.len(),
+            failed: failed_regions,
             total: regions.len(),
             what: "regions",
         });
@@ -492,79 +493,35 @@ pub async fn exec_cleanup(ctx: &Context, args: CleanupArgs) -> Result<(), CliErr
     reported
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_unmounts(
-    ctx: &Context,
-    ec2: &AwsEc2,
-    region: &Region,
-    found: Vec<MountVolume>,
-    host: &HostArgs,
-    commands: &MountCommands,
-    force: bool,
-    command_args: &CommandArgs,
-) -> Result<Vec<Item>, CliError> {
-    // The hosts: one DescribeInstances for every instance involved.
-    let plans: Vec<UnmountPlan> = found.iter().map(mount::unmount_plan).collect();
-    let ids: Vec<String> = plans
-        .iter()
-        .filter_map(|p| p.host_instance().map(|i| i.to_string()))
-        .collect();
-    let instances: Vec<Instance> = if ids.is_empty() || host.host.is_some() {
-        Vec::new()
-    } else {
-        ec2.describe_instances(region, &[Filter::new("instance-id", ids)])
-            .await?
+/// Carries out the sweep (unless --dry-run), as items to report.
+async fn unmount(ctx: &Context, mounter: &Mounter<'_>, plan: SweepPlan, force: bool) -> Vec<Item> {
+    let user = ctx.ssh_user();
+    let item = |i: snapkit::mount::SweepItem| Item {
+        region: i.region,
+        // As the host was reached: `user@host:port`.
+        host: i
+            .host
+            .map(|h| SshTarget::parse_with_user(&h, &user).map_or(h, |t| t.to_string())),
+        plan: i.plan,
+        done: None,
+        error: None,
     };
-    let mut items = Vec::new();
-    for plan in plans {
-        let target = match plan.host_instance() {
-            None => None,
-            Some(id) => {
-                let inst = instances.iter().find(|i| &i.id == id);
-                match host_target(ctx, host, id, inst.and_then(|i| i.address(host.address()))) {
-                    Ok(t) => Some(t),
-                    // No way to reach it (e.g. terminated): only --force goes on.
-                    Err(CliError::Failed(_)) => None,
-                    Err(e) => return Err(e),
-                }
-            }
-        };
-        items.push(Item {
-            region: region.clone(),
-            host: target.as_ref().map(|t| t.to_string()),
-            plan,
-            done: None,
-            error: None,
-        });
+    if ctx.global.dry_run {
+        return plan.items.into_iter().map(item).collect();
     }
-    if !ctx.global.dry_run {
-        let show = progress();
-        for item in &mut items {
-            let r = item
-                .host
-                .as_deref()
-                .map(|h| {
-                    SshTarget::parse_with_user(h, &ctx.ssh_user()).map(|t| remote(ctx, host, t))
-                })
-                .transpose()
-                .map_err(|e| CliError::Usage(e.to_string()))?;
-            let result = mount::unmount(
-                ec2,
-                r.as_ref().map(|r| r as &dyn Remote),
-                &item.plan,
-                commands,
-                force,
-                waits(command_args),
-                &show,
-            )
-            .await;
+    mounter
+        .unmount(&plan, force)
+        .await
+        .into_iter()
+        .map(|Unmounted { item: i, result }| {
+            let mut it = item(i);
             match result {
-                Ok(report) => item.done = Some(report),
-                Err(e) => item.error = Some(error_chain(&e)),
+                Ok(report) => it.done = Some(report),
+                Err(e) => it.error = Some(error_chain(&e)),
             }
-        }
-    }
-    Ok(items)
+            it
+        })
+        .collect()
 }
 
 /// Prints the items; fails if any failed.

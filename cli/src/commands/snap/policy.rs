@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use snapkit::retention::{Gfs, GfsDuration, Guards, PolicySpec};
+use snapkit::retention::{Gfs, GfsDuration, Policies, PolicyError, PolicySpec};
 
 use crate::config::Config;
 use crate::error::CliError;
@@ -48,16 +48,6 @@ pub struct PolicyArgs {
     pub min_keep: Option<u16>,
 }
 
-/// The policies in force: the default and the per-lineage ones.
-pub struct Policies {
-    /// For lineages without their own.
-    pub default: PolicySpec,
-    /// Per lineage (volume id) from the volume aliases.
-    pub per_lineage: HashMap<String, PolicySpec>,
-    /// Minimum per lineage.
-    pub min_keep: usize,
-}
-
 impl PolicyArgs {
     fn gfs_flags(&self) -> Gfs {
         Gfs {
@@ -85,7 +75,7 @@ impl PolicyArgs {
         if gfs.time_zone.is_none() {
             gfs.time_zone = self.time_zone.clone();
         }
-        let usage = |e: snapkit::retention::PolicyError| CliError::Usage(e.to_string());
+        let usage = |e: PolicyError| CliError::Usage(with_flags(&e));
         let cli_policy = match (&self.policy, has_keep) {
             (Some(p), true) if p != "gfs" => {
                 return Err(CliError::Usage(format!(
@@ -102,16 +92,19 @@ impl PolicyArgs {
         if cli_policy.is_none() {
             for (alias, v) in &config.volumes {
                 if let Some(strategy) = &v.strategy {
-                    let spec = PolicySpec::from_name(strategy, &r.logarithmic, &r.gfs)
-                        .map_err(|e| CliError::Usage(format!("volume alias {alias}: {e}")))?;
+                    let spec =
+                        PolicySpec::from_name(strategy, &r.logarithmic, &r.gfs).map_err(|e| {
+                            CliError::Usage(format!("volume alias {alias}: {}", with_flags(&e)))
+                        })?;
                     per_lineage.insert(v.volume_id.to_string(), spec);
                 }
             }
         }
         let default = match cli_policy {
             Some(p) => p,
-            None => PolicySpec::from_name(&r.policy, &r.logarithmic, &r.gfs)
-                .map_err(|e| CliError::Usage(format!("config retention.policy: {e}")))?,
+            None => PolicySpec::from_name(&r.policy, &r.logarithmic, &r.gfs).map_err(|e| {
+                CliError::Usage(format!("config retention.policy: {}", with_flags(&e)))
+            })?,
         };
         Ok(Policies {
             default,
@@ -121,21 +114,13 @@ impl PolicyArgs {
     }
 }
 
-impl Policies {
-    /// Plans `snapshots` with these policies and `guards`.
-    pub fn plan(
-        &self,
-        snapshots: &[ec2kit::Snapshot],
-        now: jiff::Timestamp,
-        mut guards: Guards,
-    ) -> snapkit::retention::Plan {
-        guards.min_keep = self.min_keep;
-        let mut planner =
-            snapkit::retention::Planner::new(self.default.policy()).with_guards(guards);
-        for (lineage, spec) in &self.per_lineage {
-            planner = planner.with_lineage_policy(lineage.clone(), spec.policy());
-        }
-        planner.plan(snapshots, now)
+/// A policy error, with the flags and config keys that set what it lacks.
+fn with_flags(e: &PolicyError) -> String {
+    match e {
+        PolicyError::EmptyGfs => format!(
+            "{e}: --keep-last, --keep-daily, ..., --keep-within (or keep_* in [retention.gfs])"
+        ),
+        _ => e.to_string(),
     }
 }
 

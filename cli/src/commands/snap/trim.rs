@@ -4,8 +4,8 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use ec2kit::{Ec2, Region};
 use serde::Serialize;
-use snapkit::retention::{Decision, Guards, Plan};
-use snapkit::trim::{self, Scope, TrimReport};
+use snapkit::retention::{Decision, Plan};
+use snapkit::trim::{self, Scope, TrimEvent, TrimReport};
 
 use super::plan::{parse_now, print_plan};
 use super::policy::PolicyArgs;
@@ -84,26 +84,14 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let mut failed_regions = Vec::new();
     for region in &regions {
         // One region that cannot be listed is reported; the others go on.
-        let listed = async {
-            let snapshots = trim::inventory(&ec2, region, Scope::adopting(args.adopt)).await?;
-            let ami = trim::ami_backed(&ec2, region).await?;
-            Ok::<_, ec2kit::Ec2Error>((snapshots, ami))
-        };
-        let (snapshots, ami) = match listed.await {
-            Ok(v) => v,
+        let scope = Scope::adopting(args.adopt);
+        match trim::plan_region(&ec2, region, &policies, scope, now).await {
+            Ok(plan) => plans.push((region.clone(), plan, None)),
             Err(e) => {
                 eprintln!("error: {region}: {e}");
                 failed_regions.push(region.to_string());
-                continue;
             }
-        };
-        let guards = Guards {
-            adopt_unowned: args.adopt,
-            ami_backed: Some(ami),
-            ..Guards::default()
-        };
-        let plan = policies.plan(&snapshots, now, guards);
-        plans.push((region.clone(), plan, None));
+        }
     }
 
     // Every region is planned before anything is deleted: the cap and the
@@ -220,7 +208,12 @@ async fn apply_with_progress(
 ) -> TrimReport {
     let n = plan.deletions().count() as u64;
     let bar = crate::progress::bar(n, &format!("deleting in {region}"));
-    let report = trim::apply(ec2, plan, region, concurrency, &|_| bar.inc(1)).await;
+    let report = trim::apply(ec2, plan, region, concurrency, &|event| {
+        if let TrimEvent::Applied(_) = event {
+            bar.inc(1);
+        }
+    })
+    .await;
     bar.finish_and_clear();
     report
 }
@@ -233,15 +226,15 @@ pub async fn exec_broken(ctx: &Context, args: BrokenArgs) -> Result<(), CliError
     let mut out = Vec::new();
     let mut failed_regions = Vec::new();
     for region in &regions {
-        let broken = match trim::broken(&ec2, region, Scope::adopting(args.adopt)).await {
-            Ok(b) => b,
+        let scope = Scope::adopting(args.adopt);
+        let plan = match trim::plan_broken(&ec2, region, scope, jiff::Timestamp::now()).await {
+            Ok(p) => p,
             Err(e) => {
                 eprintln!("error: {region}: {e}");
                 failed_regions.push(region.to_string());
                 continue;
             }
         };
-        let plan = trim::broken_plan(&broken, region, jiff::Timestamp::now());
         let report = if ctx.global.dry_run {
             None
         } else {

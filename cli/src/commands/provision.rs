@@ -262,6 +262,9 @@ struct Summary<'a> {
     dry_run: bool,
     tree: &'a TreeSummary,
     hosts: Vec<HostResult<'a>>,
+    /// Every host's plan (users ensured and revoked, secrets), decided
+    /// before any host changed: what a dry run shows.
+    plan: &'a provision::ProvisionPlan,
 }
 
 impl<'a> Summary<'a> {
@@ -291,6 +294,7 @@ impl<'a> Summary<'a> {
             dry_run: report.dry_run,
             tree: &report.tree,
             hosts: report.hosts.iter().map(host).collect(),
+            plan: &report.plan,
         }
     }
 }
@@ -309,6 +313,28 @@ fn print(ctx: &Context, s: &Summary<'_>) -> Result<(), CliError> {
                 s.tree.excluded.join(", ")
             }
         );
+        for h in &s.plan.hosts {
+            let names = |v: Vec<&str>| {
+                if v.is_empty() {
+                    "nobody".to_owned()
+                } else {
+                    v.join(", ")
+                }
+            };
+            let secrets = match h.secrets {
+                SecretsPlan::None => "none",
+                SecretsPlan::Unchanged => "unchanged",
+                SecretsPlan::Upload => "upload",
+                SecretsPlan::Overwrite { .. } => "overwrite (asks first)",
+            };
+            println!(
+                "plan for {} as {}: users ensure {}, revoke {}; secrets {secrets}",
+                h.host,
+                h.user,
+                names(h.users.ensure.iter().map(|d| d.name.as_str()).collect()),
+                names(h.users.revoke.iter().map(String::as_str).collect()),
+            );
+        }
     }
     for h in &s.hosts {
         println!(

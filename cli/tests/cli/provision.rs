@@ -418,7 +418,32 @@ fn failed_states_and_render_errors_fail_the_command() {
         .run()
         .success()
         .stdout_has("would change  fine")
-        .stdout_has("left out: pillar/production, secrets/");
+        .stdout_has("left out: pillar/production, secrets/")
+        .stdout_has("plan for ");
+    // The plan is a value scripts can read.
+    let dry = p
+        .ektool()
+        .args(&[
+            "--output",
+            "json",
+            "--dry-run",
+            "provision",
+            "--env",
+            "staging",
+        ])
+        .run()
+        .success()
+        .json();
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    assert_eq!(dry["plan"]["provisioner"], "salt", "{dry}");
+    assert!(
+        dry["plan"]["hosts"][0]["secrets"]["action"].is_string(),
+        "{dry}"
+    );
+    assert!(
+        dry["plan"]["hosts"][0]["users"]["ensure"].is_array(),
+        "{dry}"
+    );
     assert_eq!(std::fs::read_link(p.on_host("prov/tree")).unwrap(), before);
     assert!(!p.host.local_path("never").exists());
     assert_eq!(

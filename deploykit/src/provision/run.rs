@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::apply::{self, HostReport};
 use super::event::Event;
 use super::lock::ProvisionLock;
-use super::plan::{self, HostPlan, Inputs, Node, SecretsPlan};
+use super::plan::{self, HostPlan, Inputs, Node, ProvisionPlan, SecretsPlan};
 use super::tree::TreeSummary;
 use super::{ProvisionConfig, ProvisionError, StateResult};
 
@@ -24,6 +24,9 @@ pub struct ProvisionReport {
     /// run: it is the last one here, and the later hosts stay as they
     /// were.
     pub hosts: Vec<HostReport>,
+    /// The plan the run followed (a dry run: would follow), every host's,
+    /// decided before any host changed.
+    pub plan: ProvisionPlan,
 }
 
 impl ProvisionReport {
@@ -122,8 +125,9 @@ async fn locked(
     Ok(ProvisionReport {
         environment: inputs.environment.clone(),
         dry_run: false,
-        tree: plan.tree,
+        tree: plan.tree.clone(),
         hosts,
+        plan,
     })
 }
 
@@ -190,7 +194,8 @@ pub async fn dry_run(
     Ok(ProvisionReport {
         environment: inputs.environment.clone(),
         dry_run: true,
-        tree: plan.tree,
+        tree: plan.tree.clone(),
         hosts,
+        plan,
     })
 }

@@ -10,7 +10,7 @@ use crate::output::OutputFormat;
 /// ektool: snapshots, deploys and provisioning for web applications on EC2.
 #[derive(Debug, Parser)]
 #[command(name = "ektool", version, about, long_about = None, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Options every command takes.
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -21,7 +21,7 @@ pub struct Cli {
 
 /// Parses the command line (clap's usage errors exit 2), and says which
 /// command was asked for, as typed after `ektool` (`snap backup`).
-pub fn parse() -> (Cli, String) {
+pub(crate) fn parse() -> (Cli, String) {
     use clap::{CommandFactory, FromArgMatches};
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -38,7 +38,7 @@ pub fn parse() -> (Cli, String) {
 /// `--help`).
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
-pub struct GlobalArgs {
+pub(crate) struct GlobalArgs {
     /// AWS named profile (shared config/credentials files).
     #[arg(long, global = true, value_name = "NAME")]
     pub profile: Option<String>,
@@ -112,7 +112,7 @@ pub struct GlobalArgs {
 
 /// Log formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     Text,
     /// One JSON object per line.
@@ -121,7 +121,7 @@ pub enum LogFormat {
 
 /// The commands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Check the config file and show the effective configuration.
     Config,
     /// List regions (or check what --region resolves to).

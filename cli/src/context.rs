@@ -11,7 +11,7 @@ use crate::output::OutputFormat;
 
 /// The run's settings: command line over config over built-in defaults.
 #[derive(Debug)]
-pub struct Context {
+pub(crate) struct Context {
     /// Global flags.
     pub global: GlobalArgs,
     /// The loaded config.
@@ -23,7 +23,7 @@ pub struct Context {
 
 impl Context {
     /// Loads the config named by (or found for) the command line.
-    pub fn load(
+    pub(crate) fn load(
         global: GlobalArgs,
         interrupt: ec2kit::CancellationToken,
     ) -> Result<Self, CliError> {
@@ -53,12 +53,12 @@ impl Context {
     }
 
     /// The output format.
-    pub fn output(&self) -> OutputFormat {
+    pub(crate) fn output(&self) -> OutputFormat {
         self.global.output
     }
 
     /// An EC2 client configured from flags and config.
-    pub async fn ec2(&self) -> AwsEc2 {
+    pub(crate) async fn ec2(&self) -> AwsEc2 {
         let aws = &self.config.aws;
         let rate_limits = if self.global.no_rate_limit {
             ec2kit::RateLimits::disabled()
@@ -83,7 +83,7 @@ impl Context {
     /// The regions to work on: `--region`, else the config's `regions`,
     /// else the SDK's configured region. Names are resolved against one
     /// `DescribeRegions` call (exact, unique prefix, or `all`).
-    pub async fn regions(&self, ec2: &AwsEc2) -> Result<Vec<Region>, CliError> {
+    pub(crate) async fn regions(&self, ec2: &AwsEc2) -> Result<Vec<Region>, CliError> {
         let mut wanted: Vec<String> = if !self.global.regions.is_empty() {
             self.global.regions.clone()
         } else {
@@ -101,7 +101,7 @@ impl Context {
 
     /// The one region a command works in (`--region` naming one, or the
     /// config's or SDK's only region).
-    pub async fn single_region(&self, ec2: &AwsEc2) -> Result<Region, CliError> {
+    pub(crate) async fn single_region(&self, ec2: &AwsEc2) -> Result<Region, CliError> {
         let mut regions = self.regions(ec2).await?;
         if regions.len() != 1 {
             let names: Vec<String> = regions.iter().map(ToString::to_string).collect();
@@ -114,7 +114,7 @@ impl Context {
     }
 
     /// SSH options: config over `~/.ssh` defaults.
-    pub fn ssh_options(&self) -> SshOptions {
+    pub(crate) fn ssh_options(&self) -> SshOptions {
         let mut options = SshOptions::from_home();
         let ssh = &self.config.ssh;
         if let Some(k) = &ssh.known_hosts {
@@ -130,7 +130,7 @@ impl Context {
     }
 
     /// The login user for targets that name none.
-    pub fn ssh_user(&self) -> String {
+    pub(crate) fn ssh_user(&self) -> String {
         self.config
             .ssh
             .user
@@ -163,4 +163,4 @@ fn action_recorder() -> Option<ec2kit::RequestHook> {
     )))
 }
 
-pub use crate::config::expand_home;
+pub(crate) use crate::config::expand_home;

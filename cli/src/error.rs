@@ -9,7 +9,7 @@ use crate::exit;
 
 /// Why a command did not succeed.
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+pub(crate) enum CliError {
     /// Bad command-line input caught after parsing.
     #[error("{0}")]
     Usage(String),
@@ -76,12 +76,12 @@ pub enum CliError {
 impl CliError {
     /// Whether this is a write to a standard output whose reader went
     /// away: not worth a message (see [`crate::output`]).
-    pub fn is_closed_pipe(&self) -> bool {
+    pub(crate) fn is_closed_pipe(&self) -> bool {
         matches!(self, Self::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
     }
 
     /// The process exit code for this error.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) | Self::Config(_) | Self::Region(_) => exit::USAGE,
             Self::Deploy(e) if e.is_input_error() => exit::USAGE,
@@ -147,7 +147,7 @@ fn access_denied(err: &CliError) -> Option<&ec2kit::Ec2Error> {
 /// that name ektool's own commands and flags, which the libraries leave
 /// out. `policy` is the command as typed (`snap backup`) when it has an
 /// IAM policy of its own (`ektool iam-policy snap backup`).
-pub fn hint(err: &CliError, policy: Option<&str>) -> Option<String> {
+pub(crate) fn hint(err: &CliError, policy: Option<&str>) -> Option<String> {
     use deploykit::{DeployError, GitError, ProvisionError};
     let fixed = match err {
         CliError::Provision(ProvisionError::Locked { lock, path }) => {
@@ -216,7 +216,7 @@ fn snap_hint(err: &CliError) -> Option<String> {
 
 /// Prints the error, its whole source chain and a hint to stderr (see
 /// [`hint`] for `policy`).
-pub fn report_with_hint(err: &CliError, policy: Option<&str>) {
+pub(crate) fn report_with_hint(err: &CliError, policy: Option<&str>) {
     report(err);
     if let Some(h) = hint(err, policy) {
         eprintln!("{h}");
@@ -224,7 +224,7 @@ pub fn report_with_hint(err: &CliError, policy: Option<&str>) {
 }
 
 /// Prints the error and its whole source chain to stderr.
-pub fn report(err: &CliError) {
+pub(crate) fn report(err: &CliError) {
     let mut msg = format!("error: {err}");
     // `transparent` variants forward `source()` to the inner error, so the
     // chain starts below what the message already said.

@@ -13,7 +13,7 @@ use crate::args::LogFormat;
 
 /// Installs the subscriber: warnings by default, `-v` info, `-vv` debug,
 /// `-vvv` trace; `-q` errors only.
-pub fn init(verbose: u8, quiet: bool, format: LogFormat) {
+pub(crate) fn init(verbose: u8, quiet: bool, format: LogFormat) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",

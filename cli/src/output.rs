@@ -17,7 +17,7 @@ use crate::error::CliError;
 
 /// How a command prints its result (`--output`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
+pub(crate) enum OutputFormat {
     /// Human-readable tables.
     Table,
     /// JSON for scripts.
@@ -26,16 +26,16 @@ pub enum OutputFormat {
 
 /// The unwinding payload of a write to a closed standard output.
 #[derive(Debug)]
-pub struct StdoutClosed;
+pub(crate) struct StdoutClosed;
 
 /// Whether a write error means the reader went away.
-pub fn is_closed(e: &std::io::Error) -> bool {
+pub(crate) fn is_closed(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::BrokenPipe
 }
 
 /// Whether a panic is `println!`/`eprintln!` (or a library writing with
 /// `expect`) failing on a closed pipe, rather than a bug.
-pub fn is_closed_pipe_panic(payload: &(dyn std::any::Any + Send)) -> bool {
+pub(crate) fn is_closed_pipe_panic(payload: &(dyn std::any::Any + Send)) -> bool {
     if payload.is::<StdoutClosed>() {
         return true;
     }
@@ -47,14 +47,14 @@ pub fn is_closed_pipe_panic(payload: &(dyn std::any::Any + Send)) -> bool {
 }
 
 /// `failed printing to stdout: Broken pipe (os error 32)`.
-pub fn closed_pipe_message(text: &str) -> bool {
+pub(crate) fn closed_pipe_message(text: &str) -> bool {
     let epipe = std::io::Error::from_raw_os_error(32).to_string();
     text.starts_with("failed printing to std") && text.ends_with(&epipe)
 }
 
 /// Writes `bytes` to standard output; a closed pipe ends the command
 /// quietly (see the module docs).
-pub fn write(bytes: &[u8]) -> Result<(), CliError> {
+pub(crate) fn write(bytes: &[u8]) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     match out.write_all(bytes).and_then(|()| out.flush()) {
         Ok(()) => Ok(()),
@@ -67,14 +67,14 @@ pub fn write(bytes: &[u8]) -> Result<(), CliError> {
 }
 
 /// Writes one line to standard output (see [`write`]).
-pub fn line(text: &str) -> Result<(), CliError> {
+pub(crate) fn line(text: &str) -> Result<(), CliError> {
     write(format!("{text}\n").as_bytes())
 }
 
 /// Prints rows under headers, aligned, without borders (kubectl style).
 /// A closed pipe ends the command quietly; another write error is
 /// reported and ends it with exit 1.
-pub fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
+pub(crate) fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
     let mut t = Table::new();
     t.load_preset(presets::NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled)
@@ -98,7 +98,7 @@ pub fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
 /// Writes a value as JSON to stdout: indented on a terminal, compact and
 /// streamed otherwise (a million-line plan for a script should not be
 /// built in memory twice).
-pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
+pub(crate) fn json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
     use std::io::IsTerminal;
     let stdout = std::io::stdout();
     let pretty = stdout.is_terminal();
@@ -117,7 +117,7 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
 
 /// Writes a long slice as a JSON array: like [`json`], but piped output is
 /// serialised on all cores (a million plan lines).
-pub fn json_array<T: Serialize + Sync>(items: &[T]) -> Result<(), CliError> {
+pub(crate) fn json_array<T: Serialize + Sync>(items: &[T]) -> Result<(), CliError> {
     use std::io::IsTerminal;
     let stdout = std::io::stdout();
     if stdout.is_terminal() {
@@ -143,6 +143,6 @@ fn stdout_error(source: std::io::Error) -> CliError {
 }
 
 /// `-` for a missing value.
-pub fn or_dash(v: Option<&str>) -> String {
+pub(crate) fn or_dash(v: Option<&str>) -> String {
     v.filter(|s| !s.is_empty()).unwrap_or("-").to_owned()
 }

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// A bar of `len` steps, hidden when stderr is not a terminal.
-pub fn bar(len: u64, message: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, message: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }

@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 /// Asks `question` on stderr and reads the answer: yes only for `y`,
 /// `Y` or `yes`; no, without asking, when standard input is not a
 /// terminal (a script or CI never gets a silent yes).
-pub fn confirm(question: &str) -> bool {
+pub(crate) fn confirm(question: &str) -> bool {
     if !std::io::stdin().is_terminal() {
         return false;
     }

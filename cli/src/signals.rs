@@ -9,14 +9,14 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use ec2kit::CancellationToken;
 
 /// SIGINT's number.
-pub const SIGINT: i32 = 2;
+pub(crate) const SIGINT: i32 = 2;
 /// SIGTERM's number.
-pub const SIGTERM: i32 = 15;
+pub(crate) const SIGTERM: i32 = 15;
 
 /// The run's interruption state: a token the libraries watch, and which
 /// signal arrived first.
 #[derive(Debug, Clone, Default)]
-pub struct Interrupt {
+pub(crate) struct Interrupt {
     token: CancellationToken,
     signal: Arc<AtomicI32>,
 }
@@ -25,7 +25,7 @@ impl Interrupt {
     /// Listens for SIGINT and SIGTERM on the current tokio runtime. If the
     /// handlers cannot be installed the run goes on without them (a signal
     /// then kills the process, as before), with a warning.
-    pub fn install() -> Self {
+    pub(crate) fn install() -> Self {
         let this = Self::default();
         let listener = this.clone();
         tokio::spawn(async move {
@@ -59,13 +59,13 @@ impl Interrupt {
     }
 
     /// The token every long operation of this run watches.
-    pub fn token(&self) -> CancellationToken {
+    pub(crate) fn token(&self) -> CancellationToken {
         self.token.clone()
     }
 
     /// The exit code for the signal that arrived, if one did: 130 for
     /// SIGINT, 143 for SIGTERM.
-    pub fn exit_code(&self) -> Option<u8> {
+    pub(crate) fn exit_code(&self) -> Option<u8> {
         match self.signal.load(Ordering::SeqCst) {
             0 => None,
             n => u8::try_from(128 + n).ok(),

@@ -48,7 +48,7 @@ impl Release {
 }
 
 /// The completion marker's name inside a release directory.
-pub const MARKER: &str = ".ektool-release";
+pub(crate) const MARKER: &str = ".ektool-release";
 
 /// What the completion marker of a release directory says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,7 +70,7 @@ pub struct Marker {
 /// per release, relative to `<root>/.ektool`): only those are ever removed
 /// or rebuilt, so a deploy root laid out by another tool (Capistrano's
 /// `releases/<stamp>`, buedafab's slots) keeps its releases.
-pub const MADE: &str = "made";
+pub(crate) const MADE: &str = "made";
 
 /// The shell script (after [`GUARDS`]) that makes sure the host's mirror
 /// has `commit`: clone it on first use, fetch only when the commit is

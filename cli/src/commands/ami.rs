@@ -11,7 +11,7 @@ use crate::output::OutputFormat;
 
 /// `ektool ami …`.
 #[derive(Debug, clap::Subcommand)]
-pub enum AmiCommand {
+pub(crate) enum AmiCommand {
     /// Register an AMI from a root snapshot and its siblings.
     Create(CreateArgs),
     /// Copy an AMI into other regions (once: existing copies are found by tag).
@@ -20,7 +20,7 @@ pub enum AmiCommand {
 
 /// Arguments of `ektool ami create`.
 #[derive(Debug, clap::Args)]
-pub struct CreateArgs {
+pub(crate) struct CreateArgs {
     /// The root volume's snapshot.
     #[arg(long, value_name = "SNAPSHOT")]
     pub snapshot: SnapshotId,
@@ -47,7 +47,7 @@ pub struct CreateArgs {
 
 /// Arguments of `ektool ami copy`.
 #[derive(Debug, clap::Args)]
-pub struct CopyArgs {
+pub(crate) struct CopyArgs {
     /// The AMI (in --region).
     pub image: ImageId,
     /// Destination regions (repeatable, comma-separated, prefixes, `all`).
@@ -56,7 +56,7 @@ pub struct CopyArgs {
 }
 
 /// Runs `ektool ami …`.
-pub async fn exec(ctx: &Context, cmd: AmiCommand) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, cmd: AmiCommand) -> Result<(), CliError> {
     match cmd {
         AmiCommand::Create(a) => create(ctx, a).await,
         AmiCommand::Copy(a) => copy(ctx, a).await,

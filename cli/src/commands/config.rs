@@ -6,7 +6,7 @@ use crate::output;
 use crate::output::OutputFormat;
 
 /// Prints the effective configuration (loading it already validated it).
-pub fn exec(ctx: &Context) -> Result<(), CliError> {
+pub(crate) fn exec(ctx: &Context) -> Result<(), CliError> {
     let config = &ctx.config;
     match ctx.output() {
         OutputFormat::Json => output::json(config),

@@ -12,7 +12,7 @@ use crate::error::CliError;
 
 /// `ektool db …`.
 #[derive(Debug, clap::Subcommand)]
-pub enum DbCommand {
+pub(crate) enum DbCommand {
     /// Dump the environment's database (plain SQL, no owners) to a local file.
     Dump(DumpArgs),
     /// Load a SQL file (as `db dump` writes it) into the environment's
@@ -23,7 +23,7 @@ pub enum DbCommand {
 
 /// Arguments of `ektool db dump`.
 #[derive(Debug, clap::Args)]
-pub struct DumpArgs {
+pub(crate) struct DumpArgs {
     /// Environment and host (the first host by default).
     #[command(flatten)]
     pub target: Target,
@@ -35,7 +35,7 @@ pub struct DumpArgs {
 
 /// Arguments of `ektool db load`.
 #[derive(Debug, clap::Args)]
-pub struct LoadArgs {
+pub(crate) struct LoadArgs {
     /// Environment and host (the first host by default).
     #[command(flatten)]
     pub target: Target,
@@ -47,7 +47,7 @@ pub struct LoadArgs {
 }
 
 /// Runs `ektool db …`.
-pub async fn exec(ctx: &Context, cmd: DbCommand) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, cmd: DbCommand) -> Result<(), CliError> {
     let target = match &cmd {
         DbCommand::Dump(a) => &a.target,
         DbCommand::Load(a) => &a.target,

@@ -1,6 +1,6 @@
 //! `ektool host`: the explicit host-key trust step, and running a command.
 
-pub mod sync;
+pub(crate) mod sync;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use crate::output::OutputFormat;
 
 /// `ektool host …`.
 #[derive(Debug, clap::Subcommand)]
-pub enum HostCommand {
+pub(crate) enum HostCommand {
     /// Record a host's key in known_hosts. Shows the offered fingerprint;
     /// records it only if it equals --fingerprint (compare it with
     /// `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host), or
@@ -32,7 +32,7 @@ pub enum HostCommand {
 
 /// Arguments of `ektool host trust`.
 #[derive(Debug, clap::Args)]
-pub struct TrustArgs {
+pub(crate) struct TrustArgs {
     /// `[user@]host[:port]`.
     pub target: String,
     /// The fingerprint you expect (`SHA256:…`).
@@ -45,7 +45,7 @@ pub struct TrustArgs {
 
 /// Arguments of `ektool host run`.
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// `[user@]host[:port]`.
     pub target: String,
     /// Private key to log in with (repeatable; before the agent).
@@ -69,7 +69,7 @@ fn run_timeout(s: &str) -> Result<Duration, String> {
 }
 
 /// Runs `ektool host …`.
-pub async fn exec(ctx: &Context, cmd: HostCommand) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, cmd: HostCommand) -> Result<(), CliError> {
     match cmd {
         HostCommand::Trust(args) => trust(ctx, args).await,
         HostCommand::Run(args) => run(ctx, args).await,

@@ -22,7 +22,7 @@ use crate::output::OutputFormat;
 
 /// Arguments of `ektool iam-policy`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The command, as typed after `ektool` (`snap backup`, `ami copy`);
     /// none: one policy for every command.
     pub command: Vec<String>,
@@ -51,7 +51,7 @@ const FIND_INSTANCES: Permissions = Permissions::calls(&[DescribeInstances]);
 
 /// Every command that calls AWS, as the operations it runs (in the order
 /// it runs them). Commands in [`NO_AWS`] call none.
-pub fn policies() -> Vec<Policy> {
+pub(crate) fn policies() -> Vec<Policy> {
     let regions = &fleet::REGION_CATALOG_PERMISSIONS;
     // Deploy verbs reach AWS only for an environment with `ec2 = {tag = …}`.
     let hosts = |p: Policy| {
@@ -146,7 +146,7 @@ fn command(words: &str) -> Policy {
 }
 
 /// The policy of `command` (words as typed).
-pub fn policy_for(command: &str) -> Option<Policy> {
+pub(crate) fn policy_for(command: &str) -> Option<Policy> {
     policies().into_iter().find(|p| p.name == command)
 }
 
@@ -158,7 +158,7 @@ fn names(actions: &[ec2kit::Action]) -> Vec<String> {
 }
 
 /// Prints the policy (or the list).
-pub fn exec(args: Args, format: OutputFormat) -> Result<(), CliError> {
+pub(crate) fn exec(args: Args, format: OutputFormat) -> Result<(), CliError> {
     let all = policies();
     if args.list && format == OutputFormat::Json {
         let list: Vec<serde_json::Value> = all
@@ -223,7 +223,7 @@ pub fn exec(args: Args, format: OutputFormat) -> Result<(), CliError> {
 }
 
 /// Commands that call no AWS API at all.
-pub const NO_AWS: &[&str] = &[
+pub(crate) const NO_AWS: &[&str] = &[
     "snap plan",
     "host trust",
     "host run",

@@ -13,7 +13,7 @@ use crate::output::OutputFormat;
 
 /// `ektool instance …`.
 #[derive(Debug, clap::Subcommand)]
-pub enum InstanceCommand {
+pub(crate) enum InstanceCommand {
     /// Reboot instances.
     Reboot(RebootArgs),
     /// Termination protection on for instances carrying the production tag
@@ -25,7 +25,7 @@ pub enum InstanceCommand {
 
 /// `ektool tags …`.
 #[derive(Debug, clap::Subcommand)]
-pub enum TagsCommand {
+pub(crate) enum TagsCommand {
     /// Copy instance tags onto their volumes (all instances of the
     /// reservations named).
     Propagate(PropagateArgs),
@@ -33,7 +33,7 @@ pub enum TagsCommand {
 
 /// Arguments of `ektool instance reboot`.
 #[derive(Debug, clap::Args)]
-pub struct RebootArgs {
+pub(crate) struct RebootArgs {
     /// Instances to reboot.
     #[arg(required = true)]
     pub instances: Vec<InstanceId>,
@@ -42,7 +42,7 @@ pub struct RebootArgs {
 /// Which instances a chore applies to.
 #[derive(Debug, clap::Args)]
 #[group(required = true, multiple = false)]
-pub struct Which {
+pub(crate) struct Which {
     /// These instances.
     #[arg(long = "instance", value_name = "ID")]
     pub instances: Vec<InstanceId>,
@@ -56,7 +56,7 @@ pub struct Which {
 
 /// Arguments of `ektool instance protect`.
 #[derive(Debug, clap::Args)]
-pub struct ProtectArgs {
+pub(crate) struct ProtectArgs {
     /// The instances.
     #[command(flatten)]
     pub which: Which,
@@ -69,7 +69,7 @@ pub struct ProtectArgs {
 
 /// Arguments of `ektool tags propagate`.
 #[derive(Debug, clap::Args)]
-pub struct PropagateArgs {
+pub(crate) struct PropagateArgs {
     /// The instances.
     #[command(flatten)]
     pub which: Which,
@@ -77,7 +77,7 @@ pub struct PropagateArgs {
 
 /// Arguments of `ektool instance launch`.
 #[derive(Debug, clap::Args)]
-pub struct LaunchArgs {
+pub(crate) struct LaunchArgs {
     /// The AMI.
     #[arg(long)]
     pub ami: ImageId,
@@ -113,7 +113,7 @@ pub struct LaunchArgs {
 }
 
 /// Runs `ektool instance …`.
-pub async fn exec(ctx: &Context, cmd: InstanceCommand) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, cmd: InstanceCommand) -> Result<(), CliError> {
     match cmd {
         InstanceCommand::Reboot(a) => reboot(ctx, a).await,
         InstanceCommand::Protect(a) => protect(ctx, a).await,
@@ -122,7 +122,7 @@ pub async fn exec(ctx: &Context, cmd: InstanceCommand) -> Result<(), CliError> {
 }
 
 /// Runs `ektool tags …`.
-pub async fn exec_tags(ctx: &Context, cmd: TagsCommand) -> Result<(), CliError> {
+pub(crate) async fn exec_tags(ctx: &Context, cmd: TagsCommand) -> Result<(), CliError> {
     match cmd {
         TagsCommand::Propagate(a) => propagate(ctx, a).await,
     }

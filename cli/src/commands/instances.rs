@@ -9,7 +9,7 @@ use crate::output::OutputFormat;
 
 /// Arguments of `ektool instances`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The tag to select by. Default: `defaults.tag` from the config
     /// (`Earmarking=production`).
     #[arg(long, value_name = "KEY=VALUE")]
@@ -22,7 +22,7 @@ pub struct Args {
 
 /// Lists the live instances carrying the tag in every selected region.
 /// A failing region is reported and the others still listed (exit 1).
-pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let tag = args.tag.unwrap_or_else(|| ctx.config.defaults.tag.clone());
     let ec2 = ctx.ec2().await;
     let regions = ctx.regions(&ec2).await?;

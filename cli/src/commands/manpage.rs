@@ -6,7 +6,7 @@ use crate::error::CliError;
 
 /// Arguments of `ektool manpage`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Write `ektool.1` and one page per subcommand into this directory
     /// instead of printing `ektool.1`.
     #[arg(long, value_name = "DIR")]
@@ -14,7 +14,7 @@ pub struct Args {
 }
 
 /// Writes the man pages of `cmd` (ektool's whole command line).
-pub fn exec(args: Args, cmd: clap::Command) -> Result<(), CliError> {
+pub(crate) fn exec(args: Args, cmd: clap::Command) -> Result<(), CliError> {
     match args.dir {
         Some(dir) => {
             std::fs::create_dir_all(&dir).map_err(|source| CliError::Io {

@@ -1,20 +1,20 @@
 //! One module per verb: each has clap `Args` and an `exec` that calls the
 //! libraries.
 
-pub mod ami;
-pub mod completions;
-pub mod config;
-pub mod db;
-pub mod deploy;
-pub mod host;
-pub mod iam;
-pub mod instance;
-pub mod instances;
-pub mod manpage;
-pub mod provision;
-pub mod regions;
-pub mod secrets;
-pub mod snap;
+pub(crate) mod ami;
+pub(crate) mod completions;
+pub(crate) mod config;
+pub(crate) mod db;
+pub(crate) mod deploy;
+pub(crate) mod host;
+pub(crate) mod iam;
+pub(crate) mod instance;
+pub(crate) mod instances;
+pub(crate) mod manpage;
+pub(crate) mod provision;
+pub(crate) mod regions;
+pub(crate) mod secrets;
+pub(crate) mod snap;
 
 use clap::CommandFactory;
 
@@ -23,7 +23,7 @@ use crate::context::Context;
 use crate::error::CliError;
 
 /// Runs the parsed command line.
-pub async fn run(cli: Cli, interrupt: ec2kit::CancellationToken) -> Result<(), CliError> {
+pub(crate) async fn run(cli: Cli, interrupt: ec2kit::CancellationToken) -> Result<(), CliError> {
     match cli.command {
         // These need no config: they must work even when the config is broken.
         Command::Completions(args) => completions::exec(args, Cli::command()),

@@ -24,7 +24,7 @@ use crate::{output, prompt};
 
 /// Arguments of `ektool provision`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Environment and hosts (`--host` narrows the environment's hosts,
     /// as for deploys).
     #[command(flatten)]
@@ -52,7 +52,7 @@ fn lock_wait_arg(s: &str) -> Result<Duration, String> {
 }
 
 /// Runs `ektool provision`.
-pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let (env_name, env) = environment(ctx, &args.target)?;
     let cfg = provision_config(env)?;
     let dry_run = ctx.global.dry_run;

@@ -9,14 +9,14 @@ use crate::output::OutputFormat;
 
 /// Arguments of `ektool regions`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Include regions the account has not opted in to.
     #[arg(long)]
     pub all: bool,
 }
 
 /// Lists regions. With `--region`, only the ones those names resolve to.
-pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let ec2 = ctx.ec2().await;
     let catalog = fleet::region_catalog(&ec2).await?;
     let selected = if ctx.global.regions.is_empty() {

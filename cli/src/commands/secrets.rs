@@ -10,7 +10,7 @@ use crate::prompt::confirm;
 
 /// `ektool secrets …`.
 #[derive(Debug, clap::Subcommand)]
-pub enum SecretsCommand {
+pub(crate) enum SecretsCommand {
     /// Download the environment's secrets file from its first host into
     /// `<tree>/secrets/<env>.sls` (mode 0600).
     Get(GetArgs),
@@ -18,7 +18,7 @@ pub enum SecretsCommand {
 
 /// Arguments of `ektool secrets get`.
 #[derive(Debug, clap::Args)]
-pub struct GetArgs {
+pub(crate) struct GetArgs {
     /// Environment and host.
     #[command(flatten)]
     pub target: Target,
@@ -31,7 +31,7 @@ pub struct GetArgs {
 }
 
 /// Runs `ektool secrets …`.
-pub async fn exec(ctx: &Context, cmd: SecretsCommand) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, cmd: SecretsCommand) -> Result<(), CliError> {
     let SecretsCommand::Get(args) = cmd;
     let (env_name, env) = environment(ctx, &args.target)?;
     let cfg = provision_config(env)?;

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use ektool_tests::moto_url;
 
 /// One `ektool` invocation.
-pub struct Ektool {
+pub(crate) struct Ektool {
     args: Vec<String>,
     env: Vec<(String, String)>,
     env_remove: Vec<String>,
@@ -16,7 +16,7 @@ pub struct Ektool {
 impl Ektool {
     /// `ektool` with no arguments, run in a fresh empty directory so no
     /// `ektool.toml` is picked up by accident.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             args: Vec::new(),
             env: vec![("XDG_CONFIG_HOME".into(), "/nonexistent".into())],
@@ -31,38 +31,38 @@ impl Ektool {
     }
 
     /// `ektool` pointed at the bench's moto, unpaced.
-    pub fn moto() -> Self {
+    pub(crate) fn moto() -> Self {
         Self::new()
             .env("EKTOOL_ENDPOINT_URL", &moto_url())
             .arg("--no-rate-limit")
     }
 
-    pub fn arg(mut self, a: &str) -> Self {
+    pub(crate) fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_owned());
         self
     }
 
-    pub fn args(mut self, a: &[&str]) -> Self {
+    pub(crate) fn args(mut self, a: &[&str]) -> Self {
         self.args.extend(a.iter().map(|s| s.to_string()));
         self
     }
 
-    pub fn env(mut self, k: &str, v: &str) -> Self {
+    pub(crate) fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.to_owned(), v.to_owned()));
         self
     }
 
-    pub fn env_remove(mut self, k: &str) -> Self {
+    pub(crate) fn env_remove(mut self, k: &str) -> Self {
         self.env_remove.push(k.to_owned());
         self
     }
 
-    pub fn current_dir(mut self, dir: &Path) -> Self {
+    pub(crate) fn current_dir(mut self, dir: &Path) -> Self {
         self.cwd = Some(dir.to_owned());
         self
     }
 
-    pub fn run(self) -> Outcome {
+    pub(crate) fn run(self) -> Outcome {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ektool"));
         cmd.args(&self.args).stdin(Stdio::null());
         for k in &self.env_remove {
@@ -91,7 +91,7 @@ impl Ektool {
 
 /// What an invocation did.
 #[derive(Debug)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub args: String,
     pub code: Option<i32>,
     pub stdout: String,
@@ -101,7 +101,7 @@ pub struct Outcome {
 impl Outcome {
     /// Asserts the exit code.
     #[track_caller]
-    pub fn code(self, want: i32) -> Self {
+    pub(crate) fn code(self, want: i32) -> Self {
         assert_eq!(
             self.code,
             Some(want),
@@ -115,13 +115,13 @@ impl Outcome {
 
     /// Asserts exit code 0.
     #[track_caller]
-    pub fn success(self) -> Self {
+    pub(crate) fn success(self) -> Self {
         self.code(0)
     }
 
     /// Asserts stderr contains `s`.
     #[track_caller]
-    pub fn stderr_has(self, s: &str) -> Self {
+    pub(crate) fn stderr_has(self, s: &str) -> Self {
         assert!(
             self.stderr.contains(s),
             "stderr lacks {s:?}:\n{}",
@@ -132,7 +132,7 @@ impl Outcome {
 
     /// Asserts stdout contains `s`.
     #[track_caller]
-    pub fn stdout_has(self, s: &str) -> Self {
+    pub(crate) fn stdout_has(self, s: &str) -> Self {
         assert!(
             self.stdout.contains(s),
             "stdout lacks {s:?}:\n{}",
@@ -143,7 +143,7 @@ impl Outcome {
 
     /// Parses stdout as JSON.
     #[track_caller]
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
     }
@@ -151,7 +151,7 @@ impl Outcome {
 
 /// The IAM actions an `ektool` run appended to `file`
 /// (`EKTOOL_RECORD_ACTIONS`).
-pub fn recorded_actions(file: &Path) -> std::collections::BTreeSet<String> {
+pub(crate) fn recorded_actions(file: &Path) -> std::collections::BTreeSet<String> {
     std::fs::read_to_string(file)
         .unwrap_or_default()
         .lines()

@@ -5,7 +5,7 @@ use ec2kit::{AwsEc2, AwsEc2Options, Ec2, Instance, RateLimits, Region, Tags};
 use ektool_tests::moto_url;
 
 /// An unpaced client for the bench's moto.
-pub async fn ec2() -> AwsEc2 {
+pub(crate) async fn ec2() -> AwsEc2 {
     AwsEc2::new(AwsEc2Options {
         endpoint_url: Some(moto_url()),
         home_region: Some("us-east-1".into()),
@@ -16,7 +16,7 @@ pub async fn ec2() -> AwsEc2 {
 }
 
 /// Launches `count` instances carrying `tags` in `region`.
-pub async fn launch(region: &str, count: i32, tags: Tags) -> Vec<Instance> {
+pub(crate) async fn launch(region: &str, count: i32, tags: Tags) -> Vec<Instance> {
     let request = RunInstances {
         image_id: Some("ami-0123456789abcdef0".parse().unwrap()),
         instance_type: "t3.micro".into(),
@@ -33,7 +33,7 @@ pub async fn launch(region: &str, count: i32, tags: Tags) -> Vec<Instance> {
 
 /// Launches one instance carrying `tags` in `region` at private address
 /// `ip` (moto takes any, so `127.0.0.1` makes it a bench host).
-pub async fn launch_at(region: &str, ip: &str, tags: Tags) -> Instance {
+pub(crate) async fn launch_at(region: &str, ip: &str, tags: Tags) -> Instance {
     let request = RunInstances {
         image_id: Some("ami-0123456789abcdef0".parse().unwrap()),
         instance_type: "t3.micro".into(),

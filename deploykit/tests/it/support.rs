@@ -9,11 +9,11 @@ use std::time::Duration;
 use deploykit::environment::LayoutKind;
 use deploykit::{Deployer, Environment, Event, Host, Release};
 use ec2kit::{Remote, SshOptions, SshRemote, SshTarget};
-pub use ektool_tests::git;
+pub(crate) use ektool_tests::git;
 use ektool_tests::{SshHost, ssh_host, tempdir, unique};
 
 /// An SSH remote to bench host `n` trusting its key via `known_hosts`.
-pub fn ssh_remote(n: usize, known_hosts_dir: &Path) -> Arc<SshRemote> {
+pub(crate) fn ssh_remote(n: usize, known_hosts_dir: &Path) -> Arc<SshRemote> {
     let host = ssh_host(n);
     let kh = known_hosts_dir.join(format!("known_hosts_{n}"));
     std::fs::write(&kh, format!("{}\n", host.known_hosts_line())).unwrap();
@@ -29,7 +29,7 @@ pub fn ssh_remote(n: usize, known_hosts_dir: &Path) -> Arc<SshRemote> {
 }
 
 /// The repositories and the hosts of one test.
-pub struct Fixture {
+pub(crate) struct Fixture {
     pub dir: tempfile::TempDir,
     pub origin: PathBuf,
     pub work: PathBuf,
@@ -42,7 +42,7 @@ pub struct Fixture {
 
 impl Fixture {
     /// An origin with one pushed commit, a clone, and `hosts` bench hosts.
-    pub fn new(hosts: usize) -> Self {
+    pub(crate) fn new(hosts: usize) -> Self {
         let dir = tempdir();
         let origin = dir.path().join("origin.git");
         let work = dir.path().join("work");
@@ -75,14 +75,14 @@ impl Fixture {
     }
 
     /// Commits `app.txt = content` and pushes it. Returns the commit id.
-    pub fn commit(&self, content: &str) -> String {
+    pub(crate) fn commit(&self, content: &str) -> String {
         let sha = self.commit_local(content);
         git(&self.work, &["push", "--quiet", "origin", "main"]);
         sha
     }
 
     /// Commits and pushes one file.
-    pub fn commit_file(&self, path: &str, content: &str) -> String {
+    pub(crate) fn commit_file(&self, path: &str, content: &str) -> String {
         std::fs::write(self.work.join(path), content).unwrap();
         git(&self.work, &["add", path]);
         git(&self.work, &["commit", "--quiet", "-m", path]);
@@ -91,7 +91,7 @@ impl Fixture {
     }
 
     /// Commits without pushing.
-    pub fn commit_local(&self, content: &str) -> String {
+    pub(crate) fn commit_local(&self, content: &str) -> String {
         std::fs::write(self.work.join("app.txt"), format!("{content}\n")).unwrap();
         git(&self.work, &["add", "app.txt"]);
         git(&self.work, &["commit", "--quiet", "-m", content]);
@@ -99,23 +99,23 @@ impl Fixture {
     }
 
     /// Tags HEAD (annotated) and pushes the tag.
-    pub fn tag(&self, name: &str) {
+    pub(crate) fn tag(&self, name: &str) {
         git(&self.work, &["tag", "-a", "-m", name, name]);
         git(&self.work, &["push", "--quiet", "origin", name]);
     }
 
     /// The deploy root as the hosts see it.
-    pub fn root(&self) -> String {
+    pub(crate) fn root(&self) -> String {
         format!("{}/{}", SshHost::MOUNT, self.name)
     }
 
     /// A path inside host `i`'s (0-based) deploy root, as this machine sees it.
-    pub fn local(&self, i: usize, rel: &str) -> PathBuf {
+    pub(crate) fn local(&self, i: usize, rel: &str) -> PathBuf {
         self.bench[i].local_path(&format!("{}/{rel}", self.name))
     }
 
     /// deploykit hosts for every bench host.
-    pub fn hosts(&self) -> Vec<Host> {
+    pub(crate) fn hosts(&self) -> Vec<Host> {
         self.remotes
             .iter()
             .enumerate()
@@ -125,7 +125,7 @@ impl Fixture {
 
     /// An environment fetching from the origin, with a build hook that
     /// records its variables.
-    pub fn env(&self, layout: LayoutKind) -> Environment {
+    pub(crate) fn env(&self, layout: LayoutKind) -> Environment {
         let mut env = Environment::new(Vec::new(), &self.root()).unwrap();
         env.layout = layout;
         env.repository = Some(self.origin.display().to_string());
@@ -137,12 +137,12 @@ impl Fixture {
     }
 
     /// A deployer on every host, recording events.
-    pub fn deployer(&self, env: Environment) -> Deployer {
+    pub(crate) fn deployer(&self, env: Environment) -> Deployer {
         self.deployer_on(env, self.hosts())
     }
 
     /// A deployer on the given hosts, recording events.
-    pub fn deployer_on(&self, env: Environment, hosts: Vec<Host>) -> Deployer {
+    pub(crate) fn deployer_on(&self, env: Environment, hosts: Vec<Host>) -> Deployer {
         let events = self.events.clone();
         Deployer::new("staging", env, hosts).on_event(move |e| {
             events.lock().unwrap().push(e.clone());
@@ -150,7 +150,7 @@ impl Fixture {
     }
 
     /// The release `current` points at on host `i`, read from the link.
-    pub fn current(&self, i: usize) -> Option<String> {
+    pub(crate) fn current(&self, i: usize) -> Option<String> {
         let target = std::fs::read_link(self.local(i, "current")).ok()?;
         let t = target.to_str().unwrap().to_owned();
         assert!(
@@ -161,7 +161,7 @@ impl Fixture {
     }
 
     /// The commit live on host `i` (REVISION through `current`).
-    pub fn live_commit(&self, i: usize) -> Option<String> {
+    pub(crate) fn live_commit(&self, i: usize) -> Option<String> {
         std::fs::read_to_string(self.local(i, "current/REVISION"))
             .ok()
             .map(|s| s.trim().to_owned())
@@ -169,7 +169,7 @@ impl Fixture {
 
     /// Panics unless `current` on every host is absent or points at a
     /// complete release.
-    pub fn assert_current_complete(&self, context: &str) {
+    pub(crate) fn assert_current_complete(&self, context: &str) {
         for i in 0..self.bench.len() {
             if let Some(name) = self.current(i) {
                 assert!(
@@ -183,19 +183,19 @@ impl Fixture {
     }
 
     /// The release log of host `i`.
-    pub fn log(&self, i: usize) -> Vec<deploykit::LogEntry> {
+    pub(crate) fn log(&self, i: usize) -> Vec<deploykit::LogEntry> {
         deploykit::log::parse(
             &std::fs::read_to_string(self.local(i, ".ektool/releases.jsonl")).unwrap_or_default(),
         )
     }
 
     /// The recorded events, drained.
-    pub fn take_events(&self) -> Vec<Event> {
+    pub(crate) fn take_events(&self) -> Vec<Event> {
         std::mem::take(&mut *self.events.lock().unwrap())
     }
 
     /// The release for a pushed commit.
-    pub fn release(&self, commit: &str) -> Release {
+    pub(crate) fn release(&self, commit: &str) -> Release {
         Release::commit(commit)
     }
 }
@@ -211,14 +211,14 @@ impl Drop for Fixture {
 /// `git daemon` serving the repositories under a directory over `git://`
 /// on a loopback port, stopped on drop: a network origin whose relative
 /// submodule URLs hosts fetch like any other remote.
-pub struct GitDaemon {
+pub(crate) struct GitDaemon {
     child: std::process::Child,
     /// `git://127.0.0.1:<port>`.
     pub url: String,
 }
 
 impl GitDaemon {
-    pub fn serve(base: &Path) -> Self {
+    pub(crate) fn serve(base: &Path) -> Self {
         // The daemon binary itself, not `git daemon`: killing the `git`
         // wrapper would leave the daemon running (holding whatever it
         // inherited).

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 /// The simulation's state.
 #[derive(Debug)]
-pub struct Sim {
+pub(crate) struct Sim {
     /// EC2's limit of copies in flight in the destination.
     pub limit: usize,
     /// Copies started: start time and duration.
@@ -31,7 +31,7 @@ pub struct Sim {
 impl Sim {
     /// A destination with `limit` slots and copies taking between `min`
     /// and `max`, from a fixed seed.
-    pub fn new(limit: usize, min: Duration, max: Duration, seed: u64) -> Arc<Mutex<Self>> {
+    pub(crate) fn new(limit: usize, min: Duration, max: Duration, seed: u64) -> Arc<Mutex<Self>> {
         Arc::new(Mutex::new(Self {
             limit,
             copies: HashMap::new(),
@@ -63,7 +63,7 @@ impl Sim {
     }
 
     /// Busy slot-time of our copies and the time the last one ended.
-    pub fn busy_and_end(&self) -> (Duration, Option<Instant>) {
+    pub(crate) fn busy_and_end(&self) -> (Duration, Option<Instant>) {
         let busy = self.copies.values().map(|(_, d)| *d).sum();
         let end = self.copies.values().map(|(s, d)| *s + *d).max();
         (busy, end)
@@ -71,7 +71,7 @@ impl Sim {
 }
 
 /// A `MockEc2` whose `copy_snapshot` and `describe_snapshots` play `sim`.
-pub fn mock(sim: &Arc<Mutex<Sim>>) -> MockEc2 {
+pub(crate) fn mock(sim: &Arc<Mutex<Sim>>) -> MockEc2 {
     let mut ec2 = MockEc2::new();
     let s = sim.clone();
     ec2.expect_copy_snapshot().returning(move |region, _req| {

@@ -400,7 +400,7 @@ pub(crate) mod testutil {
     use ec2kit::VolumeId;
 
     /// An owned, completed snapshot of `volume` at `time` (RFC 3339).
-    pub fn snap(id: u64, volume: &str, time: &str) -> Snapshot {
+    pub(crate) fn snap(id: u64, volume: &str, time: &str) -> Snapshot {
         let mut s = Snapshot::new(
             SnapshotId::from_api(format!("snap-{id:017x}")),
             Some(VolumeId::from_api(volume)),
@@ -412,7 +412,7 @@ pub(crate) mod testutil {
     }
 
     /// Timestamps of the kept snapshots, formatted `YYYY-MM-DD HH:MM`.
-    pub fn kept_times(plan: &Plan) -> Vec<String> {
+    pub(crate) fn kept_times(plan: &Plan) -> Vec<String> {
         plan.decisions
             .iter()
             .filter(|d| d.action == Verdict::Keep)

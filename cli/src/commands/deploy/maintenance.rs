@@ -6,7 +6,7 @@ use crate::error::CliError;
 
 /// On or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Switch {
+pub(crate) enum Switch {
     /// Set the flag file, run the maintenance hooks with MAINTENANCE=on.
     On,
     /// Remove the flag file, run the maintenance hooks with MAINTENANCE=off.
@@ -15,7 +15,7 @@ pub enum Switch {
 
 /// Arguments of `ektool maintenance`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// `on` or `off`.
     pub state: Switch,
     /// Environment and hosts.
@@ -28,7 +28,7 @@ pub struct Args {
 }
 
 /// Runs `ektool maintenance`.
-pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let (name, env) = environment(ctx, &args.target)?;
     let hosts = hosts(ctx, env, &args.target.hosts).await?;
     let on = args.state == Switch::On;

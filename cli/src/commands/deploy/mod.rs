@@ -3,12 +3,12 @@
 //! `provision`, `secrets` and `db` with them): picking the environment,
 //! its hosts, and showing events.
 
-pub mod maintenance;
-pub mod releases;
-pub mod restart;
-pub mod rollback;
-pub mod run;
-pub mod unlock;
+pub(crate) mod maintenance;
+pub(crate) mod releases;
+pub(crate) mod restart;
+pub(crate) mod rollback;
+pub(crate) mod run;
+pub(crate) mod unlock;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,7 @@ use crate::output::OutputFormat;
 /// `ektool deploy …`: deploys, or (with a subcommand) manages the lock.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
-pub struct DeployArgs {
+pub(crate) struct DeployArgs {
     /// What to deploy.
     #[command(flatten)]
     pub run: run::Args,
@@ -34,13 +34,13 @@ pub struct DeployArgs {
 
 /// `ektool deploy <subcommand>`.
 #[derive(Debug, clap::Subcommand)]
-pub enum DeployCommand {
+pub(crate) enum DeployCommand {
     /// Remove the deploy lock: stale locks (killed deploys), or any with --force.
     Unlock(unlock::Args),
 }
 
 /// Runs `ektool deploy …`.
-pub async fn exec(ctx: &Context, args: DeployArgs) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, args: DeployArgs) -> Result<(), CliError> {
     match args.command {
         Some(DeployCommand::Unlock(a)) => unlock::exec(ctx, a).await,
         None => run::exec(ctx, args.run).await,
@@ -49,7 +49,7 @@ pub async fn exec(ctx: &Context, args: DeployArgs) -> Result<(), CliError> {
 
 /// The options every deploy verb takes: which environment, which hosts.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Target {
+pub(crate) struct Target {
     /// The environment (`[environments.<name>]`); optional when the config
     /// has only one.
     #[arg(long = "env", short = 'e', value_name = "NAME", env = "EKTOOL_ENV")]
@@ -62,7 +62,7 @@ pub struct Target {
 }
 
 /// The chosen environment's name and configuration.
-pub fn environment<'a>(
+pub(crate) fn environment<'a>(
     ctx: &'a Context,
     target: &Target,
 ) -> Result<(String, &'a Environment), CliError> {
@@ -110,7 +110,7 @@ async fn resolve(
 
 /// The environment's hosts as deploy hosts: a strict-host-key SSH shell
 /// each (or this machine for `localhost`).
-pub async fn hosts(
+pub(crate) async fn hosts(
     ctx: &Context,
     env: &Environment,
     wanted: &[String],
@@ -125,7 +125,7 @@ pub async fn hosts(
 /// The environment's hosts for `provision`, `secrets get` and `db`
 /// (narrowed by `--host`; none is an error), `user` (`--user`) logging
 /// in on each.
-pub async fn targets(
+pub(crate) async fn targets(
     ctx: &Context,
     env: &Environment,
     target: &Target,
@@ -146,7 +146,7 @@ pub async fn targets(
 
 /// The environment's provision config (or the defaults), validated, with
 /// a leading `~/` of the tree expanded (`provision`, `secrets get`).
-pub fn provision_config(env: &Environment) -> Result<ProvisionConfig, CliError> {
+pub(crate) fn provision_config(env: &Environment) -> Result<ProvisionConfig, CliError> {
     let mut c = env.provision.clone().unwrap_or_default();
     c.tree = expand_home(&c.tree);
     c.validate()?;
@@ -155,7 +155,7 @@ pub fn provision_config(env: &Environment) -> Result<ProvisionConfig, CliError> 
 
 /// A deployer for the environment, printing events: JSON lines on stdout
 /// with `--output json`, one line each on stderr otherwise (unless -q).
-pub fn deployer(ctx: &Context, name: &str, env: &Environment, hosts: Vec<Host>) -> Deployer {
+pub(crate) fn deployer(ctx: &Context, name: &str, env: &Environment, hosts: Vec<Host>) -> Deployer {
     let json = ctx.output() == OutputFormat::Json;
     let quiet = ctx.global.quiet;
     let mut d = Deployer::new(name, env.clone(), hosts)
@@ -204,14 +204,14 @@ fn notifier(env: &Environment) -> Option<Arc<dyn deploykit::Notifier>> {
 }
 
 /// The longest `--lock-wait`.
-pub const MAX_LOCK_WAIT: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_LOCK_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// Parses `--lock-wait`: a duration with a unit (`90s`, `15m`), 0s to 24h.
-pub fn parse_lock_wait(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_lock_wait(text: &str) -> Result<Duration, String> {
     ec2kit::duration::parse_in(text, Duration::ZERO, MAX_LOCK_WAIT).map_err(|e| e.to_string())
 }
 
 /// `--lock-wait`, default: fail at once.
-pub fn lock_wait(wait: Option<Duration>) -> Duration {
+pub(crate) fn lock_wait(wait: Option<Duration>) -> Duration {
     wait.unwrap_or(Duration::ZERO)
 }

@@ -8,7 +8,7 @@ use crate::output::OutputFormat;
 
 /// Arguments of `ektool releases`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Environment and hosts.
     #[command(flatten)]
     pub target: Target,
@@ -18,7 +18,7 @@ pub struct Args {
 }
 
 /// Runs `ektool releases`.
-pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let (name, env) = environment(ctx, &args.target)?;
     let hosts = hosts(ctx, env, &args.target.hosts).await?;
     let all = deployer(ctx, &name, env, hosts).releases().await?;

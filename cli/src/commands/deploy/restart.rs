@@ -6,7 +6,7 @@ use crate::error::CliError;
 
 /// Arguments of `ektool restart`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Environment and hosts.
     #[command(flatten)]
     pub target: Target,
@@ -17,7 +17,7 @@ pub struct Args {
 }
 
 /// Runs `ektool restart`.
-pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let (name, env) = environment(ctx, &args.target)?;
     let hosts = hosts(ctx, env, &args.target.hosts).await?;
     if ctx.global.dry_run {

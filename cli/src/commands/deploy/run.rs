@@ -14,7 +14,7 @@ use crate::output::OutputFormat;
 
 /// Arguments of `ektool deploy`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Environment and hosts.
     #[command(flatten)]
     pub target: Target,
@@ -44,7 +44,7 @@ pub struct Args {
 }
 
 /// Runs `ektool deploy`.
-pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let (name, env) = environment(ctx, &args.target)?;
     // Everything git decides happens before any host is contacted.
     let repo = LocalRepo::open(&args.repo)?;

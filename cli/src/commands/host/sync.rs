@@ -15,7 +15,7 @@ use crate::output::OutputFormat;
 
 /// Arguments of `ektool host sync`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The source: `[user@]host[:port]:/path` (the directory's contents are copied).
     #[arg(value_name = "SRC_HOST:/PATH")]
     pub source: String,
@@ -61,7 +61,7 @@ fn split(ctx: &Context, s: &str) -> Result<(SshTarget, String), CliError> {
 }
 
 /// Runs `ektool host sync`.
-pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let (src, src_path) = split(ctx, &args.source)?;
     let (dst, dst_path) = split(ctx, &args.destination)?;
     let mut options = ctx.ssh_options();

@@ -22,7 +22,7 @@ use crate::output::OutputFormat;
 
 /// Arguments of `ektool snap backup`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Back up the instances carrying this tag (default: `defaults.tag`).
     #[arg(long, value_name = "KEY=VALUE", conflicts_with_all = ["instance", "volume"])]
     pub tag: Option<Tag>,
@@ -62,7 +62,7 @@ pub struct Args {
 
 /// Builds the backup job from the flags and the config, runs it (or its
 /// dry run), renders the report, and waits when asked.
-pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let options = BackupOptions {
         exclude_boot: args.exclude_boot,
         exclude_volumes: args.exclude_volume.clone(),

@@ -11,7 +11,7 @@ use crate::output::OutputFormat;
 
 /// Arguments of `ektool snap count`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Warn (exit 1) when a region holds more than this many (1 to
     /// 100,000,000).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
@@ -29,7 +29,7 @@ struct Row {
 }
 
 /// Counts and compares.
-pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let ec2 = ctx.ec2().await;
     let regions = ctx.regions(&ec2).await?;
     let scope = Scope::adopting(args.adopt);

@@ -10,14 +10,14 @@ use crate::output::OutputFormat;
 
 /// Arguments of `ektool snap list`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// List every snapshot the account owns, not only ektool's.
     #[arg(long)]
     pub adopt: bool,
 }
 
 /// Lists the snapshots in scope in every selected region.
-pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let ec2 = ctx.ec2().await;
     let regions = ctx.regions(&ec2).await?;
     let scope = Scope::adopting(args.adopt);

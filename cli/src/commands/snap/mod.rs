@@ -1,13 +1,13 @@
 //! `ektool snap …`: the snapshot lifecycle.
 
-pub mod backup;
-pub mod count;
-pub mod list;
-pub mod mount;
-pub mod plan;
-pub mod policy;
-pub mod replicate;
-pub mod trim;
+pub(crate) mod backup;
+pub(crate) mod count;
+pub(crate) mod list;
+pub(crate) mod mount;
+pub(crate) mod plan;
+pub(crate) mod policy;
+pub(crate) mod replicate;
+pub(crate) mod trim;
 
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use crate::error::CliError;
 /// parser (`ec2kit::duration`: `90s`, `15m`, `2h`, `7d`; a bare number is
 /// refused with a hint) and a documented range per flag. Each function is
 /// a clap `value_parser`.
-pub mod durations {
+pub(crate) mod durations {
     use super::Duration;
 
     const MINUTE: Duration = Duration::from_secs(60);
@@ -30,54 +30,54 @@ pub mod durations {
     }
 
     /// `snap backup --window`: 1m to 31d.
-    pub fn window(s: &str) -> Result<Duration, String> {
+    pub(crate) fn window(s: &str) -> Result<Duration, String> {
         within(s, MINUTE, 31 * DAY)
     }
 
     /// `snap backup --wait-timeout`: 1m to 7d.
-    pub fn backup_wait(s: &str) -> Result<Duration, String> {
+    pub(crate) fn backup_wait(s: &str) -> Result<Duration, String> {
         within(s, MINUTE, 7 * DAY)
     }
 
     /// `snap mount|unmount|cleanup --wait-timeout`: 10s to 1h.
-    pub fn mount_wait(s: &str) -> Result<Duration, String> {
+    pub(crate) fn mount_wait(s: &str) -> Result<Duration, String> {
         within(s, Duration::from_secs(10), HOUR)
     }
 
     /// `snap cleanup --older-than`: 0s (every age) to 10 years.
-    pub fn older_than(s: &str) -> Result<Duration, String> {
+    pub(crate) fn older_than(s: &str) -> Result<Duration, String> {
         within(s, Duration::ZERO, 3653 * DAY)
     }
 
     /// `snap replicate --poll`: 1s to 10m.
-    pub fn poll(s: &str) -> Result<Duration, String> {
+    pub(crate) fn poll(s: &str) -> Result<Duration, String> {
         within(s, Duration::from_secs(1), 10 * MINUTE)
     }
 
     /// `snap lag --max-lag` and `replicate --max-lag`: 1m to 10 years.
-    pub fn max_lag(s: &str) -> Result<Duration, String> {
+    pub(crate) fn max_lag(s: &str) -> Result<Duration, String> {
         within(s, MINUTE, 3653 * DAY)
     }
 
     /// `ami … --sibling-window`: 0s to 1d.
-    pub fn sibling_window(s: &str) -> Result<Duration, String> {
+    pub(crate) fn sibling_window(s: &str) -> Result<Duration, String> {
         within(s, Duration::ZERO, DAY)
     }
 
     /// `host sync --io-timeout`: 1s to 1d.
-    pub fn io_timeout(s: &str) -> Result<Duration, String> {
+    pub(crate) fn io_timeout(s: &str) -> Result<Duration, String> {
         within(s, Duration::from_secs(1), DAY)
     }
 
     /// A `Duration` as jiff's signed duration (every range above fits).
-    pub fn signed(d: Duration) -> jiff::SignedDuration {
+    pub(crate) fn signed(d: Duration) -> jiff::SignedDuration {
         jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX)
     }
 }
 
 /// `ektool snap …`.
 #[derive(Debug, clap::Subcommand)]
-pub enum SnapCommand {
+pub(crate) enum SnapCommand {
     /// Back up instances by tag (one crash-consistent set each), or volumes.
     Backup(backup::Args),
     /// List the snapshots ektool made (the inventory format `plan` reads).
@@ -106,7 +106,7 @@ pub enum SnapCommand {
 }
 
 /// Runs `ektool snap …`.
-pub async fn exec(ctx: &Context, cmd: SnapCommand) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, cmd: SnapCommand) -> Result<(), CliError> {
     match cmd {
         SnapCommand::Backup(a) => backup::exec(ctx, a).await,
         SnapCommand::List(a) => list::exec(ctx, a).await,

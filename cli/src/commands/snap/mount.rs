@@ -22,7 +22,7 @@ use crate::output::OutputFormat;
 
 /// How to reach the instance's host.
 #[derive(Debug, clap::Args)]
-pub struct HostArgs {
+pub(crate) struct HostArgs {
     /// The host to run the mount commands on (`[user@]host[:port]`).
     /// Default: the `[ssh]` user at the instance's private IP.
     #[arg(long, value_name = "TARGET")]
@@ -41,7 +41,7 @@ pub struct HostArgs {
 /// The host-side commands (default: `[mount]` in the config, then
 /// built-in). Placeholders are described in `ektool snap mount --help`.
 #[derive(Debug, clap::Args)]
-pub struct CommandArgs {
+pub(crate) struct CommandArgs {
     /// Prints the local block device: {volume} {device} {nvme} {xen}.
     #[arg(long, value_name = "TEMPLATE")]
     pub resolve_cmd: Option<String>,
@@ -66,7 +66,7 @@ pub struct CommandArgs {
 
 /// Arguments of `ektool snap mount`.
 #[derive(Debug, clap::Args)]
-pub struct MountArgs {
+pub(crate) struct MountArgs {
     /// The snapshot.
     pub snapshot: SnapshotId,
     /// The instance to mount it on (the volume is made in its zone).
@@ -90,7 +90,7 @@ pub struct MountArgs {
 
 /// Arguments of `ektool snap unmount`.
 #[derive(Debug, clap::Args)]
-pub struct UnmountArgs {
+pub(crate) struct UnmountArgs {
     /// A snapshot (its mounts) or a mount volume.
     #[arg(value_name = "SNAPSHOT|VOLUME")]
     pub target: String,
@@ -111,7 +111,7 @@ pub struct UnmountArgs {
 
 /// Arguments of `ektool snap cleanup`.
 #[derive(Debug, clap::Args)]
-pub struct CleanupArgs {
+pub(crate) struct CleanupArgs {
     /// Only volumes created longer ago than this (0s, meaning every age,
     /// to 10 years, e.g. 12h, 2d); younger ones may belong to a mount in
     /// progress or in use.
@@ -285,7 +285,7 @@ fn host_target(ctx: &Context, args: &HostArgs, plan: &MountPlan) -> Result<SshTa
 }
 
 /// `ektool snap mount`.
-pub async fn exec_mount(ctx: &Context, args: MountArgs) -> Result<(), CliError> {
+pub(crate) async fn exec_mount(ctx: &Context, args: MountArgs) -> Result<(), CliError> {
     let root = mount_root(ctx, &args.commands)?;
     if let Some(m) = &args.mountpoint {
         mount::check_mountpoint_under(m, &root).map_err(|e| CliError::Usage(e.to_string()))?;
@@ -415,7 +415,7 @@ struct Item {
 }
 
 /// `ektool snap unmount`.
-pub async fn exec_unmount(ctx: &Context, args: UnmountArgs) -> Result<(), CliError> {
+pub(crate) async fn exec_unmount(ctx: &Context, args: UnmountArgs) -> Result<(), CliError> {
     let selector = if let Ok(s) = SnapshotId::parse(&args.target) {
         Selector::Snapshot(s)
     } else if let Ok(v) = VolumeId::parse(&args.target) {
@@ -458,7 +458,7 @@ pub async fn exec_unmount(ctx: &Context, args: UnmountArgs) -> Result<(), CliErr
 }
 
 /// `ektool snap cleanup`.
-pub async fn exec_cleanup(ctx: &Context, args: CleanupArgs) -> Result<(), CliError> {
+pub(crate) async fn exec_cleanup(ctx: &Context, args: CleanupArgs) -> Result<(), CliError> {
     if args.host.host.is_some() && args.instance.is_none() {
         return Err(CliError::Usage(
             "--host needs --instance (each instance has its own host)".into(),

@@ -13,7 +13,7 @@ use crate::output::OutputFormat;
 
 /// Arguments of `ektool snap plan`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The inventory: a JSON array as `ektool snap list --output json`
     /// writes (`-` for stdin).
     #[arg(long, value_name = "FILE")]
@@ -31,7 +31,7 @@ pub struct Args {
 }
 
 /// Parses `--now`.
-pub fn parse_now(s: Option<&str>) -> Result<jiff::Timestamp, CliError> {
+pub(crate) fn parse_now(s: Option<&str>) -> Result<jiff::Timestamp, CliError> {
     let Some(s) = s else {
         return Ok(jiff::Timestamp::now());
     };
@@ -46,7 +46,7 @@ pub fn parse_now(s: Option<&str>) -> Result<jiff::Timestamp, CliError> {
 }
 
 /// Prints a plan: JSON array of decisions, or a table and a summary.
-pub fn print_plan(ctx: &Context, plan: &Plan) -> Result<(), CliError> {
+pub(crate) fn print_plan(ctx: &Context, plan: &Plan) -> Result<(), CliError> {
     for note in &plan.notes {
         eprintln!("note: {note}");
     }
@@ -76,7 +76,7 @@ pub fn print_plan(ctx: &Context, plan: &Plan) -> Result<(), CliError> {
 }
 
 /// Reads the inventory and prints the plan.
-pub fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+pub(crate) fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let now = parse_now(args.now.as_deref())?;
     let policies = args.policy.resolve(&ctx.config)?;
     let text = if args.inventory.as_os_str() == "-" {

@@ -11,7 +11,7 @@ use crate::error::CliError;
 /// Policy flags shared by `plan` and `trim`; the `--keep-*` names are
 /// restic's, and any of them implies `--policy gfs`.
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct PolicyArgs {
+pub(crate) struct PolicyArgs {
     /// Policy: logarithmic, gfs, oneday_rolling, twoday_rolling,
     /// oneweek_rolling, max-age:DURATION. Default: the config's
     /// `retention.policy`, per volume alias its `strategy`.
@@ -63,7 +63,7 @@ impl PolicyArgs {
     }
 
     /// Resolves the policies, command line first.
-    pub fn resolve(&self, config: &Config) -> Result<Policies, CliError> {
+    pub(crate) fn resolve(&self, config: &Config) -> Result<Policies, CliError> {
         let r = &config.retention;
         let flags = self.gfs_flags();
         let has_keep = !flags.is_empty();

@@ -17,7 +17,7 @@ use crate::output::OutputFormat;
 
 /// Which lineages replicate.
 #[derive(Debug, clap::Args)]
-pub struct SelectArgs {
+pub(crate) struct SelectArgs {
     /// Lineages whose snapshots carry this tag (default: `defaults.tag`).
     #[arg(long, value_name = "KEY=VALUE")]
     pub tag: Option<Tag>,
@@ -49,7 +49,7 @@ impl SelectArgs {
 
 /// How copies run.
 #[derive(Debug, clap::Args)]
-pub struct CopyArgs {
+pub(crate) struct CopyArgs {
     /// Copies of this run in flight per destination region (EC2 allows 20
     /// per destination, shared with any other copies).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=20))]
@@ -80,7 +80,7 @@ impl CopyArgs {
 
 /// Arguments of `ektool snap replicate`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Source region.
     #[arg(long, value_name = "REGION")]
     pub from: String,
@@ -97,7 +97,7 @@ pub struct Args {
 
 /// Arguments of `ektool snap replicate-all`.
 #[derive(Debug, clap::Args)]
-pub struct AllArgs {
+pub(crate) struct AllArgs {
     /// Every other region (or those given with --region) replicates here.
     #[arg(long, value_name = "REGION")]
     pub primary: String,
@@ -125,7 +125,7 @@ pub struct AllArgs {
 
 /// Arguments of `ektool snap lag`.
 #[derive(Debug, clap::Args)]
-pub struct LagArgs {
+pub(crate) struct LagArgs {
     /// Source region.
     #[arg(long, value_name = "REGION")]
     pub from: String,
@@ -149,7 +149,7 @@ async fn from_to(ec2: &AwsEc2, from: &str, to: &str) -> Result<(Region, Region),
 }
 
 /// Plans, shows, and (without --dry-run) copies.
-pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let ec2 = ctx.ec2().await;
     let (from, to) = from_to(&ec2, &args.from, &args.to).await?;
     if from == to {
@@ -165,7 +165,7 @@ pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
 
 /// The seed's rsync_all_regions: every other region into the primary, then
 /// the primary into the secondary.
-pub async fn exec_all(ctx: &Context, args: AllArgs) -> Result<(), CliError> {
+pub(crate) async fn exec_all(ctx: &Context, args: AllArgs) -> Result<(), CliError> {
     let ec2 = ctx.ec2().await;
     let catalog = ec2kit::fleet::region_catalog(&ec2).await?;
     let primary = catalog.resolve(&args.primary)?;
@@ -368,7 +368,7 @@ fn print_table(ctx: &Context, stage: &Stage) {
 }
 
 /// Per lineage: newest source, newest copy, how far behind.
-pub async fn exec_lag(ctx: &Context, args: LagArgs) -> Result<(), CliError> {
+pub(crate) async fn exec_lag(ctx: &Context, args: LagArgs) -> Result<(), CliError> {
     let max = args.max_lag;
     let ec2 = ctx.ec2().await;
     let (from, to) = from_to(&ec2, &args.from, &args.to).await?;

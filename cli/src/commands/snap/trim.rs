@@ -16,7 +16,7 @@ use crate::output::OutputFormat;
 
 /// Arguments of `ektool snap trim`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Also trim snapshots ektool did not make (explicit adoption; the
     /// guards still protect AMI-backing, pending and preserved ones).
     #[arg(long)]
@@ -42,7 +42,7 @@ pub struct Args {
 
 /// The cap on one trim's deletions when neither the flag nor the config
 /// sets one.
-pub const DEFAULT_MAX_DELETE: u64 = 1000;
+pub(crate) const DEFAULT_MAX_DELETE: u64 = 1000;
 
 /// Asks `question` on `out` and reads one line from `input`: only `y` or
 /// `yes` (any case) is a yes; end of input is a no.
@@ -58,7 +58,7 @@ fn confirm(question: &str, input: &mut dyn BufRead, out: &mut dyn Write) -> bool
 
 /// Arguments of `ektool snap delete-broken`.
 #[derive(Debug, clap::Args)]
-pub struct BrokenArgs {
+pub(crate) struct BrokenArgs {
     /// Also delete `error` snapshots ektool did not make.
     #[arg(long)]
     pub adopt: bool,
@@ -73,7 +73,7 @@ struct RegionTrim<'a> {
 }
 
 /// Plans per region, prints, and (without --dry-run) deletes.
-pub async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let policies = args.policy.resolve(&ctx.config)?;
     let ec2 = ctx.ec2().await;
     let regions = ctx.regions(&ec2).await?;
@@ -219,7 +219,7 @@ async fn apply_with_progress(
 }
 
 /// Deletes `error` snapshots in the selected regions only.
-pub async fn exec_broken(ctx: &Context, args: BrokenArgs) -> Result<(), CliError> {
+pub(crate) async fn exec_broken(ctx: &Context, args: BrokenArgs) -> Result<(), CliError> {
     let ec2 = ctx.ec2().await;
     let regions = ctx.regions(&ec2).await?;
     let mut failed = 0;

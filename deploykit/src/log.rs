@@ -159,10 +159,11 @@ pub fn is_bad(log: &[LogEntry], release: &str, commit: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn entry(
+    /// A log entry with everything but what a test looks at fixed.
+    pub(crate) fn entry(
         action: LogAction,
         release: &str,
         commit: &str,

@@ -353,34 +353,9 @@ pub(crate) fn report_skew(events: &EventSink, host: &Host, skew_ms: Option<i64>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::Actor;
+    use crate::log::tests::entry;
 
     const C1: &str = "1111111111111111111111111111111111111111";
-
-    fn entry(
-        action: LogAction,
-        release: &str,
-        commit: &str,
-        result: Option<LogResult>,
-    ) -> LogEntry {
-        LogEntry {
-            at: Timestamp::UNIX_EPOCH,
-            action,
-            who: Actor {
-                user: "u".into(),
-                machine: "m".into(),
-                pid: 1,
-                scope: None,
-            },
-            environment: "e".into(),
-            release: release.into(),
-            commit: commit.into(),
-            tag: None,
-            previous: None,
-            result,
-            message: None,
-        }
-    }
 
     fn state(current: &str, dirs: &[(&str, &str)]) -> HostState {
         HostState {

@@ -109,7 +109,10 @@ pub async fn apply(
 /// staged in a fresh temporary directory outside the provision root (the
 /// tree, Salt's cache, secrets and users stay exactly as they were), the
 /// provisioner runs in test mode on it, and the directory is removed.
-/// Neither secrets nor users are sent.
+/// When the plan sends secrets, the local file is staged in that
+/// directory too (0600), so the tree renders with what the real run
+/// would send — a host never provisioned has none of its own; users are
+/// not applied.
 pub async fn test(
     node: &Node,
     cfg: &ProvisionConfig,
@@ -127,10 +130,17 @@ pub async fn test(
         dir: dir.clone(),
         scratch: true,
     });
-    let report = cfg
-        .provisioner(&inputs.environment)
-        .apply(host, &layout.with_scratch(&scratch), &dir, true)
-        .await;
+    let report = async {
+        let mut layout = layout.with_scratch(&scratch);
+        if let (Some(bytes), true) = (&inputs.secrets.bytes, plan.secrets.sends()) {
+            layout = layout.with_scratch_secrets();
+            secrets::upload(host, &layout, bytes).await?;
+        }
+        cfg.provisioner(&inputs.environment)
+            .apply(host, &layout, &dir, true)
+            .await
+    }
+    .await;
     // The scratch directory goes whatever the test said.
     tree::discard_scratch(host, &scratch).await?;
     Ok(HostReport {

@@ -255,6 +255,11 @@ pub struct RemoteLayout {
     /// A dry run's temporary directory, outside the root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scratch: Option<String>,
+    /// Whether the secrets are read from the scratch directory: a dry run
+    /// whose plan sends them stages them there, so the tree renders as
+    /// the real run's would.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scratch_secrets: bool,
 }
 
 impl RemoteLayout {
@@ -263,17 +268,30 @@ impl RemoteLayout {
         Self {
             root: root.trim_end_matches('/').to_owned(),
             scratch: None,
+            scratch_secrets: false,
         }
     }
 
     /// The same layout for a dry run whose tree and Salt cache live in
-    /// `scratch`; secrets are still read from the root.
+    /// `scratch`; secrets are still read from the root (see
+    /// [`RemoteLayout::with_scratch_secrets`]).
     #[must_use]
     pub fn with_scratch(&self, scratch: &str) -> Self {
         Self {
             root: self.root.clone(),
             scratch: Some(scratch.trim_end_matches('/').to_owned()),
+            scratch_secrets: false,
         }
+    }
+
+    /// The same layout with the secrets read from (and staged in) the
+    /// scratch directory, when there is one: a dry run of a plan that
+    /// sends secrets tests with the file the real run would send, and
+    /// never touches the host's own.
+    #[must_use]
+    pub fn with_scratch_secrets(mut self) -> Self {
+        self.scratch_secrets = self.scratch.is_some();
+        self
     }
 
     /// `<root>/trees/<id>`.
@@ -288,13 +306,16 @@ impl RemoteLayout {
 
     /// The directory holding the secrets pillar file.
     pub fn secrets_dir(&self) -> String {
-        format!("{}/secrets", self.root)
+        match &self.scratch {
+            Some(scratch) if self.scratch_secrets => format!("{scratch}/secrets"),
+            _ => format!("{}/secrets", self.root),
+        }
     }
 
     /// The secrets pillar file (`secrets.sls`, so pillar top files name it
     /// `secrets`).
     pub fn secrets_file(&self) -> String {
-        format!("{}/secrets/secrets.sls", self.root)
+        format!("{}/secrets.sls", self.secrets_dir())
     }
 
     /// Salt's `root_dir` (in the scratch directory on a dry run).

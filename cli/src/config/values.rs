@@ -13,7 +13,9 @@ use snapkit::connect::Connect;
 use snapkit::consistency::Consistency;
 use snapkit::retention::{Policies, PolicyError, PolicySpec};
 
-use super::{AwsConfig, Config, ConsistencyConfig, RetentionConfig, SshConfig, VolumeAlias};
+use super::{
+    AwsConfig, Config, ConsistencyConfig, Defaults, RetentionConfig, SshConfig, VolumeAlias,
+};
 
 /// The regions a job works in could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +135,15 @@ impl Config {
             per_lineage,
             min_keep: r.min_keep.max(1),
         })
+    }
+}
+
+impl Defaults {
+    /// The `regions` as written, without a call: no prefix resolved, no
+    /// check that a region exists or is enabled (see [`Config::regions`]
+    /// for both).
+    pub fn regions(&self) -> Vec<Region> {
+        self.regions.iter().map(Region::new).collect()
     }
 }
 
@@ -283,6 +294,10 @@ mod tests {
 
     #[test]
     fn aws_options_carry_the_section() {
+        let regions = parse("[defaults]\nregions = [\"eu-west\", \"us-east-1\"]\n")
+            .defaults
+            .regions();
+        assert_eq!(regions, [Region::new("eu-west"), Region::new("us-east-1")]);
         let c = parse(
             "[aws]\nprofile = \"ops\"\nendpoint_url = \"http://127.0.0.1:5000\"\nmax_attempts = 3\nrate_limit = false\n",
         );

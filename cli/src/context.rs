@@ -1,6 +1,8 @@
 //! What every command needs: the config, an EC2 client, resolved regions,
 //! SSH options, and the output format.
 
+use std::path::{Path, PathBuf};
+
 use ec2kit::{AwsEc2, Region, SshOptions};
 
 use crate::args::GlobalArgs;
@@ -102,6 +104,19 @@ impl Context {
     /// SSH options: config over `~/.ssh` defaults.
     pub fn ssh_options(&self) -> SshOptions {
         self.config.ssh.options()
+    }
+
+    /// SSH options with a command's `--known-hosts` and `-i` flags over
+    /// the config's (`~/` expanded).
+    pub fn ssh_options_with(&self, known_hosts: Option<&Path>, identity: &[PathBuf]) -> SshOptions {
+        let mut options = self.ssh_options();
+        if let Some(k) = known_hosts {
+            options.known_hosts = expand_home(k);
+        }
+        if !identity.is_empty() {
+            options.identity_files = identity.iter().map(|p| expand_home(p)).collect();
+        }
+        options
     }
 
     /// The login user for targets that name none.

@@ -14,7 +14,7 @@ use snapkit::mount::{
 };
 
 use super::durations;
-use crate::context::{Context, expand_home};
+use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
 use crate::output::OutputFormat;
@@ -208,14 +208,7 @@ fn target(ctx: &Context, address: &str) -> Result<SshTarget, CliError> {
 }
 
 fn ssh_options(ctx: &Context, args: &HostArgs) -> ec2kit::SshOptions {
-    let mut options = ctx.ssh_options();
-    if let Some(k) = &args.known_hosts {
-        options.known_hosts = expand_home(k);
-    }
-    if !args.identity.is_empty() {
-        options.identity_files = args.identity.iter().map(|p| expand_home(p)).collect();
-    }
-    options
+    ctx.ssh_options_with(args.known_hosts.as_deref(), &args.identity)
 }
 
 /// Hosts over SSH, with the `-i`/`--known-hosts` flags over the config.

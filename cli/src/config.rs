@@ -3,6 +3,12 @@
 //! Strict: unknown keys are errors, booleans are booleans (the seed read
 //! `lock_db = False` as true), ids and tags are validated while reading,
 //! and every error names the file, line and column.
+//!
+//! Each section also turns itself into the libraries' values
+//! ([`Config::ec2`], [`Config::regions`], [`SshConfig::connect`],
+//! [`ConsistencyConfig::consistency`], [`Config::volume_backups`],
+//! [`Config::policies`], …): one implementation for the CLI and a
+//! team's fabfile.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,6 +16,10 @@ use std::path::{Path, PathBuf};
 
 use ec2kit::{Action, Bucket, RateLimits, Tag, VolumeId};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+mod values;
+
+pub use values::{DEFAULT_MAX_DELETE, PoliciesError, RegionsError, ssh_connect};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize, Serialize)]

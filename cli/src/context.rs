@@ -1,11 +1,12 @@
 //! What every command needs: the config, an EC2 client, resolved regions,
 //! SSH options, and the output format.
 
-use ec2kit::fleet;
-use ec2kit::{AwsEc2, AwsEc2Options, Region, SshOptions};
+use std::path::{Path, PathBuf};
+
+use ec2kit::{AwsEc2, Region, SshOptions};
 
 use crate::args::GlobalArgs;
-use crate::config::Config;
+use crate::config::{Config, RegionsError};
 use crate::error::CliError;
 use crate::output::OutputFormat;
 
@@ -57,46 +58,33 @@ impl Context {
         self.global.output
     }
 
-    /// An EC2 client configured from flags and config.
+    /// An EC2 client configured from flags over the config's `[aws]`.
     pub(crate) async fn ec2(&self) -> AwsEc2 {
-        let aws = &self.config.aws;
-        let rate_limits = if self.global.no_rate_limit {
-            ec2kit::RateLimits::disabled()
-        } else {
-            aws.rate_limits()
-        };
-        AwsEc2::new(AwsEc2Options {
-            profile: self.global.profile.clone().or_else(|| aws.profile.clone()),
-            endpoint_url: self
-                .global
-                .endpoint_url
-                .clone()
-                .or_else(|| aws.endpoint_url.clone()),
-            home_region: None,
-            rate_limits: Some(rate_limits),
-            max_attempts: aws.max_attempts,
-            on_request: action_recorder(),
-        })
-        .await
+        let mut options = self.config.aws.options();
+        if let Some(profile) = &self.global.profile {
+            options.profile = Some(profile.clone());
+        }
+        if let Some(url) = &self.global.endpoint_url {
+            options.endpoint_url = Some(url.clone());
+        }
+        if self.global.no_rate_limit {
+            options.rate_limits = Some(ec2kit::RateLimits::disabled());
+        }
+        options.on_request = action_recorder();
+        AwsEc2::new(options).await
     }
 
     /// The regions to work on: `--region`, else the config's `regions`,
     /// else the SDK's configured region. Names are resolved against one
     /// `DescribeRegions` call (exact, unique prefix, or `all`).
     pub(crate) async fn regions(&self, ec2: &AwsEc2) -> Result<Vec<Region>, CliError> {
-        let mut wanted: Vec<String> = if !self.global.regions.is_empty() {
-            self.global.regions.clone()
-        } else {
-            self.config.defaults.regions.clone()
-        };
-        if wanted.is_empty() {
-            match ec2.configured_region() {
-                Some(r) => wanted.push(r.to_string()),
-                None => return Err(ec2kit::RegionError::NoneGiven.into()),
-            }
+        match self.config.regions_or(ec2, &self.global.regions).await {
+            Ok(regions) => Ok(regions),
+            Err(RegionsError::Names(e)) => Err(e.into()),
+            Err(RegionsError::Catalog(e)) => Err(e.into()),
+            // A kind of failure this CLI does not know yet: bad input.
+            Err(e) => Err(CliError::Usage(e.to_string())),
         }
-        let catalog = fleet::region_catalog(ec2).await?;
-        Ok(catalog.resolve_all(&wanted)?)
     }
 
     /// The one region a command works in (`--region` naming one, or the
@@ -115,28 +103,29 @@ impl Context {
 
     /// SSH options: config over `~/.ssh` defaults.
     pub(crate) fn ssh_options(&self) -> SshOptions {
-        let mut options = SshOptions::from_home();
-        let ssh = &self.config.ssh;
-        if let Some(k) = &ssh.known_hosts {
+        self.config.ssh.options()
+    }
+
+    /// SSH options with a command's `--known-hosts` and `-i` flags over
+    /// the config's (`~/` expanded).
+    pub(crate) fn ssh_options_with(
+        &self,
+        known_hosts: Option<&Path>,
+        identity: &[PathBuf],
+    ) -> SshOptions {
+        let mut options = self.ssh_options();
+        if let Some(k) = known_hosts {
             options.known_hosts = expand_home(k);
         }
-        if !ssh.identity_files.is_empty() {
-            options.identity_files = ssh.identity_files.iter().map(|p| expand_home(p)).collect();
-        }
-        if let Some(agent) = ssh.use_agent {
-            options.use_agent = agent;
+        if !identity.is_empty() {
+            options.identity_files = identity.iter().map(|p| expand_home(p)).collect();
         }
         options
     }
 
     /// The login user for targets that name none.
     pub(crate) fn ssh_user(&self) -> String {
-        self.config
-            .ssh
-            .user
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "root".to_owned())
+        self.config.ssh.user()
     }
 }
 

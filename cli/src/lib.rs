@@ -18,5 +18,31 @@
 //! }
 //! # Ok::<(), ektool::config::ConfigError>(())
 //! ```
+//!
+//! Its sections then become the libraries' values exactly as the CLI
+//! builds them — an EC2 client, regions, SSH, holds, retention policies:
+//!
+//! ```no_run
+//! # async fn night() -> Result<(), Box<dyn std::error::Error>> {
+//! use ektool::config::Config;
+//! use snapkit::backup::{Backup, Instances};
+//!
+//! let config = Config::load(None)?;
+//! let ec2 = config.ec2().await;
+//! let regions = config.regions(&ec2).await?;
+//! let tagged = Instances::Tagged(config.defaults.tag.clone());
+//! let mut job = Backup::new(&ec2, config.backup_options())
+//!     .instances(regions.clone(), tagged)
+//!     .connect(config.connect())
+//!     .volumes(config.volume_backups(&regions[0]));
+//! if let Some(hold) = config.instance_hold() {
+//!     job = job.consistent(hold);
+//! }
+//! let report = job.run().await;
+//! let policies = config.policies()?; // for snapkit::trim::plan_region
+//! println!("{} failed; {} lineages with their own policy", report.failed(), policies.per_lineage.len());
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod config;

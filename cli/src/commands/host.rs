@@ -9,7 +9,7 @@ use std::time::Duration;
 use ec2kit::ssh::{self, HostKeyStatus};
 use ec2kit::{Command, Remote, SshRemote, SshTarget};
 
-use crate::context::{Context, expand_home};
+use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
 use crate::output::OutputFormat;
@@ -83,10 +83,7 @@ fn target(ctx: &Context, s: &str) -> Result<SshTarget, CliError> {
 
 async fn trust(ctx: &Context, args: TrustArgs) -> Result<(), CliError> {
     let t = target(ctx, &args.target)?;
-    let mut options = ctx.ssh_options();
-    if let Some(k) = &args.known_hosts {
-        options.known_hosts = expand_home(k);
-    }
+    let options = ctx.ssh_options_with(args.known_hosts.as_deref(), &[]);
     let (key, status) =
         ssh::fetch_host_key(&t, &options.known_hosts, options.connect_timeout).await?;
     if status == HostKeyStatus::Changed {
@@ -212,13 +209,7 @@ fn trust_dry_run(
 
 async fn run(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
     let t = target(ctx, &args.target)?;
-    let mut options = ctx.ssh_options();
-    if let Some(k) = &args.known_hosts {
-        options.known_hosts = expand_home(k);
-    }
-    if !args.identity.is_empty() {
-        options.identity_files = args.identity.iter().map(|p| expand_home(p)).collect();
-    }
+    let options = ctx.ssh_options_with(args.known_hosts.as_deref(), &args.identity);
     let mut command = match args.command.as_slice() {
         [script] => Command::shell(script.clone()),
         argv => Command::argv(argv.iter().cloned()),

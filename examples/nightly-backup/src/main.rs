@@ -9,19 +9,14 @@
 //! `nightly-backup --to eu-central-1`.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use ec2kit::{AwsEc2, AwsEc2Options, Region, Remote, SshOptions, SshRemote, SshTarget};
-use ektool::config::{Config, expand_home};
+use ec2kit::Region;
+use ektool::config::Config;
 use serde_json::json;
-use snapkit::backup::{
-    Backup, BackupOptions, InstanceHold, Instances, RegionWait, VolumeBackup, VolumeHold,
-};
-use snapkit::consistency::Consistency;
+use snapkit::backup::{Backup, Instances, RegionWait};
 use snapkit::replicate::{self, CopyOptions, Selection};
-use snapkit::retention::{Policies, PolicySpec};
 use snapkit::trim::{self, Scope};
 
 /// Back up, trim, replicate (the config: `EKTOOL_CONFIG`, else as `ektool` finds it).
@@ -41,50 +36,22 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
 /// The whole night; `Ok(n)` with the number of items that failed.
 async fn run(args: Args) -> Result<usize, Box<dyn std::error::Error>> {
     let config = Config::load(None)?;
-    let (aws, c, r) = (&config.aws, &config.consistency, &config.retention);
-    let ec2 = AwsEc2::new(AwsEc2Options {
-        profile: aws.profile.clone(),
-        endpoint_url: aws.endpoint_url.clone(),
-        rate_limits: Some(aws.rate_limits()),
-        max_attempts: aws.max_attempts,
-        ..Default::default()
-    })
-    .await;
-    let regions: Vec<Region> = config.defaults.regions.iter().map(Region::new).collect();
+    let ec2 = config.ec2().await;
+    let regions = config.defaults.regions();
     let (Some(home), to) = (regions.first().cloned(), Region::new(&args.to)) else {
         return Err("no regions to back up: set `[defaults] regions` in the config".into());
     };
-    let hold = |mountpoints: Vec<String>, lock_db: bool| Consistency {
-        mountpoints,
-        freeze: c.freeze.clone(),
-        thaw: c.thaw.clone(),
-        db_lock: lock_db.then(|| c.db_lock.clone().unwrap_or_default()),
-        max_hold: Duration::from_secs(c.max_hold_seconds),
-        ..Consistency::default()
-    };
 
-    // 1. Back up, and wait for the snapshots so tonight's sets replicate.
-    let mut options = BackupOptions::default();
-    options.policy.clone_from(&r.policy);
-    let mut job = Backup::new(&ec2, options)
-        .instances(
-            regions.clone(),
-            Instances::Tagged(config.defaults.tag.clone()),
-        )
-        .connect(connect(&config))
-        .volumes(config.volumes.values().map(|v| VolumeBackup {
-            region: v.region.as_ref().map_or(home.clone(), Region::new),
-            volume: v.volume_id.clone(),
-            hold: (v.host.clone()).map(|host| VolumeHold {
-                host,
-                consistency: hold(v.mountpoint.iter().cloned().collect(), v.lock_db),
-            }),
-        }));
-    if !c.mountpoints.is_empty() || c.db_lock.is_some() {
-        job = job.consistent(InstanceHold {
-            consistency: hold(c.mountpoints.clone(), c.db_lock.is_some()),
-            address: c.address,
-        });
+    // 1. Back up (instances by tag, held when `[consistency]` says so; the
+    //    volume aliases, held on their `host`), and wait for the snapshots
+    //    so tonight's sets replicate.
+    let tagged = Instances::Tagged(config.defaults.tag.clone());
+    let mut job = Backup::new(&ec2, config.backup_options())
+        .instances(regions.clone(), tagged)
+        .connect(config.connect())
+        .volumes(config.volume_backups(&home));
+    if let Some(hold) = config.instance_hold() {
+        job = job.consistent(hold);
     }
     let backup = job.run().await;
     let waited = job.wait(&backup, Duration::from_secs(7200)).await?;
@@ -92,17 +59,11 @@ async fn run(args: Args) -> Result<usize, Box<dyn std::error::Error>> {
     let mut failed = backup.failed() + waited.iter().map(unfinished).sum::<usize>();
 
     // 2. Trim every region by the policy (aliases by their own strategy).
-    let spec = |name: &str| PolicySpec::from_name(name, &r.logarithmic, &r.gfs);
-    let mut policies = Policies::new(spec(&r.policy)?).with_min_keep(r.min_keep);
-    for v in config.volumes.values() {
-        if let Some(s) = &v.strategy {
-            policies = policies.with_lineage(v.volume_id.to_string(), spec(s)?);
-        }
-    }
-    let (mut trimmed, now) = (Vec::new(), jiff::Timestamp::now());
+    let (policies, now) = (config.policies()?, jiff::Timestamp::now());
+    let mut trimmed = Vec::new();
     for region in regions.iter().chain([&to]) {
         let plan = trim::plan_region(&ec2, region, &policies, Scope::Owned, now).await?;
-        if plan.deletions().count() as u64 > r.max_delete.unwrap_or(1000) {
+        if plan.deletions().count() as u64 > config.retention.max_delete() {
             return Err(format!("{region}: the trim plan is over retention.max_delete").into());
         }
         let report = trim::apply(&ec2, &plan, region, 8, &|_| {}).await;
@@ -127,23 +88,4 @@ async fn run(args: Args) -> Result<usize, Box<dyn std::error::Error>> {
         json!({ "backup": backup, "waited": waited, "trim": trimmed, "replicate": copied });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(failed)
-}
-
-/// Hosts over SSH with the config's `[ssh]` settings.
-fn connect(config: &Config) -> snapkit::connect::Connect {
-    let ssh = &config.ssh;
-    let mut options = SshOptions::from_home();
-    if let Some(k) = &ssh.known_hosts {
-        options.known_hosts = expand_home(k);
-    }
-    if !ssh.identity_files.is_empty() {
-        options.identity_files = ssh.identity_files.iter().map(|p| expand_home(p)).collect();
-    }
-    options.use_agent = ssh.use_agent.unwrap_or(options.use_agent);
-    let user = ssh.user.clone().or_else(|| std::env::var("USER").ok());
-    let user = user.unwrap_or_else(|| "root".into());
-    Arc::new(move |host: &str| {
-        let target = SshTarget::parse_with_user(host, &user)?;
-        Ok(Arc::new(SshRemote::new(target, options.clone())) as Arc<dyn Remote>)
-    })
 }

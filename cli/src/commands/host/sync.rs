@@ -8,7 +8,7 @@ use ec2kit::ssh::{self, HostKeyStatus};
 use ec2kit::{RemoteError, SshRemote, SshTarget};
 use snapkit::rsync::{self, Destination, SyncSpec};
 
-use crate::context::{Context, expand_home};
+use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
 use crate::output::OutputFormat;
@@ -64,13 +64,7 @@ fn split(ctx: &Context, s: &str) -> Result<(SshTarget, String), CliError> {
 pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let (src, src_path) = split(ctx, &args.source)?;
     let (dst, dst_path) = split(ctx, &args.destination)?;
-    let mut options = ctx.ssh_options();
-    if let Some(k) = &args.known_hosts {
-        options.known_hosts = expand_home(k);
-    }
-    if !args.identity.is_empty() {
-        options.identity_files = args.identity.iter().map(|p| expand_home(p)).collect();
-    }
+    let options = ctx.ssh_options_with(args.known_hosts.as_deref(), &args.identity);
 
     // The destination must be trusted already: its recorded key is what
     // the source host will check. Nothing runs anywhere before this.

@@ -5,13 +5,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ec2kit::{InstanceId, Region, Remote, SshRemote, SshTarget, Tag, VolumeId, fleet};
+use ec2kit::{InstanceId, Region, SshTarget, Tag, VolumeId, fleet};
 use snapkit::backup::{
-    Backup, BackupEvent, BackupOptions, BackupReport, BackupStatus, InstanceHold, Instances,
-    RegionWait, VolumeBackup, VolumeHold,
+    Backup, BackupEvent, BackupOptions, BackupReport, BackupStatus, Instances, RegionWait,
+    VolumeBackup, VolumeHold,
 };
-use snapkit::connect::{Address, Connect};
-use snapkit::consistency::Consistency;
 
 use super::durations;
 
@@ -66,9 +64,8 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let options = BackupOptions {
         exclude_boot: args.exclude_boot,
         exclude_volumes: args.exclude_volume.clone(),
-        policy: ctx.config.retention.policy.clone(),
         window: durations::signed(args.window),
-        ..BackupOptions::default()
+        ..ctx.config.backup_options()
     };
     // Bad input before any call: ids and aliases, and the hosts of held
     // volumes.
@@ -77,7 +74,7 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let bar = WaitBar::default();
     let regions = ctx.regions(&ec2).await?;
     let mut job = Backup::new(&ec2, options)
-        .connect(connect(ctx))
+        .connect(ctx.config.connect())
         .cancel_on(ctx.interrupt.clone())
         .on_event(bar.sink());
     if volumes.is_empty() {
@@ -92,11 +89,7 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         };
         job = job.instances(regions.clone(), which);
         if args.consistent {
-            let c = &ctx.config.consistency;
-            job = job.consistent(InstanceHold {
-                consistency: consistency(ctx, c.mountpoints.clone(), c.db_lock.is_some()),
-                address: address(ctx),
-            });
+            job = job.consistent(ctx.config.consistency.instance_hold());
         }
     } else {
         let catalog = fleet::region_catalog(&ec2).await?;
@@ -190,24 +183,14 @@ fn volume_args(ctx: &Context, args: &Args) -> Result<Vec<VolumeArg>, CliError> {
         };
         let hold = if args.consistent {
             let alias = ctx.config.volumes.values().find(|a| a.volume_id == id);
-            let Some(host) = alias.and_then(|a| a.host.clone()) else {
+            let Some(hold) = alias.and_then(|a| a.hold(&ctx.config.consistency)) else {
                 return Err(CliError::Usage(format!(
                     "volume {id}: --consistent needs the alias's `host`"
                 )));
             };
-            SshTarget::parse_with_user(&host, &ctx.ssh_user())
+            SshTarget::parse_with_user(&hold.host, &ctx.ssh_user())
                 .map_err(|e| CliError::Usage(e.to_string()))?;
-            Some(VolumeHold {
-                host,
-                consistency: consistency(
-                    ctx,
-                    alias
-                        .and_then(|a| a.mountpoint.clone())
-                        .into_iter()
-                        .collect(),
-                    alias.is_some_and(|a| a.lock_db),
-                ),
-            })
+            Some(hold)
         } else {
             None
         };
@@ -218,22 +201,6 @@ fn volume_args(ctx: &Context, args: &Args) -> Result<Vec<VolumeArg>, CliError> {
         });
     }
     Ok(out)
-}
-
-/// Which address of an instance its host is reached at (`[consistency]
-/// address`; anything unknown is the private IP, as it always was).
-fn address(ctx: &Context) -> Address {
-    ctx.config.consistency.address
-}
-
-/// Hosts over SSH with the `[ssh]` user and options.
-fn connect(ctx: &Context) -> Connect {
-    let user = ctx.ssh_user();
-    let options = ctx.ssh_options();
-    Arc::new(move |host: &str| {
-        let target = SshTarget::parse_with_user(host, &user)?;
-        Ok(Arc::new(SshRemote::new(target, options.clone())) as Arc<dyn Remote>)
-    })
 }
 
 /// The progress bar of the region being waited for (on a terminal only;
@@ -378,19 +345,6 @@ fn wait_outcome(
         "{} snapshot(s) did not complete",
         problems.len()
     )))
-}
-
-/// The consistency settings for some mountpoints, with the DB lock if asked.
-fn consistency(ctx: &Context, mountpoints: Vec<String>, lock_db: bool) -> Consistency {
-    let cfg = &ctx.config.consistency;
-    Consistency {
-        mountpoints,
-        freeze: cfg.freeze.clone(),
-        thaw: cfg.thaw.clone(),
-        db_lock: lock_db.then(|| cfg.db_lock.clone().unwrap_or_default()),
-        max_hold: Duration::from_secs(cfg.max_hold_seconds.max(1)),
-        acquire_timeout: Duration::from_secs(30),
-    }
 }
 
 fn join(ids: &[ec2kit::SnapshotId]) -> String {

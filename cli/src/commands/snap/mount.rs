@@ -3,10 +3,9 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use ec2kit::{AwsEc2, InstanceId, Region, Remote, SnapshotId, SshRemote, SshTarget, VolumeId};
+use ec2kit::{AwsEc2, InstanceId, Region, SnapshotId, SshRemote, SshTarget, VolumeId};
 use serde::Serialize;
 use snapkit::connect::{Address, Connect};
 use snapkit::mount::{
@@ -15,7 +14,7 @@ use snapkit::mount::{
 };
 
 use super::durations;
-use crate::context::{Context, expand_home};
+use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
 use crate::output::OutputFormat;
@@ -209,24 +208,12 @@ fn target(ctx: &Context, address: &str) -> Result<SshTarget, CliError> {
 }
 
 fn ssh_options(ctx: &Context, args: &HostArgs) -> ec2kit::SshOptions {
-    let mut options = ctx.ssh_options();
-    if let Some(k) = &args.known_hosts {
-        options.known_hosts = expand_home(k);
-    }
-    if !args.identity.is_empty() {
-        options.identity_files = args.identity.iter().map(|p| expand_home(p)).collect();
-    }
-    options
+    ctx.ssh_options_with(args.known_hosts.as_deref(), &args.identity)
 }
 
 /// Hosts over SSH, with the `-i`/`--known-hosts` flags over the config.
 fn connect(ctx: &Context, args: &HostArgs) -> Connect {
-    let user = ctx.ssh_user();
-    let options = ssh_options(ctx, args);
-    Arc::new(move |address: &str| {
-        let target = SshTarget::parse_with_user(address, &user)?;
-        Ok(Arc::new(SshRemote::new(target, options.clone())) as Arc<dyn Remote>)
-    })
+    crate::config::ssh_connect(ctx.ssh_user(), ssh_options(ctx, args))
 }
 
 /// Progress lines on stderr, on a terminal only.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use snapkit::retention::{Gfs, GfsDuration, Policies, PolicyError, PolicySpec};
 
-use crate::config::Config;
+use crate::config::{Config, PoliciesError};
 use crate::error::CliError;
 
 /// Policy flags shared by `plan` and `trim`; the `--keep-*` names are
@@ -88,28 +88,27 @@ impl PolicyArgs {
             }
             (None, false) => None,
         };
-        let mut per_lineage = HashMap::new();
-        if cli_policy.is_none() {
-            for (alias, v) in &config.volumes {
-                if let Some(strategy) = &v.strategy {
-                    let spec =
-                        PolicySpec::from_name(strategy, &r.logarithmic, &r.gfs).map_err(|e| {
-                            CliError::Usage(format!("volume alias {alias}: {}", with_flags(&e)))
-                        })?;
-                    per_lineage.insert(v.volume_id.to_string(), spec);
+        let min_keep = self.min_keep.map_or(r.min_keep, usize::from).max(1);
+        let policies = match cli_policy {
+            // An explicit policy applies to every lineage.
+            Some(default) => Policies {
+                default,
+                per_lineage: HashMap::new(),
+                min_keep,
+            },
+            None => config.policies().map_err(|e| match e {
+                PoliciesError::Alias { alias, source } => {
+                    CliError::Usage(format!("volume alias {alias}: {}", with_flags(&source)))
                 }
-            }
-        }
-        let default = match cli_policy {
-            Some(p) => p,
-            None => PolicySpec::from_name(&r.policy, &r.logarithmic, &r.gfs).map_err(|e| {
-                CliError::Usage(format!("config retention.policy: {}", with_flags(&e)))
+                PoliciesError::Default(e) => {
+                    CliError::Usage(format!("config retention.policy: {}", with_flags(&e)))
+                }
+                e => CliError::Usage(e.to_string()),
             })?,
         };
         Ok(Policies {
-            default,
-            per_lineage,
-            min_keep: self.min_keep.map_or(r.min_keep, usize::from).max(1),
+            min_keep,
+            ..policies
         })
     }
 }

@@ -40,10 +40,6 @@ pub(crate) struct Args {
     pub policy: PolicyArgs,
 }
 
-/// The cap on one trim's deletions when neither the flag nor the config
-/// sets one.
-pub(crate) const DEFAULT_MAX_DELETE: u64 = 1000;
-
 /// Asks `question` on `out` and reads one line from `input`: only `y` or
 /// `yes` (any case) is a yes; end of input is a no.
 fn confirm(question: &str, input: &mut dyn BufRead, out: &mut dyn Write) -> bool {
@@ -102,8 +98,7 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     if !ctx.global.dry_run && total > 0 {
         let cap = args
             .max_delete
-            .or(ctx.config.retention.max_delete)
-            .unwrap_or(DEFAULT_MAX_DELETE);
+            .unwrap_or_else(|| ctx.config.retention.max_delete());
         let regions_with = plans
             .iter()
             .filter(|(_, p, _)| p.deletions().next().is_some())

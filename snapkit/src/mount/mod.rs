@@ -8,7 +8,7 @@
 //!   `CreateVolume` would be allowed (a `DryRun` call);
 //! - [`Mounter::mount`] creates a volume from the snapshot in the
 //!   instance's zone (tagged at creation, so a crashed run is found
-//!   again), attaches it on a free device, and over [`Remote`] resolves the
+//!   again), attaches it on a free device, and over [`Remote`](ec2kit::Remote) resolves the
 //!   local device and mounts it **read-only without replaying a journal**
 //!   (`norecovery` for XFS, `noload` for ext*): a snapshot of a live
 //!   filesystem has a dirty journal, and replaying it would write to the

@@ -8,6 +8,7 @@
 //! executes.
 
 mod gfs;
+pub mod html;
 mod logarithmic;
 mod max_age;
 mod parse;

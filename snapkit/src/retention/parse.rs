@@ -165,6 +165,27 @@ impl Policies {
         }
         planner.plan(snapshots, now)
     }
+
+    /// What of `snapshots` will still exist at `at` if `plan` is carried
+    /// out and these policies run again at `at`, with no new backups in
+    /// between: `snapshots` minus `plan`'s deletions, planned at `at`.
+    /// The returned plan's kept decisions are the survivors.
+    pub fn project(
+        &self,
+        snapshots: &[Snapshot],
+        plan: &Plan,
+        at: Timestamp,
+        guards: Guards,
+    ) -> Plan {
+        let gone: std::collections::HashSet<&ec2kit::SnapshotId> =
+            plan.deletions().map(|d| &d.id).collect();
+        let left: Vec<Snapshot> = snapshots
+            .iter()
+            .filter(|s| !gone.contains(&s.id))
+            .cloned()
+            .collect();
+        self.plan(&left, at, guards)
+    }
 }
 
 fn parse_age(s: &str) -> Result<SignedDuration, PolicyError> {

@@ -15,6 +15,7 @@ mod ec2;
 mod host;
 mod iam;
 mod mount;
+mod plan_html;
 mod provision;
 mod replicate;
 mod snap;

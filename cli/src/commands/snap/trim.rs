@@ -7,7 +7,7 @@ use serde::Serialize;
 use snapkit::retention::{Decision, Plan};
 use snapkit::trim::{self, Scope, TrimEvent, TrimReport};
 
-use super::plan::{parse_now, print_plan};
+use super::plan::{PlanFormat, parse_now, print_html, print_plan};
 use super::policy::PolicyArgs;
 use crate::context::Context;
 use crate::error::CliError;
@@ -35,6 +35,10 @@ pub(crate) struct Args {
     /// `retention.max_delete`, then 1000). A policy gone wrong stops here.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
     pub max_delete: Option<u64>,
+    /// With `--dry-run`: `text` (the table, or JSON with `--output json`)
+    /// or `html`, one self-contained HTML page of every region's plan.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    pub format: PlanFormat,
     /// Policy selection.
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -71,6 +75,12 @@ struct RegionTrim<'a> {
 /// Plans per region, prints, and (without --dry-run) deletes.
 pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let policies = args.policy.resolve(&ctx.config)?;
+    args.format.check(ctx)?;
+    if args.format == PlanFormat::Html && !ctx.global.dry_run {
+        return Err(CliError::Usage(
+            "--format html shows a plan: it needs --dry-run".into(),
+        ));
+    }
     let ec2 = ctx.ec2().await;
     let regions = ctx.regions(&ec2).await?;
     let now = parse_now(None)?;
@@ -88,6 +98,25 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                 failed_regions.push(region.to_string());
             }
         }
+    }
+
+    if args.format == PlanFormat::Html {
+        // One page for every region (a timeline per lineage per region).
+        let mut all = Plan {
+            now,
+            decisions: Vec::new(),
+            notes: Vec::new(),
+        };
+        for (_, plan, _) in plans {
+            all.decisions.extend(plan.decisions);
+            for note in plan.notes {
+                if !all.notes.contains(&note) {
+                    all.notes.push(note);
+                }
+            }
+        }
+        print_html(&all, &[])?;
+        return outcome(0, &failed_regions);
     }
 
     // Every region is planned before anything is deleted: the cap and the

@@ -109,13 +109,16 @@ impl Scale {
 /// has one timeline per lineage per region).
 type Key<'a> = (&'a str, Option<&'a str>);
 
+/// A logarithmic interval: `[from, to)`.
+type Interval = (Timestamp, Timestamp);
+
 fn key(d: &Decision) -> Key<'_> {
     (&d.lineage, d.region.as_ref().map(|r| r.as_str()))
 }
 
 /// The bucket kinds a reason names, with (for logarithmic intervals) the
 /// interval itself.
-fn buckets_of(reason: &Reason) -> Vec<(&'static str, Option<(Timestamp, Timestamp)>)> {
+fn buckets_of(reason: &Reason) -> Vec<(&'static str, Option<Interval>)> {
     match reason {
         Reason::OldestInInterval(i) => vec![("interval", parse_interval(i))],
         Reason::YoungerThan(_) => vec![("younger", None)],
@@ -133,7 +136,7 @@ fn buckets_of(reason: &Reason) -> Vec<(&'static str, Option<(Timestamp, Timestam
 }
 
 /// `[2013-01-01 00:00, 2013-01-20 14:30)` → the two times.
-fn parse_interval(s: &str) -> Option<(Timestamp, Timestamp)> {
+fn parse_interval(s: &str) -> Option<Interval> {
     let inner = s.strip_prefix('[')?.strip_suffix(')')?;
     let (a, b) = inner.split_once(", ")?;
     let p = |t: &str| {
@@ -246,8 +249,7 @@ fn timeline(
     projections: &[(&Plan, &[&Decision])],
 ) {
     // Bucket tracks: the kinds the reasons name, in BUCKETS order.
-    let mut spans: BTreeMap<usize, Vec<(Timestamp, Option<(Timestamp, Timestamp)>)>> =
-        BTreeMap::new();
+    let mut spans: BTreeMap<usize, Vec<(Timestamp, Option<Interval>)>> = BTreeMap::new();
     for d in decisions.iter().filter(|d| d.action == Verdict::Keep) {
         for (kind, interval) in buckets_of(&d.reason) {
             if let Some(i) = BUCKETS.iter().position(|(k, _)| *k == kind) {
@@ -652,5 +654,25 @@ mod tests {
             .map(|s| s[..s.find('"').unwrap()].parse::<usize>().unwrap())
             .sum();
         assert_eq!(total, 1440);
+    }
+
+    #[test]
+    fn logarithmic_intervals_are_shaded_from_their_bounds() {
+        let start: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let snaps: Vec<_> = (0..90)
+            .map(|i| {
+                let t = start + jiff::SignedDuration::from_hours(24 * i);
+                snap(i as u64 + 1, "vol-00000001", &t.to_string())
+            })
+            .collect();
+        let plan = Logarithmic::default().plan(&snaps, "2026-04-01T00:00:00Z".parse().unwrap());
+        assert!(
+            plan.decisions
+                .iter()
+                .any(|d| matches!(d.reason, Reason::OldestInInterval(_)))
+        );
+        let h = render(&plan, &[]);
+        assert!(h.contains(">interval</text>"));
+        assert!(h.contains("<title>interval: ["), "intervals not parsed");
     }
 }

@@ -44,7 +44,7 @@ const RIGHT_W: f64 = 20.0;
 /// Height of a mark track.
 const TRACK_H: f64 = 18.0;
 /// Height of a bucket track.
-const BUCKET_H: f64 = 10.0;
+const BUCKET_H: f64 = 12.0;
 /// Height of the time axis.
 const AXIS_H: f64 = 18.0;
 /// Width of an aggregation column.
@@ -334,15 +334,17 @@ fn timeline(
     for (i, list) in &spans {
         let (kind, colour) = BUCKETS[*i];
         label(h, y, BUCKET_H, kind);
-        for (t, interval) in list {
-            let (a, b) = match interval {
-                Some((a, b)) => (scale.x(*a), scale.x(*b)),
-                None => (scale.x(*t) - 1.0, scale.x(*t) + 1.0),
+        for (j, (t, interval)) in list.iter().enumerate() {
+            // Intervals side by side: a gap and alternating shades.
+            let (a, b, alt) = match interval {
+                Some((a, b)) => (scale.x(*a), scale.x(*b) - 1.0, j % 2 == 1),
+                None => (scale.x(*t) - 1.0, scale.x(*t) + 1.0, false),
             };
             let _ = writeln!(
                 h,
-                "<rect class=\"bucket\" fill=\"{colour}\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" \
+                "<rect class=\"bucket{}\" fill=\"{colour}\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" \
                  height=\"{:.1}\"><title>{}</title></rect>",
+                if alt { " alt" } else { "" },
                 a.max(LABEL_W),
                 y + 1.0,
                 (b - a).max(1.0),
@@ -522,6 +524,7 @@ svg .track { fill: #f5f5f5; }
 svg .label, svg .tick { font-size: 11px; fill: #616161; }
 svg .mark:hover, svg .bucket:hover { stroke: #000; stroke-width: 1; }
 svg .bucket { opacity: 0.9; }
+svg .bucket.alt { opacity: 0.5; }
 svg .span { opacity: 0.25; }
 svg .now { stroke: #212121; stroke-width: 1.5; }
 svg .at { stroke: #1565c0; stroke-width: 1; stroke-dasharray: 3 2; }

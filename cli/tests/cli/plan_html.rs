@@ -289,3 +289,132 @@ fn html_output_is_refused_where_it_cannot_be_right() {
         .code(2)
         .stderr_has("it needs --dry-run");
 }
+
+/// Launches an untagged instance in `region` and snapshots its root
+/// volume `n` times with ektool's tags: the volume and the snapshot ids.
+async fn owned_snapshots(region: &str, n: usize) -> (String, Vec<String>) {
+    use ec2kit::requests::CreateSnapshot;
+    use ec2kit::{Ec2, Region, Tags};
+    use snapkit::lineage::tags;
+
+    let inst = crate::moto::launch(region, 1, Tags::new()).await.remove(0);
+    let ec2 = crate::moto::ec2().await;
+    let region = Region::new(region);
+    let vol = inst.root_volume().unwrap().clone();
+    let t = Tags::new()
+        .with(tags::VOLUME, vol.to_string())
+        .with(tags::OWNER, tags::OWNER_VALUE);
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let s = ec2
+            .create_snapshot(
+                &region,
+                &CreateSnapshot {
+                    volume_id: Some(vol.clone()),
+                    tags: t.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        ids.push(s.id.to_string());
+    }
+    (vol.to_string(), ids)
+}
+
+/// A number in `html` right after `prefix`.
+fn number_after(html: &str, prefix: &str) -> usize {
+    let at = html.find(prefix).unwrap_or_else(|| panic!("no {prefix:?}")) + prefix.len();
+    let digits: String = html[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap()
+}
+
+#[tokio::test]
+async fn trim_dry_run_html_shows_every_region_and_deletes_nothing() {
+    // Regions where no other test trims, counts or replicates snapshots
+    // (trim --dry-run plans every lineage of the region; only ours are
+    // asserted on).
+    let regions = ["us-gov-west-1", "us-west-2"];
+    let mut ours = Vec::new();
+    for r in regions {
+        let (vol, ids) = owned_snapshots(r, 3).await;
+        ours.push((r, vol, ids));
+    }
+    let html = Ektool::moto()
+        .args(&[
+            "-r",
+            &regions.join(","),
+            "--dry-run",
+            "snap",
+            "trim",
+            "--keep-last",
+            "1",
+            "--format",
+            "html",
+        ])
+        .run()
+        .success()
+        .stdout;
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(!html.contains("dry run: nothing deleted"), "the table too");
+    // One timeline per lineage per region; ours: one kept, two deleted.
+    for (region, vol, ids) in &ours {
+        assert!(
+            html.contains(&format!("<h2>{vol} <small>{region}</small></h2>")),
+            "no timeline for {vol} in {region}"
+        );
+        let verdict = |id: &str| {
+            let at = html
+                .find(&format!("<title>{id} · "))
+                .unwrap_or_else(|| panic!("{id} not drawn"));
+            let title = &html[at..at + html[at..].find("</title>").unwrap()];
+            if title.contains(" · delete: ") {
+                "delete"
+            } else {
+                "keep"
+            }
+        };
+        // moto gives snapshots taken in one second the same start time:
+        // which one is "newest" is the planner's tie-break, not ours.
+        let mut got: Vec<&str> = ids.iter().map(|id| verdict(id)).collect();
+        got.sort_unstable();
+        assert_eq!(got, ["delete", "delete", "keep"], "{region}");
+    }
+    // A dry run: everything is still there.
+    let ec2 = crate::moto::ec2().await;
+    for (region, _, ids) in &ours {
+        use ec2kit::Ec2;
+        let all: Vec<String> = ec2
+            .describe_snapshots(&ec2kit::Region::new(*region), &[])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id.to_string())
+            .collect();
+        assert!(ids.iter().all(|id| all.contains(id)), "a dry run deleted");
+    }
+
+    let Some(chromium) = chromium() else {
+        eprintln!(
+            "skipping the browser half: chromium is not installed (scripts/testbed install \
+             installs it)"
+        );
+        return;
+    };
+    // The drawing adds up to the plan's own summary (every region).
+    let kept = number_after(&html, "<span class=\"keep\">keep ");
+    let deleted = number_after(&html, "<span class=\"delete\">delete ");
+    assert!(deleted >= 4, "{deleted}");
+    let dir = tempdir();
+    let page = dir.path().join("trim.html");
+    std::fs::write(&page, &html).unwrap();
+    let dom = browse(&chromium, &page, &["--dump-dom"]);
+    assert_eq!(body_attr(&dom, "data-rendered-kept"), kept.to_string());
+    assert_eq!(
+        body_attr(&dom, "data-rendered-deleted"),
+        deleted.to_string()
+    );
+}

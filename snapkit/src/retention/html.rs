@@ -199,7 +199,11 @@ pub fn render(plan: &Plan, projections: &[Plan]) -> String {
          {} lineage(s) · <span class=\"keep\">keep {kept}</span>, \
          <span class=\"delete\">delete {deleted}</span></p>\n",
         escape(&when(plan.now)),
-        escape(&policies.join(", ")),
+        if policies.is_empty() {
+            "-".to_owned()
+        } else {
+            escape(&policies.join(", "))
+        },
         groups.len(),
     );
     if !projections.is_empty() {

@@ -8,6 +8,8 @@
 //!   with logarithmic (the seed's trim, as intended), GFS (restic's
 //!   semantics) and max-age policies, and safety guards no policy can
 //!   override;
+//! - [`check`]: the freshness of every lineage (newest completed
+//!   snapshot and its age, in the source and replica regions);
 //! - [`backup`] and [`consistency`] (filesystem freeze and DB lock with a
 //!   host-side watchdog), [`trim`] against EC2, [`inventory`] files;
 //! - [`replicate`] (native `CopySnapshot` with a slot scheduler, lag),
@@ -31,6 +33,7 @@
 
 pub mod ami;
 pub mod backup;
+pub mod check;
 pub mod connect;
 pub mod consistency;
 pub mod instances;

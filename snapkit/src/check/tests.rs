@@ -147,7 +147,7 @@ async fn fresh_stale_missing_and_error_lineages() {
         ]
     );
     assert_eq!(report.regions[0].snapshots, 6);
-    assert_eq!(report.regions[0].volume_bytes, 6 * 8 << 30);
+    assert_eq!(report.regions[0].volume_bytes, (6 * 8) << 30);
     assert!(!report.ok());
 }
 

@@ -1,6 +1,7 @@
 //! `ektool snap …`: the snapshot lifecycle.
 
 pub(crate) mod backup;
+pub(crate) mod check;
 pub(crate) mod count;
 pub(crate) mod list;
 pub(crate) mod mount;
@@ -90,6 +91,9 @@ pub(crate) enum SnapCommand {
     DeleteBroken(trim::BrokenArgs),
     /// Count snapshots per region against a warning threshold.
     Count(count::Args),
+    /// Is the newest completed snapshot of every volume recent enough?
+    /// (missing, stale and `error` ones exit 1, one line each)
+    Check(check::Args),
     /// Copy the newest snapshot of every lineage into another region.
     Replicate(replicate::Args),
     /// Every other region into a primary, then the primary into a secondary.
@@ -114,6 +118,7 @@ pub(crate) async fn exec(ctx: &Context, cmd: SnapCommand) -> Result<(), CliError
         SnapCommand::Trim(a) => trim::exec(ctx, a).await,
         SnapCommand::DeleteBroken(a) => trim::exec_broken(ctx, a).await,
         SnapCommand::Count(a) => count::exec(ctx, a).await,
+        SnapCommand::Check(a) => check::exec(ctx, a).await,
         SnapCommand::Replicate(a) => replicate::exec(ctx, a).await,
         SnapCommand::ReplicateAll(a) => replicate::exec_all(ctx, a).await,
         SnapCommand::Lag(a) => replicate::exec_lag(ctx, a).await,

@@ -1,0 +1,201 @@
+//! `ektool snap check` against moto: fresh, missing, replicas, JSON, the
+//! config's thresholds.
+
+use ec2kit::Tags;
+
+use crate::harness::Ektool;
+use crate::moto;
+
+/// Regions no other test uses.
+const FROM: &str = "us-gov-east-1";
+const TO: &str = "us-gov-west-1";
+
+fn root(i: &ec2kit::Instance) -> String {
+    i.root_volume().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn check_finds_missing_lineages_then_passes_once_everything_is_backed_up_and_copied() {
+    let key = ektool_tests::unique("check");
+    let tag = format!("{key}=prod");
+    let first = moto::launch(FROM, 1, Tags::new().with(&key, "prod"))
+        .await
+        .remove(0);
+    let backup = || {
+        Ektool::moto()
+            .args(&["-r", FROM, "snap", "backup", "--tag", &tag])
+            .run()
+            .success();
+    };
+    backup();
+    // Tagged after the backup: never backed up.
+    let second = moto::launch(FROM, 1, Tags::new().with(&key, "prod"))
+        .await
+        .remove(0);
+    let check = |extra: &[&str]| {
+        Ektool::moto()
+            .args(&["-r", FROM, "snap", "check", "--tag", &tag])
+            .args(extra)
+    };
+
+    let out = check(&[]).run().code(1);
+    let missing = format!(
+        "missing: {FROM} {} ({} {}): no completed snapshot",
+        root(&second),
+        second.id,
+        second.block_devices[0].device_name
+    );
+    assert!(out.stderr.contains(&missing), "{}", out.stderr);
+    assert!(!out.stderr.contains(&root(&first)), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("1 check failure(s) in 2 lineage(s)"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("MISSING") && out.stdout.contains(" ok"),
+        "{}",
+        out.stdout
+    );
+
+    let json = check(&[]).arg("--output").arg("json").run().code(1).json();
+    let status = |v: &serde_json::Value, vol: &str, place: &str| {
+        v["lineages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["lineage"] == vol && l["place"] == place)
+            .map(|l| l["status"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        status(&json, &root(&first), "source").as_deref(),
+        Some("fresh")
+    );
+    assert_eq!(
+        status(&json, &root(&second), "source").as_deref(),
+        Some("missing")
+    );
+    assert_eq!(json["failures"].as_array().unwrap().len(), 1);
+    let newest = json["lineages"][0]["newest"].as_str().unwrap();
+    assert!(newest.starts_with("snap-"), "{json}");
+
+    // Everything backed up: the check passes.
+    backup();
+    check(&["--max-age", "1h"]).run().success().stdout_has("ok");
+
+    // Replicas: none yet in the destination.
+    let out = check(&["--to", TO, "--replica-max-age", "2h"])
+        .run()
+        .code(1);
+    assert_eq!(out.stderr.matches("missing: ").count(), 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("missing: {TO} {}", root(&first))),
+        "{}",
+        out.stderr
+    );
+    Ektool::moto()
+        .args(&[
+            "snap",
+            "replicate",
+            "--from",
+            FROM,
+            "--to",
+            TO,
+            "--tag",
+            &tag,
+            "--wait",
+            "--poll",
+            "1s",
+        ])
+        .run()
+        .success();
+    let json = check(&["--to", TO, "--replica-max-age", "2h", "--output", "json"])
+        .run()
+        .success()
+        .json();
+    assert_eq!(
+        status(&json, &root(&first), "replica").as_deref(),
+        Some("fresh")
+    );
+    assert_eq!(
+        status(&json, &root(&second), "replica").as_deref(),
+        Some("fresh")
+    );
+}
+
+#[tokio::test]
+async fn aliases_carry_their_thresholds_and_bad_thresholds_are_errors_at_their_place() {
+    let key = ektool_tests::unique("check-alias");
+    let inst = moto::launch(FROM, 1, Tags::new().with(&key, "prod"))
+        .await
+        .remove(0);
+    let dir = ektool_tests::tempdir();
+    std::fs::write(
+        dir.path().join("ektool.toml"),
+        format!(
+            "[check]\nmax_age = \"2h\"\n\n[volumes.data]\nvolume_id = \"{}\"\nregion = \"{FROM}\"\nmax_age = \"5m\"\n",
+            root(&inst)
+        ),
+    )
+    .unwrap();
+    let check = || {
+        Ektool::moto()
+            .args(&["-r", FROM, "snap", "check", "--aliases-only"])
+            .current_dir(dir.path())
+    };
+    let out = check().run().code(1);
+    assert!(
+        out.stderr.contains(&format!(
+            "missing: {FROM} {} (data): no completed snapshot",
+            root(&inst)
+        )),
+        "{}",
+        out.stderr
+    );
+    Ektool::moto()
+        .args(&["-r", FROM, "snap", "backup", "--volume", "data"])
+        .current_dir(dir.path())
+        .run()
+        .success();
+    let json = check().args(&["--output", "json"]).run().success().json();
+    let lineages = json["lineages"].as_array().unwrap();
+    assert_eq!(lineages.len(), 1, "{json}");
+    assert_eq!(lineages[0]["alias"], "data");
+    assert_eq!(lineages[0]["max_age_seconds"], 300);
+
+    for (toml, place, says) in [
+        (
+            "[check]\nmax_age = \"3x\"\n",
+            "ektool.toml:2:11: ",
+            "max_age",
+        ),
+        (
+            "[check.tags]\n\"Tier=db\" = \"0s\"\n",
+            "ektool.toml:2:13: ",
+            "`0s` is out of range",
+        ),
+        (
+            "[check.tags]\n\"nokey\" = \"1h\"\n",
+            "ektool.toml:2:1: ",
+            "nokey",
+        ),
+    ] {
+        std::fs::write(dir.path().join("ektool.toml"), toml).unwrap();
+        let out = Ektool::new()
+            .args(&["-r", FROM, "snap", "check"])
+            .current_dir(dir.path())
+            .run()
+            .code(2);
+        assert!(
+            out.stderr.contains(place) && out.stderr.contains(says),
+            "{toml}: {}",
+            out.stderr
+        );
+    }
+    Ektool::new()
+        .args(&["snap", "check", "--replica-max-age", "1h"])
+        .run()
+        .code(2)
+        .stderr_has("--replica-max-age needs a destination");
+}

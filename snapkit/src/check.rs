@@ -294,6 +294,94 @@ impl CheckReport {
     pub fn ok(&self) -> bool {
         self.failures().is_empty()
     }
+
+    /// The report as Prometheus metrics: per lineage the **timestamp** of
+    /// the newest completed snapshot (alert on `time() - it > threshold`,
+    /// the threshold being the next gauge) and the `error` snapshots; per
+    /// region the snapshots ektool made and their volume bytes; the
+    /// failures found. Add [`Metrics::run`](crate::metrics::Metrics::run)
+    /// for the run itself.
+    pub fn metrics(&self) -> crate::metrics::Metrics {
+        let mut m = crate::metrics::Metrics::new();
+        let labels = |l: &LineageCheck| -> [(&'static str, String); 6] {
+            [
+                ("region", l.region.to_string()),
+                ("lineage", l.lineage.clone()),
+                (
+                    "place",
+                    match l.place {
+                        Place::Source => "source",
+                        Place::Replica => "replica",
+                    }
+                    .to_owned(),
+                ),
+                (
+                    "instance",
+                    l.instance
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                ),
+                ("device", l.device.clone().unwrap_or_default()),
+                ("alias", l.alias.clone().unwrap_or_default()),
+            ]
+        };
+        for (name, help) in [
+            (
+                "ektool_snapshot_newest_completed_timestamp_seconds",
+                "When the data of the newest completed snapshot of the lineage was taken (Unix time).",
+            ),
+            (
+                "ektool_snapshot_max_age_seconds",
+                "How old the newest completed snapshot of the lineage may be.",
+            ),
+            (
+                "ektool_snapshot_completed",
+                "Completed snapshots of the lineage in the region.",
+            ),
+            (
+                "ektool_snapshot_errors",
+                "Snapshots of the lineage in error state in the region.",
+            ),
+        ] {
+            let family = m.gauge(name, help);
+            for l in &self.lineages {
+                let v = match name {
+                    "ektool_snapshot_newest_completed_timestamp_seconds" => match l.newest_time {
+                        Some(t) => t.as_second() as f64,
+                        None => continue,
+                    },
+                    "ektool_snapshot_max_age_seconds" => l.max_age_seconds as f64,
+                    "ektool_snapshot_completed" => l.completed as f64,
+                    _ => l.errors.len() as f64,
+                };
+                let ls = labels(l);
+                let refs: Vec<(&str, &str)> = ls.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                family.sample(&refs, v);
+            }
+        }
+        let snapshots = m.gauge(
+            "ektool_snapshots",
+            "Snapshots ektool made in the region, any state.",
+        );
+        for r in &self.regions {
+            snapshots.sample(&[("region", r.region.as_str())], r.snapshots as f64);
+        }
+        let bytes = m.gauge(
+            "ektool_snapshots_volume_size_bytes",
+            "The sum of the volume sizes of the snapshots ektool made in the region \
+             (EC2 does not report the incremental size).",
+        );
+        for r in &self.regions {
+            bytes.sample(&[("region", r.region.as_str())], r.volume_bytes as f64);
+        }
+        m.gauge(
+            "ektool_check_failures",
+            "Failures the last check found: missing, stale and error snapshots, unlisted regions.",
+        )
+        .sample(&[], self.failures().len() as f64);
+        m
+    }
 }
 
 /// A volume to check in a region, before its snapshots are looked at.

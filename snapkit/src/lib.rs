@@ -9,7 +9,8 @@
 //!   semantics) and max-age policies, and safety guards no policy can
 //!   override;
 //! - [`check`]: the freshness of every lineage (newest completed
-//!   snapshot and its age, in the source and replica regions);
+//!   snapshot and its age, in the source and replica regions) and
+//!   [`metrics`] (Prometheus text format for node_exporter);
 //! - [`backup`] and [`consistency`] (filesystem freeze and DB lock with a
 //!   host-side watchdog), [`trim`] against EC2, [`inventory`] files;
 //! - [`replicate`] (native `CopySnapshot` with a slot scheduler, lag),
@@ -39,6 +40,7 @@ pub mod consistency;
 pub mod instances;
 pub mod inventory;
 pub mod lineage;
+pub mod metrics;
 pub mod mount;
 pub mod replicate;
 pub mod retention;

@@ -199,3 +199,102 @@ async fn aliases_carry_their_thresholds_and_bad_thresholds_are_errors_at_their_p
         .code(2)
         .stderr_has("--replica-max-age needs a destination");
 }
+
+/// `--metrics`: the file passes `promtool check metrics` (Prometheus's own
+/// parser and linter) and carries the newest snapshot's timestamp, the
+/// region's count and the run's outcome.
+#[tokio::test]
+async fn metrics_pass_promtool_and_carry_the_newest_timestamp() {
+    let key = ektool_tests::unique("check-metrics");
+    let tag = format!("{key}=prod");
+    let inst = moto::launch(FROM, 1, Tags::new().with(&key, "prod"))
+        .await
+        .remove(0);
+    Ektool::moto()
+        .args(&["-r", FROM, "snap", "backup", "--tag", &tag])
+        .run()
+        .success();
+    let dir = ektool_tests::tempdir();
+    let file = dir.path().join("ektool.prom");
+    let before = jiff::Timestamp::now().as_second();
+    Ektool::moto()
+        .args(&["-r", FROM, "snap", "check", "--tag", &tag, "--metrics"])
+        .arg(file.to_str().unwrap())
+        .run()
+        .success();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    let newest = line(&format!(
+        "ektool_snapshot_newest_completed_timestamp_seconds{{region=\"{FROM}\",lineage=\"{}\",place=\"source\",instance=\"{}\"",
+        root(&inst),
+        inst.id
+    ));
+    assert!(
+        (before - 600..=before + 60).contains(&(newest as i64)),
+        "{newest}"
+    );
+    assert_eq!(line("ektool_last_run_success{command=\"snap check\"}"), 1.0);
+    assert!(line(&format!("ektool_snapshots{{region=\"{FROM}\"}}")) >= 1.0);
+    assert_eq!(line("ektool_check_failures"), 0.0);
+    // Nothing but the file in its directory: the temporary was renamed.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+    // A failing check still writes its metrics, with success 0.
+    let out = Ektool::moto()
+        .args(&[
+            "-r",
+            FROM,
+            "snap",
+            "check",
+            "--tag",
+            &tag,
+            "--to",
+            TO,
+            "--metrics",
+        ])
+        .arg(file.to_str().unwrap())
+        .run()
+        .code(1);
+    assert!(out.stderr.contains("missing: "), "{}", out.stderr);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("ektool_last_run_success{command=\"snap check\"} 0\n"),
+        "{text}"
+    );
+
+    let Ok(promtool) = which_promtool() else {
+        println!(
+            "skipped: promtool is not installed (scripts/testbed install adds Debian's prometheus)"
+        );
+        return;
+    };
+    let out = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn which_promtool() -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("promtool"))
+        .find(|p| p.is_file())
+        .ok_or(())
+}

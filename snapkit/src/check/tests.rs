@@ -146,6 +146,28 @@ async fn fresh_stale_missing_and_error_lineages() {
             "missing: eu-west-1 vol-0000000c (i-00000001 /dev/sdg): no completed snapshot",
         ]
     );
+    let text = report.metrics().render();
+    let newest = format!(
+        "ektool_snapshot_newest_completed_timestamp_seconds{{region=\"eu-west-1\",lineage=\"vol-0000000a\",place=\"source\",instance=\"i-00000001\",device=\"/dev/xvda\",alias=\"\"}} {}\n",
+        NOW - 2 * HOUR
+    );
+    assert!(text.contains(&newest), "{text}");
+    // A missing lineage has no timestamp, only its threshold.
+    assert!(!text.contains("timestamp_seconds{region=\"eu-west-1\",lineage=\"vol-0000000c\""));
+    assert!(
+        text.contains(
+            "ektool_snapshot_max_age_seconds{region=\"eu-west-1\",lineage=\"vol-0000000c\""
+        )
+    );
+    assert!(
+        text.contains("ektool_snapshots{region=\"eu-west-1\"} 6\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ektool_snapshots_volume_size_bytes{region=\"eu-west-1\"} 51539607552\n"),
+        "{text}"
+    );
+    assert!(text.contains("ektool_check_failures 3\n"), "{text}");
     assert_eq!(report.regions[0].snapshots, 6);
     assert_eq!(report.regions[0].volume_bytes, (6 * 8) << 30);
     assert!(!report.ok());

@@ -183,11 +183,15 @@ fn row(l: &check::LineageCheck) -> Vec<String> {
     ]
 }
 
+/// `--metrics FILE`: the report's metrics and the run's, atomically.
 fn write_metrics(
-    _path: &std::path::Path,
-    _report: &CheckReport,
-    _started: jiff::Timestamp,
-    _ok: bool,
+    path: &std::path::Path,
+    report: &CheckReport,
+    started: jiff::Timestamp,
+    ok: bool,
 ) -> Result<(), CliError> {
-    Ok(())
+    let mut metrics = report.metrics();
+    metrics.run("snap check", started, jiff::Timestamp::now(), ok);
+    snapkit::metrics::write_atomic(path, &metrics.render())
+        .map_err(|e| CliError::Failed(format!("--metrics {}: {e}", path.display())))
 }

@@ -362,14 +362,14 @@ impl CheckReport {
         }
         let snapshots = m.gauge(
             "ektool_snapshots",
-            "Snapshots ektool made in the region, any state.",
+            "Snapshots carrying ektool's ownership tag in the region, any state.",
         );
         for r in &self.regions {
             snapshots.sample(&[("region", r.region.as_str())], r.snapshots as f64);
         }
         let bytes = m.gauge(
             "ektool_snapshots_volume_size_bytes",
-            "The sum of the volume sizes of the snapshots ektool made in the region \
+            "The sum of the volume sizes of the snapshots carrying ektool's ownership tag in the region \
              (EC2 does not report the incremental size).",
         );
         for r in &self.regions {

@@ -271,6 +271,13 @@ async fn metrics_pass_promtool_and_carry_the_newest_timestamp() {
         "{text}"
     );
 
+    promtool_accepts(&file);
+}
+
+/// `promtool check metrics` (Prometheus's own parser and linter) accepts
+/// the file; skipped, with the reason printed, without promtool.
+fn promtool_accepts(file: &std::path::Path) {
+    let text = std::fs::read_to_string(file).unwrap();
     let Ok(promtool) = which_promtool() else {
         println!(
             "skipped: promtool is not installed (scripts/testbed install adds Debian's prometheus)"
@@ -279,7 +286,7 @@ async fn metrics_pass_promtool_and_carry_the_newest_timestamp() {
     };
     let out = std::process::Command::new(&promtool)
         .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&file).unwrap())
+        .stdin(std::fs::File::open(file).unwrap())
         .output()
         .unwrap();
     assert!(
@@ -288,6 +295,132 @@ async fn metrics_pass_promtool_and_carry_the_newest_timestamp() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `--metrics` on `snap backup`, `replicate` and `trim`: what each did and
+/// the run's outcome, in files promtool accepts.
+#[tokio::test]
+async fn backup_replicate_and_trim_write_metrics_too() {
+    use ec2kit::Ec2;
+    use snapkit::lineage::tags;
+
+    let key = ektool_tests::unique("check-runs");
+    let tag = format!("{key}=prod");
+    let inst = moto::launch(FROM, 1, Tags::new().with(&key, "prod"))
+        .await
+        .remove(0);
+    let dir = ektool_tests::tempdir();
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let text = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+
+    Ektool::moto()
+        .args(&[
+            "-r",
+            FROM,
+            "snap",
+            "backup",
+            "--tag",
+            &tag,
+            "--metrics",
+            &file("backup.prom"),
+        ])
+        .run()
+        .success();
+    let t = text("backup.prom");
+    assert!(
+        t.contains(&format!(
+            "ektool_backup_snapshots_created{{region=\"{FROM}\"}} 1\n"
+        )),
+        "{t}"
+    );
+    assert!(t.contains("ektool_backup_failures 0\n"), "{t}");
+    assert!(
+        t.contains("ektool_last_run_success{command=\"snap backup\"} 1\n"),
+        "{t}"
+    );
+    promtool_accepts(&dir.path().join("backup.prom"));
+
+    Ektool::moto()
+        .args(&[
+            "snap",
+            "replicate",
+            "--from",
+            FROM,
+            "--to",
+            TO,
+            "--tag",
+            &tag,
+            "--metrics",
+            &file("replicate.prom"),
+        ])
+        .run()
+        .success();
+    let t = text("replicate.prom");
+    assert!(t.contains("ektool_replicate_copies_started 1\n"), "{t}");
+    assert!(
+        t.contains("ektool_last_run_success{command=\"snap replicate\"} 1\n"),
+        "{t}"
+    );
+    promtool_accepts(&dir.path().join("replicate.prom"));
+
+    // A second snapshot of the lineage: trim --keep-last 1 deletes one.
+    let vol = inst.root_volume().unwrap().clone();
+    moto::ec2()
+        .await
+        .create_snapshot(
+            &ec2kit::Region::new(FROM),
+            &ec2kit::requests::CreateSnapshot {
+                volume_id: Some(vol.clone()),
+                tags: Tags::new()
+                    .with(tags::OWNER, tags::OWNER_VALUE)
+                    .with(tags::VOLUME, vol.to_string()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    Ektool::moto()
+        .args(&[
+            "-r",
+            FROM,
+            "snap",
+            "trim",
+            "--yes",
+            "--keep-last",
+            "1",
+            "--metrics",
+            &file("trim.prom"),
+        ])
+        .run()
+        .success();
+    let t = text("trim.prom");
+    assert!(
+        t.contains(&format!(
+            "ektool_trim_deleted_snapshots{{region=\"{FROM}\"}} 1\n"
+        )),
+        "{t}"
+    );
+    assert!(
+        t.contains("ektool_last_run_success{command=\"snap trim\"} 1\n"),
+        "{t}"
+    );
+    promtool_accepts(&dir.path().join("trim.prom"));
+
+    // A failed run still writes its outcome.
+    Ektool::moto()
+        .args(&[
+            "snap",
+            "replicate",
+            "--from",
+            FROM,
+            "--to",
+            FROM,
+            "--metrics",
+            &file("bad.prom"),
+        ])
+        .run()
+        .code(2);
+    assert!(text("bad.prom").contains("ektool_last_run_success{command=\"snap replicate\"} 0\n"));
 }
 
 fn which_promtool() -> Result<std::path::PathBuf, ()> {

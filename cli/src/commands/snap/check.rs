@@ -3,7 +3,6 @@
 //! [`snapkit::check::CheckSpec`], checked, rendered; any failure exits 1
 //! with one line each on stderr.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ec2kit::{Region, Tag, fleet};
@@ -41,9 +40,9 @@ pub(crate) struct Args {
     #[arg(long, value_name = "DURATION", value_parser = durations::max_lag)]
     pub replica_max_age: Option<Duration>,
     /// Also write Prometheus metrics (text format, for node_exporter's
-    /// textfile collector) to this file, atomically.
+    /// textfile collector) to this file, atomically, whatever the outcome.
     #[arg(long, value_name = "FILE")]
-    pub metrics: Option<PathBuf>,
+    pub metrics: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -54,8 +53,11 @@ struct Json<'a> {
 }
 
 /// Builds the spec, checks, renders.
-pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
-    let started = jiff::Timestamp::now();
+pub(crate) async fn exec(
+    ctx: &Context,
+    args: Args,
+    metrics: &mut snapkit::metrics::Metrics,
+) -> Result<(), CliError> {
     let cfg = &ctx.config.check;
     let max_age = args
         .max_age
@@ -125,9 +127,7 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     };
     let report = check::check(&ec2, &spec, jiff::Timestamp::now()).await;
     let failures: Vec<String> = report.failures().iter().map(ToString::to_string).collect();
-    if let Some(path) = &args.metrics {
-        write_metrics(path, &report, started, failures.is_empty())?;
-    }
+    *metrics = report.metrics();
     match ctx.output() {
         OutputFormat::Json => output::json(&Json {
             report: &report,
@@ -181,17 +181,4 @@ fn row(l: &check::LineageCheck) -> Vec<String> {
             _ => "MISSING".into(),
         },
     ]
-}
-
-/// `--metrics FILE`: the report's metrics and the run's, atomically.
-fn write_metrics(
-    path: &std::path::Path,
-    report: &CheckReport,
-    started: jiff::Timestamp,
-    ok: bool,
-) -> Result<(), CliError> {
-    let mut metrics = report.metrics();
-    metrics.run("snap check", started, jiff::Timestamp::now(), ok);
-    snapkit::metrics::write_atomic(path, &metrics.render())
-        .map_err(|e| CliError::Failed(format!("--metrics {}: {e}", path.display())))
 }

@@ -1,4 +1,10 @@
-use ec2kit::{Action, BlockDevice, Instance, MockEc2, Tags};
+use ec2kit::requests::{
+    CopyImage, CopySnapshot, CreateSnapshot, CreateSnapshots, CreateVolume, RegisterImage,
+    RunInstances,
+};
+use ec2kit::{
+    Action, BlockDevice, Image, ImageId, Instance, KmsKey, MockEc2, RegionInfo, Tags, Volume,
+};
 
 use super::*;
 use crate::lineage::tags;
@@ -363,4 +369,250 @@ async fn aliases_only() {
     let report = check(&ec2, &spec, at(0)).await;
     assert!(report.ok(), "{:?}", lines(&report));
     assert_eq!(report.lineages.len(), 1);
+}
+
+/// An EC2 whose describe calls take `latency` (on tokio's clock).
+struct Slow {
+    inner: MockEc2,
+    latency: std::time::Duration,
+}
+
+#[async_trait::async_trait]
+impl Ec2 for Slow {
+    async fn describe_regions(&self) -> Result<Vec<RegionInfo>, Ec2Error> {
+        unreachable!("snap check does not call describe_regions")
+    }
+    async fn describe_instances(
+        &self,
+        region: &Region,
+        filters: &[Filter],
+    ) -> Result<Vec<Instance>, Ec2Error> {
+        tokio::time::sleep(self.latency).await;
+        self.inner.describe_instances(region, filters).await
+    }
+    async fn termination_protection(
+        &self,
+        _region: &Region,
+        _instance: &InstanceId,
+    ) -> Result<bool, Ec2Error> {
+        unreachable!("snap check does not call termination_protection")
+    }
+    async fn describe_volumes(
+        &self,
+        _region: &Region,
+        _filters: &[Filter],
+    ) -> Result<Vec<Volume>, Ec2Error> {
+        unreachable!("snap check does not call describe_volumes")
+    }
+    async fn describe_snapshots(
+        &self,
+        region: &Region,
+        filters: &[Filter],
+    ) -> Result<Vec<Snapshot>, Ec2Error> {
+        tokio::time::sleep(self.latency).await;
+        self.inner.describe_snapshots(region, filters).await
+    }
+    async fn describe_images(
+        &self,
+        _region: &Region,
+        _filters: &[Filter],
+    ) -> Result<Vec<Image>, Ec2Error> {
+        unreachable!("snap check does not call describe_images")
+    }
+    async fn create_snapshot(
+        &self,
+        _region: &Region,
+        _request: &CreateSnapshot,
+    ) -> Result<Snapshot, Ec2Error> {
+        unreachable!("snap check does not call create_snapshot")
+    }
+    async fn create_snapshots(
+        &self,
+        _region: &Region,
+        _request: &CreateSnapshots,
+    ) -> Result<Vec<Snapshot>, Ec2Error> {
+        unreachable!("snap check does not call create_snapshots")
+    }
+    async fn create_tags(
+        &self,
+        _region: &Region,
+        _resources: &[String],
+        _tags: &Tags,
+        _dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        unreachable!("snap check does not call create_tags")
+    }
+    async fn delete_snapshot(
+        &self,
+        _region: &Region,
+        _snapshot: &SnapshotId,
+        _dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        unreachable!("snap check does not call delete_snapshot")
+    }
+    async fn copy_snapshot(
+        &self,
+        _region: &Region,
+        _request: &CopySnapshot,
+    ) -> Result<SnapshotId, Ec2Error> {
+        unreachable!("snap check does not call copy_snapshot")
+    }
+    async fn register_image(
+        &self,
+        _region: &Region,
+        _request: &RegisterImage,
+    ) -> Result<ImageId, Ec2Error> {
+        unreachable!("snap check does not call register_image")
+    }
+    async fn deregister_image(
+        &self,
+        _region: &Region,
+        _image: &ImageId,
+        _dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        unreachable!("snap check does not call deregister_image")
+    }
+    async fn copy_image(
+        &self,
+        _region: &Region,
+        _request: &CopyImage,
+    ) -> Result<ImageId, Ec2Error> {
+        unreachable!("snap check does not call copy_image")
+    }
+    async fn create_volume(
+        &self,
+        _region: &Region,
+        _request: &CreateVolume,
+    ) -> Result<Volume, Ec2Error> {
+        unreachable!("snap check does not call create_volume")
+    }
+    async fn attach_volume(
+        &self,
+        _region: &Region,
+        _volume: &VolumeId,
+        _instance: &InstanceId,
+        _device: &str,
+        _dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        unreachable!("snap check does not call attach_volume")
+    }
+    async fn detach_volume(
+        &self,
+        _region: &Region,
+        _volume: &VolumeId,
+        _force: bool,
+        _dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        unreachable!("snap check does not call detach_volume")
+    }
+    async fn delete_volume(
+        &self,
+        _region: &Region,
+        _volume: &VolumeId,
+        _dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        unreachable!("snap check does not call delete_volume")
+    }
+    async fn reboot_instances(
+        &self,
+        _region: &Region,
+        _instances: &[InstanceId],
+        _dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        unreachable!("snap check does not call reboot_instances")
+    }
+    async fn set_termination_protection(
+        &self,
+        _region: &Region,
+        _instance: &InstanceId,
+        _enabled: bool,
+        _dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        unreachable!("snap check does not call set_termination_protection")
+    }
+    async fn run_instances(
+        &self,
+        _region: &Region,
+        _request: &RunInstances,
+    ) -> Result<Vec<Instance>, Ec2Error> {
+        unreachable!("snap check does not call run_instances")
+    }
+    async fn describe_kms_key(&self, _region: &Region, _key_id: &str) -> Result<KmsKey, Ec2Error> {
+        unreachable!("snap check does not call describe_kms_key")
+    }
+    async fn terminate_instances(
+        &self,
+        _region: &Region,
+        _instances: &[InstanceId],
+        _dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        unreachable!("snap check does not call terminate_instances")
+    }
+}
+
+fn slow(latency_ms: u64) -> Slow {
+    let mut inner = MockEc2::new();
+    inner.expect_describe_instances().returning(|region, _| {
+        Ok(vec![instance(
+            "i-00000009",
+            region,
+            &[("/dev/xvda", "vol-00000009")],
+        )])
+    });
+    inner.expect_describe_snapshots().returning(|_, _| {
+        Ok(vec![snap(
+            "snap-9",
+            "vol-00000009",
+            HOUR,
+            SnapshotState::Completed,
+        )])
+    });
+    Slow {
+        inner,
+        latency: std::time::Duration::from_millis(latency_ms),
+    }
+}
+
+/// 17 regions at 50 ms a call take about as long as one: regions are
+/// listed at once, and in each the instances and snapshots at once, the
+/// replica destination alongside.
+#[tokio::test(start_paused = true)]
+async fn seventeen_regions_take_about_as_long_as_one() {
+    let ec2 = slow(50);
+    let names: Vec<String> = (0..17).map(|i| format!("r-{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let replica = Some(ReplicaCheck {
+        region: Region::new("r-dest"),
+        max_age: Duration::from_secs(86_400),
+    });
+    let one = CheckSpec {
+        replica: replica.clone(),
+        ..spec(&refs[..1])
+    };
+    let start = tokio::time::Instant::now();
+    let report = check(&ec2, &one, at(0)).await;
+    let single = start.elapsed();
+    assert_eq!(report.lineages.len(), 1 + 1);
+    let all = CheckSpec {
+        replica,
+        concurrency: 17,
+        ..spec(&refs)
+    };
+    let start = tokio::time::Instant::now();
+    let report = check(&ec2, &all, at(0)).await;
+    let fleet = start.elapsed();
+    assert_eq!(
+        report
+            .lineages
+            .iter()
+            .filter(|l| l.place == Place::Source)
+            .count(),
+        17
+    );
+    println!("snap check, 50 ms a call: 1 region {single:?}, 17 regions {fleet:?}");
+    assert!(single >= std::time::Duration::from_millis(50), "{single:?}");
+    assert!(
+        fleet.as_secs_f64() <= 1.5 * single.as_secs_f64(),
+        "{fleet:?} vs {single:?}"
+    );
 }

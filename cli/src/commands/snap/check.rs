@@ -112,6 +112,7 @@ pub(crate) async fn exec(
         }),
         None => None,
     };
+    let regions_len = regions.len();
     let spec = CheckSpec {
         regions,
         tag: (!args.aliases_only).then(|| {
@@ -123,6 +124,8 @@ pub(crate) async fn exec(
         max_age,
         tag_max_age: cfg.tags.clone(),
         replica,
+        // Every region at once: each lists with two calls, paced per region.
+        concurrency: regions_len.max(1),
         ..CheckSpec::default()
     };
     let report = check::check(&ec2, &spec, jiff::Timestamp::now()).await;

@@ -128,7 +128,7 @@ pub(crate) enum Command {
     Regions(commands::regions::Args),
     /// List the instances carrying a tag.
     Instances(commands::instances::Args),
-    /// Snapshots: backup, list, plan, trim, delete-broken, count,
+    /// Snapshots: backup, list, plan, trim, delete-broken, count, check,
     /// replicate, replicate-all, lag, mount, unmount, cleanup.
     #[command(subcommand)]
     Snap(commands::snap::SnapCommand),

@@ -46,6 +46,9 @@ pub struct Config {
     /// Host-side settings of `snap mount`/`unmount`/`cleanup`.
     #[serde(default)]
     pub mount: MountConfig,
+    /// Freshness thresholds of `snap check`.
+    #[serde(default)]
+    pub check: CheckConfig,
     /// Deploy environments: `[environments.<name>]`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub environments: BTreeMap<String, deploykit::Environment>,
@@ -319,6 +322,109 @@ fn default_unmount() -> String {
     snapkit::mount::MountCommands::default().unmount
 }
 
+/// `[check]`: freshness thresholds of `snap check` (durations as
+/// `ec2kit::duration` reads them, 1m to 10 years; an invalid one is an
+/// error at its line and column).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    /// The threshold of every lineage without a more specific one
+    /// (default 26h; `--max-age` overrides this one only).
+    #[serde(
+        default,
+        deserialize_with = "de_max_age",
+        serialize_with = "se_max_age"
+    )]
+    pub max_age: Option<std::time::Duration>,
+    /// How old the newest copy in the replication destination may be
+    /// (`--replica-max-age` overrides).
+    #[serde(
+        default,
+        deserialize_with = "de_max_age",
+        serialize_with = "se_max_age"
+    )]
+    pub replica_max_age: Option<std::time::Duration>,
+    /// The replication destination to check (`--to` overrides).
+    pub replica_region: Option<String>,
+    /// Per instance tag (`"KEY=VALUE" = "DURATION"`): the volumes of
+    /// instances carrying it; the smallest matching one wins.
+    #[serde(
+        default,
+        deserialize_with = "de_tag_max_age",
+        serialize_with = "se_tag_max_age"
+    )]
+    pub tags: Vec<(Tag, std::time::Duration)>,
+}
+
+/// The range of every freshness threshold.
+fn max_age_of(s: &str) -> Result<std::time::Duration, String> {
+    ec2kit::duration::parse_in(
+        s,
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(3653 * 86_400),
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn de_max_age<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    max_age_of(&s)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("max_age: {e}")))
+}
+
+fn se_max_age<S: Serializer>(v: &Option<std::time::Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(d) => s.collect_str(&ec2kit::duration::format(*d)),
+        None => s.serialize_none(),
+    }
+}
+
+/// A threshold read on its own, so an error names its line and column.
+struct MaxAge(std::time::Duration);
+
+impl<'de> Deserialize<'de> for MaxAge {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        max_age_of(&s).map(Self).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A `KEY=VALUE` map key read on its own, for the same reason.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct TagKey(String);
+
+impl<'de> Deserialize<'de> for TagKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse::<Tag>()
+            .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))?;
+        Ok(Self(s))
+    }
+}
+
+fn de_tag_max_age<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(Tag, std::time::Duration)>, D::Error> {
+    let map = BTreeMap::<TagKey, MaxAge>::deserialize(d)?;
+    map.into_iter()
+        .map(|(tag, age)| {
+            let t: Tag = tag.0.parse().map_err(serde::de::Error::custom)?;
+            Ok((t, age.0))
+        })
+        .collect()
+}
+
+fn se_tag_max_age<S: Serializer>(
+    v: &[(Tag, std::time::Duration)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(
+        v.iter()
+            .map(|(t, d)| (t.to_string(), ec2kit::duration::format(*d))),
+    )
+}
+
 /// One `[volumes.<alias>]` entry.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -339,6 +445,15 @@ pub struct VolumeAlias {
     /// The host to freeze and lock on (`user@host:port`); default: the
     /// instance the volume is attached to.
     pub host: Option<String>,
+    /// `snap check`'s threshold for this volume (over `[check] max_age`
+    /// and `--max-age`).
+    #[serde(
+        default,
+        deserialize_with = "de_max_age",
+        serialize_with = "se_max_age",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_age: Option<std::time::Duration>,
 }
 
 fn se_display<S: Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {

@@ -8,6 +8,9 @@
 //!   with logarithmic (the seed's trim, as intended), GFS (restic's
 //!   semantics) and max-age policies, and safety guards no policy can
 //!   override;
+//! - [`check`]: the freshness of every lineage (newest completed
+//!   snapshot and its age, in the source and replica regions) and
+//!   [`metrics`] (Prometheus text format for node_exporter);
 //! - [`backup`] and [`consistency`] (filesystem freeze and DB lock with a
 //!   host-side watchdog), [`trim`] against EC2, [`inventory`] files;
 //! - [`replicate`] (native `CopySnapshot` with a slot scheduler, lag),
@@ -31,11 +34,13 @@
 
 pub mod ami;
 pub mod backup;
+pub mod check;
 pub mod connect;
 pub mod consistency;
 pub mod instances;
 pub mod inventory;
 pub mod lineage;
+pub mod metrics;
 pub mod mount;
 pub mod replicate;
 pub mod retention;

@@ -464,6 +464,21 @@ pub struct ReplicationReport {
 }
 
 impl ReplicationReport {
+    /// This run as metrics: `ektool_replicate_copies_started` and
+    /// `ektool_replicate_failures`.
+    pub fn add_metrics(&self, m: &mut crate::metrics::Metrics) {
+        m.gauge(
+            "ektool_replicate_copies_started",
+            "Copies the last replicate run started.",
+        )
+        .sample(&[], self.started as f64);
+        m.gauge(
+            "ektool_replicate_failures",
+            "Copies of the last replicate run that failed.",
+        )
+        .sample(&[], self.failed() as f64);
+    }
+
     /// Items that failed.
     pub fn failed(&self) -> usize {
         self.results

@@ -209,6 +209,22 @@ impl TrimReport {
     pub fn failed(&self) -> usize {
         self.results.len() - self.deleted()
     }
+
+    /// This region's run as metrics: `ektool_trim_deleted_snapshots` and
+    /// `ektool_trim_failed_deletions`, labelled with `region`.
+    pub fn add_metrics(&self, m: &mut crate::metrics::Metrics, region: &Region) {
+        let labels = [("region", region.as_str())];
+        m.gauge(
+            "ektool_trim_deleted_snapshots",
+            "Snapshots the last trim run deleted (or found already gone), by region.",
+        )
+        .sample(&labels, self.deleted() as f64);
+        m.gauge(
+            "ektool_trim_failed_deletions",
+            "Deletions of the last trim run that failed, by region.",
+        )
+        .sample(&labels, self.failed() as f64);
+    }
 }
 
 /// Deletes what the plan says, at most `concurrency` calls in flight (the

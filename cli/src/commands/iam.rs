@@ -15,7 +15,7 @@ use ec2kit::Action::{DescribeInstances, RebootInstances};
 use ec2kit::fleet;
 use ec2kit::iam::{self, Ownership, Permissions, Policy, When};
 use serde_json::json;
-use snapkit::{ami, backup, instances, mount, replicate, trim};
+use snapkit::{ami, backup, check, instances, mount, replicate, trim};
 
 use crate::error::CliError;
 use crate::output::OutputFormat;
@@ -81,6 +81,9 @@ pub(crate) fn policies() -> Vec<Policy> {
         command("snap count")
             .grant(regions)
             .grant(&trim::INVENTORY_PERMISSIONS),
+        command("snap check")
+            .grant(regions)
+            .grant(&check::PERMISSIONS),
         command("snap replicate")
             .grant(regions)
             .grant(&replicate::PERMISSIONS)

@@ -98,6 +98,7 @@ async fn every_command_calls_exactly_the_actions_of_its_policy() {
     ));
     runs.push(("snap list", vec![], s(&["-r", from, "snap", "list"])));
     runs.push(("snap count", vec![], s(&["-r", from, "snap", "count"])));
+    runs.push(("snap check", vec![], s(&["-r", from, "snap", "check"])));
     for (cmd, flags, argv) in &runs {
         let got = recorded(c, &argv.iter().map(String::as_str).collect::<Vec<_>>());
         let want = policies.expected(cmd, flags);

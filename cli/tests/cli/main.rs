@@ -7,6 +7,7 @@ mod harness;
 mod moto;
 
 mod basics;
+mod check;
 mod chores;
 mod deploy;
 mod docs;

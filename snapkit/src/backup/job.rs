@@ -111,6 +111,24 @@ impl BackupReport {
         self.results.iter().filter(|r| r.failed()).count()
     }
 
+    /// This run as metrics: the snapshots created per region
+    /// (`ektool_backup_snapshots_created`) and the failed items
+    /// (`ektool_backup_failures`).
+    pub fn add_metrics(&self, m: &mut crate::metrics::Metrics) {
+        let created = m.gauge(
+            "ektool_backup_snapshots_created",
+            "Snapshots the last backup run created, by region.",
+        );
+        for (region, ids) in self.created() {
+            created.sample(&[("region", region.as_str())], ids.len() as f64);
+        }
+        m.gauge(
+            "ektool_backup_failures",
+            "Instances or volumes the last backup run failed to snapshot.",
+        )
+        .sample(&[], self.failed() as f64);
+    }
+
     /// The snapshots created, per region.
     pub fn created(&self) -> BTreeMap<Region, Vec<SnapshotId>> {
         let mut by_region: BTreeMap<Region, Vec<SnapshotId>> = BTreeMap::new();

@@ -56,11 +56,19 @@ pub(crate) struct Args {
     /// Give up waiting after this long (1m to 7d, e.g. 90m, 2h).
     #[arg(long, value_name = "DURATION", default_value = "2h", value_parser = durations::backup_wait, requires = "wait")]
     pub wait_timeout: Duration,
+    /// Also write Prometheus metrics (text format, for node_exporter's
+    /// textfile collector) to this file, atomically, whatever the outcome.
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<std::path::PathBuf>,
 }
 
 /// Builds the backup job from the flags and the config, runs it (or its
 /// dry run), renders the report, and waits when asked.
-pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+pub(crate) async fn exec(
+    ctx: &Context,
+    args: Args,
+    metrics: &mut snapkit::metrics::Metrics,
+) -> Result<(), CliError> {
     let options = BackupOptions {
         exclude_boot: args.exclude_boot,
         exclude_volumes: args.exclude_volume.clone(),
@@ -123,6 +131,7 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     } else {
         job.run().await
     };
+    report.add_metrics(metrics);
     render(ctx, &report)?;
     if !report.not_found.is_empty() {
         eprintln!(

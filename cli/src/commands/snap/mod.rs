@@ -1,6 +1,7 @@
 //! `ektool snap …`: the snapshot lifecycle.
 
 pub(crate) mod backup;
+pub(crate) mod check;
 pub(crate) mod count;
 pub(crate) mod list;
 pub(crate) mod mount;
@@ -9,10 +10,62 @@ pub(crate) mod policy;
 pub(crate) mod replicate;
 pub(crate) mod trim;
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use snapkit::metrics::Metrics;
 
 use crate::context::Context;
 use crate::error::CliError;
+
+/// `--metrics FILE` of `snap backup`, `trim`, `replicate` and `check`:
+/// what the run adds, then the run's start, end and success, written
+/// atomically whatever the outcome.
+pub(crate) struct MetricsOut {
+    path: Option<PathBuf>,
+    started: jiff::Timestamp,
+    /// What the command adds while it runs.
+    pub(crate) metrics: Metrics,
+}
+
+impl MetricsOut {
+    /// Starts the clock.
+    pub(crate) fn new(path: Option<PathBuf>) -> Self {
+        Self {
+            path,
+            started: jiff::Timestamp::now(),
+            metrics: Metrics::new(),
+        }
+    }
+
+    /// Writes the file (when asked) and passes the result on; a file that
+    /// cannot be written fails a run that succeeded.
+    pub(crate) fn finish(
+        mut self,
+        command: &str,
+        result: Result<(), CliError>,
+    ) -> Result<(), CliError> {
+        let Some(path) = &self.path else {
+            return result;
+        };
+        self.metrics.run(
+            command,
+            self.started,
+            jiff::Timestamp::now(),
+            result.is_ok(),
+        );
+        let written = snapkit::metrics::write_atomic(path, &self.metrics.render())
+            .map_err(|e| CliError::Failed(format!("--metrics {}: {e}", path.display())));
+        match (result, written) {
+            (Ok(()), w) => w,
+            (Err(e), Ok(())) => Err(e),
+            (Err(e), Err(w)) => {
+                eprintln!("error: {w}");
+                Err(e)
+            }
+        }
+    }
+}
 
 /// Duration flags of the snapshot, AMI, instance and sync commands: one
 /// parser (`ec2kit::duration`: `90s`, `15m`, `2h`, `7d`; a bare number is
@@ -90,6 +143,9 @@ pub(crate) enum SnapCommand {
     DeleteBroken(trim::BrokenArgs),
     /// Count snapshots per region against a warning threshold.
     Count(count::Args),
+    /// Is the newest completed snapshot of every volume recent enough?
+    /// (missing, stale and `error` ones exit 1, one line each)
+    Check(check::Args),
     /// Copy the newest snapshot of every lineage into another region.
     Replicate(replicate::Args),
     /// Every other region into a primary, then the primary into a secondary.
@@ -108,13 +164,30 @@ pub(crate) enum SnapCommand {
 /// Runs `ektool snap …`.
 pub(crate) async fn exec(ctx: &Context, cmd: SnapCommand) -> Result<(), CliError> {
     match cmd {
-        SnapCommand::Backup(a) => backup::exec(ctx, a).await,
+        SnapCommand::Backup(a) => {
+            let mut m = MetricsOut::new(a.metrics.clone());
+            let r = backup::exec(ctx, a, &mut m.metrics).await;
+            m.finish("snap backup", r)
+        }
         SnapCommand::List(a) => list::exec(ctx, a).await,
         SnapCommand::Plan(a) => plan::exec(ctx, a),
-        SnapCommand::Trim(a) => trim::exec(ctx, a).await,
+        SnapCommand::Trim(a) => {
+            let mut m = MetricsOut::new(a.metrics.clone());
+            let r = trim::exec(ctx, a, &mut m.metrics).await;
+            m.finish("snap trim", r)
+        }
         SnapCommand::DeleteBroken(a) => trim::exec_broken(ctx, a).await,
         SnapCommand::Count(a) => count::exec(ctx, a).await,
-        SnapCommand::Replicate(a) => replicate::exec(ctx, a).await,
+        SnapCommand::Check(a) => {
+            let mut m = MetricsOut::new(a.metrics.clone());
+            let r = check::exec(ctx, a, &mut m.metrics).await;
+            m.finish("snap check", r)
+        }
+        SnapCommand::Replicate(a) => {
+            let mut m = MetricsOut::new(a.metrics.clone());
+            let r = replicate::exec(ctx, a, &mut m.metrics).await;
+            m.finish("snap replicate", r)
+        }
         SnapCommand::ReplicateAll(a) => replicate::exec_all(ctx, a).await,
         SnapCommand::Lag(a) => replicate::exec_lag(ctx, a).await,
         SnapCommand::Mount(a) => mount::exec_mount(ctx, a).await,

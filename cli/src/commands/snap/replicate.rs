@@ -93,6 +93,10 @@ pub(crate) struct Args {
     /// Copies.
     #[command(flatten)]
     pub copy: CopyArgs,
+    /// Also write Prometheus metrics (text format, for node_exporter's
+    /// textfile collector) to this file, atomically, whatever the outcome.
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `ektool snap replicate-all`.
@@ -149,7 +153,11 @@ async fn from_to(ec2: &AwsEc2, from: &str, to: &str) -> Result<(Region, Region),
 }
 
 /// Plans, shows, and (without --dry-run) copies.
-pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+pub(crate) async fn exec(
+    ctx: &Context,
+    args: Args,
+    metrics: &mut snapkit::metrics::Metrics,
+) -> Result<(), CliError> {
     let ec2 = ctx.ec2().await;
     let (from, to) = from_to(&ec2, &args.from, &args.to).await?;
     if from == to {
@@ -160,7 +168,12 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     }
     let selection = args.select.selection(ctx);
     let plan = replicate::plan(&ec2, &from, &to, &selection, args.copy.kms_key.as_deref()).await?;
-    run(ctx, &ec2, vec![plan], &args.copy).await
+    let stage = apply(ctx, &ec2, vec![plan], &args.copy).await;
+    if let Some(r) = &stage.applied {
+        r.add_metrics(metrics);
+    }
+    render(ctx, &stage)?;
+    outcome(&[stage])
 }
 
 /// The seed's rsync_all_regions: every other region into the primary, then
@@ -262,19 +275,13 @@ impl Stage {
     }
 }
 
-/// Shows one stage, applies it unless --dry-run, reports.
-async fn run(
-    ctx: &Context,
-    ec2: &AwsEc2,
-    plans: Vec<ReplicationPlan>,
-    copy: &CopyArgs,
-) -> Result<(), CliError> {
-    let stage = apply(ctx, ec2, plans, copy).await;
+/// Shows a stage applied (or, with --dry-run, planned).
+fn render(ctx: &Context, stage: &Stage) -> Result<(), CliError> {
     match ctx.output() {
-        OutputFormat::Json => output::json(&stage)?,
-        OutputFormat::Table => print_table(ctx, &stage),
+        OutputFormat::Json => output::json(stage)?,
+        OutputFormat::Table => print_table(ctx, stage),
     }
-    outcome(&[stage])
+    Ok(())
 }
 
 async fn apply(ctx: &Context, ec2: &AwsEc2, plans: Vec<ReplicationPlan>, copy: &CopyArgs) -> Stage {

@@ -42,6 +42,10 @@ pub(crate) struct Args {
     /// Policy selection.
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// Also write Prometheus metrics (text format, for node_exporter's
+    /// textfile collector) to this file, atomically, whatever the outcome.
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<std::path::PathBuf>,
 }
 
 /// Asks `question` on `out` and reads one line from `input`: only `y` or
@@ -73,7 +77,11 @@ struct RegionTrim<'a> {
 }
 
 /// Plans per region, prints, and (without --dry-run) deletes.
-pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+pub(crate) async fn exec(
+    ctx: &Context,
+    args: Args,
+    metrics: &mut snapkit::metrics::Metrics,
+) -> Result<(), CliError> {
     let policies = args.policy.resolve(&ctx.config)?;
     args.format.check(ctx)?;
     if args.format == PlanFormat::Html && !ctx.global.dry_run {
@@ -167,6 +175,7 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                 let r =
                     apply_with_progress(&ec2, plan, region, usize::from(args.concurrency)).await;
                 failed += r.failed();
+                r.add_metrics(metrics, region);
                 *report = Some(r);
             }
         }

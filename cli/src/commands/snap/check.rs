@@ -1,0 +1,187 @@
+//! `ektool snap check`: is the newest completed snapshot of every volume
+//! recent enough? The flags and `[check]` made into a
+//! [`snapkit::check::CheckSpec`], checked, rendered; any failure exits 1
+//! with one line each on stderr.
+
+use std::time::Duration;
+
+use ec2kit::{Region, Tag, fleet};
+use serde::Serialize;
+use snapkit::check::{self, CheckReport, CheckSpec, Freshness, Place, ReplicaCheck, VolumeTarget};
+
+use super::durations;
+use crate::context::Context;
+use crate::error::CliError;
+use crate::output;
+use crate::output::OutputFormat;
+
+/// Arguments of `ektool snap check`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The threshold of lineages without their own (`[volumes.X] max_age`,
+    /// `[check.tags]`): 1m to 10 years (default: `[check] max_age`, then
+    /// 26h).
+    #[arg(long, value_name = "DURATION", value_parser = durations::max_lag)]
+    pub max_age: Option<Duration>,
+    /// Check the volumes of the instances carrying this tag (default:
+    /// `defaults.tag`).
+    #[arg(long, value_name = "KEY=VALUE", conflicts_with = "aliases_only")]
+    pub tag: Option<Tag>,
+    /// Check only the `[volumes]` aliases, no instances.
+    #[arg(long)]
+    pub aliases_only: bool,
+    /// Also check the copies in this replication destination (default:
+    /// `[check] replica_region`).
+    #[arg(long, value_name = "REGION")]
+    pub to: Option<String>,
+    /// How old the data of the newest copy in the destination may be: 1m
+    /// to 10 years (default: `[check] replica_max_age`, then twice the
+    /// source threshold).
+    #[arg(long, value_name = "DURATION", value_parser = durations::max_lag)]
+    pub replica_max_age: Option<Duration>,
+    /// Also write Prometheus metrics (text format, for node_exporter's
+    /// textfile collector) to this file, atomically, whatever the outcome.
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<std::path::PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Json<'a> {
+    #[serde(flatten)]
+    report: &'a CheckReport,
+    failures: Vec<String>,
+}
+
+/// Builds the spec, checks, renders.
+pub(crate) async fn exec(
+    ctx: &Context,
+    args: Args,
+    metrics: &mut snapkit::metrics::Metrics,
+) -> Result<(), CliError> {
+    let cfg = &ctx.config.check;
+    let max_age = args
+        .max_age
+        .or(cfg.max_age)
+        .unwrap_or(check::DEFAULT_MAX_AGE);
+    let replica_region = args.to.clone().or_else(|| cfg.replica_region.clone());
+    let replica_max_age = args.replica_max_age.or(cfg.replica_max_age);
+    if replica_region.is_none() && args.replica_max_age.is_some() {
+        return Err(CliError::Usage(
+            "--replica-max-age needs a destination: --to REGION (or `[check] replica_region`)"
+                .into(),
+        ));
+    }
+    let ec2 = ctx.ec2().await;
+    let regions = ctx.regions(&ec2).await?;
+    let needs_catalog =
+        replica_region.is_some() || ctx.config.volumes.values().any(|v| v.region.is_some());
+    let catalog = if needs_catalog {
+        Some(fleet::region_catalog(&ec2).await?)
+    } else {
+        None
+    };
+    let resolve = |name: &str| -> Result<Region, CliError> {
+        match &catalog {
+            Some(c) => Ok(c.resolve(name)?),
+            None => Ok(Region::new(name)),
+        }
+    };
+    let mut volumes = Vec::new();
+    for (alias, v) in &ctx.config.volumes {
+        let region = match &v.region {
+            Some(r) => resolve(r)?,
+            None if regions.len() == 1 => regions[0].clone(),
+            None => {
+                return Err(CliError::Usage(format!(
+                    "volume alias {alias} names no region: give it `region = …` or check one \
+                     region with --region"
+                )));
+            }
+        };
+        volumes.push(VolumeTarget {
+            alias: alias.clone(),
+            region,
+            volume: v.volume_id.clone(),
+            max_age: v.max_age,
+        });
+    }
+    let replica = match &replica_region {
+        Some(r) => Some(ReplicaCheck {
+            region: resolve(r)?,
+            max_age: replica_max_age.unwrap_or(max_age.saturating_mul(2)),
+        }),
+        None => None,
+    };
+    let regions_len = regions.len();
+    let spec = CheckSpec {
+        regions,
+        tag: (!args.aliases_only).then(|| {
+            args.tag
+                .clone()
+                .unwrap_or_else(|| ctx.config.defaults.tag.clone())
+        }),
+        volumes,
+        max_age,
+        tag_max_age: cfg.tags.clone(),
+        replica,
+        // Every region at once: each lists with two calls, paced per region.
+        concurrency: regions_len.max(1),
+        ..CheckSpec::default()
+    };
+    let report = check::check(&ec2, &spec, jiff::Timestamp::now()).await;
+    let failures: Vec<String> = report.failures().iter().map(ToString::to_string).collect();
+    *metrics = report.metrics();
+    match ctx.output() {
+        OutputFormat::Json => output::json(&Json {
+            report: &report,
+            failures: failures.clone(),
+        })?,
+        OutputFormat::Table => output::table(
+            &[
+                "REGION", "LINEAGE", "OF", "WHERE", "NEWEST", "AGE", "MAX AGE", "STATUS",
+            ],
+            report.lineages.iter().map(row),
+        ),
+    }
+    for f in &failures {
+        eprintln!("{f}");
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!(
+            "{} check failure(s) in {} lineage(s)",
+            failures.len(),
+            report.lineages.len()
+        )))
+    }
+}
+
+fn row(l: &check::LineageCheck) -> Vec<String> {
+    let of = match (&l.alias, &l.instance, &l.device) {
+        (Some(a), _, _) => a.clone(),
+        (None, Some(i), Some(d)) => format!("{i} {d}"),
+        (None, Some(i), None) => i.to_string(),
+        _ => "-".into(),
+    };
+    let human = |s: u64| ec2kit::duration::format(Duration::from_secs(s));
+    vec![
+        l.region.to_string(),
+        l.lineage.clone(),
+        of,
+        match l.place {
+            Place::Source => "source".into(),
+            _ => "replica".into(),
+        },
+        output::or_dash(l.newest.as_ref().map(|s| s.as_str())),
+        l.age_seconds
+            .map_or_else(|| "-".into(), |a| human(a.max(0) as u64)),
+        human(l.max_age_seconds),
+        match l.status {
+            Freshness::Fresh if l.errors.is_empty() => "ok".into(),
+            Freshness::Fresh => format!("ok, {} error", l.errors.len()),
+            Freshness::Stale => "STALE".into(),
+            _ => "MISSING".into(),
+        },
+    ]
+}

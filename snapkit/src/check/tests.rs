@@ -1,0 +1,618 @@
+use ec2kit::requests::{
+    CopyImage, CopySnapshot, CreateSnapshot, CreateSnapshots, CreateVolume, RegisterImage,
+    RunInstances,
+};
+use ec2kit::{
+    Action, BlockDevice, Image, ImageId, Instance, KmsKey, MockEc2, RegionInfo, Tags, Volume,
+};
+
+use super::*;
+use crate::lineage::tags;
+
+const NOW: i64 = 1_800_000_000;
+const HOUR: i64 = 3600;
+
+fn at(seconds_ago: i64) -> Timestamp {
+    Timestamp::from_second(NOW - seconds_ago).unwrap()
+}
+
+fn snap(id: &str, volume: &str, seconds_ago: i64, state: SnapshotState) -> Snapshot {
+    let mut s = Snapshot::new(
+        SnapshotId::from_api(id),
+        Some(VolumeId::from_api(volume)),
+        at(seconds_ago),
+        state,
+    );
+    s.tags.insert(tags::OWNER, tags::OWNER_VALUE);
+    s.tags.insert(tags::VOLUME, volume);
+    s.volume_size_gib = Some(8);
+    s
+}
+
+/// A copy in another region: placeholder volume, lineage from its tag,
+/// data time from its source-time tag.
+fn copy(id: &str, volume: &str, data_seconds_ago: i64) -> Snapshot {
+    let mut s = snap(id, lineage::PLACEHOLDER_VOLUME, 0, SnapshotState::Completed);
+    s.tags.insert(tags::VOLUME, volume);
+    s.tags.insert(tags::SOURCE_SNAPSHOT, "snap-source");
+    s.tags
+        .insert(tags::SOURCE_TIME, at(data_seconds_ago).to_string());
+    s
+}
+
+fn instance(id: &str, region: &Region, volumes: &[(&str, &str)]) -> Instance {
+    Instance {
+        id: InstanceId::from_api(id),
+        region: region.clone(),
+        availability_zone: None,
+        state: "running".into(),
+        instance_type: None,
+        architecture: None,
+        root_device_name: Some("/dev/xvda".into()),
+        virtualization_type: None,
+        ena_support: None,
+        image_id: None,
+        key_name: None,
+        private_ip: None,
+        public_ip: None,
+        public_dns: None,
+        private_dns: None,
+        launch_time: None,
+        reservation_id: None,
+        block_devices: volumes
+            .iter()
+            .map(|(device, volume)| BlockDevice {
+                device_name: (*device).into(),
+                volume_id: VolumeId::from_api(*volume),
+                delete_on_termination: None,
+            })
+            .collect(),
+        tags: Tags::new().with("Earmarking", "production"),
+    }
+}
+
+fn spec(regions: &[&str]) -> CheckSpec {
+    CheckSpec {
+        regions: regions.iter().map(|r| Region::new(*r)).collect(),
+        tag: Some(Tag::new("Earmarking", "production")),
+        max_age: Duration::from_secs(26 * 3600),
+        ..CheckSpec::default()
+    }
+}
+
+fn lines(report: &CheckReport) -> Vec<String> {
+    report.failures().iter().map(ToString::to_string).collect()
+}
+
+/// One instance with a fresh root, a stale data volume and a volume never
+/// backed up; an `error` snapshot; a pending newer one never counts.
+#[tokio::test]
+async fn fresh_stale_missing_and_error_lineages() {
+    let mut ec2 = MockEc2::new();
+    ec2.expect_describe_instances()
+        .times(1)
+        .returning(|region, f| {
+            assert!(f.contains(&Filter::new("tag:Earmarking", ["production"])));
+            Ok(vec![instance(
+                "i-00000001",
+                region,
+                &[
+                    ("/dev/xvda", "vol-0000000a"),
+                    ("/dev/sdf", "vol-0000000b"),
+                    ("/dev/sdg", "vol-0000000c"),
+                ],
+            )])
+        });
+    ec2.expect_describe_snapshots().times(1).returning(|_, f| {
+        assert!(f.contains(&Filter::new("tag:ektool:owner", ["ektool"])));
+        Ok(vec![
+            snap(
+                "snap-a1",
+                "vol-0000000a",
+                30 * HOUR,
+                SnapshotState::Completed,
+            ),
+            snap(
+                "snap-a2",
+                "vol-0000000a",
+                2 * HOUR,
+                SnapshotState::Completed,
+            ),
+            snap("snap-a3", "vol-0000000a", 60, SnapshotState::Pending),
+            snap(
+                "snap-b1",
+                "vol-0000000b",
+                50 * HOUR,
+                SnapshotState::Completed,
+            ),
+            snap("snap-b2", "vol-0000000b", HOUR, SnapshotState::Error),
+            // Another volume's lineage is not checked.
+            snap(
+                "snap-z1",
+                "vol-000000ff",
+                900 * HOUR,
+                SnapshotState::Completed,
+            ),
+        ])
+    });
+    let report = check(&ec2, &spec(&["eu-west-1"]), at(0)).await;
+    let by = |v: &str| report.lineages.iter().find(|l| l.lineage == v).unwrap();
+    assert_eq!(report.lineages.len(), 3);
+    let a = by("vol-0000000a");
+    assert_eq!(a.status, Freshness::Fresh);
+    assert_eq!(a.newest.as_ref().unwrap().as_str(), "snap-a2");
+    assert_eq!((a.age_seconds, a.completed), (Some(2 * HOUR), 2));
+    assert_eq!(by("vol-0000000b").status, Freshness::Stale);
+    assert_eq!(by("vol-0000000c").status, Freshness::Missing);
+    assert_eq!(
+        lines(&report),
+        [
+            "stale: eu-west-1 vol-0000000b (i-00000001 /dev/sdf): newest snap-b1 is 2d2h old, more than 1d2h",
+            "error: eu-west-1 vol-0000000b (i-00000001 /dev/sdf): snapshot snap-b2 is in error state",
+            "missing: eu-west-1 vol-0000000c (i-00000001 /dev/sdg): no completed snapshot",
+        ]
+    );
+    let text = report.metrics().render();
+    let newest = format!(
+        "ektool_snapshot_newest_completed_timestamp_seconds{{region=\"eu-west-1\",lineage=\"vol-0000000a\",place=\"source\",instance=\"i-00000001\",device=\"/dev/xvda\",alias=\"\"}} {}\n",
+        NOW - 2 * HOUR
+    );
+    assert!(text.contains(&newest), "{text}");
+    // A missing lineage has no timestamp, only its threshold.
+    assert!(!text.contains("timestamp_seconds{region=\"eu-west-1\",lineage=\"vol-0000000c\""));
+    assert!(
+        text.contains(
+            "ektool_snapshot_max_age_seconds{region=\"eu-west-1\",lineage=\"vol-0000000c\""
+        )
+    );
+    assert!(
+        text.contains("ektool_snapshots{region=\"eu-west-1\"} 6\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ektool_snapshots_volume_size_bytes{region=\"eu-west-1\"} 51539607552\n"),
+        "{text}"
+    );
+    assert!(text.contains("ektool_check_failures 3\n"), "{text}");
+    assert_eq!(report.regions[0].snapshots, 6);
+    assert_eq!(report.regions[0].volume_bytes, (6 * 8) << 30);
+    assert!(!report.ok());
+}
+
+/// Aliases and tags carry their own thresholds; excluded volumes and the
+/// root (with exclude_boot) are not checked; a failing region is one
+/// failure and does not hide the other.
+#[tokio::test]
+async fn thresholds_exclusions_and_a_failing_region() {
+    let mut ec2 = MockEc2::new();
+    ec2.expect_describe_instances()
+        .times(2)
+        .returning(|region, _| {
+            let mut i = instance(
+                "i-00000002",
+                region,
+                &[
+                    ("/dev/xvda", "vol-0000001a"),
+                    ("/dev/sdf", "vol-0000001b"),
+                    ("/dev/sdg", "vol-0000001c"),
+                ],
+            );
+            i.tags.insert("Tier", "db");
+            Ok(vec![i])
+        });
+    ec2.expect_describe_snapshots()
+        .times(2)
+        .returning(|region, _| match region.as_str() {
+            "us-east-1" => Err(Ec2Error::from_code(
+                Action::DescribeSnapshots,
+                "us-east-1",
+                "UnauthorizedOperation",
+                None,
+            )),
+            _ => Ok(vec![
+                snap(
+                    "snap-1b",
+                    "vol-0000001b",
+                    3 * HOUR,
+                    SnapshotState::Completed,
+                ),
+                snap(
+                    "snap-2a",
+                    "vol-0000002a",
+                    3 * HOUR,
+                    SnapshotState::Completed,
+                ),
+            ]),
+        });
+    let spec = CheckSpec {
+        exclude_boot: true,
+        exclude_volumes: vec![VolumeId::from_api("vol-0000001c")],
+        tag_max_age: vec![(Tag::new("Tier", "db"), Duration::from_secs(2 * 3600))],
+        volumes: vec![
+            VolumeTarget {
+                alias: "logs".into(),
+                region: Region::new("eu-west-1"),
+                volume: VolumeId::from_api("vol-0000002a"),
+                max_age: Some(Duration::from_secs(4 * 3600)),
+            },
+            // Not in a selected region: not checked.
+            VolumeTarget {
+                alias: "far".into(),
+                region: Region::new("ap-south-1"),
+                volume: VolumeId::from_api("vol-0000003a"),
+                max_age: None,
+            },
+        ],
+        ..spec(&["eu-west-1", "us-east-1"])
+    };
+    let report = check(&ec2, &spec, at(0)).await;
+    let checked: Vec<(&str, Freshness, u64)> = report
+        .lineages
+        .iter()
+        .map(|l| (l.lineage.as_str(), l.status, l.max_age_seconds))
+        .collect();
+    assert_eq!(
+        checked,
+        [
+            ("vol-0000002a", Freshness::Fresh, 4 * 3600),
+            ("vol-0000001b", Freshness::Stale, 2 * 3600),
+        ]
+    );
+    assert_eq!(report.lineages[0].alias.as_deref(), Some("logs"));
+    let l = lines(&report);
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert!(
+        l[0].starts_with("region: us-east-1: could not be listed"),
+        "{l:?}"
+    );
+    assert!(l[1].starts_with("stale: eu-west-1 vol-0000001b"), "{l:?}");
+}
+
+/// Copies in the destination: by lineage and data time (not the copy's
+/// own start time); a lineage without a copy is missing there; snapshots
+/// taken in the destination are not replicas.
+#[tokio::test]
+async fn replicas_in_the_destination() {
+    let mut ec2 = MockEc2::new();
+    ec2.expect_describe_instances()
+        .times(1)
+        .returning(|region, _| {
+            Ok(vec![instance(
+                "i-00000003",
+                region,
+                &[
+                    ("/dev/xvda", "vol-0000004a"),
+                    ("/dev/sdf", "vol-0000004b"),
+                    ("/dev/sdg", "vol-0000004c"),
+                ],
+            )])
+        });
+    ec2.expect_describe_snapshots()
+        .times(2)
+        .returning(|region, _| match region.as_str() {
+            "eu-west-1" => Ok(vec![
+                snap("snap-4a", "vol-0000004a", HOUR, SnapshotState::Completed),
+                snap("snap-4b", "vol-0000004b", HOUR, SnapshotState::Completed),
+                snap("snap-4c", "vol-0000004c", HOUR, SnapshotState::Completed),
+            ]),
+            "eu-central-1" => Ok(vec![
+                copy("snap-c4a", "vol-0000004a", 5 * HOUR),
+                // Copied a minute ago, but of data three days old.
+                copy("snap-c4b", "vol-0000004b", 72 * HOUR),
+                // Not a copy: a snapshot of a volume that lives there.
+                snap("snap-n4c", "vol-0000004c", HOUR, SnapshotState::Completed),
+            ]),
+            r => panic!("unexpected region {r}"),
+        });
+    let spec = CheckSpec {
+        replica: Some(ReplicaCheck {
+            region: Region::new("eu-central-1"),
+            max_age: Duration::from_secs(48 * 3600),
+        }),
+        ..spec(&["eu-west-1"])
+    };
+    let report = check(&ec2, &spec, at(0)).await;
+    let replicas: Vec<(&str, Freshness, Option<i64>)> = report
+        .lineages
+        .iter()
+        .filter(|l| l.place == Place::Replica)
+        .map(|l| (l.lineage.as_str(), l.status, l.age_seconds))
+        .collect();
+    assert_eq!(
+        replicas,
+        [
+            ("vol-0000004a", Freshness::Fresh, Some(5 * HOUR)),
+            ("vol-0000004b", Freshness::Stale, Some(72 * HOUR)),
+            ("vol-0000004c", Freshness::Missing, None),
+        ]
+    );
+    assert_eq!(
+        lines(&report),
+        [
+            "stale: eu-central-1 vol-0000004b (i-00000003 /dev/sdf) replica: newest snap-c4b is 3d old, more than 2d",
+            "missing: eu-central-1 vol-0000004c (i-00000003 /dev/sdg) replica: no completed snapshot",
+        ]
+    );
+    assert_eq!(
+        report
+            .regions
+            .iter()
+            .map(|r| (r.region.as_str(), r.snapshots))
+            .collect::<Vec<_>>(),
+        [("eu-west-1", 3), ("eu-central-1", 3)]
+    );
+}
+
+/// Without a tag only the aliases are checked, and no instance is listed.
+#[tokio::test]
+async fn aliases_only() {
+    let mut ec2 = MockEc2::new();
+    ec2.expect_describe_instances().never();
+    ec2.expect_describe_snapshots().times(1).returning(|_, _| {
+        Ok(vec![snap(
+            "snap-5a",
+            "vol-0000005a",
+            HOUR,
+            SnapshotState::Completed,
+        )])
+    });
+    let spec = CheckSpec {
+        tag: None,
+        volumes: vec![VolumeTarget {
+            alias: "data".into(),
+            region: Region::new("eu-west-1"),
+            volume: VolumeId::from_api("vol-0000005a"),
+            max_age: None,
+        }],
+        ..spec(&["eu-west-1"])
+    };
+    let report = check(&ec2, &spec, at(0)).await;
+    assert!(report.ok(), "{:?}", lines(&report));
+    assert_eq!(report.lineages.len(), 1);
+}
+
+/// An EC2 whose describe calls take `latency` (on tokio's clock).
+struct Slow {
+    inner: MockEc2,
+    latency: std::time::Duration,
+}
+
+#[async_trait::async_trait]
+impl Ec2 for Slow {
+    async fn describe_regions(&self) -> Result<Vec<RegionInfo>, Ec2Error> {
+        unreachable!("snap check does not call describe_regions")
+    }
+    async fn describe_instances(
+        &self,
+        region: &Region,
+        filters: &[Filter],
+    ) -> Result<Vec<Instance>, Ec2Error> {
+        tokio::time::sleep(self.latency).await;
+        self.inner.describe_instances(region, filters).await
+    }
+    async fn termination_protection(
+        &self,
+        _region: &Region,
+        _instance: &InstanceId,
+    ) -> Result<bool, Ec2Error> {
+        unreachable!("snap check does not call termination_protection")
+    }
+    async fn describe_volumes(
+        &self,
+        _region: &Region,
+        _filters: &[Filter],
+    ) -> Result<Vec<Volume>, Ec2Error> {
+        unreachable!("snap check does not call describe_volumes")
+    }
+    async fn describe_snapshots(
+        &self,
+        region: &Region,
+        filters: &[Filter],
+    ) -> Result<Vec<Snapshot>, Ec2Error> {
+        tokio::time::sleep(self.latency).await;
+        self.inner.describe_snapshots(region, filters).await
+    }
+    async fn describe_images(
+        &self,
+        _region: &Region,
+        _filters: &[Filter],
+    ) -> Result<Vec<Image>, Ec2Error> {
+        unreachable!("snap check does not call describe_images")
+    }
+    async fn create_snapshot(
+        &self,
+        _region: &Region,
+        _request: &CreateSnapshot,
+    ) -> Result<Snapshot, Ec2Error> {
+        unreachable!("snap check does not call create_snapshot")
+    }
+    async fn create_snapshots(
+        &self,
+        _region: &Region,
+        _request: &CreateSnapshots,
+    ) -> Result<Vec<Snapshot>, Ec2Error> {
+        unreachable!("snap check does not call create_snapshots")
+    }
+    async fn create_tags(
+        &self,
+        _region: &Region,
+        _resources: &[String],
+        _tags: &Tags,
+        _dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        unreachable!("snap check does not call create_tags")
+    }
+    async fn delete_snapshot(
+        &self,
+        _region: &Region,
+        _snapshot: &SnapshotId,
+        _dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        unreachable!("snap check does not call delete_snapshot")
+    }
+    async fn copy_snapshot(
+        &self,
+        _region: &Region,
+        _request: &CopySnapshot,
+    ) -> Result<SnapshotId, Ec2Error> {
+        unreachable!("snap check does not call copy_snapshot")
+    }
+    async fn register_image(
+        &self,
+        _region: &Region,
+        _request: &RegisterImage,
+    ) -> Result<ImageId, Ec2Error> {
+        unreachable!("snap check does not call register_image")
+    }
+    async fn deregister_image(
+        &self,
+        _region: &Region,
+        _image: &ImageId,
+        _dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        unreachable!("snap check does not call deregister_image")
+    }
+    async fn copy_image(
+        &self,
+        _region: &Region,
+        _request: &CopyImage,
+    ) -> Result<ImageId, Ec2Error> {
+        unreachable!("snap check does not call copy_image")
+    }
+    async fn create_volume(
+        &self,
+        _region: &Region,
+        _request: &CreateVolume,
+    ) -> Result<Volume, Ec2Error> {
+        unreachable!("snap check does not call create_volume")
+    }
+    async fn attach_volume(
+        &self,
+        _region: &Region,
+        _volume: &VolumeId,
+        _instance: &InstanceId,
+        _device: &str,
+        _dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        unreachable!("snap check does not call attach_volume")
+    }
+    async fn detach_volume(
+        &self,
+        _region: &Region,
+        _volume: &VolumeId,
+        _force: bool,
+        _dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        unreachable!("snap check does not call detach_volume")
+    }
+    async fn delete_volume(
+        &self,
+        _region: &Region,
+        _volume: &VolumeId,
+        _dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        unreachable!("snap check does not call delete_volume")
+    }
+    async fn reboot_instances(
+        &self,
+        _region: &Region,
+        _instances: &[InstanceId],
+        _dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        unreachable!("snap check does not call reboot_instances")
+    }
+    async fn set_termination_protection(
+        &self,
+        _region: &Region,
+        _instance: &InstanceId,
+        _enabled: bool,
+        _dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        unreachable!("snap check does not call set_termination_protection")
+    }
+    async fn run_instances(
+        &self,
+        _region: &Region,
+        _request: &RunInstances,
+    ) -> Result<Vec<Instance>, Ec2Error> {
+        unreachable!("snap check does not call run_instances")
+    }
+    async fn describe_kms_key(&self, _region: &Region, _key_id: &str) -> Result<KmsKey, Ec2Error> {
+        unreachable!("snap check does not call describe_kms_key")
+    }
+    async fn terminate_instances(
+        &self,
+        _region: &Region,
+        _instances: &[InstanceId],
+        _dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        unreachable!("snap check does not call terminate_instances")
+    }
+}
+
+fn slow(latency_ms: u64) -> Slow {
+    let mut inner = MockEc2::new();
+    inner.expect_describe_instances().returning(|region, _| {
+        Ok(vec![instance(
+            "i-00000009",
+            region,
+            &[("/dev/xvda", "vol-00000009")],
+        )])
+    });
+    inner.expect_describe_snapshots().returning(|_, _| {
+        Ok(vec![snap(
+            "snap-9",
+            "vol-00000009",
+            HOUR,
+            SnapshotState::Completed,
+        )])
+    });
+    Slow {
+        inner,
+        latency: std::time::Duration::from_millis(latency_ms),
+    }
+}
+
+/// 17 regions at 50 ms a call take about as long as one: regions are
+/// listed at once, and in each the instances and snapshots at once, the
+/// replica destination alongside.
+#[tokio::test(start_paused = true)]
+async fn seventeen_regions_take_about_as_long_as_one() {
+    let ec2 = slow(50);
+    let names: Vec<String> = (0..17).map(|i| format!("r-{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let replica = Some(ReplicaCheck {
+        region: Region::new("r-dest"),
+        max_age: Duration::from_secs(86_400),
+    });
+    let one = CheckSpec {
+        replica: replica.clone(),
+        ..spec(&refs[..1])
+    };
+    let start = tokio::time::Instant::now();
+    let report = check(&ec2, &one, at(0)).await;
+    let single = start.elapsed();
+    assert_eq!(report.lineages.len(), 1 + 1);
+    let all = CheckSpec {
+        replica,
+        concurrency: 17,
+        ..spec(&refs)
+    };
+    let start = tokio::time::Instant::now();
+    let report = check(&ec2, &all, at(0)).await;
+    let fleet = start.elapsed();
+    assert_eq!(
+        report
+            .lineages
+            .iter()
+            .filter(|l| l.place == Place::Source)
+            .count(),
+        17
+    );
+    println!("snap check, 50 ms a call: 1 region {single:?}, 17 regions {fleet:?}");
+    assert!(single >= std::time::Duration::from_millis(50), "{single:?}");
+    assert!(
+        fleet.as_secs_f64() <= 1.5 * single.as_secs_f64(),
+        "{fleet:?} vs {single:?}"
+    );
+}

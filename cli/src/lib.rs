@@ -46,3 +46,4 @@
 //! ```
 
 pub mod config;
+pub mod jobs;

@@ -63,11 +63,10 @@ impl JobError {
     /// Whether the input (the name, the config) is at fault rather than
     /// AWS: the CLI's exit 2.
     pub fn is_input_error(&self) -> bool {
-        match self {
-            Self::UnknownJob { .. } | Self::Policies(_) => true,
-            Self::Regions(RegionsError::Names(_)) => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            Self::UnknownJob { .. } | Self::Policies(_) | Self::Regions(RegionsError::Names(_))
+        )
     }
 }
 

@@ -74,7 +74,30 @@ async fn a_job_backs_up_trims_replicates_and_checks_in_one_run() {
         dry.stderr
     );
 
-    let out = ektool(dir.path()).args(&["run", "nightly"]).run().success();
+    let actions = dir.path().join("actions");
+    let out = ektool(dir.path())
+        .env("EKTOOL_RECORD_ACTIONS", actions.to_str().unwrap())
+        .args(&["run", "nightly"])
+        .run()
+        .success();
+    // Every call is in `iam-policy run` (the policies of its steps).
+    let policy = Ektool::new()
+        .args(&["--output", "json", "iam-policy", "run"])
+        .run()
+        .success()
+        .stdout;
+    let recorded = crate::harness::recorded_actions(&actions);
+    assert!(
+        recorded.contains("ec2:CreateSnapshots") || recorded.contains("ec2:CreateSnapshot"),
+        "{recorded:?}"
+    );
+    assert!(recorded.contains("ec2:CopySnapshot"), "{recorded:?}");
+    for action in &recorded {
+        assert!(
+            policy.contains(&format!("\"{action}\"")),
+            "{action} not in {policy}"
+        );
+    }
     for (step, line) in [
         ("backup", "created 1 snapshot(s) of 1 item(s)"),
         ("trim", "deleted 0 snapshot(s) in 2 region(s)"),

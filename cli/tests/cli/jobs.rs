@@ -351,3 +351,73 @@ fn schedule_cron_prints_five_fields_and_the_run_command() {
         "{stderr}"
     );
 }
+
+/// The fenced block of `lang` in docs/scheduling.md containing `needle`.
+fn doc_block(lang: &str, needle: &str) -> String {
+    let page = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/scheduling.md"),
+    )
+    .unwrap();
+    let open = format!("```{lang}\n");
+    page.split(&open)
+        .skip(1)
+        .map(|rest| rest.split("\n```").next().unwrap().to_owned())
+        .find(|b| b.contains(needle))
+        .unwrap_or_else(|| panic!("no {lang} block with {needle}"))
+}
+
+#[test]
+fn the_cluster_examples_in_the_docs_parse_and_run_the_job() {
+    // ECS: the EventBridge Scheduler schedule, and the command in its input.
+    let ecs: serde_json::Value = serde_json::from_str(&doc_block("json", "EcsParameters")).unwrap();
+    assert_eq!(ecs["Target"]["EcsParameters"]["LaunchType"], "FARGATE");
+    assert!(
+        ecs["ScheduleExpression"]
+            .as_str()
+            .unwrap()
+            .starts_with("cron(")
+    );
+    let input: serde_json::Value =
+        serde_json::from_str(ecs["Target"]["Input"].as_str().unwrap()).unwrap();
+    let command = &input["containerOverrides"][0]["command"];
+    assert_eq!(
+        *command,
+        serde_json::json!(["--config", "/etc/ektool/ektool.toml", "run", "nightly"])
+    );
+
+    // Kubernetes: parsed with PyYAML, printed back as JSON.
+    let yaml = doc_block("yaml", "kind: CronJob");
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(yaml.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("python3 with PyYAML");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job["kind"], "CronJob");
+    assert_eq!(job["apiVersion"], "batch/v1");
+    assert_eq!(job["spec"]["concurrencyPolicy"], "Forbid");
+    assert_eq!(
+        job["spec"]["schedule"].as_str().unwrap().split(' ').count(),
+        5
+    );
+    let container = &job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["args"],
+        serde_json::json!(["--config", "/etc/ektool/ektool.toml", "run", "nightly"])
+    );
+    assert_eq!(container["volumeMounts"][0]["mountPath"], "/etc/ektool");
+}

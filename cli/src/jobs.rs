@@ -691,3 +691,75 @@ pub fn cron_line(
         config.display()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, crate::config::ConfigError> {
+        Config::parse(text, Path::new("ektool.toml"))
+    }
+
+    #[test]
+    fn jobs_are_read_with_their_steps_and_options_checked_at_their_place() {
+        let c = parse(
+            "[jobs.n]\nsteps = [\"backup\", \"check\"]\nstop_on_failure = true\n\
+             [jobs.n.backup]\nwait = \"30m\"\n[jobs.n.check]\nmax_age = \"6h\"\n",
+        )
+        .unwrap();
+        let j = job(&c, "n").unwrap();
+        assert_eq!(j.steps, [Step::Backup, Step::Check]);
+        assert!(j.stop_on_failure);
+        assert_eq!(j.backup.wait, Some(Duration::from_secs(1800)));
+        assert_eq!(j.check.max_age, Some(Duration::from_secs(6 * 3600)));
+        let e = job(&c, "m").unwrap_err();
+        assert!(e.is_input_error());
+        assert_eq!(e.to_string(), "no job \"m\" in the config; jobs: n");
+        for (text, place) in [
+            ("[jobs.n]\nsteps = [\"trim\", \"fly\"]\n", "ektool.toml:2:"),
+            ("[jobs.n]\nsteps = []\n", "at least one step"),
+            ("[jobs.n]\nsteps = [\"trim\", \"trim\"]\n", "listed twice"),
+            (
+                "[jobs.n]\nsteps = [\"replicate\"]\n",
+                "needs `[jobs.<name>.replicate] to",
+            ),
+            (
+                "[jobs.n]\nsteps = [\"check\"]\n[jobs.n.check]\nmax_age = \"1s\"\n",
+                "ektool.toml:4:",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(place), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn cron_lines_come_from_simple_calendar_expressions_only() {
+        let (bin, cfg) = (Path::new("/usr/bin/ektool"), Path::new("/etc/ektool.toml"));
+        let line = |schedule: &str| {
+            let text = format!("[jobs.n]\nsteps = [\"check\"]\nschedule = \"{schedule}\"\n");
+            let c = parse(&text).unwrap();
+            cron_line("n", job(&c, "n").unwrap(), bin, cfg)
+        };
+        assert_eq!(
+            line("*-*-* 03:30:00").unwrap(),
+            "30 3 * * * /usr/bin/ektool --config /etc/ektool.toml run n"
+        );
+        assert!(line("*-*-* 3:05").unwrap().starts_with("5 3 * * * "));
+        assert!(line("hourly").unwrap().starts_with("0 * * * * "));
+        for bad in ["Mon *-*-* 02:00", "*-*-* 24:00", "*-*-* 02:00:30", "weekly"] {
+            assert!(line(bad).is_err(), "{bad}");
+        }
+        let c = parse("[jobs.n]\nsteps = [\"check\"]\n").unwrap();
+        let units = systemd_units("n", job(&c, "n").unwrap(), bin, cfg);
+        assert_eq!(units.name, "ektool-n");
+        assert!(units.timer.contains("OnCalendar=*-*-* 02:00:00\n"));
+        assert!(
+            units
+                .service
+                .contains("ExecStart=/usr/bin/ektool --config /etc/ektool.toml run n\n")
+        );
+    }
+}

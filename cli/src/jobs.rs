@@ -222,6 +222,20 @@ pub async fn run_with(
     })
 }
 
+/// `backup: REGION ITEM: ERROR`, one line.
+fn backup_failure(r: &snapkit::backup::BackupResult) -> String {
+    let item = match (&r.instance, &r.volume) {
+        (Some(i), _) => i.to_string(),
+        (None, Some(v)) => v.to_string(),
+        (None, None) => "(the region's instances)".to_owned(),
+    };
+    let error = match &r.status {
+        snapkit::backup::BackupStatus::Failed { error, .. } => error.clone(),
+        other => format!("{other:?}"),
+    };
+    format!("backup: {} {item}: {error}", r.region)
+}
+
 struct StepContext<'a> {
     config: &'a Config,
     spec: &'a JobConfig,
@@ -286,7 +300,7 @@ impl StepContext<'_> {
             .results
             .iter()
             .filter(|r| r.failed())
-            .map(|r| format!("backup: {}", json(r)))
+            .map(backup_failure)
             .collect();
         let created: usize = report.created().values().map(Vec::len).sum();
         let mut waited = serde_json::Value::Null;

@@ -119,6 +119,10 @@ pub struct JobReport {
     pub ended: jiff::Timestamp,
     /// One report per step, in order.
     pub steps: Vec<StepReport>,
+    /// The check step's report, typed (also in its step's `detail`), for
+    /// [`JobReport::metrics`].
+    #[serde(skip)]
+    pub check: Option<check::CheckReport>,
 }
 
 impl JobReport {
@@ -133,6 +137,40 @@ impl JobReport {
     /// Whether every step that ran succeeded.
     pub fn ok(&self) -> bool {
         self.failed() == 0
+    }
+
+    /// The run's Prometheus metrics, once for the whole job: the check
+    /// step's (newest completed snapshot per lineage, counts and bytes per
+    /// region, failures) when it ran, `ektool_job_step_success{job,step}`
+    /// per step that ran, and the run's start, end and success as command
+    /// `run <job>`.
+    pub fn metrics(&self) -> snapkit::metrics::Metrics {
+        let mut m = self
+            .check
+            .as_ref()
+            .map(check::CheckReport::metrics)
+            .unwrap_or_default();
+        for s in self
+            .steps
+            .iter()
+            .filter(|s| s.status != StepStatus::Skipped)
+        {
+            m.gauge(
+                "ektool_job_step_success",
+                "Whether the step succeeded (1) or failed (0) in the job's last run.",
+            )
+            .sample(
+                &[("job", self.job.as_str()), ("step", s.step.as_str())],
+                if s.status == StepStatus::Ok { 1.0 } else { 0.0 },
+            );
+        }
+        m.run(
+            &format!("run {}", self.job),
+            self.started,
+            self.ended,
+            self.ok(),
+        );
+        m
     }
 }
 
@@ -183,6 +221,7 @@ pub async fn run_with(
     let policies = config.policies()?;
     let started = jiff::Timestamp::now();
     let mut steps: Vec<StepReport> = Vec::new();
+    let mut checked = None;
     for &step in &spec.steps {
         if spec.stop_on_failure && steps.iter().any(|s| s.status != StepStatus::Ok) {
             steps.push(StepReport {
@@ -208,7 +247,11 @@ pub async fn run_with(
             Step::Backup => ctx.backup().await,
             Step::Trim => ctx.trim().await,
             Step::Replicate => ctx.replicate().await,
-            Step::Check => ctx.check().await,
+            Step::Check => {
+                let (report, typed) = ctx.check().await;
+                checked = Some(typed);
+                report
+            }
         };
         steps.push(report);
         on_event(JobEvent::Finished(steps.last().expect("just pushed")));
@@ -219,6 +262,7 @@ pub async fn run_with(
         started,
         ended: jiff::Timestamp::now(),
         steps,
+        check: checked,
     })
 }
 
@@ -435,7 +479,7 @@ impl StepContext<'_> {
         finish(Step::Replicate, summary, failures, json(&report))
     }
 
-    async fn check(&self) -> StepReport {
+    async fn check(&self) -> (StepReport, check::CheckReport) {
         let c = self.config;
         let max_age = self
             .spec
@@ -485,7 +529,10 @@ impl StepContext<'_> {
             report.lineages.len(),
             failures.len()
         );
-        finish(Step::Check, summary, failures, json(&report))
+        (
+            finish(Step::Check, summary, failures, json(&report)),
+            report,
+        )
     }
 }
 

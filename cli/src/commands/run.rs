@@ -14,6 +14,10 @@ use crate::output::OutputFormat;
 pub(crate) struct Args {
     /// The job: a `[jobs.<name>]` of the config.
     pub job: String,
+    /// Also write the run's Prometheus metrics (text format, for
+    /// node_exporter's textfile collector) to this file, atomically.
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<std::path::PathBuf>,
 }
 
 /// Locks, runs, renders.
@@ -41,6 +45,10 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             CliError::Failed(e.to_string())
         }
     })?;
+    if let Some(path) = &args.metrics {
+        snapkit::metrics::write_atomic(path, &report.metrics().render())
+            .map_err(|e| CliError::Failed(format!("--metrics {}: {e}", path.display())))?;
+    }
     render(ctx, &report);
     let failed = report.failed();
     if failed == 0 {

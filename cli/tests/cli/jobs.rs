@@ -77,9 +77,40 @@ async fn a_job_backs_up_trims_replicates_and_checks_in_one_run() {
     let actions = dir.path().join("actions");
     let out = ektool(dir.path())
         .env("EKTOOL_RECORD_ACTIONS", actions.to_str().unwrap())
-        .args(&["run", "nightly"])
+        .args(&["run", "nightly", "--metrics"])
+        .arg(dir.path().join("job.prom").to_str().unwrap())
         .run()
         .success();
+    // The metrics, once for the run: its success, each step's, the check's.
+    let text = std::fs::read_to_string(dir.path().join("job.prom")).unwrap();
+    for want in [
+        "ektool_last_run_success{command=\"run nightly\"} 1\n",
+        "ektool_job_step_success{job=\"nightly\",step=\"replicate\"} 1\n",
+        &format!("lineage=\"{root}\""),
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    let promtool = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("promtool"))
+        .find(|p| p.is_file());
+    match promtool {
+        None => println!("skipped promtool: not installed (scripts/testbed install adds it)"),
+        Some(promtool) => {
+            let out = Command::new(promtool)
+                .args(["check", "metrics"])
+                .stdin(std::fs::File::open(dir.path().join("job.prom")).unwrap())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "promtool: {}{}\n{text}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
     // Every call is in `iam-policy run` (the policies of its steps).
     let policy = Ektool::new()
         .args(&["--output", "json", "iam-policy", "run"])

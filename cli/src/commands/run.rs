@@ -2,7 +2,7 @@
 //! [`ektool::jobs::run_with`] under the job's local lock, one report, one
 //! exit code (1 when a step failed, each failure on stderr).
 
-use ektool::jobs::{self, JobLock, JobReport, LockError, RunOptions, StepStatus};
+use ektool::jobs::{self, JobLock, JobReport, RunOptions, StepStatus};
 
 use crate::context::Context;
 use crate::error::CliError;
@@ -23,11 +23,8 @@ pub(crate) struct Args {
 /// Locks, runs, renders.
 pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let spec = jobs::job(&ctx.config, &args.job).map_err(|e| CliError::Usage(e.to_string()))?;
-    let _lock = match JobLock::acquire(&args.job) {
-        Ok(lock) => lock,
-        Err(e @ LockError::Held { .. }) => return Err(CliError::Failed(e.to_string())),
-        Err(e) => return Err(CliError::Failed(e.to_string())),
-    };
+    // Held (another run) or unusable: a failure, exit 1, naming the holder.
+    let _lock = JobLock::acquire(&args.job).map_err(|e| CliError::Failed(e.to_string()))?;
     let ec2 = ctx.ec2().await;
     let regions = ctx.regions(&ec2).await?;
     let mut options = RunOptions::default();

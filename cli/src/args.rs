@@ -164,6 +164,11 @@ pub(crate) enum Command {
     /// Database chores: dump and load over SSH, no copies on the server.
     #[command(subcommand)]
     Db(commands::db::DbCommand),
+    /// Run a job of the config (`[jobs.<name>]`): backup, trim, replicate, check.
+    Run(commands::run::Args),
+    /// Print the files a scheduler runs a job from: systemd units, a cron line.
+    #[command(subcommand)]
+    Schedule(commands::schedule::ScheduleCommand),
     /// Print shell completions.
     Completions(commands::completions::Args),
     /// Write the man pages.

@@ -49,6 +49,9 @@ pub struct Config {
     /// Freshness thresholds of `snap check`.
     #[serde(default)]
     pub check: CheckConfig,
+    /// Jobs `ektool run` runs: `[jobs.<name>]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub jobs: BTreeMap<String, JobConfig>,
     /// Deploy environments: `[environments.<name>]`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub environments: BTreeMap<String, deploykit::Environment>,
@@ -423,6 +426,147 @@ fn se_tag_max_age<S: Serializer>(
         v.iter()
             .map(|(t, d)| (t.to_string(), ec2kit::duration::format(*d))),
     )
+}
+
+/// A step of a job (`[jobs.<name>] steps`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Step {
+    /// Back up the tagged instances and the volume aliases, and wait for
+    /// the snapshots.
+    Backup,
+    /// Trim every region (and the replication destination) by the
+    /// retention policy.
+    Trim,
+    /// Copy the newest set of each lineage to `[jobs.<name>.replicate] to`.
+    Replicate,
+    /// Check that the newest completed snapshot of every lineage is recent.
+    Check,
+}
+
+impl Step {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Backup => "backup",
+            Self::Trim => "trim",
+            Self::Replicate => "replicate",
+            Self::Check => "check",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[jobs.<name>]`: the steps `ektool run <name>` runs, in order, and
+/// their few options.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(try_from = "RawJob")]
+pub struct JobConfig {
+    /// The steps, in order (each at most once).
+    pub steps: Vec<Step>,
+    /// Skip the remaining steps after one fails (default: run them all).
+    pub stop_on_failure: bool,
+    /// When a scheduler runs it: a systemd `OnCalendar` expression
+    /// (default [`DEFAULT_SCHEDULE`]).
+    pub schedule: Option<String>,
+    /// `[jobs.<name>.backup]`.
+    pub backup: BackupStepConfig,
+    /// `[jobs.<name>.replicate]`.
+    pub replicate: ReplicateStepConfig,
+    /// `[jobs.<name>.check]`.
+    pub check: CheckStepConfig,
+}
+
+/// The schedule of a job that names none: every night at 02:00.
+pub const DEFAULT_SCHEDULE: &str = "*-*-* 02:00:00";
+
+/// `[jobs.<name>.backup]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupStepConfig {
+    /// How long to wait for the new snapshots to complete (default 2h).
+    #[serde(
+        default,
+        deserialize_with = "de_max_age",
+        serialize_with = "se_max_age"
+    )]
+    pub wait: Option<std::time::Duration>,
+}
+
+/// `[jobs.<name>.replicate]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicateStepConfig {
+    /// The destination region (required with the `replicate` step).
+    pub to: Option<String>,
+}
+
+/// `[jobs.<name>.check]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckStepConfig {
+    /// The threshold of lineages without their own (default: `[check]
+    /// max_age`, then 26h).
+    #[serde(
+        default,
+        deserialize_with = "de_max_age",
+        serialize_with = "se_max_age"
+    )]
+    pub max_age: Option<std::time::Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    steps: Vec<Step>,
+    #[serde(default)]
+    stop_on_failure: bool,
+    schedule: Option<String>,
+    #[serde(default)]
+    backup: BackupStepConfig,
+    #[serde(default)]
+    replicate: ReplicateStepConfig,
+    #[serde(default)]
+    check: CheckStepConfig,
+}
+
+impl TryFrom<RawJob> for JobConfig {
+    type Error = String;
+
+    fn try_from(r: RawJob) -> Result<Self, String> {
+        if r.steps.is_empty() {
+            return Err("a job needs at least one step in `steps`".into());
+        }
+        for (i, s) in r.steps.iter().enumerate() {
+            if r.steps[..i].contains(s) {
+                return Err(format!("step {s:?} is listed twice", s = s.as_str()));
+            }
+        }
+        if r.steps.contains(&Step::Replicate) && r.replicate.to.is_none() {
+            return Err(
+                "the replicate step needs `[jobs.<name>.replicate] to = \"REGION\"`".into(),
+            );
+        }
+        if let Some(s) = &r.schedule
+            && (s.trim().is_empty() || s.contains(['\n', '\r']))
+        {
+            return Err("schedule: one line, a systemd OnCalendar expression".into());
+        }
+        Ok(Self {
+            steps: r.steps,
+            stop_on_failure: r.stop_on_failure,
+            schedule: r.schedule,
+            backup: r.backup,
+            replicate: r.replicate,
+            check: r.check,
+        })
+    }
 }
 
 /// One `[volumes.<alias>]` entry.

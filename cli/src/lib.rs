@@ -45,4 +45,8 @@
 //! # }
 //! ```
 
+//! The `[jobs.<name>]` of the file run with [`jobs::run`]: the steps
+//! above composed, one report (what `ektool run` does).
+
 pub mod config;
+pub mod jobs;

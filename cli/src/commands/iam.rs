@@ -130,6 +130,16 @@ pub(crate) fn policies() -> Vec<Policy> {
             .grant(&FIND_INSTANCES)
             .grant(&instances::WITH_RESERVATIONS_PERMISSIONS)
             .grant(&instances::VOLUME_TAGS_PERMISSIONS),
+        // A job: the policies of its steps (the backup's, trim's,
+        // replicate's and check's).
+        command("run")
+            .grant(regions)
+            .grant(&FIND_INSTANCES)
+            .grant(&backup::INSTANCES_PERMISSIONS)
+            .grant_when(When::Chosen("volume aliases"), &backup::VOLUMES_PERMISSIONS)
+            .grant_when(When::Chosen("trim step"), &trim::PERMISSIONS)
+            .grant_when(When::Chosen("replicate step"), &replicate::PERMISSIONS)
+            .grant_when(When::Chosen("check step"), &check::PERMISSIONS),
         hosts(command("deploy")),
         hosts(command("deploy unlock")),
         hosts(command("provision")),
@@ -228,6 +238,8 @@ pub(crate) fn exec(args: Args, format: OutputFormat) -> Result<(), CliError> {
 /// Commands that call no AWS API at all.
 pub(crate) const NO_AWS: &[&str] = &[
     "snap plan",
+    "schedule systemd",
+    "schedule cron",
     "host trust",
     "host run",
     "host sync",

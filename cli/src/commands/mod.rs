@@ -13,6 +13,8 @@ pub(crate) mod instances;
 pub(crate) mod manpage;
 pub(crate) mod provision;
 pub(crate) mod regions;
+pub(crate) mod run;
+pub(crate) mod schedule;
 pub(crate) mod secrets;
 pub(crate) mod snap;
 
@@ -51,6 +53,8 @@ pub(crate) async fn run(cli: Cli, interrupt: ec2kit::CancellationToken) -> Resul
                 Command::Provision(args) => provision::exec(&ctx, args).await,
                 Command::Secrets(args) => secrets::exec(&ctx, args).await,
                 Command::Db(args) => db::exec(&ctx, args).await,
+                Command::Run(args) => run::exec(&ctx, args).await,
+                Command::Schedule(args) => schedule::exec(&ctx, args),
             }
         }
     }

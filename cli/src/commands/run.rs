@@ -1,0 +1,89 @@
+//! `ektool run JOB`: the steps of `[jobs.JOB]` run by
+//! [`ektool::jobs::run_with`] under the job's local lock, one report, one
+//! exit code (1 when a step failed, each failure on stderr).
+
+use ektool::jobs::{self, JobLock, JobReport, RunOptions, StepStatus};
+
+use crate::context::Context;
+use crate::error::CliError;
+use crate::output;
+use crate::output::OutputFormat;
+
+/// Arguments of `ektool run`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The job: a `[jobs.<name>]` of the config.
+    pub job: String,
+    /// Also write the run's Prometheus metrics (text format, for
+    /// node_exporter's textfile collector) to this file, atomically.
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<std::path::PathBuf>,
+}
+
+/// Locks, runs, renders.
+pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+    let spec = jobs::job(&ctx.config, &args.job).map_err(|e| CliError::Usage(e.to_string()))?;
+    // Held (another run) or unusable: a failure, exit 1, naming the holder.
+    let _lock = JobLock::acquire(&args.job).map_err(|e| CliError::Failed(e.to_string()))?;
+    let ec2 = ctx.ec2().await;
+    let regions = ctx.regions(&ec2).await?;
+    let mut options = RunOptions::default();
+    options.dry_run = ctx.global.dry_run;
+    let report = jobs::run_with(&ctx.config, &ec2, &regions, &args.job, &options, &|e| {
+        if let jobs::JobEvent::Started(step) = e {
+            tracing::info!(job = %args.job, %step, "step starts");
+        }
+    })
+    .await
+    .map_err(|e| {
+        if e.is_input_error() {
+            CliError::Usage(e.to_string())
+        } else {
+            CliError::Failed(e.to_string())
+        }
+    })?;
+    if let Some(path) = &args.metrics {
+        snapkit::metrics::write_atomic(path, &report.metrics().render())
+            .map_err(|e| CliError::Failed(format!("--metrics {}: {e}", path.display())))?;
+    }
+    render(ctx, &report);
+    let failed = report.failed();
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!(
+            "job {}: {failed} of {} step(s) failed",
+            args.job,
+            spec.steps.len()
+        )))
+    }
+}
+
+fn render(ctx: &Context, report: &JobReport) {
+    match ctx.output() {
+        OutputFormat::Json => {
+            if let Err(e) = output::json(report) {
+                eprintln!("error: {e}");
+            }
+        }
+        OutputFormat::Table => output::table(
+            &["STEP", "STATUS", "SUMMARY"],
+            report.steps.iter().map(|s| {
+                vec![
+                    s.step.to_string(),
+                    match s.status {
+                        StepStatus::Ok => "ok".to_owned(),
+                        StepStatus::Failed => "FAILED".to_owned(),
+                        _ => "skipped".to_owned(),
+                    },
+                    s.summary.clone(),
+                ]
+            }),
+        ),
+    }
+    for s in &report.steps {
+        for f in &s.failures {
+            eprintln!("{f}");
+        }
+    }
+}

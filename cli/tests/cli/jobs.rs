@@ -1,0 +1,454 @@
+//! `ektool run JOB` against moto (all four steps, a failing step that does
+//! not stop the next, the local lock, bad names) and `ektool schedule`
+//! (systemd units checked by `systemd-analyze verify`, a cron line).
+
+use std::path::Path;
+use std::process::Command;
+
+use ec2kit::Tags;
+
+use crate::harness::Ektool;
+use crate::moto;
+
+/// Regions no other test uses.
+const FROM: &str = "cn-north-1";
+const TO: &str = "cn-northwest-1";
+
+/// A project directory with `ektool.toml` = `text`, and a private
+/// runtime directory for the job locks.
+fn project(text: &str) -> tempfile::TempDir {
+    let dir = ektool_tests::tempdir();
+    std::fs::write(dir.path().join("ektool.toml"), text).unwrap();
+    std::fs::create_dir(dir.path().join("run")).unwrap();
+    dir
+}
+
+fn ektool(dir: &Path) -> Ektool {
+    Ektool::moto()
+        .current_dir(dir)
+        .env("XDG_RUNTIME_DIR", dir.join("run").to_str().unwrap())
+}
+
+fn steps(json: &serde_json::Value) -> Vec<(String, String)> {
+    json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap().to_owned(),
+                s["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_job_backs_up_trims_replicates_and_checks_in_one_run() {
+    let key = ektool_tests::unique("job");
+    let inst = moto::launch(FROM, 1, Tags::new().with(&key, "prod"))
+        .await
+        .remove(0);
+    let root = inst.root_volume().unwrap().to_string();
+    let dir = project(&format!(
+        "[defaults]\ntag = \"{key}=prod\"\nregions = [\"{FROM}\"]\n\n\
+         [jobs.nightly]\nsteps = [\"backup\", \"trim\", \"replicate\", \"check\"]\n\n\
+         [jobs.nightly.replicate]\nto = \"{TO}\"\n\n\
+         [jobs.nightly.check]\nmax_age = \"26h\"\n"
+    ));
+
+    // A dry run plans every step and creates nothing.
+    let dry = ektool(dir.path())
+        .args(&["--dry-run", "--output", "json", "run", "nightly"])
+        .run();
+    let json = dry.json();
+    assert_eq!(json["dry_run"], true);
+    assert_eq!(steps(&json)[0], ("backup".into(), "ok".into()), "{json}");
+    assert_eq!(steps(&json)[2], ("replicate".into(), "ok".into()), "{json}");
+    // Nothing was backed up: the check finds the lineage missing.
+    assert_eq!(steps(&json)[3], ("check".into(), "failed".into()), "{json}");
+    assert!(
+        dry.stderr
+            .contains(&format!("check: missing: {FROM} {root}")),
+        "{}",
+        dry.stderr
+    );
+
+    let actions = dir.path().join("actions");
+    let out = ektool(dir.path())
+        .env("EKTOOL_RECORD_ACTIONS", actions.to_str().unwrap())
+        .args(&["run", "nightly", "--metrics"])
+        .arg(dir.path().join("job.prom").to_str().unwrap())
+        .run()
+        .success();
+    // The metrics, once for the run: its success, each step's, the check's.
+    let text = std::fs::read_to_string(dir.path().join("job.prom")).unwrap();
+    for want in [
+        "ektool_last_run_success{command=\"run nightly\"} 1\n",
+        "ektool_job_step_success{job=\"nightly\",step=\"replicate\"} 1\n",
+        &format!("lineage=\"{root}\""),
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    let promtool = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("promtool"))
+        .find(|p| p.is_file());
+    match promtool {
+        None => println!("skipped promtool: not installed (scripts/testbed install adds it)"),
+        Some(promtool) => {
+            let out = Command::new(promtool)
+                .args(["check", "metrics"])
+                .stdin(std::fs::File::open(dir.path().join("job.prom")).unwrap())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "promtool: {}{}\n{text}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    // Every call is in `iam-policy run` (the policies of its steps).
+    let policy = Ektool::new()
+        .args(&["--output", "json", "iam-policy", "run"])
+        .run()
+        .success()
+        .stdout;
+    let recorded = crate::harness::recorded_actions(&actions);
+    assert!(
+        recorded.contains("ec2:CreateSnapshots") || recorded.contains("ec2:CreateSnapshot"),
+        "{recorded:?}"
+    );
+    assert!(recorded.contains("ec2:CopySnapshot"), "{recorded:?}");
+    for action in &recorded {
+        assert!(
+            policy.contains(&format!("\"{action}\"")),
+            "{action} not in {policy}"
+        );
+    }
+    for (step, line) in [
+        ("backup", "created 1 snapshot(s) of 1 item(s)"),
+        ("trim", "deleted 0 snapshot(s) in 2 region(s)"),
+        ("replicate", &format!("copied 1 snapshot(s) to {TO}")),
+        ("check", "1 lineage(s) checked, 0 failure(s)"),
+    ] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.contains(step) && l.contains(" ok ") && l.contains(line)),
+            "{step}: {}",
+            out.stdout
+        );
+    }
+    // The copy is in the destination: `snap check --to` finds it fresh.
+    Ektool::moto()
+        .args(&[
+            "-r",
+            FROM,
+            "snap",
+            "check",
+            "--tag",
+            &format!("{key}=prod"),
+            "--to",
+            TO,
+        ])
+        .run()
+        .success()
+        .stdout_has("replica");
+}
+
+#[tokio::test]
+async fn a_failing_step_fails_the_run_but_later_steps_still_run_unless_told() {
+    let key = ektool_tests::unique("job-fail");
+    let inst = moto::launch(FROM, 1, Tags::new().with(&key, "prod"))
+        .await
+        .remove(0);
+    let root = inst.root_volume().unwrap().to_string();
+    let config = |stop: bool| {
+        format!(
+            "[defaults]\ntag = \"{key}=prod\"\nregions = [\"{FROM}\"]\n\n\
+             [jobs.night]\nsteps = [\"check\", \"trim\"]\nstop_on_failure = {stop}\n"
+        )
+    };
+    let dir = project(&config(false));
+    let out = ektool(dir.path())
+        .args(&["--output", "json", "run", "night"])
+        .run()
+        .code(1);
+    assert_eq!(
+        steps(&out.json()),
+        [
+            ("check".into(), "failed".into()),
+            ("trim".into(), "ok".into())
+        ]
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("check: missing: {FROM} {root}")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("job night: 1 of 2 step(s) failed"),
+        "{}",
+        out.stderr
+    );
+
+    std::fs::write(dir.path().join("ektool.toml"), config(true)).unwrap();
+    let out = ektool(dir.path())
+        .args(&["--output", "json", "run", "night"])
+        .run()
+        .code(1);
+    assert_eq!(
+        steps(&out.json()),
+        [
+            ("check".into(), "failed".into()),
+            ("trim".into(), "skipped".into())
+        ]
+    );
+}
+
+#[test]
+fn a_second_run_of_a_job_is_refused_while_the_first_holds_its_lock() {
+    let dir = project("[jobs.nightly]\nsteps = [\"check\"]\n");
+    let lock_dir = dir.path().join("run/ektool");
+    std::fs::create_dir_all(&lock_dir).unwrap();
+    let path = lock_dir.join("job-nightly.lock");
+    let mut held = std::fs::File::create(&path).unwrap();
+    held.try_lock().unwrap();
+    std::io::Write::write_all(&mut held, b"pid 4242 on testhost").unwrap();
+    let out = ektool(dir.path()).args(&["run", "nightly"]).run().code(1);
+    assert!(
+        out.stderr.contains("job nightly is already running (lock")
+            && out.stderr.contains("held by pid 4242 on testhost"),
+        "{}",
+        out.stderr
+    );
+    // Released: the run gets past the lock (and fails later, on no region
+    // or the check, not on the lock).
+    drop(held);
+    let out = ektool(dir.path()).args(&["run", "nightly"]).run();
+    assert!(!out.stderr.contains("already running"), "{}", out.stderr);
+}
+
+#[test]
+fn bad_job_names_and_steps_are_usage_errors() {
+    let dir = project("[jobs.nightly]\nsteps = [\"check\"]\n");
+    ektool(dir.path())
+        .args(&["run", "weekly"])
+        .run()
+        .code(2)
+        .stderr_has("no job \"weekly\" in the config; jobs: nightly");
+    for (toml, says) in [
+        (
+            "[jobs.n]\nsteps = [\"backup\", \"defrag\"]\n",
+            "ektool.toml:2:",
+        ),
+        (
+            "[jobs.n]\nsteps = [\"replicate\"]\n",
+            "needs `[jobs.<name>.replicate] to",
+        ),
+        (
+            "[jobs.n]\nsteps = [\"check\"]\n[jobs.n.check]\nmax_age = \"soon\"\n",
+            "ektool.toml:4:",
+        ),
+        (
+            "[jobs.n]\nsteps = [\"check\"]\ncolour = \"red\"\n",
+            "unknown field `colour`",
+        ),
+    ] {
+        std::fs::write(dir.path().join("ektool.toml"), toml).unwrap();
+        let out = ektool(dir.path()).args(&["run", "n"]).run().code(2);
+        assert!(out.stderr.contains(says), "{toml}: {}", out.stderr);
+    }
+    std::fs::write(
+        dir.path().join("ektool.toml"),
+        "[jobs.n]\nsteps = [\"check\"]\nschedule = \"Mon *-*-* 02:00\"\n",
+    )
+    .unwrap();
+    ektool(dir.path())
+        .args(&["schedule", "cron", "n"])
+        .run()
+        .code(2)
+        .stderr_has("has no cron form");
+}
+
+#[test]
+fn schedule_systemd_writes_units_that_systemd_analyze_verifies() {
+    let dir =
+        project("[jobs.nightly]\nsteps = [\"backup\", \"check\"]\nschedule = \"*-*-* 03:30:00\"\n");
+    let printed = ektool(dir.path())
+        .args(&["schedule", "systemd", "nightly"])
+        .run()
+        .success()
+        .stdout;
+    for want in [
+        "# ektool-nightly.service",
+        "# ektool-nightly.timer",
+        "OnCalendar=*-*-* 03:30:00",
+        "Persistent=true",
+        "RandomizedDelaySec=",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+    ] {
+        assert!(printed.contains(want), "{want}: {printed}");
+    }
+    let config = dir.path().join("ektool.toml").canonicalize().unwrap();
+    assert!(
+        printed.contains(&format!(" --config {} run nightly", config.display())),
+        "{printed}"
+    );
+    let units = dir.path().join("units");
+    std::fs::create_dir(&units).unwrap();
+    ektool(dir.path())
+        .args(&[
+            "schedule",
+            "systemd",
+            "nightly",
+            "--dir",
+            units.to_str().unwrap(),
+        ])
+        .run()
+        .success();
+    let service = units.join("ektool-nightly.service");
+    let timer = units.join("ektool-nightly.timer");
+    let exec = std::fs::read_to_string(&service).unwrap();
+    let exec = exec.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
+    let binary = exec["ExecStart=".len()..].split(' ').next().unwrap();
+    assert!(
+        Path::new(binary).is_absolute() && Path::new(binary).is_file(),
+        "{exec}"
+    );
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&service)
+        .arg(&timer)
+        .output()
+        .expect("systemd-analyze (the systemd package) is installed");
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success(), "systemd-analyze verify: {stderr}");
+    assert!(
+        !stderr.contains("ektool-nightly"),
+        "warnings on our units: {stderr}"
+    );
+}
+
+#[test]
+fn schedule_cron_prints_five_fields_and_the_run_command() {
+    let dir = project("[jobs.nightly]\nsteps = [\"check\"]\n");
+    let line = ektool(dir.path())
+        .args(&["schedule", "cron", "nightly"])
+        .run()
+        .success()
+        .stdout;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let ranges = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
+    for (field, (lo, hi)) in fields[..5].iter().zip(ranges) {
+        assert!(
+            *field == "*" || field.parse::<u32>().is_ok_and(|n| (lo..=hi).contains(&n)),
+            "{field}: {line}"
+        );
+    }
+    // The default schedule: 02:00 every day.
+    assert_eq!(fields[..5], ["0", "2", "*", "*", "*"], "{line}");
+    assert!(Path::new(fields[5]).is_absolute(), "{line}");
+    assert_eq!(
+        fields[6..],
+        [
+            "--config",
+            dir.path()
+                .join("ektool.toml")
+                .canonicalize()
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            "run",
+            "nightly"
+        ]
+    );
+    // The command runs: `ektool run nightly` (here: no region, exit 2).
+    let out = Command::new(fields[5])
+        .args(&fields[6..])
+        .env("XDG_RUNTIME_DIR", dir.path().join("run"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("unrecognized") && !stderr.contains("no job"),
+        "{stderr}"
+    );
+}
+
+/// The fenced block of `lang` in docs/scheduling.md containing `needle`.
+fn doc_block(lang: &str, needle: &str) -> String {
+    let page = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/scheduling.md"),
+    )
+    .unwrap();
+    let open = format!("```{lang}\n");
+    page.split(&open)
+        .skip(1)
+        .map(|rest| rest.split("\n```").next().unwrap().to_owned())
+        .find(|b| b.contains(needle))
+        .unwrap_or_else(|| panic!("no {lang} block with {needle}"))
+}
+
+#[test]
+fn the_cluster_examples_in_the_docs_parse_and_run_the_job() {
+    // ECS: the EventBridge Scheduler schedule, and the command in its input.
+    let ecs: serde_json::Value = serde_json::from_str(&doc_block("json", "EcsParameters")).unwrap();
+    assert_eq!(ecs["Target"]["EcsParameters"]["LaunchType"], "FARGATE");
+    assert!(
+        ecs["ScheduleExpression"]
+            .as_str()
+            .unwrap()
+            .starts_with("cron(")
+    );
+    let input: serde_json::Value =
+        serde_json::from_str(ecs["Target"]["Input"].as_str().unwrap()).unwrap();
+    let command = &input["containerOverrides"][0]["command"];
+    assert_eq!(
+        *command,
+        serde_json::json!(["--config", "/etc/ektool/ektool.toml", "run", "nightly"])
+    );
+
+    // Kubernetes: parsed with PyYAML, printed back as JSON.
+    let yaml = doc_block("yaml", "kind: CronJob");
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(yaml.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("python3 with PyYAML");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job["kind"], "CronJob");
+    assert_eq!(job["apiVersion"], "batch/v1");
+    assert_eq!(job["spec"]["concurrencyPolicy"], "Forbid");
+    assert_eq!(
+        job["spec"]["schedule"].as_str().unwrap().split(' ').count(),
+        5
+    );
+    let container = &job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["args"],
+        serde_json::json!(["--config", "/etc/ektool/ektool.toml", "run", "nightly"])
+    );
+    assert_eq!(container["volumeMounts"][0]["mountPath"], "/etc/ektool");
+}

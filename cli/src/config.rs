@@ -49,6 +49,10 @@ pub struct Config {
     /// Freshness thresholds of `snap check`.
     #[serde(default)]
     pub check: CheckConfig,
+    /// Where jobs (and deploys of environments without their own
+    /// `[environments.<name>.notify]`) are announced: `[notify]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<NotifyConfig>,
     /// Jobs `ektool run` runs: `[jobs.<name>]`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub jobs: BTreeMap<String, JobConfig>,
@@ -876,6 +880,45 @@ fn resolve_path(p: &Path, base: &Path) -> PathBuf {
     if p.is_relative() { base.join(p) } else { p }
 }
 
+/// `[notify]`: a webhook for job results and a heartbeat URL. Both URLs
+/// are secrets (whoever has them can post or ping), so the config names
+/// an environment variable or a file holding each, never the URL.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// The environment variable holding the webhook URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url_env: Option<String>,
+    /// Or a file holding the webhook URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url_file: Option<PathBuf>,
+    /// Accept plain `http://` URLs to hosts other than this machine.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_http: bool,
+    /// Also post when a job succeeds (failures are always posted).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_success: bool,
+    /// The environment variable holding the heartbeat URL
+    /// (healthchecks.io style: `<url>/start`, `<url>`, `<url>/fail`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_url_env: Option<String>,
+    /// Or a file holding the heartbeat URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_url_file: Option<PathBuf>,
+}
+
+impl NotifyConfig {
+    /// The webhook part, as a deploy environment's `notify` (what deploys
+    /// of environments without their own fall back to).
+    pub fn webhook(&self) -> deploykit::environment::NotifyConfig {
+        deploykit::environment::NotifyConfig {
+            webhook_url_env: self.webhook_url_env.clone(),
+            webhook_url_file: self.webhook_url_file.clone(),
+            allow_http: self.allow_http,
+        }
+    }
+}
+
 /// Makes a file's relative local paths (as written) relative to `base`,
 /// its directory, and expands `~/`: `ssh.known_hosts`,
 /// `ssh.identity_files`, and each environment's `notify.webhook_url_file`
@@ -894,6 +937,13 @@ fn resolve_paths(table: &mut toml::Table, base: &Path) {
         }
         if let Some(toml::Value::Array(files)) = ssh.get_mut("identity_files") {
             files.iter_mut().for_each(|f| fix(f, base));
+        }
+    }
+    if let Some(toml::Value::Table(notify)) = table.get_mut("notify") {
+        for key in ["webhook_url_file", "heartbeat_url_file"] {
+            if let Some(v) = notify.get_mut(key) {
+                fix(v, base);
+            }
         }
     }
     if let Some(toml::Value::Table(envs)) = table.get_mut("environments") {

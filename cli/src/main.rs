@@ -9,6 +9,7 @@ mod context;
 mod error;
 mod exit;
 mod logging;
+mod notify;
 mod output;
 mod progress;
 mod prompt;

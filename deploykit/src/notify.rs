@@ -241,11 +241,10 @@ mod webhook {
         }
     }
 
-    #[async_trait]
-    impl Notifier for WebhookNotifier {
-        async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
-            let body = serde_json::to_vec(&n.slack_payload()).unwrap_or_default();
-            let request = hyper::Request::post(self.url.clone())
+    impl WebhookNotifier {
+        /// Posts `body` to `uri` (this notifier's URL, or one below it).
+        async fn post(&self, uri: hyper::Uri, body: Vec<u8>) -> Result<(), NotifyError> {
+            let request = hyper::Request::post(uri)
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(body)))
                 .map_err(|_| NotifyError::InvalidUrl)?;
@@ -266,6 +265,33 @@ mod webhook {
                 self.timeout,
             )
             .await
+        }
+
+        /// Posts free text as a Slack-compatible `{"text": …}` payload,
+        /// escaped with [`slack_escape`] (the text may quote hosts' and
+        /// AWS's errors).
+        pub async fn post_text(&self, text: &str) -> Result<(), NotifyError> {
+            let body = serde_json::to_vec(&serde_json::json!({ "text": slack_escape(text) }))
+                .unwrap_or_default();
+            self.post(self.url.clone(), body).await
+        }
+
+        /// Pings a heartbeat (healthchecks.io style): an empty POST to the
+        /// URL followed by `suffix` (`""`, `"/start"`, `"/fail"`).
+        pub async fn ping(&self, suffix: &str) -> Result<(), NotifyError> {
+            let url = self.url.to_string();
+            let uri: hyper::Uri = format!("{}{suffix}", url.trim_end_matches('/'))
+                .parse()
+                .map_err(|_| NotifyError::InvalidUrl)?;
+            self.post(uri, Vec::new()).await
+        }
+    }
+
+    #[async_trait]
+    impl Notifier for WebhookNotifier {
+        async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
+            let body = serde_json::to_vec(&n.slack_payload()).unwrap_or_default();
+            self.post(self.url.clone(), body).await
         }
     }
 }

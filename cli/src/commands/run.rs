@@ -29,19 +29,28 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let regions = ctx.regions(&ec2).await?;
     let mut options = RunOptions::default();
     options.dry_run = ctx.global.dry_run;
+    let watch = crate::notify::Watch::new(&ctx.config);
+    watch.start().await;
     let report = jobs::run_with(&ctx.config, &ec2, &regions, &args.job, &options, &|e| {
         if let jobs::JobEvent::Started(step) = e {
             tracing::info!(job = %args.job, %step, "step starts");
         }
     })
-    .await
-    .map_err(|e| {
-        if e.is_input_error() {
-            CliError::Usage(e.to_string())
-        } else {
-            CliError::Failed(e.to_string())
+    .await;
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            watch
+                .finish(false, &format!("ektool run {}: FAILED: {e}", args.job))
+                .await;
+            return Err(if e.is_input_error() {
+                CliError::Usage(e.to_string())
+            } else {
+                CliError::Failed(e.to_string())
+            });
         }
-    })?;
+    };
+    watch.finish(report.ok(), &message(&report)).await;
     if let Some(path) = &args.metrics {
         snapkit::metrics::write_atomic(path, &report.metrics().render())
             .map_err(|e| CliError::Failed(format!("--metrics {}: {e}", path.display())))?;
@@ -57,6 +66,37 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             spec.steps.len()
         )))
     }
+}
+
+/// The notification: the job, its outcome and counts, each step's summary,
+/// then every failure line.
+fn message(report: &JobReport) -> String {
+    let failed = report.failed();
+    let mut text = if report.ok() {
+        format!(
+            "ektool run {}: ok ({} step(s))",
+            report.job,
+            report.steps.len()
+        )
+    } else {
+        format!(
+            "ektool run {}: FAILED ({failed} of {} step(s) failed)",
+            report.job,
+            report.steps.len()
+        )
+    };
+    for s in &report.steps {
+        let status = match s.status {
+            StepStatus::Ok => "ok",
+            StepStatus::Failed => "FAILED",
+            _ => "skipped",
+        };
+        text.push_str(&format!("\n{}: {status}: {}", s.step, s.summary));
+    }
+    for f in report.steps.iter().flat_map(|s| &s.failures) {
+        text.push_str(&format!("\n- {f}"));
+    }
+    text
 }
 
 fn render(ctx: &Context, report: &JobReport) {

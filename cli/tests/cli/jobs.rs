@@ -452,3 +452,181 @@ fn the_cluster_examples_in_the_docs_parse_and_run_the_job() {
     );
     assert_eq!(container["volumeMounts"][0]["mountPath"], "/etc/ektool");
 }
+
+/// A local HTTP endpoint recording each request as `METHOD PATH BODY`
+/// and answering 200.
+struct Recorder {
+    port: u16,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let mut parts = line.split_whitespace();
+                let (method, path) = (
+                    parts.next().unwrap_or_default().to_owned(),
+                    parts.next().unwrap_or_default().to_owned(),
+                );
+                let mut length = 0;
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).unwrap();
+                    if header.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = header.split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                seen.lock().unwrap().push(format!(
+                    "{method} {path} {}",
+                    String::from_utf8_lossy(&body)
+                ));
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Self { port, requests }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+const NOTIFY: &str = "[notify]\nwebhook_url_env = \"EKTOOL_TEST_HOOK\"\n\
+                      heartbeat_url_env = \"EKTOOL_TEST_HEARTBEAT\"\n";
+
+#[tokio::test]
+async fn a_failed_run_posts_its_failures_once_and_pings_the_heartbeat_fail() {
+    let key = ektool_tests::unique("job-notify");
+    let inst = moto::launch(FROM, 1, Tags::new().with(&key, "prod"))
+        .await
+        .remove(0);
+    let root = inst.root_volume().unwrap().to_string();
+    let server = Recorder::start();
+    let dir = project(&format!(
+        "[defaults]\ntag = \"{key}=prod\"\nregions = [\"{FROM}\"]\n\n{NOTIFY}\n\
+         [jobs.night]\nsteps = [\"check\", \"trim\"]\n"
+    ));
+    let out = ektool(dir.path())
+        .env("EKTOOL_TEST_HOOK", &server.url("/hook/secret"))
+        .env("EKTOOL_TEST_HEARTBEAT", &server.url("/ping/uuid"))
+        .args(&["run", "night"])
+        .run()
+        .code(1);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3, "{requests:#?}");
+    assert_eq!(requests[0], "POST /ping/uuid/start ");
+    assert_eq!(requests[1], "POST /ping/uuid/fail ");
+    let (method, body) = requests[2].split_once(' ').unwrap();
+    assert_eq!(method, "POST");
+    let (path, body) = body.split_once(' ').unwrap();
+    assert_eq!(path, "/hook/secret");
+    let text: serde_json::Value = serde_json::from_str(body).unwrap();
+    let text = text["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("ektool run night: FAILED (1 of 2 step(s) failed)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("\n- check: missing: {FROM} {root}")),
+        "{text}"
+    );
+    assert!(!out.stderr.contains("secret"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn a_good_run_pings_the_heartbeat_and_posts_only_with_on_success() {
+    let key = ektool_tests::unique("job-notify-ok");
+    moto::launch(FROM, 1, Tags::new().with(&key, "prod")).await;
+    let server = Recorder::start();
+    let config = |on_success: bool| {
+        format!(
+            "[defaults]\ntag = \"{key}=prod\"\nregions = [\"{FROM}\"]\n\n{NOTIFY}\
+             on_success = {on_success}\n\n[jobs.night]\nsteps = [\"trim\"]\n"
+        )
+    };
+    let dir = project(&config(false));
+    let run = || {
+        ektool(dir.path())
+            .env("EKTOOL_TEST_HOOK", &server.url("/hook"))
+            .env("EKTOOL_TEST_HEARTBEAT", &server.url("/ping/uuid/"))
+            .args(&["run", "night"])
+            .run()
+            .code(0)
+    };
+    run();
+    assert_eq!(
+        server.requests(),
+        ["POST /ping/uuid/start ", "POST /ping/uuid "]
+    );
+    std::fs::write(dir.path().join("ektool.toml"), config(true)).unwrap();
+    run();
+    let requests = server.requests();
+    assert_eq!(requests.len(), 5, "{requests:#?}");
+    assert!(
+        requests[4]
+            .starts_with("POST /hook {\"text\":\"ektool run night: ok (1 step(s))\\ntrim: ok: "),
+        "{requests:#?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_webhook_only_warns() {
+    let key = ektool_tests::unique("job-notify-down");
+    moto::launch(FROM, 1, Tags::new().with(&key, "prod")).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = project(&format!(
+        "[defaults]\ntag = \"{key}=prod\"\nregions = [\"{FROM}\"]\n\n{NOTIFY}\
+         on_success = true\n\n[jobs.night]\nsteps = [\"trim\"]\n"
+    ));
+    let url = format!("http://127.0.0.1:{port}/hook/secret");
+    let out = ektool(dir.path())
+        .env("EKTOOL_TEST_HOOK", &url)
+        .env("EKTOOL_TEST_HEARTBEAT", &url)
+        .args(&["run", "night"])
+        .run()
+        .code(0);
+    assert!(
+        out.stderr
+            .contains("warning: notify: webhook: webhook request failed: could not connect")
+            && out.stderr.contains("warning: notify: heartbeat: "),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("secret"), "{}", out.stderr);
+}
+
+#[test]
+fn notify_config_errors_point_at_their_place() {
+    let dir = project("[notify]\nwebhook_url = \"https://hooks.example.com/x\"\n");
+    ektool(dir.path())
+        .args(&["run", "night"])
+        .run()
+        .code(2)
+        .stderr_has("ektool.toml:2:1:");
+}

@@ -169,7 +169,9 @@ pub(crate) fn deployer(ctx: &Context, name: &str, env: &Environment, hosts: Vec<
                 eprintln!("{e}");
             }
         });
-    if let Some(n) = notifier(env) {
+    // An environment without its own `notify` falls back to `[notify]`.
+    let fallback = ctx.config.notify.as_ref().map(|n| n.webhook());
+    if let Some(n) = notifier(env.notify.as_ref().or(fallback.as_ref())) {
         d = d.notifier(n);
     }
     d
@@ -177,8 +179,10 @@ pub(crate) fn deployer(ctx: &Context, name: &str, env: &Environment, hosts: Vec<
 
 /// The webhook notifier, if configured and its URL is available. The URL
 /// comes from an environment variable or a file, never the command line.
-fn notifier(env: &Environment) -> Option<Arc<dyn deploykit::Notifier>> {
-    let cfg = env.notify.as_ref()?;
+fn notifier(
+    cfg: Option<&deploykit::environment::NotifyConfig>,
+) -> Option<Arc<dyn deploykit::Notifier>> {
+    let cfg = cfg?;
     let url = match (&cfg.webhook_url_env, &cfg.webhook_url_file) {
         (Some(var), _) => std::env::var(var).ok(),
         (None, Some(file)) => std::fs::read_to_string(expand_home(file)).ok(),

@@ -86,4 +86,25 @@ impl Watch {
             eprintln!("warning: notify: webhook: {e}");
         }
     }
+
+    /// A command ended: [`Watch::finish`] with `ektool COMMAND: ok`, or
+    /// `FAILED: the error` and the failure lines.
+    pub(crate) async fn finish_command(
+        &self,
+        command: &str,
+        result: &Result<(), crate::error::CliError>,
+        failures: &[String],
+    ) {
+        let text = match result {
+            Ok(()) => format!("ektool {command}: ok"),
+            Err(e) => {
+                let mut text = format!("ektool {command}: FAILED: {e}");
+                for f in failures {
+                    text.push_str(&format!("\n- {f}"));
+                }
+                text
+            }
+        };
+        self.finish(result.is_ok(), &text).await;
+    }
 }

@@ -630,3 +630,37 @@ fn notify_config_errors_point_at_their_place() {
         .code(2)
         .stderr_has("ektool.toml:2:1:");
 }
+
+#[tokio::test]
+async fn snap_check_posts_a_missing_lineage_and_pings_the_heartbeat_fail() {
+    let key = ektool_tests::unique("check-notify");
+    let inst = moto::launch(FROM, 1, Tags::new().with(&key, "prod"))
+        .await
+        .remove(0);
+    let root = inst.root_volume().unwrap().to_string();
+    let server = Recorder::start();
+    let dir = project(&format!(
+        "[defaults]\ntag = \"{key}=prod\"\nregions = [\"{FROM}\"]\n\n{NOTIFY}"
+    ));
+    ektool(dir.path())
+        .env("EKTOOL_TEST_HOOK", &server.url("/hook"))
+        .env("EKTOOL_TEST_HEARTBEAT", &server.url("/ping/uuid"))
+        .args(&["snap", "check"])
+        .run()
+        .code(1);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3, "{requests:#?}");
+    assert_eq!(requests[0], "POST /ping/uuid/start ");
+    assert_eq!(requests[1], "POST /ping/uuid/fail ");
+    let body = requests[2].strip_prefix("POST /hook ").unwrap();
+    let text: serde_json::Value = serde_json::from_str(body).unwrap();
+    let text = text["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("ektool snap check: FAILED: 1 check failure(s) in 1 lineage(s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("\n- missing: {FROM} {root}")),
+        "{text}"
+    );
+}

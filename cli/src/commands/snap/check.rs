@@ -57,6 +57,7 @@ pub(crate) async fn exec(
     ctx: &Context,
     args: Args,
     metrics: &mut snapkit::metrics::Metrics,
+    failure_lines: &mut Vec<String>,
 ) -> Result<(), CliError> {
     let cfg = &ctx.config.check;
     let max_age = args
@@ -146,6 +147,7 @@ pub(crate) async fn exec(
     for f in &failures {
         eprintln!("{f}");
     }
+    failure_lines.clone_from(&failures);
     if failures.is_empty() {
         Ok(())
     } else {

@@ -10,6 +10,7 @@ pub(crate) mod policy;
 pub(crate) mod replicate;
 pub(crate) mod trim;
 
+use crate::notify::Watch;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -161,31 +162,45 @@ pub(crate) enum SnapCommand {
     Cleanup(mount::CleanupArgs),
 }
 
-/// Runs `ektool snap …`.
+/// Runs `ektool snap …`: `backup`, `trim`, `check` and `replicate` with
+/// `[notify]`'s heartbeat and webhook ([`Watch`]) and `--metrics`.
 pub(crate) async fn exec(ctx: &Context, cmd: SnapCommand) -> Result<(), CliError> {
     match cmd {
         SnapCommand::Backup(a) => {
+            let watch = Watch::new(&ctx.config);
+            watch.start().await;
             let mut m = MetricsOut::new(a.metrics.clone());
             let r = backup::exec(ctx, a, &mut m.metrics).await;
+            watch.finish_command("snap backup", &r, &[]).await;
             m.finish("snap backup", r)
         }
         SnapCommand::List(a) => list::exec(ctx, a).await,
         SnapCommand::Plan(a) => plan::exec(ctx, a),
         SnapCommand::Trim(a) => {
+            let watch = Watch::new(&ctx.config);
+            watch.start().await;
             let mut m = MetricsOut::new(a.metrics.clone());
             let r = trim::exec(ctx, a, &mut m.metrics).await;
+            watch.finish_command("snap trim", &r, &[]).await;
             m.finish("snap trim", r)
         }
         SnapCommand::DeleteBroken(a) => trim::exec_broken(ctx, a).await,
         SnapCommand::Count(a) => count::exec(ctx, a).await,
         SnapCommand::Check(a) => {
+            let watch = Watch::new(&ctx.config);
+            watch.start().await;
             let mut m = MetricsOut::new(a.metrics.clone());
-            let r = check::exec(ctx, a, &mut m.metrics).await;
+            let mut lines = Vec::new();
+            let r = check::exec(ctx, a, &mut m.metrics, &mut lines).await;
+            watch.finish_command("snap check", &r, &lines).await;
             m.finish("snap check", r)
         }
         SnapCommand::Replicate(a) => {
+            let watch = Watch::new(&ctx.config);
+            watch.start().await;
             let mut m = MetricsOut::new(a.metrics.clone());
             let r = replicate::exec(ctx, a, &mut m.metrics).await;
+            watch.finish_command("snap replicate", &r, &[]).await;
             m.finish("snap replicate", r)
         }
         SnapCommand::ReplicateAll(a) => replicate::exec_all(ctx, a).await,

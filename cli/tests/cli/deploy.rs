@@ -895,3 +895,26 @@ fn a_second_signal_exits_at_once_and_a_rerun_finishes_the_job() {
         assert_eq!(app.live(i).as_deref(), Some(c2.as_str()), "h{}", i + 1);
     }
 }
+
+/// An environment without its own `notify` posts to the top-level
+/// `[notify]` webhook.
+#[test]
+fn deploys_fall_back_to_the_top_level_notify() {
+    let app = App::new("");
+    let server = crate::harness::Recorder::start();
+    let config = std::fs::read_to_string(app.work.join("ektool.toml")).unwrap()
+        + "\n[notify]\nwebhook_url_env = \"EKTOOL_TEST_HOOK\"\n";
+    std::fs::write(app.work.join("ektool.toml"), config).unwrap();
+    app.ektool()
+        .env("EKTOOL_TEST_HOOK", &server.url("/hook"))
+        .args(&["deploy"])
+        .run()
+        .success();
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert!(
+        requests[0].starts_with("POST /hook ") && requests[0].contains(" is deploying "),
+        "{requests:#?}"
+    );
+    assert!(requests[1].contains(" deployed "), "{requests:#?}");
+}

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use ec2kit::Tags;
 
-use crate::harness::Ektool;
+use crate::harness::{Ektool, Recorder};
 use crate::moto;
 
 /// Regions no other test uses.
@@ -451,67 +451,6 @@ fn the_cluster_examples_in_the_docs_parse_and_run_the_job() {
         serde_json::json!(["--config", "/etc/ektool/ektool.toml", "run", "nightly"])
     );
     assert_eq!(container["volumeMounts"][0]["mountPath"], "/etc/ektool");
-}
-
-/// A local HTTP endpoint recording each request as `METHOD PATH BODY`
-/// and answering 200.
-struct Recorder {
-    port: u16,
-    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Recorder {
-    fn start() -> Self {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = requests.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                let mut parts = line.split_whitespace();
-                let (method, path) = (
-                    parts.next().unwrap_or_default().to_owned(),
-                    parts.next().unwrap_or_default().to_owned(),
-                );
-                let mut length = 0;
-                loop {
-                    let mut header = String::new();
-                    reader.read_line(&mut header).unwrap();
-                    if header.trim().is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = header.split_once(':')
-                        && k.eq_ignore_ascii_case("content-length")
-                    {
-                        length = v.trim().parse().unwrap();
-                    }
-                }
-                let mut body = vec![0; length];
-                reader.read_exact(&mut body).unwrap();
-                seen.lock().unwrap().push(format!(
-                    "{method} {path} {}",
-                    String::from_utf8_lossy(&body)
-                ));
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                );
-            }
-        });
-        Self { port, requests }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
-    }
 }
 
 const NOTIFY: &str = "[notify]\nwebhook_url_env = \"EKTOOL_TEST_HOOK\"\n\

@@ -531,6 +531,42 @@ async fn a_good_run_pings_the_heartbeat_and_posts_only_with_on_success() {
     );
 }
 
+/// The URLs can come from files (a secret mounted by the scheduler),
+/// relative to the config file, trimmed of their newline.
+#[tokio::test]
+async fn notify_urls_are_read_from_files_next_to_the_config() {
+    let key = ektool_tests::unique("job-notify-file");
+    moto::launch(FROM, 1, Tags::new().with(&key, "prod")).await;
+    let server = Recorder::start();
+    let dir = project(&format!(
+        "[defaults]\ntag = \"{key}=prod\"\nregions = [\"{FROM}\"]\n\n\
+         [notify]\nwebhook_url_file = \"secrets/hook.url\"\n\
+         heartbeat_url_file = \"secrets/beat.url\"\non_success = true\n\n\
+         [jobs.night]\nsteps = [\"trim\"]\n"
+    ));
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    std::fs::write(
+        dir.path().join("secrets/hook.url"),
+        format!("{}\n", server.url("/hook/from-file")),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("secrets/beat.url"),
+        format!("{}\n", server.url("/ping/from-file")),
+    )
+    .unwrap();
+    let out = ektool(dir.path()).args(&["run", "night"]).run().code(0);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3, "{requests:#?}");
+    assert_eq!(requests[0], "POST /ping/from-file/start ");
+    assert_eq!(requests[1], "POST /ping/from-file ");
+    assert!(
+        requests[2].starts_with("POST /hook/from-file {\"text\":\"ektool run night: ok"),
+        "{requests:#?}"
+    );
+    assert!(!out.stderr.contains("from-file"), "{}", out.stderr);
+}
+
 #[tokio::test]
 async fn an_unreachable_webhook_only_warns() {
     let key = ektool_tests::unique("job-notify-down");

@@ -19,7 +19,7 @@ fn main() {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&inventory).expect("create"));
         f.write_all(b"[").expect("write");
         // Under `cargo test` (the suite): 100 lineages, a smoke run.
-        let lineages = if std::env::args().any(|a| a == "--bench") {
+        let lineages = if ektool_tests::full_bench() {
             10_000u64
         } else {
             100

@@ -292,7 +292,7 @@ impl<'a> Summary<'a> {
         Self {
             environment: &report.environment,
             dry_run: report.dry_run,
-            tree: &report.tree,
+            tree: &report.plan.tree,
             hosts: report.hosts.iter().map(host).collect(),
             plan: &report.plan,
         }

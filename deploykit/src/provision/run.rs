@@ -8,7 +8,6 @@ use super::apply::{self, HostReport};
 use super::event::Event;
 use super::lock::ProvisionLock;
 use super::plan::{self, HostPlan, Inputs, Node, ProvisionPlan, SecretsPlan};
-use super::tree::TreeSummary;
 use super::{ProvisionConfig, ProvisionError, StateResult};
 
 /// What a run did, host by host.
@@ -18,8 +17,6 @@ pub struct ProvisionReport {
     pub environment: String,
     /// Whether it was a dry run (tested, nothing changed).
     pub dry_run: bool,
-    /// The files sent, and what was left out on purpose.
-    pub tree: TreeSummary,
     /// The hosts done, in order. A host whose states failed ends the
     /// run: it is the last one here, and the later hosts stay as they
     /// were.
@@ -125,7 +122,6 @@ async fn locked(
     Ok(ProvisionReport {
         environment: inputs.environment.clone(),
         dry_run: false,
-        tree: plan.tree.clone(),
         hosts,
         plan,
     })
@@ -194,7 +190,6 @@ pub async fn dry_run(
     Ok(ProvisionReport {
         environment: inputs.environment.clone(),
         dry_run: true,
-        tree: plan.tree.clone(),
         hosts,
         plan,
     })

@@ -575,12 +575,12 @@ macro_rules! snapshot_from {
             tags: tags_from(s.tags()),
             region: Some($region.clone()),
             progress: progress(s.progress()),
-            state_message: s.state_message().map(str::to_owned),
+            state_message: s.state_message().map(Into::into),
             volume_size_gib: s.volume_size(),
             encrypted: s.encrypted().unwrap_or(false),
-            kms_key_id: s.kms_key_id().map(str::to_owned),
-            description: s.description().map(str::to_owned),
-            owner_id: s.owner_id().map(str::to_owned),
+            kms_key_id: s.kms_key_id().map(Into::into),
+            description: s.description().map(Into::into),
+            owner_id: s.owner_id().map(Into::into),
         }
     }};
 }
@@ -599,8 +599,8 @@ fn snapshot_info(s: &sdk::SnapshotInfo, region: &Region) -> Snapshot {
         volume_size_gib: s.volume_size(),
         encrypted: s.encrypted().unwrap_or(false),
         kms_key_id: None,
-        description: s.description().map(str::to_owned),
-        owner_id: s.owner_id().map(str::to_owned),
+        description: s.description().map(Into::into),
+        owner_id: s.owner_id().map(Into::into),
     }
 }
 

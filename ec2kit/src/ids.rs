@@ -7,6 +7,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use compact_str::CompactString;
+
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A resource id that did not have the expected shape.
@@ -54,24 +56,8 @@ fn valid(prefix: &str, value: &str) -> bool {
 }
 
 /// Deserialises a string straight into an `Arc<str>` (one allocation;
-/// going through `String` costs two, which shows on million-snapshot
-/// inventories).
-pub(crate) struct ArcStr;
-
-impl serde::de::Visitor<'_> for ArcStr {
-    type Value = Arc<str>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Arc::from(v))
-    }
-}
-
-/// Like [`ArcStr`], but shares the string with the last one this thread
-/// read in the same slot when they are equal: an inventory repeats a
+/// going through `String` costs two), shared with the last one this
+/// thread read in the same slot when they are equal: an inventory repeats a
 /// volume id or a region in every snapshot of a lineage.
 pub(crate) struct RecentArcStr(pub(crate) usize);
 
@@ -102,13 +88,30 @@ impl serde::de::Visitor<'_> for RecentArcStr {
     }
 }
 
+/// Deserialises a string into a [`CompactString`]: ids fit in its 24
+/// bytes, so a million snapshot ids take no allocation at all.
+pub(crate) struct InlineStr;
+
+impl serde::de::Visitor<'_> for InlineStr {
+    type Value = CompactString;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(CompactString::new(v))
+    }
+}
+
 macro_rules! resource_id {
-    ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal, $visitor:expr) => {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal, $storage:ty, $visitor:expr) => {
         $(#[$doc])*
-        // Arc<str>: ids are cloned into every plan line; a clone must not
-        // allocate.
+        // Ids are cloned into every plan line; a clone must not allocate:
+        // ids repeated across an inventory (instances, volumes) share an
+        // `Arc<str>`, ids of their own (snapshots, AMIs) are stored inline.
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(Arc<str>);
+        pub struct $name($storage);
 
         impl $name {
             /// The prefix every id of this kind starts with.
@@ -174,19 +177,19 @@ macro_rules! resource_id {
 
 resource_id!(
     /// An EC2 instance id (`i-…`).
-    InstanceId, "i", "instance", RecentArcStr(1)
+    InstanceId, "i", "instance", Arc<str>, RecentArcStr(1)
 );
 resource_id!(
     /// An EBS volume id (`vol-…`).
-    VolumeId, "vol", "volume", RecentArcStr(2)
+    VolumeId, "vol", "volume", Arc<str>, RecentArcStr(2)
 );
 resource_id!(
     /// An EBS snapshot id (`snap-…`).
-    SnapshotId, "snap", "snapshot", ArcStr
+    SnapshotId, "snap", "snapshot", CompactString, InlineStr
 );
 resource_id!(
     /// An AMI id (`ami-…`).
-    ImageId, "ami", "image", ArcStr
+    ImageId, "ami", "image", CompactString, InlineStr
 );
 
 #[cfg(test)]

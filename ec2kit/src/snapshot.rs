@@ -67,6 +67,9 @@ impl fmt::Display for SnapshotState {
 /// Serialised, this is the inventory format `ektool snap list --output json`
 /// writes and `ektool snap plan` reads: `id`, `volume_id`, `start_time`
 /// (RFC 3339, UTC), `state` and `tags` are the fields a plan needs.
+///
+/// Kept small (a million of them are planned at once): the optional texts
+/// are `Box<str>`, the id is stored inline and the tags are shared.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// Snapshot id.
@@ -88,7 +91,7 @@ pub struct Snapshot {
     pub progress: Option<u8>,
     /// Why a snapshot is in `error`, when EC2 says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state_message: Option<String>,
+    pub state_message: Option<Box<str>>,
     /// Size of the source volume in GiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_size_gib: Option<i32>,
@@ -97,13 +100,13 @@ pub struct Snapshot {
     pub encrypted: bool,
     /// KMS key of an encrypted snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kms_key_id: Option<String>,
+    pub kms_key_id: Option<Box<str>>,
     /// Description.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
+    pub description: Option<Box<str>>,
     /// Owning account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner_id: Option<String>,
+    pub owner_id: Option<Box<str>>,
 }
 
 impl Snapshot {

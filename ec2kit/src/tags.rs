@@ -1,7 +1,6 @@
 //! EC2 tags.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -11,10 +10,24 @@ use serde::{Deserialize, Serialize};
 /// A resource's tags, ordered by key so output and plans are stable.
 // Arc<str>: a million-snapshot inventory repeats the same few keys and
 // values; deserialising shares them instead of allocating each (see
-// `Interner`), and clones are cheap.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct Tags(BTreeMap<Arc<str>, Arc<str>>);
+// `Interner`), and clones are cheap. A sorted slice, not a BTreeMap: a
+// resource has a handful of tags, and a BTreeMap's node holds room for
+// eleven. Shared: the snapshots of a lineage usually carry the same tags,
+// and deserialising gives them one copy (see `TagsVisitor`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Tags(Arc<[(Arc<str>, Arc<str>)]>);
+
+impl fmt::Debug for Tags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Tags {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
 
 impl Tags {
     /// No tags.
@@ -24,24 +37,41 @@ impl Tags {
 
     /// The value of `key`, if set.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(|v| &**v)
+        self.find(key).ok().map(|i| &*self.0[i].1)
+    }
+
+    /// Where `key` is (`Ok`) or would go (`Err`) in the sorted entries.
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(key))
+    }
+
+    /// Sets `key` to `value`, returning the old value. Copies the entries
+    /// (they may be shared): tags are built once and read many times.
+    fn set(&mut self, key: Arc<str>, value: Arc<str>) -> Option<Arc<str>> {
+        let mut entries = self.0.to_vec();
+        let old = set_entry(&mut entries, key, value);
+        self.0 = entries.into();
+        old
     }
 
     /// Whether `key` is set (with any value).
     pub fn contains_key(&self, key: &str) -> bool {
-        self.0.contains_key(key)
+        self.find(key).is_ok()
     }
 
     /// Sets `key` to `value`, returning the previous value.
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) -> Option<String> {
-        self.0
-            .insert(key.into().into(), value.into().into())
+        self.set(key.into().into(), value.into().into())
             .map(|old| old.to_string())
     }
 
     /// Removes `key`.
     pub fn remove(&mut self, key: &str) -> Option<String> {
-        self.0.remove(key).map(|old| old.to_string())
+        let i = self.find(key).ok()?;
+        let mut entries = self.0.to_vec();
+        let (_, old) = entries.remove(i);
+        self.0 = entries.into();
+        Some(old.to_string())
     }
 
     /// Builder form of [`Tags::insert`].
@@ -61,11 +91,13 @@ impl Tags {
     /// them on create, and the seed learnt this the hard way with
     /// `aws:autoscaling:groupName`).
     pub fn merge_user_tags(&mut self, other: &Tags) {
-        for (k, v) in &other.0 {
-            if !is_reserved_key(k) && !self.0.contains_key(k) {
-                self.0.insert(k.clone(), v.clone());
+        let mut entries = self.0.to_vec();
+        for (k, v) in other.0.iter() {
+            if !is_reserved_key(k) && !self.contains_key(k) {
+                set_entry(&mut entries, k.clone(), v.clone());
             }
         }
+        self.0 = entries.into();
     }
 
     /// Iterates over `(key, value)` pairs in key order.
@@ -95,11 +127,11 @@ pub fn is_reserved_key(key: &str) -> bool {
 
 impl FromIterator<(String, String)> for Tags {
     fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
-        Self(
-            iter.into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        )
+        let mut entries = Vec::new();
+        for (k, v) in iter {
+            set_entry(&mut entries, k.into(), v.into());
+        }
+        Self(entries.into())
     }
 }
 
@@ -119,16 +151,40 @@ impl<'de> serde::de::Visitor<'de> for TagsVisitor {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Tags, A::Error> {
-        let mut tags = BTreeMap::new();
+        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
         while let Some((key, slot)) = map.next_key_seed(Interned(None))? {
             let (value, _) = map.next_value_seed(Interned(Some(slot)))?;
-            tags.insert(key, value);
+            set_entry(&mut entries, key, value);
         }
-        Ok(Tags(tags))
+        // The same tags as the last resource this thread read (the
+        // previous snapshot of a lineage): share them.
+        Ok(LAST_TAGS.with(|cell| {
+            let mut last = cell.borrow_mut();
+            if *last.0 != *entries {
+                last.0 = entries.into();
+            }
+            last.clone()
+        }))
+    }
+}
+
+/// Sets `key` to `value` in sorted entries, returning the old value.
+fn set_entry(
+    entries: &mut Vec<(Arc<str>, Arc<str>)>,
+    key: Arc<str>,
+    value: Arc<str>,
+) -> Option<Arc<str>> {
+    match entries.binary_search_by(|(k, _)| k.cmp(&key)) {
+        Ok(i) => Some(std::mem::replace(&mut entries[i].1, value)),
+        Err(i) => {
+            entries.insert(i, (key, value));
+            None
+        }
     }
 }
 
 thread_local! {
+    static LAST_TAGS: RefCell<Tags> = RefCell::new(Tags::default());
     static INTERNER: RefCell<Vec<(Arc<str>, Arc<str>)>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -268,9 +324,18 @@ mod tests {
         let b: Tags = serde_json::from_str(r#"{"Name":"web","team":"dev"}"#).unwrap();
         assert_eq!(b.get("team"), Some("dev"));
         assert_eq!(a.get("team"), Some("ops"));
-        let (ka, va) = a.0.first_key_value().unwrap();
-        let (kb, vb) = b.0.first_key_value().unwrap();
+        let (ka, va) = a.0.first().unwrap();
+        let (kb, vb) = b.0.first().unwrap();
         assert!(Arc::ptr_eq(ka, kb) && Arc::ptr_eq(va, vb));
+        // The same tags twice in a row are one copy; other tags in between
+        // or after are their own, and changing a shared set changes one.
+        let c: Tags = serde_json::from_str(r#"{"team":"dev","Name":"web"}"#).unwrap();
+        assert!(Arc::ptr_eq(&b.0, &c.0));
+        assert!(!Arc::ptr_eq(&a.0, &b.0));
+        let mut d = c.clone();
+        d.insert("team", "ops");
+        assert_eq!((c.get("team"), d.get("team")), (Some("dev"), Some("ops")));
+        assert_eq!(d, a);
         // Escapes and many distinct keys still read exactly.
         let many: String = (0..100)
             .map(|i| format!(r#""k{i}":"v\"{i}""#))

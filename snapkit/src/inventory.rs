@@ -6,8 +6,12 @@
 //! element boundaries and parses the pieces on every core, and
 //! [`write_json_array`] serialises a long slice the same way. Both give
 //! exactly what `serde_json` gives on one core, errors included.
+//! [`read_file`] does not hold the whole text: it reads and parses a file a
+//! few megabytes at a time, so a million snapshots fit in a few hundred
+//! megabytes.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::Path;
 
 use ec2kit::Snapshot;
 use serde::Serialize;
@@ -39,6 +43,141 @@ fn shorten(s: &str) -> String {
     let head: String = s.chars().take(HEAD).collect();
     let tail: String = s.chars().skip(n - TAIL).collect();
     format!("{head}…{tail}")
+}
+
+/// An inventory file that could not be read or parsed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The file could not be read (missing, a directory, not UTF-8).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The text is not a snapshot inventory.
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+}
+
+/// How much text [`read_file`] parses at a time.
+const READ_BLOCK: usize = 8 << 20;
+
+/// Reads an inventory file: what [`parse`] gives for its text, errors
+/// included, holding a few blocks of the text at a time instead of all of
+/// it.
+///
+/// The text is parsed a block of elements at a time (cut at a guessed
+/// element boundary, parsed as [`parse`] does). If a block fails, the
+/// input may be bad or the guess wrong (a `}` `,` `{` inside a string):
+/// then the file is read again whole and parsed as one, so an error's
+/// position and message are those of `serde_json` on the whole text.
+pub fn read_file(path: &Path) -> Result<Vec<Snapshot>, ReadError> {
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata().map_or(0, |m| m.len());
+    read_blocks(file, READ_BLOCK, size, || std::fs::read_to_string(path))
+}
+
+/// [`read_file`] over any reader; `whole` reads the input again in one
+/// piece when a block fails.
+fn read_blocks<R: Read>(
+    reader: R,
+    block: usize,
+    size: u64,
+    whole: impl FnOnce() -> std::io::Result<String>,
+) -> Result<Vec<Snapshot>, ReadError> {
+    match parse_blocks(reader, block, size)? {
+        Some(snapshots) => Ok(snapshots),
+        None => Ok(parse(&whole()?)?),
+    }
+}
+
+/// The block-at-a-time parse of [`read_file`], `block` bytes at a time,
+/// of an input of about `size` bytes; `None` when a block fails (bad
+/// input, or a boundary guessed inside a string).
+fn parse_blocks<R: Read>(
+    mut reader: R,
+    block: usize,
+    size: u64,
+) -> std::io::Result<Option<Vec<Snapshot>>> {
+    let mut buf: Vec<u8> = Vec::with_capacity(block + (block >> 2));
+    let mut snapshots: Vec<Snapshot> = Vec::new();
+    // Where the unparsed elements start in `buf`, once the `[` is read.
+    let mut start: Option<usize> = None;
+    let mut want = block;
+    let mut eof = false;
+    loop {
+        while !eof && buf.len() < want {
+            let room = (want - buf.len()) as u64;
+            eof = (&mut reader).take(room).read_to_end(&mut buf)? == 0;
+        }
+        let from = match start {
+            Some(from) => from,
+            None => match buf.iter().position(|b| !is_json_ws(*b)) {
+                Some(i) if buf[i] == b'[' => *start.insert(i + 1),
+                // Not an array (or nothing): serde_json says what it is.
+                Some(_) => return Ok(None),
+                None if eof => return Ok(None),
+                None => {
+                    want += block;
+                    continue;
+                }
+            },
+        };
+        if eof {
+            // The rest: elements, `]`, whitespace.
+            let Ok(rest) = std::str::from_utf8(&buf[from..]) else {
+                return Ok(None);
+            };
+            let mut array = String::with_capacity(rest.len() + 1);
+            array.push('[');
+            array.push_str(rest);
+            let Ok(more) = parse(&array) else {
+                return Ok(None);
+            };
+            snapshots.extend(more);
+            return Ok(Some(snapshots));
+        }
+        let Some(cut) = last_boundary(&buf, from) else {
+            // No element ends in the block yet: read more.
+            want += block;
+            continue;
+        };
+        // A cut inside a string or a nested value leaves the block's last
+        // element open, so the block fails instead of parsing wrongly.
+        let array = std::str::from_utf8(&buf[from..cut])
+            .ok()
+            .and_then(|elements| as_array(elements, false));
+        let Some(Ok(more)) = array.map(|a| parse(&a)) else {
+            return Ok(None);
+        };
+        if snapshots.is_empty() && !more.is_empty() {
+            // Room for the whole input at the first block's density: no
+            // copying as the vector grows.
+            let per = (cut as u64 / more.len() as u64).max(1);
+            let estimate = size / per + size / per / 32;
+            snapshots.reserve(usize::try_from(estimate).unwrap_or(0));
+        }
+        snapshots.extend(more);
+        buf.drain(..cut);
+        start = Some(0);
+        want = block;
+    }
+}
+
+/// The index of the last `{` after `from` that starts an element: a `{`
+/// preceded (whitespace aside) by `,` and before that by `}`.
+fn last_boundary(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut end = bytes.len();
+    while end > from {
+        let open = from + bytes[from..end].iter().rposition(|&b| b == b'{')?;
+        let before = bytes[from..open].iter().rposition(|b| !is_json_ws(*b));
+        if let Some(comma) = before.map(|c| from + c).filter(|&c| bytes[c] == b',') {
+            let close = bytes[from..comma].iter().rposition(|b| !is_json_ws(*b));
+            if close.is_some_and(|c| bytes[from + c] == b'}') {
+                return Some(open);
+            }
+        }
+        end = open;
+    }
+    None
 }
 
 /// JSON's whitespace (RFC 8259): not `\x0c` or Unicode spaces, which
@@ -123,6 +262,12 @@ fn parse_parallel(text: &str, threads: usize) -> Option<Vec<Snapshot>> {
 /// but the last ends in the comma that preceded the next piece; the last
 /// must not end in one (serde_json refuses a trailing comma).
 fn parse_piece(piece: &str, last: bool) -> Option<Vec<Snapshot>> {
+    serde_json::from_str(&as_array(piece, last)?).ok()
+}
+
+/// `[` + the elements + `]`: every piece but the last ends in the comma
+/// that preceded the next piece, which goes; the last must not end in one.
+fn as_array(piece: &str, last: bool) -> Option<String> {
     let piece = piece.trim_end_matches(|c: char| c.is_ascii() && is_json_ws(c as u8));
     let piece = match piece.strip_suffix(',') {
         Some(p) if !last => p,
@@ -133,7 +278,7 @@ fn parse_piece(piece: &str, last: bool) -> Option<Vec<Snapshot>> {
     array.push('[');
     array.push_str(piece);
     array.push(']');
-    serde_json::from_str(&array).ok()
+    Some(array)
 }
 
 /// The index of the `{` that starts the next element at or after `from`:
@@ -236,7 +381,7 @@ mod tests {
             ec2kit::SnapshotState::Completed,
         );
         s.tags = Tags::new().with("Name", format!("web-{}", i % 7));
-        s.description = Some(description.to_owned());
+        s.description = Some(description.into());
         s
     }
 
@@ -252,6 +397,34 @@ mod tests {
             let got = parse_parallel(&text, threads).unwrap_or_else(|| parse(&text).unwrap());
             assert_eq!(got, items);
         }
+    }
+
+    #[test]
+    fn a_valid_inventory_is_read_once_in_blocks() {
+        let items: Vec<Snapshot> = (0..500).map(|i| snapshot(i, "plain")).collect();
+        let text = serde_json::to_string_pretty(&items).unwrap();
+        for block in [1, 7, 300, 4096, text.len() + 1] {
+            let got = read_blocks(text.as_bytes(), block, text.len() as u64, || {
+                panic!("read twice (block {block})")
+            });
+            assert_eq!(got.unwrap(), items, "block {block}");
+        }
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_read_is_an_io_error() {
+        let dir = std::env::temp_dir().join(format!("ektool-inventory-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(matches!(read_file(&dir), Err(ReadError::Io(_))));
+        assert!(matches!(
+            read_file(&dir.join("missing")),
+            Err(ReadError::Io(_))
+        ));
+        let latin1 = dir.join("latin1.json");
+        std::fs::write(&latin1, b"[{\"id\": \"snap-\xe9\"}]").unwrap();
+        let err = read_file(&latin1).unwrap_err();
+        assert!(err.to_string().contains("UTF-8"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -314,6 +487,7 @@ mod tests {
         fn any_input_gives_serde_jsons_result_and_error(
             n in 0usize..60,
             threads in 2usize..6,
+            block in 1usize..400,
             edits in proptest::collection::vec((any::<proptest::sample::Index>(), proptest::sample::select(vec![",", " ", "\u{c}", "}", "{", "]", "\"", "\u{a0}", "x", ""])), 0..3),
             junk in proptest::collection::vec(any::<u8>(), 0..64),
         ) {
@@ -336,13 +510,23 @@ mod tests {
                 if let Some(parallel) = parse_parallel(&input, threads) {
                     prop_assert_eq!(Some(&parallel), plain.as_ref().ok(), "{}", input);
                 }
-                match (parse(&input), plain) {
-                    (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                match (parse(&input), &plain) {
+                    (Ok(a), Ok(b)) => prop_assert_eq!(&a, b),
                     (Err(a), Err(b)) => {
                         prop_assert_eq!((a.line, a.column), (b.line(), b.column()));
                         prop_assert!(a.to_string().len() < 400);
                     }
-                    (a, b) => prop_assert!(false, "{:?} vs {:?}", a.map(|v| v.len()), b.map(|v| v.len())),
+                    (a, b) => prop_assert!(false, "{:?} vs {:?}", a.map(|v| v.len()), b.as_ref().map(|v| v.len())),
+                }
+                // The block reader gives the same, whatever the block size.
+                let blocks = read_blocks(input.as_bytes(), block, input.len() as u64, || Ok(input.clone()));
+                match (blocks, &plain) {
+                    (Ok(a), Ok(b)) => prop_assert_eq!(&a, b),
+                    (Err(ReadError::Inventory(a)), Err(b)) => {
+                        prop_assert_eq!((a.line, a.column), (b.line(), b.column()));
+                        prop_assert_eq!(a.source.to_string(), b.to_string());
+                    }
+                    (a, b) => prop_assert!(false, "{:?} vs {:?}", a.map(|v| v.len()), b.as_ref().map(|v| v.len())),
                 }
             }
         }
@@ -360,7 +544,9 @@ mod tests {
             write_array(&items, &mut written, threads, piece).unwrap();
             prop_assert_eq!(&written, text.as_bytes());
             let parsed = parse_parallel(&text, threads).unwrap_or_else(|| parse(&text).unwrap());
-            prop_assert_eq!(parsed, items);
+            prop_assert_eq!(&parsed, &items);
+            let blocks = read_blocks(text.as_bytes(), piece * 40, text.len() as u64, || Ok(text.clone())).unwrap();
+            prop_assert_eq!(blocks, items);
         }
     }
 }

@@ -64,7 +64,10 @@ pub async fn wait_for(
         for chunk in open.chunks(200) {
             let filter = Filter::new("snapshot-id", chunk.iter().map(|i| i.to_string()));
             for s in ec2.describe_snapshots(region, &[filter]).await? {
-                seen.insert(s.id.clone(), (s.state, s.progress, s.state_message));
+                seen.insert(
+                    s.id.clone(),
+                    (s.state, s.progress, s.state_message.map(String::from)),
+                );
             }
         }
         let mut still = Vec::new();

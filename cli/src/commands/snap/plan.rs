@@ -139,18 +139,7 @@ pub(crate) fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         at.push(t);
     }
     let policies = args.policy.resolve(&ctx.config)?;
-    let text = if args.inventory.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).map_err(|source| CliError::Io {
-            path: "<stdin>".into(),
-            source,
-        })?
-    } else {
-        // A file the user named that cannot be read (missing, a
-        // directory, not UTF-8) is bad input, like a bad config file.
-        std::fs::read_to_string(&args.inventory)
-            .map_err(|source| CliError::Usage(format!("{}: {source}", args.inventory.display())))?
-    };
-    let snapshots: Vec<Snapshot> = snapkit::inventory::parse(&text).map_err(|e| {
+    let not_inventory = |e: snapkit::inventory::InventoryError| {
         CliError::Usage(format!(
             "{}:{}:{}: not a snapshot inventory: {}",
             args.inventory.display(),
@@ -158,8 +147,22 @@ pub(crate) fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             e.column,
             e.source
         ))
-    })?;
-    drop(text);
+    };
+    let snapshots: Vec<Snapshot> = if args.inventory.as_os_str() == "-" {
+        // Standard input cannot be read twice (see `read_file`): all of it.
+        let text = std::io::read_to_string(std::io::stdin()).map_err(|source| CliError::Io {
+            path: "<stdin>".into(),
+            source,
+        })?;
+        snapkit::inventory::parse(&text).map_err(not_inventory)?
+    } else {
+        // A file the user named that cannot be read (missing, a
+        // directory, not UTF-8) is bad input, like a bad config file.
+        snapkit::inventory::read_file(&args.inventory).map_err(|e| match e {
+            snapkit::inventory::ReadError::Inventory(e) => not_inventory(e),
+            e => CliError::Usage(format!("{}: {e}", args.inventory.display())),
+        })?
+    };
     let guards = Guards {
         adopt_unowned: args.adopt,
         ..Guards::default()

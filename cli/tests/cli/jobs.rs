@@ -586,6 +586,8 @@ async fn an_unreachable_webhook_only_warns() {
         .args(&["run", "night"])
         .run()
         .code(0);
+    // What docs/scheduling.md shows.
+    print!("$ ektool run night >/dev/null\n{}", out.stderr);
     assert!(
         out.stderr
             .contains("warning: notify: webhook: webhook request failed: could not connect")
@@ -638,4 +640,110 @@ async fn snap_check_posts_a_missing_lineage_and_pings_the_heartbeat_fail() {
         text.contains(&format!("\n- missing: {FROM} {root}")),
         "{text}"
     );
+}
+
+/// The requests of one `snap` command run with `[notify]` (heartbeat and
+/// webhook on `server`) in `dir`; asserts its exit code.
+fn notified(dir: &Path, server: &Recorder, args: &[&str], code: i32) -> Vec<String> {
+    ektool(dir)
+        .env("EKTOOL_TEST_HOOK", &server.url("/hook"))
+        .env("EKTOOL_TEST_HEARTBEAT", &server.url("/ping/uuid"))
+        .args(args)
+        .run()
+        .code(code);
+    server.requests()
+}
+
+/// The `text` of a webhook post recorded as `POST /hook BODY`.
+fn posted(request: &str) -> String {
+    let body = request
+        .strip_prefix("POST /hook ")
+        .unwrap_or_else(|| panic!("not a webhook post: {request}"));
+    let text: serde_json::Value = serde_json::from_str(body).unwrap();
+    text["text"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_failing_snap_backup_posts_once_and_pings_the_heartbeat_fail() {
+    // A volume moto does not have: CreateSnapshot fails
+    // (InvalidVolume.NotFound), a real failure of the backup.
+    let missing = "vol-0123456789abcdef0";
+    let server = Recorder::start();
+    let dir = project(&format!("[defaults]\nregions = [\"{FROM}\"]\n\n{NOTIFY}"));
+    let requests = notified(
+        dir.path(),
+        &server,
+        &["snap", "backup", "--volume", missing],
+        1,
+    );
+    assert_eq!(requests.len(), 3, "{requests:#?}");
+    assert_eq!(requests[0], "POST /ping/uuid/start ");
+    assert_eq!(requests[1], "POST /ping/uuid/fail ");
+    // The whole text, as docs/scheduling.md shows it.
+    assert_eq!(
+        posted(&requests[2]),
+        format!(
+            "ektool snap backup: FAILED: 1 of 1 backups failed\n\
+             - {FROM} {missing}: volume {missing} not found in {FROM}"
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_good_snap_trim_pings_the_heartbeat_and_posts_only_with_on_success() {
+    let key = ektool_tests::unique("trim-notify");
+    moto::launch(FROM, 1, Tags::new().with(&key, "prod")).await;
+    let server = Recorder::start();
+    let config = |on_success: bool| {
+        format!(
+            "[defaults]\ntag = \"{key}=prod\"\nregions = [\"{FROM}\"]\n\n{NOTIFY}\
+             on_success = {on_success}\n"
+        )
+    };
+    let dir = project(&config(false));
+    let trim = ["snap", "trim", "--yes"];
+    let requests = notified(dir.path(), &server, &trim, 0);
+    assert_eq!(requests, ["POST /ping/uuid/start ", "POST /ping/uuid "]);
+    std::fs::write(dir.path().join("ektool.toml"), config(true)).unwrap();
+    let requests = notified(dir.path(), &server, &trim, 0);
+    assert_eq!(requests.len(), 5, "{requests:#?}");
+    assert_eq!(
+        requests[2..4],
+        ["POST /ping/uuid/start ", "POST /ping/uuid "]
+    );
+    assert_eq!(posted(&requests[4]), "ektool snap trim: ok");
+}
+
+#[tokio::test]
+async fn snap_replicate_pings_the_heartbeat_and_posts_with_on_success() {
+    let key = ektool_tests::unique("replicate-notify");
+    moto::launch(FROM, 1, Tags::new().with(&key, "prod")).await;
+    let dir = project(&format!(
+        "[defaults]\ntag = \"{key}=prod\"\nregions = [\"{FROM}\"]\n\n{NOTIFY}on_success = true\n"
+    ));
+    // Something to copy (its own notifications on a recorder of its own).
+    let backup = Recorder::start();
+    notified(dir.path(), &backup, &["snap", "backup"], 0);
+    let server = Recorder::start();
+    let requests = notified(
+        dir.path(),
+        &server,
+        &[
+            "snap",
+            "replicate",
+            "--from",
+            FROM,
+            "--to",
+            TO,
+            "--tag",
+            &format!("{key}=prod"),
+        ],
+        0,
+    );
+    assert_eq!(requests.len(), 3, "{requests:#?}");
+    assert_eq!(
+        requests[..2],
+        ["POST /ping/uuid/start ", "POST /ping/uuid "]
+    );
+    assert_eq!(posted(&requests[2]), "ektool snap replicate: ok");
 }

@@ -15,6 +15,7 @@ mod dry_run;
 mod ec2;
 mod host;
 mod iam;
+mod image;
 mod jobs;
 mod mount;
 mod plan_html;

@@ -1,7 +1,8 @@
 //! The example runs against the bench's moto: a tagged instance is backed
-//! up, its set replicated to the second region, a rerun creates nothing;
-//! a volume alias whose host cannot be reached makes the run fail, one on
-//! a bench host is locked and frozen around its snapshot call.
+//! up, its set replicated to the second region, its own step counts the
+//! region, a rerun creates nothing, a `[jobs.nightly]` in the config is the
+//! night; a volume alias whose host cannot be reached makes the run fail,
+//! one on a bench host is locked and frozen around its snapshot call.
 
 // Test code: a panic is a failed test with a line number.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -34,6 +35,8 @@ fn nightly(dir: &std::path::Path, to: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_nightly-backup"))
         .args(["--to", to])
         .current_dir(dir)
+        // The job's lock: one per test (they run in parallel).
+        .env("XDG_RUNTIME_DIR", dir)
         .env("XDG_CONFIG_HOME", "/nonexistent")
         .env_remove("EKTOOL_CONFIG")
         .env("AWS_ACCESS_KEY_ID", "testing")
@@ -70,25 +73,37 @@ async fn the_nightly_job_backs_up_trims_and_replicates() {
     std::fs::write(dir.path().join("ektool.toml"), &config).unwrap();
 
     let report = run(&nightly(dir.path(), to), true);
-    assert_eq!(report["backup"]["results"][0]["instance"], inst.id.as_str());
+    let backup = &step(&report, 0, "backup")["backup"];
+    assert_eq!(backup["results"][0]["instance"], inst.id.as_str());
+    assert_eq!(backup["results"][0]["status"], "created", "{report}");
     assert_eq!(
-        report["backup"]["results"][0]["status"], "created",
-        "{report}"
-    );
-    assert_eq!(
-        report["trim"][1]["region"], to,
+        step(&report, 1, "trim")[1]["region"],
+        to,
         "the second region is trimmed too"
     );
-    assert_eq!(report["replicate"]["started"], 1, "{report}");
+    assert_eq!(step(&report, 2, "replicate")["started"], 1, "{report}");
+    // The team's own step: the region's count, within the quota.
+    assert_eq!(report["count"][0]["region"], from, "{report}");
+    assert!(report["count"][0]["snapshots"].as_u64().unwrap() >= 1);
+    assert_eq!(report["count"][0]["ok"], true);
     let made = ours(&ec2, from, &tag).await;
     assert_eq!(made.len(), 1, "one volume, one snapshot");
     assert_eq!(ours(&ec2, to, &tag).await.len(), 1, "one copy");
 
     // A rerun in the same window: nothing new, nothing copied twice.
     let report = run(&nightly(dir.path(), to), true);
-    assert_eq!(report["backup"]["results"][0]["status"], "already_done");
+    let backup = &step(&report, 0, "backup")["backup"];
+    assert_eq!(backup["results"][0]["status"], "already_done");
     assert_eq!(ours(&ec2, from, &tag).await.len(), 1);
     assert_eq!(ours(&ec2, to, &tag).await.len(), 1);
+
+    // The config's own `[jobs.nightly]` is the night: here only a check.
+    let own = format!("{config}\n[jobs.nightly]\nsteps = [\"check\"]\n");
+    std::fs::write(dir.path().join("ektool.toml"), own).unwrap();
+    let report = run(&nightly(dir.path(), to), true);
+    let steps = report["job"]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1, "{report}");
+    assert_eq!(step(&report, 0, "check")["lineages"][0]["status"], "fresh");
 
     // A held alias whose host cannot be reached: reported, exit non-zero,
     // and that volume not snapshotted.
@@ -100,7 +115,9 @@ async fn the_nightly_job_backs_up_trims_and_replicates() {
     );
     std::fs::write(dir.path().join("ektool.toml"), held).unwrap();
     let report = run(&nightly(dir.path(), to), false);
-    let results = report["backup"]["results"].as_array().unwrap();
+    let results = step(&report, 0, "backup")["backup"]["results"]
+        .as_array()
+        .unwrap();
     let held = results
         .iter()
         .find(|r| r["volume"] == vol.as_str())
@@ -114,6 +131,13 @@ fn run(out: &std::process::Output, success: bool) -> serde_json::Value {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.success(), success, "{stderr}");
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"))
+}
+
+/// The library's report (`detail`) of the job's step `i`, which is `name`.
+fn step<'a>(report: &'a serde_json::Value, i: usize, name: &str) -> &'a serde_json::Value {
+    let step = &report["job"]["steps"][i];
+    assert_eq!(step["step"], name, "{report}");
+    &step["detail"]
 }
 
 /// A volume alias held on a bench host: locked and frozen around its
@@ -158,7 +182,9 @@ async fn a_held_alias_is_locked_and_frozen_around_its_snapshot() {
     );
     std::fs::write(dir.path().join("ektool.toml"), config).unwrap();
     let report = run(&nightly(dir.path(), to), true);
-    let results = report["backup"]["results"].as_array().unwrap();
+    let results = step(&report, 0, "backup")["backup"]["results"]
+        .as_array()
+        .unwrap();
     let held = results
         .iter()
         .find(|r| r["volume"] == vol.as_str())

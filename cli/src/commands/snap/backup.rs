@@ -63,11 +63,14 @@ pub(crate) struct Args {
 }
 
 /// Builds the backup job from the flags and the config, runs it (or its
-/// dry run), renders the report, and waits when asked.
+/// dry run), renders the report, and waits when asked. Each failed item
+/// (and each snapshot the wait found failed) is a line in `failures`
+/// (`REGION ITEM: ERROR`), for the notification.
 pub(crate) async fn exec(
     ctx: &Context,
     args: Args,
     metrics: &mut snapkit::metrics::Metrics,
+    failures: &mut Vec<String>,
 ) -> Result<(), CliError> {
     let options = BackupOptions {
         exclude_boot: args.exclude_boot,
@@ -145,6 +148,7 @@ pub(crate) async fn exec(
                 .join(", ")
         );
     }
+    failures.extend(report.results.iter().filter_map(failure_line));
     let failed = report.failed();
     if failed > 0 {
         return Err(CliError::Partial {
@@ -156,7 +160,7 @@ pub(crate) async fn exec(
     if args.wait && !ctx.global.dry_run && !ctx.interrupt.is_cancelled() {
         let waited = job.wait(&report, args.wait_timeout).await?;
         bar.finish();
-        return wait_outcome(ctx, &waited, args.wait_timeout);
+        return wait_outcome(ctx, &waited, args.wait_timeout, failures);
     }
     Ok(())
 }
@@ -319,6 +323,7 @@ fn wait_outcome(
     ctx: &Context,
     waited: &[(Region, RegionWait)],
     timeout: Duration,
+    failures: &mut Vec<String>,
 ) -> Result<(), CliError> {
     let mut problems = Vec::new();
     for (region, wait) in waited {
@@ -350,10 +355,25 @@ fn wait_outcome(
     for p in &problems {
         eprintln!("error: {p}");
     }
+    failures.extend(problems.iter().cloned());
     Err(CliError::Failed(format!(
         "{} snapshot(s) did not complete",
         problems.len()
     )))
+}
+
+/// `REGION ITEM: ERROR` for a failed item.
+fn failure_line(r: &snapkit::backup::BackupResult) -> Option<String> {
+    let BackupStatus::Failed { error, .. } = &r.status else {
+        return None;
+    };
+    let item = r
+        .instance
+        .as_ref()
+        .map(|i| i.to_string())
+        .or_else(|| r.volume.as_ref().map(|v| v.to_string()))
+        .unwrap_or_else(|| "(the region's instances)".into());
+    Some(format!("{} {item}: {error}", r.region))
 }
 
 fn join(ids: &[ec2kit::SnapshotId]) -> String {

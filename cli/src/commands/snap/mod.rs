@@ -170,8 +170,9 @@ pub(crate) async fn exec(ctx: &Context, cmd: SnapCommand) -> Result<(), CliError
             let watch = Watch::new(&ctx.config);
             watch.start().await;
             let mut m = MetricsOut::new(a.metrics.clone());
-            let r = backup::exec(ctx, a, &mut m.metrics).await;
-            watch.finish_command("snap backup", &r, &[]).await;
+            let mut lines = Vec::new();
+            let r = backup::exec(ctx, a, &mut m.metrics, &mut lines).await;
+            watch.finish_command("snap backup", &r, &lines).await;
             m.finish("snap backup", r)
         }
         SnapCommand::List(a) => list::exec(ctx, a).await,

@@ -81,6 +81,7 @@ pub mod paced;
 pub mod ratelimit;
 pub mod remote;
 pub mod requests;
+pub mod rfc3339;
 pub mod target;
 
 #[cfg(feature = "aws")]

@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::{Region, SnapshotId, Tags, VolumeId};
 
 /// The state of a snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Read from a string: the API's names, and any other string as
+/// [`SnapshotState::Unknown`] (kept as written).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum SnapshotState {
@@ -56,6 +59,34 @@ impl FromStr for SnapshotState {
     }
 }
 
+// By hand, not derived: serde reads an enum with an untagged variant by
+// first copying the value into a buffer of its own, an allocation per
+// snapshot of an inventory.
+impl<'de> Deserialize<'de> for SnapshotState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SnapshotState;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a snapshot state string")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SnapshotState, E> {
+                Ok(match v {
+                    "pending" => SnapshotState::Pending,
+                    "completed" => SnapshotState::Completed,
+                    "error" => SnapshotState::Error,
+                    "recoverable" => SnapshotState::Recoverable,
+                    "recovering" => SnapshotState::Recovering,
+                    other => SnapshotState::Unknown(other.to_owned()),
+                })
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
+
 impl fmt::Display for SnapshotState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -77,6 +108,7 @@ pub struct Snapshot {
     /// Source volume (`vol-ffffffff` for copies: use lineage tags instead).
     pub volume_id: Option<VolumeId>,
     /// When the snapshot's point in time was taken.
+    #[serde(with = "crate::rfc3339")]
     pub start_time: Timestamp,
     /// State.
     pub state: SnapshotState,
@@ -138,6 +170,49 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What serde derives for the enum (the reading before it was written
+    /// by hand).
+    #[derive(Debug, Deserialize, Serialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Derived {
+        Pending,
+        Completed,
+        Error,
+        Recoverable,
+        Recovering,
+        #[serde(untagged)]
+        Unknown(String),
+    }
+
+    #[test]
+    fn states_read_as_the_derived_reading_did() {
+        for text in [
+            "pending",
+            "completed",
+            "error",
+            "recoverable",
+            "recovering",
+            "Completed",
+            "archival",
+            "",
+            "é\"x",
+        ] {
+            let json = serde_json::to_string(text).unwrap();
+            let mine: SnapshotState = serde_json::from_str(&json).unwrap();
+            let derived: Derived = serde_json::from_str(&json).unwrap();
+            assert_eq!(
+                serde_json::to_string(&mine).unwrap(),
+                serde_json::to_string(&derived).unwrap()
+            );
+            assert_eq!(
+                matches!(mine, SnapshotState::Unknown(_)),
+                matches!(derived, Derived::Unknown(_)),
+                "{text}"
+            );
+        }
+        assert!(serde_json::from_str::<SnapshotState>("5").is_err());
+    }
 
     #[test]
     fn inventory_round_trip_keeps_required_fields() {

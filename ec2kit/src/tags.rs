@@ -151,20 +151,26 @@ impl<'de> serde::de::Visitor<'de> for TagsVisitor {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Tags, A::Error> {
-        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+        // A scratch vector per thread (taken, so a nested read cannot
+        // find it borrowed): no allocation for tags seen before.
+        let mut entries = SCRATCH.with(|cell| cell.take());
+        entries.clear();
         while let Some((key, slot)) = map.next_key_seed(Interned(None))? {
             let (value, _) = map.next_value_seed(Interned(Some(slot)))?;
             set_entry(&mut entries, key, value);
         }
         // The same tags as the last resource this thread read (the
         // previous snapshot of a lineage): share them.
-        Ok(LAST_TAGS.with(|cell| {
+        let tags = LAST_TAGS.with(|cell| {
             let mut last = cell.borrow_mut();
             if *last.0 != *entries {
-                last.0 = entries.into();
+                last.0 = entries.as_slice().into();
             }
             last.clone()
-        }))
+        });
+        entries.clear();
+        SCRATCH.with(|cell| cell.replace(entries));
+        Ok(tags)
     }
 }
 
@@ -185,6 +191,7 @@ fn set_entry(
 
 thread_local! {
     static LAST_TAGS: RefCell<Tags> = RefCell::new(Tags::default());
+    static SCRATCH: RefCell<Vec<(Arc<str>, Arc<str>)>> = const { RefCell::new(Vec::new()) };
     static INTERNER: RefCell<Vec<(Arc<str>, Arc<str>)>> = const { RefCell::new(Vec::new()) };
 }
 

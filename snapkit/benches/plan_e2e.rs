@@ -44,15 +44,14 @@ fn main() {
     let size = std::fs::metadata(&inventory).map(|m| m.len()).unwrap_or(0);
 
     let t0 = Instant::now();
-    let text = std::fs::read_to_string(&inventory).expect("read");
-    let snapshots: Vec<Snapshot> = snapkit::inventory::parse(&text).expect("parse");
-    drop(text);
+    let snapshots: Vec<Snapshot> = snapkit::inventory::read_file(&inventory).expect("read");
     let t1 = Instant::now();
+    let rss_read = memory("VmHWM");
     let plan =
         Logarithmic::default().plan(&snapshots, "2024-05-01T00:00:00Z".parse().expect("now"));
     let t2 = Instant::now();
-    let out =
-        std::io::BufWriter::new(std::fs::File::create(dir.join("plan.json")).expect("create"));
+    let rss_plan = memory("VmHWM");
+    let out = std::io::BufWriter::new(std::io::sink());
     snapkit::inventory::write_json_array(&plan.decisions, out).expect("write");
     let t3 = Instant::now();
 
@@ -69,5 +68,19 @@ fn main() {
         (t3 - t2).as_secs_f64(),
         (t3 - t0).as_secs_f64()
     );
+    println!(
+        "peak memory (VmHWM): after read {rss_read} MiB, after plan {rss_plan} MiB, at the end {} MiB",
+        memory("VmHWM")
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `/proc/self/status` figure in MiB (0 where there is none).
+fn memory(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
 }

@@ -77,7 +77,7 @@ pub fn read_file(path: &Path) -> Result<Vec<Snapshot>, ReadError> {
 
 /// [`read_file`] over any reader; `whole` reads the input again in one
 /// piece when a block fails.
-fn read_blocks<R: Read>(
+fn read_blocks<R: Read + Send>(
     reader: R,
     block: usize,
     size: u64,
@@ -92,73 +92,168 @@ fn read_blocks<R: Read>(
 /// The block-at-a-time parse of [`read_file`], `block` bytes at a time,
 /// of an input of about `size` bytes; `None` when a block fails (bad
 /// input, or a boundary guessed inside a string).
-fn parse_blocks<R: Read>(
-    mut reader: R,
+///
+/// Every core runs a worker that takes the next block from the reader (in
+/// turn, under a lock) and parses it while the others read and parse
+/// theirs; this thread puts the pieces in order.
+fn parse_blocks<R: Read + Send>(
+    reader: R,
     block: usize,
     size: u64,
 ) -> std::io::Result<Option<Vec<Snapshot>>> {
-    let mut buf: Vec<u8> = Vec::with_capacity(block + (block >> 2));
-    let mut snapshots: Vec<Snapshot> = Vec::new();
-    // Where the unparsed elements start in `buf`, once the `[` is read.
-    let mut start: Option<usize> = None;
-    let mut want = block;
-    let mut eof = false;
-    loop {
-        while !eof && buf.len() < want {
-            let room = (want - buf.len()) as u64;
-            eof = (&mut reader).take(room).read_to_end(&mut buf)? == 0;
-        }
-        let from = match start {
-            Some(from) => from,
-            None => match buf.iter().position(|b| !is_json_ws(*b)) {
-                Some(i) if buf[i] == b'[' => *start.insert(i + 1),
-                // Not an array (or nothing): serde_json says what it is.
-                Some(_) => return Ok(None),
-                None if eof => return Ok(None),
-                None => {
-                    want += block;
-                    continue;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let source = std::sync::Mutex::new(Blocks {
+        reader,
+        carry: Vec::new(),
+        next: 0,
+        started: false,
+        done: false,
+        failed: false,
+    });
+    let (sender, receiver) = std::sync::mpsc::channel::<(usize, Vec<Snapshot>)>();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let sender = sender.clone();
+                let source = &source;
+                s.spawn(move || -> std::io::Result<()> {
+                    loop {
+                        let Some((index, text)) = Blocks::take(source, block)? else {
+                            return Ok(());
+                        };
+                        // One check of the whole block is cheaper than
+                        // serde_json's check of each string of a slice.
+                        let parsed = std::str::from_utf8(&text)
+                            .ok()
+                            .and_then(|text| serde_json::from_str::<Vec<Snapshot>>(text).ok());
+                        match parsed {
+                            Some(snapshots) => {
+                                // The receiver only stops listening when
+                                // the scope ends.
+                                let _ = sender.send((index, snapshots));
+                            }
+                            None => {
+                                Blocks::fail(source);
+                                return Ok(());
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(sender);
+        let mut snapshots: Vec<Snapshot> = Vec::new();
+        let mut waiting = std::collections::BTreeMap::new();
+        let mut next = 0;
+        for (index, piece) in receiver {
+            waiting.insert(index, piece);
+            while let Some(piece) = waiting.remove(&next) {
+                if snapshots.is_empty() && !piece.is_empty() {
+                    // Room for the whole input at the first block's
+                    // density: no copying as the vector grows.
+                    let per = (block as u64 / piece.len() as u64).max(1);
+                    let estimate = size / per + size / per / 32;
+                    snapshots.reserve(usize::try_from(estimate).unwrap_or(0));
                 }
-            },
-        };
-        if eof {
-            // The rest: elements, `]`, whitespace.
-            let Ok(rest) = std::str::from_utf8(&buf[from..]) else {
-                return Ok(None);
-            };
-            let mut array = String::with_capacity(rest.len() + 1);
-            array.push('[');
-            array.push_str(rest);
-            let Ok(more) = parse(&array) else {
-                return Ok(None);
-            };
-            snapshots.extend(more);
-            return Ok(Some(snapshots));
+                snapshots.extend(piece);
+                next += 1;
+            }
         }
-        let Some(cut) = last_boundary(&buf, from) else {
-            // No element ends in the block yet: read more.
-            want += block;
-            continue;
-        };
-        // A cut inside a string or a nested value leaves the block's last
-        // element open, so the block fails instead of parsing wrongly.
-        let array = std::str::from_utf8(&buf[from..cut])
-            .ok()
-            .and_then(|elements| as_array(elements, false));
-        let Some(Ok(more)) = array.map(|a| parse(&a)) else {
+        for worker in workers {
+            worker.join().map_err(|_| panicked())??;
+        }
+        let failed = source.lock().map_err(|_| panicked())?.failed;
+        Ok((!failed).then_some(snapshots))
+    })
+}
+
+fn panicked() -> std::io::Error {
+    std::io::Error::other("inventory parser panicked")
+}
+
+/// What is left of the input of [`parse_blocks`], handed out a block at a
+/// time.
+struct Blocks<R> {
+    reader: R,
+    /// The start of the next block (the text after the last cut).
+    carry: Vec<u8>,
+    /// The index of the next block.
+    next: usize,
+    /// Whether the `[` was read.
+    started: bool,
+    /// Whether the input ended.
+    done: bool,
+    /// Whether a block failed to parse.
+    failed: bool,
+}
+
+impl<R: Read> Blocks<R> {
+    /// The next block (about `block` bytes) as a JSON array, with its
+    /// index; `None` at the end or after a failure.
+    fn take(
+        source: &std::sync::Mutex<Self>,
+        block: usize,
+    ) -> std::io::Result<Option<(usize, Vec<u8>)>> {
+        let mut guard = source.lock().map_err(|_| panicked())?;
+        let this = &mut *guard;
+        if this.done || this.failed {
             return Ok(None);
-        };
-        if snapshots.is_empty() && !more.is_empty() {
-            // Room for the whole input at the first block's density: no
-            // copying as the vector grows.
-            let per = (cut as u64 / more.len() as u64).max(1);
-            let estimate = size / per + size / per / 32;
-            snapshots.reserve(usize::try_from(estimate).unwrap_or(0));
         }
-        snapshots.extend(more);
-        buf.drain(..cut);
-        start = Some(0);
-        want = block;
+        let mut text = Vec::with_capacity(block + (block >> 2) + this.carry.len());
+        if this.started {
+            text.push(b'[');
+        }
+        text.append(&mut this.carry);
+        let mut want = block;
+        loop {
+            let mut eof = false;
+            while text.len() < want {
+                let room = (want - text.len()) as u64;
+                if (&mut this.reader).take(room).read_to_end(&mut text)? == 0 {
+                    eof = true;
+                    break;
+                }
+            }
+            // The array's `[`: the first non-whitespace byte.
+            let open = text.iter().position(|b| !is_json_ws(*b));
+            let Some(from) = open.filter(|&i| text[i] == b'[').map(|i| i + 1) else {
+                // Not an array (or only whitespace so far): the parse of
+                // the whole input says what it is.
+                this.failed = true;
+                return Ok(None);
+            };
+            this.started = true;
+            let index = this.next;
+            if eof {
+                // The rest: `[`, elements, `]`, whitespace.
+                this.done = true;
+                this.next += 1;
+                return Ok(Some((index, text)));
+            }
+            let Some(cut) = last_boundary(&text, from) else {
+                // No element ends in the block yet: read more.
+                want += block;
+                continue;
+            };
+            this.carry = text.split_off(cut);
+            this.next += 1;
+            // End the array where the next element's comma was. A cut
+            // inside a string or a nested value leaves the block's last
+            // element open, so the block fails instead of parsing wrongly.
+            while text.last().is_some_and(|b| is_json_ws(*b)) {
+                text.pop();
+            }
+            text.pop();
+            text.push(b']');
+            return Ok(Some((index, text)));
+        }
+    }
+
+    /// Stops the other workers: the input is parsed whole instead.
+    fn fail(source: &std::sync::Mutex<Self>) {
+        if let Ok(mut this) = source.lock() {
+            this.failed = true;
+        }
     }
 }
 

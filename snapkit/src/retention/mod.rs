@@ -183,6 +183,7 @@ pub struct Decision {
     /// Its lineage.
     pub lineage: Arc<str>,
     /// When it was taken.
+    #[serde(serialize_with = "ec2kit::rfc3339::serialize")]
     pub start_time: Timestamp,
     /// Its region, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -276,12 +277,24 @@ impl<'a> Planner<'a> {
 
     /// Plans the inventory.
     pub fn plan(&self, snapshots: &[Snapshot], now: Timestamp) -> Plan {
-        let mut groups: HashMap<std::borrow::Cow<'_, str>, Vec<&Snapshot>> = HashMap::new();
+        // Inventories list a lineage's snapshots together: the previous
+        // snapshot's lineage is checked before the map.
+        let mut index: HashMap<std::borrow::Cow<'_, str>, usize> = HashMap::new();
+        let mut lineages: Vec<(std::borrow::Cow<'_, str>, Vec<&Snapshot>)> = Vec::new();
+        let mut last: Option<usize> = None;
         for s in snapshots {
-            groups.entry(lineage_key(s)).or_default().push(s);
+            let key = lineage_key(s);
+            let i = match last.filter(|&i| lineages[i].0 == key) {
+                Some(i) => i,
+                None => *index.entry(key.clone()).or_insert_with(|| {
+                    lineages.push((key, Vec::new()));
+                    lineages.len() - 1
+                }),
+            };
+            lineages[i].1.push(s);
+            last = Some(i);
         }
-        let mut lineages: Vec<(std::borrow::Cow<'_, str>, Vec<&Snapshot>)> =
-            groups.into_iter().collect();
+        drop(index);
         lineages.sort_by(|a, b| a.0.cmp(&b.0));
 
         let min_keep = self.guards.min_keep.max(1);

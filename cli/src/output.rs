@@ -75,6 +75,15 @@ pub(crate) fn line(text: &str) -> Result<(), CliError> {
 /// A closed pipe ends the command quietly; another write error is
 /// reported and ends it with exit 1.
 pub(crate) fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
+    if let Err(e) = write(render_table(headers, rows).as_bytes()) {
+        // Not a closed pipe (that unwinds): a full disk, an I/O error.
+        crate::error::report(&e);
+        std::process::exit(crate::exit::FAILURE.into());
+    }
+}
+
+/// The text of [`table`].
+fn render_table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
     let mut t = Table::new();
     t.load_preset(presets::NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled)
@@ -88,11 +97,62 @@ pub(crate) fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>
         text.push_str(line.strip_prefix(' ').unwrap_or(line).trim_end());
         text.push('\n');
     }
-    if let Err(e) = write(text.as_bytes()) {
-        // Not a closed pipe (that unwinds): a full disk, an I/O error.
-        crate::error::report(&e);
-        std::process::exit(crate::exit::FAILURE.into());
+    text
+}
+
+/// Like [`table`] (the same text), for tables too long to hold: `rows`
+/// is called twice, once to measure the columns and once to print, and
+/// only one row is held at a time.
+pub(crate) fn long_table<I>(headers: &[&str], rows: impl Fn() -> I) -> Result<(), CliError>
+where
+    I: Iterator<Item = Vec<String>>,
+{
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    write_long_table(&mut out, headers, rows)
+        .and_then(|()| out.flush())
+        .map_err(stdout_error)
+}
+
+/// [`long_table`] into `out`. A cell of several lines falls back to
+/// [`render_table`].
+fn write_long_table<I>(
+    out: &mut impl Write,
+    headers: &[&str],
+    rows: impl Fn() -> I,
+) -> std::io::Result<()>
+where
+    I: Iterator<Item = Vec<String>>,
+{
+    use unicode_width::UnicodeWidthStr;
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.width()).collect();
+    for row in rows() {
+        for (i, cell) in row.iter().enumerate() {
+            if cell.contains('\n') {
+                return out.write_all(render_table(headers, rows()).as_bytes());
+            }
+            match widths.get_mut(i) {
+                Some(w) => *w = (*w).max(cell.width()),
+                None => widths.push(cell.width()),
+            }
+        }
     }
+    let mut line = String::new();
+    let header = headers.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(header).chain(rows()) {
+        line.clear();
+        for (i, width) in widths.iter().enumerate() {
+            // comfy-table's cells: a space, the text padded, a space.
+            let cell = row.get(i).map_or("", String::as_str);
+            line.push(' ');
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(' ', width - cell.width() + 1));
+        }
+        let text = line.strip_prefix(' ').unwrap_or(&line).trim_end();
+        out.write_all(text.as_bytes())?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 /// Writes a value as JSON to stdout: indented on a terminal, compact and
@@ -145,4 +205,27 @@ fn stdout_error(source: std::io::Error) -> CliError {
 /// `-` for a missing value.
 pub(crate) fn or_dash(v: Option<&str>) -> String {
     v.filter(|s| !s.is_empty()).unwrap_or("-").to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The long table is the table, character for character, whatever
+        /// the cells hold (wide and combining characters, spaces, lines).
+        #[test]
+        fn a_long_table_is_the_table(
+            rows in proptest::collection::vec(
+                proptest::collection::vec("[a-z \u{4e00}-\u{4e20}\u{301}\u{1f600}é\t\n-]{0,12}", 3),
+                0..20,
+            ),
+        ) {
+            let headers = ["ONE", "TWO", "THREE"];
+            let mut long = Vec::new();
+            write_long_table(&mut long, &headers, || rows.clone().into_iter()).unwrap();
+            prop_assert_eq!(String::from_utf8(long).unwrap(), render_table(&headers, rows.clone()));
+        }
+    }
 }

@@ -44,8 +44,10 @@
 //!   release log, and the deploy lock;
 //! - [`hooks`], [`health`] and [`notify`]: the commands of each phase, the
 //!   health check, announcements;
+//! - [`check`]: pre-flight checks of every host (`deploy check`);
 //! - [`provision`] and [`db`]: configuring servers, and database chores.
 
+pub mod check;
 pub mod db;
 mod deployer;
 pub mod environment;

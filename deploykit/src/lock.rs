@@ -171,7 +171,7 @@ pub(crate) async fn try_acquire(
 /// The shell fragment (run in `.ektool`) that prints a held lock: its
 /// owner file on one line, its time and the host's time (Unix seconds),
 /// and the owner file's checksum.
-fn held_fragment() -> String {
+pub(crate) fn held_fragment() -> String {
     format!(
         "(tr -d '\\n' < {LOCK}/owner.json) 2>/dev/null; echo\n\
          stat -c %Y {LOCK} 2>/dev/null || date +%s\n\

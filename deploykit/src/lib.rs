@@ -72,7 +72,8 @@ mod state;
 mod switch;
 
 pub use deployer::{
-    DeployReport, Deployer, HostOutcome, HostReleases, RollbackReport, RollbackStep, UnlockOutcome,
+    DeployReport, Deployer, HoldReport, HostOutcome, HostReleases, RollbackReport, RollbackStep,
+    UnlockOutcome,
 };
 pub use environment::{
     Environment, HealthCheck, Hook, Hooks, HostSource, LayoutKind, Phase, Timeouts,

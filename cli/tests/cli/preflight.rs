@@ -351,3 +351,152 @@ fn check_shows_a_held_lock_and_checks_sudo_when_hooks_use_it() {
         assert_eq!(site.row(&rows, i, "sudo")["result"], "ok", "{rows:#?}");
     }
 }
+
+/// The owner file of host `i`'s lock, if it has one.
+fn lock_owner(site: &Site, i: usize) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(site.local(i, ".ektool/lock/owner.json")).ok()?;
+    Some(serde_json::from_str(&text).unwrap())
+}
+
+#[test]
+fn a_hand_held_lock_stops_deploys_until_unlock() {
+    let site = Site::new("");
+    site.ektool().arg("deploy").run().success();
+
+    // Dry run: nothing taken.
+    site.ektool()
+        .args(&["--dry-run", "lock", "-m", "incident 42"])
+        .run()
+        .success()
+        .stdout_has("would lock 2 hosts of staging by hand")
+        .stdout_has("dry run: nothing was changed");
+    assert!(lock_owner(&site, 0).is_none());
+    site.ektool()
+        .args(&["lock", "-m", " "])
+        .run()
+        .code(2)
+        .stderr_has("error: say why with -m");
+
+    site.ektool()
+        .args(&["lock", "--env", "staging", "-m", "incident 42"])
+        .run()
+        .success()
+        .stdout_has("locked 2 hosts of staging by hand: \"incident 42\"");
+    for i in 0..2 {
+        let owner = lock_owner(&site, i).unwrap();
+        assert_eq!(owner["hand_held"], true, "{owner}");
+        assert_eq!(owner["message"], "incident 42", "{owner}");
+        assert_eq!(owner["action"], "hand-held lock", "{owner}");
+        assert!(owner["since"].is_string(), "{owner}");
+    }
+    // A second lock, a deploy, a restart: refused, naming the holder and
+    // the message; nothing changed.
+    site.ektool()
+        .args(&["lock", "-m", "again"])
+        .run()
+        .code(1)
+        .stderr_has("is held by hand by");
+    let out = site
+        .ektool()
+        .arg("deploy")
+        .run()
+        .code(1)
+        .stderr_has("is held by hand by")
+        .stderr_has("\"incident 42\"")
+        .stderr_has("`ektool unlock` releases it");
+    assert!(!out.stderr.contains("stale"), "{}", out.stderr);
+    site.ektool()
+        .arg("restart")
+        .run()
+        .code(1)
+        .stderr_has("\"incident 42\"");
+    // Never stale, even though the process that took it has exited.
+    site.ektool().args(&["deploy", "unlock"]).run().code(1);
+    // deploy check shows it.
+    let rows = site.check(&[], 1);
+    let detail = site.row(&rows, 0, "lock")["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        detail.contains("held by hand") && detail.contains("incident 42"),
+        "{detail}"
+    );
+    assert!(lock_owner(&site, 0).is_some() && lock_owner(&site, 1).is_some());
+
+    site.ektool()
+        .args(&["--dry-run", "unlock"])
+        .run()
+        .success()
+        .stdout_has("WOULD REMOVE");
+    assert!(lock_owner(&site, 0).is_some());
+    site.ektool()
+        .args(&["unlock", "--env", "staging"])
+        .run()
+        .success()
+        .stdout_has("REMOVED");
+    assert!(lock_owner(&site, 0).is_none() && lock_owner(&site, 1).is_none());
+    // Nothing left to release: not an error.
+    site.ektool().arg("unlock").run().success();
+    site.ektool().arg("deploy").run().success();
+}
+
+#[test]
+fn lock_and_unlock_are_all_or_nothing() {
+    // A deploy holds h2's lock.
+    let site = Site::new("");
+    site.lay_out(&[]);
+    let lock = site.local(1, ".ektool/lock");
+    std::fs::create_dir_all(&lock).unwrap();
+    let deploying = r#"{"actor":{"user":"bob","machine":"ci","pid":1},"environment":"staging","since":"2024-01-01T00:00:00Z","action":"deploy v2","token":"running-deploy"}"#;
+    std::fs::write(lock.join("owner.json"), deploying).unwrap();
+    site.ektool()
+        .args(&["lock", "--env", "staging", "-m", "incident"])
+        .run()
+        .code(1)
+        .stderr_has("bob@ci");
+    // h1 was taken in the same round and given back.
+    assert!(lock_owner(&site, 0).is_none());
+    assert_eq!(lock_owner(&site, 1).unwrap()["token"], "running-deploy");
+
+    // unlock never removes a running deploy's lock, and then removes
+    // nothing anywhere.
+    std::fs::remove_dir_all(&lock).unwrap();
+    site.ektool()
+        .args(&["lock", "--env", "staging", "-m", "incident"])
+        .run()
+        .success();
+    std::fs::remove_dir_all(&lock).unwrap();
+    std::fs::create_dir_all(&lock).unwrap();
+    std::fs::write(lock.join("owner.json"), deploying).unwrap();
+    site.ektool()
+        .args(&["unlock", "--env", "staging"])
+        .run()
+        .code(1)
+        .stderr_has("it was not taken by hand, so it is left in place")
+        .stderr_has("hint: wait for that run to finish");
+    assert_eq!(lock_owner(&site, 0).unwrap()["hand_held"], true);
+    assert_eq!(lock_owner(&site, 1).unwrap()["token"], "running-deploy");
+}
+
+#[test]
+fn a_lock_that_cannot_reach_every_host_takes_none() {
+    let site = Site::new("");
+    site.lay_out(&[]);
+    // The same deploy root, plus a host nothing answers on.
+    let config = std::fs::read_to_string(site.work.join("ektool.toml")).unwrap();
+    let dead = format!("root@127.0.0.1:{}", free_port());
+    let config = config.replacen(
+        &format!("\"{}\"]", site.hosts[1].target()),
+        &format!("\"{}\", \"{dead}\"]", site.hosts[1].target()),
+        1,
+    );
+    std::fs::write(site.work.join("ektool.toml"), config).unwrap();
+    site.ektool()
+        .args(&["lock", "-m", "incident"])
+        .run()
+        .code(1)
+        .stderr_has(&dead);
+    assert!(lock_owner(&site, 0).is_none());
+    assert!(lock_owner(&site, 1).is_none());
+}

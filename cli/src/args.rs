@@ -156,6 +156,11 @@ pub(crate) enum Command {
     Maintenance(commands::deploy::maintenance::Args),
     /// Run the restart hooks in the live release.
     Restart(commands::deploy::restart::Args),
+    /// Hold an environment's deploy lock by hand (-m says why): deploys,
+    /// rollbacks and restarts refuse or wait until `unlock`.
+    Lock(commands::lock::LockArgs),
+    /// Release a lock taken with `ektool lock` (never a running deploy's).
+    Unlock(commands::lock::UnlockArgs),
     /// Configure servers: host key, developers, secrets, then Salt or a script.
     Provision(commands::provision::Args),
     /// An environment's secrets file: fetch it from a host.

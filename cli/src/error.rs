@@ -159,6 +159,17 @@ pub(crate) fn hint(err: &CliError, policy: Option<&str>) -> Option<String> {
                 "hint: wait for it with --lock-wait, e.g. --lock-wait 10m".to_owned()
             });
         }
+        CliError::Deploy(DeployError::Locked { lock })
+            if lock.owner.as_ref().is_some_and(|o| o.hand_held) =>
+        {
+            Some("hint: it was locked by hand (`ektool lock`); `ektool unlock` releases it")
+        }
+        CliError::Deploy(DeployError::NotHandHeld { lock }) if lock.stale.is_some() => {
+            Some("hint: a lock left by a killed run is removed with `ektool deploy unlock`")
+        }
+        CliError::Deploy(DeployError::NotHandHeld { .. }) => {
+            Some("hint: wait for that run to finish; `ektool unlock` only releases `ektool lock`'s")
+        }
         CliError::Deploy(DeployError::Locked { lock }) if lock.stale.is_some() => {
             Some("hint: remove it with `ektool deploy unlock` (add --force if it is not stale)")
         }

@@ -105,6 +105,10 @@ pub struct Environment {
     /// (`[environments.<name>.database]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<crate::db::DatabaseConfig>,
+    /// The free space `deploy check` wants on the filesystem of the deploy
+    /// root (`"1GiB"`, `"500MB"`; default [`ByteSize::DEFAULT_MIN_FREE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_free: Option<ByteSize>,
 }
 
 fn default_remote() -> String {
@@ -155,6 +159,7 @@ impl Environment {
             timeouts: Timeouts::default(),
             provision: None,
             database: None,
+            min_free: None,
         })
     }
 
@@ -234,6 +239,97 @@ fn bounded<'de, D: Deserializer<'de>>(d: D) -> Result<HumanDuration, D::Error> {
     ec2kit::duration::parse_in(&text, TIMEOUT_RANGE.0, TIMEOUT_RANGE.1)
         .map(HumanDuration)
         .map_err(serde::de::Error::custom)
+}
+
+/// A number of bytes, written with a unit: `1GiB`, `512MiB`, `2G` (binary:
+/// `K`, `M`, `G`, `T` and `KiB` … `TiB`), `500MB` (decimal: `KB` … `TB`),
+/// or plain bytes (`1048576`, `10B`). A fraction is allowed (`1.5GiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// The free space `deploy check` wants when nothing says otherwise.
+    pub const DEFAULT_MIN_FREE: Self = Self(1 << 30);
+
+    /// Parses a size (see the type's docs).
+    pub fn parse(text: &str) -> Result<Self, InvalidValue> {
+        let t = text.trim();
+        let bad = || {
+            InvalidValue(format!(
+                "size {text:?} is not a number with a unit such as 1GiB, 500MiB or 2GB"
+            ))
+        };
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let number: f64 = number.parse().map_err(|_| bad())?;
+        let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1.0,
+            "k" | "kib" => 1024.0,
+            "m" | "mib" => 1024f64.powi(2),
+            "g" | "gib" => 1024f64.powi(3),
+            "t" | "tib" => 1024f64.powi(4),
+            "kb" => 1e3,
+            "mb" => 1e6,
+            "gb" => 1e9,
+            "tb" => 1e12,
+            _ => return Err(bad()),
+        };
+        let bytes = number * factor;
+        if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+            return Err(bad());
+        }
+        Ok(Self(bytes.round() as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    /// Binary units with one decimal (`1.0GiB`), plain bytes below 1 KiB.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let units = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+        let mut value = self.0 as f64;
+        if value < 1024.0 {
+            return write!(f, "{}B", self.0);
+        }
+        let mut unit = units[0];
+        for u in units {
+            value /= 1024.0;
+            unit = u;
+            if value < 1024.0 {
+                break;
+            }
+        }
+        write!(f, "{value:.1}{unit}")
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl Serialize for ByteSize {
+    /// Exactly: in the largest binary unit that divides it (`1GiB`), else
+    /// in bytes.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let exact = ["TiB", "GiB", "MiB", "KiB"]
+            .iter()
+            .zip([40u32, 30, 20, 10])
+            .find(|(_, shift)| self.0 != 0 && self.0.is_multiple_of(1u64 << shift))
+            .map(|(u, shift)| format!("{}{u}", self.0 >> shift));
+        s.serialize_str(&exact.unwrap_or_else(|| format!("{}B", self.0)))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// A value in an environment that is not acceptable.
@@ -646,6 +742,36 @@ pub struct NotifyConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn byte_sizes_parse_and_round_trip() {
+        use super::ByteSize;
+        for (text, bytes) in [
+            ("1GiB", 1u64 << 30),
+            ("1G", 1 << 30),
+            ("512MiB", 512 << 20),
+            ("1.5GiB", 3 << 29),
+            ("2GB", 2_000_000_000),
+            ("10", 10),
+            ("10B", 10),
+            (" 3 tib ", 3 << 40),
+        ] {
+            assert_eq!(ByteSize::parse(text).unwrap(), ByteSize(bytes), "{text}");
+        }
+        for bad in ["", "GiB", "1 parsec", "-1G", "1e400"] {
+            assert!(ByteSize::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(ByteSize(1 << 30).to_string(), "1.0GiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000B");
+        for size in [ByteSize(1 << 30), ByteSize(1_000_000_001), ByteSize(0)] {
+            let json = serde_json::to_string(&size).unwrap();
+            assert_eq!(
+                serde_json::from_str::<ByteSize>(&json).unwrap(),
+                size,
+                "{json}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -94,6 +94,13 @@ pub enum DeployError {
         /// The lock found.
         lock: Box<HeldLock>,
     },
+    /// `release_hold` found a lock that is not hand-held (a running
+    /// operation's, or one it left behind): nothing was removed.
+    #[error("{lock}; it was not taken by hand, so it is left in place")]
+    NotHandHeld {
+        /// The lock found.
+        lock: Box<HeldLock>,
+    },
     /// A host could not be reached or a command failed outside a deploy's
     /// stages (locking, reading state).
     #[error(transparent)]

@@ -137,6 +137,13 @@ pub enum Event {
         /// What.
         message: String,
     },
+    /// A host's pre-flight checks are done ([`crate::Deployer::check`]).
+    HostChecked {
+        /// The host.
+        host: String,
+        /// How many of its checks failed.
+        failed: usize,
+    },
     /// A notification could not be delivered (the deploy goes on).
     NotifyFailed {
         /// Why (never the webhook URL).
@@ -215,6 +222,8 @@ impl fmt::Display for Event {
                 Some(h) => write!(f, "{h}: warning: {message}"),
                 None => write!(f, "warning: {message}"),
             },
+            Self::HostChecked { host, failed: 0 } => write!(f, "{host}: checked, all passed"),
+            Self::HostChecked { host, failed } => write!(f, "{host}: checked, {failed} failed"),
             Self::NotifyFailed { error } => write!(f, "notification not sent: {error}"),
         }
     }

@@ -44,8 +44,10 @@
 //!   release log, and the deploy lock;
 //! - [`hooks`], [`health`] and [`notify`]: the commands of each phase, the
 //!   health check, announcements;
+//! - [`check`]: pre-flight checks of every host (`deploy check`);
 //! - [`provision`] and [`db`]: configuring servers, and database chores.
 
+pub mod check;
 pub mod db;
 mod deployer;
 pub mod environment;
@@ -70,7 +72,8 @@ mod state;
 mod switch;
 
 pub use deployer::{
-    DeployReport, Deployer, HostOutcome, HostReleases, RollbackReport, RollbackStep, UnlockOutcome,
+    DeployReport, Deployer, HoldReport, HostOutcome, HostReleases, RollbackReport, RollbackStep,
+    UnlockOutcome,
 };
 pub use environment::{
     Environment, HealthCheck, Hook, Hooks, HostSource, LayoutKind, Phase, Timeouts,

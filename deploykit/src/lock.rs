@@ -48,6 +48,11 @@ pub struct LockOwner {
     /// the same hosts share it, and the one holding it proceeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_host: Option<String>,
+    /// Held by hand (`ektool lock`, [`Deployer::hold`](crate::Deployer::hold)),
+    /// not by a running operation: never judged stale (its process has
+    /// exited on purpose), removed by [`Deployer::release_hold`](crate::Deployer::release_hold).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hand_held: bool,
 }
 
 /// A lock found held.
@@ -71,6 +76,19 @@ pub struct HeldLock {
 impl std::fmt::Display for HeldLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.owner {
+            Some(o) if o.hand_held => {
+                write!(
+                    f,
+                    "{} is held by hand by {} since {} ({} ago)",
+                    self.host,
+                    o.actor,
+                    o.since.strftime("%Y-%m-%d %H:%M:%SZ"),
+                    human_age(self.age_seconds),
+                )?;
+                if let Some(m) = &o.message {
+                    write!(f, ": {m:?}")?;
+                }
+            }
             Some(o) => {
                 write!(
                     f,
@@ -171,7 +189,7 @@ pub(crate) async fn try_acquire(
 /// The shell fragment (run in `.ektool`) that prints a held lock: its
 /// owner file on one line, its time and the host's time (Unix seconds),
 /// and the owner file's checksum.
-fn held_fragment() -> String {
+pub(crate) fn held_fragment() -> String {
     format!(
         "(tr -d '\\n' < {LOCK}/owner.json) 2>/dev/null; echo\n\
          stat -c %Y {LOCK} 2>/dev/null || date +%s\n\
@@ -205,6 +223,8 @@ fn judge(host: &Host, owner_line: &str, age: u64, stale_after: Duration) -> Held
     let owner: Option<LockOwner> = serde_json::from_str(owner_line).ok();
     let here = this_scope();
     let stale = match &owner {
+        // Meant to outlive its process and any age limit.
+        Some(o) if o.hand_held => None,
         _ if age > stale_after.as_secs() => {
             Some(format!("older than {}", human_age(stale_after.as_secs())))
         }
@@ -609,6 +629,7 @@ mod tests {
             message: Some("hotfix".into()),
             token: "t".into(),
             first_host: None,
+            hand_held: false,
         })
         .unwrap()
     }

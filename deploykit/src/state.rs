@@ -340,9 +340,10 @@ pub(crate) fn skew_ms(
 }
 
 /// Emits [`Event::ClockSkew`] for a host whose clock is off by more than
-/// half a second.
+/// [`CLOCK_SKEW_BOUND_MS`](crate::check::CLOCK_SKEW_BOUND_MS) (half a
+/// second).
 pub(crate) fn report_skew(events: &EventSink, host: &Host, skew_ms: Option<i64>) {
-    if let Some(ms) = skew_ms.filter(|ms| ms.unsigned_abs() > 500) {
+    if let Some(ms) = skew_ms.filter(|ms| ms.unsigned_abs() > crate::check::CLOCK_SKEW_BOUND_MS) {
         events(&Event::ClockSkew {
             host: host.name().to_owned(),
             skew_ms: ms,

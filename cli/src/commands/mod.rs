@@ -10,6 +10,7 @@ pub(crate) mod host;
 pub(crate) mod iam;
 pub(crate) mod instance;
 pub(crate) mod instances;
+pub(crate) mod lock;
 pub(crate) mod manpage;
 pub(crate) mod provision;
 pub(crate) mod regions;
@@ -50,6 +51,8 @@ pub(crate) async fn run(cli: Cli, interrupt: ec2kit::CancellationToken) -> Resul
                 Command::Releases(args) => deploy::releases::exec(&ctx, args).await,
                 Command::Maintenance(args) => deploy::maintenance::exec(&ctx, args).await,
                 Command::Restart(args) => deploy::restart::exec(&ctx, args).await,
+                Command::Lock(args) => lock::exec_lock(&ctx, args).await,
+                Command::Unlock(args) => lock::exec_unlock(&ctx, args).await,
                 Command::Provision(args) => provision::exec(&ctx, args).await,
                 Command::Secrets(args) => secrets::exec(&ctx, args).await,
                 Command::Db(args) => db::exec(&ctx, args).await,

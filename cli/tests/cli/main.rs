@@ -19,6 +19,7 @@ mod image;
 mod jobs;
 mod mount;
 mod plan_html;
+mod preflight;
 mod provision;
 mod replicate;
 mod snap;

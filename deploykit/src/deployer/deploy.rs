@@ -89,7 +89,7 @@ struct Slot<'a> {
 impl Deployer {
     /// Refuses what cannot work before anything is read; returns the URL
     /// hosts fetch from.
-    fn check(&self) -> Result<String, DeployError> {
+    fn refuse_unworkable(&self) -> Result<String, DeployError> {
         if self.hosts.is_empty() {
             return Err(DeployError::NoHosts);
         }
@@ -150,7 +150,7 @@ impl Deployer {
     /// (each operation's preview is `<verb>_plan`, as `rollback_plan` and
     /// `unlock_plan`). Reads the hosts; changes nothing (no lock either).
     pub async fn deploy_plan(&self, release: &Release) -> Result<DeployPlan, DeployError> {
-        let url = self.check()?;
+        let url = self.refuse_unworkable()?;
         let layout = self.config.release_layout();
         let states = self.inspect(Some(&release.commit)).await?;
         let slots = self.slots(layout.as_ref(), states, &release.commit);
@@ -173,7 +173,7 @@ impl Deployer {
     /// Deploys `release` to every host. See the module docs for the flow.
     pub async fn deploy(&self, release: &Release) -> Result<DeployReport, DeployError> {
         let started = Instant::now();
-        let url = self.check()?;
+        let url = self.refuse_unworkable()?;
         let token = uuid::Uuid::new_v4().simple().to_string();
         let (states, latency) = self
             .lock_all(

@@ -16,7 +16,9 @@
 //! ([`Deployer::cancel_on`], the CLI's SIGINT/SIGTERM) makes the run stop
 //! starting new work and take the same failure path.
 
+mod check;
 mod deploy;
+mod hold;
 mod maintenance;
 mod releases;
 mod rollback;
@@ -42,6 +44,7 @@ use crate::state::{self, HostState};
 use crate::switch;
 
 pub use deploy::{DeployReport, HostOutcome};
+pub use hold::HoldReport;
 pub use releases::HostReleases;
 pub use rollback::{RollbackReport, RollbackStep};
 pub use unlock::UnlockOutcome;
@@ -286,6 +289,7 @@ impl Deployer {
             message: self.message.clone(),
             token: token.to_owned(),
             first_host: Some(self.hosts[0].name().to_owned()),
+            hand_held: false,
         };
         lock::Round {
             hosts: &self.hosts,

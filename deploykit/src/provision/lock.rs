@@ -92,6 +92,7 @@ impl ProvisionLock {
             message: None,
             token: token.clone(),
             first_host: None,
+            hand_held: false,
         };
         // The provision root is private (0700) from the start: its lock
         // directory is the first thing made in it.

@@ -3,6 +3,7 @@
 //! `provision`, `secrets` and `db` with them): picking the environment,
 //! its hosts, and showing events.
 
+pub(crate) mod check;
 pub(crate) mod maintenance;
 pub(crate) mod releases;
 pub(crate) mod restart;
@@ -37,12 +38,16 @@ pub(crate) struct DeployArgs {
 pub(crate) enum DeployCommand {
     /// Remove the deploy lock: stale locks (killed deploys), or any with --force.
     Unlock(unlock::Args),
+    /// Pre-flight checks on every host: SSH, sudo, deploy root, disk space,
+    /// shared files, git access, clock, lock.
+    Check(check::Args),
 }
 
 /// Runs `ektool deploy …`.
 pub(crate) async fn exec(ctx: &Context, args: DeployArgs) -> Result<(), CliError> {
     match args.command {
         Some(DeployCommand::Unlock(a)) => unlock::exec(ctx, a).await,
+        Some(DeployCommand::Check(a)) => check::exec(ctx, a).await,
         None => run::exec(ctx, args.run).await,
     }
 }

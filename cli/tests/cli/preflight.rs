@@ -1,0 +1,502 @@
+//! `ektool deploy check` (pre-flight) and `ektool lock` / `unlock` against
+//! the bench's sshd hosts and a real git origin: each failure made real.
+
+use std::path::PathBuf;
+
+use ektool_tests::{SshHost, free_port, git, ssh_host, tempdir, unique};
+
+use crate::harness::Ektool;
+
+/// An origin, a clone with an `ektool.toml` (environment `staging`, two
+/// sshd hosts, `extra` appended to the environment), nothing deployed.
+struct Site {
+    _dir: tempfile::TempDir,
+    work: PathBuf,
+    name: String,
+    hosts: Vec<SshHost>,
+}
+
+impl Site {
+    fn new(extra: &str) -> Self {
+        let dir = tempdir();
+        git(
+            dir.path(),
+            &["init", "--quiet", "--bare", "-b", "main", "origin.git"],
+        );
+        git(dir.path(), &["clone", "--quiet", "origin.git", "work"]);
+        let work = dir.path().join("work");
+        git(&work, &["checkout", "--quiet", "-b", "main"]);
+        git(&work, &["config", "user.name", "Dev"]);
+        git(&work, &["config", "user.email", "dev@example.com"]);
+        let hosts = vec![ssh_host(1), ssh_host(2)];
+        let kh = dir.path().join("known_hosts");
+        std::fs::write(
+            &kh,
+            hosts
+                .iter()
+                .map(|h| h.known_hosts_line() + "\n")
+                .collect::<String>(),
+        )
+        .unwrap();
+        let name = unique("preflight");
+        let config = format!(
+            r#"[ssh]
+user = "root"
+known_hosts = "{kh}"
+identity_files = ["{key}"]
+use_agent = false
+
+[environments.staging]
+hosts = [{hosts}]
+path = "{mount}/{name}"
+hooks.restart = [{{ run = "echo \"$DEPLOY_ACTION $RELEASE\" >> ../../shared/restarts" }}]
+{extra}
+"#,
+            kh = kh.display(),
+            key = hosts[0].client_key.display(),
+            hosts = hosts
+                .iter()
+                .map(|h| format!("\"{}\"", h.target()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            mount = SshHost::MOUNT,
+        );
+        std::fs::write(work.join("ektool.toml"), config).unwrap();
+        std::fs::write(work.join(".gitignore"), "ektool.toml\n").unwrap();
+        std::fs::write(work.join("app.txt"), "v1\n").unwrap();
+        git(&work, &["add", "app.txt", ".gitignore"]);
+        git(&work, &["commit", "--quiet", "-m", "v1"]);
+        git(&work, &["push", "--quiet", "origin", "main"]);
+        Self {
+            _dir: dir,
+            work,
+            name,
+            hosts,
+        }
+    }
+
+    fn ektool(&self) -> Ektool {
+        Ektool::new().current_dir(&self.work)
+    }
+
+    fn local(&self, i: usize, rel: &str) -> PathBuf {
+        self.hosts[i].local_path(&format!("{}/{rel}", self.name))
+    }
+
+    /// The deploy root with `shared/<file>` on every host.
+    fn lay_out(&self, shared: &[&str]) {
+        for i in 0..self.hosts.len() {
+            for f in shared {
+                let p = self.local(i, &format!("shared/{f}"));
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(p, "x\n").unwrap();
+            }
+            std::fs::create_dir_all(self.local(i, "shared")).unwrap();
+        }
+    }
+
+    /// `deploy check --output json`, its exit code and rows.
+    fn check(&self, extra: &[&str], code: i32) -> Vec<serde_json::Value> {
+        let mut args = vec!["--output", "json", "deploy", "check"];
+        args.extend_from_slice(extra);
+        let out = self.ektool().args(&args).run().code(code);
+        out.json().as_array().unwrap().clone()
+    }
+
+    /// The row of `check` on host `i` (0-based).
+    fn row<'a>(
+        &self,
+        rows: &'a [serde_json::Value],
+        i: usize,
+        check: &str,
+    ) -> &'a serde_json::Value {
+        let host = self.hosts[i].target();
+        rows.iter()
+            .find(|r| r["host"] == host.as_str() && r["check"] == check)
+            .unwrap_or_else(|| panic!("no {check} row for {host}: {rows:#?}"))
+    }
+
+    /// Runs a shell command as root on host `i`, in its mount namespace.
+    fn on_host(&self, i: usize, command: &str) {
+        let h = &self.hosts[i];
+        let status = std::process::Command::new("ssh")
+            .args(["-i", h.client_key.to_str().unwrap()])
+            .args(["-p", &h.port.to_string()])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "BatchMode=yes",
+            ])
+            .arg(format!("{}@{}", h.user, h.host))
+            .arg(command)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{command} on h{}", i + 1);
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        for i in 0..self.hosts.len() {
+            let _ = std::fs::remove_dir_all(self.local(i, ""));
+        }
+    }
+}
+
+/// Every failure of `rows` as `(host index, check)`.
+fn failures(site: &Site, rows: &[serde_json::Value]) -> Vec<(usize, String)> {
+    rows.iter()
+        .filter(|r| r["result"] == "failed")
+        .map(|r| {
+            let i = site
+                .hosts
+                .iter()
+                .position(|h| r["host"] == h.target().as_str())
+                .unwrap();
+            (i, r["check"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn check_passes_on_a_ready_environment_and_shows_one_table() {
+    let site = Site::new("shared_files = [\"config/app.env\"]\nmin_free = \"1MiB\"");
+    site.lay_out(&["config/app.env"]);
+    let out = site
+        .ektool()
+        .args(&["deploy", "check"])
+        .run()
+        .success()
+        .stdout_has("HOST")
+        .stdout_has("DETAIL");
+    for check in [
+        "ssh",
+        "root",
+        "disk-space",
+        "shared-files",
+        "git",
+        "clock",
+        "lock",
+    ] {
+        assert_eq!(
+            out.stdout
+                .lines()
+                .filter(|l| l.split_whitespace().nth(1) == Some(check)
+                    && l.split_whitespace().nth(2) == Some("ok"))
+                .count(),
+            2,
+            "{check}: {}",
+            out.stdout
+        );
+    }
+    let rows = site.check(&[], 0);
+    assert_eq!(rows.len(), 14, "{rows:#?}");
+    assert_eq!(failures(&site, &rows), []);
+    assert!(
+        site.row(&rows, 0, "disk-space")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("need 1.0MiB"),
+        "{rows:#?}"
+    );
+    // No sudo in the environment's commands: not checked.
+    assert!(rows.iter().all(|r| r["check"] != "sudo"));
+}
+
+#[test]
+fn check_finds_a_missing_shared_file_and_a_missing_root() {
+    let site = Site::new("shared_files = [\"config/app.env\", \".env\"]");
+    // Nothing on either host yet: the root is missing, so are the files.
+    let rows = site.check(&[], 1);
+    assert_eq!(
+        failures(&site, &rows),
+        [
+            (0, "root".to_owned()),
+            (0, "shared-files".to_owned()),
+            (1, "root".to_owned()),
+            (1, "shared-files".to_owned()),
+        ]
+    );
+    assert!(
+        site.row(&rows, 0, "root")["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("does not exist"),
+        "{rows:#?}"
+    );
+    // Both files on h1; h2 lacks .env.
+    site.lay_out(&["config/app.env", ".env"]);
+    std::fs::remove_file(site.local(1, "shared/.env")).unwrap();
+    let rows = site.check(&[], 1);
+    assert_eq!(failures(&site, &rows), [(1, "shared-files".to_owned())]);
+    assert_eq!(
+        site.row(&rows, 1, "shared-files")["detail"],
+        "missing in shared/: .env"
+    );
+    let out = site.ektool().args(&["deploy", "check"]).run().code(1);
+    let out = out.stderr_has("error: 1 check failed on 1 host of staging");
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.contains(&site.hosts[1].target())
+                && l.contains("shared-files")
+                && l.contains("FAILED")),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn check_finds_a_read_only_root() {
+    let site = Site::new("");
+    site.lay_out(&[]);
+    if !site.hosts[0].namespaced {
+        eprintln!("skipped: h1 has no mount namespace of its own to mount read-only in");
+        return;
+    }
+    let root = format!("{}/{}", SshHost::MOUNT, site.name);
+    site.on_host(
+        0,
+        &format!("mount --bind {root} {root} && mount -o remount,bind,ro {root}"),
+    );
+    let rows = site.check(&[], 1);
+    site.on_host(0, &format!("umount {root}"));
+    assert_eq!(failures(&site, &rows), [(0, "root".to_owned())]);
+    let detail = site.row(&rows, 0, "root")["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(detail.contains("Read-only file system"), "{detail}");
+    site.check(&[], 0);
+}
+
+#[test]
+fn check_finds_an_unreachable_git_server() {
+    // A git:// URL on a port nothing listens on.
+    let site = Site::new(&format!(
+        "repository = \"git://127.0.0.1:{}/app.git\"",
+        free_port()
+    ));
+    site.lay_out(&[]);
+    let rows = site.check(&[], 1);
+    assert_eq!(
+        failures(&site, &rows),
+        [(0, "git".to_owned()), (1, "git".to_owned())]
+    );
+    let detail = site.row(&rows, 0, "git")["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        detail.contains("git ls-remote git://127.0.0.1:"),
+        "{detail}"
+    );
+    // The clone's origin (the default) answers.
+    let site = Site::new("");
+    site.lay_out(&[]);
+    site.check(&[], 0);
+}
+
+#[test]
+fn check_finds_too_little_disk_space_and_refuses_a_bad_size() {
+    let site = Site::new("");
+    site.lay_out(&[]);
+    let rows = site.check(&["--min-free", "1000TiB"], 1);
+    assert_eq!(
+        failures(&site, &rows),
+        [(0, "disk-space".to_owned()), (1, "disk-space".to_owned())]
+    );
+    let detail = site.row(&rows, 1, "disk-space")["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(detail.contains("(below 1000.0TiB)"), "{detail}");
+    site.check(&["--min-free", "1KiB"], 0);
+    site.ektool()
+        .args(&["deploy", "check", "--min-free", "lots"])
+        .run()
+        .code(2);
+    // The environment's own threshold, when no flag says otherwise.
+    let site = Site::new("min_free = \"1000TiB\"");
+    site.lay_out(&[]);
+    site.check(&[], 1);
+}
+
+#[test]
+fn check_shows_a_held_lock_and_checks_sudo_when_hooks_use_it() {
+    let site = Site::new("hooks.maintenance = [{ run = \"sudo true\" }]");
+    site.lay_out(&[]);
+    let lock = site.local(1, ".ektool/lock");
+    std::fs::create_dir_all(&lock).unwrap();
+    std::fs::write(
+        lock.join("owner.json"),
+        r#"{"actor":{"user":"alice","machine":"laptop","pid":1},"environment":"staging","since":"2024-01-01T00:00:00Z","action":"deploy v1.2.3","message":"hotfix","token":"t"}"#,
+    )
+    .unwrap();
+    let rows = site.check(&[], 1);
+    let lock_row = site.row(&rows, 1, "lock");
+    assert_eq!(lock_row["result"], "failed", "{rows:#?}");
+    let detail = lock_row["detail"].as_str().unwrap();
+    assert!(detail.contains("alice@laptop"), "{detail}");
+    assert!(detail.contains("hotfix"), "{detail}");
+    assert_eq!(lock_row["lock"]["owner"]["message"], "hotfix");
+    assert_eq!(site.row(&rows, 0, "lock")["result"], "ok");
+    // sudo: checked on both hosts (the bench installs it; root may use it).
+    for i in 0..2 {
+        assert_eq!(site.row(&rows, i, "sudo")["result"], "ok", "{rows:#?}");
+    }
+}
+
+/// The owner file of host `i`'s lock, if it has one.
+fn lock_owner(site: &Site, i: usize) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(site.local(i, ".ektool/lock/owner.json")).ok()?;
+    Some(serde_json::from_str(&text).unwrap())
+}
+
+#[test]
+fn a_hand_held_lock_stops_deploys_until_unlock() {
+    let site = Site::new("");
+    site.ektool().arg("deploy").run().success();
+
+    // Dry run: nothing taken.
+    site.ektool()
+        .args(&["--dry-run", "lock", "-m", "incident 42"])
+        .run()
+        .success()
+        .stdout_has("would lock 2 hosts of staging by hand")
+        .stdout_has("dry run: nothing was changed");
+    assert!(lock_owner(&site, 0).is_none());
+    site.ektool()
+        .args(&["lock", "-m", " "])
+        .run()
+        .code(2)
+        .stderr_has("error: say why with -m");
+
+    site.ektool()
+        .args(&["lock", "--env", "staging", "-m", "incident 42"])
+        .run()
+        .success()
+        .stdout_has("locked 2 hosts of staging by hand: \"incident 42\"");
+    for i in 0..2 {
+        let owner = lock_owner(&site, i).unwrap();
+        assert_eq!(owner["hand_held"], true, "{owner}");
+        assert_eq!(owner["message"], "incident 42", "{owner}");
+        assert_eq!(owner["action"], "hand-held lock", "{owner}");
+        assert!(owner["since"].is_string(), "{owner}");
+    }
+    // A second lock, a deploy, a restart: refused, naming the holder and
+    // the message; nothing changed.
+    site.ektool()
+        .args(&["lock", "-m", "again"])
+        .run()
+        .code(1)
+        .stderr_has("is held by hand by");
+    let out = site
+        .ektool()
+        .arg("deploy")
+        .run()
+        .code(1)
+        .stderr_has("is held by hand by")
+        .stderr_has("\"incident 42\"")
+        .stderr_has("`ektool unlock` releases it");
+    assert!(!out.stderr.contains("stale"), "{}", out.stderr);
+    site.ektool()
+        .arg("restart")
+        .run()
+        .code(1)
+        .stderr_has("\"incident 42\"");
+    // Never stale, even though the process that took it has exited.
+    site.ektool().args(&["deploy", "unlock"]).run().code(1);
+    // deploy check shows it.
+    let rows = site.check(&[], 1);
+    let detail = site.row(&rows, 0, "lock")["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        detail.contains("held by hand") && detail.contains("incident 42"),
+        "{detail}"
+    );
+    assert!(lock_owner(&site, 0).is_some() && lock_owner(&site, 1).is_some());
+
+    site.ektool()
+        .args(&["--dry-run", "unlock"])
+        .run()
+        .success()
+        .stdout_has("WOULD REMOVE");
+    assert!(lock_owner(&site, 0).is_some());
+    site.ektool()
+        .args(&["unlock", "--env", "staging"])
+        .run()
+        .success()
+        .stdout_has("REMOVED");
+    assert!(lock_owner(&site, 0).is_none() && lock_owner(&site, 1).is_none());
+    // Nothing left to release: not an error.
+    site.ektool().arg("unlock").run().success();
+    site.ektool().arg("deploy").run().success();
+}
+
+#[test]
+fn lock_and_unlock_are_all_or_nothing() {
+    // A deploy holds h2's lock.
+    let site = Site::new("");
+    site.lay_out(&[]);
+    let lock = site.local(1, ".ektool/lock");
+    std::fs::create_dir_all(&lock).unwrap();
+    let deploying = r#"{"actor":{"user":"bob","machine":"ci","pid":1},"environment":"staging","since":"2024-01-01T00:00:00Z","action":"deploy v2","token":"running-deploy"}"#;
+    std::fs::write(lock.join("owner.json"), deploying).unwrap();
+    site.ektool()
+        .args(&["lock", "--env", "staging", "-m", "incident"])
+        .run()
+        .code(1)
+        .stderr_has("bob@ci");
+    // h1 was taken in the same round and given back.
+    assert!(lock_owner(&site, 0).is_none());
+    assert_eq!(lock_owner(&site, 1).unwrap()["token"], "running-deploy");
+
+    // unlock never removes a running deploy's lock, and then removes
+    // nothing anywhere.
+    std::fs::remove_dir_all(&lock).unwrap();
+    site.ektool()
+        .args(&["lock", "--env", "staging", "-m", "incident"])
+        .run()
+        .success();
+    std::fs::remove_dir_all(&lock).unwrap();
+    std::fs::create_dir_all(&lock).unwrap();
+    std::fs::write(lock.join("owner.json"), deploying).unwrap();
+    site.ektool()
+        .args(&["unlock", "--env", "staging"])
+        .run()
+        .code(1)
+        .stderr_has("it was not taken by hand, so it is left in place")
+        .stderr_has("hint: wait for that run to finish");
+    assert_eq!(lock_owner(&site, 0).unwrap()["hand_held"], true);
+    assert_eq!(lock_owner(&site, 1).unwrap()["token"], "running-deploy");
+}
+
+#[test]
+fn a_lock_that_cannot_reach_every_host_takes_none() {
+    let site = Site::new("");
+    site.lay_out(&[]);
+    // The same deploy root, plus a host nothing answers on.
+    let config = std::fs::read_to_string(site.work.join("ektool.toml")).unwrap();
+    let dead = format!("root@127.0.0.1:{}", free_port());
+    let config = config.replacen(
+        &format!("\"{}\"]", site.hosts[1].target()),
+        &format!("\"{}\", \"{dead}\"]", site.hosts[1].target()),
+        1,
+    );
+    std::fs::write(site.work.join("ektool.toml"), config).unwrap();
+    site.ektool()
+        .args(&["lock", "-m", "incident"])
+        .run()
+        .code(1)
+        .stderr_has(&dead);
+    assert!(lock_owner(&site, 0).is_none());
+    assert!(lock_owner(&site, 1).is_none());
+}

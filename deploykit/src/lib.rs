@@ -45,7 +45,8 @@
 //! - [`hooks`], [`health`] and [`notify`]: the commands of each phase, the
 //!   health check, announcements;
 //! - [`check`]: pre-flight checks of every host (`deploy check`);
-//! - [`provision`] and [`db`]: configuring servers, and database chores.
+//! - [`provision`] and [`db`]: configuring servers, and database chores;
+//! - [`exec`]: a command in the live release of every host.
 
 pub mod check;
 pub mod db;
@@ -53,6 +54,7 @@ mod deployer;
 pub mod environment;
 mod error;
 mod event;
+pub mod exec;
 pub mod git;
 pub mod health;
 pub mod hooks;

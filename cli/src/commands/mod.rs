@@ -6,6 +6,7 @@ pub(crate) mod completions;
 pub(crate) mod config;
 pub(crate) mod db;
 pub(crate) mod deploy;
+pub(crate) mod fleet_run;
 pub(crate) mod host;
 pub(crate) mod iam;
 pub(crate) mod instance;

@@ -1,6 +1,9 @@
 //! `ektool run JOB`: the steps of `[jobs.JOB]` run by
 //! [`ektool::jobs::run_with`] under the job's local lock, one report, one
 //! exit code (1 when a step failed, each failure on stderr).
+//!
+//! `ektool run --env E -- CMD…`: a command in the live release of every
+//! host of an environment ([`fleet`](super::fleet_run)).
 
 use ektool::jobs::{self, JobLock, JobReport, RunOptions, StepStatus};
 
@@ -12,16 +15,52 @@ use crate::output::OutputFormat;
 /// Arguments of `ektool run`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The job: a `[jobs.<name>]` of the config.
-    pub job: String,
+    /// The job: a `[jobs.<name>]` of the config. Not with `-- COMMAND`.
+    pub job: Option<String>,
+    /// With `-- COMMAND`: the environment and hosts it runs on.
+    #[command(flatten)]
+    pub fleet: super::fleet_run::FleetArgs,
+    /// A command to run in the live release of every host of `--env`
+    /// (after `--`, as words: `-- python manage.py migrate`).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
     /// Also write the run's Prometheus metrics (text format, for
     /// node_exporter's textfile collector) to this file, atomically.
     #[arg(long, value_name = "FILE")]
     pub metrics: Option<std::path::PathBuf>,
 }
 
-/// Locks, runs, renders.
+/// A job, or a command on the fleet.
 pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+    match (args.job, args.command.is_empty()) {
+        (Some(job), true) => {
+            args.fleet.refuse_with_job()?;
+            run_job(ctx, job, args.metrics).await
+        }
+        (None, false) => {
+            if args.metrics.is_some() {
+                return Err(CliError::Usage(
+                    "--metrics is for jobs, not for a command on the hosts".into(),
+                ));
+            }
+            super::fleet_run::exec(ctx, args.fleet, args.command).await
+        }
+        (Some(job), false) => Err(CliError::Usage(format!(
+            "a job ({job}) or a command after `--`, not both"
+        ))),
+        (None, true) => Err(CliError::Usage(
+            "give a job (`ektool run nightly`) or a command after `--` (`ektool run --env prod -- uptime`)".into(),
+        )),
+    }
+}
+
+/// Locks, runs, renders a job.
+async fn run_job(
+    ctx: &Context,
+    job: String,
+    metrics: Option<std::path::PathBuf>,
+) -> Result<(), CliError> {
+    let args = JobArgs { job, metrics };
     let spec = jobs::job(&ctx.config, &args.job).map_err(|e| CliError::Usage(e.to_string()))?;
     // Held (another run) or unusable: a failure, exit 1, naming the holder.
     let _lock = JobLock::acquire(&args.job).map_err(|e| CliError::Failed(e.to_string()))?;
@@ -66,6 +105,12 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             spec.steps.len()
         )))
     }
+}
+
+/// What a job run needs of the command line.
+struct JobArgs {
+    job: String,
+    metrics: Option<std::path::PathBuf>,
 }
 
 /// The notification: the job, its outcome and counts, each step's summary,

@@ -918,3 +918,87 @@ fn deploys_fall_back_to_the_top_level_notify() {
     );
     assert!(requests[1].contains(" deployed "), "{requests:#?}");
 }
+
+/// `ektool run --env E -- CMD`: the command runs in the live release of
+/// every host with the hook variables, output prefixed by host; a host
+/// without a release or where it fails makes exit 1 and is named.
+#[test]
+fn a_command_runs_in_the_live_release_of_every_host() {
+    let app = App::new("");
+    app.ektool()
+        .args(&["run", "--env", "staging", "--", "true"])
+        .run()
+        .code(1)
+        .stderr_has("no live release");
+    let commit = app.commit("v2");
+    app.ektool()
+        .args(&["deploy", "--env", "staging"])
+        .run()
+        .success();
+    let script =
+        "echo \"$ENVIRONMENT $RELEASE $(cat REVISION) $DEPLOY_ACTION\"; echo to-stderr >&2";
+    let out = app
+        .ektool()
+        .args(&["run", "--env", "staging", "--", "sh", "-c", script])
+        .run()
+        .success();
+    // What docs/deploys.md shows.
+    println!("{}{}", out.stdout, out.stderr);
+    let want = format!(" | staging a {commit} run");
+    let lines: Vec<&str> = out.stdout.lines().filter(|l| l.ends_with(&want)).collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert_ne!(
+        lines[0], lines[1],
+        "one line per host, each prefixed by its host"
+    );
+    assert_eq!(
+        out.stderr.matches(" | to-stderr").count(),
+        2,
+        "{}",
+        out.stderr
+    );
+    // Arguments are words: nothing in them reaches a shell.
+    app.ektool()
+        .args(&[
+            "run", "--env", "staging", "--once", "--", "echo", "$HOME;", "`id`",
+        ])
+        .run()
+        .success()
+        .stdout_has("| $HOME; `id`");
+    // Fails on one host: exit 1, that host named, the other's output shown.
+    std::fs::write(app.local(0, "shared/flag"), "").unwrap();
+    let out = app
+        .ektool()
+        .args(&[
+            "--output",
+            "json",
+            "run",
+            "--env",
+            "staging",
+            "--",
+            "test",
+            "-f",
+            "../../shared/flag",
+        ])
+        .run()
+        .code(1)
+        .stderr_has("failed on 1 of 2 host(s)")
+        .stderr_has("(exit 1)");
+    let runs = out.json();
+    let code = |i: usize| {
+        let host = app.hosts[i].target();
+        let run = runs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["host"] == host.as_str());
+        run.and_then(|r| r["exit_code"].as_i64())
+    };
+    assert_eq!((code(0), code(1)), (Some(0), Some(1)), "{runs}");
+    // A job and a command at once, or neither: bad input.
+    app.ektool()
+        .args(&["run", "nightly", "--", "true"])
+        .run()
+        .code(2);
+    app.ektool().args(&["run"]).run().code(2);
+}

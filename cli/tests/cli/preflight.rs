@@ -148,9 +148,11 @@ impl Drop for Site {
     }
 }
 
-/// Every failure of `rows` as `(host index, check)`.
+/// The failed checks as (host index, check), sorted: the report lists
+/// hosts in the environment's order, which is not the bench's numbering.
 fn failures(site: &Site, rows: &[serde_json::Value]) -> Vec<(usize, String)> {
-    rows.iter()
+    let mut failed: Vec<(usize, String)> = rows
+        .iter()
         .filter(|r| r["result"] == "failed")
         .map(|r| {
             let i = site
@@ -160,7 +162,9 @@ fn failures(site: &Site, rows: &[serde_json::Value]) -> Vec<(usize, String)> {
                 .unwrap();
             (i, r["check"].as_str().unwrap().to_owned())
         })
-        .collect()
+        .collect();
+    failed.sort();
+    failed
 }
 
 #[test]

@@ -53,6 +53,32 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// A running instance known only by its id and region, the rest empty
+    /// (for simulations and tests: `Instance { tags, ..Instance::new(id, region) }`).
+    pub fn new(id: InstanceId, region: Region) -> Self {
+        Self {
+            id,
+            region,
+            availability_zone: None,
+            state: "running".into(),
+            instance_type: None,
+            architecture: None,
+            root_device_name: None,
+            virtualization_type: None,
+            ena_support: None,
+            image_id: None,
+            key_name: None,
+            private_ip: None,
+            public_ip: None,
+            public_dns: None,
+            private_dns: None,
+            launch_time: None,
+            reservation_id: None,
+            block_devices: Vec::new(),
+            tags: Tags::new(),
+        }
+    }
+
     /// The `Name` tag, if any.
     pub fn name(&self) -> Option<&str> {
         self.tags.get("Name")

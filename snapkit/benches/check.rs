@@ -23,23 +23,7 @@ const LATENCY: Duration = Duration::from_millis(50);
 
 fn instance(region: &Region, i: usize) -> Instance {
     Instance {
-        id: InstanceId::from_api(format!("i-{i:08x}")),
-        region: region.clone(),
-        availability_zone: None,
-        state: "running".into(),
-        instance_type: None,
-        architecture: None,
         root_device_name: Some("/dev/xvda".into()),
-        virtualization_type: None,
-        ena_support: None,
-        image_id: None,
-        key_name: None,
-        private_ip: None,
-        public_ip: None,
-        public_dns: None,
-        private_dns: None,
-        launch_time: None,
-        reservation_id: None,
         block_devices: ["/dev/xvda", "/dev/xvdf"]
             .iter()
             .enumerate()
@@ -50,6 +34,7 @@ fn instance(region: &Region, i: usize) -> Instance {
             })
             .collect(),
         tags: Tags::new().with("Earmarking", "production"),
+        ..Instance::new(InstanceId::from_api(format!("i-{i:08x}")), region.clone())
     }
 }
 

@@ -8,15 +8,34 @@ use ektool_tests::{SshHost, git, ssh_host, tempdir, unique};
 use crate::harness::Ektool;
 
 /// An origin, a clone with an `ektool.toml`, two sshd hosts.
-struct App {
+pub(crate) struct App {
     _dir: tempfile::TempDir,
-    work: PathBuf,
-    name: String,
-    hosts: Vec<SshHost>,
+    pub(crate) work: PathBuf,
+    pub(crate) name: String,
+    pub(crate) hosts: Vec<SshHost>,
 }
 
 impl App {
+    /// Environment `staging` with an A/B layout, a build hook, a restart
+    /// hook and a health check; `extra` appended to it.
     fn new(extra: &str) -> Self {
+        Self::with_environment(
+            "cli-deploy",
+            &format!(
+                r#"layout = "ab"
+shared_dirs = ["log"]
+hooks.build = [{{ run = "echo \"$RELEASE $COMMIT\" > built.txt" }}]
+hooks.restart = [{{ run = "echo \"$DEPLOY_ACTION $RELEASE\" >> ../../shared/restarts" }}]
+health = {{ command = "test -f built.txt", deadline_seconds = 5 }}
+{extra}"#
+            ),
+        )
+    }
+
+    /// Environment `staging` on two sshd hosts under a deploy root named
+    /// after `label`, `body` the rest of its section; one commit pushed,
+    /// nothing deployed.
+    pub(crate) fn with_environment(label: &str, body: &str) -> Self {
         let dir = tempdir();
         git(
             dir.path(),
@@ -37,7 +56,7 @@ impl App {
                 .collect::<String>(),
         )
         .unwrap();
-        let name = unique("cli-deploy");
+        let name = unique(label);
         let config = format!(
             r#"[ssh]
 user = "root"
@@ -48,12 +67,7 @@ use_agent = false
 [environments.staging]
 hosts = [{hosts}]
 path = "{mount}/{name}"
-layout = "ab"
-shared_dirs = ["log"]
-hooks.build = [{{ run = "echo \"$RELEASE $COMMIT\" > built.txt" }}]
-hooks.restart = [{{ run = "echo \"$DEPLOY_ACTION $RELEASE\" >> ../../shared/restarts" }}]
-health = {{ command = "test -f built.txt", deadline_seconds = 5 }}
-{extra}
+{body}
 "#,
             kh = kh.display(),
             key = hosts[0].client_key.display(),
@@ -76,7 +90,7 @@ health = {{ command = "test -f built.txt", deadline_seconds = 5 }}
         app
     }
 
-    fn commit(&self, content: &str) -> String {
+    pub(crate) fn commit(&self, content: &str) -> String {
         std::fs::write(self.work.join("app.txt"), format!("{content}\n")).unwrap();
         git(&self.work, &["add", "app.txt", ".gitignore"]);
         git(&self.work, &["commit", "--quiet", "-m", content]);
@@ -84,11 +98,11 @@ health = {{ command = "test -f built.txt", deadline_seconds = 5 }}
         git(&self.work, &["rev-parse", "HEAD"])
     }
 
-    fn ektool(&self) -> Ektool {
+    pub(crate) fn ektool(&self) -> Ektool {
         Ektool::new().current_dir(&self.work)
     }
 
-    fn local(&self, i: usize, rel: &str) -> PathBuf {
+    pub(crate) fn local(&self, i: usize, rel: &str) -> PathBuf {
         self.hosts[i].local_path(&format!("{}/{rel}", self.name))
     }
 

@@ -1,86 +1,29 @@
 //! `ektool deploy check` (pre-flight) and `ektool lock` / `unlock` against
 //! the bench's sshd hosts and a real git origin: each failure made real.
 
-use std::path::PathBuf;
+use ektool_tests::{SshHost, free_port};
 
-use ektool_tests::{SshHost, free_port, git, ssh_host, tempdir, unique};
+use crate::deploy::App;
 
-use crate::harness::Ektool;
+/// The deploy tests' app (environment `staging`, two sshd hosts), with a
+/// restart hook and `extra` in the environment, nothing deployed.
+struct Site(App);
 
-/// An origin, a clone with an `ektool.toml` (environment `staging`, two
-/// sshd hosts, `extra` appended to the environment), nothing deployed.
-struct Site {
-    _dir: tempfile::TempDir,
-    work: PathBuf,
-    name: String,
-    hosts: Vec<SshHost>,
+impl std::ops::Deref for Site {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
 }
 
 impl Site {
     fn new(extra: &str) -> Self {
-        let dir = tempdir();
-        git(
-            dir.path(),
-            &["init", "--quiet", "--bare", "-b", "main", "origin.git"],
-        );
-        git(dir.path(), &["clone", "--quiet", "origin.git", "work"]);
-        let work = dir.path().join("work");
-        git(&work, &["checkout", "--quiet", "-b", "main"]);
-        git(&work, &["config", "user.name", "Dev"]);
-        git(&work, &["config", "user.email", "dev@example.com"]);
-        let hosts = vec![ssh_host(1), ssh_host(2)];
-        let kh = dir.path().join("known_hosts");
-        std::fs::write(
-            &kh,
-            hosts
-                .iter()
-                .map(|h| h.known_hosts_line() + "\n")
-                .collect::<String>(),
-        )
-        .unwrap();
-        let name = unique("preflight");
-        let config = format!(
-            r#"[ssh]
-user = "root"
-known_hosts = "{kh}"
-identity_files = ["{key}"]
-use_agent = false
-
-[environments.staging]
-hosts = [{hosts}]
-path = "{mount}/{name}"
-hooks.restart = [{{ run = "echo \"$DEPLOY_ACTION $RELEASE\" >> ../../shared/restarts" }}]
-{extra}
-"#,
-            kh = kh.display(),
-            key = hosts[0].client_key.display(),
-            hosts = hosts
-                .iter()
-                .map(|h| format!("\"{}\"", h.target()))
-                .collect::<Vec<_>>()
-                .join(", "),
-            mount = SshHost::MOUNT,
-        );
-        std::fs::write(work.join("ektool.toml"), config).unwrap();
-        std::fs::write(work.join(".gitignore"), "ektool.toml\n").unwrap();
-        std::fs::write(work.join("app.txt"), "v1\n").unwrap();
-        git(&work, &["add", "app.txt", ".gitignore"]);
-        git(&work, &["commit", "--quiet", "-m", "v1"]);
-        git(&work, &["push", "--quiet", "origin", "main"]);
-        Self {
-            _dir: dir,
-            work,
-            name,
-            hosts,
-        }
-    }
-
-    fn ektool(&self) -> Ektool {
-        Ektool::new().current_dir(&self.work)
-    }
-
-    fn local(&self, i: usize, rel: &str) -> PathBuf {
-        self.hosts[i].local_path(&format!("{}/{rel}", self.name))
+        Self(App::with_environment(
+            "preflight",
+            &format!(
+                "hooks.restart = [{{ run = \"echo \\\"$DEPLOY_ACTION $RELEASE\\\" >> ../../shared/restarts\" }}]\n{extra}"
+            ),
+        ))
     }
 
     /// The deploy root with `shared/<file>` on every host.
@@ -137,14 +80,6 @@ hooks.restart = [{{ run = "echo \"$DEPLOY_ACTION $RELEASE\" >> ../../shared/rest
             .status()
             .unwrap();
         assert!(status.success(), "{command} on h{}", i + 1);
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        for i in 0..self.hosts.len() {
-            let _ = std::fs::remove_dir_all(self.local(i, ""));
-        }
     }
 }
 

@@ -36,23 +36,7 @@ fn copy(id: &str, volume: &str, data_seconds_ago: i64) -> Snapshot {
 
 fn instance(id: &str, region: &Region, volumes: &[(&str, &str)]) -> Instance {
     Instance {
-        id: InstanceId::from_api(id),
-        region: region.clone(),
-        availability_zone: None,
-        state: "running".into(),
-        instance_type: None,
-        architecture: None,
         root_device_name: Some("/dev/xvda".into()),
-        virtualization_type: None,
-        ena_support: None,
-        image_id: None,
-        key_name: None,
-        private_ip: None,
-        public_ip: None,
-        public_dns: None,
-        private_dns: None,
-        launch_time: None,
-        reservation_id: None,
         block_devices: volumes
             .iter()
             .map(|(device, volume)| BlockDevice {
@@ -62,6 +46,7 @@ fn instance(id: &str, region: &Region, volumes: &[(&str, &str)]) -> Instance {
             })
             .collect(),
         tags: Tags::new().with("Earmarking", "production"),
+        ..Instance::new(InstanceId::from_api(id), region.clone())
     }
 }
 

@@ -88,21 +88,5 @@ pub(crate) async fn exec_unlock(ctx: &Context, args: UnlockArgs) -> Result<(), C
     } else {
         d.release_hold().await?
     };
-    if ctx.output() == OutputFormat::Json {
-        return output::json(&outcomes);
-    }
-    output::table(
-        &["HOST", "LOCK", if dry { "WOULD REMOVE" } else { "REMOVED" }],
-        outcomes.iter().map(|o| {
-            vec![
-                o.host.clone(),
-                o.lock.as_ref().map_or("-".to_owned(), ToString::to_string),
-                if o.removed { "yes" } else { "-" }.to_owned(),
-            ]
-        }),
-    );
-    if dry {
-        println!("dry run: nothing was changed");
-    }
-    Ok(())
+    super::deploy::unlock::render(ctx, &outcomes, dry)
 }

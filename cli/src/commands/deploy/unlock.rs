@@ -28,8 +28,17 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     } else {
         d.unlock(args.force).await?
     };
+    render(ctx, &outcomes, dry)
+}
+
+/// What was (or would be, `dry`) removed on each host: a table, or JSON.
+pub(crate) fn render(
+    ctx: &Context,
+    outcomes: &[deploykit::UnlockOutcome],
+    dry: bool,
+) -> Result<(), CliError> {
     if ctx.output() == OutputFormat::Json {
-        return output::json(&outcomes);
+        return output::json(outcomes);
     }
     output::table(
         &["HOST", "LOCK", if dry { "WOULD REMOVE" } else { "REMOVED" }],

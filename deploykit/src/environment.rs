@@ -109,6 +109,26 @@ pub struct Environment {
     /// root (`"1GiB"`, `"500MB"`; default [`ByteSize::DEFAULT_MIN_FREE`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_free: Option<ByteSize>,
+    /// Hosts switched first, alone, and checked before the rest (0: no
+    /// canary; see [`crate::rollout`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub canary: usize,
+    /// How long the canary runs the new release, healthy, before the rest
+    /// switch (`"5m"`; default 0s).
+    #[serde(default, skip_serializing_if = "is_no_wait")]
+    pub canary_wait: HumanDuration,
+    /// After the canary, switch this many hosts at a time (`2`, `"25%"`);
+    /// default: the rest at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<crate::rollout::BatchSize>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+fn is_no_wait(d: &HumanDuration) -> bool {
+    d.0.is_zero()
 }
 
 fn default_remote() -> String {
@@ -160,6 +180,9 @@ impl Environment {
             provision: None,
             database: None,
             min_free: None,
+            canary: 0,
+            canary_wait: HumanDuration(Duration::ZERO),
+            batch: None,
         })
     }
 
@@ -168,6 +191,16 @@ impl Environment {
         match self.layout {
             LayoutKind::Ab => Box::new(crate::AbSlots),
             LayoutKind::Timestamped => Box::new(crate::Timestamped { keep: self.keep }),
+        }
+    }
+
+    /// The order hosts switch in: [`canary`](Self::canary),
+    /// [`canary_wait`](Self::canary_wait), [`batch`](Self::batch).
+    pub fn rollout(&self) -> crate::rollout::Rollout {
+        crate::rollout::Rollout {
+            canary: self.canary,
+            canary_wait: self.canary_wait.0,
+            batch: self.batch,
         }
     }
 

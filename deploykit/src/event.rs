@@ -106,6 +106,23 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         link: Option<String>,
     },
+    /// A wave of a canary or batched deploy starts switching (see
+    /// [`crate::rollout`]).
+    Wave {
+        /// Its number, from 1.
+        number: usize,
+        /// How many waves there are.
+        of: usize,
+        /// Its hosts.
+        hosts: Vec<String>,
+    },
+    /// The canary hosts are live and healthy; the rest wait this long.
+    CanaryWait {
+        /// How many hosts are the canary.
+        hosts: usize,
+        /// The wait, in seconds.
+        seconds: f64,
+    },
     /// A host's clock differs from this machine's by more than half a
     /// second (measured when its state was read; positive: ahead). The
     /// scheduled switch bounds its wait, so the fleet still switches
@@ -196,6 +213,13 @@ impl fmt::Display for Event {
                 previous.as_deref().unwrap_or("none")
             ),
             Self::Healthy { host } => write!(f, "{host}: healthy"),
+            Self::Wave { number, of, hosts } => {
+                write!(f, "wave {number}/{of}: {}", hosts.join(", "))
+            }
+            Self::CanaryWait { hosts, seconds } => write!(
+                f,
+                "canary live and healthy on {hosts} host(s): the rest switch in {seconds:.0}s"
+            ),
             Self::HostFailed { host, stage, error } => write!(f, "{host}: {stage} failed: {error}"),
             Self::SwitchedBack {
                 host,

@@ -46,7 +46,8 @@
 //!   health check, announcements;
 //! - [`check`]: pre-flight checks of every host (`deploy check`);
 //! - [`provision`] and [`db`]: configuring servers, and database chores;
-//! - [`exec`]: a command in the live release of every host.
+//! - [`exec`]: a command in the live release of every host;
+//! - [`rollout`]: canary and batches, the order hosts switch in.
 
 pub mod check;
 pub mod db;
@@ -69,6 +70,7 @@ pub mod notify;
 mod plan;
 pub mod provision;
 mod release;
+pub mod rollout;
 mod shell;
 mod state;
 mod switch;

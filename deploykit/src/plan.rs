@@ -137,4 +137,14 @@ pub struct DeployPlan {
     pub run_once_host: Option<String>,
     /// Per host, in lock order.
     pub hosts: Vec<HostPlan>,
+    /// The hosts of each wave, in switching order: one wave unless a
+    /// canary or batches are set (see [`crate::rollout`]).
+    pub waves: Vec<Vec<String>>,
+    /// How long the rest wait after the canary wave, in seconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub canary_wait_seconds: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }

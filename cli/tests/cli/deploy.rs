@@ -1016,3 +1016,54 @@ fn a_command_runs_in_the_live_release_of_every_host() {
         .code(2);
     app.ektool().args(&["run"]).run().code(2);
 }
+
+/// `--canary`, `--canary-wait` and `--batch` show in the plan as waves;
+/// a bad batch size is bad input; `batch` in the config is read.
+#[test]
+fn canary_and_batch_flags_plan_waves() {
+    let app = App::new("batch = \"50%\"");
+    let out = app
+        .ektool()
+        .args(&[
+            "--dry-run",
+            "deploy",
+            "--env",
+            "staging",
+            "--canary",
+            "1",
+            "--canary-wait",
+            "30s",
+        ])
+        .run();
+    // What docs/deploys.md shows.
+    println!("{}", out.stdout);
+    out.success()
+        .stdout_has("wave 1/2: ")
+        .stdout_has("(canary: then wait 30s)")
+        .stdout_has("wave 2/2: ");
+    let out = app
+        .ektool()
+        .args(&[
+            "--output",
+            "json",
+            "--dry-run",
+            "deploy",
+            "--env",
+            "staging",
+            "--batch",
+            "1",
+        ])
+        .run()
+        .success();
+    assert_eq!(
+        out.json()["waves"].as_array().unwrap().len(),
+        2,
+        "{}",
+        out.stdout
+    );
+    app.ektool()
+        .args(&["--dry-run", "deploy", "--env", "staging", "--batch", "0"])
+        .run()
+        .code(2)
+        .stderr_has("invalid batch size");
+}

@@ -54,7 +54,8 @@ pub struct DeployReport {
     pub release: Release,
     /// Per host.
     pub hosts: Vec<HostOutcome>,
-    /// Milliseconds between the first and the last host's switch.
+    /// Milliseconds between the first and the last host's switch (of one
+    /// wave: the largest, with a canary or batches).
     pub switch_spread_ms: f64,
     /// Total seconds.
     pub seconds: f64,
@@ -166,6 +167,18 @@ impl Deployer {
                 .iter()
                 .find(|s| s.plan.runs(Phase::BeforeSwitch))
                 .map(|s| s.host.name().to_owned()),
+            waves: self
+                .config
+                .rollout()
+                .waves(slots.len())
+                .into_iter()
+                .map(|w| slots[w].iter().map(|s| s.host.name().to_owned()).collect())
+                .collect(),
+            canary_wait_seconds: if self.config.canary > 0 {
+                self.config.canary_wait.0.as_secs()
+            } else {
+                0
+            },
             hosts: slots.into_iter().map(|s| s.plan).collect(),
         })
     }
@@ -270,58 +283,91 @@ impl Deployer {
                 .await);
         }
 
-        // Barrier passed: every host is prepared. Switch them all at once,
-        // at one scheduled moment.
-        let results = self
-            .switch_all(
-                slots
-                    .iter()
-                    .map(|s| (s.host, s.plan.prepare.release(), s.state.current.clone())),
-                token,
-                latency,
-            )
-            .await;
-        let mut failures = Vec::new();
-        let mut times = Vec::new();
-        for (s, r) in slots.iter().zip(results) {
-            match r {
-                Ok(t) => times.extend(t),
-                Err(e) => failures.push(self.host_failed(s.host, Stage::Switch, describe(&e))),
+        // Barrier passed: every host is prepared. Switch in waves: all at
+        // once by default, else the canary, then batches (see
+        // `crate::rollout`). Each wave switches at one scheduled moment and
+        // is restarted and checked before the next; a failure in any wave
+        // puts every host back, the earlier waves' too.
+        let rollout = self.config.rollout();
+        let waves = rollout.waves(slots.len());
+        let mut spread = 0.0f64;
+        for (n, wave) in waves.iter().enumerate() {
+            let wave_slots = &slots[wave.clone()];
+            if waves.len() > 1 {
+                self.emit(Event::Wave {
+                    number: n + 1,
+                    of: waves.len(),
+                    hosts: wave_slots
+                        .iter()
+                        .map(|s| s.host.name().to_owned())
+                        .collect(),
+                });
             }
-        }
-        if !failures.is_empty() {
-            return Err(self
-                .fail_after_switch(&slots, release, Stage::Switch, failures)
-                .await);
-        }
-        if self.cancelled() {
-            return Err(self
-                .interrupted_after_switch(&slots, release, Stage::Switch)
-                .await);
-        }
-        let spread = spread_ms(&times);
+            let results = self
+                .switch_all(
+                    wave_slots
+                        .iter()
+                        .map(|s| (s.host, s.plan.prepare.release(), s.state.current.clone())),
+                    token,
+                    latency,
+                )
+                .await;
+            let mut failures = Vec::new();
+            let mut times = Vec::new();
+            for (s, r) in wave_slots.iter().zip(results) {
+                match r {
+                    Ok(t) => times.extend(t),
+                    Err(e) => failures.push(self.host_failed(s.host, Stage::Switch, describe(&e))),
+                }
+            }
+            if !failures.is_empty() {
+                return Err(self
+                    .fail_after_switch(&slots, release, Stage::Switch, failures)
+                    .await);
+            }
+            if self.cancelled() {
+                return Err(self
+                    .interrupted_after_switch(&slots, release, Stage::Switch)
+                    .await);
+            }
+            spread = spread.max(spread_ms(&times));
 
-        // Restart, after-switch hooks and health checks, every host.
-        let after = self
-            .each(self.hosts.len(), |i, _| {
-                self.after_switch(&slots[i], release)
-            })
-            .await;
-        let failures: Vec<HostFailure> = after.into_iter().filter_map(Result::err).collect();
-        if self.cancelled() {
-            return Err(self
-                .interrupted_after_switch(&slots, release, Stage::AfterSwitch)
-                .await);
-        }
-        if !failures.is_empty() {
-            let stage = if failures.iter().any(|f| f.stage == Stage::Health) {
-                Stage::Health
-            } else {
-                Stage::AfterSwitch
-            };
-            return Err(self
-                .fail_after_switch(&slots, release, stage, failures)
-                .await);
+            // Restart, after-switch hooks and health checks, the wave's hosts.
+            let after =
+                futures::future::join_all(wave_slots.iter().map(|s| self.after_switch(s, release)))
+                    .await;
+            let failures: Vec<HostFailure> = after.into_iter().filter_map(Result::err).collect();
+            if self.cancelled() {
+                return Err(self
+                    .interrupted_after_switch(&slots, release, Stage::AfterSwitch)
+                    .await);
+            }
+            if !failures.is_empty() {
+                let stage = if failures.iter().any(|f| f.stage == Stage::Health) {
+                    Stage::Health
+                } else {
+                    Stage::AfterSwitch
+                };
+                return Err(self
+                    .fail_after_switch(&slots, release, stage, failures)
+                    .await);
+            }
+            let canary_done = n == 0 && rollout.canary > 0 && waves.len() > 1;
+            if canary_done && !rollout.canary_wait.is_zero() {
+                self.emit(Event::CanaryWait {
+                    hosts: wave_slots.len(),
+                    seconds: rollout.canary_wait.as_secs_f64(),
+                });
+                tokio::select! {
+                    () = tokio::time::sleep(rollout.canary_wait) => {}
+                    () = self.cancel.cancelled() => {}
+                }
+                if self.cancelled() {
+                    return Err(self
+                        .interrupted_after_switch(&slots, release, Stage::AfterSwitch)
+                        .await);
+                }
+            }
         }
 
         // Live everywhere: record, clean up and unlock, one command per host.

@@ -896,3 +896,95 @@ async fn rollback_and_restart_waiting_for_a_lock_stop_when_cancelled() {
         }
     }
 }
+
+/// A canary, then batches: waves switch in order, the rest wait the
+/// canary's time, and a failure in any wave puts every switched host back
+/// (earlier waves too); a failing canary never lets the rest switch.
+#[tokio::test]
+async fn canary_and_batches_switch_in_waves_and_any_failure_puts_every_host_back() {
+    let f = Fixture::new(3);
+    let mut env = f.env(LayoutKind::Timestamped);
+    let mut check = HealthCheck::command("test ! -e ../../shared/unhealthy");
+    check.interval_ms = 100;
+    check.deadline_seconds = 1;
+    env.health = Some(check);
+    env.hooks.restart = vec![Hook::new("date +%s%N >> ../../shared/restarted_at")];
+    env.canary = 1;
+    env.canary_wait = std::time::Duration::from_secs(1).into();
+    env.batch = Some(deploykit::rollout::BatchSize::Hosts(1));
+    let d = f.deployer(env);
+    let c1 = f.commit("good");
+    f.take_events();
+    let good = d.deploy(&f.release(&c1)).await.unwrap().hosts[0]
+        .release
+        .clone();
+    let waves: Vec<(usize, Vec<String>)> = f
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Wave { number, hosts, .. } => Some((number, hosts)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        waves,
+        [
+            (1, vec!["h1".to_owned()]),
+            (2, vec!["h2".to_owned()]),
+            (3, vec!["h3".to_owned()])
+        ]
+    );
+    let restarted = |i: usize| -> u128 {
+        let text = std::fs::read_to_string(f.local(i, "shared/restarted_at")).unwrap();
+        text.lines().last().unwrap().trim().parse().unwrap()
+    };
+    let (t1, t2, t3) = (restarted(0), restarted(1), restarted(2));
+    assert!(
+        t2 >= t1 + 1_000_000_000,
+        "the rest waited the canary's second: {t1} {t2}"
+    );
+    assert!(t3 > t2, "batches one after another: {t2} {t3}");
+
+    // The last batch fails its health check: all three go back.
+    std::fs::write(f.local(2, "shared/unhealthy"), "").unwrap();
+    let c2 = f.commit("bad in the last batch");
+    let err = d.deploy(&f.release(&c2)).await.unwrap_err();
+    let DeployError::Failed {
+        stage, rolled_back, ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(*stage, Stage::Health);
+    assert_eq!(rolled_back.len(), 3, "{err}");
+    let switched = |events: &[Event]| {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Switched { .. }))
+            .count()
+    };
+    assert_eq!(switched(&f.take_events()), 3, "every wave had switched");
+    for i in 0..3 {
+        assert_eq!(f.current(i).as_deref(), Some(good.as_str()), "h{}", i + 1);
+    }
+
+    // The canary fails: the other waves never switch.
+    std::fs::remove_file(f.local(2, "shared/unhealthy")).unwrap();
+    std::fs::write(f.local(0, "shared/unhealthy"), "").unwrap();
+    let c3 = f.commit("bad on the canary");
+    let err = d.deploy(&f.release(&c3)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DeployError::Failed {
+                stage: Stage::Health,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(switched(&f.take_events()), 1, "only the canary switched");
+    for i in 0..3 {
+        assert_eq!(f.current(i).as_deref(), Some(good.as_str()), "h{}", i + 1);
+    }
+}

@@ -41,11 +41,34 @@ pub(crate) struct Args {
     /// The local git repository (default: the current directory).
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub repo: PathBuf,
+    /// Switch this many hosts first, check them and wait `--canary-wait`
+    /// before the rest (overrides the environment's `canary`).
+    #[arg(long, value_name = "N")]
+    pub canary: Option<usize>,
+    /// How long the canary runs, healthy, before the rest switch: a
+    /// duration with a unit (`30s`, `5m`), 0s to 24h.
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_lock_wait)]
+    pub canary_wait: Option<std::time::Duration>,
+    /// After the canary, switch this many hosts at a time: a number or a
+    /// percentage of the hosts (`2`, `25%`; overrides `batch`).
+    #[arg(long, value_name = "SIZE")]
+    pub batch: Option<deploykit::rollout::BatchSize>,
 }
 
 /// Runs `ektool deploy`.
 pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let (name, env) = environment(ctx, &args.target)?;
+    let mut env = env.clone();
+    if let Some(n) = args.canary {
+        env.canary = n;
+    }
+    if let Some(wait) = args.canary_wait {
+        env.canary_wait = wait.into();
+    }
+    if let Some(batch) = args.batch {
+        env.batch = Some(batch);
+    }
+    let env = &env;
     // Everything git decides happens before any host is contacted.
     let repo = LocalRepo::open(&args.repo)?;
     let mut release = match &args.tag {
@@ -147,6 +170,21 @@ fn show_plan(ctx: &Context, plan: &DeployPlan, new_tag: Option<&str>) -> Result<
             ]
         }),
     );
+    if plan.waves.len() > 1 {
+        for (i, wave) in plan.waves.iter().enumerate() {
+            let wait = if i == 0 && plan.canary_wait_seconds > 0 {
+                format!(" (canary: then wait {}s)", plan.canary_wait_seconds)
+            } else {
+                String::new()
+            };
+            println!(
+                "wave {}/{}: {}{wait}",
+                i + 1,
+                plan.waves.len(),
+                wave.join(", ")
+            );
+        }
+    }
     for h in &plan.hosts {
         if let Some(ms) = h.clock_skew_ms.filter(|ms| ms.unsigned_abs() > 500) {
             println!(

@@ -347,6 +347,8 @@ pub(crate) struct Round<'a> {
     pub(crate) maintenance_file: &'a str,
     /// Read the newest release-log entries with the state.
     pub(crate) with_log: bool,
+    /// Report which of these `shared/` files are missing, with the state.
+    pub(crate) shared_files: &'a [crate::environment::SharedPath],
     /// Stops the round (and the waiting) early.
     pub(crate) cancel: &'a CancellationToken,
     /// Where `Locked`, `LockWaiting`, `ClockSkew` and warnings go.
@@ -537,8 +539,13 @@ impl Round<'_> {
     }
 
     async fn try_lock(&self, host: &Host) -> Result<Attempt, RemoteError> {
-        let script =
-            HostState::script_with(host, self.commit, self.maintenance_file, self.with_log);
+        let script = HostState::script_with(
+            host,
+            self.commit,
+            self.maintenance_file,
+            self.with_log,
+            self.shared_files,
+        );
         try_acquire(host, &self.owner, self.stale_after, &script, self.timeout).await
     }
 }

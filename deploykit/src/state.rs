@@ -76,6 +76,10 @@ pub struct HostState {
     pub mirror_has_commit: bool,
     /// Whether the maintenance flag is set.
     pub maintenance: bool,
+    /// `shared_files` entries missing under `shared/` (checked only when
+    /// asked for: by a deploy's lock round).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_shared_files: Vec<String>,
     /// The newest entries of the release log, oldest first (read only
     /// when asked for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -125,17 +129,25 @@ impl HostState {
     /// The read-only script that prints a host's state (also run by the
     /// lock step, saving a round trip per host).
     pub(crate) fn script(host: &Host, commit: Option<&str>, maintenance_file: &str) -> String {
-        Self::script_with(host, commit, maintenance_file, false)
+        Self::script_with(host, commit, maintenance_file, false, &[])
     }
 
     /// [`HostState::script`], with the newest 1000 lines of the release log
-    /// when `log`.
+    /// when `log`, and which of `shared_files` are missing.
     pub(crate) fn script_with(
         host: &Host,
         commit: Option<&str>,
         maintenance_file: &str,
         log: bool,
+        shared_files: &[crate::environment::SharedPath],
     ) -> String {
+        let shared: String = shared_files
+            .iter()
+            .map(|f| {
+                let f = q(f.as_str());
+                format!("[ -e shared/{f} ] || printf 'missing\\t%s\\n' {f}\n")
+            })
+            .collect();
         let log = if log {
             format!(
                 "[ ! -f {file} ] || tail -n 1000 {file} | sed 's/^/log\t/'\n",
@@ -160,7 +172,7 @@ impl HostState {
              if [ -d repo.git ]; then echo repo; fi\n\
              if [ -n {commit} ] && git -C repo.git cat-file -e {commit}^{{commit}} 2>/dev/null; then echo mirror; fi\n\
              if [ -e shared/{maint} ]; then echo maintenance; fi\n\
-             {log})\n",
+             {shared}{log})\n",
             made = crate::release::MADE,
             root = q(host.root()),
             commit = q(commit.unwrap_or("")),
@@ -215,6 +227,9 @@ impl HostState {
                 (Some("repo"), _, _) => state.mirror_exists = true,
                 (Some("mirror"), _, _) => state.mirror_has_commit = true,
                 (Some("maintenance"), _, _) => state.maintenance = true,
+                (Some("missing"), Some(path), _) => {
+                    state.missing_shared_files.push(path.to_owned());
+                }
                 (Some("log"), Some(first), rest) => {
                     let line = match rest {
                         Some(r) => format!("{first}\t{r}"),

@@ -239,6 +239,28 @@ impl Deployer {
         let layout = self.config.release_layout();
         let slots = self.slots(layout.as_ref(), states, &release.commit);
 
+        // A shared file missing (the lock round looked): nothing is built.
+        let missing: Vec<HostFailure> = slots
+            .iter()
+            .filter(|s| !s.state.missing_shared_files.is_empty())
+            .map(|s| {
+                let files: Vec<String> = s
+                    .state
+                    .missing_shared_files
+                    .iter()
+                    .map(|f| format!("shared/{f}"))
+                    .collect();
+                let error = format!(
+                    "shared file(s) {} missing on this host; create them before deploying",
+                    files.join(", ")
+                );
+                self.host_failed(s.host, Stage::Checkout, error)
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(self.fail_before_switch(&slots, release, missing).await);
+        }
+
         // Prepare everywhere; nothing is live-visible yet.
         let prepared = self
             .each(self.config.parallel, |i, _| {

@@ -59,6 +59,7 @@ impl Deployer {
             commit: None,
             maintenance_file: self.config.maintenance_file.as_str(),
             with_log: false,
+            shared_files: &[],
             cancel: &self.cancel,
             events: &self.events,
         }

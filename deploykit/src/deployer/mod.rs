@@ -273,7 +273,8 @@ impl Deployer {
 
     /// Takes the lock on every host for `action`, reading their states in
     /// the same round (see [`lock::Round::lock_all`]); `token` is this
-    /// run's, the only one that releases it.
+    /// run's, the only one that releases it. A deploy's round (the one
+    /// looking for a `commit`) also finds missing `shared_files`.
     async fn lock_all(
         &self,
         action: String,
@@ -300,6 +301,11 @@ impl Deployer {
             commit,
             maintenance_file: self.config.maintenance_file.as_str(),
             with_log,
+            shared_files: if commit.is_some() {
+                &self.config.shared_files
+            } else {
+                &[]
+            },
             cancel: &self.cancel,
             events: &self.events,
         }

@@ -988,3 +988,44 @@ async fn canary_and_batches_switch_in_waves_and_any_failure_puts_every_host_back
         assert_eq!(f.current(i).as_deref(), Some(good.as_str()), "h{}", i + 1);
     }
 }
+
+/// A shared file missing on one host is found by the lock round: the
+/// deploy fails before anything is fetched or built on any host.
+#[tokio::test]
+async fn a_missing_shared_file_fails_the_deploy_before_any_host_builds() {
+    let f = Fixture::new(2);
+    let mut env = f.env(LayoutKind::Timestamped);
+    env.shared_files = vec![deploykit::environment::SharedPath::new("config/app.env").unwrap()];
+    env.hooks.build = vec![Hook::new("echo \"$RELEASE\" >> ../../shared/built")];
+    let d = f.deployer(env);
+    // A first deploy lays the roots out; then the file goes missing on h2.
+    for i in 0..2 {
+        let p = f.local(i, "shared/config/app.env");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, "KEY=1\n").unwrap();
+    }
+    let c1 = f.commit("first");
+    d.deploy(&f.release(&c1)).await.unwrap();
+    std::fs::remove_file(f.local(1, "shared/config/app.env")).unwrap();
+    let built_before: Vec<String> = (0..2)
+        .map(|i| std::fs::read_to_string(f.local(i, "shared/built")).unwrap())
+        .collect();
+    let c2 = f.commit("second");
+    let err = d.deploy(&f.release(&c2)).await.unwrap_err();
+    let DeployError::Failed {
+        stage, failures, ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(*stage, Stage::Checkout, "{err}");
+    assert_eq!(failures.len(), 1, "{err}");
+    assert_eq!(failures[0].host, "h2");
+    assert!(failures[0].error.contains("config/app.env"), "{err}");
+    for (i, before) in built_before.iter().enumerate() {
+        let now = std::fs::read_to_string(f.local(i, "shared/built")).unwrap();
+        assert_eq!(&now, before, "h{} built nothing", i + 1);
+    }
+    std::fs::write(f.local(1, "shared/config/app.env"), "KEY=1\n").unwrap();
+    d.deploy(&f.release(&c2)).await.unwrap();
+}

@@ -84,32 +84,12 @@ pub async fn instances_by_tag(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Action, InstanceId, MockEc2, Tags};
+    use crate::{Action, InstanceId, MockEc2};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn instance(id: &str, region: &Region) -> Instance {
-        Instance {
-            id: InstanceId::from_api(id),
-            region: region.clone(),
-            availability_zone: None,
-            state: "running".into(),
-            instance_type: None,
-            architecture: None,
-            root_device_name: None,
-            virtualization_type: None,
-            ena_support: None,
-            image_id: None,
-            key_name: None,
-            private_ip: None,
-            public_ip: None,
-            public_dns: None,
-            private_dns: None,
-            launch_time: None,
-            reservation_id: None,
-            block_devices: vec![],
-            tags: Tags::new(),
-        }
+        Instance::new(InstanceId::from_api(id), region.clone())
     }
 
     #[tokio::test]

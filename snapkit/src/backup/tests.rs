@@ -12,23 +12,11 @@ use ec2kit::{Filter, Tags, Volume};
 fn instance(n: usize, region: &Region) -> Instance {
     let id = InstanceId::from_api(format!("i-{n:017x}"));
     Instance {
-        id,
-        region: region.clone(),
-        availability_zone: None,
-        state: "running".into(),
         instance_type: Some("t3.micro".into()),
         architecture: Some("x86_64".into()),
         root_device_name: Some("/dev/xvda".into()),
         virtualization_type: Some("hvm".into()),
         ena_support: Some(true),
-        image_id: None,
-        key_name: None,
-        private_ip: None,
-        public_ip: None,
-        public_dns: None,
-        private_dns: None,
-        launch_time: None,
-        reservation_id: None,
         block_devices: (0..3)
             .map(|d| BlockDevice {
                 device_name: ["/dev/xvda", "/dev/sdf", "/dev/sdg"][d].into(),
@@ -40,6 +28,7 @@ fn instance(n: usize, region: &Region) -> Instance {
             .with("Name", format!("web{n}"))
             .with("aws:cloudformation:stack-name", "x")
             .with("team", "ops"),
+        ..Instance::new(id, region.clone())
     }
 }
 

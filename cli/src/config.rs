@@ -728,6 +728,60 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// serde's message for an unknown key lists every key of the section
+/// (thirty for an environment): past a handful, the nearest one instead.
+fn tidy(message: &str) -> String {
+    const LIST_MAX: usize = 8;
+    let Some((head, list)) = message.split_once(", expected one of ") else {
+        return message.to_owned();
+    };
+    let Some(unknown) = head
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.strip_suffix('`'))
+    else {
+        return message.to_owned();
+    };
+    let keys: Vec<&str> = list.split(", ").map(|k| k.trim_matches('`')).collect();
+    if keys.len() <= LIST_MAX {
+        return message.to_owned();
+    }
+    let nearest = keys
+        .iter()
+        .map(|k| (edit_distance(unknown, k), *k))
+        .min()
+        .filter(|(d, k)| *d <= k.chars().count().max(unknown.chars().count()) / 2);
+    match nearest {
+        Some((_, k)) => format!(
+            "{head}: did you mean `{k}`? (this section has {} keys; see docs/configuration.md)",
+            keys.len()
+        ),
+        None => format!(
+            "{head} (this section has {} keys, none close; see docs/configuration.md)",
+            keys.len()
+        ),
+    }
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                diagonal
+            } else {
+                1 + diagonal.min(above).min(row[j])
+            };
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 impl Config {
     /// Parses a config file's text.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
@@ -743,7 +797,7 @@ impl Config {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.message().trim().to_owned(),
+                message: tidy(e.message().trim()),
             }
         })?;
         config.path = Some(path.to_owned());
@@ -1100,6 +1154,26 @@ mod tests {
             "[a-z0-9:=,./~ -]{0,12}".prop_map(|v| format!("{v:?}")),
             "\\PC{0,8}".prop_map(|v| format!("{v:?}")),
         ]
+    }
+
+    #[test]
+    fn an_unknown_key_of_a_long_section_names_the_nearest() {
+        let err = parse("[environments.prod]\nhosts = []\npath = \"/srv/a\"\nshared_file = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field `shared_file`: did you mean `shared_files`?"),
+            "{err}"
+        );
+        assert!(err.len() <= 200, "{err}");
+        let far = parse("[environments.prod]\nzzzzzzzz = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(far.contains("none close"), "{far}");
+        // A short list is serde's own.
+        let ssh = parse("[ssh]\nusr = \"x\"\n").unwrap_err().to_string();
+        assert!(ssh.contains("expected one of"), "{ssh}");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     proptest::proptest! {

@@ -46,8 +46,10 @@
 //!   health check, announcements;
 //! - [`check`]: pre-flight checks of every host (`deploy check`);
 //! - [`provision`] and [`db`]: configuring servers, and database chores;
-//! - [`exec`]: a command in the live release of every host.
+//! - [`exec`]: a command in the live release of every host;
+//! - [`audit`]: who did what to each host, merged into one timeline.
 
+pub mod audit;
 pub mod check;
 pub mod db;
 mod deployer;

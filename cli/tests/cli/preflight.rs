@@ -668,6 +668,30 @@ fn audit_reads_old_lines_reports_an_unreadable_host_and_survives_a_failed_append
     );
     assert_eq!(actions_on(&site, &entries, 1).len(), 3, "{entries:#?}");
 
+    // `deploy unlock --force` records each lock it removes.
+    let lock = site.local(1, ".ektool/lock");
+    std::fs::create_dir_all(&lock).unwrap();
+    std::fs::write(
+        lock.join("owner.json"),
+        r#"{"actor":{"user":"bob","machine":"ci","pid":1},"environment":"staging","since":"2024-01-01T00:00:00Z","action":"deploy v2","token":"t"}"#,
+    )
+    .unwrap();
+    site.ektool()
+        .args(&["deploy", "unlock", "--force"])
+        .run()
+        .success();
+    let (entries, _) = audit(&site, &[], 0);
+    let last = entries.last().unwrap();
+    assert_eq!(
+        (&last["action"], &last["what"], &last["result"]),
+        (
+            &serde_json::json!("unlock"),
+            &serde_json::json!("lock (forced)"),
+            &serde_json::json!("success")
+        ),
+        "{entries:#?}"
+    );
+
     // A host nothing answers on: named, exit 1, the others shown.
     let config = std::fs::read_to_string(site.work.join("ektool.toml")).unwrap();
     let dead = format!("root@127.0.0.1:{}", free_port());
@@ -679,5 +703,5 @@ fn audit_reads_old_lines_reports_an_unreadable_host_and_survives_a_failed_append
     std::fs::write(site.work.join("ektool.toml"), config).unwrap();
     let (entries, stderr) = audit(&site, &[], 1);
     assert!(stderr.contains(&dead), "{stderr}");
-    assert_eq!(entries.len(), 3, "{entries:#?}");
+    assert_eq!(entries.len(), 4, "{entries:#?}");
 }

@@ -661,6 +661,14 @@ fn audit_reads_old_lines_reports_an_unreadable_host_and_survives_a_failed_append
         .run()
         .success()
         .stderr_has("warning: audit log not written");
+    // The same for a command: its own result stands (here: nothing is
+    // deployed on h1).
+    site.ektool()
+        .args(&["run", "--host", &site.hosts[0].target(), "--", "true"])
+        .run()
+        .code(1)
+        .stderr_has("no live release")
+        .stderr_has("warning: audit log not written");
     let (entries, _) = audit(&site, &[], 0);
     assert_eq!(
         actions_on(&site, &entries, 0),

@@ -161,6 +161,9 @@ pub(crate) enum Command {
     Lock(commands::lock::LockArgs),
     /// Release a lock taken with `ektool lock` (never a running deploy's).
     Unlock(commands::lock::UnlockArgs),
+    /// Who did what to an environment's hosts: every host's release log
+    /// and audit file, merged into one timeline.
+    Audit(commands::audit::Args),
     /// Configure servers: host key, developers, secrets, then Salt or a script.
     Provision(commands::provision::Args),
     /// An environment's secrets file: fetch it from a host.

@@ -17,6 +17,12 @@
 //! is given is what runs (`sh -c '…'` for shell syntax). One SSH command a
 //! host; a host without a live release, unreachable, or past the deadline is
 //! reported and the others go on.
+//!
+//! Each host's run is recorded in its audit file ([`crate::audit`]): who,
+//! when, the command's words, its exit code (or why it did not run), by a
+//! second command once the first has ended (nothing on a host without the
+//! deploy root). An append that fails is
+//! reported in [`HostRun::audit_error`]; the run's result stands.
 
 use std::time::Duration;
 
@@ -24,7 +30,8 @@ use ec2kit::{Command, ExitStatus};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::host::Host;
+use crate::audit::{self, AuditAction, AuditEntry, AuditResult};
+use crate::host::{Actor, Host};
 use crate::shell::{q, tail};
 
 /// What to run, and where.
@@ -41,6 +48,8 @@ pub struct Exec {
     pub once: bool,
     /// Hosts worked on at once.
     pub concurrency: usize,
+    /// Who runs it (recorded in each host's audit file).
+    pub who: Actor,
 }
 
 impl Exec {
@@ -53,6 +62,7 @@ impl Exec {
             timeout: Duration::from_secs(600),
             once: false,
             concurrency: 16,
+            who: Actor::current(),
         }
     }
 
@@ -97,6 +107,10 @@ pub struct HostRun {
     /// Why it did not run or finish: no live release, a signal, the
     /// deadline, an unreachable host.
     pub error: Option<String>,
+    /// Why the run could not be recorded in the host's audit file (the
+    /// run's result stands).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_error: Option<String>,
 }
 
 impl HostRun {
@@ -158,7 +172,15 @@ async fn run_one(host: &Host, exec: &Exec) -> HostRun {
         stdout: String::new(),
         stderr: String::new(),
         error: None,
+        audit_error: None,
     };
+    let mut entry = AuditEntry::new(
+        AuditAction::Run,
+        exec.who.clone(),
+        &exec.environment,
+        exec.argv.join(" "),
+    );
+    entry.host = host.name().to_owned();
     match host.remote().run(&command).await {
         Ok(out) => {
             run.stdout = tail(&out.stdout, KEEP_BYTES);
@@ -178,8 +200,22 @@ async fn run_one(host: &Host, exec: &Exec) -> HostRun {
         }
         Err(e) => run.error = Some(crate::shell::describe(&e)),
     }
+    entry.argv = Some(exec.argv.clone());
+    entry.exit_code = run.exit_code;
+    entry.result = Some(if run.ok() {
+        AuditResult::Success
+    } else {
+        AuditResult::Failed
+    });
+    entry.message = run.error.clone();
+    if let Err(e) = audit::append(host, &[entry], false, AUDIT_TIMEOUT).await {
+        run.audit_error = Some(crate::shell::describe(&e));
+    }
     run
 }
+
+/// The deadline of the audit append after a run.
+const AUDIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {

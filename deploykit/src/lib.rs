@@ -47,8 +47,10 @@
 //! - [`check`]: pre-flight checks of every host (`deploy check`);
 //! - [`provision`] and [`db`]: configuring servers, and database chores;
 //! - [`exec`]: a command in the live release of every host;
-//! - [`rollout`]: canary and batches, the order hosts switch in.
+//! - [`rollout`]: canary and batches, the order hosts switch in;
+//! - [`audit`]: who did what to each host, merged into one timeline.
 
+pub mod audit;
 pub mod check;
 pub mod db;
 mod deployer;

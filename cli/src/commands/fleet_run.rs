@@ -78,6 +78,11 @@ pub(crate) async fn exec(
     if json {
         crate::output::json(&report.hosts)?;
     }
+    for run in &report.hosts {
+        if let Some(e) = &run.audit_error {
+            eprintln!("{}: warning: audit log not written: {e}", run.host);
+        }
+    }
     let failed: Vec<String> = report.failed().map(describe).collect();
     if failed.is_empty() {
         eprintln!("ran on {} host(s)", report.hosts.len());

@@ -2,6 +2,7 @@
 //! libraries.
 
 pub(crate) mod ami;
+pub(crate) mod audit;
 pub(crate) mod completions;
 pub(crate) mod config;
 pub(crate) mod db;
@@ -54,6 +55,7 @@ pub(crate) async fn run(cli: Cli, interrupt: ec2kit::CancellationToken) -> Resul
                 Command::Restart(args) => deploy::restart::exec(&ctx, args).await,
                 Command::Lock(args) => lock::exec_lock(&ctx, args).await,
                 Command::Unlock(args) => lock::exec_unlock(&ctx, args).await,
+                Command::Audit(args) => audit::exec(&ctx, args).await,
                 Command::Provision(args) => provision::exec(&ctx, args).await,
                 Command::Secrets(args) => secrets::exec(&ctx, args).await,
                 Command::Db(args) => db::exec(&ctx, args).await,

@@ -89,7 +89,9 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         }
         // Shown even with -q: they are what a confirmation is about.
         Event::SecretsDiffer { .. } => eprintln!("{e}"),
-        Event::LockNotReleased { .. } => eprintln!("warning: {e}"),
+        Event::LockNotReleased { .. } | Event::AuditNotWritten { .. } => {
+            eprintln!("warning: {e}");
+        }
         _ => say(&e.to_string()),
     };
     let report = if dry_run {

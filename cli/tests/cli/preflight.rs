@@ -439,3 +439,212 @@ fn a_lock_that_cannot_reach_every_host_takes_none() {
     assert!(lock_owner(&site, 0).is_none());
     assert!(lock_owner(&site, 1).is_none());
 }
+
+/// `ektool audit --output json`: its exit code and entries.
+fn audit(site: &Site, extra: &[&str], code: i32) -> (Vec<serde_json::Value>, String) {
+    let mut args = vec!["--output", "json", "audit"];
+    args.extend_from_slice(extra);
+    let out = site.ektool().args(&args).run().code(code);
+    let entries = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (entries, out.stderr)
+}
+
+/// The (action, result) of each entry on host `i`, oldest first.
+fn actions_on(site: &Site, entries: &[serde_json::Value], i: usize) -> Vec<(String, String)> {
+    let host = site.hosts[i].target();
+    entries
+        .iter()
+        .filter(|e| e["host"] == host.as_str())
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["result"].as_str().unwrap_or("-").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Every action leaves a line on every host it touched, with who, when,
+/// what and how it ended; `ektool audit` merges the hosts' logs into one
+/// timeline, in time order.
+#[test]
+fn every_action_leaves_a_line_and_audit_merges_the_hosts() {
+    let site = Site::new("");
+    site.ektool().arg("deploy").run().success();
+    site.ektool().arg("restart").run().success();
+    site.ektool().args(&["maintenance", "on"]).run().success();
+    site.ektool().args(&["maintenance", "off"]).run().success();
+    site.ektool()
+        .args(&["lock", "-m", "incident 7"])
+        .run()
+        .success();
+    site.ektool().arg("unlock").run().success();
+    site.ektool()
+        .args(&["run", "--", "sh", "-c", "exit 3"])
+        .run()
+        .code(1);
+    let (entries, _) = audit(&site, &[], 0);
+    let want: Vec<(String, String)> = [
+        ("deploy", "success"),
+        ("restart", "success"),
+        ("maintenance_on", "success"),
+        ("maintenance_off", "success"),
+        ("lock", "success"),
+        ("unlock", "success"),
+        ("run", "failed"),
+    ]
+    .iter()
+    .map(|(a, r)| ((*a).to_owned(), (*r).to_owned()))
+    .collect();
+    for i in 0..2 {
+        assert_eq!(
+            actions_on(&site, &entries, i),
+            want,
+            "h{}: {entries:#?}",
+            i + 1
+        );
+    }
+    // One timeline: sorted by time across hosts.
+    let times: Vec<jiff::Timestamp> = entries
+        .iter()
+        .map(|e| e["at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    // Who: this process's user; the lock's message; the command's words
+    // and exit code.
+    let me = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    assert!(
+        entries.iter().all(|e| e["who"]["user"] == me.as_str()),
+        "{entries:#?}"
+    );
+    let lock = entries.iter().find(|e| e["action"] == "lock").unwrap();
+    assert_eq!(lock["message"], "incident 7", "{lock}");
+    let run = entries.iter().find(|e| e["action"] == "run").unwrap();
+    assert_eq!(run["exit_code"], 3, "{run}");
+    assert_eq!(
+        run["argv"],
+        serde_json::json!(["sh", "-c", "exit 3"]),
+        "{run}"
+    );
+    // On the host: the release log keeps releases only; the rest is in
+    // audit.jsonl.
+    let releases = std::fs::read_to_string(site.local(0, ".ektool/releases.jsonl")).unwrap();
+    assert_eq!(releases.lines().count(), 1, "{releases}");
+    let lines = std::fs::read_to_string(site.local(0, ".ektool/audit.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 6, "{lines}");
+
+    // Interleaved runs on one host at a time come back in time order.
+    for i in [0, 1, 0] {
+        site.ektool()
+            .args(&["run", "--host", &site.hosts[i].target(), "--", "true"])
+            .run()
+            .success();
+    }
+    let (last, _) = audit(&site, &["--limit", "3"], 0);
+    let hosts: Vec<&str> = last.iter().map(|e| e["host"].as_str().unwrap()).collect();
+    let (h1, h2) = (site.hosts[0].target(), site.hosts[1].target());
+    assert_eq!(hosts, [h1.as_str(), h2.as_str(), h1.as_str()], "{last:#?}");
+    // The table.
+    let out = site
+        .ektool()
+        .args(&["audit", "--since", "1h"])
+        .run()
+        .success();
+    println!("{}", out.stdout);
+    assert!(out.stdout.starts_with("WHEN"), "{}", out.stdout);
+    assert_eq!(out.stdout.lines().count(), 1 + 7 * 2 + 3, "{}", out.stdout);
+}
+
+/// Old release-log lines (and actions from a newer ektool) still show; a
+/// host that cannot be read is reported and the others shown (exit 1); an
+/// append that fails is a warning, never the action's failure.
+#[test]
+fn audit_reads_old_lines_reports_an_unreadable_host_and_survives_a_failed_append() {
+    let site = Site::new("");
+    site.lay_out(&[]);
+    let old = r#"{"at":"2020-03-01T10:00:00Z","action":"deploy","who":{"user":"ann","machine":"lap","pid":7},"environment":"staging","release":"a","commit":"1111111111111111111111111111111111111111","tag":null,"previous":null,"result":"success","message":null}"#;
+    let newer = r#"{"at":"2020-03-02T10:00:00Z","action":"reboot","who":{"user":"bob","machine":"ci","pid":8},"environment":"staging","what":"all","result":"success","extra":true}"#;
+    std::fs::create_dir_all(site.local(1, ".ektool")).unwrap();
+    std::fs::write(
+        site.local(1, ".ektool/releases.jsonl"),
+        format!("{old}\n{{\"at\":"),
+    )
+    .unwrap();
+    std::fs::write(site.local(1, ".ektool/audit.jsonl"), format!("{newer}\n")).unwrap();
+    let (entries, _) = audit(&site, &[], 0);
+    assert_eq!(entries.len(), 2, "{entries:#?}");
+    assert_eq!(entries[0]["who"]["user"], "ann");
+    assert_eq!(entries[0]["what"], "a 111111111111");
+    assert_eq!(entries[1]["action"], "reboot");
+    let (since, _) = audit(&site, &["--since", "2020-03-02"], 0);
+    assert_eq!(since.len(), 1, "{since:#?}");
+    site.ektool()
+        .args(&["audit", "--since", "soon"])
+        .run()
+        .code(2);
+
+    // h1's audit file is a link: the append is refused, the restart
+    // still succeeds, and the refusal is shown.
+    std::fs::create_dir_all(site.local(0, ".ektool")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", site.local(0, ".ektool/audit.jsonl")).unwrap();
+    site.ektool()
+        .args(&["maintenance", "on"])
+        .run()
+        .success()
+        .stderr_has("warning: audit log not written");
+    // The same for a command: its own result stands (here: nothing is
+    // deployed on h1).
+    site.ektool()
+        .args(&["run", "--host", &site.hosts[0].target(), "--", "true"])
+        .run()
+        .code(1)
+        .stderr_has("no live release")
+        .stderr_has("warning: audit log not written");
+    let (entries, _) = audit(&site, &[], 0);
+    assert_eq!(
+        actions_on(&site, &entries, 0),
+        Vec::<(String, String)>::new()
+    );
+    assert_eq!(actions_on(&site, &entries, 1).len(), 3, "{entries:#?}");
+
+    // `deploy unlock --force` records each lock it removes.
+    let lock = site.local(1, ".ektool/lock");
+    std::fs::create_dir_all(&lock).unwrap();
+    std::fs::write(
+        lock.join("owner.json"),
+        r#"{"actor":{"user":"bob","machine":"ci","pid":1},"environment":"staging","since":"2024-01-01T00:00:00Z","action":"deploy v2","token":"t"}"#,
+    )
+    .unwrap();
+    site.ektool()
+        .args(&["deploy", "unlock", "--force"])
+        .run()
+        .success();
+    let (entries, _) = audit(&site, &[], 0);
+    let last = entries.last().unwrap();
+    assert_eq!(
+        (&last["action"], &last["what"], &last["result"]),
+        (
+            &serde_json::json!("unlock"),
+            &serde_json::json!("lock (forced)"),
+            &serde_json::json!("success")
+        ),
+        "{entries:#?}"
+    );
+
+    // A host nothing answers on: named, exit 1, the others shown.
+    let config = std::fs::read_to_string(site.work.join("ektool.toml")).unwrap();
+    let dead = format!("root@127.0.0.1:{}", free_port());
+    let config = config.replacen(
+        &format!("\"{}\"]", site.hosts[1].target()),
+        &format!("\"{}\", \"{dead}\"]", site.hosts[1].target()),
+        1,
+    );
+    std::fs::write(site.work.join("ektool.toml"), config).unwrap();
+    let (entries, stderr) = audit(&site, &[], 1);
+    assert!(stderr.contains(&dead), "{stderr}");
+    assert_eq!(entries.len(), 4, "{entries:#?}");
+}

@@ -1089,3 +1089,62 @@ fn dry_runs_change_nothing_anywhere() {
         "secrets:\n  API_TOKEN: rotated\n"
     );
 }
+
+/// A provision run leaves a line in the audit file of each host whose
+/// deploy root exists (who, what, how it ended), and `ektool audit` shows
+/// it.
+#[test]
+fn a_provision_run_is_in_the_audit_log() {
+    let p = Project::new();
+    std::fs::write(
+        p.dir.path().join("known_hosts"),
+        format!("{}\n", p.host.known_hosts_line()),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(p.dir.path().join("ektool.toml")).unwrap();
+    let config = config.replace(
+        "salt_call = ",
+        "provisioner = \"script\"\nscript = \"bootstrap.sh\"\nsalt_call = ",
+    );
+    std::fs::write(p.dir.path().join("ektool.toml"), config).unwrap();
+    write(&p.tree().join("bootstrap.sh"), "true\n");
+    std::fs::create_dir_all(p.on_host("app")).unwrap();
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .success();
+    write(&p.tree().join("bootstrap.sh"), "exit 4\n");
+    p.ektool()
+        .args(&["provision", "--env", "staging"])
+        .run()
+        .code(1);
+    let out = p
+        .ektool()
+        .args(&["--output", "json", "audit", "--env", "staging"])
+        .run()
+        .success();
+    let entries: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [("provision", "success"), ("provision", "failed")],
+        "{entries:#?}"
+    );
+    assert!(
+        entries[0]["what"]
+            .as_str()
+            .unwrap()
+            .starts_with("provision (tree ")
+    );
+    assert_eq!(entries[1]["message"], "1 state(s) failed", "{entries:#?}");
+    let me = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    assert_eq!(entries[0]["who"]["user"], me.as_str());
+    assert_eq!(entries[0]["host"], p.host.target().as_str());
+}

@@ -7,8 +7,10 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::{Deployer, UnlockOutcome};
+use crate::audit::AuditAction;
 use crate::error::DeployError;
 use crate::lock::{self, HeldLock, LockOwner};
+use crate::shell::describe;
 
 /// What [`Deployer::hold`] took (or, from `hold_plan`, would take).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +52,7 @@ impl Deployer {
             return Err(DeployError::NoHosts);
         }
         let owner = self.hand_owner(uuid::Uuid::new_v4().simple().to_string());
+        let entry = self.audit_entry(AuditAction::Lock, "hand-held lock");
         lock::Round {
             hosts: &self.hosts,
             owner: owner.clone(),
@@ -65,6 +68,8 @@ impl Deployer {
         }
         .lock_all()
         .await?;
+        let taken: Vec<_> = self.hosts.iter().map(|h| (h, Ok(()))).collect();
+        self.record(&entry, &taken).await;
         Ok(self.hold_report(owner))
     }
 
@@ -114,6 +119,7 @@ impl Deployer {
     /// error: nothing is removed.
     pub async fn release_hold(&self) -> Result<Vec<UnlockOutcome>, DeployError> {
         let mut out = self.release_hold_plan().await?;
+        let entry = self.audit_entry(AuditAction::Unlock, "hand-held lock");
         let timeout = self.timeouts().lock.get();
         let removed =
             futures::future::join_all(self.hosts.iter().zip(&out).map(|(h, o)| async move {
@@ -124,14 +130,23 @@ impl Deployer {
             }))
             .await;
         let mut first_error = None;
-        for (o, r) in out.iter_mut().zip(removed) {
+        let mut outcomes = Vec::new();
+        for ((o, r), h) in out.iter_mut().zip(removed).zip(&self.hosts) {
             match r {
-                Ok(done) => o.removed = done,
+                Ok(done) => {
+                    o.removed = done;
+                    if done {
+                        outcomes.push((h, Ok(())));
+                    }
+                }
                 Err(e) => {
+                    outcomes.push((h, Err(describe(&e))));
                     first_error.get_or_insert(e);
                 }
             }
         }
+        // Only hosts whose lock was released (or failed to be) record it.
+        self.record(&entry, &outcomes).await;
         match first_error {
             // The hosts not reached keep their lock: the environment stays
             // locked, and a second `release_hold` finishes the job.

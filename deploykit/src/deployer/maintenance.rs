@@ -2,6 +2,7 @@
 //! host, under the deploy lock so they cannot interleave with a deploy.
 
 use super::Deployer;
+use crate::audit::{AuditAction, AuditEntry};
 use crate::environment::Phase;
 use crate::error::{DeployError, HostFailure, Stage};
 use crate::hooks::{self, HookContext};
@@ -12,8 +13,14 @@ impl Deployer {
     /// Runs the restart hooks in the live release of every host (under the
     /// lock, so it cannot interleave with a deploy).
     pub async fn restart(&self) -> Result<(), DeployError> {
-        self.locked_phase("restart", Phase::Restart, Vec::new(), None)
-            .await
+        self.locked_phase(
+            "restart",
+            Phase::Restart,
+            Vec::new(),
+            None,
+            self.audit_entry(AuditAction::Restart, "restart hooks"),
+        )
+        .await
     }
 
     /// Turns maintenance mode on or off: the flag file in `shared/` (for the
@@ -39,6 +46,11 @@ impl Deployer {
             Phase::Maintenance,
             vec![("MAINTENANCE".into(), if on { "on" } else { "off" }.into())],
             Some(script),
+            if on {
+                self.audit_entry(AuditAction::MaintenanceOn, "maintenance on")
+            } else {
+                self.audit_entry(AuditAction::MaintenanceOff, "maintenance off")
+            },
         )
         .await
     }
@@ -49,6 +61,7 @@ impl Deployer {
         phase: Phase,
         extra: Vec<(String, String)>,
         script: Option<String>,
+        audit: AuditEntry,
     ) -> Result<(), DeployError> {
         if self.hosts.is_empty() {
             return Err(DeployError::NoHosts);
@@ -110,6 +123,15 @@ impl Deployer {
                     }
                 })
                 .await;
+            // Every host's outcome goes to its audit file (still under the
+            // lock: the entries are in the order the actions happened).
+            let outcomes: Vec<_> = self
+                .hosts
+                .iter()
+                .zip(&results)
+                .map(|(h, r)| (h, r.clone().map_err(|f| f.error)))
+                .collect();
+            self.record(&audit, &outcomes).await;
             let failures: Vec<HostFailure> = results.into_iter().filter_map(Result::err).collect();
             if self.cancelled() {
                 Err(self.interrupted(Stage::AfterSwitch))

@@ -16,6 +16,7 @@
 //! ([`Deployer::cancel_on`], the CLI's SIGINT/SIGTERM) makes the run stop
 //! starting new work and take the same failure path.
 
+mod audit;
 mod check;
 mod deploy;
 mod hold;

@@ -4,8 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::Deployer;
+use crate::audit::AuditAction;
 use crate::error::DeployError;
 use crate::lock::{self, HeldLock};
+use crate::shell::describe;
 
 /// What `unlock` did on one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,16 +25,40 @@ impl Deployer {
     /// live lock without `force` is an error naming its owner (nothing is
     /// removed anywhere then). A lock is removed only while it is the one
     /// that was judged (its owner file unchanged): a deploy that takes the
-    /// lock in between keeps it.
+    /// lock in between keeps it. Each removal is recorded in the host's
+    /// audit file ([`crate::audit`]).
     pub async fn unlock(&self, force: bool) -> Result<Vec<UnlockOutcome>, DeployError> {
         let mut out = self.unlock_plan(force).await?;
         let timeout = self.timeouts().lock.get();
+        let entry = self.audit_entry(
+            AuditAction::Unlock,
+            if force { "lock (forced)" } else { "stale lock" },
+        );
+        let mut outcomes = Vec::new();
+        let mut error = None;
         for (h, o) in self.hosts.iter().zip(&mut out) {
             if let Some(l) = &o.lock {
-                o.removed = lock::remove(h, l, force, timeout).await?;
+                match lock::remove(h, l, force, timeout).await {
+                    Ok(removed) => {
+                        o.removed = removed;
+                        if removed {
+                            outcomes.push((h, Ok(())));
+                        }
+                    }
+                    Err(e) => {
+                        outcomes.push((h, Err(describe(&e))));
+                        error = Some(e);
+                        break;
+                    }
+                }
             }
         }
-        Ok(out)
+        // The hosts whose lock was removed (or failed to be) record it.
+        self.record(&entry, &outcomes).await;
+        match error {
+            Some(e) => Err(e.into()),
+            None => Ok(out),
+        }
     }
 
     /// What [`Deployer::unlock`] would do (reads only): each host's lock,

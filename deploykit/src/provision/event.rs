@@ -76,6 +76,14 @@ pub enum Event {
         /// Why.
         error: String,
     },
+    /// A host's run could not be recorded in its audit file
+    /// ([`crate::audit`]); the run's own outcome stands.
+    AuditNotWritten {
+        /// The host.
+        host: String,
+        /// Why.
+        error: String,
+    },
 }
 
 impl fmt::Display for Event {
@@ -124,6 +132,9 @@ impl fmt::Display for Event {
             } => write!(f, "{host}: users: {ensured} ensured, {revoked} revoked"),
             Self::LockNotReleased { host, error } => {
                 write!(f, "{host}: could not release the provision lock: {error}")
+            }
+            Self::AuditNotWritten { host, error } => {
+                write!(f, "{host}: audit log not written: {error}")
             }
         }
     }

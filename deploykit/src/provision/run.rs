@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{self, AuditAction, AuditEntry, AuditResult};
+
 use super::apply::{self, HostReport};
 use super::event::Event;
 use super::lock::ProvisionLock;
@@ -53,7 +55,10 @@ impl ProvisionReport {
 /// 4. applies each host in order ([`apply::apply`]), stopping after the
 ///    first whose states fail (the next ones would probably fail the same
 ///    way, and stay as they were);
-/// 5. releases every lock, whatever happened.
+/// 5. records each host's run in its audit file ([`crate::audit`], when
+///    the environment's deploy root exists there; a failed append is an
+///    [`Event::AuditNotWritten`], never the run's failure);
+/// 6. releases every lock, whatever happened.
 ///
 /// An error from a host ends the run with that error.
 pub async fn run(
@@ -112,7 +117,15 @@ async fn locked(
     }
     let mut hosts = Vec::with_capacity(nodes.len());
     for (node, host_plan) in nodes.iter().zip(&plan.hosts) {
-        let report = apply::apply(node, cfg, inputs, host_plan, on_event).await?;
+        let entry = AuditEntry::new(
+            AuditAction::Provision,
+            inputs.lock.actor.clone(),
+            &inputs.environment,
+            "provision",
+        );
+        let result = apply::apply(node, cfg, inputs, host_plan, on_event).await;
+        record(node, inputs, entry, &result, on_event).await;
+        let report = result?;
         let failed = report.failed();
         hosts.push(report);
         if failed {
@@ -125,6 +138,45 @@ async fn locked(
         hosts,
         plan,
     })
+}
+
+/// Appends a host's provision to its audit file (when the environment's
+/// deploy root exists there); a failed append is an
+/// [`Event::AuditNotWritten`].
+async fn record(
+    node: &Node,
+    inputs: &Inputs,
+    mut entry: AuditEntry,
+    result: &Result<HostReport, ProvisionError>,
+    on_event: &(dyn Fn(&Event) + Sync),
+) {
+    let Some(root) = &inputs.lock.deploy_root else {
+        return;
+    };
+    match result {
+        Ok(r) if r.failed() => {
+            entry.result = Some(AuditResult::Failed);
+            entry.message = Some(format!("{} state(s) failed", r.report.failures().len()));
+        }
+        Ok(r) => {
+            entry.result = Some(AuditResult::Success);
+            if let Some(tree) = &r.tree {
+                entry.what = format!("provision (tree {tree})");
+            }
+        }
+        Err(e) => {
+            entry.result = Some(AuditResult::Failed);
+            entry.message = Some(e.to_string());
+        }
+    }
+    entry.host = node.name.clone();
+    let host = crate::Host::new(node.remote.clone(), root.clone()).named(node.name.clone());
+    if let Err(e) = audit::append(&host, &[entry], false, inputs.lock.timeout).await {
+        on_event(&Event::AuditNotWritten {
+            host: node.name.clone(),
+            error: crate::shell::describe(&e),
+        });
+    }
 }
 
 /// Gives back every lock taken (newest first); the first failure is

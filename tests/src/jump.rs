@@ -68,8 +68,19 @@ pub struct HiddenSshd {
 }
 
 impl HiddenSshd {
-    /// Starts one and waits until it listens.
+    /// Starts one in a network namespace of its own and waits until it
+    /// listens.
     pub fn start() -> Self {
+        Self::launch(None)
+    }
+
+    /// Starts another in `other`'s network namespace (so the same bastion
+    /// reaches both), with a deploy root of its own.
+    pub fn beside(other: &Self) -> Self {
+        Self::launch(Some(other.netns()))
+    }
+
+    fn launch(netns: Option<PathBuf>) -> Self {
         let dir = tempdir();
         let d = dir.path();
         let (port, second) = (crate::free_port(), crate::free_port());
@@ -93,13 +104,34 @@ impl HiddenSshd {
             std::fs::write(&empty, "").unwrap();
             rc = format!("mount --bind {} {} && ", q(&empty), q(&home_rc));
         }
-        let child = Command::new("unshare")
-            .args(["--net", "--mount", "--propagation", "private", "sh", "-c"])
-            .arg(format!(
-                "ip link set lo up && {rc}exec /usr/sbin/sshd -D -f {} -E {}",
-                q(&conf),
-                q(&log)
-            ))
+        // Like the bench's hosts, it sees a directory of its own at
+        // `SshHost::MOUNT`, so hosts can share a deploy path.
+        let root = d.join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let _ = std::fs::create_dir_all(SshHost::MOUNT);
+        let script = format!(
+            "mount --bind {} {} && {rc}exec /usr/sbin/sshd -D -f {} -E {}",
+            q(&root),
+            q(Path::new(SshHost::MOUNT)),
+            q(&conf),
+            q(&log)
+        );
+        let mut command = match &netns {
+            None => {
+                let mut c = Command::new("unshare");
+                c.args(["--net", "--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(format!("ip link set lo up && {script}"));
+                c
+            }
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display()))
+                    .args(["--", "unshare", "--mount", "--propagation", "private"])
+                    .args(["sh", "-c", &script]);
+                c
+            }
+        };
+        let child = command
             .stdin(Stdio::null())
             .spawn()
             .expect("start the hidden sshd (needs root: unshare --net)");
@@ -121,8 +153,8 @@ impl HiddenSshd {
             user: var("EKTOOL_TEST_SSH_USER"),
             client_key: PathBuf::from(var("EKTOOL_TEST_SSH_KEY")),
             host_public_key: PathBuf::from(var("EKTOOL_TEST_SSH_HOST_KEY")),
-            root: PathBuf::from("/"),
-            namespaced: false,
+            root,
+            namespaced: true,
         };
         let second = SshHost {
             port: second,

@@ -70,6 +70,13 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             inputs.secrets.path.display()
         );
     }
+    if let Some(bastion) = super::deploy::jump(ctx, env, &args.target)? {
+        // The first-contact trust step fetches a host's key directly.
+        return Err(CliError::Usage(format!(
+            "provision does not reach hosts through a bastion yet (jump {bastion}): \
+             provision from a machine that reaches them directly"
+        )));
+    }
     let targets = targets(ctx, env, &args.target, args.user.as_deref()).await?;
     // First contact with every host before the run: the trust step asks
     // at the terminal. A dry run's private known_hosts copies live until

@@ -122,3 +122,115 @@ hooks.build = [{{ run = "echo built > built.txt" }}]
         .stderr_has("jump");
     assert_eq!(bastion.logins(), logins);
 }
+
+/// The bastion drops its connections while the restart hooks run after the
+/// switch: the deploy fails (exit 1) and puts every host back, through a
+/// new connection to the bastion.
+#[test]
+fn a_bastion_that_drops_mid_deploy_fails_it_and_every_host_is_put_back() {
+    let first = HiddenSshd::start();
+    let second = HiddenSshd::beside(&first);
+    let bastion = Bastion::start(&first);
+    let hosts = [&first.host, &second.host];
+    let dir = tempdir();
+    git(
+        dir.path(),
+        &["init", "--quiet", "--bare", "-b", "main", "origin.git"],
+    );
+    git(dir.path(), &["clone", "--quiet", "origin.git", "work"]);
+    let work = dir.path().join("work");
+    git(&work, &["checkout", "--quiet", "-b", "main"]);
+    git(&work, &["config", "user.name", "Dev"]);
+    git(&work, &["config", "user.email", "dev@example.com"]);
+    let kh = dir.path().join("known_hosts");
+    std::fs::write(
+        &kh,
+        [&bastion.host, &first.host, &second.host]
+            .iter()
+            .map(|h| h.known_hosts_line() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    let name = unique("cli-jump-drop");
+    let marker = dir.path().join("restarting");
+    std::fs::write(
+        work.join("ektool.toml"),
+        format!(
+            r#"[ssh]
+user = "root"
+known_hosts = "{kh}"
+identity_files = ["{key}"]
+use_agent = false
+
+[environments.private]
+hosts = [{hosts}]
+path = "{mount}/{name}"
+jump = "{jump}"
+hooks.restart = [{{ run = "if [ \"$DEPLOY_ACTION\" = deploy ] && [ -f slow ]; then touch '{marker}'; sleep 20; fi" }}]
+"#,
+            kh = kh.display(),
+            key = first.host.client_key.display(),
+            hosts = hosts
+                .iter()
+                .map(|h| format!("\"{}\"", h.target()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            mount = SshHost::MOUNT,
+            jump = bastion.host.target(),
+            marker = marker.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(work.join(".gitignore"), "ektool.toml\n").unwrap();
+    let commit = |files: &[&str]| {
+        for f in files {
+            std::fs::write(work.join(f), "x\n").unwrap();
+        }
+        git(&work, &["add", "."]);
+        git(&work, &["commit", "--quiet", "-m", "next"]);
+        git(&work, &["push", "--quiet", "origin", "main"]);
+        git(&work, &["rev-parse", "HEAD"])
+    };
+    let live = |h: &SshHost| {
+        std::fs::read_to_string(h.local_path(&format!("{name}/current/REVISION")))
+            .map(|s| s.trim().to_owned())
+            .ok()
+    };
+    let good = commit(&["app.txt"]);
+    Ektool::new()
+        .current_dir(&work)
+        .args(&["deploy"])
+        .run()
+        .success();
+    let _slow = commit(&["slow"]);
+    let deploy = {
+        let work = work.clone();
+        std::thread::spawn(move || Ektool::new().current_dir(&work).args(&["deploy"]).run())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restart hook never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let logins = bastion.logins();
+    bastion.kill_sessions();
+    let out = deploy.join().unwrap().code(1);
+    for h in hosts {
+        assert_eq!(
+            live(h).as_deref(),
+            Some(good.as_str()),
+            "{}: {}",
+            h.target(),
+            out.stderr
+        );
+    }
+    assert!(
+        bastion.logins() > logins,
+        "the hosts were put back through a new bastion connection: {}",
+        out.stderr
+    );
+    println!("{}", out.stderr);
+}

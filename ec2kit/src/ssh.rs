@@ -568,10 +568,25 @@ pub async fn fetch_host_key(
     known_hosts: &Path,
     timeout: Duration,
 ) -> Result<(HostKey, HostKeyStatus), RemoteError> {
+    fetch_host_key_via(target, known_hosts, timeout, None).await
+}
+
+/// [`fetch_host_key`], through `bastion` when there is one (the bastion's
+/// own key checked strictly first: it is a host like any other).
+pub async fn fetch_host_key_via(
+    target: &SshTarget,
+    known_hosts: &Path,
+    timeout: Duration,
+    bastion: Option<&Bastion>,
+) -> Result<(HostKey, HostKeyStatus), RemoteError> {
     let target = target.clone();
     let known_hosts = known_hosts.to_owned();
+    let bastion = bastion.cloned();
     blocking(move || {
-        let conn = handshake(&target, timeout)?;
+        let conn = match &bastion {
+            None => handshake(&target, timeout)?,
+            Some(b) => handshake_via(&target, timeout, b)?,
+        };
         let (key, blob) = offered_key(&conn.session, &target)?;
         let status = known_status(&target, &blob, &known_hosts)?;
         Ok((key, status))
@@ -589,7 +604,18 @@ pub async fn trust_host_key(
     known_hosts: &Path,
     timeout: Duration,
 ) -> Result<(HostKey, HostKeyStatus), RemoteError> {
-    let (key, status) = fetch_host_key(target, known_hosts, timeout).await?;
+    trust_host_key_via(target, expected, known_hosts, timeout, None).await
+}
+
+/// [`trust_host_key`], through `bastion` when there is one.
+pub async fn trust_host_key_via(
+    target: &SshTarget,
+    expected: &str,
+    known_hosts: &Path,
+    timeout: Duration,
+    bastion: Option<&Bastion>,
+) -> Result<(HostKey, HostKeyStatus), RemoteError> {
+    let (key, status) = fetch_host_key_via(target, known_hosts, timeout, bastion).await?;
     let normalise = |s: &str| {
         s.trim()
             .trim_start_matches("SHA256:")

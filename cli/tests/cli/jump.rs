@@ -234,3 +234,122 @@ hooks.restart = [{{ run = "if [ \"$DEPLOY_ACTION\" = deploy ] && [ -f slow ]; th
     );
     println!("{}", out.stderr);
 }
+
+/// `ektool host trust --jump`: a hidden host's key is fetched through the
+/// bastion (whose own key must be trusted) and recorded.
+#[test]
+fn host_trust_fetches_a_hidden_hosts_key_through_the_bastion() {
+    let hidden = HiddenSshd::start();
+    let bastion = Bastion::start(&hidden);
+    let dir = tempdir();
+    let kh = dir.path().join("known_hosts");
+    // The bastion is logged in to (the host only shows its key).
+    let config = dir.path().join("ektool.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ssh]\nuser = \"root\"\nidentity_files = [\"{}\"]\nuse_agent = false\n",
+            hidden.host.client_key.display()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let trust = |jump: Option<&str>| {
+        let kh = kh.display().to_string();
+        let target = hidden.host.target();
+        let fingerprint = hidden.host.fingerprint();
+        let mut args = vec![
+            "host",
+            "trust",
+            target.as_str(),
+            "--fingerprint",
+            fingerprint.as_str(),
+            "--known-hosts",
+            kh.as_str(),
+        ];
+        if let Some(j) = jump {
+            args.extend(["--jump", j]);
+        }
+        Ektool::new()
+            .env("EKTOOL_CONFIG", &config)
+            .args(&args)
+            .run()
+    };
+    let jump = bastion.host.target();
+    // The bastion itself is not trusted yet: refused, nothing recorded.
+    trust(Some(&jump)).code(1).stderr_has(&jump);
+    assert!(!kh.exists() || std::fs::read_to_string(&kh).unwrap().is_empty());
+    std::fs::write(&kh, bastion.host.known_hosts_line() + "\n").unwrap();
+    // Directly, the host cannot be reached.
+    trust(None).code(1).stderr_has("connection failed");
+    trust(Some(&jump)).success();
+    let recorded = std::fs::read_to_string(&kh).unwrap();
+    assert!(
+        recorded.contains(&hidden.host.known_hosts_line()),
+        "{recorded}"
+    );
+}
+
+/// `ektool provision` through the environment's bastion: first contact
+/// with a new host (its key fetched through the bastion, trusted with
+/// `--trust-host-key`), then the script provisioner runs on it.
+#[test]
+fn provision_reaches_a_new_host_through_the_bastion() {
+    let hidden = HiddenSshd::start();
+    let bastion = Bastion::start(&hidden);
+    let dir = tempdir();
+    let kh = dir.path().join("known_hosts");
+    std::fs::write(&kh, bastion.host.known_hosts_line() + "\n").unwrap();
+    let name = unique("jump-prov");
+    let sandbox = format!("{}/{name}", SshHost::MOUNT);
+    let tree = dir.path().join("conf");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(
+        tree.join("bootstrap.sh"),
+        format!(
+            "set -eu\nmkdir -p {sandbox}/out\necho \"$EKTOOL_ENV\" > {sandbox}/out/script.txt\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("ektool.toml"),
+        format!(
+            r#"[ssh]
+user = "root"
+known_hosts = "{kh}"
+identity_files = ["{key}"]
+use_agent = false
+
+[environments.private]
+hosts = ["{target}"]
+path = "{sandbox}/app"
+jump = "{jump}"
+
+[environments.private.provision]
+tree = "{tree}"
+path = "{sandbox}/prov"
+provisioner = "script"
+script = "bootstrap.sh"
+"#,
+            kh = kh.display(),
+            key = hidden.host.client_key.display(),
+            target = hidden.host.target(),
+            jump = bastion.host.target(),
+            tree = tree.display(),
+        ),
+    )
+    .unwrap();
+    Ektool::new()
+        .current_dir(dir.path())
+        .args(&["provision", "--trust-host-key", &hidden.host.fingerprint()])
+        .run()
+        .success();
+    let out = hidden.host.local_path(&format!("{name}/out/script.txt"));
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "private\n");
+    assert!(
+        std::fs::read_to_string(&kh)
+            .unwrap()
+            .contains(&hidden.host.known_hosts_line())
+    );
+    assert_eq!(bastion.logins(), 1, "{}", bastion.log());
+}

@@ -582,3 +582,38 @@ impl Relay {
         let _ = poll(&mut fds, Some(&timeout));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn shared_bastions_are_one_per_target_and_options_while_in_use() {
+        let t = SshTarget::parse_with_user("ops@bastion.example.com:2200", "u").unwrap();
+        let o = SshOptions::from_home();
+        let a = Bastion::shared(&t, &o);
+        let b = Bastion::shared(&t, &o);
+        assert!(Arc::ptr_eq(&a.inner, &b.inner));
+        assert_eq!(a.target(), &t);
+        assert_eq!(a.connections(), 0, "nothing connects until a host needs it");
+        let mut quicker = o.clone();
+        quicker.connect_timeout = Duration::from_secs(1);
+        assert!(!Arc::ptr_eq(&a.inner, &Bastion::shared(&t, &quicker).inner));
+        let other = SshTarget::parse_with_user("ops@other.example.com:2200", "u").unwrap();
+        assert!(!Arc::ptr_eq(&a.inner, &Bastion::shared(&other, &o).inner));
+        // Once nobody holds it, the next is a fresh one.
+        let weak = Arc::downgrade(&a.inner);
+        drop((a, b));
+        assert!(weak.upgrade().is_none());
+        let _fresh = Bastion::shared(&t, &o);
+        assert!(
+            SHARED
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|(_, _, w)| !w.ptr_eq(&weak)),
+            "dead entries are swept"
+        );
+    }
+}

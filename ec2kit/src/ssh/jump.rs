@@ -18,10 +18,12 @@
 //! common alternatives fail on a shared connection: ssh2 locks the whole
 //! session for each call on any of its channels, so a relay thread per
 //! tunnel blocked in `Channel::read` holds the lock and stalls every other
-//! tunnel's writes (ssh2-rs issues 167 and 325 report exactly that); and a
+//! tunnel's writes (the stalls and timeouts of ssh2-rs issue 325; issue 167
+//! asks for this very feature and has no answer in the crate); and a
 //! loopback TCP listener per tunnel adds a port any local user can connect
 //! to. A socket pair is private to the process, and a single owner of the
-//! bastion session never contends for it.
+//! bastion session never contends for it. libssh2 opens one channel at a
+//! time on a non-blocking session, so opens wait their turn in the relay.
 //!
 //! # Bounds
 //!

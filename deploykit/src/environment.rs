@@ -23,6 +23,16 @@ pub struct Environment {
     /// Hosts found by EC2 tag instead (or as well).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ec2: Option<HostSource>,
+    /// The bastion every SSH host of the environment is reached through
+    /// (OpenSSH's `ProxyJump`): `[user@]host[:port]`, the user defaulting
+    /// as for the hosts. Its host key is checked like theirs; see
+    /// [`hosts::jump`](crate::hosts::jump).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "jump_target"
+    )]
+    pub jump: Option<String>,
     /// The deploy root on every host: `releases/`, `shared/`, `current`,
     /// `repo.git` and `.ektool/` (lock, release log) live under it.
     pub path: DeployPath,
@@ -157,6 +167,7 @@ impl Environment {
         Ok(Self {
             hosts,
             ec2: None,
+            jump: None,
             path: DeployPath::new(path)?,
             repository: None,
             remote: default_remote(),
@@ -208,6 +219,17 @@ impl Environment {
     pub fn lock_stale_after(&self) -> Duration {
         Duration::from_secs(self.lock_stale_seconds)
     }
+}
+
+fn jump_target<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let jump = String::deserialize(d)?;
+    if jump == ec2kit::HostTarget::LOCALHOST {
+        return Err(serde::de::Error::custom(
+            "jump: a bastion is an SSH host, not this machine",
+        ));
+    }
+    ec2kit::SshTarget::parse_with_user(&jump, "user").map_err(serde::de::Error::custom)?;
+    Ok(Some(jump))
 }
 
 fn repository_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {

@@ -70,6 +70,15 @@ pub enum HostsError {
         #[source]
         source: Box<Ec2Error>,
     },
+    /// The bastion (`jump`) is not `[user@]host[:port]`.
+    #[error("jump {written:?}: {source}")]
+    InvalidJump {
+        /// The bastion as written.
+        written: String,
+        /// Why it does not parse.
+        #[source]
+        source: InvalidTarget,
+    },
     /// A named host is none of the environment's hosts.
     #[error("{wanted} is not a host of this environment (have: {})", have_list(.have))]
     UnknownHost {
@@ -210,6 +219,31 @@ async fn tagged(
     Ok(found)
 }
 
+/// The bastion the environment's SSH hosts are reached through: `over`
+/// (ektool's `--jump`) if given, else the environment's `jump`; its user
+/// defaulting to `default_user` and its port to 22. `None`: the hosts are
+/// reached directly. Pass it to `ec2kit::connect_via`, which shares one
+/// bastion connection among every host behind it.
+pub fn jump(
+    env: &Environment,
+    over: Option<&str>,
+    default_user: &str,
+) -> Result<Option<SshTarget>, HostsError> {
+    let Some(written) = over.or(env.jump.as_deref()) else {
+        return Ok(None);
+    };
+    let invalid = |source| HostsError::InvalidJump {
+        written: written.to_owned(),
+        source,
+    };
+    if written == HostTarget::LOCALHOST {
+        return Err(invalid(InvalidTarget(written.to_owned())));
+    }
+    SshTarget::parse_with_user(written, default_user)
+        .map(Some)
+        .map_err(invalid)
+}
+
 /// The deploy [`Host`]s of `targets`: each reached through `connect`
 /// (`|t| ec2kit::connect(t, &options)` with ec2kit's `ssh` feature, or a
 /// test's own shell), deploying to the environment's root.
@@ -232,6 +266,40 @@ mod tests {
 
     fn env(hosts: &[&str]) -> Environment {
         Environment::new(hosts.iter().map(|h| (*h).to_owned()).collect(), "/srv/app").unwrap()
+    }
+
+    #[test]
+    fn the_jump_comes_from_the_flag_or_the_environment() {
+        let mut e = env(&["web1"]);
+        assert_eq!(jump(&e, None, "deploy").unwrap(), None);
+        e.jump = Some("bastion.example.com".into());
+        assert_eq!(
+            jump(&e, None, "deploy").unwrap().unwrap().to_string(),
+            "deploy@bastion.example.com:22"
+        );
+        assert_eq!(
+            jump(&e, Some("ops@10.0.0.9:2222"), "deploy")
+                .unwrap()
+                .unwrap()
+                .to_string(),
+            "ops@10.0.0.9:2222"
+        );
+        for bad in ["a b", "localhost", "host:port"] {
+            assert!(
+                matches!(
+                    jump(&e, Some(bad), "deploy"),
+                    Err(HostsError::InvalidJump { .. })
+                ),
+                "{bad}"
+            );
+        }
+        let parsed: Result<Environment, _> =
+            toml::from_str("hosts = [\"web1\"]\npath = \"/srv/app\"\njump = \"a b\"\n");
+        assert!(parsed.is_err());
+        let parsed: Environment =
+            toml::from_str("hosts = [\"web1\"]\npath = \"/srv/app\"\njump = \"ops@bastion\"\n")
+                .unwrap();
+        assert_eq!(parsed.jump.as_deref(), Some("ops@bastion"));
     }
 
     fn only(names: &[&str]) -> Vec<String> {

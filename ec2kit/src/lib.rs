@@ -126,6 +126,6 @@ pub use tokio_util::sync::CancellationToken;
 #[cfg(feature = "aws")]
 pub use aws::{AwsEc2, AwsEc2Options, RequestHook};
 #[cfg(feature = "ssh")]
-pub use ssh::{HostKey, HostKeyStatus, Keepalive, SshRemote};
+pub use ssh::{Bastion, HostKey, HostKeyStatus, Keepalive, SshRemote};
 #[cfg(feature = "ssh")]
-pub use target::connect;
+pub use target::{connect, connect_via};

@@ -42,6 +42,9 @@ use crate::remote::{
 // without this feature); re-exported here where they used to live.
 pub use crate::target::{InvalidTarget, SshOptions, SshTarget};
 
+mod jump;
+pub use jump::Bastion;
+
 /// A host's public key as offered during the handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostKey {
@@ -373,16 +376,34 @@ impl Heard {
 /// the TCP connection, noting when the peer last sent anything: a peer
 /// that stops answering keepalives (stopped, partitioned, hung) shows as
 /// silence, whatever its TCP stack still acknowledges.
+///
+/// Behind a bastion ([`Bastion`]) the bytes come from the bastion's
+/// connection thread instead, which notes when they last came the same way.
 struct Conn {
     session: Session,
-    tcp: TcpStream,
+    /// What carries the session: the TCP connection, or libssh2's end of a
+    /// bastion tunnel.
+    link: Link,
     heard: Arc<Heard>,
+    /// Libssh2's end of its socket (a second handle on it): readable when
+    /// the peer sent something libssh2 has not read yet.
+    local: UnixStream,
+}
+
+/// What carries a [`Conn`].
+enum Link {
+    Tcp(TcpStream),
+    Tunnel(UnixStream),
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        // Wakes both pump threads, even when the peer never answers again.
-        let _ = self.tcp.shutdown(Shutdown::Both);
+        // Wakes both pump threads (or ends the tunnel on the bastion),
+        // even when the peer never answers again.
+        let _ = match &self.link {
+            Link::Tcp(tcp) => tcp.shutdown(Shutdown::Both),
+            Link::Tunnel(sock) => sock.shutdown(Shutdown::Both),
+        };
     }
 }
 
@@ -470,13 +491,43 @@ fn handshake(target: &SshTarget, timeout: Duration) -> Result<Conn, RemoteError>
         // also wakes the other pump.
         let _ = tcp_out.shutdown(Shutdown::Both);
     }))?;
+    let local = ours.try_clone().map_err(connect_err(&name))?;
     let mut session = Session::new().map_err(ssh_err(&name))?;
     session.set_tcp_stream(ours);
     session.set_timeout(timeout.as_millis().min(u128::from(u32::MAX)) as u32);
     let conn = Conn {
         session,
-        tcp,
+        link: Link::Tcp(tcp),
         heard,
+        local,
+    };
+    let mut session = conn.session.clone();
+    session.handshake().map_err(ssh_err(&name))?;
+    Ok(conn)
+}
+
+/// Like [`handshake`], through a tunnel on `bastion`'s connection (opened
+/// first, bounded by `timeout`; then the handshake is, as directly).
+fn handshake_via(
+    target: &SshTarget,
+    timeout: Duration,
+    bastion: &Bastion,
+) -> Result<Conn, RemoteError> {
+    check_host_name(target)?;
+    let name = target.to_string();
+    let timeout = timeout.max(Duration::from_millis(1));
+    let heard = Arc::new(Heard::new());
+    let ours = bastion.tunnel(target, heard.clone(), timeout)?;
+    let local = ours.try_clone().map_err(connect_err(&name))?;
+    let link = ours.try_clone().map_err(connect_err(&name))?;
+    let mut session = Session::new().map_err(ssh_err(&name))?;
+    session.set_tcp_stream(ours);
+    session.set_timeout(timeout.as_millis().min(u128::from(u32::MAX)) as u32);
+    let conn = Conn {
+        session,
+        link: Link::Tunnel(link),
+        heard,
+        local,
     };
     let mut session = conn.session.clone();
     session.handshake().map_err(ssh_err(&name))?;
@@ -517,10 +568,25 @@ pub async fn fetch_host_key(
     known_hosts: &Path,
     timeout: Duration,
 ) -> Result<(HostKey, HostKeyStatus), RemoteError> {
+    fetch_host_key_via(target, known_hosts, timeout, None).await
+}
+
+/// [`fetch_host_key`], through `bastion` when there is one (the bastion's
+/// own key checked strictly first: it is a host like any other).
+pub async fn fetch_host_key_via(
+    target: &SshTarget,
+    known_hosts: &Path,
+    timeout: Duration,
+    bastion: Option<&Bastion>,
+) -> Result<(HostKey, HostKeyStatus), RemoteError> {
     let target = target.clone();
     let known_hosts = known_hosts.to_owned();
+    let bastion = bastion.cloned();
     blocking(move || {
-        let conn = handshake(&target, timeout)?;
+        let conn = match &bastion {
+            None => handshake(&target, timeout)?,
+            Some(b) => handshake_via(&target, timeout, b)?,
+        };
         let (key, blob) = offered_key(&conn.session, &target)?;
         let status = known_status(&target, &blob, &known_hosts)?;
         Ok((key, status))
@@ -538,7 +604,18 @@ pub async fn trust_host_key(
     known_hosts: &Path,
     timeout: Duration,
 ) -> Result<(HostKey, HostKeyStatus), RemoteError> {
-    let (key, status) = fetch_host_key(target, known_hosts, timeout).await?;
+    trust_host_key_via(target, expected, known_hosts, timeout, None).await
+}
+
+/// [`trust_host_key`], through `bastion` when there is one.
+pub async fn trust_host_key_via(
+    target: &SshTarget,
+    expected: &str,
+    known_hosts: &Path,
+    timeout: Duration,
+    bastion: Option<&Bastion>,
+) -> Result<(HostKey, HostKeyStatus), RemoteError> {
+    let (key, status) = fetch_host_key_via(target, known_hosts, timeout, bastion).await?;
     let normalise = |s: &str| {
         s.trim()
             .trim_start_matches("SHA256:")
@@ -634,6 +711,8 @@ struct Inner {
     session: Mutex<Option<Conn>>,
     /// The client key the last session logged in with.
     used_key: Mutex<Option<crate::ssh_key::PublicKey>>,
+    /// The bastion the host is reached through, if any.
+    bastion: Option<Bastion>,
 }
 
 impl fmt::Debug for SshRemote {
@@ -655,8 +734,32 @@ impl SshRemote {
                 keepalive: Keepalive::default(),
                 session: Mutex::new(None),
                 used_key: Mutex::new(None),
+                bastion: None,
             }),
         }
+    }
+
+    /// Reaches the host through `bastion` (OpenSSH's `ProxyJump`): a
+    /// `direct-tcpip` channel on the bastion's one connection, shared by
+    /// every remote behind it. The host's key is checked against
+    /// known_hosts under its own name, as directly.
+    #[must_use]
+    pub fn via(self, bastion: Bastion) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                target: self.inner.target.clone(),
+                options: self.inner.options.clone(),
+                keepalive: self.inner.keepalive,
+                session: Mutex::new(None),
+                used_key: Mutex::new(None),
+                bastion: Some(bastion),
+            }),
+        }
+    }
+
+    /// The bastion this remote goes through, if any.
+    pub fn bastion(&self) -> Option<&Bastion> {
+        self.inner.bastion.as_ref()
     }
 
     /// Sets how a silent peer is found out (default: [`Keepalive::default`]).
@@ -669,6 +772,7 @@ impl SshRemote {
                 keepalive,
                 session: Mutex::new(None),
                 used_key: Mutex::new(None),
+                bastion: self.inner.bastion.clone(),
             }),
         }
     }
@@ -912,7 +1016,10 @@ impl Inner {
     fn open(&self) -> Result<Conn, RemoteError> {
         let t = &self.target;
         let name = t.to_string();
-        let conn = handshake(t, self.options.connect_timeout)?;
+        let conn = match &self.bastion {
+            None => handshake(t, self.options.connect_timeout)?,
+            Some(b) => handshake_via(t, self.options.connect_timeout, b)?,
+        };
         self.verify(&conn.session)?;
         self.authenticate(&conn.session)?;
         if !conn.session.authenticated() {

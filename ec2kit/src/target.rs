@@ -203,6 +203,27 @@ pub fn connect(target: &HostTarget, options: &SshOptions) -> std::sync::Arc<dyn 
     }
 }
 
+/// Like [`connect`], through the bastion `jump` when there is one (see
+/// [`Bastion`](crate::ssh::Bastion)): every host of the process behind the
+/// same bastion (same target and options) shares its one connection. The
+/// bastion's key is checked against `options.known_hosts` as strictly as
+/// any host's. This machine (`localhost`) is never reached through one.
+/// Feature `ssh`.
+#[cfg(feature = "ssh")]
+pub fn connect_via(
+    target: &HostTarget,
+    options: &SshOptions,
+    jump: Option<&SshTarget>,
+) -> std::sync::Arc<dyn crate::Remote> {
+    match (target, jump) {
+        (HostTarget::Ssh(t), Some(jump)) => std::sync::Arc::new(
+            crate::SshRemote::new(t.clone(), options.clone())
+                .via(crate::ssh::Bastion::shared(jump, options)),
+        ),
+        _ => connect(target, options),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -173,6 +173,7 @@ pub fn pg_port() -> Option<u16> {
     }
 }
 
+pub mod jump;
 pub mod private_sshd;
 
 pub use private_sshd::PrivateSshd;

@@ -57,7 +57,7 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         .map(|s| parse_since(s, Timestamp::now()))
         .transpose()?;
     let (name, env) = environment(ctx, &args.target)?;
-    let hosts = hosts(ctx, env, &args.target.hosts).await?;
+    let hosts = hosts(ctx, env, &args.target).await?;
     let query = AuditQuery::all().since(since).limit(args.limit);
     let report = deployer(ctx, &name, env, hosts).audit(&query).await?;
     if ctx.output() == OutputFormat::Json {

@@ -60,7 +60,8 @@ pub(crate) async fn exec(ctx: &Context, cmd: DbCommand) -> Result<(), CliError> 
     })?;
     // The first host (of --host, else of the environment).
     let host = targets(ctx, env, target, None).await?.remove(0);
-    let remote = ec2kit::connect(&host, &ctx.ssh_options());
+    let jump = super::deploy::jump(ctx, env, target)?;
+    let remote = ec2kit::connect_via(&host, &ctx.ssh_options(), jump.as_ref());
     match cmd {
         DbCommand::Dump(args) => {
             if ctx.global.dry_run {

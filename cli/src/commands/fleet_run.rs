@@ -51,7 +51,7 @@ pub(crate) async fn exec(
     command: Vec<String>,
 ) -> Result<(), CliError> {
     let (name, env) = environment(ctx, &args.target)?;
-    let hosts = hosts(ctx, env, &args.target.hosts).await?;
+    let hosts = hosts(ctx, env, &args.target).await?;
     if hosts.is_empty() {
         return Err(CliError::Usage(format!(
             "no hosts in environment {name}: list them in `hosts`, or find them by EC2 tag with `ec2`"

@@ -41,6 +41,10 @@ pub(crate) struct TrustArgs {
     /// known_hosts file to record into (default from config, then ~/.ssh/known_hosts).
     #[arg(long, value_name = "FILE")]
     pub known_hosts: Option<PathBuf>,
+    /// Reach the host through this bastion (`[user@]host[:port]`; its key
+    /// must be trusted already).
+    #[arg(long, value_name = "BASTION", env = "EKTOOL_JUMP")]
+    pub jump: Option<String>,
 }
 
 /// Arguments of `ektool host run`.
@@ -84,8 +88,13 @@ fn target(ctx: &Context, s: &str) -> Result<SshTarget, CliError> {
 async fn trust(ctx: &Context, args: TrustArgs) -> Result<(), CliError> {
     let t = target(ctx, &args.target)?;
     let options = ctx.ssh_options_with(args.known_hosts.as_deref(), &[]);
+    let bastion = match &args.jump {
+        Some(j) => Some(ec2kit::Bastion::shared(&target(ctx, j)?, &options)),
+        None => None,
+    };
+    let bastion = bastion.as_ref();
     let (key, status) =
-        ssh::fetch_host_key(&t, &options.known_hosts, options.connect_timeout).await?;
+        ssh::fetch_host_key_via(&t, &options.known_hosts, options.connect_timeout, bastion).await?;
     if status == HostKeyStatus::Changed {
         return Err(ec2kit::RemoteError::HostKeyMismatch {
             host: key.host,
@@ -129,8 +138,14 @@ async fn trust(ctx: &Context, args: TrustArgs) -> Result<(), CliError> {
             key.fingerprint.clone()
         }
     };
-    let (key, before) =
-        ssh::trust_host_key(&t, &expected, &options.known_hosts, options.connect_timeout).await?;
+    let (key, before) = ssh::trust_host_key_via(
+        &t,
+        &expected,
+        &options.known_hosts,
+        options.connect_timeout,
+        bastion,
+    )
+    .await?;
     let state = if before == HostKeyStatus::Trusted {
         "already trusted"
     } else {

@@ -40,7 +40,7 @@ pub(crate) async fn exec_lock(ctx: &Context, args: LockArgs) -> Result<(), CliEr
         ));
     }
     let (name, env) = environment(ctx, &args.target)?;
-    let hosts = hosts(ctx, env, &args.target.hosts).await?;
+    let hosts = hosts(ctx, env, &args.target).await?;
     let d = deployer(ctx, &name, env, hosts)
         .message(Some(args.message.clone()))
         .lock_wait(lock_wait(args.lock_wait));
@@ -80,7 +80,7 @@ pub(crate) async fn exec_lock(ctx: &Context, args: LockArgs) -> Result<(), CliEr
 /// Runs `ektool unlock`.
 pub(crate) async fn exec_unlock(ctx: &Context, args: UnlockArgs) -> Result<(), CliError> {
     let (name, env) = environment(ctx, &args.target)?;
-    let hosts = hosts(ctx, env, &args.target.hosts).await?;
+    let hosts = hosts(ctx, env, &args.target).await?;
     let d = deployer(ctx, &name, env, hosts);
     let dry = ctx.global.dry_run;
     let outcomes = if dry {

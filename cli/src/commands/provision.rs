@@ -70,6 +70,10 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             inputs.secrets.path.display()
         );
     }
+    // The bastion's key is checked against the real known_hosts, also on
+    // a dry run (a new host's key may go to a private copy: see below).
+    let bastion = super::deploy::jump(ctx, env, &args.target)?
+        .map(|j| ec2kit::Bastion::shared(&j, &ctx.ssh_options()));
     let targets = targets(ctx, env, &args.target, args.user.as_deref()).await?;
     // First contact with every host before the run: the trust step asks
     // at the terminal. A dry run's private known_hosts copies live until
@@ -77,7 +81,14 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let mut nodes = Vec::with_capacity(targets.len());
     let mut known_hosts_copies = Vec::new();
     for t in &targets {
-        let (node, scratch) = node(ctx, t, args.trust_host_key.as_deref(), &say).await?;
+        let (node, scratch) = node(
+            ctx,
+            t,
+            args.trust_host_key.as_deref(),
+            bastion.as_ref(),
+            &say,
+        )
+        .await?;
         nodes.push(node);
         known_hosts_copies.extend(scratch);
     }
@@ -137,6 +148,7 @@ async fn node(
     ctx: &Context,
     target: &HostTarget,
     expected: Option<&str>,
+    bastion: Option<&ec2kit::Bastion>,
     say: &dyn Fn(&str),
 ) -> Result<(Node, Option<tempfile::NamedTempFile>), CliError> {
     let mut options = ctx.ssh_options();
@@ -144,11 +156,14 @@ async fn node(
         let me = deploykit::Actor::current().user;
         return Ok((Node::new(ec2kit::connect(target, &options), me), None));
     };
-    let scratch = check_host_key(ctx, t, expected, say).await?;
+    let scratch = check_host_key(ctx, t, expected, bastion, say).await?;
     if let Some(s) = &scratch {
         options.known_hosts = s.path().to_owned();
     }
-    let remote = SshRemote::new(t.clone(), options);
+    let mut remote = SshRemote::new(t.clone(), options);
+    if let Some(b) = bastion {
+        remote = remote.via(b.clone());
+    }
     let key = remote
         .authenticated_key()
         .await?
@@ -168,12 +183,13 @@ async fn check_host_key(
     ctx: &Context,
     t: &SshTarget,
     expected: Option<&str>,
+    bastion: Option<&ec2kit::Bastion>,
     say: &dyn Fn(&str),
 ) -> Result<Option<tempfile::NamedTempFile>, CliError> {
     let dry_run = ctx.global.dry_run;
     let options = ctx.ssh_options();
     let (key, status) =
-        ssh::fetch_host_key(t, &options.known_hosts, options.connect_timeout).await?;
+        ssh::fetch_host_key_via(t, &options.known_hosts, options.connect_timeout, bastion).await?;
     let fingerprint = match status {
         HostKeyStatus::Trusted => return Ok(None),
         HostKeyStatus::Changed => {
@@ -206,17 +222,25 @@ async fn check_host_key(
         },
     };
     if !dry_run {
-        ssh::trust_host_key(
+        ssh::trust_host_key_via(
             t,
             &fingerprint,
             &options.known_hosts,
             options.connect_timeout,
+            bastion,
         )
         .await?;
         return Ok(None);
     }
     let scratch = scratch_known_hosts(&options.known_hosts)?;
-    ssh::trust_host_key(t, &fingerprint, scratch.path(), options.connect_timeout).await?;
+    ssh::trust_host_key_via(
+        t,
+        &fingerprint,
+        scratch.path(),
+        options.connect_timeout,
+        bastion,
+    )
+    .await?;
     say(&format!(
         "{t}: would trust {} {} and record it in {} (dry run: not recorded)",
         key.key_type,

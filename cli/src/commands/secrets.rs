@@ -39,7 +39,8 @@ pub(crate) async fn exec(ctx: &Context, cmd: SecretsCommand) -> Result<(), CliEr
     let host = targets(ctx, env, &args.target, args.user.as_deref())
         .await?
         .remove(0);
-    let shell = ec2kit::connect(&host, &ctx.ssh_options());
+    let jump = super::deploy::jump(ctx, env, &args.target)?;
+    let shell = ec2kit::connect_via(&host, &ctx.ssh_options(), jump.as_ref());
     let Some(remote) = secrets::read_remote(shell.as_ref(), &cfg.layout()).await? else {
         return Err(CliError::Failed(format!(
             "{}: has no secrets for {env_name}",

@@ -17,6 +17,7 @@ mod host;
 mod iam;
 mod image;
 mod jobs;
+mod jump;
 mod mount;
 mod plan_html;
 mod preflight;

@@ -36,7 +36,7 @@ fn parse_size(text: &str) -> Result<ByteSize, String> {
 /// Runs `ektool deploy check`.
 pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let (name, env) = environment(ctx, &args.target)?;
-    let hosts = hosts(ctx, env, &args.target.hosts).await?;
+    let hosts = hosts(ctx, env, &args.target).await?;
     let json = ctx.output() == OutputFormat::Json;
     let quiet = ctx.global.quiet;
     // Progress on stderr; with --output json stdout holds the rows only.

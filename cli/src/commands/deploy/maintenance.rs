@@ -30,7 +30,7 @@ pub(crate) struct Args {
 /// Runs `ektool maintenance`.
 pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let (name, env) = environment(ctx, &args.target)?;
-    let hosts = hosts(ctx, env, &args.target.hosts).await?;
+    let hosts = hosts(ctx, env, &args.target).await?;
     let on = args.state == Switch::On;
     if ctx.global.dry_run {
         println!(

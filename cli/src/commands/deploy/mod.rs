@@ -64,6 +64,10 @@ pub(crate) struct Target {
     /// instance id or `Name` of one found by EC2 tag. Any other is refused.
     #[arg(long = "host", value_name = "HOST")]
     pub hosts: Vec<String>,
+    /// Reach the SSH hosts through this bastion (`[user@]host[:port]`),
+    /// over the environment's `jump`: one connection to it serves them all.
+    #[arg(long = "jump", value_name = "BASTION", env = "EKTOOL_JUMP")]
+    pub jump: Option<String>,
 }
 
 /// The chosen environment's name and configuration.
@@ -114,17 +118,32 @@ async fn resolve(
 }
 
 /// The environment's hosts as deploy hosts: a strict-host-key SSH shell
-/// each (or this machine for `localhost`).
+/// each (or this machine for `localhost`), through the bastion of
+/// `--jump` or the environment's `jump` if there is one.
 pub(crate) async fn hosts(
     ctx: &Context,
     env: &Environment,
-    wanted: &[String],
+    target: &Target,
 ) -> Result<Vec<Host>, CliError> {
-    let targets = resolve(ctx, env, wanted).await?;
+    let jump = jump(ctx, env, target)?;
+    let targets = resolve(ctx, env, &target.hosts).await?;
     let options = ctx.ssh_options();
     Ok(deploykit::hosts::connect(env, &targets, |t| {
-        ec2kit::connect(t, &options)
+        ec2kit::connect_via(t, &options, jump.as_ref())
     }))
+}
+
+/// The bastion of `--jump`, or else the environment's `jump`, if any.
+pub(crate) fn jump(
+    ctx: &Context,
+    env: &Environment,
+    target: &Target,
+) -> Result<Option<ec2kit::SshTarget>, CliError> {
+    Ok(deploykit::hosts::jump(
+        env,
+        target.jump.as_deref(),
+        &ctx.ssh_user(),
+    )?)
 }
 
 /// The environment's hosts for `provision`, `secrets get` and `db`

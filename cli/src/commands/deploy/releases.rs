@@ -20,7 +20,7 @@ pub(crate) struct Args {
 /// Runs `ektool releases`.
 pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let (name, env) = environment(ctx, &args.target)?;
-    let hosts = hosts(ctx, env, &args.target.hosts).await?;
+    let hosts = hosts(ctx, env, &args.target).await?;
     let all = deployer(ctx, &name, env, hosts).releases().await?;
     if ctx.output() == OutputFormat::Json {
         return output::json(&all);

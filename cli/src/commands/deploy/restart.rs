@@ -19,7 +19,7 @@ pub(crate) struct Args {
 /// Runs `ektool restart`.
 pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let (name, env) = environment(ctx, &args.target)?;
-    let hosts = hosts(ctx, env, &args.target.hosts).await?;
+    let hosts = hosts(ctx, env, &args.target).await?;
     if ctx.global.dry_run {
         println!(
             "would run {} restart hook(s) on {} host(s)",

@@ -30,7 +30,7 @@ pub(crate) struct Args {
 /// Runs `ektool rollback`.
 pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let (name, env) = environment(ctx, &args.target)?;
-    let hosts = hosts(ctx, env, &args.target.hosts).await?;
+    let hosts = hosts(ctx, env, &args.target).await?;
     let d = deployer(ctx, &name, env, hosts)
         .lock_wait(lock_wait(args.lock_wait))
         .message(args.message.clone());

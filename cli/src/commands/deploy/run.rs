@@ -104,7 +104,7 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         release.reference = tag.clone();
         new_tag = Some(tag);
     }
-    let hosts = hosts(ctx, env, &args.target.hosts).await?;
+    let hosts = hosts(ctx, env, &args.target).await?;
     let mut d = deployer(ctx, &name, env, hosts)
         .lock_wait(lock_wait(args.lock_wait))
         .message(args.message.clone());

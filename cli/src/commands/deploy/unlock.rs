@@ -20,7 +20,7 @@ pub(crate) struct Args {
 /// Runs `ektool deploy unlock`.
 pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let (name, env) = environment(ctx, &args.target)?;
-    let hosts = hosts(ctx, env, &args.target.hosts).await?;
+    let hosts = hosts(ctx, env, &args.target).await?;
     let d = deployer(ctx, &name, env, hosts);
     let dry = ctx.global.dry_run;
     let outcomes = if dry {

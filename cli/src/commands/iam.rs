@@ -150,6 +150,10 @@ pub(crate) fn policies() -> Vec<Policy> {
         hosts(command("releases")),
         hosts(command("maintenance")),
         hosts(command("restart")),
+        hosts(command("deploy check")),
+        hosts(command("lock")),
+        hosts(command("unlock")),
+        hosts(command("audit")),
     ]
 }
 

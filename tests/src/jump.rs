@@ -202,7 +202,7 @@ impl Drop for HiddenSshd {
 /// the hidden host's network namespace, behind a listener on 127.0.0.1.
 #[derive(Debug)]
 pub struct Bastion {
-    /// The bastion as a host (its own host key: [`Bastion::public_key`]).
+    /// The bastion as a host (its own host key: `host.host_public_key`).
     pub host: SshHost,
     /// Its directory: config, host key, log.
     pub dir: tempfile::TempDir,

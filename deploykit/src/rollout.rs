@@ -126,11 +126,6 @@ impl Rollout {
         }
         waves
     }
-
-    /// Whether every host switches at once (no canary, no batches).
-    pub fn is_all_at_once(&self, hosts: usize) -> bool {
-        self.waves(hosts).len() <= 1
-    }
 }
 
 #[cfg(test)]

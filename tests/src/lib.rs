@@ -133,6 +133,22 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("create a temporary directory")
 }
 
+/// A bare `origin.git` in `dir` and its clone `work` on branch `main`,
+/// committing as `Dev <dev@example.com>`: an app repository for deploy
+/// tests. Returns the clone's path.
+pub fn origin_and_clone(dir: &Path) -> PathBuf {
+    git(
+        dir,
+        &["init", "--quiet", "--bare", "-b", "main", "origin.git"],
+    );
+    git(dir, &["clone", "--quiet", "origin.git", "work"]);
+    let work = dir.join("work");
+    git(&work, &["checkout", "--quiet", "-b", "main"]);
+    git(&work, &["config", "user.name", "Dev"]);
+    git(&work, &["config", "user.email", "dev@example.com"]);
+    work
+}
+
 /// Runs git in `dir` as a fixed author, panicking with its stderr on
 /// failure; returns its standard output, trimmed.
 pub fn git(dir: &Path, args: &[&str]) -> String {

@@ -37,15 +37,7 @@ health = {{ command = "test -f built.txt", deadline_seconds = 5 }}
     /// nothing deployed.
     pub(crate) fn with_environment(label: &str, body: &str) -> Self {
         let dir = tempdir();
-        git(
-            dir.path(),
-            &["init", "--quiet", "--bare", "-b", "main", "origin.git"],
-        );
-        git(dir.path(), &["clone", "--quiet", "origin.git", "work"]);
-        let work = dir.path().join("work");
-        git(&work, &["checkout", "--quiet", "-b", "main"]);
-        git(&work, &["config", "user.name", "Dev"]);
-        git(&work, &["config", "user.email", "dev@example.com"]);
+        let work = ektool_tests::origin_and_clone(dir.path());
         let hosts = vec![ssh_host(1), ssh_host(2)];
         let kh = dir.path().join("known_hosts");
         std::fs::write(
@@ -153,6 +145,12 @@ fn deploy_releases_rollback_end_to_end() {
         .as_array_mut()
         .unwrap()
         .sort_by_key(|h| h["host"].as_str().unwrap_or_default().to_owned());
+    // So do the hosts within a wave (the order of waves is kept).
+    for wave in plan["waves"].as_array_mut().unwrap() {
+        wave.as_array_mut()
+            .unwrap()
+            .sort_by_key(|h| h.as_str().unwrap_or_default().to_owned());
+    }
     // The measured clock skews vary from run to run.
     for h in plan["hosts"].as_array_mut().unwrap() {
         assert!(h["clock_skew_ms"].is_i64(), "{h}");

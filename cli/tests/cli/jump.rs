@@ -15,15 +15,7 @@ fn deploys_and_runs_through_the_bastion_with_one_connection_per_run() {
     let hosts = [&first.host, &second.host];
 
     let dir = tempdir();
-    git(
-        dir.path(),
-        &["init", "--quiet", "--bare", "-b", "main", "origin.git"],
-    );
-    git(dir.path(), &["clone", "--quiet", "origin.git", "work"]);
-    let work = dir.path().join("work");
-    git(&work, &["checkout", "--quiet", "-b", "main"]);
-    git(&work, &["config", "user.name", "Dev"]);
-    git(&work, &["config", "user.email", "dev@example.com"]);
+    let work = ektool_tests::origin_and_clone(dir.path());
     let kh = dir.path().join("known_hosts");
     std::fs::write(
         &kh,
@@ -133,15 +125,7 @@ fn a_bastion_that_drops_mid_deploy_fails_it_and_every_host_is_put_back() {
     let bastion = Bastion::start(&first);
     let hosts = [&first.host, &second.host];
     let dir = tempdir();
-    git(
-        dir.path(),
-        &["init", "--quiet", "--bare", "-b", "main", "origin.git"],
-    );
-    git(dir.path(), &["clone", "--quiet", "origin.git", "work"]);
-    let work = dir.path().join("work");
-    git(&work, &["checkout", "--quiet", "-b", "main"]);
-    git(&work, &["config", "user.name", "Dev"]);
-    git(&work, &["config", "user.email", "dev@example.com"]);
+    let work = ektool_tests::origin_and_clone(dir.path());
     let kh = dir.path().join("known_hosts");
     std::fs::write(
         &kh,

@@ -26,15 +26,7 @@ struct App {
 impl App {
     fn new() -> Self {
         let dir = tempdir();
-        git(
-            dir.path(),
-            &["init", "--quiet", "--bare", "-b", "main", "origin.git"],
-        );
-        git(dir.path(), &["clone", "--quiet", "origin.git", "work"]);
-        let work = dir.path().join("work");
-        git(&work, &["checkout", "--quiet", "-b", "main"]);
-        git(&work, &["config", "user.name", "Dev"]);
-        git(&work, &["config", "user.email", "dev@example.com"]);
+        let work = ektool_tests::origin_and_clone(dir.path());
         let hosts = vec![ssh_host(1), ssh_host(2)];
         let home = dir.path().join("home");
         let ssh = home.join(".ssh");

@@ -38,7 +38,47 @@ const RUNS: usize = 5;
 /// The round trip the `wan` scenarios add.
 const RTT: Duration = Duration::from_millis(50);
 
+/// Prints each command with its start and end (ms since the first), for
+/// `EKTOOL_DEPLOY_BENCH_TRACE=1`.
+struct Traced(Arc<dyn Remote>, Instant);
+
+#[async_trait::async_trait]
+impl Remote for Traced {
+    fn host(&self) -> String {
+        self.0.host()
+    }
+    async fn run(&self, command: &ec2kit::Command) -> Result<ec2kit::Output, ec2kit::RemoteError> {
+        let t = self.1.elapsed().as_secs_f64() * 1000.0;
+        let r = self.0.run(command).await;
+        let e = self.1.elapsed().as_secs_f64() * 1000.0;
+        let c = command.to_string();
+        eprintln!(
+            "trace {t:8.1} {e:8.1} {:6.1}  {}",
+            e - t,
+            &c[..c.len().min(150)].replace('\n', " ")
+        );
+        r
+    }
+    async fn upload(&self, path: &str, bytes: &[u8], mode: u32) -> Result<(), ec2kit::RemoteError> {
+        let t = self.1.elapsed().as_secs_f64() * 1000.0;
+        let r = self.0.upload(path, bytes, mode).await;
+        eprintln!("trace {t:8.1} upload {path}");
+        r
+    }
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>, ec2kit::RemoteError> {
+        self.0.read_file(path).await
+    }
+}
+
 fn remote(host: &SshHost, dir: &Path) -> Arc<dyn Remote> {
+    let r = remote_plain(host, dir);
+    if host.n == 1 && std::env::var_os("EKTOOL_DEPLOY_BENCH_TRACE").is_some() {
+        return Arc::new(Traced(r, Instant::now()));
+    }
+    r
+}
+
+fn remote_plain(host: &SshHost, dir: &Path) -> Arc<dyn Remote> {
     let kh = dir.join(format!("kh{}-{}", host.n, host.port));
     std::fs::create_dir_all(&kh).unwrap();
     let kh = host.write_known_hosts(&kh);

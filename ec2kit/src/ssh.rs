@@ -43,6 +43,7 @@ use crate::remote::{
 pub use crate::target::{InvalidTarget, SshOptions, SshTarget};
 
 mod jump;
+mod shell;
 pub use jump::Bastion;
 
 /// A host's public key as offered during the handshake.
@@ -388,6 +389,16 @@ struct Conn {
     /// Libssh2's end of its socket (a second handle on it): readable when
     /// the peer sent something libssh2 has not read yet.
     local: UnixStream,
+    /// The connection's command shell (see [`shell`]).
+    shell: ShellSlot,
+}
+
+/// A connection's command shell: not started yet, running, or not
+/// possible on this host (commands then use `exec`).
+enum ShellSlot {
+    NotStarted,
+    Ready(ssh2::Channel),
+    Unavailable,
 }
 
 /// What carries a [`Conn`].
@@ -500,6 +511,7 @@ fn handshake(target: &SshTarget, timeout: Duration) -> Result<Conn, RemoteError>
         link: Link::Tcp(tcp),
         heard,
         local,
+        shell: ShellSlot::NotStarted,
     };
     let mut session = conn.session.clone();
     session.handshake().map_err(ssh_err(&name))?;
@@ -528,6 +540,7 @@ fn handshake_via(
         link: Link::Tunnel(link),
         heard,
         local,
+        shell: ShellSlot::NotStarted,
     };
     let mut session = conn.session.clone();
     session.handshake().map_err(ssh_err(&name))?;
@@ -803,6 +816,28 @@ impl SshRemote {
     pub async fn connect(&self) -> Result<(), RemoteError> {
         let inner = self.inner.clone();
         blocking(move || inner.with_session(|_| Ok(()))).await
+    }
+}
+
+/// The line a host is sent for `command`, under its timeout, and the
+/// local deadline that goes with it.
+fn bounded_line(command: &Command) -> (String, Option<Instant>) {
+    let line = command.to_shell_line();
+    match command.timeout {
+        // The host enforces the limit (and kills the command), so nothing
+        // is left running there; the local deadline only guards against a
+        // silent network.
+        Some(limit) => (
+            format!(
+                "timeout -k 5 {} sh -c {}",
+                limit.as_secs().max(1),
+                quote(&line)
+            ),
+            Instant::now()
+                .checked_add(limit)
+                .and_then(|d| d.checked_add(DEADLINE_GRACE)),
+        ),
+        None => (line, None),
     }
 }
 
@@ -1107,13 +1142,13 @@ impl Inner {
     /// is unknown), so the next call reconnects.
     fn with_session<T>(
         &self,
-        f: impl FnOnce(&Conn) -> Result<T, RemoteError>,
+        f: impl FnOnce(&mut Conn) -> Result<T, RemoteError>,
     ) -> Result<T, RemoteError> {
         let mut guard = self.session.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             *guard = Some(self.open()?);
         }
-        let Some(conn) = guard.as_ref() else {
+        let Some(conn) = guard.as_mut() else {
             return Err(RemoteError::Ssh {
                 host: self.target.to_string(),
                 message: "no session".into(),
@@ -1156,21 +1191,7 @@ impl Inner {
         cancel: Option<&CancellationToken>,
     ) -> Result<Ran, RemoteError> {
         let name = self.target.to_string();
-        let mut line = command.to_shell_line();
-        let mut deadline = None;
-        if let Some(limit) = command.timeout {
-            // The host enforces the limit (and kills the command), so
-            // nothing is left running there; the local deadline only
-            // guards against a silent network.
-            line = format!(
-                "timeout -k 5 {} sh -c {}",
-                limit.as_secs().max(1),
-                quote(&line)
-            );
-            deadline = Instant::now()
-                .checked_add(limit)
-                .and_then(|d| d.checked_add(DEADLINE_GRACE));
-        }
+        let (line, deadline) = bounded_line(command);
         let watch = Watch {
             conn,
             host: &name,
@@ -1285,6 +1306,192 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Runs `command` on the connection's shell (one round trip), starting
+    /// the shell first if needed. `None`: no shell on this host; use
+    /// `exec`.
+    fn in_shell(
+        &self,
+        conn: &mut Conn,
+        command: &Command,
+        stdin: &[u8],
+    ) -> Result<Option<Output>, RemoteError> {
+        conn.session.set_blocking(false);
+        let result = self.in_shell_nonblocking(conn, command, stdin);
+        conn.session.set_blocking(true);
+        result
+    }
+
+    fn in_shell_nonblocking(
+        &self,
+        conn: &mut Conn,
+        command: &Command,
+        stdin: &[u8],
+    ) -> Result<Option<Output>, RemoteError> {
+        if matches!(conn.shell, ShellSlot::NotStarted) {
+            conn.shell = self.start_shell(conn)?;
+        }
+        let ShellSlot::Ready(mut channel) =
+            std::mem::replace(&mut conn.shell, ShellSlot::NotStarted)
+        else {
+            conn.shell = ShellSlot::Unavailable;
+            return Ok(None);
+        };
+        let name = self.target.to_string();
+        let (line, deadline) = bounded_line(command);
+        let nonce = shell::nonce();
+        let request = shell::frame(&nonce, &line, stdin);
+        let watch = Watch {
+            conn,
+            host: &name,
+            keepalive: self.keepalive,
+            started: Instant::now(),
+            deadline,
+            command,
+            cancel: None,
+        };
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut sent = 0;
+        let (mut out_end, mut err_end) = (None, None);
+        let mut idle = Idle::new();
+        // A stream that cannot be trusted retires the shell (the next
+        // command starts another); the command's fate is unknown.
+        let mut broken = false;
+        loop {
+            let mut progressed = false;
+            if sent < request.len() {
+                match channel.write(&request[sent..]) {
+                    Ok(n) => {
+                        sent += n;
+                        progressed |= n > 0;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(source) => return Err(connect_err(&name)(source)),
+                }
+            }
+            if out_end.is_none() {
+                match channel.read(&mut buf) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        stdout.extend_from_slice(&buf[..n]);
+                        progressed = true;
+                        match shell::end(&stdout, &nonce, true) {
+                            shell::End::Open => {}
+                            shell::End::At(at, code) => out_end = Some((at, code)),
+                            shell::End::Broken => broken = true,
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(source) => return Err(connect_err(&name)(source)),
+                }
+            }
+            if err_end.is_none() {
+                match channel.stderr().read(&mut buf) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        stderr.extend_from_slice(&buf[..n]);
+                        progressed = true;
+                        match shell::end(&stderr, &nonce, false) {
+                            shell::End::Open => {}
+                            shell::End::At(at, _) => err_end = Some(at),
+                            shell::End::Broken => broken = true,
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(source) => return Err(connect_err(&name)(source)),
+                }
+            }
+            if broken || (out_end.is_some() && err_end.is_some()) {
+                break;
+            }
+            if !progressed && channel.eof() {
+                broken = true;
+                break;
+            }
+            watch.check()?;
+            if progressed {
+                idle.reset();
+            } else {
+                idle.sleep();
+            }
+        }
+        let status = match (broken, out_end) {
+            (false, Some((at, code))) => {
+                stdout.truncate(at);
+                stderr.truncate(err_end.unwrap_or(stderr.len()));
+                conn.shell = ShellSlot::Ready(channel);
+                code.map_or(ExitStatus::Unknown, ExitStatus::Code)
+            }
+            _ => {
+                // Dropping the channel closes it; the shell ends when its
+                // input does.
+                drop(channel);
+                ExitStatus::Unknown
+            }
+        };
+        if command.timeout.is_some() && status == ExitStatus::Code(124) {
+            return Err(RemoteError::Timeout {
+                host: name,
+                after: command.timeout.unwrap_or_default(),
+                command: command.to_string(),
+            });
+        }
+        Ok(Some(Output {
+            status,
+            stdout,
+            stderr,
+        }))
+    }
+
+    /// Starts the connection's shell and waits for its banner (bounded by
+    /// the connect timeout). A shell that ends or says something else
+    /// means this host keeps using `exec`.
+    fn start_shell(&self, conn: &Conn) -> Result<ShellSlot, RemoteError> {
+        let name = self.target.to_string();
+        let probe = Command::shell("ektool command shell");
+        let watch = Watch {
+            conn,
+            host: &name,
+            keepalive: self.keepalive,
+            started: Instant::now(),
+            deadline: Instant::now().checked_add(self.options.connect_timeout),
+            command: &probe,
+            cancel: None,
+        };
+        let session = &conn.session;
+        let mut channel = watch.again(|| session.channel_session())?;
+        let line = format!("exec sh -c {}", quote(shell::DRIVER));
+        watch.again(|| channel.exec(&line))?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        let idle = Idle::new();
+        while got.len() < shell::BANNER.len() {
+            match channel.read(&mut buf) {
+                Ok(n) if n > 0 => {
+                    got.extend_from_slice(&buf[..n]);
+                    continue;
+                }
+                Ok(_) => {
+                    if channel.eof() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(source) => return Err(connect_err(&name)(source)),
+            }
+            watch.check()?;
+            idle.sleep();
+        }
+        Ok(if got == shell::BANNER {
+            ShellSlot::Ready(channel)
+        } else {
+            tracing::debug!(host = %name, "no command shell on this host; using exec");
+            ShellSlot::Unavailable
+        })
+    }
+}
+
 #[async_trait]
 impl Remote for SshRemote {
     fn host(&self) -> String {
@@ -1295,17 +1502,21 @@ impl Remote for SshRemote {
         let inner = self.inner.clone();
         let mut command = command.clone();
         blocking(move || {
-            let input = match command.stdin.take() {
-                Some(bytes) => Input::Bytes(bytes, 0),
-                None => Input::None,
-            };
-            let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-            let ran = inner
-                .with_session(|c| inner.exec(c, &command, input, &mut stdout, &mut stderr, None))?;
-            Ok(Output {
-                status: ran.status,
-                stdout,
-                stderr,
+            let stdin = command.stdin.take().unwrap_or_default();
+            inner.with_session(|c| {
+                if stdin.len() <= shell::MAX_INPUT
+                    && let Some(out) = inner.in_shell(c, &command, &stdin)?
+                {
+                    return Ok(out);
+                }
+                let input = Input::Bytes(stdin, 0);
+                let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+                let ran = inner.exec(c, &command, input, &mut stdout, &mut stderr, None)?;
+                Ok(Output {
+                    status: ran.status,
+                    stdout,
+                    stderr,
+                })
             })
         })
         .await

@@ -352,7 +352,9 @@ impl Deployer {
 
     /// Switches hosts to releases at one scheduled moment (see
     /// [`switch::switch_command`]): far enough ahead for every command to
-    /// have started (1.5 × the hosts' observed latency), emitting an event
+    /// have started (the hosts' observed latency: the lock round's whole
+    /// round trip and script, while a switch needs only the way there and
+    /// a few commands), emitting an event
     /// per host with its offset from the first rename. Returns each host's
     /// rename time (host clock, ns) or its error.
     async fn switch_all<'h>(
@@ -361,7 +363,7 @@ impl Deployer {
         token: &str,
         latency: Duration,
     ) -> Vec<Result<Option<i128>, ec2kit::RemoteError>> {
-        let margin = (latency * 3 / 2 + Duration::from_millis(20)).min(Duration::from_secs(3));
+        let margin = (latency + Duration::from_millis(20)).min(Duration::from_secs(3));
         let at = switch::now_ns() + i128::try_from(margin.as_nanos()).unwrap_or(0);
         let targets: Vec<_> = targets.collect();
         let timeout = self.timeouts().switch.get();

@@ -56,9 +56,36 @@ async fn appears(file: &Path) {
 async fn a_host_stopped_mid_checkout_fails_within_its_deadline_and_a_rerun_works() {
     let f = Fixture::new(1);
     let signal = f.dir.path().join("in-checkout");
+    // `git clone` on that host says it started, then takes a second. (A
+    // wrapper in its PATH: commands reach the host through its command
+    // shell, not one SSH command each.)
+    let bin = f.dir.path().join("clone-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let git = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    std::fs::write(
+        bin.join("git"),
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *' clone '*) touch '{}'; sleep 1;; esac\nexec '{}' \"$@\"\n",
+            signal.display(),
+            git.trim()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        bin.join("git"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let server = PrivateSshd::with_force_command(&format!(
-        "case \"$SSH_ORIGINAL_COMMAND\" in *'git clone'*) touch '{}'; sleep 1;; esac\nexec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"",
-        signal.display()
+        "PATH='{}':$PATH; export PATH\nexec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"",
+        bin.display()
     ));
     let proot = server.dir.path().join("root");
     let mut hosts = f.hosts();

@@ -99,6 +99,64 @@ async fn connection_is_reused_between_calls() {
     assert_eq!(seen.len(), 1, "{seen:?}");
 }
 
+/// The process that ran a command's `sh -c` line: the connection's
+/// command shell when there is one (each `exec` would start a new one).
+const RUNNER: &str = "awk '{print $4}' /proc/$PPID/stat";
+
+#[tokio::test]
+async fn commands_share_one_shell_per_connection_and_keep_their_framing() {
+    let (remote, _h, _d) = trusted(2);
+    let runner = |r: &SshRemote| {
+        let r = r.clone();
+        async move {
+            let out = r.run(&Command::shell(RUNNER)).await.unwrap();
+            assert!(out.status.success(), "{out:?}");
+            out.stdout_str()
+        }
+    };
+    let first = runner(&remote).await;
+    // Output without a final newline, on both streams; input the command
+    // never reads; input that looks like a request; a failing status.
+    let out = remote
+        .run(&Command::shell("printf partial; printf oops >&2; exit 7").stdin("ignored\n"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.status.clone(), out.stdout_str(), out.stderr_str()),
+        (ExitStatus::Code(7), "partial".into(), "oops".into())
+    );
+    let tricky = b"ektool-end-0 1 2\nx\0y\n\n".to_vec();
+    let out = remote
+        .run(&Command::argv(["cat"]).stdin(tricky.clone()))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, tricky);
+    assert_eq!(runner(&remote).await, first, "one shell ran every command");
+}
+
+#[tokio::test]
+async fn a_killed_command_shell_fails_its_command_and_the_next_gets_a_new_one() {
+    let (remote, _h, _d) = trusted(2);
+    let before = remote
+        .run(&Command::shell(RUNNER))
+        .await
+        .unwrap()
+        .stdout_str();
+    let out = remote
+        // Only ever the command shell (never, say, a namespace's sshd).
+        .run(&Command::shell(format!(
+            "p=$({RUNNER}); grep -q ektool-shell /proc/$p/cmdline && kill -9 $p; sleep 1; echo done"
+        )))
+        .await;
+    match out {
+        Err(_) => {}
+        Ok(out) => assert!(!out.status.success(), "{out:?}"),
+    }
+    let after = remote.run(&Command::shell(RUNNER)).await.unwrap();
+    assert!(after.status.success(), "{after:?}");
+    assert_ne!(after.stdout_str(), before, "a new shell");
+}
+
 #[tokio::test]
 async fn unknown_host_key_is_refused_before_anything_runs() {
     let host = ssh_host(1);

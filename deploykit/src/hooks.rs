@@ -129,6 +129,44 @@ pub(crate) async fn run_phase_then(
     ctx: &HookContext,
     then: Option<&str>,
 ) -> Result<(), HookError> {
+    run_hooks(host, phase, hooks, ctx, then).await.map(drop)
+}
+
+/// What the last hook's command prints once `finish` has succeeded.
+const FINISHED: &str = "ektool-finished";
+
+/// [`run_phase`], then `finish` (a shell script) in the last hook's
+/// command once every hook has succeeded: the bookkeeping that follows a
+/// rollback's restart costs no round trip of its own. Unlike
+/// [`run_phase_then`], a failing `finish` never fails the hooks: it
+/// returns `Ok(false)` (as do no hooks), and the caller runs `finish` on
+/// its own.
+pub(crate) async fn run_phase_and_finish(
+    host: &Host,
+    phase: Phase,
+    hooks: &[Hook],
+    ctx: &HookContext,
+    finish: &str,
+) -> Result<bool, HookError> {
+    let then = format!("if ( {finish}\n) >&2; then echo {FINISHED}; fi");
+    let last = run_hooks(host, phase, hooks, ctx, Some(&then)).await?;
+    Ok(last.is_some_and(|out| {
+        out.stdout
+            .strip_suffix(b"\n")
+            .is_some_and(|s| s.ends_with(FINISHED.as_bytes()))
+    }))
+}
+
+/// Runs `hooks` in order, `then` in the last one's command; returns the
+/// last command's output (`None`: no hooks).
+async fn run_hooks(
+    host: &Host,
+    phase: Phase,
+    hooks: &[Hook],
+    ctx: &HookContext,
+    then: Option<&str>,
+) -> Result<Option<ec2kit::Output>, HookError> {
+    let mut last = None;
     for (i, hook) in hooks.iter().enumerate() {
         let mut command = hook_command(host, phase, hook, ctx);
         if let Some(then) = then.filter(|_| i + 1 == hooks.len()) {
@@ -164,8 +202,9 @@ pub(crate) async fn run_phase_then(
                 output: tail(&output, 800),
             });
         }
+        last = Some(out);
     }
-    Ok(())
+    Ok(last)
 }
 
 #[cfg(test)]

@@ -324,38 +324,14 @@ impl Deployer {
         let spread = spread_ms(&times);
 
         // Per host: restart and after-rollback hooks (under the lock), then
-        // one command that records the rollback and releases the lock.
+        // the bookkeeping that records the rollback and releases the lock,
+        // in the last hook's command when there are hooks (one round trip),
+        // else on its own.
         let hook_failures = join_all(self.hosts.iter().zip(&steps).map(|(h, st)| async move {
             let mut failure = None;
             let mut lines = Vec::new();
+            let mut finished = false;
             if !st.unchanged {
-                let ctx = HookContext {
-                    environment: self.environment.clone(),
-                    release: st.to.clone(),
-                    commit: st.commit.clone(),
-                    tag: st.tag.clone(),
-                    previous: Some(st.from.clone()),
-                    action: "rollback".into(),
-                    extra: Vec::new(),
-                    path: None,
-                };
-                for phase in [Phase::Restart, Phase::AfterRollback] {
-                    let list = self.config.hooks.of(phase);
-                    if list.is_empty() {
-                        continue;
-                    }
-                    let t = Instant::now();
-                    if let Err(e) = hooks::run_phase(h, phase, list, &ctx).await {
-                        failure = Some(self.host_failed(h, Stage::AfterSwitch, e.to_string()));
-                        break;
-                    }
-                    self.emit(crate::event::Event::HooksRan {
-                        host: h.name().to_owned(),
-                        phase,
-                        count: list.len(),
-                        seconds: t.elapsed().as_secs_f64(),
-                    });
-                }
                 if let Some(c) = &st.from_commit {
                     lines.extend(log::line(&self.log_entry(
                         LogAction::Bad,
@@ -374,6 +350,53 @@ impl Deployer {
                     Some(st.from.clone()),
                     Some(LogResult::Success),
                 )));
+                let ctx = HookContext {
+                    environment: self.environment.clone(),
+                    release: st.to.clone(),
+                    commit: st.commit.clone(),
+                    tag: st.tag.clone(),
+                    previous: Some(st.from.clone()),
+                    action: "rollback".into(),
+                    extra: Vec::new(),
+                    path: None,
+                };
+                let phases: Vec<_> = [Phase::Restart, Phase::AfterRollback]
+                    .into_iter()
+                    .map(|p| (p, self.config.hooks.of(p)))
+                    .filter(|(_, list)| !list.is_empty())
+                    .collect();
+                let finish = format!(
+                    "{GUARDS}printf '%s' {} | {}{}",
+                    crate::shell::q(&String::from_utf8_lossy(&lines)),
+                    log::append_fragment(h),
+                    lock::release_fragment(h, token)
+                );
+                for (k, (phase, list)) in phases.iter().enumerate() {
+                    let t = Instant::now();
+                    let ran = if k + 1 == phases.len() {
+                        hooks::run_phase_and_finish(h, *phase, list, &ctx, &finish).await
+                    } else {
+                        hooks::run_phase(h, *phase, list, &ctx)
+                            .await
+                            .map(|()| false)
+                    };
+                    match ran {
+                        Ok(done) => finished = done,
+                        Err(e) => {
+                            failure = Some(self.host_failed(h, Stage::AfterSwitch, e.to_string()));
+                            break;
+                        }
+                    }
+                    self.emit(crate::event::Event::HooksRan {
+                        host: h.name().to_owned(),
+                        phase: *phase,
+                        count: list.len(),
+                        seconds: t.elapsed().as_secs_f64(),
+                    });
+                }
+            }
+            if finished {
+                return failure;
             }
             let append = if lines.is_empty() {
                 String::new()

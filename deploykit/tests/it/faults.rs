@@ -321,3 +321,73 @@ async fn every_command_sent_to_a_host_has_a_deadline() {
         "commands without a deadline: {without:#?}"
     );
 }
+
+/// A rollback with restart and after-rollback hooks costs, per host, the
+/// lock round, the switch and one command per hook: recording the
+/// rollback and releasing the lock ride in the last hook's command. Both
+/// still happen, and a failing last hook still gets them, on their own.
+#[tokio::test]
+async fn rollback_bookkeeping_rides_in_the_last_hook_command() {
+    let f = Fixture::new(2);
+    let sent = Arc::new(AtomicUsize::new(0));
+    let hosts: Vec<Host> = f
+        .remotes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let remote: Arc<dyn Remote> = Arc::new(Deadlines {
+                inner: r.clone(),
+                without: Arc::default(),
+                sent: sent.clone(),
+            });
+            Host::new(remote, f.root()).named(format!("h{}", i + 1))
+        })
+        .collect();
+    let mut env = f.env(LayoutKind::Timestamped);
+    env.hooks.restart = vec![Hook::new("echo restart >> ../../shared/hooks")];
+    env.hooks.after_rollback = vec![Hook::new(
+        "echo after >> ../../shared/hooks; test ! -e ../../shared/fail-after",
+    )];
+    let d = f.deployer_on(env, hosts);
+    let mut commits = Vec::new();
+    for n in 0..3 {
+        let c = f.commit(&format!("r{n}"));
+        d.deploy(&f.release(&c)).await.unwrap();
+        commits.push(c);
+    }
+    let log_len = |i: usize| {
+        std::fs::read_to_string(f.local(i, ".ektool/releases.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    let before = log_len(0);
+    sent.store(0, Ordering::SeqCst);
+    let report = d.rollback(None).await.unwrap();
+    assert!(report.hook_failures.is_empty(), "{report:?}");
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        2 * 4,
+        "per host: lock round, switch, restart hook, after-rollback hook"
+    );
+    for i in 0..2 {
+        assert_eq!(f.live_commit(i).as_deref(), Some(commits[1].as_str()));
+        assert_eq!(log_len(i), before + 2, "bad + rollback recorded on h{i}");
+        assert!(!f.local(i, ".ektool/lock").exists(), "h{i} unlocked");
+        let hooks = std::fs::read_to_string(f.local(i, "shared/hooks")).unwrap();
+        assert!(hooks.ends_with("restart\nafter\n"), "{hooks}");
+    }
+
+    // A failing last hook: reported, and the rollback still recorded and
+    // the lock released (by a command of their own).
+    std::fs::write(f.local(1, "shared/fail-after"), "").unwrap();
+    let before = [log_len(0), log_len(1)];
+    let report = d.rollback(None).await.unwrap();
+    assert_eq!(report.hook_failures.len(), 1, "{report:?}");
+    assert_eq!(report.hook_failures[0].host, "h2");
+    for i in 0..2 {
+        assert_eq!(f.live_commit(i).as_deref(), Some(commits[0].as_str()));
+        assert_eq!(log_len(i), before[i] + 2, "recorded on h{i}");
+        assert!(!f.local(i, ".ektool/lock").exists(), "h{i} unlocked");
+    }
+}

@@ -16,7 +16,8 @@
 //!   bytes left), writes the command and its input to files in a private
 //!   directory (`mktemp -d`, umask 077, removed when the driver ends), and
 //!   runs `sh FILE < INPUT`: the command never reads the driver's stream,
-//!   and its words never show in the host's process list.
+//!   and its words never show in the host's process list. The input file
+//!   is emptied as soon as the command ends.
 //! - The end marker carries a random nonce per command, so no output can
 //!   fake it. Commands run one at a time (the connection's lock).
 //! - Whatever breaks the stream (the driver killed, a garbled frame, an
@@ -51,6 +52,7 @@ while IFS=' ' read -r n s i; do
   if [ "$i" -gt 0 ]; then head -c "$i" > "$d/i" || exit 1; else : > "$d/i"; fi
   sh "$d/c" < "$d/i"
   r=$?
+  : > "$d/i"
   printf '%s %s\n' "$n" "$r"
   printf '%s\n' "$n" >&2
 done

@@ -132,6 +132,27 @@ async fn commands_share_one_shell_per_connection_and_keep_their_framing() {
         .unwrap();
     assert_eq!(out.stdout, tricky);
     assert_eq!(runner(&remote).await, first, "one shell ran every command");
+
+    // A command's input is a private file only while the command runs.
+    let out = remote
+        .run(
+            &Command::shell(
+                "readlink /proc/$$/fd/0; stat -c %a \"$(dirname \"$(readlink /proc/$$/fd/0)\")\"",
+            )
+            .stdin("secret"),
+        )
+        .await
+        .unwrap();
+    let text = out.stdout_str();
+    let mut lines = text.lines();
+    let (path, mode) = (lines.next().unwrap().to_owned(), lines.next().unwrap());
+    assert_eq!(mode, "700", "{text}");
+    let (other, _h2, _d2) = trusted(2);
+    let left = other
+        .run(&Command::argv(["wc", "-c", &path]))
+        .await
+        .unwrap();
+    assert!(left.stdout_str().starts_with("0 "), "{left:?}");
 }
 
 #[tokio::test]

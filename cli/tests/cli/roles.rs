@@ -30,6 +30,7 @@ hooks.restart = [
   { run = "echo \"$DEPLOY_ACTION\" >> \"$SHARED_PATH/web-restarted\"", roles = ["web"] },
 ]
 hooks.after_switch = [{ run = "touch \"$SHARED_PATH/worker\"", roles = ["worker", "cron"] }]
+hooks.maintenance = [{ run = "echo \"$MAINTENANCE\" >> \"$SHARED_PATH/maintenance-hook\"", roles = ["web"] }]
 "#;
 
 impl Site {
@@ -262,4 +263,81 @@ fn role_scoped_hooks_run_only_on_their_hosts_and_once_on_on_one() {
         site.shared(0, "first").map(|f| f.lines().count()),
         (first == 0).then_some(1)
     );
+
+    // A rollback of the db hosts: the web restart hook on h2 only.
+    site.ektool()
+        .args(&["rollback", "--role", "db"])
+        .run()
+        .success();
+    assert_eq!(
+        site.shared(1, "web-restarted").unwrap().lines().last(),
+        Some("rollback")
+    );
+    assert_eq!(site.have("web-restarted"), [1]);
+    assert_eq!(
+        site.shared(2, "restarted").unwrap().lines().last(),
+        Some("rollback")
+    );
+    assert_eq!(site.shared(0, "restarted").unwrap(), "deploy\n");
+    // Maintenance on every host: its web-only hook on h2 only.
+    site.ektool().args(&["maintenance", "on"]).run().success();
+    assert_eq!(site.have("maintenance-hook"), [1]);
+    assert_eq!(site.shared(1, "maintenance-hook").unwrap(), "on\n");
+}
+
+/// Roles in the config that cannot be read: exit 2, one `error:` line
+/// naming the file, line and column. No services needed.
+#[test]
+fn bad_roles_are_one_located_error_line() {
+    let dir = tempdir();
+    let file = dir.path().join("ektool.toml");
+    let head = "[environments.prod]\npath = \"/srv/app\"\n";
+    for (body, at, what) in [
+        (
+            "hosts = [\"a\", { host = \"b\", role = [\"web\"] }]\n",
+            ":3:29: ",
+            "unknown field `role`",
+        ),
+        (
+            "hosts = [{ host = \"b\", roles = [\"\"] }]\n",
+            ":3:32: ",
+            "a role name must not be empty",
+        ),
+        (
+            "hosts = [{ host = \"b\", roles = \"web\" }]\n",
+            ":3:",
+            "invalid type",
+        ),
+        (
+            "ec2 = { tag = \"Role=web\", region = \"eu-west-1\", roles = [\"web app\"] }\n",
+            ":3:",
+            "role \"web app\"",
+        ),
+        (
+            "hooks.restart = [{ run = \"x\", roles = [\"\"] }]\n",
+            ":3:",
+            "a role name must not be empty",
+        ),
+        (
+            "hooks.build = [{ run = \"x\", once_on = \"db\" }]\n",
+            ":3:",
+            "`once_on` is for before_switch hooks",
+        ),
+        (
+            "hooks.before_switch = [{ run = \"x\", roles = [\"db\"] }]\n",
+            ":3:",
+            "they take `once_on",
+        ),
+    ] {
+        std::fs::write(&file, format!("{head}{body}")).unwrap();
+        let out = Ektool::new()
+            .args(&["--config", file.to_str().unwrap(), "config"])
+            .run()
+            .code(2);
+        let err = out.stderr.trim_end();
+        assert_eq!(err.lines().count(), 1, "{body}: {err}");
+        let prefix = format!("error: {}{at}", file.display());
+        assert!(err.starts_with(&prefix), "{body}: {err}");
+        assert!(err.contains(what), "{body}: {err}");
+    }
 }

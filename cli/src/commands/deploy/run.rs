@@ -214,32 +214,22 @@ fn show_plan(ctx: &Context, plan: &DeployPlan, new_tag: Option<&str>) -> Result<
 /// With roles, which host runs each hook: `before_switch ./migrate: h3`.
 fn show_hooks_where(plan: &DeployPlan) {
     // Phase by phase in deploy order, each hook where it first appears.
-    let mut seen: Vec<(deploykit::Phase, &str)> = Vec::new();
-    let phases = plan.hosts.iter().flat_map(|h| h.hooks.iter().map(|p| p.phase));
-    let mut order: Vec<deploykit::Phase> = Vec::new();
-    for phase in phases {
-        if !order.contains(&phase) {
-            order.push(phase);
-        }
-    }
-    order.sort_by_key(|p| {
-        [
-            deploykit::Phase::Build,
-            deploykit::Phase::BeforeSwitch,
-            deploykit::Phase::Restart,
-            deploykit::Phase::AfterSwitch,
-        ]
-        .iter()
-        .position(|q| q == p)
-    });
-    for phase in order {
-        for h in &plan.hosts {
-            for p in h.hooks.iter().filter(|p| p.phase == phase) {
-                for c in &p.commands {
-                    if !seen.contains(&(phase, c.as_str())) {
-                        seen.push((phase, c.as_str()));
-                    }
-                }
+    use deploykit::Phase;
+    let mut seen: Vec<(Phase, &str)> = Vec::new();
+    for phase in [
+        Phase::Build,
+        Phase::BeforeSwitch,
+        Phase::Restart,
+        Phase::AfterSwitch,
+    ] {
+        let commands = plan
+            .hosts
+            .iter()
+            .flat_map(|h| h.hooks.iter().filter(|p| p.phase == phase))
+            .flat_map(|p| &p.commands);
+        for c in commands {
+            if !seen.contains(&(phase, c.as_str())) {
+                seen.push((phase, c.as_str()));
             }
         }
     }
@@ -254,7 +244,7 @@ fn show_hooks_where(plan: &DeployPlan) {
             })
             .map(|h| h.host.as_str())
             .collect();
-        let on = if on.len() == plan.hosts.len() && phase != deploykit::Phase::BeforeSwitch {
+        let on = if on.len() == plan.hosts.len() && phase != Phase::BeforeSwitch {
             "every host".to_owned()
         } else {
             on.join(", ")

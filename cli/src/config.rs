@@ -1274,6 +1274,89 @@ strategy = "oneday_rolling"
     }
 
     #[test]
+    fn hosts_take_roles_and_hooks_take_roles_or_once_on() {
+        let c = parse(
+            "[environments.prod]\npath = \"/srv/app\"\n\
+             hosts = [\"a\", { host = \"deploy@b:2222\", roles = [\"web\", \"worker\"] }]\n\
+             ec2 = { tag = \"Role=db\", region = \"eu-west-1\", roles = [\"db\"] }\n\
+             [environments.prod.hooks]\n\
+             build = [{ run = \"make\" }, { run = \"make assets\", roles = [\"web\"] }]\n\
+             before_switch = [{ run = \"./migrate\", once_on = \"db\" }]\n",
+        )
+        .unwrap();
+        let env = &c.environments["prod"];
+        assert_eq!(
+            env.hosts,
+            [
+                deploykit::HostEntry::from("a"),
+                deploykit::HostEntry::new("deploy@b:2222", ["web", "worker"]),
+            ]
+        );
+        assert_eq!(env.ec2.as_ref().unwrap().roles, ["db"]);
+        assert!(env.hooks.build[0].roles.is_empty());
+        assert_eq!(env.hooks.build[1].roles, ["web"]);
+        assert_eq!(env.hooks.before_switch[0].once_on.as_deref(), Some("db"));
+        // Written back as read: a plain string without roles, a table with.
+        let back = toml::to_string(env).unwrap();
+        let again: deploykit::Environment = toml::from_str(&back).unwrap();
+        assert_eq!(&again, env);
+    }
+
+    #[test]
+    fn bad_roles_are_errors_at_their_place() {
+        let env = "[environments.prod]\npath = \"/srv/app\"\n";
+        for (text, at, what) in [
+            (
+                "hosts = [\"a\", { host = \"b\", role = [\"web\"] }]\n",
+                "ektool.toml:3:",
+                "unknown field `role`",
+            ),
+            (
+                "hosts = [{ host = \"b\", roles = \"web\" }]\n",
+                "ektool.toml:3:",
+                "sequence",
+            ),
+            (
+                "hosts = [{ host = \"b\", roles = [\"\"] }]\n",
+                "ektool.toml:3:",
+                "role name must not be empty",
+            ),
+            (
+                "hosts = [{ roles = [\"web\"] }]\n",
+                "ektool.toml:3:",
+                "host",
+            ),
+            ("hosts = [3]\n", "ektool.toml:3:", "a host"),
+            (
+                "ec2 = { tag = \"Role=web\", region = \"eu\", roles = [\"a b\"] }\n",
+                "ektool.toml:3:",
+                "letters, digits",
+            ),
+            (
+                "[environments.prod.hooks]\nrestart = [{ run = \"x\", once_on = \"db\" }]\n",
+                "ektool.toml:4:",
+                "`once_on` is for before_switch hooks",
+            ),
+            (
+                "[environments.prod.hooks]\nbefore_switch = [{ run = \"x\", roles = [\"db\"] }]\n",
+                "ektool.toml:4:",
+                "once_on",
+            ),
+            (
+                "[environments.prod.hooks]\nbefore_switch = [{ run = \"x\", once_on = \"\" }]\n",
+                "ektool.toml:4:",
+                "role name must not be empty",
+            ),
+        ] {
+            let text = format!("{env}{text}");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.starts_with(at), "{text}: {err}");
+            assert!(err.contains(what), "{text}: {err}");
+            assert!(!err.contains('\n'), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn string_boolean_is_an_error_with_line_and_column() {
         let err =
             parse("[volumes.db]\nvolume_id = \"vol-0123abcd\"\nlock_db = \"False\"\n").unwrap_err();

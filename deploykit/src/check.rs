@@ -157,7 +157,21 @@ pub(crate) struct Spec<'a> {
 }
 
 /// Whether any command of the environment runs `sudo`.
+#[cfg(test)]
 pub(crate) fn needs_sudo(config: &Environment) -> bool {
+    sudo_in(config, |_| true)
+}
+
+/// Whether a command that may run on `host` runs `sudo`: the hooks for
+/// its roles (a `before_switch` hook's `once_on` role among them), and
+/// the health check.
+pub(crate) fn needs_sudo_on(config: &Environment, host: &Host) -> bool {
+    sudo_in(config, |h| {
+        h.runs_on(host.roles()) && h.once_on.as_ref().is_none_or(|r| host.has_role(r))
+    })
+}
+
+fn sudo_in(config: &Environment, may_run: impl Fn(&crate::Hook) -> bool) -> bool {
     let uses = |cmd: &str| {
         cmd.split(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | '`'))
             .any(|w| w == "sudo")
@@ -174,7 +188,7 @@ pub(crate) fn needs_sudo(config: &Environment) -> bool {
     phases
         .iter()
         .flat_map(|&p| config.hooks.of(p))
-        .any(|h| uses(&h.run))
+        .any(|h| may_run(h) && uses(&h.run))
         || config
             .health
             .as_ref()
@@ -187,7 +201,7 @@ pub(crate) fn needs_sudo(config: &Environment) -> bool {
 fn script(host: &Host, spec: &Spec<'_>) -> String {
     let root = q(host.root());
     let mut s = String::from("printf 't0\\t%s\\n' \"$(date +%s%N)\"\n");
-    if needs_sudo(spec.config) {
+    if needs_sudo_on(spec.config, host) {
         s.push_str(
             "if e=$(sudo -n true 2>&1 </dev/null); then echo sudo; else printf 'sudo\\t%s\\n' \"$(printf '%s' \"$e\" | tr '\\n\\t' '  ')\"; fi\n",
         );
@@ -549,5 +563,21 @@ mod tests {
         assert!(!needs_sudo(&env));
         env.hooks.restart = vec![crate::Hook::new("true && sudo systemctl restart app")];
         assert!(needs_sudo(&env));
+    }
+
+    #[test]
+    fn sudo_is_checked_on_the_hosts_whose_hooks_say_sudo() {
+        let host = |roles: &[&str]| {
+            Host::new(std::sync::Arc::new(ec2kit::LocalRemote::new()), "/srv/app")
+                .with_roles(roles.iter().copied())
+        };
+        let mut env = Environment::new(vec![], "/srv/app").unwrap();
+        env.hooks.restart = vec![crate::Hook::new("sudo systemctl restart app").on_roles(["web"])];
+        env.hooks.before_switch = vec![crate::Hook::new("sudo -u pg ./migrate").once_on("db")];
+        assert!(needs_sudo(&env));
+        assert!(needs_sudo_on(&env, &host(&["web"])));
+        assert!(needs_sudo_on(&env, &host(&["db"])));
+        assert!(!needs_sudo_on(&env, &host(&["worker"])));
+        assert!(!needs_sudo_on(&env, &host(&[])));
     }
 }

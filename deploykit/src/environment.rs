@@ -17,9 +17,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[serde(deny_unknown_fields)]
 pub struct Environment {
     /// Static hosts: `user@host:port` (user and port optional), or
-    /// `localhost` for this machine.
+    /// `localhost` for this machine; each either as a plain string (no
+    /// roles) or as `{ host = "…", roles = ["web", …] }` (see
+    /// [`HostEntry`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hosts: Vec<String>,
+    pub hosts: Vec<HostEntry>,
     /// Hosts found by EC2 tag instead (or as well).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ec2: Option<HostSource>,
@@ -165,7 +167,7 @@ impl Environment {
     /// the rest (timestamped layout, keep 5, no hooks).
     pub fn new(hosts: Vec<String>, path: &str) -> Result<Self, InvalidValue> {
         Ok(Self {
-            hosts,
+            hosts: hosts.into_iter().map(HostEntry::from).collect(),
             ec2: None,
             jump: None,
             path: DeployPath::new(path)?,
@@ -572,6 +574,13 @@ pub struct HostSource {
     /// Which address to connect to (default: the private IP).
     #[serde(default)]
     pub address: Address,
+    /// The roles of every host it finds (see [`HostEntry::roles`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "role_list"
+    )]
+    pub roles: Vec<String>,
 }
 
 fn default_port() -> u16 {
@@ -616,6 +625,26 @@ pub struct Hook {
     /// Kill it and fail after this many seconds.
     #[serde(default = "default_hook_timeout")]
     pub timeout_seconds: u64,
+    /// Run it only on hosts having one of these roles (empty: on every
+    /// host; a host without roles runs only hooks without them). Not for
+    /// `before_switch` hooks, which run once: see [`once_on`](Self::once_on).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "role_list"
+    )]
+    pub roles: Vec<String>,
+    /// For a `before_switch` hook (they run once per deploy): run it on the
+    /// first host, in lock order, having this role, instead of on the
+    /// first host. A deploy whose selected hosts have none with it is
+    /// refused before anything changes
+    /// ([`DeployError::NoHostWithRole`](crate::DeployError::NoHostWithRole)).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "one_role"
+    )]
+    pub once_on: Option<String>,
 }
 
 fn default_hook_timeout() -> u64 {
@@ -628,7 +657,29 @@ impl Hook {
         Self {
             run: run.into(),
             timeout_seconds: default_hook_timeout(),
+            roles: Vec::new(),
+            once_on: None,
         }
+    }
+
+    /// Only on hosts having one of `roles` (see [`Hook::roles`]).
+    #[must_use]
+    pub fn on_roles<S: Into<String>>(mut self, roles: impl IntoIterator<Item = S>) -> Self {
+        self.roles = roles.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Once, on the first host having `role` (see [`Hook::once_on`]).
+    #[must_use]
+    pub fn once_on(mut self, role: impl Into<String>) -> Self {
+        self.once_on = Some(role.into());
+        self
+    }
+
+    /// Whether the hook runs on a host with these roles: it has no
+    /// [`roles`](Self::roles), or shares one with the host.
+    pub fn runs_on(&self, host_roles: &[String]) -> bool {
+        self.roles.is_empty() || self.roles.iter().any(|r| host_roles.contains(r))
     }
 
     /// The timeout.
@@ -682,25 +733,53 @@ impl fmt::Display for Phase {
 #[serde(deny_unknown_fields)]
 pub struct Hooks {
     /// See [`Phase::Build`].
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "hooks_everywhere"
+    )]
     pub build: Vec<Hook>,
     /// See [`Phase::BeforeSwitch`].
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "hooks_once"
+    )]
     pub before_switch: Vec<Hook>,
     /// See [`Phase::Restart`].
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "hooks_everywhere"
+    )]
     pub restart: Vec<Hook>,
     /// See [`Phase::AfterSwitch`].
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "hooks_everywhere"
+    )]
     pub after_switch: Vec<Hook>,
     /// See [`Phase::OnFailure`].
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "hooks_everywhere"
+    )]
     pub on_failure: Vec<Hook>,
     /// See [`Phase::AfterRollback`].
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "hooks_everywhere"
+    )]
     pub after_rollback: Vec<Hook>,
     /// See [`Phase::Maintenance`].
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "hooks_everywhere"
+    )]
     pub maintenance: Vec<Hook>,
 }
 
@@ -716,6 +795,187 @@ impl Hooks {
             Phase::AfterRollback => &self.after_rollback,
             Phase::Maintenance => &self.maintenance,
         }
+    }
+
+    /// Refuses `once_on` outside `before_switch`, and `roles` on a
+    /// `before_switch` hook (the config file refuses both where it is
+    /// read; this is for environments built in code).
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        check_once(&self.before_switch)?;
+        for phase in [
+            Phase::Build,
+            Phase::Restart,
+            Phase::AfterSwitch,
+            Phase::OnFailure,
+            Phase::AfterRollback,
+            Phase::Maintenance,
+        ] {
+            check_everywhere(self.of(phase))?;
+        }
+        Ok(())
+    }
+}
+
+fn check_once(hooks: &[Hook]) -> Result<(), InvalidValue> {
+    match hooks.iter().find(|h| !h.roles.is_empty()) {
+        Some(h) => Err(InvalidValue(format!(
+            "before_switch hook {:?}: before_switch hooks run once, so they take \
+             `once_on = \"<role>\"` (the first host with that role), not `roles`",
+            h.run
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn check_everywhere(hooks: &[Hook]) -> Result<(), InvalidValue> {
+    match hooks.iter().find(|h| h.once_on.is_some()) {
+        Some(h) => Err(InvalidValue(format!(
+            "hook {:?}: `once_on` is for before_switch hooks (they run once); \
+             narrow this one with `roles`",
+            h.run
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn hooks_once<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Hook>, D::Error> {
+    let hooks = Vec::<Hook>::deserialize(d)?;
+    check_once(&hooks).map_err(serde::de::Error::custom)?;
+    Ok(hooks)
+}
+
+fn hooks_everywhere<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Hook>, D::Error> {
+    let hooks = Vec::<Hook>::deserialize(d)?;
+    check_everywhere(&hooks).map_err(serde::de::Error::custom)?;
+    Ok(hooks)
+}
+
+/// Checks a role's name: letters, digits, `-`, `_` and `.`, starting with
+/// a letter or digit (`web`, `db-primary`).
+pub fn check_role(role: &str) -> Result<(), InvalidValue> {
+    if role.is_empty() {
+        return Err(InvalidValue("a role name must not be empty".into()));
+    }
+    let ok = role
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && role
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidValue(format!(
+            "role {role:?}: letters, digits, `-`, `_` and `.` only, starting with a letter or digit"
+        )))
+    }
+}
+
+fn role_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let roles = Vec::<String>::deserialize(d)?;
+    for r in &roles {
+        check_role(r).map_err(serde::de::Error::custom)?;
+    }
+    Ok(roles)
+}
+
+fn one_role<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let role = String::deserialize(d)?;
+    check_role(&role).map_err(serde::de::Error::custom)?;
+    Ok(Some(role))
+}
+
+/// One static host of an environment, with its roles. In a config file
+/// either a string (`"deploy@web1:22"`: no roles) or a table
+/// (`{ host = "db1", roles = ["db"] }`).
+///
+/// Roles decide which hooks run on the host ([`Hook::roles`],
+/// [`Hook::once_on`]) and which hosts `--role` selects
+/// ([`hosts::select`](crate::hosts::select)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEntry {
+    /// `[user@]host[:port]`, or `localhost`.
+    pub host: String,
+    /// Its roles (`web`, `worker`, `db`); none by default.
+    pub roles: Vec<String>,
+}
+
+impl HostEntry {
+    /// A host with these roles.
+    pub fn new<S: Into<String>>(
+        host: impl Into<String>,
+        roles: impl IntoIterator<Item = S>,
+    ) -> Self {
+        Self {
+            host: host.into(),
+            roles: roles.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<String> for HostEntry {
+    fn from(host: String) -> Self {
+        Self {
+            host,
+            roles: Vec::new(),
+        }
+    }
+}
+
+impl From<&str> for HostEntry {
+    fn from(host: &str) -> Self {
+        host.to_owned().into()
+    }
+}
+
+/// The table form of a [`HostEntry`].
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostTable {
+    host: String,
+    #[serde(default, deserialize_with = "role_list")]
+    roles: Vec<String>,
+}
+
+impl Serialize for HostEntry {
+    /// A plain string without roles, else the table.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.roles.is_empty() {
+            s.serialize_str(&self.host)
+        } else {
+            HostTable {
+                host: self.host.clone(),
+                roles: self.roles.clone(),
+            }
+            .serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HostEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = HostEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a host (\"user@host:port\") or { host = \"…\", roles = [\"…\"] }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HostEntry, E> {
+                Ok(v.into())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<HostEntry, A::Error> {
+                let t = HostTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(HostEntry {
+                    host: t.host,
+                    roles: t.roles,
+                })
+            }
+        }
+        d.deserialize_any(Visit)
     }
 }
 

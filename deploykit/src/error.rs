@@ -87,6 +87,21 @@ pub enum DeployError {
     /// The environment's configuration cannot work.
     #[error("invalid environment: {0}")]
     Invalid(String),
+    /// A `before_switch` hook runs `once_on` a role no host of the
+    /// operation has (the environment's, or those a caller selected):
+    /// refused before anything was read or changed.
+    #[error(
+        "before_switch hook `{hook}` runs once_on role {role:?}, and no selected host has it{}",
+        roles_have(.have)
+    )]
+    NoHostWithRole {
+        /// The hook's command.
+        hook: String,
+        /// The role.
+        role: String,
+        /// The roles the selected hosts have.
+        have: Vec<String>,
+    },
     /// Another run holds the lock (`lock.stale` says whether it looks
     /// abandoned); nothing was changed.
     #[error("{lock}")]
@@ -177,8 +192,20 @@ impl DeployError {
     pub fn is_input_error(&self) -> bool {
         matches!(
             self,
-            Self::NoHosts | Self::NoRepository | Self::Invalid(_) | Self::UnknownRelease { .. }
+            Self::NoHosts
+                | Self::NoRepository
+                | Self::Invalid(_)
+                | Self::NoHostWithRole { .. }
+                | Self::UnknownRelease { .. }
         )
+    }
+}
+
+fn roles_have(have: &[String]) -> String {
+    if have.is_empty() {
+        " (they have no roles)".to_owned()
+    } else {
+        format!(" (they have: {})", have.join(", "))
     }
 }
 

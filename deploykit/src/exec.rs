@@ -44,7 +44,10 @@ pub struct Exec {
     pub environment: String,
     /// How long the command may take on each host.
     pub timeout: Duration,
-    /// Only on the first host (a migration, a one-off task).
+    /// Only on one host (a migration, a one-off task): the first in lock
+    /// order (by name, then root), the host a deploy's run-once hooks
+    /// pick; narrow the hosts by role first for the first host of a role,
+    /// as a `before_switch` hook's `once_on` does.
     pub once: bool,
     /// Hosts worked on at once.
     pub concurrency: usize,
@@ -140,12 +143,19 @@ impl ExecReport {
     }
 }
 
-/// Runs `exec` on `hosts` (on the first only with [`Exec::once`]), at most
-/// [`Exec::concurrency`] at once; `on_done` sees each host's run as it
-/// ends.
+/// Runs `exec` on `hosts` (on the first in lock order only with
+/// [`Exec::once`]), at most [`Exec::concurrency`] at once; `on_done` sees
+/// each host's run as it ends.
 pub async fn run(hosts: &[Host], exec: &Exec, on_done: &(dyn Fn(&HostRun) + Sync)) -> ExecReport {
     let hosts = if exec.once {
-        &hosts[..hosts.len().min(1)]
+        match hosts
+            .iter()
+            .enumerate()
+            .min_by(|(_, a), (_, b)| (a.name(), a.root()).cmp(&(b.name(), b.root())))
+        {
+            Some((i, _)) => &hosts[i..=i],
+            None => hosts,
+        }
     } else {
         hosts
     };

@@ -16,6 +16,13 @@
 //!
 //! Hooks are told whether they run for a deploy or a rollback, so a
 //! maintenance or migration hook can behave accordingly.
+//!
+//! A hook with [`roles`](Hook::roles) runs only on hosts having one of
+//! them ([`Host::roles`]); one without runs on every host. [`run_phase`]
+//! skips the others itself, so every operation (deploy, rollback,
+//! restart, maintenance) honours roles the same way. `before_switch`
+//! hooks run once per deploy, on the host the deploy picks for each
+//! ([`Hook::once_on`]).
 
 use std::time::Duration;
 
@@ -107,7 +114,26 @@ pub(crate) fn hook_command(host: &Host, phase: Phase, hook: &Hook, ctx: &HookCon
     c
 }
 
-/// Runs the hooks of a phase one after another; the first failure stops.
+/// The hooks of `hooks` that run on `host` (see [`Hook::runs_on`]), in
+/// order.
+pub fn for_host<'h>(host: &Host, hooks: &'h [Hook]) -> Vec<&'h Hook> {
+    hooks.iter().filter(|h| h.runs_on(host.roles())).collect()
+}
+
+/// Where a run-once (`before_switch`) hook runs among `hosts`, given in
+/// lock order: the first host having its [`once_on`](Hook::once_on) role,
+/// or, without one, the first host. `None`: no host has the role (or
+/// there are no hosts).
+pub fn once_host(hook: &Hook, hosts: &[Host]) -> Option<usize> {
+    match &hook.once_on {
+        Some(role) => hosts.iter().position(|h| h.has_role(role)),
+        None => (!hosts.is_empty()).then_some(0),
+    }
+}
+
+/// Runs the hooks of a phase that run on `host` (those without roles, and
+/// those sharing one of its roles) one after another; the first failure
+/// stops.
 pub async fn run_phase(
     host: &Host,
     phase: Phase,
@@ -166,6 +192,8 @@ async fn run_hooks(
     ctx: &HookContext,
     then: Option<&str>,
 ) -> Result<Option<ec2kit::Output>, HookError> {
+    // Only the hooks for the host's roles.
+    let hooks = for_host(host, hooks);
     let mut last = None;
     for (i, hook) in hooks.iter().enumerate() {
         let mut command = hook_command(host, phase, hook, ctx);

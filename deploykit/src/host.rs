@@ -14,6 +14,7 @@ pub struct Host {
     name: String,
     remote: Arc<dyn Remote>,
     root: String,
+    roles: Vec<String>,
 }
 
 impl fmt::Debug for Host {
@@ -21,6 +22,7 @@ impl fmt::Debug for Host {
         f.debug_struct("Host")
             .field("name", &self.name)
             .field("root", &self.root)
+            .field("roles", &self.roles)
             .finish_non_exhaustive()
     }
 }
@@ -32,7 +34,28 @@ impl Host {
             name: remote.host(),
             remote,
             root: root.into().trim_end_matches('/').to_owned(),
+            roles: Vec::new(),
         }
+    }
+
+    /// Gives the host roles (`web`, `db`): they decide which hooks run on
+    /// it ([`Hook::roles`](crate::Hook::roles),
+    /// [`Hook::once_on`](crate::Hook::once_on)). A host has none by
+    /// default, and then runs only the hooks without roles.
+    #[must_use]
+    pub fn with_roles<S: Into<String>>(mut self, roles: impl IntoIterator<Item = S>) -> Self {
+        self.roles = roles.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Its roles.
+    pub fn roles(&self) -> &[String] {
+        &self.roles
+    }
+
+    /// Whether it has `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
     }
 
     /// Renames the host in messages and events (e.g. when several share a

@@ -13,6 +13,13 @@
 //! release, to a machine that is not one of its hosts: a fresh server is
 //! added to the environment (or tagged) first.
 //!
+//! Hosts carry roles (`{ host = "db1", roles = ["db"] }` in `hosts`,
+//! `roles` on the EC2 source for every host it finds). [`select`] narrows
+//! by role as well (ektool's `--role`): a host having any of the roles
+//! named, within the hosts named if any; a role no such host has is
+//! refused ([`HostsError::UnknownRole`]). [`connect_selected`] gives the
+//! deploy [`Host`]s their roles, which decide the hooks that run on them.
+//!
 //! ```
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use deploykit::{Environment, hosts};
@@ -79,6 +86,14 @@ pub enum HostsError {
         #[source]
         source: InvalidTarget,
     },
+    /// No host (of those named, if any) has a role asked for.
+    #[error("no host of this environment has role {role:?} (roles: {})", have_list(.have))]
+    UnknownRole {
+        /// The role asked for.
+        role: String,
+        /// The roles the hosts have.
+        have: Vec<String>,
+    },
     /// A named host is none of the environment's hosts.
     #[error("{wanted} is not a host of this environment (have: {})", have_list(.have))]
     UnknownHost {
@@ -101,6 +116,7 @@ fn have_list(have: &[String]) -> String {
 /// One host of the environment, with every name it answers to.
 struct Candidate {
     target: HostTarget,
+    roles: Vec<String>,
     /// How it is shown in [`HostsError::UnknownHost::have`].
     shown: String,
     /// What `only` may call it.
@@ -129,8 +145,68 @@ pub async fn resolve(
     default_user: &str,
     only: &[String],
 ) -> Result<Vec<HostTarget>, HostsError> {
+    Ok(select(env, ec2, default_user, only, &[])
+        .await?
+        .into_iter()
+        .map(|s| s.target)
+        .collect())
+}
+
+/// One host [`select`] found: where it is, and its roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Selected {
+    /// How to reach it.
+    pub target: HostTarget,
+    /// Its roles (those of its `hosts` entry, or of the EC2 source that
+    /// found it).
+    pub roles: Vec<String>,
+}
+
+/// [`resolve`], with each host's roles, also narrowed to the hosts having
+/// any of `roles` (empty: no narrowing by role). A role that none of the
+/// hosts left by `only` has is [`HostsError::UnknownRole`], so a typo in
+/// `--role` never means "no hosts".
+pub async fn select(
+    env: &Environment,
+    ec2: Option<&dyn Ec2>,
+    default_user: &str,
+    only: &[String],
+    roles: &[String],
+) -> Result<Vec<Selected>, HostsError> {
+    let named = named(env, ec2, default_user, only).await?;
+    if let Some(role) = roles
+        .iter()
+        .find(|r| !named.iter().any(|c| c.roles.contains(r)))
+    {
+        let mut have: Vec<String> = named.iter().flat_map(|c| c.roles.clone()).collect();
+        have.sort();
+        have.dedup();
+        return Err(HostsError::UnknownRole {
+            role: role.clone(),
+            have,
+        });
+    }
+    Ok(named
+        .into_iter()
+        .filter(|c| roles.is_empty() || c.roles.iter().any(|r| roles.contains(r)))
+        .map(|c| Selected {
+            target: c.target,
+            roles: c.roles,
+        })
+        .collect())
+}
+
+/// The environment's hosts, narrowed by `only`.
+async fn named(
+    env: &Environment,
+    ec2: Option<&dyn Ec2>,
+    default_user: &str,
+    only: &[String],
+) -> Result<Vec<Candidate>, HostsError> {
     let mut all = Vec::new();
-    for written in &env.hosts {
+    for entry in &env.hosts {
+        let written = &entry.host;
         let target = HostTarget::parse_with_user(written, default_user).map_err(|source| {
             HostsError::InvalidHost {
                 written: written.clone(),
@@ -143,6 +219,7 @@ pub async fn resolve(
         }
         all.push(Candidate {
             target,
+            roles: entry.roles.clone(),
             shown: written.clone(),
             names,
         });
@@ -154,7 +231,7 @@ pub async fn resolve(
         all.extend(tagged(ec2, source, default_user).await?);
     }
     if only.is_empty() {
-        return Ok(all.into_iter().map(|c| c.target).collect());
+        return Ok(all);
     }
     if let Some(wanted) = only.iter().find(|w| !all.iter().any(|c| c.answers_to(w))) {
         return Err(HostsError::UnknownHost {
@@ -165,7 +242,6 @@ pub async fn resolve(
     Ok(all
         .into_iter()
         .filter(|c| only.iter().any(|w| c.answers_to(w)))
-        .map(|c| c.target)
         .collect())
 }
 
@@ -210,6 +286,7 @@ async fn tagged(
             names.extend(instance.name().map(str::to_owned));
             found.push(Candidate {
                 target,
+                roles: source.roles.clone(),
                 shown,
                 names,
             });
@@ -244,7 +321,22 @@ pub fn jump(
         .map_err(invalid)
 }
 
-/// The deploy [`Host`]s of `targets`: each reached through `connect`
+/// The deploy [`Host`]s of hosts [`select`] found, with their roles: each
+/// reached through `connect` (as for [`connect`]), deploying to the
+/// environment's root.
+pub fn connect_selected(
+    env: &Environment,
+    selected: &[Selected],
+    connect: impl Fn(&HostTarget) -> Arc<dyn Remote>,
+) -> Vec<Host> {
+    selected
+        .iter()
+        .map(|s| Host::new(connect(&s.target), env.path.as_str()).with_roles(s.roles.clone()))
+        .collect()
+}
+
+/// The deploy [`Host`]s of `targets` (without roles: see
+/// [`connect_selected`]): each reached through `connect`
 /// (`|t| ec2kit::connect(t, &options)` with ec2kit's `ssh` feature, or a
 /// test's own shell), deploying to the environment's root.
 pub fn connect(
@@ -353,6 +445,7 @@ mod tests {
             user: Some("ubuntu".into()),
             port: 2222,
             address,
+            roles: Vec::new(),
         });
         e
     }
@@ -474,6 +567,85 @@ mod tests {
             panic!("{err:?}");
         };
         assert_eq!(source.code.as_deref(), Some("UnauthorizedOperation"));
+    }
+
+    fn roles_of(selected: &[Selected]) -> Vec<(String, Vec<String>)> {
+        selected
+            .iter()
+            .map(|s| (s.target.to_string(), s.roles.clone()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn roles_come_from_the_entries_and_the_ec2_source_and_narrow_the_hosts() {
+        let mut e = tagged_env(&["web2", "db1"], Address::PrivateIp);
+        e.hosts = vec![
+            "web2".into(),
+            crate::environment::HostEntry::new("db1", ["db", "worker"]),
+            crate::environment::HostEntry::new("web1", ["web"]),
+        ];
+        e.ec2.as_mut().unwrap().roles = vec!["web".into()];
+        let ec2 = fleet(vec![instance("i-1", "running", Some("10.0.0.1"), None)]);
+        let all = select(&e, Some(&ec2), "deploy", &[], &[]).await.unwrap();
+        let s = |t: &str, r: &[&str]| {
+            (
+                t.to_owned(),
+                r.iter().map(|r| (*r).to_owned()).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            roles_of(&all),
+            [
+                s("deploy@web2:22", &[]),
+                s("deploy@db1:22", &["db", "worker"]),
+                s("deploy@web1:22", &["web"]),
+                s("ubuntu@10.0.0.1:2222", &["web"]),
+            ]
+        );
+        // Any of the roles, in the environment's order.
+        let web = select(&e, Some(&ec2), "deploy", &[], &only(&["web"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            roles_of(&web),
+            [
+                s("deploy@web1:22", &["web"]),
+                s("ubuntu@10.0.0.1:2222", &["web"])
+            ]
+        );
+        let two = select(&e, Some(&ec2), "deploy", &[], &only(&["worker", "web"]))
+            .await
+            .unwrap();
+        assert_eq!(two.len(), 3);
+        // With --host: among the hosts named.
+        let one = select(
+            &e,
+            Some(&ec2),
+            "deploy",
+            &only(&["web1", "db1"]),
+            &only(&["web"]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(roles_of(&one), [s("deploy@web1:22", &["web"])]);
+        // A role no (named) host has is refused, named, with the roles there are.
+        for (hosts, role) in [(&[][..], "cache"), (&["db1"][..], "web")] {
+            let err = select(&e, Some(&ec2), "deploy", &only(hosts), &only(&[role]))
+                .await
+                .unwrap_err();
+            let HostsError::UnknownRole { role: r, have } = &err else {
+                panic!("{err:?}");
+            };
+            assert_eq!(r, role);
+            assert!(!have.is_empty());
+            assert!(err.to_string().contains(&format!("{role:?}")), "{err}");
+        }
+        // The old entry point still gives the targets alone.
+        let targets = resolve(&e, Some(&ec2), "deploy", &[]).await.unwrap();
+        assert_eq!(targets.len(), 4);
+        // And the deploy hosts get the roles.
+        let hosts = connect_selected(&e, &web, |_| Arc::new(ec2kit::LocalRemote::new()));
+        assert!(hosts.iter().all(|h| h.has_role("web") && !h.has_role("db")));
     }
 
     #[test]

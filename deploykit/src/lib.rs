@@ -82,7 +82,7 @@ pub use deployer::{
     UnlockOutcome,
 };
 pub use environment::{
-    Environment, HealthCheck, Hook, Hooks, HostSource, LayoutKind, Phase, Timeouts,
+    Environment, HealthCheck, Hook, Hooks, HostEntry, HostSource, LayoutKind, Phase, Timeouts,
 };
 pub use error::{DeployError, HostFailure, Stage};
 pub use event::{Event, EventSink};

@@ -90,6 +90,10 @@ pub struct HostPlan {
     pub host: String,
     /// The deploy root.
     pub root: String,
+    /// The host's roles (which decide its hooks; none: only the hooks
+    /// without roles run on it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
     /// The release live now.
     pub current: Option<String>,
     /// `current`'s raw target when it is not one of ektool's releases (a
@@ -101,8 +105,9 @@ pub struct HostPlan {
     /// The preparation.
     pub prepare: PrepareAction,
     /// The hooks that run on this host, phase by phase in deploy order
-    /// (build hooks only when it builds, run-once hooks only on the run-once
-    /// host).
+    /// (build hooks only when it builds, each run-once hook only on its
+    /// host, the others only when they have no roles or share one with
+    /// the host).
     pub hooks: Vec<PhaseHooks>,
     /// The switch: `current -> releases/<name>`.
     pub switch: String,
@@ -133,7 +138,8 @@ pub struct DeployPlan {
     /// Where hosts fetch from (credentials are never shown; such URLs are
     /// refused anyway).
     pub repository: String,
-    /// The host that runs the run-once hooks.
+    /// The first host that runs run-once hooks (with `once_on`, others may
+    /// run some: see each host's `hooks`).
     pub run_once_host: Option<String>,
     /// Per host, in lock order.
     pub hosts: Vec<HostPlan>,

@@ -1,4 +1,4 @@
-//! `ektool run --env E [--host H] [--once] -- COMMAND…`: a command in the
+//! `ektool run --env E [--host H] [--role R] [--once] -- COMMAND…`: a command in the
 //! live release of every host, in parallel ([`deploykit::exec`]), output
 //! prefixed by host (`--output json`: one object per host), exit 1 if any
 //! host failed.
@@ -18,7 +18,8 @@ pub(crate) struct FleetArgs {
     /// Environment and hosts.
     #[command(flatten)]
     pub target: Target,
-    /// Only on the first host (a migration, a one-off task).
+    /// Only on one host (a migration, a one-off task): the first in lock
+    /// order (by name), of those `--role` leaves.
     #[arg(long)]
     pub once: bool,
     /// How long the command may take on each host: a duration with a unit
@@ -30,9 +31,9 @@ pub(crate) struct FleetArgs {
 impl FleetArgs {
     /// Refuses fleet flags given with a job.
     pub(crate) fn refuse_with_job(&self) -> Result<(), CliError> {
-        if !self.target.hosts.is_empty() || self.once {
+        if !self.target.hosts.is_empty() || !self.target.roles.is_empty() || self.once {
             return Err(CliError::Usage(
-                "--host and --once are for a command after `--`, not for a job".into(),
+                "--host, --role and --once are for a command after `--`, not for a job".into(),
             ));
         }
         Ok(())

@@ -23,5 +23,6 @@ mod plan_html;
 mod preflight;
 mod provision;
 mod replicate;
+mod roles;
 mod snap;
 mod sync;

@@ -29,7 +29,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::{Deployer, spread_ms};
-use crate::environment::{Environment, Phase};
+use crate::environment::{Environment, Hook, Phase};
 use crate::error::{DeployError, HostFailure, Stage};
 use crate::event::Event;
 use crate::health;
@@ -102,9 +102,37 @@ impl Deployer {
                 "keep must be at least 2 (the current and the previous release)".into(),
             ));
         }
+        self.config
+            .hooks
+            .validate()
+            .map_err(|e| DeployError::Invalid(e.0))?;
+        self.once_hosts()?;
         let url = self.repository.clone().ok_or(DeployError::NoRepository)?;
         crate::git::check_repository_url(&url).map_err(DeployError::Invalid)?;
         Ok(url)
+    }
+
+    /// The host (index, lock order) of each `before_switch` hook (see
+    /// [`hooks::once_host`]); a `once_on` role no host has is refused.
+    fn once_hosts(&self) -> Result<Vec<usize>, DeployError> {
+        self.config
+            .hooks
+            .before_switch
+            .iter()
+            .map(|hook| {
+                hooks::once_host(hook, &self.hosts).ok_or_else(|| {
+                    let mut have: Vec<String> =
+                        self.hosts.iter().flat_map(|h| h.roles().to_vec()).collect();
+                    have.sort();
+                    have.dedup();
+                    DeployError::NoHostWithRole {
+                        hook: hook.run.clone(),
+                        role: hook.once_on.clone().unwrap_or_default(),
+                        have,
+                    }
+                })
+            })
+            .collect()
     }
 
     /// This run's name for a new timestamped release: after every name on
@@ -118,8 +146,9 @@ impl Deployer {
         )
     }
 
-    /// Every host with its plan for `commit` (see [`host_plan`]); the
-    /// first host in lock order runs the run-once hooks.
+    /// Every host with its plan for `commit` (see [`host_plan`]); each
+    /// run-once hook goes to its host ([`hooks::once_host`]: the first in
+    /// lock order, or the first with its `once_on` role).
     fn slots<'a>(
         &'a self,
         layout: &dyn ReleaseLayout,
@@ -127,6 +156,8 @@ impl Deployer {
         commit: &str,
     ) -> Vec<Slot<'a>> {
         let fresh = self.fresh_name(&states);
+        let once = self.once_hosts().unwrap_or_default();
+        let before = &self.config.hooks.before_switch;
         self.hosts
             .iter()
             .zip(states)
@@ -140,7 +171,7 @@ impl Deployer {
                     &state,
                     placement,
                     commit,
-                    i == 0,
+                    &once_on(before, &once, i),
                 );
                 Slot { host, state, plan }
             })
@@ -277,19 +308,21 @@ impl Deployer {
             return Err(self.fail_before_switch(&slots, release, failures).await);
         }
 
-        // Run-once hooks (migrations) on the run-once host, old code still
-        // live.
-        if let Some(first) = slots.iter().find(|s| s.plan.runs(Phase::BeforeSwitch)) {
+        // Run-once hooks (migrations), in order, each on its host (runs of
+        // consecutive hooks on one host together), old code still live.
+        let once = self.once_hosts()?;
+        let before = &self.config.hooks.before_switch;
+        let mut start = 0;
+        while start < before.len() {
+            let i = once[start];
+            let end = (start..before.len())
+                .find(|&j| once[j] != i)
+                .unwrap_or(before.len());
+            let first = &slots[i];
             let ctx = self.context(first, release, "deploy");
             let t = Instant::now();
-            if let Err(e) = hooks::run_phase(
-                first.host,
-                Phase::BeforeSwitch,
-                &self.config.hooks.before_switch,
-                &ctx,
-            )
-            .await
-            {
+            let list = &before[start..end];
+            if let Err(e) = hooks::run_phase(first.host, Phase::BeforeSwitch, list, &ctx).await {
                 let f = HostFailure {
                     host: first.host.name().to_owned(),
                     stage: Stage::BeforeSwitch,
@@ -297,7 +330,8 @@ impl Deployer {
                 };
                 return Err(self.fail_before_switch(&slots, release, vec![f]).await);
             }
-            self.hooks_ran(first.host, Phase::BeforeSwitch, t);
+            self.hooks_ran_n(first.host, Phase::BeforeSwitch, list.len(), t);
+            start = end;
         }
         if self.cancelled() {
             return Err(self
@@ -467,10 +501,15 @@ impl Deployer {
     }
 
     fn hooks_ran(&self, host: &Host, phase: Phase, t: Instant) {
+        let count = hooks::for_host(host, self.config.hooks.of(phase)).len();
+        self.hooks_ran_n(host, phase, count, t);
+    }
+
+    fn hooks_ran_n(&self, host: &Host, phase: Phase, count: usize, t: Instant) {
         self.emit(Event::HooksRan {
             host: host.name().to_owned(),
             phase,
-            count: self.config.hooks.of(phase).len(),
+            count,
             seconds: t.elapsed().as_secs_f64(),
         });
     }
@@ -837,11 +876,22 @@ impl Deployer {
     }
 }
 
+/// The run-once hooks of `hooks` whose host (`once`, per hook) is host `i`.
+fn once_on<'h>(hooks: &'h [Hook], once: &[usize], i: usize) -> Vec<&'h Hook> {
+    hooks
+        .iter()
+        .zip(once)
+        .filter(|&(_, &at)| at == i)
+        .map(|(h, _)| h)
+        .collect()
+}
+
 /// One host's plan: where the release goes (`layout`, from its `state`),
 /// what its mirror does, which hooks run there (build hooks only for a
-/// build, run-once hooks only `on the run-once host`), and what a success
-/// removes. Pure: `deploy_plan` and `deploy` both call it, so a deploy does
-/// exactly what its plan says for the state it found under the lock.
+/// build, the `run_once` hooks given, and of the others those for the
+/// host's roles), and what a success removes. Pure: `deploy_plan` and
+/// `deploy` both call it, so a deploy does exactly what its plan says for
+/// the state it found under the lock.
 fn host_plan(
     config: &Environment,
     layout: &dyn ReleaseLayout,
@@ -849,7 +899,7 @@ fn host_plan(
     state: &HostState,
     placement: Placement,
     commit: &str,
-    run_once: bool,
+    run_once: &[&Hook],
 ) -> HostPlan {
     let name = placement.release().to_owned();
     let builds = matches!(placement, Placement::Build { .. });
@@ -874,13 +924,12 @@ fn host_plan(
         Phase::AfterSwitch,
     ]
     .into_iter()
-    .filter(|&phase| match phase {
-        Phase::Build => builds,
-        Phase::BeforeSwitch => run_once,
-        _ => true,
-    })
+    .filter(|&phase| phase != Phase::Build || builds)
     .filter_map(|phase| {
-        let list = config.hooks.of(phase);
+        let list = match phase {
+            Phase::BeforeSwitch => run_once.to_vec(),
+            _ => hooks::for_host(host, config.hooks.of(phase)),
+        };
         (!list.is_empty()).then(|| PhaseHooks {
             phase,
             commands: list.iter().map(|h| h.run.clone()).collect(),
@@ -890,6 +939,7 @@ fn host_plan(
     HostPlan {
         host: host.name().to_owned(),
         root: host.root().to_owned(),
+        roles: host.roles().to_vec(),
         current: state.current.clone(),
         current_link: state
             .current_link

@@ -93,7 +93,8 @@ impl Deployer {
                             })?;
                         }
                         let list = self.config.hooks.of(phase);
-                        if list.is_empty() {
+                        // None for this host's roles: nothing to run.
+                        if hooks::for_host(h, list).is_empty() {
                             return Ok(());
                         }
                         let current = state.current_release().ok_or_else(|| {

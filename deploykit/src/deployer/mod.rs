@@ -22,6 +22,8 @@ mod deploy;
 mod hold;
 mod maintenance;
 mod releases;
+#[cfg(test)]
+mod roles_tests;
 mod rollback;
 mod unlock;
 

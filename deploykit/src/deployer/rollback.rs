@@ -360,10 +360,11 @@ impl Deployer {
                     extra: Vec::new(),
                     path: None,
                 };
+                // The phases with hooks for this host's roles.
                 let phases: Vec<_> = [Phase::Restart, Phase::AfterRollback]
                     .into_iter()
                     .map(|p| (p, self.config.hooks.of(p)))
-                    .filter(|(_, list)| !list.is_empty())
+                    .filter(|(_, list)| !hooks::for_host(h, list).is_empty())
                     .collect();
                 let finish = format!(
                     "{GUARDS}printf '%s' {} | {}{}",
@@ -390,7 +391,7 @@ impl Deployer {
                     self.emit(crate::event::Event::HooksRan {
                         host: h.name().to_owned(),
                         phase: *phase,
-                        count: list.len(),
+                        count: hooks::for_host(h, list).len(),
                         seconds: t.elapsed().as_secs_f64(),
                     });
                 }

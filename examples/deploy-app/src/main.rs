@@ -70,6 +70,7 @@ fn environment(name: &str) -> Option<Environment> {
                 None => 22,
             },
             address: Address::PrivateIp,
+            roles: Vec::new(),
         });
     }
     env.hooks.build = vec![Hook::new(

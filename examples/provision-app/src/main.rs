@@ -78,6 +78,7 @@ fn environment(name: &str) -> Option<Environment> {
         user: None,
         port: 22,
         address: Address::PrivateIp,
+        roles: Vec::new(),
     });
     let defaults = ProvisionConfig::default();
     env.provision = Some(ProvisionConfig {

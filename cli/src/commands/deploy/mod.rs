@@ -64,6 +64,10 @@ pub(crate) struct Target {
     /// instance id or `Name` of one found by EC2 tag. Any other is refused.
     #[arg(long = "host", value_name = "HOST")]
     pub hosts: Vec<String>,
+    /// Only the hosts having this role (repeatable: any of them; with
+    /// `--host`, among those). A role no such host has is refused.
+    #[arg(long = "role", value_name = "ROLE")]
+    pub roles: Vec<String>,
     /// Reach the SSH hosts through this bastion (`[user@]host[:port]`),
     /// over the environment's `jump`: one connection to it serves them all.
     #[arg(long = "jump", value_name = "BASTION", env = "EKTOOL_JUMP")]
@@ -101,20 +105,20 @@ pub(crate) fn environment<'a>(
 }
 
 /// The environment's hosts (its static list, then the running instances
-/// its `ec2` tag finds), narrowed by `--host` (the same for every command:
-/// see [`deploykit::hosts`]). An EC2 client is made only for an
-/// environment that finds hosts by tag.
+/// its `ec2` tag finds) with their roles, narrowed by `--host` and
+/// `--role` (the same for every command: see [`deploykit::hosts`]). An
+/// EC2 client is made only for an environment that finds hosts by tag.
 async fn resolve(
     ctx: &Context,
     env: &Environment,
-    wanted: &[String],
-) -> Result<Vec<HostTarget>, CliError> {
+    target: &Target,
+) -> Result<Vec<deploykit::hosts::Selected>, CliError> {
     let ec2 = match &env.ec2 {
         Some(_) => Some(ctx.ec2().await),
         None => None,
     };
     let ec2 = ec2.as_ref().map(|e| e as &dyn ec2kit::Ec2);
-    Ok(deploykit::hosts::resolve(env, ec2, &ctx.ssh_user(), wanted).await?)
+    Ok(deploykit::hosts::select(env, ec2, &ctx.ssh_user(), &target.hosts, &target.roles).await?)
 }
 
 /// The environment's hosts as deploy hosts: a strict-host-key SSH shell
@@ -126,9 +130,9 @@ pub(crate) async fn hosts(
     target: &Target,
 ) -> Result<Vec<Host>, CliError> {
     let jump = jump(ctx, env, target)?;
-    let targets = resolve(ctx, env, &target.hosts).await?;
+    let selected = resolve(ctx, env, target).await?;
     let options = ctx.ssh_options();
-    Ok(deploykit::hosts::connect(env, &targets, |t| {
+    Ok(deploykit::hosts::connect_selected(env, &selected, |t| {
         ec2kit::connect_via(t, &options, jump.as_ref())
     }))
 }
@@ -147,7 +151,7 @@ pub(crate) fn jump(
 }
 
 /// The environment's hosts for `provision`, `secrets get` and `db`
-/// (narrowed by `--host`; none is an error), `user` (`--user`) logging
+/// (narrowed by `--host` and `--role`; none is an error), `user` (`--user`) logging
 /// in on each.
 pub(crate) async fn targets(
     ctx: &Context,
@@ -155,7 +159,11 @@ pub(crate) async fn targets(
     target: &Target,
     user: Option<&str>,
 ) -> Result<Vec<HostTarget>, CliError> {
-    let found = resolve(ctx, env, &target.hosts).await?;
+    let found: Vec<HostTarget> = resolve(ctx, env, target)
+        .await?
+        .into_iter()
+        .map(|s| s.target)
+        .collect();
     if found.is_empty() {
         return Err(CliError::Usage(
             "no hosts: list them in the environment's `hosts`, or find them by EC2 tag with `ec2`"

@@ -134,10 +134,15 @@ fn show_plan(ctx: &Context, plan: &DeployPlan, new_tag: Option<&str>) -> Result<
         plan.layout,
         plan.repository
     );
+    // A ROLES column only when some host has roles.
+    let roles = plan.hosts.iter().any(|h| !h.roles.is_empty());
+    let mut headers = vec!["HOST"];
+    if roles {
+        headers.push("ROLES");
+    }
+    headers.extend(["CURRENT", "PREPARE", "MIRROR", "SWITCH", "HOOKS", "CLEANUP"]);
     output::table(
-        &[
-            "HOST", "CURRENT", "PREPARE", "MIRROR", "SWITCH", "HOOKS", "CLEANUP",
-        ],
+        &headers,
         plan.hosts.iter().map(|h| {
             let (prepare, mirror) = match &h.prepare {
                 PrepareAction::Reuse { release } => (format!("reuse {release}"), "-".to_owned()),
@@ -153,8 +158,11 @@ fn show_plan(ctx: &Context, plan: &DeployPlan, new_tag: Option<&str>) -> Result<
                     mirror.to_string(),
                 ),
             };
-            vec![
-                h.host.clone(),
+            let mut row = vec![h.host.clone()];
+            if roles {
+                row.push(output::or_dash(Some(&h.roles.join(","))));
+            }
+            row.extend([
                 output::or_dash(h.current.as_deref().or(h.current_link.as_deref())),
                 prepare,
                 mirror,
@@ -167,9 +175,13 @@ fn show_plan(ctx: &Context, plan: &DeployPlan, new_tag: Option<&str>) -> Result<
                         .join(" "),
                 )),
                 output::or_dash(Some(&h.cleanup.join(" "))),
-            ]
+            ]);
+            row
         }),
     );
+    if roles {
+        show_hooks_where(plan);
+    }
     if plan.waves.len() > 1 {
         for (i, wave) in plan.waves.iter().enumerate() {
             let wait = if i == 0 && plan.canary_wait_seconds > 0 {
@@ -197,6 +209,48 @@ fn show_plan(ctx: &Context, plan: &DeployPlan, new_tag: Option<&str>) -> Result<
     }
     println!("dry run: nothing was changed");
     Ok(())
+}
+
+/// With roles, which host runs each hook: `before_switch ./migrate: h3`.
+fn show_hooks_where(plan: &DeployPlan) {
+    // Phase by phase in deploy order, each hook where it first appears.
+    use deploykit::Phase;
+    let mut seen: Vec<(Phase, &str)> = Vec::new();
+    for phase in [
+        Phase::Build,
+        Phase::BeforeSwitch,
+        Phase::Restart,
+        Phase::AfterSwitch,
+    ] {
+        let commands = plan
+            .hosts
+            .iter()
+            .flat_map(|h| h.hooks.iter().filter(|p| p.phase == phase))
+            .flat_map(|p| &p.commands);
+        for c in commands {
+            if !seen.contains(&(phase, c.as_str())) {
+                seen.push((phase, c.as_str()));
+            }
+        }
+    }
+    for (phase, command) in seen {
+        let on: Vec<&str> = plan
+            .hosts
+            .iter()
+            .filter(|h| {
+                h.hooks
+                    .iter()
+                    .any(|p| p.phase == phase && p.commands.iter().any(|c| c == command))
+            })
+            .map(|h| h.host.as_str())
+            .collect();
+        let on = if on.len() == plan.hosts.len() && phase != Phase::BeforeSwitch {
+            "every host".to_owned()
+        } else {
+            on.join(", ")
+        };
+        println!("{phase} `{command}`: {on}");
+    }
 }
 
 fn show_report(ctx: &Context, report: &DeployReport) -> Result<(), CliError> {

@@ -52,11 +52,15 @@ impl Remote for Traced {
         let r = self.0.run(command).await;
         let e = self.1.elapsed().as_secs_f64() * 1000.0;
         let c = command.to_string();
-        eprintln!(
-            "trace {t:8.1} {e:8.1} {:6.1}  {}",
-            e - t,
-            &c[..c.len().min(150)].replace('\n', " ")
-        );
+        if std::env::var("EKTOOL_DEPLOY_BENCH_TRACE").as_deref() == Ok("full") {
+            eprintln!("trace {t:8.1} {e:8.1} {:6.1}\n{c}\n", e - t);
+        } else {
+            eprintln!(
+                "trace {t:8.1} {e:8.1} {:6.1}  {}",
+                e - t,
+                &c[..c.len().min(150)].replace('\n', " ")
+            );
+        }
         r
     }
     async fn upload(&self, path: &str, bytes: &[u8], mode: u32) -> Result<(), ec2kit::RemoteError> {

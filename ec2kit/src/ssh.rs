@@ -1338,9 +1338,14 @@ impl Inner {
             return Ok(None);
         };
         let name = self.target.to_string();
-        let (line, deadline) = bounded_line(command);
+        let timeout_secs = command.timeout.map_or(0, |t| t.as_secs().max(1));
+        let deadline = command.timeout.and_then(|limit| {
+            Instant::now()
+                .checked_add(limit)
+                .and_then(|d| d.checked_add(DEADLINE_GRACE))
+        });
         let nonce = shell::nonce();
-        let request = shell::frame(&nonce, &line, stdin);
+        let request = shell::frame(&nonce, &shell::script(command), stdin, timeout_secs);
         let watch = Watch {
             conn,
             host: &name,

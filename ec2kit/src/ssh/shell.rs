@@ -14,7 +14,8 @@
 //! - The driver reads exactly the announced bytes (`head -c`, which never
 //!   reads past its count on Linux: GNU and BusyBox both read at most the
 //!   bytes left), writes the command and its input to files in a private
-//!   directory (`mktemp -d`, umask 077, removed when the driver ends), and
+//!   directory (`mktemp -d` makes it 0700; removed when the driver ends;
+//!   the umask is left alone, commands create files as over `exec`), and
 //!   runs `sh FILE < INPUT`: the command never reads the driver's stream,
 //!   and its words never show in the host's process list. The input file
 //!   is emptied as soon as the command ends.
@@ -30,6 +31,8 @@
 
 use std::fmt::Write as _;
 
+use crate::remote::{Command, Program, quote};
+
 /// Standard input larger than this goes through an `exec` channel (the
 /// driver would write it to a file first).
 pub(super) const MAX_INPUT: usize = 256 * 1024;
@@ -37,20 +40,23 @@ pub(super) const MAX_INPUT: usize = 256 * 1024;
 /// What the driver prints once it is ready.
 pub(super) const BANNER: &[u8] = b"ektool-shell 1\n";
 
-/// The driver, run by `sh -c`. Each request is a line `NONCE LEN INPUT_LEN`,
-/// then LEN bytes of command line, then INPUT_LEN bytes of input.
-pub(super) const DRIVER: &str = r#"umask 077
-d=$(mktemp -d "${XDG_RUNTIME_DIR:-${TMPDIR:-/tmp}}/.ektool-sh.XXXXXX" 2>/dev/null || mktemp -d "${TMPDIR:-/tmp}/.ektool-sh.XXXXXX") || exit 1
+/// The driver, run by `sh -c`. Each request is a line `NONCE LEN
+/// INPUT_LEN TIMEOUT`, then LEN bytes of script ([`script`]), then
+/// INPUT_LEN bytes of input. A script with a timeout runs under
+/// `timeout` in a new `sh`; one without, in a subshell of the driver (a
+/// fork, no exec: each process a command starts is about a millisecond of
+/// the host's CPU).
+pub(super) const DRIVER: &str = r#"d=$(mktemp -d "${XDG_RUNTIME_DIR:-${TMPDIR:-/tmp}}/.ektool-sh.XXXXXX" 2>/dev/null || mktemp -d "${TMPDIR:-/tmp}/.ektool-sh.XXXXXX") || exit 1
 trap 'rm -rf "$d"' EXIT
 trap 'exit 129' HUP
 trap 'exit 143' TERM
 : > "$d/i" || exit 1
 echo ektool-shell 1
-while IFS=' ' read -r n s i; do
-  case "$n$s$i" in *[!a-z0-9-]*|'') exit 1;; esac
+while IFS=' ' read -r n s i t; do
+  case "$n$s$i$t" in *[!a-z0-9-]*|'') exit 1;; esac
   head -c "$s" > "$d/c" || exit 1
-  if [ "$i" -gt 0 ]; then head -c "$i" > "$d/i" || exit 1; else : > "$d/i"; fi
-  sh "$d/c" < "$d/i"
+  if [ "$i" -gt 0 ]; then head -c "$i" > "$d/i" || exit 1; fi
+  if [ "$t" -gt 0 ]; then timeout -k 5 "$t" sh "$d/c" < "$d/i"; else (. "$d/c") < "$d/i"; fi
   r=$?
   : > "$d/i"
   printf '%s %s\n' "$n" "$r"
@@ -63,14 +69,55 @@ pub(super) fn nonce() -> String {
     format!("ektool-end-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// The bytes of one request.
-pub(super) fn frame(nonce: &str, line: &str, input: &[u8]) -> Vec<u8> {
+/// The bytes of one request: `script` with `input`, killed by the host
+/// after `timeout_secs` (0: none).
+pub(super) fn frame(nonce: &str, script: &str, input: &[u8], timeout_secs: u64) -> Vec<u8> {
     let mut header = String::new();
-    let _ = writeln!(header, "{nonce} {} {}", line.len(), input.len());
-    let mut out = Vec::with_capacity(header.len() + line.len() + input.len());
+    let _ = writeln!(
+        header,
+        "{nonce} {} {} {timeout_secs}",
+        script.len(),
+        input.len()
+    );
+    let mut out = Vec::with_capacity(header.len() + script.len() + input.len());
     out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(line.as_bytes());
+    out.extend_from_slice(script.as_bytes());
     out.extend_from_slice(input);
+    out
+}
+
+/// The script the driver runs for `command`: `cd`, `export`s, then the
+/// program itself (`exec` for an argv, the script's text for a shell
+/// script), with no `env` or `sh -c` in between. An environment name a
+/// shell cannot export falls back to the command's one-line form.
+pub(super) fn script(command: &Command) -> String {
+    let valid = |k: &str| {
+        let mut b = k.bytes();
+        b.next()
+            .is_some_and(|c| c == b'_' || c.is_ascii_alphabetic())
+            && b.all(|c| c == b'_' || c.is_ascii_alphanumeric())
+    };
+    if !command.env.iter().all(|(k, _)| valid(k)) {
+        return command.to_shell_line();
+    }
+    let mut out = String::new();
+    if let Some(cwd) = &command.cwd {
+        let _ = writeln!(out, "cd {} || exit $?", quote(cwd));
+    }
+    for (k, v) in &command.env {
+        let _ = writeln!(out, "export {k}={}", quote(v));
+    }
+    match &command.program {
+        Program::Argv(args) => {
+            out.push_str("exec ");
+            out.push_str(&args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" "));
+            out.push('\n');
+        }
+        Program::Shell(text) => {
+            out.push_str(text);
+            out.push('\n');
+        }
+    }
     out
 }
 
@@ -153,8 +200,8 @@ mod tests {
 
     #[test]
     fn a_request_announces_its_lengths() {
-        let f = frame("ektool-end-x", "echo hi", b"in\n");
-        assert_eq!(f, b"ektool-end-x 7 3\necho hiin\n");
+        let f = frame("ektool-end-x", "echo hi", b"in\n", 5);
+        assert_eq!(f, b"ektool-end-x 7 3 5\necho hiin\n");
     }
 
     proptest! {

@@ -99,9 +99,11 @@ async fn connection_is_reused_between_calls() {
     assert_eq!(seen.len(), 1, "{seen:?}");
 }
 
-/// The process that ran a command's `sh -c` line: the connection's
-/// command shell when there is one (each `exec` would start a new one).
-const RUNNER: &str = "awk '{print $4}' /proc/$PPID/stat";
+/// What prints the process that started it: the connection's command
+/// shell when there is one (each `exec` has a new one).
+fn runner_probe() -> Command {
+    Command::argv(["sh", "-c", "echo $PPID"])
+}
 
 #[tokio::test]
 async fn commands_share_one_shell_per_connection_and_keep_their_framing() {
@@ -109,7 +111,7 @@ async fn commands_share_one_shell_per_connection_and_keep_their_framing() {
     let runner = |r: &SshRemote| {
         let r = r.clone();
         async move {
-            let out = r.run(&Command::shell(RUNNER)).await.unwrap();
+            let out = r.run(&runner_probe()).await.unwrap();
             assert!(out.status.success(), "{out:?}");
             out.stdout_str()
         }
@@ -133,13 +135,30 @@ async fn commands_share_one_shell_per_connection_and_keep_their_framing() {
     assert_eq!(out.stdout, tricky);
     assert_eq!(runner(&remote).await, first, "one shell ran every command");
 
+    // Commands see what they would over `exec`: the umask, the
+    // environment (names a shell cannot export too), the working directory.
+    let probe = Command::shell("umask; echo \"$A|$(pwd)\"")
+        .env("A", "x y")
+        .cwd("/tmp");
+    let via_shell = remote.run(&probe).await.unwrap();
+    let streamed = remote
+        .run_streaming(&probe, Streams::new(Vec::new()))
+        .await
+        .unwrap();
+    assert_eq!(via_shell.stdout_str().lines().next(), Some("0022"));
+    assert_eq!(via_shell.stdout_str().lines().nth(1), Some("x y|/tmp"));
+    assert_eq!(via_shell.status, streamed.status);
+    let odd = remote
+        .run(&Command::argv(["env"]).env("B-C", "1"))
+        .await
+        .unwrap();
+    assert!(odd.stdout_str().lines().any(|l| l == "B-C=1"), "{odd:?}");
+
     // A command's input is a private file only while the command runs.
     let out = remote
         .run(
-            &Command::shell(
-                "readlink /proc/$$/fd/0; stat -c %a \"$(dirname \"$(readlink /proc/$$/fd/0)\")\"",
-            )
-            .stdin("secret"),
+            &Command::shell("f=$(readlink /proc/self/fd/0); echo \"$f\"; stat -c %a \"${f%/*}\"")
+                .stdin("secret"),
         )
         .await
         .unwrap();
@@ -158,22 +177,20 @@ async fn commands_share_one_shell_per_connection_and_keep_their_framing() {
 #[tokio::test]
 async fn a_killed_command_shell_fails_its_command_and_the_next_gets_a_new_one() {
     let (remote, _h, _d) = trusted(2);
-    let before = remote
-        .run(&Command::shell(RUNNER))
-        .await
-        .unwrap()
-        .stdout_str();
+    let before = remote.run(&runner_probe()).await.unwrap().stdout_str();
     let out = remote
         // Only ever the command shell (never, say, a namespace's sshd).
-        .run(&Command::shell(format!(
-            "p=$({RUNNER}); grep -q ektool-shell /proc/$p/cmdline && kill -9 $p; sleep 1; echo done"
-        )))
+        .run(&Command::argv([
+            "sh",
+            "-c",
+            "grep -q ektool-shell /proc/$PPID/cmdline && kill -9 $PPID; sleep 1; echo done",
+        ]))
         .await;
     match out {
         Err(_) => {}
         Ok(out) => assert!(!out.status.success(), "{out:?}"),
     }
-    let after = remote.run(&Command::shell(RUNNER)).await.unwrap();
+    let after = remote.run(&runner_probe()).await.unwrap();
     assert!(after.status.success(), "{after:?}");
     assert_ne!(after.stdout_str(), before, "a new shell");
 }

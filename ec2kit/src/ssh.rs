@@ -833,12 +833,18 @@ fn bounded_line(command: &Command) -> (String, Option<Instant>) {
                 limit.as_secs().max(1),
                 quote(&line)
             ),
-            Instant::now()
-                .checked_add(limit)
-                .and_then(|d| d.checked_add(DEADLINE_GRACE)),
+            local_deadline(command),
         ),
         None => (line, None),
     }
+}
+
+/// When the client gives up on `command`: its timeout (which the host
+/// enforces) and a grace for the host to say so.
+fn local_deadline(command: &Command) -> Option<Instant> {
+    Instant::now()
+        .checked_add(command.timeout?)
+        .and_then(|d| d.checked_add(DEADLINE_GRACE))
 }
 
 /// libssh2's "would block" (`LIBSSH2_ERROR_EAGAIN`).
@@ -1339,11 +1345,7 @@ impl Inner {
         };
         let name = self.target.to_string();
         let timeout_secs = command.timeout.map_or(0, |t| t.as_secs().max(1));
-        let deadline = command.timeout.and_then(|limit| {
-            Instant::now()
-                .checked_add(limit)
-                .and_then(|d| d.checked_add(DEADLINE_GRACE))
-        });
+        let deadline = local_deadline(command);
         let nonce = shell::nonce();
         let request = shell::frame(&nonce, &shell::script(command), stdin, timeout_secs);
         let watch = Watch {

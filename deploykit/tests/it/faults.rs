@@ -266,17 +266,14 @@ impl Remote for Deadlines {
     }
 }
 
-/// Every command a deploy, a failed deploy, a rollback, a restart,
-/// maintenance on and off, the releases table and an unlock send to a host
-/// has a deadline: a host that stops answering can never hold a run (and
-/// its locks) forever.
-#[tokio::test]
-async fn every_command_sent_to_a_host_has_a_deadline() {
-    let f = Fixture::new(2);
-    let without = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let hosts: Vec<Host> = f
-        .remotes
+/// The fixture's hosts, each command they are sent counted in `sent`
+/// (and listed in `without` when it has no deadline).
+fn recorded(
+    f: &Fixture,
+    without: &Arc<std::sync::Mutex<Vec<String>>>,
+    sent: &Arc<AtomicUsize>,
+) -> Vec<Host> {
+    f.remotes
         .iter()
         .enumerate()
         .map(|(i, r)| {
@@ -287,7 +284,19 @@ async fn every_command_sent_to_a_host_has_a_deadline() {
             });
             Host::new(remote, f.root()).named(format!("h{}", i + 1))
         })
-        .collect();
+        .collect()
+}
+
+/// Every command a deploy, a failed deploy, a rollback, a restart,
+/// maintenance on and off, the releases table and an unlock send to a host
+/// has a deadline: a host that stops answering can never hold a run (and
+/// its locks) forever.
+#[tokio::test]
+async fn every_command_sent_to_a_host_has_a_deadline() {
+    let f = Fixture::new(2);
+    let without = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let hosts = recorded(&f, &without, &sent);
     let mut env = f.env(LayoutKind::Timestamped);
     env.hooks.restart = vec![Hook::new("true")];
     env.hooks.maintenance = vec![Hook::new("true")];
@@ -330,19 +339,7 @@ async fn every_command_sent_to_a_host_has_a_deadline() {
 async fn rollback_bookkeeping_rides_in_the_last_hook_command() {
     let f = Fixture::new(2);
     let sent = Arc::new(AtomicUsize::new(0));
-    let hosts: Vec<Host> = f
-        .remotes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let remote: Arc<dyn Remote> = Arc::new(Deadlines {
-                inner: r.clone(),
-                without: Arc::default(),
-                sent: sent.clone(),
-            });
-            Host::new(remote, f.root()).named(format!("h{}", i + 1))
-        })
-        .collect();
+    let hosts = recorded(&f, &Arc::default(), &sent);
     let mut env = f.env(LayoutKind::Timestamped);
     env.hooks.restart = vec![Hook::new("echo restart >> ../../shared/hooks")];
     env.hooks.after_rollback = vec![Hook::new(
@@ -385,9 +382,9 @@ async fn rollback_bookkeeping_rides_in_the_last_hook_command() {
     let report = d.rollback(None).await.unwrap();
     assert_eq!(report.hook_failures.len(), 1, "{report:?}");
     assert_eq!(report.hook_failures[0].host, "h2");
-    for i in 0..2 {
+    for (i, before) in before.into_iter().enumerate() {
         assert_eq!(f.live_commit(i).as_deref(), Some(commits[0].as_str()));
-        assert_eq!(log_len(i), before[i] + 2, "recorded on h{i}");
+        assert_eq!(log_len(i), before + 2, "recorded on h{i}");
         assert!(!f.local(i, ".ektool/lock").exists(), "h{i} unlocked");
     }
 }

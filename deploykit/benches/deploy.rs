@@ -172,6 +172,18 @@ fn busy_core_ms() -> Option<f64> {
     Some(busy * 10.0)
 }
 
+/// The newest process id (`/proc/loadavg`): the difference over a run is
+/// how many processes and threads the machine started (when no other
+/// work runs, those of the run: sshd, shells, git).
+fn last_pid() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .nth(4)?
+        .parse()
+        .ok()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -299,18 +311,21 @@ fn main() {
         let (mut t1, mut t10, mut spreads) = (Vec::new(), Vec::new(), Vec::new());
         let (mut rollbacks, mut rb_spreads) = (Vec::new(), Vec::new());
         let (mut cpu1, mut cpu10) = (Vec::new(), Vec::new());
+        let (mut pids1, mut pids10) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             let r = next();
-            let (t, c) = (Instant::now(), busy_core_ms());
+            let (t, c, p) = (Instant::now(), busy_core_ms(), last_pid());
             rt.block_on(one.deploy(&r)).unwrap();
             t1.push(t.elapsed().as_secs_f64());
             cpu1.extend(c.zip(busy_core_ms()).map(|(a, b)| b - a));
+            pids1.extend(p.zip(last_pid()).map(|(a, b)| b - a));
 
             let r = next();
-            let (t, c) = (Instant::now(), busy_core_ms());
+            let (t, c, p) = (Instant::now(), busy_core_ms(), last_pid());
             let report = rt.block_on(ten.deploy(&r)).unwrap();
             t10.push(t.elapsed().as_secs_f64());
             cpu10.extend(c.zip(busy_core_ms()).map(|(a, b)| b - a));
+            pids10.extend(p.zip(last_pid()).map(|(a, b)| b - a));
             spreads.push(report.switch_spread_ms);
 
             let t = Instant::now();
@@ -334,6 +349,13 @@ fn main() {
                 "  CPU work (whole machine): 1 host {c1:.0} core-ms, 10 hosts {c10:.0} core-ms \
                  (that much work on {cores} cores takes at least {:.0} ms)",
                 c10 / cores
+            );
+        }
+        if !pids1.is_empty() {
+            println!(
+                "  processes started (whole machine): 1 host {:.0}, 10 hosts {:.0}",
+                median(pids1),
+                median(pids10)
             );
         }
         println!(

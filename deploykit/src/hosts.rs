@@ -79,6 +79,9 @@ pub enum HostsError {
         #[source]
         source: InvalidTarget,
     },
+    /// The environment's load balancer could not list its hosts.
+    #[error(transparent)]
+    LoadBalancer(#[from] crate::balancer::BalancerError),
     /// A named host is none of the environment's hosts.
     #[error("{wanted} is not a host of this environment (have: {})", have_list(.have))]
     UnknownHost {
@@ -129,6 +132,22 @@ pub async fn resolve(
     default_user: &str,
     only: &[String],
 ) -> Result<Vec<HostTarget>, HostsError> {
+    resolve_with(env, ec2, None, default_user, only).await
+}
+
+/// As [`resolve`], and the registered targets of the environment's load
+/// balancer when it finds hosts there (`[load_balancer.hosts]`, see
+/// [`registered_hosts`](crate::balancer::registered_hosts)), after the
+/// others; `groups` is needed then (and `ec2` for an `instance` group).
+/// Such a host also answers to its address and, for an instance, its id
+/// and `Name` tag.
+pub async fn resolve_with(
+    env: &Environment,
+    ec2: Option<&dyn Ec2>,
+    groups: Option<&dyn ec2kit::TargetGroups>,
+    default_user: &str,
+    only: &[String],
+) -> Result<Vec<HostTarget>, HostsError> {
     let mut all = Vec::new();
     for written in &env.hosts {
         let target = HostTarget::parse_with_user(written, default_user).map_err(|source| {
@@ -152,6 +171,24 @@ pub async fn resolve(
             tag: source.tag.clone(),
         })?;
         all.extend(tagged(ec2, source, default_user).await?);
+    }
+    if let Some(lb) = &env.load_balancer
+        && let Some(source) = &lb.hosts
+    {
+        let groups = groups.ok_or_else(|| crate::balancer::BalancerError::NoClient {
+            arn: lb.target_group_arn.clone(),
+        })?;
+        let found =
+            crate::balancer::registered_hosts(lb, source, groups, ec2, default_user).await?;
+        for (target, mut names) in found {
+            let shown = target.to_string();
+            names.push(shown.clone());
+            all.push(Candidate {
+                target,
+                shown,
+                names,
+            });
+        }
     }
     if only.is_empty() {
         return Ok(all.into_iter().map(|c| c.target).collect());

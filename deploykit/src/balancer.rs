@@ -31,9 +31,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use ec2kit::iam::{Permissions, Sometimes, When};
 use ec2kit::{
-    Address, Ec2, Ec2Error, Filter, HostTarget, HumanDuration, SshTarget, Target, TargetGroup,
-    TargetGroups, TargetState, TargetType,
+    Action, Address, Ec2, Ec2Error, Filter, HostTarget, HumanDuration, SshTarget, Target,
+    TargetGroup, TargetGroups, TargetState, TargetType,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -44,6 +45,31 @@ use crate::rollout::BatchSize;
 /// none: one host at a time (taking every host out of the group at once
 /// is an outage).
 pub const DEFAULT_BATCH: BatchSize = BatchSize::Hosts(1);
+
+/// What a deploy behind a load balancer calls: the group and its
+/// deregistration delay, its targets' health, deregistering and
+/// registering them; for an `instance` group, its instances' addresses.
+pub const DRAIN_PERMISSIONS: Permissions = Permissions::calls(&[
+    Action::DescribeTargetGroups,
+    Action::DescribeTargetGroupAttributes,
+    Action::DescribeTargetHealth,
+    Action::DeregisterTargets,
+    Action::RegisterTargets,
+])
+.sometimes(INSTANCE_GROUP);
+
+/// What finding hosts from a target group calls ([`registered_hosts`]).
+pub const HOSTS_PERMISSIONS: Permissions = Permissions::calls(&[
+    Action::DescribeTargetGroups,
+    Action::DescribeTargetGroupAttributes,
+    Action::DescribeTargetHealth,
+])
+.sometimes(INSTANCE_GROUP);
+
+const INSTANCE_GROUP: &[Sometimes] = &[Sometimes {
+    when: When::Case("an instance target group"),
+    actions: &[Action::DescribeInstances],
+}];
 
 /// How often target health is read while waiting.
 pub const POLL: Duration = Duration::from_secs(2);
@@ -253,7 +279,7 @@ async fn instances(
     targets: &[Target],
 ) -> Result<Vec<ec2kit::Instance>, Ec2Error> {
     let region =
-        ec2kit::elb::region_of(arn).map_err(|e| e.into_error(ec2kit::Action::DescribeInstances))?;
+        ec2kit::elb::region_of(arn).map_err(|e| e.into_error(Action::DescribeInstances))?;
     let ids: Vec<&str> = targets.iter().map(|t| t.id.as_str()).collect();
     ec2.describe_instances(&region, &[Filter::new("instance-id", ids)])
         .await

@@ -8,7 +8,7 @@ use std::process::Command;
 /// targets registered.
 #[derive(Debug, Clone)]
 pub struct MotoTargetGroup {
-    /// Its ARN (region us-east-1).
+    /// Its ARN.
     pub arn: String,
     /// The instances launched and registered (`instance` groups): their
     /// ids and private IPs, in launch order.
@@ -17,10 +17,10 @@ pub struct MotoTargetGroup {
 
 const SCRIPT: &str = r#"
 import boto3, json, sys
-url, kind, count, delay, name = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
-ips = sys.argv[6:]
-ec2 = boto3.client("ec2", endpoint_url=url, region_name="us-east-1")
-elb = boto3.client("elbv2", endpoint_url=url, region_name="us-east-1")
+url, region, kind, count, delay, name = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6]
+given = sys.argv[7:]
+ec2 = boto3.client("ec2", endpoint_url=url, region_name=region)
+elb = boto3.client("elbv2", endpoint_url=url, region_name=region)
 vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
 subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.20.1.0/24")["Subnet"]["SubnetId"]
 arn = elb.create_target_group(Name=name, Protocol="HTTP", Port=80, VpcId=vpc, TargetType=kind)["TargetGroups"][0]["TargetGroupArn"]
@@ -31,41 +31,61 @@ if count:
     instances = [(i["InstanceId"], i["PrivateIpAddress"]) for i in out["Instances"]]
     elb.register_targets(TargetGroupArn=arn, Targets=[{"Id": i} for i, _ in instances])
 targets = []
-for t in ips:
-    ip, port = t.rsplit(":", 1)
-    targets.append({"Id": ip, "Port": int(port)})
+for t in given:
+    if t.startswith("i-"):
+        targets.append({"Id": t})
+    else:
+        ip, port = t.rsplit(":", 1)
+        targets.append({"Id": ip, "Port": int(port)})
 if targets:
     elb.register_targets(TargetGroupArn=arn, Targets=targets)
 print(json.dumps({"arn": arn, "instances": instances}))
 "#;
 
-/// Makes a target group on moto: `instances` instances launched and
-/// registered (an `instance` group), or the `ip_targets` (`ip:port`)
-/// registered (an `ip` group); its deregistration delay set to
+/// Makes a target group in us-east-1 on moto: `instances` instances
+/// launched and registered (an `instance` group), or the `ip_targets`
+/// (`ip:port`) registered (an `ip` group); its deregistration delay set to
 /// `delay_seconds`.
 pub fn moto_target_group(
     instances: usize,
     ip_targets: &[String],
     delay_seconds: u32,
 ) -> MotoTargetGroup {
-    let python =
-        std::path::Path::new(&crate::var("EKTOOL_TEST_MOTO_SERVER")).with_file_name("python");
     let kind = if ip_targets.is_empty() {
         "instance"
     } else {
         "ip"
     };
+    make("us-east-1", kind, instances, ip_targets, delay_seconds)
+}
+
+/// Makes an `instance` target group in `region` on moto with the existing
+/// instances `ids` registered.
+pub fn moto_instance_group(region: &str, ids: &[String], delay_seconds: u32) -> MotoTargetGroup {
+    make(region, "instance", 0, ids, delay_seconds)
+}
+
+fn make(
+    region: &str,
+    kind: &str,
+    instances: usize,
+    targets: &[String],
+    delay_seconds: u32,
+) -> MotoTargetGroup {
+    let python =
+        std::path::Path::new(&crate::var("EKTOOL_TEST_MOTO_SERVER")).with_file_name("python");
     // Target group names: 32 characters at most.
     let name = crate::unique("tg");
     let out = Command::new(python)
         .arg("-c")
         .arg(SCRIPT)
         .arg(crate::moto_url())
+        .arg(region)
         .arg(kind)
         .arg(instances.to_string())
         .arg(delay_seconds.to_string())
         .arg(&name)
-        .args(ip_targets)
+        .args(targets)
         .output()
         .expect("run the bench's python");
     assert!(

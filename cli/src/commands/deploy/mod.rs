@@ -101,20 +101,27 @@ pub(crate) fn environment<'a>(
 }
 
 /// The environment's hosts (its static list, then the running instances
-/// its `ec2` tag finds), narrowed by `--host` (the same for every command:
-/// see [`deploykit::hosts`]). An EC2 client is made only for an
-/// environment that finds hosts by tag.
+/// its `ec2` tag finds, then its load balancer's registered targets when
+/// it finds hosts there), narrowed by `--host` (the same for every command:
+/// see [`deploykit::hosts`]). An AWS client is made only for an
+/// environment that finds hosts by tag or target group.
 async fn resolve(
     ctx: &Context,
     env: &Environment,
     wanted: &[String],
 ) -> Result<Vec<HostTarget>, CliError> {
-    let ec2 = match &env.ec2 {
-        Some(_) => Some(ctx.ec2().await),
-        None => None,
+    let by_group = env
+        .load_balancer
+        .as_ref()
+        .is_some_and(|lb| lb.hosts.is_some());
+    let aws = if env.ec2.is_some() || by_group {
+        Some(ctx.ec2().await)
+    } else {
+        None
     };
-    let ec2 = ec2.as_ref().map(|e| e as &dyn ec2kit::Ec2);
-    Ok(deploykit::hosts::resolve(env, ec2, &ctx.ssh_user(), wanted).await?)
+    let ec2 = aws.as_ref().map(|e| e as &dyn ec2kit::Ec2);
+    let groups = aws.as_ref().map(|e| e as &dyn ec2kit::TargetGroups);
+    Ok(deploykit::hosts::resolve_with(env, ec2, groups, &ctx.ssh_user(), wanted).await?)
 }
 
 /// The environment's hosts as deploy hosts: a strict-host-key SSH shell

@@ -293,8 +293,7 @@ impl Deployer {
                 &url,
                 &token,
                 started,
-                states,
-                latency,
+                (states, latency),
                 drain.as_ref(),
             )
             .await;
@@ -311,15 +310,15 @@ impl Deployer {
     }
 
     /// The deploy, every host locked: plan every host from the states the
-    /// lock round read, then carry the plan out.
+    /// lock round read (with the hosts' observed latency), then carry the
+    /// plan out.
     async fn deploy_locked(
         &self,
         release: &Release,
         url: &str,
         token: &str,
         started: Instant,
-        states: Vec<HostState>,
-        latency: Duration,
+        (states, latency): (Vec<HostState>, Duration),
         drain: Option<&Drain>,
     ) -> Result<DeployReport, DeployError> {
         let layout = self.config.release_layout();

@@ -263,7 +263,7 @@ impl TargetGroups for Fake {
 }
 
 /// Draining takes a few reads: each wave switches only once its targets
-/// are out of the group. A target that never becomes healthy again fails
+/// are out of the group; past the drain wait it switches anyway. A target that never becomes healthy again fails
 /// the deploy at the load balancer stage: every host is switched back, and
 /// every target is registered.
 #[tokio::test]
@@ -280,9 +280,7 @@ async fn a_wave_waits_for_draining_and_a_target_never_healthy_again_fails_the_de
         .target_groups(fake.clone());
     let c1 = f.commit("good");
     f.take_events();
-    let good = d.deploy(&f.release(&c1)).await.unwrap().hosts[0]
-        .release
-        .clone();
+    d.deploy(&f.release(&c1)).await.unwrap();
     let events = f.take_events();
     let steps = lb_steps(&events);
     assert_eq!(
@@ -301,6 +299,25 @@ async fn a_wave_waits_for_draining_and_a_target_never_healthy_again_fails_the_de
         })
         .collect();
     assert_eq!(drained.len(), 2);
+    assert_eq!(fake.registered().len(), 2);
+
+    // Targets that drain longer than the drain wait: each wave switches
+    // when the wait runs out, and says so.
+    let fake = Arc::new(Fake::with(&["10.0.0.1", "10.0.0.2"], u32::MAX, &[]));
+    let d = f
+        .deployer_on(env.clone(), hosts_at(&f, &addresses))
+        .target_groups(fake.clone())
+        .drain_timeout(Duration::from_millis(200));
+    let c = f.commit("slow to drain");
+    let good = d.deploy(&f.release(&c)).await.unwrap().hosts[0]
+        .release
+        .clone();
+    let steps = lb_steps(&f.take_events());
+    assert!(
+        steps.contains(&"drained(false) deploy@10.0.0.1:22".to_owned())
+            && steps.contains(&"drained(false) deploy@10.0.0.2:22".to_owned()),
+        "{steps:?}"
+    );
     assert_eq!(fake.registered().len(), 2);
 
     // 10.0.0.2 never becomes healthy in the group again.

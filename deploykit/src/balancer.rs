@@ -310,7 +310,8 @@ pub(crate) async fn wait_drained(
     .await
 }
 
-/// Waits until every one of `targets` is `healthy`, for at most `limit`.
+/// Waits until every one of `targets` is `healthy` (or `unavailable`:
+/// health checks off), for at most `limit`.
 pub(crate) async fn wait_healthy(
     groups: &dyn TargetGroups,
     arn: &str,
@@ -318,8 +319,9 @@ pub(crate) async fn wait_healthy(
     limit: Duration,
     cancel: &ec2kit::CancellationToken,
 ) -> Result<Waited, Ec2Error> {
+    // `unavailable`: the group's health checks are off; it takes traffic.
     wait_for(groups, arn, targets, limit, cancel, |s| {
-        s == TargetState::Healthy
+        matches!(s, TargetState::Healthy | TargetState::Unavailable)
     })
     .await
 }
@@ -433,4 +435,153 @@ pub async fn registered_hosts(
     out.sort_by_key(|(t, _)| t.to_string());
     out.dedup_by(|a, b| a.0 == b.0);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+
+    use ec2kit::{Instance, MockEc2, MockTargetGroups, TargetHealth};
+
+    use super::*;
+
+    const ARN: &str =
+        "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/web/0123456789abcdef";
+
+    fn host(name: &str) -> Host {
+        Host::new(Arc::new(ec2kit::LocalRemote::new()), "/srv/app").named(name)
+    }
+
+    fn group(kind: TargetType, targets: &[(&str, u16)]) -> MockTargetGroups {
+        let mut g = MockTargetGroups::new();
+        g.expect_describe_target_group().returning(move |arn| {
+            Ok(TargetGroup {
+                arn: arn.to_owned(),
+                name: "web".into(),
+                target_type: kind,
+                port: Some(80),
+                deregistration_delay: Duration::from_secs(30),
+            })
+        });
+        let health: Vec<TargetHealth> = targets
+            .iter()
+            .map(|(id, port)| TargetHealth {
+                target: Target::new(*id).on_port(Some(*port)),
+                state: TargetState::Healthy,
+                reason: None,
+            })
+            .collect();
+        g.expect_target_health()
+            .returning(move |_, _| Ok(health.clone()));
+        g
+    }
+
+    fn shown(m: &Members) -> Vec<(String, Vec<String>)> {
+        m.targets
+            .iter()
+            .map(|(h, t)| (h.clone(), t.iter().map(ToString::to_string).collect()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn ip_targets_are_the_hosts_at_their_address_narrowed_by_port() {
+        let g = group(
+            TargetType::Ip,
+            &[
+                ("10.0.0.1", 80),
+                ("10.0.0.1", 8080),
+                ("10.0.0.2", 80),
+                ("10.0.0.9", 80),
+            ],
+        );
+        let hosts = [
+            host("deploy@10.0.0.1:22"),
+            host("10.0.0.2"),
+            host("worker@10.0.0.3"),
+        ];
+        let lb = LoadBalancer::new(ARN);
+        let m = members(&lb, &g, None, &hosts).await.unwrap();
+        assert_eq!(
+            shown(&m),
+            [
+                ("10.0.0.2".to_owned(), vec!["10.0.0.2:80".to_owned()]),
+                (
+                    "deploy@10.0.0.1:22".to_owned(),
+                    vec!["10.0.0.1:80".to_owned(), "10.0.0.1:8080".to_owned()]
+                ),
+            ]
+        );
+        let mut lb = LoadBalancer::new(ARN);
+        lb.port = Some(8080);
+        let m = members(&lb, &g, None, &hosts).await.unwrap();
+        assert_eq!(
+            shown(&m),
+            [(
+                "deploy@10.0.0.1:22".to_owned(),
+                vec!["10.0.0.1:8080".to_owned()]
+            )]
+        );
+    }
+
+    fn instance(id: &str, ip: &str, dns: &str) -> Instance {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "region": "eu-west-1", "availability_zone": null, "state": "running",
+            "instance_type": null, "architecture": null, "root_device_name": null,
+            "virtualization_type": null, "ena_support": null, "image_id": null,
+            "key_name": null, "private_ip": ip, "public_ip": null,
+            "public_dns": dns, "launch_time": null, "reservation_id": null,
+            "block_devices": [], "tags": {}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn instance_targets_are_the_hosts_at_any_address_of_the_instance() {
+        let g = group(
+            TargetType::Instance,
+            &[("i-0aaaaaaaaaaaaaaaa", 80), ("i-0bbbbbbbbbbbbbbbb", 80)],
+        );
+        let mut ec2 = MockEc2::new();
+        ec2.expect_describe_instances()
+            .returning(|region, filters| {
+                assert_eq!(region.as_str(), "eu-west-1");
+                assert_eq!(filters[0].name, "instance-id");
+                Ok(vec![
+                    instance("i-0aaaaaaaaaaaaaaaa", "10.0.0.1", "web1.example.com"),
+                    instance("i-0bbbbbbbbbbbbbbbb", "10.0.0.2", ""),
+                ])
+            });
+        let hosts = [
+            host("deploy@web1.example.com:22"),
+            host("deploy@10.0.0.2:22"),
+        ];
+        let lb = LoadBalancer::new(ARN);
+        let m = members(&lb, &g, Some(&ec2), &hosts).await.unwrap();
+        assert_eq!(m.targets.len(), 2, "{m:?}");
+        assert_eq!(
+            m.targets["deploy@web1.example.com:22"],
+            [Target::new("i-0aaaaaaaaaaaaaaaa").on_port(Some(80))]
+        );
+        // No EC2 client: the addresses cannot be found.
+        let err = members(&lb, &g, None, &hosts).await.unwrap_err();
+        assert!(matches!(err, BalancerError::NoEc2 { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_table_is_checked_where_it_is_read() {
+        let ok: LoadBalancer = toml::from_str(&format!(
+            "target_group_arn = \"{ARN}\"\ndrain_timeout = \"30s\"\nhosts = {{ user = \"deploy\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.drain_timeout, Some(HumanDuration::from_secs(30)));
+        assert_eq!(ok.healthy_timeout, HumanDuration::from_secs(300));
+        assert_eq!(ok.hosts.unwrap().port, 22);
+        for bad in [
+            "target_group_arn = \"web\"\n".to_owned(),
+            format!("target_group_arn = \"{ARN}\"\nprot = 80\n"),
+        ] {
+            assert!(toml::from_str::<LoadBalancer>(&bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -192,6 +192,8 @@ pub(crate) struct Members {
     pub(crate) group: TargetGroup,
     /// Host name → its targets (only hosts that have some).
     pub(crate) targets: BTreeMap<String, Vec<Target>>,
+    /// How many targets the group has registered (on `port`, if set).
+    pub(crate) registered: usize,
 }
 
 /// The address a host is reached at: the host part of its name.
@@ -220,6 +222,7 @@ pub(crate) async fn members(
         .map(|h| h.target)
         .filter(|t| config.port.is_none_or(|p| t.port == Some(p)))
         .collect();
+    let count = registered.len();
     // Every name a target answers to.
     let mut names: Vec<(Target, Vec<String>)> = Vec::new();
     match group.target_type {
@@ -268,7 +271,11 @@ pub(crate) async fn members(
             targets.insert(h.name().to_owned(), mine);
         }
     }
-    Ok(Members { group, targets })
+    Ok(Members {
+        group,
+        targets,
+        registered: count,
+    })
 }
 
 /// The instances behind `targets` (one `DescribeInstances` in the group's

@@ -455,6 +455,8 @@ async fn hosts_from_a_target_group_are_drained_while_they_switch() {
         .run()
         .success()
         .stderr_has("load balancer: deregistered")
+        // Its only host: the wave empties the group, and says so.
+        .stderr_has("this wave takes every target out of target group")
         .stderr_has("healthy in the target group")
         .stdout_has("is live on 1 host");
     let local = app.hosts[0].local_path(&root);

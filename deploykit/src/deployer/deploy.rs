@@ -749,6 +749,15 @@ impl Deployer {
                 self.fail_before_switch(slots, release, failures).await
             }
         };
+        if flat.len() >= d.members.registered {
+            self.emit(Event::Warning {
+                host: None,
+                message: format!(
+                    "this wave takes every target out of target group {}: nothing serves until it is back (set a smaller batch)",
+                    d.arn
+                ),
+            });
+        }
         if let Err(e) = d.client.deregister_targets(&d.arn, &flat).await {
             return Err(fail(format!("could not deregister: {e}")).await);
         }

@@ -1,9 +1,9 @@
-//! Deploys behind a load balancer: against moto's ELBv2 (a real target
-//! group, its instances' addresses from moto's EC2), and against a fake of
-//! the `TargetGroups` seam for what moto cannot show (targets that take
-//! time to drain, a target that never becomes healthy: moto's targets are
-//! healthy as soon as they are registered, and out of the group as soon as
-//! they are deregistered).
+//! Deploys behind a load balancer, on a fake of the `TargetGroups` seam for
+//! what moto cannot show (targets that take time to drain, a target that
+//! never becomes healthy: moto's are healthy as soon as they are
+//! registered, and out of the group as soon as they are deregistered).
+//! Against moto's ELBv2 itself: `tests/integration/balancer.rs` (the
+//! cross-crate tests: deploykit's never compile the AWS SDK).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,24 +13,10 @@ use async_trait::async_trait;
 use deploykit::Event;
 use deploykit::balancer::LoadBalancer;
 use deploykit::environment::LayoutKind;
-use deploykit::{DeployError, HealthCheck, Host, Stage};
-use ec2kit::{
-    AwsEc2, AwsEc2Options, Ec2Error, RateLimits, Target, TargetGroup, TargetGroups, TargetHealth,
-    TargetState, TargetType,
-};
-use ektool_tests::{moto_target_group, moto_url};
+use deploykit::{DeployError, Host, Stage};
+use ec2kit::{Ec2Error, Target, TargetGroup, TargetGroups, TargetHealth, TargetState, TargetType};
 
 use crate::support::Fixture;
-
-async fn aws() -> AwsEc2 {
-    AwsEc2::new(AwsEc2Options {
-        endpoint_url: Some(moto_url()),
-        home_region: Some("us-east-1".into()),
-        rate_limits: Some(RateLimits::disabled()),
-        ..Default::default()
-    })
-    .await
-}
 
 /// The fixture's hosts, named `deploy@<address>:22` after `addresses`
 /// (their targets' addresses) while they are reached at the bench's sshds.
@@ -58,112 +44,6 @@ fn lb_steps(events: &[Event]) -> Vec<String> {
             _ => None,
         })
         .collect()
-}
-
-fn unhealthy_check() -> HealthCheck {
-    let mut check = HealthCheck::command("test ! -e ../../shared/unhealthy");
-    check.interval_ms = 100;
-    check.deadline_seconds = 1;
-    check
-}
-
-/// Three hosts, the instances of a moto target group: one wave per host
-/// (the default behind a load balancer), each deregistered, drained,
-/// switched, registered again and healthy before the next. Then a health
-/// check failing in batch 2 puts batch 1 back, and leaves every target
-/// registered.
-#[tokio::test]
-async fn each_wave_leaves_the_target_group_and_a_failure_leaves_every_host_registered() {
-    let f = Fixture::new(3);
-    let group = moto_target_group(3, &[], 0);
-    let aws = aws().await;
-    let addresses: Vec<String> = group.instances.iter().map(|(_, ip)| ip.clone()).collect();
-    let mut env = f.env(LayoutKind::Timestamped);
-    env.health = Some(unhealthy_check());
-    env.load_balancer = Some(LoadBalancer::new(group.arn.clone()));
-    let d = f
-        .deployer_on(env, hosts_at(&f, &addresses))
-        .target_groups(Arc::new(aws.clone()))
-        .ec2(Arc::new(aws.clone()));
-    let names: Vec<String> = d.hosts().iter().map(|h| h.name().to_owned()).collect();
-
-    // The plan names each host's target.
-    let c1 = f.commit("good");
-    let plan = d.deploy_plan(&f.release(&c1)).await.unwrap();
-    let lb = plan
-        .load_balancer
-        .clone()
-        .expect("the plan's load balancer steps");
-    assert_eq!(lb.target_type, "instance");
-    assert_eq!(lb.targets.len(), 3, "{lb:?}");
-    assert!(lb.not_targets.is_empty());
-    assert_eq!(plan.waves.len(), 3, "one host per wave: {:?}", plan.waves);
-    let ids: BTreeMap<&str, &str> = group
-        .instances
-        .iter()
-        .map(|(id, ip)| (ip.as_str(), id.as_str()))
-        .collect();
-    for (host, targets) in &lb.targets {
-        let ip = host.trim_start_matches("deploy@").trim_end_matches(":22");
-        assert_eq!(targets, &[format!("{}:80", ids[ip])], "{host}");
-    }
-
-    f.take_events();
-    let good = d.deploy(&f.release(&c1)).await.unwrap().hosts[0]
-        .release
-        .clone();
-    let mut want = Vec::new();
-    for h in &names {
-        want.extend([
-            format!("deregistered {h}"),
-            format!("drained(true) {h}"),
-            format!("switched {h}"),
-            format!("registered {h}"),
-            format!("in service {h}"),
-        ]);
-    }
-    assert_eq!(lb_steps(&f.take_events()), want);
-    let health = aws.target_health(&group.arn, &[]).await.unwrap();
-    assert_eq!(health.len(), 3);
-    assert!(health.iter().all(|h| h.state == TargetState::Healthy));
-
-    // Batch 2's host fails its health check.
-    let second = d.hosts()[1].name().to_owned();
-    let i = hosts_at(&f, &addresses)
-        .iter()
-        .position(|h| h.name() == second)
-        .unwrap();
-    std::fs::write(f.local(i, "shared/unhealthy"), "").unwrap();
-    let c2 = f.commit("bad in batch 2");
-    let err = d.deploy(&f.release(&c2)).await.unwrap_err();
-    let DeployError::Failed {
-        stage, rolled_back, ..
-    } = &err
-    else {
-        panic!("{err}")
-    };
-    assert_eq!(*stage, Stage::Health);
-    assert_eq!(rolled_back.len(), 3, "{err}");
-    let steps = lb_steps(&f.take_events());
-    let (first, third) = (&names[0], &names[2]);
-    for step in [
-        format!("in service {first}"),
-        format!("deregistered {second}"),
-        format!("switched {second}"),
-        format!("switched back {first}"),
-        format!("registered {second}"),
-    ] {
-        assert!(steps.contains(&step), "{step} missing: {steps:?}");
-    }
-    assert!(
-        !steps.contains(&format!("deregistered {third}")),
-        "batch 3 never left the group: {steps:?}"
-    );
-    for i in 0..3 {
-        assert_eq!(f.current(i).as_deref(), Some(good.as_str()), "host {i}");
-    }
-    let health = aws.target_health(&group.arn, &[]).await.unwrap();
-    assert_eq!(health.len(), 3, "every target registered again: {health:?}");
 }
 
 /// A fake target group for what moto cannot show: a deregistered target

@@ -575,6 +575,51 @@ mod tests {
         assert!(matches!(err, BalancerError::NoEc2 { .. }), "{err}");
     }
 
+    /// Hosts from the group: `ip` targets at their IP, with the source's
+    /// user and port, after the static ones; `--host` takes the address;
+    /// without a client it is an error.
+    #[tokio::test]
+    async fn hosts_come_from_the_registered_targets() {
+        let g = group(
+            TargetType::Ip,
+            &[("10.0.0.2", 80), ("10.0.0.1", 80), ("10.0.0.1", 81)],
+        );
+        let mut env = crate::Environment::new(vec!["web0".into()], "/srv/app").unwrap();
+        let mut lb = LoadBalancer::new(ARN);
+        lb.hosts = Some(TargetHosts {
+            user: Some("ubuntu".into()),
+            port: 2222,
+            address: Address::PrivateIp,
+        });
+        env.load_balancer = Some(lb);
+        let all = crate::hosts::resolve_with(&env, None, Some(&g), "deploy", &[])
+            .await
+            .unwrap();
+        let shown: Vec<String> = all.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "deploy@web0:22",
+                "ubuntu@10.0.0.1:2222",
+                "ubuntu@10.0.0.2:2222"
+            ]
+        );
+        let one = crate::hosts::resolve_with(&env, None, Some(&g), "deploy", &["10.0.0.2".into()])
+            .await
+            .unwrap();
+        assert_eq!(one.len(), 1);
+        let err = crate::hosts::resolve(&env, None, "deploy", &[])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                crate::hosts::HostsError::LoadBalancer(BalancerError::NoClient { .. })
+            ),
+            "{err}"
+        );
+    }
+
     #[test]
     fn the_table_is_checked_where_it_is_read() {
         let ok: LoadBalancer = toml::from_str(&format!(

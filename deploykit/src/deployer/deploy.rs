@@ -769,14 +769,6 @@ impl Deployer {
         let waited =
             balancer::wait_drained(d.client.as_ref(), &d.arn, &flat, d.drain_wait, &self.cancel)
                 .await;
-        match waited {
-            Ok(w) => self.emit(Event::Drained {
-                hosts,
-                complete: w.done,
-                seconds: w.seconds,
-            }),
-            Err(e) => return Err(fail(format!("could not read target health: {e}")).await),
-        }
         if self.cancelled() {
             return Err(if earlier {
                 self.interrupted_after_switch(slots, release, Stage::LoadBalancer)
@@ -785,6 +777,14 @@ impl Deployer {
                 self.interrupted_before_switch(slots, release, Stage::LoadBalancer)
                     .await
             });
+        }
+        match waited {
+            Ok(w) => self.emit(Event::Drained {
+                hosts,
+                complete: w.done,
+                seconds: w.seconds,
+            }),
+            Err(e) => return Err(fail(format!("could not read target health: {e}")).await),
         }
         Ok(())
     }

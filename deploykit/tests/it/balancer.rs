@@ -239,3 +239,65 @@ async fn a_load_balancer_without_a_client_is_refused_before_anything_changes() {
     assert!(matches!(err, DeployError::LoadBalancer(_)), "{err}");
     assert_eq!(f.current(0), None);
 }
+
+/// A signal while the second wave drains: the first wave is switched
+/// back, and the second wave's target registered again.
+#[tokio::test]
+async fn an_interruption_while_draining_puts_every_host_back_and_registered() {
+    let f = Fixture::new(2);
+    let addresses = ["10.0.0.1".to_owned(), "10.0.0.2".to_owned()];
+    let mut env = f.env(LayoutKind::Timestamped);
+    env.load_balancer = Some(LoadBalancer::new(ARN));
+    let fake = Arc::new(Fake::with(&["10.0.0.1", "10.0.0.2"], 0, &[]));
+    let d = f
+        .deployer_on(env.clone(), hosts_at(&f, &addresses))
+        .target_groups(fake);
+    let c1 = f.commit("good");
+    let good = d.deploy(&f.release(&c1)).await.unwrap().hosts[0]
+        .release
+        .clone();
+
+    // Draining never ends (the first wave switches when the drain wait
+    // runs out): the signal comes as the second wave leaves the group.
+    let fake = Arc::new(Fake::with(&["10.0.0.1", "10.0.0.2"], u32::MAX, &[]));
+    let mut env = env;
+    if let Some(lb) = &mut env.load_balancer {
+        lb.drain_timeout = Some(Duration::from_millis(200).into());
+    }
+    let cancel = ec2kit::CancellationToken::new();
+    let (events, on_signal) = (f.events.clone(), cancel.clone());
+    let d = deploykit::Deployer::new("staging", env, hosts_at(&f, &addresses))
+        .target_groups(fake.clone())
+        .cancel_on(cancel)
+        .on_event(move |e| {
+            if let Event::Deregistered { hosts, .. } = e
+                && hosts == &["deploy@10.0.0.2:22".to_owned()]
+            {
+                on_signal.cancel();
+            }
+            events.lock().unwrap().push(e.clone());
+        });
+    f.take_events();
+    let c2 = f.commit("interrupted");
+    let err = d.deploy(&f.release(&c2)).await.unwrap_err();
+    let DeployError::Interrupted {
+        stage, rolled_back, ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(*stage, Stage::LoadBalancer);
+    assert_eq!(rolled_back.len(), 2, "{err}");
+    let steps = lb_steps(&f.take_events());
+    assert!(
+        steps.contains(&"switched deploy@10.0.0.1:22".to_owned())
+            && !steps.contains(&"switched deploy@10.0.0.2:22".to_owned())
+            && !steps.contains(&"drained(false) deploy@10.0.0.2:22".to_owned())
+            && steps.last() == Some(&"registered deploy@10.0.0.2:22".to_owned()),
+        "{steps:?}"
+    );
+    for i in 0..2 {
+        assert_eq!(f.current(i).as_deref(), Some(good.as_str()), "host {i}");
+    }
+    assert_eq!(fake.registered().len(), 2, "every target registered");
+}

@@ -90,6 +90,11 @@ impl CliError {
             // What the config or --host says; an EC2 failure is not.
             Self::Hosts(e) => match e {
                 deploykit::hosts::HostsError::Ec2 { .. } => exit::FAILURE,
+                // The target group's API failed; a missing client is the
+                // user's setup.
+                deploykit::hosts::HostsError::LoadBalancer(
+                    deploykit::balancer::BalancerError::Api { .. },
+                ) => exit::FAILURE,
                 _ => exit::USAGE,
             },
             Self::Db(deploykit::db::DbError::Protected { .. }) => exit::USAGE,

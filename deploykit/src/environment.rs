@@ -133,6 +133,11 @@ pub struct Environment {
     /// default: the rest at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<crate::rollout::BatchSize>,
+    /// The ALB/NLB target group the hosts serve in
+    /// (`[environments.<name>.load_balancer]`): each wave is drained from it
+    /// while it switches (see [`crate::balancer`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<crate::balancer::LoadBalancer>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -196,6 +201,7 @@ impl Environment {
             canary: 0,
             canary_wait: HumanDuration(Duration::ZERO),
             batch: None,
+            load_balancer: None,
         })
     }
 
@@ -208,12 +214,18 @@ impl Environment {
     }
 
     /// The order hosts switch in: [`canary`](Self::canary),
-    /// [`canary_wait`](Self::canary_wait), [`batch`](Self::batch).
+    /// [`canary_wait`](Self::canary_wait), [`batch`](Self::batch). Behind a
+    /// [`load_balancer`](Self::load_balancer) without a `batch`, one host at
+    /// a time ([`crate::balancer::DEFAULT_BATCH`]).
     pub fn rollout(&self) -> crate::rollout::Rollout {
         crate::rollout::Rollout {
             canary: self.canary,
             canary_wait: self.canary_wait.0,
-            batch: self.batch,
+            batch: self.batch.or_else(|| {
+                self.load_balancer
+                    .as_ref()
+                    .map(|_| crate::balancer::DEFAULT_BATCH)
+            }),
         }
     }
 

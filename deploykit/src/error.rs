@@ -29,12 +29,18 @@ pub enum Stage {
     AfterSwitch,
     /// Health checks.
     Health,
+    /// Taking a wave out of the load balancer's target group, or putting
+    /// it back and waiting until it is healthy there.
+    LoadBalancer,
 }
 
 impl Stage {
     /// Whether a failure at this stage happens after hosts were switched.
     pub fn after_switch(self) -> bool {
-        matches!(self, Self::Switch | Self::AfterSwitch | Self::Health)
+        matches!(
+            self,
+            Self::Switch | Self::AfterSwitch | Self::Health | Self::LoadBalancer
+        )
     }
 }
 
@@ -50,6 +56,7 @@ impl fmt::Display for Stage {
             Self::Switch => "switch",
             Self::AfterSwitch => "after-switch hooks",
             Self::Health => "health check",
+            Self::LoadBalancer => "load balancer",
         })
     }
 }
@@ -102,6 +109,10 @@ pub enum DeployError {
         /// The roles the selected hosts have.
         have: Vec<String>,
     },
+    /// The load balancer's target group could not be read or used, before
+    /// anything was changed.
+    #[error(transparent)]
+    LoadBalancer(#[from] crate::balancer::BalancerError),
     /// Another run holds the lock (`lock.stale` says whether it looks
     /// abandoned); nothing was changed.
     #[error("{lock}")]

@@ -161,6 +161,41 @@ pub enum Event {
         /// How many of its checks failed.
         failed: usize,
     },
+    /// A wave's targets were deregistered from the load balancer's target
+    /// group (see [`crate::balancer`]).
+    Deregistered {
+        /// The wave's hosts that are targets.
+        hosts: Vec<String>,
+        /// Their targets (`id` or `id:port`).
+        targets: Vec<String>,
+        /// The longest the deploy waits for them to drain, in seconds.
+        wait_seconds: f64,
+    },
+    /// A wave's targets are out of the group (`complete`), or the drain
+    /// wait ran out and the wave switches anyway.
+    Drained {
+        /// The hosts.
+        hosts: Vec<String>,
+        /// Whether every target was out of the group.
+        complete: bool,
+        /// How long the wait took.
+        seconds: f64,
+    },
+    /// Targets were registered in the group again (after their wave, or
+    /// after a failure put their hosts back).
+    Registered {
+        /// The hosts.
+        hosts: Vec<String>,
+        /// Their targets.
+        targets: Vec<String>,
+    },
+    /// A wave's targets are `healthy` in the group again.
+    InService {
+        /// The hosts.
+        hosts: Vec<String>,
+        /// How long it took after registering them.
+        seconds: f64,
+    },
     /// A notification could not be delivered (the deploy goes on).
     NotifyFailed {
         /// Why (never the webhook URL).
@@ -249,6 +284,41 @@ impl fmt::Display for Event {
             Self::HostChecked { host, failed: 0 } => write!(f, "{host}: checked, all passed"),
             Self::HostChecked { host, failed } => write!(f, "{host}: checked, {failed} failed"),
             Self::NotifyFailed { error } => write!(f, "notification not sent: {error}"),
+            Self::Deregistered {
+                hosts,
+                targets,
+                wait_seconds,
+            } => write!(
+                f,
+                "load balancer: deregistered {} ({}); draining up to {wait_seconds:.0}s",
+                hosts.join(", "),
+                targets.join(", ")
+            ),
+            Self::Drained {
+                hosts,
+                complete: true,
+                seconds,
+            } => write!(
+                f,
+                "load balancer: {} drained in {seconds:.1}s",
+                hosts.join(", ")
+            ),
+            Self::Drained { hosts, seconds, .. } => write!(
+                f,
+                "load balancer: {} still draining after {seconds:.1}s; switching anyway",
+                hosts.join(", ")
+            ),
+            Self::Registered { hosts, targets } => write!(
+                f,
+                "load balancer: registered {} ({}) again",
+                hosts.join(", "),
+                targets.join(", ")
+            ),
+            Self::InService { hosts, seconds } => write!(
+                f,
+                "load balancer: {} healthy in the target group after {seconds:.1}s",
+                hosts.join(", ")
+            ),
         }
     }
 }

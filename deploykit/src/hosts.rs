@@ -94,6 +94,9 @@ pub enum HostsError {
         /// The roles the hosts have.
         have: Vec<String>,
     },
+    /// The environment's load balancer could not list its hosts.
+    #[error(transparent)]
+    LoadBalancer(#[from] crate::balancer::BalancerError),
     /// A named host is none of the environment's hosts.
     #[error("{wanted} is not a host of this environment (have: {})", have_list(.have))]
     UnknownHost {
@@ -145,7 +148,23 @@ pub async fn resolve(
     default_user: &str,
     only: &[String],
 ) -> Result<Vec<HostTarget>, HostsError> {
-    Ok(select(env, ec2, default_user, only, &[])
+    resolve_with(env, ec2, None, default_user, only).await
+}
+
+/// As [`resolve`], and the registered targets of the environment's load
+/// balancer when it finds hosts there (`[load_balancer.hosts]`, see
+/// [`registered_hosts`](crate::balancer::registered_hosts)), after the
+/// others; `groups` is needed then (and `ec2` for an `instance` group).
+/// Such a host also answers to its address and, for an instance, its id
+/// and `Name` tag.
+pub async fn resolve_with(
+    env: &Environment,
+    ec2: Option<&dyn Ec2>,
+    groups: Option<&dyn ec2kit::TargetGroups>,
+    default_user: &str,
+    only: &[String],
+) -> Result<Vec<HostTarget>, HostsError> {
+    Ok(select_with(env, ec2, groups, default_user, only, &[])
         .await?
         .into_iter()
         .map(|s| s.target)
@@ -159,7 +178,7 @@ pub struct Selected {
     /// How to reach it.
     pub target: HostTarget,
     /// Its roles (those of its `hosts` entry, or of the EC2 source that
-    /// found it).
+    /// found it; none for a load balancer's target).
     pub roles: Vec<String>,
 }
 
@@ -174,7 +193,19 @@ pub async fn select(
     only: &[String],
     roles: &[String],
 ) -> Result<Vec<Selected>, HostsError> {
-    let named = named(env, ec2, default_user, only).await?;
+    select_with(env, ec2, None, default_user, only, roles).await
+}
+
+/// [`select`], with the load balancer's targets as [`resolve_with`].
+pub async fn select_with(
+    env: &Environment,
+    ec2: Option<&dyn Ec2>,
+    groups: Option<&dyn ec2kit::TargetGroups>,
+    default_user: &str,
+    only: &[String],
+    roles: &[String],
+) -> Result<Vec<Selected>, HostsError> {
+    let named = named(env, ec2, groups, default_user, only).await?;
     if let Some(role) = roles
         .iter()
         .find(|r| !named.iter().any(|c| c.roles.contains(r)))
@@ -201,6 +232,7 @@ pub async fn select(
 async fn named(
     env: &Environment,
     ec2: Option<&dyn Ec2>,
+    groups: Option<&dyn ec2kit::TargetGroups>,
     default_user: &str,
     only: &[String],
 ) -> Result<Vec<Candidate>, HostsError> {
@@ -229,6 +261,25 @@ async fn named(
             tag: source.tag.clone(),
         })?;
         all.extend(tagged(ec2, source, default_user).await?);
+    }
+    if let Some(lb) = &env.load_balancer
+        && let Some(source) = &lb.hosts
+    {
+        let groups = groups.ok_or_else(|| crate::balancer::BalancerError::NoClient {
+            arn: lb.target_group_arn.clone(),
+        })?;
+        let found =
+            crate::balancer::registered_hosts(lb, source, groups, ec2, default_user).await?;
+        for (target, mut names) in found {
+            let shown = target.to_string();
+            names.push(shown.clone());
+            all.push(Candidate {
+                target,
+                roles: Vec::new(),
+                shown,
+                names,
+            });
+        }
     }
     if only.is_empty() {
         return Ok(all);

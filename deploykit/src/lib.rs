@@ -48,9 +48,11 @@
 //! - [`provision`] and [`db`]: configuring servers, and database chores;
 //! - [`exec`]: a command in the live release of every host;
 //! - [`rollout`]: canary and batches, the order hosts switch in;
+//! - [`balancer`]: each wave drained from a load balancer's target group;
 //! - [`audit`]: who did what to each host, merged into one timeline.
 
 pub mod audit;
+pub mod balancer;
 pub mod check;
 pub mod db;
 mod deployer;
@@ -92,7 +94,7 @@ pub use layout::{AbSlots, ReleaseLayout, Timestamped};
 pub use lock::LockOwner;
 pub use log::{LogAction, LogEntry, LogResult};
 pub use notify::{Notification, NotificationKind, Notifier};
-pub use plan::{DeployPlan, HostPlan, Mirror, PhaseHooks, PrepareAction};
+pub use plan::{DeployPlan, HostPlan, LoadBalancerPlan, Mirror, PhaseHooks, PrepareAction};
 pub use provision::{ProvisionConfig, ProvisionError, Provisioner};
 pub use release::{Marker, Release};
 pub use shell::{is_commit_id, short as short_commit};

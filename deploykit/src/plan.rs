@@ -3,6 +3,8 @@
 //! the lock, changing nothing (`--dry-run` prints it); `Deployer::deploy`
 //! computes it the same way under the lock and carries it out.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::environment::Phase;
@@ -149,6 +151,34 @@ pub struct DeployPlan {
     /// How long the rest wait after the canary wave, in seconds.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub canary_wait_seconds: u64,
+    /// What each wave does in the load balancer's target group, when the
+    /// environment has one (see [`crate::balancer`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancerPlan>,
+}
+
+/// The load balancer steps of a deploy: each wave's targets are
+/// deregistered, drained, switched, registered again and waited on until
+/// healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadBalancerPlan {
+    /// The target group.
+    pub target_group_arn: String,
+    /// How it names targets (`instance`, `ip`).
+    pub target_type: String,
+    /// The group's `deregistration_delay`, in seconds.
+    pub deregistration_delay_seconds: u64,
+    /// The longest a wave waits for its targets to drain, in seconds: the
+    /// delay, bounded by `drain_timeout`.
+    pub drain_wait_seconds: u64,
+    /// The longest a wave waits for its targets to be healthy again, in
+    /// seconds.
+    pub healthy_timeout_seconds: u64,
+    /// Per host, its targets (`id` or `id:port`).
+    pub targets: BTreeMap<String, Vec<String>>,
+    /// Hosts that are no target of the group: switched without draining.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_targets: Vec<String>,
 }
 
 fn is_zero(v: &u64) -> bool {

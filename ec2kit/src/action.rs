@@ -7,7 +7,8 @@ use std::fmt;
 
 macro_rules! actions {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// An EC2 API action (also its IAM action name without the `ec2:` prefix).
+        /// An AWS API action (also its IAM action name without the service
+        /// prefix, [`Action::service`]).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
         #[non_exhaustive]
         pub enum Action {
@@ -76,13 +77,30 @@ actions! {
     /// KMS `DescribeKey` (the pre-flight check of a key before copies
     /// are encrypted with it).
     DescribeKey,
+    /// Elastic Load Balancing `DescribeTargetGroups`.
+    DescribeTargetGroups,
+    /// Elastic Load Balancing `DescribeTargetGroupAttributes`
+    /// (`deregistration_delay.timeout_seconds`).
+    DescribeTargetGroupAttributes,
+    /// Elastic Load Balancing `DescribeTargetHealth`.
+    DescribeTargetHealth,
+    /// Elastic Load Balancing `RegisterTargets`.
+    RegisterTargets,
+    /// Elastic Load Balancing `DeregisterTargets`.
+    DeregisterTargets,
 }
 
 impl Action {
-    /// The AWS service the action belongs to (`ec2`, `kms`).
+    /// The AWS service the action belongs to (`ec2`, `kms`,
+    /// `elasticloadbalancing`).
     pub fn service(self) -> &'static str {
         match self {
             Action::DescribeKey => "kms",
+            Action::DescribeTargetGroups
+            | Action::DescribeTargetGroupAttributes
+            | Action::DescribeTargetHealth
+            | Action::RegisterTargets
+            | Action::DeregisterTargets => "elasticloadbalancing",
             _ => "ec2",
         }
     }

@@ -162,6 +162,7 @@ struct Inner {
     configured_region: Option<Region>,
     clients: Mutex<HashMap<String, Client>>,
     kms_clients: Mutex<HashMap<String, aws_sdk_kms::Client>>,
+    elb_clients: Mutex<HashMap<String, aws_sdk_elasticloadbalancingv2::Client>>,
     limiter: RateLimiter,
     on_request: Option<RequestHook>,
     max_attempts: u32,
@@ -210,6 +211,7 @@ impl AwsEc2 {
                 configured_region,
                 clients: Mutex::new(HashMap::new()),
                 kms_clients: Mutex::new(HashMap::new()),
+                elb_clients: Mutex::new(HashMap::new()),
                 limiter: RateLimiter::new(options.rate_limits.unwrap_or_default()),
                 on_request: options.on_request,
                 max_attempts,
@@ -345,6 +347,33 @@ impl AwsEc2 {
             .await
     }
 
+    /// Paces `action` (an Elastic Load Balancing one), then hands an ELBv2
+    /// client for `region` to the call: the same SDK configuration
+    /// (credentials, endpoint, retries), pacing and request hook as the
+    /// EC2 calls.
+    pub(crate) async fn elb_ready(
+        &self,
+        action: Action,
+        region: &Region,
+    ) -> Result<aws_sdk_elasticloadbalancingv2::Client, Ec2Error> {
+        self.attempt(action, region, 1).await?;
+        let mut clients = self
+            .inner
+            .elb_clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Ok(clients
+            .entry(region.as_str().to_owned())
+            .or_insert_with(|| {
+                let conf =
+                    aws_sdk_elasticloadbalancingv2::config::Builder::from(&self.inner.config)
+                        .region(aws_config::Region::new(region.as_str().to_owned()))
+                        .build();
+                aws_sdk_elasticloadbalancingv2::Client::from_conf(conf)
+            })
+            .clone())
+    }
+
     fn kms_client(&self, region: &Region) -> aws_sdk_kms::Client {
         let mut clients = self
             .inner
@@ -440,7 +469,7 @@ fn credentials_failure(err: &(dyn std::error::Error + 'static)) -> Option<String
     None
 }
 
-fn map_err<E>(action: Action, region: &Region, err: SdkError<E>) -> Ec2Error
+pub(crate) fn map_err<E>(action: Action, region: &Region, err: SdkError<E>) -> Ec2Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {

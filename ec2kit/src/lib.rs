@@ -13,6 +13,10 @@
 //!   [`LocalRemote`] is this machine; [`GuardedJob`] runs a long-lived
 //!   command whose end the host itself guarantees.
 //!
+//! - [`TargetGroups`]: the Elastic Load Balancing target group calls a
+//!   deploy drains hosts with ([`elb`]); [`AwsEc2`] implements it too, on
+//!   aws-sdk-elasticloadbalancingv2.
+//!
 //! [`iam`] turns what operations call into least-privilege IAM policies:
 //! each operation states its [`iam::Permissions`] next to it.
 //!
@@ -73,6 +77,7 @@ mod tags;
 mod volume;
 
 pub mod duration;
+pub mod elb;
 pub mod fleet;
 pub mod iam;
 pub mod job;
@@ -87,6 +92,8 @@ pub mod target;
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "aws")]
+mod aws_elb;
 #[cfg(feature = "ssh")]
 pub mod ssh;
 #[cfg(feature = "ssh")]
@@ -97,6 +104,9 @@ pub use duration::HumanDuration;
 pub use ec2::Ec2;
 #[cfg(any(test, feature = "mock"))]
 pub use ec2::MockEc2;
+#[cfg(any(test, feature = "mock"))]
+pub use elb::MockTargetGroups;
+pub use elb::{Target, TargetGroup, TargetGroups, TargetHealth, TargetState, TargetType};
 pub use error::{BoxError, Ec2Error, ErrorKind, dry_run_ok};
 pub use filter::Filter;
 pub use ids::{ImageId, InstanceId, InvalidId, SnapshotId, VolumeId};

@@ -2,3 +2,5 @@
 
 // Test code: a panic is a failed test with a line number.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod balancer;

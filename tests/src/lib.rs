@@ -189,9 +189,11 @@ pub fn pg_port() -> Option<u16> {
     }
 }
 
+pub mod elb;
 pub mod jump;
 pub mod private_sshd;
 
+pub use elb::{MotoTargetGroup, moto_instance_group, moto_target_group};
 pub use private_sshd::PrivateSshd;
 
 /// A port nobody listens on right now (another process may take it before

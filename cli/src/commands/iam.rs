@@ -54,10 +54,15 @@ const FIND_INSTANCES: Permissions = Permissions::calls(&[DescribeInstances]);
 pub(crate) fn policies() -> Vec<Policy> {
     let regions = &fleet::REGION_CATALOG_PERMISSIONS;
     // Deploy verbs reach AWS only for an environment with `ec2 = {tag = …}`.
+    // Or for hosts found from a load balancer's target group.
     let hosts = |p: Policy| {
         let by_tag = When::Chosen("hosts by EC2 tag");
         p.grant_when(by_tag, regions)
             .grant_when(by_tag, &fleet::INSTANCES_BY_TAG_PERMISSIONS)
+            .grant_when(
+                When::Chosen("hosts from a target group"),
+                &deploykit::balancer::HOSTS_PERMISSIONS,
+            )
     };
     vec![
         command("regions").grant(regions),
@@ -140,7 +145,11 @@ pub(crate) fn policies() -> Vec<Policy> {
             .grant_when(When::Chosen("trim step"), &trim::PERMISSIONS)
             .grant_when(When::Chosen("replicate step"), &replicate::PERMISSIONS)
             .grant_when(When::Chosen("check step"), &check::PERMISSIONS),
-        hosts(command("deploy")),
+        // Behind a load balancer, each wave leaves its target group.
+        hosts(command("deploy")).grant_when(
+            When::Chosen("a load balancer"),
+            &deploykit::balancer::DRAIN_PERMISSIONS,
+        ),
         hosts(command("deploy unlock")),
         hosts(command("provision")),
         hosts(command("secrets get")),
@@ -295,8 +304,17 @@ mod tests {
                 assert!(!st["Action"].as_array().unwrap().is_empty(), "{st}");
             }
         }
+        // deploy calls AWS only for what an environment chooses: every
+        // statement is a conditional one.
         let deploy = iam::document(&[policy_for("deploy").unwrap()], None);
-        assert_eq!(deploy.statement.len(), 1);
+        assert!(
+            deploy
+                .statement
+                .iter()
+                .all(|st| st.sid.starts_with("EktoolDeployWith")),
+            "{:?}",
+            deploy.statement
+        );
     }
 
     /// The restricted policies grant the same actions as the plain ones,

@@ -397,6 +397,113 @@ async fn hosts_found_by_ec2_tag_are_deployed_to() {
     );
 }
 
+/// Hosts from a load balancer's target group (moto's ELBv2; moto gives
+/// the instance the bench host's address, so the deploy is real): the plan
+/// shows the load balancer steps (human and JSON), the deploy drains the
+/// host while it switches and leaves it registered, and it calls exactly
+/// what `ektool iam-policy deploy` lists for hosts from an instance target
+/// group behind a load balancer.
+#[tokio::test]
+async fn hosts_from_a_target_group_are_drained_while_they_switch() {
+    use ec2kit::{Tags, TargetGroups, TargetState};
+
+    let region = "ca-central-1";
+    let instance = crate::moto::launch_at(region, "127.0.0.1", Tags::new()).await;
+    let group = ektool_tests::moto_instance_group(region, &[instance.id.to_string()], 0);
+    let app = App::new("");
+    let root = unique("cli-lb");
+    let config = std::fs::read_to_string(app.work.join("ektool.toml")).unwrap()
+        + &format!(
+            "\n[environments.lb]\npath = \"{mount}/{root}\"\n\n[environments.lb.load_balancer]\ntarget_group_arn = \"{arn}\"\nhosts = {{ user = \"root\", port = {port} }}\n",
+            mount = SshHost::MOUNT,
+            arn = group.arn,
+            port = app.hosts[0].port,
+        );
+    std::fs::write(app.work.join("ektool.toml"), config).unwrap();
+    let c = app.commit("behind the balancer");
+    let host = format!("root@127.0.0.1:{}", app.hosts[0].port);
+
+    let out = Ektool::moto()
+        .current_dir(&app.work)
+        .args(&["--dry-run", "--output", "json", "deploy", "--env", "lb"])
+        .run()
+        .success();
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let lb = &plan["load_balancer"];
+    assert_eq!(lb["target_group_arn"], group.arn.as_str(), "{}", out.stdout);
+    assert_eq!(lb["target_type"], "instance");
+    assert_eq!(
+        lb["targets"][&host],
+        serde_json::json!([format!("{}:80", instance.id)]),
+        "{}",
+        out.stdout
+    );
+    Ektool::moto()
+        .current_dir(&app.work)
+        .args(&["--dry-run", "deploy", "--env", "lb"])
+        .run()
+        .success()
+        .stdout_has(&format!("load balancer: target group {}", group.arn))
+        .stdout_has(&format!("{host}: target {}:80", instance.id));
+
+    let dir = tempdir();
+    let actions = dir.path().join("actions");
+    Ektool::moto()
+        .current_dir(&app.work)
+        .env("EKTOOL_RECORD_ACTIONS", actions.to_str().unwrap())
+        .args(&["deploy", "--env", "lb", "--drain-timeout", "10s"])
+        .run()
+        .success()
+        .stderr_has("load balancer: deregistered")
+        // Its only host: the wave empties the group, and says so.
+        .stderr_has("this wave takes every target out of target group")
+        .stderr_has("healthy in the target group")
+        .stdout_has("is live on 1 host");
+    let local = app.hosts[0].local_path(&root);
+    let live = std::fs::read_to_string(local.join("current/REVISION"));
+    let _ = std::fs::remove_dir_all(&local);
+    assert_eq!(live.unwrap().trim(), c);
+    let health = crate::moto::ec2()
+        .await
+        .target_health(&group.arn, &[])
+        .await
+        .unwrap();
+    assert_eq!(health.len(), 1);
+    assert_eq!(health[0].state, TargetState::Healthy);
+
+    // What `ektool iam-policy deploy` lists for these choices.
+    let list = Ektool::new()
+        .args(&["--output", "json", "iam-policy", "--list"])
+        .run()
+        .success()
+        .json();
+    let deploy = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["command"] == "deploy")
+        .unwrap();
+    let mut listed = std::collections::BTreeSet::new();
+    for f in deploy["with_flag"].as_array().unwrap() {
+        if [
+            "hosts from a target group",
+            "a load balancer",
+            "an instance target group",
+        ]
+        .contains(&f["flag"].as_str().unwrap())
+        {
+            listed.extend(
+                f["actions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_owned()),
+            );
+        }
+    }
+    assert_eq!(crate::harness::recorded_actions(&actions), listed);
+}
+
 #[test]
 fn localhost_deploys_through_the_local_shell() {
     let dir = tempdir();

@@ -23,12 +23,16 @@
 //! only on a host that had none.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use ec2kit::{Target, TargetGroups};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::{Deployer, spread_ms};
+use crate::balancer::{self, BalancerError, Members};
 use crate::environment::{Environment, Hook, Phase};
 use crate::error::{DeployError, HostFailure, Stage};
 use crate::event::Event;
@@ -39,7 +43,7 @@ use crate::layout::{Placement, ReleaseLayout, Timestamped};
 use crate::lock;
 use crate::log::{self, LogAction, LogEntry, LogResult};
 use crate::notify::NotificationKind;
-use crate::plan::{DeployPlan, HostPlan, Mirror, PhaseHooks, PrepareAction};
+use crate::plan::{DeployPlan, HostPlan, LoadBalancerPlan, Mirror, PhaseHooks, PrepareAction};
 use crate::release::{self, Marker, Release};
 use crate::shell::{GUARDS, describe};
 use crate::state::{self, HostState, ReleaseDir};
@@ -85,6 +89,75 @@ struct Slot<'a> {
     host: &'a Host,
     state: HostState,
     plan: HostPlan,
+}
+
+/// A run's load balancer (see [`crate::balancer`]).
+struct Drain {
+    client: Arc<dyn TargetGroups>,
+    arn: String,
+    members: Members,
+    /// The longest a wave waits for its targets to drain.
+    drain_wait: Duration,
+    healthy_timeout: Duration,
+}
+
+impl Drain {
+    /// The targets of a wave's hosts, each with its host.
+    fn of(&self, wave: &[Slot<'_>]) -> Vec<(String, Target)> {
+        wave.iter()
+            .flat_map(|s| {
+                let name = s.host.name();
+                self.members
+                    .targets
+                    .get(name)
+                    .into_iter()
+                    .flatten()
+                    .map(move |t| (name.to_owned(), t.clone()))
+            })
+            .collect()
+    }
+
+    /// What the plan shows.
+    fn plan(&self, hosts: &[Host]) -> LoadBalancerPlan {
+        LoadBalancerPlan {
+            target_group_arn: self.arn.clone(),
+            target_type: self.members.group.target_type.to_string(),
+            deregistration_delay_seconds: self.members.group.deregistration_delay.as_secs(),
+            drain_wait_seconds: self.drain_wait.as_secs(),
+            healthy_timeout_seconds: self.healthy_timeout.as_secs(),
+            targets: self
+                .members
+                .targets
+                .iter()
+                .map(|(h, t)| (h.clone(), t.iter().map(ToString::to_string).collect()))
+                .collect(),
+            not_targets: hosts
+                .iter()
+                .filter(|h| !self.members.targets.contains_key(h.name()))
+                .map(|h| h.name().to_owned())
+                .collect(),
+        }
+    }
+}
+
+/// A wave's hosts (once each, in order), its targets as shown, and the
+/// targets.
+fn wave_parts(targets: &[(String, Target)]) -> (Vec<String>, Vec<String>, Vec<Target>) {
+    (
+        hosts_of(targets),
+        targets.iter().map(|(_, t)| t.to_string()).collect(),
+        targets.iter().map(|(_, t)| t.clone()).collect(),
+    )
+}
+
+fn hosts_of(targets: &[(String, Target)]) -> Vec<String> {
+    let mut hosts: Vec<String> = Vec::new();
+    for (h, _) in targets {
+        if !hosts.contains(h) {
+            hosts.push(h.clone());
+        }
+    }
+    hosts
 }
 
 impl Deployer {
@@ -183,6 +256,7 @@ impl Deployer {
     /// `unlock_plan`). Reads the hosts; changes nothing (no lock either).
     pub async fn deploy_plan(&self, release: &Release) -> Result<DeployPlan, DeployError> {
         let url = self.refuse_unworkable()?;
+        let drain = self.drain_setup().await?;
         let layout = self.config.release_layout();
         let states = self.inspect(Some(&release.commit)).await?;
         let slots = self.slots(layout.as_ref(), states, &release.commit);
@@ -211,6 +285,7 @@ impl Deployer {
                 0
             },
             hosts: slots.into_iter().map(|s| s.plan).collect(),
+            load_balancer: drain.map(|d| d.plan(&self.hosts)),
         })
     }
 
@@ -218,6 +293,8 @@ impl Deployer {
     pub async fn deploy(&self, release: &Release) -> Result<DeployReport, DeployError> {
         let started = Instant::now();
         let url = self.refuse_unworkable()?;
+        // The target group is read before anything changes.
+        let drain = self.drain_setup().await?;
         let token = uuid::Uuid::new_v4().simple().to_string();
         let (states, latency) = self
             .lock_all(
@@ -242,7 +319,14 @@ impl Deployer {
         self.notify(NotificationKind::Started, release, old_commit.clone(), None)
             .await;
         let result = self
-            .deploy_locked(release, &url, &token, started, states, latency)
+            .deploy_locked(
+                release,
+                &url,
+                &token,
+                started,
+                (states, latency),
+                drain.as_ref(),
+            )
             .await;
         // On success each host's last command released its lock.
         if result.is_err() {
@@ -257,15 +341,16 @@ impl Deployer {
     }
 
     /// The deploy, every host locked: plan every host from the states the
-    /// lock round read, then carry the plan out.
+    /// lock round read (with the hosts' observed latency), then carry the
+    /// plan out.
     async fn deploy_locked(
         &self,
         release: &Release,
         url: &str,
         token: &str,
         started: Instant,
-        states: Vec<HostState>,
-        latency: Duration,
+        (states, latency): (Vec<HostState>, Duration),
+        drain: Option<&Drain>,
     ) -> Result<DeployReport, DeployError> {
         let layout = self.config.release_layout();
         let slots = self.slots(layout.as_ref(), states, &release.commit);
@@ -339,92 +424,22 @@ impl Deployer {
                 .await);
         }
 
-        // Barrier passed: every host is prepared. Switch in waves: all at
-        // once by default, else the canary, then batches (see
-        // `crate::rollout`). Each wave switches at one scheduled moment and
-        // is restarted and checked before the next; a failure in any wave
-        // puts every host back, the earlier waves' too.
-        let rollout = self.config.rollout();
-        let waves = rollout.waves(slots.len());
-        let mut spread = 0.0f64;
-        for (n, wave) in waves.iter().enumerate() {
-            let wave_slots = &slots[wave.clone()];
-            if waves.len() > 1 {
-                self.emit(Event::Wave {
-                    number: n + 1,
-                    of: waves.len(),
-                    hosts: wave_slots
-                        .iter()
-                        .map(|s| s.host.name().to_owned())
-                        .collect(),
-                });
-            }
-            let results = self
-                .switch_all(
-                    wave_slots
-                        .iter()
-                        .map(|s| (s.host, s.plan.prepare.release(), s.state.current.clone())),
-                    token,
-                    latency,
-                )
-                .await;
-            let mut failures = Vec::new();
-            let mut times = Vec::new();
-            for (s, r) in wave_slots.iter().zip(results) {
-                match r {
-                    Ok(t) => times.extend(t),
-                    Err(e) => failures.push(self.host_failed(s.host, Stage::Switch, describe(&e))),
+        // Barrier passed: every host is prepared. Switch in waves (see
+        // `switch_waves`); behind a load balancer, targets a failure left
+        // out of the group are registered again once every host is back.
+        let mut out = Vec::new();
+        let spread = match self
+            .switch_waves(&slots, release, token, latency, drain, &mut out)
+            .await
+        {
+            Ok(spread) => spread,
+            Err(e) => {
+                if let Some(d) = drain {
+                    self.register_again(d, &out).await;
                 }
+                return Err(e);
             }
-            if !failures.is_empty() {
-                return Err(self
-                    .fail_after_switch(&slots, release, Stage::Switch, failures)
-                    .await);
-            }
-            if self.cancelled() {
-                return Err(self
-                    .interrupted_after_switch(&slots, release, Stage::Switch)
-                    .await);
-            }
-            spread = spread.max(spread_ms(&times));
-
-            // Restart, after-switch hooks and health checks, the wave's hosts.
-            let after =
-                futures::future::join_all(wave_slots.iter().map(|s| self.after_switch(s, release)))
-                    .await;
-            let failures: Vec<HostFailure> = after.into_iter().filter_map(Result::err).collect();
-            if self.cancelled() {
-                return Err(self
-                    .interrupted_after_switch(&slots, release, Stage::AfterSwitch)
-                    .await);
-            }
-            if !failures.is_empty() {
-                let stage = if failures.iter().any(|f| f.stage == Stage::Health) {
-                    Stage::Health
-                } else {
-                    Stage::AfterSwitch
-                };
-                return Err(self
-                    .fail_after_switch(&slots, release, stage, failures)
-                    .await);
-            }
-            let canary_done = n == 0 && rollout.canary > 0 && waves.len() > 1;
-            if canary_done && !rollout.canary_wait.is_zero() {
-                self.emit(Event::CanaryWait {
-                    hosts: wave_slots.len(),
-                    seconds: rollout.canary_wait.as_secs_f64(),
-                });
-                tokio::select! {
-                    () = tokio::time::sleep(rollout.canary_wait) => {}
-                    () = self.cancel.cancelled() => {}
-                }
-                if self.cancelled() {
-                    return Err(self
-                        .interrupted_after_switch(&slots, release, Stage::AfterSwitch)
-                        .await);
-                }
-            }
-        }
+        };
 
         // Live everywhere: record, clean up and unlock, one command per host.
         let slots = &slots;
@@ -633,6 +648,297 @@ impl Deployer {
             seconds: t.elapsed().as_secs_f64(),
         });
         Ok(())
+    }
+
+    /// Switches the prepared hosts in waves: all at once by default, else
+    /// the canary, then batches (see `crate::rollout`). Each wave switches
+    /// at one scheduled moment and is restarted and checked before the
+    /// next; a failure in any wave puts every host back, the earlier waves'
+    /// too. Behind a load balancer each wave is drained first and healthy
+    /// in the group again after (see `crate::balancer`); `out` holds the
+    /// targets out of the group. Returns the largest switch spread.
+    async fn switch_waves(
+        &self,
+        slots: &[Slot<'_>],
+        release: &Release,
+        token: &str,
+        latency: Duration,
+        drain: Option<&Drain>,
+        out: &mut Vec<(String, Target)>,
+    ) -> Result<f64, DeployError> {
+        let rollout = self.config.rollout();
+        let waves = rollout.waves(slots.len());
+        let mut spread = 0.0f64;
+        for (n, wave) in waves.iter().enumerate() {
+            let earlier = n > 0;
+            let wave_slots = &slots[wave.clone()];
+            if waves.len() > 1 {
+                self.emit(Event::Wave {
+                    number: n + 1,
+                    of: waves.len(),
+                    hosts: wave_slots
+                        .iter()
+                        .map(|s| s.host.name().to_owned())
+                        .collect(),
+                });
+            }
+            let wave_targets = drain.map(|d| d.of(wave_slots)).unwrap_or_default();
+            if let Some(d) = drain
+                && !wave_targets.is_empty()
+            {
+                out.extend(wave_targets.iter().cloned());
+                self.drain_wave(d, slots, release, earlier, &wave_targets)
+                    .await?;
+            }
+            let results = self
+                .switch_all(
+                    wave_slots
+                        .iter()
+                        .map(|s| (s.host, s.plan.prepare.release(), s.state.current.clone())),
+                    token,
+                    latency,
+                )
+                .await;
+            let mut failures = Vec::new();
+            let mut times = Vec::new();
+            for (s, r) in wave_slots.iter().zip(results) {
+                match r {
+                    Ok(t) => times.extend(t),
+                    Err(e) => failures.push(self.host_failed(s.host, Stage::Switch, describe(&e))),
+                }
+            }
+            if !failures.is_empty() {
+                return Err(self
+                    .fail_after_switch(slots, release, Stage::Switch, failures)
+                    .await);
+            }
+            if self.cancelled() {
+                return Err(self
+                    .interrupted_after_switch(slots, release, Stage::Switch)
+                    .await);
+            }
+            spread = spread.max(spread_ms(&times));
+
+            // Restart, after-switch hooks and health checks, the wave's hosts.
+            let after =
+                futures::future::join_all(wave_slots.iter().map(|s| self.after_switch(s, release)))
+                    .await;
+            let failures: Vec<HostFailure> = after.into_iter().filter_map(Result::err).collect();
+            if self.cancelled() {
+                return Err(self
+                    .interrupted_after_switch(slots, release, Stage::AfterSwitch)
+                    .await);
+            }
+            if !failures.is_empty() {
+                let stage = if failures.iter().any(|f| f.stage == Stage::Health) {
+                    Stage::Health
+                } else {
+                    Stage::AfterSwitch
+                };
+                return Err(self
+                    .fail_after_switch(slots, release, stage, failures)
+                    .await);
+            }
+            if let Some(d) = drain
+                && !wave_targets.is_empty()
+            {
+                self.fill_wave(d, slots, release, &wave_targets).await?;
+                out.retain(|o| !wave_targets.contains(o));
+            }
+            let canary_done = n == 0 && rollout.canary > 0 && waves.len() > 1;
+            if canary_done && !rollout.canary_wait.is_zero() {
+                self.emit(Event::CanaryWait {
+                    hosts: wave_slots.len(),
+                    seconds: rollout.canary_wait.as_secs_f64(),
+                });
+                tokio::select! {
+                    () = tokio::time::sleep(rollout.canary_wait) => {}
+                    () = self.cancel.cancelled() => {}
+                }
+                if self.cancelled() {
+                    return Err(self
+                        .interrupted_after_switch(slots, release, Stage::AfterSwitch)
+                        .await);
+                }
+            }
+        }
+
+        Ok(spread)
+    }
+
+    /// Takes a wave's targets out of the group and waits for them to drain
+    /// (at most the drain wait). A failure here fails the deploy: before
+    /// any switch if no earlier wave switched, else switching every host
+    /// back.
+    async fn drain_wave(
+        &self,
+        d: &Drain,
+        slots: &[Slot<'_>],
+        release: &Release,
+        earlier: bool,
+        targets: &[(String, Target)],
+    ) -> Result<(), DeployError> {
+        let (hosts, shown, flat) = wave_parts(targets);
+        let fail = |error: String| async move {
+            let failures = self.lb_failures(slots, &hosts_of(targets), &error);
+            if earlier {
+                self.fail_after_switch(slots, release, Stage::LoadBalancer, failures)
+                    .await
+            } else {
+                self.fail_before_switch(slots, release, failures).await
+            }
+        };
+        if flat.len() >= d.members.registered {
+            self.emit(Event::Warning {
+                host: None,
+                message: format!(
+                    "this wave takes every target out of target group {}: nothing serves until it is back (set a smaller batch)",
+                    d.arn
+                ),
+            });
+        }
+        if let Err(e) = d.client.deregister_targets(&d.arn, &flat).await {
+            return Err(fail(format!("could not deregister: {e}")).await);
+        }
+        self.emit(Event::Deregistered {
+            hosts: hosts.clone(),
+            targets: shown,
+            wait_seconds: d.drain_wait.as_secs_f64(),
+        });
+        let waited =
+            balancer::wait_drained(d.client.as_ref(), &d.arn, &flat, d.drain_wait, &self.cancel)
+                .await;
+        if self.cancelled() {
+            return Err(if earlier {
+                self.interrupted_after_switch(slots, release, Stage::LoadBalancer)
+                    .await
+            } else {
+                self.interrupted_before_switch(slots, release, Stage::LoadBalancer)
+                    .await
+            });
+        }
+        match waited {
+            Ok(w) => self.emit(Event::Drained {
+                hosts,
+                complete: w.done,
+                seconds: w.seconds,
+            }),
+            Err(e) => return Err(fail(format!("could not read target health: {e}")).await),
+        }
+        Ok(())
+    }
+
+    /// Registers a switched, healthy wave's targets again and waits until
+    /// every one is `healthy` in the group (at most `healthy_timeout`);
+    /// else fails the deploy, switching every host back (the targets stay
+    /// registered).
+    async fn fill_wave(
+        &self,
+        d: &Drain,
+        slots: &[Slot<'_>],
+        release: &Release,
+        targets: &[(String, Target)],
+    ) -> Result<(), DeployError> {
+        let (hosts, shown, flat) = wave_parts(targets);
+        let fail = |error: String| async move {
+            let failures = self.lb_failures(slots, &hosts_of(targets), &error);
+            self.fail_after_switch(slots, release, Stage::LoadBalancer, failures)
+                .await
+        };
+        if let Err(e) = d.client.register_targets(&d.arn, &flat).await {
+            return Err(fail(format!("could not register again: {e}")).await);
+        }
+        self.emit(Event::Registered {
+            hosts: hosts.clone(),
+            targets: shown,
+        });
+        let waited = balancer::wait_healthy(
+            d.client.as_ref(),
+            &d.arn,
+            &flat,
+            d.healthy_timeout,
+            &self.cancel,
+        )
+        .await;
+        if self.cancelled() {
+            return Err(self
+                .interrupted_after_switch(slots, release, Stage::LoadBalancer)
+                .await);
+        }
+        match waited {
+            Ok(w) if w.done => {
+                self.emit(Event::InService {
+                    hosts,
+                    seconds: w.seconds,
+                });
+                Ok(())
+            }
+            Ok(w) => Err(fail(format!(
+                "not healthy in target group {} after {:.0}s",
+                d.arn, w.seconds
+            ))
+            .await),
+            Err(e) => Err(fail(format!("could not read target health: {e}")).await),
+        }
+    }
+
+    /// After a failure: registers again every target still out of the
+    /// group (best effort: a failure is a warning).
+    async fn register_again(&self, d: &Drain, out: &[(String, Target)]) {
+        if out.is_empty() {
+            return;
+        }
+        let (hosts, shown, flat) = wave_parts(out);
+        match d.client.register_targets(&d.arn, &flat).await {
+            Ok(()) => self.emit(Event::Registered {
+                hosts,
+                targets: shown,
+            }),
+            Err(e) => self.emit(Event::Warning {
+                host: None,
+                message: format!(
+                    "could not register {} in target group {} again: {e}",
+                    shown.join(", "),
+                    d.arn
+                ),
+            }),
+        }
+    }
+
+    /// One failure per host of a wave, at the load balancer stage.
+    fn lb_failures(&self, slots: &[Slot<'_>], hosts: &[String], error: &str) -> Vec<HostFailure> {
+        slots
+            .iter()
+            .filter(|s| hosts.iter().any(|h| h == s.host.name()))
+            .map(|s| self.host_failed(s.host, Stage::LoadBalancer, error.to_owned()))
+            .collect()
+    }
+
+    /// The environment's load balancer, read before anything changes:
+    /// which targets each host is, how long waves wait.
+    async fn drain_setup(&self) -> Result<Option<Drain>, DeployError> {
+        let Some(lb) = &self.config.load_balancer else {
+            return Ok(None);
+        };
+        let client = self
+            .target_groups
+            .clone()
+            .ok_or_else(|| BalancerError::NoClient {
+                arn: lb.target_group_arn.clone(),
+            })?;
+        let members =
+            balancer::members(lb, client.as_ref(), self.ec2.as_deref(), &self.hosts).await?;
+        let mut drain_wait = members.group.deregistration_delay;
+        if let Some(limit) = self.drain_timeout.or(lb.drain_timeout.map(|d| d.0)) {
+            drain_wait = drain_wait.min(limit);
+        }
+        Ok(Some(Drain {
+            client,
+            arn: lb.target_group_arn.clone(),
+            members,
+            drain_wait,
+            healthy_timeout: lb.healthy_timeout.0,
+        }))
     }
 
     /// Restart and after-switch hooks, then the health check, on one host.

@@ -72,6 +72,9 @@ pub struct Deployer {
     message: Option<String>,
     repository: Option<String>,
     cancel: CancellationToken,
+    target_groups: Option<Arc<dyn ec2kit::TargetGroups>>,
+    ec2: Option<Arc<dyn ec2kit::Ec2>>,
+    drain_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Deployer {
@@ -99,7 +102,35 @@ impl Deployer {
             lock_wait: Duration::ZERO,
             message: None,
             cancel: CancellationToken::new(),
+            target_groups: None,
+            ec2: None,
+            drain_timeout: None,
         }
+    }
+
+    /// The ELB client the environment's
+    /// [`load_balancer`](Environment::load_balancer) is drained with (see
+    /// [`crate::balancer`]); needed when it has one.
+    #[must_use]
+    pub fn target_groups(mut self, client: Arc<dyn ec2kit::TargetGroups>) -> Self {
+        self.target_groups = Some(client);
+        self
+    }
+
+    /// The EC2 client that finds the addresses of an `instance` target
+    /// group's instances.
+    #[must_use]
+    pub fn ec2(mut self, client: Arc<dyn ec2kit::Ec2>) -> Self {
+        self.ec2 = Some(client);
+        self
+    }
+
+    /// The longest a wave waits for its targets to drain, over the
+    /// environment's `drain_timeout` (ektool's `--drain-timeout`).
+    #[must_use]
+    pub fn drain_timeout(mut self, limit: Duration) -> Self {
+        self.drain_timeout = Some(limit);
+        self
     }
 
     /// Stops the operation when `token` is cancelled (SIGINT/SIGTERM in

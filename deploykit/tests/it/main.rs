@@ -3,6 +3,7 @@
 // Test code: a panic is a failed test with a line number.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod balancer;
 mod db;
 mod deploy;
 mod faults;

@@ -105,20 +105,36 @@ pub(crate) fn environment<'a>(
 }
 
 /// The environment's hosts (its static list, then the running instances
-/// its `ec2` tag finds) with their roles, narrowed by `--host` and
+/// its `ec2` tag finds, then its load balancer's registered targets when
+/// it finds hosts there) with their roles, narrowed by `--host` and
 /// `--role` (the same for every command: see [`deploykit::hosts`]). An
-/// EC2 client is made only for an environment that finds hosts by tag.
+/// AWS client is made only for an environment that finds hosts by tag or
+/// target group.
 async fn resolve(
     ctx: &Context,
     env: &Environment,
     target: &Target,
 ) -> Result<Vec<deploykit::hosts::Selected>, CliError> {
-    let ec2 = match &env.ec2 {
-        Some(_) => Some(ctx.ec2().await),
-        None => None,
+    let by_group = env
+        .load_balancer
+        .as_ref()
+        .is_some_and(|lb| lb.hosts.is_some());
+    let aws = if env.ec2.is_some() || by_group {
+        Some(ctx.ec2().await)
+    } else {
+        None
     };
-    let ec2 = ec2.as_ref().map(|e| e as &dyn ec2kit::Ec2);
-    Ok(deploykit::hosts::select(env, ec2, &ctx.ssh_user(), &target.hosts, &target.roles).await?)
+    let ec2 = aws.as_ref().map(|e| e as &dyn ec2kit::Ec2);
+    let groups = aws.as_ref().map(|e| e as &dyn ec2kit::TargetGroups);
+    Ok(deploykit::hosts::select_with(
+        env,
+        ec2,
+        groups,
+        &ctx.ssh_user(),
+        &target.hosts,
+        &target.roles,
+    )
+    .await?)
 }
 
 /// The environment's hosts as deploy hosts: a strict-host-key SSH shell

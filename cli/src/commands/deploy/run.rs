@@ -53,6 +53,12 @@ pub(crate) struct Args {
     /// percentage of the hosts (`2`, `25%`; overrides `batch`).
     #[arg(long, value_name = "SIZE")]
     pub batch: Option<deploykit::rollout::BatchSize>,
+    /// Behind a load balancer: the longest each wave waits for its targets
+    /// to drain (default: the target group's `deregistration_delay`, or
+    /// the environment's `drain_timeout`): a duration with a unit (`30s`),
+    /// 0s to 24h.
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_lock_wait)]
+    pub drain_timeout: Option<std::time::Duration>,
 }
 
 /// Runs `ektool deploy`.
@@ -110,6 +116,15 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         .message(args.message.clone());
     if env.repository.is_none() {
         d = d.repository(repo.remote_url(&env.remote)?);
+    }
+    if env.load_balancer.is_some() {
+        // One client for both: the target group's calls, and the addresses
+        // of an `instance` group's instances.
+        let aws = std::sync::Arc::new(ctx.ec2().await);
+        d = d.target_groups(aws.clone()).ec2(aws);
+    }
+    if let Some(limit) = args.drain_timeout {
+        d = d.drain_timeout(limit);
     }
     if ctx.global.dry_run {
         let plan = d.deploy_plan(&release).await?;
@@ -195,6 +210,22 @@ fn show_plan(ctx: &Context, plan: &DeployPlan, new_tag: Option<&str>) -> Result<
                 plan.waves.len(),
                 wave.join(", ")
             );
+        }
+    }
+    if let Some(lb) = &plan.load_balancer {
+        println!(
+            "load balancer: target group {} ({} targets): each wave is deregistered, drained (up to {}s; deregistration_delay {}s), switched, registered again and waited on until healthy (up to {}s)",
+            lb.target_group_arn,
+            lb.target_type,
+            lb.drain_wait_seconds,
+            lb.deregistration_delay_seconds,
+            lb.healthy_timeout_seconds
+        );
+        for (host, targets) in &lb.targets {
+            println!("  {host}: target {}", targets.join(", "));
+        }
+        for host in &lb.not_targets {
+            println!("  {host}: no target of the group: switched without draining");
         }
     }
     for h in &plan.hosts {

@@ -166,6 +166,7 @@ pub const CREATES: &[Action] = &[
     CreateVolume,
     RegisterImage,
     CopyImage,
+    CreateImage,
 ];
 
 /// What one program needs: the union of the [`Permissions`] of the
@@ -501,7 +502,8 @@ fn restricted(action: Action, owner: &Ownership<'_>) -> Vec<(&'static str, Optio
         })
     };
     match action {
-        DeleteSnapshot => vec![("arn:aws:ec2:*:*:snapshot/*", owned())],
+        // Archiving changes the bill and the restore time: ours only.
+        DeleteSnapshot | ModifySnapshotTier => vec![("arn:aws:ec2:*:*:snapshot/*", owned())],
         DeleteVolume => vec![("arn:aws:ec2:*:*:volume/*", owned())],
         // The volume must be the toolkit's; the instance is whatever it is.
         AttachVolume | DetachVolume => vec![

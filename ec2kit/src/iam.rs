@@ -166,8 +166,12 @@ pub const CREATES: &[Action] = &[
     CreateVolume,
     RegisterImage,
     CopyImage,
-    CreateImage,
 ];
+
+/// Creates with tags in the request that only some policies grant: their
+/// `ec2:CreateAction` joins [`TAG_ON_CREATE`]'s list only in a policy that
+/// calls them, and they too need the ownership tag in the request.
+pub const OCCASIONAL_CREATES: &[Action] = &[CreateImage];
 
 /// What one program needs: the union of the [`Permissions`] of the
 /// operations it runs. Built with [`Policy::grant`] and
@@ -466,7 +470,11 @@ fn statements(
     for i in implied {
         if i.action == TAG_ON_CREATE.action {
             // Tags at creation: allowed only as part of one of the creates.
-            let creates = CREATES.iter().map(|a| a.as_str()).collect();
+            let creates = CREATES
+                .iter()
+                .chain(OCCASIONAL_CREATES.iter().filter(|c| actions.contains(c)))
+                .map(|a| a.as_str())
+                .collect();
             add(
                 "*",
                 Some(Condition::CreateAction(creates)),
@@ -510,7 +518,7 @@ fn restricted(action: Action, owner: &Ownership<'_>) -> Vec<(&'static str, Optio
             ("arn:aws:ec2:*:*:volume/*", owned()),
             ("arn:aws:ec2:*:*:instance/*", None),
         ],
-        a if CREATES.contains(&a) => vec![(
+        a if CREATES.contains(&a) || OCCASIONAL_CREATES.contains(&a) => vec![(
             "*",
             Some(Condition::RequestTag {
                 key: owner.key.to_owned(),

@@ -74,7 +74,12 @@ pub(crate) fn policies() -> Vec<Policy> {
             .grant(&trim::INVENTORY_PERMISSIONS),
         command("snap trim")
             .grant(regions)
-            .grant(&trim::PERMISSIONS),
+            .grant(&trim::PERMISSIONS)
+            // `--archive-after`, or `archive_after` in the config.
+            .grant_when(When::Chosen("--archive-after"), &trim::ARCHIVE_PERMISSIONS),
+        command("snap restore-tier")
+            .grant(regions)
+            .grant(&trim::RESTORE_TIER_PERMISSIONS),
         command("snap delete-broken")
             .grant(regions)
             .grant(&trim::BROKEN_PERMISSIONS),
@@ -138,6 +143,10 @@ pub(crate) fn policies() -> Vec<Policy> {
             .grant(&backup::INSTANCES_PERMISSIONS)
             .grant_when(When::Chosen("volume aliases"), &backup::VOLUMES_PERMISSIONS)
             .grant_when(When::Chosen("trim step"), &trim::PERMISSIONS)
+            .grant_when(
+                When::Chosen("trim step with archive_after"),
+                &trim::ARCHIVE_PERMISSIONS,
+            )
             .grant_when(When::Chosen("replicate step"), &replicate::PERMISSIONS)
             .grant_when(When::Chosen("check step"), &check::PERMISSIONS),
         hosts(command("deploy")),

@@ -263,6 +263,39 @@ async fn every_command_calls_exactly_the_actions_of_its_policy() {
     let got = recorded(c, &["-r", from, "ami", "copy", &image, "--to", to]);
     assert_eq!(got, policies.expected("ami copy", &[]));
 
+    // trim archiving (everything kept, all but the newest per lineage
+    // archived), then restore-tier of one archived snapshot.
+    let argv = [
+        "-r",
+        from,
+        "snap",
+        "trim",
+        "--yes",
+        "--policy",
+        "max-age:3650d",
+        "--archive-after",
+        "0d",
+    ];
+    let got = recorded(c, &argv);
+    let want = policies.expected("snap trim", &["--archive-after"]);
+    assert!(got.is_subset(&want), "{got:?} not in {want:?}");
+    assert!(got.contains("ec2:ModifySnapshotTier"), "{got:?}");
+    assert!(!got.contains("ec2:DeleteSnapshot"), "{got:?}");
+    let archived = ec2
+        .describe_snapshots(&r, &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.storage_tier == ec2kit::StorageTier::Archive)
+        .expect("an archived snapshot")
+        .id
+        .to_string();
+    let got = recorded(
+        c,
+        &["-r", from, "snap", "restore-tier", &archived, "--days", "1"],
+    );
+    assert_eq!(got, policies.expected("snap restore-tier", &[]));
+
     // trim with deletions (keep the newest per lineage).
     let got = recorded(
         c,

@@ -28,6 +28,8 @@ pub use logarithmic::Logarithmic;
 pub use max_age::MaxAge;
 pub use parse::{Policies, PolicyError, PolicySpec};
 
+// `ArchiveAfter`, `ArchiveCost` and `TierPrices` are defined below.
+
 /// Keep, delete, or keep in the archive tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -280,6 +282,7 @@ impl Plan {
 /// List prices of snapshot storage in one region, in USD per GB-month
 /// (EBS bills snapshots per GiB, which its price list calls GB).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TierPrices {
     /// The standard tier (billed for the blocks a snapshot adds).
     pub standard_gb_month: f64,
@@ -358,11 +361,20 @@ pub struct ArchiveAfter {
 impl std::str::FromStr for ArchiveAfter {
     type Err = PolicyError;
 
-    /// Days and/or hours (`90d`, `36h`, `1d12h`), as `max-age:` takes them.
+    /// Days and/or hours (`90d`, `36h`, `1d12h`), as `max-age:` takes them;
+    /// `0d` archives every kept snapshot but the newest of its lineage.
     fn from_str(s: &str) -> Result<Self, PolicyError> {
-        let age = parse::parse_age(s.trim())
+        let t = s.trim();
+        // `0d`, `0h`: a duration of nothing, which `max-age:` refuses.
+        if ["0", "0d", "0h"].contains(&t) {
+            return Ok(Self {
+                age: jiff::SignedDuration::ZERO,
+                written: t.to_owned(),
+            });
+        }
+        let age = parse::parse_age(t)
             .map_err(|_| PolicyError::ArchiveAfter(s.chars().take(40).collect()))?;
-        if age <= jiff::SignedDuration::ZERO {
+        if age < jiff::SignedDuration::ZERO {
             return Err(PolicyError::ArchiveAfter(s.chars().take(40).collect()));
         }
         Ok(Self {
@@ -541,7 +553,7 @@ impl<'a> Planner<'a> {
                         || i == newest
                         || s.storage_tier != ec2kit::StorageTier::Standard
                         || self.backs_ami(s)
-                        || now.duration_since(s.start_time) <= after.age
+                        || now.duration_since(s.start_time) < after.age
                     {
                         continue;
                     }

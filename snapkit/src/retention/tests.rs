@@ -714,7 +714,7 @@ fn archive_after_archives_old_kept_snapshots_only() {
     // archived one.
     assert!(!archived.is_empty());
     for d in with.archives() {
-        assert!(now.duration_since(d.start_time) > SignedDuration::from_hours(90 * 24));
+        assert!(now.duration_since(d.start_time) >= SignedDuration::from_hours(90 * 24));
         assert_ne!(d.id, ami_backed);
         assert_ne!(d.id, snaps[60].id);
         let why = d.reason.to_string();
@@ -730,7 +730,7 @@ fn archive_after_archives_old_kept_snapshots_only() {
         .decisions
         .iter()
         .filter(|d| d.action == Verdict::Keep)
-        .filter(|d| now.duration_since(d.start_time) > SignedDuration::from_hours(90 * 24))
+        .filter(|d| now.duration_since(d.start_time) >= SignedDuration::from_hours(90 * 24))
         .filter(|d| d.id != ami_backed && d.id != snaps[60].id)
         .map(|d| ts(&d.start_time))
         .collect();
@@ -763,7 +763,7 @@ fn the_newest_is_never_archived_and_a_lineage_can_opt_out() {
     let archived: Vec<&str> = plan.archives().map(|d| d.id.as_str()).collect();
     assert_eq!(archived, ["snap-00000000000000001"]);
     assert_eq!(plan.counts(), (4, 0), "archived snapshots count as kept");
-    for bad in ["0d", "-3d", "soon", ""] {
+    for bad in ["-3d", "soon", ""] {
         assert!(bad.parse::<ArchiveAfter>().is_err(), "{bad}");
     }
 }
@@ -796,7 +796,7 @@ proptest! {
         spec in arb_policy(),
         min_keep in 1usize..4,
         now_hours in 0i64..(4 * 365 * 24),
-        after_days in 1i64..400,
+        after_days in 0i64..400,
         every in 2u64..6,
     ) {
         let now = at("2022-01-01T00:00:00Z").checked_add(SignedDuration::from_hours(now_hours)).unwrap();
@@ -832,7 +832,7 @@ proptest! {
             prop_assert_eq!(&s.storage_tier, &ec2kit::StorageTier::Standard, "archived an archived snapshot");
             prop_assert_eq!(&s.state, &SnapshotState::Completed);
             prop_assert!(crate::lineage::is_owned(s));
-            prop_assert!(now.duration_since(s.start_time) > after.age, "archived a young snapshot");
+            prop_assert!(now.duration_since(s.start_time) >= after.age, "archived a young snapshot");
             prop_assert!(matches!(d.reason, Reason::Archive { .. }), "reason {}", d.reason);
         }
         // Every kept, standard, old enough, non-newest, non-AMI snapshot
@@ -848,8 +848,20 @@ proptest! {
                 && !ami.contains(&s.id)
                 && !crate::lineage::description_names_ami(s)
                 && s.storage_tier == ec2kit::StorageTier::Standard
-                && now.duration_since(s.start_time) > after.age;
+                && now.duration_since(s.start_time) >= after.age;
             prop_assert_eq!(archived.contains(&s.id), want, "{}", s.id);
         }
     }
+}
+
+#[test]
+fn zero_archive_after_is_accepted() {
+    for zero in ["0", "0d", "0h"] {
+        let a: ArchiveAfter = zero.parse().unwrap();
+        assert_eq!(a.age, SignedDuration::ZERO);
+    }
+    assert_eq!(
+        "90d".parse::<ArchiveAfter>().unwrap().age,
+        SignedDuration::from_hours(90 * 24)
+    );
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use snapkit::retention::{Gfs, GfsDuration, Policies, PolicyError, PolicySpec};
+use snapkit::retention::{ArchiveAfter, Gfs, GfsDuration, Policies, PolicyError, PolicySpec};
 
 use crate::config::{Config, PoliciesError};
 use crate::error::CliError;
@@ -46,6 +46,25 @@ pub(crate) struct PolicyArgs {
     /// (default: config, 1).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub min_keep: Option<u16>,
+    /// Move kept snapshots older than this to the archive tier (`90d`;
+    /// never the newest of a lineage nor an AMI's), or `never`; for every
+    /// lineage. Default: the config's `retention.archive_after`, per
+    /// volume alias its own.
+    #[arg(long, value_name = "DURATION|never", value_parser = archive_after)]
+    pub archive_after: Option<ArchiveFlag>,
+}
+
+/// `--archive-after`: a duration or `never`.
+#[derive(Debug, Clone)]
+pub(crate) struct ArchiveFlag(Option<ArchiveAfter>);
+
+fn archive_after(s: &str) -> Result<ArchiveFlag, String> {
+    if s.trim() == "never" {
+        return Ok(ArchiveFlag(None));
+    }
+    s.parse()
+        .map(|a| ArchiveFlag(Some(a)))
+        .map_err(|e: PolicyError| e.to_string())
 }
 
 impl PolicyArgs {
@@ -91,11 +110,15 @@ impl PolicyArgs {
         let min_keep = self.min_keep.map_or(r.min_keep, usize::from).max(1);
         let policies = match cli_policy {
             // An explicit policy applies to every lineage.
-            Some(default) => Policies {
-                default,
-                per_lineage: HashMap::new(),
-                min_keep,
-            },
+            Some(default) => {
+                let (archive_after, per_lineage_archive_after) = config.archive_after();
+                Policies {
+                    per_lineage: HashMap::new(),
+                    archive_after,
+                    per_lineage_archive_after,
+                    ..Policies::new(default)
+                }
+            }
             None => config.policies().map_err(|e| match e {
                 PoliciesError::Alias { alias, source } => {
                     CliError::Usage(format!("volume alias {alias}: {}", with_flags(&source)))
@@ -105,6 +128,15 @@ impl PolicyArgs {
                 }
                 e => CliError::Usage(e.to_string()),
             })?,
+        };
+        let policies = match &self.archive_after {
+            // An explicit archive_after applies to every lineage.
+            Some(ArchiveFlag(a)) => Policies {
+                archive_after: a.clone(),
+                per_lineage_archive_after: HashMap::new(),
+                ..policies
+            },
+            None => policies,
         };
         Ok(Policies {
             min_keep,

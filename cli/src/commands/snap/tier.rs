@@ -53,7 +53,7 @@ pub(crate) async fn exec_restore(ctx: &Context, args: RestoreArgs) -> Result<(),
                 println!("dry run: would restore {} {what}", done.id);
             } else {
                 println!(
-                    "{}: restoring {what}; restores take hours (see `ektool snap list`)",
+                    "{}: restoring {what} (EC2 accepted; on AWS a restore takes hours)",
                     done.id
                 );
             }

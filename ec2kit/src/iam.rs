@@ -510,6 +510,8 @@ fn restricted(action: Action, owner: &Ownership<'_>) -> Vec<(&'static str, Optio
         })
     };
     match action {
+        // `ami trim`: only AMIs tagged as ektool's.
+        DeregisterImage => vec![("arn:aws:ec2:*::image/*", owned())],
         // Archiving changes the bill and the restore time: ours only.
         DeleteSnapshot | ModifySnapshotTier => vec![("arn:aws:ec2:*:*:snapshot/*", owned())],
         DeleteVolume => vec![("arn:aws:ec2:*:*:volume/*", owned())],

@@ -419,10 +419,18 @@ impl Serialize for Condition {
 pub fn document(policies: &[Policy], restrict: Option<&Ownership<'_>>) -> Document {
     let mut statement = Vec::new();
     for p in policies {
-        statement.extend(statements(&p.sid, &p.actions, &p.implied, restrict));
+        // Every action the program may call: an occasional create granted
+        // only with a flag still joins the tag-on-create list.
+        let all: Vec<Action> = p
+            .actions
+            .iter()
+            .chain(p.conditional.iter().flat_map(|c| c.actions.iter()))
+            .copied()
+            .collect();
+        statement.extend(statements(&p.sid, &p.actions, &p.implied, restrict, &all));
         for c in &p.conditional {
             let sid = format!("{}With{}", p.sid, sid(c.when.label()));
-            statement.extend(statements(&sid, &c.actions, &c.implied, restrict));
+            statement.extend(statements(&sid, &c.actions, &c.implied, restrict, &all));
         }
     }
     Document {
@@ -437,6 +445,7 @@ fn statements(
     actions: &[Action],
     implied: &[Implied],
     restrict: Option<&Ownership<'_>>,
+    all: &[Action],
 ) -> Vec<Statement> {
     let Some(owner) = restrict else {
         let action: Vec<String> = names(actions, implied).into_iter().collect();
@@ -472,7 +481,7 @@ fn statements(
             // Tags at creation: allowed only as part of one of the creates.
             let creates = CREATES
                 .iter()
-                .chain(OCCASIONAL_CREATES.iter().filter(|c| actions.contains(c)))
+                .chain(OCCASIONAL_CREATES.iter().filter(|c| all.contains(c)))
                 .map(|a| a.as_str())
                 .collect();
             add(

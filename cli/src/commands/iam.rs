@@ -15,7 +15,7 @@ use ec2kit::Action::{DescribeInstances, RebootInstances};
 use ec2kit::fleet;
 use ec2kit::iam::{self, Ownership, Permissions, Policy, When};
 use serde_json::json;
-use snapkit::{ami, backup, check, instances, mount, replicate, trim};
+use snapkit::{ami, ami_trim, backup, check, instances, mount, replicate, trim};
 
 use crate::error::CliError;
 use crate::output::OutputFormat;
@@ -116,7 +116,14 @@ pub(crate) fn policies() -> Vec<Policy> {
             .grant(&mount::UNMOUNT_PERMISSIONS),
         command("ami create")
             .grant(regions)
-            .grant(&ami::CREATE_PERMISSIONS),
+            .grant(&ami::CREATE_PERMISSIONS)
+            .grant_when(
+                When::Chosen("--instance"),
+                &ami_trim::FROM_INSTANCE_PERMISSIONS,
+            ),
+        command("ami trim")
+            .grant(regions)
+            .grant(&ami_trim::TRIM_PERMISSIONS),
         command("ami copy")
             .grant(regions)
             .grant(&ami::COPY_PERMISSIONS),

@@ -12,10 +12,10 @@ use snapkit::lineage::tags;
 use crate::harness::Ektool;
 use crate::moto::{self, ec2};
 
-struct Policies(BTreeMap<String, serde_json::Value>);
+pub(crate) struct Policies(BTreeMap<String, serde_json::Value>);
 
 impl Policies {
-    fn load() -> Self {
+    pub(crate) fn load() -> Self {
         let list = Ektool::new()
             .args(&["--output", "json", "iam-policy", "--list"])
             .run()
@@ -30,7 +30,7 @@ impl Policies {
         )
     }
 
-    fn expected(&self, command: &str, flags: &[&str]) -> BTreeSet<String> {
+    pub(crate) fn expected(&self, command: &str, flags: &[&str]) -> BTreeSet<String> {
         let p = &self.0[command];
         let mut set: BTreeSet<String> = strings(&p["actions"]);
         for f in p["with_flag"].as_array().unwrap() {
@@ -51,7 +51,7 @@ fn strings(v: &serde_json::Value) -> BTreeSet<String> {
 }
 
 /// Runs `ektool ARGS` recording its calls; returns the set of IAM actions.
-fn recorded(config: &std::path::Path, args: &[&str]) -> BTreeSet<String> {
+pub(crate) fn recorded(config: &std::path::Path, args: &[&str]) -> BTreeSet<String> {
     let dir = ektool_tests::tempdir();
     let file = dir.path().join("actions");
     Ektool::moto()

@@ -50,7 +50,7 @@ pub(crate) struct Args {
 
 /// Asks `question` on `out` and reads one line from `input`: only `y` or
 /// `yes` (any case) is a yes; end of input is a no.
-fn confirm(question: &str, input: &mut dyn BufRead, out: &mut dyn Write) -> bool {
+pub(crate) fn confirm(question: &str, input: &mut dyn BufRead, out: &mut dyn Write) -> bool {
     let _ = write!(out, "{question} [y/N] ");
     let _ = out.flush();
     let mut answer = String::new();

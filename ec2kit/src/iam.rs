@@ -583,6 +583,51 @@ mod tests {
         serde_json::to_value(doc).unwrap()
     }
 
+    /// `CreateImage` joins the `ec2:CreateAction` list only of a policy
+    /// that may call it, even under a flag, and needs the ownership tag in
+    /// the request; `ModifySnapshotTier` and `DeregisterImage` only on
+    /// ektool's resources.
+    #[test]
+    fn occasional_creates_and_new_destructive_actions_are_restricted() {
+        let create = Policy::new("ami create")
+            .grant(&REPLICATE)
+            .grant_when(
+                When::Chosen("--instance"),
+                &Permissions::calls(&[CreateImage]).implied(&[TAG_ON_CREATE]),
+            )
+            .grant(&Permissions::calls(&[ModifySnapshotTier, DeregisterImage]));
+        let doc = json(&document(std::slice::from_ref(&create), Some(&OWNER)));
+        let statements = doc["Statement"].as_array().unwrap();
+        let with = |action: &str| {
+            statements
+                .iter()
+                .find(|s| s["Action"].as_array().unwrap().iter().any(|a| a == action))
+                .unwrap()
+                .clone()
+        };
+        let tags = with("ec2:CreateTags");
+        let creates = tags["Condition"]["StringEquals"]["ec2:CreateAction"].to_string();
+        assert!(creates.contains("\"CreateImage\""), "{tags}");
+        assert!(
+            with("ec2:CreateImage")["Condition"]
+                .to_string()
+                .contains("aws:RequestTag/ektool:owner")
+        );
+        for a in ["ec2:ModifySnapshotTier", "ec2:DeregisterImage"] {
+            assert!(
+                with(a)["Condition"]
+                    .to_string()
+                    .contains("aws:ResourceTag/ektool:owner"),
+                "{a}"
+            );
+        }
+        let without = json(&document(
+            &[Policy::new("r").grant(&REPLICATE)],
+            Some(&OWNER),
+        ));
+        assert!(!without.to_string().contains("CreateImage"));
+    }
+
     #[test]
     fn conditionals_hold_only_what_every_run_lacks_chosen_first() {
         // Granted in the "wrong" order on purpose.

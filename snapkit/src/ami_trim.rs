@@ -49,6 +49,7 @@ pub const FROM_INSTANCE_PERMISSIONS: ec2kit::iam::Permissions =
 /// What [`plan`] and [`apply`] call.
 pub const TRIM_PERMISSIONS: ec2kit::iam::Permissions = ec2kit::iam::Permissions::calls(&[
     ec2kit::Action::DescribeImages,
+    ec2kit::Action::DescribeSnapshots,
     ec2kit::Action::DescribeInstances,
     ec2kit::Action::DescribeLaunchTemplates,
     ec2kit::Action::DeregisterImage,
@@ -145,6 +146,17 @@ pub struct AmiDecision {
     pub snapshots: Vec<SnapshotId>,
 }
 
+/// A snapshot of ektool's whose AMI is gone: what a run stopped between
+/// a deregistration and the deletion of the AMI's snapshots leaves.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Orphan {
+    /// The snapshot (tagged as ektool's).
+    pub snapshot: SnapshotId,
+    /// The AMI its description names (`Created by CreateImage(…) for
+    /// ami-…`), no longer registered.
+    pub image: String,
+}
+
 /// The decisions for one family in one region, oldest first.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AmiPlan {
@@ -156,6 +168,36 @@ pub struct AmiPlan {
     pub policy: String,
     /// One decision per AMI of the family.
     pub decisions: Vec<AmiDecision>,
+    /// Snapshots of ektool's AMIs that are gone (any family), deleted by
+    /// [`apply`] after the deregistrations: a rerun finishes what a
+    /// stopped run began.
+    pub orphans: Vec<Orphan>,
+}
+
+/// The AMI a snapshot made by `CreateImage` names in its description
+/// (`Created by CreateImage(i-…) for ami-… [from vol-…]`).
+pub fn created_for(description: &str) -> Option<&str> {
+    let rest = description.strip_prefix("Created by CreateImage(")?;
+    let (_, after) = rest.split_once(") for ")?;
+    let image = after.split_whitespace().next()?;
+    (image.starts_with("ami-") && image.len() > 4).then_some(image)
+}
+
+/// The orphans among `snapshots`: ektool's own (the ownership tag), made
+/// by `CreateImage` for an AMI not in `images`.
+pub fn orphans(snapshots: &[Snapshot], images: &[Image]) -> Vec<Orphan> {
+    let registered: HashSet<&str> = images.iter().map(|i| i.id.as_str()).collect();
+    snapshots
+        .iter()
+        .filter(|s| crate::lineage::is_owned(s))
+        .filter_map(|s| {
+            let image = created_for(s.description.as_deref()?)?;
+            (!registered.contains(image)).then(|| Orphan {
+                snapshot: s.id.clone(),
+                image: image.to_owned(),
+            })
+        })
+        .collect()
 }
 
 impl AmiPlan {
@@ -227,17 +269,27 @@ pub async fn plan(
     scope: Scope,
     now: jiff::Timestamp,
 ) -> Result<AmiPlan, Ec2Error> {
-    let images: Vec<Image> = ec2
-        .describe_images(region, &[Filter::new("name", [family])])
-        .await?
-        .into_iter()
-        // Never trust a filter to have been applied.
+    // Every AMI of the account (the family's, and what orphans are
+    // checked against).
+    let all = ec2.describe_images(region, &[]).await?;
+    let images: Vec<Image> = all
+        .iter()
         .filter(|i| i.name.as_deref().is_some_and(|n| matches_family(family, n)))
+        .cloned()
         .collect();
     let used = in_use(ec2, region).await?;
-    Ok(plan_images(
-        region, family, &images, &used, policies, scope, now,
-    ))
+    let snapshots = ec2
+        .describe_snapshots(
+            region,
+            &[Filter::new(
+                format!("tag:{}", tags::OWNER),
+                [tags::OWNER_VALUE],
+            )],
+        )
+        .await?;
+    let mut plan = plan_images(region, family, &images, &used, policies, scope, now);
+    plan.orphans = orphans(&snapshots, &all);
+    Ok(plan)
 }
 
 /// [`plan`] without the calls: `images` of the family, `used` (AMI id →
@@ -315,6 +367,7 @@ pub fn plan_images(
         family: family.to_owned(),
         policy,
         decisions,
+        orphans: Vec::new(),
     }
 }
 
@@ -347,6 +400,11 @@ pub enum AmiTrimEvent {
 pub struct AmiTrimReport {
     /// One entry per planned deregistration.
     pub results: Vec<AmiApplied>,
+    /// Orphaned snapshots deleted (or already gone).
+    pub orphans_deleted: Vec<SnapshotId>,
+    /// Orphans that could not be deleted, with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub orphan_errors: Vec<String>,
 }
 
 impl AmiTrimReport {
@@ -360,16 +418,16 @@ impl AmiTrimReport {
         self.results.iter().map(|r| r.deleted_snapshots.len()).sum()
     }
 
-    /// AMIs with any failure.
+    /// AMIs with any failure, and orphans not deleted.
     pub fn failed(&self) -> usize {
-        self.results.iter().filter(|r| !r.errors.is_empty()).count()
+        self.results.iter().filter(|r| !r.errors.is_empty()).count() + self.orphan_errors.len()
     }
 }
 
 /// Deregisters what the plan drops, one AMI at a time, then deletes its
-/// snapshots. A failure is recorded and the rest go on; an AMI or a
-/// snapshot already gone counts as done, so a rerun of the same plan is
-/// safe.
+/// snapshots, then deletes the plan's orphans. A failure is recorded and
+/// the rest go on; an AMI or a snapshot already gone counts as done, so a
+/// rerun of the same plan is safe.
 pub async fn apply(
     ec2: &dyn Ec2,
     plan: &AmiPlan,
@@ -402,7 +460,20 @@ pub async fn apply(
         on_event(&AmiTrimEvent::Applied(done.clone()));
         results.push(done);
     }
-    AmiTrimReport { results }
+    let mut report = AmiTrimReport {
+        results,
+        ..AmiTrimReport::default()
+    };
+    for o in &plan.orphans {
+        match ec2.delete_snapshot(&plan.region, &o.snapshot, false).await {
+            Ok(()) => report.orphans_deleted.push(o.snapshot.clone()),
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                report.orphans_deleted.push(o.snapshot.clone())
+            }
+            Err(e) => report.orphan_errors.push(format!("{}: {e}", o.snapshot)),
+        }
+    }
+    report
 }
 
 #[cfg(test)]

@@ -215,15 +215,28 @@ async fn trim(ctx: &Context, args: TrimArgs) -> Result<(), CliError> {
             plan.decisions.len() - n,
             plan.policy
         );
+        for o in &plan.orphans {
+            println!(
+                "orphan: {} (its AMI {} is gone): delete",
+                o.snapshot, o.image
+            );
+        }
     };
+    let orphans = plan.orphans.len();
     let mut shown = false;
-    if !ctx.global.dry_run && n > 0 && !args.yes {
+    if !ctx.global.dry_run && n + orphans > 0 && !args.yes {
         if std::io::stdin().is_terminal() {
             if ctx.output() == OutputFormat::Table {
                 print_plan();
             }
             shown = true;
-            let question = format!("deregister {n} AMI(s) and delete their snapshots?");
+            let question = if orphans > 0 {
+                format!(
+                    "deregister {n} AMI(s), delete their snapshots and {orphans} orphaned snapshot(s)?"
+                )
+            } else {
+                format!("deregister {n} AMI(s) and delete their snapshots?")
+            };
             let stdin = std::io::stdin();
             if !super::snap::trim::confirm(&question, &mut stdin.lock(), &mut std::io::stderr()) {
                 return Err(CliError::Failed(
@@ -231,13 +244,18 @@ async fn trim(ctx: &Context, args: TrimArgs) -> Result<(), CliError> {
                 ));
             }
         } else {
+            let orphaned = if orphans > 0 {
+                format!(" and delete {orphans} orphaned snapshot(s)")
+            } else {
+                String::new()
+            };
             return Err(CliError::Usage(format!(
-                "ami trim would deregister {n} AMI(s) and there is no terminal to ask: pass \
-                 --yes; see the plan with --dry-run"
+                "ami trim would deregister {n} AMI(s){orphaned} and there is no terminal to \
+                 ask: pass --yes; see the plan with --dry-run"
             )));
         }
     }
-    let report = if ctx.global.dry_run || n == 0 {
+    let report = if ctx.global.dry_run || n + orphans == 0 {
         None
     } else {
         Some(ami_trim::apply(&ec2, &plan, &|_| {}).await)
@@ -259,10 +277,19 @@ async fn trim(ctx: &Context, args: TrimArgs) -> Result<(), CliError> {
                         r.deleted_snapshots(),
                         r.failed()
                     );
+                    if orphans > 0 {
+                        println!(
+                            "{region}: deleted {} orphaned snapshot(s)",
+                            r.orphans_deleted.len()
+                        );
+                    }
                     for f in &r.results {
                         for e in &f.errors {
                             eprintln!("error: {}: {e}", f.image);
                         }
+                    }
+                    for e in &r.orphan_errors {
+                        eprintln!("error: {e}");
                     }
                 }
                 None if ctx.global.dry_run => println!("dry run: nothing deregistered"),

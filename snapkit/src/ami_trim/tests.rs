@@ -42,6 +42,23 @@ fn keep_last(n: i64) -> Policies {
 }
 
 #[test]
+fn the_ami_a_create_image_snapshot_was_made_for() {
+    assert_eq!(
+        created_for("Created by CreateImage(i-0abc) for ami-0123abcd from vol-1"),
+        Some("ami-0123abcd")
+    );
+    assert_eq!(
+        created_for("Created by CreateImage(i-0abc) for ami-0123abcd"),
+        Some("ami-0123abcd")
+    );
+    assert_eq!(
+        created_for("Copied for DestinationAmi ami-1 from SourceAmi ami-2"),
+        None
+    );
+    assert_eq!(created_for("Created by CreateImage(i-0abc) for ami-"), None);
+}
+
+#[test]
 fn families_match_like_ec2s_name_filter() {
     assert!(matches_family("ektool-web-*", "ektool-web-2026"));
     assert!(matches_family("ektool-web-*", "ektool-web-"));
@@ -107,7 +124,7 @@ async fn from_instance_sends_one_create_image() {
 async fn the_plan_keeps_what_is_in_use_or_not_ours() {
     let mut ec2 = MockEc2::new();
     ec2.expect_describe_images().times(1).returning(|_, f| {
-        assert_eq!(f, [Filter::new("name", ["ektool-web-*"])]);
+        assert!(f.is_empty(), "every AMI: orphans are checked against all");
         let mut stranger = image(9, 9, true, "available");
         stranger.name = Some("other-9".into());
         Ok(vec![
@@ -139,6 +156,44 @@ async fn the_plan_keeps_what_is_in_use_or_not_ours() {
             version: 3,
             image: "ami-00000005".into(),
         }])
+    });
+    ec2.expect_describe_snapshots().times(1).returning(|_, f| {
+        assert_eq!(f, [Filter::new("tag:ektool:owner", ["ektool"])]);
+        let s = |id: &str, description: &str, owned: bool| {
+            let mut s = Snapshot::new(
+                SnapshotId::from_api(id),
+                None,
+                jiff::Timestamp::UNIX_EPOCH,
+                SnapshotState::Completed,
+            );
+            s.description = Some(description.into());
+            if owned {
+                s.tags.insert(tags::OWNER, tags::OWNER_VALUE);
+            }
+            s
+        };
+        Ok(vec![
+            // Its AMI is gone: an orphan.
+            s(
+                "snap-000000a1",
+                "Created by CreateImage(i-1) for ami-000000aa from vol-1",
+                true,
+            ),
+            // Its AMI (of another family) is registered.
+            s(
+                "snap-000000a2",
+                "Created by CreateImage(i-1) for ami-00000009",
+                true,
+            ),
+            // Not ektool's (a filter the server ignored).
+            s(
+                "snap-000000a3",
+                "Created by CreateImage(i-1) for ami-000000bb",
+                false,
+            ),
+            // A backup, not an AMI's.
+            s("snap-000000a4", "daily backup", true),
+        ])
     });
     let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
     let plan = plan(
@@ -182,6 +237,13 @@ async fn the_plan_keeps_what_is_in_use_or_not_ours() {
     assert_eq!(
         plan.decisions[0].snapshots,
         [SnapshotId::from_api("snap-00000001")]
+    );
+    assert_eq!(
+        plan.orphans,
+        [Orphan {
+            snapshot: SnapshotId::from_api("snap-000000a1"),
+            image: "ami-000000aa".into(),
+        }]
     );
 }
 
@@ -234,6 +296,10 @@ async fn apply_deregisters_then_deletes_the_snapshots_and_spares_those_of_a_fail
         jiff::Timestamp::from_second(1_800_000_000).unwrap(),
     );
     assert_eq!(plan.deregistrations().count(), 3);
+    plan.orphans = vec![Orphan {
+        snapshot: SnapshotId::from_api("snap-000000a1"),
+        image: "ami-000000aa".into(),
+    }];
     let report = apply(&ec2, &plan, &|_| {}).await;
     assert_eq!(
         *calls.lock().unwrap(),
@@ -243,7 +309,12 @@ async fn apply_deregisters_then_deletes_the_snapshots_and_spares_those_of_a_fail
             "deregister ami-00000002",
             "deregister ami-00000003",
             "delete snap-00000003",
+            "delete snap-000000a1",
         ]
+    );
+    assert_eq!(
+        report.orphans_deleted,
+        [SnapshotId::from_api("snap-000000a1")]
     );
     assert_eq!(
         (
@@ -257,6 +328,7 @@ async fn apply_deregisters_then_deletes_the_snapshots_and_spares_those_of_a_fail
     for d in &mut plan.decisions {
         d.action = Verdict::Keep;
     }
+    plan.orphans.clear();
     calls.lock().unwrap().clear();
     assert!(apply(&ec2, &plan, &|_| {}).await.results.is_empty());
     assert!(calls.lock().unwrap().is_empty());

@@ -36,7 +36,7 @@ fn launch_template(region: &str, name: &str, image: &str) {
 
 #[tokio::test]
 async fn ami_create_from_an_instance_and_trim_a_family() {
-    let region = "cn-north-1";
+    let region = "us-gov-west-1";
     let cfg = ektool_tests::tempdir();
     let c = cfg.path();
     let policies = Policies::load();

@@ -67,6 +67,8 @@ const OWNED: [(&str, &str); 1] = [(tags::OWNER, tags::OWNER_VALUE)];
 
 #[tokio::test]
 async fn trim_archives_what_the_policy_keeps_but_the_newest_and_an_amis() {
+    // Shared with check.rs and a signal test of snap.rs, whose lineages
+    // have one snapshot each: archiving all but the newest leaves them be.
     let region = "us-gov-east-1";
     let cfg = config(region);
     let c = cfg.path();

@@ -197,6 +197,63 @@ mod tests {
     }
 
     #[test]
+    fn archive_after_comes_from_the_flag_else_the_config_and_aliases() {
+        let c = Config::parse(
+            "[retention]\narchive_after = \"90d\"\n\
+             [retention.prices.\"eu-west-1\"]\nstandard_gb_month = 0.06\narchive_gb_month = 0.015\n\
+             [volumes.db]\nvolume_id = \"vol-0123abcd\"\narchive_after = \"never\"\n\
+             [volumes.logs]\nvolume_id = \"vol-0456abcd\"\narchive_after = \"30d\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let days = |d: i64| jiff::SignedDuration::from_hours(24 * d);
+        let p = PolicyArgs::default().resolve(&c).unwrap();
+        assert_eq!(p.archive_after.as_ref().map(|a| a.age), Some(days(90)));
+        assert_eq!(p.per_lineage_archive_after["vol-0123abcd"], None);
+        assert_eq!(
+            p.per_lineage_archive_after["vol-0456abcd"]
+                .as_ref()
+                .map(|a| a.age),
+            Some(days(30))
+        );
+        // An explicit policy keeps the archive settings.
+        let p = PolicyArgs {
+            policy: Some("oneday_rolling".into()),
+            ..Default::default()
+        }
+        .resolve(&c)
+        .unwrap();
+        assert_eq!(p.archive_after.as_ref().map(|a| a.age), Some(days(90)));
+        assert_eq!(p.per_lineage_archive_after.len(), 2);
+        // The flag wins for every lineage.
+        let p = PolicyArgs {
+            archive_after: Some(archive_after("never").unwrap()),
+            ..Default::default()
+        }
+        .resolve(&c)
+        .unwrap();
+        assert_eq!(p.archive_after, None);
+        assert!(p.per_lineage_archive_after.is_empty());
+        assert!(archive_after("soon").is_err());
+        // Prices: the table's, us-east-1's defaults, none elsewhere.
+        let r = &c.retention;
+        assert_eq!(r.tier_prices("eu-west-1").unwrap().standard_gb_month, 0.06);
+        assert_eq!(
+            r.tier_prices("us-east-1"),
+            Some(snapkit::retention::TierPrices::US_EAST_1)
+        );
+        assert_eq!(r.tier_prices("ap-south-1"), None);
+        // A bad value is an error where it is written.
+        let e = Config::parse(
+            "[retention]\narchive_after = \"soon\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("archive_after"), "{e}");
+    }
+
+    #[test]
     fn built_in_default_is_logarithmic_and_keep_flags_imply_gfs() {
         let empty = Config::parse("", Path::new("t.toml")).unwrap();
         assert!(matches!(

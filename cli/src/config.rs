@@ -197,6 +197,41 @@ pub struct RetentionConfig {
     /// `--yes` (for cron jobs that want it).
     #[serde(default)]
     pub unattended_trim: bool,
+    /// Kept snapshots older than this move to the archive tier (days
+    /// and/or hours: `90d`); absent: never (`--archive-after` overrides,
+    /// a volume alias's own `archive_after` wins for its volume).
+    #[serde(
+        default,
+        deserialize_with = "de_archive_after",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub archive_after: Option<String>,
+    /// List prices of snapshot storage per region (`[retention.prices.
+    /// "eu-west-1"]` with `standard_gb_month` and `archive_gb_month`, USD),
+    /// for the cost line of plans that archive; us-east-1 has defaults.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prices: BTreeMap<String, snapkit::retention::TierPrices>,
+}
+
+impl RetentionConfig {
+    /// The list prices of `region`: the `prices` table's, else the
+    /// built-in us-east-1 ones there; elsewhere none.
+    pub fn tier_prices(&self, region: &str) -> Option<snapkit::retention::TierPrices> {
+        self.prices.get(region).copied().or_else(|| {
+            (region == "us-east-1").then_some(snapkit::retention::TierPrices::US_EAST_1)
+        })
+    }
+}
+
+/// `archive_after`: a positive duration, or `never` (a volume alias
+/// turning the default off).
+fn de_archive_after<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim() != "never" {
+        s.parse::<snapkit::retention::ArchiveAfter>()
+            .map_err(serde::de::Error::custom)?;
+    }
+    Ok(Some(s.trim().to_owned()))
 }
 
 impl Default for RetentionConfig {
@@ -208,6 +243,8 @@ impl Default for RetentionConfig {
             gfs: Default::default(),
             max_delete: None,
             unattended_trim: false,
+            archive_after: None,
+            prices: BTreeMap::new(),
         }
     }
 }
@@ -590,6 +627,14 @@ pub struct VolumeAlias {
     /// Retention policy name for this volume.
     #[serde(default, deserialize_with = "de_strategy")]
     pub strategy: Option<String>,
+    /// This volume's own `archive_after` (`never`: its snapshots stay in
+    /// the standard tier).
+    #[serde(
+        default,
+        deserialize_with = "de_archive_after",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub archive_after: Option<String>,
     /// The host to freeze and lock on (`user@host:port`); default: the
     /// instance the volume is attached to.
     pub host: Option<String>,

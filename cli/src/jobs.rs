@@ -389,6 +389,7 @@ impl StepContext<'_> {
             regions.push(to);
         }
         let (mut failures, mut details, mut deleted, mut planned) = (Vec::new(), Vec::new(), 0, 0);
+        let (mut archived, mut to_archive) = (0, 0);
         let max = self.config.retention.max_delete();
         for region in &regions {
             let plan =
@@ -401,6 +402,7 @@ impl StepContext<'_> {
                 };
             let n = plan.deletions().count();
             planned += n;
+            to_archive += plan.archives().count();
             if n as u64 > max {
                 failures.push(format!(
                     "trim: {region}: the plan deletes {n} snapshots, over retention.max_delete ({max})"
@@ -413,6 +415,7 @@ impl StepContext<'_> {
             }
             let report = trim::apply(self.ec2, &plan, region, 8, &|_| {}).await;
             deleted += report.deleted();
+            archived += report.archived();
             if report.failed() > 0 {
                 failures.push(format!(
                     "trim: {region}: {} deletion(s) failed",
@@ -421,7 +424,7 @@ impl StepContext<'_> {
             }
             details.push(serde_json::json!({ "region": region, "report": report }));
         }
-        let summary = if self.dry_run {
+        let mut summary = if self.dry_run {
             format!(
                 "would delete {planned} snapshot(s) in {} region(s)",
                 regions.len()
@@ -432,6 +435,12 @@ impl StepContext<'_> {
                 regions.len()
             )
         };
+        // `archive_after` in the config: the archives too.
+        if self.dry_run && to_archive > 0 {
+            summary.push_str(&format!(", would archive {to_archive}"));
+        } else if archived > 0 {
+            summary.push_str(&format!(", archived {archived}"));
+        }
         finish(
             Step::Trim,
             summary,

@@ -74,6 +74,16 @@ actions! {
     RunInstances,
     /// `TerminateInstances`.
     TerminateInstances,
+    /// `ModifySnapshotTier` (a snapshot to the archive tier).
+    ModifySnapshotTier,
+    /// `RestoreSnapshotTier` (an archived snapshot back, for a while or for good).
+    RestoreSnapshotTier,
+    /// `CreateImage` (an AMI of a running or stopped instance).
+    CreateImage,
+    /// `DescribeLaunchTemplates` (the templates whose versions are read).
+    DescribeLaunchTemplates,
+    /// `DescribeLaunchTemplateVersions` (which AMIs launch templates use).
+    DescribeLaunchTemplateVersions,
     /// KMS `DescribeKey` (the pre-flight check of a key before copies
     /// are encrypted with it).
     DescribeKey,

@@ -28,13 +28,13 @@ use aws_sdk_ec2::types as sdk;
 
 use crate::paginate::paginate;
 use crate::requests::{
-    CopyImage, CopySnapshot, CreateSnapshot, CreateSnapshots, CreateVolume, RegisterImage,
-    RunInstances,
+    CopyImage, CopySnapshot, CreateImage, CreateSnapshot, CreateSnapshots, CreateVolume,
+    RegisterImage, RunInstances, TierRestore,
 };
 use crate::{
     Action, BlockDevice, Ec2, Ec2Error, ErrorKind, Filter, Image, ImageBlockDevice, ImageId,
-    Instance, InstanceId, KmsKey, RateLimiter, RateLimits, Region, RegionInfo, Snapshot,
-    SnapshotId, SnapshotState, Tags, Volume, VolumeAttachment, VolumeId,
+    Instance, InstanceId, KmsKey, LaunchTemplateImage, RateLimiter, RateLimits, Region, RegionInfo,
+    Snapshot, SnapshotId, SnapshotState, Tags, Volume, VolumeAttachment, VolumeId,
 };
 
 /// The region used for account-wide calls when none is configured.
@@ -610,6 +610,9 @@ macro_rules! snapshot_from {
             kms_key_id: s.kms_key_id().map(Into::into),
             description: s.description().map(Into::into),
             owner_id: s.owner_id().map(Into::into),
+            storage_tier: s
+                .storage_tier()
+                .map_or(crate::StorageTier::Standard, |t| t.as_str().into()),
         }
     }};
 }
@@ -630,6 +633,7 @@ fn snapshot_info(s: &sdk::SnapshotInfo, region: &Region) -> Snapshot {
         kms_key_id: None,
         description: s.description().map(Into::into),
         owner_id: s.owner_id().map(Into::into),
+        storage_tier: crate::StorageTier::Standard,
     }
 }
 
@@ -1389,6 +1393,130 @@ impl Ec2 for AwsEc2 {
             .await
             .map_err(|e| map_err(action, region, e))?;
         Ok(())
+    }
+
+    async fn modify_snapshot_tier(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        let action = Action::ModifySnapshotTier;
+        self.ready(action, region)
+            .await?
+            .modify_snapshot_tier()
+            .snapshot_id(snapshot.as_str())
+            .storage_tier(sdk::TargetStorageTier::Archive)
+            .dry_run(dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(())
+    }
+
+    async fn restore_snapshot_tier(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+        restore: &TierRestore,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        let action = Action::RestoreSnapshotTier;
+        let req = self
+            .ready(action, region)
+            .await?
+            .restore_snapshot_tier()
+            .snapshot_id(snapshot.as_str())
+            .dry_run(dry_run);
+        let req = match restore {
+            TierRestore::Temporary { days } => req.temporary_restore_days(i32::from(*days)),
+            TierRestore::Permanent => req.permanent_restore(true),
+        };
+        req.send().await.map_err(|e| map_err(action, region, e))?;
+        Ok(())
+    }
+
+    async fn create_image(&self, region: &Region, r: &CreateImage) -> Result<ImageId, Ec2Error> {
+        let action = Action::CreateImage;
+        let specs = [
+            tag_spec(sdk::ResourceType::Image, &r.tags),
+            tag_spec(sdk::ResourceType::Snapshot, &r.snapshot_tags),
+        ];
+        let specs: Vec<_> = specs.into_iter().flatten().collect();
+        let out = self
+            .ready(action, region)
+            .await?
+            .create_image()
+            .set_instance_id(r.instance_id.as_ref().map(|i| i.to_string()))
+            .name(&r.name)
+            .set_description(r.description.clone())
+            .no_reboot(r.no_reboot)
+            .set_tag_specifications((!specs.is_empty()).then_some(specs))
+            .dry_run(r.dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(ImageId::from_api(out.image_id().unwrap_or_default()))
+    }
+
+    async fn launch_template_images(
+        &self,
+        region: &Region,
+    ) -> Result<Vec<LaunchTemplateImage>, Ec2Error> {
+        let action = Action::DescribeLaunchTemplates;
+        let templates = paginate(action, region.as_str(), |token| async move {
+            let page = self
+                .ready(action, region)
+                .await?
+                .describe_launch_templates()
+                .max_results(200)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| map_err(action, region, e))?;
+            Ok((
+                page.launch_templates()
+                    .iter()
+                    .filter_map(|t| t.launch_template_id().map(str::to_owned))
+                    .collect::<Vec<String>>(),
+                page.next_token().map(str::to_owned),
+            ))
+        })
+        .await?;
+        let action = Action::DescribeLaunchTemplateVersions;
+        let mut out = Vec::new();
+        for id in &templates {
+            let versions = paginate(action, region.as_str(), |token| async move {
+                let page = self
+                    .ready(action, region)
+                    .await?
+                    .describe_launch_template_versions()
+                    .launch_template_id(id)
+                    .max_results(200)
+                    .set_next_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| map_err(action, region, e))?;
+                Ok((
+                    page.launch_template_versions()
+                        .iter()
+                        .filter_map(|v| {
+                            let image = v.launch_template_data()?.image_id()?;
+                            Some(LaunchTemplateImage {
+                                template_id: id.clone(),
+                                template_name: v.launch_template_name().map(str::to_owned),
+                                version: v.version_number().unwrap_or_default(),
+                                image: image.to_owned(),
+                            })
+                        })
+                        .collect::<Vec<_>>(),
+                    page.next_token().map(str::to_owned),
+                ))
+            })
+            .await?;
+            out.extend(versions);
+        }
+        Ok(out)
     }
 }
 

@@ -3,12 +3,12 @@
 use async_trait::async_trait;
 
 use crate::requests::{
-    CopyImage, CopySnapshot, CreateSnapshot, CreateSnapshots, CreateVolume, RegisterImage,
-    RunInstances,
+    CopyImage, CopySnapshot, CreateImage, CreateSnapshot, CreateSnapshots, CreateVolume,
+    RegisterImage, RunInstances, TierRestore,
 };
 use crate::{
-    Ec2Error, Filter, Image, ImageId, Instance, InstanceId, KmsKey, Region, RegionInfo, Snapshot,
-    SnapshotId, Tags, Volume, VolumeId,
+    Ec2Error, Filter, Image, ImageId, Instance, InstanceId, KmsKey, LaunchTemplateImage, Region,
+    RegionInfo, Snapshot, SnapshotId, Tags, Volume, VolumeId,
 };
 
 /// The EC2 API, as the toolkit uses it.
@@ -204,4 +204,37 @@ pub trait Ec2: Send + Sync {
         instances: &[InstanceId],
         dry_run: bool,
     ) -> Result<(), Ec2Error>;
+
+    /// Moves a snapshot to the archive tier (`ModifySnapshotTier`).
+    async fn modify_snapshot_tier(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error>;
+
+    /// Brings an archived snapshot back (`RestoreSnapshotTier`), for a
+    /// number of days or for good.
+    async fn restore_snapshot_tier(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+        restore: &TierRestore,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error>;
+
+    /// Creates an AMI of an instance (`CreateImage`); tags at creation.
+    async fn create_image(
+        &self,
+        region: &Region,
+        request: &CreateImage,
+    ) -> Result<ImageId, Ec2Error>;
+
+    /// The image of every version of every launch template in `region`
+    /// (`DescribeLaunchTemplates`, then `DescribeLaunchTemplateVersions`
+    /// per template).
+    async fn launch_template_images(
+        &self,
+        region: &Region,
+    ) -> Result<Vec<LaunchTemplateImage>, Ec2Error>;
 }

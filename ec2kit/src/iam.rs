@@ -168,6 +168,11 @@ pub const CREATES: &[Action] = &[
     CopyImage,
 ];
 
+/// Creates with tags in the request that only some policies grant: their
+/// `ec2:CreateAction` joins [`TAG_ON_CREATE`]'s list only in a policy that
+/// calls them, and they too need the ownership tag in the request.
+pub const OCCASIONAL_CREATES: &[Action] = &[CreateImage];
+
 /// What one program needs: the union of the [`Permissions`] of the
 /// operations it runs. Built with [`Policy::grant`] and
 /// [`Policy::grant_when`]; lists keep the order actions were first
@@ -414,10 +419,18 @@ impl Serialize for Condition {
 pub fn document(policies: &[Policy], restrict: Option<&Ownership<'_>>) -> Document {
     let mut statement = Vec::new();
     for p in policies {
-        statement.extend(statements(&p.sid, &p.actions, &p.implied, restrict));
+        // Every action the program may call: an occasional create granted
+        // only with a flag still joins the tag-on-create list.
+        let all: Vec<Action> = p
+            .actions
+            .iter()
+            .chain(p.conditional.iter().flat_map(|c| c.actions.iter()))
+            .copied()
+            .collect();
+        statement.extend(statements(&p.sid, &p.actions, &p.implied, restrict, &all));
         for c in &p.conditional {
             let sid = format!("{}With{}", p.sid, sid(c.when.label()));
-            statement.extend(statements(&sid, &c.actions, &c.implied, restrict));
+            statement.extend(statements(&sid, &c.actions, &c.implied, restrict, &all));
         }
     }
     Document {
@@ -432,6 +445,7 @@ fn statements(
     actions: &[Action],
     implied: &[Implied],
     restrict: Option<&Ownership<'_>>,
+    all: &[Action],
 ) -> Vec<Statement> {
     let Some(owner) = restrict else {
         let action: Vec<String> = names(actions, implied).into_iter().collect();
@@ -465,7 +479,11 @@ fn statements(
     for i in implied {
         if i.action == TAG_ON_CREATE.action {
             // Tags at creation: allowed only as part of one of the creates.
-            let creates = CREATES.iter().map(|a| a.as_str()).collect();
+            let creates = CREATES
+                .iter()
+                .chain(OCCASIONAL_CREATES.iter().filter(|c| all.contains(c)))
+                .map(|a| a.as_str())
+                .collect();
             add(
                 "*",
                 Some(Condition::CreateAction(creates)),
@@ -501,14 +519,17 @@ fn restricted(action: Action, owner: &Ownership<'_>) -> Vec<(&'static str, Optio
         })
     };
     match action {
-        DeleteSnapshot => vec![("arn:aws:ec2:*:*:snapshot/*", owned())],
+        // `ami trim`: only AMIs tagged as ektool's.
+        DeregisterImage => vec![("arn:aws:ec2:*::image/*", owned())],
+        // Archiving changes the bill and the restore time: ours only.
+        DeleteSnapshot | ModifySnapshotTier => vec![("arn:aws:ec2:*:*:snapshot/*", owned())],
         DeleteVolume => vec![("arn:aws:ec2:*:*:volume/*", owned())],
         // The volume must be the toolkit's; the instance is whatever it is.
         AttachVolume | DetachVolume => vec![
             ("arn:aws:ec2:*:*:volume/*", owned()),
             ("arn:aws:ec2:*:*:instance/*", None),
         ],
-        a if CREATES.contains(&a) => vec![(
+        a if CREATES.contains(&a) || OCCASIONAL_CREATES.contains(&a) => vec![(
             "*",
             Some(Condition::RequestTag {
                 key: owner.key.to_owned(),
@@ -560,6 +581,51 @@ mod tests {
 
     fn json(doc: &Document) -> serde_json::Value {
         serde_json::to_value(doc).unwrap()
+    }
+
+    /// `CreateImage` joins the `ec2:CreateAction` list only of a policy
+    /// that may call it, even under a flag, and needs the ownership tag in
+    /// the request; `ModifySnapshotTier` and `DeregisterImage` only on
+    /// ektool's resources.
+    #[test]
+    fn occasional_creates_and_new_destructive_actions_are_restricted() {
+        let create = Policy::new("ami create")
+            .grant(&REPLICATE)
+            .grant_when(
+                When::Chosen("--instance"),
+                &Permissions::calls(&[CreateImage]).implied(&[TAG_ON_CREATE]),
+            )
+            .grant(&Permissions::calls(&[ModifySnapshotTier, DeregisterImage]));
+        let doc = json(&document(std::slice::from_ref(&create), Some(&OWNER)));
+        let statements = doc["Statement"].as_array().unwrap();
+        let with = |action: &str| {
+            statements
+                .iter()
+                .find(|s| s["Action"].as_array().unwrap().iter().any(|a| a == action))
+                .unwrap()
+                .clone()
+        };
+        let tags = with("ec2:CreateTags");
+        let creates = tags["Condition"]["StringEquals"]["ec2:CreateAction"].to_string();
+        assert!(creates.contains("\"CreateImage\""), "{tags}");
+        assert!(
+            with("ec2:CreateImage")["Condition"]
+                .to_string()
+                .contains("aws:RequestTag/ektool:owner")
+        );
+        for a in ["ec2:ModifySnapshotTier", "ec2:DeregisterImage"] {
+            assert!(
+                with(a)["Condition"]
+                    .to_string()
+                    .contains("aws:ResourceTag/ektool:owner"),
+                "{a}"
+            );
+        }
+        let without = json(&document(
+            &[Policy::new("r").grant(&REPLICATE)],
+            Some(&OWNER),
+        ));
+        assert!(!without.to_string().contains("CreateImage"));
     }
 
     #[test]

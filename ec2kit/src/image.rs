@@ -44,6 +44,20 @@ impl Image {
     }
 }
 
+/// The AMI one launch template version launches (`ImageId` of its data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchTemplateImage {
+    /// The template's id.
+    pub template_id: String,
+    /// The template's name.
+    pub template_name: Option<String>,
+    /// The version number.
+    pub version: i64,
+    /// The image as the version names it (an AMI id, or a
+    /// `resolve:ssm:` parameter).
+    pub image: String,
+}
+
 /// One block device of an AMI, or of an AMI to register.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageBlockDevice {

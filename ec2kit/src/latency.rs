@@ -6,12 +6,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::requests::{
-    CopyImage, CopySnapshot, CreateSnapshot, CreateSnapshots, CreateVolume, RegisterImage,
-    RunInstances,
+    CopyImage, CopySnapshot, CreateImage, CreateSnapshot, CreateSnapshots, CreateVolume,
+    RegisterImage, RunInstances, TierRestore,
 };
 use crate::{
-    Ec2, Ec2Error, Filter, Image, ImageId, Instance, InstanceId, KmsKey, Region, RegionInfo,
-    Snapshot, SnapshotId, Tags, Volume, VolumeId,
+    Ec2, Ec2Error, Filter, Image, ImageId, Instance, InstanceId, KmsKey, LaunchTemplateImage,
+    Region, RegionInfo, Snapshot, SnapshotId, Tags, Volume, VolumeId,
 };
 
 /// `inner`, with every call taking `latency` longer (on tokio's clock, so a
@@ -243,5 +243,47 @@ impl<E: Ec2> Ec2 for Latency<E> {
         self.inner
             .terminate_instances(region, instances, dry_run)
             .await
+    }
+
+    async fn modify_snapshot_tier(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        tokio::time::sleep(self.latency).await;
+        self.inner
+            .modify_snapshot_tier(region, snapshot, dry_run)
+            .await
+    }
+
+    async fn restore_snapshot_tier(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+        restore: &TierRestore,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        tokio::time::sleep(self.latency).await;
+        self.inner
+            .restore_snapshot_tier(region, snapshot, restore, dry_run)
+            .await
+    }
+
+    async fn create_image(
+        &self,
+        region: &Region,
+        request: &CreateImage,
+    ) -> Result<ImageId, Ec2Error> {
+        tokio::time::sleep(self.latency).await;
+        self.inner.create_image(region, request).await
+    }
+
+    async fn launch_template_images(
+        &self,
+        region: &Region,
+    ) -> Result<Vec<LaunchTemplateImage>, Ec2Error> {
+        tokio::time::sleep(self.latency).await;
+        self.inner.launch_template_images(region).await
     }
 }

@@ -110,7 +110,7 @@ pub use elb::{Target, TargetGroup, TargetGroups, TargetHealth, TargetState, Targ
 pub use error::{BoxError, Ec2Error, ErrorKind, dry_run_ok};
 pub use filter::Filter;
 pub use ids::{ImageId, InstanceId, InvalidId, SnapshotId, VolumeId};
-pub use image::{Image, ImageBlockDevice};
+pub use image::{Image, ImageBlockDevice, LaunchTemplateImage};
 pub use instance::{Address, BlockDevice, Instance};
 pub use job::{GuardedJob, JobState};
 pub use kms::KmsKey;
@@ -122,7 +122,7 @@ pub use region::{Region, RegionCatalog, RegionError, RegionInfo};
 #[cfg(any(test, feature = "mock"))]
 pub use remote::MockRemote;
 pub use remote::{Command, ExitStatus, Output, Program, Remote, RemoteError, Streamed, Streams};
-pub use snapshot::{Snapshot, SnapshotState};
+pub use snapshot::{Snapshot, SnapshotState, StorageTier};
 pub use tags::{InvalidTag, Tag, Tags, is_reserved_key};
 pub use target::{HostTarget, InvalidTarget, SshOptions, SshTarget};
 pub use volume::{Volume, VolumeAttachment};

@@ -8,12 +8,13 @@
 use async_trait::async_trait;
 
 use crate::requests::{
-    CopyImage, CopySnapshot, CreateSnapshot, CreateSnapshots, CreateVolume, RegisterImage,
-    RunInstances,
+    CopyImage, CopySnapshot, CreateImage, CreateSnapshot, CreateSnapshots, CreateVolume,
+    RegisterImage, RunInstances, TierRestore,
 };
 use crate::{
-    Action, Ec2, Ec2Error, Filter, Image, ImageId, Instance, InstanceId, KmsKey, RateLimiter,
-    RateLimits, Region, RegionInfo, Snapshot, SnapshotId, Tags, Volume, VolumeId,
+    Action, Ec2, Ec2Error, Filter, Image, ImageId, Instance, InstanceId, KmsKey,
+    LaunchTemplateImage, RateLimiter, RateLimits, Region, RegionInfo, Snapshot, SnapshotId, Tags,
+    Volume, VolumeId,
 };
 
 /// An [`Ec2`] whose calls first pass a [`RateLimiter`].
@@ -323,5 +324,55 @@ impl<E: Ec2> Ec2 for Paced<E> {
         self.inner
             .terminate_instances(region, instances, dry_run)
             .await
+    }
+
+    async fn modify_snapshot_tier(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        self.limiter
+            .acquire(Action::ModifySnapshotTier, region.as_str())
+            .await;
+        self.inner
+            .modify_snapshot_tier(region, snapshot, dry_run)
+            .await
+    }
+
+    async fn restore_snapshot_tier(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+        restore: &TierRestore,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        self.limiter
+            .acquire(Action::RestoreSnapshotTier, region.as_str())
+            .await;
+        self.inner
+            .restore_snapshot_tier(region, snapshot, restore, dry_run)
+            .await
+    }
+
+    async fn create_image(
+        &self,
+        region: &Region,
+        request: &CreateImage,
+    ) -> Result<ImageId, Ec2Error> {
+        self.limiter
+            .acquire(Action::CreateImage, region.as_str())
+            .await;
+        self.inner.create_image(region, request).await
+    }
+
+    async fn launch_template_images(
+        &self,
+        region: &Region,
+    ) -> Result<Vec<LaunchTemplateImage>, Ec2Error> {
+        self.limiter
+            .acquire(Action::DescribeLaunchTemplateVersions, region.as_str())
+            .await;
+        self.inner.launch_template_images(region).await
     }
 }

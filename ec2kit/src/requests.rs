@@ -83,6 +83,41 @@ pub struct RegisterImage {
     pub dry_run: bool,
 }
 
+/// `CreateImage`: an AMI of an instance's volumes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CreateImage {
+    /// The instance.
+    pub instance_id: Option<InstanceId>,
+    /// AMI name (unique per region and account).
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Do not stop the instance first (the file systems are then only
+    /// crash-consistent).
+    pub no_reboot: bool,
+    /// Tags applied at creation to the AMI.
+    pub tags: Tags,
+    /// Tags applied at creation to the AMI's snapshots (none: no snapshot
+    /// `TagSpecification` is sent).
+    pub snapshot_tags: Tags,
+    /// Check only.
+    pub dry_run: bool,
+}
+
+/// `RestoreSnapshotTier`: how long an archived snapshot comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "restore")]
+pub enum TierRestore {
+    /// A temporary restore: the snapshot stays in the archive tier and is
+    /// usable for this many days (1 to 180).
+    Temporary {
+        /// Days.
+        days: u16,
+    },
+    /// A permanent restore: the snapshot moves back to the standard tier.
+    Permanent,
+}
+
 /// `CopyImage`, sent to the destination region.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CopyImage {

@@ -93,6 +93,62 @@ impl fmt::Display for SnapshotState {
     }
 }
 
+/// The storage tier of a snapshot (`StorageTier`).
+///
+/// Serialised as the API writes it (`standard`, `archive`); any other
+/// string is kept as [`StorageTier::Unknown`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", from = "String")]
+#[non_exhaustive]
+pub enum StorageTier {
+    /// The standard tier (incremental, billed for changed blocks).
+    #[default]
+    Standard,
+    /// The archive tier (full snapshot, cheaper storage, restored before use).
+    Archive,
+    /// A tier this version does not know.
+    #[serde(untagged)]
+    Unknown(String),
+}
+
+impl StorageTier {
+    /// The API's name of the tier.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Standard => "standard",
+            Self::Archive => "archive",
+            Self::Unknown(s) => s,
+        }
+    }
+
+    /// Whether this is the standard tier (the default, not serialised).
+    pub fn is_standard(&self) -> bool {
+        *self == Self::Standard
+    }
+}
+
+impl From<String> for StorageTier {
+    fn from(s: String) -> Self {
+        match s.to_ascii_lowercase().as_str() {
+            "" | "standard" => Self::Standard,
+            "archive" => Self::Archive,
+            _ => Self::Unknown(s),
+        }
+    }
+}
+
+impl From<&str> for StorageTier {
+    fn from(s: &str) -> Self {
+        Self::from(s.to_owned())
+    }
+}
+
+impl fmt::Display for StorageTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An EBS snapshot.
 ///
 /// Serialised, this is the inventory format `ektool snap list --output json`
@@ -139,6 +195,9 @@ pub struct Snapshot {
     /// Owning account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_id: Option<Box<str>>,
+    /// Storage tier; `standard` is the default and is not written.
+    #[serde(default, skip_serializing_if = "StorageTier::is_standard")]
+    pub storage_tier: StorageTier,
 }
 
 impl Snapshot {
@@ -163,6 +222,7 @@ impl Snapshot {
             kms_key_id: None,
             description: None,
             owner_id: None,
+            storage_tier: StorageTier::Standard,
         }
     }
 }
@@ -226,6 +286,23 @@ mod tests {
             "{back}"
         );
         assert!(back.contains(r#""state":"completed""#));
+    }
+
+    #[test]
+    fn tiers_read_and_standard_is_not_written() {
+        let json = r#"[{"id":"snap-0123abcd","volume_id":null,"start_time":"2024-01-02T03:04:05Z","state":"completed","storage_tier":"archive"},
+            {"id":"snap-0123abce","volume_id":null,"start_time":"2024-01-02T03:04:05Z","state":"completed"},
+            {"id":"snap-0123abcf","volume_id":null,"start_time":"2024-01-02T03:04:05Z","state":"completed","storage_tier":"glacier"}]"#;
+        let snaps: Vec<Snapshot> = serde_json::from_str(json).unwrap();
+        assert_eq!(snaps[0].storage_tier, StorageTier::Archive);
+        assert_eq!(snaps[1].storage_tier, StorageTier::Standard);
+        assert_eq!(
+            snaps[2].storage_tier,
+            StorageTier::Unknown("glacier".into())
+        );
+        let back = serde_json::to_string(&snaps).unwrap();
+        assert_eq!(back.matches("storage_tier").count(), 2, "{back}");
+        assert!(back.contains(r#""storage_tier":"archive""#), "{back}");
     }
 
     #[test]

@@ -33,6 +33,7 @@
 //! ```
 
 pub mod ami;
+pub mod ami_trim;
 pub mod backup;
 pub mod check;
 pub mod connect;

@@ -51,6 +51,16 @@ pub const PERMISSIONS: ec2kit::iam::Permissions = ec2kit::iam::Permissions::call
     ec2kit::Action::DeleteSnapshot,
 ]);
 
+/// What [`apply`] adds when the policies archive (`archive_after`).
+pub const ARCHIVE_PERMISSIONS: ec2kit::iam::Permissions =
+    ec2kit::iam::Permissions::calls(&[ec2kit::Action::ModifySnapshotTier]);
+
+/// What [`restore_tier`] calls.
+pub const RESTORE_TIER_PERMISSIONS: ec2kit::iam::Permissions = ec2kit::iam::Permissions::calls(&[
+    ec2kit::Action::DescribeSnapshots,
+    ec2kit::Action::RestoreSnapshotTier,
+]);
+
 /// What deleting broken snapshots calls: [`broken`], then [`apply`].
 pub const BROKEN_PERMISSIONS: ec2kit::iam::Permissions = ec2kit::iam::Permissions::calls(&[
     ec2kit::Action::DescribeSnapshots,
@@ -146,12 +156,14 @@ pub async fn plan_broken(
     Ok(broken_plan(&broken(ec2, region, scope).await?, region, now))
 }
 
-/// What happened to one planned deletion.
+/// What happened to one planned deletion or archive.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum Outcome {
     /// Deleted.
     Deleted,
+    /// Moving to the archive tier (EC2 accepted `ModifySnapshotTier`).
+    Archived,
     /// Already gone.
     AlreadyGone,
     /// EC2 refused because the snapshot is in use (an AMI appeared).
@@ -168,7 +180,7 @@ pub enum Outcome {
     },
 }
 
-/// One planned deletion and its outcome.
+/// One planned deletion (or archive) and its outcome.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Applied {
     /// The snapshot.
@@ -185,14 +197,14 @@ pub struct Applied {
 #[serde(rename_all = "snake_case", tag = "event")]
 #[non_exhaustive]
 pub enum TrimEvent {
-    /// One planned deletion is done, whatever its outcome.
+    /// One planned deletion or archive is done, whatever its outcome.
     Applied(Applied),
 }
 
 /// The result of applying a plan.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct TrimReport {
-    /// One entry per planned deletion.
+    /// One entry per planned deletion, then one per planned archive.
     pub results: Vec<Applied>,
 }
 
@@ -205,9 +217,20 @@ impl TrimReport {
             .count()
     }
 
+    /// How many were sent to the archive tier.
+    pub fn archived(&self) -> usize {
+        self.results
+            .iter()
+            .filter(|r| r.outcome == Outcome::Archived)
+            .count()
+    }
+
     /// How many failed (in use or errors).
     pub fn failed(&self) -> usize {
-        self.results.len() - self.deleted()
+        self.results
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::InUse { .. } | Outcome::Failed { .. }))
+            .count()
     }
 
     /// This region's run as metrics: `ektool_trim_deleted_snapshots` and
@@ -227,10 +250,12 @@ impl TrimReport {
     }
 }
 
-/// Deletes what the plan says, at most `concurrency` calls in flight (the
-/// `Ec2` implementation paces them to the API's bucket). Only `completed`
-/// snapshots the plan marked for deletion are touched; a failure is
-/// recorded and the rest go on. `on_event` sees each result as it comes.
+/// Deletes, then archives, what the plan says, at most `concurrency`
+/// calls in flight (the `Ec2` implementation paces them to the API's
+/// bucket). Only `completed` snapshots the plan marked are touched; a
+/// failure is recorded and the rest go on. `on_event` sees each result as
+/// it comes. Rerunning is safe: a snapshot already gone counts as deleted,
+/// and a new plan no longer archives what is in the archive tier.
 pub async fn apply(
     ec2: &dyn Ec2,
     plan: &Plan,
@@ -238,13 +263,20 @@ pub async fn apply(
     concurrency: usize,
     on_event: &(dyn Fn(&TrimEvent) + Send + Sync),
 ) -> TrimReport {
-    let todo: Vec<&Decision> = plan.deletions().collect();
+    let todo: Vec<&Decision> = plan.deletions().chain(plan.archives()).collect();
     let results = stream::iter(todo)
         .map(|d| async move {
             let region = d.region.clone().unwrap_or_else(|| default_region.clone());
-            let outcome = match ec2.delete_snapshot(&region, &d.id, false).await {
-                Ok(()) => Outcome::Deleted,
-                Err(e) => outcome_of(e),
+            let outcome = if d.action == crate::retention::Verdict::Archive {
+                match ec2.modify_snapshot_tier(&region, &d.id, false).await {
+                    Ok(()) => Outcome::Archived,
+                    Err(e) => outcome_of(e),
+                }
+            } else {
+                match ec2.delete_snapshot(&region, &d.id, false).await {
+                    Ok(()) => Outcome::Deleted,
+                    Err(e) => outcome_of(e),
+                }
             };
             let applied = Applied {
                 id: d.id.clone(),
@@ -271,6 +303,92 @@ fn outcome_of(e: Ec2Error) -> Outcome {
             code: e.code.clone(),
         },
     }
+}
+
+/// The outcome of [`restore_tier`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TierRestored {
+    /// The snapshot.
+    pub id: SnapshotId,
+    /// Its region.
+    pub region: Region,
+    /// The tier it was in when asked.
+    pub tier: ec2kit::StorageTier,
+    /// What was asked.
+    #[serde(flatten)]
+    pub restore: ec2kit::requests::TierRestore,
+    /// Whether the restore was only checked (`dry_run`: EC2 checked the
+    /// permissions and the request, nothing changed).
+    pub dry_run: bool,
+}
+
+/// Why [`restore_tier`] did nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreTierError {
+    /// No such snapshot in the region (among the account's own).
+    #[error("snapshot {id} not found in {region}")]
+    NotFound {
+        /// The snapshot.
+        id: SnapshotId,
+        /// The region.
+        region: Region,
+    },
+    /// The snapshot is in the standard tier: nothing to restore.
+    #[error("snapshot {id} is in the {tier} tier, not archived")]
+    NotArchived {
+        /// The snapshot.
+        id: SnapshotId,
+        /// Its tier.
+        tier: ec2kit::StorageTier,
+    },
+    /// A call failed.
+    #[error(transparent)]
+    Ec2(#[from] Ec2Error),
+}
+
+/// Brings an archived snapshot back (`RestoreSnapshotTier`): for
+/// `Temporary { days }` or for good. Checks first that the snapshot exists
+/// and is archived; with `dry_run` EC2 only checks the request.
+pub async fn restore_tier(
+    ec2: &dyn Ec2,
+    region: &Region,
+    id: &SnapshotId,
+    restore: ec2kit::requests::TierRestore,
+    dry_run: bool,
+) -> Result<TierRestored, RestoreTierError> {
+    let found = ec2
+        .describe_snapshots(region, &[Filter::new("snapshot-id", [id.as_str()])])
+        .await?;
+    let snapshot =
+        found
+            .into_iter()
+            .find(|s| &s.id == id)
+            .ok_or_else(|| RestoreTierError::NotFound {
+                id: id.clone(),
+                region: region.clone(),
+            })?;
+    if snapshot.storage_tier == ec2kit::StorageTier::Standard {
+        return Err(RestoreTierError::NotArchived {
+            id: id.clone(),
+            tier: snapshot.storage_tier,
+        });
+    }
+    match ec2
+        .restore_snapshot_tier(region, id, &restore, dry_run)
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if dry_run && e.kind == ErrorKind::DryRunOk => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(TierRestored {
+        id: id.clone(),
+        region: region.clone(),
+        tier: snapshot.storage_tier,
+        restore,
+        dry_run,
+    })
 }
 
 /// The `error` snapshots in scope in `region` (for `delete-broken`).
@@ -313,6 +431,7 @@ pub fn broken_plan(broken: &[Snapshot], region: &Region, now: jiff::Timestamp) -
             start_time: s.start_time,
             region: Some(region.clone()),
             policy: "delete-broken".into(),
+            size_gib: s.volume_size_gib,
         })
         .collect();
     Plan {
@@ -342,6 +461,7 @@ mod tests {
                 start_time: jiff::Timestamp::UNIX_EPOCH,
                 region: None,
                 policy: "test".into(),
+                size_gib: None,
             })
             .collect();
         Plan {
@@ -634,5 +754,145 @@ mod broken_tests {
             found.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
             ["snap-0000000a"]
         );
+    }
+}
+
+#[cfg(test)]
+mod archive_tests {
+    use ec2kit::requests::TierRestore;
+    use ec2kit::{Action, MockEc2, StorageTier};
+
+    use super::*;
+    use crate::retention::{Reason, Verdict};
+
+    fn decision(n: u64, action: Verdict) -> Decision {
+        Decision {
+            id: SnapshotId::from_api(format!("snap-{n:017x}")),
+            action,
+            reason: Reason::Custom("test".into()),
+            lineage: "vol-1".into(),
+            start_time: jiff::Timestamp::UNIX_EPOCH,
+            region: None,
+            policy: "test".into(),
+            size_gib: Some(1),
+        }
+    }
+
+    /// Deletes go to `DeleteSnapshot`, archives to `ModifySnapshotTier`,
+    /// keeps nowhere; a failed archive is a failure, an archive of a
+    /// snapshot gone meanwhile is not.
+    #[tokio::test]
+    async fn archives_are_sent_as_tier_changes_after_the_deletes() {
+        let mut ec2 = MockEc2::new();
+        ec2.expect_delete_snapshot().times(1).returning(|_, id, _| {
+            assert_eq!(id.as_str(), "snap-00000000000000001");
+            Ok(())
+        });
+        ec2.expect_modify_snapshot_tier()
+            .times(3)
+            .returning(|region, id, dry| {
+                assert!(!dry);
+                match id.as_str() {
+                    "snap-00000000000000003" => Err(Ec2Error::from_code(
+                        Action::ModifySnapshotTier,
+                        region.as_str(),
+                        "InvalidSnapshot.NotFound",
+                        None,
+                    )),
+                    "snap-00000000000000004" => Err(Ec2Error::from_code(
+                        Action::ModifySnapshotTier,
+                        region.as_str(),
+                        "UnauthorizedOperation",
+                        None,
+                    )),
+                    _ => Ok(()),
+                }
+            });
+        let plan = Plan {
+            now: jiff::Timestamp::UNIX_EPOCH,
+            decisions: vec![
+                decision(1, Verdict::Delete),
+                decision(2, Verdict::Archive),
+                decision(3, Verdict::Archive),
+                decision(4, Verdict::Archive),
+                decision(5, Verdict::Keep),
+            ],
+            notes: vec![],
+        };
+        let report = apply(&ec2, &plan, &Region::new("r"), 2, &|_| {}).await;
+        let outcomes: Vec<(&str, &Outcome)> = report
+            .results
+            .iter()
+            .map(|r| (r.id.as_str(), &r.outcome))
+            .collect();
+        assert_eq!(outcomes[0], ("snap-00000000000000001", &Outcome::Deleted));
+        assert_eq!(outcomes[1], ("snap-00000000000000002", &Outcome::Archived));
+        assert_eq!(outcomes[2].1, &Outcome::AlreadyGone);
+        assert!(matches!(outcomes[3].1, Outcome::Failed { .. }));
+        assert_eq!(
+            (report.deleted(), report.archived(), report.failed()),
+            (2, 1, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn restore_tier_checks_the_tier_first() {
+        let mut ec2 = MockEc2::new();
+        ec2.expect_describe_snapshots().returning(|_, f| {
+            assert_eq!(f[0].name, "snapshot-id");
+            let id = f[0].values[0].clone();
+            let mut s = Snapshot::new(
+                SnapshotId::from_api(id.clone()),
+                None,
+                jiff::Timestamp::UNIX_EPOCH,
+                SnapshotState::Completed,
+            );
+            if id.ends_with('a') {
+                s.storage_tier = StorageTier::Archive;
+            }
+            Ok(if id.ends_with('0') { vec![] } else { vec![s] })
+        });
+        ec2.expect_restore_snapshot_tier()
+            .times(1)
+            .returning(|_, id, restore, dry| {
+                assert_eq!(id.as_str(), "snap-0000000a");
+                assert_eq!(restore, &TierRestore::Temporary { days: 7 });
+                assert!(!dry);
+                Ok(())
+            });
+        let r = Region::new("r");
+        let seven = TierRestore::Temporary { days: 7 };
+        let done = restore_tier(
+            &ec2,
+            &r,
+            &SnapshotId::from_api("snap-0000000a"),
+            seven,
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.tier, StorageTier::Archive);
+        assert!(matches!(
+            restore_tier(
+                &ec2,
+                &r,
+                &SnapshotId::from_api("snap-0000000b"),
+                seven,
+                false
+            )
+            .await,
+            Err(RestoreTierError::NotArchived { .. })
+        ));
+        assert!(matches!(
+            restore_tier(
+                &ec2,
+                &r,
+                &SnapshotId::from_api("snap-00000000"),
+                seven,
+                false
+            )
+            .await,
+            Err(RestoreTierError::NotFound { .. })
+        ));
     }
 }

@@ -1,6 +1,14 @@
-//! `ektool ami create` and `ektool ami copy`.
+//! `ektool ami create` (from a snapshot or an instance), `ektool ami copy`
+//! and `ektool ami trim`.
 
-use ec2kit::{ImageId, Region, SnapshotId};
+use std::io::IsTerminal;
+
+use ec2kit::{ImageId, InstanceId, Region, SnapshotId};
+use snapkit::ami_trim;
+use snapkit::retention::Verdict;
+use snapkit::trim::Scope;
+
+use super::snap::policy::PolicyArgs;
 use serde::Serialize;
 use snapkit::ami::{self, AmiCopy, AmiOptions};
 
@@ -12,19 +20,36 @@ use crate::output::OutputFormat;
 /// `ektool ami …`.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum AmiCommand {
-    /// Register an AMI from a root snapshot and its siblings.
+    /// Register an AMI from a root snapshot and its siblings, or make one
+    /// of an instance (--instance).
     Create(CreateArgs),
     /// Copy an AMI into other regions (once: existing copies are found by tag).
     Copy(CopyArgs),
+    /// Retention for a name family of AMIs: deregister what the policy
+    /// drops, then delete its snapshots.
+    Trim(TrimArgs),
 }
 
 /// Arguments of `ektool ami create`.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["snapshot", "instance"])))]
 pub(crate) struct CreateArgs {
     /// The root volume's snapshot.
     #[arg(long, value_name = "SNAPSHOT")]
-    pub snapshot: SnapshotId,
-    /// AMI name (default `ektool-<instance>-<snapshot time>`).
+    pub snapshot: Option<SnapshotId>,
+    /// Make the AMI of this instance (`CreateImage`), tagged as ektool's.
+    #[arg(long, value_name = "INSTANCE", conflicts_with_all = ["root_device", "architecture", "no_ena", "root_only"])]
+    pub instance: Option<InstanceId>,
+    /// With --instance: do not stop the instance while its volumes are
+    /// snapshotted (file systems only crash-consistent).
+    #[arg(long, requires = "instance")]
+    pub no_reboot: bool,
+    /// With --instance: tag only the AMI, not its snapshots (for EC2
+    /// emulators that refuse snapshot tags on CreateImage).
+    #[arg(long, requires = "instance")]
+    pub no_snapshot_tags: bool,
+    /// AMI name (default `ektool-<instance>-<snapshot time>`, or with
+    /// --instance `ektool-<instance>-<now>`).
     #[arg(long)]
     pub name: Option<String>,
     /// Root device name (default: the snapshot's `ektool:root-device` tag).
@@ -55,11 +80,230 @@ pub(crate) struct CopyArgs {
     pub to: Vec<String>,
 }
 
+/// Arguments of `ektool ami trim`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TrimArgs {
+    /// The name family: an AMI name pattern (`*` any run, `?` one
+    /// character), e.g. 'ektool-web-*'; planned by creation date.
+    #[arg(long, value_name = "PATTERN")]
+    pub family: String,
+    /// Also trim AMIs ektool did not make (explicit adoption; AMIs in use
+    /// and the newest stay).
+    #[arg(long)]
+    pub adopt: bool,
+    /// Deregister without asking (needed without a terminal).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Policy selection (as for snapshots; --archive-after does not apply).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
 /// Runs `ektool ami …`.
 pub(crate) async fn exec(ctx: &Context, cmd: AmiCommand) -> Result<(), CliError> {
     match cmd {
-        AmiCommand::Create(a) => create(ctx, a).await,
+        AmiCommand::Create(a) => match a.instance.clone() {
+            Some(instance) => create_from_instance(ctx, a, instance).await,
+            None => create(ctx, a).await,
+        },
         AmiCommand::Copy(a) => copy(ctx, a).await,
+        AmiCommand::Trim(a) => trim(ctx, a).await,
+    }
+}
+
+#[derive(Serialize)]
+struct FromInstanceOut<'a> {
+    region: &'a Region,
+    request: &'a ami_trim::FromInstance,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<&'a ImageId>,
+}
+
+async fn create_from_instance(
+    ctx: &Context,
+    args: CreateArgs,
+    instance: InstanceId,
+) -> Result<(), CliError> {
+    let name = args.name.unwrap_or_else(|| {
+        format!(
+            "ektool-{instance}-{}",
+            jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
+        )
+    });
+    if !ami::valid_name(&name) {
+        return Err(CliError::Usage(
+            ami::AmiError::InvalidName(name).to_string(),
+        ));
+    }
+    let ec2 = ctx.ec2().await;
+    let region = ctx.single_region(&ec2).await?;
+    let request = ami_trim::FromInstance {
+        instance,
+        name,
+        description: None,
+        no_reboot: args.no_reboot,
+        tag_snapshots: !args.no_snapshot_tags,
+        tags: ec2kit::Tags::new(),
+    };
+    let image = ami_trim::from_instance(&ec2, &region, &request, ctx.global.dry_run).await?;
+    match ctx.output() {
+        OutputFormat::Json => output::json(&FromInstanceOut {
+            region: &region,
+            request: &request,
+            image: image.as_ref(),
+        })?,
+        OutputFormat::Table => {
+            println!("name:      {}", request.name);
+            println!("instance:  {}", request.instance);
+            println!(
+                "reboot:    {}",
+                if request.no_reboot {
+                    "no (crash-consistent)"
+                } else {
+                    "yes (EC2 stops and restarts the instance)"
+                }
+            );
+            match &image {
+                Some(id) => println!("created {id} in {region}"),
+                None => println!("dry run: nothing created"),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct AmiTrimOut<'a> {
+    #[serde(flatten)]
+    plan: &'a ami_trim::AmiPlan,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    applied: Option<&'a ami_trim::AmiTrimReport>,
+}
+
+async fn trim(ctx: &Context, args: TrimArgs) -> Result<(), CliError> {
+    let policies = args.policy.resolve(&ctx.config)?;
+    let ec2 = ctx.ec2().await;
+    let region = ctx.single_region(&ec2).await?;
+    let plan = ami_trim::plan(
+        &ec2,
+        &region,
+        &args.family,
+        &policies,
+        Scope::adopting(args.adopt),
+        jiff::Timestamp::now(),
+    )
+    .await?;
+    let n = plan.deregistrations().count();
+    let print_plan = || {
+        output::table(
+            &["IMAGE", "NAME", "CREATED", "ACTION", "REASON"],
+            plan.decisions.iter().map(|d| {
+                vec![
+                    d.image.to_string(),
+                    output::or_dash(d.name.as_deref()),
+                    d.created.strftime("%Y-%m-%d %H:%M").to_string(),
+                    match d.action {
+                        Verdict::Delete => "deregister".to_owned(),
+                        _ => "keep".to_owned(),
+                    },
+                    d.reason.to_string(),
+                ]
+            }),
+        );
+        println!(
+            "\nkeep {}, deregister {n} (policy {})",
+            plan.decisions.len() - n,
+            plan.policy
+        );
+        for o in &plan.orphans {
+            println!(
+                "orphan: {} (its AMI {} is gone): delete",
+                o.snapshot, o.image
+            );
+        }
+    };
+    let orphans = plan.orphans.len();
+    let mut shown = false;
+    if !ctx.global.dry_run && n + orphans > 0 && !args.yes {
+        if std::io::stdin().is_terminal() {
+            if ctx.output() == OutputFormat::Table {
+                print_plan();
+            }
+            shown = true;
+            let question = if orphans > 0 {
+                format!(
+                    "deregister {n} AMI(s), delete their snapshots and {orphans} orphaned snapshot(s)?"
+                )
+            } else {
+                format!("deregister {n} AMI(s) and delete their snapshots?")
+            };
+            let stdin = std::io::stdin();
+            if !super::snap::trim::confirm(&question, &mut stdin.lock(), &mut std::io::stderr()) {
+                return Err(CliError::Failed(
+                    "not confirmed; nothing deregistered".into(),
+                ));
+            }
+        } else {
+            let orphaned = if orphans > 0 {
+                format!(" and delete {orphans} orphaned snapshot(s)")
+            } else {
+                String::new()
+            };
+            return Err(CliError::Usage(format!(
+                "ami trim would deregister {n} AMI(s){orphaned} and there is no terminal to \
+                 ask: pass --yes; see the plan with --dry-run"
+            )));
+        }
+    }
+    let report = if ctx.global.dry_run || n + orphans == 0 {
+        None
+    } else {
+        Some(ami_trim::apply(&ec2, &plan, &|_| {}).await)
+    };
+    match ctx.output() {
+        OutputFormat::Json => output::json(&AmiTrimOut {
+            plan: &plan,
+            applied: report.as_ref(),
+        })?,
+        OutputFormat::Table => {
+            if !shown {
+                print_plan();
+            }
+            match &report {
+                Some(r) => {
+                    println!(
+                        "{region}: deregistered {}, deleted {} snapshot(s), failed {}",
+                        r.deregistered(),
+                        r.deleted_snapshots(),
+                        r.failed()
+                    );
+                    if orphans > 0 {
+                        println!(
+                            "{region}: deleted {} orphaned snapshot(s)",
+                            r.orphans_deleted.len()
+                        );
+                    }
+                    for f in &r.results {
+                        for e in &f.errors {
+                            eprintln!("error: {}: {e}", f.image);
+                        }
+                    }
+                    for e in &r.orphan_errors {
+                        eprintln!("error: {e}");
+                    }
+                }
+                None if ctx.global.dry_run => println!("dry run: nothing deregistered"),
+                None => {}
+            }
+        }
+    }
+    match report {
+        Some(r) if r.failed() > 0 => Err(CliError::Partial {
+            failed: r.failed(),
+            total: r.results.len(),
+            what: "AMIs",
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -82,7 +326,10 @@ async fn create(ctx: &Context, args: CreateArgs) -> Result<(), CliError> {
         sibling_window: args.sibling_window,
         ..AmiOptions::default()
     };
-    let plan = ami::plan(&ec2, &region, &args.snapshot, &options)
+    let Some(snapshot) = args.snapshot else {
+        return Err(CliError::Usage("--snapshot or --instance".into()));
+    };
+    let plan = ami::plan(&ec2, &region, &snapshot, &options)
         .await
         .map_err(|e| match e {
             ami::AmiError::InvalidName(_) => CliError::Usage(e.to_string()),

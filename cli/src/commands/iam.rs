@@ -15,7 +15,7 @@ use ec2kit::Action::{DescribeInstances, RebootInstances};
 use ec2kit::fleet;
 use ec2kit::iam::{self, Ownership, Permissions, Policy, When};
 use serde_json::json;
-use snapkit::{ami, backup, check, instances, mount, replicate, trim};
+use snapkit::{ami, ami_trim, backup, check, instances, mount, replicate, trim};
 
 use crate::error::CliError;
 use crate::output::OutputFormat;
@@ -79,7 +79,12 @@ pub(crate) fn policies() -> Vec<Policy> {
             .grant(&trim::INVENTORY_PERMISSIONS),
         command("snap trim")
             .grant(regions)
-            .grant(&trim::PERMISSIONS),
+            .grant(&trim::PERMISSIONS)
+            // `--archive-after`, or `archive_after` in the config.
+            .grant_when(When::Chosen("--archive-after"), &trim::ARCHIVE_PERMISSIONS),
+        command("snap restore-tier")
+            .grant(regions)
+            .grant(&trim::RESTORE_TIER_PERMISSIONS),
         command("snap delete-broken")
             .grant(regions)
             .grant(&trim::BROKEN_PERMISSIONS),
@@ -116,7 +121,14 @@ pub(crate) fn policies() -> Vec<Policy> {
             .grant(&mount::UNMOUNT_PERMISSIONS),
         command("ami create")
             .grant(regions)
-            .grant(&ami::CREATE_PERMISSIONS),
+            .grant(&ami::CREATE_PERMISSIONS)
+            .grant_when(
+                When::Chosen("--instance"),
+                &ami_trim::FROM_INSTANCE_PERMISSIONS,
+            ),
+        command("ami trim")
+            .grant(regions)
+            .grant(&ami_trim::TRIM_PERMISSIONS),
         command("ami copy")
             .grant(regions)
             .grant(&ami::COPY_PERMISSIONS),
@@ -143,6 +155,10 @@ pub(crate) fn policies() -> Vec<Policy> {
             .grant(&backup::INSTANCES_PERMISSIONS)
             .grant_when(When::Chosen("volume aliases"), &backup::VOLUMES_PERMISSIONS)
             .grant_when(When::Chosen("trim step"), &trim::PERMISSIONS)
+            .grant_when(
+                When::Chosen("trim step with archive_after"),
+                &trim::ARCHIVE_PERMISSIONS,
+            )
             .grant_when(When::Chosen("replicate step"), &replicate::PERMISSIONS)
             .grant_when(When::Chosen("check step"), &check::PERMISSIONS),
         // Behind a load balancer, each wave leaves its target group.

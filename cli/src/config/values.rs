@@ -11,7 +11,7 @@ use ec2kit::{AwsEc2, AwsEc2Options, Region, Remote, SshOptions, SshRemote, SshTa
 use snapkit::backup::{BackupOptions, InstanceHold, VolumeBackup, VolumeHold};
 use snapkit::connect::Connect;
 use snapkit::consistency::Consistency;
-use snapkit::retention::{Policies, PolicyError, PolicySpec};
+use snapkit::retention::{ArchiveAfter, Policies, PolicyError, PolicySpec};
 
 use super::{
     AwsConfig, Config, ConsistencyConfig, Defaults, RetentionConfig, SshConfig, VolumeAlias,
@@ -130,11 +130,32 @@ impl Config {
                 per_lineage.insert(v.volume_id.to_string(), spec);
             }
         }
+        let (archive_after, per_lineage_archive_after) = self.archive_after();
         Ok(Policies {
             default: r.spec(&r.policy).map_err(PoliciesError::Default)?,
             per_lineage,
             min_keep: r.min_keep.max(1),
+            archive_after,
+            per_lineage_archive_after,
         })
+    }
+
+    /// `[retention] archive_after`, and each volume alias's own (by volume
+    /// id; `never` is `None`).
+    pub fn archive_after(&self) -> (Option<ArchiveAfter>, HashMap<String, Option<ArchiveAfter>>) {
+        let archive = |s: &Option<String>| -> Option<ArchiveAfter> {
+            // Checked when the file was read.
+            s.as_deref()
+                .filter(|s| *s != "never")
+                .and_then(|s| s.parse().ok())
+        };
+        let per_lineage = self
+            .volumes
+            .values()
+            .filter(|v| v.archive_after.is_some())
+            .map(|v| (v.volume_id.to_string(), archive(&v.archive_after)))
+            .collect();
+        (archive(&self.retention.archive_after), per_lineage)
     }
 }
 

@@ -12,10 +12,10 @@ use snapkit::lineage::tags;
 use crate::harness::Ektool;
 use crate::moto::{self, ec2};
 
-struct Policies(BTreeMap<String, serde_json::Value>);
+pub(crate) struct Policies(BTreeMap<String, serde_json::Value>);
 
 impl Policies {
-    fn load() -> Self {
+    pub(crate) fn load() -> Self {
         let list = Ektool::new()
             .args(&["--output", "json", "iam-policy", "--list"])
             .run()
@@ -30,7 +30,7 @@ impl Policies {
         )
     }
 
-    fn expected(&self, command: &str, flags: &[&str]) -> BTreeSet<String> {
+    pub(crate) fn expected(&self, command: &str, flags: &[&str]) -> BTreeSet<String> {
         let p = &self.0[command];
         let mut set: BTreeSet<String> = strings(&p["actions"]);
         for f in p["with_flag"].as_array().unwrap() {
@@ -51,7 +51,7 @@ fn strings(v: &serde_json::Value) -> BTreeSet<String> {
 }
 
 /// Runs `ektool ARGS` recording its calls; returns the set of IAM actions.
-fn recorded(config: &std::path::Path, args: &[&str]) -> BTreeSet<String> {
+pub(crate) fn recorded(config: &std::path::Path, args: &[&str]) -> BTreeSet<String> {
     let dir = ektool_tests::tempdir();
     let file = dir.path().join("actions");
     Ektool::moto()
@@ -262,6 +262,39 @@ async fn every_command_calls_exactly_the_actions_of_its_policy() {
     };
     let got = recorded(c, &["-r", from, "ami", "copy", &image, "--to", to]);
     assert_eq!(got, policies.expected("ami copy", &[]));
+
+    // trim archiving (everything kept, all but the newest per lineage
+    // archived), then restore-tier of one archived snapshot.
+    let argv = [
+        "-r",
+        from,
+        "snap",
+        "trim",
+        "--yes",
+        "--policy",
+        "max-age:3650d",
+        "--archive-after",
+        "0d",
+    ];
+    let got = recorded(c, &argv);
+    let want = policies.expected("snap trim", &["--archive-after"]);
+    assert!(got.is_subset(&want), "{got:?} not in {want:?}");
+    assert!(got.contains("ec2:ModifySnapshotTier"), "{got:?}");
+    assert!(!got.contains("ec2:DeleteSnapshot"), "{got:?}");
+    let archived = ec2
+        .describe_snapshots(&r, &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.storage_tier == ec2kit::StorageTier::Archive)
+        .expect("an archived snapshot")
+        .id
+        .to_string();
+    let got = recorded(
+        c,
+        &["-r", from, "snap", "restore-tier", &archived, "--days", "1"],
+    );
+    assert_eq!(got, policies.expected("snap restore-tier", &[]));
 
     // trim with deletions (keep the newest per lineage).
     let got = recorded(

@@ -6,6 +6,8 @@
 mod harness;
 mod moto;
 
+mod ami;
+mod archive;
 mod basics;
 mod check;
 mod chores;

@@ -483,3 +483,98 @@ async fn an_invalid_endpoint_is_an_invalid_request_never_a_panic() {
     }
     ec2kit::aws::check_endpoint_url(&moto_url()).unwrap();
 }
+
+/// The archive tier, `CreateImage` and launch template images, as moto
+/// answers them (moto moves tiers at once; AWS takes hours).
+#[tokio::test]
+async fn tiers_images_of_instances_and_launch_template_images() {
+    use ec2kit::StorageTier;
+    use ec2kit::requests::{CreateImage, TierRestore};
+
+    let ec2 = ec2().await;
+    let region = Region::new("ap-east-1");
+    let inst = launch(&ec2, &region, 1, Tags::new()).await.remove(0);
+    let vol = inst.root_volume().unwrap().clone();
+    let snap = ec2
+        .create_snapshot(
+            &region,
+            &CreateSnapshot {
+                volume_id: Some(vol),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(snap.storage_tier, StorageTier::Standard);
+    let tier = |id: SnapshotId| {
+        let ec2 = &ec2;
+        let region = &region;
+        async move {
+            ec2.describe_snapshots(region, &[Filter::new("snapshot-id", [id.as_str()])])
+                .await
+                .unwrap()[0]
+                .storage_tier
+                .clone()
+        }
+    };
+    // Dry runs check and change nothing.
+    let e = ec2
+        .modify_snapshot_tier(&region, &snap.id, true)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::DryRunOk);
+    assert_eq!(tier(snap.id.clone()).await, StorageTier::Standard);
+    ec2.modify_snapshot_tier(&region, &snap.id, false)
+        .await
+        .unwrap();
+    assert_eq!(tier(snap.id.clone()).await, StorageTier::Archive);
+    ec2.restore_snapshot_tier(
+        &region,
+        &snap.id,
+        &TierRestore::Temporary { days: 2 },
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(tier(snap.id.clone()).await, StorageTier::Archive);
+    ec2.restore_snapshot_tier(&region, &snap.id, &TierRestore::Permanent, false)
+        .await
+        .unwrap();
+    assert_eq!(tier(snap.id.clone()).await, StorageTier::Standard);
+    let gone = ec2
+        .modify_snapshot_tier(
+            &region,
+            &SnapshotId::from_api("snap-00000000000000000"),
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(gone.kind, ErrorKind::NotFound, "{gone}");
+
+    // CreateImage with tags on the AMI (moto refuses snapshot tags).
+    let name = unique("ami-of-instance");
+    let image = ec2
+        .create_image(
+            &region,
+            &CreateImage {
+                instance_id: Some(inst.id.clone()),
+                name: name.clone(),
+                no_reboot: true,
+                tags: Tags::new().with("k", "v"),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let found = ec2
+        .describe_images(&region, &[Filter::new("image-id", [image.as_str()])])
+        .await
+        .unwrap();
+    assert_eq!(found[0].name.as_deref(), Some(name.as_str()));
+    assert_eq!(found[0].tags.get("k"), Some("v"));
+    assert_eq!(found[0].snapshot_ids().count(), 1);
+
+    // No launch template in this region yet: nothing, and no error.
+    let before = ec2.launch_template_images(&region).await.unwrap();
+    assert!(before.iter().all(|t| t.image != image.as_str()));
+}

@@ -161,7 +161,7 @@ pub fn render(plan: &Plan, projections: &[Plan]) -> String {
         .iter()
         .map(|p| {
             let mut m: BTreeMap<Key<'_>, Vec<&Decision>> = BTreeMap::new();
-            for d in p.decisions.iter().filter(|d| d.action == Verdict::Keep) {
+            for d in p.decisions.iter().filter(|d| d.action.is_kept()) {
                 m.entry(key(d)).or_default().push(d);
             }
             m
@@ -214,10 +214,7 @@ pub fn render(plan: &Plan, projections: &[Plan]) -> String {
                 format!(
                     "<span class=\"proj\">{}: {} still exist</span>",
                     escape(&when(p.now)),
-                    p.decisions
-                        .iter()
-                        .filter(|d| d.action == Verdict::Keep)
-                        .count()
+                    p.decisions.iter().filter(|d| d.action.is_kept()).count()
                 )
             })
             .collect();
@@ -254,7 +251,7 @@ fn timeline(
 ) {
     // Bucket tracks: the kinds the reasons name, in BUCKETS order.
     let mut spans: BTreeMap<usize, Vec<(Timestamp, Option<Interval>)>> = BTreeMap::new();
-    for d in decisions.iter().filter(|d| d.action == Verdict::Keep) {
+    for d in decisions.iter().filter(|d| d.action.is_kept()) {
         for (kind, interval) in buckets_of(&d.reason) {
             if let Some(i) = BUCKETS.iter().position(|(k, _)| *k == kind) {
                 spans.entry(i).or_default().push((d.start_time, interval));
@@ -264,10 +261,7 @@ fn timeline(
     let tracks = 2 + projections.len();
     let height = tracks as f64 * TRACK_H + spans.len() as f64 * BUCKET_H + AXIS_H + 4.0;
     let width = LABEL_W + PLOT_W + RIGHT_W;
-    let keep = decisions
-        .iter()
-        .filter(|d| d.action == Verdict::Keep)
-        .count();
+    let keep = decisions.iter().filter(|d| d.action.is_kept()).count();
     let policy = decisions.first().map_or("-", |d| &*d.policy);
     let dense = decisions.len() > DENSE_MARKS;
 
@@ -320,7 +314,7 @@ fn timeline(
         let these: Vec<&Decision> = decisions
             .iter()
             .copied()
-            .filter(|d| d.action == verdict)
+            .filter(|d| d.action.is_kept() == (verdict == Verdict::Keep))
             .collect();
         marks(h, scale, &these, y, class, colour, dense, |d| {
             format!(
@@ -615,11 +609,7 @@ mod tests {
         let (k, d) = plan.counts();
         assert_eq!(count(&h, "class=\"mark keep\""), k);
         assert_eq!(count(&h, "class=\"mark delete\""), d);
-        let still = proj
-            .decisions
-            .iter()
-            .filter(|d| d.action == Verdict::Keep)
-            .count();
+        let still = proj.decisions.iter().filter(|d| d.action.is_kept()).count();
         assert!(still >= 1 && still <= k, "{still} of {k}");
         assert_eq!(count(&h, "class=\"mark proj\""), still);
         assert!(h.contains("at 2026-01-20"));

@@ -28,7 +28,9 @@ pub use logarithmic::Logarithmic;
 pub use max_age::MaxAge;
 pub use parse::{Policies, PolicyError, PolicySpec};
 
-/// Keep or delete.
+// `ArchiveAfter`, `ArchiveCost` and `TierPrices` are defined below.
+
+/// Keep, delete, or keep in the archive tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
@@ -36,6 +38,17 @@ pub enum Verdict {
     Keep,
     /// The snapshot goes.
     Delete,
+    /// The snapshot stays, moved to the archive tier (`ModifySnapshotTier`).
+    /// Only the planner gives it, never a policy: a policy's `Archive` is
+    /// read as `Keep`.
+    Archive,
+}
+
+impl Verdict {
+    /// Whether the snapshot stays (kept or archived).
+    pub fn is_kept(self) -> bool {
+        self != Self::Delete
+    }
 }
 
 /// Why a verdict was reached. Formatted only when shown.
@@ -77,6 +90,13 @@ pub enum Reason {
     MinKeep(usize),
     /// A user policy's own words.
     Custom(String),
+    /// Kept (for `kept`), and older than `after`: to the archive tier.
+    Archive {
+        /// Why the policy (or a guard) keeps it.
+        kept: Box<Reason>,
+        /// The `archive_after` in force, as written (`90d`).
+        after: String,
+    },
 }
 
 pub(crate) fn ts(t: &Timestamp) -> String {
@@ -105,6 +125,9 @@ impl fmt::Display for Reason {
             Self::Preserved => f.write_str("guard: tagged preserve_snapshot"),
             Self::MinKeep(n) => write!(f, "guard: keep at least {n} per lineage"),
             Self::Custom(s) => f.write_str(s),
+            Self::Archive { kept, after } => {
+                write!(f, "{kept}; older than {after}: to the archive tier")
+            }
         }
     }
 }
@@ -190,6 +213,10 @@ pub struct Decision {
     pub region: Option<Region>,
     /// The policy that decided (or that the guards overrode).
     pub policy: Arc<str>,
+    /// Size of its source volume in GiB (what the archive tier bills: a
+    /// full snapshot is at most this), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_gib: Option<i32>,
 }
 
 /// The decisions for an inventory, in lineage and time order.
@@ -211,11 +238,83 @@ impl Plan {
             .filter(|d| d.action == Verdict::Delete)
     }
 
-    /// `(kept, deleted)`.
+    /// The decisions to move to the archive tier.
+    pub fn archives(&self) -> impl Iterator<Item = &Decision> {
+        self.decisions
+            .iter()
+            .filter(|d| d.action == Verdict::Archive)
+    }
+
+    /// What the plan's archives move and what they change in the monthly
+    /// bill at `prices` (every decision priced alike: plan one region at a
+    /// time, as `trim` does).
+    pub fn archive_cost(&self, prices: Option<TierPrices>) -> ArchiveCost {
+        let mut cost = ArchiveCost {
+            snapshots: 0,
+            bytes: 0,
+            unknown_size: 0,
+            prices,
+            monthly_difference: None,
+        };
+        let mut gib: u64 = 0;
+        for d in self.archives() {
+            cost.snapshots += 1;
+            match d.size_gib.and_then(|g| u64::try_from(g).ok()) {
+                Some(g) => gib += g,
+                None => cost.unknown_size += 1,
+            }
+        }
+        cost.bytes = gib.saturating_mul(1 << 30);
+        cost.monthly_difference = prices.map(|p| {
+            let gib = gib as f64;
+            gib * p.archive_gb_month - gib * p.standard_gb_month
+        });
+        cost
+    }
+
+    /// `(kept, deleted)`; archived snapshots count as kept.
     pub fn counts(&self) -> (usize, usize) {
         let deleted = self.deletions().count();
         (self.decisions.len() - deleted, deleted)
     }
+}
+
+/// List prices of snapshot storage in one region, in USD per GB-month
+/// (EBS bills snapshots per GiB, which its price list calls GB).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierPrices {
+    /// The standard tier (billed for the blocks a snapshot adds).
+    pub standard_gb_month: f64,
+    /// The archive tier (billed for the full snapshot).
+    pub archive_gb_month: f64,
+}
+
+impl TierPrices {
+    /// us-east-1's list prices: standard $0.05, archive $0.0125.
+    pub const US_EAST_1: TierPrices = TierPrices {
+        standard_gb_month: 0.05,
+        archive_gb_month: 0.0125,
+    };
+}
+
+/// The archives of a plan, in bytes and in the monthly bill.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ArchiveCost {
+    /// Snapshots moving to the archive tier.
+    pub snapshots: usize,
+    /// Their full size in bytes (the source volumes' sizes: an upper
+    /// bound of what the archive tier bills).
+    pub bytes: u64,
+    /// Snapshots of unknown size (not in `bytes`).
+    pub unknown_size: usize,
+    /// The prices used, when the region has any.
+    pub prices: Option<TierPrices>,
+    /// Archive minus standard per month, in USD, for `bytes` at list
+    /// prices, as if the standard tier billed each snapshot in full
+    /// (negative: a saving). The standard tier bills only the blocks a
+    /// snapshot adds to its lineage, so the real saving is at most this.
+    pub monthly_difference: Option<f64>,
 }
 
 /// The safety guards, applied after any policy.
@@ -245,6 +344,44 @@ pub struct Planner<'a> {
     default: &'a dyn RetentionPolicy,
     overrides: HashMap<String, &'a dyn RetentionPolicy>,
     guards: Guards,
+    archive_after: Option<ArchiveAfter>,
+    archive_overrides: HashMap<String, Option<ArchiveAfter>>,
+}
+
+/// After how long a kept snapshot moves to the archive tier
+/// (`[retention] archive_after = "90d"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveAfter {
+    /// The age.
+    pub age: jiff::SignedDuration,
+    /// As written, for reasons (`90d`).
+    pub written: String,
+}
+
+impl std::str::FromStr for ArchiveAfter {
+    type Err = PolicyError;
+
+    /// Days and/or hours (`90d`, `36h`, `1d12h`), as `max-age:` takes them;
+    /// `0d` archives every kept snapshot but the newest of its lineage.
+    fn from_str(s: &str) -> Result<Self, PolicyError> {
+        let t = s.trim();
+        // `0d`, `0h`: a duration of nothing, which `max-age:` refuses.
+        if ["0", "0d", "0h"].contains(&t) {
+            return Ok(Self {
+                age: jiff::SignedDuration::ZERO,
+                written: t.to_owned(),
+            });
+        }
+        let age = parse::parse_age(t)
+            .map_err(|_| PolicyError::ArchiveAfter(s.chars().take(40).collect()))?;
+        if age < jiff::SignedDuration::ZERO {
+            return Err(PolicyError::ArchiveAfter(s.chars().take(40).collect()));
+        }
+        Ok(Self {
+            age,
+            written: s.trim().to_owned(),
+        })
+    }
 }
 
 impl<'a> Planner<'a> {
@@ -254,7 +391,30 @@ impl<'a> Planner<'a> {
             default,
             overrides: HashMap::new(),
             guards: Guards::default(),
+            archive_after: None,
+            archive_overrides: HashMap::new(),
         }
+    }
+
+    /// Moves kept snapshots older than `after` to the archive tier (never
+    /// the newest of a lineage, one that backs an AMI or one already
+    /// archived); `None`: never.
+    #[must_use]
+    pub fn with_archive_after(mut self, after: Option<ArchiveAfter>) -> Self {
+        self.archive_after = after;
+        self
+    }
+
+    /// Uses `after` for the lineage `lineage` (a volume alias's own
+    /// `archive_after`; `None`: never archive it).
+    #[must_use]
+    pub fn with_lineage_archive_after(
+        mut self,
+        lineage: impl Into<String>,
+        after: Option<ArchiveAfter>,
+    ) -> Self {
+        self.archive_overrides.insert(lineage.into(), after);
+        self
     }
 
     /// Uses `policy` for the lineage `lineage` (a volume alias's strategy).
@@ -273,6 +433,14 @@ impl<'a> Planner<'a> {
     pub fn with_guards(mut self, guards: Guards) -> Self {
         self.guards = guards;
         self
+    }
+
+    fn backs_ami(&self, s: &Snapshot) -> bool {
+        self.guards
+            .ami_backed
+            .as_ref()
+            .is_some_and(|a| a.contains(&s.id))
+            || description_names_ami(s)
     }
 
     /// Plans the inventory.
@@ -320,6 +488,7 @@ impl<'a> Planner<'a> {
                 start_time: s.start_time,
                 region: s.region.clone(),
                 policy: policy_name.clone(),
+                size_gib: s.volume_size_gib,
             };
 
             let (eligible, others): (Vec<&Snapshot>, Vec<&Snapshot>) =
@@ -347,13 +516,7 @@ impl<'a> Planner<'a> {
                     Some(Reason::NewestCompleted)
                 } else if is_preserved(s) {
                     Some(Reason::Preserved)
-                } else if self
-                    .guards
-                    .ami_backed
-                    .as_ref()
-                    .is_some_and(|a| a.contains(&s.id))
-                    || description_names_ami(s)
-                {
+                } else if self.backs_ami(s) {
                     Some(Reason::BacksAmi)
                 } else {
                     None
@@ -370,6 +533,38 @@ impl<'a> Planner<'a> {
                 if v.0 == Verdict::Delete {
                     *v = (Verdict::Keep, Reason::MinKeep(min_keep));
                     kept += 1;
+                }
+            }
+
+            // A policy's own "archive" is a keep: only the planner archives.
+            for v in &mut verdicts {
+                if v.0 == Verdict::Archive {
+                    v.0 = Verdict::Keep;
+                }
+            }
+            let archive_after = match self.archive_overrides.get(lineage.as_ref()) {
+                Some(a) => a.as_ref(),
+                None => self.archive_after.as_ref(),
+            };
+            if let Some(after) = archive_after {
+                let newest = eligible.len().saturating_sub(1);
+                for (i, s) in eligible.iter().enumerate() {
+                    if verdicts[i].0 != Verdict::Keep
+                        || i == newest
+                        || s.storage_tier != ec2kit::StorageTier::Standard
+                        || self.backs_ami(s)
+                        || now.duration_since(s.start_time) < after.age
+                    {
+                        continue;
+                    }
+                    let kept = std::mem::replace(&mut verdicts[i].1, Reason::NoRule);
+                    verdicts[i] = (
+                        Verdict::Archive,
+                        Reason::Archive {
+                            kept: Box::new(kept),
+                            after: after.written.clone(),
+                        },
+                    );
                 }
             }
 
@@ -429,7 +624,7 @@ pub(crate) mod testutil {
     pub(crate) fn kept_times(plan: &Plan) -> Vec<String> {
         plan.decisions
             .iter()
-            .filter(|d| d.action == Verdict::Keep)
+            .filter(|d| d.action.is_kept())
             .map(|d| ts(&d.start_time))
             .collect()
     }

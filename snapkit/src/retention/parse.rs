@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use ec2kit::Snapshot;
 use jiff::{SignedDuration, Timestamp};
 
-use super::{Gfs, GfsDuration, Guards, Logarithmic, MaxAge, Plan, Planner, RetentionPolicy};
+use super::{
+    ArchiveAfter, Gfs, GfsDuration, Guards, Logarithmic, MaxAge, Plan, Planner, RetentionPolicy,
+};
 
 /// A policy that could not be chosen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +36,9 @@ pub enum PolicyError {
         /// The count given.
         count: i64,
     },
+    /// An `archive_after` that is not a positive duration.
+    #[error("invalid archive_after {0:?}: expected days and/or hours, e.g. 90d")]
+    ArchiveAfter(String),
     /// A `within` duration out of range.
     #[error("keep-within {0}: at most {max} years in all", max = super::gfs::MAX_YEARS)]
     Within(String),
@@ -128,6 +133,11 @@ pub struct Policies {
     pub per_lineage: HashMap<String, PolicySpec>,
     /// Completed snapshots kept per lineage whatever the policy (at least 1).
     pub min_keep: usize,
+    /// Kept snapshots older than this move to the archive tier; `None`:
+    /// never.
+    pub archive_after: Option<ArchiveAfter>,
+    /// Per lineage (a volume id): its own `archive_after` (`None`: never).
+    pub per_lineage_archive_after: HashMap<String, Option<ArchiveAfter>>,
 }
 
 impl Policies {
@@ -137,7 +147,27 @@ impl Policies {
             default,
             per_lineage: HashMap::new(),
             min_keep: 1,
+            archive_after: None,
+            per_lineage_archive_after: HashMap::new(),
         }
+    }
+
+    /// Moves kept snapshots older than `after` to the archive tier.
+    #[must_use]
+    pub fn with_archive_after(mut self, after: Option<ArchiveAfter>) -> Self {
+        self.archive_after = after;
+        self
+    }
+
+    /// Uses `after` for `lineage` (a volume id; `None`: never archive it).
+    #[must_use]
+    pub fn with_lineage_archive_after(
+        mut self,
+        lineage: impl Into<String>,
+        after: Option<ArchiveAfter>,
+    ) -> Self {
+        self.per_lineage_archive_after.insert(lineage.into(), after);
+        self
     }
 
     /// Uses `policy` for `lineage` (a volume id).
@@ -159,9 +189,14 @@ impl Policies {
     /// `min_keep` these policies set).
     pub fn plan(&self, snapshots: &[Snapshot], now: Timestamp, mut guards: Guards) -> Plan {
         guards.min_keep = self.min_keep;
-        let mut planner = Planner::new(self.default.policy()).with_guards(guards);
+        let mut planner = Planner::new(self.default.policy())
+            .with_guards(guards)
+            .with_archive_after(self.archive_after.clone());
         for (lineage, spec) in &self.per_lineage {
             planner = planner.with_lineage_policy(lineage.clone(), spec.policy());
+        }
+        for (lineage, after) in &self.per_lineage_archive_after {
+            planner = planner.with_lineage_archive_after(lineage.clone(), after.clone());
         }
         planner.plan(snapshots, now)
     }
@@ -188,7 +223,7 @@ impl Policies {
     }
 }
 
-fn parse_age(s: &str) -> Result<SignedDuration, PolicyError> {
+pub(crate) fn parse_age(s: &str) -> Result<SignedDuration, PolicyError> {
     s.parse::<GfsDuration>()
         .map_err(|e| PolicyError::MaxAge(e.0))?
         .fixed()

@@ -656,3 +656,212 @@ fn a_within_beyond_any_date_keeps_everything_and_never_panics() {
     }
     assert!("20000y".parse::<GfsDuration>().is_err());
 }
+
+// ---- Archive tier ------------------------------------------------------------
+
+fn ninety_days() -> ArchiveAfter {
+    "90d".parse().unwrap()
+}
+
+/// Daily snapshots for 200 days, kept by a gfs of 7 daily and 12 monthly:
+/// the kept ones older than 90 days go to the archive tier, except the
+/// one that backs an AMI and the one already archived; deletions are the
+/// same as without `archive_after`.
+#[test]
+fn archive_after_archives_old_kept_snapshots_only() {
+    let start = at("2024-01-01T03:00:00Z");
+    let mut snaps: Vec<Snapshot> = (0..200)
+        .map(|d| {
+            let t = start
+                .checked_add(SignedDuration::from_hours(24 * d))
+                .unwrap();
+            let mut s = snap(d as u64, "vol-0000000000000000a", &t.to_string());
+            s.volume_size_gib = Some(8);
+            s
+        })
+        .collect();
+    let now = start
+        .checked_add(SignedDuration::from_hours(24 * 200))
+        .unwrap();
+    let gfs = Gfs {
+        keep_daily: Some(7),
+        keep_monthly: Some(12),
+        ..Gfs::default()
+    };
+    // The first of February backs an AMI; the first of March is archived.
+    let ami_backed = snaps[31].id.clone();
+    snaps[60].storage_tier = ec2kit::StorageTier::Archive;
+    let guards = || Guards {
+        ami_backed: Some(HashSet::from([ami_backed.clone()])),
+        ..Guards::default()
+    };
+    let without = Planner::new(&gfs).with_guards(guards()).plan(&snaps, now);
+    let with = Planner::new(&gfs)
+        .with_guards(guards())
+        .with_archive_after(Some(ninety_days()))
+        .plan(&snaps, now);
+    let ids = |p: &Plan, v: Verdict| -> Vec<SnapshotId> {
+        p.decisions
+            .iter()
+            .filter(|d| d.action == v)
+            .map(|d| d.id.clone())
+            .collect()
+    };
+    assert_eq!(ids(&with, Verdict::Delete), ids(&without, Verdict::Delete));
+    let archived: Vec<String> = with.archives().map(|d| ts(&d.start_time)).collect();
+    // Kept monthlies older than 90 days: January (the oldest monthly, the
+    // 1st's monthly is the last of the month), minus the AMI and the
+    // archived one.
+    assert!(!archived.is_empty());
+    for d in with.archives() {
+        assert!(now.duration_since(d.start_time) >= SignedDuration::from_hours(90 * 24));
+        assert_ne!(d.id, ami_backed);
+        assert_ne!(d.id, snaps[60].id);
+        let why = d.reason.to_string();
+        assert!(
+            why.ends_with("; older than 90d: to the archive tier"),
+            "{why}"
+        );
+        assert!(why.contains("monthly"), "{why}");
+    }
+    // Every kept standard snapshot older than 90 days, not backing the AMI,
+    // is archived.
+    let old_kept: Vec<String> = without
+        .decisions
+        .iter()
+        .filter(|d| d.action == Verdict::Keep)
+        .filter(|d| now.duration_since(d.start_time) >= SignedDuration::from_hours(90 * 24))
+        .filter(|d| d.id != ami_backed && d.id != snaps[60].id)
+        .map(|d| ts(&d.start_time))
+        .collect();
+    assert_eq!(archived, old_kept);
+    let cost = with.archive_cost(Some(TierPrices::US_EAST_1));
+    assert_eq!(cost.snapshots, archived.len());
+    assert_eq!(cost.bytes, archived.len() as u64 * 8 * (1 << 30));
+    let diff = cost.monthly_difference.unwrap();
+    assert!(
+        (diff - archived.len() as f64 * 8.0 * (0.0125 - 0.05)).abs() < 1e-9,
+        "{diff}"
+    );
+    assert_eq!(with.archive_cost(None).monthly_difference, None);
+}
+
+#[test]
+fn the_newest_is_never_archived_and_a_lineage_can_opt_out() {
+    let snaps = vec![
+        snap(1, "vol-0000000000000000a", "2020-01-01T00:00:00Z"),
+        snap(2, "vol-0000000000000000a", "2020-02-01T00:00:00Z"),
+        snap(3, "vol-0000000000000000b", "2020-01-01T00:00:00Z"),
+        snap(4, "vol-0000000000000000b", "2020-02-01T00:00:00Z"),
+    ];
+    let keep_all = MaxAge::new(SignedDuration::from_hours(24 * 365 * 100));
+    let now = at("2025-01-01T00:00:00Z");
+    let plan = Planner::new(&keep_all)
+        .with_archive_after(Some(ninety_days()))
+        .with_lineage_archive_after("vol-0000000000000000b", None)
+        .plan(&snaps, now);
+    let archived: Vec<&str> = plan.archives().map(|d| d.id.as_str()).collect();
+    assert_eq!(archived, ["snap-00000000000000001"]);
+    assert_eq!(plan.counts(), (4, 0), "archived snapshots count as kept");
+    for bad in ["-3d", "soon", ""] {
+        assert!(bad.parse::<ArchiveAfter>().is_err(), "{bad}");
+    }
+}
+
+/// Some of an inventory's completed snapshots already archived (by id).
+fn with_some_archived(snaps: &[Snapshot], every: u64) -> Vec<Snapshot> {
+    snaps
+        .iter()
+        .cloned()
+        .map(|mut s| {
+            let n = u64::from_str_radix(s.id.as_str().trim_start_matches("snap-"), 16).unwrap_or(1);
+            if n % every == 0 {
+                s.storage_tier = ec2kit::StorageTier::Archive;
+            }
+            s
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// `archive_after` never changes what is deleted; archived snapshots
+    /// count like standard ones; the newest completed snapshot of a
+    /// lineage, an AMI's snapshot and an archived one are never archived,
+    /// and nothing younger than `archive_after` is.
+    #[test]
+    fn archiving_never_touches_the_newest_or_an_ami_nor_changes_deletions(
+        (snaps, ami) in arb_inventory(),
+        spec in arb_policy(),
+        min_keep in 1usize..4,
+        now_hours in 0i64..(4 * 365 * 24),
+        after_days in 0i64..400,
+        every in 2u64..6,
+    ) {
+        let now = at("2022-01-01T00:00:00Z").checked_add(SignedDuration::from_hours(now_hours)).unwrap();
+        let guards = || Guards { min_keep, adopt_unowned: false, ami_backed: Some(ami.clone()) };
+        let tiered = with_some_archived(&snaps, every);
+        let after: ArchiveAfter = format!("{after_days}d").parse().unwrap();
+        let plain = Planner::new(spec.policy()).with_guards(guards()).plan(&snaps, now);
+        let plain_tiered = Planner::new(spec.policy()).with_guards(guards()).plan(&tiered, now);
+        let plan = Planner::new(spec.policy())
+            .with_guards(guards())
+            .with_archive_after(Some(after.clone()))
+            .plan(&tiered, now);
+        let deleted = |p: &Plan| p.deletions().map(|d| d.id.clone()).collect::<Vec<_>>();
+        // Archived snapshots count for the policy like standard ones.
+        prop_assert_eq!(deleted(&plain_tiered), deleted(&plain));
+        // Archiving deletes neither more nor less.
+        prop_assert_eq!(deleted(&plan), deleted(&plain));
+        prop_assert_eq!(plan.decisions.len(), snaps.len());
+
+        let by_id: std::collections::HashMap<_, _> = tiered.iter().map(|s| (s.id.clone(), s)).collect();
+        let mut newest: std::collections::HashMap<String, &Snapshot> = Default::default();
+        for s in tiered.iter().filter(|s| s.state == SnapshotState::Completed && crate::lineage::is_owned(s)) {
+            let e = newest.entry(crate::lineage::lineage_of(s)).or_insert(s);
+            if (s.start_time, &s.id) > (e.start_time, &e.id) {
+                *e = s;
+            }
+        }
+        let newest: HashSet<SnapshotId> = newest.values().map(|s| s.id.clone()).collect();
+        for d in plan.archives() {
+            let s = by_id[&d.id];
+            prop_assert!(!newest.contains(&s.id), "archived the newest of a lineage");
+            prop_assert!(!ami.contains(&s.id), "archived an AMI's snapshot");
+            prop_assert_eq!(&s.storage_tier, &ec2kit::StorageTier::Standard, "archived an archived snapshot");
+            prop_assert_eq!(&s.state, &SnapshotState::Completed);
+            prop_assert!(crate::lineage::is_owned(s));
+            prop_assert!(now.duration_since(s.start_time) >= after.age, "archived a young snapshot");
+            prop_assert!(matches!(d.reason, Reason::Archive { .. }), "reason {}", d.reason);
+        }
+        // Every kept, standard, old enough, non-newest, non-AMI snapshot
+        // that the plain plan keeps is archived.
+        let plain_tiered_keep: HashSet<SnapshotId> = plain_tiered.decisions.iter()
+            .filter(|d| d.action == Verdict::Keep).map(|d| d.id.clone()).collect();
+        let archived: HashSet<SnapshotId> = plan.archives().map(|d| d.id.clone()).collect();
+        for s in &tiered {
+            let want = plain_tiered_keep.contains(&s.id)
+                && s.state == SnapshotState::Completed
+                && crate::lineage::is_owned(s)
+                && !newest.contains(&s.id)
+                && !ami.contains(&s.id)
+                && !crate::lineage::description_names_ami(s)
+                && s.storage_tier == ec2kit::StorageTier::Standard
+                && now.duration_since(s.start_time) >= after.age;
+            prop_assert_eq!(archived.contains(&s.id), want, "{}", s.id);
+        }
+    }
+}
+
+#[test]
+fn zero_archive_after_is_accepted() {
+    for zero in ["0", "0d", "0h"] {
+        let a: ArchiveAfter = zero.parse().unwrap();
+        assert_eq!(a.age, SignedDuration::ZERO);
+    }
+    assert_eq!(
+        "90d".parse::<ArchiveAfter>().unwrap().age,
+        SignedDuration::from_hours(90 * 24)
+    );
+}

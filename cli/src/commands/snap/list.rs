@@ -42,7 +42,8 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         OutputFormat::Json => output::json(&all)?,
         OutputFormat::Table => output::table(
             &[
-                "REGION", "SNAPSHOT", "LINEAGE", "TAKEN", "STATE", "SIZE", "INSTANCE", "DEVICE",
+                "REGION", "SNAPSHOT", "LINEAGE", "TAKEN", "STATE", "TIER", "SIZE", "INSTANCE",
+                "DEVICE",
             ],
             all.iter().map(|s| {
                 vec![
@@ -51,6 +52,7 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                     snapkit::lineage::lineage_of(s),
                     s.start_time.strftime("%Y-%m-%d %H:%M").to_string(),
                     s.state.to_string(),
+                    s.storage_tier.to_string(),
                     s.volume_size_gib.map_or("-".into(), |g| format!("{g} GiB")),
                     output::or_dash(s.tags.get(snapkit::lineage::tags::INSTANCE)),
                     snapkit::backup::device_of(s).unwrap_or_else(|| "-".into()),

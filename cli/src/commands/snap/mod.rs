@@ -8,6 +8,7 @@ pub(crate) mod mount;
 pub(crate) mod plan;
 pub(crate) mod policy;
 pub(crate) mod replicate;
+pub(crate) mod tier;
 pub(crate) mod trim;
 
 use crate::notify::Watch;
@@ -160,6 +161,9 @@ pub(crate) enum SnapCommand {
     Unmount(mount::UnmountArgs),
     /// Remove mount volumes left behind by crashed runs.
     Cleanup(mount::CleanupArgs),
+    /// Bring an archived snapshot back from the archive tier, for some days
+    /// (--days) or for good (--permanent).
+    RestoreTier(tier::RestoreArgs),
 }
 
 /// Runs `ektool snap …`: `backup`, `trim`, `check` and `replicate` with
@@ -209,5 +213,6 @@ pub(crate) async fn exec(ctx: &Context, cmd: SnapCommand) -> Result<(), CliError
         SnapCommand::Mount(a) => mount::exec_mount(ctx, a).await,
         SnapCommand::Unmount(a) => mount::exec_unmount(ctx, a).await,
         SnapCommand::Cleanup(a) => mount::exec_cleanup(ctx, a).await,
+        SnapCommand::RestoreTier(a) => tier::exec_restore(ctx, a).await,
     }
 }

@@ -112,8 +112,14 @@ pub(crate) fn print_plan(ctx: &Context, plan: &Plan) -> Result<(), CliError> {
                 },
             )?;
             let (keep, delete) = plan.counts();
+            let archive = plan.archives().count();
+            let archive = if archive > 0 {
+                format!(" ({archive} to the archive tier)")
+            } else {
+                String::new()
+            };
             println!(
-                "\nkeep {keep}, delete {delete} (policy {})",
+                "\nkeep {keep}{archive}, delete {delete} (policy {})",
                 plan.decisions.first().map_or("-", |d| &*d.policy)
             );
             Ok(())

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use snapkit::retention::{Gfs, GfsDuration, Policies, PolicyError, PolicySpec};
+use snapkit::retention::{ArchiveAfter, Gfs, GfsDuration, Policies, PolicyError, PolicySpec};
 
 use crate::config::{Config, PoliciesError};
 use crate::error::CliError;
@@ -46,6 +46,25 @@ pub(crate) struct PolicyArgs {
     /// (default: config, 1).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub min_keep: Option<u16>,
+    /// Move kept snapshots older than this to the archive tier (`90d`;
+    /// never the newest of a lineage nor an AMI's), or `never`; for every
+    /// lineage. Default: the config's `retention.archive_after`, per
+    /// volume alias its own.
+    #[arg(long, value_name = "DURATION|never", value_parser = archive_after)]
+    pub archive_after: Option<ArchiveFlag>,
+}
+
+/// `--archive-after`: a duration or `never`.
+#[derive(Debug, Clone)]
+pub(crate) struct ArchiveFlag(Option<ArchiveAfter>);
+
+fn archive_after(s: &str) -> Result<ArchiveFlag, String> {
+    if s.trim() == "never" {
+        return Ok(ArchiveFlag(None));
+    }
+    s.parse()
+        .map(|a| ArchiveFlag(Some(a)))
+        .map_err(|e: PolicyError| e.to_string())
 }
 
 impl PolicyArgs {
@@ -91,11 +110,15 @@ impl PolicyArgs {
         let min_keep = self.min_keep.map_or(r.min_keep, usize::from).max(1);
         let policies = match cli_policy {
             // An explicit policy applies to every lineage.
-            Some(default) => Policies {
-                default,
-                per_lineage: HashMap::new(),
-                min_keep,
-            },
+            Some(default) => {
+                let (archive_after, per_lineage_archive_after) = config.archive_after();
+                Policies {
+                    per_lineage: HashMap::new(),
+                    archive_after,
+                    per_lineage_archive_after,
+                    ..Policies::new(default)
+                }
+            }
             None => config.policies().map_err(|e| match e {
                 PoliciesError::Alias { alias, source } => {
                     CliError::Usage(format!("volume alias {alias}: {}", with_flags(&source)))
@@ -105,6 +128,15 @@ impl PolicyArgs {
                 }
                 e => CliError::Usage(e.to_string()),
             })?,
+        };
+        let policies = match &self.archive_after {
+            // An explicit archive_after applies to every lineage.
+            Some(ArchiveFlag(a)) => Policies {
+                archive_after: a.clone(),
+                per_lineage_archive_after: HashMap::new(),
+                ..policies
+            },
+            None => policies,
         };
         Ok(Policies {
             min_keep,
@@ -162,6 +194,63 @@ mod tests {
             p.per_lineage["vol-0123abcd"],
             PolicySpec::MaxAge(MaxAge::ONEWEEK_ROLLING)
         );
+    }
+
+    #[test]
+    fn archive_after_comes_from_the_flag_else_the_config_and_aliases() {
+        let c = Config::parse(
+            "[retention]\narchive_after = \"90d\"\n\
+             [retention.prices.\"eu-west-1\"]\nstandard_gb_month = 0.06\narchive_gb_month = 0.015\n\
+             [volumes.db]\nvolume_id = \"vol-0123abcd\"\narchive_after = \"never\"\n\
+             [volumes.logs]\nvolume_id = \"vol-0456abcd\"\narchive_after = \"30d\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let days = |d: i64| jiff::SignedDuration::from_hours(24 * d);
+        let p = PolicyArgs::default().resolve(&c).unwrap();
+        assert_eq!(p.archive_after.as_ref().map(|a| a.age), Some(days(90)));
+        assert_eq!(p.per_lineage_archive_after["vol-0123abcd"], None);
+        assert_eq!(
+            p.per_lineage_archive_after["vol-0456abcd"]
+                .as_ref()
+                .map(|a| a.age),
+            Some(days(30))
+        );
+        // An explicit policy keeps the archive settings.
+        let p = PolicyArgs {
+            policy: Some("oneday_rolling".into()),
+            ..Default::default()
+        }
+        .resolve(&c)
+        .unwrap();
+        assert_eq!(p.archive_after.as_ref().map(|a| a.age), Some(days(90)));
+        assert_eq!(p.per_lineage_archive_after.len(), 2);
+        // The flag wins for every lineage.
+        let p = PolicyArgs {
+            archive_after: Some(archive_after("never").unwrap()),
+            ..Default::default()
+        }
+        .resolve(&c)
+        .unwrap();
+        assert_eq!(p.archive_after, None);
+        assert!(p.per_lineage_archive_after.is_empty());
+        assert!(archive_after("soon").is_err());
+        // Prices: the table's, us-east-1's defaults, none elsewhere.
+        let r = &c.retention;
+        assert_eq!(r.tier_prices("eu-west-1").unwrap().standard_gb_month, 0.06);
+        assert_eq!(
+            r.tier_prices("us-east-1"),
+            Some(snapkit::retention::TierPrices::US_EAST_1)
+        );
+        assert_eq!(r.tier_prices("ap-south-1"), None);
+        // A bad value is an error where it is written.
+        let e = Config::parse(
+            "[retention]\narchive_after = \"soon\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("archive_after"), "{e}");
     }
 
     #[test]

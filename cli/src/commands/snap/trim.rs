@@ -4,7 +4,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use ec2kit::{Ec2, Region};
 use serde::Serialize;
-use snapkit::retention::{Decision, Plan};
+use snapkit::retention::{ArchiveCost, Decision, Plan};
 use snapkit::trim::{self, Scope, TrimEvent, TrimReport};
 
 use super::plan::{PlanFormat, parse_now, print_html, print_plan};
@@ -50,7 +50,7 @@ pub(crate) struct Args {
 
 /// Asks `question` on `out` and reads one line from `input`: only `y` or
 /// `yes` (any case) is a yes; end of input is a no.
-fn confirm(question: &str, input: &mut dyn BufRead, out: &mut dyn Write) -> bool {
+pub(crate) fn confirm(question: &str, input: &mut dyn BufRead, out: &mut dyn Write) -> bool {
     let _ = write!(out, "{question} [y/N] ");
     let _ = out.flush();
     let mut answer = String::new();
@@ -72,8 +72,43 @@ pub(crate) struct BrokenArgs {
 struct RegionTrim<'a> {
     region: &'a Region,
     plan: &'a [Decision],
+    /// Only when the plan archives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    archive_cost: Option<ArchiveCost>,
     #[serde(skip_serializing_if = "Option::is_none")]
     applied: Option<&'a TrimReport>,
+}
+
+/// The cost line of a plan that archives: `None` when it archives nothing.
+fn archive_cost(ctx: &Context, region: &Region, plan: &Plan) -> Option<ArchiveCost> {
+    plan.archives().next()?;
+    Some(plan.archive_cost(ctx.config.retention.tier_prices(region.as_str())))
+}
+
+/// `archive 3 snapshots, 24 GiB (25769803776 bytes): -$0.90/month at list prices`.
+fn cost_line(region: &Region, cost: &ArchiveCost) -> String {
+    let gib = cost.bytes as f64 / f64::from(1u32 << 30);
+    let mut line = format!(
+        "archive {} snapshot(s), {gib:.0} GiB ({} bytes) to the archive tier",
+        cost.snapshots, cost.bytes
+    );
+    if cost.unknown_size > 0 {
+        line.push_str(&format!(" (+{} of unknown size)", cost.unknown_size));
+    }
+    match (cost.monthly_difference, cost.prices) {
+        (Some(d), Some(p)) => line.push_str(&format!(
+            ": {}${:.2}/month at list prices (standard ${}/GB-month, archive ${}/GB-month; \
+             at most: the standard tier bills only changed blocks)",
+            if d < 0.0 { "-" } else { "+" },
+            d.abs(),
+            p.standard_gb_month,
+            p.archive_gb_month
+        )),
+        _ => line.push_str(&format!(
+            ": no list prices for {region} (set [retention.prices.\"{region}\"])"
+        )),
+    }
+    line
 }
 
 /// Plans per region, prints, and (without --dry-run) deletes.
@@ -130,8 +165,41 @@ pub(crate) async fn exec(
     // Every region is planned before anything is deleted: the cap and the
     // question are about the whole run.
     let total: usize = plans.iter().map(|(_, p, _)| p.deletions().count()).sum();
+    let archives: usize = plans.iter().map(|(_, p, _)| p.archives().count()).sum();
     let mut refused = None;
     let mut shown = false;
+    if !ctx.global.dry_run
+        && total == 0
+        && archives > 0
+        && !args.yes
+        && !ctx.config.retention.unattended_trim
+    {
+        // Archiving only: it changes the bill and the restore time, so it
+        // asks like deleting does.
+        if std::io::stdin().is_terminal() {
+            for (region, plan, _) in &plans {
+                if ctx.output() == OutputFormat::Table {
+                    println!("== {region}");
+                    print_plan(ctx, plan)?;
+                    if let Some(c) = archive_cost(ctx, region, plan) {
+                        println!("{}", cost_line(region, &c));
+                    }
+                }
+            }
+            shown = true;
+            let question = format!("archive {archives} snapshot(s)?");
+            let stdin = std::io::stdin();
+            if !confirm(&question, &mut stdin.lock(), &mut std::io::stderr()) {
+                return Err(CliError::Failed("not confirmed; nothing archived".into()));
+            }
+        } else {
+            refused = Some(CliError::Usage(format!(
+                "snap trim would archive {archives} snapshot(s) and there is no terminal to \
+                 ask: pass --yes (or set retention.unattended_trim = true); see the plan \
+                 with --dry-run"
+            )));
+        }
+    }
     if !ctx.global.dry_run && total > 0 {
         let cap = args
             .max_delete
@@ -152,10 +220,19 @@ pub(crate) async fn exec(
                     if ctx.output() == OutputFormat::Table {
                         println!("== {region}");
                         print_plan(ctx, plan)?;
+                        if let Some(c) = archive_cost(ctx, region, plan) {
+                            println!("{}", cost_line(region, &c));
+                        }
                     }
                 }
                 shown = true;
-                let question = format!("delete {total} snapshot(s) in {regions_with} region(s)?");
+                let question = if archives > 0 {
+                    format!(
+                        "delete {total} and archive {archives} snapshot(s) in {regions_with} region(s)?"
+                    )
+                } else {
+                    format!("delete {total} snapshot(s) in {regions_with} region(s)?")
+                };
                 let stdin = std::io::stdin();
                 if !confirm(&question, &mut stdin.lock(), &mut std::io::stderr()) {
                     return Err(CliError::Failed("not confirmed; nothing deleted".into()));
@@ -171,7 +248,7 @@ pub(crate) async fn exec(
     }
     if refused.is_none() && !ctx.global.dry_run {
         for (region, plan, report) in &mut plans {
-            if plan.deletions().next().is_some() {
+            if plan.deletions().next().is_some() || plan.archives().next().is_some() {
                 let r =
                     apply_with_progress(&ec2, plan, region, usize::from(args.concurrency)).await;
                 failed += r.failed();
@@ -185,25 +262,44 @@ pub(crate) async fn exec(
             OutputFormat::Json => json.push(RegionTrim {
                 region,
                 plan: &plan.decisions,
+                archive_cost: archive_cost(ctx, region, plan),
                 applied: report.as_ref(),
             }),
             OutputFormat::Table => {
                 if !shown {
                     println!("== {region}");
                     print_plan(ctx, plan)?;
+                    if let Some(c) = archive_cost(ctx, region, plan) {
+                        println!("{}", cost_line(region, &c));
+                    }
                 }
                 if let Some(r) = report {
-                    println!("{region}: deleted {}, failed {}", r.deleted(), r.failed());
+                    if plan.archives().next().is_some() {
+                        println!(
+                            "{region}: deleted {}, archived {}, failed {}",
+                            r.deleted(),
+                            r.archived(),
+                            r.failed()
+                        );
+                    } else {
+                        println!("{region}: deleted {}, failed {}", r.deleted(), r.failed());
+                    }
                     for f in r.results.iter().filter(|x| {
                         !matches!(
                             x.outcome,
-                            trim::Outcome::Deleted | trim::Outcome::AlreadyGone
+                            trim::Outcome::Deleted
+                                | trim::Outcome::AlreadyGone
+                                | trim::Outcome::Archived
                         )
                     }) {
                         eprintln!("error: {}: {:?}", f.id, f.outcome);
                     }
                 } else if ctx.global.dry_run {
-                    println!("dry run: nothing deleted");
+                    if plan.archives().next().is_some() {
+                        println!("dry run: nothing deleted, nothing archived");
+                    } else {
+                        println!("dry run: nothing deleted");
+                    }
                 }
             }
         }
@@ -239,8 +335,13 @@ async fn apply_with_progress(
     region: &Region,
     concurrency: usize,
 ) -> TrimReport {
-    let n = plan.deletions().count() as u64;
-    let bar = crate::progress::bar(n, &format!("deleting in {region}"));
+    let n = (plan.deletions().count() + plan.archives().count()) as u64;
+    let verb = if plan.archives().next().is_some() {
+        "trimming"
+    } else {
+        "deleting"
+    };
+    let bar = crate::progress::bar(n, &format!("{verb} in {region}"));
     let report = trim::apply(ec2, plan, region, concurrency, &|event| {
         if let TrimEvent::Applied(_) = event {
             bar.inc(1);
@@ -283,6 +384,7 @@ pub(crate) async fn exec_broken(ctx: &Context, args: BrokenArgs) -> Result<(), C
                 .map(|(r, p, a)| RegionTrim {
                     region: r,
                     plan: &p.decisions,
+                    archive_cost: None,
                     applied: a.as_ref(),
                 })
                 .collect();

@@ -911,6 +911,10 @@ pub struct HostEntry {
     pub host: String,
     /// Its roles (`web`, `worker`, `db`); none by default.
     pub roles: Vec<String>,
+    /// The bastion this host is reached through, over the environment's
+    /// `jump` (`[user@]host[:port]`; see
+    /// [`hosts::jump_for`](crate::hosts::jump_for)).
+    pub jump: Option<String>,
 }
 
 impl HostEntry {
@@ -922,7 +926,15 @@ impl HostEntry {
         Self {
             host: host.into(),
             roles: roles.into_iter().map(Into::into).collect(),
+            jump: None,
         }
+    }
+
+    /// The host reached through `jump`.
+    #[must_use]
+    pub fn via(mut self, jump: impl Into<String>) -> Self {
+        self.jump = Some(jump.into());
+        self
     }
 }
 
@@ -931,6 +943,7 @@ impl From<String> for HostEntry {
         Self {
             host,
             roles: Vec::new(),
+            jump: None,
         }
     }
 }
@@ -948,17 +961,24 @@ struct HostTable {
     host: String,
     #[serde(default, deserialize_with = "role_list")]
     roles: Vec<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "jump_target"
+    )]
+    jump: Option<String>,
 }
 
 impl Serialize for HostEntry {
-    /// A plain string without roles, else the table.
+    /// A plain string without roles or bastion, else the table.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.roles.is_empty() {
+        if self.roles.is_empty() && self.jump.is_none() {
             s.serialize_str(&self.host)
         } else {
             HostTable {
                 host: self.host.clone(),
                 roles: self.roles.clone(),
+                jump: self.jump.clone(),
             }
             .serialize(s)
         }
@@ -971,7 +991,9 @@ impl<'de> Deserialize<'de> for HostEntry {
         impl<'de> serde::de::Visitor<'de> for Visit {
             type Value = HostEntry;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a host (\"user@host:port\") or { host = \"…\", roles = [\"…\"] }")
+                f.write_str(
+                    "a host (\"user@host:port\") or { host = \"…\", roles = [\"…\"], jump = \"…\" }",
+                )
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HostEntry, E> {
                 Ok(v.into())
@@ -984,6 +1006,7 @@ impl<'de> Deserialize<'de> for HostEntry {
                 Ok(HostEntry {
                     host: t.host,
                     roles: t.roles,
+                    jump: t.jump,
                 })
             }
         }

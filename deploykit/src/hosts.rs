@@ -120,6 +120,8 @@ fn have_list(have: &[String]) -> String {
 struct Candidate {
     target: HostTarget,
     roles: Vec<String>,
+    /// Its own bastion, as written.
+    jump: Option<String>,
     /// How it is shown in [`HostsError::UnknownHost::have`].
     shown: String,
     /// What `only` may call it.
@@ -180,6 +182,8 @@ pub struct Selected {
     /// Its roles (those of its `hosts` entry, or of the EC2 source that
     /// found it; none for a load balancer's target).
     pub roles: Vec<String>,
+    /// Its own bastion (the `jump` of its `hosts` entry), as written.
+    pub jump: Option<String>,
 }
 
 /// [`resolve`], with each host's roles, also narrowed to the hosts having
@@ -224,6 +228,7 @@ pub async fn select_with(
         .map(|c| Selected {
             target: c.target,
             roles: c.roles,
+            jump: c.jump,
         })
         .collect())
 }
@@ -252,6 +257,7 @@ async fn named(
         all.push(Candidate {
             target,
             roles: entry.roles.clone(),
+            jump: entry.jump.clone(),
             shown: written.clone(),
             names,
         });
@@ -276,6 +282,7 @@ async fn named(
             all.push(Candidate {
                 target,
                 roles: Vec::new(),
+                jump: None,
                 shown,
                 names,
             });
@@ -338,6 +345,7 @@ async fn tagged(
             found.push(Candidate {
                 target,
                 roles: source.roles.clone(),
+                jump: None,
                 shown,
                 names,
             });
@@ -357,7 +365,25 @@ pub fn jump(
     over: Option<&str>,
     default_user: &str,
 ) -> Result<Option<SshTarget>, HostsError> {
-    let Some(written) = over.or(env.jump.as_deref()) else {
+    parse_jump(over.or(env.jump.as_deref()), default_user)
+}
+
+/// The bastion one host is reached through: `over` (`--jump`) if given,
+/// else the host's own `jump`, else the environment's (see [`jump`]).
+pub fn jump_for(
+    env: &Environment,
+    host: &Selected,
+    over: Option<&str>,
+    default_user: &str,
+) -> Result<Option<SshTarget>, HostsError> {
+    parse_jump(
+        over.or(host.jump.as_deref()).or(env.jump.as_deref()),
+        default_user,
+    )
+}
+
+fn parse_jump(written: Option<&str>, default_user: &str) -> Result<Option<SshTarget>, HostsError> {
+    let Some(written) = written else {
         return Ok(None);
     };
     let invalid = |source| HostsError::InvalidJump {
@@ -378,11 +404,11 @@ pub fn jump(
 pub fn connect_selected(
     env: &Environment,
     selected: &[Selected],
-    connect: impl Fn(&HostTarget) -> Arc<dyn Remote>,
+    connect: impl Fn(&Selected) -> Arc<dyn Remote>,
 ) -> Vec<Host> {
     selected
         .iter()
-        .map(|s| Host::new(connect(&s.target), env.path.as_str()).with_roles(s.roles.clone()))
+        .map(|s| Host::new(connect(s), env.path.as_str()).with_roles(s.roles.clone()))
         .collect()
 }
 
@@ -409,6 +435,39 @@ mod tests {
 
     fn env(hosts: &[&str]) -> Environment {
         Environment::new(hosts.iter().map(|h| (*h).to_owned()).collect(), "/srv/app").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_hosts_own_jump_is_over_the_environments_and_under_the_flag() {
+        let mut e: Environment = toml::from_str(
+            "hosts = [\"web1\", { host = \"db1\", jump = \"ops@bastion2\" }]\npath = \"/srv/app\"\n",
+        )
+        .unwrap();
+        // A plain entry stays a string; a table keeps its jump.
+        let back = toml::to_string(&e).unwrap();
+        assert!(
+            back.contains("\"web1\"") && back.contains("jump = \"ops@bastion2\""),
+            "{back}"
+        );
+        let sel = select(&e, None, "deploy", &[], &[]).await.unwrap();
+        let via = |s: &Selected, over: Option<&str>, e: &Environment| {
+            jump_for(e, s, over, "deploy")
+                .unwrap()
+                .map(|t| t.to_string())
+        };
+        assert_eq!(via(&sel[0], None, &e), None);
+        assert_eq!(via(&sel[1], None, &e).as_deref(), Some("ops@bastion2:22"));
+        e.jump = Some("bastion1".into());
+        assert_eq!(
+            via(&sel[0], None, &e).as_deref(),
+            Some("deploy@bastion1:22")
+        );
+        assert_eq!(via(&sel[1], None, &e).as_deref(), Some("ops@bastion2:22"));
+        assert_eq!(via(&sel[1], Some("x@b3"), &e).as_deref(), Some("x@b3:22"));
+        // A bad one is refused where it is written.
+        let bad: Result<Environment, _> =
+            toml::from_str("hosts = [{ host = \"db1\", jump = \"a b\" }]\npath = \"/srv/app\"\n");
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -59,9 +59,9 @@ pub(crate) async fn exec(ctx: &Context, cmd: DbCommand) -> Result<(), CliError> 
         ))
     })?;
     // The first host (of --host, else of the environment).
-    let host = targets(ctx, env, target, None).await?.remove(0);
-    let jump = super::deploy::jump(ctx, env, target)?;
-    let remote = ec2kit::connect_via(&host, &ctx.ssh_options(), jump.as_ref());
+    let reach = targets(ctx, env, target, None).await?.remove(0);
+    let host = reach.selected.target;
+    let remote = ec2kit::connect_via(&host, &ctx.ssh_options(), reach.jump.as_ref());
     match cmd {
         DbCommand::Dump(args) => {
             if ctx.global.dry_run {

@@ -72,8 +72,6 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     }
     // The bastion's key is checked against the real known_hosts, also on
     // a dry run (a new host's key may go to a private copy: see below).
-    let bastion = super::deploy::jump(ctx, env, &args.target)?
-        .map(|j| ec2kit::Bastion::shared(&j, &ctx.ssh_options()));
     let targets = targets(ctx, env, &args.target, args.user.as_deref()).await?;
     // First contact with every host before the run: the trust step asks
     // at the terminal. A dry run's private known_hosts copies live until
@@ -81,9 +79,14 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let mut nodes = Vec::with_capacity(targets.len());
     let mut known_hosts_copies = Vec::new();
     for t in &targets {
+        // One connection per bastion, shared by every host behind it.
+        let bastion = t
+            .jump
+            .as_ref()
+            .map(|j| ec2kit::Bastion::shared(j, &ctx.ssh_options()));
         let (node, scratch) = node(
             ctx,
-            t,
+            &t.selected.target,
             args.trust_host_key.as_deref(),
             bastion.as_ref(),
             &say,

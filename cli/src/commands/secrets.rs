@@ -36,11 +36,11 @@ pub(crate) async fn exec(ctx: &Context, cmd: SecretsCommand) -> Result<(), CliEr
     let (env_name, env) = environment(ctx, &args.target)?;
     let cfg = provision_config(env)?;
     // The first host (of --host, else of the environment).
-    let host = targets(ctx, env, &args.target, args.user.as_deref())
+    let reach = targets(ctx, env, &args.target, args.user.as_deref())
         .await?
         .remove(0);
-    let jump = super::deploy::jump(ctx, env, &args.target)?;
-    let shell = ec2kit::connect_via(&host, &ctx.ssh_options(), jump.as_ref());
+    let host = reach.selected.target;
+    let shell = ec2kit::connect_via(&host, &ctx.ssh_options(), reach.jump.as_ref());
     let Some(remote) = secrets::read_remote(shell.as_ref(), &cfg.layout()).await? else {
         return Err(CliError::Failed(format!(
             "{}: has no secrets for {env_name}",

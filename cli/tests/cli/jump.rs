@@ -89,6 +89,30 @@ hooks.build = [{{ run = "echo built > built.txt" }}]
         .run()
         .success()
         .stdout_has(&commit[..12]);
+    // A bastion of the host's own (`{ host, jump }`): the first host
+    // through it, the second, without one, unreachable.
+    let per_host = config("").replace(
+        &format!("\"{}\", ", first.host.target()),
+        &format!(
+            "{{ host = \"{}\", jump = \"{}\" }}, ",
+            first.host.target(),
+            bastion.host.target()
+        ),
+    );
+    assert_ne!(per_host, config(""));
+    std::fs::write(work.join("ektool.toml"), &per_host).unwrap();
+    let logins = bastion.logins();
+    ektool()
+        .args(&["releases", "--host", &first.host.target()])
+        .run()
+        .success()
+        .stdout_has(&commit[..12]);
+    assert_eq!(bastion.logins(), logins + 1, "{}", bastion.log());
+    ektool()
+        .args(&["releases", "--host", &second.host.target()])
+        .run()
+        .code(1)
+        .stderr_has("connection failed");
     // A bastion whose key is not trusted is refused, naming it.
     std::fs::write(
         &kh,

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploykit::{Deployer, Environment, Event, Host, ProvisionConfig};
-use ec2kit::HostTarget;
 
 use crate::context::{Context, expand_home};
 use crate::error::CliError;
@@ -139,57 +138,73 @@ async fn resolve(
 
 /// The environment's hosts as deploy hosts: a strict-host-key SSH shell
 /// each (or this machine for `localhost`), through the bastion of
-/// `--jump` or the environment's `jump` if there is one.
+/// `--jump`, else the host's own `jump`, else the environment's, if any.
 pub(crate) async fn hosts(
     ctx: &Context,
     env: &Environment,
     target: &Target,
 ) -> Result<Vec<Host>, CliError> {
-    let jump = jump(ctx, env, target)?;
-    let selected = resolve(ctx, env, target).await?;
+    let reach = targets_via(ctx, env, target, None, false).await?;
     let options = ctx.ssh_options();
-    Ok(deploykit::hosts::connect_selected(env, &selected, |t| {
-        ec2kit::connect_via(t, &options, jump.as_ref())
+    let selected: Vec<_> = reach.iter().map(|r| r.selected.clone()).collect();
+    Ok(deploykit::hosts::connect_selected(env, &selected, |s| {
+        let jump = reach
+            .iter()
+            .find(|r| r.selected == *s)
+            .and_then(|r| r.jump.as_ref());
+        ec2kit::connect_via(&s.target, &options, jump)
     }))
 }
 
-/// The bastion of `--jump`, or else the environment's `jump`, if any.
-pub(crate) fn jump(
-    ctx: &Context,
-    env: &Environment,
-    target: &Target,
-) -> Result<Option<ec2kit::SshTarget>, CliError> {
-    Ok(deploykit::hosts::jump(
-        env,
-        target.jump.as_deref(),
-        &ctx.ssh_user(),
-    )?)
+/// One selected host and the bastion it is reached through.
+pub(crate) struct Reach {
+    /// The host (its target with `--user` applied).
+    pub selected: deploykit::hosts::Selected,
+    /// Its bastion: `--jump`, else its own `jump`, else the environment's.
+    pub jump: Option<ec2kit::SshTarget>,
 }
 
 /// The environment's hosts for `provision`, `secrets get` and `db`
-/// (narrowed by `--host` and `--role`; none is an error), `user` (`--user`) logging
-/// in on each.
+/// (narrowed by `--host` and `--role`; none is an error), `user` (`--user`)
+/// logging in on each, with the bastion each is reached through.
 pub(crate) async fn targets(
     ctx: &Context,
     env: &Environment,
     target: &Target,
     user: Option<&str>,
-) -> Result<Vec<HostTarget>, CliError> {
-    let found: Vec<HostTarget> = resolve(ctx, env, target)
-        .await?
-        .into_iter()
-        .map(|s| s.target)
-        .collect();
-    if found.is_empty() {
+) -> Result<Vec<Reach>, CliError> {
+    targets_via(ctx, env, target, user, true).await
+}
+
+async fn targets_via(
+    ctx: &Context,
+    env: &Environment,
+    target: &Target,
+    user: Option<&str>,
+    required: bool,
+) -> Result<Vec<Reach>, CliError> {
+    let found = resolve(ctx, env, target).await?;
+    if required && found.is_empty() {
         return Err(CliError::Usage(
             "no hosts: list them in the environment's `hosts`, or find them by EC2 tag with `ec2`"
                 .into(),
         ));
     }
-    Ok(match user {
-        Some(u) => found.into_iter().map(|t| t.with_user(u)).collect(),
-        None => found,
-    })
+    found
+        .into_iter()
+        .map(|mut selected| {
+            let jump = deploykit::hosts::jump_for(
+                env,
+                &selected,
+                target.jump.as_deref(),
+                &ctx.ssh_user(),
+            )?;
+            if let Some(u) = user {
+                selected.target = selected.target.with_user(u);
+            }
+            Ok(Reach { selected, jump })
+        })
+        .collect()
 }
 
 /// The environment's provision config (or the defaults), validated, with

@@ -471,10 +471,17 @@ impl<'a> Verifier<'a> {
     /// stops answering: its volume is detached by force and deleted).
     /// Never fails as a whole: every problem is in the report.
     pub async fn verify(&self, connect: &Connect, host: &str, plan: &VerifyPlan) -> VerifyReport {
-        let verified_at = self.now();
+        // Whole seconds: the tag's precision.
+        let now = self.now();
+        let verified_at = Timestamp::from_second(now.as_second()).unwrap_or(now);
         let remote = reach(connect, host);
         let leftovers = self
-            .remove(remote.as_deref().ok(), &plan.leftovers, &plan.instance)
+            .remove(
+                remote.as_deref().ok(),
+                &plan.leftovers,
+                &plan.instance,
+                &plan.root,
+            )
             .await;
         let mut items = Vec::new();
         for t in &plan.targets {
@@ -498,17 +505,19 @@ impl<'a> Verifier<'a> {
     }
 
     /// Removes every volume a verify run left on `instance` (of this run
-    /// only, with `run`): unmounted on `remote` when it answers, else
-    /// detached by force; then deleted.
+    /// only, with `run`): unmounted on `remote` when it answers (what
+    /// still uses a mount under `root` is killed first), else detached by
+    /// force; then deleted.
     pub async fn clean_up(
         &self,
         remote: Option<&dyn Remote>,
         region: &Region,
         instance: &InstanceId,
         run: Option<&str>,
+        root: &str,
     ) -> Result<Vec<Cleaned>, VerifyError> {
         let found: Vec<MountVolume> = leftovers_of(self.ec2, region, instance, run).await?;
-        Ok(self.remove(remote, &found, instance).await)
+        Ok(self.remove(remote, &found, instance, root).await)
     }
 
     async fn remove(
@@ -516,13 +525,14 @@ impl<'a> Verifier<'a> {
         remote: Option<&dyn Remote>,
         volumes: &[MountVolume],
         instance: &InstanceId,
+        root: &str,
     ) -> Vec<Cleaned> {
         let mut out = Vec::new();
         for v in volumes {
             self.emit(VerifyEvent::CleaningUp {
                 volume: v.volume.clone(),
             });
-            let (done, error) = match self.undo(remote, v, instance).await {
+            let (done, error) = match self.undo(remote, v, instance, root).await {
                 Ok(r) => (Some(r), None),
                 Err(e) => (None, Some(error_chain(&e))),
             };
@@ -543,6 +553,7 @@ impl<'a> Verifier<'a> {
         remote: Option<&dyn Remote>,
         volume: &MountVolume,
         instance: &InstanceId,
+        root: &str,
     ) -> Result<UnmountReport, MountError> {
         let mounter = self.mounter();
         // Look again: the state may have moved on since the plan.
@@ -570,15 +581,18 @@ impl<'a> Verifier<'a> {
         }
         if let (Some(r), Some(mp)) = (remote, current.mountpoint.as_deref())
             && current.attached
-            && mount::check_mountpoint(mp).is_ok()
+            && mount::check_mountpoint_under(mp, root).is_ok()
         {
             // Whatever still holds the filesystem (a check left running
-            // by an interrupted run) would keep it from unmounting.
+            // by an interrupted run) would keep it from unmounting. Only
+            // under the mount root (a tag can be rewritten by anyone), and
+            // only when something is mounted there (else `fuser -m` would
+            // name the filesystem it lies on).
             let _ = r
                 .run(
                     &Command::shell(
                         "command -v fuser >/dev/null 2>&1 && mountpoint -q -- \"$MP\" \
-                     && fuser -k -m -- \"$MP\" >/dev/null 2>&1; true",
+                     && fuser -k -M -m \"$MP\" >/dev/null 2>&1; true",
                     )
                     .env("MP", mp),
                 )
@@ -721,7 +735,9 @@ impl<'a> Verifier<'a> {
                     .into_iter()
                     .filter(|v| v.snapshot.as_deref() == Some(target.snapshot.as_str()))
                     .collect();
-                let cleaned = self.remove(Some(remote), &mine, &plan.instance).await;
+                let cleaned = self
+                    .remove(Some(remote), &mine, &plan.instance, &plan.root)
+                    .await;
                 out.cleaned_up = cleaned.iter().all(|c| c.error.is_none());
                 out.cleanup_error = cleaned.iter().find_map(|c| c.error.clone());
                 out.notes.extend(

@@ -25,3 +25,4 @@ mod provision;
 mod replicate;
 mod snap;
 mod sync;
+mod verify;

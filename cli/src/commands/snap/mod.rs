@@ -9,6 +9,7 @@ pub(crate) mod plan;
 pub(crate) mod policy;
 pub(crate) mod replicate;
 pub(crate) mod trim;
+pub(crate) mod verify;
 
 use crate::notify::Watch;
 use std::path::PathBuf;
@@ -160,6 +161,10 @@ pub(crate) enum SnapCommand {
     Unmount(mount::UnmountArgs),
     /// Remove mount volumes left behind by crashed runs.
     Cleanup(mount::CleanupArgs),
+    /// Restore tests: the newest snapshot of each lineage mounted on a
+    /// scratch instance and checked, then removed; the verdict is tagged
+    /// on the snapshot (a test that did not pass exits 1).
+    Verify(verify::Args),
 }
 
 /// Runs `ektool snap …`: `backup`, `trim`, `check` and `replicate` with
@@ -209,5 +214,6 @@ pub(crate) async fn exec(ctx: &Context, cmd: SnapCommand) -> Result<(), CliError
         SnapCommand::Mount(a) => mount::exec_mount(ctx, a).await,
         SnapCommand::Unmount(a) => mount::exec_unmount(ctx, a).await,
         SnapCommand::Cleanup(a) => mount::exec_cleanup(ctx, a).await,
+        SnapCommand::Verify(a) => verify::exec(ctx, a).await,
     }
 }

@@ -165,9 +165,8 @@ fn render(ctx: &Context, report: &VerifyReport) -> Result<(), CliError> {
         OutputFormat::Json => output::json(report)?,
         OutputFormat::Table => {
             for l in &report.leftovers {
-                match &l.error {
-                    None => println!("removed {} left by an earlier run", l.volume),
-                    Some(_) => {}
+                if l.error.is_none() {
+                    println!("removed {} left by an earlier run", l.volume);
                 }
             }
             if report.items.is_empty() {

@@ -322,7 +322,7 @@ fn wait_for(path: &Path) {
 /// A check that marks its start, then holds the filesystem (its working
 /// directory is on it) until killed.
 fn holding_check(marker: &str) -> String {
-    format!("cd \"$MOUNT\" && touch {marker} && sleep 300")
+    format!("cd \"$MOUNT\" && touch {marker} && sleep 120")
 }
 
 #[tokio::test]

@@ -182,7 +182,7 @@ fn verified(l: &check::LineageCheck) -> String {
         None => "-".into(),
         Some(v) => {
             let age = v.age_seconds.map_or_else(
-                || "never".to_owned(),
+                || "NEVER".to_owned(),
                 |a| {
                     format!(
                         "{} ago",
@@ -190,7 +190,10 @@ fn verified(l: &check::LineageCheck) -> String {
                     )
                 },
             );
-            if v.ok { age } else { format!("{age} (STALE)") }
+            match (v.ok, v.age_seconds) {
+                (true, _) | (false, None) => age,
+                (false, Some(_)) => format!("{age} (STALE)"),
+            }
         }
     }
 }

@@ -342,7 +342,8 @@ impl CheckReport {
 
     /// The report as Prometheus metrics: per lineage the **timestamp** of
     /// the newest completed snapshot (alert on `time() - it > threshold`,
-    /// the threshold being the next gauge) and the `error` snapshots; per
+    /// the threshold being the next gauge) and the `error` snapshots (and,
+    /// with `max_unverified`, of the last passed restore test); per
     /// region the snapshots ektool made and their volume bytes; the
     /// failures found. Add [`Metrics::run`](crate::metrics::Metrics::run)
     /// for the run itself.
@@ -403,6 +404,33 @@ impl CheckReport {
                 let ls = labels(l);
                 let refs: Vec<(&str, &str)> = ls.iter().map(|(k, v)| (*k, v.as_str())).collect();
                 family.sample(&refs, v);
+            }
+        }
+        // Restore tests, only when asked for (`max_unverified`).
+        if self.lineages.iter().any(|l| l.verified.is_some()) {
+            let last = m.gauge(
+                "ektool_snapshot_last_verified_timestamp_seconds",
+                "When a restore test of the lineage last passed (Unix time).",
+            );
+            for l in &self.lineages {
+                if let Some(at) = l.verified.as_ref().and_then(|v| v.at) {
+                    let ls = labels(l);
+                    let refs: Vec<(&str, &str)> =
+                        ls.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    last.sample(&refs, at.as_second() as f64);
+                }
+            }
+            let max = m.gauge(
+                "ektool_snapshot_max_unverified_seconds",
+                "How long ago the last passed restore test of the lineage may be.",
+            );
+            for l in &self.lineages {
+                if let Some(v) = &l.verified {
+                    let ls = labels(l);
+                    let refs: Vec<(&str, &str)> =
+                        ls.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    max.sample(&refs, v.max_seconds as f64);
+                }
             }
         }
         let snapshots = m.gauge(

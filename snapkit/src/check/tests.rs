@@ -470,4 +470,24 @@ async fn lineages_without_a_recent_successful_restore_test_fail() {
             "unverified: eu-west-1 vol-0000000c (i-00000001 /dev/sdg): no successful restore test (within 7d)",
         ]
     );
+    let text = report.metrics().render();
+    let line = |name: &str, volume: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains(&format!("lineage=\"{volume}\"")))
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+    };
+    let last = "ektool_snapshot_last_verified_timestamp_seconds{";
+    assert_eq!(
+        line(last, "vol-0000000a"),
+        Some(at(24 * HOUR).as_second().to_string())
+    );
+    assert_eq!(line(last, "vol-0000000c"), None, "never tested");
+    assert_eq!(
+        line("ektool_snapshot_max_unverified_seconds{", "vol-0000000c"),
+        Some((7 * 24 * 3600).to_string())
+    );
+    // Not asked: no restore-test metrics.
+    s.max_unverified = None;
+    let plain = check(&ec2, &s, at(0)).await.metrics().render();
+    assert!(!plain.contains("verified"), "{plain}");
 }

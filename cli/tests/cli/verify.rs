@@ -677,3 +677,35 @@ async fn verify_calls_exactly_its_iam_policy() {
     assert_eq!(got, policy_actions("snap verify"));
     let _ = SnapshotId::parse(&s.snapshot).unwrap();
 }
+
+/// `[check] max_unverified` does what the flag does; a bad value is a
+/// config error at its line.
+#[tokio::test]
+async fn the_config_sets_max_unverified() {
+    let s = Setup::new("eu-north-1").await;
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("ektool.toml"),
+        "[check]\nmax_unverified = \"7d\"\n",
+    )
+    .unwrap();
+    let check = || {
+        Ektool::moto()
+            .args(&["-r", &s.region, "snap", "check", "--tag", &s.tag])
+            .current_dir(dir.path())
+            .run()
+    };
+    check()
+        .code(1)
+        .stdout_has("VERIFIED")
+        .stderr_has("no successful restore test (within 7d)");
+    std::fs::write(
+        dir.path().join("ektool.toml"),
+        "[check]\nmax_unverified = \"7\"\n",
+    )
+    .unwrap();
+    check()
+        .code(2)
+        .stderr_has("ektool.toml:2:")
+        .stderr_has("max_unverified: `7` has no unit");
+}

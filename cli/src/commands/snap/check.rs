@@ -40,7 +40,8 @@ pub(crate) struct Args {
     #[arg(long, value_name = "DURATION", value_parser = durations::max_lag)]
     pub replica_max_age: Option<Duration>,
     /// Also fail lineages without a successful restore test (`snap
-    /// verify`) this recent: 1m to 10 years, e.g. 7d.
+    /// verify`) this recent: 1m to 10 years, e.g. 7d (default: `[check]
+    /// max_unverified`, else not checked).
     #[arg(long, value_name = "DURATION", value_parser = durations::max_lag)]
     pub max_unverified: Option<Duration>,
     /// Also write Prometheus metrics (text format, for node_exporter's
@@ -131,7 +132,7 @@ pub(crate) async fn exec(
         replica,
         // Every region at once: each lists with two calls, paced per region.
         concurrency: regions_len.max(1),
-        max_unverified: args.max_unverified,
+        max_unverified: args.max_unverified.or(cfg.max_unverified),
         ..CheckSpec::default()
     };
     let report = check::check(&ec2, &spec, jiff::Timestamp::now()).await;
@@ -142,7 +143,7 @@ pub(crate) async fn exec(
             report: &report,
             failures: failures.clone(),
         })?,
-        OutputFormat::Table if args.max_unverified.is_some() => output::table(
+        OutputFormat::Table if spec.max_unverified.is_some() => output::table(
             &[
                 "REGION", "LINEAGE", "OF", "WHERE", "NEWEST", "AGE", "MAX AGE", "STATUS",
                 "VERIFIED",

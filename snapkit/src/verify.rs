@@ -232,17 +232,22 @@ pub struct VerifyReport {
     pub verified_at: Timestamp,
     /// Leftovers of earlier runs removed first.
     pub leftovers: Vec<Cleaned>,
-    /// One per target.
+    /// One per target tested (an interrupt stops before the next one).
     pub items: Vec<VerifyOutcome>,
+    /// Whether the run was cancelled ([`Verifier::cancel_on`]): targets
+    /// after the last item were not tested.
+    pub interrupted: bool,
 }
 
 impl VerifyReport {
-    /// Whether every test passed and everything was cleaned up.
+    /// Whether every test passed, everything was cleaned up, and nothing
+    /// interrupted the run.
     pub fn ok(&self) -> bool {
         self.items
             .iter()
             .all(|i| i.result == VerifyResult::Ok && i.cleaned_up)
             && self.leftovers.iter().all(|l| l.error.is_none())
+            && !self.interrupted
     }
 }
 
@@ -501,6 +506,7 @@ impl<'a> Verifier<'a> {
             verified_at,
             leftovers,
             items,
+            interrupted: self.cancel.is_cancelled(),
         }
     }
 

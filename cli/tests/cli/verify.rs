@@ -575,6 +575,7 @@ async fn an_interrupt_mid_check_cleans_up() {
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["items"][0]["cleaned_up"], true, "{j}");
     assert_eq!(j["items"][0]["tagged"], false);
+    assert_eq!(j["interrupted"], true);
     assert!(s.volumes().await.is_empty(), "detached and deleted");
     assert!(bench.mounts().is_empty(), "unmounted");
     assert_eq!(s.snapshot_tags().await.get(tags::VERIFY_RESULT), None);

@@ -78,6 +78,7 @@ fn a_report_is_ok_only_when_every_test_passed_and_was_cleaned_up() {
         verified_at: at(0),
         leftovers: Vec::new(),
         items,
+        interrupted: false,
     };
     assert!(report(vec![item(VerifyResult::Ok, true)]).ok());
     assert!(report(vec![]).ok());
@@ -90,6 +91,9 @@ fn a_report_is_ok_only_when_every_test_passed_and_was_cleaned_up() {
         .ok()
     );
     assert!(!report(vec![item(VerifyResult::Error, true)]).ok());
+    let mut cut = report(vec![item(VerifyResult::Ok, true)]);
+    cut.interrupted = true;
+    assert!(!cut.ok(), "an interrupted run tested less than planned");
 }
 
 #[test]

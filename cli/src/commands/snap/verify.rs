@@ -101,6 +101,12 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         .count();
     if report.ok() {
         Ok(())
+    } else if report.interrupted && bad == 0 {
+        Err(CliError::Failed(format!(
+            "interrupted after {} of {} restore test(s)",
+            report.items.len(),
+            plan.targets.len()
+        )))
     } else if bad > 0 {
         Err(CliError::Failed(format!(
             "{bad} of {} restore test(s) did not pass",

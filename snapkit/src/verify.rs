@@ -694,7 +694,12 @@ impl<'a> Verifier<'a> {
                 } else {
                     VerifyResult::Failed
                 };
-                out.reason = Some(format!("mount failed: {}", error_chain(&e)));
+                let text = error_chain(&e);
+                out.reason = Some(if text.starts_with("mount failed") {
+                    text
+                } else {
+                    format!("mount failed: {text}")
+                });
             }
         }
         self.emit(VerifyEvent::Tested {

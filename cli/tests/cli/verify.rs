@@ -53,6 +53,20 @@ impl Disk {
     }
 }
 
+impl Disk {
+    /// A loop device with no filesystem at all (zeros).
+    fn blank() -> Self {
+        let dir = tempdir();
+        let image = dir.path().join("disk.img");
+        sh(&format!("truncate -s 16M {}", image.display()));
+        let dev = sh(&format!("losetup -f --show {}", image.display()))
+            .trim()
+            .to_owned();
+        assert!(dev.starts_with("/dev/loop"), "{dev}");
+        Self { dev, _dir: dir }
+    }
+}
+
 impl Drop for Disk {
     fn drop(&mut self) {
         let _ = std::process::Command::new("losetup")
@@ -88,6 +102,10 @@ struct Bench {
 
 impl Bench {
     fn new(files: &[(&str, &[u8])]) -> Self {
+        Self::with(Disk::new(files))
+    }
+
+    fn with(disk: Disk) -> Self {
         let host = ssh_host(3);
         assert!(
             host.namespaced,
@@ -95,7 +113,6 @@ impl Bench {
         );
         let dir = tempdir();
         host.write_known_hosts(dir.path());
-        let disk = Disk::new(files);
         let log = dir.path().join("log");
         let rec = dir.path().join("rec");
         std::fs::write(
@@ -453,6 +470,29 @@ async fn the_default_check_fails_an_empty_filesystem() {
         "{item}"
     );
     assert!(s.volumes().await.is_empty());
+}
+
+/// A volume with no filesystem that mounts fails the snapshot (tagged
+/// `failed`); the mount's own rollback removes the volume.
+#[tokio::test]
+async fn a_volume_without_a_filesystem_fails_the_snapshot() {
+    let bench = Bench::with(Disk::blank());
+    let s = Setup::new("eu-north-1").await;
+    let out = s
+        .verify(&bench, &[])
+        .run()
+        .code(1)
+        .stderr_has("no mountable filesystem");
+    let item = &out.json()["items"][0];
+    assert_eq!(item["result"], "failed", "{item}");
+    assert_eq!(item["tagged"], true);
+    assert_eq!(item["cleaned_up"], true);
+    assert_eq!(
+        s.snapshot_tags().await.get(tags::VERIFY_RESULT),
+        Some(tags::FAILED)
+    );
+    assert!(s.volumes().await.is_empty(), "detached and deleted");
+    assert!(bench.mounts().is_empty());
 }
 
 /// A TCP relay to the bench host that can be cut: every connection

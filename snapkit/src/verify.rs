@@ -2,7 +2,7 @@
 //!
 //! A [`Verifier`] takes, for each selected lineage, its newest completed
 //! snapshot, makes it into a volume in a scratch instance's zone, attaches
-//! and mounts it read-only (the [`mount`](crate::mount) machinery), runs a
+//! and mounts it read-only (the [`mount`] machinery), runs a
 //! check command on the host with the mountpoint in `$MOUNT`, and then
 //! unmounts, detaches and deletes the volume **on every path**: a failed
 //! check, a failed mount, a host that stops answering (the volume is then

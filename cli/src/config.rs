@@ -390,6 +390,14 @@ pub struct CheckConfig {
     pub replica_max_age: Option<std::time::Duration>,
     /// The replication destination to check (`--to` overrides).
     pub replica_region: Option<String>,
+    /// Every lineage must have passed a restore test (`snap verify`) this
+    /// recently (`--max-unverified` overrides; default: not checked).
+    #[serde(
+        default,
+        deserialize_with = "de_max_unverified",
+        serialize_with = "se_max_age"
+    )]
+    pub max_unverified: Option<std::time::Duration>,
     /// Per instance tag (`"KEY=VALUE" = "DURATION"`): the volumes of
     /// instances carrying it; the smallest matching one wins.
     #[serde(
@@ -415,6 +423,15 @@ fn de_max_age<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::time::Durat
     max_age_of(&s)
         .map(Some)
         .map_err(|e| serde::de::Error::custom(format!("max_age: {e}")))
+}
+
+fn de_max_unverified<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    max_age_of(&s)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("max_unverified: {e}")))
 }
 
 fn se_max_age<S: Serializer>(v: &Option<std::time::Duration>, s: S) -> Result<S::Ok, S::Error> {

@@ -525,6 +525,7 @@ impl StepContext<'_> {
             max_age,
             tag_max_age: c.check.tags.clone(),
             replica,
+            max_unverified: c.check.max_unverified,
             ..CheckSpec::default()
         };
         let report = check::check(self.ec2, &spec, jiff::Timestamp::now()).await;

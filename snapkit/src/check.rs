@@ -98,6 +98,9 @@ pub struct CheckSpec {
     pub replica: Option<ReplicaCheck>,
     /// Regions listed at once.
     pub concurrency: usize,
+    /// Each source lineage must have passed a restore test
+    /// ([`crate::verify`]) this recently; `None`: not checked.
+    pub max_unverified: Option<Duration>,
 }
 
 impl Default for CheckSpec {
@@ -112,6 +115,7 @@ impl Default for CheckSpec {
             tag_max_age: Vec::new(),
             replica: None,
             concurrency: ec2kit::fleet::DEFAULT_REGION_CONCURRENCY,
+            max_unverified: None,
         }
     }
 }
@@ -170,6 +174,25 @@ pub struct LineageCheck {
     pub completed: usize,
     /// Its snapshots in `error` state here.
     pub errors: Vec<SnapshotId>,
+    /// The last successful restore test, when
+    /// [`CheckSpec::max_unverified`] asks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
+}
+
+/// A lineage's last successful restore test, against its threshold.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verified {
+    /// The newest snapshot whose restore test passed.
+    pub snapshot: Option<SnapshotId>,
+    /// When that test ran.
+    pub at: Option<Timestamp>,
+    /// Seconds since then.
+    pub age_seconds: Option<i64>,
+    /// The threshold, in seconds.
+    pub max_seconds: u64,
+    /// Whether it is within the threshold.
+    pub ok: bool,
 }
 
 /// A region's owned snapshots, for the metrics.
@@ -224,6 +247,8 @@ pub enum Failure<'a> {
     },
     /// A region that could not be listed.
     Region(&'a RegionFailure),
+    /// A lineage without a successful restore test recently enough.
+    Unverified(&'a LineageCheck),
 }
 
 fn whose(l: &LineageCheck) -> String {
@@ -267,6 +292,23 @@ impl fmt::Display for Failure<'_> {
                 )
             }
             Self::Region(r) => write!(f, "region: {}: could not be listed: {}", r.region, r.error),
+            Self::Unverified(l) => {
+                let v = l.verified.as_ref();
+                let max = human(v.map_or(0, |v| v.max_seconds));
+                match v.and_then(|v| Some((v.snapshot.as_ref()?, v.age_seconds?))) {
+                    Some((s, age)) => write!(
+                        f,
+                        "unverified: {}: last successful restore test ({s}) {} ago, more than {max}",
+                        whose(l),
+                        human(age.max(0) as u64)
+                    ),
+                    None => write!(
+                        f,
+                        "unverified: {}: no successful restore test (within {max})",
+                        whose(l)
+                    ),
+                }
+            }
         }
     }
 }
@@ -286,6 +328,9 @@ impl CheckReport {
                 lineage: l,
                 snapshot: s,
             }));
+            if l.verified.as_ref().is_some_and(|v| !v.ok) {
+                out.push(Failure::Unverified(l));
+            }
         }
         out
     }
@@ -297,7 +342,8 @@ impl CheckReport {
 
     /// The report as Prometheus metrics: per lineage the **timestamp** of
     /// the newest completed snapshot (alert on `time() - it > threshold`,
-    /// the threshold being the next gauge) and the `error` snapshots; per
+    /// the threshold being the next gauge) and the `error` snapshots (and,
+    /// with `max_unverified`, of the last passed restore test); per
     /// region the snapshots ektool made and their volume bytes; the
     /// failures found. Add [`Metrics::run`](crate::metrics::Metrics::run)
     /// for the run itself.
@@ -358,6 +404,33 @@ impl CheckReport {
                 let ls = labels(l);
                 let refs: Vec<(&str, &str)> = ls.iter().map(|(k, v)| (*k, v.as_str())).collect();
                 family.sample(&refs, v);
+            }
+        }
+        // Restore tests, only when asked for (`max_unverified`).
+        if self.lineages.iter().any(|l| l.verified.is_some()) {
+            let last = m.gauge(
+                "ektool_snapshot_last_verified_timestamp_seconds",
+                "When a restore test of the lineage last passed (Unix time).",
+            );
+            for l in &self.lineages {
+                if let Some(at) = l.verified.as_ref().and_then(|v| v.at) {
+                    let ls = labels(l);
+                    let refs: Vec<(&str, &str)> =
+                        ls.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    last.sample(&refs, at.as_second() as f64);
+                }
+            }
+            let max = m.gauge(
+                "ektool_snapshot_max_unverified_seconds",
+                "How long ago the last passed restore test of the lineage may be.",
+            );
+            for l in &self.lineages {
+                if let Some(v) = &l.verified {
+                    let ls = labels(l);
+                    let refs: Vec<(&str, &str)> =
+                        ls.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    max.sample(&refs, v.max_seconds as f64);
+                }
             }
         }
         let snapshots = m.gauge(
@@ -467,6 +540,8 @@ async fn list_region(ec2: &dyn Ec2, spec: &CheckSpec, region: &Region) -> Result
 #[derive(Default)]
 struct Lineage<'a> {
     newest: Option<(Timestamp, &'a Snapshot)>,
+    /// The latest passed restore test: when, and of which snapshot.
+    verified: Option<(Timestamp, &'a Snapshot)>,
     completed: usize,
     errors: Vec<SnapshotId>,
 }
@@ -488,6 +563,13 @@ fn by_lineage<'a>(
                 {
                     entry.newest = Some((t, s));
                 }
+                if let Some(at) = verified_at(s)
+                    && entry
+                        .verified
+                        .is_none_or(|(have, h)| (have, &h.id) < (at, &s.id))
+                {
+                    entry.verified = Some((at, s));
+                }
             }
             SnapshotState::Error => entry.errors.push(s.id.clone()),
             _ => {}
@@ -497,6 +579,15 @@ fn by_lineage<'a>(
         l.errors.sort();
     }
     out
+}
+
+/// When a restore test of `s` last passed (its verify tags).
+fn verified_at(s: &Snapshot) -> Option<Timestamp> {
+    use crate::verify::tags;
+    if s.tags.get(tags::VERIFY_RESULT) != Some(tags::OK) {
+        return None;
+    }
+    s.tags.get(tags::VERIFIED_AT)?.parse().ok()
 }
 
 fn stats(region: &Region, snapshots: &[Snapshot]) -> RegionStats {
@@ -517,6 +608,7 @@ fn judge(
     max_age: Duration,
     found: Option<&Lineage<'_>>,
     now: Timestamp,
+    max_unverified: Option<Duration>,
 ) -> LineageCheck {
     let newest = found.and_then(|l| l.newest);
     let age = newest.map(|(t, _)| now.as_second() - t.as_second());
@@ -539,6 +631,18 @@ fn judge(
         },
         completed: found.map_or(0, |l| l.completed),
         errors: found.map(|l| l.errors.clone()).unwrap_or_default(),
+        verified: max_unverified.map(|max| {
+            let last = found.and_then(|l| l.verified);
+            let age = last.map(|(t, _)| now.as_second() - t.as_second());
+            let limit = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
+            Verified {
+                snapshot: last.map(|(_, s)| s.id.clone()),
+                at: last.map(|(t, _)| t),
+                age_seconds: age,
+                max_seconds: max.as_secs(),
+                ok: age.is_some_and(|a| a <= limit),
+            }
+        }),
     }
 }
 
@@ -576,6 +680,7 @@ pub async fn check(ec2: &dyn Ec2, spec: &CheckSpec, now: Timestamp) -> CheckRepo
                         t.max_age,
                         found.get(&t.lineage),
                         now,
+                        spec.max_unverified,
                     ));
                 }
                 report.regions.push(stats(&r.region, &l.snapshots));
@@ -608,6 +713,8 @@ pub async fn check(ec2: &dyn Ec2, spec: &CheckSpec, now: Timestamp) -> CheckRepo
                         spec.max_age,
                         found.get(&t.lineage),
                         now,
+                        // Restore tests are of the source's snapshots.
+                        None,
                     ));
                 }
                 if !report.regions.iter().any(|r| r.region == spec.region) {

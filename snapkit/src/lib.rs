@@ -16,7 +16,8 @@
 //! - [`replicate`] (native `CopySnapshot` with a slot scheduler, lag),
 //!   [`ami`] (AMIs from snapshots), [`instances`] (protection, volume tags,
 //!   launch), [`mount`] (a snapshot mounted read-only on an instance) and
-//!   [`rsync`] (file-level sync between hosts).
+//!   [`rsync`] (file-level sync between hosts), [`verify`] (restore tests:
+//!   the newest snapshot of each lineage mounted and checked).
 //!
 //! snapkit depends only on ec2kit's traits and domain types
 //! (`default-features = false`), never on the AWS SDK: its logic is tested
@@ -47,6 +48,7 @@ pub mod replicate;
 pub mod retention;
 pub mod rsync;
 pub mod trim;
+pub mod verify;
 pub mod wait;
 
 pub use lineage::tags::OWNER as OWNER_TAG;

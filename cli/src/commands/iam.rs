@@ -15,7 +15,7 @@ use ec2kit::Action::{DescribeInstances, RebootInstances};
 use ec2kit::fleet;
 use ec2kit::iam::{self, Ownership, Permissions, Policy, When};
 use serde_json::json;
-use snapkit::{ami, ami_trim, backup, check, instances, mount, replicate, trim};
+use snapkit::{ami, ami_trim, backup, check, instances, mount, replicate, trim, verify};
 
 use crate::error::CliError;
 use crate::output::OutputFormat;
@@ -119,6 +119,9 @@ pub(crate) fn policies() -> Vec<Policy> {
             .grant(&mount::FIND_PERMISSIONS)
             .grant(&FIND_INSTANCES)
             .grant(&mount::UNMOUNT_PERMISSIONS),
+        command("snap verify")
+            .grant(regions)
+            .grant(&verify::PERMISSIONS),
         command("ami create")
             .grant(regions)
             .grant(&ami::CREATE_PERMISSIONS)

@@ -62,6 +62,22 @@ impl Ektool {
         self
     }
 
+    /// Starts it in `dir` without waiting (for a test that signals it),
+    /// its output piped.
+    pub(crate) fn spawn(self, dir: &Path) -> std::process::Child {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ektool"));
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .current_dir(dir);
+        for k in &self.env_remove {
+            cmd.env_remove(k);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.spawn().expect("start ektool")
+    }
+
     pub(crate) fn run(self) -> Outcome {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ektool"));
         cmd.args(&self.args).stdin(Stdio::null());

@@ -28,3 +28,4 @@ mod replicate;
 mod roles;
 mod snap;
 mod sync;
+mod verify;

@@ -413,3 +413,81 @@ async fn seventeen_regions_take_about_as_long_as_one() {
         "{fleet:?} vs {single:?}"
     );
 }
+
+/// `max_unverified`: a lineage needs a snapshot whose restore test passed
+/// recently enough; a failed or old test does not count, and without the
+/// setting nothing about restore tests is checked.
+#[tokio::test]
+async fn lineages_without_a_recent_successful_restore_test_fail() {
+    use crate::verify::tags as v;
+    let tested = |id: &str, volume: &str, result: &str, seconds_ago: i64| {
+        let mut s = snap(id, volume, 3 * HOUR, SnapshotState::Completed);
+        s.tags.insert(v::VERIFY_RESULT, result);
+        s.tags.insert(v::VERIFIED_AT, at(seconds_ago).to_string());
+        s
+    };
+    let mut ec2 = MockEc2::new();
+    ec2.expect_describe_instances().returning(|region, _| {
+        Ok(vec![instance(
+            "i-00000001",
+            region,
+            &[
+                ("/dev/xvda", "vol-0000000a"),
+                ("/dev/sdf", "vol-0000000b"),
+                ("/dev/sdg", "vol-0000000c"),
+                ("/dev/sdh", "vol-0000000d"),
+            ],
+        )])
+    });
+    ec2.expect_describe_snapshots().returning(move |_, _| {
+        Ok(vec![
+            // Passed a day ago: fine.
+            tested("snap-a1", "vol-0000000a", v::OK, 24 * HOUR),
+            // Passed 8 days ago, failed since: the pass is too old.
+            tested("snap-b1", "vol-0000000b", v::OK, 8 * 24 * HOUR),
+            tested("snap-b2", "vol-0000000b", v::FAILED, HOUR),
+            // Never tested.
+            snap("snap-c1", "vol-0000000c", HOUR, SnapshotState::Completed),
+            // An older snapshot's recent pass counts for the lineage.
+            tested("snap-d1", "vol-0000000d", v::OK, 2 * HOUR),
+            snap("snap-d2", "vol-0000000d", HOUR, SnapshotState::Completed),
+        ])
+    });
+    let mut s = spec(&["eu-west-1"]);
+    assert!(check(&ec2, &s, at(0)).await.ok(), "not asked: not checked");
+    s.max_unverified = Some(Duration::from_secs(7 * 24 * 3600));
+    let report = check(&ec2, &s, at(0)).await;
+    let by = |v: &str| report.lineages.iter().find(|l| l.lineage == v).unwrap();
+    let a = by("vol-0000000a").verified.clone().unwrap();
+    assert!(a.ok);
+    assert_eq!(a.snapshot.unwrap().as_str(), "snap-a1");
+    assert_eq!(a.age_seconds, Some(24 * HOUR));
+    assert!(by("vol-0000000d").verified.as_ref().unwrap().ok);
+    assert_eq!(
+        lines(&report),
+        [
+            "unverified: eu-west-1 vol-0000000b (i-00000001 /dev/sdf): last successful restore test (snap-b1) 8d ago, more than 7d",
+            "unverified: eu-west-1 vol-0000000c (i-00000001 /dev/sdg): no successful restore test (within 7d)",
+        ]
+    );
+    let text = report.metrics().render();
+    let line = |name: &str, volume: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains(&format!("lineage=\"{volume}\"")))
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+    };
+    let last = "ektool_snapshot_last_verified_timestamp_seconds{";
+    assert_eq!(
+        line(last, "vol-0000000a"),
+        Some(at(24 * HOUR).as_second().to_string())
+    );
+    assert_eq!(line(last, "vol-0000000c"), None, "never tested");
+    assert_eq!(
+        line("ektool_snapshot_max_unverified_seconds{", "vol-0000000c"),
+        Some((7 * 24 * 3600).to_string())
+    );
+    // Not asked: no restore-test metrics.
+    s.max_unverified = None;
+    let plain = check(&ec2, &s, at(0)).await.metrics().render();
+    assert!(!plain.contains("verified"), "{plain}");
+}

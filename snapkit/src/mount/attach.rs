@@ -63,7 +63,7 @@ impl Mounter<'_> {
                     snapshot: plan.snapshot.clone(),
                     availability_zone: plan.availability_zone.clone(),
                 });
-                let request = create_request(plan, self.now(), false);
+                let request = create_request(plan, &self.extra_tags, self.now(), false);
                 (self.ec2.create_volume(region, &request).await?, false)
             }
         };

@@ -53,7 +53,7 @@ mod volume;
 
 use std::sync::Arc;
 
-use ec2kit::{Ec2, InstanceId, SnapshotId, VolumeId};
+use ec2kit::{Ec2, InstanceId, SnapshotId, Tags, VolumeId};
 use jiff::Timestamp;
 use serde::Serialize;
 
@@ -192,6 +192,7 @@ pub struct Mounter<'a> {
     address: Address,
     host: Option<String>,
     connect: Option<Connect>,
+    extra_tags: Tags,
 }
 
 impl std::fmt::Debug for Mounter<'_> {
@@ -218,6 +219,7 @@ impl<'a> Mounter<'a> {
             address: Address::default(),
             host: None,
             connect: None,
+            extra_tags: Tags::new(),
         }
     }
 
@@ -271,6 +273,15 @@ impl<'a> Mounter<'a> {
     #[must_use]
     pub fn connect(mut self, connect: Connect) -> Self {
         self.connect = Some(connect);
+        self
+    }
+
+    /// More tags on the volumes it creates, besides its own (which win):
+    /// e.g. the run that made them, so a later run finds what a killed one
+    /// left.
+    #[must_use]
+    pub fn volume_tags(mut self, tags: Tags) -> Self {
+        self.extra_tags = tags;
         self
     }
 

@@ -165,7 +165,7 @@ impl Mounter<'_> {
     /// Asks EC2 whether the plan's `CreateVolume` would be allowed and
     /// valid (a `DryRun` call: nothing is created). `Ok` means it would.
     pub async fn check(&self, plan: &MountPlan) -> Result<(), Ec2Error> {
-        let request = create_request(plan, self.now(), true);
+        let request = create_request(plan, &self.extra_tags, self.now(), true);
         match self.ec2.create_volume(&plan.region, &request).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_dry_run_ok() => Ok(()),
@@ -324,8 +324,17 @@ async fn plan(
 
 /// The `CreateVolume` request of a plan (tags at creation: nothing is
 /// ever untagged, even for a moment).
-pub(crate) fn create_request(plan: &MountPlan, now: Timestamp, dry_run: bool) -> CreateVolume {
-    let tags = Tags::new()
+pub(crate) fn create_request(
+    plan: &MountPlan,
+    extra: &Tags,
+    now: Timestamp,
+    dry_run: bool,
+) -> CreateVolume {
+    let mut tags = Tags::new();
+    for (k, v) in extra.iter() {
+        tags.insert(k, v);
+    }
+    let tags = tags
         .with(lineage::OWNER, lineage::OWNER_VALUE)
         .with(tags::MOUNT_OF, plan.snapshot.as_str())
         .with(tags::MOUNTED_ON, plan.instance.as_str())

@@ -39,6 +39,11 @@ pub(crate) struct Args {
     /// source threshold).
     #[arg(long, value_name = "DURATION", value_parser = durations::max_lag)]
     pub replica_max_age: Option<Duration>,
+    /// Also fail lineages without a successful restore test (`snap
+    /// verify`) this recent: 1m to 10 years, e.g. 7d (default: `[check]
+    /// max_unverified`, else not checked).
+    #[arg(long, value_name = "DURATION", value_parser = durations::max_lag)]
+    pub max_unverified: Option<Duration>,
     /// Also write Prometheus metrics (text format, for node_exporter's
     /// textfile collector) to this file, atomically, whatever the outcome.
     #[arg(long, value_name = "FILE")]
@@ -127,6 +132,7 @@ pub(crate) async fn exec(
         replica,
         // Every region at once: each lists with two calls, paced per region.
         concurrency: regions_len.max(1),
+        max_unverified: args.max_unverified.or(cfg.max_unverified),
         ..CheckSpec::default()
     };
     let report = check::check(&ec2, &spec, jiff::Timestamp::now()).await;
@@ -137,6 +143,17 @@ pub(crate) async fn exec(
             report: &report,
             failures: failures.clone(),
         })?,
+        OutputFormat::Table if spec.max_unverified.is_some() => output::table(
+            &[
+                "REGION", "LINEAGE", "OF", "WHERE", "NEWEST", "AGE", "MAX AGE", "STATUS",
+                "VERIFIED",
+            ],
+            report.lineages.iter().map(|l| {
+                let mut r = row(l);
+                r.push(verified(l));
+                r
+            }),
+        ),
         OutputFormat::Table => output::table(
             &[
                 "REGION", "LINEAGE", "OF", "WHERE", "NEWEST", "AGE", "MAX AGE", "STATUS",
@@ -156,6 +173,29 @@ pub(crate) async fn exec(
             failures.len(),
             report.lineages.len()
         )))
+    }
+}
+
+/// The last successful restore test: its age, or `never`; `STALE` past
+/// the threshold.
+fn verified(l: &check::LineageCheck) -> String {
+    match &l.verified {
+        None => "-".into(),
+        Some(v) => {
+            let age = v.age_seconds.map_or_else(
+                || "NEVER".to_owned(),
+                |a| {
+                    format!(
+                        "{} ago",
+                        ec2kit::duration::format(Duration::from_secs(a.max(0) as u64))
+                    )
+                },
+            );
+            match (v.ok, v.age_seconds) {
+                (true, _) | (false, None) => age,
+                (false, Some(_)) => format!("{age} (STALE)"),
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub(crate) mod policy;
 pub(crate) mod replicate;
 pub(crate) mod tier;
 pub(crate) mod trim;
+pub(crate) mod verify;
 
 use crate::notify::Watch;
 use std::path::PathBuf;
@@ -164,6 +165,10 @@ pub(crate) enum SnapCommand {
     /// Bring an archived snapshot back from the archive tier, for some days
     /// (--days) or for good (--permanent).
     RestoreTier(tier::RestoreArgs),
+    /// Restore tests: the newest snapshot of each lineage mounted on a
+    /// scratch instance and checked, then removed; the verdict is tagged
+    /// on the snapshot (a test that did not pass exits 1).
+    Verify(verify::Args),
 }
 
 /// Runs `ektool snap …`: `backup`, `trim`, `check` and `replicate` with
@@ -214,5 +219,6 @@ pub(crate) async fn exec(ctx: &Context, cmd: SnapCommand) -> Result<(), CliError
         SnapCommand::Unmount(a) => mount::exec_unmount(ctx, a).await,
         SnapCommand::Cleanup(a) => mount::exec_cleanup(ctx, a).await,
         SnapCommand::RestoreTier(a) => tier::exec_restore(ctx, a).await,
+        SnapCommand::Verify(a) => verify::exec(ctx, a).await,
     }
 }

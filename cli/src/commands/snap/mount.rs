@@ -130,7 +130,7 @@ pub(crate) struct CleanupArgs {
     pub commands: CommandArgs,
 }
 
-fn commands(ctx: &Context, args: &CommandArgs) -> Result<MountCommands, CliError> {
+pub(crate) fn commands(ctx: &Context, args: &CommandArgs) -> Result<MountCommands, CliError> {
     let base = &ctx.config.mount;
     let c = MountCommands {
         resolve: args.resolve_cmd.clone().unwrap_or(base.resolve.clone()),
@@ -142,7 +142,7 @@ fn commands(ctx: &Context, args: &CommandArgs) -> Result<MountCommands, CliError
     Ok(c)
 }
 
-fn waits(args: &CommandArgs) -> Waits {
+pub(crate) fn waits(args: &CommandArgs) -> Waits {
     Waits {
         poll: Duration::from_secs(2),
         timeout: args.wait_timeout,
@@ -150,7 +150,7 @@ fn waits(args: &CommandArgs) -> Waits {
 }
 
 /// The mount root: `--mount-root`, else `[mount] root`.
-fn mount_root(ctx: &Context, args: &CommandArgs) -> Result<String, CliError> {
+pub(crate) fn mount_root(ctx: &Context, args: &CommandArgs) -> Result<String, CliError> {
     let root = args
         .mount_root
         .clone()
@@ -160,7 +160,7 @@ fn mount_root(ctx: &Context, args: &CommandArgs) -> Result<String, CliError> {
 }
 
 /// The one region a mount command works in.
-async fn one_region(ctx: &Context, ec2: &AwsEc2) -> Result<Region, CliError> {
+pub(crate) async fn one_region(ctx: &Context, ec2: &AwsEc2) -> Result<Region, CliError> {
     let mut regions = ctx.regions(ec2).await?;
     if regions.len() != 1 {
         return Err(CliError::Usage(format!(
@@ -203,7 +203,7 @@ fn address(args: &HostArgs) -> Address {
 }
 
 /// `[user@]host[:port]`, with the `[ssh]` user when it names none.
-fn target(ctx: &Context, address: &str) -> Result<SshTarget, CliError> {
+pub(crate) fn target(ctx: &Context, address: &str) -> Result<SshTarget, CliError> {
     SshTarget::parse_with_user(address, &ctx.ssh_user()).map_err(|e| CliError::Usage(e.to_string()))
 }
 
@@ -212,12 +212,12 @@ fn ssh_options(ctx: &Context, args: &HostArgs) -> ec2kit::SshOptions {
 }
 
 /// Hosts over SSH, with the `-i`/`--known-hosts` flags over the config.
-fn connect(ctx: &Context, args: &HostArgs) -> Connect {
+pub(crate) fn connect(ctx: &Context, args: &HostArgs) -> Connect {
     crate::config::ssh_connect(ctx.ssh_user(), ssh_options(ctx, args))
 }
 
 /// Progress lines on stderr, on a terminal only.
-fn progress() -> impl Fn(&MountEvent) + Send + Sync + 'static {
+pub(crate) fn progress() -> impl Fn(&MountEvent) + Send + Sync + 'static {
     let show = std::io::stderr().is_terminal();
     move |event: &MountEvent| {
         if !show {
@@ -375,7 +375,7 @@ pub(crate) async fn exec_mount(ctx: &Context, args: MountArgs) -> Result<(), Cli
 }
 
 /// Mount errors: bad input is a usage error, the rest failures.
-fn mount_error(e: mount::MountError) -> CliError {
+pub(crate) fn mount_error(e: mount::MountError) -> CliError {
     match e {
         mount::MountError::InvalidTemplate { .. } | mount::MountError::InvalidMountpoint { .. } => {
             CliError::Usage(e.to_string())
@@ -602,7 +602,7 @@ fn result_text(i: &Item, dry_run: bool) -> String {
 }
 
 /// An error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

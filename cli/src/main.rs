@@ -8,6 +8,7 @@ mod commands;
 mod context;
 mod error;
 mod exit;
+mod fleet;
 mod logging;
 mod notify;
 mod output;

@@ -6,6 +6,7 @@
 mod harness;
 mod moto;
 
+mod accounts;
 mod basics;
 mod check;
 mod chores;

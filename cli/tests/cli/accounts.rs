@@ -1,0 +1,308 @@
+//! Many accounts, one run, against moto: moto keeps the state of the
+//! account a role names apart, so each account sees its own instances and
+//! snapshots.
+
+use ec2kit::requests::{CreateSnapshot, CreateVolume, RunInstances};
+use ec2kit::{AwsEc2, AwsEc2Options, Ec2, RateLimits, Region, Tags};
+use ektool_tests::{Fault, FaultProxy, moto_url, tempdir, unique};
+
+use crate::harness::Ektool;
+
+/// `n` account ids no other test (nor an earlier run) uses.
+fn fresh_accounts(n: u64) -> Vec<String> {
+    let seed = u64::from(std::process::id()) * 1000
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_micros() as u64
+            % 1000;
+    (0..n)
+        .map(|i| format!("{:012}", 300_000_000_000 + seed * 10 + i))
+        .collect()
+}
+
+fn role(account: &str) -> String {
+    format!("arn:aws:iam::{account}:role/ektool")
+}
+
+async fn ec2_in(account: &str) -> AwsEc2 {
+    AwsEc2::new(AwsEc2Options {
+        endpoint_url: Some(moto_url()),
+        home_region: Some("us-east-1".into()),
+        rate_limits: Some(RateLimits::disabled()),
+        role_arn: Some(role(account)),
+        ..Default::default()
+    })
+    .await
+}
+
+async fn launch(account: &str, region: &str, tags: Tags) -> String {
+    let request = RunInstances {
+        image_id: Some("ami-0123456789abcdef0".parse().unwrap()),
+        instance_type: "t3.micro".into(),
+        count: 1,
+        tags,
+        ..Default::default()
+    };
+    let ec2 = ec2_in(account).await;
+    ec2.run_instances(&Region::new(region), &request)
+        .await
+        .unwrap()
+        .remove(0)
+        .id
+        .to_string()
+}
+
+async fn snapshot(account: &str, region: &str) -> String {
+    let ec2 = ec2_in(account).await;
+    let region = Region::new(region);
+    let volume = ec2
+        .create_volume(
+            &region,
+            &CreateVolume {
+                availability_zone: format!("{region}a"),
+                size_gib: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    ec2.create_snapshot(
+        &region,
+        &CreateSnapshot {
+            volume_id: Some(volume.id.clone()),
+            description: Some("accounts test".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+    .id
+    .to_string()
+}
+
+/// `(account, region, id)` of each JSON row.
+fn rows(out: &serde_json::Value, id: &str) -> Vec<(String, String, String)> {
+    let mut v: Vec<(String, String, String)> = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["account"].as_str().unwrap().to_owned(),
+                r["region"].as_str().unwrap().to_owned(),
+                r[id].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn instances_fan_out_over_accounts_and_regions_each_row_with_its_account() {
+    let ids = fresh_accounts(2);
+    let (a, b) = (&ids[0], &ids[1]);
+    let key = unique("acct");
+    let tags = Tags::new().with(key.clone(), "production");
+    let a1 = launch(a, "eu-west-1", tags.clone()).await;
+    let b1 = launch(b, "eu-west-1", tags.clone()).await;
+    let b2 = launch(b, "us-east-2", tags.clone()).await;
+    // The caller's own account is not one of them.
+    crate::moto::launch("eu-west-1", 1, tags.clone()).await;
+    // Nor is a region left out.
+    launch(a, "ap-south-1", tags.clone()).await;
+
+    let list = format!("{a},{b}");
+    let tag = format!("{key}=production");
+    let out = Ektool::moto()
+        .args(&["--accounts", &list, "-r", "eu-west-1,us-east-2,ap-south-1"])
+        .args(&["--exclude-region", "ap-south", "--output", "json"])
+        .args(&["instances", "--tag", &tag])
+        .run()
+        .success();
+    let mut want = vec![
+        (a.clone(), "eu-west-1".to_owned(), a1),
+        (b.clone(), "eu-west-1".to_owned(), b1),
+        (b.clone(), "us-east-2".to_owned(), b2.clone()),
+    ];
+    want.sort();
+    assert_eq!(rows(&out.json(), "id"), want);
+
+    // A table too, with the account first.
+    Ektool::moto()
+        .args(&[
+            "--accounts",
+            &list,
+            "-r",
+            "us-east-2",
+            "instances",
+            "--tag",
+            &tag,
+        ])
+        .run()
+        .success()
+        .stdout_has("ACCOUNT")
+        .stdout_has(&format!("{b}  us-east-2  {b2}"));
+
+    // One role: the account of its ARN on every row.
+    let one = Ektool::moto()
+        .args(&[
+            "--role-arn",
+            &role(b),
+            "-r",
+            "us-east-2",
+            "--output",
+            "json",
+        ])
+        .args(&["instances", "--tag", &tag])
+        .run()
+        .success();
+    assert_eq!(
+        rows(&one.json(), "id"),
+        vec![(b.clone(), "us-east-2".to_owned(), b2)]
+    );
+}
+
+#[tokio::test]
+async fn snapshots_are_listed_and_counted_per_account_from_a_file_of_ids() {
+    let ids = fresh_accounts(3);
+    let s0 = snapshot(&ids[0], "eu-west-1").await;
+    let s2 = snapshot(&ids[2], "eu-west-1").await;
+    let s2b = snapshot(&ids[2], "eu-west-1").await;
+    let dir = tempdir();
+    let file = dir.path().join("accounts.txt");
+    std::fs::write(
+        &file,
+        format!("# members\n{}\n{}  # staging\n{}\n", ids[0], ids[1], ids[2]),
+    )
+    .unwrap();
+    let at = format!("@{}", file.display());
+    let out = Ektool::moto()
+        .args(&["--accounts", &at, "-r", "eu-west-1", "--output", "json"])
+        .args(&["snap", "list", "--adopt"])
+        .run()
+        .success();
+    // moto gives every account the snapshots of its stock AMIs too: ours
+    // must be listed under their own account, and only there.
+    let ours = [s0.as_str(), s2.as_str(), s2b.as_str()];
+    let got: Vec<(String, String)> = rows(&out.json(), "id")
+        .into_iter()
+        .filter(|(_, _, s)| ours.contains(&s.as_str()))
+        .map(|(a, _, s)| (a, s))
+        .collect();
+    let mut want = vec![
+        (ids[0].clone(), s0),
+        (ids[2].clone(), s2),
+        (ids[2].clone(), s2b),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+
+    let counted = Ektool::moto()
+        .args(&["--accounts", &at, "-r", "eu-west-1", "--output", "json"])
+        .args(&["snap", "count", "--adopt"])
+        .run()
+        .success();
+    let counts: Vec<(String, u64)> = counted
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["account"].as_str().unwrap().to_owned(),
+                r["snapshots"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let stock = counts[1].1;
+    assert_eq!(
+        counts,
+        vec![
+            (ids[0].clone(), stock + 1),
+            (ids[1].clone(), stock),
+            (ids[2].clone(), stock + 2)
+        ]
+    );
+    // Over the threshold: the account and region are named, exit 1.
+    let warn_at = (stock + 1).to_string();
+    Ektool::moto()
+        .args(&["--accounts", &at, "-r", "eu-west-1"])
+        .args(&["snap", "count", "--adopt", "--warn-at", &warn_at])
+        .run()
+        .code(1)
+        .stdout_has("ACCOUNT")
+        .stderr_has(&format!(
+            "snapshot count over {warn_at} in {} eu-west-1",
+            ids[2]
+        ));
+}
+
+#[tokio::test]
+async fn an_account_whose_role_is_denied_is_reported_and_the_rest_go_on() {
+    let ids = fresh_accounts(3);
+    let key = unique("deny");
+    let tags = Tags::new().with(key.clone(), "production");
+    let first = launch(&ids[0], "eu-west-1", tags.clone()).await;
+    let last = launch(&ids[2], "eu-west-1", tags.clone()).await;
+    let proxy = FaultProxy::start(&moto_url());
+    proxy.set(
+        "AssumeRole",
+        Fault::DenyIf {
+            needle: role(&ids[1]),
+        },
+    );
+    let list = ids.join(",");
+    let out = Ektool::new()
+        .args(&["--endpoint-url", &proxy.url(), "--no-rate-limit"])
+        .args(&["--accounts", &list, "-r", "eu-west-1", "--output", "json"])
+        .args(&["instances", "--tag", &format!("{key}=production")])
+        .run()
+        .code(1)
+        .stderr_has(&format!("error: account {}", ids[1]))
+        .stderr_has("AccessDenied")
+        .stderr_has("1 of 3 account-regions failed");
+    let mut want = vec![
+        (ids[0].clone(), "eu-west-1".to_owned(), first),
+        (ids[2].clone(), "eu-west-1".to_owned(), last),
+    ];
+    want.sort();
+    assert_eq!(rows(&out.json(), "id"), want);
+}
+
+#[test]
+fn bad_account_input_is_refused_with_exit_2() {
+    Ektool::moto()
+        .args(&["--accounts", "12345,222222222222", "instances"])
+        .run()
+        .code(2)
+        .stderr_has("invalid account id \"12345\"");
+    Ektool::moto()
+        .args(&["--accounts", "@/nonexistent/accounts.txt", "instances"])
+        .run()
+        .code(2)
+        .stderr_has("/nonexistent/accounts.txt");
+    Ektool::moto()
+        .args(&["--accounts", "111111111111,111111111111", "instances"])
+        .run()
+        .code(2)
+        .stderr_has("listed twice");
+    Ektool::moto()
+        .args(&["--role-arn", "ektool", "instances"])
+        .run()
+        .code(2)
+        .stderr_has("not a role ARN");
+    let dir = tempdir();
+    let config = dir.path().join("ektool.toml");
+    std::fs::write(
+        &config,
+        "[accounts]\nids = [\"111111111111\"]\nrole = \"arn:aws:iam::111111111111:role/ektool\"\n",
+    )
+    .unwrap();
+    Ektool::moto()
+        .args(&["--config", config.to_str().unwrap(), "instances"])
+        .run()
+        .code(2)
+        .stderr_has("{account}");
+}

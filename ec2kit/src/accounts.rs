@@ -163,6 +163,40 @@ impl Accounts {
     }
 }
 
+/// The trust policy of the role ektool assumes in a member account
+/// (`AssumeRolePolicyDocument` in CloudFormation / StackSets): the
+/// account ektool runs in may call `sts:AssumeRole` on it, with the
+/// external id when one is given.
+pub fn trust_policy(trusted: &AccountId, external_id: Option<&str>) -> serde_json::Value {
+    let mut statement = serde_json::json!({
+        "Sid": "EktoolAssumeRole",
+        "Effect": "Allow",
+        "Principal": { "AWS": format!("arn:aws:iam::{trusted}:root") },
+        "Action": "sts:AssumeRole",
+    });
+    if let Some(id) = external_id {
+        statement["Condition"] = serde_json::json!({
+            "StringEquals": { "sts:ExternalId": id }
+        });
+    }
+    serde_json::json!({ "Version": "2012-10-17", "Statement": [statement] })
+}
+
+/// The statement the identity ektool runs as needs in its own account to
+/// assume the member roles: `sts:AssumeRole` on the role template with
+/// any account (`{account}` as `*`).
+pub fn caller_policy(role_template: &str) -> serde_json::Value {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "EktoolAssumeMemberRoles",
+            "Effect": "Allow",
+            "Action": "sts:AssumeRole",
+            "Resource": role_template.replace(ACCOUNT_PLACEHOLDER, "*"),
+        }]
+    })
+}
+
 /// One account's answer: a failing account does not hide the others.
 #[derive(Debug)]
 pub struct AccountResult<T, E = Ec2Error> {
@@ -288,6 +322,27 @@ mod tests {
         assert_eq!(
             Accounts::parse_ids("111111111111\n22222\n"),
             Err(AccountsError::InvalidId("22222".into()))
+        );
+    }
+
+    #[test]
+    fn the_trust_policy_names_the_ektool_account_and_the_external_id() {
+        let ektool: AccountId = "123456789012".parse().unwrap();
+        let plain = trust_policy(&ektool, None);
+        assert_eq!(
+            plain["Statement"][0]["Principal"]["AWS"],
+            "arn:aws:iam::123456789012:root"
+        );
+        assert_eq!(plain["Statement"][0]["Action"], "sts:AssumeRole");
+        assert!(plain["Statement"][0].get("Condition").is_none());
+        let with_id = trust_policy(&ektool, Some("s3cret-id"));
+        assert_eq!(
+            with_id["Statement"][0]["Condition"]["StringEquals"]["sts:ExternalId"],
+            "s3cret-id"
+        );
+        assert_eq!(
+            caller_policy(DEFAULT_ROLE_TEMPLATE)["Statement"][0]["Resource"],
+            "arn:aws:iam::*:role/ektool"
         );
     }
 

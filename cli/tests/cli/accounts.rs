@@ -306,3 +306,89 @@ fn bad_account_input_is_refused_with_exit_2() {
         .code(2)
         .stderr_has("{account}");
 }
+
+#[test]
+fn iam_policy_trust_prints_the_member_role_trust_next_to_its_permissions() {
+    let out = Ektool::new()
+        .args(&["--external-id", "org-ektool", "--output", "json"])
+        .args(&["iam-policy", "snap", "list", "--trust", "123456789012"])
+        .run()
+        .success()
+        .json();
+    let trust = &out["AssumeRolePolicyDocument"]["Statement"][0];
+    assert_eq!(trust["Principal"]["AWS"], "arn:aws:iam::123456789012:root");
+    assert_eq!(trust["Action"], "sts:AssumeRole");
+    assert_eq!(
+        trust["Condition"]["StringEquals"]["sts:ExternalId"],
+        "org-ektool"
+    );
+    // The permissions are the command's own policy, unchanged.
+    let alone = Ektool::new()
+        .args(&["iam-policy", "snap", "list"])
+        .run()
+        .success()
+        .json();
+    assert_eq!(out["PolicyDocument"], alone);
+    assert_eq!(
+        out["CallerPolicyDocument"]["Statement"][0]["Resource"],
+        "arn:aws:iam::*:role/ektool"
+    );
+    // The config's role template and external id, when no flag says.
+    let dir = tempdir();
+    let config = dir.path().join("ektool.toml");
+    std::fs::write(
+        &config,
+        "[accounts]\nids = [\"111111111111\"]\nrole = \"arn:aws:iam::{account}:role/backup\"\nexternal_id = \"from-config\"\n",
+    )
+    .unwrap();
+    let out = Ektool::new()
+        .args(&["--config", config.to_str().unwrap()])
+        .args(&["iam-policy", "--trust", "123456789012"])
+        .run()
+        .success()
+        .json();
+    assert_eq!(
+        out["AssumeRolePolicyDocument"]["Statement"][0]["Condition"]["StringEquals"]["sts:ExternalId"],
+        "from-config"
+    );
+    assert_eq!(
+        out["CallerPolicyDocument"]["Statement"][0]["Resource"],
+        "arn:aws:iam::*:role/backup"
+    );
+    Ektool::new()
+        .args(&["iam-policy", "--trust", "ektool"])
+        .run()
+        .code(2)
+        .stderr_has("--trust: invalid account id");
+}
+
+#[test]
+fn a_fanned_out_run_calls_in_each_account_only_what_the_policy_grants() {
+    let ids = fresh_accounts(2);
+    let list = ids.join(",");
+    for command in [&["instances"][..], &["snap", "list"], &["snap", "count"]] {
+        let dir = tempdir();
+        let file = dir.path().join("actions");
+        Ektool::moto()
+            .env("EKTOOL_RECORD_ACTIONS", file.to_str().unwrap())
+            .args(&["--accounts", &list, "-r", "eu-west-1,us-east-2"])
+            .args(command)
+            .run()
+            .success();
+        let recorded = crate::harness::recorded_actions(&file);
+        let policy = Ektool::new()
+            .args(&["iam-policy"])
+            .args(command)
+            .run()
+            .success()
+            .json();
+        let granted: std::collections::BTreeSet<String> = policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["Action"].as_array().unwrap().clone())
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(recorded, granted, "{command:?}");
+    }
+}

@@ -35,8 +35,10 @@ pub const DEFAULT_ROLE_TEMPLATE: &str = "arn:aws:iam::{account}:role/ektool";
 pub const ACCOUNT_PLACEHOLDER: &str = "{account}";
 
 /// How many accounts are worked on at once by default (each with its own
-/// region concurrency).
-pub const DEFAULT_ACCOUNT_CONCURRENCY: usize = 8;
+/// region concurrency). Accounts are paced apart (AWS's buckets are per
+/// account), so one waiting on its buckets never needs to hold another
+/// back: the bound is only there to cap open connections.
+pub const DEFAULT_ACCOUNT_CONCURRENCY: usize = 64;
 
 /// A list of accounts, or one of them, that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -42,10 +42,13 @@ const LATENCY: Duration = Duration::from_millis(30);
 /// Requests in flight per account-region.
 const IN_REGION: usize = 16;
 
+/// A bucket's key (account, region, action) and state (tokens, last refill).
+type Buckets = HashMap<(String, String, Action), (f64, Instant)>;
+
 /// AWS's side: a token bucket per account, region and action.
 #[derive(Default)]
 struct Server {
-    buckets: Mutex<HashMap<(String, String, Action), (f64, Instant)>>,
+    buckets: Mutex<Buckets>,
     refused: AtomicUsize,
     served: AtomicUsize,
 }

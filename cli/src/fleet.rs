@@ -183,6 +183,48 @@ pub(crate) async fn fleet(ctx: &Context) -> Result<Fleet, CliError> {
     })
 }
 
+/// The commands that fan out over accounts.
+pub(crate) const FANS_OUT: &[&str] = &["instances", "snap list", "snap count"];
+
+/// Fleet commands that work in one account only so far: with accounts in
+/// play (the flag or the config) they refuse to run rather than quietly
+/// work in the caller's own account.
+const ONE_ACCOUNT_FLEET: &[&str] = &[
+    "snap backup",
+    "snap trim",
+    "snap delete-broken",
+    "snap check",
+    "snap replicate",
+    "snap replicate-all",
+    "snap lag",
+    "run",
+];
+
+/// Refuses `--accounts` on a command that does not fan out, and a
+/// fleet command that does not fan out yet when the config names
+/// `[accounts]` (`accounts_in_config`): bad input, before any call.
+pub(crate) fn check_fan_out(
+    command: &str,
+    flag: bool,
+    accounts_in_config: bool,
+) -> Result<(), CliError> {
+    if FANS_OUT.contains(&command) || command == "iam-policy" {
+        return Ok(());
+    }
+    let why = if flag {
+        "--accounts"
+    } else if accounts_in_config && ONE_ACCOUNT_FLEET.contains(&command) {
+        "config [accounts]"
+    } else {
+        return Ok(());
+    };
+    Err(CliError::Usage(format!(
+        "{why}: `ektool {command}` works in one account (commands fanning out over accounts: {}); \
+         use --role-arn for another account, or --config a file without [accounts]",
+        FANS_OUT.join(", ")
+    )))
+}
+
 /// Leaves out the regions `excluded` names (exactly or by prefix).
 pub(crate) fn exclude(regions: Vec<Region>, excluded: &[String]) -> Vec<Region> {
     regions

@@ -308,6 +308,40 @@ fn bad_account_input_is_refused_with_exit_2() {
 }
 
 #[test]
+fn a_command_that_does_not_fan_out_refuses_accounts_rather_than_use_the_callers() {
+    Ektool::moto()
+        .args(&[
+            "--accounts",
+            "111111111111",
+            "-r",
+            "eu-west-1",
+            "snap",
+            "trim",
+        ])
+        .run()
+        .code(2)
+        .stderr_has("--accounts: `ektool snap trim` works in one account");
+    let dir = tempdir();
+    let config = dir.path().join("ektool.toml");
+    std::fs::write(&config, "[accounts]\nids = [\"111111111111\"]\n").unwrap();
+    let with = |args: &[&str]| {
+        Ektool::moto()
+            .args(&["--config", config.to_str().unwrap(), "-r", "eu-west-1"])
+            .args(args)
+            .run()
+    };
+    with(&["snap", "backup"])
+        .code(2)
+        .stderr_has("config [accounts]: `ektool snap backup` works in one account");
+    // Not a fleet command: the caller's own account, as before.
+    with(&["regions"]).success();
+    // A fanning-out command takes the config's accounts.
+    with(&["--output", "json", "snap", "count"])
+        .success()
+        .stdout_has("\"account\":\"111111111111\"");
+}
+
+#[test]
 fn iam_policy_trust_prints_the_member_role_trust_next_to_its_permissions() {
     let out = Ektool::new()
         .args(&["--external-id", "org-ektool", "--output", "json"])

@@ -316,11 +316,11 @@ fn a_command_that_does_not_fan_out_refuses_accounts_rather_than_use_the_callers(
             "-r",
             "eu-west-1",
             "snap",
-            "trim",
+            "check",
         ])
         .run()
         .code(2)
-        .stderr_has("--accounts: `ektool snap trim` works in one account");
+        .stderr_has("--accounts: `ektool snap check` works in one account");
     let dir = tempdir();
     let config = dir.path().join("ektool.toml");
     std::fs::write(&config, "[accounts]\nids = [\"111111111111\"]\n").unwrap();
@@ -424,5 +424,89 @@ fn a_fanned_out_run_calls_in_each_account_only_what_the_policy_grants() {
             .map(|a| a.as_str().unwrap().to_owned())
             .collect();
         assert_eq!(recorded, granted, "{command:?}");
+    }
+}
+
+/// `n` snapshots of one new volume with ektool's tags, in `account`.
+async fn owned_snapshots(account: &str, region: &str, n: usize) -> (String, Vec<String>) {
+    use snapkit::lineage::tags;
+    let ec2 = ec2_in(account).await;
+    let region = Region::new(region);
+    let volume = ec2
+        .create_volume(
+            &region,
+            &CreateVolume {
+                availability_zone: format!("{region}a"),
+                size_gib: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let t = Tags::new()
+        .with(tags::VOLUME, volume.id.to_string())
+        .with(tags::OWNER, tags::OWNER_VALUE);
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let s = ec2
+            .create_snapshot(
+                &region,
+                &CreateSnapshot {
+                    volume_id: Some(volume.id.clone()),
+                    tags: t.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        ids.push(s.id.to_string());
+    }
+    (volume.id.to_string(), ids)
+}
+
+#[tokio::test]
+async fn trim_plans_and_applies_each_account_with_its_own_credentials() {
+    let ids = fresh_accounts(2);
+    let (_, a) = owned_snapshots(&ids[0], "eu-west-1", 3).await;
+    let (_, b) = owned_snapshots(&ids[1], "eu-west-1", 2).await;
+    let list = ids.join(",");
+    let trim = |extra: &[&str]| {
+        Ektool::moto()
+            .args(&["--accounts", &list, "-r", "eu-west-1"])
+            .args(extra)
+            .args(&["snap", "trim", "--keep-last", "1", "--yes"])
+            .run()
+    };
+    trim(&["--dry-run"])
+        .success()
+        .stdout_has(&format!("== {} eu-west-1", ids[0]))
+        .stdout_has(&format!("== {} eu-west-1", ids[1]));
+    let out = trim(&["--output", "json"]).success().json();
+    let runs = out.as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for (run, (account, snaps)) in runs.iter().zip([(&ids[0], &a), (&ids[1], &b)]) {
+        assert_eq!(run["account"], account.as_str());
+        let deleted: Vec<&str> = run["plan"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["action"] == "delete")
+            .map(|d| d["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(deleted.len(), snaps.len() - 1, "{run}");
+        assert!(deleted.iter().all(|d| snaps.iter().any(|s| s == d)));
+    }
+    // What is left in each account: its newest snapshot only.
+    for (account, snaps) in [(&ids[0], &a), (&ids[1], &b)] {
+        let left: Vec<String> = ec2_in(account)
+            .await
+            .describe_snapshots(&Region::new("eu-west-1"), &[])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id.to_string())
+            .filter(|s| snaps.contains(s))
+            .collect();
+        assert_eq!(left.len(), 1, "{account}: {left:?}");
     }
 }

@@ -70,6 +70,8 @@ pub(crate) struct BrokenArgs {
 
 #[derive(Serialize)]
 struct RegionTrim<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account: Option<&'a str>,
     region: &'a Region,
     plan: &'a [Decision],
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -89,24 +91,38 @@ pub(crate) async fn exec(
             "--format html shows a plan: it needs --dry-run".into(),
         ));
     }
-    let ec2 = ctx.ec2().await;
-    let regions = ctx.regions(&ec2).await?;
+    // Each account (with accounts in play) is planned and applied with its
+    // own client; `owners[i]` is the account of `plans[i]`.
+    let fleet = crate::fleet::fleet(ctx).await?;
     let now = parse_now(None)?;
     let mut json = Vec::new();
     let mut plans: Vec<(Region, Plan, Option<TrimReport>)> = Vec::new();
+    let mut owners: Vec<&crate::fleet::Target> = Vec::new();
     let mut failed = 0;
     let mut failed_regions = Vec::new();
-    for region in &regions {
-        // One region that cannot be listed is reported; the others go on.
-        let scope = Scope::adopting(args.adopt);
-        match trim::plan_region(&ec2, region, &policies, scope, now).await {
-            Ok(plan) => plans.push((region.clone(), plan, None)),
-            Err(e) => {
-                eprintln!("error: {region}: {e}");
-                failed_regions.push(region.to_string());
+    for target in &fleet.targets {
+        for region in &target.regions {
+            // One region that cannot be listed is reported; the others go on.
+            let scope = Scope::adopting(args.adopt);
+            match trim::plan_region(&target.ec2, region, &policies, scope, now).await {
+                Ok(plan) => {
+                    plans.push((region.clone(), plan, None));
+                    owners.push(target);
+                }
+                Err(e) => {
+                    eprintln!("error: {}{region}: {e}", target.prefix());
+                    failed_regions.push(format!("{}{region}", target.prefix()));
+                }
             }
         }
     }
+    if fleet.failed > 0 {
+        failed_regions.push(format!("{} account(s)", fleet.failed));
+    }
+    let header = |i: usize, region: &Region| match owners[i].label() {
+        Some(a) => format!("== {a} {region}"),
+        None => format!("== {region}"),
+    };
 
     if args.format == PlanFormat::Html {
         // One page for every region (a timeline per lineage per region).
@@ -148,9 +164,9 @@ pub(crate) async fn exec(
             )));
         } else if !args.yes && !ctx.config.retention.unattended_trim {
             if std::io::stdin().is_terminal() {
-                for (region, plan, _) in &plans {
+                for (i, (region, plan, _)) in plans.iter().enumerate() {
                     if ctx.output() == OutputFormat::Table {
-                        println!("== {region}");
+                        println!("{}", header(i, region));
                         print_plan(ctx, plan)?;
                     }
                 }
@@ -170,26 +186,27 @@ pub(crate) async fn exec(
         }
     }
     if refused.is_none() && !ctx.global.dry_run {
-        for (region, plan, report) in &mut plans {
+        for (i, (region, plan, report)) in plans.iter_mut().enumerate() {
             if plan.deletions().next().is_some() {
-                let r =
-                    apply_with_progress(&ec2, plan, region, usize::from(args.concurrency)).await;
+                let ec2 = &owners[i].ec2;
+                let r = apply_with_progress(ec2, plan, region, usize::from(args.concurrency)).await;
                 failed += r.failed();
                 r.add_metrics(metrics, region);
                 *report = Some(r);
             }
         }
     }
-    for (region, plan, report) in &plans {
+    for (i, (region, plan, report)) in plans.iter().enumerate() {
         match ctx.output() {
             OutputFormat::Json => json.push(RegionTrim {
+                account: owners[i].label(),
                 region,
                 plan: &plan.decisions,
                 applied: report.as_ref(),
             }),
             OutputFormat::Table => {
                 if !shown {
-                    println!("== {region}");
+                    println!("{}", header(i, region));
                     print_plan(ctx, plan)?;
                 }
                 if let Some(r) = report {
@@ -281,6 +298,7 @@ pub(crate) async fn exec_broken(ctx: &Context, args: BrokenArgs) -> Result<(), C
             let v: Vec<RegionTrim<'_>> = out
                 .iter()
                 .map(|(r, p, a)| RegionTrim {
+                    account: None,
                     region: r,
                     plan: &p.decisions,
                     applied: a.as_ref(),

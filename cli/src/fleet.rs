@@ -184,13 +184,18 @@ pub(crate) async fn fleet(ctx: &Context) -> Result<Fleet, CliError> {
 }
 
 /// The commands that fan out over accounts.
-pub(crate) const FANS_OUT: &[&str] = &["instances", "snap list", "snap count", "snap trim"];
+pub(crate) const FANS_OUT: &[&str] = &[
+    "instances",
+    "snap list",
+    "snap count",
+    "snap trim",
+    "snap backup",
+];
 
 /// Fleet commands that work in one account only so far: with accounts in
 /// play (the flag or the config) they refuse to run rather than quietly
 /// work in the caller's own account.
 const ONE_ACCOUNT_FLEET: &[&str] = &[
-    "snap backup",
     "snap delete-broken",
     "snap check",
     "snap replicate",

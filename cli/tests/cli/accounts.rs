@@ -330,9 +330,9 @@ fn a_command_that_does_not_fan_out_refuses_accounts_rather_than_use_the_callers(
             .args(args)
             .run()
     };
-    with(&["snap", "backup"])
+    with(&["snap", "delete-broken"])
         .code(2)
-        .stderr_has("config [accounts]: `ektool snap backup` works in one account");
+        .stderr_has("config [accounts]: `ektool snap delete-broken` works in one account");
     // Not a fleet command: the caller's own account, as before.
     with(&["regions"]).success();
     // A fanning-out command takes the config's accounts.
@@ -509,4 +509,49 @@ async fn trim_plans_and_applies_each_account_with_its_own_credentials() {
             .collect();
         assert_eq!(left.len(), 1, "{account}: {left:?}");
     }
+}
+
+#[tokio::test]
+async fn backup_snapshots_each_accounts_tagged_instances_in_that_account() {
+    use ec2kit::Filter;
+    let ids = fresh_accounts(2);
+    let key = unique("backup");
+    let tags = Tags::new().with(key.clone(), "production");
+    let a = launch(&ids[0], "eu-west-1", tags.clone()).await;
+    let b = launch(&ids[1], "eu-west-1", tags.clone()).await;
+    let list = ids.join(",");
+    let tag = format!("{key}=production");
+    let out = Ektool::moto()
+        .args(&["--accounts", &list, "-r", "eu-west-1", "--output", "json"])
+        .args(&["snap", "backup", "--tag", &tag])
+        .run()
+        .success()
+        .json();
+    let rows = out.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{out}");
+    for (row, (account, instance)) in rows.iter().zip([(&ids[0], &a), (&ids[1], &b)]) {
+        assert_eq!(row["account"], account.as_str(), "{row}");
+        assert_eq!(row["instance"], instance.as_str(), "{row}");
+        assert!(row.to_string().contains("created"), "{row}");
+        // The snapshot is in the instance's own account.
+        let mine: Vec<String> = ec2_in(account)
+            .await
+            .describe_snapshots(
+                &Region::new("eu-west-1"),
+                &[Filter::new("tag:ektool:instance", [instance.as_str()])],
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id.to_string())
+            .collect();
+        assert_eq!(mine.len(), 1, "{account}: {mine:?}");
+        assert!(row.to_string().contains(&mine[0]), "{row}");
+    }
+    Ektool::moto()
+        .args(&["--accounts", &list, "-r", "eu-west-1"])
+        .args(&["snap", "backup", "--volume", "vol-0123456789abcdef0"])
+        .run()
+        .code(2)
+        .stderr_has("--role-arn");
 }

@@ -190,6 +190,7 @@ pub(crate) const FANS_OUT: &[&str] = &[
     "snap count",
     "snap trim",
     "snap backup",
+    "snap check",
 ];
 
 /// Fleet commands that work in one account only so far: with accounts in
@@ -197,7 +198,6 @@ pub(crate) const FANS_OUT: &[&str] = &[
 /// work in the caller's own account.
 const ONE_ACCOUNT_FLEET: &[&str] = &[
     "snap delete-broken",
-    "snap check",
     "snap replicate",
     "snap replicate-all",
     "snap lag",

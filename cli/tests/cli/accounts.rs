@@ -316,11 +316,11 @@ fn a_command_that_does_not_fan_out_refuses_accounts_rather_than_use_the_callers(
             "-r",
             "eu-west-1",
             "snap",
-            "check",
+            "delete-broken",
         ])
         .run()
         .code(2)
-        .stderr_has("--accounts: `ektool snap check` works in one account");
+        .stderr_has("--accounts: `ektool snap delete-broken` works in one account");
     let dir = tempdir();
     let config = dir.path().join("ektool.toml");
     std::fs::write(&config, "[accounts]\nids = [\"111111111111\"]\n").unwrap();
@@ -554,4 +554,55 @@ async fn backup_snapshots_each_accounts_tagged_instances_in_that_account() {
         .run()
         .code(2)
         .stderr_has("--role-arn");
+}
+
+#[tokio::test]
+async fn check_names_the_account_of_a_missing_backup_and_the_rest_pass() {
+    let ids = fresh_accounts(2);
+    let key = unique("check");
+    let tags = Tags::new().with(key.clone(), "production");
+    let backed = launch(&ids[0], "eu-west-1", tags.clone()).await;
+    let bare = launch(&ids[1], "eu-west-1", tags.clone()).await;
+    let tag = format!("{key}=production");
+    Ektool::moto()
+        .args(&["--role-arn", &role(&ids[0]), "-r", "eu-west-1"])
+        .args(&["snap", "backup", "--tag", &tag])
+        .run()
+        .success();
+    let list = ids.join(",");
+    let out = Ektool::moto()
+        .args(&["--accounts", &list, "-r", "eu-west-1", "--output", "json"])
+        .args(&["snap", "check", "--tag", &tag])
+        .run()
+        .code(1)
+        .stderr_has(&format!("account {}: ", ids[1]))
+        .stderr_has(&bare);
+    assert!(
+        !out.stderr.contains(&format!("account {}: ", ids[0])),
+        "{}",
+        out.stderr
+    );
+    let json = out.json();
+    let reports = json.as_array().unwrap();
+    assert_eq!(reports.len(), 2);
+    assert_eq!(reports[0]["account"], ids[0].as_str());
+    assert_eq!(
+        reports[0]["failures"].as_array().unwrap().len(),
+        0,
+        "{json}"
+    );
+    assert!(reports[0].to_string().contains(&backed), "{json}");
+    assert_eq!(reports[1]["account"], ids[1].as_str());
+    assert_eq!(
+        reports[1]["failures"].as_array().unwrap().len(),
+        1,
+        "{json}"
+    );
+    Ektool::moto()
+        .args(&["--accounts", &list, "-r", "eu-west-1"])
+        .args(&["snap", "check", "--tag", &tag])
+        .run()
+        .code(1)
+        .stdout_has("ACCOUNT")
+        .stdout_has(&ids[1]);
 }

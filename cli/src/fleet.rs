@@ -191,18 +191,13 @@ pub(crate) const FANS_OUT: &[&str] = &[
     "snap trim",
     "snap backup",
     "snap check",
+    "snap delete-broken",
 ];
 
 /// Fleet commands that work in one account only so far: with accounts in
 /// play (the flag or the config) they refuse to run rather than quietly
 /// work in the caller's own account.
-const ONE_ACCOUNT_FLEET: &[&str] = &[
-    "snap delete-broken",
-    "snap replicate",
-    "snap replicate-all",
-    "snap lag",
-    "run",
-];
+const ONE_ACCOUNT_FLEET: &[&str] = &["snap replicate", "snap replicate-all", "snap lag", "run"];
 
 /// Refuses `--accounts` on a command that does not fan out, and a
 /// fleet command that does not fan out yet when the config names

@@ -316,11 +316,15 @@ fn a_command_that_does_not_fan_out_refuses_accounts_rather_than_use_the_callers(
             "-r",
             "eu-west-1",
             "snap",
-            "delete-broken",
+            "lag",
+            "--from",
+            "eu-west-1",
+            "--to",
+            "us-east-1",
         ])
         .run()
         .code(2)
-        .stderr_has("--accounts: `ektool snap delete-broken` works in one account");
+        .stderr_has("--accounts: `ektool snap lag` works in one account");
     let dir = tempdir();
     let config = dir.path().join("ektool.toml");
     std::fs::write(&config, "[accounts]\nids = [\"111111111111\"]\n").unwrap();
@@ -330,9 +334,16 @@ fn a_command_that_does_not_fan_out_refuses_accounts_rather_than_use_the_callers(
             .args(args)
             .run()
     };
-    with(&["snap", "delete-broken"])
-        .code(2)
-        .stderr_has("config [accounts]: `ektool snap delete-broken` works in one account");
+    with(&[
+        "snap",
+        "replicate",
+        "--from",
+        "eu-west-1",
+        "--to",
+        "us-east-1",
+    ])
+    .code(2)
+    .stderr_has("config [accounts]: `ektool snap replicate` works in one account");
     // Not a fleet command: the caller's own account, as before.
     with(&["regions"]).success();
     // A fanning-out command takes the config's accounts.
@@ -496,6 +507,15 @@ async fn trim_plans_and_applies_each_account_with_its_own_credentials() {
         assert_eq!(deleted.len(), snaps.len() - 1, "{run}");
         assert!(deleted.iter().all(|d| snaps.iter().any(|s| s == d)));
     }
+    // delete-broken goes over every account too (moto makes no `error`
+    // snapshot: none to delete).
+    Ektool::moto()
+        .args(&["--accounts", &list, "-r", "eu-west-1"])
+        .args(&["snap", "delete-broken"])
+        .run()
+        .success()
+        .stdout_has(&format!("== {} eu-west-1: 0 broken snapshot(s)", ids[0]))
+        .stdout_has(&format!("== {} eu-west-1: 0 broken snapshot(s)", ids[1]));
     // What is left in each account: its newest snapshot only.
     for (account, snaps) in [(&ids[0], &a), (&ids[1], &b)] {
         let left: Vec<String> = ec2_in(account)

@@ -270,35 +270,47 @@ async fn apply_with_progress(
 
 /// Deletes `error` snapshots in the selected regions only.
 pub(crate) async fn exec_broken(ctx: &Context, args: BrokenArgs) -> Result<(), CliError> {
-    let ec2 = ctx.ec2().await;
-    let regions = ctx.regions(&ec2).await?;
+    // With accounts in play, each account's regions with its own client;
+    // `owners[i]` is the account of `out[i]`.
+    let fleet = crate::fleet::fleet(ctx).await?;
     let mut failed = 0;
     let mut out = Vec::new();
+    let mut owners: Vec<&crate::fleet::Target> = Vec::new();
     let mut failed_regions = Vec::new();
-    for region in &regions {
+    if fleet.failed > 0 {
+        failed_regions.push(format!("{} account(s)", fleet.failed));
+    }
+    for (target, region) in fleet
+        .targets
+        .iter()
+        .flat_map(|t| t.regions.iter().map(move |r| (t, r)))
+    {
+        let ec2 = &target.ec2;
         let scope = Scope::adopting(args.adopt);
-        let plan = match trim::plan_broken(&ec2, region, scope, jiff::Timestamp::now()).await {
+        let plan = match trim::plan_broken(ec2, region, scope, jiff::Timestamp::now()).await {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("error: {region}: {e}");
-                failed_regions.push(region.to_string());
+                eprintln!("error: {}{region}: {e}", target.prefix());
+                failed_regions.push(format!("{}{region}", target.prefix()));
                 continue;
             }
         };
         let report = if ctx.global.dry_run {
             None
         } else {
-            Some(trim::apply(&ec2, &plan, region, 4, &|_| {}).await)
+            Some(trim::apply(ec2, &plan, region, 4, &|_| {}).await)
         };
         failed += report.as_ref().map_or(0, TrimReport::failed);
         out.push((region.clone(), plan, report));
+        owners.push(target);
     }
     match ctx.output() {
         OutputFormat::Json => {
             let v: Vec<RegionTrim<'_>> = out
                 .iter()
-                .map(|(r, p, a)| RegionTrim {
-                    account: None,
+                .zip(&owners)
+                .map(|((r, p, a), t)| RegionTrim {
+                    account: t.label(),
                     region: r,
                     plan: &p.decisions,
                     applied: a.as_ref(),
@@ -307,8 +319,12 @@ pub(crate) async fn exec_broken(ctx: &Context, args: BrokenArgs) -> Result<(), C
             output::json(&v)?;
         }
         OutputFormat::Table => {
-            for (region, plan, report) in &out {
-                println!("== {region}: {} broken snapshot(s)", plan.decisions.len());
+            for ((region, plan, report), t) in out.iter().zip(&owners) {
+                let account = t.label().map_or_else(String::new, |a| format!("{a} "));
+                println!(
+                    "== {account}{region}: {} broken snapshot(s)",
+                    plan.decisions.len()
+                );
                 for d in &plan.decisions {
                     println!("{}  {}  {}", d.id, d.lineage, d.reason);
                 }

@@ -131,9 +131,20 @@ fn read_ids(path: &Path, what: &str) -> Result<Vec<AccountId>, CliError> {
 /// reported on stderr and counted; the rest go on. Bad input (a region
 /// name that resolves nowhere) stops the run.
 pub(crate) async fn fleet(ctx: &Context) -> Result<Fleet, CliError> {
+    fleet_in(ctx, true).await
+}
+
+/// [`fleet`], the regions resolved only when `regions` (a command naming
+/// its own, like `snap lag --from --to`, gets none and makes no call).
+pub(crate) async fn fleet_in(ctx: &Context, regions: bool) -> Result<Fleet, CliError> {
+    let want_regions = regions;
     let Some(accounts) = accounts(ctx)? else {
         let ec2 = ctx.ec2().await;
-        let regions = ctx.regions(&ec2).await?;
+        let regions = if want_regions {
+            ctx.regions(&ec2).await?
+        } else {
+            Vec::new()
+        };
         let account = ctx.global.role_arn.as_deref().and_then(AccountId::of_arn);
         let labelled = ctx.global.role_arn.is_some();
         return Ok(Fleet {
@@ -153,7 +164,11 @@ pub(crate) async fn fleet(ctx: &Context) -> Result<Fleet, CliError> {
             let role = accounts.role_arn(account);
             async move {
                 let ec2 = ctx.ec2_as(Some(role)).await;
-                let regions = ctx.regions(&ec2).await?;
+                let regions = if want_regions {
+                    ctx.regions(&ec2).await?
+                } else {
+                    Vec::new()
+                };
                 Ok::<_, CliError>((ec2, regions))
             }
         },
@@ -192,6 +207,7 @@ pub(crate) const FANS_OUT: &[&str] = &[
     "snap backup",
     "snap check",
     "snap delete-broken",
+    "snap lag",
 ];
 
 /// Fleet commands that work in one account only so far: with accounts in

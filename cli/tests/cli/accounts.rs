@@ -315,16 +315,12 @@ fn a_command_that_does_not_fan_out_refuses_accounts_rather_than_use_the_callers(
             "111111111111",
             "-r",
             "eu-west-1",
-            "snap",
-            "lag",
-            "--from",
-            "eu-west-1",
-            "--to",
-            "us-east-1",
+            "run",
+            "nightly",
         ])
         .run()
         .code(2)
-        .stderr_has("--accounts: `ektool snap lag` works in one account");
+        .stderr_has("--accounts: `ektool run` works in one account");
     let dir = tempdir();
     let config = dir.path().join("ektool.toml");
     std::fs::write(&config, "[accounts]\nids = [\"111111111111\"]\n").unwrap();
@@ -625,4 +621,35 @@ async fn check_names_the_account_of_a_missing_backup_and_the_rest_pass() {
         .code(1)
         .stdout_has("ACCOUNT")
         .stdout_has(&ids[1]);
+}
+
+#[tokio::test]
+async fn lag_is_measured_in_each_account_and_names_the_account_behind() {
+    let ids = fresh_accounts(2);
+    let (volume, _) = owned_snapshots(&ids[0], "eu-west-1", 1).await;
+    let list = ids.join(",");
+    let lag = |extra: &[&str]| {
+        Ektool::moto()
+            .args(&["--accounts", &list, "--output", "json"])
+            .args(&["snap", "lag", "--from", "eu-west-1", "--to", "us-east-1"])
+            .args(&["--all-lineages"])
+            .args(extra)
+            .run()
+    };
+    let out = lag(&[]).success().json();
+    let rows: Vec<(String, String)> = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["account"].as_str().unwrap().to_owned(),
+                r["lineage"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, vec![(ids[0].clone(), volume.clone())], "{out}");
+    lag(&["--max-lag", "1h"])
+        .code(1)
+        .stderr_has(&format!("{} {volume}", ids[0]));
 }

@@ -377,12 +377,47 @@ fn print_table(ctx: &Context, stage: &Stage) {
 /// Per lineage: newest source, newest copy, how far behind.
 pub(crate) async fn exec_lag(ctx: &Context, args: LagArgs) -> Result<(), CliError> {
     let max = args.max_lag;
-    let ec2 = ctx.ec2().await;
-    let (from, to) = from_to(&ec2, &args.from, &args.to).await?;
-    let rows = replicate::lag(&ec2, &from, &to, &args.select.selection(ctx)).await?;
+    // With accounts in play, each account's lag with its own client (its
+    // own `--from`/`--to`); one account alone fails the command as ever.
+    let fleet = crate::fleet::fleet_in(ctx, false).await?;
+    let selection = args.select.selection(ctx);
+    let results = fleet
+        .each(|t| {
+            let (args, selection) = (&args, &selection);
+            async move {
+                let (from, to) = from_to(&t.ec2, &args.from, &args.to).await?;
+                let rows = replicate::lag(&t.ec2, &from, &to, selection).await?;
+                Ok::<_, CliError>((to, rows))
+            }
+        })
+        .await;
+    let mut rows = Vec::new();
+    let mut to = None;
+    let mut failed = 0;
+    for (t, r) in results {
+        match r {
+            Ok((region, list)) => {
+                to = Some(region);
+                rows.extend(list.into_iter().map(|row| (t.label(), row)));
+            }
+            Err(e) if !fleet.labelled => return Err(e),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {}{e}", t.prefix());
+            }
+        }
+    }
+    let to = to.map_or_else(|| args.to.clone(), |r| r.to_string());
     match ctx.output() {
-        OutputFormat::Json => output::json(&rows)?,
-        OutputFormat::Table => output::table(
+        OutputFormat::Json if fleet.labelled => output::json(
+            &rows
+                .iter()
+                .map(|(a, r)| crate::fleet::Row::new(*a, r))
+                .collect::<Vec<_>>(),
+        )?,
+        OutputFormat::Json => output::json(&rows.iter().map(|(_, r)| r).collect::<Vec<_>>())?,
+        OutputFormat::Table => crate::fleet::table(
+            fleet.labelled,
             &[
                 "LINEAGE",
                 "NEWEST SOURCE",
@@ -391,8 +426,8 @@ pub(crate) async fn exec_lag(ctx: &Context, args: LagArgs) -> Result<(), CliErro
                 "DATA OF",
                 "BEHIND",
             ],
-            rows.iter().map(|r| {
-                vec![
+            rows.iter().map(|(a, r)| {
+                let cells = vec![
                     r.lineage.clone(),
                     r.newest_source.to_string(),
                     r.source_taken.strftime("%Y-%m-%d %H:%M").to_string(),
@@ -408,15 +443,19 @@ pub(crate) async fn exec_lag(ctx: &Context, args: LagArgs) -> Result<(), CliErro
                         (Some(s), Some(c)) => format!("{} ({c} in progress)", human(s)),
                         (Some(s), None) => human(s),
                     },
-                ]
+                ];
+                (*a, cells)
             }),
         ),
     }
     if let Some(max) = max {
-        let behind: Vec<&str> = rows
+        let behind: Vec<String> = rows
             .iter()
-            .filter(|r| r.is_behind(max))
-            .map(|r| r.lineage.as_str())
+            .filter(|(_, r)| r.is_behind(max))
+            .map(|(a, r)| match a {
+                Some(a) => format!("{a} {}", r.lineage),
+                None => r.lineage.clone(),
+            })
             .collect();
         if !behind.is_empty() {
             return Err(CliError::Failed(format!(
@@ -426,6 +465,14 @@ pub(crate) async fn exec_lag(ctx: &Context, args: LagArgs) -> Result<(), CliErro
                 behind.join(", ")
             )));
         }
+    }
+    let failed = failed + fleet.failed;
+    if failed > 0 {
+        return Err(CliError::Partial {
+            failed,
+            total: fleet.targets.len() + fleet.failed,
+            what: "accounts",
+        });
     }
     Ok(())
 }

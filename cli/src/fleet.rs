@@ -208,6 +208,7 @@ pub(crate) const FANS_OUT: &[&str] = &[
     "snap check",
     "snap delete-broken",
     "snap lag",
+    "snap replicate",
 ];
 
 /// Fleet commands that work in one account only so far: with accounts in

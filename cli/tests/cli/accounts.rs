@@ -8,16 +8,15 @@ use ektool_tests::{Fault, FaultProxy, moto_url, tempdir, unique};
 
 use crate::harness::Ektool;
 
-/// `n` account ids no other test (nor an earlier run) uses.
+/// `n` account ids no other test (nor an earlier run against the same
+/// moto) uses: this process's id and a counter.
 fn fresh_accounts(n: u64) -> Vec<String> {
-    let seed = u64::from(std::process::id()) * 1000
-        + std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_micros() as u64
-            % 1000;
-    (0..n)
-        .map(|i| format!("{:012}", 300_000_000_000 + seed * 10 + i))
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = NEXT.fetch_add(n, Ordering::SeqCst);
+    let seed = u64::from(std::process::id()) % 10_000_000 * 1000;
+    (start..start + n)
+        .map(|i| format!("{:012}", 300_000_000_000 + seed + i))
         .collect()
 }
 
@@ -330,16 +329,9 @@ fn a_command_that_does_not_fan_out_refuses_accounts_rather_than_use_the_callers(
             .args(args)
             .run()
     };
-    with(&[
-        "snap",
-        "replicate",
-        "--from",
-        "eu-west-1",
-        "--to",
-        "us-east-1",
-    ])
-    .code(2)
-    .stderr_has("config [accounts]: `ektool snap replicate` works in one account");
+    with(&["snap", "replicate-all", "--primary", "us-east-1"])
+        .code(2)
+        .stderr_has("config [accounts]: `ektool snap replicate-all` works in one account");
     // Not a fleet command: the caller's own account, as before.
     with(&["regions"]).success();
     // A fanning-out command takes the config's accounts.
@@ -652,4 +644,45 @@ async fn lag_is_measured_in_each_account_and_names_the_account_behind() {
     lag(&["--max-lag", "1h"])
         .code(1)
         .stderr_has(&format!("{} {volume}", ids[0]));
+}
+
+#[tokio::test]
+async fn replicate_copies_within_each_account() {
+    use snapkit::lineage::tags;
+    let ids = fresh_accounts(2);
+    let (volume, snaps) = owned_snapshots(&ids[0], "eu-west-1", 1).await;
+    let list = ids.join(",");
+    let out = Ektool::moto()
+        .args(&["--accounts", &list, "--output", "json"])
+        .args(&[
+            "snap",
+            "replicate",
+            "--from",
+            "eu-west-1",
+            "--to",
+            "us-east-1",
+        ])
+        .args(&["--all-lineages"])
+        .run()
+        .success()
+        .json();
+    let stages = out.as_array().unwrap();
+    assert_eq!(stages.len(), 2, "{out}");
+    assert_eq!(stages[0]["account"], ids[0].as_str());
+    assert_eq!(stages[1]["account"], ids[1].as_str());
+    // The copy is in the first account's destination, and only there.
+    let source = snaps[0].clone();
+    let mut copies = Vec::new();
+    for account in &ids {
+        let n = ec2_in(account)
+            .await
+            .describe_snapshots(&Region::new("us-east-1"), &[])
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.tags.get(tags::SOURCE_SNAPSHOT) == Some(source.as_str()))
+            .count();
+        copies.push(n);
+    }
+    assert_eq!(copies, [1, 0], "{volume}");
 }

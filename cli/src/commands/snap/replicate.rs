@@ -158,6 +158,9 @@ pub(crate) async fn exec(
     args: Args,
     metrics: &mut snapkit::metrics::Metrics,
 ) -> Result<(), CliError> {
+    if crate::fleet::accounts(ctx)?.is_some() {
+        return exec_accounts(ctx, args, metrics).await;
+    }
     let ec2 = ctx.ec2().await;
     let (from, to) = from_to(&ec2, &args.from, &args.to).await?;
     if from == to {
@@ -174,6 +177,83 @@ pub(crate) async fn exec(
     }
     render(ctx, &stage)?;
     outcome(&[stage])
+}
+
+/// A stage of one account.
+#[derive(Serialize)]
+struct AccountStage<'a> {
+    account: Option<&'a str>,
+    #[serde(flatten)]
+    stage: &'a Stage,
+}
+
+/// `snap replicate` in every account, one after the other (each its own
+/// client, regions and copy slots); a failing account is reported and the
+/// rest go on.
+async fn exec_accounts(
+    ctx: &Context,
+    args: Args,
+    metrics: &mut snapkit::metrics::Metrics,
+) -> Result<(), CliError> {
+    let fleet = crate::fleet::fleet_in(ctx, false).await?;
+    let selection = args.select.selection(ctx);
+    let mut stages = Vec::new();
+    let mut failed = 0;
+    for t in &fleet.targets {
+        let one = async {
+            let (from, to) = from_to(&t.ec2, &args.from, &args.to).await?;
+            if from == to {
+                return Err(CliError::Usage(format!("--from and --to are both {from}")));
+            }
+            if let Some(key) = &args.copy.kms_key {
+                replicate::check_kms_key(&t.ec2, &to, key).await?;
+            }
+            let kms = args.copy.kms_key.as_deref();
+            let plan = replicate::plan(&t.ec2, &from, &to, &selection, kms).await?;
+            Ok(apply(ctx, &t.ec2, vec![plan], &args.copy).await)
+        };
+        match one.await {
+            Ok(stage) => {
+                if let Some(r) = &stage.applied {
+                    r.add_metrics(metrics);
+                }
+                stages.push((t, stage));
+            }
+            Err(e @ CliError::Usage(_)) => return Err(e),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {}{e}", t.prefix());
+            }
+        }
+    }
+    match ctx.output() {
+        OutputFormat::Json => output::json(
+            &stages
+                .iter()
+                .map(|(t, stage)| AccountStage {
+                    account: t.label(),
+                    stage,
+                })
+                .collect::<Vec<_>>(),
+        )?,
+        OutputFormat::Table => {
+            for (t, stage) in &stages {
+                println!("== {}", t.label().unwrap_or("-"));
+                print_table(ctx, stage);
+            }
+        }
+    }
+    let stages: Vec<Stage> = stages.into_iter().map(|(_, s)| s).collect();
+    outcome(&stages)?;
+    let failed = failed + fleet.failed;
+    if failed > 0 {
+        return Err(CliError::Partial {
+            failed,
+            total: fleet.targets.len() + fleet.failed,
+            what: "accounts",
+        });
+    }
+    Ok(())
 }
 
 /// The seed's rsync_all_regions: every other region into the primary, then

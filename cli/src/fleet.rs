@@ -241,6 +241,22 @@ pub(crate) fn check_fan_out(
     )))
 }
 
+/// `--metrics` with accounts in play: refused (bad input), as its samples
+/// carry no account label and two accounts' regions would collide.
+pub(crate) fn no_metrics_with_accounts(
+    ctx: &Context,
+    metrics: Option<&std::path::Path>,
+) -> Result<(), CliError> {
+    if metrics.is_some() && accounts(ctx)?.is_some() {
+        return Err(CliError::Usage(
+            "--metrics works in one account (its samples name no account): use --role-arn \
+             instead of accounts"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Leaves out the regions `excluded` names (exactly or by prefix).
 pub(crate) fn exclude(regions: Vec<Region>, excluded: &[String]) -> Vec<Region> {
     regions

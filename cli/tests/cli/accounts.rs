@@ -562,6 +562,27 @@ async fn backup_snapshots_each_accounts_tagged_instances_in_that_account() {
         .run()
         .code(2)
         .stderr_has("--role-arn");
+    for command in [
+        &["snap", "backup"][..],
+        &["snap", "trim", "--keep-last", "1"],
+        &["snap", "check"],
+        &[
+            "snap",
+            "replicate",
+            "--from",
+            "eu-west-1",
+            "--to",
+            "us-east-1",
+        ],
+    ] {
+        Ektool::moto()
+            .args(&["--accounts", &list, "-r", "eu-west-1"])
+            .args(command)
+            .args(&["--metrics", "/nonexistent/metrics.prom"])
+            .run()
+            .code(2)
+            .stderr_has("--metrics");
+    }
 }
 
 #[tokio::test]

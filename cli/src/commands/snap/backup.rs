@@ -179,6 +179,7 @@ async fn exec_accounts(
     metrics: &mut snapkit::metrics::Metrics,
     failures: &mut Vec<String>,
 ) -> Result<(), CliError> {
+    crate::fleet::no_metrics_with_accounts(ctx, args.metrics.as_deref())?;
     if !args.volume.is_empty() || args.wait {
         return Err(CliError::Usage(
             "--volume and --wait back up in one account: use --role-arn instead of accounts".into(),

@@ -195,6 +195,7 @@ async fn exec_accounts(
     args: Args,
     metrics: &mut snapkit::metrics::Metrics,
 ) -> Result<(), CliError> {
+    crate::fleet::no_metrics_with_accounts(ctx, args.metrics.as_deref())?;
     let fleet = crate::fleet::fleet_in(ctx, false).await?;
     let selection = args.select.selection(ctx);
     let mut stages = Vec::new();

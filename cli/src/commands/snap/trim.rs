@@ -86,6 +86,7 @@ pub(crate) async fn exec(
 ) -> Result<(), CliError> {
     let policies = args.policy.resolve(&ctx.config)?;
     args.format.check(ctx)?;
+    crate::fleet::no_metrics_with_accounts(ctx, args.metrics.as_deref())?;
     if args.format == PlanFormat::Html && !ctx.global.dry_run {
         return Err(CliError::Usage(
             "--format html shows a plan: it needs --dry-run".into(),

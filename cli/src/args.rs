@@ -55,6 +55,29 @@ pub(crate) struct GlobalArgs {
     )]
     pub regions: Vec<String>,
 
+    /// Leave out these regions (exact names or prefixes; repeatable or
+    /// comma-separated), e.g. from `--region all`.
+    #[arg(long, global = true, value_name = "REGION", value_delimiter = ',')]
+    pub exclude_region: Vec<String>,
+
+    /// Assume this IAM role for every EC2 call (one account).
+    #[arg(long, global = true, value_name = "ARN", conflicts_with = "accounts")]
+    pub role_arn: Option<String>,
+
+    /// The external id the role's trust policy asks for.
+    #[arg(long, global = true, value_name = "ID")]
+    pub external_id: Option<String>,
+
+    /// The assumed role's session name (CloudTrail). Default: ektool.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub role_session_name: Option<String>,
+
+    /// Fan fleet commands out over these accounts (comma-separated ids, or
+    /// @FILE of ids), each through the `[accounts] role` template.
+    /// Default: `[accounts]` from the config.
+    #[arg(long, global = true, value_name = "ID,ID|@FILE")]
+    pub accounts: Option<String>,
+
     /// EC2 endpoint URL (e.g. a local moto server). AWS_ENDPOINT_URL_EC2
     /// works too.
     #[arg(

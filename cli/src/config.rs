@@ -31,6 +31,9 @@ pub struct Config {
     /// How to reach EC2.
     #[serde(default)]
     pub aws: AwsConfig,
+    /// Many accounts, one run: `[accounts]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accounts: Option<AccountsConfig>,
     /// How to reach hosts.
     #[serde(default)]
     pub ssh: SshConfig,
@@ -156,6 +159,37 @@ impl AwsConfig {
             .iter()
             .fold(RateLimits::aws(), |l, (a, b)| l.with(*a, *b))
     }
+}
+
+/// `[accounts]`: the accounts fleet commands fan out over, and the role
+/// assumed in each.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountsConfig {
+    /// Account ids (12 digits each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<ec2kit::AccountId>,
+    /// A file of account ids (commas, spaces or lines; `#` comments),
+    /// instead of `ids`; relative to the config file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// The role assumed in each account, `{account}` standing for its id
+    /// (default `arn:aws:iam::{account}:role/ektool`).
+    #[serde(default, deserialize_with = "de_role_template")]
+    pub role: Option<String>,
+    /// The external id the roles' trust policy asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+}
+
+fn de_role_template<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let role = String::deserialize(d)?;
+    if !role.contains(ec2kit::accounts::ACCOUNT_PLACEHOLDER) {
+        return Err(serde::de::Error::custom(
+            ec2kit::accounts::AccountsError::InvalidTemplate(role),
+        ));
+    }
+    Ok(Some(role))
 }
 
 /// `[ssh]`.
@@ -1054,6 +1088,11 @@ fn resolve_paths(table: &mut toml::Table, base: &Path) {
         if let Some(toml::Value::Array(files)) = ssh.get_mut("identity_files") {
             files.iter_mut().for_each(|f| fix(f, base));
         }
+    }
+    if let Some(toml::Value::Table(accounts)) = table.get_mut("accounts")
+        && let Some(f) = accounts.get_mut("file")
+    {
+        fix(f, base);
     }
     if let Some(toml::Value::Table(notify)) = table.get_mut("notify") {
         for key in ["webhook_url_file", "heartbeat_url_file"] {

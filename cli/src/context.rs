@@ -39,6 +39,13 @@ impl Context {
             ec2kit::aws::check_endpoint_url(url)
                 .map_err(|e| CliError::Usage(format!("--endpoint-url: {e}")))?;
         }
+        if let Some(arn) = &global.role_arn
+            && !arn.starts_with("arn:")
+        {
+            return Err(CliError::Usage(format!(
+                "--role-arn: {arn:?} is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME)"
+            )));
+        }
         if global
             .profile
             .as_deref()
@@ -58,9 +65,26 @@ impl Context {
         self.global.output
     }
 
-    /// An EC2 client configured from flags over the config's `[aws]`.
+    /// An EC2 client configured from flags over the config's `[aws]`
+    /// (assuming `--role-arn` when given).
     pub(crate) async fn ec2(&self) -> AwsEc2 {
+        self.ec2_as(self.global.role_arn.clone()).await
+    }
+
+    /// An EC2 client that assumes `role` (none: the caller's own
+    /// credentials), with an account's own rate-limit buckets.
+    pub(crate) async fn ec2_as(&self, role: Option<String>) -> AwsEc2 {
         let mut options = self.config.aws.options();
+        if role.is_some() {
+            options.role_arn = role;
+            options.external_id = self.global.external_id.clone().or_else(|| {
+                self.config
+                    .accounts
+                    .as_ref()
+                    .and_then(|a| a.external_id.clone())
+            });
+            options.session_name = self.global.role_session_name.clone();
+        }
         if let Some(profile) = &self.global.profile {
             options.profile = Some(profile.clone());
         }
@@ -79,7 +103,7 @@ impl Context {
     /// `DescribeRegions` call (exact, unique prefix, or `all`).
     pub(crate) async fn regions(&self, ec2: &AwsEc2) -> Result<Vec<Region>, CliError> {
         match self.config.regions_or(ec2, &self.global.regions).await {
-            Ok(regions) => Ok(regions),
+            Ok(regions) => Ok(crate::fleet::exclude(regions, &self.global.exclude_region)),
             Err(RegionsError::Names(e)) => Err(e.into()),
             Err(RegionsError::Catalog(e)) => Err(e.into()),
             // A kind of failure this CLI does not know yet: bad input.

@@ -8,6 +8,7 @@ mod commands;
 mod context;
 mod error;
 mod exit;
+mod fleet;
 mod logging;
 mod notify;
 mod output;
@@ -24,6 +25,15 @@ fn main() -> ExitCode {
     quiet_closed_pipes();
     let (cli, command) = args::parse();
     logging::init(cli.global.verbose, cli.global.quiet, cli.global.log_format);
+    // Accounts and a command that does not fan out over them: bad input.
+    let accounts_in_config = cli.global.accounts.is_none()
+        && config::Config::load(cli.global.config.as_deref()).is_ok_and(|c| c.accounts.is_some());
+    if let Err(e) =
+        fleet::check_fan_out(&command, cli.global.accounts.is_some(), accounts_in_config)
+    {
+        error::report_with_hint(&e, None);
+        return ExitCode::from(e.exit_code());
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

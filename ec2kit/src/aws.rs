@@ -134,7 +134,20 @@ pub struct AwsEc2Options {
     /// region: an audit of what a command really calls (the IAM policy
     /// tests record with it).
     pub on_request: Option<RequestHook>,
+    /// A role to assume (`sts:AssumeRole`) with the loaded credentials:
+    /// every call then runs as that role, usually in another account
+    /// (see [`crate::accounts`]). Its credentials are fetched on the first
+    /// call and refreshed before they expire.
+    pub role_arn: Option<String>,
+    /// The external id the role's trust policy asks for (with `role_arn`).
+    pub external_id: Option<String>,
+    /// The session name CloudTrail shows for the assumed role (default
+    /// [`DEFAULT_SESSION_NAME`]).
+    pub session_name: Option<String>,
 }
+
+/// The session name of an assumed role when none is configured.
+pub const DEFAULT_SESSION_NAME: &str = "ektool";
 
 /// The function inside a [`RequestHook`].
 pub type RequestFn = dyn Fn(Action, &Region) + Send + Sync;
@@ -199,7 +212,30 @@ impl AwsEc2 {
         if let Some(region) = &options.home_region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
-        let config = loader.load().await;
+        let mut config = loader.load().await;
+        if let Some(role) = &options.role_arn {
+            let mut provider = aws_config::sts::AssumeRoleProvider::builder(role.clone())
+                .session_name(
+                    options
+                        .session_name
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_SESSION_NAME.to_owned()),
+                )
+                .configure(&config);
+            if let Some(id) = &options.external_id {
+                provider = provider.external_id(id.clone());
+            }
+            if config.region().is_none() {
+                provider = provider.region(aws_config::Region::new(FALLBACK_REGION));
+            }
+            let provider = provider.build().await;
+            config = config
+                .into_builder()
+                .credentials_provider(
+                    aws_credential_types::provider::SharedCredentialsProvider::new(provider),
+                )
+                .build();
+        }
         let configured_region = config.region().map(Region::new);
         let home = configured_region
             .clone()

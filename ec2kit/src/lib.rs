@@ -76,6 +76,7 @@ mod snapshot;
 mod tags;
 mod volume;
 
+pub mod accounts;
 pub mod duration;
 pub mod elb;
 pub mod fleet;
@@ -99,6 +100,7 @@ pub mod ssh;
 #[cfg(feature = "ssh")]
 pub mod ssh_key;
 
+pub use accounts::{AccountId, Accounts};
 pub use action::Action;
 pub use duration::HumanDuration;
 pub use ec2::Ec2;

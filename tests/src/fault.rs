@@ -28,6 +28,13 @@ pub enum Fault {
         /// The share of requests throttled.
         rate: f64,
     },
+    /// Answer `403 AccessDenied` instead of forwarding every request whose
+    /// body holds `needle` (e.g. the one account's role ARN in an
+    /// `AssumeRole`: a role that cannot be assumed).
+    DenyIf {
+        /// What the body must contain.
+        needle: String,
+    },
 }
 
 /// What the proxy did with one action's requests.
@@ -37,7 +44,8 @@ pub struct Counts {
     pub forwarded: usize,
     /// Passed to the upstream, answer dropped.
     pub dropped: usize,
-    /// Answered `RequestLimitExceeded` without forwarding.
+    /// Answered `RequestLimitExceeded` (or, with [`Fault::DenyIf`],
+    /// `AccessDenied`) without forwarding.
     pub throttled: usize,
 }
 
@@ -66,6 +74,7 @@ enum Verdict {
     Forward,
     Drop,
     Throttle,
+    Deny,
 }
 
 /// The proxy; stops when dropped.
@@ -151,7 +160,7 @@ impl Drop for FaultProxy {
     }
 }
 
-fn verdict(state: &Mutex<State>, action: &str) -> Verdict {
+fn verdict(state: &Mutex<State>, action: &str, body: &[u8]) -> Verdict {
     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
     let fault = s.faults.get(action).or(s.all.as_ref()).cloned();
     let verdict = match fault {
@@ -162,15 +171,26 @@ fn verdict(state: &Mutex<State>, action: &str) -> Verdict {
             Verdict::Drop
         }
         Some(Fault::Throttle { rate }) if s.next_random() < rate => Verdict::Throttle,
+        Some(Fault::DenyIf { needle }) if contains(body, needle.as_bytes()) => Verdict::Deny,
         _ => Verdict::Forward,
     };
     let c = s.counts.entry(action.to_owned()).or_default();
     match verdict {
         Verdict::Forward => c.forwarded += 1,
         Verdict::Drop => c.dropped += 1,
-        Verdict::Throttle => c.throttled += 1,
+        Verdict::Throttle | Verdict::Deny => c.throttled += 1,
     }
     verdict
+}
+
+/// Whether `hay` holds `needle` (URL-encoded forms too: `:` as `%3A`).
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(hay)
+        .replace("%3A", ":")
+        .replace("%2F", "/");
+    text.as_bytes()
+        .windows(needle.len().max(1))
+        .any(|w| w == needle)
 }
 
 /// One HTTP request: head lines and body.
@@ -221,7 +241,19 @@ fn serve(conn: TcpStream, upstream: &str, state: &Mutex<State>) {
     let mut reader = BufReader::new(conn);
     while let Some(req) = read_request(&mut reader) {
         let action = action_of(&req.body);
-        match verdict(state, &action) {
+        match verdict(state, &action, &req.body) {
+            Verdict::Deny => {
+                let body = "<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code>\
+                    <Message>User is not authorized to perform: sts:AssumeRole</Message>\
+                    </Error><RequestId>ektool-fault-proxy</RequestId></ErrorResponse>";
+                let reply = format!(
+                    "HTTP/1.1 403 Forbidden\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if out.write_all(reply.as_bytes()).is_err() {
+                    return;
+                }
+            }
             Verdict::Throttle => {
                 let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
                     <Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message>\

@@ -35,6 +35,24 @@ pub(crate) struct Args {
     /// then cannot delete untagged snapshots: that is the point).
     #[arg(long, conflicts_with = "list")]
     pub restrict_by_tag: bool,
+    /// For a member account's role (StackSets): print its trust policy
+    /// (ACCOUNT, the account ektool runs in, may assume it; with the
+    /// external id of `--external-id` or `[accounts]`) next to its
+    /// permissions, and the caller's `sts:AssumeRole` statement.
+    #[arg(long, value_name = "ACCOUNT", conflicts_with = "list")]
+    pub trust: Option<String>,
+}
+
+/// The member role's documents, as CloudFormation names them.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct MemberRole {
+    /// Who may assume the role.
+    assume_role_policy_document: serde_json::Value,
+    /// What the role may do.
+    policy_document: iam::Document,
+    /// What ektool's own identity needs to assume it.
+    caller_policy_document: serde_json::Value,
 }
 
 /// What `--restrict-by-tag` conditions on: the tag on everything ektool
@@ -202,8 +220,21 @@ fn names(actions: &[ec2kit::Action]) -> Vec<String> {
     v
 }
 
-/// Prints the policy (or the list).
-pub(crate) fn exec(args: Args, format: OutputFormat) -> Result<(), CliError> {
+/// Prints the policy (or the list); with `--trust`, the member role's
+/// trust policy beside it (`external_id`, `role` from the command line or
+/// config).
+pub(crate) fn exec(
+    args: Args,
+    format: OutputFormat,
+    external_id: Option<&str>,
+    role: &str,
+) -> Result<(), CliError> {
+    let trusted: Option<ec2kit::AccountId> = args
+        .trust
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e| CliError::Usage(format!("--trust: {e}")))?;
     let all = policies();
     if args.list && format == OutputFormat::Json {
         let list: Vec<serde_json::Value> = all
@@ -262,7 +293,15 @@ pub(crate) fn exec(args: Args, format: OutputFormat) -> Result<(), CliError> {
         }
     };
     let doc = iam::document(&chosen, args.restrict_by_tag.then_some(&OWNERSHIP));
-    let text = serde_json::to_string_pretty(&doc).map_err(|e| CliError::Failed(e.to_string()))?;
+    let text = match &trusted {
+        Some(account) => serde_json::to_string_pretty(&MemberRole {
+            assume_role_policy_document: ec2kit::accounts::trust_policy(account, external_id),
+            policy_document: doc,
+            caller_policy_document: ec2kit::accounts::caller_policy(role),
+        }),
+        None => serde_json::to_string_pretty(&doc),
+    }
+    .map_err(|e| CliError::Failed(e.to_string()))?;
     println!("{text}");
     Ok(())
 }

@@ -24,28 +24,39 @@ pub(crate) struct Args {
 /// A failing region is reported and the others still listed (exit 1).
 pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let tag = args.tag.unwrap_or_else(|| ctx.config.defaults.tag.clone());
-    let ec2 = ctx.ec2().await;
-    let regions = ctx.regions(&ec2).await?;
-    let results =
-        fleet::instances_by_tag(&ec2, &regions, &tag, usize::from(args.concurrency)).await;
+    let fleet = crate::fleet::fleet(ctx).await?;
+    let results = fleet
+        .each(|t| fleet::instances_by_tag(&t.ec2, &t.regions, &tag, usize::from(args.concurrency)))
+        .await;
 
-    let mut instances: Vec<Instance> = Vec::new();
+    let mut instances: Vec<(Option<&str>, Instance)> = Vec::new();
     let mut failed = 0;
-    for r in results {
-        match r.result {
-            Ok(list) => instances.extend(list),
-            Err(e) => {
-                failed += 1;
-                tracing::error!("{e}");
-                eprintln!("error: {}: {e}", r.region);
+    for (target, results) in results {
+        for r in results {
+            match r.result {
+                Ok(list) => instances.extend(list.into_iter().map(|i| (target.label(), i))),
+                Err(e) => {
+                    failed += 1;
+                    tracing::error!("{e}");
+                    eprintln!("error: {}{}: {e}", target.prefix(), r.region);
+                }
             }
         }
     }
-    instances.sort_by(|a, b| (&a.region, a.name(), &a.id).cmp(&(&b.region, b.name(), &b.id)));
+    instances.sort_by(|(x, a), (y, b)| {
+        (x, &a.region, a.name(), &a.id).cmp(&(y, &b.region, b.name(), &b.id))
+    });
 
     match ctx.output() {
-        OutputFormat::Json => output::json(&instances)?,
-        OutputFormat::Table => output::table(
+        OutputFormat::Json if fleet.labelled => output::json(
+            &instances
+                .iter()
+                .map(|(a, i)| crate::fleet::Row::new(*a, i))
+                .collect::<Vec<_>>(),
+        )?,
+        OutputFormat::Json => output::json(&instances.iter().map(|(_, i)| i).collect::<Vec<_>>())?,
+        OutputFormat::Table => crate::fleet::table(
+            fleet.labelled,
             &[
                 "REGION",
                 "INSTANCE",
@@ -56,27 +67,24 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                 "PRIVATE-IP",
                 "PUBLIC-IP",
             ],
-            instances.iter().map(|i| {
-                vec![
-                    i.region.to_string(),
-                    i.id.to_string(),
-                    output::or_dash(i.name()),
-                    i.state.clone(),
-                    output::or_dash(i.instance_type.as_deref()),
-                    output::or_dash(i.availability_zone.as_deref()),
-                    output::or_dash(i.private_ip.as_deref()),
-                    output::or_dash(i.public_ip.as_deref()),
-                ]
+            instances.iter().map(|(a, i)| {
+                (
+                    *a,
+                    vec![
+                        i.region.to_string(),
+                        i.id.to_string(),
+                        output::or_dash(i.name()),
+                        i.state.clone(),
+                        output::or_dash(i.instance_type.as_deref()),
+                        output::or_dash(i.availability_zone.as_deref()),
+                        output::or_dash(i.private_ip.as_deref()),
+                        output::or_dash(i.public_ip.as_deref()),
+                    ],
+                )
             }),
         ),
     }
-    if failed > 0 {
-        return Err(CliError::Partial {
-            failed,
-            total: regions.len(),
-            what: "regions",
-        });
-    }
+    fleet.outcome(failed)?;
     if instances.is_empty() {
         tracing::info!(%tag, "no instances carry the tag");
     }

@@ -33,7 +33,24 @@ pub(crate) async fn run(cli: Cli, interrupt: ec2kit::CancellationToken) -> Resul
         // These need no config: they must work even when the config is broken.
         Command::Completions(args) => completions::exec(args, Cli::command()),
         Command::Manpage(args) => manpage::exec(args, Cli::command()),
-        Command::IamPolicy(args) => iam::exec(args, cli.global.output),
+        Command::IamPolicy(args) => {
+            // `--trust` takes the external id and role template from the
+            // config when it loads (the policy itself never needs it).
+            let accounts = args
+                .trust
+                .as_ref()
+                .and_then(|_| crate::config::Config::load(cli.global.config.as_deref()).ok())
+                .and_then(|c| c.accounts);
+            let external_id = cli
+                .global
+                .external_id
+                .clone()
+                .or_else(|| accounts.as_ref().and_then(|a| a.external_id.clone()));
+            let role = accounts
+                .and_then(|a| a.role)
+                .unwrap_or_else(|| ec2kit::accounts::DEFAULT_ROLE_TEMPLATE.to_owned());
+            iam::exec(args, cli.global.output, external_id.as_deref(), &role)
+        }
         command => {
             let ctx = Context::load(cli.global, interrupt)?;
             match command {

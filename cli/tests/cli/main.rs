@@ -6,6 +6,7 @@
 mod harness;
 mod moto;
 
+mod accounts;
 mod ami;
 mod archive;
 mod basics;

@@ -578,3 +578,63 @@ async fn tiers_images_of_instances_and_launch_template_images() {
     let before = ec2.launch_template_images(&region).await.unwrap();
     assert!(before.iter().all(|t| t.image != image.as_str()));
 }
+
+/// An `AwsEc2` that assumes `role` (moto keeps the state of the account
+/// the role names apart from every other account's).
+async fn ec2_as(role: &str) -> AwsEc2 {
+    AwsEc2::new(AwsEc2Options {
+        endpoint_url: Some(moto_url()),
+        home_region: Some("us-east-1".into()),
+        rate_limits: Some(RateLimits::disabled()),
+        role_arn: Some(role.to_owned()),
+        external_id: Some("ektool-test".into()),
+        session_name: Some("ektool-it".into()),
+        ..Default::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_assumed_role_works_in_its_own_account_only() {
+    use ec2kit::accounts::{AccountId, Accounts, DEFAULT_ROLE_TEMPLATE, each_account};
+    use ec2kit::requests::CreateVolume;
+
+    // Fresh account ids per run: moto's state outlives a test.
+    let base = 100_000_000_000u64 + u64::from(std::process::id()) * 10;
+    let ids: Vec<AccountId> = (0..3)
+        .map(|i| format!("{:012}", base + i).parse().unwrap())
+        .collect();
+    let accounts = Accounts::new(ids.clone(), DEFAULT_ROLE_TEMPLATE).unwrap();
+    let region = Region::new("eu-west-1");
+    let first = ec2_as(&accounts.role_arn(&ids[0])).await;
+    let volume = first
+        .create_volume(
+            &region,
+            &CreateVolume {
+                availability_zone: "eu-west-1a".into(),
+                size_gib: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    let seen = each_account(accounts.ids(), 2, |account| {
+        let role = accounts.role_arn(account);
+        let region = region.clone();
+        async move {
+            let ec2 = ec2_as(&role).await;
+            let volumes = ec2.describe_volumes(&region, &[]).await?;
+            Ok::<_, ec2kit::Ec2Error>(volumes.into_iter().map(|v| v.id).collect::<Vec<_>>())
+        }
+    })
+    .await;
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0].account, ids[0]);
+    assert_eq!(seen[0].result.as_ref().unwrap(), &vec![volume.id.clone()]);
+    assert!(seen[1].result.as_ref().unwrap().is_empty());
+    assert!(seen[2].result.as_ref().unwrap().is_empty());
+    // And the caller's own account (no role) does not see it either.
+    let own = ec2().await.describe_volumes(&region, &[]).await.unwrap();
+    assert!(own.iter().all(|v| v.id != volume.id));
+}

@@ -78,6 +78,9 @@ pub(crate) async fn exec(
         window: durations::signed(args.window),
         ..ctx.config.backup_options()
     };
+    if crate::fleet::accounts(ctx)?.is_some() {
+        return exec_accounts(ctx, args, options, metrics, failures).await;
+    }
     // Bad input before any call: ids and aliases, and the hosts of held
     // volumes.
     let volumes = volume_args(ctx, &args)?;
@@ -163,6 +166,85 @@ pub(crate) async fn exec(
         return wait_outcome(ctx, &waited, args.wait_timeout, failures);
     }
     Ok(())
+}
+
+/// `snap backup` over many accounts: each account's instances (by tag or
+/// `--instance`) in its regions, with its own client; a row per instance
+/// with its account. Volumes (`--volume`) and `--wait` work in one account
+/// (`--role-arn`).
+async fn exec_accounts(
+    ctx: &Context,
+    args: Args,
+    options: BackupOptions,
+    metrics: &mut snapkit::metrics::Metrics,
+    failures: &mut Vec<String>,
+) -> Result<(), CliError> {
+    crate::fleet::no_metrics_with_accounts(ctx, args.metrics.as_deref())?;
+    if !args.volume.is_empty() || args.wait {
+        return Err(CliError::Usage(
+            "--volume and --wait back up in one account: use --role-arn instead of accounts".into(),
+        ));
+    }
+    let which = if args.instance.is_empty() {
+        Instances::Tagged(
+            args.tag
+                .clone()
+                .unwrap_or_else(|| ctx.config.defaults.tag.clone()),
+        )
+    } else {
+        Instances::Ids(args.instance.clone())
+    };
+    let fleet = crate::fleet::fleet(ctx).await?;
+    let reports = fleet
+        .each(|t| {
+            let (options, which) = (options.clone(), which.clone());
+            async move {
+                let mut job = Backup::new(&t.ec2, options)
+                    .connect(ctx.config.connect())
+                    .cancel_on(ctx.interrupt.clone())
+                    .instances(t.regions.clone(), which);
+                if args.consistent {
+                    job = job.consistent(ctx.config.consistency.instance_hold());
+                }
+                if ctx.global.dry_run {
+                    job.plan().await
+                } else {
+                    job.run().await
+                }
+            }
+        })
+        .await;
+    let mut rows = Vec::new();
+    let mut failed = 0;
+    let mut total = 0;
+    for (target, report) in &reports {
+        report.add_metrics(metrics);
+        failures.extend(report.results.iter().filter_map(failure_line));
+        failed += report.failed();
+        total += report.results.len();
+        rows.extend(report.results.iter().map(|r| (target.label(), r)));
+    }
+    match ctx.output() {
+        OutputFormat::Json => output::json(
+            &rows
+                .iter()
+                .map(|(a, r)| crate::fleet::Row::new(*a, *r))
+                .collect::<Vec<_>>(),
+        )?,
+        OutputFormat::Table => crate::fleet::table(
+            true,
+            &["REGION", "SOURCE", "NAME", "STATUS", "SNAPSHOTS"],
+            rows.iter().map(|(a, r)| (*a, cells(r))),
+        ),
+    }
+    if failed > 0 {
+        return Err(CliError::Partial {
+            failed,
+            total,
+            what: "backups",
+        });
+    }
+    fleet.outcome(0)
 }
 
 /// One `--volume`: an id, or an alias resolved from the config.
@@ -267,40 +349,7 @@ fn render(ctx: &Context, report: &BackupReport) -> Result<(), CliError> {
         OutputFormat::Table => {
             output::table(
                 &["REGION", "SOURCE", "NAME", "STATUS", "SNAPSHOTS"],
-                results.iter().map(|r| {
-                    let source = r
-                        .instance
-                        .as_ref()
-                        .map(|i| i.to_string())
-                        .or_else(|| r.volume.as_ref().map(|v| v.to_string()))
-                        .unwrap_or_else(|| "-".into());
-                    let (status, snaps) = match &r.status {
-                        BackupStatus::Created { snapshots, .. } => {
-                            ("created".to_owned(), join(snapshots))
-                        }
-                        BackupStatus::AlreadyDone { snapshots } => {
-                            ("already done in this window".to_owned(), join(snapshots))
-                        }
-                        BackupStatus::DryRunOk => ("dry run: would succeed".to_owned(), "-".into()),
-                        BackupStatus::Failed {
-                            error, snapshots, ..
-                        } => (
-                            format!("FAILED: {error}"),
-                            if snapshots.is_empty() {
-                                "-".into()
-                            } else {
-                                join(snapshots)
-                            },
-                        ),
-                    };
-                    vec![
-                        r.region.to_string(),
-                        source,
-                        output::or_dash(r.name.as_deref()),
-                        status,
-                        snaps,
-                    ]
-                }),
+                results.iter().map(cells),
             );
             for r in results {
                 for n in &r.notes {
@@ -315,6 +364,40 @@ fn render(ctx: &Context, report: &BackupReport) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// A row of the backup table.
+fn cells(r: &snapkit::backup::BackupResult) -> Vec<String> {
+    let source = r
+        .instance
+        .as_ref()
+        .map(|i| i.to_string())
+        .or_else(|| r.volume.as_ref().map(|v| v.to_string()))
+        .unwrap_or_else(|| "-".into());
+    let (status, snaps) = match &r.status {
+        BackupStatus::Created { snapshots, .. } => ("created".to_owned(), join(snapshots)),
+        BackupStatus::AlreadyDone { snapshots } => {
+            ("already done in this window".to_owned(), join(snapshots))
+        }
+        BackupStatus::DryRunOk => ("dry run: would succeed".to_owned(), "-".into()),
+        BackupStatus::Failed {
+            error, snapshots, ..
+        } => (
+            format!("FAILED: {error}"),
+            if snapshots.is_empty() {
+                "-".into()
+            } else {
+                join(snapshots)
+            },
+        ),
+    };
+    vec![
+        r.region.to_string(),
+        source,
+        output::or_dash(r.name.as_deref()),
+        status,
+        snaps,
+    ]
 }
 
 /// What the wait found: a line per region; `error` snapshots, ones still

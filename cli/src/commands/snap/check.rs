@@ -64,6 +64,9 @@ pub(crate) async fn exec(
     metrics: &mut snapkit::metrics::Metrics,
     failure_lines: &mut Vec<String>,
 ) -> Result<(), CliError> {
+    if crate::fleet::accounts(ctx)?.is_some() {
+        return super::check_accounts::exec(ctx, args, failure_lines).await;
+    }
     let cfg = &ctx.config.check;
     let max_age = args
         .max_age
@@ -199,7 +202,7 @@ fn verified(l: &check::LineageCheck) -> String {
     }
 }
 
-fn row(l: &check::LineageCheck) -> Vec<String> {
+pub(super) fn row(l: &check::LineageCheck) -> Vec<String> {
     let of = match (&l.alias, &l.instance, &l.device) {
         (Some(a), _, _) => a.clone(),
         (None, Some(i), Some(d)) => format!("{i} {d}"),

@@ -23,48 +23,74 @@ pub(crate) struct Args {
 
 #[derive(Serialize)]
 struct Row {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account: Option<String>,
     region: String,
     snapshots: usize,
     over: bool,
 }
 
+impl Row {
+    /// `account region` (or just the region) in a message.
+    fn place(&self) -> String {
+        match &self.account {
+            Some(a) => format!("{a} {}", self.region),
+            None => self.region.clone(),
+        }
+    }
+}
+
 /// Counts and compares.
 pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
-    let ec2 = ctx.ec2().await;
-    let regions = ctx.regions(&ec2).await?;
+    let fleet = crate::fleet::fleet(ctx).await?;
     let scope = Scope::adopting(args.adopt);
-    let results = trim::inventories(&ec2, &regions, scope, 8).await;
+    let results = fleet
+        .each(|t| trim::inventories(&t.ec2, &t.regions, scope, 8))
+        .await;
     let mut rows = Vec::new();
-    for r in results {
-        let n = r.result?.len();
-        rows.push(Row {
-            region: r.region.to_string(),
-            snapshots: n,
-            over: n as u64 > args.warn_at,
-        });
+    let mut failed = 0;
+    for (target, results) in results {
+        for r in results {
+            let n = match r.result {
+                Ok(list) => list.len(),
+                // One account: a failing region fails the count, as ever.
+                Err(e) if !fleet.labelled => return Err(e.into()),
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("error: {}{e}", target.prefix());
+                    continue;
+                }
+            };
+            rows.push(Row {
+                account: target.label().map(str::to_owned),
+                region: r.region.to_string(),
+                snapshots: n,
+                over: n as u64 > args.warn_at,
+            });
+        }
     }
     match ctx.output() {
         OutputFormat::Json => output::json(&rows)?,
-        OutputFormat::Table => output::table(
+        OutputFormat::Table => crate::fleet::table(
+            fleet.labelled,
             &["REGION", "SNAPSHOTS", "STATUS"],
             rows.iter().map(|r| {
-                vec![
-                    r.region.clone(),
-                    r.snapshots.to_string(),
-                    if r.over {
-                        format!("over {}", args.warn_at)
-                    } else {
-                        "ok".into()
-                    },
-                ]
+                (
+                    r.account.as_deref(),
+                    vec![
+                        r.region.clone(),
+                        r.snapshots.to_string(),
+                        if r.over {
+                            format!("over {}", args.warn_at)
+                        } else {
+                            "ok".into()
+                        },
+                    ],
+                )
             }),
         ),
     }
-    let over: Vec<&str> = rows
-        .iter()
-        .filter(|r| r.over)
-        .map(|r| r.region.as_str())
-        .collect();
+    let over: Vec<String> = rows.iter().filter(|r| r.over).map(Row::place).collect();
     if !over.is_empty() {
         return Err(CliError::Failed(format!(
             "snapshot count over {} in {}",
@@ -72,5 +98,5 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             over.join(", ")
         )));
     }
-    Ok(())
+    fleet.outcome(failed)
 }

@@ -2,6 +2,7 @@
 
 pub(crate) mod backup;
 pub(crate) mod check;
+mod check_accounts;
 pub(crate) mod count;
 pub(crate) mod list;
 pub(crate) mod mount;

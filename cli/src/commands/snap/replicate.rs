@@ -158,6 +158,9 @@ pub(crate) async fn exec(
     args: Args,
     metrics: &mut snapkit::metrics::Metrics,
 ) -> Result<(), CliError> {
+    if crate::fleet::accounts(ctx)?.is_some() {
+        return exec_accounts(ctx, args, metrics).await;
+    }
     let ec2 = ctx.ec2().await;
     let (from, to) = from_to(&ec2, &args.from, &args.to).await?;
     if from == to {
@@ -174,6 +177,84 @@ pub(crate) async fn exec(
     }
     render(ctx, &stage)?;
     outcome(&[stage])
+}
+
+/// A stage of one account.
+#[derive(Serialize)]
+struct AccountStage<'a> {
+    account: Option<&'a str>,
+    #[serde(flatten)]
+    stage: &'a Stage,
+}
+
+/// `snap replicate` in every account, one after the other (each its own
+/// client, regions and copy slots); a failing account is reported and the
+/// rest go on.
+async fn exec_accounts(
+    ctx: &Context,
+    args: Args,
+    metrics: &mut snapkit::metrics::Metrics,
+) -> Result<(), CliError> {
+    crate::fleet::no_metrics_with_accounts(ctx, args.metrics.as_deref())?;
+    let fleet = crate::fleet::fleet_in(ctx, false).await?;
+    let selection = args.select.selection(ctx);
+    let mut stages = Vec::new();
+    let mut failed = 0;
+    for t in &fleet.targets {
+        let one = async {
+            let (from, to) = from_to(&t.ec2, &args.from, &args.to).await?;
+            if from == to {
+                return Err(CliError::Usage(format!("--from and --to are both {from}")));
+            }
+            if let Some(key) = &args.copy.kms_key {
+                replicate::check_kms_key(&t.ec2, &to, key).await?;
+            }
+            let kms = args.copy.kms_key.as_deref();
+            let plan = replicate::plan(&t.ec2, &from, &to, &selection, kms).await?;
+            Ok(apply(ctx, &t.ec2, vec![plan], &args.copy).await)
+        };
+        match one.await {
+            Ok(stage) => {
+                if let Some(r) = &stage.applied {
+                    r.add_metrics(metrics);
+                }
+                stages.push((t, stage));
+            }
+            Err(e @ CliError::Usage(_)) => return Err(e),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {}{e}", t.prefix());
+            }
+        }
+    }
+    match ctx.output() {
+        OutputFormat::Json => output::json(
+            &stages
+                .iter()
+                .map(|(t, stage)| AccountStage {
+                    account: t.label(),
+                    stage,
+                })
+                .collect::<Vec<_>>(),
+        )?,
+        OutputFormat::Table => {
+            for (t, stage) in &stages {
+                println!("== {}", t.label().unwrap_or("-"));
+                print_table(ctx, stage);
+            }
+        }
+    }
+    let stages: Vec<Stage> = stages.into_iter().map(|(_, s)| s).collect();
+    outcome(&stages)?;
+    let failed = failed + fleet.failed;
+    if failed > 0 {
+        return Err(CliError::Partial {
+            failed,
+            total: fleet.targets.len() + fleet.failed,
+            what: "accounts",
+        });
+    }
+    Ok(())
 }
 
 /// The seed's rsync_all_regions: every other region into the primary, then
@@ -377,12 +458,47 @@ fn print_table(ctx: &Context, stage: &Stage) {
 /// Per lineage: newest source, newest copy, how far behind.
 pub(crate) async fn exec_lag(ctx: &Context, args: LagArgs) -> Result<(), CliError> {
     let max = args.max_lag;
-    let ec2 = ctx.ec2().await;
-    let (from, to) = from_to(&ec2, &args.from, &args.to).await?;
-    let rows = replicate::lag(&ec2, &from, &to, &args.select.selection(ctx)).await?;
+    // With accounts in play, each account's lag with its own client (its
+    // own `--from`/`--to`); one account alone fails the command as ever.
+    let fleet = crate::fleet::fleet_in(ctx, false).await?;
+    let selection = args.select.selection(ctx);
+    let results = fleet
+        .each(|t| {
+            let (args, selection) = (&args, &selection);
+            async move {
+                let (from, to) = from_to(&t.ec2, &args.from, &args.to).await?;
+                let rows = replicate::lag(&t.ec2, &from, &to, selection).await?;
+                Ok::<_, CliError>((to, rows))
+            }
+        })
+        .await;
+    let mut rows = Vec::new();
+    let mut to = None;
+    let mut failed = 0;
+    for (t, r) in results {
+        match r {
+            Ok((region, list)) => {
+                to = Some(region);
+                rows.extend(list.into_iter().map(|row| (t.label(), row)));
+            }
+            Err(e) if !fleet.labelled => return Err(e),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {}{e}", t.prefix());
+            }
+        }
+    }
+    let to = to.map_or_else(|| args.to.clone(), |r| r.to_string());
     match ctx.output() {
-        OutputFormat::Json => output::json(&rows)?,
-        OutputFormat::Table => output::table(
+        OutputFormat::Json if fleet.labelled => output::json(
+            &rows
+                .iter()
+                .map(|(a, r)| crate::fleet::Row::new(*a, r))
+                .collect::<Vec<_>>(),
+        )?,
+        OutputFormat::Json => output::json(&rows.iter().map(|(_, r)| r).collect::<Vec<_>>())?,
+        OutputFormat::Table => crate::fleet::table(
+            fleet.labelled,
             &[
                 "LINEAGE",
                 "NEWEST SOURCE",
@@ -391,8 +507,8 @@ pub(crate) async fn exec_lag(ctx: &Context, args: LagArgs) -> Result<(), CliErro
                 "DATA OF",
                 "BEHIND",
             ],
-            rows.iter().map(|r| {
-                vec![
+            rows.iter().map(|(a, r)| {
+                let cells = vec![
                     r.lineage.clone(),
                     r.newest_source.to_string(),
                     r.source_taken.strftime("%Y-%m-%d %H:%M").to_string(),
@@ -408,15 +524,19 @@ pub(crate) async fn exec_lag(ctx: &Context, args: LagArgs) -> Result<(), CliErro
                         (Some(s), Some(c)) => format!("{} ({c} in progress)", human(s)),
                         (Some(s), None) => human(s),
                     },
-                ]
+                ];
+                (*a, cells)
             }),
         ),
     }
     if let Some(max) = max {
-        let behind: Vec<&str> = rows
+        let behind: Vec<String> = rows
             .iter()
-            .filter(|r| r.is_behind(max))
-            .map(|r| r.lineage.as_str())
+            .filter(|(_, r)| r.is_behind(max))
+            .map(|(a, r)| match a {
+                Some(a) => format!("{a} {}", r.lineage),
+                None => r.lineage.clone(),
+            })
             .collect();
         if !behind.is_empty() {
             return Err(CliError::Failed(format!(
@@ -426,6 +546,14 @@ pub(crate) async fn exec_lag(ctx: &Context, args: LagArgs) -> Result<(), CliErro
                 behind.join(", ")
             )));
         }
+    }
+    let failed = failed + fleet.failed;
+    if failed > 0 {
+        return Err(CliError::Partial {
+            failed,
+            total: fleet.targets.len() + fleet.failed,
+            what: "accounts",
+        });
     }
     Ok(())
 }

@@ -70,6 +70,8 @@ pub(crate) struct BrokenArgs {
 
 #[derive(Serialize)]
 struct RegionTrim<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account: Option<&'a str>,
     region: &'a Region,
     plan: &'a [Decision],
     /// Only when the plan archives.
@@ -119,29 +121,44 @@ pub(crate) async fn exec(
 ) -> Result<(), CliError> {
     let policies = args.policy.resolve(&ctx.config)?;
     args.format.check(ctx)?;
+    crate::fleet::no_metrics_with_accounts(ctx, args.metrics.as_deref())?;
     if args.format == PlanFormat::Html && !ctx.global.dry_run {
         return Err(CliError::Usage(
             "--format html shows a plan: it needs --dry-run".into(),
         ));
     }
-    let ec2 = ctx.ec2().await;
-    let regions = ctx.regions(&ec2).await?;
+    // Each account (with accounts in play) is planned and applied with its
+    // own client; `owners[i]` is the account of `plans[i]`.
+    let fleet = crate::fleet::fleet(ctx).await?;
     let now = parse_now(None)?;
     let mut json = Vec::new();
     let mut plans: Vec<(Region, Plan, Option<TrimReport>)> = Vec::new();
+    let mut owners: Vec<&crate::fleet::Target> = Vec::new();
     let mut failed = 0;
     let mut failed_regions = Vec::new();
-    for region in &regions {
-        // One region that cannot be listed is reported; the others go on.
-        let scope = Scope::adopting(args.adopt);
-        match trim::plan_region(&ec2, region, &policies, scope, now).await {
-            Ok(plan) => plans.push((region.clone(), plan, None)),
-            Err(e) => {
-                eprintln!("error: {region}: {e}");
-                failed_regions.push(region.to_string());
+    for target in &fleet.targets {
+        for region in &target.regions {
+            // One region that cannot be listed is reported; the others go on.
+            let scope = Scope::adopting(args.adopt);
+            match trim::plan_region(&target.ec2, region, &policies, scope, now).await {
+                Ok(plan) => {
+                    plans.push((region.clone(), plan, None));
+                    owners.push(target);
+                }
+                Err(e) => {
+                    eprintln!("error: {}{region}: {e}", target.prefix());
+                    failed_regions.push(format!("{}{region}", target.prefix()));
+                }
             }
         }
     }
+    if fleet.failed > 0 {
+        failed_regions.push(format!("{} account(s)", fleet.failed));
+    }
+    let header = |i: usize, region: &Region| match owners[i].label() {
+        Some(a) => format!("== {a} {region}"),
+        None => format!("== {region}"),
+    };
 
     if args.format == PlanFormat::Html {
         // One page for every region (a timeline per lineage per region).
@@ -216,9 +233,9 @@ pub(crate) async fn exec(
             )));
         } else if !args.yes && !ctx.config.retention.unattended_trim {
             if std::io::stdin().is_terminal() {
-                for (region, plan, _) in &plans {
+                for (i, (region, plan, _)) in plans.iter().enumerate() {
                     if ctx.output() == OutputFormat::Table {
-                        println!("== {region}");
+                        println!("{}", header(i, region));
                         print_plan(ctx, plan)?;
                         if let Some(c) = archive_cost(ctx, region, plan) {
                             println!("{}", cost_line(region, &c));
@@ -247,19 +264,20 @@ pub(crate) async fn exec(
         }
     }
     if refused.is_none() && !ctx.global.dry_run {
-        for (region, plan, report) in &mut plans {
+        for (i, (region, plan, report)) in plans.iter_mut().enumerate() {
             if plan.deletions().next().is_some() || plan.archives().next().is_some() {
-                let r =
-                    apply_with_progress(&ec2, plan, region, usize::from(args.concurrency)).await;
+                let ec2 = &owners[i].ec2;
+                let r = apply_with_progress(ec2, plan, region, usize::from(args.concurrency)).await;
                 failed += r.failed();
                 r.add_metrics(metrics, region);
                 *report = Some(r);
             }
         }
     }
-    for (region, plan, report) in &plans {
+    for (i, (region, plan, report)) in plans.iter().enumerate() {
         match ctx.output() {
             OutputFormat::Json => json.push(RegionTrim {
+                account: owners[i].label(),
                 region,
                 plan: &plan.decisions,
                 archive_cost: archive_cost(ctx, region, plan),
@@ -267,7 +285,7 @@ pub(crate) async fn exec(
             }),
             OutputFormat::Table => {
                 if !shown {
-                    println!("== {region}");
+                    println!("{}", header(i, region));
                     print_plan(ctx, plan)?;
                     if let Some(c) = archive_cost(ctx, region, plan) {
                         println!("{}", cost_line(region, &c));
@@ -354,34 +372,47 @@ async fn apply_with_progress(
 
 /// Deletes `error` snapshots in the selected regions only.
 pub(crate) async fn exec_broken(ctx: &Context, args: BrokenArgs) -> Result<(), CliError> {
-    let ec2 = ctx.ec2().await;
-    let regions = ctx.regions(&ec2).await?;
+    // With accounts in play, each account's regions with its own client;
+    // `owners[i]` is the account of `out[i]`.
+    let fleet = crate::fleet::fleet(ctx).await?;
     let mut failed = 0;
     let mut out = Vec::new();
+    let mut owners: Vec<&crate::fleet::Target> = Vec::new();
     let mut failed_regions = Vec::new();
-    for region in &regions {
+    if fleet.failed > 0 {
+        failed_regions.push(format!("{} account(s)", fleet.failed));
+    }
+    for (target, region) in fleet
+        .targets
+        .iter()
+        .flat_map(|t| t.regions.iter().map(move |r| (t, r)))
+    {
+        let ec2 = &target.ec2;
         let scope = Scope::adopting(args.adopt);
-        let plan = match trim::plan_broken(&ec2, region, scope, jiff::Timestamp::now()).await {
+        let plan = match trim::plan_broken(ec2, region, scope, jiff::Timestamp::now()).await {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("error: {region}: {e}");
-                failed_regions.push(region.to_string());
+                eprintln!("error: {}{region}: {e}", target.prefix());
+                failed_regions.push(format!("{}{region}", target.prefix()));
                 continue;
             }
         };
         let report = if ctx.global.dry_run {
             None
         } else {
-            Some(trim::apply(&ec2, &plan, region, 4, &|_| {}).await)
+            Some(trim::apply(ec2, &plan, region, 4, &|_| {}).await)
         };
         failed += report.as_ref().map_or(0, TrimReport::failed);
         out.push((region.clone(), plan, report));
+        owners.push(target);
     }
     match ctx.output() {
         OutputFormat::Json => {
             let v: Vec<RegionTrim<'_>> = out
                 .iter()
-                .map(|(r, p, a)| RegionTrim {
+                .zip(&owners)
+                .map(|((r, p, a), t)| RegionTrim {
+                    account: t.label(),
                     region: r,
                     plan: &p.decisions,
                     archive_cost: None,
@@ -391,8 +422,12 @@ pub(crate) async fn exec_broken(ctx: &Context, args: BrokenArgs) -> Result<(), C
             output::json(&v)?;
         }
         OutputFormat::Table => {
-            for (region, plan, report) in &out {
-                println!("== {region}: {} broken snapshot(s)", plan.decisions.len());
+            for ((region, plan, report), t) in out.iter().zip(&owners) {
+                let account = t.label().map_or_else(String::new, |a| format!("{a} "));
+                println!(
+                    "== {account}{region}: {} broken snapshot(s)",
+                    plan.decisions.len()
+                );
                 for d in &plan.decisions {
                     println!("{}  {}  {}", d.id, d.lineage, d.reason);
                 }

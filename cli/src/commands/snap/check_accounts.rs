@@ -1,0 +1,131 @@
+//! `ektool snap check` over many accounts: the instances carrying the tag
+//! in each account's regions (and its replica region), each account
+//! checked with its own client; every row, JSON object and failure line
+//! names its account.
+
+use ec2kit::{Region, fleet};
+use serde::Serialize;
+use snapkit::check::{self, CheckReport, CheckSpec, ReplicaCheck};
+
+use super::check::{Args, row};
+use crate::context::Context;
+use crate::error::CliError;
+use crate::output;
+use crate::output::OutputFormat;
+
+#[derive(Serialize)]
+struct Json<'a> {
+    account: Option<&'a str>,
+    #[serde(flatten)]
+    report: &'a CheckReport,
+    failures: Vec<String>,
+}
+
+/// Checks every account; the volume aliases of `[volumes]` (one account's
+/// volumes) and `--metrics` work in one account (`--role-arn`).
+pub(super) async fn exec(
+    ctx: &Context,
+    args: Args,
+    failure_lines: &mut Vec<String>,
+) -> Result<(), CliError> {
+    if args.aliases_only || args.metrics.is_some() {
+        return Err(CliError::Usage(
+            "--aliases-only and --metrics check one account: use --role-arn instead of accounts"
+                .into(),
+        ));
+    }
+    let cfg = &ctx.config.check;
+    let max_age = args
+        .max_age
+        .or(cfg.max_age)
+        .unwrap_or(check::DEFAULT_MAX_AGE);
+    let replica_region = args.to.clone().or_else(|| cfg.replica_region.clone());
+    let replica_max_age = args
+        .replica_max_age
+        .or(cfg.replica_max_age)
+        .unwrap_or(max_age.saturating_mul(2));
+    let tag = args
+        .tag
+        .clone()
+        .unwrap_or_else(|| ctx.config.defaults.tag.clone());
+    let fleet = crate::fleet::fleet(ctx).await?;
+    let now = jiff::Timestamp::now();
+    let reports = fleet
+        .each(|t| {
+            let (tag, replica_region) = (tag.clone(), replica_region.clone());
+            async move {
+                let replica = match replica_region {
+                    Some(name) => Some(ReplicaCheck {
+                        region: resolve(&t.ec2, &name).await?,
+                        max_age: replica_max_age,
+                    }),
+                    None => None,
+                };
+                let spec = CheckSpec {
+                    regions: t.regions.clone(),
+                    tag: Some(tag),
+                    max_age,
+                    tag_max_age: cfg.tags.clone(),
+                    replica,
+                    concurrency: t.regions.len().max(1),
+                    ..CheckSpec::default()
+                };
+                Ok::<_, CliError>(check::check(&t.ec2, &spec, now).await)
+            }
+        })
+        .await;
+    let mut failures = Vec::new();
+    let mut checked = Vec::new();
+    for (t, r) in &reports {
+        match r {
+            Ok(report) => {
+                let lines: Vec<String> = report
+                    .failures()
+                    .iter()
+                    .map(|f| format!("{}{f}", t.prefix()))
+                    .collect();
+                failures.extend(lines.iter().cloned());
+                checked.push((t.label(), report, lines));
+            }
+            Err(e) => failures.push(format!("{}{e}", t.prefix())),
+        }
+    }
+    match ctx.output() {
+        OutputFormat::Json => output::json(
+            &checked
+                .iter()
+                .map(|(account, report, lines)| Json {
+                    account: *account,
+                    report,
+                    failures: lines.clone(),
+                })
+                .collect::<Vec<_>>(),
+        )?,
+        OutputFormat::Table => crate::fleet::table(
+            true,
+            &[
+                "REGION", "LINEAGE", "OF", "WHERE", "NEWEST", "AGE", "MAX AGE", "STATUS",
+            ],
+            checked
+                .iter()
+                .flat_map(|(a, report, _)| report.lineages.iter().map(move |l| (*a, row(l)))),
+        ),
+    }
+    for f in &failures {
+        eprintln!("{f}");
+    }
+    failure_lines.clone_from(&failures);
+    let lineages: usize = checked.iter().map(|(_, r, _)| r.lineages.len()).sum();
+    if !failures.is_empty() {
+        return Err(CliError::Failed(format!(
+            "{} check failure(s) in {lineages} lineage(s)",
+            failures.len()
+        )));
+    }
+    fleet.outcome(0)
+}
+
+/// The replica region `name` resolves to in one account.
+async fn resolve(ec2: &ec2kit::AwsEc2, name: &str) -> Result<Region, CliError> {
+    Ok(fleet::region_catalog(ec2).await?.resolve(name)?)
+}

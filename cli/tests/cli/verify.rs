@@ -122,7 +122,7 @@ impl Bench {
 echo "$*" >> '{log}'
 case "$1" in
   resolve) echo '{dev}' ;;
-  probe) echo "$2 $(blockdev --getsize64 "$2") $(blkid -o value -s TYPE "$2")" ;;
+  probe) echo "$2 $(blockdev --getsize64 "$2") $(blkid -p -o value -s TYPE "$2")" ;;
 esac
 "#,
                 log = log.display(),

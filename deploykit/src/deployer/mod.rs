@@ -385,9 +385,10 @@ impl Deployer {
 
     /// Switches hosts to releases at one scheduled moment (see
     /// [`switch::switch_command`]): far enough ahead for every command to
-    /// have started (the hosts' observed latency: the lock round's whole
-    /// round trip and script, while a switch needs only the way there and
-    /// a few commands), emitting an event
+    /// have started: half the hosts' observed latency (the lock round's
+    /// whole round trip and script; a switch needs only the way there and
+    /// a few processes) and 25 ms. A host whose command arrives later
+    /// switches on arrival (a wider spread, never a missed switch). Emits an event
     /// per host with its offset from the first rename. Returns each host's
     /// rename time (host clock, ns) or its error.
     async fn switch_all<'h>(
@@ -396,7 +397,7 @@ impl Deployer {
         token: &str,
         latency: Duration,
     ) -> Vec<Result<Option<i128>, ec2kit::RemoteError>> {
-        let margin = (latency + Duration::from_millis(20)).min(Duration::from_secs(3));
+        let margin = (latency / 2 + Duration::from_millis(25)).min(Duration::from_secs(3));
         let at = switch::now_ns() + i128::try_from(margin.as_nanos()).unwrap_or(0);
         let targets: Vec<_> = targets.collect();
         let timeout = self.timeouts().switch.get();

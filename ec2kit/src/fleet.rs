@@ -5,8 +5,12 @@ use futures::stream::{self, StreamExt};
 use crate::iam::Permissions;
 use crate::{Action, Ec2, Ec2Error, Filter, Instance, Region, RegionCatalog, Tag};
 
-/// How many regions are queried at once by default.
-pub const DEFAULT_REGION_CONCURRENCY: usize = 8;
+/// How many regions are queried at once by default: the 17 regions an
+/// account has enabled by default, all at once. Each region is an endpoint
+/// and a set of rate-limit buckets of its own, so regions in waves only
+/// add their waits up (the many-accounts benchmark: 1.53× the slowest
+/// account-region's time in waves of 8, 1.00× all at once).
+pub const DEFAULT_REGION_CONCURRENCY: usize = 17;
 
 /// The instance states a fleet query returns: everything but the dead.
 pub const LIVE_STATES: &[&str] = &["pending", "running", "stopping", "stopped"];

@@ -23,7 +23,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::Ec2Error;
@@ -220,24 +219,16 @@ where
     F: Fn(&'a AccountId) -> Fut,
     Fut: Future<Output = Result<T, E>> + 'a,
 {
-    let mut results: Vec<(usize, AccountResult<T, E>)> = stream::iter(accounts.iter().enumerate())
-        .map(|(i, account)| {
-            let fut = f(account);
-            async move {
-                (
-                    i,
-                    AccountResult {
-                        account: account.clone(),
-                        result: fut.await,
-                    },
-                )
+    crate::fleet::in_order(accounts, concurrency, |account| {
+        let fut = f(account);
+        async move {
+            AccountResult {
+                account: account.clone(),
+                result: fut.await,
             }
-        })
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
-    results.sort_by_key(|(i, _)| *i);
-    results.into_iter().map(|(_, r)| r).collect()
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -47,18 +47,29 @@ where
     F: Fn(&'a Region) -> Fut,
     Fut: Future<Output = Result<T, Ec2Error>> + 'a,
 {
-    let mut results: Vec<(usize, RegionResult<T>)> = stream::iter(regions.iter().enumerate())
-        .map(|(i, region)| {
-            let fut = f(region);
-            async move {
-                (
-                    i,
-                    RegionResult {
-                        region: region.clone(),
-                        result: fut.await,
-                    },
-                )
+    in_order(regions, concurrency, |region| {
+        let fut = f(region);
+        async move {
+            RegionResult {
+                region: region.clone(),
+                result: fut.await,
             }
+        }
+    })
+    .await
+}
+
+/// `f` of every item, at most `concurrency` at a time (a slow item never
+/// holds the others back), the outputs in the items' order.
+pub(crate) async fn in_order<'a, I, T, F, Fut>(items: &'a [I], concurrency: usize, f: F) -> Vec<T>
+where
+    F: Fn(&'a I) -> Fut,
+    Fut: Future<Output = T> + 'a,
+{
+    let mut results: Vec<(usize, T)> = stream::iter(items.iter().enumerate())
+        .map(|(i, item)| {
+            let fut = f(item);
+            async move { (i, fut.await) }
         })
         .buffer_unordered(concurrency.max(1))
         .collect()

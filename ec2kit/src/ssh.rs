@@ -1470,32 +1470,43 @@ impl Inner {
         let mut channel = watch.again(|| session.channel_session())?;
         let line = format!("exec sh -c {}", quote(shell::DRIVER));
         watch.again(|| channel.exec(&line))?;
-        let mut got = Vec::new();
-        let mut buf = [0u8; 64];
+        // Whatever a login script prints comes first, on either stream:
+        // the banner ends each, so everything before it is dropped.
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut buf = [0u8; 4096];
         let idle = Idle::new();
-        while got.len() < shell::BANNER.len() {
-            match channel.read(&mut buf) {
-                Ok(n) if n > 0 => {
-                    got.extend_from_slice(&buf[..n]);
+        let ready = |b: &[u8]| shell::ends_with_banner(b);
+        while !(ready(&out) && ready(&err)) {
+            let mut progressed = false;
+            for (stream, got) in [(0, &mut out), (1, &mut err)] {
+                if ready(got) {
                     continue;
                 }
-                Ok(_) => {
-                    if channel.eof() {
-                        break;
+                let read = if stream == 0 {
+                    channel.read(&mut buf)
+                } else {
+                    channel.stderr().read(&mut buf)
+                };
+                match read {
+                    Ok(n) if n > 0 => {
+                        got.extend_from_slice(&buf[..n]);
+                        progressed = true;
                     }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(source) => return Err(connect_err(&name)(source)),
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(source) => return Err(connect_err(&name)(source)),
+            }
+            if out.len() + err.len() > shell::MAX_GREETING || (!progressed && channel.eof()) {
+                tracing::debug!(host = %name, "no command shell on this host; using exec");
+                return Ok(ShellSlot::Unavailable);
             }
             watch.check()?;
-            idle.sleep();
+            if !progressed {
+                idle.sleep();
+            }
         }
-        Ok(if got == shell::BANNER {
-            ShellSlot::Ready(channel)
-        } else {
-            tracing::debug!(host = %name, "no command shell on this host; using exec");
-            ShellSlot::Unavailable
-        })
+        Ok(ShellSlot::Ready(channel))
     }
 }
 

@@ -52,6 +52,7 @@ trap 'exit 129' HUP
 trap 'exit 143' TERM
 : > "$d/i" || exit 1
 echo ektool-shell 1
+echo ektool-shell 1 >&2
 while IFS=' ' read -r n s i t; do
   case "$n$s$i$t" in *[!a-z0-9-]*|'') exit 1;; esac
   head -c "$s" > "$d/c" || exit 1
@@ -63,6 +64,17 @@ while IFS=' ' read -r n s i t; do
   printf '%s\n' "$n" >&2
 done
 "#;
+
+/// The most a login script may print before the banner (else: no
+/// command shell on this host).
+pub(super) const MAX_GREETING: usize = 64 * 1024;
+
+/// Whether `got` ends with the banner on a line of its own (what a login
+/// script printed before it is dropped).
+pub(super) fn ends_with_banner(got: &[u8]) -> bool {
+    got.strip_suffix(BANNER)
+        .is_some_and(|before| before.is_empty() || before.ends_with(b"\n"))
+}
 
 /// A fresh nonce: no command's output can contain it by chance.
 pub(super) fn nonce() -> String {
@@ -196,6 +208,15 @@ mod tests {
         assert_eq!(end(b"ektool-end-abc\n", n, true), End::Broken);
         assert_eq!(end(b"err\nektool-end-abc\n", n, false), End::At(4, None));
         assert_eq!(end(b"ektool-end-abc 0\n", n, false), End::Broken);
+    }
+
+    #[test]
+    fn the_banner_ends_whatever_a_login_script_printed() {
+        assert!(ends_with_banner(b"ektool-shell 1\n"));
+        assert!(ends_with_banner(b"Welcome!\nektool-shell 1\n"));
+        assert!(!ends_with_banner(b"Welcome!ektool-shell 1\n"));
+        assert!(!ends_with_banner(b"ektool-shell 1"));
+        assert!(!ends_with_banner(b""));
     }
 
     #[test]

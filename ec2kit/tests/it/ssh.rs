@@ -944,3 +944,26 @@ async fn upload_flushes_the_file_before_the_rename_and_the_directory_after() {
         "the directory is synced after the rename: {events:#?}"
     );
 }
+
+/// A login that greets on both streams before running anything: the
+/// command shell still starts (its banner ends the greeting), and no
+/// command's output carries the greeting.
+#[tokio::test]
+async fn a_greeting_login_still_gets_a_command_shell() {
+    let sshd = PrivateSshd::with_force_command(
+        "echo 'Welcome to db1'; echo 'motd: be careful' >&2\nexec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"",
+    );
+    let dir = tempdir();
+    let remote = private_remote(&sshd, dir.path()).await;
+    let first = remote.run(&runner_probe()).await.unwrap();
+    let out = remote
+        .run(&Command::shell("echo out; echo err >&2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.stdout_str(), out.stderr_str()),
+        ("out\n".into(), "err\n".into())
+    );
+    let again = remote.run(&runner_probe()).await.unwrap();
+    assert_eq!(first.stdout_str(), again.stdout_str(), "one command shell");
+}

@@ -847,6 +847,41 @@ fn local_deadline(command: &Command) -> Option<Instant> {
         .and_then(|d| d.checked_add(DEADLINE_GRACE))
 }
 
+/// A command with a timeout that exited 124 was killed by `timeout` on the
+/// host: that is [`RemoteError::Timeout`], not a status.
+fn timed_out(command: &Command, status: &ExitStatus, host: String) -> Result<(), RemoteError> {
+    match command.timeout {
+        Some(after) if *status == ExitStatus::Code(124) => Err(RemoteError::Timeout {
+            host,
+            after,
+            command: command.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Reads what `from` has now (non-blocking) onto `into`: whether anything
+/// came. "Would block" is nothing yet; any other error ends the command.
+fn read_some(from: &mut impl Read, buf: &mut [u8], into: &mut Vec<u8>) -> std::io::Result<bool> {
+    match from.read(buf) {
+        Ok(n) => {
+            into.extend_from_slice(&buf[..n]);
+            Ok(n > 0)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `f` with every libssh2 call on `session` non-blocking (the polling
+/// loops' mode), blocking again after.
+fn nonblocking<T>(session: &Session, f: impl FnOnce() -> T) -> T {
+    session.set_blocking(false);
+    let result = f();
+    session.set_blocking(true);
+    result
+}
+
 /// libssh2's "would block" (`LIBSSH2_ERROR_EAGAIN`).
 fn is_again(e: &ssh2::Error) -> bool {
     e.code() == ssh2::ErrorCode::Session(-37)
@@ -1181,10 +1216,9 @@ impl Inner {
         stderr: &mut dyn Write,
         cancel: Option<&CancellationToken>,
     ) -> Result<Ran, RemoteError> {
-        conn.session.set_blocking(false);
-        let result = self.exec_nonblocking(conn, command, input, stdout, stderr, cancel);
-        conn.session.set_blocking(true);
-        result
+        nonblocking(&conn.session, || {
+            self.exec_nonblocking(conn, command, input, stdout, stderr, cancel)
+        })
     }
 
     fn exec_nonblocking(
@@ -1297,13 +1331,7 @@ impl Inner {
                 Err(_) => ExitStatus::Unknown,
             },
         };
-        if command.timeout.is_some() && status == ExitStatus::Code(124) {
-            return Err(RemoteError::Timeout {
-                host: name,
-                after: command.timeout.unwrap_or_default(),
-                command: command.to_string(),
-            });
-        }
+        timed_out(command, &status, name)?;
         Ok(Ran {
             status,
             stdin_bytes,
@@ -1322,10 +1350,8 @@ impl Inner {
         command: &Command,
         stdin: &[u8],
     ) -> Result<Option<Output>, RemoteError> {
-        conn.session.set_blocking(false);
-        let result = self.in_shell_nonblocking(conn, command, stdin);
-        conn.session.set_blocking(true);
-        result
+        let session = conn.session.clone();
+        nonblocking(&session, || self.in_shell_nonblocking(conn, command, stdin))
     }
 
     fn in_shell_nonblocking(
@@ -1377,36 +1403,25 @@ impl Inner {
                     Err(source) => return Err(connect_err(&name)(source)),
                 }
             }
-            if out_end.is_none() {
-                match channel.read(&mut buf) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        stdout.extend_from_slice(&buf[..n]);
-                        progressed = true;
-                        match shell::end(&stdout, &nonce, true) {
-                            shell::End::Open => {}
-                            shell::End::At(at, code) => out_end = Some((at, code)),
-                            shell::End::Broken => broken = true,
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(source) => return Err(connect_err(&name)(source)),
+            if out_end.is_none()
+                && read_some(&mut channel, &mut buf, &mut stdout).map_err(connect_err(&name))?
+            {
+                progressed = true;
+                match shell::end(&stdout, &nonce, true) {
+                    shell::End::Open => {}
+                    shell::End::At(at, code) => out_end = Some((at, code)),
+                    shell::End::Broken => broken = true,
                 }
             }
-            if err_end.is_none() {
-                match channel.stderr().read(&mut buf) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        stderr.extend_from_slice(&buf[..n]);
-                        progressed = true;
-                        match shell::end(&stderr, &nonce, false) {
-                            shell::End::Open => {}
-                            shell::End::At(at, _) => err_end = Some(at),
-                            shell::End::Broken => broken = true,
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(source) => return Err(connect_err(&name)(source)),
+            if err_end.is_none()
+                && read_some(&mut channel.stderr(), &mut buf, &mut stderr)
+                    .map_err(connect_err(&name))?
+            {
+                progressed = true;
+                match shell::end(&stderr, &nonce, false) {
+                    shell::End::Open => {}
+                    shell::End::At(at, _) => err_end = Some(at),
+                    shell::End::Broken => broken = true,
                 }
             }
             if broken || (out_end.is_some() && err_end.is_some()) {
@@ -1437,13 +1452,7 @@ impl Inner {
                 ExitStatus::Unknown
             }
         };
-        if command.timeout.is_some() && status == ExitStatus::Code(124) {
-            return Err(RemoteError::Timeout {
-                host: name,
-                after: command.timeout.unwrap_or_default(),
-                command: command.to_string(),
-            });
-        }
+        timed_out(command, &status, name)?;
         Ok(Some(Output {
             status,
             stdout,
@@ -1478,24 +1487,13 @@ impl Inner {
         let ready = |b: &[u8]| shell::ends_with_banner(b);
         while !(ready(&out) && ready(&err)) {
             let mut progressed = false;
-            for (stream, got) in [(0, &mut out), (1, &mut err)] {
-                if ready(got) {
-                    continue;
-                }
-                let read = if stream == 0 {
-                    channel.read(&mut buf)
-                } else {
-                    channel.stderr().read(&mut buf)
-                };
-                match read {
-                    Ok(n) if n > 0 => {
-                        got.extend_from_slice(&buf[..n]);
-                        progressed = true;
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(source) => return Err(connect_err(&name)(source)),
-                }
+            if !ready(&out) {
+                progressed |=
+                    read_some(&mut channel, &mut buf, &mut out).map_err(connect_err(&name))?;
+            }
+            if !ready(&err) {
+                progressed |= read_some(&mut channel.stderr(), &mut buf, &mut err)
+                    .map_err(connect_err(&name))?;
             }
             if out.len() + err.len() > shell::MAX_GREETING || (!progressed && channel.eof()) {
                 tracing::debug!(host = %name, "no command shell on this host; using exec");

@@ -350,6 +350,18 @@ impl Deployer {
                     Some(st.from.clone()),
                     Some(LogResult::Success),
                 )));
+            }
+            // The log entries (when the host moved), then the unlock.
+            let mut finish = GUARDS.to_owned();
+            if !lines.is_empty() {
+                finish.push_str(&format!(
+                    "printf '%s' {} | {}",
+                    crate::shell::q(&String::from_utf8_lossy(&lines)),
+                    log::append_fragment(h)
+                ));
+            }
+            finish.push_str(&lock::release_fragment(h, token));
+            if !st.unchanged {
                 let ctx = HookContext {
                     environment: self.environment.clone(),
                     release: st.to.clone(),
@@ -366,12 +378,6 @@ impl Deployer {
                     .map(|p| (p, self.config.hooks.of(p)))
                     .filter(|(_, list)| !hooks::for_host(h, list).is_empty())
                     .collect();
-                let finish = format!(
-                    "{GUARDS}printf '%s' {} | {}{}",
-                    crate::shell::q(&String::from_utf8_lossy(&lines)),
-                    log::append_fragment(h),
-                    lock::release_fragment(h, token)
-                );
                 for (k, (phase, list)) in phases.iter().enumerate() {
                     let t = Instant::now();
                     let ran = if k + 1 == phases.len() {
@@ -399,15 +405,7 @@ impl Deployer {
             if finished {
                 return failure;
             }
-            let append = if lines.is_empty() {
-                String::new()
-            } else {
-                log::append_fragment(h)
-            };
-            let script = format!("{GUARDS}{append}{}", lock::release_fragment(h, token));
-            let command = ec2kit::Command::shell(script)
-                .stdin(lines)
-                .timeout(self.timeouts().lock.get());
+            let command = ec2kit::Command::shell(finish).timeout(self.timeouts().lock.get());
             if let Err(e) = h.run_checked(&command).await {
                 self.warn(h, format!("could not record the rollback or unlock: {e}"));
                 if let Err(e) = lock::release(h, token, self.timeouts().lock.get()).await {

@@ -7,26 +7,50 @@ use ektool_tests::{SshHost, git, tempdir, unique};
 
 use crate::harness::Ektool;
 
-#[test]
-fn deploys_and_runs_through_the_bastion_with_one_connection_per_run() {
-    let first = HiddenSshd::start();
-    let second = HiddenSshd::beside(&first);
-    let bastion = Bastion::start(&first);
-    let hosts = [&first.host, &second.host];
+/// Two hidden hosts behind a bastion, an app repository's clone to deploy
+/// from, and a known_hosts file trusting all three.
+struct Private {
+    first: HiddenSshd,
+    second: HiddenSshd,
+    bastion: Bastion,
+    dir: tempfile::TempDir,
+    work: std::path::PathBuf,
+    kh: std::path::PathBuf,
+}
 
-    let dir = tempdir();
-    let work = ektool_tests::origin_and_clone(dir.path());
-    let kh = dir.path().join("known_hosts");
-    std::fs::write(
-        &kh,
-        [&bastion.host, &first.host, &second.host]
-            .iter()
-            .map(|h| h.known_hosts_line() + "\n")
-            .collect::<String>(),
-    )
-    .unwrap();
-    let name = unique("cli-jump");
-    let config = |jump: &str| {
+impl Private {
+    fn new() -> Self {
+        let first = HiddenSshd::start();
+        let second = HiddenSshd::beside(&first);
+        let bastion = Bastion::start(&first);
+        let dir = tempdir();
+        let work = ektool_tests::origin_and_clone(dir.path());
+        let kh = dir.path().join("known_hosts");
+        std::fs::write(
+            &kh,
+            [&bastion.host, &first.host, &second.host]
+                .iter()
+                .map(|h| h.known_hosts_line() + "\n")
+                .collect::<String>(),
+        )
+        .unwrap();
+        Self {
+            first,
+            second,
+            bastion,
+            dir,
+            work,
+            kh,
+        }
+    }
+
+    fn hosts(&self) -> [&SshHost; 2] {
+        [&self.first.host, &self.second.host]
+    }
+
+    /// A config with environment `private` over both hosts, deploying to
+    /// `name` on each, `extra` lines added to the environment.
+    fn config(&self, name: &str, extra: &str) -> String {
         format!(
             r#"[ssh]
 user = "root"
@@ -37,17 +61,32 @@ use_agent = false
 [environments.private]
 hosts = [{hosts}]
 path = "{mount}/{name}"
-{jump}
-hooks.build = [{{ run = "echo built > built.txt" }}]
+{extra}
 "#,
-            kh = kh.display(),
-            key = first.host.client_key.display(),
-            hosts = hosts
+            kh = self.kh.display(),
+            key = self.first.host.client_key.display(),
+            hosts = self
+                .hosts()
                 .iter()
                 .map(|h| format!("\"{}\"", h.target()))
                 .collect::<Vec<_>>()
                 .join(", "),
             mount = SshHost::MOUNT,
+        )
+    }
+}
+
+#[test]
+fn deploys_and_runs_through_the_bastion_with_one_connection_per_run() {
+    let p = Private::new();
+    let (first, second, bastion) = (&p.first, &p.second, &p.bastion);
+    let (kh, work) = (p.kh.clone(), p.work.clone());
+    let hosts = p.hosts();
+    let name = unique("cli-jump");
+    let config = |extra: &str| {
+        p.config(
+            &name,
+            &format!("{extra}\nhooks.build = [{{ run = \"echo built > built.txt\" }}]"),
         )
     };
     let with_jump = config(&format!("jump = \"{}\"", bastion.host.target()));
@@ -144,48 +183,21 @@ hooks.build = [{{ run = "echo built > built.txt" }}]
 /// new connection to the bastion.
 #[test]
 fn a_bastion_that_drops_mid_deploy_fails_it_and_every_host_is_put_back() {
-    let first = HiddenSshd::start();
-    let second = HiddenSshd::beside(&first);
-    let bastion = Bastion::start(&first);
-    let hosts = [&first.host, &second.host];
-    let dir = tempdir();
-    let work = ektool_tests::origin_and_clone(dir.path());
-    let kh = dir.path().join("known_hosts");
-    std::fs::write(
-        &kh,
-        [&bastion.host, &first.host, &second.host]
-            .iter()
-            .map(|h| h.known_hosts_line() + "\n")
-            .collect::<String>(),
-    )
-    .unwrap();
+    let p = Private::new();
+    let (bastion, dir) = (&p.bastion, &p.dir);
+    let work = p.work.clone();
+    let hosts = p.hosts();
     let name = unique("cli-jump-drop");
     let marker = dir.path().join("restarting");
     std::fs::write(
         work.join("ektool.toml"),
-        format!(
-            r#"[ssh]
-user = "root"
-known_hosts = "{kh}"
-identity_files = ["{key}"]
-use_agent = false
-
-[environments.private]
-hosts = [{hosts}]
-path = "{mount}/{name}"
-jump = "{jump}"
-hooks.restart = [{{ run = "if [ \"$DEPLOY_ACTION\" = deploy ] && [ -f slow ]; then touch '{marker}'; sleep 20; fi" }}]
-"#,
-            kh = kh.display(),
-            key = first.host.client_key.display(),
-            hosts = hosts
-                .iter()
-                .map(|h| format!("\"{}\"", h.target()))
-                .collect::<Vec<_>>()
-                .join(", "),
-            mount = SshHost::MOUNT,
-            jump = bastion.host.target(),
-            marker = marker.display(),
+        p.config(
+            &name,
+            &format!(
+                "jump = \"{jump}\"\nhooks.restart = [{{ run = \"if [ \\\"$DEPLOY_ACTION\\\" = deploy ] && [ -f slow ]; then touch '{marker}'; sleep 20; fi\" }}]",
+                jump = bastion.host.target(),
+                marker = marker.display(),
+            ),
         ),
     )
     .unwrap();

@@ -34,6 +34,9 @@ pub struct Config {
     /// Many accounts, one run: `[accounts]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accounts: Option<AccountsConfig>,
+    /// The vault account backups are copied into: `[vault]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultConfig>,
     /// How to reach hosts.
     #[serde(default)]
     pub ssh: SshConfig,
@@ -180,6 +183,40 @@ pub struct AccountsConfig {
     /// The external id the roles' trust policy asks for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
+}
+
+/// `[vault]`: a separate account holding copies of the backups, so they
+/// survive the loss or compromise of the account they were taken in.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// The vault account (`--to-account` overrides).
+    pub account: ec2kit::AccountId,
+    /// The role in the vault account that `snap replicate --to-account`
+    /// assumes to copy (it can copy and tag, never delete; `--vault-role`
+    /// overrides). Default: `arn:aws:iam::{account}:role/ektool-vault-copy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The vault region copies go to (`--to` overrides; default: the
+    /// source region).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The vault's KMS key (id, ARN or alias in the vault account) that
+    /// copies are encrypted with (`--kms-key` overrides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key: Option<String>,
+    /// How old the newest vault copy of a lineage may be before `snap
+    /// check` fails (default: the vault is not checked).
+    #[serde(
+        default,
+        deserialize_with = "de_max_age",
+        serialize_with = "se_max_age"
+    )]
+    pub max_age: Option<std::time::Duration>,
+    /// The vault's own retention (`snap trim --account VAULT`); default:
+    /// `[retention]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionConfig>,
 }
 
 fn de_role_template<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {

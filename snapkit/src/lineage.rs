@@ -45,6 +45,13 @@ pub mod tags {
     /// For copies: the point in time of the data (the source's start
     /// time; a copy's own start time is when the copy began).
     pub const SOURCE_TIME: &str = "ektool:source-time";
+    /// For copies in a vault account: the account [`SOURCE_SNAPSHOT`]
+    /// belongs to (a vault's lineages are per source account).
+    pub const SOURCE_ACCOUNT: &str = "ektool:source-account";
+    /// On a source snapshot while it is shared with a vault account for a
+    /// copy: that account (written before the share, removed after the
+    /// share is; a rerun finds shares a crash left behind by it).
+    pub const SHARED_WITH: &str = "ektool:shared-with";
     /// For AMIs and their copies: the image this one was made from.
     pub const SOURCE_IMAGE: &str = "ektool:source-image";
     /// The root device name of the instance (for AMIs from snapshots).

@@ -12,6 +12,12 @@
 //! its `ektool:source-snapshot` tag when it has one. The volume tag is
 //! believed only where it can be true: on a copy (placeholder volume id)
 //! or when it names the snapshot's own volume.
+//!
+//! A copy in a vault account carries the account it came from
+//! ([`tags::SOURCE_ACCOUNT`]), and its lineage is `ACCOUNT/KEY`: two source
+//! accounts' lineages of the same name (the same alias, the same volume id
+//! from a restored account) never merge, so retention in the vault never
+//! deletes one account's only copy in favour of another's.
 
 use ec2kit::Snapshot;
 use serde::Deserialize;
@@ -107,7 +113,41 @@ pub fn lineage_of(snapshot: &Snapshot) -> String {
 
 /// [`lineage_of`], borrowing from the snapshot where it can (planning a
 /// million snapshots should not allocate a million keys).
+///
+/// With a non-empty [`tags::SOURCE_ACCOUNT`] the key is `ACCOUNT/KEY`; a
+/// key that already starts with `ACCOUNT/` (the volume tag of a copy made
+/// of a vault copy, e.g. to another region of the vault) is not prefixed
+/// twice.
 pub fn lineage_key(snapshot: &Snapshot) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    let key = own_lineage_key(snapshot);
+    match snapshot
+        .tags
+        .get(tags::SOURCE_ACCOUNT)
+        .filter(|a| !a.is_empty())
+    {
+        Some(account)
+            if !key
+                .strip_prefix(account)
+                .is_some_and(|rest| rest.starts_with('/')) =>
+        {
+            Cow::Owned(format!("{account}/{key}"))
+        }
+        _ => key,
+    }
+}
+
+/// The source account of a vault copy ([`tags::SOURCE_ACCOUNT`]), if it
+/// names one.
+pub fn source_account(snapshot: &Snapshot) -> Option<&str> {
+    snapshot
+        .tags
+        .get(tags::SOURCE_ACCOUNT)
+        .filter(|a| !a.is_empty())
+}
+
+/// The lineage key within its own account (no source-account prefix).
+fn own_lineage_key(snapshot: &Snapshot) -> std::borrow::Cow<'_, str> {
     use std::borrow::Cow;
     // The tag names the source volume of copies (whose own VolumeId is the
     // placeholder). On a snapshot EC2 says was taken of a real volume, a
@@ -213,6 +253,33 @@ mod tests {
         let mut copy = snap(PLACEHOLDER_VOLUME);
         copy.tags.insert(tags::VOLUME, "vol-0000000000000prod");
         assert_eq!(lineage_of(&copy), "vol-0000000000000prod");
+    }
+
+    /// Vault copies: lineages are per source account, never prefixed twice.
+    #[test]
+    fn a_vault_copys_lineage_is_per_source_account() {
+        let mut a = snap(PLACEHOLDER_VOLUME);
+        a.tags.insert(tags::VOLUME, "db");
+        a.tags.insert(tags::SOURCE_ACCOUNT, "111111111111");
+        let mut b = a.clone();
+        b.tags.insert(tags::SOURCE_ACCOUNT, "222222222222");
+        assert_eq!(lineage_of(&a), "111111111111/db");
+        assert_eq!(lineage_of(&b), "222222222222/db");
+        assert_eq!(source_account(&b), Some("222222222222"));
+        // A copy of a vault copy (its volume tag is the prefixed key).
+        let mut c = a.clone();
+        c.tags.insert(tags::VOLUME, "111111111111/db");
+        assert_eq!(lineage_of(&c), "111111111111/db");
+        // Another account's prefix is not this account's.
+        c.tags.insert(tags::VOLUME, "1111111111112/db");
+        assert_eq!(lineage_of(&c), "111111111111/1111111111112/db");
+        // Without the tag (or with an empty one): unchanged.
+        a.tags.insert(tags::SOURCE_ACCOUNT, "");
+        assert_eq!(lineage_of(&a), "db");
+        assert_eq!(source_account(&a), None);
+        let mut own = snap("vol-00000000000000001");
+        own.tags.insert(tags::SOURCE_ACCOUNT, "111111111111");
+        assert_eq!(lineage_of(&own), "111111111111/vol-00000000000000001");
     }
 
     #[test]

@@ -865,3 +865,56 @@ fn zero_archive_after_is_accepted() {
         SignedDuration::from_hours(90 * 24)
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Issue 16: in a vault account, copies of several source accounts
+    /// share lineage names (the same alias, the same volume id); whatever
+    /// the policy, the plan never leaves a source account's lineage
+    /// without a kept copy, and keeps each one's newest.
+    #[test]
+    fn the_vault_plan_keeps_every_source_accounts_lineage(
+        copies in proptest::collection::vec((0usize..3, 0usize..2, 0i64..20_000), 1..40),
+        spec in arb_policy(),
+        now_hours in 0i64..(2 * 365 * 24),
+    ) {
+        const ACCOUNTS: [&str; 3] = ["111111111111", "222222222222", "333333333333"];
+        const LINEAGES: [&str; 2] = ["db", "vol-0000000000000000a"];
+        let base = at("2024-01-01T00:00:00Z");
+        let snaps: Vec<Snapshot> = copies
+            .iter()
+            .enumerate()
+            .map(|(i, (account, lineage, hours))| {
+                let mut s = Snapshot::new(
+                    SnapshotId::from_api(format!("snap-{:017x}", 0x1000 + i)),
+                    Some(VolumeId::from_api(crate::lineage::PLACEHOLDER_VOLUME)),
+                    base.checked_add(SignedDuration::from_hours(*hours)).unwrap(),
+                    SnapshotState::Completed,
+                );
+                s.tags.insert(tags::OWNER, tags::OWNER_VALUE);
+                s.tags.insert(tags::VOLUME, LINEAGES[*lineage]);
+                s.tags.insert(tags::SOURCE_ACCOUNT, ACCOUNTS[*account]);
+                s.tags.insert(tags::SOURCE_SNAPSHOT, format!("snap-{:017x}", 0x9000 + i));
+                s
+            })
+            .collect();
+        let now = base.checked_add(SignedDuration::from_hours(20_000 + now_hours)).unwrap();
+        let plan = Planner::new(spec.policy()).plan(&snaps, now);
+        let deleted: HashSet<_> = plan.deletions().map(|d| d.id.clone()).collect();
+        let mut groups: std::collections::HashMap<(&str, &str), Vec<&Snapshot>> = Default::default();
+        for s in &snaps {
+            let key = (s.tags.get(tags::SOURCE_ACCOUNT).unwrap(), s.tags.get(tags::VOLUME).unwrap());
+            groups.entry(key).or_default().push(s);
+        }
+        for ((account, lineage), group) in &groups {
+            let kept = group.iter().filter(|s| !deleted.contains(&s.id)).count();
+            prop_assert!(kept >= 1, "{account}/{lineage}: every copy deleted");
+            let newest = group.iter().max_by(|a, b| a.start_time.cmp(&b.start_time).then_with(|| a.id.cmp(&b.id))).unwrap();
+            prop_assert!(!deleted.contains(&newest.id), "{account}/{lineage}: its newest deleted");
+        }
+        for d in &plan.decisions {
+            prop_assert!(ACCOUNTS.iter().any(|a| d.lineage.starts_with(&format!("{a}/"))), "lineage {} names no account", d.lineage);
+        }
+    }
+}

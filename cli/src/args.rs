@@ -78,6 +78,15 @@ pub(crate) struct GlobalArgs {
     #[arg(long, global = true, value_name = "ID,ID|@FILE")]
     pub accounts: Option<String>,
 
+    /// Work in this one account (12 digits): with `--role-arn` (which
+    /// must name it), else with the ambient credentials, which must belong
+    /// to it (checked with STS GetCallerIdentity before anything else).
+    /// Rows carry `account`. `--account` naming `[vault] account` works on
+    /// the vault's copies with the vault's retention (`snap trim`, `snap
+    /// check`, `snap list`, `snap count`).
+    #[arg(long, global = true, value_name = "ID", conflicts_with = "accounts")]
+    pub account: Option<String>,
+
     /// EC2 endpoint URL (e.g. a local moto server). AWS_ENDPOINT_URL_EC2
     /// works too.
     #[arg(

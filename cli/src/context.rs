@@ -17,6 +17,8 @@ pub(crate) struct Context {
     pub global: GlobalArgs,
     /// The loaded config.
     pub config: Config,
+    /// `--account`: the one account the command works in.
+    pub account: Option<ec2kit::AccountId>,
     /// Cancelled on SIGINT/SIGTERM: long operations watch it and take
     /// their failure path.
     pub interrupt: ec2kit::CancellationToken,
@@ -53,11 +55,55 @@ impl Context {
         {
             return Err(CliError::Usage("--profile: empty profile name".into()));
         }
+        let account = match &global.account {
+            Some(id) => Some(
+                id.parse::<ec2kit::AccountId>()
+                    .map_err(|e| CliError::Usage(format!("--account: {e}")))?,
+            ),
+            None => None,
+        };
+        if let (Some(id), Some(arn)) = (&account, &global.role_arn)
+            && ec2kit::AccountId::of_arn(arn).as_ref() != Some(id)
+        {
+            return Err(CliError::Usage(format!(
+                "--role-arn {arn} is not a role in account {id} (--account)"
+            )));
+        }
         Ok(Self {
             global,
             config,
+            account,
             interrupt,
         })
+    }
+
+    /// With `--account` and no `--role-arn`: checks that the ambient
+    /// credentials belong to that account (STS GetCallerIdentity), before
+    /// any other call. Another account's credentials are bad input.
+    pub(crate) async fn check_account(&self) -> Result<(), CliError> {
+        let Some(id) = &self.account else {
+            return Ok(());
+        };
+        if self.global.role_arn.is_some() {
+            // Checked in `load`: the role is in the account.
+            return Ok(());
+        }
+        let caller = self.ec2_as(None).await.caller_account().await?;
+        if &caller != id {
+            return Err(CliError::Usage(format!(
+                "--account {id}: the credentials in use belong to account {caller}; run with \
+                 {id}'s own credentials or --role-arn arn:aws:iam::{id}:role/NAME"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `[vault]`, when `--account` names the vault account: the command
+    /// works on the vault's copies (its own retention, lineages per
+    /// source account).
+    pub(crate) fn in_vault(&self) -> Option<&crate::config::VaultConfig> {
+        let vault = self.config.vault.as_ref()?;
+        (self.account.as_ref() == Some(&vault.account)).then_some(vault)
     }
 
     /// The output format.

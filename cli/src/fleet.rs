@@ -91,6 +91,10 @@ impl Fleet {
 /// The accounts `--accounts` or `[accounts]` name, with the role template;
 /// `None` when neither does.
 pub(crate) fn accounts(ctx: &Context) -> Result<Option<Accounts>, CliError> {
+    if ctx.account.is_some() {
+        // `--account`: one account, whatever `[accounts]` says.
+        return Ok(None);
+    }
     let config = ctx.config.accounts.as_ref();
     let role = config
         .and_then(|a| a.role.as_deref())
@@ -145,8 +149,11 @@ pub(crate) async fn fleet_in(ctx: &Context, regions: bool) -> Result<Fleet, CliE
         } else {
             Vec::new()
         };
-        let account = ctx.global.role_arn.as_deref().and_then(AccountId::of_arn);
-        let labelled = ctx.global.role_arn.is_some();
+        let account = ctx
+            .account
+            .clone()
+            .or_else(|| ctx.global.role_arn.as_deref().and_then(AccountId::of_arn));
+        let labelled = ctx.global.role_arn.is_some() || ctx.account.is_some();
         return Ok(Fleet {
             targets: vec![Target {
                 account,

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
     logging::init(cli.global.verbose, cli.global.quiet, cli.global.log_format);
     // Accounts and a command that does not fan out over them: bad input.
     let accounts_in_config = cli.global.accounts.is_none()
+        && cli.global.account.is_none()
         && config::Config::load(cli.global.config.as_deref()).is_ok_and(|c| c.accounts.is_some());
     if let Err(e) =
         fleet::check_fan_out(&command, cli.global.accounts.is_some(), accounts_in_config)

@@ -98,11 +98,14 @@ actions! {
     RegisterTargets,
     /// Elastic Load Balancing `DeregisterTargets`.
     DeregisterTargets,
+    /// STS `GetCallerIdentity` (which account the credentials belong to;
+    /// IAM cannot deny it, so no policy grants it).
+    GetCallerIdentity,
 }
 
 impl Action {
     /// The AWS service the action belongs to (`ec2`, `kms`,
-    /// `elasticloadbalancing`).
+    /// `elasticloadbalancing`, `sts`).
     pub fn service(self) -> &'static str {
         match self {
             Action::DescribeKey => "kms",
@@ -111,6 +114,7 @@ impl Action {
             | Action::DescribeTargetHealth
             | Action::RegisterTargets
             | Action::DeregisterTargets => "elasticloadbalancing",
+            Action::GetCallerIdentity => "sts",
             _ => "ec2",
         }
     }

@@ -26,6 +26,7 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types as sdk;
 
+use crate::accounts::AccountId;
 use crate::paginate::paginate;
 use crate::requests::{
     CopyImage, CopySnapshot, CreateImage, CreateSnapshot, CreateSnapshots, CreateVolume,
@@ -266,6 +267,40 @@ impl AwsEc2 {
     /// profile), if any.
     pub fn configured_region(&self) -> Option<&Region> {
         self.inner.configured_region.as_ref()
+    }
+
+    /// The account the client's credentials belong to (STS
+    /// `GetCallerIdentity`, in the home region; with
+    /// [`AwsEc2Options::role_arn`], the role's account). IAM cannot deny
+    /// the call, so it is neither paced nor passed to the request hook.
+    pub async fn caller_account(&self) -> Result<AccountId, Ec2Error> {
+        let action = Action::GetCallerIdentity;
+        let region = &self.inner.home_region;
+        if let Some(e) = &self.inner.invalid_endpoint {
+            return Err(Ec2Error::new(
+                action,
+                region.as_str(),
+                ErrorKind::InvalidRequest,
+                e.to_string(),
+            ));
+        }
+        let conf = aws_sdk_sts::config::Builder::from(&self.inner.config)
+            .region(aws_config::Region::new(region.as_str().to_owned()))
+            .build();
+        let out = aws_sdk_sts::Client::from_conf(conf)
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        let account = out.account().unwrap_or_default();
+        account.parse().map_err(|_| {
+            Ec2Error::new(
+                action,
+                region.as_str(),
+                ErrorKind::Other,
+                format!("STS named no account id ({account:?})"),
+            )
+        })
     }
 
     fn client(&self, region: &Region) -> Client {

@@ -53,6 +53,11 @@ pub(crate) async fn run(cli: Cli, interrupt: ec2kit::CancellationToken) -> Resul
         }
         command => {
             let ctx = Context::load(cli.global, interrupt)?;
+            if !matches!(command, Command::Config | Command::Schedule(_)) {
+                // `--account`: whose credentials these are, before any
+                // other call.
+                ctx.check_account().await?;
+            }
             match command {
                 Command::Config => config::exec(&ctx),
                 Command::Regions(args) => regions::exec(&ctx, args).await,

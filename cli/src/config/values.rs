@@ -140,15 +140,34 @@ impl Config {
         })
     }
 
+    /// The vault account's retention (`snap trim --account VAULT`):
+    /// `[vault.retention]`, else `[retention]`.
+    pub fn vault_retention(&self) -> &RetentionConfig {
+        self.vault
+            .as_ref()
+            .and_then(|v| v.retention.as_ref())
+            .unwrap_or(&self.retention)
+    }
+
+    /// The vault's retention policies: [`Config::vault_retention`]'s
+    /// policy and `archive_after` for every lineage. Volume aliases name
+    /// one account's volumes, and a vault's lineages are `ACCOUNT/KEY`
+    /// (see `snapkit::lineage`): their strategies do not apply there.
+    pub fn vault_policies(&self) -> Result<Policies, PoliciesError> {
+        let r = self.vault_retention();
+        Ok(Policies {
+            default: r.spec(&r.policy).map_err(PoliciesError::Default)?,
+            per_lineage: HashMap::new(),
+            min_keep: r.min_keep.max(1),
+            archive_after: parse_archive_after(&r.archive_after),
+            per_lineage_archive_after: HashMap::new(),
+        })
+    }
+
     /// `[retention] archive_after`, and each volume alias's own (by volume
     /// id; `never` is `None`).
     pub fn archive_after(&self) -> (Option<ArchiveAfter>, HashMap<String, Option<ArchiveAfter>>) {
-        let archive = |s: &Option<String>| -> Option<ArchiveAfter> {
-            // Checked when the file was read.
-            s.as_deref()
-                .filter(|s| *s != "never")
-                .and_then(|s| s.parse().ok())
-        };
+        let archive = parse_archive_after;
         let per_lineage = self
             .volumes
             .values()
@@ -157,6 +176,14 @@ impl Config {
             .collect();
         (archive(&self.retention.archive_after), per_lineage)
     }
+}
+
+/// An `archive_after` of the file (checked when it was read; `never`
+/// and absent are `None`).
+fn parse_archive_after(s: &Option<String>) -> Option<ArchiveAfter> {
+    s.as_deref()
+        .filter(|s| *s != "never")
+        .and_then(|s| s.parse().ok())
 }
 
 impl Defaults {

@@ -28,6 +28,9 @@ struct Row {
     region: String,
     snapshots: usize,
     over: bool,
+    /// In a vault account: the copies per source account.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    by_source_account: std::collections::BTreeMap<String, usize>,
 }
 
 impl Row {
@@ -51,8 +54,16 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let mut failed = 0;
     for (target, results) in results {
         for r in results {
-            let n = match r.result {
-                Ok(list) => list.len(),
+            let (n, by_source_account) = match r.result {
+                Ok(list) => {
+                    let mut by = std::collections::BTreeMap::new();
+                    for s in &list {
+                        if let Some(a) = snapkit::lineage::source_account(s) {
+                            *by.entry(a.to_owned()).or_insert(0) += 1;
+                        }
+                    }
+                    (list.len(), by)
+                }
                 // One account: a failing region fails the count, as ever.
                 Err(e) if !fleet.labelled => return Err(e.into()),
                 Err(e) => {
@@ -66,27 +77,43 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                 region: r.region.to_string(),
                 snapshots: n,
                 over: n as u64 > args.warn_at,
+                by_source_account,
             });
         }
+    }
+    let vault = rows.iter().any(|r| !r.by_source_account.is_empty());
+    let mut headers = vec!["REGION", "SNAPSHOTS", "STATUS"];
+    if vault {
+        headers.push("BY SOURCE ACCOUNT");
     }
     match ctx.output() {
         OutputFormat::Json => output::json(&rows)?,
         OutputFormat::Table => crate::fleet::table(
             fleet.labelled,
-            &["REGION", "SNAPSHOTS", "STATUS"],
+            &headers,
             rows.iter().map(|r| {
-                (
-                    r.account.as_deref(),
-                    vec![
-                        r.region.clone(),
-                        r.snapshots.to_string(),
-                        if r.over {
-                            format!("over {}", args.warn_at)
-                        } else {
-                            "ok".into()
-                        },
-                    ],
-                )
+                let mut row = vec![
+                    r.region.clone(),
+                    r.snapshots.to_string(),
+                    if r.over {
+                        format!("over {}", args.warn_at)
+                    } else {
+                        "ok".into()
+                    },
+                ];
+                if vault {
+                    let by: Vec<String> = r
+                        .by_source_account
+                        .iter()
+                        .map(|(a, n)| format!("{a}: {n}"))
+                        .collect();
+                    row.push(if by.is_empty() {
+                        "-".into()
+                    } else {
+                        by.join(", ")
+                    });
+                }
+                (r.account.as_deref(), row)
             }),
         ),
     }

@@ -16,6 +16,14 @@ pub(crate) struct Args {
     pub adopt: bool,
 }
 
+/// A vault copy with the account it came from.
+#[derive(serde::Serialize)]
+struct VaultCopy<'a> {
+    source_account: Option<&'a str>,
+    #[serde(flatten)]
+    snapshot: &'a Snapshot,
+}
+
 /// Lists the snapshots in scope in every selected region.
 pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
     let fleet = crate::fleet::fleet(ctx).await?;
@@ -46,7 +54,26 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             b.start_time,
         ))
     });
+    // Copies in a vault account: the account each came from, as a column
+    // and a field.
+    let vault = all
+        .iter()
+        .any(|(_, s)| snapkit::lineage::source_account(s).is_some());
+    let copies: Vec<VaultCopy<'_>> = all
+        .iter()
+        .map(|(_, s)| VaultCopy {
+            source_account: snapkit::lineage::source_account(s),
+            snapshot: s,
+        })
+        .collect();
     match ctx.output() {
+        OutputFormat::Json if fleet.labelled && vault => output::json(
+            &all.iter()
+                .zip(&copies)
+                .map(|((a, _), c)| crate::fleet::Row::new(*a, c))
+                .collect::<Vec<_>>(),
+        )?,
+        OutputFormat::Json if vault => output::json(&copies)?,
         OutputFormat::Json if fleet.labelled => output::json(
             &all.iter()
                 .map(|(a, s)| crate::fleet::Row::new(*a, s))
@@ -56,15 +83,32 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
         OutputFormat::Table => crate::fleet::table(
             fleet.labelled,
             &[
-                "REGION", "SNAPSHOT", "LINEAGE", "TAKEN", "STATE", "TIER", "SIZE", "INSTANCE",
+                "REGION",
+                "SNAPSHOT",
+                if vault { "SOURCE ACCOUNT" } else { "" },
+                "LINEAGE",
+                "TAKEN",
+                "STATE",
+                "TIER",
+                "SIZE",
+                "INSTANCE",
                 "DEVICE",
-            ],
+            ]
+            .into_iter()
+            .filter(|h| !h.is_empty())
+            .collect::<Vec<_>>(),
             all.iter().map(|(a, s)| {
+                let source = vault.then(|| output::or_dash(snapkit::lineage::source_account(s)));
                 (
                     *a,
-                    vec![
-                        s.region.as_ref().map_or("-".into(), |r| r.to_string()),
-                        s.id.to_string(),
+                    [
+                        Some(s.region.as_ref().map_or("-".into(), |r| r.to_string())),
+                        Some(s.id.to_string()),
+                        source,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .chain([
                         snapkit::lineage::lineage_of(s),
                         s.start_time.strftime("%Y-%m-%d %H:%M").to_string(),
                         s.state.to_string(),
@@ -72,7 +116,8 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                         s.volume_size_gib.map_or("-".into(), |g| format!("{g} GiB")),
                         output::or_dash(s.tags.get(snapkit::lineage::tags::INSTANCE)),
                         snapkit::backup::device_of(s).unwrap_or_else(|| "-".into()),
-                    ],
+                    ])
+                    .collect(),
                 )
             }),
         ),

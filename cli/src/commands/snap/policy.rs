@@ -83,7 +83,18 @@ impl PolicyArgs {
 
     /// Resolves the policies, command line first.
     pub(crate) fn resolve(&self, config: &Config) -> Result<Policies, CliError> {
-        let r = &config.retention;
+        self.resolve_in(config, false)
+    }
+
+    /// [`PolicyArgs::resolve`]; in the vault account (`vault`), over
+    /// `[vault.retention]` (else `[retention]`) and without the volume
+    /// aliases' own policies (they name one account's volumes).
+    pub(crate) fn resolve_in(&self, config: &Config, vault: bool) -> Result<Policies, CliError> {
+        let r = if vault {
+            config.vault_retention()
+        } else {
+            &config.retention
+        };
         let flags = self.gfs_flags();
         let has_keep = !flags.is_empty();
         if let Some(tz) = &self.time_zone {
@@ -111,7 +122,13 @@ impl PolicyArgs {
         let policies = match cli_policy {
             // An explicit policy applies to every lineage.
             Some(default) => {
-                let (archive_after, per_lineage_archive_after) = config.archive_after();
+                let (archive_after, per_lineage_archive_after) = if vault {
+                    // Checked when the file was read.
+                    let a = r.archive_after.as_deref().filter(|s| *s != "never");
+                    (a.and_then(|s| s.parse().ok()), HashMap::new())
+                } else {
+                    config.archive_after()
+                };
                 Policies {
                     per_lineage: HashMap::new(),
                     archive_after,
@@ -119,9 +136,17 @@ impl PolicyArgs {
                     ..Policies::new(default)
                 }
             }
-            None => config.policies().map_err(|e| match e {
+            None => if vault {
+                config.vault_policies()
+            } else {
+                config.policies()
+            }
+            .map_err(|e| match e {
                 PoliciesError::Alias { alias, source } => {
                     CliError::Usage(format!("volume alias {alias}: {}", with_flags(&source)))
+                }
+                PoliciesError::Default(e) if vault => {
+                    CliError::Usage(format!("config vault.retention.policy: {}", with_flags(&e)))
                 }
                 PoliciesError::Default(e) => {
                     CliError::Usage(format!("config retention.policy: {}", with_flags(&e)))

@@ -84,7 +84,46 @@ struct RegionTrim<'a> {
 /// The cost line of a plan that archives: `None` when it archives nothing.
 fn archive_cost(ctx: &Context, region: &Region, plan: &Plan) -> Option<ArchiveCost> {
     plan.archives().next()?;
-    Some(plan.archive_cost(ctx.config.retention.tier_prices(region.as_str())))
+    Some(plan.archive_cost(retention(ctx).tier_prices(region.as_str())))
+}
+
+/// The retention settings of the run: `[vault.retention]` (else
+/// `[retention]`) in the vault account, `[retention]` elsewhere.
+fn retention(ctx: &Context) -> &crate::config::RetentionConfig {
+    if ctx.in_vault().is_some() {
+        ctx.config.vault_retention()
+    } else {
+        &ctx.config.retention
+    }
+}
+
+/// The role `snap replicate --to-account` copies with: `[vault] role`,
+/// else `ektool-vault-copy`, in the vault account.
+fn vault_copy_role(vault: &crate::config::VaultConfig) -> String {
+    vault
+        .role
+        .as_deref()
+        .unwrap_or("arn:aws:iam::{account}:role/ektool-vault-copy")
+        .replace(
+            ec2kit::accounts::ACCOUNT_PLACEHOLDER,
+            vault.account.as_str(),
+        )
+}
+
+/// Trim in the vault never runs as the vault's copy role: that role
+/// cannot delete by design (a compromised source account can assume it),
+/// so retention runs with the vault's own credentials or a keep role.
+fn refuse_copy_role(ctx: &Context) -> Result<(), CliError> {
+    let (Some(vault), Some(arn)) = (ctx.in_vault(), ctx.global.role_arn.as_deref()) else {
+        return Ok(());
+    };
+    if arn == vault_copy_role(vault) {
+        return Err(CliError::Usage(format!(
+            "--role-arn {arn} is the vault's copy role, which cannot delete by design: trim the \
+             vault with its own credentials or its keep role (`ektool iam-policy vault-keep`)"
+        )));
+    }
+    Ok(())
 }
 
 /// `archive 3 snapshots, 24 GiB (25769803776 bytes): -$0.90/month at list prices`.
@@ -119,7 +158,12 @@ pub(crate) async fn exec(
     args: Args,
     metrics: &mut snapkit::metrics::Metrics,
 ) -> Result<(), CliError> {
-    let policies = args.policy.resolve(&ctx.config)?;
+    refuse_copy_role(ctx)?;
+    // In the vault account: the vault's retention, lineages per source
+    // account (`ACCOUNT/KEY`, see `snapkit::lineage`).
+    let policies = args
+        .policy
+        .resolve_in(&ctx.config, ctx.in_vault().is_some())?;
     args.format.check(ctx)?;
     crate::fleet::no_metrics_with_accounts(ctx, args.metrics.as_deref())?;
     if args.format == PlanFormat::Html && !ctx.global.dry_run {
@@ -189,7 +233,7 @@ pub(crate) async fn exec(
         && total == 0
         && archives > 0
         && !args.yes
-        && !ctx.config.retention.unattended_trim
+        && !retention(ctx).unattended_trim
     {
         // Archiving only: it changes the bill and the restore time, so it
         // asks like deleting does.
@@ -220,7 +264,7 @@ pub(crate) async fn exec(
     if !ctx.global.dry_run && total > 0 {
         let cap = args
             .max_delete
-            .unwrap_or_else(|| ctx.config.retention.max_delete());
+            .unwrap_or_else(|| retention(ctx).max_delete());
         let regions_with = plans
             .iter()
             .filter(|(_, p, _)| p.deletions().next().is_some())
@@ -231,7 +275,7 @@ pub(crate) async fn exec(
                  retention.max_delete); nothing deleted. Check the plan with --dry-run; if it \
                  is right, rerun with --max-delete {total}"
             )));
-        } else if !args.yes && !ctx.config.retention.unattended_trim {
+        } else if !args.yes && !retention(ctx).unattended_trim {
             if std::io::stdin().is_terminal() {
                 for (i, (region, plan, _)) in plans.iter().enumerate() {
                     if ctx.output() == OutputFormat::Table {

@@ -128,6 +128,8 @@ pub enum Place {
     Source,
     /// A copy in the replication destination.
     Replica,
+    /// A copy in the vault account ([`check_vault`], [`check_vault_copies`]).
+    Vault,
 }
 
 /// The verdict on one lineage.
@@ -149,8 +151,11 @@ pub struct LineageCheck {
     pub region: Region,
     /// Source or replica.
     pub place: Place,
-    /// The lineage key (the volume id).
+    /// The lineage key (the volume id; in a vault, `ACCOUNT/KEY`).
     pub lineage: String,
+    /// In a vault: the account the copies came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_account: Option<String>,
     /// The instance the volume is attached to, when found by tag.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance: Option<InstanceId>,
@@ -262,8 +267,10 @@ fn whose(l: &LineageCheck) -> String {
             None => s.push_str(&format!(" ({i})")),
         }
     }
-    if l.place == Place::Replica {
-        s.push_str(" replica");
+    match l.place {
+        Place::Source => {}
+        Place::Replica => s.push_str(" replica"),
+        Place::Vault => s.push_str(" vault"),
     }
     s
 }
@@ -358,6 +365,7 @@ impl CheckReport {
                     match l.place {
                         Place::Source => "source",
                         Place::Replica => "replica",
+                        Place::Vault => "vault",
                     }
                     .to_owned(),
                 ),
@@ -617,6 +625,7 @@ fn judge(
         region: region.clone(),
         place,
         lineage: target.lineage.clone(),
+        source_account: None,
         instance: target.instance.clone(),
         device: target.device.clone(),
         alias: target.alias.clone(),
@@ -728,6 +737,167 @@ pub async fn check(ec2: &dyn Ec2, spec: &CheckSpec, now: Timestamp) -> CheckRepo
         }
     }
     report
+}
+
+/// The vault's copies, checked from the source side
+/// ([`check_vault_copies`]): every source lineage must have a vault copy
+/// this recent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VaultCheck {
+    /// The source account (the vault copies' [`lineage::tags::SOURCE_ACCOUNT`]).
+    pub source_account: String,
+    /// The vault region the copies are in; `None`: each source lineage's
+    /// own region.
+    pub region: Option<Region>,
+    /// How old the data of the newest vault copy may be.
+    pub max_age: Duration,
+}
+
+/// The vault's copies in `region`: ektool's snapshots there carrying a
+/// source account.
+async fn vault_copies(ec2: &dyn Ec2, region: &Region) -> Result<Vec<Snapshot>, Ec2Error> {
+    Ok(trim::inventory(ec2, region, Scope::Owned)
+        .await?
+        .into_iter()
+        .filter(|s| lineage::source_account(s).is_some())
+        .collect())
+}
+
+/// A vault account's own check (`snap check --account VAULT`): in every
+/// region, each vault lineage (`ACCOUNT/KEY`, one per source account and
+/// source lineage) must have a completed copy whose data
+/// ([`crate::replicate::data_time`]) is at most `max_age` old. Only
+/// `DescribeSnapshots` ([`VAULT_PERMISSIONS`]).
+pub async fn check_vault(
+    ec2: &dyn Ec2,
+    regions: &[Region],
+    max_age: Duration,
+    concurrency: usize,
+    now: Timestamp,
+) -> CheckReport {
+    let listed = ec2kit::fleet::each_region(regions, concurrency, |region| {
+        trim::inventory(ec2, region, Scope::Owned)
+    })
+    .await;
+    let mut report = CheckReport {
+        now,
+        lineages: Vec::new(),
+        regions: Vec::new(),
+        region_errors: Vec::new(),
+    };
+    for r in listed {
+        match r.result {
+            Ok(all) => {
+                let copies = all.iter().filter(|s| lineage::source_account(s).is_some());
+                let found = by_lineage(copies.clone(), crate::replicate::data_time);
+                let accounts: HashMap<String, &str> = copies
+                    .filter_map(|s| Some((lineage::lineage_of(s), lineage::source_account(s)?)))
+                    .collect();
+                let mut keys: Vec<&String> = found.keys().collect();
+                keys.sort();
+                for key in keys {
+                    let target = Target {
+                        lineage: key.clone(),
+                        instance: None,
+                        device: None,
+                        alias: None,
+                        max_age,
+                    };
+                    let mut l = judge(
+                        &r.region,
+                        Place::Vault,
+                        &target,
+                        max_age,
+                        found.get(key),
+                        now,
+                        None,
+                    );
+                    l.source_account = accounts.get(key).map(|a| (*a).to_owned());
+                    report.lineages.push(l);
+                }
+                report.regions.push(stats(&r.region, &all));
+            }
+            Err(e) => report.region_errors.push(RegionFailure {
+                region: r.region,
+                error: e.to_string(),
+            }),
+        }
+    }
+    report
+}
+
+/// What [`check_vault`] and [`check_vault_copies`] call in the vault.
+pub const VAULT_PERMISSIONS: ec2kit::iam::Permissions =
+    ec2kit::iam::Permissions::calls(&[ec2kit::Action::DescribeSnapshots]);
+
+/// "`snap check` covers the vault": adds to `report` (a source account's
+/// [`check`]) one [`Place::Vault`] lineage per source lineage, whose
+/// newest completed copy in the vault (`ACCOUNT/KEY`, read with
+/// `vault_ec2`, `DescribeSnapshots` only) must be at most
+/// [`VaultCheck::max_age`] old by its data time. A vault region that
+/// cannot be listed is a region error (`vault …`); the vault's regions are
+/// not added to [`CheckReport::regions`] (they are another account's).
+pub async fn check_vault_copies(
+    vault_ec2: &dyn Ec2,
+    vault: &VaultCheck,
+    report: &mut CheckReport,
+    now: Timestamp,
+) {
+    let mut sources: Vec<(Region, LineageCheck)> = Vec::new();
+    let mut seen = HashSet::new();
+    for l in report.lineages.iter().filter(|l| l.place == Place::Source) {
+        if seen.insert(l.lineage.clone()) {
+            let region = vault.region.clone().unwrap_or_else(|| l.region.clone());
+            sources.push((region, l.clone()));
+        }
+    }
+    let mut regions: Vec<Region> = sources.iter().map(|(r, _)| r.clone()).collect();
+    regions.sort();
+    regions.dedup();
+    let listed = ec2kit::fleet::each_region(&regions, regions.len().max(1), |region| {
+        vault_copies(vault_ec2, region)
+    })
+    .await;
+    let mut found: HashMap<Region, Vec<Snapshot>> = HashMap::new();
+    for r in listed {
+        match r.result {
+            Ok(copies) => {
+                found.insert(r.region, copies);
+            }
+            Err(e) => report.region_errors.push(RegionFailure {
+                region: r.region,
+                error: format!("vault account: {e}"),
+            }),
+        }
+    }
+    for (region, source) in sources {
+        let Some(copies) = found.get(&region) else {
+            continue;
+        };
+        let mine = copies
+            .iter()
+            .filter(|s| lineage::source_account(s) == Some(vault.source_account.as_str()));
+        let by = by_lineage(mine, crate::replicate::data_time);
+        let key = format!("{}/{}", vault.source_account, source.lineage);
+        let target = Target {
+            lineage: key.clone(),
+            instance: source.instance.clone(),
+            device: source.device.clone(),
+            alias: source.alias.clone(),
+            max_age: vault.max_age,
+        };
+        let mut l = judge(
+            &region,
+            Place::Vault,
+            &target,
+            vault.max_age,
+            by.get(&key),
+            now,
+            None,
+        );
+        l.source_account = Some(vault.source_account.clone());
+        report.lineages.push(l);
+    }
 }
 
 #[cfg(test)]

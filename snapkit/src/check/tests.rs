@@ -491,3 +491,152 @@ async fn lineages_without_a_recent_successful_restore_test_fail() {
     let plain = check(&ec2, &s, at(0)).await.metrics().render();
     assert!(!plain.contains("verified"), "{plain}");
 }
+
+/// A vault copy of `account`'s `volume`, its data `data_seconds_ago` old.
+fn vault_copy(id: &str, account: &str, volume: &str, data_seconds_ago: i64) -> Snapshot {
+    let mut s = copy(id, volume, data_seconds_ago);
+    s.tags.insert(tags::SOURCE_ACCOUNT, account);
+    s
+}
+
+/// Issue 16: in the vault account, each source account's lineage is
+/// judged apart by its data time: a fresh copy of account A's `db` never
+/// covers account B's stale one.
+#[tokio::test]
+async fn the_vault_is_checked_per_source_account_lineage() {
+    let mut ec2 = MockEc2::new();
+    ec2.expect_describe_snapshots().times(1).returning(|_, _| {
+        Ok(vec![
+            vault_copy("snap-a1", "111111111111", "db", 2 * HOUR),
+            vault_copy("snap-a0", "111111111111", "db", 50 * HOUR),
+            vault_copy("snap-b1", "222222222222", "db", 72 * HOUR),
+            // Not a vault copy: the vault's own backup is not checked.
+            snap(
+                "snap-own",
+                "vol-0000000f",
+                900 * HOUR,
+                SnapshotState::Completed,
+            ),
+        ])
+    });
+    let report = check_vault(
+        &ec2,
+        &[Region::new("eu-west-1")],
+        Duration::from_secs(26 * 3600),
+        1,
+        at(0),
+    )
+    .await;
+    let got: Vec<(&str, Option<&str>, Freshness, Option<&str>)> = report
+        .lineages
+        .iter()
+        .map(|l| {
+            (
+                l.lineage.as_str(),
+                l.source_account.as_deref(),
+                l.status,
+                l.newest.as_ref().map(|s| s.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "111111111111/db",
+                Some("111111111111"),
+                Freshness::Fresh,
+                Some("snap-a1")
+            ),
+            (
+                "222222222222/db",
+                Some("222222222222"),
+                Freshness::Stale,
+                Some("snap-b1")
+            ),
+        ]
+    );
+    assert_eq!(
+        lines(&report),
+        ["stale: eu-west-1 222222222222/db vault: newest snap-b1 is 3d old, more than 1d2h"]
+    );
+    assert!(report.lineages.iter().all(|l| l.place == Place::Vault));
+}
+
+/// From the source side: every source lineage needs a recent copy of its
+/// own account in the vault region; another account's copy of the same
+/// lineage does not count.
+#[tokio::test]
+async fn the_source_check_covers_the_vault() {
+    let mut vault = MockEc2::new();
+    vault
+        .expect_describe_snapshots()
+        .times(1)
+        .returning(|region, _| {
+            assert_eq!(region.as_str(), "eu-central-1");
+            Ok(vec![
+                vault_copy("snap-v1", "111111111111", "vol-0000000a", HOUR),
+                vault_copy("snap-v2", "111111111111", "vol-0000000b", 80 * HOUR),
+                // Another account's copy of the same volume id.
+                vault_copy("snap-v3", "222222222222", "vol-0000000c", HOUR),
+            ])
+        });
+    let source = |lineage: &str| LineageCheck {
+        region: Region::new("eu-west-1"),
+        place: Place::Source,
+        lineage: lineage.into(),
+        source_account: None,
+        instance: None,
+        device: None,
+        alias: Some(format!("alias-{lineage}")),
+        newest: None,
+        newest_time: None,
+        age_seconds: None,
+        max_age_seconds: 0,
+        status: Freshness::Fresh,
+        completed: 1,
+        errors: Vec::new(),
+        verified: None,
+    };
+    let mut report = CheckReport {
+        now: at(0),
+        lineages: vec![
+            source("vol-0000000a"),
+            source("vol-0000000b"),
+            source("vol-0000000c"),
+        ],
+        regions: Vec::new(),
+        region_errors: Vec::new(),
+    };
+    let spec = VaultCheck {
+        source_account: "111111111111".into(),
+        region: Some(Region::new("eu-central-1")),
+        max_age: Duration::from_secs(48 * 3600),
+    };
+    check_vault_copies(&vault, &spec, &mut report, at(0)).await;
+    let got: Vec<(&str, Freshness)> = report
+        .lineages
+        .iter()
+        .filter(|l| l.place == Place::Vault)
+        .map(|l| (l.lineage.as_str(), l.status))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("111111111111/vol-0000000a", Freshness::Fresh),
+            ("111111111111/vol-0000000b", Freshness::Stale),
+            ("111111111111/vol-0000000c", Freshness::Missing),
+        ]
+    );
+    assert_eq!(
+        lines(&report),
+        [
+            "stale: eu-central-1 111111111111/vol-0000000b (alias-vol-0000000b) vault: newest snap-v2 is 3d8h old, more than 2d",
+            "missing: eu-central-1 111111111111/vol-0000000c (alias-vol-0000000c) vault: no completed snapshot",
+        ]
+    );
+    assert!(
+        report.regions.is_empty(),
+        "the vault's regions are another account's"
+    );
+}

@@ -223,3 +223,17 @@ fn action_recorder() -> Option<ec2kit::RequestHook> {
 }
 
 pub(crate) use crate::config::expand_home;
+
+/// The role `snap replicate --to-account` copies with: `[vault] role`,
+/// else `ektool-vault-copy`, in the vault account (`{account}` replaced).
+/// `snap check` reads the vault with it; `snap trim` never runs as it.
+pub(crate) fn vault_copy_role(vault: &crate::config::VaultConfig) -> String {
+    vault
+        .role
+        .as_deref()
+        .unwrap_or("arn:aws:iam::{account}:role/ektool-vault-copy")
+        .replace(
+            ec2kit::accounts::ACCOUNT_PLACEHOLDER,
+            vault.account.as_str(),
+        )
+}

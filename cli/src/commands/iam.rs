@@ -200,8 +200,20 @@ pub(crate) fn policies() -> Vec<Policy> {
         hosts(command("lock")),
         hosts(command("unlock")),
         hosts(command("audit")),
+        // Not a command: the keep role of a vault account, which runs
+        // `snap trim|check|list|count --account VAULT` there (the copy
+        // role `snap replicate --to-account` assumes never deletes).
+        command(VAULT_KEEP)
+            .grant(regions)
+            .grant(&trim::PERMISSIONS)
+            .grant(&check::VAULT_PERMISSIONS)
+            .grant_when(When::Chosen("--archive-after"), &trim::ARCHIVE_PERMISSIONS),
     ]
 }
+
+/// The policy of the vault account's keep role (`ektool iam-policy
+/// vault-keep`): retention and checks of the vault's copies.
+pub(crate) const VAULT_KEEP: &str = "vault-keep";
 
 /// The empty policy of `ektool <words>`, its statements `Ektool<Words>…`.
 fn command(words: &str) -> Policy {
@@ -228,6 +240,7 @@ pub(crate) fn exec(
     format: OutputFormat,
     external_id: Option<&str>,
     role: &str,
+    vault: Option<&ec2kit::AccountId>,
 ) -> Result<(), CliError> {
     let trusted: Option<ec2kit::AccountId> = args
         .trust
@@ -235,6 +248,16 @@ pub(crate) fn exec(
         .map(str::parse)
         .transpose()
         .map_err(|e| CliError::Usage(format!("--trust: {e}")))?;
+    // The keep role deletes vault copies: no account outside the vault may
+    // assume it (a compromised source account could otherwise delete them).
+    if let (Some(t), Some(v)) = (&trusted, vault)
+        && args.command.join(" ") == VAULT_KEEP
+        && t != v
+    {
+        return Err(CliError::Usage(format!(
+            "--trust {t}: the vault's keep role is trusted by the vault account ({v}) only"
+        )));
+    }
     let all = policies();
     if args.list && format == OutputFormat::Json {
         let list: Vec<serde_json::Value> = all

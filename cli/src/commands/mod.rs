@@ -36,11 +36,15 @@ pub(crate) async fn run(cli: Cli, interrupt: ec2kit::CancellationToken) -> Resul
         Command::IamPolicy(args) => {
             // `--trust` takes the external id and role template from the
             // config when it loads (the policy itself never needs it).
-            let accounts = args
+            let config = args
                 .trust
                 .as_ref()
-                .and_then(|_| crate::config::Config::load(cli.global.config.as_deref()).ok())
-                .and_then(|c| c.accounts);
+                .and_then(|_| crate::config::Config::load(cli.global.config.as_deref()).ok());
+            let vault = config
+                .as_ref()
+                .and_then(|c| c.vault.as_ref())
+                .map(|v| v.account.clone());
+            let accounts = config.and_then(|c| c.accounts);
             let external_id = cli
                 .global
                 .external_id
@@ -49,7 +53,13 @@ pub(crate) async fn run(cli: Cli, interrupt: ec2kit::CancellationToken) -> Resul
             let role = accounts
                 .and_then(|a| a.role)
                 .unwrap_or_else(|| ec2kit::accounts::DEFAULT_ROLE_TEMPLATE.to_owned());
-            iam::exec(args, cli.global.output, external_id.as_deref(), &role)
+            iam::exec(
+                args,
+                cli.global.output,
+                external_id.as_deref(),
+                &role,
+                vault.as_ref(),
+            )
         }
         command => {
             let ctx = Context::load(cli.global, interrupt)?;

@@ -52,6 +52,8 @@ pub(crate) struct Args {
 
 #[derive(Serialize)]
 struct Json<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account: Option<&'a str>,
     #[serde(flatten)]
     report: &'a CheckReport,
     failures: Vec<String>,
@@ -66,6 +68,9 @@ pub(crate) async fn exec(
 ) -> Result<(), CliError> {
     if crate::fleet::accounts(ctx)?.is_some() {
         return super::check_accounts::exec(ctx, args, failure_lines).await;
+    }
+    if let Some(vault) = ctx.in_vault() {
+        return exec_vault(ctx, vault, &args, metrics, failure_lines).await;
     }
     let cfg = &ctx.config.check;
     let max_age = args
@@ -138,32 +143,46 @@ pub(crate) async fn exec(
         max_unverified: args.max_unverified.or(cfg.max_unverified),
         ..CheckSpec::default()
     };
-    let report = check::check(&ec2, &spec, jiff::Timestamp::now()).await;
+    let now = jiff::Timestamp::now();
+    let mut report = check::check(&ec2, &spec, now).await;
+    // "snap check covers the vault": with `[vault] max_age`, every source
+    // lineage needs a copy that recent in the vault, read with the vault's
+    // copy role (DescribeSnapshots only).
+    if let Some(vault) = ctx.config.vault.as_ref()
+        && let Some(max_age) = vault.max_age
+    {
+        let source_account = match &ctx.account {
+            Some(a) => a.clone(),
+            None => match ctx
+                .global
+                .role_arn
+                .as_deref()
+                .and_then(ec2kit::AccountId::of_arn)
+            {
+                Some(a) => a,
+                None => ec2.caller_account().await?,
+            },
+        };
+        let vault_ec2 = ctx
+            .ec2_as(Some(crate::context::vault_copy_role(vault)))
+            .await;
+        let spec = check::VaultCheck {
+            source_account: source_account.to_string(),
+            region: vault.region.as_deref().map(Region::new),
+            max_age,
+        };
+        check::check_vault_copies(&vault_ec2, &spec, &mut report, now).await;
+    }
     let failures: Vec<String> = report.failures().iter().map(ToString::to_string).collect();
     *metrics = report.metrics();
-    match ctx.output() {
-        OutputFormat::Json => output::json(&Json {
-            report: &report,
-            failures: failures.clone(),
-        })?,
-        OutputFormat::Table if spec.max_unverified.is_some() => output::table(
-            &[
-                "REGION", "LINEAGE", "OF", "WHERE", "NEWEST", "AGE", "MAX AGE", "STATUS",
-                "VERIFIED",
-            ],
-            report.lineages.iter().map(|l| {
-                let mut r = row(l);
-                r.push(verified(l));
-                r
-            }),
-        ),
-        OutputFormat::Table => output::table(
-            &[
-                "REGION", "LINEAGE", "OF", "WHERE", "NEWEST", "AGE", "MAX AGE", "STATUS",
-            ],
-            report.lineages.iter().map(row),
-        ),
-    }
+    let account = ctx.account.as_ref().map(ec2kit::AccountId::as_str);
+    render(
+        ctx,
+        account,
+        &report,
+        &failures,
+        spec.max_unverified.is_some(),
+    )?;
     for f in &failures {
         eprintln!("{f}");
     }
@@ -173,6 +192,94 @@ pub(crate) async fn exec(
     } else {
         Err(CliError::Failed(format!(
             "{} check failure(s) in {} lineage(s)",
+            failures.len(),
+            report.lineages.len()
+        )))
+    }
+}
+
+/// The table or JSON of a report (`account`: `--account`'s, a column
+/// and a field).
+fn render(
+    ctx: &Context,
+    account: Option<&str>,
+    report: &CheckReport,
+    failures: &[String],
+    verify: bool,
+) -> Result<(), CliError> {
+    let vault = report.lineages.iter().any(|l| l.place == Place::Vault);
+    let mut headers = vec!["REGION", "LINEAGE", "OF", "WHERE"];
+    if vault {
+        headers.push("SOURCE ACCOUNT");
+    }
+    headers.extend(["NEWEST", "AGE", "MAX AGE", "STATUS"]);
+    if verify {
+        headers.push("VERIFIED");
+    }
+    match ctx.output() {
+        OutputFormat::Json => output::json(&Json {
+            account,
+            report,
+            failures: failures.to_vec(),
+        })?,
+        OutputFormat::Table => crate::fleet::table(
+            account.is_some(),
+            &headers,
+            report.lineages.iter().map(|l| {
+                let mut r = row(l);
+                if vault {
+                    r.insert(4, output::or_dash(l.source_account.as_deref()));
+                }
+                if verify {
+                    r.push(verified(l));
+                }
+                (account, r)
+            }),
+        ),
+    }
+    Ok(())
+}
+
+/// `snap check --account VAULT`: every vault lineage (`ACCOUNT/KEY`)
+/// has a copy younger than `--max-age`, `[vault] max_age`, `[check]
+/// max_age` or 26h, by its data time.
+async fn exec_vault(
+    ctx: &Context,
+    vault: &crate::config::VaultConfig,
+    args: &Args,
+    metrics: &mut snapkit::metrics::Metrics,
+    failure_lines: &mut Vec<String>,
+) -> Result<(), CliError> {
+    if args.tag.is_some() || args.aliases_only || args.to.is_some() || args.max_unverified.is_some()
+    {
+        return Err(CliError::Usage(
+            "snap check --account VAULT checks the vault's copies: --tag, --aliases-only, --to \
+             and --max-unverified are about a source account"
+                .into(),
+        ));
+    }
+    let max_age = args
+        .max_age
+        .or(vault.max_age)
+        .or(ctx.config.check.max_age)
+        .unwrap_or(check::DEFAULT_MAX_AGE);
+    let ec2 = ctx.ec2().await;
+    let regions = ctx.regions(&ec2).await?;
+    let concurrency = regions.len().max(1);
+    let report =
+        check::check_vault(&ec2, &regions, max_age, concurrency, jiff::Timestamp::now()).await;
+    let failures: Vec<String> = report.failures().iter().map(ToString::to_string).collect();
+    *metrics = report.metrics();
+    render(ctx, Some(vault.account.as_str()), &report, &failures, false)?;
+    for f in &failures {
+        eprintln!("{f}");
+    }
+    failure_lines.clone_from(&failures);
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!(
+            "{} check failure(s) in {} vault lineage(s)",
             failures.len(),
             report.lineages.len()
         )))
@@ -216,7 +323,8 @@ pub(super) fn row(l: &check::LineageCheck) -> Vec<String> {
         of,
         match l.place {
             Place::Source => "source".into(),
-            _ => "replica".into(),
+            Place::Replica => "replica".into(),
+            _ => "vault".into(),
         },
         output::or_dash(l.newest.as_ref().map(|s| s.as_str())),
         l.age_seconds

@@ -97,19 +97,6 @@ fn retention(ctx: &Context) -> &crate::config::RetentionConfig {
     }
 }
 
-/// The role `snap replicate --to-account` copies with: `[vault] role`,
-/// else `ektool-vault-copy`, in the vault account.
-fn vault_copy_role(vault: &crate::config::VaultConfig) -> String {
-    vault
-        .role
-        .as_deref()
-        .unwrap_or("arn:aws:iam::{account}:role/ektool-vault-copy")
-        .replace(
-            ec2kit::accounts::ACCOUNT_PLACEHOLDER,
-            vault.account.as_str(),
-        )
-}
-
 /// Trim in the vault never runs as the vault's copy role: that role
 /// cannot delete by design (a compromised source account can assume it),
 /// so retention runs with the vault's own credentials or a keep role.
@@ -117,7 +104,7 @@ fn refuse_copy_role(ctx: &Context) -> Result<(), CliError> {
     let (Some(vault), Some(arn)) = (ctx.in_vault(), ctx.global.role_arn.as_deref()) else {
         return Ok(());
     };
-    if arn == vault_copy_role(vault) {
+    if arn == crate::context::vault_copy_role(vault) {
         return Err(CliError::Usage(format!(
             "--role-arn {arn} is the vault's copy role, which cannot delete by design: trim the \
              vault with its own credentials or its keep role (`ektool iam-policy vault-keep`)"

@@ -430,3 +430,68 @@ fn fastrand_u64() -> u64 {
     h.write_u64(u64::from(std::process::id()));
     h.finish() >> 4
 }
+
+/// `iam-policy vault-keep` is what retention and checks in the vault
+/// call: the union of the actions `snap trim|check|list|count --account
+/// VAULT` really call, recorded against moto; `--archive-after` adds its
+/// own. GetCallerIdentity needs no permission (IAM cannot deny it).
+#[tokio::test]
+async fn the_vault_keep_policy_is_what_the_vault_commands_call() {
+    let (vault, a) = (fresh_account(), fresh_account());
+    let v = ec2_in(&vault).await;
+    let volume = vault_volume(&v).await;
+    for hours in [50, 26, 2] {
+        vault_copy(&v, &a, &volume, hours).await;
+    }
+    let cfg = config(&vault, KEEP_ONE_IN_THE_VAULT);
+    let policies = crate::iam::Policies::load();
+    let role = keep_role(&vault);
+    let base = ["--account", vault.as_str(), "--role-arn", role.as_str(), "-r", REGION];
+    let mut got = BTreeSet::new();
+    for command in [
+        &["snap", "list"][..],
+        &["snap", "count"],
+        &["snap", "check"],
+        &["snap", "trim", "--yes"],
+    ] {
+        let argv: Vec<&str> = base.iter().chain(command).copied().collect();
+        got.extend(crate::iam::recorded(cfg.path(), &argv));
+    }
+    assert_eq!(got, policies.expected("vault-keep", &[]));
+    assert!(got.contains("ec2:DeleteSnapshot"), "{got:?}");
+    // Archiving: the flag's actions, nothing outside the policy.
+    vault_copy(&v, &a, &volume, 1).await;
+    let argv: Vec<&str> = base
+        .iter()
+        .chain(&["snap", "trim", "--yes", "--keep-last", "3", "--archive-after", "0d"])
+        .copied()
+        .collect();
+    let archived = crate::iam::recorded(cfg.path(), &argv);
+    let want = policies.expected("vault-keep", &["--archive-after"]);
+    assert!(archived.is_subset(&want), "{archived:?} not in {want:?}");
+    assert!(archived.contains("ec2:ModifySnapshotTier"), "{archived:?}");
+}
+
+/// The keep role is trusted by the vault account only: a trust policy
+/// for any other account is refused.
+#[test]
+fn the_keep_role_is_trusted_by_nobody_outside_the_vault() {
+    let vault = fresh_account();
+    let cfg = config(&vault, "");
+    let doc = Ektool::new()
+        .current_dir(cfg.path())
+        .args(&["iam-policy", "vault-keep", "--restrict-by-tag", "--trust", &vault])
+        .run()
+        .success()
+        .json();
+    assert_eq!(
+        doc["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["AWS"],
+        format!("arn:aws:iam::{vault}:root")
+    );
+    Ektool::new()
+        .current_dir(cfg.path())
+        .args(&["iam-policy", "vault-keep", "--trust", "123456789012"])
+        .run()
+        .code(2)
+        .stderr_has("trusted by the vault account");
+}

@@ -215,6 +215,10 @@ pub(crate) fn policies() -> Vec<Policy> {
 /// vault-keep`): retention and checks of the vault's copies.
 pub(crate) const VAULT_KEEP: &str = "vault-keep";
 
+/// The keep role's name in the vault, for the caller's `sts:AssumeRole`
+/// statement of `iam-policy vault-keep --trust VAULT`.
+const VAULT_KEEP_ROLE: &str = "arn:aws:iam::{account}:role/ektool-vault-keep";
+
 /// The empty policy of `ektool <words>`, its statements `Ektool<Words>…`.
 fn command(words: &str) -> Policy {
     Policy::new(words).with_sid(&format!("Ektool {words}"))
@@ -316,6 +320,12 @@ pub(crate) fn exec(
         }
     };
     let doc = iam::document(&chosen, args.restrict_by_tag.then_some(&OWNERSHIP));
+    // The keep role is assumed inside the vault, by its own jobs.
+    let role = if chosen.len() == 1 && chosen[0].name == VAULT_KEEP {
+        VAULT_KEEP_ROLE
+    } else {
+        role
+    };
     let text = match &trusted {
         Some(account) => serde_json::to_string_pretty(&MemberRole {
             assume_role_policy_document: ec2kit::accounts::trust_policy(account, external_id),

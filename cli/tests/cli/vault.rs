@@ -356,13 +356,29 @@ async fn check_in_the_vault_fails_a_stale_lineage() {
         out.stderr
     );
     assert!(out.stdout.contains("SOURCE ACCOUNT"), "{}", out.stdout);
-    assert!(out.stdout.contains(&format!("{a}/{volume}")), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("{a}/{volume}")),
+        "{}",
+        out.stdout
+    );
+    let metrics = cfg.path().join("vault.prom");
     Ektool::moto()
         .current_dir(cfg.path())
         .args(&["--account", &vault, "--role-arn", &keep_role(&vault)])
         .args(&["-r", REGION, "snap", "check", "--max-age", "4d"])
+        .args(&["--metrics", metrics.to_str().unwrap()])
         .run()
         .success();
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let sample = format!("lineage=\"{b}/{volume}\"");
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("ektool_snapshot_newest_completed_timestamp_seconds")
+                && l.contains(&sample)
+                && l.contains("place=\"vault\"")
+        ),
+        "{text}"
+    );
 }
 
 /// From a source account, `snap check` with `[vault] max_age` checks the
@@ -381,10 +397,9 @@ async fn the_source_check_covers_the_vault() {
             let volume = vault_volume(&ec2).await;
             let mut tags = Tags::new().with(tags::OWNER, tags::OWNER_VALUE);
             if let Some(a) = &account {
-                tags = tags.with(tags::SOURCE_ACCOUNT, a).with(
-                    tags::SOURCE_TIME,
-                    jiff::Timestamp::now().to_string(),
-                );
+                tags = tags
+                    .with(tags::SOURCE_ACCOUNT, a)
+                    .with(tags::SOURCE_TIME, jiff::Timestamp::now().to_string());
             }
             ec2.create_snapshot(
                 &Region::new(REGION),
@@ -446,7 +461,14 @@ async fn the_vault_keep_policy_is_what_the_vault_commands_call() {
     let cfg = config(&vault, KEEP_ONE_IN_THE_VAULT);
     let policies = crate::iam::Policies::load();
     let role = keep_role(&vault);
-    let base = ["--account", vault.as_str(), "--role-arn", role.as_str(), "-r", REGION];
+    let base = [
+        "--account",
+        vault.as_str(),
+        "--role-arn",
+        role.as_str(),
+        "-r",
+        REGION,
+    ];
     let mut got = BTreeSet::new();
     for command in [
         &["snap", "list"][..],
@@ -463,7 +485,15 @@ async fn the_vault_keep_policy_is_what_the_vault_commands_call() {
     vault_copy(&v, &a, &volume, 1).await;
     let argv: Vec<&str> = base
         .iter()
-        .chain(&["snap", "trim", "--yes", "--keep-last", "3", "--archive-after", "0d"])
+        .chain(&[
+            "snap",
+            "trim",
+            "--yes",
+            "--keep-last",
+            "3",
+            "--archive-after",
+            "0d",
+        ])
         .copied()
         .collect();
     let archived = crate::iam::recorded(cfg.path(), &argv);
@@ -480,7 +510,13 @@ fn the_keep_role_is_trusted_by_nobody_outside_the_vault() {
     let cfg = config(&vault, "");
     let doc = Ektool::new()
         .current_dir(cfg.path())
-        .args(&["iam-policy", "vault-keep", "--restrict-by-tag", "--trust", &vault])
+        .args(&[
+            "iam-policy",
+            "vault-keep",
+            "--restrict-by-tag",
+            "--trust",
+            &vault,
+        ])
         .run()
         .success()
         .json();

@@ -98,12 +98,18 @@ impl Context {
         Ok(())
     }
 
-    /// `[vault]`, when `--account` names the vault account: the command
-    /// works on the vault's copies (its own retention, lineages per
-    /// source account).
+    /// `[vault]`, when `--account` (or the account of `--role-arn`) is the
+    /// vault account: the command works on the vault's copies (its own
+    /// retention, lineages per source account).
     pub(crate) fn in_vault(&self) -> Option<&crate::config::VaultConfig> {
         let vault = self.config.vault.as_ref()?;
-        (self.account.as_ref() == Some(&vault.account)).then_some(vault)
+        let account = self.account.clone().or_else(|| {
+            self.global
+                .role_arn
+                .as_deref()
+                .and_then(ec2kit::AccountId::of_arn)
+        })?;
+        (account == vault.account).then_some(vault)
     }
 
     /// The output format.

@@ -281,6 +281,21 @@ async fn trim_in_the_vault_refuses_other_credentials_and_the_copy_role() {
         .run()
         .code(2)
         .stderr_has("the vault's copy role");
+    // The same without --account: the role's account is the vault.
+    Ektool::moto()
+        .current_dir(cfg.path())
+        .args(&[
+            "--role-arn",
+            &copy_role,
+            "-r",
+            REGION,
+            "snap",
+            "trim",
+            "--yes",
+        ])
+        .run()
+        .code(2)
+        .stderr_has("the vault's copy role");
     assert_eq!(left(&v, &volume).await, BTreeSet::from([c1, c2]));
 }
 
@@ -530,4 +545,91 @@ fn the_keep_role_is_trusted_by_nobody_outside_the_vault() {
         .run()
         .code(2)
         .stderr_has("trusted by the vault account");
+}
+
+/// Fanned out over accounts, `snap check` covers the vault for each
+/// account: its instances' lineages need copies of that account there.
+#[tokio::test]
+async fn the_check_over_accounts_covers_the_vault_for_each() {
+    use ec2kit::requests::RunInstances;
+    let (vault, s1, s2) = (fresh_account(), fresh_account(), fresh_account());
+    let key = ektool_tests::unique("vault");
+    let region = Region::new(REGION);
+    // Each source account: one tagged instance, its root volume backed up
+    // now; the vault holds a recent copy of s1's only.
+    let mut roots = Vec::new();
+    for account in [&s1, &s2] {
+        let ec2 = ec2_in(account).await;
+        let instance = ec2
+            .run_instances(
+                &region,
+                &RunInstances {
+                    image_id: Some("ami-0123456789abcdef0".parse().unwrap()),
+                    instance_type: "t3.micro".into(),
+                    count: 1,
+                    tags: Tags::new().with(&key, "prod"),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .remove(0);
+        let root = instance.root_volume().unwrap().to_string();
+        ec2.create_snapshot(
+            &region,
+            &CreateSnapshot {
+                volume_id: Some(root.parse().unwrap()),
+                tags: Tags::new()
+                    .with(tags::OWNER, tags::OWNER_VALUE)
+                    .with(tags::VOLUME, &root),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        roots.push(root);
+    }
+    let v = ec2_in(&vault).await;
+    let stand_in = vault_volume(&v).await;
+    v.create_snapshot(
+        &region,
+        &CreateSnapshot {
+            volume_id: Some(stand_in.parse().unwrap()),
+            // moto gives copies their source's volume id: the seed's JSON
+            // description names the lineage.
+            description: Some(format!(r#"{{"Volume": "{}"}}"#, roots[0])),
+            tags: Tags::new()
+                .with(tags::OWNER, tags::OWNER_VALUE)
+                .with(tags::SOURCE_ACCOUNT, &s1)
+                .with(tags::SOURCE_TIME, jiff::Timestamp::now().to_string()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let cfg = config(&vault, "");
+    let tag = format!("{key}=prod");
+    let out = Ektool::moto()
+        .current_dir(cfg.path())
+        .args(&["--accounts", &format!("{s1},{s2}"), "-r", REGION])
+        .args(&["snap", "check", "--tag", &tag])
+        .run()
+        .code(1);
+    let failures: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("account "))
+        .collect();
+    assert_eq!(failures.len(), 1, "{}", out.stderr);
+    let want = format!("account {s2}: missing: {REGION} {s2}/{} (", roots[1]);
+    assert!(
+        failures[0].starts_with(&want) && failures[0].ends_with(") vault: no completed snapshot"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains(&format!("{s1}/{}", roots[0])),
+        "{}",
+        out.stdout
+    );
 }

@@ -50,6 +50,17 @@ pub(super) async fn exec(
         .unwrap_or_else(|| ctx.config.defaults.tag.clone());
     let fleet = crate::fleet::fleet(ctx).await?;
     let now = jiff::Timestamp::now();
+    // "snap check covers the vault": with `[vault] max_age`, each
+    // account's lineages need a recent copy of that account in the vault,
+    // read with the vault's copy role (DescribeSnapshots only).
+    let vault = match ctx.config.vault.as_ref() {
+        Some(v) if v.max_age.is_some() => Some((
+            v,
+            ctx.ec2_as(Some(crate::context::vault_copy_role(v))).await,
+        )),
+        _ => None,
+    };
+    let vault = vault.as_ref();
     let reports = fleet
         .each(|t| {
             let (tag, replica_region) = (tag.clone(), replica_region.clone());
@@ -70,7 +81,18 @@ pub(super) async fn exec(
                     concurrency: t.regions.len().max(1),
                     ..CheckSpec::default()
                 };
-                Ok::<_, CliError>(check::check(&t.ec2, &spec, now).await)
+                let mut report = check::check(&t.ec2, &spec, now).await;
+                if let (Some((v, vault_ec2)), Some(account)) = (vault, &t.account)
+                    && account != &v.account
+                {
+                    let spec = check::VaultCheck {
+                        source_account: account.to_string(),
+                        region: v.region.as_deref().map(Region::new),
+                        max_age: v.max_age.unwrap_or(check::DEFAULT_MAX_AGE),
+                    };
+                    check::check_vault_copies(vault_ec2, &spec, &mut report, now).await;
+                }
+                Ok::<_, CliError>(report)
             }
         })
         .await;

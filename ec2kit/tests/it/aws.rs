@@ -638,3 +638,25 @@ async fn an_assumed_role_works_in_its_own_account_only() {
     let own = ec2().await.describe_volumes(&region, &[]).await.unwrap();
     assert!(own.iter().all(|v| v.id != volume.id));
 }
+
+/// `caller_account`: the account of the credentials in use (STS
+/// GetCallerIdentity): an assumed role's account, else the caller's own
+/// (moto's default account for the bench's credentials); an endpoint that
+/// does not answer is an error, not an account.
+#[tokio::test]
+async fn the_caller_account_is_the_credentials_account() {
+    let role = "arn:aws:iam::987654321098:role/ektool-keep";
+    let assumed = ec2_as(role).await.caller_account().await.unwrap();
+    assert_eq!(assumed.as_str(), "987654321098");
+    let own = ec2().await.caller_account().await.unwrap();
+    assert_eq!(own.as_str(), "123456789012");
+    let nowhere = AwsEc2::new(AwsEc2Options {
+        endpoint_url: Some("http://127.0.0.1:9".into()),
+        home_region: Some("us-east-1".into()),
+        max_attempts: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let e = nowhere.caller_account().await.unwrap_err();
+    assert_eq!(e.action, ec2kit::Action::GetCallerIdentity);
+}

@@ -336,6 +336,26 @@ mod tests {
     }
 
     #[test]
+    fn metrics_without_an_account_are_added_as_they_are_and_with_one_labelled() {
+        let add = |m: &mut snapkit::metrics::Metrics| {
+            m.gauge("ektool_a", "A.").sample(&[("region", "r1")], 1.0);
+        };
+        let mut direct = snapkit::metrics::Metrics::new();
+        add(&mut direct);
+        let mut none = snapkit::metrics::Metrics::new();
+        add_metrics(None, &mut none, add);
+        assert_eq!(none.render(), direct.render());
+        let mut one = snapkit::metrics::Metrics::new();
+        add_metrics(Some("111111111111"), &mut one, add);
+        assert!(
+            one.render()
+                .contains("ektool_a{account=\"111111111111\",region=\"r1\"} 1\n"),
+            "{}",
+            one.render()
+        );
+    }
+
+    #[test]
     fn a_row_carries_its_account_only_when_labelled() {
         #[derive(Serialize)]
         struct Item {

@@ -6,7 +6,8 @@
 //! [`snapkit::trim`], [`snapkit::replicate`], [`snapkit::check`]) with the
 //! values [`Config`] builds; a step that fails does not stop the later
 //! ones unless the job says `stop_on_failure = true`. [`JobLock`] keeps two
-//! runs of one job on one machine from overlapping.
+//! runs of one job on one machine from overlapping. [`run_in_accounts`]
+//! runs a job in many accounts at once, one [`AccountsReport`].
 //!
 //! ```no_run
 //! # async fn night() -> Result<(), Box<dyn std::error::Error>> {

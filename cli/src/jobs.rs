@@ -947,6 +947,78 @@ mod tests {
         Config::parse(text, Path::new("ektool.toml"))
     }
 
+    fn step(step: Step, status: StepStatus) -> StepReport {
+        StepReport {
+            step,
+            status,
+            summary: String::new(),
+            failures: Vec::new(),
+            detail: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn an_accounts_report_fails_with_any_account_and_labels_each_accounts_metrics() {
+        let t = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let report = |steps| JobReport {
+            job: "nightly".into(),
+            dry_run: false,
+            started: t,
+            ended: t,
+            steps,
+            check: None,
+        };
+        let run = |account: &str, report, error: Option<&str>| AccountRun {
+            account: account.parse().unwrap(),
+            report,
+            error: error.map(str::to_owned),
+        };
+        let mut all = AccountsReport {
+            job: "nightly".into(),
+            dry_run: false,
+            started: t,
+            ended: t,
+            accounts: vec![
+                run(
+                    "111111111111",
+                    Some(report(vec![step(Step::Backup, StepStatus::Ok)])),
+                    None,
+                ),
+                run(
+                    "222222222222",
+                    Some(report(vec![
+                        step(Step::Backup, StepStatus::Failed),
+                        step(Step::Check, StepStatus::Skipped),
+                    ])),
+                    None,
+                ),
+            ],
+        };
+        assert_eq!(all.failed(), 1);
+        let text = all.metrics().render();
+        for want in [
+            "ektool_job_step_success{account=\"111111111111\",job=\"nightly\",step=\"backup\"} 1\n",
+            "ektool_job_step_success{account=\"222222222222\",job=\"nightly\",step=\"backup\"} 0\n",
+            "ektool_job_account_success{account=\"222222222222\",job=\"nightly\"} 0\n",
+            "ektool_last_run_success{command=\"run nightly\"} 0\n",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+        // A skipped step has no sample; the run's own samples no account.
+        assert!(!text.contains("step=\"check\""), "{text}");
+        assert!(!text.contains("ektool_last_run_success{account"), "{text}");
+        // An account the job could not start in is a failed account.
+        all.accounts.remove(1);
+        assert!(all.ok());
+        all.accounts
+            .push(run("333333333333", None, Some("AccessDenied")));
+        assert_eq!(all.failed(), 1);
+        let json = serde_json::to_value(&all).unwrap();
+        assert_eq!(json["accounts"][1]["account"], "333333333333");
+        assert_eq!(json["accounts"][1]["error"], "AccessDenied");
+        assert!(json["accounts"][1].get("report").is_none(), "{json}");
+    }
+
     #[test]
     fn jobs_are_read_with_their_steps_and_options_checked_at_their_place() {
         let c = parse(

@@ -358,13 +358,14 @@ async fn check_in_the_vault_fails_a_stale_lineage() {
         .args(&["-r", REGION, "snap", "check"])
         .run()
         .code(1);
+    // One line, `account VAULT: ` first as every labelled check's.
     let failures: Vec<&str> = out
         .stderr
         .lines()
-        .filter(|l| l.starts_with("stale:") || l.starts_with("missing:"))
+        .filter(|l| l.contains(": stale:") || l.contains(": missing:"))
         .collect();
     assert_eq!(failures.len(), 1, "{}", out.stderr);
-    let want = format!("stale: {REGION} {b}/{volume} vault: newest {stale} is 3d");
+    let want = format!("account {vault}: stale: {REGION} {b}/{volume} vault: newest {stale} is 3d");
     assert!(
         failures[0].starts_with(&want) && failures[0].ends_with("old, more than 1d"),
         "{}",

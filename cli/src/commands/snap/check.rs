@@ -52,6 +52,7 @@ pub(crate) struct Args {
 
 #[derive(Serialize)]
 struct Json<'a> {
+    /// With `--account` or `--role-arn`: its account.
     #[serde(skip_serializing_if = "Option::is_none")]
     account: Option<&'a str>,
     #[serde(flatten)]
@@ -67,7 +68,7 @@ pub(crate) async fn exec(
     failure_lines: &mut Vec<String>,
 ) -> Result<(), CliError> {
     if crate::fleet::accounts(ctx)?.is_some() {
-        return super::check_accounts::exec(ctx, args, failure_lines).await;
+        return super::check_accounts::exec(ctx, args, metrics, failure_lines).await;
     }
     if let Some(vault) = ctx.in_vault() {
         return exec_vault(ctx, vault, &args, metrics, failure_lines).await;
@@ -145,23 +146,18 @@ pub(crate) async fn exec(
     };
     let now = jiff::Timestamp::now();
     let mut report = check::check(&ec2, &spec, now).await;
+    // `--account` or `--role-arn` alone: the accounts' form, with its
+    // account.
+    let account = crate::fleet::role_account(ctx);
     // "snap check covers the vault": with `[vault] max_age`, every source
     // lineage needs a copy that recent in the vault, read with the vault's
     // copy role (DescribeSnapshots only).
     if let Some(vault) = ctx.config.vault.as_ref()
         && let Some(max_age) = vault.max_age
     {
-        let source_account = match &ctx.account {
+        let source_account = match &account {
             Some(a) => a.clone(),
-            None => match ctx
-                .global
-                .role_arn
-                .as_deref()
-                .and_then(ec2kit::AccountId::of_arn)
-            {
-                Some(a) => a,
-                None => ec2.caller_account().await?,
-            },
+            None => ec2.caller_account().await?,
         };
         let vault_ec2 = ctx
             .ec2_as(Some(crate::context::vault_copy_role(vault)))
@@ -173,9 +169,9 @@ pub(crate) async fn exec(
         };
         check::check_vault_copies(&vault_ec2, &spec, &mut report, now).await;
     }
-    let failures: Vec<String> = report.failures().iter().map(ToString::to_string).collect();
-    *metrics = report.metrics();
-    let account = ctx.account.as_ref().map(ec2kit::AccountId::as_str);
+    let account = account.as_ref().map(ec2kit::accounts::AccountId::as_str);
+    let failures = failure_lines_of(account, &report);
+    crate::fleet::add_metrics(account, metrics, |m| *m = report.metrics());
     render(
         ctx,
         account,
@@ -198,6 +194,16 @@ pub(crate) async fn exec(
     }
 }
 
+/// The failure lines of a report, `account ID: ` first with an account.
+fn failure_lines_of(account: Option<&str>, report: &CheckReport) -> Vec<String> {
+    let prefix = account.map_or_else(String::new, |a| format!("account {a}: "));
+    report
+        .failures()
+        .iter()
+        .map(|f| format!("{prefix}{f}"))
+        .collect()
+}
+
 /// The table or JSON of a report (`account`: `--account`'s, a column
 /// and a field).
 fn render(
@@ -216,12 +222,15 @@ fn render(
     if verify {
         headers.push("VERIFIED");
     }
+    let json = Json {
+        account,
+        report,
+        failures: failures.to_vec(),
+    };
     match ctx.output() {
-        OutputFormat::Json => output::json(&Json {
-            account,
-            report,
-            failures: failures.to_vec(),
-        })?,
+        // With an account: the accounts' form, an array.
+        OutputFormat::Json if account.is_some() => output::json(&[json])?,
+        OutputFormat::Json => output::json(&json)?,
         OutputFormat::Table => crate::fleet::table(
             account.is_some(),
             &headers,
@@ -268,9 +277,10 @@ async fn exec_vault(
     let concurrency = regions.len().max(1);
     let report =
         check::check_vault(&ec2, &regions, max_age, concurrency, jiff::Timestamp::now()).await;
-    let failures: Vec<String> = report.failures().iter().map(ToString::to_string).collect();
-    *metrics = report.metrics();
-    render(ctx, Some(vault.account.as_str()), &report, &failures, false)?;
+    let account = Some(vault.account.as_str());
+    let failures = failure_lines_of(account, &report);
+    crate::fleet::add_metrics(account, metrics, |m| *m = report.metrics());
+    render(ctx, account, &report, &failures, false)?;
     for f in &failures {
         eprintln!("{f}");
     }

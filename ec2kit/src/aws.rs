@@ -26,6 +26,7 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types as sdk;
 
+use crate::accounts::AccountId;
 use crate::paginate::paginate;
 use crate::requests::{
     CopyImage, CopySnapshot, CreateImage, CreateSnapshot, CreateSnapshots, CreateVolume,
@@ -408,6 +409,42 @@ impl AwsEc2 {
                 aws_sdk_elasticloadbalancingv2::Client::from_conf(conf)
             })
             .clone())
+    }
+
+    /// The account the credentials belong to (STS `GetCallerIdentity`, in
+    /// the home region): with [`AwsEc2Options::role_arn`], the role's
+    /// account. Paced like every call, but not passed to
+    /// [`AwsEc2Options::on_request`]: IAM never denies it, so no policy
+    /// lists it.
+    pub async fn caller_account(&self) -> Result<AccountId, Ec2Error> {
+        let action = Action::GetCallerIdentity;
+        let region = self.home_region().clone();
+        if let Some(e) = &self.inner.invalid_endpoint {
+            return Err(Ec2Error::new(
+                action,
+                region.as_str(),
+                ErrorKind::InvalidRequest,
+                e.to_string(),
+            ));
+        }
+        self.inner.limiter.acquire(action, region.as_str()).await;
+        let conf = aws_sdk_sts::config::Builder::from(&self.inner.config)
+            .region(aws_config::Region::new(region.as_str().to_owned()))
+            .build();
+        let out = aws_sdk_sts::Client::from_conf(conf)
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| map_err(action, &region, e))?;
+        let account = out.account().unwrap_or_default();
+        account.parse().map_err(|_| {
+            Ec2Error::new(
+                action,
+                region.as_str(),
+                ErrorKind::Other,
+                format!("GetCallerIdentity answered no account id ({account:?})"),
+            )
+        })
     }
 
     fn kms_client(&self, region: &Region) -> aws_sdk_kms::Client {

@@ -638,3 +638,17 @@ async fn an_assumed_role_works_in_its_own_account_only() {
     let own = ec2().await.describe_volumes(&region, &[]).await.unwrap();
     assert!(own.iter().all(|v| v.id != volume.id));
 }
+
+#[tokio::test]
+async fn the_caller_account_is_the_assumed_roles_account() {
+    use ec2kit::accounts::AccountId;
+
+    // moto's default account answers for the bench's own credentials.
+    let own = ec2().await.caller_account().await.unwrap();
+    assert_eq!(own.as_str(), "123456789012");
+    let vault: AccountId = format!("{:012}", 200_000_000_000u64 + u64::from(std::process::id()))
+        .parse()
+        .unwrap();
+    let role = format!("arn:aws:iam::{vault}:role/ektool-vault-copy");
+    assert_eq!(ec2_as(&role).await.caller_account().await.unwrap(), vault);
+}

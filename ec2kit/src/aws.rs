@@ -1509,6 +1509,54 @@ impl Ec2 for AwsEc2 {
         Ok(())
     }
 
+    async fn share_snapshot(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+        account: &AccountId,
+        share: bool,
+    ) -> Result<(), Ec2Error> {
+        let action = Action::ModifySnapshotAttribute;
+        let operation = if share {
+            sdk::OperationType::Add
+        } else {
+            sdk::OperationType::Remove
+        };
+        self.ready(action, region)
+            .await?
+            .modify_snapshot_attribute()
+            .snapshot_id(snapshot.as_str())
+            .attribute(sdk::SnapshotAttributeName::CreateVolumePermission)
+            .operation_type(operation)
+            .user_ids(account.as_str())
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(())
+    }
+
+    async fn snapshot_shared_with(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+    ) -> Result<Vec<AccountId>, Ec2Error> {
+        let action = Action::DescribeSnapshotAttribute;
+        let out = self
+            .ready(action, region)
+            .await?
+            .describe_snapshot_attribute()
+            .snapshot_id(snapshot.as_str())
+            .attribute(sdk::SnapshotAttributeName::CreateVolumePermission)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(out
+            .create_volume_permissions()
+            .iter()
+            .filter_map(|p| p.user_id()?.parse().ok())
+            .collect())
+    }
+
     async fn create_image(&self, region: &Region, r: &CreateImage) -> Result<ImageId, Ec2Error> {
         let action = Action::CreateImage;
         let specs = [

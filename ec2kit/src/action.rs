@@ -48,6 +48,8 @@ actions! {
     CreateSnapshots,
     /// `CreateTags`.
     CreateTags,
+    /// `DeleteTags`.
+    DeleteTags,
     /// `DeleteSnapshot`.
     DeleteSnapshot,
     /// `CopySnapshot`.

@@ -1121,6 +1121,30 @@ impl Ec2 for AwsEc2 {
         Ok(())
     }
 
+    async fn delete_tags(
+        &self,
+        region: &Region,
+        resources: &[String],
+        keys: &[String],
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        let action = Action::DeleteTags;
+        let tags = keys
+            .iter()
+            .map(|k| sdk::Tag::builder().key(k).build())
+            .collect();
+        self.ready(action, region)
+            .await?
+            .delete_tags()
+            .set_resources(Some(resources.to_vec()))
+            .set_tags(Some(tags))
+            .dry_run(dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(())
+    }
+
     async fn delete_snapshot(
         &self,
         region: &Region,
@@ -1447,6 +1471,7 @@ impl Ec2 for AwsEc2 {
         key.arn = meta.arn().map(str::to_owned);
         key.usage = meta.key_usage().map(|u| u.as_str().to_owned());
         key.spec = meta.key_spec().map(|u| u.as_str().to_owned());
+        key.manager = meta.key_manager().map(|m| m.as_str().to_owned());
         Ok(key)
     }
 

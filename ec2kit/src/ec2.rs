@@ -84,6 +84,17 @@ pub trait Ec2: Send + Sync {
         dry_run: bool,
     ) -> Result<(), Ec2Error>;
 
+    /// Removes the tags with these keys (whatever their values) from
+    /// resources (`DeleteTags`); a key a resource does not carry is no
+    /// error.
+    async fn delete_tags(
+        &self,
+        region: &Region,
+        resources: &[String],
+        keys: &[String],
+        dry_run: bool,
+    ) -> Result<(), Ec2Error>;
+
     /// Deletes a snapshot.
     async fn delete_snapshot(
         &self,

@@ -105,6 +105,19 @@ impl<E: Ec2> Ec2 for Latency<E> {
             .create_tags(region, resources, tags, dry_run)
             .await
     }
+    async fn delete_tags(
+        &self,
+        region: &Region,
+        resources: &[String],
+        keys: &[String],
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        tokio::time::sleep(self.latency).await;
+        self.inner
+            .delete_tags(region, resources, keys, dry_run)
+            .await
+    }
+
     async fn delete_snapshot(
         &self,
         region: &Region,

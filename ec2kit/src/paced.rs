@@ -142,6 +142,21 @@ impl<E: Ec2> Ec2 for Paced<E> {
             .await
     }
 
+    async fn delete_tags(
+        &self,
+        region: &Region,
+        resources: &[String],
+        keys: &[String],
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        self.limiter
+            .acquire(Action::DeleteTags, region.as_str())
+            .await;
+        self.inner
+            .delete_tags(region, resources, keys, dry_run)
+            .await
+    }
+
     async fn delete_snapshot(
         &self,
         region: &Region,

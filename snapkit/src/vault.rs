@@ -212,7 +212,7 @@ pub enum VaultError {
         account: AccountId,
         /// What EC2 said.
         #[source]
-        source: Ec2Error,
+        source: Box<Ec2Error>,
     },
     /// Listing the vault's copies failed.
     #[error("vault account {account}")]
@@ -221,7 +221,7 @@ pub enum VaultError {
         account: AccountId,
         /// What EC2 said.
         #[source]
-        source: Ec2Error,
+        source: Box<Ec2Error>,
     },
 }
 
@@ -312,7 +312,7 @@ pub async fn plan(
     }
     let src_err = |source| VaultError::Source {
         account: source_account.clone(),
-        source,
+        source: Box::new(source),
     };
     let sources = replicate::latest_per_lineage(source, from, selection)
         .await
@@ -321,7 +321,7 @@ pub async fn plan(
         .await
         .map_err(|source| VaultError::Vault {
             account: target.account.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let shared_filter = [Filter::new(
         format!("tag:{}", tags::SHARED_WITH),

@@ -29,4 +29,5 @@ mod replicate;
 mod roles;
 mod snap;
 mod sync;
+mod vault;
 mod verify;

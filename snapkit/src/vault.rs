@@ -477,6 +477,23 @@ pub struct VaultReport {
 }
 
 impl VaultReport {
+    /// This run as metrics: `ektool_vault_copies_started` and
+    /// `ektool_vault_copy_failures` (failed items and shares that could
+    /// not be taken back), labelled with the vault account.
+    pub fn add_metrics(&self, m: &mut crate::metrics::Metrics) {
+        let vault = [("vault", self.vault_account.as_str())];
+        m.gauge(
+            "ektool_vault_copies_started",
+            "Copies into the vault account the last run started.",
+        )
+        .sample(&vault, self.started as f64);
+        m.gauge(
+            "ektool_vault_copy_failures",
+            "Vault copies of the last run that failed, and shares it could not take back.",
+        )
+        .sample(&vault, self.failed() as f64);
+    }
+
     /// Items that failed, and shares that could not be taken back.
     pub fn failed(&self) -> usize {
         self.results

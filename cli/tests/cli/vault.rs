@@ -154,11 +154,20 @@ async fn a_vault_copy_is_made_by_the_vault_tagged_with_its_source_and_the_share_
     assert_eq!(share_state(&source, &region, &snap).await, (vec![], None));
     assert!(vault_copies(&vault, &region, &snap).await.is_empty());
 
+    let dir = tempdir();
+    let metrics = dir.path().join("vault.prom");
     let out = replicate(&source, &vault, &region, &key)
-        .arg("--wait")
+        .args(&["--wait", "--metrics", metrics.to_str().unwrap()])
         .run()
         .success()
         .json();
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        prom.contains(&format!(
+            "ektool_vault_copies_started{{vault=\"{vault}\"}} 1"
+        )),
+        "{prom}"
+    );
     let applied = &out[0]["applied"];
     assert_eq!(applied["started"], 1, "{out}");
     assert_eq!(applied["results"][0]["outcome"], "completed", "{out}");

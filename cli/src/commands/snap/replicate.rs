@@ -176,7 +176,7 @@ pub(crate) async fn exec(
     metrics: &mut snapkit::metrics::Metrics,
 ) -> Result<(), CliError> {
     if args.to_account.is_some() {
-        return super::vault::exec(ctx, args).await;
+        return super::vault::exec(ctx, args, metrics).await;
     }
     if crate::fleet::accounts(ctx)?.is_some() {
         return exec_accounts(ctx, args, metrics).await;

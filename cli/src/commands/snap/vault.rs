@@ -75,7 +75,11 @@ struct Stage {
 
 /// Plans, shows and (without --dry-run) copies into the vault, for every
 /// source account.
-pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
+pub(crate) async fn exec(
+    ctx: &Context,
+    args: Args,
+    metrics: &mut snapkit::metrics::Metrics,
+) -> Result<(), CliError> {
     let vault = vault_of(ctx, &args)?;
     crate::fleet::no_metrics_with_accounts(ctx, args.metrics.as_deref())?;
     let vault_ec2 = ctx.ec2_as(Some(vault.role.clone())).await;
@@ -105,6 +109,9 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             None => output::json(&stages)?,
         },
         OutputFormat::Table => print_table(ctx, fleet.labelled, &stages),
+    }
+    for r in stages.iter().filter_map(|s| s.applied.as_ref()) {
+        r.add_metrics(metrics);
     }
     let copies_failed: usize = stages
         .iter()

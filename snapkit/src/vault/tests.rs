@@ -423,3 +423,56 @@ async fn a_failed_share_copies_nothing_and_fails_the_item() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_item_fails_without_any_call_and_an_earlier_copy_done_now_is_unshared() {
+    let calls: Calls = Arc::default();
+    let source = recording_source(&calls);
+    let mut vault = MockEc2::new();
+    // The earlier run's copy completes during this one (--wait).
+    vault.expect_describe_snapshots().returning(|_, _| {
+        Ok(vec![vault_copy(
+            "snap-100000b0",
+            "snap-000000b0",
+            SOURCE,
+            SnapshotState::Completed,
+        )])
+    });
+    let mut plan = one_copy_plan(false);
+    plan.unshare.clear();
+    plan.items[0].action = VaultAction::Refused {
+        reason: "encrypted with the AWS-managed key".into(),
+    };
+    plan.items[0].request = None;
+    plan.items.push(VaultItem {
+        lineage: "vol-0000000b".into(),
+        source: SnapshotId::from_api("snap-000000b0"),
+        taken: Timestamp::UNIX_EPOCH,
+        encrypted: false,
+        shared: true,
+        action: VaultAction::InProgress {
+            copy: SnapshotId::from_api("snap-100000b0"),
+        },
+        request: None,
+    });
+    let options = CopyOptions {
+        wait: true,
+        ..CopyOptions::default()
+    };
+    let report = apply(&source, &vault, &plan, &options, &|_| {}).await;
+    assert_eq!(report.failed(), 1);
+    match &report.results[0].outcome {
+        CopyOutcome::Failed { error } => assert!(error.contains("AWS-managed"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        report.results[1].outcome,
+        CopyOutcome::Completed {
+            copy: SnapshotId::from_api("snap-100000b0")
+        }
+    );
+    assert_eq!(
+        *calls.lock().unwrap(),
+        ["source:unshare:snap-000000b0", "source:untag:snap-000000b0"]
+    );
+}

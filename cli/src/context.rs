@@ -94,7 +94,7 @@ impl Context {
         if self.global.no_rate_limit {
             options.rate_limits = Some(ec2kit::RateLimits::disabled());
         }
-        options.on_request = action_recorder();
+        options.on_request = action_recorder(options.role_arn.as_deref());
         AwsEc2::new(options).await
     }
 
@@ -156,24 +156,43 @@ impl Context {
 /// With `EKTOOL_RECORD_ACTIONS=FILE`, every AWS request appends its IAM
 /// action (`ec2:DescribeSnapshots`) to FILE: an audit of what a command
 /// really calls, and how the IAM policy tests prove `ektool iam-policy`.
-fn action_recorder() -> Option<ec2kit::RequestHook> {
-    let path = std::env::var_os("EKTOOL_RECORD_ACTIONS")?;
+/// With `EKTOOL_RECORD_ACCOUNT_ACTIONS=FILE`, each line is `ACCOUNT ACTION`
+/// (the account of the role the client assumes, `-` for the caller's
+/// own): which account each call went to, in a run across accounts.
+fn action_recorder(role: Option<&str>) -> Option<ec2kit::RequestHook> {
+    let plain = std::env::var_os("EKTOOL_RECORD_ACTIONS");
+    let by_account = std::env::var_os("EKTOOL_RECORD_ACCOUNT_ACTIONS");
+    if plain.is_none() && by_account.is_none() {
+        return None;
+    }
+    let account = role
+        .and_then(ec2kit::accounts::AccountId::of_arn)
+        .map_or_else(|| "-".to_owned(), |a| a.to_string());
     Some(ec2kit::RequestHook(std::sync::Arc::new(
         move |action: ec2kit::Action, _region: &Region| {
-            use std::io::Write;
-            let line = format!("{}\n", action.iam_action());
-            // One write per line with O_APPEND: concurrent requests never
-            // interleave inside a line.
-            let written = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .and_then(|mut f| f.write_all(line.as_bytes()));
-            if let Err(e) = written {
-                tracing::warn!(error = %e, "cannot record the action");
+            let action = action.iam_action();
+            if let Some(path) = &plain {
+                append(path, &format!("{action}\n"));
+            }
+            if let Some(path) = &by_account {
+                append(path, &format!("{account} {action}\n"));
             }
         },
     )))
+}
+
+/// Appends `line` to `path`: one write with O_APPEND, so concurrent
+/// requests never interleave inside a line.
+fn append(path: &std::ffi::OsStr, line: &str) {
+    use std::io::Write;
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "cannot record the action");
+    }
 }
 
 pub(crate) use crate::config::expand_home;

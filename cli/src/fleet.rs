@@ -44,6 +44,8 @@ pub(crate) struct Fleet {
     pub targets: Vec<Target>,
     /// Accounts whose setup failed (already reported).
     pub failed: usize,
+    /// Those accounts and why, for a report (`(account, error)`).
+    pub setup_errors: Vec<(AccountId, String)>,
     /// Whether rows carry `account`.
     pub labelled: bool,
 }
@@ -154,6 +156,7 @@ pub(crate) async fn fleet_in(ctx: &Context, regions: bool) -> Result<Fleet, CliE
                 regions,
             }],
             failed: 0,
+            setup_errors: Vec::new(),
             labelled,
         });
     };
@@ -176,6 +179,7 @@ pub(crate) async fn fleet_in(ctx: &Context, regions: bool) -> Result<Fleet, CliE
     .await;
     let mut targets = Vec::new();
     let mut failed = 0;
+    let mut setup_errors = Vec::new();
     for r in results {
         match r.result {
             Ok((ec2, regions)) => targets.push(Target {
@@ -188,12 +192,14 @@ pub(crate) async fn fleet_in(ctx: &Context, regions: bool) -> Result<Fleet, CliE
                 failed += 1;
                 tracing::error!(account = %r.account, "{e}");
                 eprintln!("error: account {}: {e}", r.account);
+                setup_errors.push((r.account, e.to_string()));
             }
         }
     }
     Ok(Fleet {
         targets,
         failed,
+        setup_errors,
         labelled: true,
     })
 }
@@ -209,12 +215,16 @@ pub(crate) const FANS_OUT: &[&str] = &[
     "snap delete-broken",
     "snap lag",
     "snap replicate",
+    "snap replicate-all",
+    "run",
 ];
 
 /// Fleet commands that work in one account only so far: with accounts in
 /// play (the flag or the config) they refuse to run rather than quietly
-/// work in the caller's own account.
-const ONE_ACCOUNT_FLEET: &[&str] = &["snap replicate", "snap replicate-all", "snap lag", "run"];
+/// work in the caller's own account. None left: every fleet command fans
+/// out (`run -- COMMAND`, on an environment's hosts, refuses accounts by
+/// itself).
+const ONE_ACCOUNT_FLEET: &[&str] = &[];
 
 /// Refuses `--accounts` on a command that does not fan out, and a
 /// fleet command that does not fan out yet when the config names
@@ -241,20 +251,28 @@ pub(crate) fn check_fan_out(
     )))
 }
 
-/// `--metrics` with accounts in play: refused (bad input), as its samples
-/// carry no account label and two accounts' regions would collide.
-pub(crate) fn no_metrics_with_accounts(
-    ctx: &Context,
-    metrics: Option<&std::path::Path>,
-) -> Result<(), CliError> {
-    if metrics.is_some() && accounts(ctx)?.is_some() {
-        return Err(CliError::Usage(
-            "--metrics works in one account (its samples name no account): use --role-arn \
-             instead of accounts"
-                .into(),
-        ));
+/// The account `--role-arn` names when no accounts are in play (rows,
+/// JSON objects and metrics then carry it, as with accounts).
+pub(crate) fn role_account(ctx: &Context) -> Option<AccountId> {
+    ctx.global.role_arn.as_deref().and_then(AccountId::of_arn)
+}
+
+/// Adds what `add` makes to `into`: as it is without an account (byte for
+/// byte what a one-account run writes), else with an `account` label
+/// first on every sample, so two accounts' regions never collide.
+pub(crate) fn add_metrics(
+    account: Option<&str>,
+    into: &mut snapkit::metrics::Metrics,
+    add: impl FnOnce(&mut snapkit::metrics::Metrics),
+) {
+    match account {
+        None => add(into),
+        Some(a) => {
+            let mut one = snapkit::metrics::Metrics::new();
+            add(&mut one);
+            into.extend_labelled(one, ("account", a));
+        }
     }
-    Ok(())
 }
 
 /// Leaves out the regions `excluded` names (exactly or by prefix).
@@ -315,6 +333,26 @@ mod tests {
             .to_vec();
         let left = exclude(all, &["us-east".into(), "ap-south-1".into()]);
         assert_eq!(left, vec![Region::new("eu-west-1")]);
+    }
+
+    #[test]
+    fn metrics_without_an_account_are_added_as_they_are_and_with_one_labelled() {
+        let add = |m: &mut snapkit::metrics::Metrics| {
+            m.gauge("ektool_a", "A.").sample(&[("region", "r1")], 1.0);
+        };
+        let mut direct = snapkit::metrics::Metrics::new();
+        add(&mut direct);
+        let mut none = snapkit::metrics::Metrics::new();
+        add_metrics(None, &mut none, add);
+        assert_eq!(none.render(), direct.render());
+        let mut one = snapkit::metrics::Metrics::new();
+        add_metrics(Some("111111111111"), &mut one, add);
+        assert!(
+            one.render()
+                .contains("ektool_a{account=\"111111111111\",region=\"r1\"} 1\n"),
+            "{}",
+            one.render()
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! [`snapkit::trim`], [`snapkit::replicate`], [`snapkit::check`]) with the
 //! values [`Config`] builds; a step that fails does not stop the later
 //! ones unless the job says `stop_on_failure = true`. [`JobLock`] keeps two
-//! runs of one job on one machine from overlapping.
+//! runs of one job on one machine from overlapping. [`run_in_accounts`]
+//! runs a job in many accounts at once, one [`AccountsReport`].
 //!
 //! ```no_run
 //! # async fn night() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,6 +28,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ec2kit::Region;
+use ec2kit::accounts::AccountId;
+use futures::StreamExt as _;
 use serde::Serialize;
 use snapkit::backup::{Backup, Instances};
 use snapkit::check::{self, CheckSpec, VolumeTarget};
@@ -57,6 +60,19 @@ pub enum JobError {
     /// The retention policies could not be built.
     #[error(transparent)]
     Policies(#[from] PoliciesError),
+    /// The job cannot run across accounts as it is: its backup or check
+    /// step would take the `[volumes]` aliases (one account's volumes) to
+    /// every account.
+    #[error(
+        "job {job}: its {step} step covers the [volumes] aliases, which are one account's \
+         volumes; run it in one account (--role-arn), or leave the aliases out of this config"
+    )]
+    NotAcrossAccounts {
+        /// The job.
+        job: String,
+        /// The step that cannot fan out.
+        step: Step,
+    },
 }
 
 impl JobError {
@@ -65,7 +81,10 @@ impl JobError {
     pub fn is_input_error(&self) -> bool {
         matches!(
             self,
-            Self::UnknownJob { .. } | Self::Policies(_) | Self::Regions(RegionsError::Names(_))
+            Self::UnknownJob { .. }
+                | Self::Policies(_)
+                | Self::Regions(RegionsError::Names(_))
+                | Self::NotAcrossAccounts { .. }
         )
     }
 }
@@ -145,6 +164,18 @@ impl JobReport {
     /// per step that ran, and the run's start, end and success as command
     /// `run <job>`.
     pub fn metrics(&self) -> snapkit::metrics::Metrics {
+        let mut m = self.step_metrics();
+        m.run(
+            &format!("run {}", self.job),
+            self.started,
+            self.ended,
+            self.ok(),
+        );
+        m
+    }
+
+    /// [`JobReport::metrics`] without the run's own start, end and success.
+    fn step_metrics(&self) -> snapkit::metrics::Metrics {
         let mut m = self
             .check
             .as_ref()
@@ -164,6 +195,81 @@ impl JobReport {
                 if s.status == StepStatus::Ok { 1.0 } else { 0.0 },
             );
         }
+        m
+    }
+}
+
+/// One account's run of a job in [`run_in_accounts`].
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountRun {
+    /// The account.
+    pub account: AccountId,
+    /// Its report, when the job could start there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<JobReport>,
+    /// Why it could not (its role could not be assumed, its regions not
+    /// listed): the account failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl AccountRun {
+    /// Whether the job ran in the account and every step that ran there
+    /// succeeded.
+    pub fn ok(&self) -> bool {
+        self.error.is_none() && self.report.as_ref().is_some_and(JobReport::ok)
+    }
+}
+
+/// A job run in many accounts: one [`AccountRun`] per account, in the
+/// order given.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountsReport {
+    /// The job's name.
+    pub job: String,
+    /// Whether it was a dry run.
+    pub dry_run: bool,
+    /// When it started.
+    pub started: jiff::Timestamp,
+    /// When it ended.
+    pub ended: jiff::Timestamp,
+    /// Each account's outcome.
+    pub accounts: Vec<AccountRun>,
+}
+
+impl AccountsReport {
+    /// How many accounts failed (a step failed there, or the job could not
+    /// start there).
+    pub fn failed(&self) -> usize {
+        self.accounts.iter().filter(|a| !a.ok()).count()
+    }
+
+    /// Whether the job succeeded in every account.
+    pub fn ok(&self) -> bool {
+        self.failed() == 0
+    }
+
+    /// The run's Prometheus metrics: each account's [`JobReport::metrics`]
+    /// (its check step's, its steps' success) with an `account` label,
+    /// `ektool_job_account_success{account,job}` per account, and the
+    /// whole run's start, end and success as command `run <job>`.
+    pub fn metrics(&self) -> snapkit::metrics::Metrics {
+        let mut m = snapkit::metrics::Metrics::new();
+        for a in &self.accounts {
+            if let Some(r) = &a.report {
+                m.extend_labelled(r.step_metrics(), ("account", a.account.as_str()));
+            }
+        }
+        for a in &self.accounts {
+            m.gauge(
+                "ektool_job_account_success",
+                "Whether the job succeeded (1) or failed (0) in the account in its last run.",
+            )
+            .sample(
+                &[("account", a.account.as_str()), ("job", self.job.as_str())],
+                if a.ok() { 1.0 } else { 0.0 },
+            );
+        }
         m.run(
             &format!("run {}", self.job),
             self.started,
@@ -172,6 +278,74 @@ impl JobReport {
         );
         m
     }
+}
+
+/// One account a job runs in: its id, its EC2 client (assuming its role,
+/// with its own rate-limit buckets) and its regions.
+#[derive(Debug, Clone, Copy)]
+pub struct AccountTarget<'a> {
+    /// The account.
+    pub account: &'a AccountId,
+    /// Its client.
+    pub ec2: &'a ec2kit::AwsEc2,
+    /// Its regions.
+    pub regions: &'a [Region],
+}
+
+/// Runs the job `name` in every account of `targets` at once (at most
+/// [`ec2kit::accounts::DEFAULT_ACCOUNT_CONCURRENCY`]), each with
+/// [`run_with`] and its own client and regions: a failing account does
+/// not stop the others, and its failures are in its [`AccountRun`].
+/// Errors only when the job cannot start at all: an unknown job, bad
+/// policies, or a job that cannot fan out
+/// ([`JobError::NotAcrossAccounts`]: a backup or check step with
+/// `[volumes]` aliases, which name one account's volumes).
+pub async fn run_in_accounts(
+    config: &Config,
+    targets: &[AccountTarget<'_>],
+    name: &str,
+    options: &RunOptions,
+    on_event: &(dyn Fn(JobEvent<'_>) + Sync),
+) -> Result<AccountsReport, JobError> {
+    let spec = job(config, name)?;
+    config.policies()?;
+    if !config.volumes.is_empty()
+        && let Some(&step) = spec
+            .steps
+            .iter()
+            .find(|s| matches!(s, Step::Backup | Step::Check))
+    {
+        return Err(JobError::NotAcrossAccounts {
+            job: name.to_owned(),
+            step,
+        });
+    }
+    let started = jiff::Timestamp::now();
+    let runs = futures::stream::iter(targets.iter())
+        .map(|t| async move {
+            match run_with(config, t.ec2, t.regions, name, options, on_event).await {
+                Ok(report) => AccountRun {
+                    account: t.account.clone(),
+                    report: Some(report),
+                    error: None,
+                },
+                Err(e) => AccountRun {
+                    account: t.account.clone(),
+                    report: None,
+                    error: Some(e.to_string()),
+                },
+            }
+        })
+        .buffered(ec2kit::accounts::DEFAULT_ACCOUNT_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    Ok(AccountsReport {
+        job: name.to_owned(),
+        dry_run: options.dry_run,
+        started,
+        ended: jiff::Timestamp::now(),
+        accounts: runs,
+    })
 }
 
 /// What a run reports as it goes.
@@ -771,6 +945,78 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, crate::config::ConfigError> {
         Config::parse(text, Path::new("ektool.toml"))
+    }
+
+    fn step(step: Step, status: StepStatus) -> StepReport {
+        StepReport {
+            step,
+            status,
+            summary: String::new(),
+            failures: Vec::new(),
+            detail: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn an_accounts_report_fails_with_any_account_and_labels_each_accounts_metrics() {
+        let t = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let report = |steps| JobReport {
+            job: "nightly".into(),
+            dry_run: false,
+            started: t,
+            ended: t,
+            steps,
+            check: None,
+        };
+        let run = |account: &str, report, error: Option<&str>| AccountRun {
+            account: account.parse().unwrap(),
+            report,
+            error: error.map(str::to_owned),
+        };
+        let mut all = AccountsReport {
+            job: "nightly".into(),
+            dry_run: false,
+            started: t,
+            ended: t,
+            accounts: vec![
+                run(
+                    "111111111111",
+                    Some(report(vec![step(Step::Backup, StepStatus::Ok)])),
+                    None,
+                ),
+                run(
+                    "222222222222",
+                    Some(report(vec![
+                        step(Step::Backup, StepStatus::Failed),
+                        step(Step::Check, StepStatus::Skipped),
+                    ])),
+                    None,
+                ),
+            ],
+        };
+        assert_eq!(all.failed(), 1);
+        let text = all.metrics().render();
+        for want in [
+            "ektool_job_step_success{account=\"111111111111\",job=\"nightly\",step=\"backup\"} 1\n",
+            "ektool_job_step_success{account=\"222222222222\",job=\"nightly\",step=\"backup\"} 0\n",
+            "ektool_job_account_success{account=\"222222222222\",job=\"nightly\"} 0\n",
+            "ektool_last_run_success{command=\"run nightly\"} 0\n",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+        // A skipped step has no sample; the run's own samples no account.
+        assert!(!text.contains("step=\"check\""), "{text}");
+        assert!(!text.contains("ektool_last_run_success{account"), "{text}");
+        // An account the job could not start in is a failed account.
+        all.accounts.remove(1);
+        assert!(all.ok());
+        all.accounts
+            .push(run("333333333333", None, Some("AccessDenied")));
+        assert_eq!(all.failed(), 1);
+        let json = serde_json::to_value(&all).unwrap();
+        assert_eq!(json["accounts"][1]["account"], "333333333333");
+        assert_eq!(json["accounts"][1]["error"], "AccessDenied");
+        assert!(json["accounts"][1].get("report").is_none(), "{json}");
     }
 
     #[test]

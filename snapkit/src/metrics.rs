@@ -132,6 +132,37 @@ impl Metrics {
         self.family(name, help, Kind::Counter)
     }
 
+    /// Appends every sample of `other` to the family of the same name here
+    /// (created with `other`'s help and type the first time), with
+    /// `label` put first among its labels: one account's metrics among
+    /// many, each sample labelled `account="123456789012"`, so that two
+    /// accounts' samples of one region never collide.
+    ///
+    /// ```
+    /// use snapkit::metrics::Metrics;
+    ///
+    /// let mut one = Metrics::new();
+    /// one.gauge("ektool_snapshots", "Snapshots.")
+    ///     .sample(&[("region", "eu-west-1")], 3.0);
+    /// let mut all = Metrics::new();
+    /// all.extend_labelled(one, ("account", "111111111111"));
+    /// assert!(all.render().contains(
+    ///     "ektool_snapshots{account=\"111111111111\",region=\"eu-west-1\"} 3\n"
+    /// ));
+    /// ```
+    pub fn extend_labelled(&mut self, other: Metrics, label: (&str, &str)) -> &mut Self {
+        for f in other.families {
+            let family = self.family(&f.name, &f.help, f.kind);
+            for (labels, v) in f.samples {
+                let mut with = Vec::with_capacity(labels.len() + 1);
+                with.push((label.0.to_owned(), label.1.to_owned()));
+                with.extend(labels.into_iter().filter(|(k, _)| k != label.0));
+                family.samples.push((with, v));
+            }
+        }
+        self
+    }
+
     /// The start, end and success of a run of `command` (e.g. `snap
     /// check`): `ektool_last_run_{start,end}_timestamp_seconds` and
     /// `ektool_last_run_success`.
@@ -270,6 +301,31 @@ mod tests {
             "ektool_last_run_start_timestamp_seconds{command=\"snap check\"} 1800000000\n"
         ));
         assert!(text.contains("ektool_last_run_success{command=\"snap check\"} 0\n"));
+    }
+
+    #[test]
+    fn labelled_samples_join_their_families_with_the_label_first() {
+        let mut all = Metrics::new();
+        all.gauge("ektool_a", "A.").sample(&[("region", "r1")], 1.0);
+        for (account, v) in [("111111111111", 2.0), ("222222222222", 3.0)] {
+            let mut one = Metrics::new();
+            one.gauge("ektool_a", "A (ignored).")
+                .sample(&[("region", "r1")], v);
+            one.counter("ektool_b_total", "B.").sample(&[], v);
+            all.extend_labelled(one, ("account", account));
+        }
+        assert_eq!(
+            all.render(),
+            "# HELP ektool_a A.\n\
+             # TYPE ektool_a gauge\n\
+             ektool_a{region=\"r1\"} 1\n\
+             ektool_a{account=\"111111111111\",region=\"r1\"} 2\n\
+             ektool_a{account=\"222222222222\",region=\"r1\"} 3\n\
+             # HELP ektool_b_total B.\n\
+             # TYPE ektool_b_total counter\n\
+             ektool_b_total{account=\"111111111111\"} 2\n\
+             ektool_b_total{account=\"222222222222\"} 3\n"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! `ektool run --env E -- CMD…`: a command in the live release of every
 //! host of an environment ([`fleet`](super::fleet_run)).
 
-use ektool::jobs::{self, JobLock, JobReport, RunOptions, StepStatus};
+use ektool::jobs::{self, AccountRun, AccountsReport, JobLock, JobReport, RunOptions, StepStatus};
 
 use crate::context::Context;
 use crate::error::CliError;
@@ -43,6 +43,15 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
                     "--metrics is for jobs, not for a command on the hosts".into(),
                 ));
             }
+            // An environment's hosts are not an account's: a command on
+            // them does not fan out.
+            if let Some(why) = accounts_in_play(ctx)? {
+                return Err(CliError::Usage(format!(
+                    "{why}: `ektool run -- COMMAND` runs on an environment's hosts and does not \
+                     fan out over accounts; run it without accounts (a --config without \
+                     [accounts])"
+                )));
+            }
             super::fleet_run::exec(ctx, args.fleet, args.command).await
         }
         (Some(job), false) => Err(CliError::Usage(format!(
@@ -52,6 +61,17 @@ pub(crate) async fn exec(ctx: &Context, args: Args) -> Result<(), CliError> {
             "give a job (`ektool run nightly`) or a command after `--` (`ektool run --env prod -- uptime`)".into(),
         )),
     }
+}
+
+/// What puts accounts in play (`--accounts` or `[accounts]`), if anything.
+fn accounts_in_play(ctx: &Context) -> Result<Option<&'static str>, CliError> {
+    Ok(crate::fleet::accounts(ctx)?.map(|_| {
+        if ctx.global.accounts.is_some() {
+            "--accounts"
+        } else {
+            "config [accounts]"
+        }
+    }))
 }
 
 /// Locks, runs, renders a job.
@@ -64,6 +84,9 @@ async fn run_job(
     let spec = jobs::job(&ctx.config, &args.job).map_err(|e| CliError::Usage(e.to_string()))?;
     // Held (another run) or unusable: a failure, exit 1, naming the holder.
     let _lock = JobLock::acquire(&args.job).map_err(|e| CliError::Failed(e.to_string()))?;
+    if crate::fleet::accounts(ctx)?.is_some() {
+        return run_job_in_accounts(ctx, &args).await;
+    }
     let ec2 = ctx.ec2().await;
     let regions = ctx.regions(&ec2).await?;
     let mut options = RunOptions::default();
@@ -104,6 +127,171 @@ async fn run_job(
             args.job,
             spec.steps.len()
         )))
+    }
+}
+
+/// A job in every account (`--accounts`, `[accounts]`): each account's
+/// steps with its own client and regions, at once; one report with each
+/// account's outcome, one notification; a failing account fails the run
+/// (exit 1) and the others still run.
+async fn run_job_in_accounts(ctx: &Context, args: &JobArgs) -> Result<(), CliError> {
+    let spec = jobs::job(&ctx.config, &args.job).map_err(|e| CliError::Usage(e.to_string()))?;
+    let fleet = crate::fleet::fleet(ctx).await?;
+    let targets: Vec<jobs::AccountTarget<'_>> = fleet
+        .targets
+        .iter()
+        .filter_map(|t| {
+            Some(jobs::AccountTarget {
+                account: t.account.as_ref()?,
+                ec2: &t.ec2,
+                regions: &t.regions,
+            })
+        })
+        .collect();
+    let mut options = RunOptions::default();
+    options.dry_run = ctx.global.dry_run;
+    let watch = crate::notify::Watch::new(&ctx.config);
+    watch.start().await;
+    let report = jobs::run_in_accounts(&ctx.config, &targets, &args.job, &options, &|e| {
+        if let jobs::JobEvent::Started(step) = e {
+            tracing::info!(job = %args.job, %step, "step starts");
+        }
+    })
+    .await;
+    let mut report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            watch
+                .finish(false, &format!("ektool run {}: FAILED: {e}", args.job))
+                .await;
+            return Err(if e.is_input_error() {
+                CliError::Usage(e.to_string())
+            } else {
+                CliError::Failed(e.to_string())
+            });
+        }
+    };
+    // The accounts that could not be set up (already on stderr) are
+    // failed accounts of the report too.
+    report
+        .accounts
+        .extend(fleet.setup_errors.iter().map(|(account, e)| AccountRun {
+            account: account.clone(),
+            report: None,
+            error: Some(e.clone()),
+        }));
+    watch.finish(report.ok(), &accounts_message(&report)).await;
+    if let Some(path) = &args.metrics {
+        snapkit::metrics::write_atomic(path, &report.metrics().render())
+            .map_err(|e| CliError::Failed(format!("--metrics {}: {e}", path.display())))?;
+    }
+    render_accounts(ctx, &report);
+    let failed = report.failed();
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!(
+            "job {}: failed in {failed} of {} account(s) ({} step(s) each)",
+            args.job,
+            report.accounts.len(),
+            spec.steps.len()
+        )))
+    }
+}
+
+/// The notification of a run across accounts: the job, its outcome, each
+/// account's outcome and steps, then every failure line with its account.
+fn accounts_message(report: &AccountsReport) -> String {
+    let n = report.accounts.len();
+    let mut text = if report.ok() {
+        format!("ektool run {}: ok in {n} account(s)", report.job)
+    } else {
+        format!(
+            "ektool run {}: FAILED in {} of {n} account(s)",
+            report.job,
+            report.failed()
+        )
+    };
+    for a in &report.accounts {
+        let account = &a.account;
+        match (&a.report, &a.error) {
+            (_, Some(e)) => text.push_str(&format!("\naccount {account}: FAILED: {e}")),
+            (Some(r), None) => {
+                let status = if r.ok() { "ok" } else { "FAILED" };
+                text.push_str(&format!("\naccount {account}: {status}"));
+                for s in &r.steps {
+                    text.push_str(&format!(
+                        "\n  {}: {}: {}",
+                        s.step,
+                        status_word(s.status),
+                        s.summary
+                    ));
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    for a in &report.accounts {
+        for f in a
+            .report
+            .iter()
+            .flat_map(|r| &r.steps)
+            .flat_map(|s| &s.failures)
+        {
+            text.push_str(&format!("\n- account {}: {f}", a.account));
+        }
+    }
+    text
+}
+
+fn status_word(status: StepStatus) -> &'static str {
+    match status {
+        StepStatus::Ok => "ok",
+        StepStatus::Failed => "FAILED",
+        _ => "skipped",
+    }
+}
+
+fn render_accounts(ctx: &Context, report: &AccountsReport) {
+    match ctx.output() {
+        OutputFormat::Json => {
+            if let Err(e) = output::json(report) {
+                eprintln!("error: {e}");
+            }
+        }
+        OutputFormat::Table => output::table(
+            &["ACCOUNT", "STEP", "STATUS", "SUMMARY"],
+            report.accounts.iter().flat_map(|a| {
+                let account = a.account.to_string();
+                let rows: Vec<Vec<String>> = match (&a.report, &a.error) {
+                    (_, Some(e)) => vec![vec![account, "-".into(), "FAILED".into(), e.clone()]],
+                    (Some(r), None) => r
+                        .steps
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                account.clone(),
+                                s.step.to_string(),
+                                status_word(s.status).to_owned(),
+                                s.summary.clone(),
+                            ]
+                        })
+                        .collect(),
+                    (None, None) => Vec::new(),
+                };
+                rows
+            }),
+        ),
+    }
+    for a in &report.accounts {
+        for f in a
+            .report
+            .iter()
+            .flat_map(|r| &r.steps)
+            .flat_map(|s| &s.failures)
+        {
+            eprintln!("account {}: {f}", a.account);
+        }
     }
 }
 

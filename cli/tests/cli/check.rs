@@ -276,7 +276,7 @@ async fn metrics_pass_promtool_and_carry_the_newest_timestamp() {
 
 /// `promtool check metrics` (Prometheus's own parser and linter) accepts
 /// the file; skipped, with the reason printed, without promtool.
-fn promtool_accepts(file: &std::path::Path) {
+pub(crate) fn promtool_accepts(file: &std::path::Path) {
     let text = std::fs::read_to_string(file).unwrap();
     let Ok(promtool) = which_promtool() else {
         println!(

@@ -16,6 +16,7 @@ mod deploy;
 mod docs;
 mod dry_run;
 mod ec2;
+mod fanout;
 mod host;
 mod iam;
 mod image;

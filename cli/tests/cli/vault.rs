@@ -164,7 +164,7 @@ async fn a_vault_copy_is_made_by_the_vault_tagged_with_its_source_and_the_share_
     let prom = std::fs::read_to_string(&metrics).unwrap();
     assert!(
         prom.contains(&format!(
-            "ektool_vault_copies_started{{vault=\"{vault}\"}} 1"
+            "ektool_vault_copies_started{{account=\"{source}\",vault=\"{vault}\"}} 1"
         )),
         "{prom}"
     );

@@ -137,8 +137,11 @@ pub(crate) async fn exec(
     } else {
         job.run().await
     };
-    report.add_metrics(metrics);
-    render(ctx, &report)?;
+    // `--role-arn` alone: rows and samples carry its account.
+    let account = crate::fleet::role_account(ctx);
+    let account = account.as_ref().map(ec2kit::accounts::AccountId::as_str);
+    crate::fleet::add_metrics(account, metrics, |m| report.add_metrics(m));
+    render(ctx, &report, account)?;
     if !report.not_found.is_empty() {
         eprintln!(
             "warning: {} of {} instances not found in {}",
@@ -179,7 +182,6 @@ async fn exec_accounts(
     metrics: &mut snapkit::metrics::Metrics,
     failures: &mut Vec<String>,
 ) -> Result<(), CliError> {
-    crate::fleet::no_metrics_with_accounts(ctx, args.metrics.as_deref())?;
     if !args.volume.is_empty() || args.wait {
         return Err(CliError::Usage(
             "--volume and --wait back up in one account: use --role-arn instead of accounts".into(),
@@ -218,7 +220,7 @@ async fn exec_accounts(
     let mut failed = 0;
     let mut total = 0;
     for (target, report) in &reports {
-        report.add_metrics(metrics);
+        crate::fleet::add_metrics(target.label(), metrics, |m| report.add_metrics(m));
         failures.extend(report.results.iter().filter_map(failure_line));
         failed += report.failed();
         total += report.results.len();
@@ -341,15 +343,23 @@ impl WaitBar {
     }
 }
 
-/// The report: JSON, or a table with the notes on stderr.
-fn render(ctx: &Context, report: &BackupReport) -> Result<(), CliError> {
+/// The report: JSON, or a table with the notes on stderr; each row with
+/// `account` when there is one (`--role-arn`).
+fn render(ctx: &Context, report: &BackupReport, account: Option<&str>) -> Result<(), CliError> {
     let results = &report.results;
     match ctx.output() {
+        OutputFormat::Json if account.is_some() => output::json(
+            &results
+                .iter()
+                .map(|r| crate::fleet::Row::new(account, r))
+                .collect::<Vec<_>>(),
+        )?,
         OutputFormat::Json => output::json(results)?,
         OutputFormat::Table => {
-            output::table(
+            crate::fleet::table(
+                account.is_some(),
                 &["REGION", "SOURCE", "NAME", "STATUS", "SNAPSHOTS"],
-                results.iter().map(cells),
+                results.iter().map(|r| (account, cells(r))),
             );
             for r in results {
                 for n in &r.notes {

@@ -52,6 +52,9 @@ pub(crate) struct Args {
 
 #[derive(Serialize)]
 struct Json<'a> {
+    /// With `--role-arn`: its account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account: Option<&'a str>,
     #[serde(flatten)]
     report: &'a CheckReport,
     failures: Vec<String>,
@@ -65,7 +68,7 @@ pub(crate) async fn exec(
     failure_lines: &mut Vec<String>,
 ) -> Result<(), CliError> {
     if crate::fleet::accounts(ctx)?.is_some() {
-        return super::check_accounts::exec(ctx, args, failure_lines).await;
+        return super::check_accounts::exec(ctx, args, metrics, failure_lines).await;
     }
     let cfg = &ctx.config.check;
     let max_age = args
@@ -139,30 +142,41 @@ pub(crate) async fn exec(
         ..CheckSpec::default()
     };
     let report = check::check(&ec2, &spec, jiff::Timestamp::now()).await;
-    let failures: Vec<String> = report.failures().iter().map(ToString::to_string).collect();
-    *metrics = report.metrics();
+    // `--role-arn` alone: the accounts' form, with its account.
+    let account = crate::fleet::role_account(ctx);
+    let account = account.as_ref().map(ec2kit::accounts::AccountId::as_str);
+    let prefix = account.map_or_else(String::new, |a| format!("account {a}: "));
+    let failures: Vec<String> = report
+        .failures()
+        .iter()
+        .map(|f| format!("{prefix}{f}"))
+        .collect();
+    crate::fleet::add_metrics(account, metrics, |m| *m = report.metrics());
+    let json = Json {
+        account,
+        report: &report,
+        failures: failures.clone(),
+    };
+    let labelled = account.is_some();
+    let cells = |l: &check::LineageCheck| {
+        let mut r = row(l);
+        if spec.max_unverified.is_some() {
+            r.push(verified(l));
+        }
+        (account, r)
+    };
+    let mut headers = vec![
+        "REGION", "LINEAGE", "OF", "WHERE", "NEWEST", "AGE", "MAX AGE", "STATUS",
+    ];
+    if spec.max_unverified.is_some() {
+        headers.push("VERIFIED");
+    }
     match ctx.output() {
-        OutputFormat::Json => output::json(&Json {
-            report: &report,
-            failures: failures.clone(),
-        })?,
-        OutputFormat::Table if spec.max_unverified.is_some() => output::table(
-            &[
-                "REGION", "LINEAGE", "OF", "WHERE", "NEWEST", "AGE", "MAX AGE", "STATUS",
-                "VERIFIED",
-            ],
-            report.lineages.iter().map(|l| {
-                let mut r = row(l);
-                r.push(verified(l));
-                r
-            }),
-        ),
-        OutputFormat::Table => output::table(
-            &[
-                "REGION", "LINEAGE", "OF", "WHERE", "NEWEST", "AGE", "MAX AGE", "STATUS",
-            ],
-            report.lineages.iter().map(row),
-        ),
+        OutputFormat::Json if labelled => output::json(&[json])?,
+        OutputFormat::Json => output::json(&json)?,
+        OutputFormat::Table => {
+            crate::fleet::table(labelled, &headers, report.lineages.iter().map(cells));
+        }
     }
     for f in &failures {
         eprintln!("{f}");

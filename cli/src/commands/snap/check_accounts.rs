@@ -22,16 +22,17 @@ struct Json<'a> {
 }
 
 /// Checks every account; the volume aliases of `[volumes]` (one account's
-/// volumes) and `--metrics` work in one account (`--role-arn`).
+/// volumes) work in one account (`--role-arn`). `metrics` gets every
+/// account's samples, each labelled with its account.
 pub(super) async fn exec(
     ctx: &Context,
     args: Args,
+    metrics: &mut snapkit::metrics::Metrics,
     failure_lines: &mut Vec<String>,
 ) -> Result<(), CliError> {
-    if args.aliases_only || args.metrics.is_some() {
+    if args.aliases_only {
         return Err(CliError::Usage(
-            "--aliases-only and --metrics check one account: use --role-arn instead of accounts"
-                .into(),
+            "--aliases-only checks one account: use --role-arn instead of accounts".into(),
         ));
     }
     let cfg = &ctx.config.check;
@@ -79,6 +80,7 @@ pub(super) async fn exec(
     for (t, r) in &reports {
         match r {
             Ok(report) => {
+                crate::fleet::add_metrics(t.label(), metrics, |m| *m = report.metrics());
                 let lines: Vec<String> = report
                     .failures()
                     .iter()

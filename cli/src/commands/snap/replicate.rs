@@ -178,7 +178,9 @@ pub(crate) async fn exec(
     if args.to_account.is_some() {
         return super::vault::exec(ctx, args, metrics).await;
     }
-    if crate::fleet::accounts(ctx)?.is_some() {
+    // Accounts, or one `--role-arn`: the accounts' form (each stage with
+    // its account).
+    if crate::fleet::accounts(ctx)?.is_some() || ctx.global.role_arn.is_some() {
         return exec_accounts(ctx, args, metrics).await;
     }
     let ec2 = ctx.ec2().await;
@@ -196,7 +198,7 @@ pub(crate) async fn exec(
         r.add_metrics(metrics);
     }
     render(ctx, &stage)?;
-    outcome(&[stage])
+    outcome([&stage])
 }
 
 /// A stage of one account.
@@ -215,7 +217,6 @@ async fn exec_accounts(
     args: Args,
     metrics: &mut snapkit::metrics::Metrics,
 ) -> Result<(), CliError> {
-    crate::fleet::no_metrics_with_accounts(ctx, args.metrics.as_deref())?;
     let fleet = crate::fleet::fleet_in(ctx, false).await?;
     let selection = args.select.selection(ctx);
     let mut stages = Vec::new();
@@ -236,7 +237,7 @@ async fn exec_accounts(
         match one.await {
             Ok(stage) => {
                 if let Some(r) = &stage.applied {
-                    r.add_metrics(metrics);
+                    crate::fleet::add_metrics(t.label(), metrics, |m| r.add_metrics(m));
                 }
                 stages.push((t, stage));
             }
@@ -278,10 +279,102 @@ async fn exec_accounts(
 }
 
 /// The seed's rsync_all_regions: every other region into the primary, then
-/// the primary into the secondary.
+/// the primary into the secondary — in every account at once (with
+/// accounts in play or `--role-arn`), each with its own client, region
+/// catalog, stages and copy slots; a failing account is reported and the
+/// rest go on.
 pub(crate) async fn exec_all(ctx: &Context, args: AllArgs) -> Result<(), CliError> {
-    let ec2 = ctx.ec2().await;
-    let catalog = ec2kit::fleet::region_catalog(&ec2).await?;
+    let fleet = crate::fleet::fleet_in(ctx, false).await?;
+    let runs = fleet
+        .each(|t| {
+            let args = &args;
+            async move { all_in(ctx, args, &t.ec2, &t.prefix()).await }
+        })
+        .await;
+    let mut done = Vec::new();
+    let mut failed = 0;
+    for (t, run) in runs {
+        match run {
+            Ok(run) => done.push((t, run)),
+            Err(e) if !fleet.labelled => return Err(e),
+            Err(e @ CliError::Usage(_)) => return Err(e),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {}{e}", t.prefix());
+            }
+        }
+    }
+    match ctx.output() {
+        OutputFormat::Json if fleet.labelled => output::json(
+            &done
+                .iter()
+                .flat_map(|(t, run)| {
+                    run.stages.iter().map(|stage| AccountStage {
+                        account: t.label(),
+                        stage,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )?,
+        OutputFormat::Json => {
+            output::json(&done.iter().flat_map(|(_, r)| &r.stages).collect::<Vec<_>>())?;
+        }
+        OutputFormat::Table => {
+            for (t, run) in &done {
+                for (n, stage) in run.stages.iter().enumerate() {
+                    let into = if n == 0 {
+                        &run.primary
+                    } else {
+                        run.secondary.as_ref().unwrap_or(&run.primary)
+                    };
+                    match t.label() {
+                        Some(a) => println!("== {a} stage {}: into {into}", n + 1),
+                        None => println!("== stage {}: into {into}", n + 1),
+                    }
+                    print_table(ctx, stage);
+                }
+            }
+        }
+    }
+    let failed_regions: Vec<&str> = done
+        .iter()
+        .flat_map(|(_, r)| r.failed_regions.iter().map(String::as_str))
+        .collect();
+    if !failed_regions.is_empty() {
+        return Err(CliError::Failed(format!(
+            "could not list {}",
+            failed_regions.join(", ")
+        )));
+    }
+    outcome(done.iter().flat_map(|(_, r)| &r.stages))?;
+    let failed = failed + fleet.failed;
+    if failed > 0 {
+        return Err(CliError::Partial {
+            failed,
+            total: fleet.targets.len() + fleet.failed,
+            what: "accounts",
+        });
+    }
+    Ok(())
+}
+
+/// `snap replicate-all` in one account.
+struct AllRun {
+    primary: Region,
+    secondary: Option<Region>,
+    stages: Vec<Stage>,
+    /// The source regions that could not be listed (`prefix` + name).
+    failed_regions: Vec<String>,
+}
+
+/// Both stages in the account of `ec2`; `prefix` starts its error lines.
+async fn all_in(
+    ctx: &Context,
+    args: &AllArgs,
+    ec2: &AwsEc2,
+    prefix: &str,
+) -> Result<AllRun, CliError> {
+    let catalog = ec2kit::fleet::region_catalog(ec2).await?;
     let primary = catalog.resolve(&args.primary)?;
     let secondary = args
         .secondary
@@ -298,6 +391,7 @@ pub(crate) async fn exec_all(ctx: &Context, args: AllArgs) -> Result<(), CliErro
     } else {
         catalog.resolve_all(&ctx.global.regions)?
     };
+    let sources = crate::fleet::exclude(sources, &ctx.global.exclude_region);
     let select = SelectArgs {
         tag: args.tag.clone(),
         all_lineages: args.all_lineages,
@@ -308,7 +402,7 @@ pub(crate) async fn exec_all(ctx: &Context, args: AllArgs) -> Result<(), CliErro
     let kms = args.copy.kms_key.as_deref();
     for to in std::iter::once(&primary).chain(secondary.as_ref()) {
         if let Some(key) = kms {
-            replicate::check_kms_key(&ec2, to, key).await?;
+            replicate::check_kms_key(ec2, to, key).await?;
         }
     }
     // Stage 1: every other region into the primary, sharing its slots.
@@ -318,48 +412,30 @@ pub(crate) async fn exec_all(ctx: &Context, args: AllArgs) -> Result<(), CliErro
         .iter()
         .filter(|r| **r != primary && Some(*r) != secondary.as_ref())
     {
-        match replicate::plan(&ec2, from, &primary, &selection, kms).await {
+        match replicate::plan(ec2, from, &primary, &selection, kms).await {
             Ok(p) => plans.push(p),
             Err(e) => {
-                eprintln!("error: {from}: {e}");
-                failed_regions.push(from.to_string());
+                eprintln!("error: {prefix}{from}: {e}");
+                failed_regions.push(format!("{prefix}{from}"));
             }
         }
     }
-    let mut stages = vec![apply(ctx, &ec2, plans, &args.copy).await];
+    let mut stages = vec![apply(ctx, ec2, plans, &args.copy).await];
     // Stage 2: the primary into the secondary.
     if let Some(s) = &secondary {
         let selection = Selection {
             native_only: !args.forward_replicas,
             ..selection.clone()
         };
-        let plan = replicate::plan(&ec2, &primary, s, &selection, kms).await?;
-        stages.push(apply(ctx, &ec2, vec![plan], &args.copy).await);
+        let plan = replicate::plan(ec2, &primary, s, &selection, kms).await?;
+        stages.push(apply(ctx, ec2, vec![plan], &args.copy).await);
     }
-    match ctx.output() {
-        OutputFormat::Json => output::json(&stages)?,
-        OutputFormat::Table => {
-            for (n, stage) in stages.iter().enumerate() {
-                println!(
-                    "== stage {}: into {}",
-                    n + 1,
-                    if n == 0 {
-                        &primary
-                    } else {
-                        secondary.as_ref().unwrap_or(&primary)
-                    }
-                );
-                print_table(ctx, stage);
-            }
-        }
-    }
-    if !failed_regions.is_empty() {
-        return Err(CliError::Failed(format!(
-            "could not list {}",
-            failed_regions.join(", ")
-        )));
-    }
-    outcome(&stages)
+    Ok(AllRun {
+        primary,
+        secondary,
+        stages,
+        failed_regions,
+    })
 }
 
 /// One source-to-destination stage: its plans and what applying did.
@@ -406,8 +482,8 @@ async fn apply(ctx: &Context, ec2: &AwsEc2, plans: Vec<ReplicationPlan>, copy: &
     Stage { plans, applied }
 }
 
-fn outcome(stages: &[Stage]) -> Result<(), CliError> {
-    let failed: usize = stages.iter().map(Stage::failed).sum();
+fn outcome<'a>(stages: impl IntoIterator<Item = &'a Stage>) -> Result<(), CliError> {
+    let failed: usize = stages.into_iter().map(Stage::failed).sum();
     if failed > 0 {
         return Err(CliError::Failed(format!("{failed} copies failed")));
     }

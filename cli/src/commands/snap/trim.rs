@@ -121,7 +121,6 @@ pub(crate) async fn exec(
 ) -> Result<(), CliError> {
     let policies = args.policy.resolve(&ctx.config)?;
     args.format.check(ctx)?;
-    crate::fleet::no_metrics_with_accounts(ctx, args.metrics.as_deref())?;
     if args.format == PlanFormat::Html && !ctx.global.dry_run {
         return Err(CliError::Usage(
             "--format html shows a plan: it needs --dry-run".into(),
@@ -269,7 +268,9 @@ pub(crate) async fn exec(
                 let ec2 = &owners[i].ec2;
                 let r = apply_with_progress(ec2, plan, region, usize::from(args.concurrency)).await;
                 failed += r.failed();
-                r.add_metrics(metrics, region);
+                crate::fleet::add_metrics(owners[i].label(), metrics, |m| {
+                    r.add_metrics(m, region);
+                });
                 *report = Some(r);
             }
         }

@@ -81,7 +81,6 @@ pub(crate) async fn exec(
     metrics: &mut snapkit::metrics::Metrics,
 ) -> Result<(), CliError> {
     let vault = vault_of(ctx, &args)?;
-    crate::fleet::no_metrics_with_accounts(ctx, args.metrics.as_deref())?;
     let vault_ec2 = ctx.ec2_as(Some(vault.role.clone())).await;
     let fleet = crate::fleet::fleet_in(ctx, false).await?;
     let mut stages = Vec::new();
@@ -110,8 +109,10 @@ pub(crate) async fn exec(
         },
         OutputFormat::Table => print_table(ctx, fleet.labelled, &stages),
     }
-    for r in stages.iter().filter_map(|s| s.applied.as_ref()) {
-        r.add_metrics(metrics);
+    for s in &stages {
+        if let Some(r) = &s.applied {
+            crate::fleet::add_metrics(s.account.as_deref(), metrics, |m| r.add_metrics(m));
+        }
     }
     let copies_failed: usize = stages
         .iter()

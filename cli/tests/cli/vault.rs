@@ -413,3 +413,67 @@ async fn a_vault_copy_calls_exactly_the_actions_of_its_two_policies() {
     assert_eq!(got, want);
     assert!(!got.contains("ec2:DeleteSnapshot"));
 }
+
+#[tokio::test]
+async fn every_member_account_copies_into_the_one_vault() {
+    let (a, vault) = fresh_pair();
+    let (b, _) = fresh_pair();
+    let region = Region::new("ca-central-1");
+    let key = unique("vault");
+    let snap_a = backup(&a, &region, &key, false).await;
+    let snap_b = backup(&b, &region, &key, false).await;
+    let out = Ektool::moto()
+        .args(&[
+            "--accounts",
+            &format!("{a},{b}"),
+            "--output",
+            "json",
+            "snap",
+            "replicate",
+            "--from",
+            region.as_str(),
+            "--to-account",
+            &vault,
+            "--tag",
+            &format!("{key}=prod"),
+            "--wait",
+        ])
+        .run()
+        .success()
+        .json();
+    let accounts: Vec<&str> = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["account"].as_str().unwrap())
+        .collect();
+    assert_eq!(accounts, [a.as_str(), b.as_str()], "{out}");
+    for (account, snap) in [(&a, &snap_a), (&b, &snap_b)] {
+        let copies = vault_copies(&vault, &region, snap).await;
+        assert_eq!(copies.len(), 1, "{account}");
+        assert_eq!(
+            copies[0].tags.get(tags::SOURCE_ACCOUNT),
+            Some(account.as_str())
+        );
+        assert_eq!(share_state(account, &region, snap).await, (vec![], None));
+    }
+    // The table has an ACCOUNT column.
+    Ektool::moto()
+        .args(&[
+            "--accounts",
+            &format!("{a},{b}"),
+            "snap",
+            "replicate",
+            "--from",
+            region.as_str(),
+            "--to-account",
+            &vault,
+            "--tag",
+            &format!("{key}=prod"),
+            "--dry-run",
+        ])
+        .run()
+        .success()
+        .stdout_has("ACCOUNT")
+        .stdout_has(&format!("{b}  ca-central-1"));
+}

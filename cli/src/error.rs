@@ -28,6 +28,9 @@ pub(crate) enum CliError {
     /// A KMS key cannot encrypt snapshot copies.
     #[error(transparent)]
     Kms(#[from] snapkit::replicate::KmsCheckError),
+    /// A vault copy could not be planned.
+    #[error(transparent)]
+    Vault(#[from] snapkit::vault::VaultError),
     /// Mounting or unmounting a snapshot failed.
     #[error(transparent)]
     Mount(#[from] snapkit::mount::MountError),
@@ -98,6 +101,7 @@ impl CliError {
                 _ => exit::USAGE,
             },
             Self::Db(deploykit::db::DbError::Protected { .. }) => exit::USAGE,
+            Self::Vault(snapkit::vault::VaultError::SameAccount(_)) => exit::USAGE,
             _ => exit::FAILURE,
         }
     }
@@ -132,6 +136,7 @@ fn access_denied(err: &CliError) -> Option<&ec2kit::Ec2Error> {
         CliError::Mount(e) => e,
         CliError::Sync(e) => e,
         CliError::Kms(e) => e,
+        CliError::Vault(e) => e,
         CliError::Provision(e) => e,
         CliError::Hosts(e) => e,
         other => other,

@@ -48,6 +48,8 @@ actions! {
     CreateSnapshots,
     /// `CreateTags`.
     CreateTags,
+    /// `DeleteTags`.
+    DeleteTags,
     /// `DeleteSnapshot`.
     DeleteSnapshot,
     /// `CopySnapshot`.
@@ -84,6 +86,11 @@ actions! {
     DescribeLaunchTemplates,
     /// `DescribeLaunchTemplateVersions` (which AMIs launch templates use).
     DescribeLaunchTemplateVersions,
+    /// `ModifySnapshotAttribute` (a snapshot shared with, or unshared from,
+    /// another account: `createVolumePermission`).
+    ModifySnapshotAttribute,
+    /// `DescribeSnapshotAttribute` (the accounts a snapshot is shared with).
+    DescribeSnapshotAttribute,
     /// KMS `DescribeKey` (the pre-flight check of a key before copies
     /// are encrypted with it).
     DescribeKey,
@@ -98,23 +105,23 @@ actions! {
     RegisterTargets,
     /// Elastic Load Balancing `DeregisterTargets`.
     DeregisterTargets,
-    /// STS `GetCallerIdentity` (which account the credentials belong to;
-    /// IAM cannot deny it, so no policy grants it).
+    /// STS `GetCallerIdentity` (the caller's account). IAM never denies
+    /// it: no policy needs to grant it.
     GetCallerIdentity,
 }
 
 impl Action {
-    /// The AWS service the action belongs to (`ec2`, `kms`,
-    /// `elasticloadbalancing`, `sts`).
+    /// The AWS service the action belongs to (`ec2`, `kms`, `sts`,
+    /// `elasticloadbalancing`).
     pub fn service(self) -> &'static str {
         match self {
             Action::DescribeKey => "kms",
+            Action::GetCallerIdentity => "sts",
             Action::DescribeTargetGroups
             | Action::DescribeTargetGroupAttributes
             | Action::DescribeTargetHealth
             | Action::RegisterTargets
             | Action::DeregisterTargets => "elasticloadbalancing",
-            Action::GetCallerIdentity => "sts",
             _ => "ec2",
         }
     }

@@ -269,40 +269,6 @@ impl AwsEc2 {
         self.inner.configured_region.as_ref()
     }
 
-    /// The account the client's credentials belong to (STS
-    /// `GetCallerIdentity`, in the home region; with
-    /// [`AwsEc2Options::role_arn`], the role's account). IAM cannot deny
-    /// the call, so it is neither paced nor passed to the request hook.
-    pub async fn caller_account(&self) -> Result<AccountId, Ec2Error> {
-        let action = Action::GetCallerIdentity;
-        let region = &self.inner.home_region;
-        if let Some(e) = &self.inner.invalid_endpoint {
-            return Err(Ec2Error::new(
-                action,
-                region.as_str(),
-                ErrorKind::InvalidRequest,
-                e.to_string(),
-            ));
-        }
-        let conf = aws_sdk_sts::config::Builder::from(&self.inner.config)
-            .region(aws_config::Region::new(region.as_str().to_owned()))
-            .build();
-        let out = aws_sdk_sts::Client::from_conf(conf)
-            .get_caller_identity()
-            .send()
-            .await
-            .map_err(|e| map_err(action, region, e))?;
-        let account = out.account().unwrap_or_default();
-        account.parse().map_err(|_| {
-            Ec2Error::new(
-                action,
-                region.as_str(),
-                ErrorKind::Other,
-                format!("STS named no account id ({account:?})"),
-            )
-        })
-    }
-
     fn client(&self, region: &Region) -> Client {
         let mut clients = self.inner.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients
@@ -443,6 +409,42 @@ impl AwsEc2 {
                 aws_sdk_elasticloadbalancingv2::Client::from_conf(conf)
             })
             .clone())
+    }
+
+    /// The account the credentials belong to (STS `GetCallerIdentity`, in
+    /// the home region): with [`AwsEc2Options::role_arn`], the role's
+    /// account. Paced like every call, but not passed to
+    /// [`AwsEc2Options::on_request`]: IAM never denies it, so no policy
+    /// lists it.
+    pub async fn caller_account(&self) -> Result<AccountId, Ec2Error> {
+        let action = Action::GetCallerIdentity;
+        let region = self.home_region().clone();
+        if let Some(e) = &self.inner.invalid_endpoint {
+            return Err(Ec2Error::new(
+                action,
+                region.as_str(),
+                ErrorKind::InvalidRequest,
+                e.to_string(),
+            ));
+        }
+        self.inner.limiter.acquire(action, region.as_str()).await;
+        let conf = aws_sdk_sts::config::Builder::from(&self.inner.config)
+            .region(aws_config::Region::new(region.as_str().to_owned()))
+            .build();
+        let out = aws_sdk_sts::Client::from_conf(conf)
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| map_err(action, &region, e))?;
+        let account = out.account().unwrap_or_default();
+        account.parse().map_err(|_| {
+            Ec2Error::new(
+                action,
+                region.as_str(),
+                ErrorKind::Other,
+                format!("GetCallerIdentity answered no account id ({account:?})"),
+            )
+        })
     }
 
     fn kms_client(&self, region: &Region) -> aws_sdk_kms::Client {
@@ -1119,6 +1121,30 @@ impl Ec2 for AwsEc2 {
         Ok(())
     }
 
+    async fn delete_tags(
+        &self,
+        region: &Region,
+        resources: &[String],
+        keys: &[String],
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        let action = Action::DeleteTags;
+        let tags = keys
+            .iter()
+            .map(|k| sdk::Tag::builder().key(k).build())
+            .collect();
+        self.ready(action, region)
+            .await?
+            .delete_tags()
+            .set_resources(Some(resources.to_vec()))
+            .set_tags(Some(tags))
+            .dry_run(dry_run)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(())
+    }
+
     async fn delete_snapshot(
         &self,
         region: &Region,
@@ -1445,6 +1471,7 @@ impl Ec2 for AwsEc2 {
         key.arn = meta.arn().map(str::to_owned);
         key.usage = meta.key_usage().map(|u| u.as_str().to_owned());
         key.spec = meta.key_spec().map(|u| u.as_str().to_owned());
+        key.manager = meta.key_manager().map(|m| m.as_str().to_owned());
         Ok(key)
     }
 
@@ -1505,6 +1532,54 @@ impl Ec2 for AwsEc2 {
         };
         req.send().await.map_err(|e| map_err(action, region, e))?;
         Ok(())
+    }
+
+    async fn share_snapshot(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+        account: &AccountId,
+        share: bool,
+    ) -> Result<(), Ec2Error> {
+        let action = Action::ModifySnapshotAttribute;
+        let operation = if share {
+            sdk::OperationType::Add
+        } else {
+            sdk::OperationType::Remove
+        };
+        self.ready(action, region)
+            .await?
+            .modify_snapshot_attribute()
+            .snapshot_id(snapshot.as_str())
+            .attribute(sdk::SnapshotAttributeName::CreateVolumePermission)
+            .operation_type(operation)
+            .user_ids(account.as_str())
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(())
+    }
+
+    async fn snapshot_shared_with(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+    ) -> Result<Vec<AccountId>, Ec2Error> {
+        let action = Action::DescribeSnapshotAttribute;
+        let out = self
+            .ready(action, region)
+            .await?
+            .describe_snapshot_attribute()
+            .snapshot_id(snapshot.as_str())
+            .attribute(sdk::SnapshotAttributeName::CreateVolumePermission)
+            .send()
+            .await
+            .map_err(|e| map_err(action, region, e))?;
+        Ok(out
+            .create_volume_permissions()
+            .iter()
+            .filter_map(|p| p.user_id()?.parse().ok())
+            .collect())
     }
 
     async fn create_image(&self, region: &Region, r: &CreateImage) -> Result<ImageId, Ec2Error> {

@@ -7,8 +7,8 @@ use crate::requests::{
     RegisterImage, RunInstances, TierRestore,
 };
 use crate::{
-    Ec2Error, Filter, Image, ImageId, Instance, InstanceId, KmsKey, LaunchTemplateImage, Region,
-    RegionInfo, Snapshot, SnapshotId, Tags, Volume, VolumeId,
+    AccountId, Ec2Error, Filter, Image, ImageId, Instance, InstanceId, KmsKey, LaunchTemplateImage,
+    Region, RegionInfo, Snapshot, SnapshotId, Tags, Volume, VolumeId,
 };
 
 /// The EC2 API, as the toolkit uses it.
@@ -81,6 +81,17 @@ pub trait Ec2: Send + Sync {
         region: &Region,
         resources: &[String],
         tags: &Tags,
+        dry_run: bool,
+    ) -> Result<(), Ec2Error>;
+
+    /// Removes the tags with these keys (whatever their values) from
+    /// resources (`DeleteTags`); a key a resource does not carry is no
+    /// error.
+    async fn delete_tags(
+        &self,
+        region: &Region,
+        resources: &[String],
+        keys: &[String],
         dry_run: bool,
     ) -> Result<(), Ec2Error>;
 
@@ -222,6 +233,27 @@ pub trait Ec2: Send + Sync {
         restore: &TierRestore,
         dry_run: bool,
     ) -> Result<(), Ec2Error>;
+
+    /// Shares a snapshot with another account, or takes the share back
+    /// (`ModifySnapshotAttribute`, `createVolumePermission` add or remove
+    /// of one user id). Sharing lets that account copy the snapshot;
+    /// removing a share that is not there is no error.
+    async fn share_snapshot(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+        account: &AccountId,
+        share: bool,
+    ) -> Result<(), Ec2Error>;
+
+    /// The accounts a snapshot is shared with (`DescribeSnapshotAttribute`,
+    /// the user ids of `createVolumePermission`; a public share, group
+    /// `all`, is not an account and is left out).
+    async fn snapshot_shared_with(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+    ) -> Result<Vec<AccountId>, Ec2Error>;
 
     /// Creates an AMI of an instance (`CreateImage`); tags at creation.
     async fn create_image(

@@ -521,8 +521,12 @@ fn restricted(action: Action, owner: &Ownership<'_>) -> Vec<(&'static str, Optio
     match action {
         // `ami trim`: only AMIs tagged as ektool's.
         DeregisterImage => vec![("arn:aws:ec2:*::image/*", owned())],
-        // Archiving changes the bill and the restore time: ours only.
-        DeleteSnapshot | ModifySnapshotTier => vec![("arn:aws:ec2:*:*:snapshot/*", owned())],
+        // Archiving changes the bill and the restore time, sharing hands
+        // the data to another account, untagging undoes a journal: ours
+        // only.
+        DeleteSnapshot | ModifySnapshotTier | ModifySnapshotAttribute | DeleteTags => {
+            vec![("arn:aws:ec2:*:*:snapshot/*", owned())]
+        }
         DeleteVolume => vec![("arn:aws:ec2:*:*:volume/*", owned())],
         // The volume must be the toolkit's; the instance is whatever it is.
         AttachVolume | DetachVolume => vec![
@@ -581,6 +585,32 @@ mod tests {
 
     fn json(doc: &Document) -> serde_json::Value {
         serde_json::to_value(doc).unwrap()
+    }
+
+    /// Sharing a snapshot with another account and removing tags (the
+    /// vault copy's source side) only on ektool's snapshots.
+    #[test]
+    fn shares_and_untagging_are_restricted_to_owned_snapshots() {
+        let source = Policy::new("vault source").grant(&Permissions::calls(&[
+            DescribeSnapshots,
+            ModifySnapshotAttribute,
+            DeleteTags,
+        ]));
+        let doc = json(&document(std::slice::from_ref(&source), Some(&OWNER)));
+        let owned = doc["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Resource"] == "arn:aws:ec2:*:*:snapshot/*")
+            .unwrap();
+        assert_eq!(
+            owned["Action"],
+            serde_json::json!(["ec2:DeleteTags", "ec2:ModifySnapshotAttribute"])
+        );
+        assert_eq!(
+            owned["Condition"],
+            serde_json::json!({ "StringEquals": { "aws:ResourceTag/ektool:owner": "ektool" } })
+        );
     }
 
     /// `CreateImage` joins the `ec2:CreateAction` list only of a policy

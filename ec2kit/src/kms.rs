@@ -16,6 +16,11 @@ pub struct KmsKey {
     pub usage: Option<String>,
     /// `SYMMETRIC_DEFAULT` for keys EBS can use.
     pub spec: Option<String>,
+    /// Who manages the key: `CUSTOMER`, or `AWS` for a key an AWS service
+    /// made for the account (`alias/aws/ebs`), which cannot be granted
+    /// to another account.
+    #[serde(default)]
+    pub manager: Option<String>,
 }
 
 impl KmsKey {
@@ -27,7 +32,15 @@ impl KmsKey {
             state: state.into(),
             usage: Some("ENCRYPT_DECRYPT".into()),
             spec: Some("SYMMETRIC_DEFAULT".into()),
+            manager: None,
         }
+    }
+
+    /// Whether AWS manages the key (`KeyManager` `AWS`, e.g. the default
+    /// EBS key `alias/aws/ebs`): what it encrypts cannot be shared with
+    /// another account.
+    pub fn is_aws_managed(&self) -> bool {
+        self.manager.as_deref() == Some("AWS")
     }
 
     /// Why EBS could not encrypt with this key, or `None` when it can:

@@ -10,8 +10,8 @@ use crate::requests::{
     RegisterImage, RunInstances, TierRestore,
 };
 use crate::{
-    Ec2, Ec2Error, Filter, Image, ImageId, Instance, InstanceId, KmsKey, LaunchTemplateImage,
-    Region, RegionInfo, Snapshot, SnapshotId, Tags, Volume, VolumeId,
+    AccountId, Ec2, Ec2Error, Filter, Image, ImageId, Instance, InstanceId, KmsKey,
+    LaunchTemplateImage, Region, RegionInfo, Snapshot, SnapshotId, Tags, Volume, VolumeId,
 };
 
 /// `inner`, with every call taking `latency` longer (on tokio's clock, so a
@@ -105,6 +105,19 @@ impl<E: Ec2> Ec2 for Latency<E> {
             .create_tags(region, resources, tags, dry_run)
             .await
     }
+    async fn delete_tags(
+        &self,
+        region: &Region,
+        resources: &[String],
+        keys: &[String],
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        tokio::time::sleep(self.latency).await;
+        self.inner
+            .delete_tags(region, resources, keys, dry_run)
+            .await
+    }
+
     async fn delete_snapshot(
         &self,
         region: &Region,
@@ -268,6 +281,28 @@ impl<E: Ec2> Ec2 for Latency<E> {
         self.inner
             .restore_snapshot_tier(region, snapshot, restore, dry_run)
             .await
+    }
+
+    async fn share_snapshot(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+        account: &AccountId,
+        share: bool,
+    ) -> Result<(), Ec2Error> {
+        tokio::time::sleep(self.latency).await;
+        self.inner
+            .share_snapshot(region, snapshot, account, share)
+            .await
+    }
+
+    async fn snapshot_shared_with(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+    ) -> Result<Vec<AccountId>, Ec2Error> {
+        tokio::time::sleep(self.latency).await;
+        self.inner.snapshot_shared_with(region, snapshot).await
     }
 
     async fn create_image(

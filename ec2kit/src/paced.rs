@@ -12,7 +12,7 @@ use crate::requests::{
     RegisterImage, RunInstances, TierRestore,
 };
 use crate::{
-    Action, Ec2, Ec2Error, Filter, Image, ImageId, Instance, InstanceId, KmsKey,
+    AccountId, Action, Ec2, Ec2Error, Filter, Image, ImageId, Instance, InstanceId, KmsKey,
     LaunchTemplateImage, RateLimiter, RateLimits, Region, RegionInfo, Snapshot, SnapshotId, Tags,
     Volume, VolumeId,
 };
@@ -139,6 +139,21 @@ impl<E: Ec2> Ec2 for Paced<E> {
             .await;
         self.inner
             .create_tags(region, resources, tags, dry_run)
+            .await
+    }
+
+    async fn delete_tags(
+        &self,
+        region: &Region,
+        resources: &[String],
+        keys: &[String],
+        dry_run: bool,
+    ) -> Result<(), Ec2Error> {
+        self.limiter
+            .acquire(Action::DeleteTags, region.as_str())
+            .await;
+        self.inner
+            .delete_tags(region, resources, keys, dry_run)
             .await
     }
 
@@ -353,6 +368,32 @@ impl<E: Ec2> Ec2 for Paced<E> {
         self.inner
             .restore_snapshot_tier(region, snapshot, restore, dry_run)
             .await
+    }
+
+    async fn share_snapshot(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+        account: &AccountId,
+        share: bool,
+    ) -> Result<(), Ec2Error> {
+        self.limiter
+            .acquire(Action::ModifySnapshotAttribute, region.as_str())
+            .await;
+        self.inner
+            .share_snapshot(region, snapshot, account, share)
+            .await
+    }
+
+    async fn snapshot_shared_with(
+        &self,
+        region: &Region,
+        snapshot: &SnapshotId,
+    ) -> Result<Vec<AccountId>, Ec2Error> {
+        self.limiter
+            .acquire(Action::DescribeSnapshotAttribute, region.as_str())
+            .await;
+        self.inner.snapshot_shared_with(region, snapshot).await
     }
 
     async fn create_image(

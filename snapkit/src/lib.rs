@@ -17,7 +17,9 @@
 //!   [`ami`] (AMIs from snapshots), [`instances`] (protection, volume tags,
 //!   launch), [`mount`] (a snapshot mounted read-only on an instance) and
 //!   [`rsync`] (file-level sync between hosts), [`verify`] (restore tests:
-//!   the newest snapshot of each lineage mounted and checked).
+//!   the newest snapshot of each lineage mounted and checked);
+//! - [`vault`]: copies into a vault account (the source shared for the
+//!   copy, the copy made by the vault, the share taken back).
 //!
 //! snapkit depends only on ec2kit's traits and domain types
 //! (`default-features = false`), never on the AWS SDK: its logic is tested
@@ -48,6 +50,7 @@ pub mod replicate;
 pub mod retention;
 pub mod rsync;
 pub mod trim;
+pub mod vault;
 pub mod verify;
 pub mod wait;
 

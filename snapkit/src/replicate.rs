@@ -391,6 +391,13 @@ pub struct CopyOptions {
     /// Wait until every copy has completed (else return once the last one
     /// has started; a later run picks up what is still in flight).
     pub wait: bool,
+    /// Settle races with concurrent runs (the default): a copy this run
+    /// started is deleted again when another run started one of the same
+    /// source first. Off for copies into a vault account
+    /// ([`crate::vault`]), whose copy role may never delete: there, a
+    /// concurrent run can leave a duplicate copy, which the vault's
+    /// retention ages out like any other snapshot.
+    pub settle_races: bool,
 }
 
 impl Default for CopyOptions {
@@ -400,6 +407,7 @@ impl Default for CopyOptions {
             poll: Duration::from_secs(15),
             slot_timeout: Duration::from_secs(3600),
             wait: false,
+            settle_races: true,
         }
     }
 }
@@ -697,7 +705,12 @@ async fn schedule(
                         copy: &started,
                     });
                     out.started += 1;
-                    let copy = match settle_copy_race(ec2, to, request, &started).await {
+                    let settled = if options.settle_races {
+                        settle_copy_race(ec2, to, request, &started).await
+                    } else {
+                        None
+                    };
+                    let copy = match settled {
                         Some(earlier) => {
                             out.duplicates_removed += 1;
                             earlier

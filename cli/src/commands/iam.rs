@@ -15,7 +15,7 @@ use ec2kit::Action::{DescribeInstances, RebootInstances};
 use ec2kit::fleet;
 use ec2kit::iam::{self, Ownership, Permissions, Policy, When};
 use serde_json::json;
-use snapkit::{ami, ami_trim, backup, check, instances, mount, replicate, trim, verify};
+use snapkit::{ami, ami_trim, backup, check, instances, mount, replicate, trim, vault, verify};
 
 use crate::error::CliError;
 use crate::output::OutputFormat;
@@ -23,7 +23,9 @@ use crate::output::OutputFormat;
 /// Arguments of `ektool iam-policy`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The command, as typed after `ektool` (`snap backup`, `ami copy`);
+    /// The command, as typed after `ektool` (`snap backup`, `ami copy`),
+    /// or the two sides of `snap replicate --to-account`: `vault-source`
+    /// (the source account) and `vault-copy` (the vault's copy role);
     /// none: one policy for every command.
     pub command: Vec<String>,
     /// List the commands and the actions each calls.
@@ -123,6 +125,17 @@ pub(crate) fn policies() -> Vec<Policy> {
         command("snap lag")
             .grant(regions)
             .grant(&replicate::LAG_PERMISSIONS),
+        // `snap replicate --to-account`: two identities, two policies. The
+        // source account's (the caller, `--role-arn` or each member
+        // account's role) shares its snapshots for the copy and takes the
+        // share back; the vault's copy role copies, and never deletes.
+        Policy::new("vault-source")
+            .with_sid("Ektool vault source")
+            .grant(regions)
+            .grant(&vault::SOURCE_PERMISSIONS),
+        Policy::new("vault-copy")
+            .with_sid("Ektool vault copy")
+            .grant(&vault::VAULT_PERMISSIONS),
         command("snap mount")
             .grant(regions)
             .grant(&mount::PERMISSIONS),

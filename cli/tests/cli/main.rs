@@ -31,4 +31,5 @@ mod roles;
 mod snap;
 mod sync;
 mod vault;
+mod vault_keep;
 mod verify;

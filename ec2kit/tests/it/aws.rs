@@ -639,24 +639,102 @@ async fn an_assumed_role_works_in_its_own_account_only() {
     assert!(own.iter().all(|v| v.id != volume.id));
 }
 
-/// `caller_account`: the account of the credentials in use (STS
-/// GetCallerIdentity): an assumed role's account, else the caller's own
-/// (moto's default account for the bench's credentials); an endpoint that
-/// does not answer is an error, not an account.
 #[tokio::test]
-async fn the_caller_account_is_the_credentials_account() {
-    let role = "arn:aws:iam::987654321098:role/ektool-keep";
-    let assumed = ec2_as(role).await.caller_account().await.unwrap();
-    assert_eq!(assumed.as_str(), "987654321098");
+async fn the_caller_account_is_the_assumed_roles_account() {
+    use ec2kit::accounts::AccountId;
+
+    // moto's default account answers for the bench's own credentials.
     let own = ec2().await.caller_account().await.unwrap();
     assert_eq!(own.as_str(), "123456789012");
-    let nowhere = AwsEc2::new(AwsEc2Options {
-        endpoint_url: Some("http://127.0.0.1:9".into()),
-        home_region: Some("us-east-1".into()),
-        max_attempts: Some(1),
+    let vault: AccountId = format!("{:012}", 200_000_000_000u64 + u64::from(std::process::id()))
+        .parse()
+        .unwrap();
+    let role = format!("arn:aws:iam::{vault}:role/ektool-vault-copy");
+    assert_eq!(ec2_as(&role).await.caller_account().await.unwrap(), vault);
+}
+
+/// The bench's moto is patched (`scripts/moto-patches`) to copy a snapshot
+/// of another account as EC2 does: only once that account shared it.
+#[tokio::test]
+async fn a_snapshot_of_another_account_is_copied_only_while_shared() {
+    use ec2kit::accounts::AccountId;
+    use ec2kit::requests::CreateVolume;
+
+    let base = 300_000_000_000u64 + u64::from(std::process::id()) * 10;
+    let (source_id, vault_id): (AccountId, AccountId) = (
+        format!("{base:012}").parse().unwrap(),
+        format!("{:012}", base + 1).parse().unwrap(),
+    );
+    let source = ec2_as(&format!("arn:aws:iam::{source_id}:role/r")).await;
+    let vault = ec2_as(&format!("arn:aws:iam::{vault_id}:role/r")).await;
+    let region = Region::new("eu-west-1");
+    let volume = source
+        .create_volume(
+            &region,
+            &CreateVolume {
+                availability_zone: "eu-west-1a".into(),
+                size_gib: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let snap = source
+        .create_snapshot(
+            &region,
+            &CreateSnapshot {
+                volume_id: Some(volume.id.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let request = CopySnapshot {
+        source_region: Some(region.clone()),
+        source_snapshot_id: Some(snap.id.clone()),
+        kms_key_id: Some("vault-key".into()),
+        encrypted: true,
         ..Default::default()
-    })
-    .await;
-    let e = nowhere.caller_account().await.unwrap_err();
-    assert_eq!(e.action, ec2kit::Action::GetCallerIdentity);
+    };
+    let unshared = vault.copy_snapshot(&region, &request).await.unwrap_err();
+    assert_eq!(unshared.kind, ErrorKind::NotFound, "{unshared}");
+
+    source
+        .share_snapshot(&region, &snap.id, &vault_id, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        source
+            .snapshot_shared_with(&region, &snap.id)
+            .await
+            .unwrap(),
+        vec![vault_id.clone()]
+    );
+    let copy = vault.copy_snapshot(&region, &request).await.unwrap();
+    let copies = vault
+        .describe_snapshots(&region, &[Filter::new("snapshot-id", [copy.as_str()])])
+        .await
+        .unwrap();
+    assert_eq!(copies.len(), 1, "the copy is the vault's");
+    assert_eq!(copies[0].kms_key_id.as_deref(), Some("vault-key"));
+    assert!(copies[0].encrypted);
+    let theirs = source
+        .describe_snapshots(&region, &[Filter::new("snapshot-id", [copy.as_str()])])
+        .await
+        .unwrap();
+    assert!(theirs.is_empty(), "not the source account's");
+
+    source
+        .share_snapshot(&region, &snap.id, &vault_id, false)
+        .await
+        .unwrap();
+    assert!(
+        source
+            .snapshot_shared_with(&region, &snap.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = vault.copy_snapshot(&region, &request).await.unwrap_err();
+    assert_eq!(again.kind, ErrorKind::NotFound, "{again}");
 }

@@ -11,6 +11,7 @@ pub(crate) mod policy;
 pub(crate) mod replicate;
 pub(crate) mod tier;
 pub(crate) mod trim;
+pub(crate) mod vault;
 pub(crate) mod verify;
 
 use crate::notify::Watch;

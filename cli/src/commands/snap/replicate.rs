@@ -34,7 +34,7 @@ pub(crate) struct SelectArgs {
 }
 
 impl SelectArgs {
-    fn selection(&self, ctx: &Context) -> Selection {
+    pub(super) fn selection(&self, ctx: &Context) -> Selection {
         Selection {
             tag: (!self.all_lineages).then(|| {
                 self.tag
@@ -68,7 +68,7 @@ pub(crate) struct CopyArgs {
 }
 
 impl CopyArgs {
-    fn options(&self) -> CopyOptions {
+    pub(super) fn options(&self) -> CopyOptions {
         CopyOptions {
             max_in_flight: usize::from(self.max_in_flight),
             poll: self.poll,
@@ -84,9 +84,19 @@ pub(crate) struct Args {
     /// Source region.
     #[arg(long, value_name = "REGION")]
     pub from: String,
-    /// Destination region.
-    #[arg(long, value_name = "REGION")]
-    pub to: String,
+    /// Destination region (with --to-account: the vault's region, default
+    /// `[vault] region`, else the source region).
+    #[arg(long, value_name = "REGION", required_unless_present = "to_account")]
+    pub to: Option<String>,
+    /// Copy into this vault account instead (alone: `[vault] account`):
+    /// the source shared with it for the copy, the copy made there by the
+    /// vault's copy role, the share taken back.
+    #[arg(long, value_name = "ACCOUNT", num_args = 0..=1)]
+    pub to_account: Option<Option<String>>,
+    /// The vault's copy role (default: `[vault] role`, else
+    /// `arn:aws:iam::VAULT:role/ektool-vault-copy`).
+    #[arg(long, value_name = "ARN", requires = "to_account")]
+    pub vault_role: Option<String>,
     /// Selection.
     #[command(flatten)]
     pub select: SelectArgs,
@@ -146,6 +156,13 @@ pub(crate) struct LagArgs {
     pub select: SelectArgs,
 }
 
+/// `--to` (clap requires it without `--to-account`).
+fn to_of(args: &Args) -> Result<&str, CliError> {
+    args.to
+        .as_deref()
+        .ok_or_else(|| CliError::Usage("--to: the destination region is required".into()))
+}
+
 /// `--from` and `--to`, resolved against one `DescribeRegions`.
 async fn from_to(ec2: &AwsEc2, from: &str, to: &str) -> Result<(Region, Region), CliError> {
     let catalog = ec2kit::fleet::region_catalog(ec2).await?;
@@ -158,13 +175,16 @@ pub(crate) async fn exec(
     args: Args,
     metrics: &mut snapkit::metrics::Metrics,
 ) -> Result<(), CliError> {
+    if args.to_account.is_some() {
+        return super::vault::exec(ctx, args, metrics).await;
+    }
     // Accounts, or one `--role-arn` or `--account`: the accounts' form
     // (each stage with its account).
     if crate::fleet::accounts(ctx)?.is_some() || crate::fleet::role_account(ctx).is_some() {
         return exec_accounts(ctx, args, metrics).await;
     }
     let ec2 = ctx.ec2().await;
-    let (from, to) = from_to(&ec2, &args.from, &args.to).await?;
+    let (from, to) = from_to(&ec2, &args.from, to_of(&args)?).await?;
     if from == to {
         return Err(CliError::Usage(format!("--from and --to are both {from}")));
     }
@@ -203,7 +223,7 @@ async fn exec_accounts(
     let mut failed = 0;
     for t in &fleet.targets {
         let one = async {
-            let (from, to) = from_to(&t.ec2, &args.from, &args.to).await?;
+            let (from, to) = from_to(&t.ec2, &args.from, to_of(&args)?).await?;
             if from == to {
                 return Err(CliError::Usage(format!("--from and --to are both {from}")));
             }

@@ -195,6 +195,9 @@ pub struct VaultConfig {
     /// The role in the vault account that `snap replicate --to-account`
     /// assumes to copy (it can copy and tag, never delete; `--vault-role`
     /// overrides). Default: `arn:aws:iam::{account}:role/ektool-vault-copy`.
+    /// `{source}` in it stands for the source account's id: one copy role
+    /// per source account, each allowed to tag copies with its own account
+    /// only (`ektool iam-policy vault-copy --source-account ID`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     /// The vault region copies go to (`--to` overrides; default: the

@@ -349,6 +349,47 @@ pub struct Document {
     pub statement: Vec<Statement>,
 }
 
+impl Document {
+    /// Narrows the grant of `actions` (IAM names, e.g. `ec2:CopySnapshot`)
+    /// to requests that also tag the new resource `key=value`: a statement
+    /// granting some of them gets the tag added to its condition (split
+    /// from the actions it grants besides, which stay as they were).
+    pub fn require_request_tag(&mut self, actions: &[&str], key: &str, value: &str) {
+        let mut out = Vec::with_capacity(self.statement.len());
+        for st in self.statement.drain(..) {
+            let (tagged, rest): (Vec<String>, Vec<String>) = st
+                .action
+                .iter()
+                .cloned()
+                .partition(|a| actions.contains(&a.as_str()));
+            if tagged.is_empty() {
+                out.push(st);
+                continue;
+            }
+            let narrowed = Statement {
+                sid: if rest.is_empty() {
+                    st.sid.clone()
+                } else {
+                    format!("{}Tagged", st.sid)
+                },
+                effect: st.effect,
+                action: tagged,
+                resource: st.resource,
+                condition: Some(Condition::AlsoRequestTag {
+                    base: st.condition.clone().map(Box::new),
+                    key: key.to_owned(),
+                    value: value.to_owned(),
+                }),
+            };
+            if !rest.is_empty() {
+                out.push(Statement { action: rest, ..st });
+            }
+            out.push(narrowed);
+        }
+        self.statement = out;
+    }
+}
+
 /// One statement of a [`Document`]: it allows `action` on `resource`,
 /// under `condition`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -389,6 +430,16 @@ pub enum Condition {
     CreateAction(Vec<&'static str>),
     /// No tag key of the request is like this pattern (`aws:TagKeys`).
     TagKeysNotLike(String),
+    /// `base` (or nothing), and the request tags the new resource
+    /// `key=value` as well (see [`Document::require_request_tag`]).
+    AlsoRequestTag {
+        /// The condition it narrows.
+        base: Option<Box<Condition>>,
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
 }
 
 impl Serialize for Condition {
@@ -405,6 +456,23 @@ impl Serialize for Condition {
             }
             Self::TagKeysNotLike(pattern) => {
                 serde_json::json!({ "ForAllValues:StringNotLike": { "aws:TagKeys": [pattern] } })
+            }
+            Self::AlsoRequestTag { base, key, value } => {
+                let mut all = base
+                    .as_ref()
+                    .and_then(|b| serde_json::to_value(b).ok())
+                    .unwrap_or_else(|| serde_json::json!({}));
+                // Keys of one operator are ANDed: the tag joins the
+                // base's StringEquals.
+                if let Some(ops) = all.as_object_mut() {
+                    let eq = ops
+                        .entry("StringEquals")
+                        .or_insert_with(|| serde_json::json!({}));
+                    if let Some(eq) = eq.as_object_mut() {
+                        eq.insert(format!("aws:RequestTag/{key}"), value.clone().into());
+                    }
+                }
+                all
             }
         };
         value.serialize(s)
@@ -585,6 +653,69 @@ mod tests {
 
     fn json(doc: &Document) -> serde_json::Value {
         serde_json::to_value(doc).unwrap()
+    }
+
+    /// A copy role per source account: copies, and their tags at
+    /// creation, only with that account's tag in the request; the other
+    /// actions untouched.
+    #[test]
+    fn a_required_request_tag_narrows_only_the_named_actions() {
+        let p = Policy::new("vault copy").grant(&REPLICATE);
+        for restrict in [None, Some(&OWNER)] {
+            let mut doc = document(std::slice::from_ref(&p), restrict);
+            doc.require_request_tag(
+                &["ec2:CopySnapshot", "ec2:CreateTags"],
+                "ektool:source-account",
+                "111111111111",
+            );
+            let v = json(&doc);
+            let sts = v["Statement"].as_array().unwrap();
+            let with = |action: &str| {
+                sts.iter()
+                    .filter(|s| s["Action"].as_array().unwrap().iter().any(|a| a == action))
+                    .collect::<Vec<_>>()
+            };
+            for a in ["ec2:CopySnapshot", "ec2:CreateTags"] {
+                for s in with(a) {
+                    assert_eq!(
+                        s["Condition"]["StringEquals"]["aws:RequestTag/ektool:source-account"],
+                        "111111111111",
+                        "{restrict:?} {a}: {s}"
+                    );
+                }
+                assert!(!with(a).is_empty(), "{a}");
+            }
+            for s in with("ec2:DescribeSnapshots") {
+                assert!(
+                    s["Condition"]["StringEquals"]
+                        .get("aws:RequestTag/ektool:source-account")
+                        .is_none(),
+                    "{s}"
+                );
+                assert!(
+                    s["Action"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|a| a != "ec2:CopySnapshot")
+                );
+            }
+            if restrict.is_some() {
+                // The base conditions stay: the owner tag on the copy, tags
+                // only at creation.
+                let copy = with("ec2:CopySnapshot");
+                assert_eq!(
+                    copy[0]["Condition"]["StringEquals"]["aws:RequestTag/ektool:owner"],
+                    "ektool"
+                );
+                let tag = with("ec2:CreateTags");
+                assert!(
+                    tag[0]["Condition"]["StringEquals"]["ec2:CreateAction"].is_array(),
+                    "{}",
+                    tag[0]
+                );
+            }
+        }
     }
 
     /// Sharing a snapshot with another account and removing tags (the

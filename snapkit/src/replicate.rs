@@ -869,12 +869,16 @@ impl LagRow {
 }
 
 /// The point in time of a copy's data: its source-time tag, else the
-/// backup's created tag, else its own start time.
+/// backup's created tag, else its own start time — never later than its
+/// own start time. Tags are written by whoever made the copy (in a vault,
+/// a source account that may be compromised); a copy cannot hold data
+/// from after it began, so a tag claiming so cannot make a stale lineage
+/// look fresh.
 pub fn data_time(copy: &Snapshot) -> Timestamp {
     [tags::SOURCE_TIME, tags::CREATED]
         .iter()
-        .find_map(|k| copy.tags.get(k).and_then(|v| v.parse().ok()))
-        .unwrap_or(copy.start_time)
+        .find_map(|k| copy.tags.get(k).and_then(|v| v.parse::<Timestamp>().ok()))
+        .map_or(copy.start_time, |t| t.min(copy.start_time))
 }
 
 /// Per selected lineage of `from`: the newest source, the newest copy in

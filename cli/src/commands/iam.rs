@@ -43,6 +43,13 @@ pub(crate) struct Args {
     /// permissions, and the caller's `sts:AssumeRole` statement.
     #[arg(long, value_name = "ACCOUNT", conflicts_with = "list")]
     pub trust: Option<String>,
+    /// With `vault-copy`: the policy of the copy role of this one source
+    /// account (`[vault] role` naming `{source}`): it may copy, and tag at
+    /// creation, only with `ektool:source-account` set to that account, so
+    /// a compromised source account cannot plant copies in another
+    /// account's vault lineages.
+    #[arg(long, value_name = "ACCOUNT", conflicts_with = "list")]
+    pub source_account: Option<String>,
 }
 
 /// The member role's documents, as CloudFormation names them.
@@ -332,7 +339,31 @@ pub(crate) fn exec(
             }
         }
     };
-    let doc = iam::document(&chosen, args.restrict_by_tag.then_some(&OWNERSHIP));
+    let source: Option<ec2kit::AccountId> = args
+        .source_account
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e| CliError::Usage(format!("--source-account: {e}")))?;
+    let vault_copy = chosen.len() == 1 && chosen[0].name == "vault-copy";
+    if source.is_some() && !vault_copy {
+        return Err(CliError::Usage(
+            "--source-account: only the vault's copy role has one (`iam-policy vault-copy`)".into(),
+        ));
+    }
+    // The vault's copy role is the one a compromised source account can
+    // use: it is always the restricted policy (tags only at creation,
+    // copies only with the ownership tag), so it can never retag a copy
+    // into another lineage.
+    let restrict = args.restrict_by_tag || vault_copy;
+    let mut doc = iam::document(&chosen, restrict.then_some(&OWNERSHIP));
+    if let Some(account) = &source {
+        doc.require_request_tag(
+            &["ec2:CopySnapshot", "ec2:CreateTags"],
+            snapkit::lineage::tags::SOURCE_ACCOUNT,
+            account.as_str(),
+        );
+    }
     // The keep role is assumed inside the vault, by its own jobs.
     let role = if chosen.len() == 1 && chosen[0].name == VAULT_KEEP {
         VAULT_KEEP_ROLE

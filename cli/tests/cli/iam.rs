@@ -333,6 +333,78 @@ fn policies_print_as_iam_documents_and_offline_commands_need_none() {
         .stderr_has("snap backup");
 }
 
+/// The vault's copy role is the identity a compromised source account can
+/// use: its policy is always the restricted one (tags only at creation,
+/// so no existing vault copy can be retagged), and per source account
+/// (`--source-account`) it copies and tags only with that account in
+/// `ektool:source-account`.
+#[test]
+fn the_vault_copy_role_tags_only_at_creation_and_per_source_account() {
+    let statements = |args: &[&str]| -> Vec<serde_json::Value> {
+        Ektool::new().args(args).run().success().json()["Statement"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let granting = |sts: &[serde_json::Value], action: &str| -> Vec<serde_json::Value> {
+        sts.iter()
+            .filter(|s| s["Action"].as_array().unwrap().iter().any(|a| a == action))
+            .cloned()
+            .collect()
+    };
+    let plain = statements(&["iam-policy", "vault-copy"]);
+    for s in granting(&plain, "ec2:CreateTags") {
+        assert_eq!(
+            s["Condition"]["StringEquals"]["ec2:CreateAction"],
+            serde_json::json!([
+                "CreateSnapshot",
+                "CreateSnapshots",
+                "CopySnapshot",
+                "CreateVolume",
+                "RegisterImage",
+                "CopyImage"
+            ]),
+            "{s}"
+        );
+    }
+    let per_source = statements(&[
+        "iam-policy",
+        "vault-copy",
+        "--source-account",
+        "111111111111",
+    ]);
+    for action in ["ec2:CopySnapshot", "ec2:CreateTags"] {
+        let sts = granting(&per_source, action);
+        assert!(!sts.is_empty(), "{action}");
+        for s in sts {
+            assert_eq!(
+                s["Condition"]["StringEquals"]["aws:RequestTag/ektool:source-account"],
+                "111111111111",
+                "{s}"
+            );
+        }
+    }
+    for s in granting(&per_source, "ec2:DescribeSnapshots") {
+        assert!(s["Condition"].is_null(), "{s}");
+    }
+    Ektool::new()
+        .args(&[
+            "iam-policy",
+            "snap",
+            "trim",
+            "--source-account",
+            "111111111111",
+        ])
+        .run()
+        .code(2)
+        .stderr_has("only the vault's copy role");
+    Ektool::new()
+        .args(&["iam-policy", "vault-copy", "--source-account", "1111"])
+        .run()
+        .code(2)
+        .stderr_has("--source-account");
+}
+
 /// M14: `--restrict-by-tag` grants the same actions, but every delete,
 /// deregister, detach and modify only on resources tagged as ektool's own
 /// (`aws:ResourceTag/ektool:owner`), and creates only with that tag in the

@@ -546,3 +546,37 @@ async fn a_copy_racing_an_earlier_one_of_the_same_source_is_deleted_again() {
         }
     }
 }
+
+/// A copy's data is as old as its tags say, but never newer than the copy
+/// itself: a forged future source time (a compromised source account
+/// writes the tags of its vault copies) cannot make a lineage look fresh.
+#[test]
+fn a_copys_data_time_is_its_tag_but_never_after_the_copy_began() {
+    let began = Timestamp::from_second(1_700_000_000 + 10 * 86_400).unwrap();
+    let older = Timestamp::from_second(1_700_000_000 + 9 * 86_400).unwrap();
+    let future = Timestamp::from_second(1_700_000_000 + 400 * 86_400).unwrap();
+    let honest = snap(
+        "snap-00000001",
+        lineage::PLACEHOLDER_VOLUME,
+        10,
+        SnapshotState::Completed,
+        &[(tags::SOURCE_TIME, &older.to_string())],
+    );
+    assert_eq!(data_time(&honest), older);
+    let forged = snap(
+        "snap-00000002",
+        lineage::PLACEHOLDER_VOLUME,
+        10,
+        SnapshotState::Completed,
+        &[(tags::SOURCE_TIME, &future.to_string())],
+    );
+    assert_eq!(data_time(&forged), began);
+    let untagged = snap(
+        "snap-00000003",
+        lineage::PLACEHOLDER_VOLUME,
+        10,
+        SnapshotState::Completed,
+        &[],
+    );
+    assert_eq!(data_time(&untagged), began);
+}

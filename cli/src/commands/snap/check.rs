@@ -160,7 +160,10 @@ pub(crate) async fn exec(
             None => ec2.caller_account().await?,
         };
         let vault_ec2 = ctx
-            .ec2_as(Some(crate::context::vault_copy_role(vault)))
+            .ec2_as(Some(crate::context::vault_copy_role(
+                vault,
+                &source_account,
+            )))
             .await;
         let spec = check::VaultCheck {
             source_account: source_account.to_string(),

@@ -54,14 +54,7 @@ pub(super) async fn exec(
     // "snap check covers the vault": with `[vault] max_age`, each
     // account's lineages need a recent copy of that account in the vault,
     // read with the vault's copy role (DescribeSnapshots only).
-    let vault = match ctx.config.vault.as_ref() {
-        Some(v) if v.max_age.is_some() => Some((
-            v,
-            ctx.ec2_as(Some(crate::context::vault_copy_role(v))).await,
-        )),
-        _ => None,
-    };
-    let vault = vault.as_ref();
+    let vault = ctx.config.vault.as_ref().filter(|v| v.max_age.is_some());
     let reports = fleet
         .each(|t| {
             let (tag, replica_region) = (tag.clone(), replica_region.clone());
@@ -83,15 +76,18 @@ pub(super) async fn exec(
                     ..CheckSpec::default()
                 };
                 let mut report = check::check(&t.ec2, &spec, now).await;
-                if let (Some((v, vault_ec2)), Some(account)) = (vault, &t.account)
+                if let (Some(v), Some(account)) = (vault, &t.account)
                     && account != &v.account
                 {
+                    // The copy role of this source account (`{source}`).
+                    let role = crate::context::vault_copy_role(v, account);
+                    let vault_ec2 = ctx.ec2_as(Some(role)).await;
                     let spec = check::VaultCheck {
                         source_account: account.to_string(),
                         region: v.region.as_deref().map(Region::new),
                         max_age: v.max_age.unwrap_or(check::DEFAULT_MAX_AGE),
                     };
-                    check::check_vault_copies(vault_ec2, &spec, &mut report, now).await;
+                    check::check_vault_copies(&vault_ec2, &spec, &mut report, now).await;
                 }
                 Ok::<_, CliError>(report)
             }

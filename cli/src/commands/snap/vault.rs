@@ -3,7 +3,10 @@
 //! runs with the caller's credentials (or `--role-arn`, or each account of
 //! `--accounts`/`[accounts]`); the copies are made by the vault's copy
 //! role (`--vault-role`, `[vault] role`, default
-//! `arn:aws:iam::VAULT:role/ektool-vault-copy`).
+//! `arn:aws:iam::VAULT:role/ektool-vault-copy`). A role naming `{source}`
+//! is one role per source account (`ektool-vault-copy-{source}`), whose
+//! policy (`iam-policy vault-copy --source-account ID`) lets it tag copies
+//! with that source account only.
 
 use ec2kit::{AccountId, AwsEc2};
 use serde::Serialize;
@@ -19,9 +22,20 @@ use crate::output::{self, OutputFormat};
 /// The copy role's name in the vault account when none is given.
 const DEFAULT_VAULT_ROLE: &str = "ektool-vault-copy";
 
+/// The placeholder of a copy role that the source account's id replaces.
+pub(crate) const SOURCE_PLACEHOLDER: &str = "{source}";
+
+/// The copy role of `source` into `vault`: `role` with `{source}` and
+/// `{account}` (the vault) replaced.
+pub(crate) fn copy_role(role: &str, vault: &AccountId, source: &AccountId) -> String {
+    role.replace(SOURCE_PLACEHOLDER, source.as_str())
+        .replace(ec2kit::accounts::ACCOUNT_PLACEHOLDER, vault.as_str())
+}
+
 /// Where the copies go, before regions are resolved.
 struct Vault {
     account: AccountId,
+    /// The copy role, maybe naming `{source}`.
     role: String,
     region: Option<String>,
     kms_key: Option<String>,
@@ -81,12 +95,11 @@ pub(crate) async fn exec(
     metrics: &mut snapkit::metrics::Metrics,
 ) -> Result<(), CliError> {
     let vault = vault_of(ctx, &args)?;
-    let vault_ec2 = ctx.ec2_as(Some(vault.role.clone())).await;
     let fleet = crate::fleet::fleet_in(ctx, false).await?;
     let mut stages = Vec::new();
     let mut failed = 0;
     for t in &fleet.targets {
-        match one(ctx, &args, &vault, &vault_ec2, t).await {
+        match one(ctx, &args, &vault, t).await {
             Ok(mut stage) => {
                 if fleet.labelled {
                     stage.account = Some(stage.plan.source_account.to_string());
@@ -135,13 +148,7 @@ pub(crate) async fn exec(
 }
 
 /// The vault copy of one source account.
-async fn one(
-    ctx: &Context,
-    args: &Args,
-    vault: &Vault,
-    vault_ec2: &AwsEc2,
-    t: &Target,
-) -> Result<Stage, CliError> {
+async fn one(ctx: &Context, args: &Args, vault: &Vault, t: &Target) -> Result<Stage, CliError> {
     let me = t.ec2.caller_account().await?;
     if me == vault.account {
         return Err(CliError::Usage(format!(
@@ -149,6 +156,10 @@ async fn one(
             vault.account
         )));
     }
+    let vault_ec2: AwsEc2 = ctx
+        .ec2_as(Some(copy_role(&vault.role, &vault.account, &me)))
+        .await;
+    let vault_ec2 = &vault_ec2;
     let catalog = ec2kit::fleet::region_catalog(&t.ec2).await?;
     let from = catalog.resolve(&args.from)?;
     let to = match &vault.region {
@@ -260,5 +271,28 @@ fn print_table(ctx: &Context, labelled: bool, stages: &[Stage]) {
             ),
             None => println!("\n{who}nothing to copy"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_copy_role_naming_the_source_is_one_role_per_source_account() {
+        let source: AccountId = "111111111111".parse().unwrap();
+        let vault: AccountId = "999999999999".parse().unwrap();
+        assert_eq!(
+            copy_role(
+                "arn:aws:iam::{account}:role/ektool-vault-copy-{source}",
+                &vault,
+                &source
+            ),
+            "arn:aws:iam::999999999999:role/ektool-vault-copy-111111111111"
+        );
+        let shared = "arn:aws:iam::999999999999:role/ektool-vault-copy";
+        assert_eq!(copy_role(shared, &vault, &source), shared);
     }
 }

@@ -19,7 +19,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod values;
 
-pub use values::{DEFAULT_MAX_DELETE, PoliciesError, RegionsError, ssh_connect};
+pub use values::{
+    DEFAULT_MAX_DELETE, DEFAULT_VAULT_COPY_ROLE, PoliciesError, RegionsError, SOURCE_PLACEHOLDER,
+    copy_role_of, ssh_connect,
+};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize, Serialize)]

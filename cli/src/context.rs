@@ -249,40 +249,6 @@ fn append(path: &std::ffi::OsStr, line: &str) {
 
 pub(crate) use crate::config::expand_home;
 
-/// The role `snap replicate --to-account` copies with: `[vault] role`,
-/// else `ektool-vault-copy`, in the vault account, for the source account
-/// `source` (`{account}` and `{source}` replaced). `snap check` in a
-/// source account reads the vault with it; `snap trim` never runs as it.
-pub(crate) fn vault_copy_role(
-    vault: &crate::config::VaultConfig,
-    source: &ec2kit::AccountId,
-) -> String {
-    crate::commands::snap::vault::copy_role(&copy_role_template(vault), &vault.account, source)
-}
-
-fn copy_role_template(vault: &crate::config::VaultConfig) -> String {
-    vault
-        .role
-        .clone()
-        .unwrap_or_else(|| "arn:aws:iam::{account}:role/ektool-vault-copy".to_owned())
-}
-
-/// Whether `arn` is the vault's copy role of any source account.
-pub(crate) fn is_vault_copy_role(vault: &crate::config::VaultConfig, arn: &str) -> bool {
-    let template = copy_role_template(vault).replace(
-        ec2kit::accounts::ACCOUNT_PLACEHOLDER,
-        vault.account.as_str(),
-    );
-    let placeholder = crate::commands::snap::vault::SOURCE_PLACEHOLDER;
-    match template.split_once(placeholder) {
-        None => arn == template,
-        Some((before, after)) => arn
-            .strip_prefix(before)
-            .and_then(|rest| rest.strip_suffix(after))
-            .is_some_and(|id| id.parse::<ec2kit::AccountId>().is_ok()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -304,25 +270,19 @@ mod tests {
         let source: ec2kit::AccountId = "111111111111".parse().unwrap();
         let plain = vault(None);
         let arn = "arn:aws:iam::999999999999:role/ektool-vault-copy";
-        assert_eq!(vault_copy_role(&plain, &source), arn);
-        assert!(is_vault_copy_role(&plain, arn));
-        assert!(!is_vault_copy_role(
-            &plain,
-            "arn:aws:iam::999999999999:role/ektool-vault-keep"
-        ));
+        assert_eq!(plain.copy_role(&source), arn);
+        assert!(plain.is_copy_role(arn));
+        assert!(!plain.is_copy_role("arn:aws:iam::999999999999:role/ektool-vault-keep"));
         let per_source = vault(Some(
             "arn:aws:iam::{account}:role/ektool-vault-copy-{source}",
         ));
         let arn = "arn:aws:iam::999999999999:role/ektool-vault-copy-111111111111";
-        assert_eq!(vault_copy_role(&per_source, &source), arn);
-        assert!(is_vault_copy_role(&per_source, arn));
-        assert!(is_vault_copy_role(
-            &per_source,
-            "arn:aws:iam::999999999999:role/ektool-vault-copy-222222222222"
-        ));
-        assert!(!is_vault_copy_role(
-            &per_source,
-            "arn:aws:iam::999999999999:role/ektool-vault-copy-keep"
-        ));
+        assert_eq!(per_source.copy_role(&source), arn);
+        assert!(per_source.is_copy_role(arn));
+        assert!(
+            per_source
+                .is_copy_role("arn:aws:iam::999999999999:role/ektool-vault-copy-222222222222")
+        );
+        assert!(!per_source.is_copy_role("arn:aws:iam::999999999999:role/ektool-vault-copy-keep"));
     }
 }

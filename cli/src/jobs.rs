@@ -702,11 +702,32 @@ impl StepContext<'_> {
             max_unverified: c.check.max_unverified,
             ..CheckSpec::default()
         };
-        let report = check::check(self.ec2, &spec, jiff::Timestamp::now()).await;
+        let now = jiff::Timestamp::now();
+        let mut report = check::check(self.ec2, &spec, now).await;
+        let mut vault_failure = None;
+        // As `snap check`: with `[vault] max_age`, every lineage needs a
+        // copy that recent in the vault, read as this account's copy role.
+        if let Some(vault) = c.vault.as_ref()
+            && let Some(max_age) = vault.max_age
+        {
+            match self.ec2.caller_account().await {
+                Ok(source) => {
+                    let vault_ec2 = self.ec2.with_role(vault.copy_role(&source)).await;
+                    let spec = check::VaultCheck {
+                        source_account: source.to_string(),
+                        region: vault.region.as_deref().map(Region::new),
+                        max_age,
+                    };
+                    check::check_vault_copies(&vault_ec2, &spec, &mut report, now).await;
+                }
+                Err(e) => vault_failure = Some(format!("check: vault: {e}")),
+            }
+        }
         let failures: Vec<String> = report
             .failures()
             .iter()
             .map(|f| format!("check: {f}"))
+            .chain(vault_failure)
             .collect();
         let summary = format!(
             "{} lineage(s) checked, {} failure(s)",

@@ -171,6 +171,8 @@ pub struct AwsEc2 {
 
 #[derive(Debug)]
 struct Inner {
+    /// What it was built from (for [`AwsEc2::with_role`]).
+    options: AwsEc2Options,
     config: SdkConfig,
     home_region: Region,
     configured_region: Option<Region>,
@@ -191,6 +193,7 @@ impl AwsEc2 {
     /// report it as bad input) makes every call fail with
     /// [`ErrorKind::InvalidRequest`].
     pub async fn new(options: AwsEc2Options) -> Self {
+        let kept = options.clone();
         let max_attempts = options
             .max_attempts
             .unwrap_or(DEFAULT_MAX_ATTEMPTS)
@@ -243,6 +246,7 @@ impl AwsEc2 {
             .unwrap_or_else(|| Region::new(FALLBACK_REGION));
         Self {
             inner: Arc::new(Inner {
+                options: kept,
                 config,
                 home_region: home,
                 configured_region,
@@ -255,6 +259,17 @@ impl AwsEc2 {
                 invalid_endpoint,
             }),
         }
+    }
+
+    /// A client with the same settings (endpoint, profile, pacing, hook)
+    /// working as `role_arn` instead, assumed with the same base
+    /// credentials (not chained through this client's role): another
+    /// account's client for an operation that spans two, like a source
+    /// account's check reading its vault.
+    pub async fn with_role(&self, role_arn: impl Into<String>) -> Self {
+        let mut options = self.inner.options.clone();
+        options.role_arn = Some(role_arn.into());
+        Self::new(options).await
     }
 
     /// The region used for account-wide calls; also the natural default

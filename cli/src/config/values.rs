@@ -14,8 +14,29 @@ use snapkit::consistency::Consistency;
 use snapkit::retention::{ArchiveAfter, Policies, PolicyError, PolicySpec};
 
 use super::{
-    AwsConfig, Config, ConsistencyConfig, Defaults, RetentionConfig, SshConfig, VolumeAlias,
+    AwsConfig, Config, ConsistencyConfig, Defaults, RetentionConfig, SshConfig, VaultConfig,
+    VolumeAlias,
 };
+
+/// The vault's copy role when `[vault] role` names none (`{account}` is
+/// the vault).
+pub const DEFAULT_VAULT_COPY_ROLE: &str = "arn:aws:iam::{account}:role/ektool-vault-copy";
+
+/// The placeholder of a copy role that the source account's id replaces:
+/// one copy role per source account.
+pub const SOURCE_PLACEHOLDER: &str = "{source}";
+
+/// The copy role `template` of `source` into `vault`: `{source}` and
+/// `{account}` (the vault) replaced.
+pub fn copy_role_of(
+    template: &str,
+    vault: &ec2kit::AccountId,
+    source: &ec2kit::AccountId,
+) -> String {
+    template
+        .replace(SOURCE_PLACEHOLDER, source.as_str())
+        .replace(ec2kit::accounts::ACCOUNT_PLACEHOLDER, vault.as_str())
+}
 
 /// The regions a job works in could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -324,6 +345,34 @@ impl VolumeAlias {
             region: self.region_or(home),
             volume: self.volume_id.clone(),
             hold: self.hold(consistency),
+        }
+    }
+}
+
+impl VaultConfig {
+    /// The copy role template: `role`, else [`DEFAULT_VAULT_COPY_ROLE`].
+    pub fn copy_role_template(&self) -> &str {
+        self.role.as_deref().unwrap_or(DEFAULT_VAULT_COPY_ROLE)
+    }
+
+    /// The role `snap replicate --to-account` copies with for the source
+    /// account `source` (and a source account's `snap check` reads the
+    /// vault with); `snap trim` never runs as it.
+    pub fn copy_role(&self, source: &ec2kit::AccountId) -> String {
+        copy_role_of(self.copy_role_template(), &self.account, source)
+    }
+
+    /// Whether `arn` is the copy role of any source account.
+    pub fn is_copy_role(&self, arn: &str) -> bool {
+        let template = self
+            .copy_role_template()
+            .replace(ec2kit::accounts::ACCOUNT_PLACEHOLDER, self.account.as_str());
+        match template.split_once(SOURCE_PLACEHOLDER) {
+            None => arn == template,
+            Some((before, after)) => arn
+                .strip_prefix(before)
+                .and_then(|rest| rest.strip_suffix(after))
+                .is_some_and(|id| id.parse::<ec2kit::AccountId>().is_ok()),
         }
     }
 }

@@ -434,24 +434,63 @@ async fn the_source_check_covers_the_vault() {
     described(crate::moto::ec2().await, None).await;
     // Another account's copy of the same lineage in the vault: not ours.
     described(ec2_in(&vault).await, Some(other)).await;
+    // A job's check step covers the vault the same way (instances of a
+    // tag nothing carries: only the alias is checked).
     let cfg = config(
         &vault,
-        &format!("\n[volumes.db]\nvolume_id = \"{lineage}\"\nregion = \"{REGION}\"\n"),
+        &format!(
+            "\n[volumes.db]\nvolume_id = \"{lineage}\"\nregion = \"{REGION}\"\n\
+             [jobs.verify]\nsteps = [\"check\"]\n"
+        ),
     );
+    let text = std::fs::read_to_string(cfg.path().join("ektool.toml")).unwrap();
+    std::fs::write(
+        cfg.path().join("ektool.toml"),
+        format!(
+            "[defaults]\ntag = \"{}=yes\"\n{text}",
+            ektool_tests::unique("nothing")
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir(cfg.path().join("run")).unwrap();
     let check = || {
         Ektool::moto()
             .current_dir(cfg.path())
             .args(&["-r", REGION, "snap", "check", "--aliases-only"])
             .run()
     };
-    check().code(1).stderr_has(&format!(
-        "missing: {REGION} {source}/{lineage} (db) vault: no completed snapshot"
-    ));
+    let job = || {
+        Ektool::moto()
+            .current_dir(cfg.path())
+            .env("XDG_RUNTIME_DIR", cfg.path().join("run").to_str().unwrap())
+            .args(&["-r", REGION, "--output", "json", "run", "verify"])
+            .run()
+    };
+    let missing = format!("missing: {REGION} {source}/{lineage} (db) vault: no completed snapshot");
+    check().code(1).stderr_has(&missing);
+    let failed = job().code(1);
+    let step = &failed.json()["steps"][0];
+    assert_eq!(step["status"], "failed", "{step}");
+    assert!(
+        step["failures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f.as_str().unwrap().contains(&missing)),
+        "{step}"
+    );
     described(ec2_in(&vault).await, Some(source.to_owned())).await;
     check()
         .success()
         .stdout_has(&format!("{source}/{lineage}"))
         .stdout_has("vault");
+    let passed = job().success();
+    assert_eq!(
+        passed.json()["steps"][0]["status"],
+        "ok",
+        "{}",
+        passed.stdout
+    );
 }
 
 /// A random number (no two runs against one moto share a lineage).

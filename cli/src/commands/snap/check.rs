@@ -159,12 +159,7 @@ pub(crate) async fn exec(
             Some(a) => a.clone(),
             None => ec2.caller_account().await?,
         };
-        let vault_ec2 = ctx
-            .ec2_as(Some(crate::context::vault_copy_role(
-                vault,
-                &source_account,
-            )))
-            .await;
+        let vault_ec2 = ctx.ec2_as(Some(vault.copy_role(&source_account))).await;
         let spec = check::VaultCheck {
             source_account: source_account.to_string(),
             region: vault.region.as_deref().map(Region::new),

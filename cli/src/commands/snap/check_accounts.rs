@@ -80,7 +80,7 @@ pub(super) async fn exec(
                     && account != &v.account
                 {
                     // The copy role of this source account (`{source}`).
-                    let role = crate::context::vault_copy_role(v, account);
+                    let role = v.copy_role(account);
                     let vault_ec2 = ctx.ec2_as(Some(role)).await;
                     let spec = check::VaultCheck {
                         source_account: account.to_string(),

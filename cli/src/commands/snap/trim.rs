@@ -104,7 +104,7 @@ fn refuse_copy_role(ctx: &Context) -> Result<(), CliError> {
     let (Some(vault), Some(arn)) = (ctx.in_vault(), ctx.global.role_arn.as_deref()) else {
         return Ok(());
     };
-    if crate::context::is_vault_copy_role(vault, arn) {
+    if vault.is_copy_role(arn) {
         return Err(CliError::Usage(format!(
             "--role-arn {arn} is the vault's copy role, which cannot delete by design: trim the \
              vault with its own credentials or its keep role (`ektool iam-policy vault-keep`)"

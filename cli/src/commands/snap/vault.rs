@@ -14,23 +14,11 @@ use snapkit::replicate::{self, CopyEvent, CopyOutcome};
 use snapkit::vault::{self, VaultAction, VaultEvent, VaultPlan, VaultReport, VaultTarget};
 
 use super::replicate::Args;
+use crate::config::{DEFAULT_VAULT_COPY_ROLE, copy_role_of};
 use crate::context::Context;
 use crate::error::CliError;
 use crate::fleet::Target;
 use crate::output::{self, OutputFormat};
-
-/// The copy role's name in the vault account when none is given.
-const DEFAULT_VAULT_ROLE: &str = "ektool-vault-copy";
-
-/// The placeholder of a copy role that the source account's id replaces.
-pub(crate) const SOURCE_PLACEHOLDER: &str = "{source}";
-
-/// The copy role of `source` into `vault`: `role` with `{source}` and
-/// `{account}` (the vault) replaced.
-pub(crate) fn copy_role(role: &str, vault: &AccountId, source: &AccountId) -> String {
-    role.replace(SOURCE_PLACEHOLDER, source.as_str())
-        .replace(ec2kit::accounts::ACCOUNT_PLACEHOLDER, vault.as_str())
-}
 
 /// Where the copies go, before regions are resolved.
 struct Vault {
@@ -61,7 +49,7 @@ fn vault_of(ctx: &Context, args: &Args) -> Result<Vault, CliError> {
         .vault_role
         .clone()
         .or_else(|| config.and_then(|c| c.role.clone()))
-        .unwrap_or_else(|| format!("arn:aws:iam::{account}:role/{DEFAULT_VAULT_ROLE}"));
+        .unwrap_or_else(|| DEFAULT_VAULT_COPY_ROLE.to_owned());
     Ok(Vault {
         account,
         role,
@@ -157,7 +145,7 @@ async fn one(ctx: &Context, args: &Args, vault: &Vault, t: &Target) -> Result<St
         )));
     }
     let vault_ec2: AwsEc2 = ctx
-        .ec2_as(Some(copy_role(&vault.role, &vault.account, &me)))
+        .ec2_as(Some(copy_role_of(&vault.role, &vault.account, &me)))
         .await;
     let vault_ec2 = &vault_ec2;
     let catalog = ec2kit::fleet::region_catalog(&t.ec2).await?;
@@ -285,7 +273,7 @@ mod tests {
         let source: AccountId = "111111111111".parse().unwrap();
         let vault: AccountId = "999999999999".parse().unwrap();
         assert_eq!(
-            copy_role(
+            copy_role_of(
                 "arn:aws:iam::{account}:role/ektool-vault-copy-{source}",
                 &vault,
                 &source
@@ -293,6 +281,6 @@ mod tests {
             "arn:aws:iam::999999999999:role/ektool-vault-copy-111111111111"
         );
         let shared = "arn:aws:iam::999999999999:role/ektool-vault-copy";
-        assert_eq!(copy_role(shared, &vault, &source), shared);
+        assert_eq!(copy_role_of(shared, &vault, &source), shared);
     }
 }

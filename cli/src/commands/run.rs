@@ -101,22 +101,10 @@ async fn run_job(
     .await;
     let report = match report {
         Ok(report) => report,
-        Err(e) => {
-            watch
-                .finish(false, &format!("ektool run {}: FAILED: {e}", args.job))
-                .await;
-            return Err(if e.is_input_error() {
-                CliError::Usage(e.to_string())
-            } else {
-                CliError::Failed(e.to_string())
-            });
-        }
+        Err(e) => return Err(could_not_start(&watch, &args.job, e).await),
     };
     watch.finish(report.ok(), &message(&report)).await;
-    if let Some(path) = &args.metrics {
-        snapkit::metrics::write_atomic(path, &report.metrics().render())
-            .map_err(|e| CliError::Failed(format!("--metrics {}: {e}", path.display())))?;
-    }
+    write_metrics(args.metrics.as_deref(), &report.metrics())?;
     render(ctx, &report);
     let failed = report.failed();
     if failed == 0 {
@@ -128,6 +116,30 @@ async fn run_job(
             spec.steps.len()
         )))
     }
+}
+
+/// A job that could not start: announced as failed; bad input is exit 2.
+async fn could_not_start(watch: &crate::notify::Watch, job: &str, e: jobs::JobError) -> CliError {
+    watch
+        .finish(false, &format!("ektool run {job}: FAILED: {e}"))
+        .await;
+    if e.is_input_error() {
+        CliError::Usage(e.to_string())
+    } else {
+        CliError::Failed(e.to_string())
+    }
+}
+
+/// `--metrics FILE`: the run's metrics, written atomically.
+fn write_metrics(
+    path: Option<&std::path::Path>,
+    metrics: &snapkit::metrics::Metrics,
+) -> Result<(), CliError> {
+    if let Some(path) = path {
+        snapkit::metrics::write_atomic(path, &metrics.render())
+            .map_err(|e| CliError::Failed(format!("--metrics {}: {e}", path.display())))?;
+    }
+    Ok(())
 }
 
 /// A job in every account (`--accounts`, `[accounts]`): each account's
@@ -160,16 +172,7 @@ async fn run_job_in_accounts(ctx: &Context, args: &JobArgs) -> Result<(), CliErr
     .await;
     let mut report = match report {
         Ok(report) => report,
-        Err(e) => {
-            watch
-                .finish(false, &format!("ektool run {}: FAILED: {e}", args.job))
-                .await;
-            return Err(if e.is_input_error() {
-                CliError::Usage(e.to_string())
-            } else {
-                CliError::Failed(e.to_string())
-            });
-        }
+        Err(e) => return Err(could_not_start(&watch, &args.job, e).await),
     };
     // The accounts that could not be set up (already on stderr) are
     // failed accounts of the report too.
@@ -181,10 +184,7 @@ async fn run_job_in_accounts(ctx: &Context, args: &JobArgs) -> Result<(), CliErr
             error: Some(e.clone()),
         }));
     watch.finish(report.ok(), &accounts_message(&report)).await;
-    if let Some(path) = &args.metrics {
-        snapkit::metrics::write_atomic(path, &report.metrics().render())
-            .map_err(|e| CliError::Failed(format!("--metrics {}: {e}", path.display())))?;
-    }
+    write_metrics(args.metrics.as_deref(), &report.metrics())?;
     render_accounts(ctx, &report);
     let failed = report.failed();
     if failed == 0 {

@@ -70,6 +70,20 @@ impl Fleet {
         })
     }
 
+    /// The outcome of work counted per account: `failed` accounts failed
+    /// (each already reported), plus those that could not be set up.
+    pub(crate) fn accounts_outcome(&self, failed: usize) -> Result<(), CliError> {
+        let failed = failed + self.failed;
+        if failed == 0 {
+            return Ok(());
+        }
+        Err(CliError::Partial {
+            failed,
+            total: self.targets.len() + self.failed,
+            what: "accounts",
+        })
+    }
+
     /// Runs `f` for every account at once (at most
     /// [`accounts::DEFAULT_ACCOUNT_CONCURRENCY`]); results in order.
     pub(crate) async fn each<'a, T, F, Fut>(&'a self, f: F) -> Vec<(&'a Target, T)>

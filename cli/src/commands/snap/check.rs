@@ -168,28 +168,15 @@ pub(crate) async fn exec(
         check::check_vault_copies(&vault_ec2, &spec, &mut report, now).await;
     }
     let account = account.as_ref().map(ec2kit::accounts::AccountId::as_str);
-    let failures = failure_lines_of(account, &report);
-    crate::fleet::add_metrics(account, metrics, |m| *m = report.metrics());
-    render(
+    finish(
         ctx,
         account,
         &report,
-        &failures,
         spec.max_unverified.is_some(),
-    )?;
-    for f in &failures {
-        eprintln!("{f}");
-    }
-    failure_lines.clone_from(&failures);
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(CliError::Failed(format!(
-            "{} check failure(s) in {} lineage(s)",
-            failures.len(),
-            report.lineages.len()
-        )))
-    }
+        "lineage(s)",
+        metrics,
+        failure_lines,
+    )
 }
 
 /// The failure lines of a report, `account ID: ` first with an account.
@@ -276,9 +263,32 @@ async fn exec_vault(
     let report =
         check::check_vault(&ec2, &regions, max_age, concurrency, jiff::Timestamp::now()).await;
     let account = Some(vault.account.as_str());
-    let failures = failure_lines_of(account, &report);
+    finish(
+        ctx,
+        account,
+        &report,
+        false,
+        "vault lineage(s)",
+        metrics,
+        failure_lines,
+    )
+}
+
+/// Renders a report, its failures one line each on stderr (and in
+/// `failure_lines`, for the notification), its metrics; exit 1 on any
+/// failure.
+fn finish(
+    ctx: &Context,
+    account: Option<&str>,
+    report: &CheckReport,
+    verified: bool,
+    lineages: &str,
+    metrics: &mut snapkit::metrics::Metrics,
+    failure_lines: &mut Vec<String>,
+) -> Result<(), CliError> {
+    let failures = failure_lines_of(account, report);
     crate::fleet::add_metrics(account, metrics, |m| *m = report.metrics());
-    render(ctx, account, &report, &failures, false)?;
+    render(ctx, account, report, &failures, verified)?;
     for f in &failures {
         eprintln!("{f}");
     }
@@ -287,7 +297,7 @@ async fn exec_vault(
         Ok(())
     } else {
         Err(CliError::Failed(format!(
-            "{} check failure(s) in {} vault lineage(s)",
+            "{} check failure(s) in {} {lineages}",
             failures.len(),
             report.lineages.len()
         )))

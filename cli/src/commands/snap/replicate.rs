@@ -267,15 +267,7 @@ async fn exec_accounts(
     }
     let stages: Vec<Stage> = stages.into_iter().map(|(_, s)| s).collect();
     outcome(&stages)?;
-    let failed = failed + fleet.failed;
-    if failed > 0 {
-        return Err(CliError::Partial {
-            failed,
-            total: fleet.targets.len() + fleet.failed,
-            what: "accounts",
-        });
-    }
-    Ok(())
+    fleet.accounts_outcome(failed)
 }
 
 /// The seed's rsync_all_regions: every other region into the primary, then
@@ -347,15 +339,7 @@ pub(crate) async fn exec_all(ctx: &Context, args: AllArgs) -> Result<(), CliErro
         )));
     }
     outcome(done.iter().flat_map(|(_, r)| &r.stages))?;
-    let failed = failed + fleet.failed;
-    if failed > 0 {
-        return Err(CliError::Partial {
-            failed,
-            total: fleet.targets.len() + fleet.failed,
-            what: "accounts",
-        });
-    }
-    Ok(())
+    fleet.accounts_outcome(failed)
 }
 
 /// `snap replicate-all` in one account.
@@ -643,15 +627,7 @@ pub(crate) async fn exec_lag(ctx: &Context, args: LagArgs) -> Result<(), CliErro
             )));
         }
     }
-    let failed = failed + fleet.failed;
-    if failed > 0 {
-        return Err(CliError::Partial {
-            failed,
-            total: fleet.targets.len() + fleet.failed,
-            what: "accounts",
-        });
-    }
-    Ok(())
+    fleet.accounts_outcome(failed)
 }
 
 /// `2d 3h`, `5h 10m`, `42m`.

@@ -120,13 +120,7 @@ pub(crate) async fn exec(
         .filter_map(|s| s.applied.as_ref())
         .map(VaultReport::failed)
         .sum();
-    if failed + fleet.failed > 0 {
-        return Err(CliError::Partial {
-            failed: failed + fleet.failed,
-            total: fleet.targets.len() + fleet.failed,
-            what: "accounts",
-        });
-    }
+    fleet.accounts_outcome(failed)?;
     if copies_failed > 0 {
         return Err(CliError::Failed(format!(
             "{copies_failed} vault copies failed"

@@ -350,6 +350,24 @@ pub struct Document {
 }
 
 impl Document {
+    /// Grants `ec2:CreateTags` of exactly `keys` on snapshots carrying
+    /// `owner`'s tag: a journal tag (like the vault copy's
+    /// `ektool:shared-with`) that a restricted policy's reserved keys
+    /// would otherwise refuse, on ektool's own snapshots only.
+    pub fn grant_journal_tags(&mut self, sid: &str, owner: &Ownership<'_>, keys: &[&str]) {
+        self.statement.push(Statement {
+            sid: sid.to_owned(),
+            effect: "Allow",
+            action: vec!["ec2:CreateTags".to_owned()],
+            resource: "arn:aws:ec2:*:*:snapshot/*",
+            condition: Some(Condition::OwnedWithTagKeys {
+                key: owner.key.to_owned(),
+                value: owner.value.to_owned(),
+                keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            }),
+        });
+    }
+
     /// Narrows the grant of `actions` (IAM names, e.g. `ec2:CopySnapshot`)
     /// to requests that also tag the new resource `key=value`: a statement
     /// granting some of them gets the tag added to its condition (split
@@ -430,6 +448,16 @@ pub enum Condition {
     CreateAction(Vec<&'static str>),
     /// No tag key of the request is like this pattern (`aws:TagKeys`).
     TagKeysNotLike(String),
+    /// The resource carries the tag `key=value`, and every tag key of the
+    /// request is one of `keys` (see [`Document::grant_journal_tags`]).
+    OwnedWithTagKeys {
+        /// The ownership tag's key.
+        key: String,
+        /// Its value.
+        value: String,
+        /// The only keys the request may set.
+        keys: Vec<String>,
+    },
     /// `base` (or nothing), and the request tags the new resource
     /// `key=value` as well (see [`Document::require_request_tag`]).
     AlsoRequestTag {
@@ -457,6 +485,10 @@ impl Serialize for Condition {
             Self::TagKeysNotLike(pattern) => {
                 serde_json::json!({ "ForAllValues:StringNotLike": { "aws:TagKeys": [pattern] } })
             }
+            Self::OwnedWithTagKeys { key, value, keys } => serde_json::json!({
+                "StringEquals": { format!("aws:ResourceTag/{key}"): value },
+                "ForAllValues:StringEquals": { "aws:TagKeys": keys },
+            }),
             Self::AlsoRequestTag { base, key, value } => {
                 let mut all = base
                     .as_ref()

@@ -357,6 +357,15 @@ pub(crate) fn exec(
     // into another lineage.
     let restrict = args.restrict_by_tag || vault_copy;
     let mut doc = iam::document(&chosen, restrict.then_some(&OWNERSHIP));
+    // The vault copy's source side tags its own snapshots with the share
+    // journal, a key restricted policies otherwise reserve.
+    if restrict && chosen.iter().any(|p| p.name == "vault-source") {
+        doc.grant_journal_tags(
+            "EktoolVaultSourceJournal",
+            &OWNERSHIP,
+            &[snapkit::lineage::tags::SHARED_WITH],
+        );
+    }
     if let Some(account) = &source {
         doc.require_request_tag(
             &["ec2:CopySnapshot", "ec2:CreateTags"],

@@ -405,6 +405,43 @@ fn the_vault_copy_role_tags_only_at_creation_and_per_source_account() {
         .stderr_has("--source-account");
 }
 
+/// The vault copy's source side under `--restrict-by-tag`: its share
+/// journal (`ektool:shared-with`) is the one reserved key it may write,
+/// and only on ektool's own snapshots.
+#[test]
+fn the_restricted_vault_source_may_write_only_its_journal_tag_on_its_snapshots() {
+    let doc = Ektool::new()
+        .args(&["iam-policy", "vault-source", "--restrict-by-tag"])
+        .run()
+        .success()
+        .json();
+    let journal: Vec<&serde_json::Value> = doc["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"].is_array())
+        .collect();
+    assert_eq!(journal.len(), 1, "{doc}");
+    let s = journal[0];
+    assert_eq!(s["Action"], serde_json::json!(["ec2:CreateTags"]));
+    assert_eq!(s["Resource"], "arn:aws:ec2:*:*:snapshot/*");
+    assert_eq!(
+        s["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"],
+        serde_json::json!(["ektool:shared-with"])
+    );
+    assert_eq!(
+        s["Condition"]["StringEquals"]["aws:ResourceTag/ektool:owner"],
+        "ektool"
+    );
+    // Other commands' restricted policies reserve every ektool key.
+    let trim = Ektool::new()
+        .args(&["iam-policy", "snap", "trim", "--restrict-by-tag"])
+        .run()
+        .success()
+        .json();
+    assert!(!trim.to_string().contains("ektool:shared-with"), "{trim}");
+}
+
 /// M14: `--restrict-by-tag` grants the same actions, but every delete,
 /// deregister, detach and modify only on resources tagged as ektool's own
 /// (`aws:ResourceTag/ektool:owner`), and creates only with that tag in the

@@ -3,37 +3,12 @@
 //! snapshots.
 
 use ec2kit::requests::{CreateSnapshot, CreateVolume, RunInstances};
-use ec2kit::{AwsEc2, AwsEc2Options, Ec2, RateLimits, Region, Tags};
+use ec2kit::{Ec2, Region, Tags};
 use ektool_tests::{Fault, FaultProxy, moto_url, tempdir, unique};
 
 use crate::harness::Ektool;
 
-/// `n` account ids no other test (nor an earlier run against the same
-/// moto) uses: this process's id and a counter.
-pub(crate) fn fresh_accounts(n: u64) -> Vec<String> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let start = NEXT.fetch_add(n, Ordering::SeqCst);
-    let seed = u64::from(std::process::id()) % 10_000_000 * 1000;
-    (start..start + n)
-        .map(|i| format!("{:012}", 300_000_000_000 + seed + i))
-        .collect()
-}
-
-pub(crate) fn role(account: &str) -> String {
-    format!("arn:aws:iam::{account}:role/ektool")
-}
-
-pub(crate) async fn ec2_in(account: &str) -> AwsEc2 {
-    AwsEc2::new(AwsEc2Options {
-        endpoint_url: Some(moto_url()),
-        home_region: Some("us-east-1".into()),
-        rate_limits: Some(RateLimits::disabled()),
-        role_arn: Some(role(account)),
-        ..Default::default()
-    })
-    .await
-}
+pub(crate) use crate::moto::{ec2_in, fresh_accounts, role};
 
 pub(crate) async fn launch(account: &str, region: &str, tags: Tags) -> String {
     let request = RunInstances {

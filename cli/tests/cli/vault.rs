@@ -4,35 +4,18 @@
 //! that account shares it, as EC2 does.
 
 use ec2kit::requests::{CreateSnapshot, CreateVolume};
-use ec2kit::{AccountId, AwsEc2, AwsEc2Options, Ec2, Filter, RateLimits, Region, Snapshot, Tags};
+use ec2kit::{AccountId, AwsEc2, Ec2, Filter, Region, Snapshot, Tags};
 use ektool_tests::{moto_url, tempdir, unique};
 use snapkit::lineage::tags;
 
 use crate::harness::Ektool;
+use crate::moto::{ec2_in, role};
 
 /// A source account and a vault account no other test uses.
 fn fresh_pair() -> (String, String) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let i = NEXT.fetch_add(2, Ordering::SeqCst);
-    let seed = u64::from(std::process::id()) % 10_000_000 * 1000;
-    let id = |n: u64| format!("{:012}", 500_000_000_000 + seed + n);
-    (id(i), id(i + 1))
-}
-
-fn role(account: &str) -> String {
-    format!("arn:aws:iam::{account}:role/ektool")
-}
-
-async fn ec2_in(account: &str) -> AwsEc2 {
-    AwsEc2::new(AwsEc2Options {
-        endpoint_url: Some(moto_url()),
-        home_region: Some("us-east-1".into()),
-        rate_limits: Some(RateLimits::disabled()),
-        role_arn: Some(role(account)),
-        ..Default::default()
-    })
-    .await
+    let mut two = crate::moto::fresh_accounts(2);
+    let vault = two.pop().unwrap();
+    (two.pop().unwrap(), vault)
 }
 
 /// A snapshot of a new volume in `account`, made and tagged as ektool's

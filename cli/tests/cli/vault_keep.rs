@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use ec2kit::requests::{CreateSnapshot, CreateVolume};
-use ec2kit::{AwsEc2, AwsEc2Options, Ec2, Filter, RateLimits, Region, Tags};
+use ec2kit::{AwsEc2, Ec2, Filter, Region, Tags};
 use ektool_tests::{moto_url, tempdir};
 use snapkit::lineage::tags;
 
@@ -19,11 +19,7 @@ const REGION: &str = "eu-west-3";
 /// An account id no other test (nor an earlier run against the same
 /// moto) uses.
 fn fresh_account() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let i = NEXT.fetch_add(1, Ordering::SeqCst);
-    let seed = u64::from(std::process::id()) % 10_000_000 * 1000;
-    format!("{:012}", 700_000_000_000 + seed + i)
+    crate::moto::fresh_accounts(1).remove(0)
 }
 
 /// The keep role in `account` (any role name: moto trusts every one).
@@ -32,14 +28,7 @@ fn keep_role(account: &str) -> String {
 }
 
 async fn ec2_in(account: &str) -> AwsEc2 {
-    AwsEc2::new(AwsEc2Options {
-        endpoint_url: Some(moto_url()),
-        home_region: Some("us-east-1".into()),
-        rate_limits: Some(RateLimits::disabled()),
-        role_arn: Some(keep_role(account)),
-        ..Default::default()
-    })
-    .await
+    crate::moto::ec2_as(keep_role(account)).await
 }
 
 /// A volume in the vault: its copies' lineage (moto gives a copy the

@@ -94,7 +94,8 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ACCOUNT", num_args = 0..=1)]
     pub to_account: Option<Option<String>>,
     /// The vault's copy role (default: `[vault] role`, else
-    /// `arn:aws:iam::VAULT:role/ektool-vault-copy`).
+    /// `arn:aws:iam::VAULT:role/ektool-vault-copy`); `{source}` in it
+    /// stands for the source account (one copy role per source account).
     #[arg(long, value_name = "ARN", requires = "to_account")]
     pub vault_role: Option<String>,
     /// Selection.

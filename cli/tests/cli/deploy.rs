@@ -472,35 +472,14 @@ async fn hosts_from_a_target_group_are_drained_while_they_switch() {
     assert_eq!(health[0].state, TargetState::Healthy);
 
     // What `ektool iam-policy deploy` lists for these choices.
-    let list = Ektool::new()
-        .args(&["--output", "json", "iam-policy", "--list"])
-        .run()
-        .success()
-        .json();
-    let deploy = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["command"] == "deploy")
-        .unwrap();
-    let mut listed = std::collections::BTreeSet::new();
-    for f in deploy["with_flag"].as_array().unwrap() {
-        if [
+    let listed = crate::iam::Policies::load().of_flags(
+        "deploy",
+        &[
             "hosts from a target group",
             "a load balancer",
             "an instance target group",
-        ]
-        .contains(&f["flag"].as_str().unwrap())
-        {
-            listed.extend(
-                f["actions"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|a| a.as_str().unwrap().to_owned()),
-            );
-        }
-    }
+        ],
+    );
     assert_eq!(crate::harness::recorded_actions(&actions), listed);
 }
 

@@ -30,10 +30,18 @@ impl Policies {
         )
     }
 
+    /// `command`'s own actions and those of `flags`.
     pub(crate) fn expected(&self, command: &str, flags: &[&str]) -> BTreeSet<String> {
-        let p = &self.0[command];
-        let mut set: BTreeSet<String> = strings(&p["actions"]);
-        for f in p["with_flag"].as_array().unwrap() {
+        let mut set: BTreeSet<String> = strings(&self.0[command]["actions"]);
+        set.extend(self.of_flags(command, flags));
+        set
+    }
+
+    /// The actions `flags` add to `command` (whatever it calls anyway
+    /// included).
+    pub(crate) fn of_flags(&self, command: &str, flags: &[&str]) -> BTreeSet<String> {
+        let mut set = BTreeSet::new();
+        for f in self.0[command]["with_flag"].as_array().unwrap() {
             if flags.contains(&f["flag"].as_str().unwrap()) {
                 set.extend(strings(&f["actions"]));
             }

@@ -630,23 +630,9 @@ async fn an_unreachable_host_blocks_unmount_unless_forced() {
         .unwrap();
 }
 
-/// `ektool iam-policy --list` as (command → its own actions).
+/// `ektool iam-policy --list`: `command`'s own actions.
 fn policy_actions(command: &str) -> std::collections::BTreeSet<String> {
-    let list = Ektool::new()
-        .args(&["--output", "json", "iam-policy", "--list"])
-        .run()
-        .success()
-        .json();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["command"] == command)
-        .unwrap()["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect()
+    crate::iam::Policies::load().expected(command, &[])
 }
 
 #[tokio::test]

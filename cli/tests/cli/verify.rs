@@ -685,23 +685,9 @@ async fn left_tagged(s: &Setup, volume: &str) -> bool {
         .is_some_and(|v| v.tags.get(tags::VERIFY_RUN).is_some())
 }
 
-/// `ektool iam-policy --list` as (command → its own actions).
+/// `ektool iam-policy --list`: `command`'s own actions.
 fn policy_actions(command: &str) -> std::collections::BTreeSet<String> {
-    let list = Ektool::new()
-        .args(&["--output", "json", "iam-policy", "--list"])
-        .run()
-        .success()
-        .json();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["command"] == command)
-        .unwrap()["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect()
+    crate::iam::Policies::load().expected(command, &[])
 }
 
 #[tokio::test]

@@ -205,6 +205,23 @@ pub fn dry_run_ok<T>(result: Result<T, Ec2Error>) -> Result<Option<T>, Ec2Error>
     }
 }
 
+/// An error and its causes on one line, `: `-separated; a cause whose
+/// text the line already holds (SDK errors often repeat themselves one
+/// level down) is left out. For reports that keep one string per item.
+pub fn one_line(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

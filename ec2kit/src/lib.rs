@@ -109,7 +109,7 @@ pub use ec2::MockEc2;
 #[cfg(any(test, feature = "mock"))]
 pub use elb::MockTargetGroups;
 pub use elb::{Target, TargetGroup, TargetGroups, TargetHealth, TargetState, TargetType};
-pub use error::{BoxError, Ec2Error, ErrorKind, dry_run_ok};
+pub use error::{BoxError, Ec2Error, ErrorKind, dry_run_ok, one_line};
 pub use filter::Filter;
 pub use ids::{ImageId, InstanceId, InvalidId, SnapshotId, VolumeId};
 pub use image::{Image, ImageBlockDevice, LaunchTemplateImage};

@@ -426,34 +426,7 @@ impl<'a> Verifier<'a> {
             return Err(VerifyError::EmptyCheck);
         }
         mount::check_mountpoint(&request.root)?;
-        let instance = self
-            .ec2
-            .describe_instances(
-                region,
-                &[Filter::new("instance-id", [request.instance.as_str()])],
-            )
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| MountError::InstanceNotFound {
-                instance: request.instance.clone(),
-                region: region.clone(),
-            })?;
-        if instance.state != "running" {
-            return Err(MountError::InstanceNotRunning {
-                instance: instance.id,
-                state: instance.state,
-            }
-            .into());
-        }
-        let zone =
-            instance
-                .availability_zone
-                .clone()
-                .ok_or_else(|| MountError::InstanceNotFound {
-                    instance: instance.id.clone(),
-                    region: region.clone(),
-                })?;
+        let (instance, zone) = mount::running_instance(self.ec2, region, &request.instance).await?;
         let snapshots = trim::inventory(self.ec2, region, Scope::Owned).await?;
         let targets = newest_per_lineage(&snapshots, &request.lineages, region)?;
         let leftovers = leftovers(self.ec2, region, &instance.id).await?;
@@ -540,7 +513,7 @@ impl<'a> Verifier<'a> {
             });
             let (done, error) = match self.undo(remote, v, instance, root).await {
                 Ok(r) => (Some(r), None),
-                Err(e) => (None, Some(error_chain(&e))),
+                Err(e) => (None, Some(ec2kit::one_line(&e))),
             };
             out.push(Cleaned {
                 volume: v.volume.clone(),
@@ -694,7 +667,7 @@ impl<'a> Verifier<'a> {
                 } else {
                     VerifyResult::Failed
                 };
-                let text = error_chain(&e);
+                let text = ec2kit::one_line(&e);
                 out.reason = Some(if text.starts_with("mount failed") {
                     text
                 } else {
@@ -757,7 +730,7 @@ impl<'a> Verifier<'a> {
                         .flat_map(|c| c.done.iter().flat_map(|d| d.notes.iter().cloned())),
                 );
             }
-            Err(e) => out.cleanup_error = Some(error_chain(&e)),
+            Err(e) => out.cleanup_error = Some(ec2kit::one_line(&e)),
         }
         out
     }
@@ -771,7 +744,7 @@ fn unreached(t: &VerifyTarget, e: &crate::connect::ConnectError) -> VerifyOutcom
         volume: None,
         mountpoint: None,
         result: VerifyResult::Error,
-        reason: Some(error_chain(e)),
+        reason: Some(ec2kit::one_line(e)),
         output: String::new(),
         tagged: false,
         cleaned_up: true,
@@ -890,21 +863,6 @@ fn tail(text: &str) -> String {
         start += 1;
     }
     format!("…{}", &text[start..])
-}
-
-/// An error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let t = s.to_string();
-        if !text.contains(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -65,6 +65,7 @@ pub use error::{MountError, Rollback};
 pub use host::{
     HostMount, MountCommands, MountTarget, mount_on_host, mount_table, unmount_on_host,
 };
+pub(crate) use plan::running_instance;
 pub use plan::{MountPlan, MountRequest, check_mountpoint, check_mountpoint_under};
 pub use sweep::{RegionFailure, SweepItem, SweepPlan, Unmounted};
 pub use undo::{MountVolume, Selector, UnmountPlan, UnmountReport, UnmountStep};

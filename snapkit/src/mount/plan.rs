@@ -197,31 +197,7 @@ async fn plan(
             state: snapshot.state.to_string(),
         });
     }
-    let instance: Instance = ec2
-        .describe_instances(
-            region,
-            &[Filter::new("instance-id", [request.instance.as_str()])],
-        )
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| MountError::InstanceNotFound {
-            instance: request.instance.clone(),
-            region: region.clone(),
-        })?;
-    if instance.state != "running" {
-        return Err(MountError::InstanceNotRunning {
-            instance: instance.id,
-            state: instance.state,
-        });
-    }
-    let zone = instance
-        .availability_zone
-        .clone()
-        .ok_or_else(|| MountError::InstanceNotFound {
-            instance: instance.id.clone(),
-            region: region.clone(),
-        })?;
+    let (instance, zone) = running_instance(ec2, region, &request.instance).await?;
 
     // An earlier run for the same snapshot and instance that did not
     // finish: pick its volume up rather than make a second one.
@@ -358,4 +334,36 @@ pub(crate) fn create_request(
         dry_run,
         ..CreateVolume::default()
     }
+}
+
+/// The instance volumes are attached to: it must exist and be running;
+/// with the zone its volumes must be made in.
+pub(crate) async fn running_instance(
+    ec2: &dyn ec2kit::Ec2,
+    region: &Region,
+    id: &InstanceId,
+) -> Result<(Instance, String), MountError> {
+    let instance: Instance = ec2
+        .describe_instances(region, &[Filter::new("instance-id", [id.as_str()])])
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| MountError::InstanceNotFound {
+            instance: id.clone(),
+            region: region.clone(),
+        })?;
+    if instance.state != "running" {
+        return Err(MountError::InstanceNotRunning {
+            instance: instance.id,
+            state: instance.state,
+        });
+    }
+    let zone = instance
+        .availability_zone
+        .clone()
+        .ok_or_else(|| MountError::InstanceNotFound {
+            instance: instance.id.clone(),
+            region: region.clone(),
+        })?;
+    Ok((instance, zone))
 }

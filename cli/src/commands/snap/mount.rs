@@ -504,7 +504,7 @@ async fn unmount(ctx: &Context, mounter: &Mounter<'_>, plan: SweepPlan, force: b
             let mut it = item(i);
             match result {
                 Ok(report) => it.done = Some(report),
-                Err(e) => it.error = Some(error_chain(&e)),
+                Err(e) => it.error = Some(ec2kit::one_line(&e)),
             }
             it
         })
@@ -599,19 +599,4 @@ fn result_text(i: &Item, dry_run: bool) -> String {
         }
         (None, None) => "-".into(),
     }
-}
-
-/// An error and its causes on one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let t = s.to_string();
-        if !text.contains(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        source = s.source();
-    }
-    text
 }

@@ -92,16 +92,7 @@ pub(crate) async fn exec(
         .cancel_on(ctx.interrupt.clone())
         .on_event(bar.sink());
     if volumes.is_empty() {
-        let which = if args.instance.is_empty() {
-            Instances::Tagged(
-                args.tag
-                    .clone()
-                    .unwrap_or_else(|| ctx.config.defaults.tag.clone()),
-            )
-        } else {
-            Instances::Ids(args.instance.clone())
-        };
-        job = job.instances(regions.clone(), which);
+        job = job.instances(regions.clone(), instances(ctx, &args));
         if args.consistent {
             job = job.consistent(ctx.config.consistency.instance_hold());
         }
@@ -187,15 +178,7 @@ async fn exec_accounts(
             "--volume and --wait back up in one account: use --role-arn instead of accounts".into(),
         ));
     }
-    let which = if args.instance.is_empty() {
-        Instances::Tagged(
-            args.tag
-                .clone()
-                .unwrap_or_else(|| ctx.config.defaults.tag.clone()),
-        )
-    } else {
-        Instances::Ids(args.instance.clone())
-    };
+    let which = instances(ctx, &args);
     let fleet = crate::fleet::fleet(ctx).await?;
     let reports = fleet
         .each(|t| {
@@ -474,4 +457,18 @@ fn join(ids: &[ec2kit::SnapshotId]) -> String {
         .map(|s| s.to_string())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The instances `--instance` names, else those carrying `--tag` (default
+/// `defaults.tag`).
+fn instances(ctx: &Context, args: &Args) -> Instances {
+    if args.instance.is_empty() {
+        Instances::Tagged(
+            args.tag
+                .clone()
+                .unwrap_or_else(|| ctx.config.defaults.tag.clone()),
+        )
+    } else {
+        Instances::Ids(args.instance.clone())
+    }
 }

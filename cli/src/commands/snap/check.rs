@@ -51,13 +51,13 @@ pub(crate) struct Args {
 }
 
 #[derive(Serialize)]
-struct Json<'a> {
-    /// With `--account` or `--role-arn`: its account.
+pub(super) struct Json<'a> {
+    /// With `--account`, `--role-arn` or accounts: its account.
     #[serde(skip_serializing_if = "Option::is_none")]
-    account: Option<&'a str>,
+    pub(super) account: Option<&'a str>,
     #[serde(flatten)]
-    report: &'a CheckReport,
-    failures: Vec<String>,
+    pub(super) report: &'a CheckReport,
+    pub(super) failures: Vec<String>,
 }
 
 /// Builds the spec, checks, renders.

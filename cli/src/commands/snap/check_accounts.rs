@@ -4,22 +4,13 @@
 //! names its account.
 
 use ec2kit::{Region, fleet};
-use serde::Serialize;
-use snapkit::check::{self, CheckReport, CheckSpec, ReplicaCheck};
+use snapkit::check::{self, CheckSpec, ReplicaCheck};
 
-use super::check::{Args, row};
+use super::check::{Args, Json, row};
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output;
 use crate::output::OutputFormat;
-
-#[derive(Serialize)]
-struct Json<'a> {
-    account: Option<&'a str>,
-    #[serde(flatten)]
-    report: &'a CheckReport,
-    failures: Vec<String>,
-}
 
 /// Checks every account; the volume aliases of `[volumes]` (one account's
 /// volumes) work in one account (`--role-arn`). `metrics` gets every

@@ -278,12 +278,34 @@ async fn vault_copies(
 
 /// Why `source` cannot be shared, if its key says so: snapshots under an
 /// AWS-managed key (`alias/aws/ebs`) cannot be. A key that cannot be
-/// looked up is not held against the source (the copy then tells).
-async fn refusal(source_ec2: &dyn Ec2, from: &Region, source: &Snapshot) -> Option<String> {
+/// looked up is not held against the source (the copy then tells). Each
+/// key is looked up once per plan (`seen`): a region's lineages mostly
+/// share one or two keys.
+async fn refusal(
+    source_ec2: &dyn Ec2,
+    from: &Region,
+    source: &Snapshot,
+    seen: &mut HashMap<String, Option<String>>,
+) -> Option<String> {
     if !source.encrypted {
         return None;
     }
     let key = source.kms_key_id.as_deref()?;
+    if let Some(verdict) = seen.get(key) {
+        return verdict.clone();
+    }
+    let verdict = key_refusal(source_ec2, from, source, key).await;
+    seen.insert(key.to_owned(), verdict.clone());
+    verdict
+}
+
+/// [`refusal`] of one key, looked up.
+async fn key_refusal(
+    source_ec2: &dyn Ec2,
+    from: &Region,
+    source: &Snapshot,
+    key: &str,
+) -> Option<String> {
     match source_ec2.describe_kms_key(from, key).await {
         Ok(k) if k.is_aws_managed() => Some(format!(
             "encrypted with the AWS-managed key {key} (alias/aws/ebs), which cannot be shared \
@@ -336,6 +358,7 @@ pub async fn plan(
         .map(|s| s.id)
         .collect();
     let mut items = Vec::new();
+    let mut keys = HashMap::new();
     for (lineage_key, snap) in sources {
         let found = copies.get(snap.id.as_str());
         let pick = |state: SnapshotState| {
@@ -355,7 +378,7 @@ pub async fn plan(
             VaultAction::Copy
         };
         if matches!(action, VaultAction::Copy | VaultAction::Recopy { .. })
-            && let Some(reason) = refusal(source, from, &snap).await
+            && let Some(reason) = refusal(source, from, &snap, &mut keys).await
         {
             action = VaultAction::Refused { reason };
         }

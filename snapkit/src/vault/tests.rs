@@ -230,13 +230,26 @@ async fn sources_under_the_aws_managed_key_are_refused_in_the_plan() {
         );
         mine.encrypted = true;
         mine.kms_key_id = Some("my-key".into());
-        Ok(vec![aws, mine])
+        // A second lineage under the AWS-managed key: refused too, without
+        // a second lookup of the key.
+        let mut aws_too = snap(
+            "snap-000000c0",
+            "vol-0000000c",
+            SnapshotState::Completed,
+            &[],
+        );
+        aws_too.encrypted = true;
+        aws_too.kms_key_id = Some("aws-key".into());
+        Ok(vec![aws, mine, aws_too])
     });
-    source.expect_describe_kms_key().returning(|_, key| {
-        let mut k = KmsKey::new(key, "Enabled");
-        k.manager = Some(if key == "aws-key" { "AWS" } else { "CUSTOMER" }.into());
-        Ok(k)
-    });
+    source
+        .expect_describe_kms_key()
+        .times(2)
+        .returning(|_, key| {
+            let mut k = KmsKey::new(key, "Enabled");
+            k.manager = Some(if key == "aws-key" { "AWS" } else { "CUSTOMER" }.into());
+            Ok(k)
+        });
     let mut vault = MockEc2::new();
     vault
         .expect_describe_snapshots()
@@ -257,6 +270,11 @@ async fn sources_under_the_aws_managed_key_are_refused_in_the_plan() {
     }
     assert!(plan.items[0].request.is_none());
     assert_eq!(plan.items[1].action, VaultAction::Copy);
+    assert!(
+        matches!(&plan.items[2].action, VaultAction::Refused { .. }),
+        "{:?}",
+        plan.items[2]
+    );
 }
 
 /// Every call of a run, in order, as `side:Action:resource`.

@@ -103,13 +103,19 @@ impl Context {
     /// retention, lineages per source account).
     pub(crate) fn in_vault(&self) -> Option<&crate::config::VaultConfig> {
         let vault = self.config.vault.as_ref()?;
-        let account = self.account.clone().or_else(|| {
+        (self.role_account()? == vault.account).then_some(vault)
+    }
+
+    /// The account `--account` (or `--role-arn`) names when no accounts
+    /// are in play (rows, JSON objects and metrics then carry it, as with
+    /// accounts).
+    pub(crate) fn role_account(&self) -> Option<ec2kit::AccountId> {
+        self.account.clone().or_else(|| {
             self.global
                 .role_arn
                 .as_deref()
                 .and_then(ec2kit::AccountId::of_arn)
-        })?;
-        (account == vault.account).then_some(vault)
+        })
     }
 
     /// The output format.

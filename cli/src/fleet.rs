@@ -165,10 +165,7 @@ pub(crate) async fn fleet_in(ctx: &Context, regions: bool) -> Result<Fleet, CliE
         } else {
             Vec::new()
         };
-        let account = ctx
-            .account
-            .clone()
-            .or_else(|| ctx.global.role_arn.as_deref().and_then(AccountId::of_arn));
+        let account = ctx.role_account();
         let labelled = ctx.global.role_arn.is_some() || ctx.account.is_some();
         return Ok(Fleet {
             targets: vec![Target {
@@ -270,15 +267,6 @@ pub(crate) fn check_fan_out(
          use --role-arn for another account, or --config a file without [accounts]",
         FANS_OUT.join(", ")
     )))
-}
-
-/// The account `--account` (or `--role-arn`) names when no accounts are
-/// in play (rows, JSON objects and metrics then carry it, as with
-/// accounts).
-pub(crate) fn role_account(ctx: &Context) -> Option<AccountId> {
-    ctx.account
-        .clone()
-        .or_else(|| ctx.global.role_arn.as_deref().and_then(AccountId::of_arn))
 }
 
 /// Adds what `add` makes to `into`: as it is without an account (byte for

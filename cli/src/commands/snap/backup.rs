@@ -129,7 +129,7 @@ pub(crate) async fn exec(
         job.run().await
     };
     // `--role-arn` alone: rows and samples carry its account.
-    let account = crate::fleet::role_account(ctx);
+    let account = ctx.role_account();
     let account = account.as_ref().map(ec2kit::accounts::AccountId::as_str);
     crate::fleet::add_metrics(account, metrics, |m| report.add_metrics(m));
     render(ctx, &report, account)?;

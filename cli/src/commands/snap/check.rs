@@ -148,7 +148,7 @@ pub(crate) async fn exec(
     let mut report = check::check(&ec2, &spec, now).await;
     // `--account` or `--role-arn` alone: the accounts' form, with its
     // account.
-    let account = crate::fleet::role_account(ctx);
+    let account = ctx.role_account();
     // "snap check covers the vault": with `[vault] max_age`, every source
     // lineage needs a copy that recent in the vault, read with the vault's
     // copy role (DescribeSnapshots only).

@@ -181,7 +181,7 @@ pub(crate) async fn exec(
     }
     // Accounts, or one `--role-arn` or `--account`: the accounts' form
     // (each stage with its account).
-    if crate::fleet::accounts(ctx)?.is_some() || crate::fleet::role_account(ctx).is_some() {
+    if crate::fleet::accounts(ctx)?.is_some() || ctx.role_account().is_some() {
         return exec_accounts(ctx, args, metrics).await;
     }
     let ec2 = ctx.ec2().await;
